@@ -1,0 +1,195 @@
+"""Reading checkpoint files safely and telling their formats apart.
+
+Safetensors first; pickles through ``torch.load(weights_only=True)``; a pickle that needs more is
+refused unless ``trust_pickle=True``; TorchScript archives (OpenAI's releases) are read with
+``torch.jit.load``, which runs no Python pickle code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from .errors import ArchitectureMismatchError, CheckpointError, UnsafePickleError
+
+WRAPPER_KEYS = ("state_dict", "model", "module", "model_state_dict", "weights")
+PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def is_torchscript(path: "str | os.PathLike") -> bool:
+    """A TorchScript archive is a zip with a ``constants.pkl`` and ``code/`` (what openai releases)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in names) and any(
+        "/code/" in n or n.startswith("code/") for n in names)
+
+
+def read_safetensors(path: "str | os.PathLike") -> tuple[dict, dict]:
+    """(state_dict, metadata) of a safetensors file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return load_file(os.fspath(path)), metadata
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); is it truncated?") from None
+
+
+def read_pickle(path: "str | os.PathLike", trust_pickle: bool = False) -> Any:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise UnsafePickleError(
+                f"{path} is a pickle that needs more than tensors to load ({_first_line(exc)}); "
+                "loading it can run arbitrary code. If you trust its source, pass trust_pickle=True "
+                "(CLI: --trust-pickle), or convert it once to safetensors") from None
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint, safetensors file or TorchScript archive "
+                              f"({_first_line(exc)}); is it truncated or another format?") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def read_torchscript(path: "str | os.PathLike") -> dict:
+    import torch
+
+    try:
+        return torch.jit.load(os.fspath(path), map_location="cpu").state_dict()
+    except Exception as exc:
+        raise CheckpointError(f"{path} looks like a TorchScript archive but cannot be loaded ({_first_line(exc)})") from None
+
+
+def read_state_dict(path: "str | os.PathLike", trust_pickle: bool = False) -> tuple[dict, dict]:
+    """Any weights file -> (flat state dict of tensors, metadata). Unwraps ``state_dict`` wrappers and
+    ``module.`` prefixes. Metadata: safetensors metadata, or non-tensor entries of a wrapper dict."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a weights file")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); was the download interrupted?")
+    if path.suffix == ".safetensors" or _looks_like_safetensors(head):
+        sd, meta = read_safetensors(path)
+        return strip_prefixes(sd), meta
+    if is_torchscript(path):
+        return strip_prefixes(read_torchscript(path)), {"format": "torchscript"}
+    obj = read_pickle(path, trust_pickle)
+    return unwrap(obj, path)
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 0 < n < 100_000_000 and head[8:9] == b"{"
+
+
+def unwrap(obj: Any, path: "str | os.PathLike" = "checkpoint") -> tuple[dict, dict]:
+    import torch
+
+    meta: dict = {}
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    for _ in range(3):
+        if isinstance(obj, dict) and not _is_state_dict(obj):
+            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if inner is None:
+                break
+            meta.update({k: v for k, v in obj.items() if not isinstance(v, (dict, torch.Tensor))})
+            obj = inner
+    if not isinstance(obj, dict) or not _is_state_dict(obj):
+        raise CheckpointError(f"{path} holds no state dict of tensors (found {type(obj).__name__}"
+                              + (f" with keys {sorted(obj)[:8]}" if isinstance(obj, dict) else "") + ")")
+    return strip_prefixes({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}), meta
+
+
+def _is_state_dict(obj: dict) -> bool:
+    import torch
+
+    tensors = sum(isinstance(v, torch.Tensor) for v in obj.values())
+    return tensors > 0 and tensors >= len(obj) / 2
+
+
+def strip_prefixes(sd: dict) -> dict:
+    for prefix in PREFIXES:
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def state_dict_kind(sd: dict) -> str:
+    """'openai' (OpenAI / open_clip CLIP layout), 'open_clip_custom' (open_clip CustomTextCLIP),
+    'hf' (transformers CLIPModel-like), or 'unknown'."""
+    keys = sd.keys()
+    if "token_embedding.weight" in keys and ("visual.proj" in keys or "visual.layer1.0.conv1.weight" in keys
+                                             or "visual.attnpool.c_proj.weight" in keys):
+        return "openai"
+    if any(k.startswith("text.") for k in keys) and any(k.startswith("visual.") for k in keys):
+        return "open_clip_custom"
+    if any(k.startswith(("vision_model.", "text_model.")) for k in keys):
+        return "hf"
+    if any(k.startswith("visual.") for k in keys):
+        return "open_clip_custom"
+    return "unknown"
+
+
+def load_into(model, sd: dict, source: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that names the missing and unexpected keys."""
+    result = model.load_state_dict(sd, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith(("attn_mask", "position_ids"))]
+    unexpected = [k for k in result.unexpected_keys if not k.endswith(("attn_mask", "position_ids"))]
+    shape_errors = []
+    if missing or unexpected:
+        raise ArchitectureMismatchError(
+            f"{source} does not fit the architecture: {len(missing)} missing key(s) {_show(missing)}, "
+            f"{len(unexpected)} unexpected key(s) {_show(unexpected)}; pick the model config that matches "
+            "the checkpoint (model_name=…) or check the file")
+    del shape_errors
+
+
+def _show(keys: list[str], n: int = 6) -> str:
+    return "[" + ", ".join(keys[:n]) + (", …" if len(keys) > n else "") + "]"
+
+
+def sniff_folder(path: "str | os.PathLike") -> str:
+    """Which backend reads a folder: 'open_clip' (open_clip hub folder), 'sentence_transformers',
+    'transformers' (save_pretrained), or 'clipzoo' (a folder clipzoo trained)."""
+    path = Path(path)
+    names = {p.name for p in path.iterdir()}
+    if "clipzoo.json" in names:
+        return "clipzoo"
+    if "open_clip_config.json" in names:
+        return "open_clip"
+    if "modules.json" in names:
+        return "sentence_transformers"
+    if "config.json" in names:
+        return "transformers"
+    raise CheckpointError(f"folder {path} is not a model folder clipzoo knows: expected open_clip_config.json "
+                          "(open_clip hub), config.json (HF save_pretrained) or modules.json "
+                          f"(sentence-transformers); found {sorted(names)[:10]}")
+
+
+def read_json(path: "str | os.PathLike") -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path} as JSON ({exc})") from None

@@ -1,0 +1,218 @@
+"""The Comparator: the one model API that every backend returns.
+
+A backend subclasses :class:`Comparator` and implements four small methods:
+
+- ``encode_pixels(pixels)``: preprocessed float pixels (N, 3, H, W) -> raw image features (N, D);
+- ``encode_tokens(tokens)``: token ids (N, L) from :meth:`tokenize` -> raw text features (N, D);
+- ``tokenize(texts, truncate=False)``: strings -> token ids the way the model was trained;
+- ``logit_params()``: ``(scale, bias)`` tensors, bias None for softmax (CLIP) models.
+
+Everything else — input coercion, batching, devices, precision, normalisation, similarity,
+zero-shot prediction — lives here once, so every backend behaves the same.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .cards import IMAGE, TEXT, ModelCard
+from .errors import UnsupportedError
+from .inputs import batched, check_pixel_tensor, image_items, is_float_tensor, map_images, text_items
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+              "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+def resolve_dtype(precision: str | torch.dtype) -> torch.dtype:
+    if isinstance(precision, torch.dtype):
+        return precision
+    try:
+        return PRECISIONS[precision]
+    except KeyError:
+        from .errors import ClipzooError
+
+        raise ClipzooError(f"unknown precision {precision!r}; use one of fp32, fp16, bf16") from None
+
+
+def format_template(template: str | Callable[[str], str], label: str) -> str:
+    return template(label) if callable(template) else template.format(label)
+
+
+class Comparator(torch.nn.Module):
+    """One CLIP-family model: encode images and texts, compare them, classify zero-shot.
+
+    Attributes: ``card``, ``embed_dim``, ``image_size``, ``context_length``, ``modalities``,
+    ``logit_scale`` (the multiplier, i.e. ``exp`` of the stored log-scale), ``logit_bias`` (None
+    for softmax models), ``probability`` ("softmax" or "sigmoid"), ``preprocess`` (PIL -> tensor).
+    """
+
+    probability: str = "softmax"
+
+    def __init__(self, card: ModelCard, model: torch.nn.Module, *, transform: Callable,
+                 embed_dim: int, image_size: int | tuple[int, int] | None, context_length: int | None,
+                 modalities: Sequence[str] = (IMAGE, TEXT)):
+        super().__init__()
+        self.card = card
+        self.model = model
+        self._transform = transform
+        self.embed_dim = int(embed_dim)
+        self.image_size = image_size
+        self.context_length = context_length
+        self.modalities = tuple(modalities)
+        self.decode_workers = 0
+        self.eval()
+
+    # ------------------------------------------------------------ backend hooks
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise UnsupportedError(f"{self.card.alias} has no image tower")
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise UnsupportedError(f"{self.card.alias} has no text tower")
+
+    def tokenize(self, texts: str | list[str], truncate: bool = False) -> torch.Tensor:
+        raise UnsupportedError(f"{self.card.alias} has no tokenizer")
+
+    def logit_params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.float32
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.logit_params()[0])
+
+    @property
+    def logit_bias(self) -> float | None:
+        bias = self.logit_params()[1]
+        return None if bias is None else float(bias)
+
+    def preprocess(self, image) -> torch.Tensor:
+        """A PIL image (or path / uint8 array) -> the model's input tensor (3, H, W)."""
+        from .inputs import to_pil
+
+        return self._transform(to_pil(image))
+
+    @property
+    def transform(self) -> Callable:
+        """The raw torchvision transform (PIL -> tensor), as open_clip / openai return it."""
+        return self._transform
+
+    def _require(self, modality: str) -> None:
+        if modality not in self.modalities:
+            raise UnsupportedError(f"{self.card.alias} has no {modality} modality (it has: "
+                                   f"{', '.join(self.modalities)})")
+
+    # ------------------------------------------------------------ encoding
+    @staticmethod
+    def _grad_context(x: Any):
+        wants_grad = isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled()
+        return contextlib.nullcontext() if wants_grad else torch.no_grad()
+
+    def _finish(self, features: torch.Tensor, normalize: bool) -> torch.Tensor:
+        features = features.float()
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def pixels(self, images: Any) -> torch.Tensor:
+        """Any image input -> preprocessed pixel tensor (N, 3, H, W) on CPU (float tensors pass through)."""
+        if is_float_tensor(images):
+            return check_pixel_tensor(images, self.image_size)
+        items = image_items(images)
+        return torch.stack(map_images(items, self._transform, self.decode_workers))
+
+    def encode_image(self, images: Any, normalize: bool = True, batch_size: int = 64) -> torch.Tensor:
+        """Images -> features (N, D). Paths, PIL images, uint8 HWC arrays, or preprocessed float tensors.
+
+        Gradients flow when a float tensor that requires grad is given; otherwise runs without grad.
+        """
+        self._require(IMAGE)
+        if is_float_tensor(images):
+            x = check_pixel_tensor(images, self.image_size)
+            with self._grad_context(x):
+                return self._finish(self.encode_pixels(x.to(self.device, self.dtype)), normalize)
+        items = image_items(images)
+        out = []
+        with torch.no_grad():
+            for chunk in batched(items, batch_size):
+                x = torch.stack(map_images(chunk, self._transform, self.decode_workers))
+                out.append(self._finish(self.encode_pixels(x.to(self.device, self.dtype)), normalize))
+        return torch.cat(out)
+
+    def encode_text(self, texts: Any, normalize: bool = True, batch_size: int = 256,
+                    truncate: bool = False) -> torch.Tensor:
+        """Texts -> features (N, D). A string, a list of strings, or a token tensor from :meth:`tokenize`.
+
+        A text longer than the context raises :class:`~clipzoo.errors.BadTextError` unless ``truncate``.
+        """
+        self._require(TEXT)
+        if isinstance(texts, torch.Tensor):
+            tokens = texts if texts.ndim == 2 else texts.unsqueeze(0)
+        else:
+            tokens = self.tokenize(text_items(texts), truncate=truncate)
+        out = []
+        with torch.no_grad():
+            for start in range(0, tokens.shape[0], batch_size):
+                out.append(self._finish(self.encode_tokens(tokens[start:start + batch_size].to(self.device)),
+                                        normalize))
+        return torch.cat(out)
+
+    def encode(self, modality: str, inputs: Any, **kwargs: Any) -> torch.Tensor:
+        """Generic entry point: ``encode("image", …)``, ``encode("text", …)``."""
+        modality = str(getattr(modality, "name", modality)).lower()
+        self._require(modality)
+        method = getattr(self, f"encode_{modality}", None)
+        if method is None:
+            raise UnsupportedError(f"{self.card.alias} cannot encode {modality}")
+        return method(inputs, **kwargs)
+
+    # ------------------------------------------------------------ comparing
+    def similarity(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """Logits as the model defines them: ``scale * cosine (+ bias)``, shape [N_images, N_texts]."""
+        scale, bias = self.logit_params()
+        a = F.normalize(image_features.float(), dim=-1)
+        b = F.normalize(text_features.float(), dim=-1).to(a.device)
+        logits = scale.float().to(a.device) * a @ b.T
+        if bias is not None:
+            logits = logits + bias.float().to(a.device)
+        return logits
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.probability == "sigmoid" else logits.softmax(dim=-1)
+
+    def classifier(self, labels: Iterable[str], templates: Sequence[str | Callable] | None = None,
+                   truncate: bool = True) -> torch.Tensor:
+        """Zero-shot class weights [L, D]: the renormalised mean of normalised template embeddings."""
+        labels = text_items(list(labels))
+        templates = list(templates or DEFAULT_TEMPLATES)
+        prompts = [format_template(t, label) for label in labels for t in templates]
+        feats = self.encode_text(prompts, truncate=truncate).view(len(labels), len(templates), -1)
+        return F.normalize(feats.mean(dim=1), dim=-1)
+
+    def predict(self, images: Any, labels: Iterable[str], templates: Sequence[str | Callable] | None = None
+                ) -> torch.Tensor:
+        """Zero-shot probabilities [N_images, N_labels]: softmax (CLIP) or sigmoid (SigLIP)."""
+        weights = self.classifier(labels, templates)
+        return self.probabilities(self.similarity(self.encode_image(images), weights))
+
+    def forward(self, images: Any, texts: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits_per_image, logits_per_text)`` as openai's CLIP returns them."""
+        logits = self.similarity(self.encode_image(images), self.encode_text(texts))
+        return logits, logits.T
+
+    def extra_repr(self) -> str:
+        return f"card={self.card.alias}, embed_dim={self.embed_dim}, image_size={self.image_size}"

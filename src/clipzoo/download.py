@@ -1,0 +1,128 @@
+"""Fetching weights: direct URLs (verified by full SHA256) and the Hugging Face hub (through its cache)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .errors import DownloadError, ModelNotCachedError
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("CLIPZOO_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "clipzoo")
+    return Path(root)
+
+
+def sha256_of(path: "str | os.PathLike", chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_url(url: str, sha256: str | None = None, cache_dir: "str | os.PathLike | None" = None,
+                 filename: str | None = None, progress: bool = True) -> Path:
+    """Download ``url`` into ``cache_dir`` and return the local path.
+
+    The file is written to a temporary name in the same folder and renamed only once complete and,
+    when ``sha256`` is given, verified — so an interrupted or corrupt download never leaves a file
+    that a later run would trust. A cached file is re-verified before reuse.
+    """
+    folder = Path(cache_dir) if cache_dir else default_cache_dir() / "url"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / (filename or os.path.basename(url.split("?")[0]) or "download")
+    if target.exists():
+        if sha256 is None or sha256_of(target) == sha256.lower():
+            return target
+        target.unlink()  # a stale or corrupt cached file: fetch again
+    h = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                response = urllib.request.urlopen(url, timeout=60)
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                raise DownloadError(f"cannot download {url} ({exc}); check the URL and the network, "
+                                    f"or place the file at {target} yourself") from None
+            with response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                bar = _progress(total, target.name) if progress else None
+                while True:
+                    block = response.read(1 << 20)
+                    if not block:
+                        break
+                    out.write(block)
+                    h.update(block)
+                    if bar is not None:
+                        bar.update(len(block))
+                if bar is not None:
+                    bar.close()
+        digest = h.hexdigest()
+        if sha256 is not None and digest != sha256.lower():
+            raise DownloadError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {digest}; "
+                                "the download is corrupt or the file changed upstream — nothing was kept")
+        os.replace(tmp, target)
+        return target
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _progress(total: int | None, name: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False)
+
+
+def hub_file(repo: str, filename: str, cache_dir: "str | os.PathLike | None" = None,
+             revision: str | None = None) -> Path:
+    """One file of a hub repo through huggingface_hub's cache (offline once cached)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, filename, cache_dir=cache_dir, revision=revision))
+    except Exception as exc:  # EntryNotFound, LocalEntryNotFound, connection errors, …
+        raise _hub_error(repo, exc, filename) from None
+
+
+def hub_snapshot(repo: str, cache_dir: "str | os.PathLike | None" = None, revision: str | None = None,
+                 allow_patterns: list[str] | None = None) -> Path:
+    """A hub repo folder through huggingface_hub's cache (offline once cached)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, cache_dir=cache_dir, revision=revision, allow_patterns=allow_patterns))
+    except Exception as exc:
+        raise _hub_error(repo, exc) from None
+
+
+def hub_has_file(repo: str, filename: str, cache_dir=None) -> bool:
+    try:
+        hub_file(repo, filename, cache_dir)
+        return True
+    except ModelNotCachedError as exc:
+        if getattr(exc, "missing_file", False):
+            return False
+        raise
+
+
+def _hub_error(repo: str, exc: Exception, filename: str | None = None) -> ModelNotCachedError:
+    name = type(exc).__name__
+    what = f"{filename!r} of " if filename else ""
+    if name in ("EntryNotFoundError", "RemoteEntryNotFoundError"):
+        err = ModelNotCachedError(f"hub repo {repo!r} has no file {filename!r}")
+        err.missing_file = True
+        return err
+    if name in ("RepositoryNotFoundError",):
+        return ModelNotCachedError(f"hub repo {repo!r} does not exist (or is private); check the id")
+    return ModelNotCachedError(
+        f"cannot fetch {what}hub repo {repo!r}: it is not in the local Hugging Face cache and the hub "
+        f"cannot be reached ({name}); download it once where the hub is reachable (or set HF_HOME to a "
+        "cache that holds it), or pass a local folder")

@@ -1,0 +1,56 @@
+"""Errors a user can cause. Each message names the input and says what to do.
+
+The CLI prints ``str(err)`` on one line and exits with status 2 for any :class:`ClipzooError`.
+"""
+from __future__ import annotations
+
+
+class ClipzooError(Exception):
+    """Base class of every error caused by user input."""
+
+
+class UnknownModelError(ClipzooError, KeyError):
+    """A model spec that matches no card, file or folder."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0] if self.args else ""
+
+
+class AmbiguousModelError(ClipzooError):
+    """A query that matches more than one card where exactly one is needed."""
+
+
+class CheckpointError(ClipzooError):
+    """A checkpoint file or folder that cannot be read as any supported format."""
+
+
+class UnsafePickleError(CheckpointError):
+    """A pickle that needs arbitrary code execution to load, refused without ``trust_pickle=True``."""
+
+
+class ArchitectureMismatchError(CheckpointError):
+    """Weights that do not fit the architecture they are loaded into."""
+
+
+class ModelNotCachedError(ClipzooError):
+    """A hub model that is not in the local cache while the hub cannot be reached."""
+
+
+class DownloadError(ClipzooError):
+    """A download that failed or whose checksum does not match."""
+
+
+class BadImageError(ClipzooError, ValueError):
+    """An image input that cannot be decoded or has the wrong shape or type."""
+
+
+class BadTextError(ClipzooError, ValueError):
+    """A text input of the wrong type, or too long for the model's context."""
+
+
+class BackendMissingError(ClipzooError, ImportError):
+    """An optional dependency that a backend needs is not installed."""
+
+
+class UnsupportedError(ClipzooError):
+    """An operation that the model or backend cannot do (e.g. a modality it lacks)."""

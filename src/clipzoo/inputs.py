@@ -1,0 +1,148 @@
+"""Coercion of user inputs (paths, PIL images, arrays, tensors, strings) with clear errors."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import BadImageError, BadTextError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+def open_image(path: "str | os.PathLike"):
+    """Open an image file as RGB PIL, raising :class:`BadImageError` naming the file on failure."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise BadImageError(f"image {path!r} does not exist; check the path")
+    if os.path.isdir(path):
+        raise BadImageError(f"image {path!r} is a folder; pass the image files in it (or use `clipzoo embed --images DIR`)")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(f"image {path!r} cannot be decoded ({exc.__class__.__name__}: {exc}); "
+                            "is it a corrupt or non-image file?") from None
+
+
+def to_pil(item: Any, index: int = 0):
+    """One image-like item (path, PIL image, uint8 HWC array / tensor) -> RGB PIL image."""
+    from PIL import Image
+
+    if isinstance(item, (str, Path)):
+        return open_image(item)
+    if isinstance(item, Image.Image):
+        return item.convert("RGB") if item.mode != "RGB" else item
+    array = _as_numpy(item)
+    if array is not None:
+        import numpy as np
+
+        if array.ndim == 2:
+            array = np.stack([array] * 3, axis=-1)
+        if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+            raise BadImageError(f"image {index}: an array of shape {tuple(array.shape)} is not an HxWxC image "
+                                "(C = 1, 3 or 4); pass uint8 HWC arrays, or preprocessed float tensors (N, 3, H, W)")
+        if array.dtype != np.uint8:
+            raise BadImageError(f"image {index}: array dtype {array.dtype} is not uint8; pass uint8 HWC pixels "
+                                "or a preprocessed float tensor (N, 3, H, W)")
+        if array.shape[-1] == 1:
+            array = np.repeat(array, 3, axis=-1)
+        return Image.fromarray(np.ascontiguousarray(array[..., :3]), "RGB")
+    raise BadImageError(f"image {index}: cannot use a {type(item).__name__} as an image; pass a file path, "
+                        "a PIL image, a uint8 HWC array or a preprocessed float tensor")
+
+
+def _as_numpy(item: Any):
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(item, np.ndarray):
+        return item
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(item, torch.Tensor) and item.dtype == torch.uint8:
+        return item.cpu().numpy()
+    return None
+
+
+def is_float_tensor(x: Any) -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(x, torch.Tensor) and x.is_floating_point()
+
+
+def image_items(images: Any) -> list:
+    """Normalise an image argument to a list of items (a single path or image becomes a list of one)."""
+    from PIL import Image
+
+    if isinstance(images, (str, Path, Image.Image)):
+        return [images]
+    array = _as_numpy(images)
+    if array is not None:
+        if array.ndim == 4:
+            return list(array)
+        return [array]
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise BadImageError("no images given; pass at least one path, PIL image or array")
+        return list(images)
+    raise BadImageError(f"cannot use a {type(images).__name__} as images; pass paths, PIL images, "
+                        "uint8 arrays or a preprocessed float tensor (N, 3, H, W)")
+
+
+def check_pixel_tensor(x, image_size: int | tuple[int, int] | None):
+    """A preprocessed float tensor: (3, H, W) -> (1, 3, H, W); checks channels and size."""
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise BadImageError(f"a float image tensor must be (N, 3, H, W) or (3, H, W), got {tuple(x.shape)}")
+    if image_size is not None:
+        hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if tuple(x.shape[-2:]) != hw:
+            raise BadImageError(f"a preprocessed image tensor must be {hw[0]}x{hw[1]} for this model, got "
+                                f"{x.shape[-2]}x{x.shape[-1]}; pass PIL images or paths, or apply "
+                                "model.preprocess first")
+    return x
+
+
+def text_items(texts: Any) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (list, tuple)):
+        if not texts:
+            raise BadTextError("no texts given; pass a string or a list of strings")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise BadTextError(f"text {i} is a {type(t).__name__}, not a string; pass strings or a token tensor")
+        return list(texts)
+    raise BadTextError(f"cannot use a {type(texts).__name__} as texts; pass a string, a list of strings "
+                       "or a token tensor (N, L)")
+
+
+def too_long_error(text: str, n_tokens: int, context_length: int) -> BadTextError:
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    return BadTextError(f"text {shown!r} is {n_tokens} tokens, longer than the model's context length "
+                        f"{context_length}; shorten it or pass truncate=True")
+
+
+def batched(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def map_images(items: list, transform: Callable, workers: int = 0):
+    """Decode and preprocess items (in a thread pool when ``workers`` > 0; PIL releases the GIL)."""
+    if workers and len(items) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(lambda p: transform(to_pil(p[1], p[0])), enumerate(items)))
+    return [transform(to_pil(item, i)) for i, item in enumerate(items)]

@@ -1,0 +1,122 @@
+"""Tiny random-weight CLIP models written in each real checkpoint format.
+
+Formats: OpenAI TorchScript archive and plain state dict; open_clip .pt (with a ``state_dict``
+wrapper and ``module.`` prefixes, as open_clip's trainer saves) and .safetensors; an open_clip hub
+folder (``open_clip_config.json`` + weights). Run ``python -m clipzoo.testing.tiny OUT_DIR``.
+
+The tiny model keeps CLIP's real tokenizer (vocab 49408, context 77) and OpenAI's layout (QuickGELU,
+head width 64) so that openai's own ``clip.load`` can read the same files.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+}
+OPENAI_PREPROCESS = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+                     "interpolation": "bicubic", "resize_mode": "shortest"}
+
+
+def tiny_model(seed: int = 0, config: dict | None = None):
+    """An open_clip CLIP with the tiny config and random (seeded) weights, in eval mode."""
+    from open_clip.model import CLIP
+
+    cfg = copy.deepcopy(config or TINY_CONFIG)
+    torch.manual_seed(seed)
+    model = CLIP(**cfg).eval()
+    with torch.no_grad():  # make every tensor non-trivial (open_clip inits some to zeros/ones)
+        for name, p in model.named_parameters():
+            if name != "logit_scale":
+                p.add_(torch.randn_like(p) * 0.02)
+        model.logit_scale.fill_(float(torch.log(torch.tensor(1 / 0.07))))
+    return model
+
+
+def state_dict(seed: int = 0) -> dict:
+    return {k: v.clone() for k, v in tiny_model(seed).state_dict().items()}
+
+
+def write_openai_jit(path: "str | os.PathLike", seed: int = 0) -> Path:
+    """A TorchScript archive like OpenAI's downloads (traced; ``torch.jit.load``-able, OpenAI key layout)."""
+    model = tiny_model(seed)
+    size = TINY_CONFIG["vision_cfg"]["image_size"]
+    image = torch.randn(1, 3, size, size)
+    text = torch.zeros(1, 77, dtype=torch.long)
+    traced = torch.jit.trace_module(model, {"forward": (image, text), "encode_text": (text,),
+                                            "encode_image": (image,)})
+    traced.save(str(path))
+    return Path(path)
+
+
+def write_openai_state_dict(path: "str | os.PathLike", seed: int = 0) -> Path:
+    torch.save(state_dict(seed), str(path))
+    return Path(path)
+
+
+def write_open_clip_pt(path: "str | os.PathLike", seed: int = 0, wrapped: bool = True) -> Path:
+    """As open_clip's trainer saves: ``{"epoch", "name", "state_dict": {"module.…": …}}``."""
+    sd = state_dict(seed)
+    obj = {"epoch": 1, "name": "tiny", "state_dict": {f"module.{k}": v for k, v in sd.items()}} if wrapped else sd
+    torch.save(obj, str(path))
+    return Path(path)
+
+
+def write_open_clip_safetensors(path: "str | os.PathLike", seed: int = 0, embed_config: bool = False) -> Path:
+    from safetensors.torch import save_file
+
+    meta = {"format": "pt"}
+    if embed_config:
+        meta["open_clip_config"] = json.dumps({"model_cfg": TINY_CONFIG, "preprocess_cfg": OPENAI_PREPROCESS})
+    save_file({k: v.contiguous() for k, v in state_dict(seed).items()}, str(path), metadata=meta)
+    return Path(path)
+
+
+def write_open_clip_hub_folder(folder: "str | os.PathLike", seed: int = 0, safetensors: bool = True) -> Path:
+    """What open_clip's ``push_to_hf_hub`` writes: ``open_clip_config.json`` + weights."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": TINY_CONFIG, "preprocess_cfg": OPENAI_PREPROCESS}, indent=2))
+    sd = state_dict(seed)
+    if safetensors:
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "open_clip_model.safetensors"))
+    else:
+        torch.save(sd, str(folder / "open_clip_pytorch_model.bin"))
+    return folder
+
+
+def write_all(out: "str | os.PathLike", seed: int = 0) -> dict[str, Path]:
+    """Every open_clip/OpenAI format into ``out``; returns {format: path}."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return {
+        "openai_jit": write_openai_jit(out / "tiny-openai-jit.pt", seed),
+        "openai_state_dict": write_openai_state_dict(out / "tiny-openai-sd.pt", seed),
+        "open_clip_pt": write_open_clip_pt(out / "tiny-open_clip.pt", seed),
+        "open_clip_safetensors": write_open_clip_safetensors(out / "tiny-open_clip.safetensors", seed, embed_config=True),
+        "open_clip_hub": write_open_clip_hub_folder(out / "tiny-open_clip-hub", seed),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.exit("usage: python -m clipzoo.testing.tiny OUT_DIR")
+    for fmt, path in write_all(argv[0]).items():
+        print(f"{fmt}\t{path}")
+
+
+if __name__ == "__main__":
+    main()
