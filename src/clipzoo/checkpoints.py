@@ -55,7 +55,7 @@ def read_pickle(path: "str | os.PathLike", trust_pickle: bool = False) -> Any:
                 "loading it can run arbitrary code. If you trust its source, pass trust_pickle=True "
                 "(CLI: --trust-pickle), or convert it once to safetensors") from None
         return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on non-checkpoints
         raise CheckpointError(f"{path} is not a PyTorch checkpoint, safetensors file or TorchScript archive "
                               f"({_first_line(exc)}); is it truncated or another format?") from None
 
@@ -68,8 +68,12 @@ def _first_line(exc: BaseException) -> str:
 def read_torchscript(path: "str | os.PathLike") -> dict:
     import torch
 
+    import warnings
+
     try:
-        return torch.jit.load(os.fspath(path), map_location="cpu").state_dict()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+            return torch.jit.load(os.fspath(path), map_location="cpu").state_dict()
     except Exception as exc:
         raise CheckpointError(f"{path} looks like a TorchScript archive but cannot be loaded ({_first_line(exc)})") from None
 

@@ -207,11 +207,13 @@ class Comparator(torch.nn.Module):
                 ) -> torch.Tensor:
         """Zero-shot probabilities [N_images, N_labels]: softmax (CLIP) or sigmoid (SigLIP)."""
         weights = self.classifier(labels, templates)
-        return self.probabilities(self.similarity(self.encode_image(images), weights))
+        with self._grad_context(images):
+            return self.probabilities(self.similarity(self.encode_image(images), weights))
 
     def forward(self, images: Any, texts: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits_per_image, logits_per_text)`` as openai's CLIP returns them."""
-        logits = self.similarity(self.encode_image(images), self.encode_text(texts))
+        with self._grad_context(images):
+            logits = self.similarity(self.encode_image(images), self.encode_text(texts))
         return logits, logits.T
 
     def extra_repr(self) -> str:

@@ -42,24 +42,30 @@ def tiny_model(seed: int = 0, config: dict | None = None):
     return model
 
 
-def state_dict(seed: int = 0) -> dict:
-    return {k: v.clone() for k, v in tiny_model(seed).state_dict().items()}
+def state_dict(seed: int = 0, fp16: bool = False) -> dict:
+    """The tiny model's weights; ``fp16=True`` rounds them as OpenAI's released files are stored."""
+    return {k: (v.half() if fp16 and v.is_floating_point() else v).clone()
+            for k, v in tiny_model(seed).state_dict().items()}
 
 
 def write_openai_jit(path: "str | os.PathLike", seed: int = 0) -> Path:
     """A TorchScript archive like OpenAI's downloads (traced; ``torch.jit.load``-able, OpenAI key layout)."""
     model = tiny_model(seed)
+    # OpenAI's archives hold only weights in their state dict: keep the causal mask a traced constant
+    mask = model._buffers.pop("attn_mask")
+    object.__setattr__(model, "attn_mask", mask)
     size = TINY_CONFIG["vision_cfg"]["image_size"]
     image = torch.randn(1, 3, size, size)
     text = torch.zeros(1, 77, dtype=torch.long)
     traced = torch.jit.trace_module(model, {"forward": (image, text), "encode_text": (text,),
                                             "encode_image": (image,)})
+    traced.half()  # OpenAI's archives store fp16 weights
     traced.save(str(path))
     return Path(path)
 
 
 def write_openai_state_dict(path: "str | os.PathLike", seed: int = 0) -> Path:
-    torch.save(state_dict(seed), str(path))
+    torch.save(state_dict(seed, fp16=True), str(path))
     return Path(path)
 
 

@@ -1,0 +1,286 @@
+"""Embed many images or texts with a Comparator and keep the result as a ``.npy`` file.
+
+Images stream through a :class:`torch.utils.data.DataLoader` whose worker processes decode and
+preprocess them (PIL) while the model encodes the previous batch, so a folder of images goes through
+the model without waiting on decoding. Texts are tokenized and encoded in batches.
+
+The ``.npy`` file holds a float32 matrix (one row per input, in order); a JSON sidecar beside it
+(``emb.npy`` -> ``emb.json``) lists the inputs and says which model made the rows::
+
+    from clipzoo.embedding import embed_images, save_embeddings
+    result = embed_images(model, ["photos/"], workers=4, progress=True)
+    save_embeddings(result, "photos.npy")
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from .errors import BadImageError, BadTextError, ClipzooError
+from .inputs import IMAGE_SUFFIXES
+
+__all__ = ["Embeddings", "expand_image_paths", "read_texts", "ImageFiles", "image_loader", "embed_images",
+           "embed_texts", "save_embeddings", "load_embeddings", "sidecar_path", "default_workers"]
+
+
+@dataclass
+class Embeddings:
+    """Rows of features and what they are: ``features[i]`` embeds ``inputs[i]``."""
+
+    features: Any  # numpy.ndarray (N, D), float32
+    inputs: list[str]
+    modality: str
+    model: str = ""
+    normalized: bool = True
+    skipped: list[dict[str, str]] = field(default_factory=list)  # inputs left out: {"input", "error"}
+
+    def metadata(self) -> dict[str, Any]:
+        return {"model": self.model, "modality": self.modality, "count": int(self.features.shape[0]),
+                "dim": int(self.features.shape[1]) if self.features.ndim == 2 else None,
+                "dtype": str(self.features.dtype), "normalized": self.normalized,
+                "inputs": list(self.inputs), "skipped": list(self.skipped)}
+
+
+def default_workers() -> int:
+    """Decode workers for the image DataLoader: the CPU count, capped at 8."""
+    return max(0, min(8, os.cpu_count() or 1))
+
+
+# ------------------------------------------------------------------ inputs
+def _is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def expand_image_paths(paths: "str | os.PathLike | Iterable[str | os.PathLike]") -> list[str]:
+    """Files stay as given; a folder becomes its image files (recursively, sorted, hidden files skipped).
+
+    Raises :class:`~clipzoo.errors.BadImageError` naming a path that does not exist or a folder
+    without images.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[str] = []
+    for given in paths:
+        path = Path(os.path.expanduser(os.fspath(given)))
+        if path.is_dir():
+            found = sorted((p for p in path.rglob("*") if p.is_file() and _is_image_file(p)), key=str)
+            if not found:
+                raise BadImageError(f"folder {os.fspath(given)!r} holds no image files "
+                                    f"({', '.join(IMAGE_SUFFIXES)}); check the path")
+            out.extend(str(p) for p in found)
+        elif path.exists():
+            out.append(str(path))
+        else:
+            raise BadImageError(f"image {os.fspath(given)!r} does not exist; check the path")
+    if not out:
+        raise BadImageError("no images given; pass image files or folders")
+    return out
+
+
+def read_texts(path: "str | os.PathLike") -> list[str]:
+    """One text per line of a UTF-8 file (line ends stripped, blank lines skipped)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ClipzooError(f"texts file {path!r} does not exist; pass a UTF-8 text file with one text per line")
+    if os.path.isdir(path):
+        raise ClipzooError(f"texts file {path!r} is a folder; pass a UTF-8 text file with one text per line")
+    try:
+        with open(path, encoding="utf-8") as f:
+            texts = [line.rstrip("\r\n") for line in f]
+    except UnicodeDecodeError as exc:
+        raise BadTextError(f"texts file {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                           "save it as UTF-8 with one text per line") from None
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise BadTextError(f"texts file {path!r} holds no texts; write one text per line")
+    return texts
+
+
+# ------------------------------------------------------------------ the image DataLoader
+class ImageFiles:
+    """A map-style dataset of image files -> ``(index, pixels or None, error or None)``.
+
+    Decode errors are returned, not raised, so that a worker process hands back a clean message
+    (naming the file) instead of a wrapped traceback.
+    """
+
+    def __init__(self, paths: Sequence[str], transform: Callable):
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        from .inputs import open_image
+
+        path = self.paths[index]
+        try:
+            return index, self.transform(open_image(path)), None
+        except ClipzooError as exc:
+            return index, None, str(exc)
+        except Exception as exc:  # a transform that fails on this image
+            return index, None, f"image {path!r} cannot be preprocessed ({type(exc).__name__}: {exc})"
+
+
+def collate_images(items: list) -> tuple[list[int], Any, list[tuple[int, str]]]:
+    """``[(index, pixels|None, error|None)]`` -> ``(indices, stacked pixels or None, [(index, error)])``."""
+    import torch
+
+    good = [(i, x) for i, x, err in items if err is None]
+    errors = [(i, err) for i, _, err in items if err is not None]
+    pixels = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], pixels, errors
+
+
+def image_loader(paths: Sequence[str], transform: Callable, batch_size: int = 64, workers: int | None = None,
+                 pin_memory: bool = False):
+    """A DataLoader over image files, in order, decoding in ``workers`` processes (0: in this process)."""
+    from torch.utils.data import DataLoader
+
+    workers = default_workers() if workers is None else int(workers)
+    workers = min(workers, max(1, -(-len(paths) // batch_size))) if workers else 0
+    return DataLoader(ImageFiles(paths, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=collate_images, pin_memory=pin_memory,
+                      prefetch_factor=2 if workers else None)
+
+
+# ------------------------------------------------------------------ embedding
+@contextlib.contextmanager
+def _progress(total: int, description: str, enabled: bool) -> Iterator[Callable[[int], None]]:
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if int(batch_size) < 1:
+        raise ClipzooError(f"batch size must be at least 1, got {batch_size}")
+    return int(batch_size)
+
+
+def embed_images(comparator, images: "str | os.PathLike | Iterable[str | os.PathLike]", *, batch_size: int = 64,
+                 workers: int | None = None, normalize: bool = True, progress: bool = False,
+                 skip_bad: bool = False) -> Embeddings:
+    """Embed image files and folders (folders expand recursively, sorted) with ``comparator``.
+
+    Images are decoded and preprocessed in ``workers`` DataLoader processes (default: CPU count, at
+    most 8) and encoded ``batch_size`` at a time. A file that cannot be decoded raises
+    :class:`~clipzoo.errors.BadImageError` naming it, or is left out (and listed in ``skipped``)
+    when ``skip_bad``. Rows equal ``comparator.encode_image(paths)``.
+    """
+    import numpy as np
+    import torch
+
+    from .cards import IMAGE
+
+    batch_size = _check_batch_size(batch_size)
+    comparator._require(IMAGE)
+    paths = expand_image_paths(images)
+    device = torch.device(comparator.device)
+    loader = image_loader(paths, comparator.transform, batch_size, workers, pin_memory=device.type == "cuda")
+    rows: list[np.ndarray] = []
+    kept: list[str] = []
+    skipped: list[dict[str, str]] = []
+    with _progress(len(paths), f"embedding {len(paths)} images", progress) as advance:
+        for indices, pixels, errors in loader:
+            if errors and not skip_bad:
+                raise BadImageError(errors[0][1] + "; or pass --skip-bad (skip_bad=True) to leave it out")
+            skipped.extend({"input": paths[i], "error": err} for i, err in errors)
+            if pixels is not None:
+                feats = comparator.encode_image(pixels, normalize=normalize)
+                rows.append(feats.float().cpu().numpy())
+                kept.extend(paths[i] for i in indices)
+            advance(len(indices) + len(errors))
+    if not rows:
+        raise BadImageError(f"none of the {len(paths)} images could be decoded; first error: "
+                            f"{skipped[0]['error'] if skipped else '(none)'}")
+    return Embeddings(np.concatenate(rows).astype(np.float32, copy=False), kept, IMAGE,
+                      comparator.card.alias, normalize, skipped)
+
+
+def embed_texts(comparator, texts: "str | Sequence[str]", *, batch_size: int = 256, normalize: bool = True,
+                truncate: bool = False, progress: bool = False) -> Embeddings:
+    """Embed texts (a list, or one string) in batches. A text longer than the model's context raises
+    :class:`~clipzoo.errors.BadTextError` naming it, unless ``truncate``."""
+    import numpy as np
+
+    from .cards import TEXT
+    from .inputs import text_items
+
+    batch_size = _check_batch_size(batch_size)
+    comparator._require(TEXT)
+    texts = text_items(texts)
+    rows = []
+    with _progress(len(texts), f"embedding {len(texts)} texts", progress) as advance:
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start:start + batch_size]
+            feats = comparator.encode_text(chunk, normalize=normalize, batch_size=batch_size, truncate=truncate)
+            rows.append(feats.float().cpu().numpy())
+            advance(len(chunk))
+    return Embeddings(np.concatenate(rows).astype(np.float32, copy=False), list(texts), TEXT,
+                      comparator.card.alias, normalize)
+
+
+# ------------------------------------------------------------------ files
+def sidecar_path(npy_path: "str | os.PathLike") -> Path:
+    """``emb.npy`` -> ``emb.json``: the inputs and model behind the rows."""
+    return Path(npy_path).with_suffix(".json")
+
+
+def _npy_path(out: "str | os.PathLike") -> Path:
+    out = Path(os.path.expanduser(os.fspath(out)))
+    return out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
+
+
+def save_embeddings(embeddings: Embeddings, out: "str | os.PathLike") -> tuple[Path, Path]:
+    """Write ``out`` (``.npy`` added if missing) and its JSON sidecar; each file appears whole or not at all."""
+    import numpy as np
+
+    npy = _npy_path(out)
+    if npy.parent and not npy.parent.exists():
+        npy.parent.mkdir(parents=True, exist_ok=True)
+    side = sidecar_path(npy)
+    _atomic_write(npy, lambda f: np.save(f, embeddings.features))
+    _atomic_write(side, lambda f: f.write(json.dumps(embeddings.metadata(), indent=1, ensure_ascii=False)
+                                          .encode("utf-8")))
+    return npy, side
+
+
+def _atomic_write(path: Path, write: Callable) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_embeddings(path: "str | os.PathLike") -> Embeddings:
+    """Read a ``.npy`` written by :func:`save_embeddings` with its sidecar (inputs unknown if it is gone)."""
+    import numpy as np
+
+    npy = _npy_path(path)
+    if not npy.exists():
+        raise ClipzooError(f"embeddings file {os.fspath(npy)!r} does not exist")
+    features = np.load(npy)
+    side = sidecar_path(npy)
+    meta = json.loads(side.read_text(encoding="utf-8")) if side.exists() else {}
+    return Embeddings(features, meta.get("inputs", []), meta.get("modality", ""), meta.get("model", ""),
+                      meta.get("normalized", True), meta.get("skipped", []))
