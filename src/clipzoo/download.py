@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.error
@@ -52,16 +53,26 @@ def download_url(url: str, sha256: str | None = None, cache_dir: "str | os.PathL
             with response:
                 total = int(response.headers.get("Content-Length") or 0) or None
                 bar = _progress(total, target.name) if progress else None
-                while True:
-                    block = response.read(1 << 20)
-                    if not block:
-                        break
-                    out.write(block)
-                    h.update(block)
+                received = 0
+                try:
+                    while True:
+                        block = response.read(1 << 20)
+                        if not block:
+                            break
+                        out.write(block)
+                        h.update(block)
+                        received += len(block)
+                        if bar is not None:
+                            bar.update(len(block))
+                except (OSError, http.client.HTTPException) as exc:
+                    raise DownloadError(f"download of {url} was interrupted after {received} bytes ({exc}); "
+                                        "nothing was kept — run again") from None
+                finally:
                     if bar is not None:
-                        bar.update(len(block))
-                if bar is not None:
-                    bar.close()
+                        bar.close()
+                if total is not None and received != total:
+                    raise DownloadError(f"download of {url} was interrupted: got {received} of {total} bytes; "
+                                        "nothing was kept — run again")
         digest = h.hexdigest()
         if sha256 is not None and digest != sha256.lower():
             raise DownloadError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {digest}; "

@@ -5,7 +5,7 @@ import os
 from typing import Any
 
 from .backends import get_backend
-from .cards import ModelCard, Source
+from .cards import ModelCard
 from .checkpoints import sniff_folder
 from .download import hub_file
 from .errors import ModelNotCachedError
@@ -52,4 +52,4 @@ def _with_backend(card: ModelCard, cache_dir) -> ModelCard:
         except ModelNotCachedError:
             pass
         return card.replace(backend="transformers")
-    return card.replace(backend="open_clip", source=Source())
+    return card.replace(backend="open_clip")  # a URL, or an open_clip pair

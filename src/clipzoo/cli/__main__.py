@@ -1,0 +1,4 @@
+"""``python -m clipzoo.cli`` runs the ``clipzoo`` command."""
+from . import main
+
+main()

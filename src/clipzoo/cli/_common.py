@@ -1,0 +1,97 @@
+"""What every command shares: the one-line user-error contract, common options, loading, output."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, NoReturn, Optional, TypeVar
+
+import typer
+
+from ..errors import ClipzooError
+
+USER_ERROR = 2
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# ------------------------------------------------------------------ errors
+def fail(message: "str | BaseException", code: int = USER_ERROR) -> NoReturn:
+    """Print ``error: <message>`` on one line to stderr and exit with ``code`` (2: a user error)."""
+    text = " ".join(str(message).split()) or type(message).__name__
+    typer.echo(f"error: {text}", err=True)
+    raise typer.Exit(code)
+
+
+def user_errors(fn: F) -> F:
+    """Turn errors a user can cause into one line on stderr and exit status 2 — never a traceback.
+
+    Caught: :class:`~clipzoo.errors.ClipzooError` (unknown model, bad file, bad image, too-long text, …)
+    and ``FileNotFoundError`` / ``IsADirectoryError`` / ``PermissionError`` of user paths.
+    Ctrl-C exits 130 with one line.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ClipzooError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            fail(exc)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------ common options
+ModelArg = Annotated[str, typer.Argument(
+    metavar="MODEL", show_default=False,
+    help="Model spec: an alias '[clip - openai - ViT-B/32]', 'openai/ViT-B-32', "
+         "'open_clip:ViT-B-32/laion2b_s34b_b79k', 'hf-hub:org/name', or a local file or folder.")]
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", help="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, mps.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="Weights precision: fp32, fp16 or bf16.")]
+TrustPickleOpt = Annotated[bool, typer.Option(
+    "--trust-pickle", help="Allow a checkpoint pickle that needs more than tensors to load (it can run "
+                           "code: only for files you trust).")]
+ModelNameOpt = Annotated[Optional[str], typer.Option(
+    "--model-name", help="open_clip model config for a bare checkpoint file, e.g. ViT-B-32.")]
+CacheDirOpt = Annotated[Optional[Path], typer.Option(
+    "--cache-dir", help="Where downloaded weights are cached (default: ~/.cache/clipzoo, HF's own cache).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(spec: str, device: str = "auto", precision: str = "fp32", trust_pickle: bool = False,
+               model_name: str | None = None, cache_dir: Path | None = None):
+    """``clipzoo.load`` with the CLI's common options (``model_name`` passed only when given)."""
+    import clipzoo
+
+    kwargs: dict[str, Any] = {"model_name": model_name} if model_name else {}
+    return clipzoo.load(spec, device=resolve_device(device), precision=precision,
+                        cache_dir=None if cache_dir is None else str(cache_dir), trust_pickle=trust_pickle,
+                        **kwargs)
+
+
+# ------------------------------------------------------------------ output
+def console(stderr: bool = False):
+    """A rich console on the current stdout/stderr (made per call, so test runners capture it)."""
+    from rich.console import Console
+
+    return Console(file=sys.stderr if stderr else sys.stdout, soft_wrap=False)
+
+
+def print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+def note(message: str) -> None:
+    """A status line on stderr (keeps stdout clean for tables and JSON)."""
+    typer.echo(message, err=True)

@@ -1,0 +1,119 @@
+"""``clipzoo models`` (query the registry) and ``clipzoo info`` (a card and its computed size)."""
+from typing import Optional
+
+import typer
+
+from ._common import CacheDirOpt, JsonOpt, ModelArg, ModelNameOpt, TrustPickleOpt, console, print_json, user_errors
+
+
+def _glob_help(field: str) -> str:
+    return f"Only models whose {field} matches (case-insensitive; globs such as 'ViT-B*' work)."
+
+
+@user_errors
+def models(
+    architecture: Optional[str] = typer.Option(None, "--architecture", "-a", help=_glob_help("architecture")),
+    publisher: Optional[str] = typer.Option(None, "--publisher", "-p", help=_glob_help("publisher")),
+    id: Optional[str] = typer.Option(None, "--id", help=_glob_help("id (or another name it is known by)")),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help=_glob_help("backend")),
+    modality: Optional[str] = typer.Option(None, "--modality", "-m", help="Only models with this modality (image, text, audio)."),
+    json_: JsonOpt = False,
+) -> None:
+    """List known models (built-in catalogue, open_clip's pretrained list, your registrations) as a table."""
+    import clipzoo
+
+    cards = clipzoo.list_models(architecture=architecture, publisher=publisher, id=id, backend=backend,
+                                modality=modality)
+    if json_:
+        print_json([c.to_dict() for c in cards])
+        return
+    out = console()
+    if not cards:
+        out.print("no model matches these filters; try fewer, or globs such as --id 'ViT-B*'")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{len(cards)} model{'s' if len(cards) != 1 else ''}", title_justify="left")
+    table.add_column("alias", overflow="fold", style="bold")
+    table.add_column("backend")
+    table.add_column("dim", justify="right")
+    table.add_column("image", justify="right")
+    table.add_column("ctx", justify="right")
+    table.add_column("source", overflow="fold")
+    for c in cards:
+        table.add_row(c.alias, c.backend, _num(c.embed_dim), _num(c.image_size), _num(c.context_length),
+                      c.source.describe())
+    out.print(table)
+
+
+def _num(value) -> str:
+    return "" if value is None else str(value)
+
+
+@user_errors
+def info(
+    model: ModelArg,
+    model_name: ModelNameOpt = None,
+    cache_dir: CacheDirOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Show a model's card and its parameters per tower and weight memory at fp32/fp16.
+
+    The sizes are computed by building the model on the meta device — no weights are downloaded.
+    """
+    import clipzoo
+    from clipzoo.errors import ModelNotCachedError, UnsupportedError
+    from clipzoo.summary import summarize
+
+    card = clipzoo.REGISTRY.resolve(model)
+    summary, unavailable = None, None
+    try:
+        summary = summarize(card, model_name=model_name, cache_dir=cache_dir, trust_pickle=trust_pickle)
+    except (ModelNotCachedError, UnsupportedError) as exc:
+        unavailable = str(exc)
+
+    if json_:
+        print_json({"card": card.to_dict(), "summary": summary.to_dict() if summary else None,
+                    "summary_unavailable": unavailable})
+        return
+
+    from rich.table import Table
+
+    from clipzoo.summary import BYTES_PER_PARAMETER, format_bytes, format_count
+
+    out = console()
+    fields = Table(show_header=False, box=None, pad_edge=False, title=card.alias, title_justify="left")
+    fields.add_column(style="bold")
+    fields.add_column(overflow="fold")
+    rows = [("architecture", card.architecture), ("publisher", card.publisher), ("id", card.id),
+            ("also known as", ", ".join(card.also_known_as)), ("backend", card.backend),
+            ("source", card.source.describe()), ("modalities", ", ".join(card.modalities)),
+            ("embed dim", _num(card.embed_dim)), ("image size", _num(card.image_size)),
+            ("context length", _num(card.context_length)), ("description", card.description)]
+    for key, value in rows:
+        if value:
+            fields.add_row(key, value)
+    out.print(fields)
+    out.print()
+    if summary is None:
+        out.print(f"size: unavailable — {unavailable}")
+        return
+    sizes = Table(title=f"parameters ({summary.built_from})", title_justify="left")
+    sizes.add_column("tower")
+    sizes.add_column("parameters", justify="right")
+    sizes.add_column("exact", justify="right")
+    for precision in BYTES_PER_PARAMETER:
+        sizes.add_column(precision, justify="right")
+    for tower, n in summary.parameters.items():
+        sizes.add_row(tower, format_count(n), f"{n:,}",
+                      *(format_bytes(summary.memory(p, tower)) for p in BYTES_PER_PARAMETER))
+    sizes.add_row("total", format_count(summary.total), f"{summary.total:,}",
+                  *(format_bytes(summary.memory(p)) for p in BYTES_PER_PARAMETER), style="bold")
+    out.print(sizes)
+    out.print("memory: weights only (parameters × bytes per value), activations not included")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("models")(models)
+    app.command("info")(info)

@@ -1,0 +1,102 @@
+"""URL downloads: verified by full SHA256, never keeping a partial or corrupt file."""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+
+import pytest
+
+import clipzoo
+from clipzoo.download import download_url
+from clipzoo.errors import DownloadError
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+
+    def do_GET(self):  # noqa: N802
+        if self.path == "/cut.bin":  # promise 1 MiB, send half, hang up
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD[: len(PAYLOAD) // 2])
+            self.wfile.flush()
+            self.connection.close()
+            return
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", _Handler.files
+    srv.shutdown()
+
+
+def test_download_verifies_and_caches(server, tmp_path):
+    base, files = server
+    files["/w.bin"] = PAYLOAD
+    sha = hashlib.sha256(PAYLOAD).hexdigest()
+    path = download_url(base + "/w.bin", sha, tmp_path, progress=False)
+    assert path.read_bytes() == PAYLOAD
+    files["/w.bin"] = b"changed"  # a second call uses the verified cached file
+    assert download_url(base + "/w.bin", sha, tmp_path, progress=False).read_bytes() == PAYLOAD
+
+
+def test_checksum_mismatch_keeps_nothing(server, tmp_path):
+    base, files = server
+    files["/bad.bin"] = PAYLOAD
+    with pytest.raises(DownloadError, match="checksum mismatch for .*/bad.bin: expected sha256 0000"):
+        download_url(base + "/bad.bin", "0" * 64, tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_download_keeps_nothing(server, tmp_path):
+    base, _ = server
+    with pytest.raises(DownloadError, match="was interrupted"):
+        download_url(base + "/cut.bin", None, tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_cached_file_is_fetched_again(server, tmp_path):
+    base, files = server
+    files["/c.bin"] = PAYLOAD
+    (tmp_path / "c.bin").write_bytes(b"half a file")
+    path = download_url(base + "/c.bin", hashlib.sha256(PAYLOAD).hexdigest(), tmp_path, progress=False)
+    assert path.read_bytes() == PAYLOAD
+
+
+def test_missing_url_is_a_clear_error(server, tmp_path):
+    base, _ = server
+    with pytest.raises(DownloadError, match="cannot download .*/nope.bin .*HTTP Error 404"):
+        download_url(base + "/nope.bin", None, tmp_path, progress=False)
+
+
+def test_registered_url_model_loads(server, tmp_path, tiny_files):
+    """A card whose source is a URL + SHA256 (as OpenAI's are) downloads, verifies and loads."""
+    base, files = server
+    data = tiny_files["openai_jit"].read_bytes()
+    files["/tiny.pt"] = data
+    card = clipzoo.register(architecture="clip", publisher="test", id="tiny-url", url=base + "/tiny.pt",
+                            sha256=hashlib.sha256(data).hexdigest())
+    try:
+        comp = clipzoo.load(card.alias, cache_dir=str(tmp_path))
+        ref = clipzoo.load(str(tiny_files["openai_jit"]))
+        assert comp.encode_text("a cat").equal(ref.encode_text("a cat"))
+    finally:
+        clipzoo.REGISTRY.unregister(card.alias)
