@@ -244,3 +244,31 @@ def test_untrained_card_warns():
     with pytest.warns(UserWarning, match="random \\(untrained\\) weights"):
         comp = clipzoo.load("open_clip:RN50")  # config only
     assert comp.embed_dim == 1024 and comp.image_size == 224
+
+
+@pytest.mark.parametrize("variant", ["siglip", "coca"])
+def test_siglip_and_coca_variants_match_open_clip(variant, tmp_path, images):
+    from clipzoo.testing.tiny import TINY_COCA_CONFIG, TINY_SIGLIP_CONFIG, write_open_clip_hub_folder
+
+    config = TINY_SIGLIP_CONFIG if variant == "siglip" else TINY_COCA_CONFIG
+    folder = write_open_clip_hub_folder(tmp_path / variant, seed=3, config=config)
+    ref, ref_pre = open_clip.create_model_from_pretrained(f"local-dir:{folder}")
+    tok = open_clip.get_tokenizer(f"local-dir:{folder}")
+    comp = _load(folder)
+    ref = ref.eval()
+    pixels = torch.stack([ref_pre(im) for im in images])
+    with torch.no_grad():
+        ri = ref.encode_image(pixels, normalize=True)
+        rt = ref.encode_text(tok(TEXTS), normalize=True)
+    assert (comp.encode_image(images) - ri).abs().max() <= TOL
+    assert (comp.encode_text(TEXTS) - rt).abs().max() <= TOL
+    logits = comp.similarity(comp.encode_image(images), comp.encode_text(TEXTS))
+    ref_logits = ref.logit_scale.exp() * ri @ rt.T
+    if variant == "siglip":
+        assert comp.probability == "sigmoid" and comp.logit_bias == pytest.approx(-10.0)
+        ref_logits = ref_logits + ref.logit_bias
+        probs = comp.predict(images, ["cat", "dog"])
+        assert not torch.allclose(probs.sum(-1), torch.ones(3))  # independent sigmoids, not a softmax
+    else:
+        assert type(comp.model).__name__ == "CoCa" and comp.context_length == 76
+    assert (logits - ref_logits).abs().max() <= 1e-4

@@ -71,10 +71,10 @@ class OpenClipComparator(Comparator):
         return self._input_dtype
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(pixels)
+        return self.model.encode_image(pixels, normalize=False)
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(tokens)
+        return self.model.encode_text(tokens, normalize=False)
 
     def tokenize(self, texts, truncate: bool = False) -> torch.Tensor:
         texts = [texts] if isinstance(texts, str) else list(texts)

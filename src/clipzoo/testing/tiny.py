@@ -23,29 +23,43 @@ TINY_CONFIG = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
 }
+# A SigLIP-style variant (sigmoid loss: a learned logit bias) and a CoCa variant of the tiny model.
+TINY_SIGLIP_CONFIG = {**TINY_CONFIG, "init_logit_bias": -10.0}
+TINY_COCA_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "attentional_pool": True,
+                   "attn_pooler_heads": 1, "output_tokens": True},
+    "text_cfg": {"context_length": 76, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2,
+                 "embed_cls": True, "output_tokens": True},
+    "multimodal_cfg": {"context_length": 76, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1,
+                       "attn_pooler_heads": 1},
+    "custom_text": True,
+}
 OPENAI_PREPROCESS = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
                      "interpolation": "bicubic", "resize_mode": "shortest"}
 
 
 def tiny_model(seed: int = 0, config: dict | None = None):
     """An open_clip CLIP with the tiny config and random (seeded) weights, in eval mode."""
-    from open_clip.model import CLIP
+    from open_clip import CLIP, CoCa
 
     cfg = copy.deepcopy(config or TINY_CONFIG)
     torch.manual_seed(seed)
-    model = CLIP(**cfg).eval()
+    cls = CoCa if "multimodal_cfg" in cfg else CLIP
+    cfg.pop("custom_text", None)
+    model = cls(**cfg).eval()
     with torch.no_grad():  # make every tensor non-trivial (open_clip inits some to zeros/ones)
         for name, p in model.named_parameters():
-            if name != "logit_scale":
+            if name not in ("logit_scale", "logit_bias"):
                 p.add_(torch.randn_like(p) * 0.02)
         model.logit_scale.fill_(float(torch.log(torch.tensor(1 / 0.07))))
     return model
 
 
-def state_dict(seed: int = 0, fp16: bool = False) -> dict:
+def state_dict(seed: int = 0, fp16: bool = False, config: dict | None = None) -> dict:
     """The tiny model's weights; ``fp16=True`` rounds them as OpenAI's released files are stored."""
     return {k: (v.half() if fp16 and v.is_floating_point() else v).clone()
-            for k, v in tiny_model(seed).state_dict().items()}
+            for k, v in tiny_model(seed, config).state_dict().items()}
 
 
 def write_openai_jit(path: "str | os.PathLike", seed: int = 0) -> Path:
@@ -87,15 +101,16 @@ def write_open_clip_safetensors(path: "str | os.PathLike", seed: int = 0, embed_
     return Path(path)
 
 
-def write_open_clip_hub_folder(folder: "str | os.PathLike", seed: int = 0, safetensors: bool = True) -> Path:
+def write_open_clip_hub_folder(folder: "str | os.PathLike", seed: int = 0, safetensors: bool = True,
+                               config: dict | None = None) -> Path:
     """What open_clip's ``push_to_hf_hub`` writes: ``open_clip_config.json`` + weights."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "open_clip_config.json").write_text(json.dumps(
-        {"model_cfg": TINY_CONFIG, "preprocess_cfg": OPENAI_PREPROCESS}, indent=2))
-    sd = state_dict(seed)
+        {"model_cfg": config or TINY_CONFIG, "preprocess_cfg": OPENAI_PREPROCESS}, indent=2))
+    sd = state_dict(seed, config=config)
     if safetensors:
         save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "open_clip_model.safetensors"))
     else:
