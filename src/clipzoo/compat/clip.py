@@ -1,0 +1,261 @@
+"""Drop-in for openai's ``clip`` package, over every model clipzoo loads.
+
+    from clipzoo.compat import clip
+    model, preprocess = clip.load("ViT-B/32", device="cpu")   # or an alias, a hub id, a local file…
+    logits_per_image, logits_per_text = model(preprocess(img).unsqueeze(0), clip.tokenize(["a cat"]))
+
+What matches openai/CLIP (tested against the ``clip-anytorch`` package on the same files):
+
+- :func:`available_models` lists OpenAI's nine names first, then every other registry alias.
+- :func:`load` takes any clipzoo spec. For OpenAI-layout checkpoints the model is the real open_clip
+  module (``isinstance(model, open_clip.CLIP)``; OpenAI's state-dict keys) with openai's
+  ``forward`` -> ``(logits_per_image, logits_per_text)``; ``encode_image`` / ``encode_text`` return
+  unnormalised features; ``model.visual.input_resolution``, ``model.logit_scale`` (the log-scale
+  Parameter) and ``model.dtype`` are there. As with openai's ``load``, the model is float32 on CPU
+  and (mixed) float16 on other devices. One deliberate difference: weights keep the checkpoint's own
+  precision, where openai's ``build_model`` rounds every weight matrix through float16 first. OpenAI's
+  released files are stored in float16, so for them (and any fp16 file) the numbers are identical;
+  a float32 fine-tune in OpenAI's layout keeps its float32 weights here. Other models (HF transformers, sentence-transformers, CoCa, …) come wrapped in
+  :class:`~clipzoo.compat._models.ClipModel`, which has the same API (SigLIP logits include the bias).
+- ``preprocess`` is the model's own eval transform (PIL -> tensor); for OpenAI models it gives the
+  same tensors as openai's.
+- :func:`tokenize` returns openai's LongTensor token for token and raises openai's RuntimeError for a
+  too-long text. After :func:`load` of a model with another tokenizer (SigLIP, an HF model, a
+  multilingual text tower, …), ``tokenize`` tokenizes for that model — the last model loaded wins —
+  until a model with OpenAI's tokenizer is loaded again.
+
+``jit=True``: for a TorchScript archive (what OpenAI's downloads are, or a local one) this returns the
+TorchScript module exactly as openai does (device and dtype constants patched). Anything else cannot
+be a TorchScript model: like openai for a non-archive file, it warns and returns the eager model.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Callable, List, Tuple, Union
+
+import torch
+
+from ..errors import BadTextError, UnknownModelError
+from .. import tokenizers as _openai_tokenizer
+from ._models import ClipModel, as_openai_module, input_resolution_of
+
+__all__ = ["available_models", "load", "tokenize"]
+
+OPENAI_MODELS = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14",
+                 "ViT-L/14@336px")
+
+# the Comparator whose tokenizer ``tokenize`` uses; None means OpenAI's
+_active_comparator = None
+
+
+class ModelNotFoundError(UnknownModelError, RuntimeError):
+    """openai raises RuntimeError for an unknown name; this is both that and clipzoo's error."""
+
+
+class TextTooLongError(BadTextError, RuntimeError):
+    """A too-long text for a non-OpenAI tokenizer: a RuntimeError like openai's, and clipzoo's error."""
+
+
+def __getattr__(name: str):
+    if name == "_tokenizer":  # openai exposes its SimpleTokenizer instance as clip._tokenizer
+        return _openai_tokenizer.shared()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --------------------------------------------------------------------------- catalogue
+def available_models() -> List[str]:
+    """OpenAI's nine model names, then every other model alias in the clipzoo registry."""
+    from ..registry import REGISTRY
+
+    names = list(OPENAI_MODELS)
+    openai_ids = {n.lower() for n in OPENAI_MODELS}
+    for card in REGISTRY:
+        if card.publisher.lower() == "openai" and card.id.lower() in openai_ids and card.config.get("openai"):
+            continue  # the same model as one of the nine names
+        names.append(card.alias)
+    return names
+
+
+# --------------------------------------------------------------------------- load
+def load(name: str, device: Union[str, torch.device] = "cuda" if torch.cuda.is_available() else "cpu",
+         jit: bool = False, download_root: str = None) -> Tuple[torch.nn.Module, Callable[[Any], torch.Tensor]]:
+    """Load a model: ``(model, preprocess)`` as openai's ``clip.load``.
+
+    ``name``: an OpenAI name (``"ViT-B/32"``), any clipzoo alias or spec (``"[clip - laion - …]"``,
+    ``"hf-hub:org/name"``, ``"open_clip:ViT-B-32/laion2b_s34b_b79k"``), or a local checkpoint: an
+    OpenAI TorchScript archive or state dict, an open_clip file or folder, an HF folder.
+    ``download_root`` is the download cache folder (clipzoo's cache by default).
+    """
+    global _active_comparator
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = os.fspath(name) if isinstance(name, os.PathLike) else name
+    if jit:
+        path = _torchscript_file(name, download_root)
+        if path is not None:
+            model = _load_torchscript(path, device)
+            _active_comparator = None
+            return model, _openai_transform(_jit_input_resolution(model))
+        warnings.warn(f"jit=True: {name} is not a TorchScript archive, so there is no JIT model to return; "
+                      "loading the eager model instead", stacklevel=2)
+
+    import clipzoo
+
+    precision = "fp32" if torch.device(device).type == "cpu" else "fp16"  # as openai's build_model
+    try:
+        comparator = clipzoo.load(name, device=str(device), precision=precision, cache_dir=download_root)
+    except UnknownModelError as exc:
+        raise ModelNotFoundError(f"Model {name} not found; {exc}") from None
+    resolution = input_resolution_of(comparator, getattr(comparator, "model", None))
+    inner = getattr(comparator, "model", None)
+    model = as_openai_module(inner, resolution) if isinstance(inner, torch.nn.Module) else None
+    if model is None:
+        model = ClipModel(comparator)
+    model.eval()
+    _active_comparator = None if uses_openai_tokenizer(comparator) else comparator
+    return model, comparator.transform
+
+
+def uses_openai_tokenizer(comparator) -> bool:
+    """True when the model's tokenizer is OpenAI's BPE at 77 tokens (open_clip's SimpleTokenizer with
+    the default vocabulary, lower-case cleaning and no token-dropping), so openai's ``tokenize`` fits."""
+    from open_clip.tokenizer import SimpleTokenizer, _clean_lower
+
+    tok = getattr(comparator, "tokenizer", None)
+    if isinstance(tok, _openai_tokenizer.OpenAITokenizer):
+        return tok.context_length == _openai_tokenizer.DEFAULT_CONTEXT_LENGTH
+    return (type(tok) is SimpleTokenizer and tok.clean_fn is _clean_lower and tok.reduction_fn is None
+            and tok.vocab_size == 49408 and tok.context_length == _openai_tokenizer.DEFAULT_CONTEXT_LENGTH)
+
+
+# --------------------------------------------------------------------------- tokenize
+def tokenize(texts: Union[str, List[str]], context_length: int = 77, truncate: bool = False) -> torch.LongTensor:
+    """openai's ``clip.tokenize``: a LongTensor [N, context_length] of OpenAI BPE ids.
+
+    A text longer than the context raises ``RuntimeError("Input {text} is too long for context length
+    {context_length}")`` unless ``truncate=True`` (then the last kept token is EOT). After ``load`` of a
+    model with another tokenizer, this tokenizes for that model (its own context length).
+    """
+    comparator = _active_comparator
+    if comparator is None:
+        return _openai_tokenizer.shared().tokenize(texts, context_length=context_length, truncate=truncate)
+    try:
+        tokens = comparator.tokenize([texts] if isinstance(texts, str) else list(texts), truncate=truncate)
+    except BadTextError as exc:
+        raise TextTooLongError(str(exc)) from None
+    if context_length not in (77, tokens.shape[-1]):
+        raise ValueError(f"the loaded model ({comparator.card.alias}) tokenizes to {tokens.shape[-1]} tokens; "
+                         f"context_length={context_length} does not apply to it")
+    return tokens
+
+
+# --------------------------------------------------------------------------- preprocessing (jit path)
+def _convert_image_to_rgb(image):
+    return image.convert("RGB")
+
+
+def _openai_transform(n_px: int):
+    """openai's ``_transform``: the preprocessing of its TorchScript models."""
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+
+    return Compose([
+        Resize(n_px, interpolation=InterpolationMode.BICUBIC),
+        CenterCrop(n_px),
+        _convert_image_to_rgb,
+        ToTensor(),
+        Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    ])
+
+
+# --------------------------------------------------------------------------- TorchScript (jit=True)
+def _torchscript_file(name: str, download_root) -> str | None:
+    """The TorchScript archive behind ``name`` (downloading OpenAI's when needed), or None."""
+    from ..checkpoints import is_torchscript
+    from ..registry import REGISTRY
+
+    expanded = os.path.expanduser(name)
+    if os.path.isfile(expanded):
+        return expanded if is_torchscript(expanded) else None
+    try:
+        card = REGISTRY.resolve(name)
+    except UnknownModelError as exc:
+        raise ModelNotFoundError(f"Model {name} not found; {exc}") from None
+    src = card.source
+    if src.path and os.path.isfile(src.path):
+        return src.path if is_torchscript(src.path) else None
+    if src.url and card.config.get("openai"):
+        from ..download import download_url
+
+        path = download_url(src.url, src.sha256, download_root)
+        return str(path) if is_torchscript(path) else None
+    return None
+
+
+def _jit_input_resolution(model) -> int:
+    value = getattr(model, "input_resolution", None)
+    if isinstance(value, torch.Tensor):
+        return int(value.item())
+    if value is not None:
+        return int(value)
+    sd = model.state_dict()  # an archive without the attribute: read it off the shapes, as build_model does
+    if "visual.proj" in sd:
+        patch = sd["visual.conv1.weight"].shape[-1]
+        grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        return int(patch * grid)
+    return int(round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5) * 32)
+
+
+def _load_torchscript(path: str, device) -> torch.jit.ScriptModule:
+    """openai/CLIP's ``load(..., jit=True)`` (MIT License, Copyright (c) 2021 OpenAI): device
+    constants patched to ``device``, and the float16 casts patched to float32 on CPU."""
+    model = torch.jit.load(path, map_location=device).eval()
+    device_holder = torch.jit.trace(lambda: torch.ones([]).to(torch.device(device)), example_inputs=[])
+    device_node = [n for n in device_holder.graph.findAllNodes("prim::Constant") if "Device" in repr(n)][-1]
+
+    def _node_get(node, key: str):
+        return getattr(node, node.kindOf(key))(key)
+
+    def patch_device(module):
+        try:
+            graphs = [module.graph] if hasattr(module, "graph") else []
+        except RuntimeError:
+            graphs = []
+        if hasattr(module, "forward1"):
+            graphs.append(module.forward1.graph)
+        for graph in graphs:
+            for node in graph.findAllNodes("prim::Constant"):
+                if "value" in node.attributeNames() and str(_node_get(node, "value")).startswith("cuda"):
+                    node.copyAttributes(device_node)
+
+    model.apply(patch_device)
+    for method in ("encode_image", "encode_text"):
+        if hasattr(model, method):
+            patch_device(getattr(model, method))
+
+    if str(device) == "cpu":
+        float_holder = torch.jit.trace(lambda: torch.ones([]).float(), example_inputs=[])
+        float_node = list(float_holder.graph.findNode("aten::to").inputs())[1].node()
+
+        def patch_float(module):
+            try:
+                graphs = [module.graph] if hasattr(module, "graph") else []
+            except RuntimeError:
+                graphs = []
+            if hasattr(module, "forward1"):
+                graphs.append(module.forward1.graph)
+            for graph in graphs:
+                for node in graph.findAllNodes("aten::to"):
+                    inputs = list(node.inputs())
+                    for i in [1, 2]:  # dtype can be the second or third argument to aten::to()
+                        if i < len(inputs) and inputs[i].node().kind() == "prim::Constant" \
+                                and "value" in inputs[i].node().attributeNames() \
+                                and _node_get(inputs[i].node(), "value") == 5:
+                            inputs[i].node().copyAttributes(float_node)
+
+        model.apply(patch_float)
+        for method in ("encode_image", "encode_text"):
+            if hasattr(model, method):
+                patch_float(getattr(model, method))
+        model.float()
+    return model

@@ -1,0 +1,262 @@
+"""``clipzoo.compat.clip`` against openai's own ``clip`` (the ``clip-anytorch`` package) on the same files."""
+from __future__ import annotations
+
+import sys
+import types
+import warnings
+
+import numpy as np
+import open_clip as real_open_clip
+import pytest
+import torch
+from PIL import Image
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # clip-anytorch imports pkg_resources
+    import clip as openai_clip
+
+import clipzoo
+from clipzoo.compat import clip
+from clipzoo.compat._models import ClipModel, OpenAICLIP
+from clipzoo.testing import tiny
+
+TOL = 1e-5
+TEXTS = ["a photo of a cat", "a red circle on the left", "Ünïcödé &amp; emoji 🐈 猫", ""]
+OPENAI_NAMES = ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14",
+                "ViT-L/14@336px"]
+
+
+@pytest.fixture(autouse=True)
+def reset_active_tokenizer(monkeypatch):
+    """clip.tokenize follows the last clip.load (module state): keep each test's own."""
+    monkeypatch.setattr(clip, "_active_comparator", None)
+
+
+@pytest.fixture(scope="module")
+def pil_images():
+    rng = np.random.default_rng(1)
+    out = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in [(48, 64), (70, 33), (32, 32)]]
+    out.append(Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8), "L"))     # greyscale
+    out.append(Image.fromarray(rng.integers(0, 255, (45, 45, 4), dtype=np.uint8), "RGBA"))  # with alpha
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compat-clip")
+    return {"siglip": tiny.write_open_clip_hub_folder(root / "siglip", config=tiny.TINY_SIGLIP_CONFIG),
+            "coca": tiny.write_open_clip_hub_folder(root / "coca", config=tiny.TINY_COCA_CONFIG)}
+
+
+def _quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
+def _maxdiff(a, b) -> float:
+    return float((a.detach().float() - b.detach().float()).abs().max())
+
+
+# --------------------------------------------------------------------------- catalogue
+def test_available_models_lists_openai_names_first_then_every_other_alias():
+    names = clip.available_models()
+    assert names[:9] == OPENAI_NAMES == openai_clip.available_models()
+    assert "[clip - openai - ViT-B/32]" not in names  # the same model as "ViT-B/32"
+    assert "[clip - openai - ViT-B-32/openai]" in names  # open_clip's pair is its own card
+    assert "[siglip - google - siglip-base-patch16-224]" in names
+    assert len(names) == len(set(names)) == 9 + len(clipzoo.REGISTRY) - 9
+
+
+def test_unknown_model_raises_runtime_error_like_openai():
+    with pytest.raises(RuntimeError, match=r"^Model no-such-model not found; "):
+        clip.load("no-such-model", device="cpu")
+
+
+# --------------------------------------------------------------------------- parity with openai
+@pytest.mark.parametrize("fmt", ["openai_jit", "openai_state_dict"])
+def test_load_matches_openai_clip(fmt, tiny_files, pil_images):
+    path = str(tiny_files[fmt])
+    ref, ref_pre = _quiet(openai_clip.load, path, device="cpu", jit=False)
+    model, preprocess = _quiet(clip.load, path, device="cpu")
+
+    # the real open_clip module, with openai's API and OpenAI's state-dict layout
+    assert isinstance(model, real_open_clip.CLIP) and isinstance(model, OpenAICLIP)
+    assert set(model.state_dict()) == set(ref.state_dict())
+    assert model.visual.input_resolution == ref.visual.input_resolution == 32
+    assert model.dtype == ref.dtype == torch.float32
+    assert isinstance(model.logit_scale, torch.nn.Parameter)
+    assert model.logit_scale.item() == ref.logit_scale.item()
+    assert not model.training
+
+    pixels = torch.stack([ref_pre(im) for im in pil_images])
+    ours = torch.stack([preprocess(im) for im in pil_images])
+    assert torch.equal(ours, pixels), "preprocess differs from openai's"
+
+    tokens = openai_clip.tokenize(TEXTS)
+    assert torch.equal(clip.tokenize(TEXTS), tokens)
+    with torch.no_grad():
+        ref_img, ref_txt = ref.encode_image(pixels), ref.encode_text(tokens)
+        img, txt = model.encode_image(pixels), model.encode_text(tokens)
+        ref_lpi, ref_lpt = ref(pixels, tokens)
+        lpi, lpt = model(pixels, tokens)
+    diffs = {"encode_image": _maxdiff(img, ref_img), "encode_text": _maxdiff(txt, ref_txt),
+             "logits_per_image": _maxdiff(lpi, ref_lpi), "logits_per_text": _maxdiff(lpt, ref_lpt)}
+    assert max(diffs.values()) <= TOL, diffs
+    assert lpi.shape == (len(pil_images), len(TEXTS)) and torch.equal(lpt, lpi.t())
+    assert not torch.allclose(img.norm(dim=-1), torch.ones(len(pil_images)))  # unnormalised, as openai's
+
+
+def test_state_dict_loads_into_openais_build_model(tiny_files):
+    model, _ = _quiet(clip.load, str(tiny_files["openai_state_dict"]), device="cpu")
+    from clip.model import build_model
+
+    rebuilt = build_model({k: v.clone() for k, v in model.state_dict().items()}).float().eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert _maxdiff(rebuilt.encode_image(x), model.encode_image(x)) <= TOL
+
+
+def test_model_moves_and_casts_like_an_nn_module(tiny_files):
+    model, _ = _quiet(clip.load, str(tiny_files["openai_state_dict"]), device="cpu")
+    model = model.half()
+    assert model.dtype == torch.float16
+    model.float()
+    assert model.dtype == torch.float32
+
+
+# --------------------------------------------------------------------------- jit
+def test_jit_true_returns_the_torchscript_module(tiny_files, pil_images):
+    path = str(tiny_files["openai_jit"])
+    ref, ref_pre = _quiet(openai_clip.load, path, device="cpu", jit=False)
+    model, preprocess = _quiet(clip.load, path, device="cpu", jit=True)
+    assert isinstance(model, torch.jit.ScriptModule)
+    pixels = torch.stack([ref_pre(im) for im in pil_images])
+    assert torch.equal(torch.stack([preprocess(im) for im in pil_images]), pixels)
+    tokens = clip.tokenize(TEXTS)
+    with torch.no_grad():
+        assert _maxdiff(model.encode_image(pixels), ref.encode_image(pixels)) <= TOL
+        assert _maxdiff(model.encode_text(tokens), ref.encode_text(tokens)) <= TOL
+
+
+def test_jit_true_on_a_state_dict_warns_and_loads_eager(tiny_files):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*architecture inferred.*")
+        with pytest.warns(UserWarning, match="not a TorchScript archive"):
+            model, _ = clip.load(str(tiny_files["openai_state_dict"]), device="cpu", jit=True)
+    assert isinstance(model, OpenAICLIP)
+
+
+# --------------------------------------------------------------------------- other models
+def test_siglip_style_model_logits_include_its_bias(tiny_folders):
+    folder = str(tiny_folders["siglip"])
+    ref = _quiet(real_open_clip.create_model_from_pretrained, f"local-dir:{folder}", return_transform=False).eval()
+    model, _ = _quiet(clip.load, folder, device="cpu")
+    x, tokens = torch.randn(2, 3, 32, 32), clip.tokenize(TEXTS)
+    with torch.no_grad():
+        ref_lpi, _ = ref.get_logits(x, tokens)
+        lpi, lpt = model(x, tokens)
+    assert model.logit_bias.item() == -10.0
+    assert _maxdiff(lpi, ref_lpi) <= TOL and torch.equal(lpt, lpi.t())
+
+
+def test_tokenize_follows_a_model_with_another_tokenizer(tiny_folders, tiny_files):
+    folder = str(tiny_folders["coca"])  # CoCa: context 76, wrapped generically
+    ref = _quiet(real_open_clip.create_model_from_pretrained, f"local-dir:{folder}", return_transform=False).eval()
+    ref_tok = real_open_clip.get_tokenizer(f"local-dir:{folder}")
+    model, preprocess = _quiet(clip.load, folder, device="cpu")
+    assert isinstance(model, ClipModel)
+    assert model.visual.input_resolution == 32 and model.dtype == torch.float32
+    tokens = clip.tokenize(TEXTS)
+    assert tokens.shape == (len(TEXTS), 76) and torch.equal(tokens, ref_tok(TEXTS))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert _maxdiff(model.encode_image(x), ref.encode_image(x, normalize=False)) <= TOL
+        assert _maxdiff(model.encode_text(tokens), ref.encode_text(tokens, normalize=False)) <= TOL
+        lpi, lpt = model(x, tokens)
+        img = ref.encode_image(x, normalize=True)
+        txt = ref.encode_text(tokens, normalize=True)
+    assert _maxdiff(lpi, ref.logit_scale.exp() * img @ txt.t()) <= TOL
+    with pytest.raises(RuntimeError, match="longer than the model's context length 76"):
+        clip.tokenize(" ".join(["word"] * 100))
+    assert torch.equal(clip.tokenize(" ".join(["word"] * 100), truncate=True),
+                       ref_tok(" ".join(["word"] * 100)))
+
+    _quiet(clip.load, str(tiny_files["openai_state_dict"]), device="cpu")  # back to OpenAI's tokenizer
+    assert torch.equal(clip.tokenize(TEXTS), openai_clip.tokenize(TEXTS))
+
+
+# --------------------------------------------------------------------------- a non-open_clip backend
+class _HubLikeModel(torch.nn.Module):
+    """Stands in for an HF model: holds its own log-scale and bias parameters."""
+
+    def __init__(self):
+        super().__init__()
+        cfg = {**tiny.TINY_CONFIG, "text_cfg": {**tiny.TINY_CONFIG["text_cfg"], "context_length": 16}}
+        self.towers = tiny.tiny_model(3, cfg)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(2.0))
+        self.logit_bias = torch.nn.Parameter(torch.tensor(-3.0))
+
+
+def _fake_backend():
+    from clipzoo.comparator import Comparator
+    from clipzoo.errors import BadTextError
+
+    class FakeComparator(Comparator):
+        probability = "sigmoid"
+
+        def __init__(self, card):
+            model = _HubLikeModel().eval()
+            super().__init__(card, model, transform=real_open_clip.image_transform(32, is_train=False),
+                             embed_dim=32, image_size=32, context_length=16)
+            self.tok = real_open_clip.SimpleTokenizer(context_length=16)
+
+        def encode_pixels(self, pixels):
+            return self.model.towers.encode_image(pixels)
+
+        def encode_tokens(self, tokens):
+            return self.model.towers.encode_text(tokens)
+
+        def tokenize(self, texts, truncate=False):
+            if not truncate and any(len(self.tok.encode(t)) + 2 > 16 for t in texts):
+                raise BadTextError("text too long for 16 tokens")
+            return self.tok(texts)
+
+        def logit_params(self):
+            return self.model.logit_scale.exp(), self.model.logit_bias
+
+    module = types.ModuleType("clipzoo_fake_backend")
+    module.load = lambda card, **kw: FakeComparator(card)
+    return module
+
+
+@pytest.fixture()
+def fake_model(monkeypatch):
+    from clipzoo import backends
+
+    monkeypatch.setitem(sys.modules, "clipzoo_fake_backend", _fake_backend())
+    monkeypatch.setitem(backends.BACKENDS, "fake", ("clipzoo_fake_backend", "fake"))
+    card = clipzoo.register(architecture="siglip", publisher="test", id="fake-compat-clip", backend="fake")
+    yield card.alias
+    clipzoo.REGISTRY.unregister(card.alias)
+
+
+def test_any_comparator_gets_openais_model_api(fake_model, pil_images):
+    assert fake_model in clip.available_models()
+    model, preprocess = clip.load(fake_model, device="cpu")
+    assert isinstance(model, ClipModel)
+    inner = model.comparator.model
+    assert model.logit_scale is inner.logit_scale and model.logit_bias is inner.logit_bias
+    tokens = clip.tokenize(TEXTS[:2])
+    assert tokens.shape == (2, 16) and torch.equal(tokens, model.comparator.tok(TEXTS[:2]))
+    pixels = torch.stack([preprocess(im) for im in pil_images])
+    with torch.no_grad():
+        img, txt = inner.towers.encode_image(pixels), inner.towers.encode_text(tokens)
+        assert _maxdiff(model.encode_image(pixels), img) <= TOL
+        assert _maxdiff(model.visual(pixels), img) <= TOL
+        lpi, lpt = model(pixels, tokens)
+    ref = inner.logit_scale.exp() * (img / img.norm(dim=1, keepdim=True)) @ (txt / txt.norm(dim=1, keepdim=True)).t() \
+        + inner.logit_bias
+    assert _maxdiff(lpi, ref) <= TOL and torch.equal(lpt, lpi.t())
+    with pytest.raises(RuntimeError):
+        clip.tokenize("a long text " * 10)

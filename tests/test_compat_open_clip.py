@@ -1,0 +1,292 @@
+"""``clipzoo.compat.open_clip`` against open_clip itself on the same tiny checkpoints."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+import warnings
+
+import numpy as np
+import open_clip as real_open_clip
+import pytest
+import torch
+from PIL import Image
+
+import clipzoo
+from clipzoo.compat import open_clip
+from clipzoo.compat._models import OpenClipModel
+from clipzoo.compat.open_clip import ComparatorTokenizer, _route
+from clipzoo.errors import UnsupportedError
+from clipzoo.testing import tiny
+
+TOL = 1e-5
+TEXTS = ["a photo of a cat", "a red circle on the left", "Ünïcödé &amp; emoji 🐈 猫"]
+CFG_NAME = "tiny-compat-open-clip"
+
+
+def _quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
+def _maxdiff(a, b) -> float:
+    return float((a.detach().float() - b.detach().float()).abs().max())
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    """The tiny config registered with open_clip under its own name (as a user's add_model_config)."""
+    path = tmp_path_factory.mktemp("cfg") / f"{CFG_NAME}.json"
+    path.write_text(json.dumps(tiny.TINY_CONFIG))
+    real_open_clip.add_model_config(str(path))
+    return CFG_NAME
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compat-open-clip")
+    return {"siglip": tiny.write_open_clip_hub_folder(root / "siglip", config=tiny.TINY_SIGLIP_CONFIG),
+            "coca": tiny.write_open_clip_hub_folder(root / "coca", config=tiny.TINY_COCA_CONFIG)}
+
+
+@pytest.fixture(scope="module")
+def pil_images():
+    rng = np.random.default_rng(2)
+    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in [(48, 64), (70, 33), (32, 32)]]
+
+
+def _ref(tiny_config, path):
+    """open_clip's own: create_model with the tiny config + load_checkpoint of the same file."""
+    model = real_open_clip.create_model(tiny_config)
+    real_open_clip.load_checkpoint(model, str(path))
+    return model.eval()
+
+
+def _compare(model, ref, pixels, tokens) -> dict:
+    with torch.no_grad():
+        out = {"encode_image": _maxdiff(model.encode_image(pixels), ref.encode_image(pixels)),
+               "encode_text": _maxdiff(model.encode_text(tokens), ref.encode_text(tokens)),
+               "encode_image(normalize=True)": _maxdiff(model.encode_image(pixels, normalize=True),
+                                                        ref.encode_image(pixels, normalize=True))}
+        for i, (a, b) in enumerate(zip(model(pixels, tokens), ref(pixels, tokens))):
+            out[f"forward[{i}]"] = _maxdiff(a, b)
+        out["logits"] = _maxdiff(model.get_logits(pixels, tokens)[0], ref.get_logits(pixels, tokens)[0])
+    assert max(out.values()) <= TOL, out
+    return out
+
+
+# --------------------------------------------------------------------------- parity
+@pytest.mark.parametrize("fmt", ["open_clip_pt", "open_clip_safetensors"])
+def test_open_clip_name_and_file_pass_straight_through(fmt, tiny_config, tiny_files, pil_images):
+    path = tiny_files[fmt]
+    model, train, val = _quiet(open_clip.create_model_and_transforms, tiny_config, pretrained=str(path))
+    ref = _ref(tiny_config, path)
+    _, ref_train, ref_val = _quiet(real_open_clip.create_model_and_transforms, tiny_config)
+    assert type(model) is real_open_clip.CLIP
+    pixels = torch.stack([ref_val(im) for im in pil_images])
+    assert torch.equal(torch.stack([val(im) for im in pil_images]), pixels)
+    assert [type(t).__name__ for t in train.transforms] == [type(t).__name__ for t in ref_train.transforms]
+    _compare(model.eval(), ref, pixels, real_open_clip.tokenize(TEXTS))
+
+
+@pytest.mark.parametrize("fmt", ["open_clip_pt", "open_clip_safetensors", "open_clip_hub", "openai_jit",
+                                 "openai_state_dict"])
+def test_local_checkpoint_as_model_name_loads_through_clipzoo(fmt, tiny_config, tiny_files, pil_images):
+    path = tiny_files[fmt]
+    model, train, val = _quiet(open_clip.create_model_and_transforms, str(path))
+    if fmt.startswith("openai"):
+        ref = _quiet(real_open_clip.load_openai_model, str(path), precision="fp32", device="cpu").eval()
+    elif fmt == "open_clip_hub":
+        ref = _ref(tiny_config, path / "open_clip_model.safetensors")
+    else:
+        ref = _ref(tiny_config, path)
+    _, ref_train, ref_val = _quiet(real_open_clip.create_model_and_transforms, tiny_config)
+    assert type(model) is real_open_clip.CLIP  # the real open_clip module, not a wrapper
+    assert model.visual.preprocess_cfg["size"] == 32
+    pixels = torch.stack([ref_val(im) for im in pil_images])
+    assert torch.equal(torch.stack([val(im) for im in pil_images]), pixels)
+    assert [type(t).__name__ for t in train.transforms] == [type(t).__name__ for t in ref_train.transforms]
+    _compare(model, ref, pixels, open_clip.get_tokenizer(str(path))(TEXTS))
+
+
+def test_siglip_folder_forward_and_output_dict_match_open_clip(folders, pil_images):
+    folder = folders["siglip"]
+    ref, ref_pre = _quiet(real_open_clip.create_model_from_pretrained, f"local-dir:{folder}")
+    model, pre = _quiet(open_clip.create_model_from_pretrained, str(folder))
+    ref.eval()
+    pixels = torch.stack([ref_pre(im) for im in pil_images])
+    assert torch.equal(torch.stack([pre(im) for im in pil_images]), pixels)
+    tokens = open_clip.get_tokenizer(str(folder))(TEXTS)
+    assert torch.equal(tokens, real_open_clip.get_tokenizer(f"local-dir:{folder}")(TEXTS))
+    with torch.no_grad():
+        out, ref_out = model(pixels, tokens), ref(pixels, tokens)
+    assert len(out) == len(ref_out) == 4  # image, text, logit_scale.exp(), logit_bias
+    assert max(_maxdiff(a, b) for a, b in zip(out, ref_out)) <= TOL
+
+    as_dict = _quiet(open_clip.create_model, str(folder), output_dict=True)
+    with torch.no_grad():
+        d = as_dict(pixels, tokens)
+    assert set(d) == {"image_features", "text_features", "logit_scale", "logit_bias"}
+    assert _maxdiff(d["logit_bias"], ref_out[3]) == 0.0
+    # local-dir: is open_clip's own schema and passes straight through
+    native = _quiet(open_clip.create_model_from_pretrained, f"local-dir:{folder}", return_transform=False)
+    assert type(native) is real_open_clip.CLIP
+
+
+def test_coca_folder_is_the_real_coca_module(folders):
+    folder = folders["coca"]
+    model = _quiet(open_clip.create_model_from_pretrained, str(folder), return_transform=False)
+    ref = _quiet(real_open_clip.create_model_from_pretrained, f"local-dir:{folder}", return_transform=False).eval()
+    assert type(model) is real_open_clip.CoCa
+    tok = open_clip.get_tokenizer(str(folder))
+    assert tok.context_length == 76
+    x, tokens = torch.randn(2, 3, 32, 32), tok(TEXTS)
+    with torch.no_grad():
+        assert _maxdiff(model.encode_image(x), ref.encode_image(x)) <= TOL
+        assert _maxdiff(model.encode_text(tokens), ref.encode_text(tokens)) <= TOL
+
+
+# --------------------------------------------------------------------------- a non-open_clip backend
+class _HubLikeModel(torch.nn.Module):
+    """Stands in for an HF model (its own log-scale and bias parameters, another tokenizer)."""
+
+    def __init__(self):
+        super().__init__()
+        cfg = {**tiny.TINY_CONFIG, "text_cfg": {**tiny.TINY_CONFIG["text_cfg"], "context_length": 16}}
+        self.towers = tiny.tiny_model(4, cfg)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(2.5))
+        self.logit_bias = torch.nn.Parameter(torch.tensor(-4.0))
+
+
+def _fake_backend(loads: list):
+    from clipzoo.comparator import Comparator
+    from clipzoo.errors import BadTextError
+
+    class FakeComparator(Comparator):
+        probability = "sigmoid"
+
+        def __init__(self, card):
+            super().__init__(card, _HubLikeModel().eval(), embed_dim=32, image_size=32, context_length=16,
+                             transform=real_open_clip.image_transform(32, is_train=False, mean=(0.5,) * 3,
+                                                                      std=(0.5,) * 3, interpolation="bilinear"))
+            self.tok = real_open_clip.SimpleTokenizer(context_length=16)
+
+        def encode_pixels(self, pixels):
+            return self.model.towers.encode_image(pixels)
+
+        def encode_tokens(self, tokens):
+            return self.model.towers.encode_text(tokens)
+
+        def tokenize(self, texts, truncate=False):
+            if not truncate and any(len(self.tok.encode(t)) + 2 > 16 for t in texts):
+                raise BadTextError("text too long for 16 tokens")
+            return self.tok(texts)
+
+        def logit_params(self):
+            return self.model.logit_scale.exp(), self.model.logit_bias
+
+    def load(card, **kw):
+        loads.append(kw)
+        return FakeComparator(card)
+
+    module = types.ModuleType("clipzoo_fake_open_clip_backend")
+    module.load = load
+    return module
+
+
+@pytest.fixture()
+def fake(monkeypatch):
+    from clipzoo import backends
+
+    loads: list = []
+    monkeypatch.setitem(sys.modules, "clipzoo_fake_open_clip_backend", _fake_backend(loads))
+    monkeypatch.setitem(backends.BACKENDS, "fake", ("clipzoo_fake_open_clip_backend", "fake"))
+    card = clipzoo.register(architecture="siglip", publisher="testpub", id="fake-compat-open-clip", backend="fake")
+    yield card.alias, loads
+    clipzoo.REGISTRY.unregister(card.alias)
+    open_clip._COMPARATORS.clear()
+
+
+def test_any_comparator_gets_open_clips_model_api(fake, pil_images):
+    alias, loads = fake
+    model, train, val = open_clip.create_model_and_transforms(alias, pretrained="testpub", precision="amp")
+    assert isinstance(model, OpenClipModel) and loads[-1]["precision"] == "fp32"
+    comp, inner = model.comparator, model.comparator.model
+    assert val is comp.transform and type(train.transforms[0]).__name__ == "RandomResizedCrop"
+    assert model.visual.preprocess_cfg["mean"] == (0.5, 0.5, 0.5)
+    assert model.visual.preprocess_cfg["interpolation"] == "bilinear"
+    assert model.logit_scale is inner.logit_scale and model.logit_bias is inner.logit_bias
+
+    tokenizer = open_clip.get_tokenizer(alias)
+    assert isinstance(tokenizer, ComparatorTokenizer) and len(loads) == 1  # reused, not loaded again
+    tokens = tokenizer(TEXTS + ["a long text " * 10])  # truncates, as open_clip's tokenizers do
+    assert tokens.shape == (4, 16) and torch.equal(tokens, comp.tok(TEXTS + ["a long text " * 10]))
+
+    pixels = torch.stack([val(im) for im in pil_images])
+    with torch.no_grad():
+        img = inner.towers.encode_image(pixels, normalize=True)
+        txt = inner.towers.encode_text(tokens, normalize=True)
+        feats_i, feats_t, scale, bias = model(pixels, tokens)
+        logits, logits_t = model.get_logits(pixels, tokens)
+        raw = model.encode_image(pixels)
+    assert _maxdiff(feats_i, img) <= TOL and _maxdiff(feats_t, txt) <= TOL
+    assert _maxdiff(raw, inner.towers.encode_image(pixels)) <= TOL
+    assert scale.item() == pytest.approx(float(torch.tensor(2.5).exp())) and bias.item() == -4.0
+    assert _maxdiff(logits, scale * img @ txt.T + bias) <= TOL and torch.equal(logits_t, logits.T)
+
+    model.output_dict = True
+    with torch.no_grad():
+        d = model(pixels, None)
+    assert d["text_features"] is None and _maxdiff(d["image_features"], img) <= TOL and "logit_bias" in d
+
+
+def test_registry_models_are_listed_with_their_publisher_as_tag(fake):
+    alias, _ = fake
+    assert open_clip.list_models()[:len(real_open_clip.list_models())] == real_open_clip.list_models()
+    assert alias in open_clip.list_models()
+    pairs = open_clip.list_pretrained()
+    assert pairs[:len(real_open_clip.list_pretrained())] == real_open_clip.list_pretrained()
+    assert (alias, "testpub") in pairs and f"{alias}:testpub" in open_clip.list_pretrained(as_str=True)
+    assert ("[siglip - google - siglip-base-patch16-224]", "google") in pairs
+    assert not any(name.startswith("[clip - openai - ViT") for name, _ in pairs)  # open_clip names those
+    assert open_clip.list_pretrained_tags_by_model("ViT-B-32") == real_open_clip.list_pretrained_tags_by_model("ViT-B-32")
+    assert open_clip.list_pretrained_tags_by_model(alias) == ["testpub"]
+    assert open_clip.list_pretrained_models_by_tag("testpub") == [alias]
+
+
+def test_options_that_only_fit_open_clip_architectures_are_refused(fake):
+    alias, _ = fake
+    with pytest.raises(UnsupportedError, match="force_image_size"):
+        open_clip.create_model(alias, force_image_size=64)
+    with pytest.raises(UnsupportedError, match="pretrained='laion2b'"):
+        open_clip.create_model(alias, pretrained="laion2b")
+    with pytest.warns(UserWarning, match="jit=True"):
+        open_clip.create_model(alias, jit=True)
+
+
+# --------------------------------------------------------------------------- routing and pass-through
+def test_routing():
+    assert _route("ViT-B/32", None).native and _route("ViT-B/32", None).model_name == "ViT-B/32"
+    r = _route("[clip - laion - ViT-B-32/laion2b_s34b_b79k]", None)
+    assert r.native and (r.model_name, r.pretrained) == ("ViT-B-32", "laion2b_s34b_b79k")
+    r = _route("open_clip:ViT-B-32/laion2b_s34b_b79k", None)
+    assert r.native and (r.model_name, r.pretrained) == ("ViT-B-32", "laion2b_s34b_b79k")
+    assert not _route("[siglip - google - siglip-base-patch16-224]", None).native
+    assert not _route("hf-hub:google/siglip-base-patch16-224", None).native  # an HF repo: clipzoo loads it
+    assert _route("local-dir:/somewhere", None).native
+    with pytest.raises(RuntimeError, match="not found"):
+        _route("no-such-model", None)
+    with pytest.raises(UnsupportedError):
+        _route("[clip - laion - ViT-B-32/laion2b_s34b_b79k]", "openai")
+
+
+def test_open_clip_functions_and_attributes_pass_through():
+    assert open_clip.tokenize is real_open_clip.tokenize and open_clip.decode is real_open_clip.decode
+    assert open_clip.load_checkpoint is real_open_clip.load_checkpoint
+    assert open_clip.OPENAI_IMAGENET_TEMPLATES is real_open_clip.OPENAI_IMAGENET_TEMPLATES
+    assert open_clip.CLIP is real_open_clip.CLIP and open_clip.image_transform is real_open_clip.image_transform
+    tok = open_clip.get_tokenizer("ViT-B-32")
+    assert torch.equal(tok(TEXTS), real_open_clip.get_tokenizer("ViT-B-32")(TEXTS))
+    with pytest.raises(AttributeError):
+        open_clip.no_such_attribute  # noqa: B018
