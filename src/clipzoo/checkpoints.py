@@ -54,15 +54,23 @@ def read_pickle(path: "str | os.PathLike", trust_pickle: bool = False) -> Any:
                 f"{path} is a pickle that needs more than tensors to load ({_first_line(exc)}); "
                 "loading it can run arbitrary code. If you trust its source, pass trust_pickle=True "
                 "(CLI: --trust-pickle), or convert it once to safetensors") from None
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except (AttributeError, ImportError) as inner:
+            raise CheckpointError(f"{path} is a pickle that refers to code that is not importable here "
+                                  f"({_first_line(inner)}); install the package that wrote it, or convert "
+                                  "it to safetensors where it was written") from None
     except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on non-checkpoints
         raise CheckpointError(f"{path} is not a PyTorch checkpoint, safetensors file or TorchScript archive "
                               f"({_first_line(exc)}); is it truncated or another format?") from None
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    # torch's weights_only refusal puts the useful part ("Unsupported global: …") after its preamble
+    useful = next((ln for ln in lines if ln.startswith(("WeightsUnpickler error", "Unsupported global"))), None)
+    text = useful or (lines[0] if lines else type(exc).__name__)
+    return text.split(" Please use")[0].split(" was not an allowed global")[0][:200]
 
 
 def read_torchscript(path: "str | os.PathLike") -> dict:

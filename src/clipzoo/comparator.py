@@ -95,12 +95,12 @@ class Comparator(torch.nn.Module):
 
     @property
     def logit_scale(self) -> float:
-        return float(self.logit_params()[0])
+        return float(self.logit_params()[0].detach())
 
     @property
     def logit_bias(self) -> float | None:
         bias = self.logit_params()[1]
-        return None if bias is None else float(bias)
+        return None if bias is None else float(bias.detach())
 
     def preprocess(self, image) -> torch.Tensor:
         """A PIL image (or path / uint8 array) -> the model's input tensor (3, H, W)."""
@@ -183,6 +183,10 @@ class Comparator(torch.nn.Module):
     # ------------------------------------------------------------ comparing
     def similarity(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """Logits as the model defines them: ``scale * cosine (+ bias)``, shape [N_images, N_texts]."""
+        with self._grad_context(image_features if image_features.requires_grad else text_features):
+            return self._similarity(image_features, text_features)
+
+    def _similarity(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         scale, bias = self.logit_params()
         a = F.normalize(image_features.float(), dim=-1)
         b = F.normalize(text_features.float(), dim=-1).to(a.device)

@@ -44,6 +44,7 @@ class Plan:
     source: str = ""
     model_name: str | None = None
     tokenizer_dir: str | None = None  # an open_clip hub folder holding HF tokenizer files
+    openai_tokenizer: bool = False    # OpenAI's own BPE tokenizer (OpenAI releases), token for token
 
 
 class OpenClipComparator(Comparator):
@@ -136,6 +137,7 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     model.eval()
     preprocess_cfg = dict(plan.preprocess_cfg)
     preprocess_cfg.setdefault("size", model.visual.image_size)
+    open_clip.set_model_preprocess_cfg(model, preprocess_cfg)
     transform = open_clip.image_transform(preprocess_cfg["size"], is_train=False,
                                           mean=preprocess_cfg.get("mean"), std=preprocess_cfg.get("std"),
                                           interpolation=preprocess_cfg.get("interpolation"),
@@ -203,7 +205,7 @@ def _plan_open_clip_pair(card, name, tag, cache_dir, trust_pickle) -> Plan:
         cfg["quick_gelu"] = True
     path = _fetch_pretrained(card, pcfg, cache_dir)
     sd, _ = read_state_dict(path, trust_pickle)
-    return Plan(cfg, _preprocess_from(pcfg, cfg), sd, str(path), model_name=name)
+    return Plan(cfg, _preprocess_from(pcfg, cfg), sd, str(path), model_name=name, openai_tokenizer=tag == "openai")
 
 
 def _fetch_pretrained(card: ModelCard, pcfg: dict, cache_dir) -> Path:
@@ -286,7 +288,7 @@ def _plan_file(path: Path, trust_pickle: bool, model_name: str | None, model_con
             cfg = openai_config(sd, str(path))
             pre = {"mean": OPENAI_MEAN, "std": OPENAI_STD, "interpolation": "bicubic", "resize_mode": "shortest",
                    "size": cfg["vision_cfg"]["image_size"]}
-            return Plan(cfg, pre, sd, str(path))
+            return Plan(cfg, pre, sd, str(path), openai_tokenizer=True)
         if kind == "hf":
             raise CheckpointError(f"{path} holds HF transformers weights without their config; load the "
                                   "save_pretrained folder (with config.json) instead")
@@ -320,9 +322,9 @@ def openai_config(sd: dict, source: str = "checkpoint") -> dict:
 
 
 # --------------------------------------------------------------------------- building
-def build(plan: Plan, precision: str) -> torch.nn.Module:
+def build(plan: Plan, precision: str = "fp32") -> torch.nn.Module:
     """Build the module of a plan, as ``open_clip.create_model`` would (weights loaded separately)."""
-    from open_clip import CLIP, CoCa, CustomTextCLIP
+    from open_clip import CLIP, CoCa, CustomTextCLIP, get_cast_dtype
 
     cfg = copy.deepcopy(plan.model_cfg)
     vision_cfg, text_cfg = cfg.setdefault("vision_cfg", {}), cfg.setdefault("text_cfg", {})
@@ -334,7 +336,7 @@ def build(plan: Plan, precision: str) -> torch.nn.Module:
     custom_text = cfg.pop("custom_text", False) or is_hf_text
     cls = CoCa if "multimodal_cfg" in cfg else CustomTextCLIP if custom_text else CLIP
     try:
-        return cls(**cfg, cast_dtype=None)
+        return cls(**cfg, cast_dtype=get_cast_dtype(precision))
     except OSError as exc:  # an HF text tower whose config is not cached
         raise ModelNotCachedError(f"building {plan.model_name or plan.source} needs the HF config of "
                                   f"{text_cfg.get('hf_model_name')!r}, which is not cached ({exc})") from None
@@ -384,8 +386,12 @@ def make_tokenizer(plan: Plan, cache_dir=None):
     import open_clip
     from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 
+    from ..tokenizers import OpenAITokenizer
+
     text_cfg = (plan.model_cfg or {}).get("text_cfg", {})
     context_length = text_cfg.get("context_length", 77)
+    if plan.openai_tokenizer:
+        return OpenAITokenizer(context_length=context_length)
     try:
         if plan.model_name and open_clip.get_model_config(plan.model_name) is not None:
             return open_clip.get_tokenizer(plan.model_name, cache_dir=cache_dir)

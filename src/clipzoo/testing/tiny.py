@@ -25,8 +25,8 @@ TINY_CONFIG = {
 }
 # A SigLIP-style variant (sigmoid loss: a learned logit bias) and a CoCa variant of the tiny model.
 TINY_SIGLIP_CONFIG = {**TINY_CONFIG, "init_logit_bias": -10.0}
-TINY_COCA_CONFIG = {
-    "embed_dim": 32,
+TINY_COCA_CONFIG = {  # CoCa's decoder needs embed_dim == multimodal width
+    "embed_dim": 64,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "attentional_pool": True,
                    "attn_pooler_heads": 1, "output_tokens": True},
     "text_cfg": {"context_length": 76, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2,

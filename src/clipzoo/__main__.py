@@ -1,0 +1,3 @@
+from clipzoo.cli import main
+
+main()
