@@ -164,7 +164,11 @@ def _progress(total: int, description: str, enabled: bool) -> Iterator[Callable[
                TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+        try:
+            yield lambda n: bar.advance(task, n)
+        except BaseException:
+            bar.update(task, visible=False)  # an error gets its own line, not a half-drawn bar
+            raise
 
 
 def _check_batch_size(batch_size: int) -> int:
@@ -199,7 +203,7 @@ def embed_images(comparator, images: "str | os.PathLike | Iterable[str | os.Path
     with _progress(len(paths), f"embedding {len(paths)} images", progress) as advance:
         for indices, pixels, errors in loader:
             if errors and not skip_bad:
-                raise BadImageError(errors[0][1] + "; or pass --skip-bad (skip_bad=True) to leave it out")
+                raise BadImageError(f"{errors[0][1]} (to leave such images out: --skip-bad, skip_bad=True)")
             skipped.extend({"input": paths[i], "error": err} for i, err in errors)
             if pixels is not None:
                 feats = comparator.encode_image(pixels, normalize=normalize)

@@ -285,18 +285,16 @@ def _count_file(path: Path, trust_pickle: bool = False) -> dict[str, int]:
 
 
 def _load_meta_pickle(path: Path, trust_pickle: bool):
-    import pickle
-
+    """A pickle's tensors mapped to the meta device (shapes only); anything else goes through
+    :func:`clipzoo.checkpoints.read_pickle`, which refuses unsafe pickles and names a bad file."""
     import torch
 
     from .checkpoints import read_pickle
 
     try:
         return torch.load(path, map_location="meta", weights_only=True)
-    except pickle.UnpicklingError:
-        return read_pickle(path, trust_pickle)  # raises UnsafePickleError unless trusted
-    except Exception:
-        return read_pickle(path, trust_pickle)  # gives the checkpoint error that names the file
+    except Exception:  # noqa: BLE001 - an unsafe pickle, or not a checkpoint: let read_pickle say which
+        return read_pickle(path, trust_pickle)
 
 
 def _read_json(path: Path) -> dict:

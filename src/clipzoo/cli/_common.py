@@ -1,9 +1,11 @@
 """What every command shares: the one-line user-error contract, common options, loading, output."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Callable, NoReturn, Optional, TypeVar
 
@@ -34,13 +36,33 @@ def user_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with one_line_warnings():
+                return fn(*args, **kwargs)
         except (ClipzooError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
             fail(exc)
         except KeyboardInterrupt:
             fail("interrupted", 130)
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def one_line_warnings():
+    """Show warnings meant for the user (``UserWarning``: e.g. "architecture inferred …") as one line
+    ``warning: …`` on stderr; hide libraries' deprecation notices, which a CLI user cannot act on."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        typer.echo(f"warning: {' '.join(str(message).split())}", err=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        previous, warnings.showwarning = warnings.showwarning, show
+        try:
+            yield
+        finally:
+            warnings.showwarning = previous
 
 
 # ------------------------------------------------------------------ common options

@@ -17,6 +17,7 @@ def models(
     id: Optional[str] = typer.Option(None, "--id", help=_glob_help("id (or another name it is known by)")),
     backend: Optional[str] = typer.Option(None, "--backend", "-b", help=_glob_help("backend")),
     modality: Optional[str] = typer.Option(None, "--modality", "-m", help="Only models with this modality (image, text, audio)."),
+    long: bool = typer.Option(False, "--long", "-l", help="Add a column saying where each model's weights come from."),
     json_: JsonOpt = False,
 ) -> None:
     """List known models (built-in catalogue, open_clip's pretrained list, your registrations) as a table."""
@@ -31,6 +32,7 @@ def models(
     if not cards:
         out.print("no model matches these filters; try fewer, or globs such as --id 'ViT-B*'")
         return
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"{len(cards)} model{'s' if len(cards) != 1 else ''}", title_justify="left")
@@ -39,10 +41,11 @@ def models(
     table.add_column("dim", justify="right")
     table.add_column("image", justify="right")
     table.add_column("ctx", justify="right")
-    table.add_column("source", overflow="fold")
+    if long:
+        table.add_column("source", overflow="fold")
     for c in cards:
-        table.add_row(c.alias, c.backend, _num(c.embed_dim), _num(c.image_size), _num(c.context_length),
-                      c.source.describe())
+        table.add_row(escape(c.alias), c.backend, _num(c.embed_dim), _num(c.image_size), _num(c.context_length),
+                      *([escape(c.source.describe())] if long else []))
     out.print(table)
 
 
@@ -78,12 +81,13 @@ def info(
                     "summary_unavailable": unavailable})
         return
 
+    from rich.markup import escape
     from rich.table import Table
 
     from clipzoo.summary import BYTES_PER_PARAMETER, format_bytes, format_count
 
     out = console()
-    fields = Table(show_header=False, box=None, pad_edge=False, title=card.alias, title_justify="left")
+    fields = Table(show_header=False, box=None, pad_edge=False, title=escape(card.alias), title_justify="left")
     fields.add_column(style="bold")
     fields.add_column(overflow="fold")
     rows = [("architecture", card.architecture), ("publisher", card.publisher), ("id", card.id),
@@ -93,13 +97,14 @@ def info(
             ("context length", _num(card.context_length)), ("description", card.description)]
     for key, value in rows:
         if value:
-            fields.add_row(key, value)
+            fields.add_row(key, escape(value))
     out.print(fields)
     out.print()
     if summary is None:
-        out.print(f"size: unavailable — {unavailable}")
+        out.print(f"size: unavailable — {escape(unavailable)}")
         return
-    sizes = Table(title=f"parameters ({summary.built_from})", title_justify="left")
+    out.print(escape(f"parameters per tower — {summary.built_from}"), highlight=False)
+    sizes = Table()
     sizes.add_column("tower")
     sizes.add_column("parameters", justify="right")
     sizes.add_column("exact", justify="right")

@@ -299,14 +299,21 @@ def write_distilbert(folder: "str | os.PathLike", seed: int = 0, context: int = 
     return folder
 
 
-def write_st_text(folder: "str | os.PathLike", seed: int = 0, out_dim: int = EMBED, context: int = 128) -> Path:
+def write_st_text(folder: "str | os.PathLike", seed: int = 0, out_dim: int = EMBED, context: int = 128,
+                  legacy: bool = True) -> Path:
     """A sentence-transformers text tower like ``clip-ViT-B-32-multilingual-v1``: DistilBERT, mean
-    pooling, then a bias-free Dense layer (identity activation) into the CLIP embedding space."""
+    pooling, then a bias-free Dense layer (identity activation) into the CLIP embedding space.
+
+    ``legacy=True`` rewrites the folder in the layout the hub repository has (sentence-transformers 1.x/2.x:
+    ``sentence_transformers.models.*`` module names, old pooling keys, ``pytorch_model.bin`` Dense weights);
+    ``legacy=False`` keeps what the installed sentence-transformers writes.
+    """
     import tempfile
 
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.models import Dense, Pooling, Transformer
 
+    folder = Path(folder)
     with tempfile.TemporaryDirectory() as tmp:
         hf = write_distilbert(Path(tmp) / "distilbert", seed, context)
         transformer = Transformer(str(hf), max_seq_length=context)
@@ -315,22 +322,57 @@ def write_st_text(folder: "str | os.PathLike", seed: int = 0, out_dim: int = EMB
         dense = Dense(WIDTH, out_dim, bias=False, activation_function=torch.nn.Identity())
         model = SentenceTransformer(modules=[transformer, pooling, dense], device="cpu")
         model.save(str(folder))
-    return Path(folder)
+    if legacy:
+        _write_json(folder / "modules.json", [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}])
+        _write_json(folder / "sentence_bert_config.json", {"max_seq_length": context, "do_lower_case": False})
+        _write_json(folder / "1_Pooling" / "config.json", {
+            "word_embedding_dimension": WIDTH, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+            "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False})
+        _write_json(folder / "2_Dense" / "config.json", {
+            "in_features": WIDTH, "out_features": out_dim, "bias": False,
+            "activation_function": "torch.nn.modules.linear.Identity"})
+        from safetensors.torch import load_file
+
+        weights = folder / "2_Dense" / "model.safetensors"
+        torch.save(load_file(str(weights)), str(folder / "2_Dense" / "pytorch_model.bin"))
+        weights.unlink()
+    return folder
 
 
-def write_st_clip(folder: "str | os.PathLike", seed: int = 0) -> Path:
-    """A sentence-transformers folder wrapping an HF ``CLIPModel``, laid out like ``sentence-transformers/
-    clip-ViT-B-32`` (``modules.json`` naming ``sentence_transformers.models.CLIPModel``)."""
+def write_st_clip(folder: "str | os.PathLike", seed: int = 0, legacy: bool = True) -> Path:
+    """A sentence-transformers folder wrapping an HF ``CLIPModel`` (both towers).
+
+    ``legacy=True`` lays it out like the hub's ``sentence-transformers/clip-ViT-B-32``: the HF files in
+    ``0_CLIPModel/`` and ``modules.json`` naming ``sentence_transformers.models.CLIPModel``.
+    """
+    import shutil
     import tempfile
 
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.models import CLIPModel
 
+    folder = Path(folder)
     with tempfile.TemporaryDirectory() as tmp:
         hf = write_clip(Path(tmp) / "clip", seed)
+        if legacy:
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(hf, folder / "0_CLIPModel", dirs_exist_ok=True)
+            _write_json(folder / "modules.json", [
+                {"idx": 0, "name": "0", "path": "0_CLIPModel", "type": "sentence_transformers.models.CLIPModel"}])
+            _write_json(folder / "config_sentence_transformers.json", {"__version__": {"sentence_transformers": "2.0.0"}})
+            return folder
         model = SentenceTransformer(modules=[CLIPModel(str(hf), _from_auto_load=True)], device="cpu")
         model.save(str(folder))
-    return Path(folder)
+    return folder
+
+
+def _write_json(path: Path, obj) -> None:
+    import json
+
+    path.write_text(json.dumps(obj, indent=2))
 
 
 WRITERS = {

@@ -1,0 +1,352 @@
+"""HF transformers backend: CLIPModel, SiglipModel (SigLIP 1 and 2), Siglip2Model (NaFlex),
+ChineseCLIPModel and AltCLIPModel, each fed the way it was trained.
+
+What differs between the families is only how text is padded and masked:
+
+- CLIP pads after ``<|endoftext|>`` and pools at it; its causal mask makes padding irrelevant, and
+  its pad id may be a real token ("!" in LAION's conversions), so the attention mask is derived from
+  the first EOS, not from the pad id;
+- SigLIP pads every text to the full context (64 for the real models) and attends to the padding,
+  with no mask, as big_vision and open_clip do (it pools the last position);
+- Chinese-CLIP (BERT) and AltCLIP (XLM-R) attend bidirectionally and need a mask from the pad id.
+
+Images go through the checkpoint's own HF image processor (see :class:`HFImageTransform`), so
+preprocessing matches transformers exactly.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..cards import IMAGE, TEXT, ModelCard
+from ..checkpoints import read_json
+from ..comparator import Comparator, resolve_dtype
+from ..errors import ArchitectureMismatchError, BackendMissingError, CheckpointError, UnsupportedError
+from ..inputs import text_items, too_long_error
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one HF model class is fed. ``mask``: "eos" (mask after the first EOS), "pad" (mask the pad
+    id) or None (no mask: the model attends to padding, as it was trained). ``naflex``: the vision tower
+    takes patches + spatial shapes (Siglip2Model)."""
+
+    hf_class: str
+    mask: str | None
+    naflex: bool = False
+
+
+FAMILIES = {
+    "clip": Family("CLIPModel", mask="eos"),
+    "siglip": Family("SiglipModel", mask=None),
+    "siglip2": Family("Siglip2Model", mask=None, naflex=True),
+    "chinese_clip": Family("ChineseCLIPModel", mask="pad"),
+    "altclip": Family("AltCLIPModel", mask="pad"),
+}
+BY_CLASS = {f.hf_class: f for f in FAMILIES.values()}
+
+
+# ------------------------------------------------------------------------------------ shared helpers
+def model_folder(card: ModelCard, cache_dir: "str | os.PathLike | None" = None) -> Path:
+    """The local folder holding a card's files: its ``source.path``, or a hub snapshot (offline once cached;
+    :class:`~clipzoo.errors.ModelNotCachedError` naming the repo otherwise)."""
+    src = card.source
+    if src.path:
+        path = Path(src.path)
+        if not path.exists():
+            raise CheckpointError(f"model folder {str(path)!r} does not exist; check the path")
+        if not path.is_dir():
+            raise CheckpointError(f"{path} is a file, but {card.backend} models load from a folder written by "
+                                  "save_pretrained (config.json + weights + tokenizer files); pass the folder")
+        return path
+    if src.hf_repo:
+        from ..download import hub_snapshot
+
+        return hub_snapshot(src.hf_repo, cache_dir)
+    raise CheckpointError(f"{card.alias} has no local path or hub repo to load from ({src.describe()})")
+
+
+def features_of(output: Any) -> torch.Tensor:
+    """``get_*_features`` returns a tensor in transformers 4.x and a ``BaseModelOutputWithPooling``
+    (projected features in ``pooler_output``) in 5.x."""
+    if isinstance(output, torch.Tensor):
+        return output
+    pooled = getattr(output, "pooler_output", None)
+    if pooled is None:
+        raise UnsupportedError(f"cannot read features from a {type(output).__name__} (no pooler_output)")
+    return pooled
+
+
+def attention_mask(tokens: torch.Tensor, kind: str | None, pad_id: int | None, eos_id: int | None):
+    """The mask a tokenizer would have returned for right- or left-padded ``tokens``."""
+    if kind is None:
+        return None
+    if kind == "eos" and eos_id is not None:
+        is_eos = tokens == eos_id
+        before = is_eos.long().cumsum(1) - is_eos.long()  # EOS tokens strictly before each position
+        return (before == 0).long()
+    if pad_id is None:
+        return torch.ones_like(tokens)
+    return (tokens != pad_id).long()
+
+
+def trim_padding(tokens: torch.Tensor, mask: torch.Tensor | None, padding_side: str):
+    """Drop trailing columns that are padding in every row (same result with a mask, less compute)."""
+    if mask is None or padding_side != "right" or tokens.shape[1] == 0:
+        return tokens, mask
+    length = max(int(mask.sum(1).max()), 1)
+    return tokens[:, :length], mask[:, :length]
+
+
+def tokenize_with(tokenizer, texts: Any, context_length: int, truncate: bool) -> torch.Tensor:
+    """Token ids (N, context_length) padded the tokenizer's way; a too-long text raises unless ``truncate``."""
+    texts = text_items(texts)
+    if not truncate:
+        ids = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+        for text, row in zip(texts, ids):
+            if len(row) > context_length:
+                raise too_long_error(text, len(row), context_length)
+    out = tokenizer(texts, padding="max_length", truncation=True, max_length=context_length,
+                    return_tensors="pt")
+    return out["input_ids"].long()
+
+
+class HFImageTransform:
+    """PIL image -> (3, H, W) float tensor, computed by the checkpoint's own HF image processor, so it
+    matches transformers exactly (resize, crop, rescale and normalise as configured)."""
+
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
+
+    def __call__(self, image) -> torch.Tensor:
+        if getattr(image, "mode", "RGB") != "RGB":
+            image = image.convert("RGB")
+        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def __repr__(self) -> str:
+        return f"HFImageTransform({type(self.image_processor).__name__})"
+
+
+class NaFlexSquareTransform:
+    """SigLIP 2 NaFlex at a fixed square grid: PIL -> (3, g·p, g·p) with g = ⌊√max_num_patches⌋.
+
+    NaFlex keeps each image's aspect ratio and a variable patch grid; a Comparator takes batched
+    (N, 3, H, W) pixels, so images are used at the square grid NaFlex gives a square image. For a square
+    image this is exactly the processor's output; other images are squashed to the square.
+    """
+
+    def __init__(self, image_processor, patch_size: int, max_num_patches: int):
+        self.image_processor = image_processor
+        self.patch_size = patch_size
+        self.max_num_patches = max_num_patches
+        self.grid = math.isqrt(max_num_patches)
+
+    def __call__(self, image) -> torch.Tensor:
+        if getattr(image, "mode", "RGB") != "RGB":
+            image = image.convert("RGB")
+        out = self.image_processor(images=image, return_tensors="pt", patch_size=self.patch_size,
+                                   max_num_patches=self.max_num_patches)
+        h, w = (int(v) for v in out["spatial_shapes"][0])
+        p = self.patch_size
+        patches = out["pixel_values"][0, : h * w]  # (h*w, p*p*3), as convert_image_to_patches lays them out
+        pixels = patches.reshape(h, w, p, p, 3).permute(4, 0, 2, 1, 3).reshape(3, h * p, w * p)
+        side = self.grid * p
+        if (h * p, w * p) != (side, side):
+            pixels = torch.nn.functional.interpolate(pixels[None], size=(side, side), mode="bilinear",
+                                                     antialias=True, align_corners=False)[0]
+        return pixels
+
+    def __repr__(self) -> str:
+        return f"NaFlexSquareTransform(patch_size={self.patch_size}, grid={self.grid}x{self.grid})"
+
+
+def to_patches(pixels: torch.Tensor, patch_size: int, max_num_patches: int):
+    """(N, 3, H, W) -> NaFlex inputs: patches (N, max_num_patches, p·p·3), mask, spatial shapes."""
+    n, c, height, width = pixels.shape
+    p = patch_size
+    h, w = height // p, width // p
+    patches = pixels.reshape(n, c, h, p, w, p).permute(0, 2, 4, 3, 5, 1).reshape(n, h * w, p * p * c)
+    mask = torch.ones(n, max(max_num_patches, h * w), dtype=torch.int32, device=pixels.device)
+    if h * w < max_num_patches:
+        patches = torch.nn.functional.pad(patches, (0, 0, 0, max_num_patches - h * w))
+        mask[:, h * w:] = 0
+    shapes = torch.tensor([[h, w]] * n, dtype=torch.long, device=pixels.device)
+    return patches, mask, shapes
+
+
+# ------------------------------------------------------------------------------------ the Comparator
+class HFComparator(Comparator):
+    """A transformers CLIP-family model. ``model`` is the HF model; ``hf_tokenizer`` and
+    ``image_processor`` are the checkpoint's own."""
+
+    def __init__(self, card: ModelCard, model, *, tokenizer, image_processor, family: Family, transform,
+                 embed_dim: int, image_size, context_length: int, naflex: tuple[int, int] | None = None):
+        super().__init__(card, model, transform=transform, embed_dim=embed_dim, image_size=image_size,
+                         context_length=context_length, modalities=(IMAGE, TEXT))
+        self.hf_tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.family = family
+        self._naflex = naflex  # (patch_size, max_num_patches) for Siglip2Model
+        self.probability = "sigmoid" if getattr(model, "logit_bias", None) is not None else "softmax"
+
+    @property
+    def pad_id(self) -> int | None:
+        return self.hf_tokenizer.pad_token_id
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.hf_tokenizer.eos_token_id
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self._naflex is not None:
+            patches, mask, shapes = to_patches(pixels, *self._naflex)
+            return features_of(self.model.get_image_features(pixel_values=patches, pixel_attention_mask=mask,
+                                                             spatial_shapes=shapes))
+        return features_of(self.model.get_image_features(pixel_values=pixels))
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.long()
+        mask = attention_mask(tokens, self.family.mask, self.pad_id, self.eos_id)
+        tokens, mask = trim_padding(tokens, mask, self.hf_tokenizer.padding_side)
+        return features_of(self.model.get_text_features(input_ids=tokens, attention_mask=mask))
+
+    def tokenize(self, texts: str | list[str], truncate: bool = False) -> torch.Tensor:
+        return tokenize_with(self.hf_tokenizer, texts, self.context_length, truncate)
+
+    def logit_params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        bias = getattr(self.model, "logit_bias", None)
+        return self.model.logit_scale.exp().reshape(()), (None if bias is None else bias.reshape(()))
+
+
+# ------------------------------------------------------------------------------------ loading
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise BackendMissingError("the transformers backend needs transformers; pip install 'clipzoo[hf]'") from None
+    return transformers
+
+
+def pick_family(config: dict, hf_class: str | None, folder) -> Family:
+    model_type = config.get("model_type")
+    if hf_class:
+        return BY_CLASS.get(hf_class, Family(hf_class, mask="pad"))
+    if model_type in FAMILIES:
+        return FAMILIES[model_type]
+    raise UnsupportedError(
+        f"{folder} holds a {model_type!r} model (config.json model_type), which the transformers backend "
+        f"does not load as an image-text model; it loads model_type {', '.join(sorted(FAMILIES))}. "
+        "If it is a CLIP-like model with get_image_features/get_text_features, pass hf_class='ItsModelClass'")
+
+
+def load_hf_model(folder: Path, class_name: str, dtype: torch.dtype):
+    """``from_pretrained`` with an error that names missing / mismatched weights instead of random init."""
+    transformers = _transformers()
+    cls = getattr(transformers, class_name, None)
+    if cls is None:
+        raise BackendMissingError(f"transformers {transformers.__version__} has no {class_name}; "
+                                  "upgrade transformers (pip install -U transformers)")
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    try:
+        model, info = cls.from_pretrained(str(folder), output_loading_info=True, **{dtype_kw: dtype})
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot load {folder} as {class_name} ({first})") from None
+    ignore = ("position_ids",)
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.endswith(ignore))
+    unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not k.endswith(ignore))
+    mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", ()))
+    if missing or mismatched:
+        show = lambda keys: "[" + ", ".join(keys[:6]) + (", …" if len(keys) > 6 else "") + "]"  # noqa: E731
+        raise ArchitectureMismatchError(
+            f"{folder} does not fit {class_name}: {len(missing)} missing key(s) {show(missing)}, "
+            f"{len(unexpected)} unexpected key(s) {show(unexpected)}, {len(mismatched)} with another shape "
+            f"{show(mismatched)}; check config.json against the weights, or pass the right hf_class")
+    return model.eval()
+
+
+def load_processors(folder: Path):
+    transformers = _transformers()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{folder} has no usable tokenizer ({type(exc).__name__}: {str(exc)[:200]}); "
+                              "save it with the model (processor.save_pretrained(folder))") from None
+    try:
+        image_processor = transformers.AutoImageProcessor.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{folder} has no usable image processor ({type(exc).__name__}: {str(exc)[:200]}); "
+                              "save it with the model (processor.save_pretrained(folder))") from None
+    return tokenizer, image_processor
+
+
+def text_context(model_config, tokenizer, card: ModelCard, override: int | None, family: Family) -> int:
+    """Context length: explicit > card > tokenizer's model_max_length, capped by the position table."""
+    text_cfg = getattr(model_config, "text_config", model_config)
+    positions = getattr(text_cfg, "max_position_embeddings", None)
+    if positions and family.hf_class == "AltCLIPModel":  # XLM-R positions start after the pad id
+        positions -= (getattr(text_cfg, "pad_token_id", 1) or 1) + 1
+    ctx = override or card.context_length
+    if not ctx:
+        max_len = getattr(tokenizer, "model_max_length", None)
+        ctx = max_len if max_len and max_len < 100_000 else positions
+    if not ctx:
+        raise CheckpointError(f"cannot tell the context length of {card.alias}; pass context_length=…")
+    return int(min(ctx, positions)) if positions else int(ctx)
+
+
+def embed_dim_of(model_config) -> int:
+    dim = getattr(model_config, "projection_dim", None)
+    if dim:
+        return int(dim)
+    return int(model_config.vision_config.hidden_size)  # SigLIP: both heads output the hidden width
+
+
+def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache_dir=None,
+         trust_pickle: bool = False, **kwargs: Any) -> HFComparator:
+    """Load a transformers save_pretrained folder (local or from the hub cache) as a Comparator.
+
+    Keywords: ``hf_class`` (a transformers class name, default from config.json ``model_type``),
+    ``context_length`` (override the text context). ``trust_pickle`` is unused: transformers reads
+    safetensors, and ``.bin`` weights only with ``weights_only=True``.
+    """
+    hf_class = kwargs.pop("hf_class", None) or card.config.get("hf_class")
+    context_override = kwargs.pop("context_length", None)
+    if kwargs:
+        raise TypeError(f"unexpected keyword(s) for the transformers backend: {', '.join(sorted(kwargs))}")
+    folder = model_folder(card, cache_dir)
+    if not (folder / "config.json").exists():
+        raise CheckpointError(f"{folder} has no config.json, so it is not a transformers save_pretrained folder")
+    config = read_json(folder / "config.json")
+    family = pick_family(config, hf_class, folder)
+    dtype = resolve_dtype(precision)
+    model = load_hf_model(folder, family.hf_class, dtype).to(device)
+    tokenizer, image_processor = load_processors(folder)
+
+    naflex = None
+    if family.naflex:
+        patch = int(getattr(image_processor, "patch_size", model.config.vision_config.patch_size))
+        max_patches = int(getattr(image_processor, "max_num_patches", 256))
+        naflex = (patch, max_patches)
+        transform = NaFlexSquareTransform(image_processor, patch, max_patches)
+    else:
+        transform = HFImageTransform(image_processor)
+    image_size = _image_size(transform)
+    return HFComparator(card, model, tokenizer=tokenizer, image_processor=image_processor, family=family,
+                        transform=transform, embed_dim=embed_dim_of(model.config), image_size=image_size,
+                        context_length=text_context(model.config, tokenizer, card, context_override, family),
+                        naflex=naflex)
+
+
+def _image_size(transform) -> int | tuple[int, int]:
+    """The pixel size the transform produces (run once on a blank non-square image)."""
+    from PIL import Image
+
+    h, w = transform(Image.new("RGB", (97, 61))).shape[-2:]
+    return int(h) if h == w else (int(h), int(w))

@@ -1,0 +1,91 @@
+"""``clipzoo compare``: a probability table of images × texts (softmax for CLIP, sigmoid for SigLIP)."""
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ._common import (CacheDirOpt, DeviceOpt, JsonOpt, ModelArg, ModelNameOpt, PrecisionOpt, TrustPickleOpt,
+                      console, fail, load_model, print_json, user_errors)
+
+
+def compare_probabilities(comparator, images, texts, templates=None, truncate: bool = False):
+    """``(probabilities, logits)`` [N_images, N_texts] as the model defines them.
+
+    Without templates the texts are compared as given: ``probabilities(similarity(image, text))`` —
+    a softmax over the texts for CLIP, an independent sigmoid per pair for SigLIP. With templates
+    (``"a photo of a {}."``) the texts are labels and this is exactly ``comparator.predict``.
+    """
+    image_features = comparator.encode_image(images)
+    if templates:
+        text_features = comparator.classifier(texts, templates, truncate=True)
+    else:
+        text_features = comparator.encode_text(texts, truncate=truncate)
+    logits = comparator.similarity(image_features, text_features)
+    return comparator.probabilities(logits), logits
+
+
+@user_errors
+def compare(
+    model: ModelArg,
+    image: Optional[List[str]] = typer.Option(None, "--image", "-i", show_default=False,
+                                              help="An image file or folder; repeat for more."),
+    text: Optional[List[str]] = typer.Option(None, "--text", "-t", show_default=False,
+                                             help="A text to compare with; repeat for more."),
+    template: Optional[List[str]] = typer.Option(
+        None, "--template", show_default=False,
+        help="Treat the texts as labels and average these prompt templates, e.g. 'a photo of a {}.' (repeatable)."),
+    truncate: bool = typer.Option(False, "--truncate", help="Cut texts longer than the model's context instead of failing."),
+    json_: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    trust_pickle: TrustPickleOpt = False,
+    model_name: ModelNameOpt = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Compare images with texts: one row per image, one column per text, model probabilities in the cells.
+
+    CLIP models give a softmax over the texts (each row sums to 1); SigLIP models a sigmoid per pair.
+    Example:
+
+    \b
+      clipzoo compare MODEL --image cat.jpg --text "a cat" --text "a dog"
+    """
+    from clipzoo.embedding import expand_image_paths
+
+    if not image:
+        fail("pass at least one --image PATH")
+    if not text:
+        fail("pass at least one --text TEXT")
+    if template:
+        for t in template:
+            if "{}" not in t:
+                fail(f"template {t!r} has no '{{}}' where the text goes, e.g. 'a photo of a {{}}.'")
+    paths = expand_image_paths(image)
+    comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir)
+    probs, logits = compare_probabilities(comparator, paths, list(text), template, truncate)
+
+    if json_:
+        print_json({"model": comparator.card.alias, "probability": comparator.probability, "images": paths,
+                    "texts": list(text), "templates": list(template or []), "probabilities": probs.tolist(),
+                    "logits": logits.tolist()})
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    kind = ("softmax over the texts (rows sum to 1)" if comparator.probability == "softmax"
+            else "sigmoid per image-text pair")
+    name = Path(comparator.card.source.path).name if comparator.card.source.path else comparator.card.alias
+    table = Table()
+    table.add_column("image", overflow="fold")
+    for t in text:
+        table.add_column(escape(t), justify="right", overflow="fold")
+    for path, row in zip(paths, probs.tolist()):
+        best = max(range(len(row)), key=row.__getitem__)
+        table.add_row(escape(path), *(f"[bold]{p:.4f}[/bold]" if j == best else f"{p:.4f}" for j, p in enumerate(row)))
+    out = console()
+    out.print(escape(f"{name}: {kind}"), highlight=False)
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare)
