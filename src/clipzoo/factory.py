@@ -42,9 +42,14 @@ def _with_backend(card: ModelCard, cache_dir) -> ModelCard:
             return card.replace(backend="open_clip")
         except ModelNotCachedError as exc:
             if not getattr(exc, "missing_file", False):
-                try:  # maybe only the transformers files are cached
-                    hub_file(src.hf_repo, "config.json", cache_dir)
-                except ModelNotCachedError:
+                # offline: go on only if the files of another backend are cached
+                for name in ("config.json", "modules.json"):
+                    try:
+                        hub_file(src.hf_repo, name, cache_dir)
+                        break
+                    except ModelNotCachedError:
+                        continue
+                else:
                     raise exc from None
         try:
             hub_file(src.hf_repo, "modules.json", cache_dir)

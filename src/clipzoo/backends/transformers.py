@@ -65,10 +65,25 @@ def model_folder(card: ModelCard, cache_dir: "str | os.PathLike | None" = None) 
                                   "save_pretrained (config.json + weights + tokenizer files); pass the folder")
         return path
     if src.hf_repo:
-        from ..download import hub_snapshot
-
-        return hub_snapshot(src.hf_repo, cache_dir)
+        return hub_model_folder(src.hf_repo, cache_dir)
     raise CheckpointError(f"{card.alias} has no local path or hub repo to load from ({src.describe()})")
+
+
+# configs, tokenizer files (vocab.json, merges.txt, vocab.txt, spiece.model, …), safetensors weights, and
+# the .bin weights of sentence-transformers submodules (2_Dense/…); never TF / Flax / ONNX copies
+HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "*/*.bin"]
+
+
+def hub_model_folder(repo: str, cache_dir=None) -> Path:
+    """A hub repo's snapshot with only the files PyTorch loading needs; ``*.bin`` weights are fetched
+    only for a model folder that has no safetensors (older repos)."""
+    from ..download import hub_snapshot
+
+    folder = hub_snapshot(repo, cache_dir, allow_patterns=HUB_PATTERNS)
+    model_dirs = [d for d in (folder, *folder.iterdir()) if d.is_dir() and (d / "config.json").exists()]
+    if any(not any(d.glob("*.safetensors")) and not any(d.glob("*.bin")) for d in model_dirs):
+        folder = hub_snapshot(repo, cache_dir, allow_patterns=HUB_PATTERNS + ["*.bin"])
+    return folder
 
 
 def features_of(output: Any) -> torch.Tensor:
@@ -233,6 +248,8 @@ def _transformers():
 
 
 def pick_family(config: dict, hf_class: str | None, folder) -> Family:
+    """The family from ``hf_class`` when given (an unlisted class is fed like BERT: masked at the pad id),
+    else from config.json ``model_type``."""
     model_type = config.get("model_type")
     if hf_class:
         return BY_CLASS.get(hf_class, Family(hf_class, mask="pad"))
@@ -253,8 +270,15 @@ def load_hf_model(folder: Path, class_name: str, dtype: torch.dtype):
                                   "upgrade transformers (pip install -U transformers)")
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    kwargs = {"output_loading_info": True, dtype_kw: dtype}
     try:
-        model, info = cls.from_pretrained(str(folder), output_loading_info=True, **{dtype_kw: dtype})
+        try:
+            model, info = cls.from_pretrained(str(folder), **kwargs)
+        except (ValueError, RuntimeError) as exc:
+            if "mismatched" not in str(exc):
+                raise
+            # load again tolerating the mismatch, only to learn which tensors have another shape
+            model, info = cls.from_pretrained(str(folder), ignore_mismatched_sizes=True, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot load {folder} as {class_name} ({first})") from None
@@ -263,12 +287,15 @@ def load_hf_model(folder: Path, class_name: str, dtype: torch.dtype):
     unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not k.endswith(ignore))
     mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", ()))
     if missing or mismatched:
-        show = lambda keys: "[" + ", ".join(keys[:6]) + (", …" if len(keys) > 6 else "") + "]"  # noqa: E731
         raise ArchitectureMismatchError(
-            f"{folder} does not fit {class_name}: {len(missing)} missing key(s) {show(missing)}, "
-            f"{len(unexpected)} unexpected key(s) {show(unexpected)}, {len(mismatched)} with another shape "
-            f"{show(mismatched)}; check config.json against the weights, or pass the right hf_class")
+            f"{folder} does not fit {class_name}: {len(missing)} missing key(s) {_show(missing)}, "
+            f"{len(unexpected)} unexpected key(s) {_show(unexpected)}, {len(mismatched)} with another shape "
+            f"{_show(mismatched)}; check config.json against the weights, or pass the right hf_class")
     return model.eval()
+
+
+def _show(keys: list[str], n: int = 6) -> str:
+    return "[" + ", ".join(keys[:n]) + (", …" if len(keys) > n else "") + "]"
 
 
 def load_processors(folder: Path):
@@ -278,6 +305,11 @@ def load_processors(folder: Path):
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise CheckpointError(f"{folder} has no usable tokenizer ({type(exc).__name__}: {str(exc)[:200]}); "
                               "save it with the model (processor.save_pretrained(folder))") from None
+    # transformers 5 builds an empty tokenizer (a handful of special tokens) when no vocabulary file exists
+    vocab_files = getattr(tokenizer, "vocab_files_names", {}) or {}
+    if vocab_files and not any((folder / name).exists() for name in vocab_files.values()):
+        raise CheckpointError(f"{folder} has no tokenizer vocabulary (none of {', '.join(vocab_files.values())}); "
+                              "save the tokenizer with the model (processor.save_pretrained(folder))")
     try:
         image_processor = transformers.AutoImageProcessor.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError, KeyError) as exc:

@@ -7,13 +7,14 @@ transformers itself can load the folder and be compared on the same weights:
 - :func:`write_siglip` — ``SiglipModel`` + ``SiglipTokenizer`` (a sentencepiece model trained here);
 - :func:`write_siglip2` — a SigLIP 2 fixed-resolution checkpoint: ``SiglipModel`` + ``GemmaTokenizer``;
 - :func:`write_siglip2_naflex` — ``Siglip2Model`` (NaFlex) + ``Siglip2Tokenizer`` + ``Siglip2ImageProcessor``;
-- :func:`write_chinese_clip` — ``ChineseCLIPModel`` + ``BertTokenizer`` (a WordPiece vocab trained here);
-- :func:`write_altclip` — ``AltCLIPModel`` + ``XLMRobertaTokenizer`` (a Unigram vocab trained here);
+- :func:`write_chinese_clip` — ``ChineseCLIPModel`` + ``BertTokenizer`` (a WordPiece vocab built here);
+- :func:`write_altclip` — ``AltCLIPModel`` + ``XLMRobertaTokenizer`` (a Unigram vocab built here);
 - :func:`write_st_text` — a sentence-transformers text tower: DistilBERT + mean Pooling + Dense;
 - :func:`write_st_clip` — a sentence-transformers folder wrapping an HF ``CLIPModel`` (both towers).
 
-Vocabularies are trained on :data:`CORPUS` with ``tokenizers`` / ``sentencepiece``, so nothing is
-downloaded. Run ``python -m clipzoo.testing.tiny_hf OUT_DIR`` to write them all.
+Vocabularies come from :data:`CORPUS` (trained with ``tokenizers`` / ``sentencepiece``, or built from
+its words where a trainer is not deterministic), so nothing is downloaded and every run writes the
+same files. Run ``python -m clipzoo.testing.tiny_hf OUT_DIR`` to write them all.
 """
 from __future__ import annotations
 
@@ -36,7 +37,6 @@ CORPUS = [
 ]
 WIDTH, LAYERS, HEADS, MLP, EMBED = 32, 2, 2, 64, 16
 IMAGE, PATCH = 32, 8
-CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -67,13 +67,6 @@ def _save(folder, model, processor) -> Path:
     return folder
 
 
-def _tokenizer_backend(model):
-    """A bare ``tokenizers.Tokenizer`` to train a vocabulary on :data:`CORPUS`."""
-    from tokenizers import Tokenizer
-
-    return Tokenizer(model)
-
-
 def clip_bpe(n_merges: int | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """OpenAI CLIP's byte-level BPE (vocab.json / merges.txt contents), from the file open_clip ships.
 
@@ -91,53 +84,51 @@ def clip_bpe(n_merges: int | None = None) -> tuple[dict[str, int], list[tuple[st
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def _wordpiece_vocab(size: int = 400) -> dict[str, int]:
+def _corpus_words(lowercase: bool) -> list[str]:
+    """The corpus split into words the BERT way (punctuation and each CJK character apart), sorted."""
     from tokenizers import normalizers, pre_tokenizers
-    from tokenizers.models import WordPiece
-    from tokenizers.trainers import WordPieceTrainer
 
-    tok = _tokenizer_backend(WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(CORPUS, WordPieceTrainer(vocab_size=size, special_tokens=[
-        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
-    return tok.get_vocab()
+    norm = normalizers.BertNormalizer(lowercase=lowercase)
+    split = pre_tokenizers.BertPreTokenizer()
+    return sorted({w for text in CORPUS for w, _ in split.pre_tokenize_str(norm.normalize_str(text))})
 
 
-def _unigram_vocab(size: int = 300) -> list[tuple[str, float]]:
-    """An XLM-R style Unigram vocabulary: ``<s> <pad> </s> <unk>`` first, ``<mask>`` last."""
-    from tokenizers import pre_tokenizers
-    from tokenizers.models import Unigram
-    from tokenizers.trainers import UnigramTrainer
+def _wordpiece_vocab() -> dict[str, int]:
+    """A WordPiece vocabulary built deterministically (trainers break ties in hash order): the special
+    tokens, every corpus character alone and as a ``##`` continuation, then every corpus word."""
+    words = _corpus_words(lowercase=True)
+    chars = sorted({c for w in words for c in w})
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars]
+    pieces += [w for w in words if len(w) > 1]
+    return {p: i for i, p in enumerate(pieces)}
 
-    tok = _tokenizer_backend(Unigram())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()])
-    tok.train_from_iterator(CORPUS, UnigramTrainer(vocab_size=size, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-                                                   unk_token="<unk>"))
-    vocab = tok.get_vocab()
-    pieces = sorted(vocab, key=vocab.get)
-    scores = {p: s for p, s in tok.model.get_vocab_scores()} if hasattr(tok.model, "get_vocab_scores") else {}
-    out = [(p, 0.0) if p.startswith("<") and p.endswith(">") else (p, float(scores.get(p, -10.0))) for p in pieces]
-    return out + [("<mask>", 0.0)]
+
+def _unigram_vocab() -> list[tuple[str, float]]:
+    """An XLM-R style Unigram vocabulary (``<s> <pad> </s> <unk>`` first, ``<mask>`` last), built
+    deterministically: whole corpus words (``▁word``) score above the single characters they fall back to."""
+    words = sorted({w for text in CORPUS for w in text.split()})
+    chars = sorted({c for w in words for c in w})
+    pieces = [("▁" + w, -2.0 - 0.01 * i) for i, w in enumerate(words)]
+    pieces += [("▁", -3.0)] + [(c, -8.0 - 0.01 * i) for i, c in enumerate(chars)]
+    return [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + pieces + [("<mask>", 0.0)]
 
 
 def _gemma_bpe(size: int = 400) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A Gemma-style BPE (``▁`` for spaces): ``<pad> <eos> <bos> <unk> <mask>`` are ids 0–4."""
-    from tokenizers import normalizers, pre_tokenizers
+    """A Gemma-style BPE (``▁`` for spaces, lower-cased corpus): ``<pad> <eos> <bos> <unk> <mask>`` are ids 0–4.
+    (The BPE trainer is deterministic, unlike the WordPiece and Unigram ones.)"""
+    import json
+
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
     from tokenizers.models import BPE
     from tokenizers.trainers import BpeTrainer
 
-    tok = _tokenizer_backend(BPE(unk_token="<unk>", fuse_unk=True))
+    tok = Tokenizer(BPE(unk_token="<unk>", fuse_unk=True))
     tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(" ", "▁")])
     tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous")
-    tok.train_from_iterator(CORPUS, BpeTrainer(vocab_size=size, special_tokens=[
+    tok.train_from_iterator(CORPUS, BpeTrainer(vocab_size=size, show_progress=False, special_tokens=[
         "<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]))
-    model = tok.model
-    import json
-
     state = json.loads(tok.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
-    del model
     return state["vocab"], merges
 
 
@@ -309,9 +300,13 @@ def write_st_text(folder: "str | os.PathLike", seed: int = 0, out_dim: int = EMB
     ``legacy=False`` keeps what the installed sentence-transformers writes.
     """
     import tempfile
+    import warnings
 
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Dense, Pooling, Transformer
+
+    with warnings.catch_warnings():  # the old import path, kept so that older sentence-transformers work too
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from sentence_transformers.models import Dense, Pooling, Transformer
 
     folder = Path(folder)
     with tempfile.TemporaryDirectory() as tmp:
@@ -350,9 +345,13 @@ def write_st_clip(folder: "str | os.PathLike", seed: int = 0, legacy: bool = Tru
     """
     import shutil
     import tempfile
+    import warnings
 
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import CLIPModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from sentence_transformers.models import CLIPModel
 
     folder = Path(folder)
     with tempfile.TemporaryDirectory() as tmp:
@@ -373,6 +372,20 @@ def _write_json(path: Path, obj) -> None:
     import json
 
     path.write_text(json.dumps(obj, indent=2))
+
+
+def cache_as_hub(folder: "str | os.PathLike", repo_id: str, cache_dir: "str | os.PathLike",
+                 commit: str = "0" * 40) -> Path:
+    """Place a model folder in a Hugging Face hub cache as if ``repo_id`` had been downloaded into it
+    (``models--org--name/{refs/main, snapshots/<commit>/…}``), so it loads offline. Returns the snapshot."""
+    import shutil
+
+    repo = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    shutil.copytree(folder, snapshot, dirs_exist_ok=True)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
 
 
 WRITERS = {
