@@ -122,3 +122,9 @@ def test_import_is_light():
     code = "import sys, clipzoo; clipzoo.REGISTRY; print('torch' in sys.modules, 'open_clip' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("spec", ["/no/such/model_dir", "./missing.safetensors", "weights/RN50.pt"])
+def test_missing_local_path_says_so(spec):
+    with pytest.raises(UnknownModelError, match=f"model path '{spec}' does not exist \\(no such file or folder\\)"):
+        clipzoo.REGISTRY.resolve(spec)

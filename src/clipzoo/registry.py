@@ -157,6 +157,9 @@ class Registry:
         expanded = os.path.expanduser(text)
         if os.path.exists(expanded):
             return local_card(expanded)
+        if _looks_like_path(text):
+            raise UnknownModelError(f"model path {text!r} does not exist (no such file or folder); check the "
+                                    "path, or name a catalogued model (`clipzoo models`)")
 
         if "/" in text:
             pub, _, ident = text.partition("/")
@@ -218,6 +221,14 @@ class Registry:
         hint = f"closest known: {', '.join(suggestions)}" if suggestions else "no close match"
         return UnknownModelError(f"unknown model {spec!r} ({hint}); list models with `clipzoo models`, "
                                  "or pass a local checkpoint path or 'hf-hub:org/name'")
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+
+
+def _looks_like_path(text: str) -> bool:
+    return (text.startswith(("/", "./", "../", "~", "\\")) or (len(text) > 2 and text[1] == ":")
+            or text.lower().endswith(CHECKPOINT_SUFFIXES))
 
 
 def _literal(text: str) -> str:
