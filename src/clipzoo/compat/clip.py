@@ -216,14 +216,17 @@ def _load_torchscript(path: str, device) -> torch.jit.ScriptModule:
     def _node_get(node, key: str):
         return getattr(node, node.kindOf(key))(key)
 
-    def patch_device(module):
+    def graphs_of(module):
         try:
             graphs = [module.graph] if hasattr(module, "graph") else []
         except RuntimeError:
             graphs = []
         if hasattr(module, "forward1"):
             graphs.append(module.forward1.graph)
-        for graph in graphs:
+        return graphs
+
+    def patch_device(module):
+        for graph in graphs_of(module):
             for node in graph.findAllNodes("prim::Constant"):
                 if "value" in node.attributeNames() and str(_node_get(node, "value")).startswith("cuda"):
                     node.copyAttributes(device_node)
@@ -238,13 +241,7 @@ def _load_torchscript(path: str, device) -> torch.jit.ScriptModule:
         float_node = list(float_holder.graph.findNode("aten::to").inputs())[1].node()
 
         def patch_float(module):
-            try:
-                graphs = [module.graph] if hasattr(module, "graph") else []
-            except RuntimeError:
-                graphs = []
-            if hasattr(module, "forward1"):
-                graphs.append(module.forward1.graph)
-            for graph in graphs:
+            for graph in graphs_of(module):
                 for node in graph.findAllNodes("aten::to"):
                     inputs = list(node.inputs())
                     for i in [1, 2]:  # dtype can be the second or third argument to aten::to()
