@@ -168,16 +168,14 @@ def load_into(model, sd: dict, source: str) -> None:
     result = model.load_state_dict(sd, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith(("attn_mask", "position_ids"))]
     unexpected = [k for k in result.unexpected_keys if not k.endswith(("attn_mask", "position_ids"))]
-    shape_errors = []
     if missing or unexpected:
         raise ArchitectureMismatchError(
-            f"{source} does not fit the architecture: {len(missing)} missing key(s) {_show(missing)}, "
-            f"{len(unexpected)} unexpected key(s) {_show(unexpected)}; pick the model config that matches "
+            f"{source} does not fit the architecture: {len(missing)} missing key(s) {show_keys(missing)}, "
+            f"{len(unexpected)} unexpected key(s) {show_keys(unexpected)}; pick the model config that matches "
             "the checkpoint (model_name=…) or check the file")
-    del shape_errors
 
 
-def _show(keys: list[str], n: int = 6) -> str:
+def show_keys(keys: list[str], n: int = 6) -> str:
     return "[" + ", ".join(keys[:n]) + (", …" if len(keys) > n else "") + "]"
 
 

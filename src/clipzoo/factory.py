@@ -21,14 +21,14 @@ def load(spec: "str | ModelCard | os.PathLike", device: str = "cpu", precision: 
     Extra keywords go to the backend (e.g. ``model_name="ViT-B-32"`` for a bare open_clip state dict).
     """
     card = REGISTRY.resolve(spec)
-    card = _with_backend(card, cache_dir)
+    card = resolve_backend(card, cache_dir)
     backend = get_backend(card.backend)
     comparator = backend.load(card, device=str(device), precision=precision, cache_dir=cache_dir,
                               trust_pickle=trust_pickle, **kwargs)
     return comparator
 
 
-def _with_backend(card: ModelCard, cache_dir) -> ModelCard:
+def resolve_backend(card: ModelCard, cache_dir) -> ModelCard:
     """Decide the backend of a card whose backend is 'auto' (local paths, unknown hub repos)."""
     if card.backend != "auto":
         return card

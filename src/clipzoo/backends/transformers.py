@@ -15,6 +15,7 @@ preprocessing matches transformers exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from ..cards import IMAGE, TEXT, ModelCard
-from ..checkpoints import read_json
+from ..checkpoints import read_json, show_keys
 from ..comparator import Comparator, resolve_dtype
 from ..errors import ArchitectureMismatchError, BackendMissingError, CheckpointError, UnsupportedError
 from ..inputs import text_items, too_long_error
@@ -271,6 +272,24 @@ def load_hf_model(folder: Path, class_name: str, dtype: torch.dtype):
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
     kwargs = {"output_loading_info": True, dtype_kw: dtype}
+    with _quiet_loading(transformers):
+        return _load_checked(cls, folder, class_name, kwargs)
+
+
+@contextlib.contextmanager
+def _quiet_loading(transformers):
+    """No per-tensor progress bar while loading: clipzoo reports problems as errors itself."""
+    logging = transformers.utils.logging
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
+
+
+def _load_checked(cls, folder: Path, class_name: str, kwargs: dict):
     try:
         try:
             model, info = cls.from_pretrained(str(folder), **kwargs)
@@ -288,14 +307,10 @@ def load_hf_model(folder: Path, class_name: str, dtype: torch.dtype):
     mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", ()))
     if missing or mismatched:
         raise ArchitectureMismatchError(
-            f"{folder} does not fit {class_name}: {len(missing)} missing key(s) {_show(missing)}, "
-            f"{len(unexpected)} unexpected key(s) {_show(unexpected)}, {len(mismatched)} with another shape "
-            f"{_show(mismatched)}; check config.json against the weights, or pass the right hf_class")
+            f"{folder} does not fit {class_name}: {len(missing)} missing key(s) {show_keys(missing)}, "
+            f"{len(unexpected)} unexpected key(s) {show_keys(unexpected)}, {len(mismatched)} with another shape "
+            f"{show_keys(mismatched)}; check config.json against the weights, or pass the right hf_class")
     return model.eval()
-
-
-def _show(keys: list[str], n: int = 6) -> str:
-    return "[" + ", ".join(keys[:n]) + (", …" if len(keys) > n else "") + "]"
 
 
 def load_processors(folder: Path):

@@ -70,6 +70,10 @@ def info(
     from clipzoo.summary import summarize
 
     card = clipzoo.REGISTRY.resolve(model)
+    if card.source.path:  # a local file or folder: say which backend reads it
+        from ..factory import resolve_backend
+
+        card = resolve_backend(card, cache_dir)
     summary, unavailable = None, None
     try:
         summary = summarize(card, model_name=model_name, cache_dir=cache_dir, trust_pickle=trust_pickle)
