@@ -100,3 +100,25 @@ def test_registered_url_model_loads(server, tmp_path, tiny_files):
         assert comp.encode_text("a cat").equal(ref.encode_text("a cat"))
     finally:
         clipzoo.REGISTRY.unregister(card.alias)
+
+
+def test_pretrained_weights_fall_back_from_hub_to_url(server, tmp_path, tiny_files):
+    """open_clip pretrained tags try their hub repo, then their URL; when both fail the error names both."""
+    from clipzoo.backends.open_clip import _fetch_pretrained
+    from clipzoo.errors import ModelNotCachedError
+
+    base, files = server
+    card = clipzoo.REGISTRY.resolve("open_clip:ViT-B-32/laion2b_s34b_b79k")  # no digest of its own
+    files["/ok.pt"] = data = tiny_files["openai_jit"].read_bytes()
+    path = _fetch_pretrained(card, {"hf_hub": "someone/not-cached/", "url": base + "/ok.pt"}, tmp_path)
+    assert path.read_bytes() == data
+    with pytest.raises(ModelNotCachedError) as err:
+        _fetch_pretrained(card, {"hf_hub": "someone/not-cached/", "url": base + "/missing.pt"}, tmp_path)
+    msg = str(err.value)
+    assert msg.startswith("cannot fetch the weights of [clip - laion - ViT-B-32/laion2b_s34b_b79k] from any of its sources")
+    assert "'someone/not-cached'" in msg and "/missing.pt" in msg and "HTTP Error 404" in msg
+    # an OpenAI card's own SHA256 guards the URL: a different file is refused and not kept
+    openai_card = clipzoo.REGISTRY.resolve("[clip - openai - ViT-B/32]")
+    with pytest.raises(ModelNotCachedError, match="checksum mismatch .*expected sha256 40d36571"):
+        _fetch_pretrained(openai_card, {"hf_hub": "someone/not-cached/", "url": base + "/ok.pt"}, tmp_path / "o")
+    assert not any((tmp_path / "o").iterdir())

@@ -23,7 +23,7 @@ from ..cards import ModelCard
 from ..checkpoints import (load_into, read_json, read_state_dict, state_dict_kind, sniff_folder)
 from ..comparator import Comparator, resolve_dtype
 from ..download import download_url, hub_file
-from ..errors import (ArchitectureMismatchError, CheckpointError, ClipzooError, ModelNotCachedError,
+from ..errors import (ArchitectureMismatchError, CheckpointError, ClipzooError, DownloadError, ModelNotCachedError,
                       UnknownModelError)
 from ..inputs import too_long_error
 
@@ -214,7 +214,6 @@ def _fetch_pretrained(card: ModelCard, pcfg: dict, cache_dir) -> Path:
     errors = []
     repo = (pcfg.get("hf_hub") or "").strip()
     if repo:
-        repo_id, _, filename = repo.rstrip("/").partition("/")[0], None, None
         parts = repo.split("/")
         repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:]) or None
         for name in ([filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]):
@@ -222,11 +221,19 @@ def _fetch_pretrained(card: ModelCard, pcfg: dict, cache_dir) -> Path:
                 return hub_file(repo_id, name, cache_dir)
             except ModelNotCachedError as exc:
                 errors.append(str(exc))
+                if not getattr(exc, "missing_file", False):
+                    break  # the hub is unreachable: asking for the next file would only wait again
     url = pcfg.get("url") or card.source.url
     if url:
         sha = card.source.sha256 or _sha_in_url(url)
-        return download_url(url, sha, cache_dir)
-    raise ModelNotCachedError(f"cannot fetch the weights of {card.alias}: " + "; ".join(errors))
+        try:
+            return download_url(url, sha, cache_dir)
+        except DownloadError as exc:
+            if not errors:
+                raise
+            errors.append(str(exc))
+    raise ModelNotCachedError(f"cannot fetch the weights of {card.alias} from any of its sources — "
+                              + " — and ".join(errors))
 
 
 def _sha_in_url(url: str) -> str | None:
