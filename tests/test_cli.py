@@ -226,3 +226,9 @@ def test_console_script_is_fast_and_exits_2(tmp_path):
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.strip().splitlines() == [f"error: image {str(tmp_path / 'missing.jpg')!r} does not exist; "
                                                "check the path"]
+
+
+def test_probability_cells_keep_tiny_sigmoids_visible():
+    from clipzoo.cli.compare import _prob
+
+    assert [_prob(0.5), _prob(0.0), _prob(2.64e-05), _prob(1.0)] == ["0.5000", "0.0000", "2.64e-05", "1.0000"]

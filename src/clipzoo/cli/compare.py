@@ -81,7 +81,7 @@ def compare(
         table.add_column(escape(t), justify="right", overflow="fold")
     for path, row in zip(paths, probs.tolist()):
         best = max(range(len(row)), key=row.__getitem__)
-        table.add_row(escape(path), *(f"[bold]{p:.4f}[/bold]" if j == best else f"{p:.4f}" for j, p in enumerate(row)))
+        table.add_row(escape(path), *(f"[bold]{_prob(p)}[/bold]" if j == best else _prob(p) for j, p in enumerate(row)))
     out = console()
     out.print(escape(f"{name}: {kind}"), highlight=False)
     out.print(table)
@@ -89,3 +89,8 @@ def compare(
 
 def register(app: typer.Typer) -> None:
     app.command("compare")(compare)
+
+
+def _prob(p: float) -> str:
+    """Four decimals; tiny non-zero values (common for SigLIP's sigmoids) in scientific notation."""
+    return f"{p:.2e}" if 0 < p < 5e-5 else f"{p:.4f}"
