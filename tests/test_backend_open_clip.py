@@ -128,7 +128,7 @@ def test_api_shapes_and_predict(tiny_files, images, image_files):
     f_pil = comp.encode_image(images)
     f_path = comp.encode_image(image_files)
     assert f_pil.shape == (3, 32) and torch.allclose(f_pil.norm(dim=-1), torch.ones(3))
-    arr = np.asarray(images[0])
+    arr = np.array(images[0])
     assert torch.allclose(comp.encode_image(arr), f_pil[:1], atol=1e-6)
     assert torch.allclose(comp.encode_image(torch.from_numpy(arr)), f_pil[:1], atol=1e-6)
     pix = comp.preprocess(images[0])
