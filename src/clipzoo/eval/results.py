@@ -1,0 +1,100 @@
+"""Result files in CLIP_benchmark's JSON schema.
+
+``{"dataset", "model", "pretrained", "task", "metrics": {...}, "language"}`` — one file per
+(model, data set, task, language), as ``clip_benchmark eval`` writes them, so that CLIP_benchmark's
+``build_csv`` and ours can read each other's files. Extra keys (``classnames``, ``templates``) are kept.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from .metrics import EvalInputError
+
+REQUIRED_KEYS = ("dataset", "model", "pretrained", "task", "metrics", "language")
+# our task names -> the names CLIP_benchmark writes in "task"
+TASK_NAMES = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval",
+              "linear-probe": "linear_probe", "linear_probe": "linear_probe", "knn": "knn",
+              "cluster": "cluster", "clustering": "cluster"}
+DEFAULT_OUTPUT = "{dataset}_{pretrained}_{model}_{language}_{task}.json"
+
+
+def _plain(value: Any) -> Any:
+    """Tensors / NumPy scalars -> Python numbers, recursively."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def make_result(dataset: str, model: str, pretrained: str, task: str, metrics: Mapping[str, Any],
+                language: str = "en", **extra: Any) -> dict[str, Any]:
+    """A result record in CLIP_benchmark's schema (task names mapped to CLIP_benchmark's)."""
+    record = {"dataset": str(dataset), "model": str(model), "pretrained": str(pretrained),
+              "task": TASK_NAMES.get(task, task), "metrics": _plain(dict(metrics)), "language": str(language)}
+    record.update(_plain(extra))
+    return record
+
+
+def output_path(template: str = DEFAULT_OUTPUT, **fields: str) -> str:
+    """Fill CLIP_benchmark's output template; ``/`` in values becomes ``_`` (as it does for paths)."""
+    safe = {k: str(v).replace("/", "_") for k, v in fields.items()}
+    try:
+        return template.format(**safe)
+    except KeyError as err:
+        raise EvalInputError(f"output template {template!r} uses unknown field {err}; "
+                             f"known: {', '.join(sorted(safe))}") from None
+
+
+def write_result(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
+    """Write one record as JSON (NaN is written as ``NaN``, as Python's json and CLIP_benchmark do)."""
+    validate(record, str(path))
+    path = Path(path)
+    if path.parent != Path(""):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_plain(dict(record)), indent=2) + "\n")
+    return path
+
+
+def validate(record: Any, source: str = "result") -> dict[str, Any]:
+    if not isinstance(record, Mapping):
+        raise EvalInputError(f"{source}: a result must be a JSON object, got {type(record).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing:
+        raise EvalInputError(f"{source}: not a CLIP_benchmark result, missing key(s) {', '.join(missing)}")
+    if not isinstance(record["metrics"], Mapping):
+        raise EvalInputError(f"{source}: 'metrics' must be an object")
+    return dict(record)
+
+
+def read_result(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check one result file (ours or CLIP_benchmark's)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise EvalInputError(f"cannot read result file {path}: {err.strerror or err}") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise EvalInputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    return validate(record, str(path))
+
+
+def flatten(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One row for a table: the metadata keys and each metric, as CLIP_benchmark's ``build_csv`` does."""
+    row = {k: v for k, v in record.items() if k not in ("metrics", "classnames", "templates")}
+    row.update(record["metrics"])
+    row["model_fullname"] = f"{record['model']} {record['pretrained']}"
+    return row
+
+
+def is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -1,0 +1,80 @@
+"""Zero-shot classification: class weights from class names and templates, then top-k accuracy."""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .metrics import EvalInputError, zeroshot_logits, zeroshot_metrics
+
+__all__ = ["zeroshot_classify", "zeroshot_predict", "class_weights", "zeroshot_metrics", "zeroshot_logits"]
+
+
+def _template(t: str | Callable[[str], str]) -> str | Callable[[str], str]:
+    """Accept CLIP_benchmark's ``{c}`` templates as well as ``{}`` ones."""
+    return t.replace("{c}", "{}") if isinstance(t, str) else t
+
+
+def class_weights(model, classnames: Sequence[str],
+                  templates: Sequence[str | Callable] | Mapping[str, Sequence[str]] | None = None) -> torch.Tensor:
+    """Zero-shot class weights (C, D) from ``model.classifier``.
+
+    ``templates``: a list of templates (``"a photo of a {}."`` or CLIP_benchmark's ``{c}``), callables,
+    or a dict of class name -> list of full prompts (CuPL-style class-specific prompts).
+    """
+    classnames = list(classnames)
+    if not classnames:
+        raise EvalInputError("no class names given")
+    if isinstance(templates, Mapping):
+        missing = [c for c in classnames if c not in templates]
+        if missing:
+            raise EvalInputError(f"the template dict has no prompts for classes {missing[:5]}")
+        rows = [F.normalize(model.encode_text(list(templates[c]), truncate=True).mean(dim=0), dim=-1)
+                for c in classnames]
+        return torch.stack(rows)
+    templates = [_template(t) for t in templates] if templates else None
+    return model.classifier(classnames, templates)
+
+
+def _batches(images_or_loader: Any, labels: Any, batch_size: int) -> Iterable[tuple[Any, Any]]:
+    """Yield (images, targets or None) batches from a loader of (images, targets) or from a sequence."""
+    if labels is None and not isinstance(images_or_loader, torch.Tensor):
+        for batch in images_or_loader:  # a DataLoader / iterable of (images, targets)
+            if not (isinstance(batch, (list, tuple)) and len(batch) >= 2):
+                raise EvalInputError("a data loader must yield (images, targets) pairs; "
+                                     "or pass images and labels separately")
+            yield batch[0], batch[1]
+        return
+    items = images_or_loader
+    n = len(items)
+    for start in range(0, n, batch_size):
+        yield items[start:start + batch_size], None if labels is None else labels[start:start + batch_size]
+
+
+def zeroshot_predict(model, images_or_loader: Any, classnames: Sequence[str], templates=None,
+                     labels: Any = None, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits (N, C) (``model.similarity`` of image features and class weights) and targets (or None)."""
+    weights = class_weights(model, classnames, templates)
+    logits, targets = [], []
+    for images, target in _batches(images_or_loader, labels, batch_size):
+        feats = model.encode_image(images, batch_size=batch_size)
+        logits.append(model.similarity(feats, weights).float().cpu())
+        if target is not None:
+            targets.append(torch.as_tensor(target).reshape(-1).long().cpu())
+    if not logits:
+        raise EvalInputError("no images to classify: the data set is empty")
+    return torch.cat(logits), (torch.cat(targets) if targets else None)
+
+
+def zeroshot_classify(model, images_or_loader: Any, labels: Any, classnames: Sequence[str],
+                      templates=None, batch_size: int = 64) -> dict[str, float]:
+    """Zero-shot classification metrics (``acc1``, ``acc5`` with ≥ 5 classes, ``mean_per_class_recall``).
+
+    ``images_or_loader``: images (paths, PIL images, arrays, or a float pixel tensor) with their class ids
+    in ``labels``; or an iterable of ``(images, targets)`` batches (a DataLoader) with ``labels=None``.
+    """
+    logits, targets = zeroshot_predict(model, images_or_loader, classnames, templates, labels, batch_size)
+    if targets is None:
+        raise EvalInputError("no labels: pass labels, or a loader yielding (images, targets)")
+    return zeroshot_metrics(logits, targets, num_classes=len(list(classnames)))
