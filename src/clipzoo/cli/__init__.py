@@ -14,7 +14,7 @@ import typer
 
 from .. import __version__
 
-COMMAND_MODULES = ("models", "embed", "compare")
+COMMAND_MODULES = ("models", "embed", "compare", "data")
 
 app = typer.Typer(
     name="clipzoo",
