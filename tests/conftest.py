@@ -43,3 +43,14 @@ def image_files(images, tmp_path_factory):
         im.save(p)
         paths.append(str(p))
     return paths
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """The hub unreachable and an empty HF_HOME: only what a test places in a cache can load."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return tmp_path

@@ -129,16 +129,6 @@ def test_too_long_text(folders):
 
 
 # ------------------------------------------------------------------------------------ hub cache
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    return tmp_path
-
-
 MULTILINGUAL = "[clip - sbert - clip-ViT-B-32-multilingual-v1]"
 
 

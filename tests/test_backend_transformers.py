@@ -177,14 +177,6 @@ def test_hf_class_override(folders):
 
 
 # ------------------------------------------------------------------------------------ hub cache
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    return tmp_path
 
 
 def test_hub_id_not_cached_names_the_repo(offline):
