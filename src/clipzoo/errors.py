@@ -54,3 +54,11 @@ class BackendMissingError(ClipzooError, ImportError):
 
 class UnsupportedError(ClipzooError):
     """An operation that the model or backend cannot do (e.g. a modality it lacks)."""
+
+
+class DatasetError(ClipzooError, ValueError):
+    """A data set that cannot be read: missing files or columns, empty, unknown layout, bad records."""
+
+
+class EvalInputError(ClipzooError, ValueError):
+    """Evaluation input that cannot be scored: empty, mismatched lengths, wrong shape."""

@@ -20,8 +20,8 @@ def shapes(
     image_size: int = typer.Option(64, "--image-size", help="Image side in pixels (at least 16)."),
     formats: Optional[List[str]] = typer.Option(
         None, "--format", "-f", show_default=False,
-        help="folder, csv or webdataset; repeat for several [default: all three]."),
-    shard_size: int = typer.Option(1000, "--shard-size", help="Samples per webdataset tar shard."),
+        help="folder, csv, webdataset or tfrecord; repeat for several [default: folder, csv, webdataset]."),
+    shard_size: int = typer.Option(1000, "--shard-size", help="Samples per webdataset / TFRecord shard."),
     label_key: str = typer.Option("shape", "--label-key",
                                   help="Class for the image folder and .cls: shape, color, size, position, shape_color."),
     two_object_prob: float = typer.Option(0.25, "--two-object-prob",
@@ -37,9 +37,9 @@ def shapes(
       clipzoo data shapes --out data/shapes -n 5000 --seed 0
       clipzoo data shapes --out data/wds -n 20000 --format webdataset --shard-size 2000
     """
-    from clipzoo.datasets import FORMATS, write_shapes
+    from clipzoo.datasets import DEFAULT_FORMATS, write_shapes
 
-    manifest = write_shapes(out, n, seed=seed, image_size=image_size, formats=formats or FORMATS,
+    manifest = write_shapes(out, n, seed=seed, image_size=image_size, formats=formats or DEFAULT_FORMATS,
                             shard_size=shard_size, label_key=label_key, two_object_prob=two_object_prob,
                             overwrite=overwrite, progress=progress)
     files = manifest["files"]

@@ -2,8 +2,8 @@
 
 Torch-free at import time. See :mod:`clipzoo.datasets.shapes` and ``docs/datasets.md``.
 """
-from .shapes import (COLORS, FORMATS, LABEL_KEYS, POSITIONS, SHAPES, SIZES, TEMPLATES, DatasetError, ShapeSample,
+from .shapes import (COLORS, DEFAULT_FORMATS, FORMATS, LABEL_KEYS, POSITIONS, SHAPES, SIZES, TEMPLATES, DatasetError, ShapeSample,
                      ShapesDataset, class_dirname, classnames, write_shapes)
 
-__all__ = ["COLORS", "FORMATS", "LABEL_KEYS", "POSITIONS", "SHAPES", "SIZES", "TEMPLATES", "DatasetError",
+__all__ = ["COLORS", "DEFAULT_FORMATS", "FORMATS", "LABEL_KEYS", "POSITIONS", "SHAPES", "SIZES", "TEMPLATES", "DatasetError",
            "ShapeSample", "ShapesDataset", "class_dirname", "classnames", "write_shapes"]

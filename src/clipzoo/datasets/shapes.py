@@ -35,10 +35,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, overload
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..errors import ClipzooError
+from ..errors import DatasetError
 
 __all__ = [
-    "SHAPES", "COLORS", "SIZES", "POSITIONS", "LABEL_KEYS", "FORMATS", "TEMPLATES", "DatasetError",
+    "SHAPES", "COLORS", "SIZES", "POSITIONS", "LABEL_KEYS", "FORMATS", "DEFAULT_FORMATS", "TEMPLATES", "DatasetError",
     "ShapeSample", "ShapesDataset", "classnames", "class_dirname", "write_shapes",
 ]
 
@@ -62,7 +62,8 @@ COLORS: tuple[str, ...] = tuple(sorted(COLOR_RGB))
 SIZES: tuple[str, ...] = ("large", "medium", "small")
 POSITIONS: tuple[str, ...] = ("bottom", "center", "left", "right", "top")
 LABEL_KEYS: tuple[str, ...] = ("shape", "color", "size", "position", "shape_color")
-FORMATS: tuple[str, ...] = ("folder", "csv", "webdataset")
+FORMATS: tuple[str, ...] = ("folder", "csv", "webdataset", "tfrecord")
+DEFAULT_FORMATS: tuple[str, ...] = ("folder", "csv", "webdataset")
 BACKGROUNDS: tuple[str, ...] = ("noise", "gradient", "stripes", "checks", "blotches")
 
 # half-extent of a shape as a fraction of the image side
@@ -86,10 +87,6 @@ TEMPLATES: tuple[str, ...] = (
 )
 
 CSV_COLUMNS = ("filepath", "caption", *LABEL_KEYS)
-
-
-class DatasetError(ClipzooError, ValueError):
-    """A bad argument or output location for a data set (size, format, label key, path)."""
 
 
 def classnames(label_key: str = "shape") -> list[str]:
@@ -405,7 +402,7 @@ def write_shapes(
     n: int,
     seed: int = 0,
     image_size: int = 64,
-    formats: "str | Iterable[str]" = FORMATS,
+    formats: "str | Iterable[str]" = DEFAULT_FORMATS,
     shard_size: int = 1000,
     label_key: str = "shape",
     two_object_prob: float = 0.25,
@@ -422,6 +419,7 @@ def write_shapes(
           shapes.csv                             format "csv": filepath (relative),caption,<labels>
           webdataset/shard-000000.tar …          format "webdataset": KEY.png KEY.txt KEY.json KEY.cls
           webdataset/nshards.txt
+          tfrecord/shard-000000.tfrecord …       format "tfrecord": tf.train.Examples (png, txt, cls, key, labels)
           classnames.txt                         classes of ``label_key``, one a line (index = line)
           zeroshot_classification_templates.txt  "{c}" templates, one a line
           manifest.json
@@ -454,7 +452,7 @@ def write_shapes(
                                  if old.get(k) != v) if isinstance(old, dict) else "unreadable manifest.json"
                 raise DatasetError(f"{str(out)!r} already holds a data set made with other arguments: {diff}; "
                                    f"use a new folder or pass --overwrite")
-            for sub in ("images", "webdataset"):
+            for sub in ("images", "webdataset", "tfrecord"):
                 shutil.rmtree(out / sub, ignore_errors=True)
     elif out.is_dir() and any(out.iterdir()) and not overwrite:
         raise DatasetError(f"output folder {str(out)!r} is not empty: use a new folder or pass --overwrite")
@@ -469,12 +467,15 @@ def write_shapes(
 
     want_images = "folder" in fmts or "csv" in fmts
     want_wds = "webdataset" in fmts
+    want_tfr = "tfrecord" in fmts
     if want_images:
         for c in names:
             (out / "images" / class_dirname(c)).mkdir(parents=True, exist_ok=True)
     n_shards = math.ceil(ds.n / shard_size)
     if want_wds:
         (out / "webdataset").mkdir(exist_ok=True)
+    if want_tfr:
+        (out / "tfrecord").mkdir(exist_ok=True)
 
     bar = None
     tick: Callable[[int], None]
@@ -500,6 +501,8 @@ def write_shapes(
             lo, hi = s * shard_size, min(ds.n, (s + 1) * shard_size)
             shard_path = out / "webdataset" / f"shard-{s:06d}.tar"
             shard_done = not want_wds or shard_path.exists()
+            tfr_path = out / "tfrecord" / f"shard-{s:06d}.tfrecord"
+            tfr_samples: "list[dict[str, Any]] | None" = [] if want_tfr and not tfr_path.exists() else None
             tar = tmp_tar = None
             if not shard_done:
                 tmp_tar = shard_path.with_name(f".{shard_path.name}.tmp-{os.getpid()}")
@@ -514,7 +517,7 @@ def write_shapes(
                     rel = f"images/{class_dirname(cls)}/{key}.png"
                     img_path = out / rel
                     need_img = want_images and not img_path.exists()
-                    if need_img or tar is not None:
+                    if need_img or tar is not None or tfr_samples is not None:
                         sample = ds.render(i)
                         png = _png_bytes(sample.image)
                         if need_img:
@@ -526,6 +529,9 @@ def write_shapes(
                             _tar_add(tar, f"{key}.txt", sample.caption.encode("utf-8"))
                             _tar_add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
                             _tar_add(tar, f"{key}.cls", str(names.index(cls)).encode("ascii"))
+                        if tfr_samples is not None:
+                            tfr_samples.append({"key": key, "image": png, "captions": [sample.caption],
+                                                "label": names.index(cls), "meta": dict(sample.labels)})
                     if "csv" in fmts:
                         rows.append([rel, p["caption"], *(labels[k] for k in LABEL_KEYS)])
                     tick(1)
@@ -537,6 +543,10 @@ def write_shapes(
             if tar is not None:
                 tar.close()
                 os.replace(tmp_tar, shard_path)
+            if tfr_samples is not None:
+                from .tfrecord import write_tfrecord_samples
+
+                write_tfrecord_samples(tfr_path, tfr_samples)  # written to a temporary name, then renamed
     finally:
         if bar is not None:
             bar.close()
@@ -557,6 +567,9 @@ def write_shapes(
         files["csv"] = "shapes.csv"
     if want_wds:
         files["webdataset"] = f"webdataset/shard-{{000000..{n_shards - 1:06d}}}.tar"
+        files["shards"] = n_shards
+    if want_tfr:
+        files["tfrecord"] = f"tfrecord/shard-{{000000..{n_shards - 1:06d}}}.tfrecord"
         files["shards"] = n_shards
     manifest = {"params": params, "complete": True, "files": files, "classnames": names,
                 "class_counts": counts}

@@ -12,11 +12,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import ClipzooError
-
-
-class EvalInputError(ClipzooError, ValueError):
-    """Evaluation input that cannot be scored: empty, mismatched lengths, wrong shape."""
+from ..errors import EvalInputError
 
 
 def as_tensor(x: Any, name: str, *, dtype: torch.dtype | None = None, ndim: int | None = None) -> torch.Tensor:

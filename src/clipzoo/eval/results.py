@@ -18,7 +18,8 @@ REQUIRED_KEYS = ("dataset", "model", "pretrained", "task", "metrics", "language"
 # our task names -> the names CLIP_benchmark writes in "task"
 TASK_NAMES = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval",
               "linear-probe": "linear_probe", "linear_probe": "linear_probe", "knn": "knn",
-              "cluster": "cluster", "clustering": "cluster"}
+              "cluster": "cluster", "clustering": "cluster", "text-retrieval": "text_retrieval",
+              "similarity": "similarity"}
 DEFAULT_OUTPUT = "{dataset}_{pretrained}_{model}_{language}_{task}.json"
 
 

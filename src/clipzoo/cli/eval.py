@@ -1,0 +1,288 @@
+"""``clipzoo eval TASK --model M --dataset D [--output FILE]``, ``eval all`` and ``eval report``.
+
+Thin over :mod:`clipzoo.eval`: open the data set, load the model, run an :class:`Evaluator` task, print
+the CLIP_benchmark-style JSON record on stdout and, with ``--output``, write it and its plots.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from ._common import (CacheDirOpt, DeviceOpt, ModelNameOpt, PrecisionOpt, TrustPickleOpt, fail, load_model, note,
+                      print_json, user_errors)
+
+eval_app = typer.Typer(help="Evaluate a model: zero-shot, retrieval, linear probe, kNN, clustering, text tasks.",
+                       no_args_is_help=True, rich_markup_mode=None)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", show_default=False, help="Model spec (any form clipzoo.load takes).")]
+DatasetOpt = Annotated[str, typer.Option(
+    "--dataset", "-d", show_default=False,
+    help="Image folder, .csv/.tsv, .tar shards (brace patterns ok), .tfrecord files, a CLIP_benchmark "
+         "webdataset folder or a `clipzoo data shapes` folder; local or s3:// gs:// https:// (fsspec).")]
+TrainOpt = Annotated[Optional[str], typer.Option(
+    "--train-dataset", help="Training data for linear-probe / knn [default: the 'train' split when the "
+                            "data set has one, else a seeded stratified split of --dataset].")]
+SplitOpt = Annotated[str, typer.Option("--split", help="Split folder to read when the data set has several.")]
+ImgKeyOpt = Annotated[Optional[str], typer.Option("--img-key", help="CSV column / webdataset member / TFRecord key of the image.")]
+CaptionKeyOpt = Annotated[Optional[str], typer.Option("--caption-key", help="CSV column / member / key of the caption(s).")]
+LabelKeyOpt = Annotated[Optional[str], typer.Option("--label-key", help="CSV column / member / JSON field / key of the class label.")]
+SeparatorOpt = Annotated[Optional[str], typer.Option("--separator", help="CSV separator [default: tab for .tsv, comma for .csv].")]
+ClassnamesOpt = Annotated[Optional[str], typer.Option(
+    "--classnames", help="Class names: a .txt (one per line), a .json keyed by data set name (CLIP_benchmark's), "
+                         "or built in: imagenet1k, cifar10, cifar100 [default: classnames.txt of the data set].")]
+TemplatesOpt = Annotated[Optional[str], typer.Option(
+    "--templates", help="Prompt templates with {c}: a .txt, a .json keyed by data set, or built in: openai_imagenet, "
+                        "simple_imagenet, cifar10 [default: the data set's templates, else 'a photo of a {c}.'].")]
+OutputOpt = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", help="Write the result JSON here (and its plots beside it).")]
+PlotsOpt = Annotated[bool, typer.Option("--plots/--no-plots", help="With --output: write the plots too.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per batch.")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Decode processes [default: CPU count, at most 8].")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on the first unreadable image instead of counting and skipping it.")]
+FeaturesOpt = Annotated[Optional[Path], typer.Option("--features-cache", help="Keep image features here and reuse them in later runs.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for splits, few-shot sampling and k-means.")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")]
+TrainFractionOpt = Annotated[float, typer.Option("--train-fraction", help="Share of --dataset used for training when there is no train data.")]
+
+
+def _open(dataset, split, img_key, caption_key, label_key, separator, classnames, templates):
+    from clipzoo.datasets.readers import open_dataset
+
+    return open_dataset(dataset, split, img_key=img_key, caption_key=caption_key, label_key=label_key,
+                        separator=separator, classnames=classnames, templates=templates)
+
+
+def _train_data(dataset, train_dataset, split, keys):
+    """The explicit train data set, or the data set's own 'train' split when it has one."""
+    from clipzoo.datasets.readers import _isdir, _join
+
+    if train_dataset:
+        return _open(train_dataset, "train", *keys)
+    if split != "train" and _isdir(dataset) and _isdir(_join(dataset, "train")):
+        return _open(dataset, "train", *keys)
+    return None
+
+
+def _evaluator(model, device, precision, trust_pickle, model_name, cache_dir, batch_size, workers, strict,
+               features_cache, progress, seed):
+    from clipzoo.eval.runner import Evaluator
+
+    if batch_size < 1:
+        fail(f"--batch-size must be at least 1, got {batch_size}")
+    if workers is not None and workers < 0:
+        fail(f"--workers must be 0 or more, got {workers}")
+    comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir)
+    return Evaluator(comparator, batch_size=batch_size, workers=workers, strict=strict, cache_dir=features_cache,
+                     progress=progress, seed=seed)
+
+
+def _finish(result, output: Optional[Path], plots: bool) -> None:
+    from clipzoo.eval.outputs import save_task_result
+
+    record = result.record
+    if record.get("skipped_images"):
+        first = record["skipped"][0]
+        note(f"skipped {record['skipped_images']} unreadable image(s) (listed in the result), first: "
+             f"{first['input']}: {first['error']}")
+    print_json(record)
+    if output is not None:
+        written = save_task_result(result, output, plots=plots)
+        note("wrote " + ", ".join(str(p) for p in written))
+
+
+def _image_task(task: str, kw: dict) -> None:
+    keys = (kw["img_key"], kw["caption_key"], kw["label_key"], kw["separator"], kw["classnames"], kw["templates"])
+    data = _open(kw["dataset"], kw["split"], *keys)  # check the data before loading the model
+    train = _train_data(kw["dataset"], kw.get("train_dataset"), kw["split"], keys) \
+        if task in ("knn", "linear-probe") else None
+    ev = _evaluator(kw["model"], kw["device"], kw["precision"], kw["trust_pickle"], kw["model_name"],
+                    kw["cache_dir"], kw["batch_size"], kw["workers"], kw["strict"], kw["features_cache"],
+                    kw["progress"], kw["seed"])
+    options = {k: v for k, v in kw.items() if k in ("k", "temperature", "fewshot_k", "train_fraction", "val_fraction")}
+    if task == "zeroshot":
+        result = ev.zeroshot(data)  # class names / templates were given to open_dataset
+    elif task in ("knn", "linear-probe"):
+        result = getattr(ev, task.replace("-", "_"))(data, train_data=train, **options)
+    else:
+        result = getattr(ev, task)(data)
+    _finish(result, kw["output"], kw["plots"])
+
+
+# one signature for every image task; typer reads the options from it
+def _make_image_command(task: str, doc: str, extra: str = ""):
+    def command(
+        model: ModelOpt, dataset: DatasetOpt, split: SplitOpt = "test", img_key: ImgKeyOpt = None,
+        caption_key: CaptionKeyOpt = None, label_key: LabelKeyOpt = None, separator: SeparatorOpt = None,
+        classnames: ClassnamesOpt = None, templates: TemplatesOpt = None, output: OutputOpt = None,
+        plots: PlotsOpt = True, batch_size: BatchOpt = 64, workers: WorkersOpt = None, strict: StrictOpt = False,
+        features_cache: FeaturesOpt = None, seed: SeedOpt = 0, progress: ProgressOpt = True,
+        device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32", trust_pickle: TrustPickleOpt = False,
+        model_name: ModelNameOpt = None, cache_dir: CacheDirOpt = None,
+    ) -> None:
+        options = dict(locals())
+        options.pop("task", None)
+        _image_task(task, options)
+
+    command.__doc__ = doc
+    command.__name__ = task.replace("-", "_")
+    return user_errors(command)
+
+
+zeroshot = _make_image_command("zeroshot", """Zero-shot classification: acc1, acc5 (≥ 5 classes), mean per-class recall.
+
+    \b
+      clipzoo eval zeroshot -m MODEL -d shapes/ -o results/zeroshot.json
+      clipzoo eval zeroshot -m MODEL -d imagenet_val/ --classnames imagenet1k --templates openai_imagenet
+    """)
+retrieval = _make_image_command("retrieval", """Image↔text retrieval recall@1/5/10 (several captions per image).
+
+    \b
+      clipzoo eval retrieval -m MODEL -d captions.csv --img-key filepath --caption-key caption
+    """)
+cluster = _make_image_command("cluster", """k-means on image features (k = number of classes): NMI, AMI, ARI.""")
+
+
+@user_errors
+def knn(
+    model: ModelOpt, dataset: DatasetOpt, train_dataset: TrainOpt = None, split: SplitOpt = "test",
+    k: int = typer.Option(20, "-k", help="Neighbours that vote."),
+    temperature: float = typer.Option(0.07, "--temperature", help="Votes weigh exp(similarity / T)."),
+    train_fraction: TrainFractionOpt = 0.5, img_key: ImgKeyOpt = None, caption_key: CaptionKeyOpt = None,
+    label_key: LabelKeyOpt = None, separator: SeparatorOpt = None, classnames: ClassnamesOpt = None,
+    templates: TemplatesOpt = None, output: OutputOpt = None, plots: PlotsOpt = True, batch_size: BatchOpt = 64,
+    workers: WorkersOpt = None, strict: StrictOpt = False, features_cache: FeaturesOpt = None, seed: SeedOpt = 0,
+    progress: ProgressOpt = True, device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32",
+    trust_pickle: TrustPickleOpt = False, model_name: ModelNameOpt = None, cache_dir: CacheDirOpt = None,
+) -> None:
+    """Weighted k-NN classification on frozen image features (cosine; votes exp(sim / T)): top-1, top-5."""
+    if k < 1:
+        fail(f"-k must be at least 1, got {k}")
+    _image_task("knn", dict(locals()))
+
+
+@user_errors
+def linear_probe(
+    model: ModelOpt, dataset: DatasetOpt, train_dataset: TrainOpt = None, split: SplitOpt = "test",
+    fewshot_k: Optional[int] = typer.Option(None, "--fewshot-k", help="Train on k examples per class."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of the training data that picks the regularisation."),
+    train_fraction: TrainFractionOpt = 0.5, img_key: ImgKeyOpt = None, caption_key: CaptionKeyOpt = None,
+    label_key: LabelKeyOpt = None, separator: SeparatorOpt = None, classnames: ClassnamesOpt = None,
+    templates: TemplatesOpt = None, output: OutputOpt = None, plots: PlotsOpt = True, batch_size: BatchOpt = 64,
+    workers: WorkersOpt = None, strict: StrictOpt = False, features_cache: FeaturesOpt = None, seed: SeedOpt = 0,
+    progress: ProgressOpt = True, device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32",
+    trust_pickle: TrustPickleOpt = False, model_name: ModelNameOpt = None, cache_dir: CacheDirOpt = None,
+) -> None:
+    """Logistic regression on frozen image features, regularisation swept on a validation split:
+    lp_acc1, lp_acc5, lp_mean_per_class_recall and the chosen regularisation."""
+    if fewshot_k is not None and fewshot_k < 1:
+        fail(f"--fewshot-k must be at least 1, got {fewshot_k}")
+    _image_task("linear-probe", dict(locals()))
+
+
+def _text_task(task: str, model, dataset, output, device, precision, trust_pickle, model_name, cache_dir, **kw):
+    from clipzoo.eval.runner import Evaluator
+
+    comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir)
+    ev = Evaluator(comparator, workers=0)
+    result = getattr(ev, task.replace("-", "_"))(dataset, **kw)
+    _finish(result, output, False)
+
+
+@user_errors
+def text_retrieval(
+    model: ModelOpt,
+    dataset: str = typer.Option(..., "--dataset", "-d", show_default=False,
+                                help="Folder with queries.tsv, collection.tsv and qrels (MS MARCO / BEIR style)."),
+    output: OutputOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32",
+    trust_pickle: TrustPickleOpt = False, model_name: ModelNameOpt = None, cache_dir: CacheDirOpt = None,
+) -> None:
+    """Query → passage retrieval with the text tower: MRR@10 and recall@k."""
+    _text_task("text-retrieval", model, dataset, output, device, precision, trust_pickle, model_name, cache_dir)
+
+
+@user_errors
+def similarity(
+    model: ModelOpt,
+    dataset: str = typer.Option(..., "--dataset", "-d", show_default=False,
+                                help="Scored text pairs: STS-style .tsv, RG65, SimLex-999 or WordSim-353 file."),
+    format: str = typer.Option("auto", "--format", help="auto, sts, rg65, simlex, wordsim or pairs."),
+    output: OutputOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32",
+    trust_pickle: TrustPickleOpt = False, model_name: ModelNameOpt = None, cache_dir: CacheDirOpt = None,
+) -> None:
+    """Spearman correlation between the model's cosine similarity and human scores of text pairs."""
+    _text_task("similarity", model, dataset, output, device, precision, trust_pickle, model_name, cache_dir,
+               format=format)
+
+
+@user_errors
+def all_tasks(
+    model: ModelOpt, dataset: DatasetOpt, train_dataset: TrainOpt = None, split: SplitOpt = "test",
+    tasks: Optional[List[str]] = typer.Option(
+        None, "--task", "-t", help="Tasks to run (repeatable) [default: every image task the data supports]."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Write each result JSON, plots and report.csv / report.md here."),
+    plots: PlotsOpt = True, train_fraction: TrainFractionOpt = 0.5, img_key: ImgKeyOpt = None,
+    caption_key: CaptionKeyOpt = None, label_key: LabelKeyOpt = None, separator: SeparatorOpt = None,
+    classnames: ClassnamesOpt = None, templates: TemplatesOpt = None, batch_size: BatchOpt = 64,
+    workers: WorkersOpt = None, strict: StrictOpt = False, features_cache: FeaturesOpt = None, seed: SeedOpt = 0,
+    progress: ProgressOpt = True, device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32",
+    trust_pickle: TrustPickleOpt = False, model_name: ModelNameOpt = None, cache_dir: CacheDirOpt = None,
+) -> None:
+    """Every image task on one data set, embedding it once.
+
+    \b
+      clipzoo eval all -m MODEL -d shapes/ --output-dir results/
+    """
+    from clipzoo.eval.outputs import save_task_result
+    from clipzoo.eval.results import output_path
+    from clipzoo.eval.runner import IMAGE_TASKS, supported_tasks
+
+    keys = (img_key, caption_key, label_key, separator, classnames, templates)
+    data = _open(dataset, split, *keys)
+    if tasks:
+        unknown = [t for t in tasks if t not in IMAGE_TASKS]
+        if unknown:
+            fail(f"unknown task {unknown[0]!r}: choose from {', '.join(IMAGE_TASKS)}")
+    train = _train_data(dataset, train_dataset, split, keys)
+    ev = _evaluator(model, device, precision, trust_pickle, model_name, cache_dir, batch_size, workers, strict,
+                    features_cache, progress, seed)
+    chosen = list(tasks) if tasks else supported_tasks(ev, data)
+    results = ev.run(chosen, data, train_data=train, train_fraction=train_fraction)
+    records = [r.record for r in results.values()]
+    if records and records[0].get("skipped_images"):
+        first = records[0]["skipped"][0]
+        note(f"skipped {records[0]['skipped_images']} unreadable image(s), first: {first['input']}: {first['error']}")
+    print_json(records)
+    if output_dir is not None:
+        from clipzoo.eval.report import write_report
+
+        written = []
+        for task, result in results.items():
+            rec = result.record
+            name = output_path(dataset=rec["dataset"], pretrained=rec["pretrained"], model=rec["model"],
+                               language=rec["language"], task=task)
+            written.append(save_task_result(result, output_dir / name, plots=plots)[0])
+        report = write_report([str(p) for p in written], str(output_dir / "report"))
+        note(f"wrote {len(written)} result file(s) and {', '.join(str(p) for p in report.values())} in {output_dir}")
+
+
+@user_errors
+def report(
+    results: List[str] = typer.Argument(..., metavar="RESULTS...", help="Result JSON files, folders or globs (ours or CLIP_benchmark's)."),
+    out: Path = typer.Option(Path("report"), "--out", "-o", help="Output prefix: writes PREFIX.csv and PREFIX.md."),
+) -> None:
+    """Merge result files into one CSV and a markdown table (printed too)."""
+    from clipzoo.eval.report import write_report
+
+    written = write_report(results, str(out))
+    typer.echo(Path(written["md"]).read_text(), nl=False)
+    note("wrote " + ", ".join(str(p) for p in written.values()))
+
+
+def register(app: typer.Typer) -> None:
+    for name, fn in (("zeroshot", zeroshot), ("retrieval", retrieval), ("linear-probe", linear_probe), ("knn", knn),
+                     ("cluster", cluster), ("text-retrieval", text_retrieval), ("similarity", similarity),
+                     ("all", all_tasks), ("report", report)):
+        eval_app.command(name)(fn)
+    app.add_typer(eval_app, name="eval")

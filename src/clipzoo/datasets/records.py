@@ -1,0 +1,79 @@
+"""The one sample type every reader yields, and turning it into pixels.
+
+A reader (image folder, CSV, webdataset tar, TFRecord) yields :class:`Record`s: the encoded image
+(bytes, or a path / URL to open), its captions and its class id. Decoding happens later, in
+DataLoader workers, so readers stay cheap and a bad image is reported with the name of its file
+(``shard-000003.tar:00001234.jpg``) instead of a traceback.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import BadImageError
+
+__all__ = ["Record", "decode_image", "IMAGE_EXTENSIONS"]
+
+# file extensions read as images, in the order a webdataset sample's image is looked for
+IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
+
+
+@dataclass
+class Record:
+    """One sample.
+
+    ``image``: encoded bytes, or a local path / fsspec URL to open. ``captions``: zero or more texts.
+    ``label``: a class id or ``None``. ``source``: where it came from, for error messages
+    (a path, or ``shard.tar:KEY.jpg``). ``meta``: anything else the reader found (a JSON side file).
+    """
+
+    key: str
+    image: "bytes | str | None"
+    captions: list[str] = field(default_factory=list)
+    label: "int | None" = None
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def caption(self) -> "str | None":
+        return self.captions[0] if self.captions else None
+
+
+def decode_image(record: Record, open_file: "Callable[[str], Any] | None" = None):
+    """The record's image as an RGB ``PIL.Image``; :class:`~clipzoo.errors.BadImageError` naming the source.
+
+    ``open_file``: how to open a path that is a URL (default: fsspec for ``scheme://`` paths).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    where = record.source or record.key
+    data = record.image
+    if data is None:
+        raise BadImageError(f"{where}: the sample has no image")
+    try:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            fh = io.BytesIO(bytes(data))
+        elif "://" in str(data):
+            opener = open_file or _fsspec_open
+            with opener(str(data)) as remote:
+                fh = io.BytesIO(remote.read())
+        else:
+            fh = open(data, "rb")
+        with fh:
+            image = Image.open(fh)
+            image.load()
+    except FileNotFoundError:
+        raise BadImageError(f"image file {where!r} does not exist") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise BadImageError(f"image {where!r} cannot be decoded ({type(err).__name__}: {err}); "
+                            f"it may be truncated or not an image") from None
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image
+
+
+def _fsspec_open(url: str):
+    import fsspec
+
+    return fsspec.open(url, "rb").open()

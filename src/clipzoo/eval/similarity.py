@@ -1,0 +1,207 @@
+"""Semantic similarity: correlation between the cosine similarity of two texts' features and human scores.
+
+Metrics (SentEval / MTEB STS and the word-similarity literature): ``spearman`` is Spearman's rank
+correlation (``scipy.stats.spearmanr``, ties get average ranks) between the cosine similarities and
+the human scores, the headline number; ``pearson`` is Pearson's linear correlation of the same two;
+``n_pairs`` the number of pairs. A constant input makes both NaN (scipy warns).
+
+Files read by :func:`read_pairs` (``format`` in brackets):
+
+* ``sts``: STS benchmark ``sts-{train,dev,test}.csv`` (tab separated, no header:
+  ``genre filename year id score sentence1 sentence2 [source...]``), GLUE/sentence-transformers tsv
+  files with a header naming ``sentence1``, ``sentence2`` and ``score``, or ``s1<TAB>s2<TAB>score``;
+* ``rg65``: Rubenstein & Goodenough ``word1;word2;score`` (no header; a tab also works);
+* ``simlex``: SimLex-999 ``SimLex-999.txt`` (tab separated, header ``word1 word2 POS SimLex999 ...``;
+  the score is column ``SimLex999``);
+* ``wordsim``: WordSim-353 ``combined.csv`` / ``set1.csv`` (header ``Word 1,Word 2,Human (mean)``) or
+  the tab-separated ``combined.tab``;
+* ``pairs``: any ``a<SEP>b<SEP>score`` file (SEP: tab, ``;``, ``,`` or spaces, taken from the first
+  line), with an optional header line (one whose score is not a number), e.g. EN-RG-65.txt, MEN.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import DatasetError, EvalInputError
+from .metrics import as_tensor
+
+__all__ = ["FORMATS", "read_pairs", "detect_format", "similarity_metrics", "similarity_evaluate"]
+
+FORMATS = ("sts", "rg65", "simlex", "wordsim", "pairs")
+Pair = tuple[str, str, float]
+
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = [(i, line.rstrip("\r\n")) for i, line in enumerate(f, 1)]
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: cannot be read as UTF-8 text ({err})") from None
+    lines = [(i, line) for i, line in lines if line.strip()]
+    if not lines:
+        raise DatasetError(f"{path}: file is empty")
+    return lines
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("_", "").replace(" ", "")
+
+
+def _sts_header(fields: list[str]) -> tuple[int, int, int] | None:
+    names = [_norm(f) for f in fields]
+    if "sentence1" in names and "sentence2" in names:
+        score = next((names.index(n) for n in ("score", "similarityscore", "label", "gold") if n in names), -1)
+        return names.index("sentence1"), names.index("sentence2"), score
+    return None
+
+
+def detect_format(path: Any) -> str:
+    """The :data:`FORMATS` entry a file looks like, from its first line (and extension)."""
+    path = Path(path)
+    first = _lines(path)[0][1]
+    low = first.lower()
+    if "simlex999" in low:
+        return "simlex"
+    if "human (mean)" in low or low.startswith("word 1"):
+        return "wordsim"
+    tabs = first.split("\t")
+    if _sts_header(tabs) is not None or (len(tabs) >= 7 and _number(tabs[4]) is not None):
+        return "sts"
+    if ";" in first and "\t" not in first:
+        return "rg65"
+    return "pairs"
+
+
+def _by_columns(path: Path, lines: list[tuple[int, str]], sep: str, cols: tuple[int, int, int],
+                expected: str) -> list[Pair]:
+    out = []
+    need = max(cols) + 1
+    for lineno, line in lines:
+        fields = line.split(sep)
+        if len(fields) < need:
+            raise DatasetError(f"{path}:{lineno}: expected {expected}, got {len(fields)} field(s)")
+        a, b, s = (fields[c].strip() for c in cols)
+        score = _number(s)
+        if score is None:
+            raise DatasetError(f"{path}:{lineno}: score {s!r} is not a number (expected {expected})")
+        out.append((a, b, score))
+    return out
+
+
+def _named(path: Path, lines: list[tuple[int, str]], sep: str, names: Sequence[str], expected: str) -> list[Pair]:
+    header = [_norm(f) for f in lines[0][1].split(sep)]
+    cols = []
+    for name in names:
+        if _norm(name) not in header:
+            raise DatasetError(f"{path}:{lines[0][0]}: header has no {name!r} column (expected {expected})")
+        cols.append(header.index(_norm(name)))
+    return _by_columns(path, lines[1:], sep, tuple(cols), expected)
+
+
+def _three(path: Path, lines: list[tuple[int, str]], expected: str, sep: str | None = None,
+           header: bool = True) -> list[Pair]:
+    first = lines[0][1]
+    if sep is None:
+        sep = next((s for s in ("\t", ";", ",") if s in first), None)
+    split = (lambda line: line.split(sep)) if sep else (lambda line: line.split())
+    if header and _number(split(first)[-1].strip()) is None:  # a header line
+        lines = lines[1:]
+    out = []
+    for lineno, line in lines:
+        fields = split(line)
+        if len(fields) != 3:
+            raise DatasetError(f"{path}:{lineno}: expected {expected}, got {len(fields)} field(s)")
+        score = _number(fields[2].strip())
+        if score is None:
+            raise DatasetError(f"{path}:{lineno}: score {fields[2].strip()!r} is not a number (expected {expected})")
+        out.append((fields[0].strip(), fields[1].strip(), score))
+    return out
+
+
+def read_pairs(path: Any, format: str = "auto") -> list[Pair]:
+    """``[(text_a, text_b, human_score), ...]`` from a similarity file (formats: module docstring)."""
+    path = Path(path)
+    fmt = detect_format(path) if format == "auto" else format
+    if fmt not in FORMATS:
+        raise DatasetError(f"unknown similarity format {format!r}; use 'auto' or one of {', '.join(FORMATS)}")
+    lines = _lines(path)
+    if fmt == "simlex":
+        pairs = _named(path, lines, "\t", ("word1", "word2", "SimLex999"),
+                       "SimLex-999 tab-separated columns word1, word2, SimLex999")
+    elif fmt == "wordsim":
+        sep = "\t" if "\t" in lines[0][1] else ","
+        pairs = _named(path, lines, sep, ("Word 1", "Word 2", "Human (mean)"),
+                       "WordSim-353 columns 'Word 1', 'Word 2', 'Human (mean)'")
+    elif fmt == "rg65":
+        pairs = _three(path, lines, "'word1;word2;score' (RG65)", "\t" if "\t" in lines[0][1] else ";",
+                       header=False)
+    elif fmt == "pairs":
+        pairs = _three(path, lines, "'a<SEP>b<SEP>score' with SEP a tab, ';', ',' or spaces")
+    else:  # sts
+        tabs = lines[0][1].split("\t")
+        header = _sts_header(tabs)
+        if header is not None:
+            if header[2] < 0:
+                raise DatasetError(f"{path}:{lines[0][0]}: header has no 'score' column (a test split without "
+                                   "gold scores cannot be evaluated)")
+            pairs = _by_columns(path, lines[1:], "\t", (header[0], header[1], header[2]),
+                                "tab-separated columns sentence1, sentence2, score")
+        elif len(tabs) >= 7:
+            pairs = _by_columns(path, lines, "\t", (5, 6, 4),
+                                "STS benchmark 'genre filename year id score sentence1 sentence2'")
+        else:
+            pairs = _three(path, lines, "'sentence1<TAB>sentence2<TAB>score'", "\t")
+    if not pairs:
+        raise DatasetError(f"{path}: no pairs found")
+    return pairs
+
+
+def similarity_metrics(features_a: Any, features_b: Any, scores: Any) -> dict[str, float]:
+    """``spearman`` and ``pearson`` correlation of ``cos(features_a[i], features_b[i])`` with
+    ``scores[i]``, and ``n_pairs``."""
+    from scipy import stats
+
+    a = as_tensor(features_a, "features_a", ndim=2).double()
+    b = as_tensor(features_b, "features_b", ndim=2).double()
+    y = as_tensor(scores, "scores", ndim=1).double()
+    if a.shape != b.shape:
+        raise EvalInputError(f"features_a {tuple(a.shape)} and features_b {tuple(b.shape)} differ in shape")
+    if y.shape[0] != a.shape[0]:
+        raise EvalInputError(f"scores has {y.shape[0]} entries for {a.shape[0]} pairs")
+    if a.shape[0] < 2:
+        raise EvalInputError("a correlation needs at least 2 pairs")
+    cos = (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(dim=1).numpy()
+    return {"spearman": float(stats.spearmanr(cos, y.numpy()).statistic),
+            "pearson": float(stats.pearsonr(cos, y.numpy()).statistic),
+            "n_pairs": int(a.shape[0])}
+
+
+def similarity_evaluate(model: Any, pairs: Sequence[Pair], batch_size: int = 256) -> dict[str, float]:
+    """Encode every distinct text once with ``model.encode_text`` and score ``pairs``
+    (``(text_a, text_b, human_score)`` tuples, as :func:`read_pairs` returns)."""
+    if not pairs:
+        raise EvalInputError("no pairs to evaluate")
+    try:
+        a_texts, b_texts, scores = zip(*pairs)
+    except ValueError:
+        raise EvalInputError("pairs must be (text_a, text_b, score) triples") from None
+    texts = list(dict.fromkeys(a_texts + b_texts))
+    index = {t: i for i, t in enumerate(texts)}
+    feats = model.encode_text(texts, normalize=True, truncate=True, batch_size=batch_size)
+    feats = torch.as_tensor(feats)
+    a = feats[[index[t] for t in a_texts]]
+    b = feats[[index[t] for t in b_texts]]
+    return similarity_metrics(a, b, [float(s) for s in scores])
