@@ -3,7 +3,7 @@
 #
 # Until clipzoo ships an embedded default model, the job runs on a tiny model with random weights
 # that this script writes (no download): it lists OpenAI's models, shows the tiny model's size, and
-# compares two generated images with two texts. Random weights give meaningless probabilities; swap
+# compares two generated images with two texts, then evaluates it on 300 generated shapes. Random weights give meaningless probabilities; swap
 # in a real model (e.g. `clipzoo compare openai/ViT-B-32 …`) where its weights can be downloaded.
 #
 #   bash scripts/quickstart.sh            # TINY=/some/dir to write the tiny model elsewhere
@@ -36,3 +36,7 @@ clipzoo info "$TINY/tiny-open_clip.safetensors"
 clipzoo compare "$TINY/tiny-open_clip.safetensors" \
     --image "$TINY/red-circle.png" --image "$TINY/blue-square.png" \
     --text "a red circle" --text "a blue square"
+clipzoo data shapes --out "$TINY/shapes" -n 300 --no-progress --overwrite
+clipzoo eval all -m "$TINY/tiny-open_clip.safetensors" -d "$TINY/shapes" --output-dir "$TINY/results" \
+    --no-progress > "$TINY/results.json"
+cat "$TINY/results/report.md"

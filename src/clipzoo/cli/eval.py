@@ -259,9 +259,8 @@ def all_tasks(
 
         written = []
         for task, result in results.items():
-            rec = result.record
-            name = output_path(dataset=rec["dataset"], pretrained=rec["pretrained"], model=rec["model"],
-                               language=rec["language"], task=task)
+            rec = result.record  # one model and one data set per run: short names
+            name = output_path("{dataset}_{model}_{task}.json", dataset=rec["dataset"], model=rec["model"], task=task)
             written.append(save_task_result(result, output_dir / name, plots=plots)[0])
         report = write_report([str(p) for p in written], str(output_dir / "report"))
         note(f"wrote {len(written)} result file(s) and {', '.join(str(p) for p in report.values())} in {output_dir}")
