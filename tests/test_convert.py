@@ -1,0 +1,144 @@
+"""clipzoo convert to open_clip / openai / safetensors, and the parity report against open_clip and openai."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import clipzoo
+from clipzoo.cli import app
+from clipzoo.convert import convert
+from clipzoo.convert.parity import difference, parity
+from clipzoo.errors import ClipzooError, UnsupportedError
+
+TEXTS = ["a red circle", "a blue square", "Un café!"]
+
+
+def _outputs(m, images):
+    with torch.no_grad():
+        return m.encode_image(images), m.encode_text(TEXTS)
+
+
+def run(*args):
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_pickle_to_safetensors_loads_alone_with_equal_outputs(tiny_files, images, tmp_path):
+    from safetensors import safe_open
+
+    src = tiny_files["open_clip_pt"]
+    dst = convert(src, tmp_path / "m.safetensors", "safetensors")
+    with safe_open(str(dst), "pt") as f:
+        cfg = json.loads(f.metadata()["open_clip_config"])
+    assert cfg["model_cfg"]["vision_cfg"]["width"] == 64 and cfg["model_cfg"]["quick_gelu"] is True
+    a, b = _outputs(clipzoo.load(str(src)), images), _outputs(clipzoo.load(str(dst)), images)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_open_clip_folder_loads_in_open_clip_with_identical_weights(tiny_files, images, tmp_path):
+    import open_clip
+
+    src = tiny_files["openai_state_dict"]
+    ours = clipzoo.load(str(src))
+    folder = convert(src, tmp_path / "oc", "open_clip")
+    assert sorted(p.name for p in folder.iterdir()) == ["open_clip_config.json", "open_clip_model.safetensors"]
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ours.model.state_dict()[k].float()), k
+    with torch.no_grad():
+        img = model.encode_image(torch.stack([preprocess(i) for i in images]), normalize=True)
+    assert torch.allclose(img, ours.encode_image(images), atol=1e-6)
+    # and a bare state dict file that open_clip reads with the config name given
+    sd_file = convert(src, tmp_path / "oc.pt", "open_clip")
+    assert set(torch.load(sd_file, weights_only=True)) == set(ours.model.state_dict())
+
+
+def test_openai_file_loads_in_openai_clip(tiny_files, images, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import clip
+
+    dst = convert(tiny_files["open_clip_safetensors"], tmp_path / "m.pt", "openai")
+    model, preprocess = clip.load(str(dst), device="cpu", jit=False)
+    model = model.float().eval()
+    ours = clipzoo.load(str(tiny_files["open_clip_safetensors"]))
+    with torch.no_grad():
+        img = model.encode_image(torch.stack([preprocess(i) for i in images])).float()
+        txt = model.encode_text(clip.tokenize(TEXTS)).float()
+    a = _outputs(ours, images)
+    # OpenAI's build_model rounds the weights through fp16 (convert_weights): compare at fp16 precision
+    assert difference(torch.nn.functional.normalize(img, dim=-1), a[0])["max_abs"] < 2e-3
+    assert difference(torch.nn.functional.normalize(txt, dim=-1), a[1])["max_abs"] < 2e-3
+
+
+def test_openai_refuses_what_its_code_cannot_build(tmp_path):
+    from clipzoo.testing.tiny import TINY_CONFIG, state_dict
+    from safetensors.torch import save_file
+
+    cfg = {**TINY_CONFIG, "quick_gelu": False}
+    save_file({k: v.contiguous() for k, v in state_dict(0, config=cfg).items()}, str(tmp_path / "gelu.safetensors"),
+              metadata={"format": "pt", "open_clip_config": json.dumps({"model_cfg": cfg})})
+    with pytest.raises(UnsupportedError, match=r"cannot be written in OpenAI's format: it uses GELU \(OpenAI's code "
+                                               r"always builds QuickGELU\)\. Convert it to open_clip, hf or "
+                                               r"safetensors instead"):
+        convert(tmp_path / "gelu.safetensors", tmp_path / "x.pt", "openai")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_parity_tables_against_open_clip_and_openai(tiny_files):
+    for spec, against in [(tiny_files["open_clip_safetensors"], "open_clip"), (tiny_files["openai_jit"], "openai"),
+                          (tiny_files["openai_state_dict"], "openai")]:
+        report = parity(str(spec), against)
+        assert set(report.rows) == {"image features", "text features", "probabilities"}
+        assert report.ok and report.max_abs < 1e-6, (spec, report.rows)
+        assert report.n_images == 4 and report.n_texts == 5
+
+
+def test_parity_cli_table_json_and_exit_status(tiny_files, image_files):
+    model = tiny_files["open_clip_safetensors"]
+    code, stdout, stderr = run("parity", model, "--against", "open_clip", "--image", image_files[0], "--text", "a cat",
+                               "--text", "a dog")
+    assert code == 0, stderr
+    lines = stdout.splitlines()
+    assert lines[0] == "| output | mean abs diff | max abs diff | mean rel diff | max rel diff |"
+    assert [ln.split(" | ")[0] for ln in lines[2:5]] == ["| image features", "| text features", "| probabilities"]
+    assert "on 1 images and 2 texts" in stdout and "within tolerance 0.0001" in stdout
+    code, stdout, stderr = run("parity", model, "--against", "open_clip", "--tol", "0", "--json")
+    report = json.loads(stdout)
+    worst = max(r["max_abs"] for r in report["rows"].values())
+    assert report["ok"] == (worst == 0) and code == (0 if worst == 0 else 1)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["convert", "MODEL", "OUT/x", "--to", "keras"], "error: unknown format 'keras' for --to: choose from open_clip, "
+                                                      "hf, openai, safetensors, onnx"),
+    (["convert", "MODEL", "OUT/x.bin", "--to", "openai"], "error: an OpenAI checkpoint is one .pt file"),
+    (["convert", "MODEL", "MODEL", "--to", "safetensors"], "error: MODEL already exists: choose another destination "
+                                                            "or pass --overwrite"),
+    (["parity", "MODEL", "--against", "jax"], "error: unknown implementation 'jax' for --against"),
+])
+def test_convert_errors_are_one_line(tiny_files, tmp_path, args, message):
+    model = str(tiny_files["open_clip_safetensors"])
+    args = [a.replace("MODEL", model).replace("OUT", str(tmp_path)) for a in args]
+    code, stdout, stderr = run(*args)
+    assert code == 2 and stderr.startswith(message.replace("MODEL", model)), stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_interrupted_conversion_leaves_nothing(tiny_files, tmp_path, monkeypatch):
+    import clipzoo.convert.targets as mod
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod, "_write_safetensors", boom)
+    with pytest.raises(KeyboardInterrupt):
+        convert(tiny_files["open_clip_pt"], tmp_path / "m.safetensors", "safetensors")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ClipzooError, match="unknown target format"):
+        convert(tiny_files["open_clip_pt"], tmp_path / "m", "tflite")
