@@ -107,7 +107,9 @@ def test_parity_cli_table_json_and_exit_status(tiny_files, image_files):
     lines = stdout.splitlines()
     assert lines[0] == "| output | mean abs diff | max abs diff | mean rel diff | max rel diff |"
     assert [ln.split(" | ")[0] for ln in lines[2:5]] == ["| image features", "| text features", "| probabilities"]
-    assert "on 1 images and 2 texts" in stdout and "within tolerance 0.0001" in stdout
+    assert "on the same 1 preprocessed images and 2 tokenized texts" in stdout and "within tolerance 0.0001" in stdout
+    assert "| preprocessed pixels (each side's own) | 0.00e+00 | 0.00e+00 |" in stdout
+    assert "token ids (each side's own tokenizer, padding aside): 0 of 2 texts differ" in stdout
     code, stdout, stderr = run("parity", model, "--against", "open_clip", "--tol", "0", "--json")
     report = json.loads(stdout)
     worst = max(r["max_abs"] for r in report["rows"].values())
@@ -142,3 +144,35 @@ def test_interrupted_conversion_leaves_nothing(tiny_files, tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ClipzooError, match="unknown target format"):
         convert(tiny_files["open_clip_pt"], tmp_path / "m", "tflite")
+
+
+def test_cli_converts_to_hf_and_onnx_and_parity_holds(tiny_files, tmp_path):
+    from transformers import CLIPModel
+
+    src = tiny_files["openai_state_dict"]
+    code, stdout, stderr = run("convert", src, tmp_path / "hf", "--to", "hf")
+    assert code == 0 and stderr.strip().endswith(f"wrote {tmp_path / 'hf'} (hf)"), stderr
+    assert isinstance(CLIPModel.from_pretrained(tmp_path / "hf"), CLIPModel)
+    code, stdout, stderr = run("convert", src, tmp_path / "onnx", "--to", "onnx")
+    assert code == 0, stderr
+    assert clipzoo.load(str(tmp_path / "onnx")).card.backend == "onnx"
+    for against, tol in (("hf", 1e-5), ("onnx", 1e-4)):
+        code, stdout, stderr = run("parity", src, "--against", against, "--tol", tol, "--json")
+        report = json.loads(stdout)
+        assert code == 0 and report["ok"], (against, report)
+        assert max(r["max_abs"] for r in report["rows"].values()) <= tol
+    assert report["preprocessing"]["token ids"]["differing"] == 0  # HF's CLIPTokenizer = OpenAI's BPE
+
+
+def test_models_without_an_hf_form_are_refused(tmp_path):
+    import open_clip
+    from safetensors.torch import save_file
+
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
+    model = open_clip.CLIP(**cfg)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "rn.safetensors"),
+              metadata={"format": "pt", "open_clip_config": json.dumps({"model_cfg": cfg})})
+    code, stdout, stderr = run("convert", tmp_path / "rn.safetensors", tmp_path / "hf", "--to", "hf")
+    assert code == 2 and "ModifiedResNet" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert not (tmp_path / "hf").exists()

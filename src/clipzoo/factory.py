@@ -13,13 +13,24 @@ from .registry import REGISTRY
 
 
 def load(spec: "str | ModelCard | os.PathLike", device: str = "cpu", precision: str = "fp32",
-         cache_dir: "str | os.PathLike | None" = None, trust_pickle: bool = False, **kwargs: Any):
+         cache_dir: "str | os.PathLike | None" = None, trust_pickle: bool = False, runtime: str = "torch",
+         **kwargs: Any):
     """Load a model by any spec form and return its Comparator.
 
     spec: ``"[clip - openai - ViT-B/32]"`` | ``"openai/ViT-B-32"`` | ``"open_clip:ViT-B-32/laion2b_s34b_b79k"``
     | ``"hf-hub:org/name"`` | a local file (.pt/.pth/.bin/.safetensors, OpenAI TorchScript) | a local folder.
     Extra keywords go to the backend (e.g. ``model_name="ViT-B-32"`` for a bare open_clip state dict).
+    ``runtime="onnx"``: export the model once to ONNX (cached under ``cache_dir``/onnx) and run it in onnxruntime.
     """
+    if runtime != "torch":
+        if runtime != "onnx":
+            from .errors import ClipzooError
+
+            raise ClipzooError(f"unknown runtime {runtime!r}; use 'torch' or 'onnx'")
+        from .convert.onnx import load_with_onnx_runtime
+
+        return load_with_onnx_runtime(spec, device=str(device), precision=precision, cache_dir=cache_dir,
+                                      trust_pickle=trust_pickle, **kwargs)
     card = REGISTRY.resolve(spec)
     card = resolve_backend(card, cache_dir)
     backend = get_backend(card.backend)

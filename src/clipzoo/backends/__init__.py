@@ -12,6 +12,7 @@ BACKENDS = {
     "open_clip": ("clipzoo.backends.open_clip", "open_clip_torch"),
     "transformers": ("clipzoo.backends.transformers", "transformers"),
     "sentence_transformers": ("clipzoo.backends.sentence_transformers", "sentence-transformers"),
+    "onnx": ("clipzoo.backends.onnx", "onnxruntime"),
 }
 
 

@@ -117,7 +117,7 @@ class Evaluator:
     # -------------------------------------------------------------- model identity for caches
     def _model_key(self) -> str:
         card = self.model.card
-        parts = [card.alias, str(self.model.dtype), str(getattr(self.model, "image_size", ""))]
+        parts = [card.alias, card.backend, str(self.model.dtype), str(getattr(self.model, "image_size", ""))]
         path = getattr(card.source, "path", None)
         if path and os.path.exists(path):
             st = os.stat(path)

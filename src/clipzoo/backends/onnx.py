@@ -1,0 +1,251 @@
+"""ONNX backend: a folder written by :func:`clipzoo.convert.onnx.export_onnx`, run with onnxruntime.
+
+The folder holds ``image.onnx`` (``pixels`` -> ``image_features``), ``text.onnx`` (``tokens`` ->
+``text_features``) and ``clipzoo_onnx.json`` (card, sizes, logit scale/bias, preprocessing, tokenizer).
+Encoding returns torch tensors, so similarity, prediction and evaluation work as with any backend;
+gradients do not flow through onnxruntime.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..cards import IMAGE, TEXT, ModelCard, Source
+from ..comparator import Comparator
+from ..errors import BackendMissingError, BadTextError, CheckpointError, ClipzooError, UnsupportedError
+from ..inputs import is_float_tensor, text_items, too_long_error
+
+META_FILE = "clipzoo_onnx.json"
+_NP_DTYPES = {"int64": np.int64, "int32": np.int32, "float32": np.float32}
+
+
+def require_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendMissingError("the onnx backend needs onnxruntime, which is not installed; "
+                                  "pip install onnxruntime (or pip install 'clipzoo[onnx]')") from None
+    return onnxruntime
+
+
+class OnnxTowers(torch.nn.Module):
+    """The onnxruntime sessions of an exported folder (one per modality)."""
+
+    def __init__(self, folder: Path, graphs: dict, providers: list[str]):
+        super().__init__()
+        ort = require_onnxruntime()
+        self.folder = folder
+        self.graphs = graphs
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.sessions = {m: ort.InferenceSession(str(folder / g["file"]), sess_options=options, providers=providers)
+                         for m, g in graphs.items()}
+
+    def run(self, modality: str, x: np.ndarray) -> np.ndarray:
+        g = self.graphs[modality]
+        session = self.sessions[modality]
+        if g["input_shape"][0] == "N":
+            return session.run([g["output"]], {g["input"]: x})[0]
+        return np.concatenate([session.run([g["output"]], {g["input"]: x[i:i + 1]})[0] for i in range(len(x))])
+
+    def extra_repr(self) -> str:
+        return f"folder={self.folder}, graphs={sorted(self.graphs)}"
+
+
+class OnnxComparator(Comparator):
+    """A Comparator whose towers run in onnxruntime. ``model`` is the :class:`OnnxTowers`."""
+
+    def __init__(self, card: ModelCard, towers: OnnxTowers, *, meta: dict, transform, tokenizer,
+                 device: str = "cpu"):
+        super().__init__(card, towers, transform=transform, embed_dim=meta["embed_dim"],
+                         image_size=_size(meta.get("image_size")), context_length=meta.get("context_length"),
+                         modalities=tuple(meta["modalities"]))
+        self.meta = meta
+        self.tokenizer = tokenizer
+        self.probability = meta.get("probability", "softmax")
+        self._device = torch.device(device)
+        self._scale = torch.tensor(float(meta["logit_scale"]))
+        bias = meta.get("logit_bias")
+        self._bias = None if bias is None else torch.tensor(float(bias))
+        tok = meta.get("tokenizer") or {}
+        self._hf_tokenizer = tok.get("kind") == "hf"
+        self._lower_case = bool(tok.get("lower_case", False))
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    # ------------------------------------------------------------ hooks
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        self._require(IMAGE)
+        x = pixels.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.model.run(IMAGE, x)).to(self._device)
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        self._require(TEXT)
+        g = self.meta["graphs"][TEXT]
+        length = g["input_shape"][1]
+        if tokens.ndim != 2 or tokens.shape[1] != length:
+            raise BadTextError(f"{self.card.alias}: the ONNX text graph takes tokens of shape [N, {length}] "
+                               f"(from .tokenize), got {list(tokens.shape)}")
+        x = tokens.detach().cpu().numpy().astype(_NP_DTYPES[g["input_dtype"]], copy=False)
+        return torch.from_numpy(self.model.run(TEXT, np.ascontiguousarray(x))).to(self._device)
+
+    def tokenize(self, texts, truncate: bool = False) -> torch.Tensor:
+        self._require(TEXT)
+        if self._hf_tokenizer:
+            from .transformers import tokenize_with
+
+            texts = text_items(texts)
+            if self._lower_case:
+                texts = [t.lower() for t in texts]
+            return tokenize_with(self.tokenizer, texts, self.context_length, truncate)
+        from .open_clip import token_count
+
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not truncate:
+            for text in texts:
+                n = token_count(self.tokenizer, text)
+                if n is not None and n > self.context_length:
+                    raise too_long_error(text, n, self.context_length)
+        return self.tokenizer(texts).long()
+
+    def logit_params(self):
+        return self._scale, self._bias
+
+    # ------------------------------------------------------------ no gradients
+    def encode_image(self, images: Any, normalize: bool = True, batch_size: int = 64) -> torch.Tensor:
+        if is_float_tensor(images) and images.requires_grad and torch.is_grad_enabled():
+            raise UnsupportedError(f"{self.card.alias} runs in onnxruntime, which computes no gradients; load the "
+                                   "PyTorch model (clipzoo.load without runtime='onnx') to backpropagate, or pass "
+                                   "a tensor that does not require grad")
+        return super().encode_image(images, normalize=normalize, batch_size=batch_size)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", runtime=onnxruntime"
+
+
+def _size(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+# --------------------------------------------------------------------------------------------- loading
+def read_meta(folder: Path) -> dict:
+    """The folder's ``clipzoo_onnx.json``, with every graph file it names present."""
+    if not folder.is_dir():
+        raise CheckpointError(f"ONNX model folder {str(folder)!r} does not exist or is not a folder")
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        found = sorted(p.name for p in folder.iterdir())[:10]
+        raise CheckpointError(f"{folder} is missing {META_FILE} (found {found}); it is not a complete clipzoo "
+                              "ONNX export — export again with clipzoo.convert.onnx.export_onnx")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {meta_path} as JSON ({exc})") from None
+    if meta.get("format") != "clipzoo-onnx" or "graphs" not in meta:
+        raise CheckpointError(f"{meta_path} is not a clipzoo ONNX description (format {meta.get('format')!r})")
+    missing = [g["file"] for g in meta["graphs"].values() if not (folder / g["file"]).is_file()]
+    if missing:
+        raise CheckpointError(f"ONNX model folder {folder} is missing {', '.join(missing)} (named in {META_FILE}); "
+                              "copy the whole folder or export again")
+    return meta
+
+
+def make_transform(folder: Path, pre: dict | None):
+    if pre is None:
+        return _no_images
+    if pre.get("kind") == "hf":
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            transformers = None
+        if transformers is not None:
+            from .transformers import HFImageTransform, NaFlexSquareTransform
+
+            processor = transformers.AutoImageProcessor.from_pretrained(str(folder / pre["dir"]))
+            if pre.get("naflex"):
+                return NaFlexSquareTransform(processor, *pre["naflex"])
+            return HFImageTransform(processor)
+    import open_clip
+
+    size = _size(pre["size"])
+    return open_clip.image_transform(size, is_train=False, mean=pre.get("mean"), std=pre.get("std"),
+                                     interpolation=pre.get("interpolation"), resize_mode=pre.get("resize_mode"),
+                                     fill_color=pre.get("fill_color", 0))
+
+
+def make_tokenizer(folder: Path, tok: dict | None):
+    if tok is None:
+        return None
+    kind, ctx = tok["kind"], int(tok["context_length"])
+    if kind == "openai":
+        from ..tokenizers import OpenAITokenizer
+
+        return OpenAITokenizer(context_length=ctx)
+    if kind == "open_clip_simple":
+        from open_clip.tokenizer import SimpleTokenizer
+
+        return SimpleTokenizer(context_length=ctx, **tok.get("kwargs", {}))
+    if kind in ("open_clip_hf", "hf"):
+        try:
+            import transformers
+        except ImportError:
+            raise BackendMissingError(f"the tokenizer of {folder} is an HF tokenizer; "
+                                      "pip install transformers") from None
+        path = str(folder / tok["dir"])
+        if kind == "hf":
+            return transformers.AutoTokenizer.from_pretrained(path)
+        from open_clip.tokenizer import HFTokenizer
+
+        return HFTokenizer(path, context_length=ctx, **tok.get("kwargs", {}))
+    raise CheckpointError(f"{folder / META_FILE} names an unknown tokenizer kind {kind!r}")
+
+
+def _no_images(image):
+    raise UnsupportedError("this ONNX export has no image tower")
+
+
+def providers_for(device: str) -> list[str]:
+    ort = require_onnxruntime()
+    if torch.device(device).type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise UnsupportedError("device='cuda' needs onnxruntime with CUDA (pip install onnxruntime-gpu); "
+                                   f"this onnxruntime offers {', '.join(ort.get_available_providers())}")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache_dir=None,
+         trust_pickle: bool = False, providers: list[str] | None = None, **kwargs: Any) -> OnnxComparator:
+    """Load an exported folder. ``providers`` overrides the onnxruntime execution providers."""
+    if kwargs:
+        raise ClipzooError(f"unknown option(s) for an ONNX model: {', '.join(sorted(kwargs))}")
+    if precision not in ("fp32", "float32", torch.float32):
+        raise UnsupportedError(f"an ONNX export runs in the precision it was exported in (fp32), not {precision!r}")
+    require_onnxruntime()
+    if not card.source.path:
+        raise CheckpointError(f"{card.alias}: ONNX models load from a local folder")
+    folder = Path(card.source.path)
+    meta = read_meta(folder)
+    towers = OnnxTowers(folder, meta["graphs"], providers or providers_for(str(device)))
+    if card.id == os.path.abspath(str(folder)) and card.publisher == "local":  # an unregistered folder
+        c = meta["card"]
+        card = ModelCard(architecture=c["architecture"], publisher=c["publisher"], id=c["id"], backend="onnx",
+                         source=Source(path=str(folder)), modalities=tuple(meta["modalities"]),
+                         embed_dim=meta["embed_dim"], context_length=meta.get("context_length"),
+                         image_size=meta.get("image_size") if isinstance(meta.get("image_size"), int) else None,
+                         config={"exported_from": c.get("source"), "runtime": "onnxruntime"})
+    else:
+        card = card.replace(backend="onnx")
+    return OnnxComparator(card, towers, meta=meta, transform=make_transform(folder, meta.get("preprocess")),
+                          tokenizer=make_tokenizer(folder, meta.get("tokenizer")), device=str(device))
