@@ -28,25 +28,12 @@ import torch.nn.functional as F
 
 from ..errors import DatasetError, EvalInputError
 from .metrics import as_tensor
+from .text_retrieval import numbered_lines as _lines
 
 __all__ = ["FORMATS", "read_pairs", "detect_format", "similarity_metrics", "similarity_evaluate"]
 
 FORMATS = ("sts", "rg65", "simlex", "wordsim", "pairs")
 Pair = tuple[str, str, float]
-
-
-def _lines(path: Path) -> list[tuple[int, str]]:
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            lines = [(i, line.rstrip("\r\n")) for i, line in enumerate(f, 1)]
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{path}: cannot be read as UTF-8 text ({err})") from None
-    lines = [(i, line) for i, line in lines if line.strip()]
-    if not lines:
-        raise DatasetError(f"{path}: file is empty")
-    return lines
 
 
 def _number(text: str) -> float | None:

@@ -39,7 +39,7 @@ _QREL_FILES = ("qrels.tsv", "qrels.dev.small.tsv", "qrels.dev.tsv", "qrels.txt",
 
 
 # ------------------------------------------------------------------ files
-def _lines(path: Any) -> Iterable[tuple[int, str]]:
+def numbered_lines(path: Any) -> list[tuple[int, str]]:
     """(line number, line without newline) for every non-blank line; DatasetError if unreadable."""
     path = Path(path)
     if not path.is_file():
@@ -70,7 +70,7 @@ def _add(out: dict[str, str], key: str, value: str, path: Any, lineno: int, what
 def read_queries(path: Any) -> dict[str, str]:
     """``{qid: text}`` from a ``qid<TAB>text`` file (a ``qid``/``id`` header line is skipped)."""
     out: dict[str, str] = {}
-    for n, (lineno, line) in enumerate(_lines(path)):
+    for n, (lineno, line) in enumerate(numbered_lines(path)):
         fields = line.split("\t", 1)
         if n == 0 and _is_header(fields):
             continue
@@ -90,7 +90,7 @@ def read_passages(path: Any) -> dict[str, str]:
     """
     out: dict[str, str] = {}
     title_col, text_col = None, None
-    for n, (lineno, line) in enumerate(_lines(path)):
+    for n, (lineno, line) in enumerate(numbered_lines(path)):
         fields = line.split("\t")
         if n == 0 and _is_header(fields):
             names = [f.strip().lower() for f in fields]
@@ -117,7 +117,7 @@ def read_qrels(path: Any) -> dict[str, set[str]]:
     """``{qid: {relevant pids}}`` from TREC ``qid 0 pid rel``, ``qid<TAB>pid<TAB>score`` (BEIR, with or
     without its ``query-id corpus-id score`` header) or ``qid<TAB>pid``. Only ``rel > 0`` is kept."""
     out: dict[str, set[str]] = {}
-    for n, (lineno, line) in enumerate(_lines(path)):
+    for n, (lineno, line) in enumerate(numbered_lines(path)):
         fields = line.split("\t") if "\t" in line else line.split()
         fields = [f.strip() for f in fields]
         if n == 0 and _is_header(fields):
