@@ -14,7 +14,7 @@ import typer
 
 from .. import __version__
 
-COMMAND_MODULES = ("models", "embed", "compare", "data", "eval", "convert")
+COMMAND_MODULES = ("models", "embed", "compare", "data", "eval", "convert", "train")
 
 app = typer.Typer(
     name="clipzoo",

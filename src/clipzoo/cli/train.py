@@ -1,0 +1,77 @@
+"""``clipzoo train``: flags, a TOML / YAML config, or a named recipe; same command under torchrun."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ._common import note, user_errors
+
+
+@user_errors
+def train(
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="A named recipe, e.g. tiny-shapes (flags override it)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="A .toml / .yaml / .json config (flags override it)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="open_clip config name (random init) or a registry spec / checkpoint."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from the model's weights."),
+    data: Optional[List[str]] = typer.Option(None, "--data", "-d", help="Training data (repeatable): CSV, shards, TFRecord, folder, fsspec URL, or shapes:N."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Run folder: checkpoints/, model/, tensorboard/."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (overrides --epochs)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size."),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warmup steps."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="Objective, e.g. infonce, siglip."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, bf16 or fp16 (autocast)."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum"),
+    grad_clip: Optional[float] = typer.Option(None, "--grad-clip"),
+    ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the weights, e.g. 0.999."),
+    lock_image: Optional[bool] = typer.Option(None, "--lock-image/--no-lock-image", help="Freeze the image tower (LiT)."),
+    lock_text: Optional[bool] = typer.Option(None, "--lock-text/--no-lock-text", help="Freeze the text tower."),
+    train_num_samples: Optional[int] = typer.Option(None, "--train-num-samples", help="Samples per epoch for streamed shards."),
+    img_key: Optional[str] = typer.Option(None, "--img-key"),
+    caption_key: Optional[str] = typer.Option(None, "--caption-key"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Zero-shot evaluation data during training."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every"),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps (always at the end)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="'latest' or a checkpoint path."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
+) -> None:
+    """Train or fine-tune a contrastive model; runs alone or under torchrun with no change.
+
+    \b
+      clipzoo train --recipe tiny-shapes
+      clipzoo train --model ViT-B-32 --data train.csv --caption-key title --steps 1000 --output runs/b32
+      torchrun --nproc_per_node 2 -m clipzoo.cli train --config run.toml
+      clipzoo train --config run.toml --resume latest
+    """
+    from clipzoo.train.config import TrainConfig, load_config
+    from clipzoo.train.engine import train as run
+    from clipzoo.train.recipes import recipe_config
+
+    base = recipe_config(recipe) if recipe else TrainConfig()
+    flags = {k: v for k, v in locals().items() if k not in ("recipe", "config", "base", "TrainConfig", "load_config",
+                                                            "run", "recipe_config") and v is not None}
+    if "data" in flags and not flags["data"]:
+        flags.pop("data")
+    cfg = load_config(config, flags, base)
+    result = run(cfg)
+    last = result.history[-1] if result.history else {}
+    summary = f"trained {result.steps} steps; model in {result.model_dir}"
+    if "loss" in last:
+        summary += f"; final loss {last['loss']:.4f}"
+    if result.evals:
+        ev = result.evals[-1]
+        summary += "; zero-shot " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items() if k != "step")
+    if result.skipped_images:
+        summary += f"; skipped {result.skipped_images} unreadable image(s)"
+    note(summary)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

@@ -1,0 +1,1 @@
+"""Training and distillation: ``clipzoo.train.train(TrainConfig(...))`` and ``clipzoo train``."""

@@ -1,0 +1,187 @@
+"""Training configuration: one dataclass, read from TOML / YAML / JSON files and overridden by flags.
+
+An unknown key is an error that names the nearest valid key (``lerning_rate`` → ``did you mean lr?``),
+never silently ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import ClipzooError
+
+__all__ = ["TrainConfig", "ConfigError", "load_config"]
+
+ALIASES = {"learning_rate": "lr", "wd": "weight_decay", "accum": "grad_accum", "accum_freq": "grad_accum",
+           "train_data": "data", "warmup_steps": "warmup", "out": "output", "logs": "output"}
+
+
+class ConfigError(ClipzooError, ValueError):
+    """A training configuration that cannot be used: unknown key, bad value, mismatched resume."""
+
+
+@dataclass
+class TrainConfig:
+    # model: a registry spec / open_clip config name, or an explicit open_clip model config
+    model: "str | None" = None
+    model_config: "dict[str, Any] | None" = None
+    pretrained: bool = False  # start from the spec's weights (else: random init of its architecture)
+    # data
+    data: list[str] = field(default_factory=list)  # readers' specs (CSV, shards, TFRecord, folders, fsspec)
+    data_weights: "list[float] | None" = None  # sampling weight per source
+    train_num_samples: "int | None" = None  # samples per epoch for streamed data
+    img_key: "str | None" = None
+    caption_key: "str | None" = None
+    separator: "str | None" = None
+    workers: int = 2
+    # optimisation
+    batch_size: int = 64  # global batch (split across processes)
+    epochs: int = 1
+    steps: "int | None" = None  # overrides epochs when set
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup: int = 100
+    schedule: str = "cosine"  # cosine | constant
+    layer_decay: "float | None" = None
+    grad_accum: int = 1
+    grad_clip: "float | None" = None
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    loss: str = "infonce"
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    logit_scale_init: float = 1 / 0.07
+    logit_scale_max: float = 100.0
+    lock_image: bool = False
+    lock_image_unlocked_layers: int = 0
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = 0
+    grad_checkpointing: bool = False
+    ema: "float | None" = None  # EMA decay of the weights, e.g. 0.999
+    wise_ft: "float | None" = None  # interpolate with the starting weights at the end: (1-a)*start + a*trained
+    compile: bool = False
+    seed: int = 0
+    # output
+    output: str = "runs/clipzoo"
+    save_every: "int | None" = None  # steps; a checkpoint is always written at the end
+    log_every: int = 10
+    eval_every: "int | None" = None
+    eval_data: "str | None" = None
+    eval_classnames: "str | None" = None
+    eval_templates: "str | None" = None
+    resume: "str | None" = None  # "latest" or a checkpoint path
+    tensorboard: bool = True
+    progress: bool = True
+    device: str = "auto"
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return from_mapping({**self.as_dict(), **changes})
+
+    def as_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def architecture(self) -> dict[str, Any]:
+        """What must stay the same to resume a run."""
+        return {"model": self.model, "model_config": self.model_config}
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _nearest(key: str) -> str:
+    if key in ALIASES:
+        return f"; did you mean {ALIASES[key]!r}?"
+    match = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.5)
+    return f"; did you mean {match[0]!r}?" if match else f"; valid keys: {', '.join(FIELDS)}"
+
+
+def check_keys(values: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+    """``values`` with ``-`` spelled ``_``; an unknown key raises, naming the nearest valid one."""
+    clean: dict[str, Any] = {}
+    for key, value in values.items():
+        k = str(key).replace("-", "_")
+        if k not in FIELDS:
+            raise ConfigError(f"{source}: unknown key {key!r}{_nearest(k)}")
+        clean[k] = value
+    return clean
+
+
+def from_mapping(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
+    """A config from a dict, checking every key and value."""
+    clean = check_keys(values, source)
+    if "betas" in clean and clean["betas"] is not None:
+        clean["betas"] = tuple(clean["betas"])
+    if isinstance(clean.get("data"), str):
+        clean["data"] = [clean["data"]]
+    cfg = TrainConfig(**clean)
+    _validate(cfg, source)
+    return cfg
+
+
+def _validate(cfg: TrainConfig, source: str) -> None:
+    checks = [
+        (cfg.batch_size >= 1, f"batch_size must be at least 1, got {cfg.batch_size}"),
+        (cfg.grad_accum >= 1, f"grad_accum must be at least 1, got {cfg.grad_accum}"),
+        (cfg.batch_size % cfg.grad_accum == 0, f"batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum}"),
+        (cfg.lr > 0, f"lr must be positive, got {cfg.lr}"),
+        (cfg.precision in ("fp32", "bf16", "fp16"), f"precision must be fp32, bf16 or fp16, got {cfg.precision!r}"),
+        (cfg.schedule in ("cosine", "constant"), f"schedule must be cosine or constant, got {cfg.schedule!r}"),
+        (cfg.steps is None or cfg.steps >= 1, f"steps must be at least 1, got {cfg.steps}"),
+        (cfg.epochs >= 1, f"epochs must be at least 1, got {cfg.epochs}"),
+        (cfg.ema is None or 0 < cfg.ema < 1, f"ema must be between 0 and 1, got {cfg.ema}"),
+        (cfg.wise_ft is None or 0 <= cfg.wise_ft <= 1, f"wise_ft must be between 0 and 1, got {cfg.wise_ft}"),
+        (cfg.layer_decay is None or 0 < cfg.layer_decay <= 1, f"layer_decay must be in (0, 1], got {cfg.layer_decay}"),
+        (cfg.data_weights is None or len(cfg.data_weights) == len(cfg.data),
+         f"data_weights has {len(cfg.data_weights or [])} entries for {len(cfg.data)} data sources"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{source}: {message}")
+
+
+def read_config_file(path: "str | os.PathLike") -> dict[str, Any]:
+    """A TOML, YAML or JSON file -> dict (a ``[train]`` table, if present, is used)."""
+    path = Path(path)
+    try:
+        text = path.read_text("utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {err.strerror or err}") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise ConfigError("YAML configs need PyYAML: pip install pyyaml (or write the config as TOML)") from None
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file {str(path)!r}: use .toml, .yaml or .json")
+    except ConfigError:
+        raise
+    except Exception as err:  # the parsers' own errors carry the line
+        raise ConfigError(f"config file {str(path)!r} cannot be parsed: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a table of keys")
+    return dict(data.get("train", data))
+
+
+def load_config(path: "str | os.PathLike | None" = None, overrides: "Mapping[str, Any] | None" = None,
+                base: "TrainConfig | None" = None) -> TrainConfig:
+    """base (e.g. a recipe) < config file < overrides (flags that were given)."""
+    values: dict[str, Any] = base.as_dict() if base is not None else {}
+    if path is not None:
+        values.update(check_keys(read_config_file(path), str(path)))
+    if overrides:
+        values.update({k: v for k, v in overrides.items() if v is not None})
+    return from_mapping(values, str(path) if path else "config")

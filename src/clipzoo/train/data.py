@@ -1,0 +1,222 @@
+"""Training batches: from data sets on disk or remote (the readers), or from generated shapes in memory.
+
+Both yield, for each step, this process's share of the global batch as ``(pixels, tokens)``, in an
+order fixed by ``(seed, epoch)``: resuming at step ``s`` replays exactly the batches an uninterrupted
+run would have seen, and ``N`` processes together see the batches one process would.
+
+- :class:`MemoryData`: images held as uint8 in memory (generated shapes): global batch ``b`` of epoch
+  ``e`` is ``perm(seed, e)[b·B:(b+1)·B]``, split by rank; each sample's caption is one of its phrasings,
+  drawn by the same seed.
+- :class:`StreamData`: records from :func:`clipzoo.datasets.readers.open_dataset` sources, shards
+  shuffled per epoch and split across ranks and DataLoader workers, decoded with the training
+  transform; unreadable images are skipped and counted (``strict``: raise). Several sources mix by
+  weight.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from ..errors import ClipzooError, DatasetError
+
+__all__ = ["MemoryData", "StreamData", "render_shapes"]
+
+
+# ------------------------------------------------------------------ generated shapes in memory
+def _render_range(args):
+    n0, n1, seed, size, two = args
+    from ..datasets.shapes import ShapesDataset
+
+    ds = ShapesDataset(n1, seed=seed, image_size=size, two_object_prob=two)
+    images, captions, labels = [], [], []
+    for i in range(n0, n1):
+        s = ds.render(i)
+        images.append(np.asarray(s.image, dtype=np.uint8))
+        captions.append(list(s.captions))
+        labels.append(dict(s.labels))
+    return np.stack(images), captions, labels
+
+
+def render_shapes(n: int, seed: int = 0, image_size: int = 64, two_object_prob: float = 0.25, workers: int = 2):
+    """``n`` generated samples as (uint8 images [n, S, S, 3], captions per sample, labels per sample)."""
+    chunks = [(i, min(n, i + 500), seed, image_size, two_object_prob) for i in range(0, n, 500)]
+    if workers > 1 and len(chunks) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_render_range, chunks)
+    else:
+        parts = [_render_range(c) for c in chunks]
+    return (np.concatenate([p[0] for p in parts]), [c for p in parts for c in p[1]], [l for p in parts for l in p[2]])
+
+
+class MemoryData:
+    """Images (uint8 NHWC) and their captions in memory; deterministic batches per (seed, epoch, step)."""
+
+    def __init__(self, images: np.ndarray, captions: Sequence[Sequence[str]], tokenizer: Callable,
+                 mean: Sequence[float], std: Sequence[float], image_size: "int | None" = None, seed: int = 0):
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.n = len(self.images)
+        if self.n == 0:
+            raise DatasetError("no training samples")
+        phrasings = max(len(c) for c in captions)
+        flat = [c[i % len(c)] for c in captions for i in range(phrasings)]
+        self.tokens = tokenizer(flat).reshape(self.n, phrasings, -1)
+        self.phrasings = phrasings
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.image_size = image_size
+        self.seed = seed
+        self.skipped = 0
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return self.n // batch_size
+
+    def batches(self, epoch: int, start: int, batch_size: int, rank: int = 0, world_size: int = 1
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+        perm = torch.randperm(self.n, generator=g)
+        choice = torch.randint(0, self.phrasings, (self.n,), generator=g)
+        per_rank = batch_size // world_size
+        for b in range(start, self.steps_per_epoch(batch_size)):
+            idx = perm[b * batch_size:(b + 1) * batch_size][rank * per_rank:(rank + 1) * per_rank]
+            x = self.images[idx].permute(0, 3, 1, 2).float().div_(255)
+            if self.image_size and x.shape[-1] != self.image_size:
+                x = torch.nn.functional.interpolate(x, size=self.image_size, mode="bilinear", antialias=True,
+                                                    align_corners=False)
+            x = (x - self.mean) / self.std
+            yield x, self.tokens[idx, choice[idx]]
+
+
+# ------------------------------------------------------------------ streamed from the readers
+class _TrainStream(IterableDataset):
+    def __init__(self, shards, transform, tokenizer, seed, epoch, rank, world_size, buffer, strict):
+        self.shards, self.transform, self.tokenizer = shards, transform, tokenizer
+        self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+        self.buffer, self.strict = buffer, strict
+
+    def __iter__(self):
+        from torch.utils.data import get_worker_info
+
+        from ..datasets.records import decode_image
+
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        order = list(range(len(self.shards)))
+        random.Random(self.seed * 7919 + self.epoch).shuffle(order)
+        slot, slots = self.rank * nw + wid, self.world_size * nw
+        mine = [order[i] for i in range(len(order)) if i % slots == slot]
+        rng = random.Random(f"{self.seed}-{self.epoch}-{slot}")
+        buf: list = []
+        for si in mine:
+            for rec in self.shards[si]():
+                if not rec.captions:
+                    continue
+                try:
+                    pixels = self.transform(decode_image(rec))
+                except ClipzooError as err:
+                    if self.strict:
+                        raise
+                    yield None, None, str(err)
+                    continue
+                caption = rec.captions[rng.randrange(len(rec.captions))]
+                buf.append((pixels, caption))
+                if len(buf) >= self.buffer:
+                    j = rng.randrange(len(buf))
+                    buf[j], buf[-1] = buf[-1], buf[j]
+                    p, c = buf.pop()
+                    yield p, c, None
+        rng.shuffle(buf)
+        for p, c in buf:
+            yield p, c, None
+
+
+@dataclass
+class StreamData:
+    """Training batches from reader sources (CSV, webdataset, TFRecord, folders; local or fsspec)."""
+
+    sources: list  # DataSource
+    transform: Callable
+    tokenizer: Callable
+    seed: int = 0
+    workers: int = 2
+    num_samples: "int | None" = None
+    weights: "list[float] | None" = None
+    strict: bool = False
+    shuffle_buffer: int = 1000
+    skipped: int = 0
+    skipped_examples: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.num_samples is None:
+            sizes = [s.size for s in self.sources]
+            if any(s is None for s in sizes):
+                raise DatasetError("streamed shards have no known size: set train_num_samples "
+                                   "(--train-num-samples) to define an epoch")
+            self.num_samples = int(sum(sizes))
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return self.num_samples // batch_size
+
+    def _collate(self, items):
+        good = [(p, c) for p, c, e in items if e is None]
+        errors = [e for p, c, e in items if e is not None]
+        if not good:
+            return None, None, errors
+        return torch.stack([p for p, _ in good]), self.tokenizer([c for _, c in good]), errors
+
+    def _source_iter(self, src, epoch, rank, world_size, per_rank):
+        from torch.utils.data import DataLoader
+
+        stream = _TrainStream(src.shards, self.transform, self.tokenizer, self.seed, epoch, rank, world_size,
+                              self.shuffle_buffer, self.strict)
+        workers = max(0, min(self.workers, len(src.shards) // max(1, world_size)))
+        loader = DataLoader(stream, batch_size=per_rank, num_workers=workers, collate_fn=self._collate)
+        return iter(loader)
+
+    def batches(self, epoch: int, start: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        per_rank = batch_size // world_size
+        iters = [self._source_iter(s, epoch, rank, world_size, per_rank) for s in self.sources]
+        weights = self.weights or [1.0] * len(self.sources)
+        pick = random.Random(f"mix-{self.seed}-{epoch}")
+        pending: list = []
+        step = 0
+        while step < self.steps_per_epoch(batch_size):
+            active = [i for i, it in enumerate(iters) if it is not None]
+            if not active:
+                break  # every source ran out: the epoch ends early
+            i = pick.choices(active, weights=[weights[j] for j in active])[0]
+            try:
+                pixels, tokens, errors = next(iters[i])
+            except StopIteration:
+                iters[i] = None
+                continue
+            if errors:
+                self.skipped += len(errors)
+                self.skipped_examples.extend(errors[: max(0, 5 - len(self.skipped_examples))])
+            if pixels is None:
+                continue
+            pending.append((pixels, tokens))
+            have = sum(len(p) for p, _ in pending)
+            if have < per_rank:
+                continue
+            x = torch.cat([p for p, _ in pending])
+            t = torch.cat([t for _, t in pending])
+            pending = [(x[per_rank:], t[per_rank:])] if have > per_rank else []
+            if step >= start:
+                yield x[:per_rank], t[:per_rank]
+            step += 1
+
+
+def open_sources(specs: Sequence[str], img_key=None, caption_key=None, separator=None) -> list:
+    from ..datasets.readers import open_dataset
+
+    if not specs:
+        raise DatasetError("no training data: pass --data (a CSV, shards, TFRecord files or a folder) or a recipe")
+    return [open_dataset(s, split="train", img_key=img_key, caption_key=caption_key, separator=separator)
+            for s in specs]

@@ -1,0 +1,411 @@
+"""The training loop: one process or many (torchrun), exact resume, atomic checkpoints.
+
+Per step: this rank's share of the global batch → features → the objective (features gathered
+across ranks by the loss itself) → backward → clip → AdamW → cosine schedule → logit-scale clamp →
+EMA. Gradient accumulation caches the features of every micro-batch first (as open_clip does), so a
+contrastive loss still sees the whole batch and the gradient equals the unaccumulated one.
+
+Checkpoints (``OUTPUT/checkpoints/step_000123.pt``, ``OUTPUT/checkpoints/latest``) hold the model,
+optimizer, schedule, scaler, EMA, objective state (queues, centres), RNG state and the data position,
+written to a temporary file and renamed. ``resume="latest"`` continues exactly where the run stopped.
+A NaN / inf loss stops the run naming the step; the last good checkpoint stays.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import ClipzooError
+from .config import ConfigError, TrainConfig
+from .model import TrainModel, build_model, param_groups, save_trained
+
+__all__ = ["train", "TrainResult", "TrainingError", "latest_checkpoint"]
+
+
+class TrainingError(ClipzooError):
+    """Training cannot go on: a non-finite loss, a checkpoint that does not fit."""
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    model_dir: Path
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    skipped_images: int = 0
+
+
+# ------------------------------------------------------------------ distributed
+def _dist_env() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    import torch.distributed as dist
+
+    rank, world, _ = _dist_env()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return rank, world
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", _dist_env()[2])
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+# ------------------------------------------------------------------ schedule, EMA
+def lr_lambda(warmup: int, total: int, schedule: str) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+class EMA:
+    """Exponential moving average of the floating-point weights."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        for k, v in module.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.detach(), 1 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        for k, v in sd.items():
+            self.shadow[k].copy_(v)
+
+
+# ------------------------------------------------------------------ checkpoints
+def latest_checkpoint(output: "str | os.PathLike") -> "Path | None":
+    ckpt = Path(output) / "checkpoints"
+    marker = ckpt / "latest"
+    if marker.exists():
+        path = ckpt / marker.read_text().strip()
+        if path.exists():
+            return path
+    found = sorted(ckpt.glob("step_*.pt"))
+    return found[-1] if found else None
+
+
+def _save_checkpoint(output: Path, state: dict[str, Any], step: int) -> Path:
+    ckpt = output / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    path = ckpt / f"step_{step:07d}.pt"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    marker_tmp = ckpt / f".latest.tmp-{os.getpid()}"
+    marker_tmp.write_text(path.name + "\n")
+    os.replace(marker_tmp, ckpt / "latest")
+    return path
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} (checkpoint) vs {b!r} (now)"]
+
+
+# ------------------------------------------------------------------ the comparator of the model in training
+def comparator_of(model: TrainModel, name: str = "training"):
+    from ..backends.open_clip import OpenClipComparator
+    from ..cards import ModelCard
+
+    card = ModelCard(architecture="clip", publisher="local", id=name, backend="open_clip")
+    return OpenClipComparator(card, model.module, transform=model.eval_transform, tokenizer=model.tokenizer,
+                              precision="fp32", model_name=None, model_config=model.model_cfg,
+                              preprocess_config=model.preprocess_cfg)
+
+
+# ------------------------------------------------------------------ the loop
+def _lock(module: torch.nn.Module, cfg: TrainConfig) -> None:
+    if cfg.lock_image:
+        module.lock_image_tower(unlocked_groups=cfg.lock_image_unlocked_layers, freeze_bn_stats=True)
+    if cfg.lock_text:
+        module.lock_text_tower(unlocked_layers=cfg.lock_text_unlocked_layers, freeze_layer_norm=True)
+
+
+def _features(module, images, tokens):
+    out = module(images, tokens)
+    if isinstance(out, dict):
+        return out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias")
+    return out[0], out[1], out[2], (out[3] if len(out) > 3 else None)
+
+
+def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
+          on_step: "Callable[[int, dict], None] | None" = None) -> TrainResult:
+    """Train as ``cfg`` says; ``data`` (a :class:`~clipzoo.train.data.MemoryData` / ``StreamData``) and
+    ``model`` default to what the config names. Returns where the trained model folder is."""
+    from .data import StreamData, open_sources
+    from .losses import build_loss
+
+    device = _device(cfg.device)
+    rank, world = _init_distributed(device)
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise ConfigError(f"batch_size {cfg.batch_size} must divide by processes × grad_accum = {world * cfg.grad_accum}")
+    torch.manual_seed(cfg.seed)
+    output = Path(cfg.output)
+    model = model or build_model(cfg)
+    module = model.module.to(device)
+    _lock(module, cfg)
+    if cfg.grad_checkpointing:
+        module.set_grad_checkpointing(True)
+    if hasattr(module, "output_dict"):
+        module.output_dict = True
+    from .recipes import parse_shapes_spec, shapes_data, write_heldout
+
+    if data is None and cfg.data and parse_shapes_spec(cfg.data[0]):
+        if len(cfg.data) > 1:
+            raise ConfigError("generated shapes (shapes:N) cannot be mixed with other data sources")
+        data = shapes_data(cfg.data[0], model, cfg.seed, cfg.workers)
+    if cfg.eval_data and cfg.eval_data.startswith("shapes-heldout:"):
+        size = model.preprocess_cfg["size"]
+        held = output / "heldout"
+        if rank == 0:
+            write_heldout(cfg.eval_data, held, size[0] if isinstance(size, (list, tuple)) else size)
+        cfg = cfg.replace(eval_data=str(held))
+    if data is None:
+        sources = open_sources(cfg.data, cfg.img_key, cfg.caption_key, cfg.separator)
+        data = StreamData(sources, model.train_transform, model.tokenizer, cfg.seed, cfg.workers,
+                          cfg.train_num_samples, cfg.data_weights)
+    steps_per_epoch = data.steps_per_epoch(cfg.batch_size)
+    if steps_per_epoch < 1:
+        raise ConfigError(f"the data holds fewer samples than one batch of {cfg.batch_size}")
+    total = cfg.steps or steps_per_epoch * cfg.epochs
+    start_weights = ({k: v.detach().clone() for k, v in module.state_dict().items()} if cfg.wise_ft is not None
+                     else None)
+
+    groups = param_groups(module, cfg.weight_decay, cfg.lr, cfg.layer_decay)
+    optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=cfg.lr,
+                                  betas=tuple(cfg.betas), eps=cfg.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup, total, cfg.schedule))
+    use_scaler = cfg.precision == "fp16" and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    loss_fn = build_loss(cfg.loss, **cfg.loss_options).to(device)
+    ema = EMA(module, cfg.ema) if cfg.ema else None
+
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if cfg.resume:
+        path = latest_checkpoint(output) if cfg.resume == "latest" else Path(cfg.resume)
+        if path is None or not path.exists():
+            raise TrainingError(f"nothing to resume: no checkpoint {'in ' + str(output / 'checkpoints') if cfg.resume == 'latest' else cfg.resume}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        diffs = _diff(state["architecture"], cfg.architecture())
+        if diffs:
+            raise ConfigError(f"cannot resume from {path}: the model differs — " + "; ".join(diffs[:5]))
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
+        if state.get("loss"):
+            loss_fn.load_state_dict(state["loss"])
+        if start_weights is not None and state.get("start_weights"):
+            start_weights = state["start_weights"]
+        torch.set_rng_state(state["rng"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+
+    train_module = module
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    writer = _tensorboard(output, cfg) if rank == 0 else None
+    result = TrainResult(output, output / "model", total)
+    last_ckpt = latest_checkpoint(output) if rank == 0 else None
+    micro = cfg.batch_size // world // cfg.grad_accum
+    t_last, seen = time.perf_counter(), 0
+    progress = _progress(total, step, cfg.progress and rank == 0)
+
+    def state_dict_now() -> dict[str, Any]:
+        return {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "model": module.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema else None,
+                "loss": loss_fn.state_dict(), "rng": torch.get_rng_state(), "config": cfg.as_dict(),
+                "architecture": cfg.architecture(), "start_weights": start_weights}
+
+    with progress as advance:
+        while step < total:
+            for images, tokens in data.batches(epoch, batch_in_epoch, cfg.batch_size, rank, world):
+                if step >= total:
+                    break
+                images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
+                loss_value, parts, scale = _step(train_module, loss_fn, images, tokens, micro, cfg.grad_accum,
+                                                 device, amp_dtype, scaler)
+                if world > 1:  # report the global loss: the mean of the ranks' losses
+                    loss_value = _mean_over_ranks(loss_value, device)
+                if not math.isfinite(loss_value):
+                    where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else ""
+                    raise TrainingError(f"the loss became {loss_value} at step {step + 1}: training stopped"
+                                        f"{where} (lower the lr, add --grad-clip, or use fp32)")
+                if cfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                with torch.no_grad():
+                    module.logit_scale.clamp_(0, math.log(cfg.logit_scale_max))
+                if ema is not None:
+                    ema.update(module)
+                step += 1
+                batch_in_epoch += 1
+                seen += images.shape[0] * world
+                advance(1)
+                record = {"step": step, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
+                          "logit_scale": scale, **parts}
+                if step % cfg.log_every == 0 or step == total:
+                    now = time.perf_counter()
+                    record["samples_per_s"] = seen / max(now - t_last, 1e-9)
+                    t_last, seen = now, 0
+                    result.history.append(record)
+                    if writer is not None:
+                        for k, v in record.items():
+                            if k != "step":
+                                writer.add_scalar(f"train/{k}", v, step)
+                if on_step is not None:
+                    on_step(step, record)
+                if rank == 0 and cfg.save_every and step % cfg.save_every == 0 and step < total:
+                    last_ckpt = _save_checkpoint(output, state_dict_now(), step)
+                if cfg.eval_every and cfg.eval_data and step % cfg.eval_every == 0 and rank == 0:
+                    result.evals.append(_evaluate(model, cfg, step, writer))
+                    module.train()
+            else:
+                epoch += 1
+                batch_in_epoch = 0
+                continue
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    result.skipped_images = getattr(data, "skipped", 0)
+    if rank == 0:
+        _save_checkpoint(output, state_dict_now(), step)
+        final = dict(ema.state_dict()) if ema is not None else None
+        weights = {k: v for k, v in module.state_dict().items()}
+        if final:
+            weights.update(final)
+        if start_weights is not None:
+            a = cfg.wise_ft
+            weights = {k: ((1 - a) * start_weights[k].to(v) + a * v) if v.is_floating_point() else v
+                       for k, v in weights.items()}
+        save_trained(model, result.model_dir, weights,
+                     {"config": cfg.as_dict(), "steps": step, "world_size": world,
+                      "history": result.history[-20:], "evals": result.evals})
+        if cfg.eval_data and (not result.evals or result.evals[-1]["step"] != step):
+            result.evals.append(_evaluate(model, cfg, step, writer))
+        if writer is not None:
+            writer.close()
+    return result
+
+
+def _step(module, loss_fn, images, tokens, micro: int, accum: int, device, amp_dtype, scaler):
+    """One optimisation step's forward/backward (with feature caching for accumulation)."""
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext())
+    module.train()
+    if accum == 1:
+        with autocast:
+            img, txt, scale, bias = _features(module, images, tokens)
+            out = loss_fn(img.float(), txt.float(), logit_scale=scale.float(),
+                          logit_bias=None if bias is None else bias.float())
+        scaler.scale(out["loss"]).backward()
+        return float(out["loss"].detach()), _parts(out), float(scale.detach())
+    chunks = list(zip(images.split(micro), tokens.split(micro)))
+    with torch.no_grad(), autocast:
+        cached = [_features(module, x, t)[:2] for x, t in chunks]
+    total = 0.0
+    for j, (x, t) in enumerate(chunks):
+        sync = contextlib.nullcontext() if (j == len(chunks) - 1 or not hasattr(module, "no_sync")) else module.no_sync()
+        with sync, autocast:
+            img, txt, scale, bias = _features(module, x, t)
+            all_img = torch.cat([c[0] for c in cached[:j]] + [img] + [c[0] for c in cached[j + 1:]]).float()
+            all_txt = torch.cat([c[1] for c in cached[:j]] + [txt] + [c[1] for c in cached[j + 1:]]).float()
+            if j:  # the logit scale / bias get their gradient once, not once per micro-batch
+                scale = scale.detach()
+                bias = None if bias is None else bias.detach()
+            out = loss_fn(all_img, all_txt, logit_scale=scale.float(), logit_bias=None if bias is None else bias.float())
+            scaler.scale(out["loss"]).backward()
+        total = float(out["loss"].detach())
+    return total, _parts(out), float(scale.detach())
+
+
+def _mean_over_ranks(value: float, device) -> float:
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+def _parts(out: dict) -> dict[str, float]:
+    return {f"loss/{k}": float(v.detach()) for k, v in out.items() if k != "loss" and torch.is_tensor(v) and v.ndim == 0}
+
+
+def _tensorboard(output: Path, cfg: TrainConfig):
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: scalars still go to the history
+        return None
+    return SummaryWriter(str(output / "tensorboard"))
+
+
+@contextlib.contextmanager
+def _progress(total: int, start: int, enabled: bool):
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task("train", total=total, completed=start)
+        yield lambda n: bar.advance(task, n)
+
+
+def _evaluate(model: TrainModel, cfg: TrainConfig, step: int, writer) -> dict[str, Any]:
+    from ..datasets.readers import open_dataset
+    from ..eval.runner import Evaluator
+
+    comparator = comparator_of(model, f"step {step}")
+    model.module.eval()
+    data = open_dataset(cfg.eval_data, classnames=cfg.eval_classnames, templates=cfg.eval_templates)
+    ev = Evaluator(comparator, workers=0, batch_size=256)
+    metrics = dict(ev.zeroshot(data).metrics) if data.classnames else {}
+    if writer is not None:
+        for k, v in metrics.items():
+            writer.add_scalar(f"eval/{k}", v, step)
+    return {"step": step, **metrics}

@@ -1,0 +1,131 @@
+"""Collective helpers shared by every objective: gathers with and without gradients, means, neighbour exchange.
+
+All helpers are no-ops when ``torch.distributed`` is unavailable or not initialised, so the objectives run
+unchanged in a single process. Every rank must pass tensors of the same shape (equal local batch sizes).
+
+Gradient semantics (open_clip's ``gather_features``):
+
+* :func:`all_gather_with_grad` — forward concatenates every rank's tensor; backward sums the incoming gradient
+  over ranks and hands each rank the slice of its own input. So after each rank calls ``loss_r.backward()``, the
+  gradient on rank r's local input is ``d(sum_q loss_q) / d x_r``.
+* :func:`all_gather_no_grad` — the gathered copy carries no gradient; ``gather_features(..., local_loss=False)``
+  puts the local tensor (with its gradient) back into its own slot, as open_clip does.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["is_distributed", "world_info", "all_gather_with_grad", "all_gather_no_grad", "gather_features",
+           "all_reduce_mean", "all_reduce_sum", "broadcast_", "neighbour_exchange_with_grad"]
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_info() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` outside an initialised process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _AllGatherGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        world = dist.get_world_size()
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        out = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0; gradients flow back to every rank's input."""
+    if not is_distributed():
+        return x
+    return _AllGatherGrad.apply(x)
+
+
+@torch.no_grad()
+def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0, without gradient."""
+    if not is_distributed():
+        return x.detach()
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.detach().contiguous())
+    return torch.cat(out, dim=0)
+
+
+def gather_features(image_features, text_features, *, local_loss=False, gather_with_grad=False):
+    """open_clip's ``gather_features`` (torch.distributed path): global image and text feature matrices.
+
+    ``gather_with_grad=True``: every slot carries gradient. Otherwise the gathered copies are detached and, when
+    ``local_loss=False``, this rank's own slot is replaced by its local (gradient-carrying) tensor.
+    """
+    if not is_distributed():
+        return image_features, text_features
+    if gather_with_grad:
+        return all_gather_with_grad(image_features), all_gather_with_grad(text_features)
+    rank, world = world_info()
+    out = []
+    for x in (image_features, text_features):
+        parts = list(all_gather_no_grad(x).chunk(world, dim=0))
+        if not local_loss:
+            parts[rank] = x
+        out.append(torch.cat(parts, dim=0))
+    return out[0], out[1]
+
+
+@torch.no_grad()
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().clone()
+    if is_distributed():
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+@torch.no_grad()
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over ranks (no gradient)."""
+    return all_reduce_sum(x) / world_info()[1]
+
+
+@torch.no_grad()
+def broadcast_(x: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """In-place broadcast from ``src`` (no-op in a single process)."""
+    if is_distributed():
+        dist.broadcast(x, src=src)
+    return x
+
+
+def _exchange(from_rank: int, to_rank: int, tensor: torch.Tensor) -> torch.Tensor:
+    recv = torch.empty_like(tensor)
+    ops = [dist.P2POp(dist.isend, tensor.contiguous(), to_rank), dist.P2POp(dist.irecv, recv, from_rank)]
+    for req in dist.batch_isend_irecv(ops):
+        req.wait()
+    return recv
+
+
+class _NeighbourExchange(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, from_rank, to_rank, tensor):
+        ctx.from_rank, ctx.to_rank = from_rank, to_rank
+        return _exchange(from_rank, to_rank, tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None, _NeighbourExchange.apply(ctx.to_rank, ctx.from_rank, grad.contiguous())
+
+
+def neighbour_exchange_with_grad(from_rank: int, to_rank: int, tensor: torch.Tensor) -> torch.Tensor:
+    """Send ``tensor`` to ``to_rank`` and receive one from ``from_rank``; the gradient travels back the other way
+    (open_clip's ``neighbour_exchange_with_grad``)."""
+    return _NeighbourExchange.apply(from_rank, to_rank, tensor)
