@@ -210,7 +210,11 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
     use_scaler = cfg.precision == "fp16" and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    loss_fn = build_loss(cfg.loss, **cfg.loss_options).to(device)
+    options = dict(cfg.loss_options)
+    if cfg.loss.lower() in ("infonce", "clip"):
+        # gradients through the gather: with DDP's averaging, N processes then give one process's gradient
+        options.setdefault("gather_with_grad", True)
+    loss_fn = build_loss(cfg.loss, **options).to(device)
     ema = EMA(module, cfg.ema) if cfg.ema else None
 
     step, epoch, batch_in_epoch = 0, 0, 0
