@@ -23,12 +23,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     "tiny-shapes": {
         "model_config": TINY_SHAPES_MODEL,
         "data": ["shapes:12000"],
-        "batch_size": 128,
-        "lr": 1e-3,
+        "batch_size": 256,  # shape needs the hard negatives of a big batch: 128 learns colour, not shape
+        "lr": 2e-3,
         "weight_decay": 0.1,
         "warmup": 50,
-        "steps": 650,
-        "eval_every": 200,
+        "steps": 500,
+        "eval_every": 100,
         "eval_data": "shapes-heldout:770",
         "log_every": 25,
         "output": "runs/tiny-shapes",
