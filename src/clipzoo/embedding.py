@@ -16,12 +16,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .errors import BadImageError, BadTextError, ClipzooError
+from .files import atomic_write
 from .inputs import IMAGE_SUFFIXES
 
 __all__ = ["Embeddings", "expand_image_paths", "read_texts", "ImageFiles", "image_loader", "embed_images",
@@ -259,21 +259,10 @@ def save_embeddings(embeddings: Embeddings, out: "str | os.PathLike") -> tuple[P
     if npy.parent and not npy.parent.exists():
         npy.parent.mkdir(parents=True, exist_ok=True)
     side = sidecar_path(npy)
-    _atomic_write(npy, lambda f: np.save(f, embeddings.features))
-    _atomic_write(side, lambda f: f.write(json.dumps(embeddings.metadata(), indent=1, ensure_ascii=False)
+    atomic_write(npy, lambda f: np.save(f, embeddings.features))
+    atomic_write(side, lambda f: f.write(json.dumps(embeddings.metadata(), indent=1, ensure_ascii=False)
                                           .encode("utf-8")))
     return npy, side
-
-
-def _atomic_write(path: Path, write: Callable) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_embeddings(path: "str | os.PathLike") -> Embeddings:

@@ -18,7 +18,7 @@ import torch
 from ..cards import IMAGE, TEXT, ModelCard, Source
 from ..comparator import Comparator
 from ..errors import BackendMissingError, BadTextError, CheckpointError, ClipzooError, UnsupportedError
-from ..inputs import is_float_tensor, text_items, too_long_error
+from ..inputs import is_float_tensor, text_items
 
 META_FILE = "clipzoo_onnx.json"
 _NP_DTYPES = {"int64": np.int64, "int32": np.int32, "float32": np.float32}
@@ -109,15 +109,9 @@ class OnnxComparator(Comparator):
             if self._lower_case:
                 texts = [t.lower() for t in texts]
             return tokenize_with(self.tokenizer, texts, self.context_length, truncate)
-        from .open_clip import token_count
+        from .open_clip import tokenize_checked
 
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if not truncate:
-            for text in texts:
-                n = token_count(self.tokenizer, text)
-                if n is not None and n > self.context_length:
-                    raise too_long_error(text, n, self.context_length)
-        return self.tokenizer(texts).long()
+        return tokenize_checked(self.tokenizer, texts, self.context_length, truncate).long()
 
     def logit_params(self):
         return self._scale, self._bias

@@ -78,18 +78,24 @@ class OpenClipComparator(Comparator):
         return self.model.encode_text(tokens, normalize=False)
 
     def tokenize(self, texts, truncate: bool = False) -> torch.Tensor:
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if not truncate:
-            for text in texts:
-                n = token_count(self.tokenizer, text)
-                if n is not None and n > self.context_length:
-                    raise too_long_error(text, n, self.context_length)
-        return self.tokenizer(texts)
+        return tokenize_checked(self.tokenizer, texts, self.context_length, truncate)
 
     def logit_params(self):
         scale = self.model.logit_scale.exp().reshape(())
         bias = getattr(self.model, "logit_bias", None)
         return scale, (None if bias is None else bias.reshape(()))
+
+
+def tokenize_checked(tokenizer, texts, context_length: int, truncate: bool = False) -> torch.Tensor:
+    """Token ids from an open_clip-style tokenizer; a text longer than the context raises
+    :class:`BadTextError` naming it unless ``truncate``."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not truncate:
+        for text in texts:
+            n = token_count(tokenizer, text)
+            if n is not None and n > context_length:
+                raise too_long_error(text, n, context_length)
+    return tokenizer(texts)
 
 
 def token_count(tokenizer, text: str) -> int | None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import EvalInputError
+from ..files import atomic_write
 
 __all__ = ["per_class_recall", "confusion_matrix", "plot_confusion_matrix", "plot_recall_at_k",
            "plot_per_class_accuracy"]
@@ -100,24 +100,10 @@ def _figure(width: float, height: float):
 
 def _save(fig, path: "str | os.PathLike") -> Path:
     """Write ``fig`` as PNG at ``path`` atomically, then release it."""
-    path = Path(path)
     try:
-        if path.parent != Path(""):
-            path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight"))
     finally:
         fig.clear()
-    return path
 
 
 def _label_size(n: int, base: float = 10.0, room: float = 300.0) -> float:

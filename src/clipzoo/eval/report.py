@@ -31,11 +31,11 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import EvalInputError
+from ..files import atomic_write
 from .results import flatten, is_missing, read_result
 
 __all__ = ["collect_results", "results_table", "write_csv", "csv_text", "markdown_table", "write_report",
@@ -161,21 +161,7 @@ def csv_text(records: Iterable[Mapping[str, Any]]) -> str:
 
 
 def _atomic_write_text(path: "str | os.PathLike", text: str) -> Path:
-    path = Path(path)
-    if path.parent != Path(""):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_csv(records: Iterable[Mapping[str, Any]], path: "str | os.PathLike") -> Path:
