@@ -5,7 +5,7 @@ import os
 from typing import Any
 
 from .backends import get_backend
-from .cards import ModelCard
+from .cards import ModelCard, Source
 from .checkpoints import sniff_folder
 from .download import hub_file
 from .errors import ModelNotCachedError
@@ -32,6 +32,10 @@ def load(spec: "str | ModelCard | os.PathLike", device: str = "cpu", precision: 
         return load_with_onnx_runtime(spec, device=str(device), precision=precision, cache_dir=cache_dir,
                                       trust_pickle=trust_pickle, **kwargs)
     card = REGISTRY.resolve(spec)
+    if card.config.get("embedded"):
+        from .catalog.embedded import materialise
+
+        card = card.replace(source=Source(path=str(materialise(card.config["embedded"], cache_dir))))
     card = resolve_backend(card, cache_dir)
     backend = get_backend(card.backend)
     comparator = backend.load(card, device=str(device), precision=precision, cache_dir=cache_dir,

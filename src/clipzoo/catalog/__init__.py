@@ -1,6 +1,7 @@
 """Built-in model cards.
 
-Two kinds of source:
+Three kinds of source:
+- the embedded default model(s) shipped in this package (``clipzoo/tiny-shapes``, see :mod:`.embedded`);
 - open_clip's own catalogue, read at run time from ``open_clip.list_pretrained()`` (never retyped);
 - curated TOML files beside this module (OpenAI's names, HF hub models), kept as data.
 """
@@ -97,4 +98,6 @@ def toml_cards(name: str) -> list[ModelCard]:
 
 
 def builtin_cards() -> list[ModelCard]:
-    return open_clip_cards() + toml_cards("openai.toml") + toml_cards("hf_hub.toml")
+    from .embedded import embedded_cards
+
+    return embedded_cards() + open_clip_cards() + toml_cards("openai.toml") + toml_cards("hf_hub.toml")

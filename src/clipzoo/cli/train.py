@@ -15,7 +15,7 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="A .toml / .yaml / .json config (flags override it)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="open_clip config name (random init) or a registry spec / checkpoint."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from the model's weights."),
-    data: Optional[List[str]] = typer.Option(None, "--data", "-d", help="Training data (repeatable): CSV, shards, TFRecord, folder, fsspec URL, or shapes:N."),
+    data: Optional[List[str]] = typer.Option(None, "--data", "-d", help="Training data (repeatable): CSV, shards, TFRecord, folder, fsspec URL, shapes:N or shapes-classes:N."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Run folder: checkpoints/, model/, tensorboard/."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (overrides --epochs)."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),

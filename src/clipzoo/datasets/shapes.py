@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import DatasetError
+from ..files import atomic_write
 
 __all__ = [
     "SHAPES", "COLORS", "SIZES", "POSITIONS", "LABEL_KEYS", "FORMATS", "DEFAULT_FORMATS", "TEMPLATES", "DatasetError",
@@ -363,10 +364,8 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 
 def _atomic_write(path: Path, data: "bytes | str") -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    atomic_write(path, lambda f: f.write(payload))
 
 
 def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -457,7 +456,8 @@ def write_shapes(
     elif out.is_dir() and any(out.iterdir()) and not overwrite:
         raise DatasetError(f"output folder {str(out)!r} is not empty: use a new folder or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob(".*.tmp-*"), *out.glob("*/.*.tmp-*"), *out.glob("images/*/.*.tmp-*")]:
+    stale_files = [pat for d in ("", "*/", "images/*/") for pat in (f"{d}.*.tmp-*", f"{d}*.part")]
+    for stale in [p for pat in stale_files for p in out.glob(pat)]:
         stale.unlink(missing_ok=True)  # left by a run that was killed mid-write
     _atomic_write(manifest_path, json.dumps({"params": params, "complete": False}, indent=2))
 
