@@ -181,9 +181,12 @@ def show_keys(keys: list[str], n: int = 6) -> str:
 
 def sniff_folder(path: "str | os.PathLike") -> str:
     """Which backend reads a folder: 'open_clip' (open_clip hub folder), 'sentence_transformers',
-    'transformers' (save_pretrained), 'onnx' (a clipzoo ONNX export), or 'clipzoo' (a folder clipzoo trained)."""
+    'transformers' (save_pretrained), 'onnx' (a clipzoo ONNX export), 'composite' (a compositional model
+    clipzoo trained: clipzoo_composite.json), or 'clipzoo' (a folder clipzoo trained)."""
     path = Path(path)
     names = {p.name for p in path.iterdir()}
+    if "clipzoo_composite.json" in names:
+        return "composite"
     if "clipzoo_onnx.json" in names or names & {"image.onnx", "text.onnx"}:
         return "onnx"
     if "clipzoo.json" in names:
@@ -196,7 +199,7 @@ def sniff_folder(path: "str | os.PathLike") -> str:
         return "transformers"
     raise CheckpointError(f"folder {path} is not a model folder clipzoo knows: expected open_clip_config.json "
                           "(open_clip hub), config.json (HF save_pretrained), modules.json "
-                          f"(sentence-transformers) or clipzoo_onnx.json (ONNX export); found {sorted(names)[:10]}")
+                          f"(sentence-transformers), clipzoo_onnx.json (ONNX export) or clipzoo_composite.json (composite model); found {sorted(names)[:10]}")
 
 
 def read_json(path: "str | os.PathLike") -> dict:

@@ -13,6 +13,7 @@ BACKENDS = {
     "transformers": ("clipzoo.backends.transformers", "transformers"),
     "sentence_transformers": ("clipzoo.backends.sentence_transformers", "sentence-transformers"),
     "onnx": ("clipzoo.backends.onnx", "onnxruntime"),
+    "composite": ("clipzoo.backends.composite", "torch"),
 }
 
 

@@ -31,6 +31,9 @@ class TrainConfig:
     model: "str | None" = None
     model_config: "dict[str, Any] | None" = None
     pretrained: bool = False  # start from the spec's weights (else: random init of its architecture)
+    towers: "dict[str, Any] | None" = None  # a compositional model: image / text towers + heads (train/towers.py)
+    adapters: "dict[str, Any] | None" = None  # peft adapters per tower: {"image": {"method": "lora", ...}}
+    teacher: "str | None" = None  # distil from this frozen model (any clipzoo.load spec or a trained folder)
     # data
     data: list[str] = field(default_factory=list)  # readers' specs (CSV, shards, TFRecord, folders, fsspec)
     data_weights: "list[float] | None" = None  # sampling weight per source
@@ -87,7 +90,8 @@ class TrainConfig:
 
     def architecture(self) -> dict[str, Any]:
         """What must stay the same to resume a run."""
-        return {"model": self.model, "model_config": self.model_config}
+        return {"model": self.model, "model_config": self.model_config, "towers": self.towers,
+                "adapters": self.adapters}
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -142,6 +146,19 @@ def _validate(cfg: TrainConfig, source: str) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{source}: {message}")
+    if cfg.towers is not None:
+        if cfg.model or cfg.model_config:
+            raise ConfigError(f"{source}: set either towers (a compositional model) or model / model_config, not both")
+        from .towers import check_towers
+
+        check_towers(cfg.towers)
+    if cfg.adapters:
+        from .adapters import check_adapters
+
+        check_adapters(cfg.adapters)
+    from .distill import check_teacher
+
+    check_teacher(cfg, source)
 
 
 def read_config_file(path: "str | os.PathLike") -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Training batches: from data sets on disk or remote (the readers), or from generated shapes in memory.
 
-Both yield, for each step, this process's share of the global batch as ``(pixels, tokens)``, in an
+Both yield, for each step, this process's share of the global batch as ``(pixels, tokens)`` (plus the
+captions tokenised for a distillation teacher, once ``set_teacher_tokenizer`` was called), in an
 order fixed by ``(seed, epoch)``: resuming at step ``s`` replays exactly the batches an uninterrupted
 run would have seen, and ``N`` processes together see the batches one process would.
 
@@ -68,17 +69,23 @@ class MemoryData:
         flat = [c[i % len(c)] for c in captions for i in range(phrasings)]
         self.tokens = tokenizer(flat).reshape(self.n, phrasings, -1)
         self.phrasings = phrasings
+        self._captions = flat
+        self.teacher_tokens: "torch.Tensor | None" = None
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         self.image_size = image_size
         self.seed = seed
         self.skipped = 0
 
+    def set_teacher_tokenizer(self, tokenizer: Callable) -> None:
+        """Also yield each caption tokenised for a distillation teacher (a third batch element)."""
+        self.teacher_tokens = tokenizer(self._captions).reshape(self.n, self.phrasings, -1)
+
     def steps_per_epoch(self, batch_size: int) -> int:
         return self.n // batch_size
 
     def batches(self, epoch: int, start: int, batch_size: int, rank: int = 0, world_size: int = 1
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                ) -> Iterator[tuple[torch.Tensor, ...]]:
         g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
         perm = torch.randperm(self.n, generator=g)
         choice = torch.randint(0, self.phrasings, (self.n,), generator=g)
@@ -90,7 +97,10 @@ class MemoryData:
                 x = torch.nn.functional.interpolate(x, size=self.image_size, mode="bilinear", antialias=True,
                                                     align_corners=False)
             x = (x - self.mean) / self.std
-            yield x, self.tokens[idx, choice[idx]]
+            if self.teacher_tokens is not None:
+                yield x, self.tokens[idx, choice[idx]], self.teacher_tokens[idx, choice[idx]]
+            else:
+                yield x, self.tokens[idx, choice[idx]]
 
 
 # ------------------------------------------------------------------ streamed from the readers
@@ -151,6 +161,7 @@ class StreamData:
     shuffle_buffer: int = 1000
     skipped: int = 0
     skipped_examples: list = field(default_factory=list)
+    teacher_tokenizer: "Callable | None" = None  # distillation: captions also tokenised for the teacher
 
     def __post_init__(self):
         if self.num_samples is None:
@@ -160,6 +171,10 @@ class StreamData:
                                    "(--train-num-samples) to define an epoch")
             self.num_samples = int(sum(sizes))
 
+    def set_teacher_tokenizer(self, tokenizer: Callable) -> None:
+        """Also yield each caption tokenised for a distillation teacher (a third batch element)."""
+        self.teacher_tokenizer = tokenizer
+
     def steps_per_epoch(self, batch_size: int) -> int:
         return self.num_samples // batch_size
 
@@ -168,7 +183,10 @@ class StreamData:
         errors = [e for p, c, e in items if e is not None]
         if not good:
             return None, None, errors
-        return torch.stack([p for p, _ in good]), self.tokenizer([c for _, c in good]), errors
+        tokens = self.tokenizer([c for _, c in good])
+        if self.teacher_tokenizer is not None:
+            tokens = (tokens, self.teacher_tokenizer([c for _, c in good]))
+        return torch.stack([p for p, _ in good]), tokens, errors
 
     def _source_iter(self, src, epoch, rank, world_size, per_rank):
         from torch.utils.data import DataLoader
@@ -201,15 +219,19 @@ class StreamData:
                 self.skipped_examples.extend(errors[: max(0, 5 - len(self.skipped_examples))])
             if pixels is None:
                 continue
-            pending.append((pixels, tokens))
-            have = sum(len(p) for p, _ in pending)
+            teacher_tokens = None
+            if isinstance(tokens, tuple):
+                tokens, teacher_tokens = tokens
+            pending.append((pixels, tokens, teacher_tokens))
+            have = sum(len(p[0]) for p in pending)
             if have < per_rank:
                 continue
-            x = torch.cat([p for p, _ in pending])
-            t = torch.cat([t for _, t in pending])
-            pending = [(x[per_rank:], t[per_rank:])] if have > per_rank else []
+            x = torch.cat([p[0] for p in pending])
+            t = torch.cat([p[1] for p in pending])
+            tt = torch.cat([p[2] for p in pending]) if teacher_tokens is not None else None
+            pending = [(x[per_rank:], t[per_rank:], None if tt is None else tt[per_rank:])] if have > per_rank else []
             if step >= start:
-                yield x[:per_rank], t[:per_rank]
+                yield (x[:per_rank], t[:per_rank]) if tt is None else (x[:per_rank], t[:per_rank], tt[:per_rank])
             step += 1
 
 

@@ -139,6 +139,11 @@ def comparator_of(model: TrainModel, name: str = "training"):
     from ..backends.open_clip import OpenClipComparator
     from ..cards import ModelCard
 
+    if model.kind == "composite":
+        from ..backends.composite import comparator_for
+
+        card = ModelCard(architecture="clip", publisher="local", id=name, backend="composite")
+        return comparator_for(card, model.module, model.tokenizer, model.preprocess_cfg)
     card = ModelCard(architecture="clip", publisher="local", id=name, backend="open_clip")
     return OpenClipComparator(card, model.module, transform=model.eval_transform, tokenizer=model.tokenizer,
                               precision="fp32", model_name=None, model_config=model.model_cfg,
@@ -161,16 +166,20 @@ def _features(module, images, tokens):
 
 
 def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
-          on_step: "Callable[[int, dict], None] | None" = None) -> TrainResult:
+          on_step: "Callable[[int, dict], None] | None" = None, teacher=None) -> TrainResult:
     """Train as ``cfg`` says; ``data`` (a :class:`~clipzoo.train.data.MemoryData` / ``StreamData``) and
-    ``model`` default to what the config names. Returns where the trained model folder is."""
+    ``model`` default to what the config names; ``teacher`` (a loaded Comparator) overrides ``cfg.teacher``.
+    Returns where the trained model folder is."""
     from .data import StreamData, open_sources
+    from .distill import attach_teacher, check_teacher, fill_loss_options, load_teacher, student_dim
     from .losses import build_loss
 
     device = _device(cfg.device)
     rank, world = _init_distributed(device)
     if cfg.batch_size % (world * cfg.grad_accum):
         raise ConfigError(f"batch_size {cfg.batch_size} must divide by processes × grad_accum = {world * cfg.grad_accum}")
+    if teacher is None:
+        check_teacher(cfg)
     torch.manual_seed(cfg.seed)
     output = Path(cfg.output)
     model = model or build_model(cfg)
@@ -184,7 +193,7 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
 
     if data is None and cfg.data and parse_shapes_spec(cfg.data[0]):
         if len(cfg.data) > 1:
-            raise ConfigError("generated shapes (shapes:N) cannot be mixed with other data sources")
+            raise ConfigError("generated shapes (shapes:N, shapes-classes:N) cannot be mixed with other data sources")
         data = shapes_data(cfg.data[0], model, cfg.seed, cfg.workers)
     if cfg.eval_data and cfg.eval_data.startswith("shapes-heldout:"):
         size = model.preprocess_cfg["size"]
@@ -196,6 +205,10 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
         sources = open_sources(cfg.data, cfg.img_key, cfg.caption_key, cfg.separator)
         data = StreamData(sources, model.train_transform, model.tokenizer, cfg.seed, cfg.workers,
                           cfg.train_num_samples, cfg.data_weights)
+    if teacher is not None or cfg.teacher:
+        teacher = load_teacher(teacher if teacher is not None else cfg.teacher, model.preprocess_cfg["mean"],
+                               model.preprocess_cfg["std"], device)
+        attach_teacher(data, teacher)
     steps_per_epoch = data.steps_per_epoch(cfg.batch_size)
     if steps_per_epoch < 1:
         raise ConfigError(f"the data holds fewer samples than one batch of {cfg.batch_size}")
@@ -214,6 +227,8 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
     if cfg.loss.lower() in ("infonce", "clip"):
         # gradients through the gather: with DDP's averaging, N processes then give one process's gradient
         options.setdefault("gather_with_grad", True)
+    options = fill_loss_options(cfg.loss, options, student_dim(module, model.model_cfg),
+                                teacher.embed_dim if teacher is not None else None)
     loss_fn = build_loss(cfg.loss, **options).to(device)
     ema = EMA(module, cfg.ema) if cfg.ema else None
 
@@ -260,12 +275,16 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
 
     with progress as advance:
         while step < total:
-            for images, tokens in data.batches(epoch, batch_in_epoch, cfg.batch_size, rank, world):
+            for batch in data.batches(epoch, batch_in_epoch, cfg.batch_size, rank, world):
                 if step >= total:
                     break
-                images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
+                images, tokens = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+                targets = {}
+                if teacher is not None:  # the frozen teacher's features of the same batch
+                    t_img, t_txt = teacher.features(images, batch[2] if len(batch) > 2 else None)
+                    targets = {"teacher_image_features": t_img, "teacher_text_features": t_txt}
                 loss_value, parts, scale = _step(train_module, loss_fn, images, tokens, micro, cfg.grad_accum,
-                                                 device, amp_dtype, scaler)
+                                                 device, amp_dtype, scaler, targets)
                 if world > 1:  # report the global loss: the mean of the ranks' losses
                     loss_value = _mean_over_ranks(loss_value, device)
                 if not math.isfinite(loss_value):
@@ -334,15 +353,17 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
     return result
 
 
-def _step(module, loss_fn, images, tokens, micro: int, accum: int, device, amp_dtype, scaler):
-    """One optimisation step's forward/backward (with feature caching for accumulation)."""
+def _step(module, loss_fn, images, tokens, micro: int, accum: int, device, amp_dtype, scaler, targets=None):
+    """One optimisation step's forward/backward (with feature caching for accumulation). ``targets``: teacher
+    features of the whole local batch, passed to the objective as they are."""
     autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext())
+    targets = targets or {}
     module.train()
     if accum == 1:
         with autocast:
             img, txt, scale, bias = _features(module, images, tokens)
             out = loss_fn(img.float(), txt.float(), logit_scale=scale.float(),
-                          logit_bias=None if bias is None else bias.float())
+                          logit_bias=None if bias is None else bias.float(), **targets)
         scaler.scale(out["loss"]).backward()
         return float(out["loss"].detach()), _parts(out), float(scale.detach())
     chunks = list(zip(images.split(micro), tokens.split(micro)))
@@ -358,7 +379,8 @@ def _step(module, loss_fn, images, tokens, micro: int, accum: int, device, amp_d
             if j:  # the logit scale / bias get their gradient once, not once per micro-batch
                 scale = scale.detach()
                 bias = None if bias is None else bias.detach()
-            out = loss_fn(all_img, all_txt, logit_scale=scale.float(), logit_bias=None if bias is None else bias.float())
+            out = loss_fn(all_img, all_txt, logit_scale=scale.float(), logit_bias=None if bias is None else bias.float(),
+                          **targets)
             scaler.scale(out["loss"]).backward()
         total = float(out["loss"].detach())
     return total, _parts(out), float(scale.detach())

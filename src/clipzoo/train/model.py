@@ -1,5 +1,6 @@
-"""The model being trained: built from an open_clip config or a registry spec, saved as a folder that
-``clipzoo.load`` (and open_clip's ``local-dir:``) loads back.
+"""The model being trained: built from an open_clip config, a registry spec or compositional ``towers``
+(train/towers.py), optionally with peft adapters (train/adapters.py), saved as a folder that ``clipzoo.load``
+(and, for open_clip models, open_clip's ``local-dir:``) loads back; adapters are merged into the saved weights.
 
 A trained folder is open_clip's hub layout — ``open_clip_config.json`` (model + preprocessing config),
 ``open_clip_model.safetensors`` — plus ``clipzoo_train.json`` (the training config and final step).
@@ -27,12 +28,14 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass
 class TrainModel:
-    module: torch.nn.Module  # an open_clip CLIP / CustomTextCLIP
-    model_cfg: dict[str, Any]
+    module: torch.nn.Module  # an open_clip CLIP / CustomTextCLIP, or a towers.CompositeCLIP
+    model_cfg: dict[str, Any]  # the open_clip model config, or the resolved towers spec
     preprocess_cfg: dict[str, Any]
     tokenizer: Callable  # texts -> LongTensor[N, context]
     train_transform: Callable
     eval_transform: Callable
+    kind: str = "open_clip"  # "open_clip" | "composite" (train/towers.py)
+    adapters: "dict[str, list[str]] | None" = None  # adapter parameter names per tower (train/adapters.py)
 
 
 def _tokenizer(model_cfg: dict[str, Any]):
@@ -62,6 +65,13 @@ def build_model(cfg: TrainConfig) -> TrainModel:
     import open_clip
 
     torch.manual_seed(cfg.seed)
+    if cfg.towers is not None:
+        from .towers import build_composite
+
+        module, tokenizer, preprocess, spec = build_composite(cfg.towers, logit_scale_init=cfg.logit_scale_init)
+        train_tf, eval_tf = _transforms(preprocess)
+        model = TrainModel(module, spec, preprocess, tokenizer, train_tf, eval_tf, kind="composite")
+        return _with_adapters(model, cfg)
     if cfg.model_config is not None:
         model_cfg = copy.deepcopy(cfg.model_config)
         module = _build(model_cfg)
@@ -88,7 +98,15 @@ def build_model(cfg: TrainConfig) -> TrainModel:
     if isinstance(preprocess.get("size"), int):
         preprocess["size"] = [preprocess["size"]] * 2
     train_tf, eval_tf = _transforms(preprocess)
-    return TrainModel(module, model_cfg, preprocess, _tokenizer(model_cfg), train_tf, eval_tf)
+    return _with_adapters(TrainModel(module, model_cfg, preprocess, _tokenizer(model_cfg), train_tf, eval_tf), cfg)
+
+
+def _with_adapters(model: TrainModel, cfg: TrainConfig) -> TrainModel:
+    if cfg.adapters:
+        from .adapters import apply_adapters
+
+        model.adapters = apply_adapters(model.module, cfg.adapters)
+    return model
 
 
 def _build(model_cfg: dict[str, Any]) -> torch.nn.Module:
@@ -160,7 +178,23 @@ def save_trained(model: TrainModel, folder: "str | os.PathLike", state_dict: "di
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    sd = state_dict if state_dict is not None else model.module.state_dict()
+    if model.kind == "composite" or model.adapters:
+        from .adapters import merged_copy
+
+        final = merged_copy(model.module, state_dict).cpu().float()
+        sd = final.state_dict()
+    else:
+        final = None
+        sd = state_dict if state_dict is not None else model.module.state_dict()
+    if model.kind == "composite":
+        from .towers import save_composite
+
+        save_composite(final, model.model_cfg, model.preprocess_cfg, model.tokenizer, tmp)
+        (tmp / "clipzoo_train.json").write_text(json.dumps(info or {}, indent=2, default=str) + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+        return folder
     sd = {k: v.detach().float().cpu().contiguous() for k, v in sd.items() if k != "attn_mask"}
     config = {"model_cfg": model.model_cfg, "preprocess_cfg": {k: v for k, v in model.preprocess_cfg.items()
                                                                if k != "aug_cfg"}}

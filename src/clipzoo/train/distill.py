@@ -1,0 +1,161 @@
+"""Distillation: a frozen teacher's features for the student's batch, fed to the objective.
+
+``TrainConfig.teacher`` is anything ``clipzoo.load`` takes (a registry spec, a hub id, a checkpoint or a
+trained folder). The teacher runs in eval mode under ``no_grad`` with its parameters frozen; it is never
+in the optimizer or the checkpoints.
+
+The teacher may see images at another size and normalisation, and may tokenise differently:
+
+- pixels: the student's batch is un-normalised (student mean / std), resized to the teacher's size (bicubic,
+  antialiased) and normalised with the teacher's mean / std — the same images, no second decode;
+- texts: the data re-tokenises each caption with the teacher's tokenizer (``MemoryData`` / ``StreamData``
+  carry teacher tokens as a third batch element once :func:`attach_teacher` was called).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .config import ConfigError
+
+__all__ = ["Teacher", "NEEDS_TEACHER", "check_teacher", "attach_teacher", "fill_loss_options"]
+
+#: objectives that cannot run without teacher features (vicreg / barlow-twins fall back to image–text pairs,
+#: protoclip groups texts by the teacher's text features only when given)
+NEEDS_TEACHER = ("simreg", "simreg-l1", "simreg-smoothl1", "rkd", "compress-1q", "compress-2q", "seed", "dino",
+                 "protocpc")
+
+
+def _loss_key(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def check_teacher(cfg, source: str = "config") -> None:
+    """A loss that distils needs ``teacher``."""
+    if _loss_key(cfg.loss) in NEEDS_TEACHER and not cfg.teacher:
+        raise ConfigError(f"{source}: loss {cfg.loss!r} distils from a teacher: set the `teacher` key "
+                          "(a registry spec or a trained model folder, e.g. teacher = \"runs/big/model\" in the config file)")
+
+
+def _normalize_of(comparator) -> "tuple[Sequence[float], Sequence[float]]":
+    """The mean / std the teacher's preprocessing normalises with."""
+    cfg = getattr(comparator, "preprocess_config", None)
+    if isinstance(cfg, dict) and cfg.get("mean") is not None:
+        return cfg["mean"], cfg["std"]
+    transform = getattr(comparator, "transform", None)
+    for t in getattr(transform, "transforms", []) or []:
+        if type(t).__name__ == "Normalize":
+            return t.mean, t.std
+    processor = getattr(transform, "processor", None) or getattr(comparator, "image_processor", None)
+    if processor is not None and getattr(processor, "image_mean", None) is not None:
+        return processor.image_mean, processor.image_std
+    from .model import OPENAI_MEAN, OPENAI_STD
+
+    return OPENAI_MEAN, OPENAI_STD
+
+
+class Teacher:
+    """A frozen Comparator that gives raw image / text features for a student batch."""
+
+    def __init__(self, comparator, student_mean: Sequence[float], student_std: Sequence[float],
+                 device: "torch.device | str" = "cpu", modalities: Sequence[str] = ("image", "text")):
+        self.comparator = comparator.to(device).eval()
+        for p in self.comparator.parameters():
+            p.requires_grad_(False)
+        self.device = torch.device(device)
+        self.modalities = tuple(m for m in modalities if m in comparator.modalities)
+        mean, std = _normalize_of(comparator)
+        self.s_mean = torch.tensor(list(student_mean), dtype=torch.float32).view(1, 3, 1, 1)
+        self.s_std = torch.tensor(list(student_std), dtype=torch.float32).view(1, 3, 1, 1)
+        self.t_mean = torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1)
+        self.t_std = torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1)
+        size = comparator.image_size
+        self.size = (size, size) if isinstance(size, int) else (tuple(size) if size else None)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.comparator.embed_dim)
+
+    def tokenize(self, texts: "list[str]") -> torch.Tensor:
+        return self.comparator.tokenize(list(texts), truncate=True)
+
+    def pixels(self, student_pixels: torch.Tensor) -> torch.Tensor:
+        """Student-preprocessed pixels -> the teacher's input (its size and normalisation)."""
+        x = student_pixels.float()
+        dev = x.device
+        x = x * self.s_std.to(dev) + self.s_mean.to(dev)
+        if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
+            x = F.interpolate(x, size=self.size, mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
+        return (x - self.t_mean.to(dev)) / self.t_std.to(dev)
+
+    @torch.no_grad()
+    def features(self, student_pixels: torch.Tensor, teacher_tokens: "torch.Tensor | None"
+                 ) -> "tuple[torch.Tensor | None, torch.Tensor | None]":
+        c = self.comparator
+        img = txt = None
+        if "image" in self.modalities:
+            img = c.encode_pixels(self.pixels(student_pixels).to(self.device, c.dtype)).float()
+        if "text" in self.modalities and teacher_tokens is not None:
+            txt = c.encode_tokens(teacher_tokens.to(self.device)).float()
+        return img, txt
+
+    def fingerprint(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.comparator.state_dict().items()}
+
+
+def load_teacher(spec: Any, student_mean, student_std, device) -> Teacher:
+    """``spec``: a loaded Comparator, a :class:`Teacher`, or anything ``clipzoo.load`` takes."""
+    if isinstance(spec, Teacher):
+        return spec
+    from ..comparator import Comparator
+
+    if isinstance(spec, Comparator):
+        comparator = spec
+    else:
+        from ..factory import load
+
+        comparator = load(str(spec), device=str(device))
+    return Teacher(comparator, student_mean, student_std, device)
+
+
+def attach_teacher(data, teacher: Teacher) -> None:
+    """Make ``data`` yield teacher tokens as the third element of every batch."""
+    attach = getattr(data, "set_teacher_tokenizer", None)
+    if attach is None:
+        raise ConfigError(f"distillation needs the captions re-tokenised for the teacher, but "
+                          f"{type(data).__name__} data cannot do that (use MemoryData or StreamData)")
+    attach(teacher.tokenize)
+
+
+def fill_loss_options(name: str, options: dict[str, Any], student_dim: "int | None", teacher_dim: "int | None"
+                      ) -> dict[str, Any]:
+    """Fill the widths a stateful objective needs (``dim``, ``student_dim``, ``teacher_dim``) when not given."""
+    from .losses import LOSSES
+
+    key = _loss_key(name)
+    cls = LOSSES.get("infonce" if key in ("clip", "clip-loss") else key)
+    if cls is None:
+        return options
+    params = inspect.signature(cls.__init__).parameters
+    out = dict(options)
+    if "student_dim" in params and student_dim:
+        out.setdefault("student_dim", student_dim)
+    if "teacher_dim" in params and teacher_dim:
+        out.setdefault("teacher_dim", teacher_dim)
+    if "dim" in params and "dim" not in out:
+        width = teacher_dim or student_dim
+        if width:
+            out["dim"] = width
+    return out
+
+
+def student_dim(module: torch.nn.Module, model_cfg: "dict | None") -> "int | None":
+    dim = getattr(module, "embed_dim", None)
+    if isinstance(dim, int):
+        return dim
+    if model_cfg and model_cfg.get("embed_dim"):
+        return int(model_cfg["embed_dim"])
+    return None
