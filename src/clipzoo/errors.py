@@ -62,3 +62,7 @@ class DatasetError(ClipzooError, ValueError):
 
 class EvalInputError(ClipzooError, ValueError):
     """Evaluation input that cannot be scored: empty, mismatched lengths, wrong shape."""
+
+
+class NotFoundError(ClipzooError, LookupError):
+    """Something asked for by id or name that does not exist (an index item, a partition)."""

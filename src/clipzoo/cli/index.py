@@ -1,0 +1,171 @@
+"""``clipzoo index build`` (a folder -> a search index), ``clipzoo search`` and ``clipzoo classify``."""
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ._common import (CacheDirOpt, DeviceOpt, JsonOpt, PrecisionOpt, TrustPickleOpt, console, fail, load_model, note,
+                      print_json, user_errors)
+
+index_app = typer.Typer(help="Build a search index over a folder of images.", no_args_is_help=True,
+                        rich_markup_mode=None)
+
+
+@user_errors
+def build(
+    folder: Path = typer.Argument(..., metavar="DIR", show_default=False,
+                                  help="Folder of images (jpg, png, webp, gif, bmp; recursive). First-level "
+                                       "subfolders become partitions; a same-name .txt is the caption."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", show_default=False,
+                                        help="Model spec (needed the first time; a rerun reuses the recorded one)."),
+    out: Path = typer.Option(..., "--out", "-o", show_default=False, help="Index folder to create or update."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images embedded per batch."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes [default: CPU count, at most 8; 0: decode in this process]."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with images/s on stderr."),
+    json_: JsonOpt = False,
+    shard_rows: int = typer.Option(4096, "--shard-rows", hidden=True, help="Rows per committed shard."),
+) -> None:
+    """Index the images under DIR with MODEL into the folder OUT (incremental: a rerun embeds only new or
+    changed files and drops deleted ones; safe to kill and rerun).
+
+    \b
+      clipzoo index build photos/ --model openai/ViT-B-32 --out photos.index
+    """
+    from clipzoo.index import build_index
+
+    if batch_size < 1:
+        fail(f"--batch-size must be at least 1, got {batch_size}")
+    if workers is not None and workers < 0:
+        fail(f"--workers must be 0 or more, got {workers}")
+    report = build_index(folder, out, model=model, batch_size=batch_size, workers=workers, progress=progress,
+                         shard_rows=max(1, shard_rows))
+    if json_:
+        print_json(report.to_dict())
+        return
+    recall = "" if report.recall_at_10 is None else f", recall@10 vs exact {report.recall_at_10:.3f}"
+    rate = f" at {report.images_per_s:.1f} images/s" if report.images_per_s else ""
+    note(f"indexed {report.total} images in {out}: {report.added} added, {report.updated} updated, "
+         f"{report.removed} removed, {report.unchanged} unchanged{rate}; {report.index_kind} index{recall} "
+         f"({report.seconds:.1f} s)")
+    if report.skipped:
+        note(f"skipped {len(report.skipped)} unreadable file(s):")
+        for path, reason in report.skipped[:20]:
+            note(f"  {path}: {' '.join(reason.split())}")
+        if len(report.skipped) > 20:
+            note(f"  … and {len(report.skipped) - 20} more")
+
+
+def _print_hits(hits, json_: bool, query: str) -> None:
+    if json_:
+        print_json({"query": query, "hits": [h.to_dict() for h in hits]})
+        return
+    if not hits:
+        note("no results")
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table()
+    for col, justify in (("#", "right"), ("score", "right"), ("id", "right"), ("path", "left"), ("caption", "left")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for rank, h in enumerate(hits, 1):
+        table.add_row(str(rank), f"{h.score:.4f}", str(h.id), escape(h.relpath), escape(h.caption or ""))
+    console().print(table)
+
+
+@user_errors
+def search(
+    index: Path = typer.Argument(..., metavar="INDEX", show_default=False, help="An index folder from `clipzoo index build`."),
+    query: Optional[str] = typer.Argument(None, metavar="TEXT", show_default=False, help="Text to search for."),
+    k: int = typer.Option(10, "-k", "--k", help="Number of results."),
+    image: Optional[Path] = typer.Option(None, "--image", "-i", show_default=False, help="Search by this image instead of text."),
+    partition: Optional[str] = typer.Option(None, "--partition", "-p", show_default=False, help="Search one partition (first-level subfolder) only."),
+    dedup: Optional[float] = typer.Option(None, "--dedup", show_default=False, help="Drop results whose cosine with a higher-ranked result is at least this (e.g. 0.95)."),
+    json_: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    trust_pickle: TrustPickleOpt = False,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Search an index by text (or by image with --image): the k most similar images, best first.
+
+    \b
+      clipzoo search photos.index "a dog on a beach" -k 5
+      clipzoo search photos.index --image query.jpg --dedup 0.95
+    """
+    from clipzoo.index import open_index
+
+    if (query is None) == (image is None):
+        fail("pass either a search TEXT or --image PATH (one of them)")
+    if k < 1:
+        fail(f"-k must be at least 1, got {k}")
+    if dedup is not None and not 0 < dedup <= 1:
+        fail(f"--dedup must be in (0, 1], got {dedup}")
+    idx = open_index(index)
+    if partition is not None and partition not in idx.partitions:
+        idx._part(partition)  # raises the error that lists the partitions
+    idx._model = load_model(idx.model_spec, device, precision, trust_pickle, None, cache_dir)
+    idx._check_model(idx._model)
+    if image is not None:
+        from clipzoo.inputs import open_image
+
+        hits = idx.search_image(open_image(image), k=k, partition=partition, dedup=dedup)
+    else:
+        hits = idx.search_text(query, k=k, partition=partition, dedup=dedup)
+    _print_hits(hits, json_, str(image) if image is not None else query)
+
+
+@user_errors
+def classify(
+    images: List[str] = typer.Argument(..., metavar="IMAGE...", show_default=False, help="Image files or folders."),
+    model: str = typer.Option(..., "--model", "-m", show_default=False, help="Model spec."),
+    labels: Path = typer.Option(..., "--labels", "-l", show_default=False,
+                                help="Vocabulary: a .txt (one label a line, # comments) or a .json list / {\"labels\": [...]}."),
+    template: str = typer.Option("a photo of a {}.", "--template", help="Prompt template; {} is the label."),
+    k: int = typer.Option(5, "-k", "--k", help="Labels shown per image."),
+    json_: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    trust_pickle: TrustPickleOpt = False,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Classify images over a vocabulary of labels: the top-k labels with probabilities (the vocabulary's
+    text embeddings are cached, so a large vocabulary is embedded once per model and template).
+
+    \b
+      clipzoo classify cat.jpg dog.png --model openai/ViT-B-32 --labels vocab.txt -k 3
+    """
+    from clipzoo.embedding import expand_image_paths
+    from clipzoo.index import classify_images, load_vocabulary
+    from clipzoo.index.classify import _check_template
+
+    if k < 1:
+        fail(f"-k must be at least 1, got {k}")
+    _check_template(template)
+    vocab = load_vocabulary(labels)
+    paths = expand_image_paths(images)
+    comparator = load_model(model, device, precision, trust_pickle, None, cache_dir)
+    results = classify_images(comparator, paths, vocab, template=template, k=k,
+                              cache_dir=None if cache_dir is None else Path(cache_dir) / "vocab")
+    if json_:
+        print_json({"model": comparator.card.alias, "template": template, "results": [
+            {"image": p, "labels": [{"label": lab, "probability": prob} for lab, prob in top]}
+            for p, top in zip(paths, results)]})
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("image", overflow="fold")
+    for i in range(min(k, len(vocab))):
+        table.add_column(f"#{i + 1}", overflow="fold")
+    for p, top in zip(paths, results):
+        table.add_row(escape(p), *(f"{escape(lab)} {prob:.3f}" for lab, prob in top))
+    console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    index_app.command("build")(build)
+    app.add_typer(index_app, name="index")
+    app.command("search")(search)
+    app.command("classify")(classify)

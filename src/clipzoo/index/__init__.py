@@ -1,0 +1,21 @@
+"""Search collections of images: a crash-safe embedding store, a FAISS index, queries, classification.
+
+::
+
+    from clipzoo.index import build_index, open_index, classify_images, load_vocabulary
+    report = build_index("photos/", "photos.index", model="openai/ViT-B-32", progress=True)
+    idx = open_index("photos.index")
+    for hit in idx.search_text("a dog on a beach", k=5):
+        print(hit.score, hit.path, hit.caption)
+
+Modules: :mod:`.store` (shards + SQLite), :mod:`.vectors` (FAISS factory, tuning, recall),
+:mod:`.build` (walk, decode, embed, incremental), :mod:`.search` (:class:`SearchIndex`),
+:mod:`.classify` (image -> text over a vocabulary). FAISS is imported only when an index is built or read.
+"""
+from __future__ import annotations
+
+from .build import BuildReport, build_index
+from .classify import classify_images, load_vocabulary
+from .search import Hit, SearchIndex, open_index
+
+__all__ = ["build_index", "open_index", "SearchIndex", "Hit", "BuildReport", "classify_images", "load_vocabulary"]

@@ -1,0 +1,184 @@
+"""Image -> text over a vocabulary: zero-shot classification with cached vocabulary embeddings.
+
+The vocabulary's prompt embeddings (``template.format(label)``) are computed once per (model weights,
+vocabulary, template) and kept as their own small FAISS index (exact inner product) with the labels in
+a JSON beside it, under ``cache_dir`` (default ``~/.cache/clipzoo/vocab``)::
+
+    from clipzoo.index import classify_images, load_vocabulary
+    labels = load_vocabulary("vocab.txt")
+    classify_images(model, ["cat.jpg"], labels, k=3)   # [[("cat", 0.91), ("dog", 0.05), ...]]
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import BadTextError, ClipzooError
+from ..files import atomic_write
+
+__all__ = ["load_vocabulary", "classify_images", "vocabulary_embeddings", "default_vocab_cache"]
+
+_MEMORY: dict[str, np.ndarray] = {}  # folder:key -> embeddings, this process
+
+
+def default_vocab_cache() -> Path:
+    from ..download import default_cache_dir
+
+    return default_cache_dir() / "vocab"
+
+
+def load_vocabulary(path: "str | os.PathLike") -> list[str]:
+    """Labels from a ``.txt`` (one a line; blank lines and ``#`` comments ignored) or a ``.json`` (a list
+    of strings, or ``{"labels": [...]}``)."""
+    path = Path(os.path.expanduser(os.fspath(path)))
+    fix = "pass a .txt with one label a line, or a .json list of labels"
+    if not path.exists():
+        raise ClipzooError(f"vocabulary {str(path)!r} does not exist; {fix}")
+    if path.is_dir():
+        raise ClipzooError(f"vocabulary {str(path)!r} is a folder; {fix}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ClipzooError(f"vocabulary {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                           "save it as UTF-8") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ClipzooError(f"vocabulary {str(path)!r} is not valid JSON ({exc}); {fix}") from None
+        if isinstance(data, dict):
+            if "labels" not in data:
+                raise ClipzooError(f"vocabulary {str(path)!r} is a JSON object without \"labels\"; "
+                                   "write {\"labels\": [\"cat\", \"dog\"]} or a plain list")
+            data = data["labels"]
+        if not isinstance(data, list):
+            raise ClipzooError(f"vocabulary {str(path)!r} must hold a JSON list of strings, not a "
+                               f"{type(data).__name__}")
+        for i, label in enumerate(data):
+            if not isinstance(label, str):
+                raise ClipzooError(f"vocabulary {str(path)!r}: entry {i} is a {type(label).__name__}, not a string")
+        labels = [s.strip() for s in data if s.strip()]
+    elif path.suffix.lower() in (".txt", ""):
+        labels = [line.strip() for line in text.splitlines()]
+        labels = [s for s in labels if s and not s.startswith("#")]
+    else:
+        raise ClipzooError(f"vocabulary {str(path)!r} has an unknown extension {path.suffix!r}; {fix}")
+    if not labels:
+        raise ClipzooError(f"vocabulary {str(path)!r} holds no labels; {fix}")
+    seen: set[str] = set()
+    dupes = [s for s in labels if s in seen or seen.add(s)]  # type: ignore[func-returns-value]
+    if dupes:
+        raise ClipzooError(f"vocabulary {str(path)!r} lists {dupes[0]!r} more than once; keep each label once")
+    return labels
+
+
+def _check_template(template: str) -> str:
+    if not isinstance(template, str) or "{}" not in template:
+        raise ClipzooError(f"prompt template {template!r} has no '{{}}' where the label goes; "
+                           "e.g. 'a photo of a {}.'")
+    try:
+        template.format("x")
+    except (IndexError, KeyError, ValueError) as exc:
+        raise ClipzooError(f"prompt template {template!r} is not a valid format string ({exc}); use exactly "
+                           "one '{}' (double other braces: '{{' '}}')") from None
+    return template
+
+
+def _fingerprint(model: Any) -> str:
+    """A hash of the model's card and a sample of its weights (two local files at one path differ)."""
+    cached = getattr(model, "_clipzoo_fingerprint", None)
+    if cached:
+        return cached
+    h = hashlib.sha256(model.card.alias.encode("utf-8"))
+    params = list(model.parameters())
+    for p in params[:2] + params[-2:]:
+        h.update(p.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+    digest = h.hexdigest()
+    try:
+        object.__setattr__(model, "_clipzoo_fingerprint", digest)
+    except Exception:  # noqa: BLE001 - a model that refuses attributes is hashed each time
+        pass
+    return digest
+
+
+def vocabulary_embeddings(model: Any, labels: Sequence[str], template: str = "a photo of a {}.",
+                          cache_dir: "str | os.PathLike | None" = None) -> np.ndarray:
+    """Normalised prompt embeddings [L, D] of ``labels``, read from / written to the vocabulary cache."""
+    import faiss
+
+    template = _check_template(template)
+    labels = list(labels)
+    if not labels:
+        raise BadTextError("the vocabulary is empty; give at least one label")
+    key = hashlib.sha256(json.dumps([_fingerprint(model), template, labels], ensure_ascii=False)
+                         .encode("utf-8")).hexdigest()[:32]
+    folder = Path(cache_dir) if cache_dir is not None else default_vocab_cache()
+    mem_key = f"{folder}:{key}"
+    if mem_key in _MEMORY:
+        return _MEMORY[mem_key]
+    index_path, labels_path = folder / f"{key}.faiss", folder / f"{key}.json"
+    x = None
+    if index_path.is_file() and labels_path.is_file():
+        try:
+            index = faiss.read_index(str(index_path))
+            stored = json.loads(labels_path.read_text("utf-8"))
+            if stored.get("labels") == labels and index.ntotal == len(labels):
+                x = index.reconstruct_n(0, index.ntotal)
+        except (RuntimeError, OSError, ValueError):
+            x = None  # a damaged cache entry is recomputed
+    if x is None:
+        from ..comparator import format_template
+
+        prompts = [format_template(template, label) for label in labels]
+        x = model.encode_text(prompts, truncate=True).float().cpu().numpy()
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(np.ascontiguousarray(x, dtype=np.float32))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(labels_path, lambda f: f.write(json.dumps(
+                {"model": model.card.alias, "template": template, "labels": labels}, ensure_ascii=False)
+                .encode("utf-8")))
+            atomic_write(index_path, lambda f: f.write(faiss.serialize_index(index).tobytes()))
+        except OSError:
+            pass  # a read-only cache only costs recomputation
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    _MEMORY[mem_key] = x
+    return x
+
+
+def classify_images(model: Any, images: Any, labels: Sequence[str], template: str = "a photo of a {}.", k: int = 5,
+                    cache_dir: "str | os.PathLike | None" = None) -> list[list[tuple[str, float]]]:
+    """Top-``k`` ``(label, probability)`` per image over ``labels`` (softmax, or sigmoid for SigLIP models).
+
+    ``images``: one or a list of paths, PIL images or encoded bytes; ``model``: a Comparator or a spec.
+    """
+    import torch
+
+    from .search import image_from_bytes
+
+    if isinstance(model, (str, os.PathLike)):
+        import clipzoo
+
+        model = clipzoo.load(os.fspath(model))
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise ClipzooError(f"k must be a positive integer, got {k!r}") from None
+    if k < 1:
+        raise ClipzooError(f"k must be at least 1, got {k}")
+    labels = list(labels)
+    if isinstance(images, (str, os.PathLike, bytes, bytearray)) or hasattr(images, "getpixel"):
+        images = [images]
+    images = [image_from_bytes(bytes(im), f"image {i}") if isinstance(im, (bytes, bytearray, memoryview)) else
+              (os.fspath(im) if isinstance(im, os.PathLike) else im) for i, im in enumerate(images)]
+    weights = torch.from_numpy(vocabulary_embeddings(model, labels, template, cache_dir))
+    feats = model.encode_image(images)
+    with torch.no_grad():
+        probs = model.probabilities(model.similarity(feats, weights)).float().cpu()
+    top = probs.topk(min(k, len(labels)), dim=-1)
+    return [[(labels[int(j)], float(p)) for p, j in zip(vals, idx)] for vals, idx in zip(top.values, top.indices)]

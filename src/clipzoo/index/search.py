@@ -1,0 +1,283 @@
+"""``open_index`` -> :class:`SearchIndex`: text, image and vector queries over a built index.
+
+Scores are cosine similarities (normalised embeddings, inner-product FAISS index). A partition
+(first-level subfolder) is searched through its own FAISS index; no partition searches all items.
+``dedup=t`` drops a result whose embedding has cosine ≥ t with a higher-ranked kept result.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BadImageError, ClipzooError, NotFoundError
+from .build import VECTORS_DIR, VECTORS_META
+from .store import EmbeddingStore
+from .vectors import VectorIndex, load_vectors, normalize
+
+__all__ = ["Hit", "SearchIndex", "open_index", "image_from_bytes"]
+
+
+@dataclass
+class Hit:
+    """One search result: the item id, its cosine score, where the file is, its caption and partition."""
+
+    id: int
+    score: float
+    path: str
+    relpath: str
+    caption: str | None
+    partition: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def image_from_bytes(data: bytes, name: str = "uploaded image"):
+    """Encoded image bytes -> RGB PIL image; :class:`BadImageError` for empty, corrupt or bomb images."""
+    from PIL import Image
+
+    if not data:
+        raise BadImageError(f"{name} is empty (0 bytes); send an encoded image (jpg, png, webp, gif, bmp)")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except Exception as exc:  # noqa: BLE001 - every decoder failure is the input's fault
+        raise BadImageError(f"{name} cannot be decoded ({type(exc).__name__}: {exc}); send a valid jpg, png, "
+                            "webp, gif or bmp image") from None
+
+
+def _stale_hint(store: EmbeddingStore) -> str:
+    root = store.get_meta("root") or "DIR"
+    spec = store.get_meta("model_spec") or "MODEL"
+    return f"run `clipzoo index build {root} --model {spec} --out {store.path}` to rebuild it"
+
+
+class SearchIndex:
+    """A built index opened for queries. Thread-safe for concurrent searches."""
+
+    def __init__(self, store: EmbeddingStore, record: dict[str, Any], model: Any = None, mmap: bool = True):
+        self.store = store
+        self.path = store.path
+        self._record = record
+        self._mmap = mmap
+        self._vdir = store.path / VECTORS_DIR
+        self._model = model
+        self._lock = threading.Lock()
+        self._parts: dict[str | None, VectorIndex] = {}
+        self.model_spec: str = store.get_meta("model_spec") or ""
+        self.model_alias: str = store.get_meta("model_alias") or ""
+        self.root = Path(store.get_meta("root") or ".")
+        self.dim = int(record.get("dim") or store.dim or 0)
+        self._parts[None] = self._load_part(record["all"])
+        self.count = int(record["count"])
+        self.partitions: list[str] = sorted(record.get("partitions", {}))
+        if model is not None:
+            self._check_model(model)
+
+    # ------------------------------------------------------------------ parts
+    def _load_part(self, info: dict[str, Any]) -> VectorIndex:
+        path = self._vdir / info["file"]
+        if not path.is_file():
+            raise ClipzooError(f"index file {str(path)!r} is missing; {_stale_hint(self.store)}")
+        try:
+            return load_vectors(path, info, mmap=self._mmap)
+        except ClipzooError as exc:
+            raise ClipzooError(f"{exc}; {_stale_hint(self.store)}") from None
+        except Exception as exc:  # noqa: BLE001 - FAISS raises RuntimeError for any unreadable file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ClipzooError(f"index file {str(path)!r} is corrupt ({first}); {_stale_hint(self.store)}") from None
+
+    def _part(self, partition: str | None) -> VectorIndex:
+        if partition is None:
+            return self._parts[None]
+        if partition not in self._record.get("partitions", {}):
+            listed = ", ".join(self.partitions) if self.partitions else "(none: the folder has no subfolders)"
+            raise NotFoundError(f"unknown partition {partition!r}; partitions of this index: {listed}")
+        with self._lock:
+            part = self._parts.get(partition)
+            if part is None:
+                part = self._parts[partition] = self._load_part(self._record["partitions"][partition])
+        return part
+
+    @property
+    def index_kind(self) -> str:
+        return self._parts[None].kind
+
+    @property
+    def recall_at_10(self) -> float | None:
+        return self._parts[None].recall_at_10
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": str(self.path), "root": str(self.root), "model": self.model_spec, "count": self.count,
+                "dim": self.dim, "partitions": list(self.partitions), "vectors": self._parts[None].describe()}
+
+    # ------------------------------------------------------------------ model
+    @property
+    def model(self):
+        """The Comparator that embeds queries: the one given, or the recorded spec loaded once, lazily."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    import clipzoo
+
+                    self._model = clipzoo.load(self.model_spec)
+                    self._check_model(self._model)
+        return self._model
+
+    def _check_model(self, model: Any) -> None:
+        dim = getattr(model, "embed_dim", None)
+        if dim is not None and self.dim and int(dim) != self.dim:
+            raise ClipzooError(f"model {model.card.alias} gives {dim}-dim embeddings but index {str(self.path)!r} "
+                               f"holds {self.dim}-dim ones (built with {self.model_spec}); use that model")
+
+    # ------------------------------------------------------------------ queries
+    def search_text(self, query: str, k: int = 10, partition: str | None = None,
+                    dedup: float | None = None) -> list["Hit"]:
+        if not isinstance(query, str) or not query.strip():
+            from ..errors import BadTextError
+
+            raise BadTextError("the search text is empty; pass some words to search for")
+        vec = self.model.encode_text([query], truncate=True)[0].float().cpu().numpy()
+        return self.search_embedding(vec, k, partition, dedup)
+
+    def search_image(self, image: Any, k: int = 10, partition: str | None = None,
+                     dedup: float | None = None) -> list["Hit"]:
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            image = image_from_bytes(bytes(image))
+        vec = self.model.encode_image([image])[0].float().cpu().numpy()
+        return self.search_embedding(vec, k, partition, dedup)
+
+    def search_embedding(self, vector: Any, k: int = 10, partition: str | None = None,
+                         dedup: float | None = None) -> list["Hit"]:
+        k = _check_k(k)
+        q = _as_query(vector, self.dim)
+        if dedup is not None and not (0.0 < float(dedup) <= 1.0):
+            raise ClipzooError(f"dedup threshold must be in (0, 1], got {dedup}")
+        part = self._part(partition)
+        fetch = k if dedup is None else min(max(4 * k, k + 32), max(part.count, 1))
+        while True:
+            scores, ids = part.search(q, fetch)
+            pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+            if dedup is None:
+                pairs = pairs[:k]
+                break
+            kept = self._dedup(pairs, float(dedup), k)
+            if len(kept) >= k or fetch >= part.count or len(pairs) < fetch:
+                pairs = kept
+                break
+            fetch = min(fetch * 4, part.count)
+        meta = self.store.items(i for i, _ in pairs)
+        hits = []
+        for item_id, score in pairs:
+            m = meta.get(item_id)
+            if m is None:  # an item removed since the vectors were built
+                continue
+            hits.append(Hit(item_id, score, str(self.root / m["relpath"]), m["relpath"], m["caption"],
+                            m["partition"]))
+        return hits
+
+    def _dedup(self, pairs: list[tuple[int, float]], threshold: float, k: int) -> list[tuple[int, float]]:
+        if not pairs:
+            return pairs
+        vecs = normalize(self.store.vectors([i for i, _ in pairs]))
+        kept: list[int] = []
+        for j in range(len(pairs)):
+            if kept and float(np.max(vecs[kept] @ vecs[j])) >= threshold:
+                continue
+            kept.append(j)
+            if len(kept) >= k:
+                break
+        return [pairs[j] for j in kept]
+
+    # ------------------------------------------------------------------ items
+    def item(self, item_id: int) -> dict[str, Any]:
+        """Metadata of one item: id, path (absolute), relpath, size, mtime, sha256, caption, partition."""
+        m = self.store.item(item_id)
+        return {"id": m["id"], "path": str(self.root / m["relpath"]), "relpath": m["relpath"], "size": m["size"],
+                "mtime": m["mtime"], "sha256": m["sha256"], "caption": m["caption"], "partition": m["partition"]}
+
+    def embedding(self, item_id: int) -> np.ndarray:
+        """The stored (normalised, float32) embedding of one item [D]."""
+        self.store.item(item_id)  # NotFoundError for unknown ids
+        return np.array(self.store.vectors([int(item_id)])[0], dtype=np.float32)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "SearchIndex":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"SearchIndex({str(self.path)!r}, count={self.count}, kind={self.index_kind}, "
+                f"model={self.model_spec!r})")
+
+
+def _check_k(k: Any) -> int:
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise ClipzooError(f"k must be a positive integer, got {k!r}") from None
+    if k < 1:
+        raise ClipzooError(f"k must be at least 1, got {k}")
+    return k
+
+
+def _as_query(vector: Any, dim: int) -> np.ndarray:
+    try:
+        if hasattr(vector, "detach"):
+            vector = vector.detach().float().cpu().numpy()
+        q = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ClipzooError("the query embedding must be a sequence of numbers") from None
+    if q.ndim == 2 and q.shape[0] == 1:
+        q = q[0]
+    if q.ndim != 1 or q.shape[0] != dim:
+        raise ClipzooError(f"the query embedding must be a vector of {dim} numbers, got shape {tuple(q.shape)}")
+    if not np.all(np.isfinite(q)):
+        raise ClipzooError("the query embedding holds NaN or infinite values")
+    if not np.any(q):
+        raise ClipzooError("the query embedding is all zeros")
+    return q[None]
+
+
+def open_index(path: "str | os.PathLike", model: Any = None, mmap: bool = True) -> SearchIndex:
+    """Open an index folder written by :func:`~clipzoo.index.build_index` for searching.
+
+    ``model``: None loads the recorded model spec on first text/image query; a Comparator may be given.
+    A missing or corrupt file, or vectors out of date with the store (a build that was interrupted),
+    raises :class:`~clipzoo.errors.ClipzooError` naming the file and the command that rebuilds it.
+    """
+    store = EmbeddingStore(path)
+    try:
+        meta_path = store.path / VECTORS_DIR / VECTORS_META
+        if not meta_path.is_file():
+            raise ClipzooError(f"index file {str(meta_path)!r} is missing (was the build interrupted?); "
+                               f"{_stale_hint(store)}")
+        try:
+            record = json.loads(meta_path.read_text("utf-8"))
+            record["all"]["file"], record["count"]  # noqa: B018 - shape check
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ClipzooError(f"index file {str(meta_path)!r} is corrupt ({type(exc).__name__}); "
+                               f"{_stale_hint(store)}") from None
+        if record.get("generation") != store.generation or record["count"] != store.count():
+            raise ClipzooError(f"the vectors of index {str(store.path)!r} are out of date with its items "
+                               f"(was the build interrupted?); {_stale_hint(store)}")
+        if isinstance(model, (str, os.PathLike)):
+            import clipzoo
+
+            model = clipzoo.load(os.fspath(model))
+        return SearchIndex(store, record, model=model, mmap=mmap)
+    except BaseException:
+        store.close()
+        raise
