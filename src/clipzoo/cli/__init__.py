@@ -14,7 +14,7 @@ import typer
 
 from .. import __version__
 
-COMMAND_MODULES = ("models", "embed", "compare", "data", "eval", "convert", "train")
+COMMAND_MODULES = ("models", "embed", "compare", "data", "eval", "convert", "train", "index", "serve")
 
 app = typer.Typer(
     name="clipzoo",

@@ -1,0 +1,128 @@
+"""``clipzoo serve INDEX``: the HTTP service and web page; ``clipzoo demo``: shapes -> index -> searches -> page."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import DeviceOpt, fail, note, resolve_device, user_errors
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@user_errors
+def serve(
+    index: Path = typer.Argument(..., metavar="INDEX", show_default=False,
+                                 help="An index folder built by `clipzoo index build`."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(5020, "--port", help="TCP port."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="CLIPZOO_TOKEN", show_default=False,
+                                        help="Require 'Authorization: Bearer TOKEN' on the API (or set "
+                                             "CLIPZOO_TOKEN). /health and the page itself stay open."),
+    labels: Optional[Path] = typer.Option(None, "--labels", show_default=False,
+                                          help="Vocabulary for /classify: a .txt (one label a line) or .json."),
+    template: str = typer.Option("a photo of a {}.", "--template", help="Prompt template for the labels."),
+    model: Optional[str] = typer.Option(None, "--model", show_default=False,
+                                        help="Model to embed queries with [default: the one the index was built with]."),
+    max_body_mb: float = typer.Option(16.0, "--max-body-mb", help="Largest request body (MiB); larger ones get 413."),
+    thumb_size: int = typer.Option(256, "--thumb-size", help="Longer side of thumbnails (pixels)."),
+    device: DeviceOpt = "cpu",
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: debug, info, warning, error."),
+) -> None:
+    """Serve INDEX over HTTP: search, classify, embed, rank, thumbnails, metrics, and a web page at /.
+
+    Examples:
+
+    \b
+      clipzoo serve photos.index
+      clipzoo serve photos.index --labels vocab.txt --port 8000
+      CLIPZOO_TOKEN=s3cret clipzoo serve photos.index --host 0.0.0.0
+    """
+    from clipzoo.serve import create_app, run
+
+    if not 0 < port < 65536:
+        fail(f"--port must be between 1 and 65535, got {port}")
+    if max_body_mb <= 0:
+        fail(f"--max-body-mb must be positive, got {max_body_mb}")
+    if thumb_size < 16 or thumb_size > 2048:
+        fail(f"--thumb-size must be between 16 and 2048, got {thumb_size}")
+    check_port(host, port)
+    if not index.exists():
+        fail(f"index {str(index)!r} does not exist; build one with "
+             f"`clipzoo index build FOLDER --model MODEL --out {index}`")
+    comparator = None
+    if model or device != "cpu":
+        import clipzoo
+
+        comparator = clipzoo.load(model or _recorded_spec(index), device=resolve_device(device))
+    note(f"loading {index} …")
+    app = create_app(index, labels=labels, token=token or None, max_body_bytes=int(max_body_mb * 2**20),
+                     thumb_size=thumb_size, template=template, model=comparator)
+    service = app.state.service
+    if host not in LOOPBACK and not token:
+        note(f"warning: serving on {host} without --token: anyone who can reach port {port} can query "
+             "the index and see its thumbnails")
+    note(f"serving {service.count} items ({service.model_name}) on http://{host}:{port}/ "
+         f"(API docs: /docs){' with a bearer token' if token else ''}")
+    run(app, host=host, port=port, log_level=log_level)
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail fast, in one line, when ``host:port`` cannot be listened on (before loading any model)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        fail(f"cannot resolve --host {host!r} ({exc})")
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port} ({exc.strerror or exc}); is another server using it? "
+                 "choose another --port")
+
+
+def _recorded_spec(index: Path) -> str:
+    from clipzoo.index import open_index
+
+    return open_index(index).model_spec
+
+
+@user_errors
+def demo(
+    serve_page: bool = typer.Option(True, "--serve/--no-serve", help="Serve the web page after printing (--no-serve: stop)."),
+    model: Optional[str] = typer.Option(None, "--model", show_default=False,
+                                        help="Model to index with [default: the embedded clipzoo/tiny-shapes]."),
+    n: int = typer.Option(300, "-n", "--count", help="How many shapes to generate."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on."),
+    port: int = typer.Option(5020, "--port", help="TCP port to serve on."),
+    folder: Optional[Path] = typer.Option(None, "--dir", show_default=False,
+                                          help="Where the shapes and index go [default: ~/.cache/clipzoo/demo]."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr."),
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Generate captioned shapes, index them, print searches and a classification, serve the page.
+
+    Runs offline with no downloads: the default model is embedded in clipzoo.
+
+    \b
+      clipzoo demo              # then open http://127.0.0.1:5020/
+      clipzoo demo --no-serve
+    """
+    from clipzoo.demo import run_demo
+
+    if not 0 < port < 65536:
+        fail(f"--port must be between 1 and 65535, got {port}")
+    if serve_page:
+        check_port(host, port)
+    run_demo(n=n, model=model, folder=folder, serve=serve_page, host=host, port=port,
+             device=resolve_device(device), echo=typer.echo, progress=progress)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("demo")(demo)

@@ -1,0 +1,150 @@
+"""Request and response bodies of the HTTP service (pydantic models; they make the OpenAPI docs)."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_K = 1000
+MAX_TEXT_CHARS = 2000
+MAX_LABELS = 2000
+MAX_EMBED_TEXTS = 256
+MAX_EMBED_IMAGES = 32
+MAX_RANK_TEXTS = 1000
+
+Base64Image = Field(description="An image file's bytes, base64-encoded (a `data:image/...;base64,` URL is accepted).",
+                    min_length=1)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchRequest(_Strict):
+    """Exactly one query: ``text``, ``image`` (base64), ``embedding`` or ``id`` (an indexed item: "more like this")."""
+
+    text: Optional[str] = Field(None, min_length=1, max_length=MAX_TEXT_CHARS, examples=["a red circle"])
+    image: Optional[str] = Field(None, min_length=1, description=Base64Image.description)
+    embedding: Optional[list[Annotated[float, Field(allow_inf_nan=False)]]] = Field(None, min_length=1, max_length=65536,
+                                             description="A query vector of the model's dimension.")
+    id: Optional[int] = Field(None, ge=0, description="Search by an indexed item's stored embedding.")
+    k: int = Field(10, ge=1, le=MAX_K, description="How many results.")
+    partition: Optional[str] = Field(None, min_length=1, description="Search only this partition (folder or label).")
+    dedup: Optional[float] = Field(None, gt=0.0, le=1.0, description=(
+        "Drop results whose cosine similarity to a better result is at least this (near-duplicates); "
+        "omit to keep all."))
+
+    @model_validator(mode="after")
+    def _one_query(self) -> "SearchRequest":
+        given = [name for name in ("text", "image", "embedding", "id") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of text, image, embedding or id"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+
+class HitOut(BaseModel):
+    id: int
+    score: float = Field(description="Cosine similarity to the query.")
+    relpath: Optional[str] = None
+    caption: Optional[str] = None
+    partition: Optional[str] = None
+    thumb: str = Field(description="URL of the hit's thumbnail.")
+
+
+class SearchResponse(BaseModel):
+    query: str = Field(description="What was searched: text, image, embedding or id.")
+    k: int
+    partition: Optional[str] = None
+    took_ms: float
+    hits: list[HitOut]
+
+
+class ClassifyRequest(_Strict):
+    image: str = Field(..., min_length=1, description=Base64Image.description)
+    labels: Optional[list[str]] = Field(None, min_length=1, max_length=MAX_LABELS, description=(
+        "Candidate labels; omit to use the server's vocabulary (`clipzoo serve --labels`)."))
+    template: Optional[str] = Field(None, max_length=500, description=(
+        "Prompt template with '{}' for the label; default 'a photo of a {}.'"))
+    k: int = Field(5, ge=1, le=MAX_LABELS)
+
+
+class LabelScore(BaseModel):
+    label: str
+    probability: float
+
+
+class ClassifyResponse(BaseModel):
+    labels: list[LabelScore]
+    vocabulary: str = Field(description="'server' or 'request'.")
+    took_ms: float
+
+
+class EmbedRequest(_Strict):
+    """Texts or images (base64), not both."""
+
+    texts: Optional[list[str]] = Field(None, min_length=1, max_length=MAX_EMBED_TEXTS)
+    images: Optional[list[str]] = Field(None, min_length=1, max_length=MAX_EMBED_IMAGES)
+    normalize: bool = True
+    truncate: bool = Field(False, description="Cut texts longer than the model's context instead of failing.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "EmbedRequest":
+        if (self.texts is None) == (self.images is None):
+            raise ValueError("give exactly one of texts or images")
+        return self
+
+
+class EmbedResponse(BaseModel):
+    modality: str
+    dim: int
+    model: str
+    embeddings: list[list[float]]
+
+
+class RankRequest(_Strict):
+    image: str = Field(..., min_length=1, description=Base64Image.description)
+    texts: list[str] = Field(..., min_length=1, max_length=MAX_RANK_TEXTS)
+    truncate: bool = False
+
+
+class RankedText(BaseModel):
+    text: str
+    index: int = Field(description="Position of the text in the request.")
+    logit: float = Field(description="The model's logit: scale * cosine (+ bias).")
+    probability: float = Field(description="Softmax over the texts (sigmoid for SigLIP-style models).")
+
+
+class RankResponse(BaseModel):
+    probability: str = Field(description="'softmax' or 'sigmoid'.")
+    ranking: list[RankedText]
+    took_ms: float
+
+
+class Item(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    relpath: Optional[str] = None
+    size: Optional[int] = None
+    mtime: Optional[float] = None
+    sha256: Optional[str] = None
+    caption: Optional[str] = None
+    partition: Optional[str] = None
+    thumb: str
+
+
+class Health(BaseModel):
+    status: str
+    items: int
+
+
+class Info(BaseModel):
+    model: str
+    embed_dim: int
+    items: int
+    partitions: list[str]
+    vocabulary: list[str] = Field(description="The server's classification labels (first 1000).")
+    vocabulary_size: int
+    auth: bool
+    limits: dict[str, Any]

@@ -1,0 +1,81 @@
+"""Shared by the service tests: one real index (generated shapes, tiny random model, ``build_index``),
+built once per test process, and small helpers. Imported by tests/test_serve_*.py."""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+N_IMAGES = 42  # six of each of the seven shapes
+_lock = threading.Lock()
+_built: "Built | None" = None
+
+
+@dataclass
+class Built:
+    root: Path
+    images: Path  # the indexed folder: images/<shape>/<key>.png + <key>.txt captions
+    index: Path  # the built index folder
+    model_dir: Path  # the tiny model's open_clip folder (the index records it as its model)
+    model: object  # the loaded Comparator
+    ids: list  # every item id in the index
+
+
+def built_index() -> Built:
+    """Generate shapes, write a tiny random model, build a real index with ``build_index``; once."""
+    global _built
+    with _lock:
+        if _built is None:
+            import clipzoo
+            from clipzoo.demo import make_shapes
+            from clipzoo.index import build_index
+            from clipzoo.testing.tiny import write_open_clip_hub_folder
+
+            root = Path(tempfile.mkdtemp(prefix="clipzoo-serve-"))
+            images = make_shapes(root / "shapes", N_IMAGES, image_size=32)
+            model_dir = write_open_clip_hub_folder(root / "tiny-model")
+            model = clipzoo.load(str(model_dir))
+            build_index(images, root / "index", model=model, workers=0)
+            from clipzoo.index import open_index
+
+            with open_index(root / "index", model=model) as idx:
+                ids = sorted(h.id for h in idx.search_text("a shape", k=N_IMAGES))
+            assert len(ids) == N_IMAGES
+            _built = Built(root, images, root / "index", model_dir, model, ids)
+        return _built
+
+
+@pytest.fixture(scope="module")
+def built():
+    return built_index()
+
+
+def png_bytes(size=(32, 32), color=(220, 30, 30), fmt="PNG") -> bytes:
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", size, (240, 240, 240))
+    ImageDraw.Draw(im).ellipse([size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4], fill=color)
+    buf = io.BytesIO()
+    im.save(buf, fmt)
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def artifacts_dir(tmp_path_factory) -> Path:
+    """Where tests keep screenshots: $CLIPZOO_ARTIFACTS, else tests/artifacts/ (gitignored)."""
+    root = os.environ.get("CLIPZOO_ARTIFACTS")
+    path = Path(root) if root else Path(__file__).parent / "artifacts"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        path = tmp_path_factory.mktemp("artifacts")
+    return path
