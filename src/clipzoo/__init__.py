@@ -11,7 +11,7 @@ from .registry import REGISTRY, Registry, list_models, register
 __version__ = "0.1.0"
 
 __all__ = ["REGISTRY", "Registry", "ModelCard", "Source", "ClipzooError", "IMAGE", "TEXT", "AUDIO",
-           "list_models", "register", "load", "Comparator", "__version__"]
+           "list_models", "register", "load", "Comparator", "Ensemble", "__version__"]
 
 
 def __getattr__(name: str):
@@ -19,6 +19,10 @@ def __getattr__(name: str):
         from .factory import load
 
         return load
+    if name == "Ensemble":
+        from .ensemble import Ensemble
+
+        return Ensemble
     if name == "Comparator":
         from .comparator import Comparator
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .cards import IMAGE, TEXT, ModelCard
+from .modalities import get_modality
 from .errors import UnsupportedError
 from .inputs import batched, check_pixel_tensor, image_items, is_float_tensor, map_images, text_items
 
@@ -62,7 +63,7 @@ class Comparator(torch.nn.Module):
         self.embed_dim = int(embed_dim)
         self.image_size = image_size
         self.context_length = context_length
-        self.modalities = tuple(modalities)
+        self.modalities = tuple(get_modality(m) for m in modalities)
         self.decode_workers = 0
         self.eval()
 
@@ -171,14 +172,46 @@ class Comparator(torch.nn.Module):
                                         normalize))
         return torch.cat(out)
 
-    def encode(self, modality: str, inputs: Any, **kwargs: Any) -> torch.Tensor:
-        """Generic entry point: ``encode("image", …)``, ``encode("text", …)``."""
-        modality = str(getattr(modality, "name", modality)).lower()
+    def encode(self, modality: str, inputs: Any, normalize: bool = True, **kwargs: Any) -> torch.Tensor:
+        """Generic entry point: ``encode(IMAGE, …)``, ``encode(TEXT, …)``, ``encode("audio", …)``.
+
+        ``modality`` is a :mod:`clipzoo.modalities` object or its name; the call goes to that
+        modality's encoder (``encode_image`` / ``encode_text`` / ``encode_audio``).
+        """
+        modality = get_modality(modality)
         self._require(modality)
-        method = getattr(self, f"encode_{modality}", None)
+        method = getattr(self, modality.encoder, None)
         if method is None:
             raise UnsupportedError(f"{self.card.alias} cannot encode {modality}")
-        return method(inputs, **kwargs)
+        return method(inputs, normalize=normalize, **kwargs)
+
+    # ------------------------------------------------------------ differentiable [0, 1] images
+    @property
+    def pixel_config(self):
+        """The eval preprocessing as data (size, mean, std, interpolation, resize mode): see
+        :func:`clipzoo.guidance.pixel_config`."""
+        from .guidance import pixel_config
+
+        return pixel_config(self)
+
+    def preprocess01(self, images01: torch.Tensor) -> torch.Tensor:
+        """[0, 1] float images (N, 3, H, W) of any size -> this model's normalised pixels, in torch
+        (resize, centre crop, normalise), so gradients flow back to ``images01``."""
+        from .guidance import preprocess01
+
+        self._require(IMAGE)
+        return preprocess01(images01, self.pixel_config)
+
+    def encode_image01(self, images01: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Features (N, D) of [0, 1] float images of any size, differentiably (the guidance path).
+
+        Unlike :meth:`encode_image` (where a float tensor means pixels already preprocessed for this
+        model), the tensor here holds plain RGB values in [0, 1]; the model's own preprocessing is done in
+        torch. Runs with autograd when ``images01`` requires grad.
+        """
+        x = self.preprocess01(images01)
+        with self._grad_context(images01):
+            return self._finish(self.encode_pixels(x.to(self.device, self.dtype)), normalize)
 
     # ------------------------------------------------------------ comparing
     def similarity(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:

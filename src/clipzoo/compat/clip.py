@@ -36,7 +36,7 @@ from typing import Any, Callable, List, Tuple, Union
 
 import torch
 
-from ..errors import BadTextError, UnknownModelError
+from ..errors import BadTextError, ClipzooError, UnknownModelError
 from .. import tokenizers as _openai_tokenizer
 from ._models import ClipModel, as_openai_module, input_resolution_of
 
@@ -88,6 +88,7 @@ def load(name: str, device: Union[str, torch.device] = "cuda" if torch.cuda.is_a
     ``download_root`` is the download cache folder (clipzoo's cache by default).
     """
     global _active_comparator
+    _refuse_ensemble(name)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     name = os.fspath(name) if isinstance(name, os.PathLike) else name
@@ -115,6 +116,19 @@ def load(name: str, device: Union[str, torch.device] = "cuda" if torch.cuda.is_a
     model.eval()
     _active_comparator = None if uses_openai_tokenizer(comparator) else comparator
     return model, comparator.transform
+
+
+def _refuse_ensemble(name: Any) -> None:
+    """openai's API is one model: an Ensemble (or several specs) has other compare semantics (a weighted
+    mean of per-model cosines, no single logit scale, token ids or input size), so it is refused."""
+    from ..ensemble import Ensemble
+
+    if isinstance(name, Ensemble) or isinstance(name, (list, tuple, set, dict)):
+        what = "an Ensemble" if isinstance(name, Ensemble) else f"a {type(name).__name__} of models"
+        raise ClipzooError(f"clip.load cannot load {what}: openai's clip API is one model with one tokenizer, "
+                           "input size and logit scale, while an ensemble scores with a weighted mean of each "
+                           "model's cosine similarities; use clipzoo.Ensemble(...).compare / .predict / .loss "
+                           "directly, or clip.load one model")
 
 
 def uses_openai_tokenizer(comparator) -> bool:
