@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..embedding import ImageFiles
 from ..errors import ClipzooError
 from ..files import atomic_write
 from .store import EmbeddingStore, ItemRow
@@ -130,19 +131,12 @@ def _sha256_file(path: Path) -> str:
 
 
 # ------------------------------------------------------------------ the decoding dataset
-class IndexFiles:
+class IndexFiles(ImageFiles):
     """Map-style dataset: file -> ``(index, pixels|None, error|None, sha256, size, mtime_ns)``.
 
     The bytes are read once: hashed and decoded from the same buffer, so the stored hash always
     describes the pixels that were embedded.
     """
-
-    def __init__(self, paths: Sequence[str], transform: Callable):
-        self.paths = list(paths)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
 
     def __getitem__(self, index: int):
         from PIL import Image

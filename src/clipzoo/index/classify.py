@@ -159,18 +159,13 @@ def classify_images(model: Any, images: Any, labels: Sequence[str], template: st
     """
     import torch
 
-    from .search import image_from_bytes
+    from .search import _check_k, image_from_bytes
 
     if isinstance(model, (str, os.PathLike)):
         import clipzoo
 
         model = clipzoo.load(os.fspath(model))
-    try:
-        k = int(k)
-    except (TypeError, ValueError):
-        raise ClipzooError(f"k must be a positive integer, got {k!r}") from None
-    if k < 1:
-        raise ClipzooError(f"k must be at least 1, got {k}")
+    k = _check_k(k)
     labels = list(labels)
     if isinstance(images, (str, os.PathLike, bytes, bytearray)) or hasattr(images, "getpixel"):
         images = [images]
