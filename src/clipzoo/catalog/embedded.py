@@ -22,7 +22,7 @@ import os
 import shutil
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from ..cards import ModelCard, Source
 
@@ -136,12 +136,13 @@ def _train_into(name: str, folder: Path) -> Path:
     return folder
 
 
-def pack(trained_folder: "str | os.PathLike", name: str = "tiny-shapes", token_ids=None,
+def pack(trained_folder: "str | os.PathLike", name: str, token_ids: "Iterable[int]",
          out_dir: "str | os.PathLike | None" = None, extra: "dict[str, Any] | None" = None) -> tuple[Path, Path]:
     """Pack a trained open_clip folder as the embedded model ``name`` (see the module docstring).
 
-    ``token_ids``: the token ids the training captions used (default: every row that moved away from
-    zero-mean random init cannot be told apart from one that did not, so pass them).
+    ``token_ids``: the token ids the training captions (and the zero-shot prompts) use: the rows kept.
+    A row's values cannot tell whether training touched it, so the caller, who tokenised the captions,
+    names them.
     """
     import torch
     from safetensors.torch import load_file, save_file

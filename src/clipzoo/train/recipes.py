@@ -87,9 +87,8 @@ def shapes_data(spec: str, model, seed: int = 0, workers: int = 2):
     n, data_seed, kind = parse_shapes_spec(spec)
     size = model.preprocess_cfg["size"]
     size = size[0] if isinstance(size, (list, tuple)) else size
-    two = 0.0 if kind == "shapes-classes" else 0.25
-    images, captions, labels = render_shapes(n, seed=data_seed, image_size=size, two_object_prob=two,
-                                             workers=max(1, workers))
+    single = {"two_object_prob": 0.0} if kind == "shapes-classes" else {}  # else the generator's default
+    images, captions, labels = render_shapes(n, seed=data_seed, image_size=size, workers=max(1, workers), **single)
     if kind == "shapes-classes":
         captions = [class_captions(lab) for lab in labels]
     return MemoryData(images, captions, model.tokenizer, model.preprocess_cfg["mean"], model.preprocess_cfg["std"],
