@@ -128,3 +128,33 @@ def test_import_is_light():
 def test_missing_local_path_says_so(spec):
     with pytest.raises(UnknownModelError, match=f"model path '{spec}' does not exist \\(no such file or folder\\)"):
         clipzoo.REGISTRY.resolve(spec)
+
+
+def test_models_listing_reads_cached_catalogue_without_importing_torch(tmp_path):
+    """`clipzoo models` start-up: the first listing reads open_clip and caches its cards; later listings
+    read the cache, import neither open_clip nor torch, and give the same cards."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CLIPZOO_CACHE": str(tmp_path)}
+    code = ("import sys, json, clipzoo; cards = [c.to_dict() for c in clipzoo.list_models()]; "
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'open_clip': 'open_clip' in sys.modules, "
+            "'cards': cards}))")
+    first = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                      check=True).stdout)
+    assert first["open_clip"] is True
+    assert len(list((tmp_path / "catalog").glob("open_clip-*.json"))) == 1
+    second = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                       check=True).stdout)
+    assert (second["torch"], second["open_clip"]) == (False, False)
+    assert second["cards"] == first["cards"]
+    pairs = {tuple(c["source"]["open_clip"]) for c in second["cards"] if "open_clip" in c["source"]}
+    assert pairs == set(open_clip.list_pretrained())
+    # a corrupt cache file is rebuilt, not trusted
+    cache = next((tmp_path / "catalog").glob("open_clip-*.json"))
+    cache.write_text("{not json")
+    third = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                      check=True).stdout)
+    assert third["cards"] == first["cards"] and json.loads(cache.read_text())

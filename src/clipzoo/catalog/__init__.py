@@ -7,8 +7,10 @@ Three kinds of source:
 """
 from __future__ import annotations
 
+import json
 import re
 import tomllib
+from pathlib import Path
 from importlib import resources
 
 from ..cards import ModelCard, Source
@@ -78,14 +80,72 @@ def open_clip_card(model: str, tag: str | None) -> ModelCard:
 
 
 def open_clip_cards() -> list[ModelCard]:
+    """open_clip's pretrained catalogue as cards, read from open_clip itself.
+
+    Importing open_clip takes seconds (it imports torch, timm, …), so the cards are also kept as JSON
+    in the cache folder, keyed by the installed open_clip's version and files: ``clipzoo models``
+    reads them without importing open_clip once they are there. Any change to open_clip (an upgrade,
+    an edited config in an editable install) changes the key, and the cards are read afresh.
+    """
+    key = _open_clip_key()
+    path = _cards_cache_path(key) if key else None
+    if path is not None:
+        try:
+            return [_card_from_dict(d) for d in json.loads(path.read_text(encoding="utf-8"))]
+        except (OSError, ValueError, TypeError):
+            pass  # missing or unreadable: rebuild it
     import open_clip
 
-    return [open_clip_card(model, tag) for model, tag in open_clip.list_pretrained()]
+    cards = [open_clip_card(model, tag) for model, tag in open_clip.list_pretrained()]
+    if path is not None:
+        try:
+            from ..files import atomic_write
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            data = [{k: v for k, v in c.to_dict().items() if k != "alias"} for c in cards]
+            atomic_write(path, lambda f: f.write(json.dumps(data).encode("utf-8")))
+        except OSError:
+            pass  # a read-only cache only costs speed
+    return cards
 
 
-def _card_from_toml(entry: dict) -> ModelCard:
+def _open_clip_key() -> str | None:
+    """A short digest naming the installed open_clip (version, and the mtimes of its catalogue files),
+    found without importing it; None when it is not installed."""
+    import hashlib
+    import importlib.util
+    from importlib import metadata
+
+    try:
+        spec = importlib.util.find_spec("open_clip")
+        version = metadata.version("open_clip_torch")
+    except (ImportError, ValueError, metadata.PackageNotFoundError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    parts = [version, str(root)]
+    for name in ("pretrained.py", "factory.py", "model_configs"):
+        try:
+            parts.append(f"{name}:{(root / name).stat().st_mtime_ns}")
+        except OSError:
+            parts.append(f"{name}:-")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _cards_cache_path(key: str) -> Path:
+    from ..download import default_cache_dir
+
+    return default_cache_dir() / "catalog" / f"open_clip-{key}.json"
+
+
+def _card_from_dict(entry: dict) -> ModelCard:
     entry = dict(entry)
-    source = Source(**entry.pop("source", {}))
+    source = dict(entry.pop("source", {}))
+    if source.get("open_clip") is not None:
+        source["open_clip"] = tuple(source["open_clip"])  # JSON gives a list
+    source = Source(**source)
+    entry.pop("alias", None)  # to_dict() adds it; it is derived
     for key in ("modalities", "also_known_as"):
         if key in entry:
             entry[key] = tuple(entry[key])
@@ -94,7 +154,7 @@ def _card_from_toml(entry: dict) -> ModelCard:
 
 def toml_cards(name: str) -> list[ModelCard]:
     text = resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
-    return [_card_from_toml(e) for e in tomllib.loads(text)["model"]]
+    return [_card_from_dict(e) for e in tomllib.loads(text)["model"]]
 
 
 def builtin_cards() -> list[ModelCard]:
