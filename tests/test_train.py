@@ -188,3 +188,37 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, loss):
     assert sorted(a) == sorted(b) == ["1", "2", "3", "4", "5"]
     for step in a:
         assert b[step] == pytest.approx(a[step], abs=1e-4), step
+
+
+def test_two_processes_train_towers_with_adapters_and_a_teacher(tmp_path):
+    """torchrun --nproc_per_node 2 (gloo): a compositional model (DINO image head) with LoRA on both towers,
+    distilled from a teacher with the DINO loss — both ranks end with identical weights, and the saved folder
+    loads through clipzoo.load."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from clipzoo.train.model import save_trained
+
+    pytest.importorskip("peft")
+    teacher = save_trained(build_model(TrainConfig(model_config=TINY, seed=7)), tmp_path / "teacher")
+    worker = os.path.join(os.path.dirname(__file__), "ddp_train_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "two.json"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                        "127.0.0.1", "--master_port", str(port), worker, str(out), "dino", "composite", str(teacher)],
+                       env=env, timeout=300, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    losses = json.loads(out.read_text())
+    assert sorted(losses) == ["1", "2", "3", "4", "5"]
+    a, b = (torch.load(f"{out}.rank{i}.pt", weights_only=True) for i in (0, 1))
+    assert a.keys() == b.keys() and any("lora_" in k for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    loaded = clipzoo.load(str(tmp_path / "two.json.run" / "model"))
+    assert loaded.card.backend == "composite" and loaded.embed_dim == 16
+    assert loaded.encode_text(["a red circle"]).shape == (1, 16)

@@ -41,6 +41,9 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed"),
     device: Optional[str] = typer.Option(None, "--device"),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Distil from this frozen model: a registry spec, hub id, checkpoint or trained folder (overrides the config's teacher)."),
+    towers: Optional[str] = typer.Option(None, "--towers", help="A compositional model, as the config's towers table: JSON or a .json/.toml/.yaml file (replaces the config's model)."),
+    adapters: Optional[str] = typer.Option(None, "--adapters", help="peft adapters, as the config's adapters table: JSON or a .json/.toml/.yaml file."),
 ) -> None:
     """Train or fine-tune a contrastive model; runs alone or under torchrun with no change.
 
@@ -49,16 +52,23 @@ def train(
       clipzoo train --model ViT-B-32 --data train.csv --caption-key title --steps 1000 --output runs/b32
       torchrun --nproc_per_node 2 -m clipzoo.cli train --config run.toml
       clipzoo train --config run.toml --resume latest
+      clipzoo train --config run.toml --teacher runs/big/model --loss simreg
+      clipzoo train --towers towers.json --adapters '{"image": {"method": "lora", "r": 8}}' --data train.csv
     """
-    from clipzoo.train.config import TrainConfig, load_config
+    from clipzoo.train.config import ConfigError, TrainConfig, load_config, table_option
     from clipzoo.train.engine import train as run
     from clipzoo.train.recipes import recipe_config
 
     base = recipe_config(recipe) if recipe else TrainConfig()
     flags = {k: v for k, v in locals().items() if k not in ("recipe", "config", "base", "TrainConfig", "load_config",
-                                                            "run", "recipe_config") and v is not None}
+                                                            "run", "recipe_config", "ConfigError", "table_option")
+             and v is not None}
     if "data" in flags and not flags["data"]:
         flags.pop("data")
+    if towers is not None:
+        flags["towers"] = _checked(table_option(towers, "--towers", "towers"), "--towers", ConfigError)
+    if adapters is not None:
+        flags["adapters"] = _checked(table_option(adapters, "--adapters", "adapters"), "--adapters", ConfigError)
     cfg = load_config(config, flags, base)
     result = run(cfg)
     last = result.history[-1] if result.history else {}
@@ -71,6 +81,19 @@ def train(
     if result.skipped_images:
         summary += f"; skipped {result.skipped_images} unreadable image(s)"
     note(summary)
+
+
+def _checked(table: dict, flag: str, error: type) -> dict:
+    """The table a flag gave, its keys checked now so that an error names the flag."""
+    if flag == "--towers":
+        from clipzoo.train.towers import check_towers as check
+    else:
+        from clipzoo.train.adapters import check_adapters as check
+    try:
+        check(table)
+    except error as err:
+        raise error(f"{flag}: {err}") from None
+    return table
 
 
 def register(app: typer.Typer) -> None:

@@ -39,8 +39,32 @@ def check_adapters(adapters: Any) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"adapters: unknown tower {side!r}; use 'image' and/or 'text'")
         if not isinstance(spec, Mapping) or not spec.get("method"):
             raise ConfigError(f"adapters.{side} needs a method (lora, ia3, loha, lokr, oft, boft, vera, …)")
+        _check_peft_keys(side, spec)
         out[side] = dict(spec)
     return out
+
+
+def _check_peft_keys(side: str, spec: Mapping[str, Any]) -> None:
+    """When peft is installed: the method is a peft type and every other key a field of its config class."""
+    import dataclasses
+    import difflib
+
+    try:
+        from peft import PEFT_TYPE_TO_CONFIG_MAPPING
+    except ImportError:  # checked again (with an install hint) when the adapters are applied
+        return
+    method = str(spec["method"]).upper().replace("-", "_")
+    types = {str(getattr(k, "value", k)).upper(): v for k, v in PEFT_TYPE_TO_CONFIG_MAPPING.items()}
+    if method not in types:
+        near = difflib.get_close_matches(method, list(types), n=1, cutoff=0.6)
+        hint = f"; did you mean {near[0].lower()!r}?" if near else " (e.g. lora, ia3, loha, lokr, oft, boft, vera)"
+        raise ConfigError(f"adapters.{side}: unknown peft method {spec['method']!r}{hint}")
+    fields = [f.name for f in dataclasses.fields(types[method]) if f.name not in ("peft_type", "task_type")]
+    for key in spec:
+        if key != "method" and key not in fields:
+            near = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"adapters.{side}: unknown {method.lower()} option {key!r}{hint}")
 
 
 def tower_modules(module: nn.Module, side: str) -> list[nn.Module]:

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from ..errors import ClipzooError
 
-__all__ = ["TrainConfig", "ConfigError", "load_config"]
+__all__ = ["TrainConfig", "ConfigError", "load_config", "table_option"]
 
 ALIASES = {"learning_rate": "lr", "wd": "weight_decay", "accum": "grad_accum", "accum_freq": "grad_accum",
            "train_data": "data", "warmup_steps": "warmup", "out": "output", "logs": "output"}
@@ -58,6 +58,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     loss: str = "infonce"
     loss_options: dict[str, Any] = field(default_factory=dict)
+    proto_refresh_every: "int | None" = None  # protoclip: re-cluster the prototypes every N steps (default: each epoch)
     logit_scale_init: float = 1 / 0.07
     logit_scale_max: float = 100.0
     lock_image: bool = False
@@ -77,7 +78,9 @@ class TrainConfig:
     eval_data: "str | None" = None
     eval_classnames: "str | None" = None
     eval_templates: "str | None" = None
-    resume: "str | None" = None  # "latest" or a checkpoint path
+    checkpoint_dir: "str | None" = None  # default OUTPUT/checkpoints; a local folder or an fsspec URL
+    metrics_log: "str | None" = None  # JSON lines of the logged steps; default OUTPUT/metrics.jsonl
+    resume: "str | None" = None  # "latest" or a checkpoint path / fsspec URL
     tensorboard: bool = True
     progress: bool = True
     device: str = "auto"
@@ -140,6 +143,8 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         (cfg.ema is None or 0 < cfg.ema < 1, f"ema must be between 0 and 1, got {cfg.ema}"),
         (cfg.wise_ft is None or 0 <= cfg.wise_ft <= 1, f"wise_ft must be between 0 and 1, got {cfg.wise_ft}"),
         (cfg.layer_decay is None or 0 < cfg.layer_decay <= 1, f"layer_decay must be in (0, 1], got {cfg.layer_decay}"),
+        (cfg.proto_refresh_every is None or cfg.proto_refresh_every >= 1,
+         f"proto_refresh_every must be at least 1, got {cfg.proto_refresh_every}"),
         (cfg.data_weights is None or len(cfg.data_weights) == len(cfg.data),
          f"data_weights has {len(cfg.data_weights or [])} entries for {len(cfg.data)} data sources"),
     ]
@@ -200,5 +205,39 @@ def load_config(path: "str | os.PathLike | None" = None, overrides: "Mapping[str
     if path is not None:
         values.update(check_keys(read_config_file(path), str(path)))
     if overrides:
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        # the model is one choice: a towers override replaces the file's model / model_config, and vice versa
+        if given.get("towers") is not None:
+            values.update(model=None, model_config=None)
+        if given.get("model") is not None or given.get("model_config") is not None:
+            values["towers"] = None
+        values.update(given)
     return from_mapping(values, str(path) if path else "config")
+
+
+def table_option(value: str, flag: str, key: str) -> dict[str, Any]:
+    """A table given on the command line (``--towers``, ``--adapters``): a JSON object, or a .json / .toml /
+    .yaml file holding it — the table itself, or a config file whose ``key`` table (at the top or under
+    ``[train]``) it is. Bad JSON or a missing file is a :class:`ConfigError` naming ``flag`` and the fix."""
+    text = str(value).strip()
+    example = {"towers": "'{\"image\": {\"source\": \"timm\", \"name\": \"resnet18\"}, "
+                         "\"text\": {\"source\": \"hf\", \"name\": \"bert-base-uncased\"}}'",
+               "adapters": "'{\"image\": {\"method\": \"lora\", \"r\": 8}}'"}.get(key, "'{...}'")
+    fix = f"give a JSON object, e.g. {flag} {example}, or a .json / .toml / .yaml file"
+    if not text.startswith(("{", "[")):
+        path = Path(text).expanduser()
+        if path.is_file():
+            data = read_config_file(path)
+            table = data.get(key, data) if isinstance(data, dict) else data
+            if not isinstance(table, dict):
+                raise ConfigError(f"{flag}: {str(path)!r} must hold a table (its `{key}` table or the table itself)")
+            return dict(table)
+        if path.suffix.lower() in (".json", ".toml", ".yaml", ".yml") or os.sep in text:
+            raise ConfigError(f"{flag}: no such file {text!r}; {fix}")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{flag}: not valid JSON ({err.msg} at column {err.colno}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{flag}: expected a JSON object, got {type(data).__name__}; {fix}")
+    return data

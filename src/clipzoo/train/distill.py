@@ -141,6 +141,12 @@ def fill_loss_options(name: str, options: dict[str, Any], student_dim: "int | No
         return options
     params = inspect.signature(cls.__init__).parameters
     out = dict(options)
+    if key == "protoclip":  # prototypes live in the student's space; texts are grouped in the teacher's
+        if student_dim:
+            out.setdefault("dim", student_dim)
+        if teacher_dim:
+            out.setdefault("text_group_dim", teacher_dim)
+        return out
     if "student_dim" in params and student_dim:
         out.setdefault("student_dim", student_dim)
     if "teacher_dim" in params and teacher_dim:

@@ -25,6 +25,7 @@ import torch
 from ..errors import ClipzooError
 from .config import ConfigError, TrainConfig
 from .model import TrainModel, build_model, param_groups, save_trained
+from .storage import Location, MetricsLog, torch_load_url, url_exists
 
 __all__ = ["train", "TrainResult", "TrainingError", "latest_checkpoint"]
 
@@ -35,8 +36,8 @@ class TrainingError(ClipzooError):
 
 @dataclass
 class TrainResult:
-    output: Path
-    model_dir: Path
+    output: "Path | str"  # a local folder, or the fsspec URL of a remote one
+    model_dir: "Path | str"
     steps: int
     history: list[dict[str, float]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
@@ -101,28 +102,34 @@ class EMA:
 
 
 # ------------------------------------------------------------------ checkpoints
-def latest_checkpoint(output: "str | os.PathLike") -> "Path | None":
-    ckpt = Path(output) / "checkpoints"
-    marker = ckpt / "latest"
-    if marker.exists():
-        path = ckpt / marker.read_text().strip()
-        if path.exists():
-            return path
-    found = sorted(ckpt.glob("step_*.pt"))
-    return found[-1] if found else None
+def _checkpoints(output: "str | os.PathLike", checkpoint_dir: "str | None" = None) -> Location:
+    return Location(checkpoint_dir) if checkpoint_dir else Location(output).child("checkpoints")
 
 
-def _save_checkpoint(output: Path, state: dict[str, Any], step: int) -> Path:
-    ckpt = output / "checkpoints"
-    ckpt.mkdir(parents=True, exist_ok=True)
-    path = ckpt / f"step_{step:07d}.pt"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    marker_tmp = ckpt / f".latest.tmp-{os.getpid()}"
-    marker_tmp.write_text(path.name + "\n")
-    os.replace(marker_tmp, ckpt / "latest")
-    return path
+def latest_checkpoint(output: "str | os.PathLike", checkpoint_dir: "str | None" = None) -> "Path | str | None":
+    """The checkpoint ``latest`` names (else the highest step): a Path, or a URL for remote folders."""
+    return _latest(_checkpoints(output, checkpoint_dir))
+
+
+def _latest(ckpt: Location) -> "Path | str | None":
+    if ckpt.exists("latest"):
+        name = ckpt.read_text("latest").strip()
+        if name and ckpt.exists(name):
+            return _named(ckpt, name)
+    found = ckpt.glob_names("step_*.pt")
+    return _named(ckpt, found[-1]) if found else None
+
+
+def _named(ckpt: Location, name: str) -> "Path | str":
+    return ckpt.local / name if ckpt.local is not None else ckpt.name_of(name)
+
+
+def _save_checkpoint(ckpt: Location, state: dict[str, Any], step: int) -> "Path | str":
+    """``step_NNNNNNN.pt`` then the ``latest`` marker, each written to a temporary name and renamed / moved."""
+    name = f"step_{step:07d}.pt"
+    ckpt.torch_save(name, state)
+    ckpt.write_text("latest", name + "\n")
+    return _named(ckpt, name)
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -181,7 +188,9 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
     if teacher is None:
         check_teacher(cfg)
     torch.manual_seed(cfg.seed)
-    output = Path(cfg.output)
+    out = Location(cfg.output)
+    output = out.local if out.local is not None else out.url
+    ckpt_dir = _checkpoints(cfg.output, cfg.checkpoint_dir)
     model = model or build_model(cfg)
     module = model.module.to(device)
     _lock(module, cfg)
@@ -197,7 +206,7 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
         data = shapes_data(cfg.data[0], model, cfg.seed, cfg.workers)
     if cfg.eval_data and cfg.eval_data.startswith("shapes-heldout:"):
         size = model.preprocess_cfg["size"]
-        held = output / "heldout"
+        held = out.local / "heldout" if out.local is not None else Path(_scratch(cfg)) / "heldout"
         if rank == 0:
             write_heldout(cfg.eval_data, held, size[0] if isinstance(size, (list, tuple)) else size)
         cfg = cfg.replace(eval_data=str(held))
@@ -230,14 +239,18 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
     options = fill_loss_options(cfg.loss, options, student_dim(module, model.model_cfg),
                                 teacher.embed_dim if teacher is not None else None)
     loss_fn = build_loss(cfg.loss, **options).to(device)
+    if hasattr(module, "raw_head_scores"):  # composite models: DINO heads' prototype scores, unnormalised
+        module.raw_head_scores = bool(getattr(loss_fn, "head_scores", False))
+    refresh = _proto_refresh(cfg, loss_fn, steps_per_epoch)
+    bank: dict[str, list[torch.Tensor]] = {"image": [], "text": [], "teacher_text": []}
     ema = EMA(module, cfg.ema) if cfg.ema else None
 
     step, epoch, batch_in_epoch = 0, 0, 0
     if cfg.resume:
-        path = latest_checkpoint(output) if cfg.resume == "latest" else Path(cfg.resume)
-        if path is None or not path.exists():
-            raise TrainingError(f"nothing to resume: no checkpoint {'in ' + str(output / 'checkpoints') if cfg.resume == 'latest' else cfg.resume}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        path = _latest(ckpt_dir) if cfg.resume == "latest" else cfg.resume
+        if path is None or not url_exists(str(path)):
+            raise TrainingError(f"nothing to resume: no checkpoint {'in ' + str(ckpt_dir) if cfg.resume == 'latest' else cfg.resume}")
+        state = torch_load_url(str(path))
         diffs = _diff(state["architecture"], cfg.architecture())
         if diffs:
             raise ConfigError(f"cannot resume from {path}: the model differs — " + "; ".join(diffs[:5]))
@@ -253,15 +266,21 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
             start_weights = state["start_weights"]
         torch.set_rng_state(state["rng"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        if refresh and state.get("proto_bank"):
+            bank = {k: [v.to(device)] if v is not None else [] for k, v in state["proto_bank"].items()}
 
     train_module = module
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
+        _freeze_unused(module, loss_fn, cfg.batch_size // world, student_dim(module, model.model_cfg), teacher, device)
         train_module = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-    writer = _tensorboard(output, cfg) if rank == 0 else None
-    result = TrainResult(output, output / "model", total)
-    last_ckpt = latest_checkpoint(output) if rank == 0 else None
+    writer = _tensorboard(out, cfg) if rank == 0 else None
+    model_dir = out.local / "model" if out.local is not None else out.name_of("model")
+    result = TrainResult(output, model_dir, total)
+    last_ckpt = _latest(ckpt_dir) if rank == 0 else None
+    metrics = (MetricsLog(cfg.metrics_log or out.name_of("metrics.jsonl"), step if cfg.resume else None)
+               if rank == 0 else None)
     micro = cfg.batch_size // world // cfg.grad_accum
     t_last, seen = time.perf_counter(), 0
     progress = _progress(total, step, cfg.progress and rank == 0)
@@ -271,7 +290,8 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema else None,
                 "loss": loss_fn.state_dict(), "rng": torch.get_rng_state(), "config": cfg.as_dict(),
-                "architecture": cfg.architecture(), "start_weights": start_weights}
+                "architecture": cfg.architecture(), "start_weights": start_weights,
+                "proto_bank": ({k: torch.cat(v).cpu() if v else None for k, v in bank.items()} if refresh else None)}
 
     with progress as advance:
         while step < total:
@@ -283,8 +303,8 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
                 if teacher is not None:  # the frozen teacher's features of the same batch
                     t_img, t_txt = teacher.features(images, batch[2] if len(batch) > 2 else None)
                     targets = {"teacher_image_features": t_img, "teacher_text_features": t_txt}
-                loss_value, parts, scale = _step(train_module, loss_fn, images, tokens, micro, cfg.grad_accum,
-                                                 device, amp_dtype, scaler, targets)
+                loss_value, parts, scale, feats = _step(train_module, loss_fn, images, tokens, micro, cfg.grad_accum,
+                                                        device, amp_dtype, scaler, targets)
                 if world > 1:  # report the global loss: the mean of the ranks' losses
                     loss_value = _mean_over_ranks(loss_value, device)
                 if not math.isfinite(loss_value):
@@ -304,6 +324,15 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
                     ema.update(module)
                 step += 1
                 batch_in_epoch += 1
+                if refresh:  # ProtoCLIP: this step's features join the episode's bank; re-cluster at its end
+                    bank["image"].append(feats[0])
+                    bank["text"].append(feats[1])
+                    if targets.get("teacher_text_features") is not None:
+                        bank["teacher_text"].append(targets["teacher_text_features"].detach().float())
+                    if step % refresh == 0:
+                        loss_fn.update_prototypes(torch.cat(bank["image"]), torch.cat(bank["text"]),
+                                                  torch.cat(bank["teacher_text"]) if bank["teacher_text"] else None)
+                        bank = {k: [] for k in bank}
                 seen += images.shape[0] * world
                 advance(1)
                 record = {"step": step, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
@@ -313,6 +342,8 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
                     record["samples_per_s"] = seen / max(now - t_last, 1e-9)
                     t_last, seen = now, 0
                     result.history.append(record)
+                    if metrics is not None:
+                        metrics.add(record)
                     if writer is not None:
                         for k, v in record.items():
                             if k != "step":
@@ -320,7 +351,9 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
                 if on_step is not None:
                     on_step(step, record)
                 if rank == 0 and cfg.save_every and step % cfg.save_every == 0 and step < total:
-                    last_ckpt = _save_checkpoint(output, state_dict_now(), step)
+                    last_ckpt = _save_checkpoint(ckpt_dir, state_dict_now(), step)
+                    metrics.flush()
+                    _sync_tensorboard(writer, out)
                 if cfg.eval_every and cfg.eval_data and step % cfg.eval_every == 0 and rank == 0:
                     result.evals.append(_evaluate(model, cfg, step, writer))
                     module.train()
@@ -334,7 +367,8 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
         dist.barrier()
     result.skipped_images = getattr(data, "skipped", 0)
     if rank == 0:
-        _save_checkpoint(output, state_dict_now(), step)
+        _save_checkpoint(ckpt_dir, state_dict_now(), step)
+        metrics.flush()
         final = dict(ema.state_dict()) if ema is not None else None
         weights = {k: v for k, v in module.state_dict().items()}
         if final:
@@ -343,19 +377,32 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
             a = cfg.wise_ft
             weights = {k: ((1 - a) * start_weights[k].to(v) + a * v) if v.is_floating_point() else v
                        for k, v in weights.items()}
-        save_trained(model, result.model_dir, weights,
-                     {"config": cfg.as_dict(), "steps": step, "world_size": world,
-                      "history": result.history[-20:], "evals": result.evals})
+        info = {"config": cfg.as_dict(), "steps": step, "world_size": world, "history": result.history[-20:],
+                "evals": result.evals}
+        if out.local is not None:
+            save_trained(model, result.model_dir, weights, info)
+        else:  # written locally, then uploaded file by file
+            import shutil
+            import tempfile
+
+            staging = Path(tempfile.mkdtemp(prefix="clipzoo-model-"))
+            try:
+                save_trained(model, staging / "model", weights, info)
+                out.child("model").upload_dir(staging / "model")
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         if cfg.eval_data and (not result.evals or result.evals[-1]["step"] != step):
             result.evals.append(_evaluate(model, cfg, step, writer))
         if writer is not None:
             writer.close()
+            _sync_tensorboard(writer, out)
     return result
 
 
 def _step(module, loss_fn, images, tokens, micro: int, accum: int, device, amp_dtype, scaler, targets=None):
     """One optimisation step's forward/backward (with feature caching for accumulation). ``targets``: teacher
-    features of the whole local batch, passed to the objective as they are."""
+    features of the whole local batch, passed to the objective as they are. Returns (loss, components, logit
+    scale, the local batch's features as the objective saw them, detached)."""
     autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext())
     targets = targets or {}
     module.train()
@@ -365,7 +412,7 @@ def _step(module, loss_fn, images, tokens, micro: int, accum: int, device, amp_d
             out = loss_fn(img.float(), txt.float(), logit_scale=scale.float(),
                           logit_bias=None if bias is None else bias.float(), **targets)
         scaler.scale(out["loss"]).backward()
-        return float(out["loss"].detach()), _parts(out), float(scale.detach())
+        return float(out["loss"].detach()), _parts(out), float(scale.detach()), (img.detach().float(), txt.detach().float())
     chunks = list(zip(images.split(micro), tokens.split(micro)))
     with torch.no_grad(), autocast:
         cached = [_features(module, x, t)[:2] for x, t in chunks]
@@ -383,7 +430,65 @@ def _step(module, loss_fn, images, tokens, micro: int, accum: int, device, amp_d
                           **targets)
             scaler.scale(out["loss"]).backward()
         total = float(out["loss"].detach())
-    return total, _parts(out), float(scale.detach())
+    return total, _parts(out), float(scale.detach()), (all_img.detach(), all_txt.detach())
+
+
+def _freeze_unused(module, loss_fn, n: int, dim: "int | None", teacher, device) -> list[str]:
+    """Under DDP: freeze the parameters behind model outputs the objective never reads (distillation objectives
+    leave the logit scale, often a whole tower, without gradient), which DDP would otherwise wait for. A single
+    process leaves their gradients None, so AdamW never touches them either: the result is the same.
+
+    Which outputs are read is found by calling a copy of the objective on random features of the right shapes."""
+    import copy
+
+    if not dim:
+        return []
+    g = torch.Generator().manual_seed(0)
+    probe = {"image_features": torch.randn(n, dim, generator=g), "text_features": torch.randn(n, dim, generator=g),
+             "logit_scale": torch.tensor(10.0)}
+    if getattr(module, "logit_bias", None) is not None:
+        probe["logit_bias"] = torch.tensor(-10.0)
+    probe = {k: v.to(device).requires_grad_() for k, v in probe.items()}
+    extra = {}
+    if teacher is not None:
+        if "image" in teacher.modalities:
+            extra["teacher_image_features"] = torch.randn(n, teacher.embed_dim, generator=g).to(device)
+        if "text" in teacher.modalities:
+            extra["teacher_text_features"] = torch.randn(n, teacher.embed_dim, generator=g).to(device)
+    try:
+        loss = copy.deepcopy(loss_fn)(**probe, **extra)["loss"]
+        grads = torch.autograd.grad(loss, list(probe.values()), allow_unused=True)
+    except Exception:  # the objective cannot run on random features: leave the model as it is
+        return []
+    unused = {k for k, gr in zip(probe, grads) if gr is None}
+    frozen = []
+    for name, p in module.named_parameters():
+        if name.startswith(("visual.", "image.", "image_head.")):
+            out = "image_features"
+        elif name in ("logit_scale", "logit_bias"):
+            out = name
+        else:
+            out = "text_features"
+        if out in unused and p.requires_grad:
+            p.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def _proto_refresh(cfg: TrainConfig, loss_fn, steps_per_epoch: int) -> "int | None":
+    """Steps per ProtoCLIP episode (``proto_refresh_every``, default one epoch); None for other objectives."""
+    from .losses import ProtoCLIPLoss
+
+    if not isinstance(loss_fn, ProtoCLIPLoss):
+        if cfg.proto_refresh_every is not None:
+            raise ConfigError(f"proto_refresh_every is for the protoclip loss; the loss is {cfg.loss!r}")
+        return None
+    every = cfg.proto_refresh_every or steps_per_epoch
+    if every * cfg.batch_size < loss_fn.num_prototypes:
+        raise ConfigError(f"protoclip: an episode of {every} step(s) × batch {cfg.batch_size} holds fewer samples "
+                          f"than num_prototypes={loss_fn.num_prototypes}; raise proto_refresh_every or lower "
+                          "num_prototypes")
+    return every
 
 
 def _mean_over_ranks(value: float, device) -> float:
@@ -398,14 +503,37 @@ def _parts(out: dict) -> dict[str, float]:
     return {f"loss/{k}": float(v.detach()) for k, v in out.items() if k != "loss" and torch.is_tensor(v) and v.ndim == 0}
 
 
-def _tensorboard(output: Path, cfg: TrainConfig):
+def _tensorboard(out: Location, cfg: TrainConfig):
+    """A SummaryWriter on OUTPUT/tensorboard; for a remote OUTPUT it writes to a local staging folder that
+    :func:`_sync_tensorboard` uploads at every checkpoint and at the end."""
     if not cfg.tensorboard:
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard not installed: scalars still go to the history
         return None
-    return SummaryWriter(str(output / "tensorboard"))
+    if out.local is not None:
+        return SummaryWriter(str(out.local / "tensorboard"))
+    return SummaryWriter(str(Path(_scratch(cfg)) / "tensorboard"))
+
+
+def _sync_tensorboard(writer, out: Location) -> None:
+    if writer is None or out.local is not None:
+        return
+    writer.flush()
+    out.child("tensorboard").upload_dir(Path(writer.log_dir))
+
+
+_SCRATCH: dict[str, str] = {}
+
+
+def _scratch(cfg: TrainConfig) -> str:
+    """A local folder for what a remote run stages before upload (tensorboard events, held-out images)."""
+    import tempfile
+
+    if cfg.output not in _SCRATCH:
+        _SCRATCH[cfg.output] = tempfile.mkdtemp(prefix="clipzoo-run-")
+    return _SCRATCH[cfg.output]
 
 
 @contextlib.contextmanager

@@ -435,6 +435,9 @@ class CompositeCLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.ones([]) * math.log(logit_scale_init))
         self.logit_bias = nn.Parameter(torch.ones([]) * logit_bias_init) if logit_bias_init is not None else None
         self.output_dict = False
+        # set by the trainer for objectives that read prototype scores (dino, protocpc): a DINO head's output
+        # then reaches them unnormalised; every other head's output is L2-normalised as always
+        self.raw_head_scores = False
         self._frozen_norms: list[nn.Module] = []
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -445,9 +448,19 @@ class CompositeCLIP(nn.Module):
         x = self.text_head(self.text(text))
         return nn.functional.normalize(x, dim=-1) if normalize else x
 
+    def has_dino_head(self) -> bool:
+        from .heads import DINOHead
+
+        return isinstance(self.image_head, DINOHead) or isinstance(self.text_head, DINOHead)
+
     def forward(self, image: "torch.Tensor | None" = None, text: "torch.Tensor | None" = None):
-        img = self.encode_image(image, normalize=True) if image is not None else None
-        txt = self.encode_text(text, normalize=True) if text is not None else None
+        from .heads import DINOHead
+
+        raw = self.raw_head_scores
+        img = (self.encode_image(image, normalize=not (raw and isinstance(self.image_head, DINOHead)))
+               if image is not None else None)
+        txt = (self.encode_text(text, normalize=not (raw and isinstance(self.text_head, DINOHead)))
+               if text is not None else None)
         scale = self.logit_scale.exp()
         if self.output_dict:
             out = {"image_features": img, "text_features": txt, "logit_scale": scale}

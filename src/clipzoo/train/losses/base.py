@@ -55,6 +55,9 @@ class Objective(nn.Module):
 
     #: names of the forward arguments this objective reads
     uses: tuple[str, ...] = ()
+    #: True for objectives over prototype scores (DINO-style heads): the trainer then gives them a DINO
+    #: head's raw output instead of the L2-normalised embedding
+    head_scores: bool = False
 
     def forward(self, image_features: Optional[Tensor] = None, text_features: Optional[Tensor] = None, *,
                 logit_scale=None, logit_bias=None, teacher_image_features: Optional[Tensor] = None,

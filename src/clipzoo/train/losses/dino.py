@@ -34,6 +34,7 @@ __all__ = ["DINOLoss"]
 
 class DINOLoss(Objective):
     uses = ("image_features", "teacher_image_features", "text_features", "teacher_text_features")
+    head_scores = True
 
     def __init__(self, dim: int, student_temperature: float = 0.1, teacher_temperature: float = 0.04,
                  center_momentum: float = 0.9, *, modality: str = "image"):

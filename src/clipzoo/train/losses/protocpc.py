@@ -41,6 +41,7 @@ __all__ = ["ProtoCPCLoss"]
 
 class ProtoCPCLoss(Objective):
     uses = ("image_features", "teacher_image_features", "text_features", "teacher_text_features")
+    head_scores = True
 
     def __init__(self, student_temperature: float = 0.1, teacher_temperature: float = 0.04, *,
                  modality: str = "image"):

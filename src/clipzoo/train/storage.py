@@ -1,0 +1,218 @@
+"""Where a run writes: a local folder, or any fsspec URL (``memory://run1``, ``s3://bucket/run``, ``gs://…``).
+
+A :class:`Location` is a folder. Local paths (and ``file://`` URLs) keep the plain-filesystem behaviour —
+temporary file + ``os.replace`` for every checkpoint, so a crash never leaves a half-written one. Remote
+locations go through fsspec: a file is written to a temporary name next to its final one with
+``fs.open(…, "wb")`` and then moved (``fs.mv``) onto it, so ``latest`` never names a partial upload on
+filesystems whose move is atomic, and at worst a stray ``.tmp-*`` object is left on object stores whose
+"move" is copy + delete. Reading back (resume) uses ``fs.open(…, "rb")``.
+"""
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError
+
+__all__ = ["Location", "MetricsLog", "is_remote", "torch_load_url", "url_exists"]
+
+
+def _protocol(url: str) -> "str | None":
+    if "://" not in url:
+        return None
+    return url.split("://", 1)[0].lower()
+
+
+def is_remote(url: "str | os.PathLike") -> bool:
+    """True for a URL of a filesystem other than the local one (``file://`` counts as local)."""
+    return _protocol(str(url)) not in (None, "file", "local")
+
+
+class Location:
+    """A folder, local or remote, with the few operations training needs."""
+
+    def __init__(self, url: "str | os.PathLike"):
+        text = str(url)
+        self.url = text
+        if not is_remote(text):
+            if _protocol(text):
+                text = text.split("://", 1)[1]
+            self.local: "Path | None" = Path(text)
+            self.fs = None
+            self.path = str(self.local)
+            return
+        try:
+            import fsspec
+
+            self.fs, self.path = fsspec.core.url_to_fs(text)
+        except ImportError as err:  # s3fs, gcsfs, adlfs, … are extras of fsspec
+            raise ConfigError(f"{text}: the fsspec filesystem for {_protocol(text)}:// is not installed "
+                              f"({err}); pip install the matching package (s3fs, gcsfs, adlfs, …)") from None
+        except ValueError as err:
+            raise ConfigError(f"{text}: not a usable fsspec URL ({err})") from None
+        self.local = None
+        self.path = self.path.rstrip("/")
+
+    # ------------------------------------------------------------------ names
+    @property
+    def remote(self) -> bool:
+        return self.local is None
+
+    def child(self, *parts: str) -> "Location":
+        if self.local is not None:
+            return Location(self.local.joinpath(*parts))
+        return Location(self.url.rstrip("/") + "/" + "/".join(parts))
+
+    def name_of(self, *parts: str) -> str:
+        """The full name of a file inside: a local path, or the URL."""
+        if self.local is not None:
+            return str(self.local.joinpath(*parts))
+        return self.url.rstrip("/") + "/" + "/".join(parts)
+
+    def _rpath(self, *parts: str) -> str:
+        return posixpath.join(self.path, *parts) if parts else self.path
+
+    def __str__(self) -> str:
+        return self.url if self.remote else str(self.local)
+
+    # ------------------------------------------------------------------ files
+    def exists(self, *parts: str) -> bool:
+        if self.local is not None:
+            return self.local.joinpath(*parts).exists()
+        return self.fs.exists(self._rpath(*parts))
+
+    def read_bytes(self, *parts: str) -> bytes:
+        if self.local is not None:
+            return self.local.joinpath(*parts).read_bytes()
+        with self.fs.open(self._rpath(*parts), "rb") as f:
+            return f.read()
+
+    def read_text(self, *parts: str) -> str:
+        return self.read_bytes(*parts).decode("utf-8")
+
+    def write_bytes(self, name: str, data: bytes) -> str:
+        """Write ``data`` to file ``name`` atomically (temporary name, then rename / move). Returns its name."""
+        tmp = f".{name}.tmp-{os.getpid()}"
+        if self.local is not None:
+            self.local.mkdir(parents=True, exist_ok=True)
+            (self.local / tmp).write_bytes(data)
+            os.replace(self.local / tmp, self.local / name)
+            return str(self.local / name)
+        self.fs.makedirs(self.path, exist_ok=True)
+        with self.fs.open(self._rpath(tmp), "wb") as f:
+            f.write(data)
+        self.fs.mv(self._rpath(tmp), self._rpath(name))
+        return self.name_of(name)
+
+    def write_text(self, name: str, text: str) -> str:
+        return self.write_bytes(name, text.encode("utf-8"))
+
+    def append_text(self, name: str, text: str) -> None:
+        """Local only: append to a file (remote logs are rewritten whole, see :class:`MetricsLog`)."""
+        assert self.local is not None
+        self.local.mkdir(parents=True, exist_ok=True)
+        with open(self.local / name, "a", encoding="utf-8") as f:
+            f.write(text)
+
+    def glob_names(self, pattern: str) -> list[str]:
+        """Names (not paths) of the files inside that match ``pattern``, sorted."""
+        if self.local is not None:
+            return sorted(p.name for p in self.local.glob(pattern))
+        try:
+            found = self.fs.glob(self._rpath(pattern))
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.basename(p.rstrip("/")) for p in found)
+
+    def torch_save(self, name: str, obj: Any) -> str:
+        import torch
+
+        if self.local is not None:  # straight to disk: no second copy of the state in memory
+            self.local.mkdir(parents=True, exist_ok=True)
+            tmp = self.local / f".{name}.tmp-{os.getpid()}"
+            torch.save(obj, tmp)
+            os.replace(tmp, self.local / name)
+            return str(self.local / name)
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        return self.write_bytes(name, buf.getvalue())
+
+    def upload_dir(self, local_dir: Path, replace: bool = True) -> None:
+        """Remote only: copy a local folder's files here (file by file; what was here is removed first)."""
+        assert self.local is None
+        if replace and self.fs.exists(self.path):
+            self.fs.rm(self.path, recursive=True)
+        self.fs.makedirs(self.path, exist_ok=True)
+        for f in sorted(Path(local_dir).rglob("*")):
+            if f.is_file():
+                rel = f.relative_to(local_dir).as_posix()
+                target = self._rpath(rel)
+                parent = posixpath.dirname(target)
+                if parent:
+                    self.fs.makedirs(parent, exist_ok=True)
+                self.fs.put_file(str(f), target)
+
+
+def torch_load_url(url: str):
+    """``torch.load(weights_only=True)`` of a local path or an fsspec URL."""
+    import torch
+
+    if not is_remote(url):
+        path = url.split("://", 1)[1] if _protocol(url) else url
+        return torch.load(path, map_location="cpu", weights_only=True)
+    loc = Location(url)
+    with loc.fs.open(loc.path, "rb") as f:
+        data = f.read()
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def url_exists(url: str) -> bool:
+    if not is_remote(url):
+        path = url.split("://", 1)[1] if _protocol(url) else url
+        return Path(path).exists()
+    loc = Location(url)
+    return loc.fs.exists(loc.path)
+
+
+class MetricsLog:
+    """The run's metrics as JSON lines (one per logged step), rank 0 only.
+
+    Local: appended line by line as steps are logged. Remote: kept in memory and rewritten whole (temporary
+    name + move) at every checkpoint and at the end — object stores cannot append. On resume the lines of
+    steps after the resumed step are dropped, so the log reads as one uninterrupted run.
+    """
+
+    def __init__(self, url: str, resume_step: "int | None"):
+        import json
+
+        self._json = json
+        self.url = url
+        loc = Location(url)
+        if loc.local is not None:
+            self.folder, self.name = Location(loc.local.parent), loc.local.name
+        else:
+            self.folder, self.name = Location(url.rsplit("/", 1)[0]), url.rsplit("/", 1)[1]
+        kept: list[str] = []
+        if resume_step is not None and self.folder.exists(self.name):
+            for line in self.folder.read_text(self.name).splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line)
+                except ValueError:
+                    continue
+        self.lines = kept
+        self.folder.write_text(self.name, "".join(l + "\n" for l in kept))
+
+    def add(self, record: dict) -> None:
+        line = self._json.dumps(record, default=float)
+        self.lines.append(line)
+        if not self.folder.remote:
+            self.folder.append_text(self.name, line + "\n")
+
+    def flush(self) -> None:
+        if self.folder.remote:
+            self.folder.write_text(self.name, "".join(l + "\n" for l in self.lines))
+
