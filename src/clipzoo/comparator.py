@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .cards import IMAGE, TEXT, ModelCard
+from .cards import AUDIO, IMAGE, TEXT, ModelCard
 from .modalities import get_modality
 from .errors import UnsupportedError
 from .inputs import batched, check_pixel_tensor, image_items, is_float_tensor, map_images, text_items
@@ -52,6 +52,7 @@ class Comparator(torch.nn.Module):
     """
 
     probability: str = "softmax"
+    default_templates: tuple[str, ...] = DEFAULT_TEMPLATES  # zero-shot prompts when none are given
 
     def __init__(self, card: ModelCard, model: torch.nn.Module, *, transform: Callable,
                  embed_dim: int, image_size: int | tuple[int, int] | None, context_length: int | None,
@@ -65,6 +66,7 @@ class Comparator(torch.nn.Module):
         self.context_length = context_length
         self.modalities = tuple(get_modality(m) for m in modalities)
         self.decode_workers = 0
+        self.runtime = "eager"  # how it executes: see clipzoo.runtime
         self.eval()
 
     # ------------------------------------------------------------ backend hooks
@@ -172,6 +174,17 @@ class Comparator(torch.nn.Module):
                                         normalize))
         return torch.cat(out)
 
+    def encode_audio(self, audio: Any, normalize: bool = True, batch_size: int = 32) -> torch.Tensor:
+        """Audio -> features (N, D); only audio models (CLAP) have it, the rest raise UnsupportedError."""
+        self._require(AUDIO)
+        raise UnsupportedError(f"{self.card.alias} has no audio encoder")
+
+    @property
+    def query_modality(self):
+        """What zero-shot ``predict`` classifies: the first modality that is not text (image for CLIP, audio
+        for CLAP)."""
+        return next((m for m in self.modalities if m != TEXT), IMAGE)
+
     def encode(self, modality: str, inputs: Any, normalize: bool = True, **kwargs: Any) -> torch.Tensor:
         """Generic entry point: ``encode(IMAGE, …)``, ``encode(TEXT, …)``, ``encode("audio", …)``.
 
@@ -235,17 +248,20 @@ class Comparator(torch.nn.Module):
                    truncate: bool = True) -> torch.Tensor:
         """Zero-shot class weights [L, D]: the renormalised mean of normalised template embeddings."""
         labels = text_items(list(labels))
-        templates = list(templates or DEFAULT_TEMPLATES)
+        templates = list(templates or self.default_templates)
         prompts = [format_template(t, label) for label in labels for t in templates]
         feats = self.encode_text(prompts, truncate=truncate).view(len(labels), len(templates), -1)
         return F.normalize(feats.mean(dim=1), dim=-1)
 
     def predict(self, images: Any, labels: Iterable[str], templates: Sequence[str | Callable] | None = None
                 ) -> torch.Tensor:
-        """Zero-shot probabilities [N_images, N_labels]: softmax (CLIP) or sigmoid (SigLIP)."""
+        """Zero-shot probabilities [N_inputs, N_labels]: softmax (CLIP, CLAP) or sigmoid (SigLIP).
+
+        The inputs are of the model's :attr:`query_modality`: images for image–text models, audio for CLAP.
+        """
         weights = self.classifier(labels, templates)
         with self._grad_context(images):
-            return self.probabilities(self.similarity(self.encode_image(images), weights))
+            return self.probabilities(self.similarity(self.encode(self.query_modality, images), weights))
 
     def forward(self, images: Any, texts: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits_per_image, logits_per_text)`` as openai's CLIP returns them."""
@@ -254,4 +270,5 @@ class Comparator(torch.nn.Module):
         return logits, logits.T
 
     def extra_repr(self) -> str:
-        return f"card={self.card.alias}, embed_dim={self.embed_dim}, image_size={self.image_size}"
+        runtime = "" if self.runtime == "eager" else f", runtime={self.runtime}"
+        return f"card={self.card.alias}, embed_dim={self.embed_dim}, image_size={self.image_size}{runtime}"

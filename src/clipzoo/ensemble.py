@@ -118,7 +118,8 @@ class Ensemble:
             from .registry import REGISTRY
 
             card = self._resolve_query(query) if query is not None else REGISTRY.resolve(spec)
-            self._check_modalities(card.alias, card.modalities)  # before paying for the load
+            if card.backend != "auto":  # a local folder's card learns its modalities when loaded
+                self._check_modalities(card.alias, card.modalities)  # before paying for the load
             model = load(card if query is not None else spec, device=self.device, precision=self.precision,
                          **self.load_kwargs)
         self._check_modalities(model.card.alias, model.modalities)
@@ -255,13 +256,16 @@ class Ensemble:
         return self.compare(image=image, text=text).similarity
 
     def predict(self, images: Any, labels: Iterable[str], templates: Sequence | None = None) -> torch.Tensor:
-        """Zero-shot probabilities [N_images, N_labels]: the weighted mean ``Σ_m w_m · p_m`` of each model's
-        own probabilities (its softmax — or sigmoid for SigLIP-style models — of its scaled logits)."""
+        """Zero-shot probabilities [N_inputs, N_labels]: the weighted mean ``Σ_m w_m · p_m`` of each model's
+        own probabilities (its softmax — or sigmoid for SigLIP-style models — of its scaled logits).
+
+        The inputs are images, or audio for an ensemble of audio–text models (``modalities=(AUDIO, TEXT)``)."""
         labels = list(labels)
+        modality = next((m for m in self.modalities if m != TEXT), IMAGE)
         out = None
         for model, w in zip(self._models, self._normalised()):
             classes = model.classifier(labels, templates)
-            feats = self._encode(model, IMAGE, images)
+            feats = self._encode(model, modality, images)
             with model._grad_context(images):
                 probs = model.probabilities(model.similarity(feats, classes))
             part = w * probs.float().cpu() if not probs.requires_grad else w * probs

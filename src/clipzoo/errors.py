@@ -44,6 +44,10 @@ class BadImageError(ClipzooError, ValueError):
     """An image input that cannot be decoded or has the wrong shape or type."""
 
 
+class BadAudioError(ClipzooError, ValueError):
+    """An audio input that cannot be decoded, is empty, has the wrong shape, or lacks a sample rate."""
+
+
 class BadTextError(ClipzooError, ValueError):
     """A text input of the wrong type, or too long for the model's context."""
 

@@ -11,6 +11,7 @@ from ..errors import BackendMissingError, ClipzooError
 BACKENDS = {
     "open_clip": ("clipzoo.backends.open_clip", "open_clip_torch"),
     "transformers": ("clipzoo.backends.transformers", "transformers"),
+    "clap": ("clipzoo.backends.clap", "transformers"),
     "sentence_transformers": ("clipzoo.backends.sentence_transformers", "sentence-transformers"),
     "onnx": ("clipzoo.backends.onnx", "onnxruntime"),
     "composite": ("clipzoo.backends.composite", "torch"),

@@ -371,6 +371,11 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     if not (folder / "config.json").exists():
         raise CheckpointError(f"{folder} has no config.json, so it is not a transformers save_pretrained folder")
     config = read_json(folder / "config.json")
+    if config.get("model_type") == "clap" and hf_class in (None, "ClapModel"):  # audio–text: its own backend
+        from . import clap
+
+        return clap.load(card, device=device, precision=precision, cache_dir=cache_dir,
+                         **({"context_length": context_override} if context_override else {}))
     family = pick_family(config, hf_class, folder)
     dtype = resolve_dtype(precision)
     model = load_hf_model(folder, family.hf_class, dtype).to(device)

@@ -3,7 +3,7 @@
 Three kinds of source:
 - the embedded default model(s) shipped in this package (``clipzoo/tiny-shapes``, see :mod:`.embedded`);
 - open_clip's own catalogue, read at run time from ``open_clip.list_pretrained()`` (never retyped);
-- curated TOML files beside this module (OpenAI's names, HF hub models), kept as data.
+- curated TOML files beside this module (OpenAI's names, HF hub models, LAION's CLAP audio models), kept as data.
 """
 from __future__ import annotations
 
@@ -160,4 +160,5 @@ def toml_cards(name: str) -> list[ModelCard]:
 def builtin_cards() -> list[ModelCard]:
     from .embedded import embedded_cards
 
-    return embedded_cards() + open_clip_cards() + toml_cards("openai.toml") + toml_cards("hf_hub.toml")
+    return (embedded_cards() + open_clip_cards() + toml_cards("openai.toml") + toml_cards("hf_hub.toml")
+            + toml_cards("clap.toml"))

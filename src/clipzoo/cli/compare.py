@@ -1,4 +1,5 @@
-"""``clipzoo compare``: a probability table of images × texts (softmax for CLIP, sigmoid for SigLIP)."""
+"""``clipzoo compare``: a probability table of images (or audio clips) × texts (softmax for CLIP and CLAP,
+sigmoid for SigLIP)."""
 from pathlib import Path
 from typing import List, Optional
 
@@ -8,14 +9,15 @@ from ._common import (CacheDirOpt, DeviceOpt, JsonOpt, ModelArg, ModelNameOpt, P
                       console, fail, load_model, print_json, user_errors)
 
 
-def compare_probabilities(comparator, images, texts, templates=None, truncate: bool = False):
-    """``(probabilities, logits)`` [N_images, N_texts] as the model defines them.
+def compare_probabilities(comparator, images, texts, templates=None, truncate: bool = False, modality: str = "image"):
+    """``(probabilities, logits)`` [N_images, N_texts] as the model defines them (``modality="audio"``: the
+    rows are audio clips, for CLAP).
 
     Without templates the texts are compared as given: ``probabilities(similarity(image, text))`` —
     a softmax over the texts for CLIP, an independent sigmoid per pair for SigLIP. With templates
     (``"a photo of a {}."``) the texts are labels and this is exactly ``comparator.predict``.
     """
-    image_features = comparator.encode_image(images)
+    image_features = comparator.encode(modality, images)
     if templates:
         text_features = comparator.classifier(texts, templates, truncate=True)
     else:
@@ -29,6 +31,9 @@ def compare(
     model: ModelArg,
     image: Optional[List[str]] = typer.Option(None, "--image", "-i", show_default=False,
                                               help="An image file or folder; repeat for more."),
+    audio: Optional[List[str]] = typer.Option(None, "--audio", "-a", show_default=False,
+                                              help="An audio file (.wav/.flac/.ogg) or folder, for audio–text "
+                                                   "models (CLAP); repeat for more. Instead of --image."),
     text: Optional[List[str]] = typer.Option(None, "--text", "-t", show_default=False,
                                              help="A text to compare with; repeat for more."),
     template: Optional[List[str]] = typer.Option(
@@ -42,41 +47,50 @@ def compare(
     model_name: ModelNameOpt = None,
     cache_dir: CacheDirOpt = None,
 ) -> None:
-    """Compare images with texts: one row per image, one column per text, model probabilities in the cells.
+    """Compare images (or audio clips) with texts: one row per image, one column per text, model probabilities
+    in the cells.
 
-    CLIP models give a softmax over the texts (each row sums to 1); SigLIP models a sigmoid per pair.
-    Example:
+    CLIP and CLAP models give a softmax over the texts (each row sums to 1); SigLIP models a sigmoid per pair.
+    Examples:
 
     \b
       clipzoo compare MODEL --image cat.jpg --text "a cat" --text "a dog"
+      clipzoo compare laion/clap-htsat-unfused --audio bark.wav --text "a dog barking" --text "rain"
     """
     from clipzoo.embedding import expand_image_paths
 
-    if not image:
-        fail("pass at least one --image PATH")
+    if image and audio:
+        fail("pass --image or --audio, not both")
+    if not image and not audio:
+        fail("pass at least one --image PATH (or --audio PATH for an audio–text model)")
     if not text:
         fail("pass at least one --text TEXT")
     if template:
         for t in template:
             if "{}" not in t:
                 fail(f"template {t!r} has no '{{}}' where the text goes, e.g. 'a photo of a {{}}.'")
-    paths = expand_image_paths(image)
+    if audio:
+        from clipzoo.audio import expand_audio_paths
+
+        modality, paths = "audio", expand_audio_paths(audio)
+    else:
+        modality, paths = "image", expand_image_paths(image)
     comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir)
-    probs, logits = compare_probabilities(comparator, paths, list(text), template, truncate)
+    probs, logits = compare_probabilities(comparator, paths, list(text), template, truncate, modality)
 
     if json_:
-        print_json({"model": comparator.card.alias, "probability": comparator.probability, "images": paths,
-                    "texts": list(text), "templates": list(template or []), "probabilities": probs.tolist(),
-                    "logits": logits.tolist()})
+        print_json({"model": comparator.card.alias, "probability": comparator.probability,
+                    ("audio" if audio else "images"): paths, "texts": list(text),
+                    "templates": list(template or []), "probabilities": probs.tolist(), "logits": logits.tolist()})
         return
     from rich.markup import escape
     from rich.table import Table
 
     kind = ("softmax over the texts (rows sum to 1)" if comparator.probability == "softmax"
-            else "sigmoid per image-text pair")
+            else f"sigmoid per {modality}-text pair")
     name = Path(comparator.card.source.path).name if comparator.card.source.path else comparator.card.alias
     table = Table()
-    table.add_column("image", overflow="fold")
+    table.add_column(modality, overflow="fold")
     for t in text:
         table.add_column(escape(t), justify="right", overflow="fold")
     for path, row in zip(paths, probs.tolist()):

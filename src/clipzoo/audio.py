@@ -1,0 +1,279 @@
+"""Audio inputs for audio–text models (CLAP): decoding, mono downmix, resampling, and embedding files.
+
+An audio *item* is one of:
+
+- a path to a WAV, FLAC or OGG file (decoded with ``soundfile``; its own sample rate is read from the file);
+- a pair ``(array, sample_rate)``: a numpy array or torch tensor of samples and their rate in Hz;
+- a bare array or tensor: samples already at the model's rate.
+
+Arrays are 1-D (samples) or 2-D with a channel axis, either ``(channels, samples)`` as torchaudio gives them or
+``(samples, channels)`` as soundfile does: the shorter axis is taken as the channels (at most
+:data:`MAX_CHANNELS`). Channels are averaged to mono; integer PCM is scaled to [-1, 1]; the result is resampled
+to the model's rate with :func:`scipy.signal.resample_poly` (a polyphase filter with gcd-reduced factors).
+
+    from clipzoo.audio import embed_audio
+    result = embed_audio(model, ["sounds/"], progress=True)   # folders expand to .wav/.flac/.ogg, sorted
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import BackendMissingError, BadAudioError
+
+__all__ = ["AUDIO_SUFFIXES", "MAX_CHANNELS", "audio_items", "describe", "load_audio", "read_audio_file",
+           "resample", "to_mono", "expand_audio_paths", "embed_audio"]
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+MAX_CHANNELS = 16
+_FIX_ARRAY = "pass a 1-D array of samples, or (channels, samples), with its rate as (array, sample_rate)"
+
+
+def _soundfile():
+    try:
+        import soundfile
+    except ImportError:
+        raise BackendMissingError("reading audio files needs soundfile, which is not installed; "
+                                  "pip install 'clipzoo[audio]' (or pip install soundfile)") from None
+    except OSError as exc:  # the wheel's bundled libsndfile failed to load
+        raise BackendMissingError(f"soundfile cannot load libsndfile ({exc}); reinstall it: "
+                                  "pip install --force-reinstall soundfile") from None
+    return soundfile
+
+
+def _is_path(item: Any) -> bool:
+    return isinstance(item, (str, os.PathLike))
+
+
+def _is_array(item: Any) -> bool:
+    import numpy as np
+
+    if isinstance(item, np.ndarray):
+        return True
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        return False
+    return isinstance(item, torch.Tensor)
+
+
+def _is_pair(item: Any) -> bool:
+    """``(samples, rate)``: a tuple of two whose first is samples (not a path) and second not samples."""
+    return (isinstance(item, tuple) and len(item) == 2 and not _is_path(item[0]) and not _is_path(item[1])
+            and not _is_array(item[1]) and not isinstance(item[1], (list, tuple)))
+
+
+def describe(item: Any, index: int | None = None) -> str:
+    """How an error names an audio item: ``audio file 'a.wav'`` / ``audio array 2``."""
+    if _is_path(item):
+        return f"audio file {os.fspath(item)!r}"
+    return "audio array" + (f" {index}" if index is not None else "")
+
+
+def audio_items(inputs: Any) -> list[Any]:
+    """One item, or a list / tuple of items -> a list of items (a ``(array, rate)`` pair counts as one)."""
+    from .modalities import AUDIO
+
+    items = [inputs] if _is_pair(inputs) else AUDIO.coerce(inputs)
+    for i, item in enumerate(items):
+        if not (_is_path(item) or _is_array(item) or _is_pair(item)):
+            raise BadAudioError(f"audio input {i} is a {type(item).__name__}; pass a .wav/.flac/.ogg path, an "
+                                "array of samples at the model's rate, or an (array, sample_rate) pair")
+    return items
+
+
+# ------------------------------------------------------------------ decoding
+def read_audio_file(path: "str | os.PathLike"):
+    """A file -> ``(samples, sample_rate)``: float64 samples shaped (frames, channels)."""
+    shown = os.fspath(path)
+    p = Path(os.path.expanduser(shown))
+    if not p.exists():
+        raise BadAudioError(f"audio file {shown!r} does not exist; check the path")
+    if p.is_dir():
+        raise BadAudioError(f"audio file {shown!r} is a folder; pass a .wav, .flac or .ogg file "
+                            "(folders are expanded by embed_audio / --audio)")
+    sf = _soundfile()
+    try:
+        data, rate = sf.read(str(p), dtype="float64", always_2d=True)
+    except Exception as exc:  # LibsndfileError (a RuntimeError), TypeError for unknown formats, …
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise BadAudioError(f"audio file {shown!r} cannot be decoded ({reason}); pass a valid WAV, FLAC or OGG "
+                            "file") from None
+    return data, int(rate)
+
+
+def _as_numpy(array: Any, name: str):
+    import numpy as np
+
+    if not isinstance(array, np.ndarray):  # a torch tensor (half / bfloat16 have no numpy twin)
+        import torch
+
+        array = array.detach().cpu()
+        if array.is_floating_point() and array.dtype not in (torch.float32, torch.float64):
+            array = array.float()
+        array = array.numpy()
+    if array.dtype.kind == "i":  # integer PCM: int16 / int32 full scale -> [-1, 1)
+        return array.astype(np.float64) / float(2 ** (8 * array.dtype.itemsize - 1))
+    if array.dtype.kind == "u":  # unsigned 8-bit PCM is centred at 128
+        half = float(2 ** (8 * array.dtype.itemsize - 1))
+        return (array.astype(np.float64) - half) / half
+    if array.dtype.kind == "b" or array.dtype.kind not in "fi":
+        raise BadAudioError(f"{name} has dtype {array.dtype}; pass float samples in [-1, 1] or integer PCM")
+    return array.astype(np.float64, copy=False)
+
+
+def to_mono(samples: Any, name: str = "audio array"):
+    """1-D samples stay; 2-D ``(channels, samples)`` or ``(samples, channels)`` -> the mean over channels."""
+    import numpy as np
+
+    x = _as_numpy(samples, name)
+    if x.ndim == 2:
+        channel_axis = 0 if x.shape[0] <= x.shape[1] else 1
+        if x.shape[channel_axis] > MAX_CHANNELS:
+            raise BadAudioError(f"{name} has shape {tuple(x.shape)}: no axis looks like channels (at most "
+                                f"{MAX_CHANNELS}); {_FIX_ARRAY}")
+        x = x.mean(axis=channel_axis)
+    elif x.ndim != 1:
+        raise BadAudioError(f"{name} has shape {tuple(x.shape)}; {_FIX_ARRAY} (a batch is a list of arrays)")
+    if x.size == 0:
+        raise BadAudioError(f"{name} is empty (no samples); pass at least one sample")
+    if not np.isfinite(x).all():
+        raise BadAudioError(f"{name} holds NaN or infinite samples; pass finite values in [-1, 1]")
+    return x
+
+
+def _check_rate(rate: Any, name: str) -> int:
+    if rate is None:
+        raise BadAudioError(f"{name} has no sample rate; pass (array, sample_rate), e.g. (samples, 48000), or a "
+                            "bare array already at the model's rate")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+        raise BadAudioError(f"{name}: sample rate {rate!r} is not a positive number of Hz; "
+                            "pass (array, sample_rate) with e.g. 48000")
+    if float(rate) != int(rate):
+        raise BadAudioError(f"{name}: sample rate {rate!r} is not a whole number of Hz; pass an integer rate")
+    return int(rate)
+
+
+def resample(samples, from_rate: int, to_rate: int):
+    """Polyphase resampling (:func:`scipy.signal.resample_poly`) by ``to_rate / from_rate``, gcd-reduced."""
+    if from_rate == to_rate:
+        return samples
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(from_rate), int(to_rate))
+    return resample_poly(samples, int(to_rate) // g, int(from_rate) // g)
+
+
+def load_audio(item: Any, sample_rate: int, index: int | None = None):
+    """One audio item -> mono float64 samples (1-D numpy) at ``sample_rate``.
+
+    Raises :class:`~clipzoo.errors.BadAudioError` naming the item (missing / undecodable file, wrong shape,
+    empty, bad sample rate).
+    """
+    name = describe(item, index)
+    if _is_path(item):
+        data, rate = read_audio_file(item)
+        samples = to_mono(data.T, name)  # soundfile gives (frames, channels)
+    elif _is_pair(item):
+        array, rate = item
+        if not _is_array(array):
+            array = _list_to_array(array, name)
+        rate = _check_rate(rate, name)
+        samples = to_mono(array, name)
+    elif _is_array(item):
+        rate = sample_rate
+        samples = to_mono(item, name)
+    else:
+        raise BadAudioError(f"{name} is a {type(item).__name__}; pass a .wav/.flac/.ogg path, an array at the "
+                            f"model's rate ({sample_rate} Hz), or an (array, sample_rate) pair")
+    out = resample(samples, rate, sample_rate)
+    if out.size == 0:
+        raise BadAudioError(f"{name} is too short to resample from {rate} Hz to {sample_rate} Hz")
+    return out
+
+
+def _list_to_array(values: Any, name: str):
+    import numpy as np
+
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise BadAudioError(f"{name} is not numeric; {_FIX_ARRAY}") from None
+
+
+# ------------------------------------------------------------------ files and embedding
+def _is_audio_file(path: Path) -> bool:
+    return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
+
+
+def expand_audio_paths(paths: "str | os.PathLike | Iterable[str | os.PathLike]") -> list[str]:
+    """Files stay as given; a folder becomes its .wav/.flac/.ogg files (recursively, sorted, hidden skipped).
+
+    Raises :class:`~clipzoo.errors.BadAudioError` naming a path that does not exist or a folder without audio.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[str] = []
+    for given in paths:
+        path = Path(os.path.expanduser(os.fspath(given)))
+        if path.is_dir():
+            found = sorted((p for p in path.rglob("*") if p.is_file() and _is_audio_file(p)), key=str)
+            if not found:
+                raise BadAudioError(f"folder {os.fspath(given)!r} holds no audio files "
+                                    f"({', '.join(AUDIO_SUFFIXES)}); check the path")
+            out.extend(str(p) for p in found)
+        elif path.exists():
+            out.append(str(path))
+        else:
+            raise BadAudioError(f"audio file {os.fspath(given)!r} does not exist; check the path")
+    if not out:
+        raise BadAudioError("no audio given; pass audio files or folders")
+    return out
+
+
+def embed_audio(comparator, paths: "str | os.PathLike | Iterable[str | os.PathLike]", *, batch_size: int = 32,
+                normalize: bool = True, progress: bool = False, skip_bad: bool = False):
+    """Embed audio files and folders (folders expand recursively to .wav/.flac/.ogg, sorted) with an audio
+    comparator (CLAP). Returns :class:`~clipzoo.embedding.Embeddings` with modality ``"audio"``.
+
+    Each file is decoded, downmixed and resampled to the model's rate, and encoded ``batch_size`` at a time.
+    A file that cannot be decoded raises :class:`~clipzoo.errors.BadAudioError` naming it, or is left out (and
+    listed in ``skipped``) when ``skip_bad``. Rows equal ``comparator.encode_audio(paths)``.
+    """
+    import numpy as np
+
+    from .embedding import Embeddings, _check_batch_size, _progress
+    from .modalities import AUDIO
+
+    batch_size = _check_batch_size(batch_size)
+    comparator._require(AUDIO)
+    rate = int(comparator.sample_rate)
+    files = expand_audio_paths(paths)
+    rows: list[Any] = []
+    kept: list[str] = []
+    skipped: list[dict[str, str]] = []
+    with _progress(len(files), f"embedding {len(files)} audio files", progress) as advance:
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            waves, names = [], []
+            for path in chunk:
+                try:
+                    waves.append(load_audio(path, rate))
+                    names.append(path)
+                except BadAudioError as exc:
+                    if not skip_bad:
+                        raise BadAudioError(f"{exc} (to leave such files out: --skip-bad, skip_bad=True)") from None
+                    skipped.append({"input": path, "error": str(exc)})
+            if waves:
+                feats = comparator.encode_audio(waves, normalize=normalize, batch_size=batch_size)
+                rows.append(feats.float().cpu().numpy())
+                kept.extend(names)
+            advance(len(chunk))
+    if not rows:
+        raise BadAudioError(f"none of the {len(files)} audio files could be decoded; first error: "
+                            f"{skipped[0]['error'] if skipped else '(none)'}")
+    return Embeddings(np.concatenate(rows).astype(np.float32, copy=False), kept, AUDIO,
+                      comparator.card.alias, normalize, skipped)
+
