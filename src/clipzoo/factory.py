@@ -13,24 +13,21 @@ from .registry import REGISTRY
 
 
 def load(spec: "str | ModelCard | os.PathLike", device: str = "cpu", precision: str = "fp32",
-         cache_dir: "str | os.PathLike | None" = None, trust_pickle: bool = False, runtime: str = "torch",
+         cache_dir: "str | os.PathLike | None" = None, trust_pickle: bool = False, runtime: str = "eager",
          **kwargs: Any):
     """Load a model by any spec form and return its Comparator.
 
     spec: ``"[clip - openai - ViT-B/32]"`` | ``"openai/ViT-B-32"`` | ``"open_clip:ViT-B-32/laion2b_s34b_b79k"``
     | ``"hf-hub:org/name"`` | a local file (.pt/.pth/.bin/.safetensors, OpenAI TorchScript) | a local folder.
     Extra keywords go to the backend (e.g. ``model_name="ViT-B-32"`` for a bare open_clip state dict).
-    ``runtime="onnx"``: export the model once to ONNX (cached under ``cache_dir``/onnx) and run it in onnxruntime.
+    ``runtime``: ``"eager"`` (default), ``"compile"``, ``"onnx"``, ``"int8"`` (``"onnx-int8"``,
+    ``"torch-int8"``) — see :mod:`clipzoo.runtime`. ONNX runtimes export once into ``cache_dir``/onnx.
     """
-    if runtime != "torch":
-        if runtime != "onnx":
-            from .errors import ClipzooError
+    if runtime not in ("eager", "torch", None):
+        from .runtime import load_with_runtime
 
-            raise ClipzooError(f"unknown runtime {runtime!r}; use 'torch' or 'onnx'")
-        from .convert.onnx import load_with_onnx_runtime
-
-        return load_with_onnx_runtime(spec, device=str(device), precision=precision, cache_dir=cache_dir,
-                                      trust_pickle=trust_pickle, **kwargs)
+        return load_with_runtime(spec, runtime, device=str(device), precision=precision, cache_dir=cache_dir,
+                                 trust_pickle=trust_pickle, **kwargs)
     card = REGISTRY.resolve(spec)
     if card.config.get("embedded"):
         from .catalog.embedded import materialise

@@ -75,6 +75,7 @@ class OnnxComparator(Comparator):
         tok = meta.get("tokenizer") or {}
         self._hf_tokenizer = tok.get("kind") == "hf"
         self._lower_case = bool(tok.get("lower_case", False))
+        self.runtime = "onnx-int8" if meta.get("quantization") else "onnx"
 
     @property
     def device(self) -> torch.device:
@@ -125,7 +126,7 @@ class OnnxComparator(Comparator):
         return super().encode_image(images, normalize=normalize, batch_size=batch_size)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ", runtime=onnxruntime"
+        return super().extra_repr() + " (onnxruntime)"
 
 
 def _size(value):

@@ -81,6 +81,9 @@ ModelNameOpt = Annotated[Optional[str], typer.Option(
 CacheDirOpt = Annotated[Optional[Path], typer.Option(
     "--cache-dir", help="Where downloaded weights are cached (default: ~/.cache/clipzoo, HF's own cache).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+RuntimeOpt = Annotated[str, typer.Option(
+    "--runtime", help="How the model runs: eager, compile (torch.compile), onnx (ONNX Runtime), int8 "
+                      "(dynamic int8: onnx-int8 or torch-int8). See docs/embedding.md.")]
 
 
 def resolve_device(device: str) -> str:
@@ -92,14 +95,14 @@ def resolve_device(device: str) -> str:
 
 
 def load_model(spec: str, device: str = "auto", precision: str = "fp32", trust_pickle: bool = False,
-               model_name: str | None = None, cache_dir: Path | None = None):
+               model_name: str | None = None, cache_dir: Path | None = None, runtime: str = "eager"):
     """``clipzoo.load`` with the CLI's common options (``model_name`` passed only when given)."""
     import clipzoo
 
     kwargs: dict[str, Any] = {"model_name": model_name} if model_name else {}
     return clipzoo.load(spec, device=resolve_device(device), precision=precision,
                         cache_dir=None if cache_dir is None else str(cache_dir), trust_pickle=trust_pickle,
-                        **kwargs)
+                        runtime=runtime, **kwargs)
 
 
 # ------------------------------------------------------------------ output

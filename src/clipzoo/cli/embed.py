@@ -1,11 +1,12 @@
-"""``clipzoo embed``: images (files, folders) or texts (a file) -> a .npy of features + a JSON sidecar."""
+"""``clipzoo embed``: images (files, folders, webdataset tars) or texts (a file) -> a .npy of features + a
+JSON sidecar. Runs under torchrun too: each rank embeds its share and rank 0 merges the parts."""
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from ._common import (CacheDirOpt, DeviceOpt, ModelArg, ModelNameOpt, PrecisionOpt, TrustPickleOpt, fail,
-                      load_model, note, user_errors)
+from ._common import (CacheDirOpt, DeviceOpt, ModelArg, ModelNameOpt, PrecisionOpt, RuntimeOpt, TrustPickleOpt,
+                      fail, load_model, note, resolve_device, user_errors)
 
 
 @user_errors
@@ -16,7 +17,11 @@ def embed(
         help="More image paths after --images (so `--images photos/*.jpg` works)."),
     images: Optional[List[str]] = typer.Option(
         None, "--images", "-i", show_default=False,
-        help="Image files or folders (folders expand to their image files, recursively, sorted)."),
+        help="Image files, folders (their image files, recursively, sorted) or uncompressed webdataset .tar "
+             "shards (brace patterns such as 'shards-{000..009}.tar' expand)."),
+    audio: Optional[List[str]] = typer.Option(
+        None, "--audio", "-a", show_default=False,
+        help="Audio files (wav/flac/ogg) or folders, for audio–text models (CLAP); repeat for more."),
     texts: Optional[Path] = typer.Option(None, "--texts", "-t", show_default=False,
                                          help="A UTF-8 text file, one text per line (blank lines skipped)."),
     out: Path = typer.Option(..., "--out", "-o", show_default=False,
@@ -26,9 +31,12 @@ def embed(
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="L2-normalise the features."),
     truncate: bool = typer.Option(False, "--truncate", help="Cut texts longer than the model's context instead of failing."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out images that cannot be decoded (listed in the sidecar) instead of failing."),
+    exact_decode: bool = typer.Option(False, "--exact-decode", help="Decode every JPEG at full size (rows equal "
+                                      "the model's encode_image); the default decodes large JPEGs at reduced size, faster."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
+    runtime: RuntimeOpt = "eager",
     trust_pickle: TrustPickleOpt = False,
     model_name: ModelNameOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -41,36 +49,64 @@ def embed(
       clipzoo embed MODEL --images photos/ --out photos.npy --workers 4
       clipzoo embed MODEL --images photos/*.jpg --out photos.npy
       clipzoo embed MODEL --texts captions.txt --out captions.npy
+      clipzoo embed laion/clap-htsat-unfused --audio clips/ --out clips.npy
+      clipzoo embed MODEL --images 'shards/{00000..00099}.tar' --out shards.npy --runtime int8
+      torchrun --nproc_per_node 8 -m clipzoo embed MODEL --images photos/ --out photos.npy
     """
-    from clipzoo import embedding
+    from clipzoo import embedding, embedding_files
 
     if more_images and not images:
         fail(f"unexpected argument {more_images[0]!r}: image paths go after --images (e.g. --images {more_images[0]})")
     image_paths = [*(images or []), *(more_images or [])]
-    if bool(image_paths) == bool(texts):
-        fail("pass exactly one of --images PATH… or --texts FILE")
+    if sum(map(bool, (image_paths, audio, texts))) != 1:
+        fail("pass exactly one of --images PATH…, --audio PATH… or --texts FILE")
     if batch_size is not None and batch_size < 1:
         fail(f"--batch-size must be at least 1, got {batch_size}")
     if workers is not None and workers < 0:
         fail(f"--workers must be 0 or more, got {workers}")
 
+    if audio:
+        _embed_audio(model, audio, out, batch_size, normalize, progress, skip_bad, device, precision, trust_pickle,
+                     model_name, cache_dir)
+        return
     # check the inputs before loading the model, so a typo fails fast
-    if image_paths:
-        paths = embedding.expand_image_paths(image_paths)
-    else:
-        lines = embedding.read_texts(texts)
+    items = embedding_files.expand_image_inputs(image_paths) if image_paths else None
+    lines = embedding.read_texts(texts) if texts else None
+    info = embedding_files.distributed_info()
+    device = resolve_device(device)
+    if info.active and device == "cuda":
+        device = f"cuda:{info.local_rank}"  # one GPU per rank
+    comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir, runtime)
+    meta = embedding_files.embed_to_file(comparator, out, images=items, texts=lines, batch_size=batch_size,
+                                         workers=workers, normalize=normalize, progress=progress and info.rank == 0,
+                                         skip_bad=skip_bad, truncate=truncate, fast_decode=not exact_decode,
+                                         info=info)
+    npy = embedding._npy_path(out)
+    if info.rank != 0:
+        return
+    n, dim = meta["count"], meta["dim"]
+    merged = f", merged from {info.world_size} ranks' parts in {embedding_files.parts_dir(npy)}" if info.active else ""
+    note(f"wrote {n} {meta['modality']} embeddings ({n}×{dim}, float32) to {npy}{merged}; inputs listed in "
+         f"{embedding.sidecar_path(npy)}")
+    if meta["skipped"]:
+        note(f"skipped {len(meta['skipped'])} image(s) that could not be decoded (listed in "
+             f"{embedding.sidecar_path(npy)}), first: {meta['skipped'][0]['input']}")
+
+
+def _embed_audio(model, audio, out, batch_size, normalize, progress, skip_bad, device, precision, trust_pickle,
+                 model_name, cache_dir) -> None:
+    from clipzoo import embedding
+    from clipzoo.audio import embed_audio, expand_audio_paths
+
+    paths = expand_audio_paths(audio)  # a typo fails before the model loads
     comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir)
-    if image_paths:
-        result = embedding.embed_images(comparator, paths, batch_size=batch_size or 64, workers=workers,
-                                        normalize=normalize, progress=progress, skip_bad=skip_bad)
-    else:
-        result = embedding.embed_texts(comparator, lines, batch_size=batch_size or 256, normalize=normalize,
-                                       truncate=truncate, progress=progress)
+    result = embed_audio(comparator, paths, batch_size=batch_size or 32, normalize=normalize, progress=progress,
+                         skip_bad=skip_bad)
     npy, sidecar = embedding.save_embeddings(result, out)
     n, dim = result.features.shape
-    note(f"wrote {n} {result.modality} embeddings ({n}×{dim}, float32) to {npy}; inputs listed in {sidecar}")
+    note(f"wrote {n} audio embeddings ({n}×{dim}, float32) to {npy}; inputs listed in {sidecar}")
     if result.skipped:
-        note(f"skipped {len(result.skipped)} image(s) that could not be decoded (listed in {sidecar}), first: "
+        note(f"skipped {len(result.skipped)} audio file(s) that could not be decoded (listed in {sidecar}), first: "
              f"{result.skipped[0]['input']}")
 
 

@@ -370,20 +370,21 @@ def cache_folder(card, cache_dir=None, load_kwargs: dict | None = None) -> Path:
     return root / "onnx" / f"{slug.strip('_')[:80]}-{digest}"
 
 
-def load_with_onnx_runtime(spec: Any, *, device: str = "cpu", precision: str = "fp32", cache_dir=None,
-                           trust_pickle: bool = False, **kwargs: Any):
-    """``clipzoo.load(spec, runtime="onnx")``: load the model, export it once to the cache, run the export."""
-    from ..backends import get_backend
+def exported_folder(spec: Any, *, precision: str = "fp32", cache_dir=None, trust_pickle: bool = False,
+                    **kwargs: Any) -> Path:
+    """The cached ONNX export of ``spec`` (exported now if it is not there yet); an exported folder is
+    returned as it is."""
     from ..factory import load, resolve_backend
     from ..registry import REGISTRY
 
     card = resolve_backend(REGISTRY.resolve(spec), cache_dir)
-    onnx_backend = get_backend("onnx")
     if card.backend == "onnx":
-        return onnx_backend.load(card, device=device, precision=precision, cache_dir=cache_dir, **kwargs)
+        return Path(card.source.path)
     if precision not in ("fp32", "float32", torch.float32):
-        raise UnsupportedError(f"runtime='onnx' exports fp32 graphs; load with precision='fp32', not {precision!r}")
-    onnx_backend.require_onnxruntime()
+        raise UnsupportedError(f"ONNX runtimes run exported fp32 graphs; load with precision='fp32', not {precision!r}")
+    from ..backends.onnx import require_onnxruntime
+
+    require_onnxruntime()
     folder = cache_folder(card, cache_dir, kwargs)
     if not (folder / META_FILE).is_file():
         comparator = load(card, device="cpu", precision="fp32", cache_dir=cache_dir, trust_pickle=trust_pickle,
@@ -401,6 +402,15 @@ def load_with_onnx_runtime(spec: Any, *, device: str = "cpu", precision: str = "
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    return folder
+
+
+def load_with_onnx_runtime(spec: Any, *, device: str = "cpu", precision: str = "fp32", cache_dir=None,
+                           trust_pickle: bool = False, **kwargs: Any):
+    """``clipzoo.load(spec, runtime="onnx")``: load the model, export it once to the cache, run the export."""
+    from ..backends import get_backend
     from ..registry import local_card
 
-    return onnx_backend.load(local_card(str(folder)).replace(backend="onnx"), device=device, cache_dir=cache_dir)
+    folder = exported_folder(spec, precision=precision, cache_dir=cache_dir, trust_pickle=trust_pickle, **kwargs)
+    return get_backend("onnx").load(local_card(str(folder)).replace(backend="onnx"), device=device,
+                                    cache_dir=cache_dir)

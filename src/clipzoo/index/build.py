@@ -139,7 +139,7 @@ class IndexFiles(ImageFiles):
     """
 
     def __getitem__(self, index: int):
-        from PIL import Image
+        from ..inputs import load_rgb
 
         path = self.paths[index]
         try:
@@ -153,9 +153,7 @@ class IndexFiles(ImageFiles):
         if not data:
             return (index, None, "empty file (0 bytes)", *meta)
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                rgb = im.convert("RGB")
+            rgb = load_rgb(io.BytesIO(data), self.draft_size)
         except Exception as exc:  # noqa: BLE001 - any decoder failure (incl. decompression bombs) skips the file
             return (index, None, _decode_reason(exc), *meta)
         try:
@@ -183,14 +181,16 @@ def _collate(items: list):
     return ([(it[0], it[3], it[4], it[5]) for it in good], pixels, [(it[0], it[2]) for it in bad])
 
 
-def _loader(paths: Sequence[str], transform: Callable, batch_size: int, workers: int | None):
+def _loader(paths: Sequence[str], transform: Callable, batch_size: int, workers: int | None,
+            draft_size: int | None = None):
     from torch.utils.data import DataLoader
 
     from ..embedding import default_workers
 
     workers = default_workers() if workers is None else int(workers)
     workers = min(workers, max(1, -(-len(paths) // batch_size))) if workers else 0
-    return DataLoader(IndexFiles(paths, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
+    return DataLoader(IndexFiles(paths, transform, draft_size), batch_size=batch_size, shuffle=False,
+                      num_workers=workers,
                       collate_fn=_collate, prefetch_factor=4 if workers else None,
                       persistent_workers=False)
 
@@ -277,9 +277,12 @@ def refresh_vectors(store: EmbeddingStore, force: bool = False, **options: Any) 
 # ------------------------------------------------------------------ build
 def build_index(folder: "str | os.PathLike", out: "str | os.PathLike", model: Any = None, batch_size: int = 64,
                 workers: int | None = None, progress: bool = False, *, shard_rows: int = 4096,
-                flush_seconds: float = 10.0, vector_options: dict[str, Any] | None = None) -> BuildReport:
+                flush_seconds: float = 10.0, vector_options: dict[str, Any] | None = None,
+                fast_decode: bool = True) -> BuildReport:
     """Index the images under ``folder`` into the index folder ``out`` with ``model`` (spec or Comparator).
 
+    ``fast_decode``: decode large JPEGs at reduced size (see :func:`clipzoo.inputs.load_rgb`); False
+    gives vectors equal to ``model.encode_image(path)``.
     A rerun embeds only new or changed files and drops deleted ones; a run killed at any moment leaves
     an index that the next run completes. ``model`` may be omitted on a rerun (the recorded one is used).
     """
@@ -296,13 +299,14 @@ def build_index(folder: "str | os.PathLike", out: "str | os.PathLike", model: An
     store = EmbeddingStore(out, create=True)
     try:
         return _build(store, root, model, int(batch_size), workers, progress, int(shard_rows), flush_seconds,
-                      vector_options or {}, t0)
+                      vector_options or {}, t0, fast_decode)
     finally:
         store.close()
 
 
 def _build(store: EmbeddingStore, root: Path, model: Any, batch_size: int, workers: int | None, progress: bool,
-           shard_rows: int, flush_seconds: float, vector_options: dict[str, Any], t0: float) -> BuildReport:
+           shard_rows: int, flush_seconds: float, vector_options: dict[str, Any], t0: float,
+           fast_decode: bool = True) -> BuildReport:
     old_root = store.get_meta("root")
     if old_root is not None and Path(old_root) != root:
         raise ClipzooError(f"index {str(store.path)!r} indexes folder {old_root!r}, not {str(root)!r}; pass that "
@@ -356,7 +360,7 @@ def _build(store: EmbeddingStore, root: Path, model: Any, batch_size: int, worke
     t_embed = time.perf_counter()
     if to_embed:
         embedded = _embed(store, root, to_embed, known, _load(model), spec, alias, batch_size, workers, progress,
-                          shard_rows, flush_seconds, report)
+                          shard_rows, flush_seconds, report, fast_decode)
     embed_seconds = time.perf_counter() - t_embed
     store.set_skipped([(os.path.relpath(p, root), r) for p, r in report.skipped])
     store.compact()
@@ -371,15 +375,17 @@ def _build(store: EmbeddingStore, root: Path, model: Any, batch_size: int, worke
 
 def _embed(store: EmbeddingStore, root: Path, relpaths: list[str], known: dict, comparator, spec: str, alias: str,
            batch_size: int, workers: int | None, progress: bool, shard_rows: int, flush_seconds: float,
-           report: BuildReport) -> int:
+           report: BuildReport, fast_decode: bool = True) -> int:
     import torch
 
     from ..cards import IMAGE
+    from ..embedding import draft_size_for
 
     comparator._require(IMAGE)
     store.check_model(spec, comparator.card.alias, comparator.embed_dim)
     paths = [str(root / r) for r in relpaths]
-    loader = _loader(paths, comparator.transform, batch_size, workers)
+    loader = _loader(paths, comparator.transform, batch_size, workers,
+                     draft_size_for(comparator) if fast_decode else None)
     pending_rows: list[ItemRow] = []
     pending_vecs: list[np.ndarray] = []
     last_flush = time.monotonic()
