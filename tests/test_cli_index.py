@@ -102,3 +102,30 @@ def test_classify(tmp_path, tiny):
     assert r.exit_code == 2 and "error: prompt template 'photo' has no '{}' where the label goes" in r.stderr
     r = run("classify", img, "--model", tiny, "--labels", tmp_path / "none.txt")
     assert r.exit_code == 2 and "does not exist; pass a .txt with one label a line" in r.stderr
+
+
+def test_build_with_int8_runtime_and_exact_decode(tmp_path, tiny, monkeypatch):
+    """`index build --runtime int8` embeds with the quantised model; vectors stay within int8's fidelity of
+    eager ones (queries run eager), and a runtime typo fails before any work."""
+    import numpy as np
+
+    root = make_folder(tmp_path / "photos")
+    eager, q = tmp_path / "eager", tmp_path / "int8"
+    monkeypatch.setenv("CLIPZOO_CACHE", str(tmp_path / "cache"))  # where the ONNX export goes
+    for out, extra in ((eager, []), (q, ["--runtime", "int8"])):
+        r = run("index", "build", root, "--model", tiny, "--out", out, "--workers", "0", "--no-progress",
+                "--exact-decode", *extra)
+        assert r.exit_code == 0, r.output
+    from clipzoo.index.store import EmbeddingStore
+
+    def by_path(folder):
+        with EmbeddingStore(folder) as store:
+            ids, x = store.all_vectors()
+            path_of = {i: rel for rel, (i, *_) in store.files().items()}
+            return {path_of[int(i)]: v for i, v in zip(ids, x)}
+
+    va, vb = by_path(eager), by_path(q)
+    assert sorted(va) == sorted(vb) and len(va) == 10
+    assert min(float(np.dot(va[p], vb[p])) for p in va) >= 0.99
+    r = run("index", "build", root, "--model", tiny, "--out", tmp_path / "x", "--runtime", "int9")
+    assert r.exit_code == 2 and "unknown runtime 'int9'" in r.output and not (tmp_path / "x").exists()

@@ -4,8 +4,8 @@ from typing import List, Optional
 
 import typer
 
-from ._common import (CacheDirOpt, DeviceOpt, JsonOpt, PrecisionOpt, TrustPickleOpt, console, fail, load_model, note,
-                      print_json, user_errors)
+from ._common import (CacheDirOpt, DeviceOpt, JsonOpt, PrecisionOpt, RuntimeOpt, TrustPickleOpt, console, fail,
+                      load_model, note, print_json, user_errors)
 
 index_app = typer.Typer(help="Build a search index over a folder of images.", no_args_is_help=True,
                         rich_markup_mode=None)
@@ -22,6 +22,9 @@ def build(
     batch_size: int = typer.Option(64, "--batch-size", help="Images embedded per batch."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes [default: CPU count, at most 8; 0: decode in this process]."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with images/s on stderr."),
+    runtime: RuntimeOpt = "eager",
+    exact_decode: bool = typer.Option(False, "--exact-decode", help="Decode every JPEG at full size (the default "
+                                      "decodes large JPEGs at reduced size, faster)."),
     json_: JsonOpt = False,
     shard_rows: int = typer.Option(4096, "--shard-rows", hidden=True, help="Rows per committed shard."),
 ) -> None:
@@ -37,8 +40,11 @@ def build(
         fail(f"--batch-size must be at least 1, got {batch_size}")
     if workers is not None and workers < 0:
         fail(f"--workers must be 0 or more, got {workers}")
+    from clipzoo.runtime import normalize_runtime
+
+    normalize_runtime(runtime)  # a typo fails before any work
     report = build_index(folder, out, model=model, batch_size=batch_size, workers=workers, progress=progress,
-                         shard_rows=max(1, shard_rows))
+                         shard_rows=max(1, shard_rows), fast_decode=not exact_decode, runtime=runtime)
     if json_:
         print_json(report.to_dict())
         return

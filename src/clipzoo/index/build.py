@@ -84,11 +84,11 @@ def model_identity(model: Any) -> tuple[str, str | None]:
     return spec, card.alias
 
 
-def _load(model: Any):
+def _load(model: Any, runtime: str = "eager"):
     if isinstance(model, (str, os.PathLike)):
         import clipzoo
 
-        return clipzoo.load(os.fspath(model))
+        return clipzoo.load(os.fspath(model), runtime=runtime)
     return model
 
 
@@ -278,11 +278,12 @@ def refresh_vectors(store: EmbeddingStore, force: bool = False, **options: Any) 
 def build_index(folder: "str | os.PathLike", out: "str | os.PathLike", model: Any = None, batch_size: int = 64,
                 workers: int | None = None, progress: bool = False, *, shard_rows: int = 4096,
                 flush_seconds: float = 10.0, vector_options: dict[str, Any] | None = None,
-                fast_decode: bool = True) -> BuildReport:
+                fast_decode: bool = True, runtime: str = "eager") -> BuildReport:
     """Index the images under ``folder`` into the index folder ``out`` with ``model`` (spec or Comparator).
 
     ``fast_decode``: decode large JPEGs at reduced size (see :func:`clipzoo.inputs.load_rgb`); False
-    gives vectors equal to ``model.encode_image(path)``.
+    gives vectors equal to ``model.encode_image(path)``. ``runtime``: how a model given as a spec runs
+    (see :mod:`clipzoo.runtime`; the index records the spec, and queries run eager).
     A rerun embeds only new or changed files and drops deleted ones; a run killed at any moment leaves
     an index that the next run completes. ``model`` may be omitted on a rerun (the recorded one is used).
     """
@@ -299,14 +300,14 @@ def build_index(folder: "str | os.PathLike", out: "str | os.PathLike", model: An
     store = EmbeddingStore(out, create=True)
     try:
         return _build(store, root, model, int(batch_size), workers, progress, int(shard_rows), flush_seconds,
-                      vector_options or {}, t0, fast_decode)
+                      vector_options or {}, t0, fast_decode, runtime)
     finally:
         store.close()
 
 
 def _build(store: EmbeddingStore, root: Path, model: Any, batch_size: int, workers: int | None, progress: bool,
            shard_rows: int, flush_seconds: float, vector_options: dict[str, Any], t0: float,
-           fast_decode: bool = True) -> BuildReport:
+           fast_decode: bool = True, runtime: str = "eager") -> BuildReport:
     old_root = store.get_meta("root")
     if old_root is not None and Path(old_root) != root:
         raise ClipzooError(f"index {str(store.path)!r} indexes folder {old_root!r}, not {str(root)!r}; pass that "
@@ -359,8 +360,8 @@ def _build(store: EmbeddingStore, root: Path, model: Any, batch_size: int, worke
     embedded = 0
     t_embed = time.perf_counter()
     if to_embed:
-        embedded = _embed(store, root, to_embed, known, _load(model), spec, alias, batch_size, workers, progress,
-                          shard_rows, flush_seconds, report, fast_decode)
+        embedded = _embed(store, root, to_embed, known, _load(model, runtime), spec, alias, batch_size, workers,
+                          progress, shard_rows, flush_seconds, report, fast_decode)
     embed_seconds = time.perf_counter() - t_embed
     store.set_skipped([(os.path.relpath(p, root), r) for p, r in report.skipped])
     store.compact()

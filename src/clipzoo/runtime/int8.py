@@ -9,7 +9,9 @@ quantised per batch at run time).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -34,7 +36,7 @@ def quantize_onnx_folder(src: Path, dst: Path) -> Path:
         shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(META_FILE, *[g["file"] for g in meta["graphs"].values()],
                                                                  *[g["file"] + ".data" for g in meta["graphs"].values()]))
         for graph in meta["graphs"].values():
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet_root_logger():
                 warnings.simplefilter("ignore")
                 quantize_dynamic(str(src / graph["file"]), str(tmp / graph["file"]), op_types_to_quantize=QUANT_OPS,
                                  per_channel=True, weight_type=QuantType.QInt8)
@@ -51,6 +53,18 @@ def quantize_onnx_folder(src: Path, dst: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dst
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """onnxruntime.quantization advises pre-processing through the root logger on every call."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def load_onnx_int8(spec: Any, *, device: str = "cpu", precision: str = "fp32", cache_dir=None,
