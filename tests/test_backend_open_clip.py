@@ -272,3 +272,25 @@ def test_siglip_and_coca_variants_match_open_clip(variant, tmp_path, images):
     else:
         assert type(comp.model).__name__ == "CoCa" and comp.context_length == 76
     assert (logits - ref_logits).abs().max() <= 1e-4
+
+
+def test_text_features_skip_the_padding_after_the_longest_text(tiny_files):
+    """A causal text tower pooled at end-of-text: clipzoo runs only the columns up to the batch's last
+    end-of-text token; features equal open_clip's full-context encode_text, for any mix of lengths."""
+    import open_clip
+
+    from clipzoo.backends.open_clip import _trimmable
+
+    m = clipzoo.load(str(tiny_files["open_clip_safetensors"]))
+    assert _trimmable(m.model)
+    long = " ".join(["word"] * 70)  # 72 tokens with start and end: almost the whole context
+    for texts in (["a dog"], ["a dog", "a photo of a red circle on a blue background"], ["a dog", long]):
+        tokens = m.tokenize(texts)
+        with torch.no_grad():
+            full = m.model.encode_text(tokens)
+        assert torch.allclose(m.encode_tokens(tokens), full, atol=1e-5), texts
+    from clipzoo.testing.tiny import TINY_CONFIG
+
+    siglip = open_clip.CLIP(**{**TINY_CONFIG, "text_cfg": {**TINY_CONFIG["text_cfg"], "no_causal_mask": True,
+                                                            "pool_type": "last"}})
+    assert not _trimmable(siglip)  # bidirectional attention: the padding matters, the whole context runs
