@@ -1,6 +1,7 @@
 """Rebuild the embedded default model ``clipzoo/tiny-shapes`` from its recipe and pack it into the package.
 
     python scripts/build_tiny_shapes.py [--output runs/tiny-shapes] [--steps N]
+    python scripts/build_tiny_shapes.py --from-run runs/tiny-shapes   # pack a finished recipe run instead
 
 Trains ``clipzoo train --recipe tiny-shapes`` (CPU, minutes), packs the result with
 :func:`clipzoo.catalog.embedded.pack` into ``src/clipzoo/catalog/tiny-shapes.{json,safetensors}``, then
@@ -20,6 +21,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output", default="runs/tiny-shapes")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--from-run", default=None, help="Pack the model of this finished `clipzoo train --recipe "
+                                                     "tiny-shapes --output DIR` run instead of training.")
     args = ap.parse_args()
 
     import torch
@@ -39,14 +42,21 @@ def main() -> None:
     t0 = time.time()
     model = build_model(cfg)
     data = shapes_data(cfg.data[0], model, cfg.seed, cfg.workers)
-    result = train(cfg, data=data, model=model)
-    seconds = time.time() - t0
+    if args.from_run:  # the same data (generated from the recipe's seed) gives the token ids to keep
+        from pathlib import Path
+
+        run = json.loads((Path(args.from_run) / "model" / "clipzoo_train.json").read_text())
+        if run.get("config", {}).get("steps") not in (None, cfg.steps):
+            raise SystemExit(f"{args.from_run} is not a run of this recipe (steps {run['config']['steps']})")
+        model_dir, evals, seconds = Path(args.from_run) / "model", run.get("evals", []), None
+    else:
+        result = train(cfg, data=data, model=model)
+        model_dir, evals, seconds = result.model_dir, result.evals, round(time.time() - t0, 1)
     ids = set(torch.unique(data.tokens).tolist())
     names = shapes.classnames("shape_color")
     ids |= set(torch.unique(model.tokenizer([t.format(c=n) for t in shapes.TEMPLATES for n in names])).tolist())
-    pack(result.model_dir, "tiny-shapes", ids, extra={
-        "recipe": "tiny-shapes", "train_seconds_incl_data": round(seconds, 1),
-        "recipe_evals": result.evals})
+    pack(model_dir, "tiny-shapes", ids, extra={
+        "recipe": "tiny-shapes", "train_seconds_incl_data": seconds, "recipe_evals": evals})
 
     # the packed model, loaded as users load it, on the recipe's held-out images
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,7 +70,7 @@ def main() -> None:
     meta = json.loads(meta_path.read_text())
     meta["heldout_zeroshot"] = {"data": cfg.eval_data, **{k: round(float(v), 4) for k, v in metrics.items()}}
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")
-    print(json.dumps({"seconds": round(seconds, 1), "heldout_zeroshot": meta["heldout_zeroshot"]}, indent=1))
+    print(json.dumps({"seconds": seconds, "heldout_zeroshot": meta["heldout_zeroshot"]}, indent=1))
 
 
 if __name__ == "__main__":

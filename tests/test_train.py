@@ -222,3 +222,37 @@ def test_two_processes_train_towers_with_adapters_and_a_teacher(tmp_path):
     loaded = clipzoo.load(str(tmp_path / "two.json.run" / "model"))
     assert loaded.card.backend == "composite" and loaded.embed_dim == 16
     assert loaded.encode_text(["a red circle"]).shape == (1, 16)
+
+
+def test_trimmed_text_padding_gives_the_same_loss_and_gradients():
+    """Training runs the text transformer only up to a batch's longest caption: same loss and gradients as
+    open_clip's full-context encode_text, and a deep copy stays bound to its own weights."""
+    import copy
+
+    import open_clip
+
+    from clipzoo.testing.tiny import TINY_CONFIG, tiny_model
+    from clipzoo.train.engine import trim_text_padding
+
+    full, trimmed = tiny_model(seed=1).train(), tiny_model(seed=1).train()
+    assert trim_text_padding(trimmed)
+    tok = open_clip.SimpleTokenizer(context_length=TINY_CONFIG["text_cfg"]["context_length"])
+    tokens = tok(["a red circle", "two blue squares on the left", "a tiny green star"])
+    images = torch.randn(3, 3, 32, 32)
+    loss_fn = open_clip.ClipLoss()
+    grads = []
+    for m in (full, trimmed):
+        out = m(images, tokens)
+        loss = loss_fn(out[0], out[1], out[2])
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5), name
+    copy_ = copy.deepcopy(trimmed)
+    with torch.no_grad():
+        copy_.token_embedding.weight.zero_()
+    assert not torch.allclose(copy_.encode_text(tokens), trimmed.encode_text(tokens))
+    assert not trim_text_padding(open_clip.CLIP(**{**TINY_CONFIG, "text_cfg": {**TINY_CONFIG["text_cfg"],
+                                                                                "no_causal_mask": True,
+                                                                                "pool_type": "last"}}))

@@ -13,6 +13,7 @@ A NaN / inf loss stops the run naming the step; the last good checkpoint stays.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
@@ -165,6 +166,44 @@ def _lock(module: torch.nn.Module, cfg: TrainConfig) -> None:
         module.lock_text_tower(unlocked_layers=cfg.lock_text_unlocked_layers, freeze_layer_norm=True)
 
 
+def convolutional_layout(module) -> torch.memory_format:
+    """Channels-last for an image tower made of convolutions (ResNets, ConvNeXts): oneDNN's and cuDNN's
+    convolutions run faster on NHWC tensors (the tiny-shapes ResNet's forward and backward: 1.5× on 2
+    CPU cores), with the same maths. The weights are converted in place; returns the format for the
+    input images (``torch.contiguous_format`` for towers with at most one convolution, e.g. a ViT's
+    patch embedding)."""
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+    if convs <= 1:
+        return torch.contiguous_format
+    module.to(memory_format=torch.channels_last)
+    return torch.channels_last
+
+
+def trim_text_padding(module) -> bool:
+    """Let an open_clip CLIP with a causal, end-of-text-pooled text tower run its text transformer only up
+    to each batch's longest caption (:func:`clipzoo.backends.open_clip._encode_text_trimmed`): the same
+    features and gradients — the columns after the last end-of-text token never reach the pooled output —
+    for less work (captions of ~10 tokens in a context of 24 or 77). Returns whether it applies."""
+    from ..backends.open_clip import _trimmable
+
+    if not _trimmable(module):
+        return False
+    # a partial (not a closure) so that copy.deepcopy (EMA) binds the copy to the copied module
+    module.__dict__["encode_text"] = functools.partial(_encode_text_trimmed, module)
+    return True
+
+
+def _encode_text_trimmed(module, text, normalize: bool = False):
+    from ..backends.open_clip import _encode_text_trimmed as trimmed
+    from ..backends.open_clip import _tracing
+
+    if _tracing():
+        x = type(module).encode_text(module, text)
+    else:
+        x = trimmed(module, text)
+    return torch.nn.functional.normalize(x, dim=-1) if normalize else x
+
+
 def _features(module, images, tokens):
     out = module(images, tokens)
     if isinstance(out, dict):
@@ -193,6 +232,8 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
     ckpt_dir = _checkpoints(cfg.output, cfg.checkpoint_dir)
     model = model or build_model(cfg)
     module = model.module.to(device)
+    trim_text_padding(module)
+    memory_format = convolutional_layout(module)
     _lock(module, cfg)
     if cfg.grad_checkpointing:
         module.set_grad_checkpointing(True)
@@ -226,8 +267,13 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
                      else None)
 
     groups = param_groups(module, cfg.weight_decay, cfg.lr, cfg.layer_decay)
+    params = [p for g in groups for p in g["params"]]
+    # the fused kernel: one pass over all tensors (PyTorch's CPU default loops tensor by tensor — on the
+    # tiny-shapes recipe that loop took 46 ms of a 0.32 s step)
+    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() and p.device == params[0].device
+                                                    for p in params)
     optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=cfg.lr,
-                                  betas=tuple(cfg.betas), eps=cfg.eps)
+                                  betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup, total, cfg.schedule))
     use_scaler = cfg.precision == "fp16" and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -299,6 +345,7 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
                 if step >= total:
                     break
                 images, tokens = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+                images = images.contiguous(memory_format=memory_format)
                 targets = {}
                 if teacher is not None:  # the frozen teacher's features of the same batch
                     t_img, t_txt = teacher.features(images, batch[2] if len(batch) > 2 else None)
