@@ -204,33 +204,14 @@ def _list_to_array(values: Any, name: str):
 
 
 # ------------------------------------------------------------------ files and embedding
-def _is_audio_file(path: Path) -> bool:
-    return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
-
-
 def expand_audio_paths(paths: "str | os.PathLike | Iterable[str | os.PathLike]") -> list[str]:
     """Files stay as given; a folder becomes its .wav/.flac/.ogg files (recursively, sorted, hidden skipped).
 
     Raises :class:`~clipzoo.errors.BadAudioError` naming a path that does not exist or a folder without audio.
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    out: list[str] = []
-    for given in paths:
-        path = Path(os.path.expanduser(os.fspath(given)))
-        if path.is_dir():
-            found = sorted((p for p in path.rglob("*") if p.is_file() and _is_audio_file(p)), key=str)
-            if not found:
-                raise BadAudioError(f"folder {os.fspath(given)!r} holds no audio files "
-                                    f"({', '.join(AUDIO_SUFFIXES)}); check the path")
-            out.extend(str(p) for p in found)
-        elif path.exists():
-            out.append(str(path))
-        else:
-            raise BadAudioError(f"audio file {os.fspath(given)!r} does not exist; check the path")
-    if not out:
-        raise BadAudioError("no audio given; pass audio files or folders")
-    return out
+    from .files import expand_files
+
+    return expand_files(paths, AUDIO_SUFFIXES, BadAudioError, "audio")
 
 
 def embed_audio(comparator, paths: "str | os.PathLike | Iterable[str | os.PathLike]", *, batch_size: int = 32,

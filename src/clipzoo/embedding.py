@@ -52,34 +52,15 @@ def default_workers() -> int:
 
 
 # ------------------------------------------------------------------ inputs
-def _is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-
-
 def expand_image_paths(paths: "str | os.PathLike | Iterable[str | os.PathLike]") -> list[str]:
     """Files stay as given; a folder becomes its image files (recursively, sorted, hidden files skipped).
 
     Raises :class:`~clipzoo.errors.BadImageError` naming a path that does not exist or a folder
     without images.
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    out: list[str] = []
-    for given in paths:
-        path = Path(os.path.expanduser(os.fspath(given)))
-        if path.is_dir():
-            found = sorted((p for p in path.rglob("*") if p.is_file() and _is_image_file(p)), key=str)
-            if not found:
-                raise BadImageError(f"folder {os.fspath(given)!r} holds no image files "
-                                    f"({', '.join(IMAGE_SUFFIXES)}); check the path")
-            out.extend(str(p) for p in found)
-        elif path.exists():
-            out.append(str(path))
-        else:
-            raise BadImageError(f"image {os.fspath(given)!r} does not exist; check the path")
-    if not out:
-        raise BadImageError("no images given; pass image files or folders")
-    return out
+    from .files import expand_files
+
+    return expand_files(paths, IMAGE_SUFFIXES, BadImageError, "image")
 
 
 def read_texts(path: "str | os.PathLike") -> list[str]:

@@ -24,3 +24,55 @@ def atomic_write(path: "str | os.PathLike", write: Callable[[IO[bytes]], object]
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def expand_files(paths, suffixes: tuple[str, ...], error: type, kind: str) -> list[str]:
+    """Files stay as given; a folder becomes its files with one of ``suffixes`` (any case; recursively,
+    sorted, hidden files skipped). A path that does not exist, a folder without such files, or no paths at
+    all raise ``error`` naming it (``kind``: "image", "audio", … for the messages)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[str] = []
+    for given in paths:
+        path = Path(os.path.expanduser(os.fspath(given)))
+        if path.is_dir():
+            found = sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+                            and not p.name.startswith(".")), key=str)
+            if not found:
+                raise error(f"folder {os.fspath(given)!r} holds no {kind} files ({', '.join(suffixes)}); "
+                            "check the path")
+            out.extend(str(p) for p in found)
+        elif path.exists():
+            out.append(str(path))
+        else:
+            noun = "image" if kind == "image" else f"{kind} file"
+            raise error(f"{noun} {os.fspath(given)!r} does not exist; check the path")
+    if not out:
+        raise error(f"no {kind} given; pass {kind} files or folders" if kind != "image"
+                    else "no images given; pass image files or folders")
+    return out
+
+
+def build_folder_once(folder: "str | os.PathLike", build: Callable[[Path], object], marker: str) -> Path:
+    """Create the cache folder ``folder`` by ``build(tmp)`` into a temporary sibling, then rename it into place.
+
+    ``marker`` is the file ``build`` writes last: a folder holding it is complete. If another process
+    completed ``folder`` meanwhile, its result is kept and ours dropped; a failed build leaves nothing.
+    """
+    import shutil
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build(tmp)
+        if (folder / marker).is_file():  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder

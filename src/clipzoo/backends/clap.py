@@ -139,12 +139,9 @@ class ClapComparator(Comparator):
 
 # ------------------------------------------------------------------------------------ loading
 def load_tokenizer(folder):
-    transformers = _transformers()
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"{folder} has no usable tokenizer ({type(exc).__name__}: {str(exc)[:200]}); "
-                              "save it with the model (processor.save_pretrained(folder))") from None
+    from .transformers import load_tokenizer as load_hf_tokenizer
+
+    tokenizer = load_hf_tokenizer(folder)
     if len(tokenizer) <= 10:  # transformers 5 builds a near-empty tokenizer when no vocabulary file exists
         raise CheckpointError(f"{folder} has no tokenizer vocabulary; save the tokenizer with the model "
                               "(processor.save_pretrained(folder))")

@@ -313,8 +313,10 @@ def _load_checked(cls, folder: Path, class_name: str, kwargs: dict):
     return model.eval()
 
 
-def load_processors(folder: Path):
+def load_tokenizer(folder: Path):
+    """The folder's tokenizer (``AutoTokenizer``); a missing or vocabulary-less one raises CheckpointError."""
     transformers = _transformers()
+    folder = Path(folder)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError, KeyError) as exc:
@@ -325,6 +327,12 @@ def load_processors(folder: Path):
     if vocab_files and not any((folder / name).exists() for name in vocab_files.values()):
         raise CheckpointError(f"{folder} has no tokenizer vocabulary (none of {', '.join(vocab_files.values())}); "
                               "save the tokenizer with the model (processor.save_pretrained(folder))")
+    return tokenizer
+
+
+def load_processors(folder: Path):
+    transformers = _transformers()
+    tokenizer = load_tokenizer(folder)
     try:
         image_processor = transformers.AutoImageProcessor.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError, KeyError) as exc:

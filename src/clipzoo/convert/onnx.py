@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -389,19 +388,9 @@ def exported_folder(spec: Any, *, precision: str = "fp32", cache_dir=None, trust
     if not (folder / META_FILE).is_file():
         comparator = load(card, device="cpu", precision="fp32", cache_dir=cache_dir, trust_pickle=trust_pickle,
                           **kwargs)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            export_onnx(comparator, tmp)
-            if (folder / META_FILE).is_file():  # another process finished first
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                shutil.rmtree(folder, ignore_errors=True)
-                os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        from ..files import build_folder_once
+
+        build_folder_once(folder, lambda tmp: export_onnx(comparator, tmp), META_FILE)
     return folder
 
 

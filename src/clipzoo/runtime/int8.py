@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -29,30 +28,24 @@ def quantize_onnx_folder(src: Path, dst: Path) -> Path:
 
     from ..backends.onnx import META_FILE, read_meta
 
+    from ..files import build_folder_once
+
     meta = read_meta(src)
-    tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(META_FILE, *[g["file"] for g in meta["graphs"].values()],
-                                                                 *[g["file"] + ".data" for g in meta["graphs"].values()]))
-        for graph in meta["graphs"].values():
+    files = [g["file"] for g in meta["graphs"].values()]
+
+    def build(tmp: Path) -> None:
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(META_FILE, *files, *[f + ".data" for f in files]))
+        for name in files:
             with warnings.catch_warnings(), _quiet_root_logger():
                 warnings.simplefilter("ignore")
-                quantize_dynamic(str(src / graph["file"]), str(tmp / graph["file"]), op_types_to_quantize=QUANT_OPS,
-                                 per_channel=True, weight_type=QuantType.QInt8)
-        meta = {**meta, "quantization": {"kind": "dynamic", "weights": "int8", "per_channel": True,
-                                         "ops": QUANT_OPS, "from": str(src)}}
-        meta.pop("max_abs_diff", None)  # measured for the fp32 graphs
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if (dst / META_FILE).is_file():  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            shutil.rmtree(dst, ignore_errors=True)
-            os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dst
+                quantize_dynamic(str(src / name), str(tmp / name), op_types_to_quantize=QUANT_OPS, per_channel=True,
+                                 weight_type=QuantType.QInt8)
+        quantised = {**meta, "quantization": {"kind": "dynamic", "weights": "int8", "per_channel": True,
+                                              "ops": QUANT_OPS, "from": str(src)}}
+        quantised.pop("max_abs_diff", None)  # measured for the fp32 graphs
+        (tmp / META_FILE).write_text(json.dumps(quantised, indent=2) + "\n", encoding="utf-8")
+
+    return build_folder_once(dst, build, META_FILE)
 
 
 @contextlib.contextmanager
