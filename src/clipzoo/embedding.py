@@ -125,16 +125,18 @@ def collate_images(items: list) -> tuple[list[int], Any, list[tuple[int, str]]]:
 
 
 def image_loader(paths: Sequence, transform: Callable, batch_size: int = 64, workers: int | None = None,
-                 pin_memory: bool = False, draft_size: int | None = None):
+                 pin_memory: bool = False, draft_size: int | None = None, *, dataset: type = ImageFiles,
+                 collate: Callable = collate_images):
     """A DataLoader over image files (or tar members), in order, decoding and preprocessing in ``workers``
     processes (0: in this process) while the model encodes earlier batches; ``draft_size``: reduced-size
-    JPEG decoding (:func:`clipzoo.inputs.load_rgb`)."""
+    JPEG decoding (:func:`clipzoo.inputs.load_rgb`). ``dataset`` / ``collate``: an :class:`ImageFiles`
+    subclass and its collate function (the index build's, which also hashes the files)."""
     from torch.utils.data import DataLoader
 
     workers = default_workers() if workers is None else int(workers)
     workers = min(workers, max(1, -(-len(paths) // batch_size))) if workers else 0
-    return DataLoader(ImageFiles(paths, transform, draft_size), batch_size=batch_size, shuffle=False,
-                      num_workers=workers, collate_fn=collate_images, pin_memory=pin_memory,
+    return DataLoader(dataset(paths, transform, draft_size), batch_size=batch_size, shuffle=False,
+                      num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
                       prefetch_factor=4 if workers else None, persistent_workers=False)
 
 
@@ -194,34 +196,24 @@ def embed_images(comparator, images: "str | os.PathLike | Iterable[str | os.Path
     To stream rows to disk, or run under torchrun, use :func:`clipzoo.embedding_files.embed_to_file`.
     """
     import numpy as np
-    import torch
 
     from .cards import IMAGE
+    from .embedding_files import DistributedInfo, image_batches, expand_image_inputs
 
     batch_size = _check_batch_size(batch_size)
     comparator._require(IMAGE)
-    from .embedding_files import expand_image_inputs
-
     items = expand_image_inputs(images)
-    paths = [str(item) for item in items]
-    device = torch.device(comparator.device)
-    loader = image_loader(items, comparator.transform, batch_size, workers, pin_memory=device.type == "cuda",
-                          draft_size=draft_size_for(comparator) if fast_decode else None)
     rows: list[np.ndarray] = []
     kept: list[str] = []
     skipped: list[dict[str, str]] = []
-    with _progress(len(paths), f"embedding {len(paths)} images", progress) as advance:
-        for indices, pixels, errors in loader:
-            if errors and not skip_bad:
-                raise BadImageError(f"{errors[0][1]} (to leave such images out: --skip-bad, skip_bad=True)")
-            skipped.extend({"input": paths[i], "error": err} for i, err in errors)
-            if pixels is not None:
-                feats = comparator.encode_image(pixels, normalize=normalize)
-                rows.append(feats.float().cpu().numpy())
-                kept.extend(paths[i] for i in indices)
-            advance(len(indices) + len(errors))
+    for names, feats, batch_skipped in image_batches(comparator, items, batch_size, workers, normalize, progress,
+                                                      skip_bad, fast_decode, DistributedInfo()):
+        if names:
+            rows.append(feats)
+            kept.extend(names)
+        skipped.extend(batch_skipped)
     if not rows:
-        raise BadImageError(f"none of the {len(paths)} images could be decoded; first error: "
+        raise BadImageError(f"none of the {len(items)} images could be decoded; first error: "
                             f"{skipped[0]['error'] if skipped else '(none)'}")
     return Embeddings(np.concatenate(rows).astype(np.float32, copy=False), kept, IMAGE,
                       comparator.card.alias, normalize, skipped)
@@ -234,18 +226,13 @@ def embed_texts(comparator, texts: "str | Sequence[str]", *, batch_size: int = 2
     import numpy as np
 
     from .cards import TEXT
+    from .embedding_files import text_batches
     from .inputs import text_items
 
     batch_size = _check_batch_size(batch_size)
     comparator._require(TEXT)
     texts = text_items(texts)
-    rows = []
-    with _progress(len(texts), f"embedding {len(texts)} texts", progress) as advance:
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start:start + batch_size]
-            feats = comparator.encode_text(chunk, normalize=normalize, batch_size=batch_size, truncate=truncate)
-            rows.append(feats.float().cpu().numpy())
-            advance(len(chunk))
+    rows = [feats for _, feats, _ in text_batches(comparator, texts, batch_size, normalize, progress, truncate)]
     return Embeddings(np.concatenate(rows).astype(np.float32, copy=False), list(texts), TEXT,
                       comparator.card.alias, normalize)
 
@@ -268,11 +255,15 @@ def save_embeddings(embeddings: Embeddings, out: "str | os.PathLike") -> tuple[P
     npy = _npy_path(out)
     if npy.parent and not npy.parent.exists():
         npy.parent.mkdir(parents=True, exist_ok=True)
-    side = sidecar_path(npy)
     atomic_write(npy, lambda f: np.save(f, embeddings.features))
-    atomic_write(side, lambda f: f.write(json.dumps(embeddings.metadata(), indent=1, ensure_ascii=False)
-                                          .encode("utf-8")))
-    return npy, side
+    return npy, write_sidecar(npy, embeddings.metadata())
+
+
+def write_sidecar(npy_path: "str | os.PathLike", metadata: dict[str, Any]) -> Path:
+    """Write the JSON sidecar of ``npy_path`` (whole or not at all)."""
+    side = sidecar_path(npy_path)
+    atomic_write(side, lambda f: f.write(json.dumps(metadata, indent=1, ensure_ascii=False).encode("utf-8")))
+    return side
 
 
 def load_embeddings(path: "str | os.PathLike") -> Embeddings:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from .errors import BadImageError, ClipzooError
-from .files import atomic_write
 
 __all__ = ["TarMember", "tar_image_members", "expand_image_inputs", "shard_bounds", "DistributedInfo",
            "distributed_info", "embed_to_file", "merge_parts", "parts_dir"]
@@ -174,17 +173,18 @@ class _RowWriter:
         if self.array is None:
             self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(0, dim))
         self.array.flush()
+        array, self.array = self.array, None
         if self.rows < self.capacity:  # some inputs were skipped: write the kept rows only
             trimmed = self.tmp.with_name(self.tmp.name + "-trim")
-            out = np.lib.format.open_memmap(trimmed, mode="w+", dtype=np.float32, shape=(self.rows, self.array.shape[1]))
+            out = np.lib.format.open_memmap(trimmed, mode="w+", dtype=np.float32, shape=(self.rows, array.shape[1]))
             for start in range(0, self.rows, 65536):
                 stop = min(start + 65536, self.rows)
-                out[start:stop] = self.array[start:stop]
+                out[start:stop] = array[start:stop]
             out.flush()
-            del out
-            self.array = None
+            del out, array
             os.replace(trimmed, self.tmp)
-        self.array = None
+        else:
+            del array
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
@@ -193,14 +193,11 @@ class _RowWriter:
             p.unlink(missing_ok=True)
 
 
-def _npy(out: "str | os.PathLike") -> Path:
-    out = Path(os.path.expanduser(os.fspath(out)))
-    return out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
-
-
 def parts_dir(out: "str | os.PathLike") -> Path:
     """``photos.npy`` -> ``photos.parts/``: where the ranks of a distributed run write their shares."""
-    npy = _npy(out)
+    from .embedding import _npy_path
+
+    npy = _npy_path(out)
     return npy.with_name(npy.stem + ".parts")
 
 
@@ -219,7 +216,7 @@ def embed_to_file(comparator, out: "str | os.PathLike", *, images: Any = None, t
     Returns the sidecar's metadata (for a rank other than 0 in a distributed run: its part's).
     """
     from .cards import IMAGE, TEXT
-    from .embedding import _check_batch_size, sidecar_path
+    from .embedding import _check_batch_size, _npy_path, write_sidecar
 
     if (images is None) == (texts is None):
         raise ClipzooError("pass exactly one of images= or texts=")
@@ -230,7 +227,7 @@ def embed_to_file(comparator, out: "str | os.PathLike", *, images: Any = None, t
     batch_size = _check_batch_size(batch_size or (64 if modality == IMAGE else 256))
     start, stop = shard_bounds(len(items), info.rank, info.world_size)
     mine = items[start:stop]
-    npy = _npy(out)
+    npy = _npy_path(out)
     target = parts_dir(npy) / _part_name(info.rank, info.world_size) if info.active else npy
     target.parent.mkdir(parents=True, exist_ok=True)
     writer = _RowWriter(target, len(mine))
@@ -238,10 +235,10 @@ def embed_to_file(comparator, out: "str | os.PathLike", *, images: Any = None, t
     skipped: list[dict[str, str]] = []
     try:
         if modality == IMAGE:
-            batches = _image_batches(comparator, mine, batch_size, workers, normalize, progress, skip_bad,
+            batches = image_batches(comparator, mine, batch_size, workers, normalize, progress, skip_bad,
                                      fast_decode, info)
         else:
-            batches = _text_batches(comparator, mine, batch_size, normalize, progress, truncate)
+            batches = text_batches(comparator, mine, batch_size, normalize, progress, truncate)
         for batch_names, feats, batch_skipped in batches:
             if len(batch_names):
                 writer.append(feats)
@@ -256,7 +253,7 @@ def embed_to_file(comparator, out: "str | os.PathLike", *, images: Any = None, t
     except BaseException:
         writer.abort()
         raise
-    atomic_write(sidecar_path(target), lambda f: f.write(json.dumps(meta, indent=1, ensure_ascii=False).encode()))
+    write_sidecar(target, meta)
     if modality == IMAGE and not names and not info.active:
         raise BadImageError(f"none of the {len(items)} images could be decoded; first error: "
                             f"{skipped[0]['error'] if skipped else '(none)'}")
@@ -271,9 +268,9 @@ def merge_parts(out: "str | os.PathLike", world_size: int) -> dict[str, Any]:
     """Join ``OUT.parts/part-*-of-WORLD.npy`` in rank order into ``OUT.npy`` + sidecar (the parts stay)."""
     import numpy as np
 
-    from .embedding import sidecar_path
+    from .embedding import _npy_path, sidecar_path, write_sidecar
 
-    npy = _npy(out)
+    npy = _npy_path(out)
     folder = parts_dir(npy)
     parts = [folder / _part_name(r, world_size) for r in range(world_size)]
     missing = [str(p) for p in parts if not p.is_file() or not sidecar_path(p).is_file()]
@@ -299,11 +296,11 @@ def merge_parts(out: "str | os.PathLike", world_size: int) -> dict[str, Any]:
     meta = {k: v for k, v in metas[0].items() if k != "part"}
     meta.update(count=total, inputs=[x for m in metas for x in m["inputs"]],
                 skipped=[x for m in metas for x in m["skipped"]], merged_from=world_size)
-    atomic_write(sidecar_path(npy), lambda f: f.write(json.dumps(meta, indent=1, ensure_ascii=False).encode()))
+    write_sidecar(npy, meta)
     return meta
 
 
-def _image_batches(comparator, items: list, batch_size: int, workers, normalize: bool, progress: bool,
+def image_batches(comparator, items: list, batch_size: int, workers, normalize: bool, progress: bool,
                    skip_bad: bool, fast_decode: bool, info: DistributedInfo) -> Iterator[tuple[list[str], Any, list]]:
     import torch
 
@@ -326,7 +323,7 @@ def _image_batches(comparator, items: list, batch_size: int, workers, normalize:
             advance(len(indices) + len(errors))
 
 
-def _text_batches(comparator, texts: list[str], batch_size: int, normalize: bool, progress: bool,
+def text_batches(comparator, texts: list[str], batch_size: int, normalize: bool, progress: bool,
                   truncate: bool) -> Iterator[tuple[list[str], Any, list]]:
     from .embedding import _progress
 

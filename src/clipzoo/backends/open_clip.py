@@ -75,8 +75,8 @@ class OpenClipComparator(Comparator):
         return self.model.encode_image(pixels, normalize=False)
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        if _trimmable(self.model) and not _tracing():
-            return _encode_text_trimmed(self.model, tokens)
+        if _trimmable(self.model):
+            return encode_text_padding_free(self.model, tokens)
         return self.model.encode_text(tokens, normalize=False)
 
     def tokenize(self, texts, truncate: bool = False) -> torch.Tensor:
@@ -103,6 +103,14 @@ def _trimmable(model) -> bool:
     return (type(model) is open_clip.CLIP and getattr(model, "text_pool_type", None) in ("argmax", "eos")
             and isinstance(getattr(model, "attn_mask", None), torch.Tensor)
             and getattr(model, "positional_embedding", None) is not None)
+
+
+def encode_text_padding_free(model, text: torch.Tensor) -> torch.Tensor:
+    """Raw text features of a :func:`_trimmable` model: :func:`_encode_text_trimmed`, except while exporting
+    or compiling, where open_clip's own (class) ``encode_text`` keeps the whole context."""
+    if _tracing():
+        return type(model).encode_text(model, text)
+    return _encode_text_trimmed(model, text)
 
 
 def _encode_text_trimmed(model, text: torch.Tensor) -> torch.Tensor:

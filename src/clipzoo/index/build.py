@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -179,20 +179,6 @@ def _collate(items: list):
     bad = [it for it in items if it[2] is not None]
     pixels = torch.stack([it[1] for it in good]) if good else None
     return ([(it[0], it[3], it[4], it[5]) for it in good], pixels, [(it[0], it[2]) for it in bad])
-
-
-def _loader(paths: Sequence[str], transform: Callable, batch_size: int, workers: int | None,
-            draft_size: int | None = None):
-    from torch.utils.data import DataLoader
-
-    from ..embedding import default_workers
-
-    workers = default_workers() if workers is None else int(workers)
-    workers = min(workers, max(1, -(-len(paths) // batch_size))) if workers else 0
-    return DataLoader(IndexFiles(paths, transform, draft_size), batch_size=batch_size, shuffle=False,
-                      num_workers=workers,
-                      collate_fn=_collate, prefetch_factor=4 if workers else None,
-                      persistent_workers=False)
 
 
 # ------------------------------------------------------------------ progress
@@ -380,13 +366,14 @@ def _embed(store: EmbeddingStore, root: Path, relpaths: list[str], known: dict, 
     import torch
 
     from ..cards import IMAGE
-    from ..embedding import draft_size_for
+    from ..embedding import draft_size_for, image_loader
 
     comparator._require(IMAGE)
     store.check_model(spec, comparator.card.alias, comparator.embed_dim)
     paths = [str(root / r) for r in relpaths]
-    loader = _loader(paths, comparator.transform, batch_size, workers,
-                     draft_size_for(comparator) if fast_decode else None)
+    loader = image_loader(paths, comparator.transform, batch_size, workers,
+                          draft_size=draft_size_for(comparator) if fast_decode else None, dataset=IndexFiles,
+                          collate=_collate)
     pending_rows: list[ItemRow] = []
     pending_vecs: list[np.ndarray] = []
     last_flush = time.monotonic()

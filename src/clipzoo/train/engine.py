@@ -194,13 +194,9 @@ def trim_text_padding(module) -> bool:
 
 
 def _encode_text_trimmed(module, text, normalize: bool = False):
-    from ..backends.open_clip import _encode_text_trimmed as trimmed
-    from ..backends.open_clip import _tracing
+    from ..backends.open_clip import encode_text_padding_free
 
-    if _tracing():
-        x = type(module).encode_text(module, text)
-    else:
-        x = trimmed(module, text)
+    x = encode_text_padding_free(module, text)
     return torch.nn.functional.normalize(x, dim=-1) if normalize else x
 
 
