@@ -6,7 +6,8 @@
 Trains ``clipzoo train --recipe tiny-shapes`` (CPU, minutes), packs the result with
 :func:`clipzoo.catalog.embedded.pack` into ``src/clipzoo/catalog/tiny-shapes.{json,safetensors}``, then
 loads the packed model through ``clipzoo.load("clipzoo/tiny-shapes")`` and evaluates it zero-shot on the
-recipe's held-out shapes, recording the figures in the JSON. The token rows kept are those of the
+recipe's held-out shapes, recording the figures in the JSON, and draws the run's loss and acc1 curve into
+``docs/img/tiny_shapes_curve.png``. The token rows kept are those of the
 training captions and of the zero-shot class names in the shapes templates.
 """
 from __future__ import annotations
@@ -70,7 +71,16 @@ def main() -> None:
     meta = json.loads(meta_path.read_text())
     meta["heldout_zeroshot"] = {"data": cfg.eval_data, **{k: round(float(v), 4) for k, v in metrics.items()}}
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")
-    print(json.dumps({"seconds": seconds, "heldout_zeroshot": meta["heldout_zeroshot"]}, indent=1))
+    from pathlib import Path
+
+    from clipzoo.train.curves import plot_run, read_metrics
+
+    run_dir = Path(model_dir).parent
+    elapsed = seconds or read_metrics(run_dir)[0][-1].get("elapsed_s")
+    took = f", {elapsed:.0f} s" if elapsed else ""
+    curve = plot_run(run_dir, Path(__file__).resolve().parents[1] / "docs" / "img" / "tiny_shapes_curve.png",
+                     title=f"clipzoo train --recipe tiny-shapes (2 CPU cores{took})")
+    print(json.dumps({"seconds": seconds, "heldout_zeroshot": meta["heldout_zeroshot"], "curve": str(curve)}, indent=1))
 
 
 if __name__ == "__main__":

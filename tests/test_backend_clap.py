@@ -324,6 +324,19 @@ def test_cli_compare_audio(clap, folder, audio_files):
     assert all(f"{p:.4f}" in table.stdout for p in first.tolist())
 
 
+def test_cli_info_counts_the_audio_tower(folder, reference):
+    model = reference[0]
+    result = run("info", folder, "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    params = json.loads(result.stdout)["summary"]["parameters"]
+    audio = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("audio_model.", "audio_projection.")))
+    text = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("text_model.", "text_projection.")))
+    assert (params["audio"], params["text"]) == (audio, text) and "image" not in params
+    assert params["total"] == sum(p.numel() for p in model.parameters())
+    table = run("info", folder)
+    assert table.exit_code == 0 and "audio" in table.stdout
+
+
 def test_cli_compare_audio_user_errors(folder, audio_files, image_files, tmp_path):
     _, files = audio_files
     wav = files["a.wav"][0]

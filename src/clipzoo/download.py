@@ -1,15 +1,21 @@
-"""Fetching weights: direct URLs (verified by full SHA256) and the Hugging Face hub (through its cache)."""
+"""Fetching weights: direct URLs (verified by full SHA256), the Hugging Face hub (through its cache), and
+model files or folders at fsspec URLs (``s3://``, ``gs://``, ``az://``, ``memory://``, …)."""
 from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
+import re
+import shutil
 import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .errors import DownloadError, ModelNotCachedError
+from .errors import DownloadError, ModelNotCachedError, UnknownModelError
+
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 
 def default_cache_dir() -> Path:
@@ -137,3 +143,95 @@ def _hub_error(repo: str, exc: Exception, filename: str | None = None) -> ModelN
         f"cannot fetch {what}hub repo {repo!r}: it is not in the local Hugging Face cache and the hub "
         f"cannot be reached ({name}); download it once where the hub is reachable (or set HF_HOME to a "
         "cache that holds it), or pass a local folder")
+
+
+def remote_protocol(spec: str) -> "str | None":
+    """The fsspec protocol of a model URL (``s3``, ``gs``, ``memory``, …); None for local paths, ``file://``
+    URLs and ``http(s)://`` URLs (those are fetched by :func:`download_url`)."""
+    m = _SCHEME.match(spec) if isinstance(spec, str) else None
+    if m is None or m.group(1).lower() in ("http", "https", "file", "local"):
+        return None
+    return m.group(1).lower()
+
+
+def fetch_remote(url: str, cache_dir: "str | os.PathLike | None" = None) -> Path:
+    """A model file or folder at an fsspec URL -> a local copy in ``cache_dir/remote/`` (what
+    ``clipzoo.load("s3://bucket/run/model")`` loads).
+
+    Copied into a temporary sibling and renamed into place only when every file arrived, so an
+    interrupted copy is never loaded. The copy is reused while the remote listing — names, sizes, and the
+    store's ETag or modification time — is unchanged, and fetched again when it changed (a retrained model
+    written to the same URL).
+    """
+    protocol = remote_protocol(url) or "?"
+    try:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(url)
+    except ImportError as err:
+        raise DownloadError(f"cannot read {url}: the fsspec filesystem for {protocol}:// is not installed ({err}); "
+                            "pip install the matching package (s3fs, gcsfs, adlfs, …)") from None
+    except ValueError as err:
+        raise DownloadError(f"cannot read {url}: not a usable fsspec URL ({err})") from None
+    path = path.rstrip("/")
+    try:
+        fs.invalidate_cache(path)  # a listing cached earlier in this process may predate a retrained model
+        exists = fs.exists(path)
+        if not exists:
+            raise UnknownModelError(f"model URL {url!r} does not exist; check the bucket and path (a model folder "
+                                    "written by `clipzoo train`, or a checkpoint file)")
+        if fs.isdir(path):
+            listing = {name: info for name, info in fs.find(path, detail=True).items()
+                       if info.get("type", "file") != "directory"}
+            files = {_relative(name, path): info for name, info in listing.items()}
+        else:
+            files = {"": fs.info(path)}
+    except (UnknownModelError, DownloadError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - credentials, network, permissions: the store's own message
+        raise DownloadError(f"cannot read {url} ({type(exc).__name__}: {exc}); check the URL, the credentials "
+                            "and the network") from None
+    fingerprint = json.dumps(sorted((rel, info.get("size"), str(_version_tag(info))) for rel, info in files.items()))
+    folder = (Path(cache_dir) if cache_dir else default_cache_dir()) / "remote" / hashlib.sha256(
+        url.rstrip("/").encode()).hexdigest()[:16]
+    name = path.rsplit("/", 1)[-1] or "model"
+    target, marker = folder / name, folder / "listing.json"
+    if target.exists() and marker.exists() and marker.read_text() == fingerprint:
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".part", dir=folder))
+    try:
+        for rel in files:
+            src = f"{path}/{rel}" if rel else path
+            dst = tmp / (rel or name)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fs.get_file(src, str(dst))
+            except Exception as exc:  # noqa: BLE001
+                raise DownloadError(f"copy of {url} was interrupted at {rel or name} ({type(exc).__name__}: {exc}); "
+                                    "nothing was kept — run again") from None
+        staged = tmp if files.keys() != {""} else tmp / name
+        if marker.exists():
+            marker.unlink()
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        os.replace(staged, target)
+        marker.write_text(fingerprint)
+        return target
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _relative(name: str, root: str) -> str:
+    name, root = name.lstrip("/"), root.lstrip("/")
+    return name[len(root):].lstrip("/") if name.startswith(root) else name.rsplit("/", 1)[-1]
+
+
+def _version_tag(info: dict) -> object:
+    for key in ("ETag", "etag", "md5Hash", "crc32c", "mtime", "LastModified", "last_modified", "updated", "created"):
+        if info.get(key) is not None:
+            return info[key]
+    return None

@@ -7,7 +7,7 @@ from typing import Any
 from .backends import get_backend
 from .cards import ModelCard, Source
 from .checkpoints import sniff_folder
-from .download import hub_file
+from .download import fetch_remote, hub_file, remote_protocol
 from .errors import ModelNotCachedError
 from .registry import REGISTRY
 
@@ -18,11 +18,14 @@ def load(spec: "str | ModelCard | os.PathLike", device: str = "cpu", precision: 
     """Load a model by any spec form and return its Comparator.
 
     spec: ``"[clip - openai - ViT-B/32]"`` | ``"openai/ViT-B-32"`` | ``"open_clip:ViT-B-32/laion2b_s34b_b79k"``
-    | ``"hf-hub:org/name"`` | a local file (.pt/.pth/.bin/.safetensors, OpenAI TorchScript) | a local folder.
+    | ``"hf-hub:org/name"`` | a local file (.pt/.pth/.bin/.safetensors, OpenAI TorchScript) | a local folder
+    | a file or folder at an fsspec URL (``s3://bucket/run/model``; copied into ``cache_dir`` once).
     Extra keywords go to the backend (e.g. ``model_name="ViT-B-32"`` for a bare open_clip state dict).
     ``runtime``: ``"eager"`` (default), ``"compile"``, ``"onnx"``, ``"int8"`` (``"onnx-int8"``,
     ``"torch-int8"``) — see :mod:`clipzoo.runtime`. ONNX runtimes export once into ``cache_dir``/onnx.
     """
+    if isinstance(spec, str) and remote_protocol(spec.strip()):
+        spec = str(fetch_remote(spec.strip(), cache_dir))  # s3://, gs://, …: a local copy, then as a path
     if runtime not in ("eager", "torch", None):
         from .runtime import load_with_runtime
 

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 from .cards import ModelCard
 from .errors import ModelNotCachedError, UnknownModelError, UnsupportedError
 
-TOWERS = ("image", "text", "decoder", "other")
+TOWERS = ("image", "audio", "text", "decoder", "other")
 BYTES_PER_PARAMETER = {"fp32": 4, "fp16": 2}
 
 # First component of a parameter name -> tower. Names not listed count as "other" (logit scale/bias, …).
@@ -36,6 +36,8 @@ _TOWER_OF_PREFIX = {
     "ln_final": "text", "text_projection": "text", "text": "text", "text_decoder": "decoder",
     # transformers CLIPModel / SiglipModel / ChineseCLIPModel / AltCLIPModel
     "vision_model": "image", "visual_projection": "image", "text_model": "text",
+    # transformers ClapModel
+    "audio_model": "audio", "audio_projection": "audio",
 }
 _NOT_PARAMETERS = ("running_mean", "running_var", "num_batches_tracked", "attn_mask", "position_ids")
 
@@ -78,7 +80,8 @@ def count_by_tower(named_shapes: Iterable[tuple[str, int]]) -> dict[str, int]:
     counts = {t: 0 for t in TOWERS}
     for name, numel in named_shapes:
         counts[tower_of(name)] += int(numel)
-    return {t: n for t, n in counts.items() if n or t in ("image", "text")}
+    shown = ("text",) if counts["audio"] else ("image", "text")  # an audio–text model has no image row
+    return {t: n for t, n in counts.items() if n or t in shown}
 
 
 def summarize_module(module, model: str = "", built_from: str = "") -> ModelSummary:

@@ -6,7 +6,6 @@ Scores are cosine similarities (normalised embeddings, inner-product FAISS index
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import threading
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadImageError, ClipzooError, NotFoundError
+from ..errors import ClipzooError, NotFoundError
 from .build import VECTORS_DIR, VECTORS_META
 from .store import EmbeddingStore
 from .vectors import VectorIndex, load_vectors, normalize
@@ -40,18 +39,11 @@ class Hit:
 
 
 def image_from_bytes(data: bytes, name: str = "uploaded image"):
-    """Encoded image bytes -> RGB PIL image; :class:`BadImageError` for empty, corrupt or bomb images."""
-    from PIL import Image
+    """Encoded image bytes -> RGB PIL image; :class:`BadImageError` for empty, corrupt or bomb images
+    (the service's upload decoder, :func:`clipzoo.image_bytes.decode_image`)."""
+    from ..image_bytes import decode_image
 
-    if not data:
-        raise BadImageError(f"{name} is empty (0 bytes); send an encoded image (jpg, png, webp, gif, bmp)")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.convert("RGB")
-    except Exception as exc:  # noqa: BLE001 - every decoder failure is the input's fault
-        raise BadImageError(f"{name} cannot be decoded ({type(exc).__name__}: {exc}); send a valid jpg, png, "
-                            "webp, gif or bmp image") from None
+    return decode_image(data, name=name)
 
 
 def _stale_hint(store: EmbeddingStore) -> str:

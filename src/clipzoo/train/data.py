@@ -60,14 +60,15 @@ class MemoryData:
     """Images (uint8 NHWC) and their captions in memory; deterministic batches per (seed, epoch, step)."""
 
     def __init__(self, images: np.ndarray, captions: Sequence[Sequence[str]], tokenizer: Callable,
-                 mean: Sequence[float], std: Sequence[float], image_size: "int | None" = None, seed: int = 0):
+                 mean: Sequence[float], std: Sequence[float], image_size: "int | None" = None, seed: int = 0,
+                 groups: "Sequence[int] | None" = None):
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         self.n = len(self.images)
         if self.n == 0:
             raise DatasetError("no training samples")
         phrasings = max(len(c) for c in captions)
         flat = [c[i % len(c)] for c in captions for i in range(phrasings)]
-        self.tokens = tokenizer(flat).reshape(self.n, phrasings, -1)
+        self.tokens = _tokenize_unique(tokenizer, flat).reshape(self.n, phrasings, -1)
         self.phrasings = phrasings
         self._captions = flat
         self.teacher_tokens: "torch.Tensor | None" = None
@@ -76,10 +77,13 @@ class MemoryData:
         self.image_size = image_size
         self.seed = seed
         self.skipped = 0
+        self.groups = None if groups is None else torch.as_tensor(groups, dtype=torch.long)
+        if self.groups is not None and len(self.groups) != self.n:
+            raise DatasetError(f"{len(self.groups)} groups for {self.n} samples")
 
     def set_teacher_tokenizer(self, tokenizer: Callable) -> None:
         """Also yield each caption tokenised for a distillation teacher (a third batch element)."""
-        self.teacher_tokens = tokenizer(self._captions).reshape(self.n, self.phrasings, -1)
+        self.teacher_tokens = _tokenize_unique(tokenizer, self._captions).reshape(self.n, self.phrasings, -1)
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return self.n // batch_size
@@ -87,7 +91,7 @@ class MemoryData:
     def batches(self, epoch: int, start: int, batch_size: int, rank: int = 0, world_size: int = 1
                 ) -> Iterator[tuple[torch.Tensor, ...]]:
         g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-        perm = torch.randperm(self.n, generator=g)
+        perm = torch.randperm(self.n, generator=g) if self.groups is None else spread_groups(self.groups, g)
         choice = torch.randint(0, self.phrasings, (self.n,), generator=g)
         per_rank = batch_size // world_size
         for b in range(start, self.steps_per_epoch(batch_size)):
@@ -101,6 +105,36 @@ class MemoryData:
                 yield x, self.tokens[idx, choice[idx]], self.teacher_tokens[idx, choice[idx]]
             else:
                 yield x, self.tokens[idx, choice[idx]]
+
+
+def _tokenize_unique(tokenizer: Callable, texts: Sequence[str]) -> torch.Tensor:
+    """``tokenizer(texts)``, tokenising each distinct text once (generated captions repeat: 100,000
+    captions of the tiny-shapes recipe hold 847 distinct ones; 6.7 s -> 0.1 s)."""
+    distinct = list(dict.fromkeys(texts))
+    where = {t: i for i, t in enumerate(distinct)}
+    return tokenizer(distinct)[torch.tensor([where[t] for t in texts], dtype=torch.long)]
+
+
+def spread_groups(groups: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """A random order of the samples in which each group (class) comes once per round: round ``r`` holds
+    the ``r``-th sample of every group still holding one, the groups in a fresh random order each round.
+
+    Consecutive batches of this order hold no two samples of one group when the batch is no larger than
+    the number of groups, and otherwise each group about equally often — so a contrastive batch holds
+    far fewer same-class "negatives" than a uniform shuffle gives (77 classes, batch 128: a sample meets
+    ~1.6 captions of its own class in a uniform batch, ~0.7 here).
+    """
+    n = len(groups)
+    perm = torch.randperm(n, generator=g)
+    order = perm[torch.sort(groups[perm], stable=True).indices]          # by group, random within a group
+    sorted_groups = groups[order]
+    starts = torch.searchsorted(sorted_groups, sorted_groups, right=False)
+    rank_in_group = torch.arange(n) - starts
+    n_groups = int(groups.max()) + 1
+    rounds = int(rank_in_group.max()) + 1
+    shuffle = torch.rand(rounds, n_groups, generator=g)
+    key = rank_in_group.double() + shuffle[rank_in_group, sorted_groups].double()
+    return order[torch.argsort(key)]
 
 
 # ------------------------------------------------------------------ streamed from the readers

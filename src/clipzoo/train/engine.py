@@ -216,6 +216,7 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
     from .distill import attach_teacher, check_teacher, fill_loss_options, load_teacher, student_dim
     from .losses import build_loss
 
+    t_start = time.perf_counter()
     device = _device(cfg.device)
     rank, world = _init_distributed(device)
     if cfg.batch_size % (world * cfg.grad_accum):
@@ -383,6 +384,7 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
                 if step % cfg.log_every == 0 or step == total:
                     now = time.perf_counter()
                     record["samples_per_s"] = seen / max(now - t_last, 1e-9)
+                    record["elapsed_s"] = now - t_start
                     t_last, seen = now, 0
                     result.history.append(record)
                     if metrics is not None:
@@ -399,6 +401,8 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
                     _sync_tensorboard(writer, out)
                 if cfg.eval_every and cfg.eval_data and step % cfg.eval_every == 0 and rank == 0:
                     result.evals.append(_evaluate(model, cfg, step, writer))
+                    metrics.add({"step": step, "elapsed_s": time.perf_counter() - t_start,
+                                 **{f"eval/{k}": v for k, v in result.evals[-1].items() if k != "step"}})
                     module.train()
             else:
                 epoch += 1

@@ -24,10 +24,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         "model_config": TINY_SHAPES_MODEL,
         "data": ["shapes-classes:20000"],
         "batch_size": 128,
-        "lr": 2e-3,
+        "lr": 4e-3,
         "weight_decay": 0.1,
         "warmup": 50,
-        "steps": 1200,
+        "steps": 800,
         "eval_every": 200,
         "eval_data": "shapes-heldout:770",
         "log_every": 25,
@@ -47,7 +47,8 @@ def recipe_config(name: str) -> TrainConfig:
 
 
 SHAPES_KINDS = {"shapes": "the generator's captions (shape, colour, size, position; 25 % two objects)",
-                "shapes-classes": "single objects; captions name colour and shape (sometimes size or position)"}
+                "shapes-classes": "single objects; captions name colour and shape (sometimes size or position); "
+                                  "each batch spread over the colour × shape classes"}
 
 
 def parse_shapes_spec(spec: str) -> "tuple[int, int, str] | None":
@@ -89,10 +90,13 @@ def shapes_data(spec: str, model, seed: int = 0, workers: int = 2):
     size = size[0] if isinstance(size, (list, tuple)) else size
     single = {"two_object_prob": 0.0} if kind == "shapes-classes" else {}  # else the generator's default
     images, captions, labels = render_shapes(n, seed=data_seed, image_size=size, workers=max(1, workers), **single)
+    groups = None
     if kind == "shapes-classes":
         captions = [class_captions(lab) for lab in labels]
+        classes = {k: i for i, k in enumerate(sorted({lab["shape_color"] for lab in labels}))}
+        groups = [classes[lab["shape_color"]] for lab in labels]  # batches spread over the classes
     return MemoryData(images, captions, model.tokenizer, model.preprocess_cfg["mean"], model.preprocess_cfg["std"],
-                      seed=seed)
+                      seed=seed, groups=groups)
 
 
 def write_heldout(spec: str, folder: "str | Path", image_size: int) -> str:
