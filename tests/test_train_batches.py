@@ -82,16 +82,16 @@ def test_shapes_classes_batches_are_spread_over_the_classes_and_resume_exactly()
 
 
 def test_evaluations_are_written_to_the_metrics_log_with_elapsed_time(tmp_path):
-    cfg = TrainConfig(model_config=TINY, data=["shapes-classes:64"], batch_size=16, lr=1e-3, warmup=1, steps=4,
+    cfg = TrainConfig(model_config=TINY, data=["shapes-classes:64"], batch_size=16, lr=1e-3, warmup=1, steps=5,
                       eval_every=2, eval_data="shapes-heldout:14", output=str(tmp_path / "run"), progress=False,
                       tensorboard=False, log_every=2, workers=1)
     result = train(cfg)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [x for x in lines if "eval/acc1" in x]
-    assert [x["step"] for x in evals] == [2, 4]
+    assert [x["step"] for x in evals] == [2, 4, 5]  # every 2 steps, and at the end
     assert [x["eval/acc1"] for x in evals] == [e["acc1"] for e in result.evals]
     steps = [x for x in lines if "loss" in x]
-    assert [x["step"] for x in steps] == [2, 4]
+    assert [x["step"] for x in steps] == [2, 4, 5]
     elapsed = [x["elapsed_s"] for x in lines]
     assert all(b >= a > 0 for a, b in zip(elapsed, elapsed[1:]))
 
@@ -101,7 +101,7 @@ def test_evaluations_are_written_to_the_metrics_log_with_elapsed_time(tmp_path):
     from clipzoo.errors import ClipzooError
     from clipzoo.train.curves import plot_run, read_metrics
 
-    assert [r["step"] for r in read_metrics(tmp_path / "run")[1]] == [2, 4]
+    assert [r["step"] for r in read_metrics(tmp_path / "run")[1]] == [2, 4, 5]
     png = plot_run(tmp_path / "run", tmp_path / "pics" / "curves.png")
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size == (770, 396)

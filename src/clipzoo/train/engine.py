@@ -401,8 +401,7 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
                     _sync_tensorboard(writer, out)
                 if cfg.eval_every and cfg.eval_data and step % cfg.eval_every == 0 and rank == 0:
                     result.evals.append(_evaluate(model, cfg, step, writer))
-                    metrics.add({"step": step, "elapsed_s": time.perf_counter() - t_start,
-                                 **{f"eval/{k}": v for k, v in result.evals[-1].items() if k != "step"}})
+                    _log_eval(metrics, result.evals[-1], t_start)
                     module.train()
             else:
                 epoch += 1
@@ -440,6 +439,8 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
                 shutil.rmtree(staging, ignore_errors=True)
         if cfg.eval_data and (not result.evals or result.evals[-1]["step"] != step):
             result.evals.append(_evaluate(model, cfg, step, writer))
+            _log_eval(metrics, result.evals[-1], t_start)
+            metrics.flush()
         if writer is not None:
             writer.close()
             _sync_tensorboard(writer, out)
@@ -595,6 +596,12 @@ def _progress(total: int, start: int, enabled: bool):
                   console=Console(stderr=True)) as bar:
         task = bar.add_task("train", total=total, completed=start)
         yield lambda n: bar.advance(task, n)
+
+
+def _log_eval(metrics: "MetricsLog | None", evaluation: dict[str, Any], t_start: float) -> None:
+    if metrics is not None:
+        metrics.add({"step": evaluation["step"], "elapsed_s": time.perf_counter() - t_start,
+                     **{f"eval/{k}": v for k, v in evaluation.items() if k != "step"}})
 
 
 def _evaluate(model: TrainModel, cfg: TrainConfig, step: int, writer) -> dict[str, Any]:
