@@ -16,6 +16,7 @@ import argparse
 import json
 import tempfile
 import time
+from pathlib import Path
 
 
 def main() -> None:
@@ -44,8 +45,6 @@ def main() -> None:
     model = build_model(cfg)
     data = shapes_data(cfg.data[0], model, cfg.seed, cfg.workers)
     if args.from_run:  # the same data (generated from the recipe's seed) gives the token ids to keep
-        from pathlib import Path
-
         run = json.loads((Path(args.from_run) / "model" / "clipzoo_train.json").read_text())
         if run.get("config", {}).get("steps") not in (None, cfg.steps):
             raise SystemExit(f"{args.from_run} is not a run of this recipe (steps {run['config']['steps']})")
@@ -71,8 +70,6 @@ def main() -> None:
     meta = json.loads(meta_path.read_text())
     meta["heldout_zeroshot"] = {"data": cfg.eval_data, **{k: round(float(v), 4) for k, v in metrics.items()}}
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")
-    from pathlib import Path
-
     from clipzoo.train.curves import plot_run, read_metrics
 
     run_dir = Path(model_dir).parent

@@ -113,8 +113,10 @@ def test_remote_model_errors_name_the_url(s3, tmp_path):
     with pytest.raises(UnknownModelError, match=r"model URL 's3://clipzoo-test/nothing-here' does not exist; "
                                                 r"check the bucket and path"):
         clipzoo.load(f"{s3}/nothing-here", cache_dir=tmp_path)
-    with pytest.raises(DownloadError, match=r"cannot read nosuchfs://x/model: the fsspec filesystem for "
-                                            r"nosuchfs:// is not installed|not a usable fsspec URL"):
+    with pytest.raises(DownloadError, match=r"^oci://b/model: the fsspec filesystem for oci:// is not installed "
+                                            r"\(.*ocifs.*\); pip install the matching package"):
+        clipzoo.load("oci://b/model", cache_dir=tmp_path)
+    with pytest.raises(DownloadError, match=r"^nosuchfs://x/model: not a usable fsspec URL \(Protocol not known"):
         clipzoo.load("nosuchfs://x/model", cache_dir=tmp_path)
 
 

@@ -7,7 +7,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -163,30 +162,21 @@ def fetch_remote(url: str, cache_dir: "str | os.PathLike | None" = None) -> Path
     store's ETag or modification time — is unchanged, and fetched again when it changed (a retrained model
     written to the same URL).
     """
-    protocol = remote_protocol(url) or "?"
-    try:
-        import fsspec
+    from .files import build_folder_once, url_filesystem
 
-        fs, path = fsspec.core.url_to_fs(url)
-    except ImportError as err:
-        raise DownloadError(f"cannot read {url}: the fsspec filesystem for {protocol}:// is not installed ({err}); "
-                            "pip install the matching package (s3fs, gcsfs, adlfs, …)") from None
-    except ValueError as err:
-        raise DownloadError(f"cannot read {url}: not a usable fsspec URL ({err})") from None
+    fs, path = url_filesystem(url, DownloadError)
     path = path.rstrip("/")
     try:
         fs.invalidate_cache(path)  # a listing cached earlier in this process may predate a retrained model
-        exists = fs.exists(path)
-        if not exists:
+        if not fs.exists(path):
             raise UnknownModelError(f"model URL {url!r} does not exist; check the bucket and path (a model folder "
                                     "written by `clipzoo train`, or a checkpoint file)")
         if fs.isdir(path):
-            listing = {name: info for name, info in fs.find(path, detail=True).items()
-                       if info.get("type", "file") != "directory"}
-            files = {_relative(name, path): info for name, info in listing.items()}
+            files = {_relative(name, path): info for name, info in fs.find(path, detail=True).items()
+                     if info.get("type", "file") != "directory"}
         else:
             files = {"": fs.info(path)}
-    except (UnknownModelError, DownloadError):
+    except UnknownModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - credentials, network, permissions: the store's own message
         raise DownloadError(f"cannot read {url} ({type(exc).__name__}: {exc}); check the URL, the credentials "
@@ -195,34 +185,25 @@ def fetch_remote(url: str, cache_dir: "str | os.PathLike | None" = None) -> Path
     folder = (Path(cache_dir) if cache_dir else default_cache_dir()) / "remote" / hashlib.sha256(
         url.rstrip("/").encode()).hexdigest()[:16]
     name = path.rsplit("/", 1)[-1] or "model"
-    target, marker = folder / name, folder / "listing.json"
-    if target.exists() and marker.exists() and marker.read_text() == fingerprint:
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".part", dir=folder))
-    try:
+    marker = folder / "listing.json"  # written last: the copy is complete, and of this listing
+    if marker.is_file():
+        if marker.read_text() == fingerprint:
+            return folder / name
+        marker.unlink()  # the remote changed: fetch it again
+
+    def copy(tmp: Path) -> None:
         for rel in files:
-            src = f"{path}/{rel}" if rel else path
-            dst = tmp / (rel or name)
+            dst = tmp / name / rel if rel else tmp / name
             dst.parent.mkdir(parents=True, exist_ok=True)
             try:
-                fs.get_file(src, str(dst))
+                fs.get_file(f"{path}/{rel}" if rel else path, str(dst))
             except Exception as exc:  # noqa: BLE001
                 raise DownloadError(f"copy of {url} was interrupted at {rel or name} ({type(exc).__name__}: {exc}); "
                                     "nothing was kept — run again") from None
-        staged = tmp if files.keys() != {""} else tmp / name
-        if marker.exists():
-            marker.unlink()
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-        os.replace(staged, target)
-        marker.write_text(fingerprint)
-        return target
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "listing.json").write_text(fingerprint)
+
+    build_folder_once(folder, copy, "listing.json")
+    return folder / name
 
 
 def _relative(name: str, root: str) -> str:

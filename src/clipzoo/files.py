@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Any, Callable
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "build_folder_once", "expand_files", "url_filesystem"]
 
 
 def atomic_write(path: "str | os.PathLike", write: Callable[[IO[bytes]], object]) -> Path:
@@ -76,3 +76,18 @@ def build_folder_once(folder: "str | os.PathLike", build: Callable[[Path], objec
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def url_filesystem(url: str, error: type) -> "tuple[Any, str]":
+    """fsspec's ``(filesystem, path)`` for ``url``. A filesystem whose package is missing (s3fs, gcsfs,
+    adlfs, …) or a URL fsspec cannot use raises ``error`` with one line naming the URL and the fix."""
+    protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
+    try:
+        import fsspec
+
+        return fsspec.core.url_to_fs(url)
+    except ImportError as err:
+        raise error(f"{url}: the fsspec filesystem for {protocol}:// is not installed ({err}); pip install the "
+                    "matching package (s3fs, gcsfs, adlfs, …)") from None
+    except ValueError as err:
+        raise error(f"{url}: not a usable fsspec URL ({err})") from None

@@ -257,9 +257,9 @@ def _open_binary(url: str):
 
 
 def _fs(url: str):
-    import fsspec
+    from ..files import url_filesystem
 
-    return fsspec.core.url_to_fs(url)
+    return url_filesystem(url, DatasetError)
 
 
 def _join(base: str, *parts: str) -> str:

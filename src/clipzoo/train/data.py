@@ -119,10 +119,10 @@ def spread_groups(groups: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """A random order of the samples in which each group (class) comes once per round: round ``r`` holds
     the ``r``-th sample of every group still holding one, the groups in a fresh random order each round.
 
-    Consecutive batches of this order hold no two samples of one group when the batch is no larger than
-    the number of groups, and otherwise each group about equally often — so a contrastive batch holds
-    far fewer same-class "negatives" than a uniform shuffle gives (77 classes, batch 128: a sample meets
-    ~1.6 captions of its own class in a uniform batch, ~0.7 here).
+    With groups of equal size, a batch as large as a round holds every group once; in general a batch holds
+    each group about equally often, so a contrastive batch holds far fewer same-class "negatives" than a
+    uniform shuffle gives (77 classes of unequal size, batch 128: a sample meets ~1.65 captions of its own
+    class in a uniform batch, ~1.0 here).
     """
     n = len(groups)
     perm = torch.randperm(n, generator=g)

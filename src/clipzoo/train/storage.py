@@ -44,15 +44,9 @@ class Location:
             self.fs = None
             self.path = str(self.local)
             return
-        try:
-            import fsspec
+        from ..files import url_filesystem
 
-            self.fs, self.path = fsspec.core.url_to_fs(text)
-        except ImportError as err:  # s3fs, gcsfs, adlfs, … are extras of fsspec
-            raise ConfigError(f"{text}: the fsspec filesystem for {_protocol(text)}:// is not installed "
-                              f"({err}); pip install the matching package (s3fs, gcsfs, adlfs, …)") from None
-        except ValueError as err:
-            raise ConfigError(f"{text}: not a usable fsspec URL ({err})") from None
+        self.fs, self.path = url_filesystem(text, ConfigError)
         self.local = None
         self.path = self.path.rstrip("/")
 
