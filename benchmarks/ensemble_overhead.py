@@ -58,7 +58,6 @@ def build_models(root: Path):
 
 
 def by_hand(models, weights, images, texts):
-    import torch
 
     total = sum(weights)
     out = None

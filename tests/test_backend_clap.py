@@ -180,9 +180,9 @@ def test_files_equal_their_resampled_arrays(clap, audio_files):
 
 
 def test_resampling_uses_gcd_reduced_polyphase_factors():
-    from clipzoo.audio import load_audio
-
     from scipy.signal import resample_poly
+
+    from clipzoo.audio import load_audio
 
     x = np.sin(np.linspace(0, 200, 44_100))
     out = load_audio((x, 44_100), 32_000)

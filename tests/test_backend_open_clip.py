@@ -10,9 +10,16 @@ import pytest
 import torch
 
 import clipzoo
-from clipzoo.errors import (ArchitectureMismatchError, BadImageError, BadTextError, CheckpointError,
-                            ModelNotCachedError, UnsafePickleError, UnknownModelError)
-from clipzoo.testing.tiny import TINY_CONFIG, tiny_model
+from clipzoo.errors import (
+    ArchitectureMismatchError,
+    BadImageError,
+    BadTextError,
+    CheckpointError,
+    ModelNotCachedError,
+    UnknownModelError,
+    UnsafePickleError,
+)
+from clipzoo.testing.tiny import TINY_CONFIG
 
 TEXTS = ["a photo of a cat", "a red circle on the left", "Ünïcödé & emoji 🐈 猫"]
 TOL = 1e-5

@@ -13,8 +13,13 @@ pytest.importorskip("transformers")
 pytest.importorskip("sentencepiece")
 
 import clipzoo  # noqa: E402
-from clipzoo.errors import (ArchitectureMismatchError, BadTextError, CheckpointError,  # noqa: E402
-                            ModelNotCachedError, UnsupportedError)
+from clipzoo.errors import (  # noqa: E402
+    ArchitectureMismatchError,
+    BadTextError,
+    CheckpointError,
+    ModelNotCachedError,
+    UnsupportedError,
+)
 from clipzoo.testing import tiny_hf  # noqa: E402
 
 TOL = 1e-5

@@ -29,9 +29,9 @@ def run(*args):
 def test_zeroshot_prints_and_writes_the_result_and_its_plots(setup):
     from PIL import Image
 
+    import clipzoo
     from clipzoo.datasets.readers import open_dataset
     from clipzoo.eval.runner import Evaluator
-    import clipzoo
 
     root, model, shapes = setup
     out = root / "out" / "zeroshot.json"
@@ -126,7 +126,7 @@ def test_strict_fails_on_the_first_bad_image(setup, tmp_path):
 
 def test_text_tasks_from_the_cli_equal_the_library(setup, tmp_path):
     import clipzoo
-    from clipzoo.eval import (load_text_retrieval, read_pairs, similarity_evaluate, text_retrieval_evaluate)
+    from clipzoo.eval import load_text_retrieval, read_pairs, similarity_evaluate, text_retrieval_evaluate
 
     root, model, _ = setup
     m = clipzoo.load(model)

@@ -9,7 +9,6 @@ from typer.testing import CliRunner
 pytest.importorskip("faiss")
 
 from clipzoo.cli import app  # noqa: E402
-
 from test_index_build import make_folder, write_image  # noqa: E402
 
 

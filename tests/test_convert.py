@@ -77,8 +77,9 @@ def test_openai_file_loads_in_openai_clip(tiny_files, images, tmp_path):
 
 
 def test_openai_refuses_what_its_code_cannot_build(tmp_path):
-    from clipzoo.testing.tiny import TINY_CONFIG, state_dict
     from safetensors.torch import save_file
+
+    from clipzoo.testing.tiny import TINY_CONFIG, state_dict
 
     cfg = {**TINY_CONFIG, "quick_gelu": False}
     save_file({k: v.contiguous() for k, v in state_dict(0, config=cfg).items()}, str(tmp_path / "gelu.safetensors"),

@@ -7,8 +7,14 @@ import json
 import pytest
 import torch
 
-from clipzoo.convert.hf import (OPENAI_MEAN, OPENAI_STD, hf_clip_to_open_clip, infer_open_clip_config,
-                                open_clip_to_hf_clip, save_hf_clip)
+from clipzoo.convert.hf import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    hf_clip_to_open_clip,
+    infer_open_clip_config,
+    open_clip_to_hf_clip,
+    save_hf_clip,
+)
 from clipzoo.errors import UnsupportedError
 from clipzoo.testing.tiny import TINY_COCA_CONFIG, TINY_CONFIG, tiny_model
 
@@ -99,8 +105,9 @@ def test_saved_tokenizer_matches_open_clip_ids(converted):
 
 
 def test_saved_folder_processor_and_clipzoo_load(converted, images):
-    import clipzoo
     from transformers import CLIPProcessor
+
+    import clipzoo
 
     model, cfg, _, _, folder = converted
     if not cfg["quick_gelu"]:

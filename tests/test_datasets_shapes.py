@@ -13,8 +13,17 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipzoo.cli import app
-from clipzoo.datasets import (COLORS, POSITIONS, SHAPES, SIZES, DatasetError, ShapesDataset, class_dirname,
-                              classnames, write_shapes)
+from clipzoo.datasets import (
+    COLORS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    DatasetError,
+    ShapesDataset,
+    class_dirname,
+    classnames,
+    write_shapes,
+)
 from clipzoo.errors import ClipzooError
 
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}

@@ -13,7 +13,6 @@ from clipzoo.datasets import tfrecord as tfr
 from clipzoo.datasets.records import Record, decode_image
 from clipzoo.errors import DatasetError
 
-
 # --- CRC32C and framing ----------------------------------------------------------------------------
 
 def test_crc32c_known_vectors():

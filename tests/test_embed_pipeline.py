@@ -15,8 +15,14 @@ from PIL import Image
 
 import clipzoo
 from clipzoo.embedding import draft_size_for, embed_images
-from clipzoo.embedding_files import (embed_to_file, expand_image_inputs, merge_parts, parts_dir, shard_bounds,
-                                     tar_image_members)
+from clipzoo.embedding_files import (
+    embed_to_file,
+    expand_image_inputs,
+    merge_parts,
+    parts_dir,
+    shard_bounds,
+    tar_image_members,
+)
 from clipzoo.errors import BadImageError, ClipzooError
 from clipzoo.inputs import load_rgb
 

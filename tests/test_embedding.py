@@ -9,8 +9,15 @@ import pytest
 import torch
 
 import clipzoo
-from clipzoo.embedding import (embed_images, embed_texts, expand_image_paths, load_embeddings, read_texts,
-                               save_embeddings, sidecar_path)
+from clipzoo.embedding import (
+    embed_images,
+    embed_texts,
+    expand_image_paths,
+    load_embeddings,
+    read_texts,
+    save_embeddings,
+    sidecar_path,
+)
 from clipzoo.errors import BadImageError, BadTextError, ClipzooError
 
 TEXTS = ["a red circle", "a blue square", "un chat", "一只猫的照片", "a photo of a dog", "x"]

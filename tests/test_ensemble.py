@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import clipzoo
-from clipzoo import IMAGE, TEXT, AUDIO
+from clipzoo import AUDIO, IMAGE, TEXT
 from clipzoo.cards import ModelCard
 from clipzoo.comparator import Comparator
 from clipzoo.errors import AmbiguousModelError, ClipzooError

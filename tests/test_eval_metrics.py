@@ -9,11 +9,25 @@ import pytest
 import torch
 
 from clipzoo.errors import ClipzooError
-from clipzoo.eval import (EvalInputError, accuracy, cluster_metrics, clustering_scores, knn_metrics, knn_scores,
-                          make_result, mean_per_class_recall, output_path, read_result, retrieval_evaluate,
-                          retrieval_metrics, write_result, zeroshot_classify, zeroshot_logits, zeroshot_metrics,
-                          zeroshot_predict)
-
+from clipzoo.eval import (
+    EvalInputError,
+    accuracy,
+    cluster_metrics,
+    clustering_scores,
+    knn_metrics,
+    knn_scores,
+    make_result,
+    mean_per_class_recall,
+    output_path,
+    read_result,
+    retrieval_evaluate,
+    retrieval_metrics,
+    write_result,
+    zeroshot_classify,
+    zeroshot_logits,
+    zeroshot_metrics,
+    zeroshot_predict,
+)
 
 # ------------------------------------------------------------------ zero-shot
 LOGITS_4x3 = torch.tensor([[0.9, 0.05, 0.05],   # target 0 -> predicted 0 (hit)

@@ -14,8 +14,14 @@ open_clip = pytest.importorskip("open_clip")
 
 from sklearn.metrics import balanced_accuracy_score  # noqa: E402
 
-from clipzoo.eval import (accuracy, mean_per_class_recall, retrieval_metrics, retrieval_metrics_from_scores,  # noqa: E402
-                          zeroshot_classify, zeroshot_metrics)
+from clipzoo.eval import (  # noqa: E402
+    accuracy,
+    mean_per_class_recall,
+    retrieval_metrics,
+    retrieval_metrics_from_scores,
+    zeroshot_classify,
+    zeroshot_metrics,
+)
 from clipzoo.eval.metrics import positives_from_index  # noqa: E402
 from clipzoo.eval.retrieval import flatten_captions, retrieval_evaluate  # noqa: E402
 

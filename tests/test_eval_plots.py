@@ -10,8 +10,13 @@ import pytest
 import torch
 
 from clipzoo.errors import EvalInputError
-from clipzoo.eval.plots import (confusion_matrix, per_class_recall, plot_confusion_matrix,
-                                plot_per_class_accuracy, plot_recall_at_k)
+from clipzoo.eval.plots import (
+    confusion_matrix,
+    per_class_recall,
+    plot_confusion_matrix,
+    plot_per_class_accuracy,
+    plot_recall_at_k,
+)
 
 # 3 classes; class 2 never appears in the targets
 TARGETS = [0, 0, 0, 1, 1, 0, 1]

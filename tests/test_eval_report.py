@@ -9,8 +9,7 @@ import math
 import pytest
 
 from clipzoo.errors import EvalInputError
-from clipzoo.eval.report import (collect_results, csv_text, markdown_table, results_table, write_csv,
-                                 write_report)
+from clipzoo.eval.report import collect_results, csv_text, markdown_table, results_table, write_csv, write_report
 from clipzoo.eval.results import make_result, write_result
 
 NAN = float("nan")

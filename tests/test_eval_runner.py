@@ -12,7 +12,6 @@ from clipzoo.datasets.readers import open_dataset
 from clipzoo.errors import BadImageError, DatasetError, EvalInputError
 from clipzoo.eval import zeroshot_classify
 from clipzoo.eval.runner import Evaluator, split_train_test, supported_tasks
-
 from test_datasets_readers import _clip_benchmark_layout
 
 

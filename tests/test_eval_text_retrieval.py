@@ -9,9 +9,16 @@ import torch
 
 from clipzoo.errors import DatasetError, EvalInputError
 from clipzoo.eval.metrics import ranking
-from clipzoo.eval.text_retrieval import (_top_columns, check_qrels, load_text_retrieval, read_passages,
-                                         read_qrels, read_queries, text_retrieval_evaluate,
-                                         text_retrieval_metrics)
+from clipzoo.eval.text_retrieval import (
+    _top_columns,
+    check_qrels,
+    load_text_retrieval,
+    read_passages,
+    read_qrels,
+    read_queries,
+    text_retrieval_evaluate,
+    text_retrieval_metrics,
+)
 
 # passages and queries as 2-D unit vectors
 P = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]])

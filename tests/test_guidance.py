@@ -1,9 +1,6 @@
 """Differentiable [0, 1] image path, cutouts and Ensemble.loss (CLIP guidance)."""
 from __future__ import annotations
 
-import copy
-import math
-
 import numpy as np
 import pytest
 import torch

@@ -221,8 +221,9 @@ def test_rank(client, built, image_file):
 
 
 def test_items_and_thumbnails(client):
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     hit = client.post("/search", json={"text": "a circle", "k": 1}).json()["hits"][0]
     item = client.get(f"/items/{hit['id']}").json()

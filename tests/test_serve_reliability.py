@@ -11,10 +11,10 @@ import io
 import os
 import shutil
 import statistics
+import struct
 import threading
 import time
 import zlib
-import struct
 
 import pytest
 
@@ -167,7 +167,7 @@ def test_pixel_limit_is_per_app_and_leaves_pillow_alone(built):
         r = c.post("/classify", json={"image": b64(png_bytes((32, 32)))})
         assert r.status_code == 400 and "500" in r.json()["detail"]
         assert c.post("/classify", json={"image": b64(png_bytes((16, 16)))}).status_code == 200
-    assert Image.MAX_IMAGE_PIXELS == before
+    assert before == Image.MAX_IMAGE_PIXELS
 
 
 # ------------------------------------------------------------------ body limit

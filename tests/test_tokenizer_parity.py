@@ -15,8 +15,8 @@ with warnings.catch_warnings():
 import open_clip as real_open_clip
 
 from clipzoo.compat import clip, open_clip
-from clipzoo.tokenizers import OpenAITokenizer, basic_clean, whitespace_clean
 from clipzoo.errors import BadTextError
+from clipzoo.tokenizers import OpenAITokenizer, basic_clean, whitespace_clean
 
 LONG = " ".join(["a photo of a cat"] * 15)  # 75 tokens + SOT + EOT = 77: fits exactly
 CORPUS = [

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .modalities import AUDIO, IMAGE, TEXT  # str subclasses: equal to "audio", "image", "text"
+from .modalities import AUDIO, IMAGE, TEXT  # noqa: F401  (re-exported) str subclasses equal to "audio", "image", "text"
 
 
 @dataclass(frozen=True)

@@ -74,9 +74,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def read_torchscript(path: "str | os.PathLike") -> dict:
-    import torch
-
     import warnings
+
+    import torch
 
     try:
         with warnings.catch_warnings():

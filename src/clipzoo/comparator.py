@@ -13,15 +13,16 @@ zero-shot prediction — lives here once, so every backend behaves the same.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .cards import AUDIO, IMAGE, TEXT, ModelCard
-from .modalities import get_modality
 from .errors import UnsupportedError
 from .inputs import batched, check_pixel_tensor, image_items, is_float_tensor, map_images, text_items
+from .modalities import get_modality
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
               "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

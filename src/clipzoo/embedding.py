@@ -16,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from .errors import BadImageError, BadTextError, ClipzooError
 from .files import atomic_write
@@ -162,8 +163,14 @@ def _progress(total: int, description: str, enabled: bool) -> Iterator[Callable[
         yield lambda n: None
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
@@ -198,7 +205,7 @@ def embed_images(comparator, images: "str | os.PathLike | Iterable[str | os.Path
     import numpy as np
 
     from .cards import IMAGE
-    from .embedding_files import DistributedInfo, image_batches, expand_image_inputs
+    from .embedding_files import DistributedInfo, expand_image_inputs, image_batches
 
     batch_size = _check_batch_size(batch_size)
     comparator._require(IMAGE)

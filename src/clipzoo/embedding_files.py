@@ -18,9 +18,10 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from .errors import BadImageError, ClipzooError
 

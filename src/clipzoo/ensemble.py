@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -114,7 +115,6 @@ class Ensemble:
             model = spec
         else:
             from .factory import load
-
             from .registry import REGISTRY
 
             card = self._resolve_query(query) if query is not None else REGISTRY.resolve(spec)
@@ -297,8 +297,8 @@ class Ensemble:
 
         loss = Σ_m w_m · Σ_p v_p · mean_{images, cutouts} d_m(image, p) / Σ_p |v_p|
         """
-        from .guidance import cutouts as make_cutouts
         from .guidance import check_image01, spherical_distance
+        from .guidance import cutouts as make_cutouts
 
         if IMAGE not in self.modalities or TEXT not in self.modalities:
             raise ClipzooError("loss() needs an ensemble of image and text models")

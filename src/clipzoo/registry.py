@@ -5,7 +5,8 @@ import difflib
 import fnmatch
 import os
 import threading
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .cards import IMAGE, TEXT, ModelCard, Source, parse_alias
 from .errors import AmbiguousModelError, UnknownModelError

@@ -19,9 +19,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .cards import ModelCard
 from .errors import ModelNotCachedError, UnknownModelError, UnsupportedError

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import gzip
 import html
-from functools import lru_cache
-from typing import List, Optional, Union
+from functools import cache, lru_cache
 
 import ftfy
 import regex as re
@@ -21,14 +20,14 @@ SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 DEFAULT_CONTEXT_LENGTH = 77
 
 
-@lru_cache()
+@lru_cache
 def default_bpe() -> str:
     from open_clip.tokenizer import default_bpe as open_clip_bpe
 
     return open_clip_bpe()
 
 
-@lru_cache()
+@lru_cache
 def bytes_to_unicode() -> dict:
     """The reversible byte -> printable unicode character map of GPT-2 / CLIP's BPE."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -69,7 +68,7 @@ class OpenAITokenizer:
     is ``clip.tokenize`` (raises OpenAI's RuntimeError for a too-long text unless ``truncate``).
     """
 
-    def __init__(self, bpe_path: Optional[str] = None, context_length: int = DEFAULT_CONTEXT_LENGTH):
+    def __init__(self, bpe_path: str | None = None, context_length: int = DEFAULT_CONTEXT_LENGTH):
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
         with gzip.open(bpe_path or default_bpe()) as f:
@@ -129,8 +128,8 @@ class OpenAITokenizer:
         self.cache[token] = out
         return out
 
-    def encode(self, text: str) -> List[int]:
-        bpe_tokens: List[int] = []
+    def encode(self, text: str) -> list[int]:
+        bpe_tokens: list[int] = []
         text = whitespace_clean(basic_clean(text)).lower()
         for token in re.findall(self.pat, text):
             token = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
@@ -142,7 +141,7 @@ class OpenAITokenizer:
         text = "".join(self.decoder[int(token)] for token in tokens)
         return bytearray([self.byte_decoder[c] for c in text]).decode("utf-8", errors="replace").replace("</w>", " ")
 
-    def tokenize(self, texts: Union[str, List[str]], context_length: int = DEFAULT_CONTEXT_LENGTH,
+    def tokenize(self, texts: str | list[str], context_length: int = DEFAULT_CONTEXT_LENGTH,
                  truncate: bool = False):
         """``clip.tokenize``: a LongTensor [N, context_length]; a too-long text raises OpenAI's RuntimeError."""
         import torch
@@ -161,12 +160,12 @@ class OpenAITokenizer:
             result[i, :len(tokens)] = torch.tensor(tokens)
         return result
 
-    def __call__(self, texts: Union[str, List[str]], context_length: Optional[int] = None):
+    def __call__(self, texts: str | list[str], context_length: int | None = None):
         """open_clip's tokenizer call: pad to the context, truncate silently (last token EOT)."""
         return self.tokenize(texts, context_length or self.context_length, truncate=True)
 
 
-@lru_cache(maxsize=None)
+@cache
 def shared() -> OpenAITokenizer:
     """One process-wide instance (reading the merges file takes ~0.1 s)."""
     return OpenAITokenizer()

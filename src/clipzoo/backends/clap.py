@@ -23,8 +23,15 @@ from ..cards import AUDIO, TEXT, ModelCard
 from ..checkpoints import read_json
 from ..comparator import Comparator, resolve_dtype
 from ..errors import CheckpointError, UnsupportedError
-from .transformers import (_transformers, attention_mask, features_of, load_hf_model, model_folder,
-                           tokenize_with, trim_padding)
+from .transformers import (
+    _transformers,
+    attention_mask,
+    features_of,
+    load_hf_model,
+    model_folder,
+    tokenize_with,
+    trim_padding,
+)
 
 CROP_SEED = 0
 DEFAULT_AUDIO_TEMPLATES = ("This is a sound of {}.",)  # transformers' zero-shot-audio-classification default

@@ -20,11 +20,17 @@ from typing import Any
 import torch
 
 from ..cards import ModelCard
-from ..checkpoints import (load_into, read_json, read_state_dict, state_dict_kind, sniff_folder)
+from ..checkpoints import load_into, read_json, read_state_dict, sniff_folder, state_dict_kind
 from ..comparator import Comparator, resolve_dtype
 from ..download import download_url, hub_file
-from ..errors import (ArchitectureMismatchError, CheckpointError, ClipzooError, DownloadError, ModelNotCachedError,
-                      UnknownModelError)
+from ..errors import (
+    ArchitectureMismatchError,
+    CheckpointError,
+    ClipzooError,
+    DownloadError,
+    ModelNotCachedError,
+    UnknownModelError,
+)
 from ..inputs import too_long_error
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -22,8 +22,15 @@ from ..cards import IMAGE, TEXT, ModelCard
 from ..comparator import Comparator, resolve_dtype
 from ..errors import BackendMissingError, CheckpointError, UnsupportedError
 from ..inputs import text_items
-from .transformers import FAMILIES, HFImageTransform, _image_size, attention_mask, model_folder, tokenize_with, \
-    trim_padding
+from .transformers import (
+    FAMILIES,
+    HFImageTransform,
+    _image_size,
+    attention_mask,
+    model_folder,
+    tokenize_with,
+    trim_padding,
+)
 
 
 class SentenceTransformerComparator(Comparator):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from pathlib import Path
 from importlib import resources
+from pathlib import Path
 
 from ..cards import ModelCard, Source
 

@@ -6,8 +6,9 @@ import functools
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, NoReturn, Optional, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -76,9 +77,9 @@ PrecisionOpt = Annotated[str, typer.Option("--precision", help="Weights precisio
 TrustPickleOpt = Annotated[bool, typer.Option(
     "--trust-pickle", help="Allow a checkpoint pickle that needs more than tensors to load (it can run "
                            "code: only for files you trust).")]
-ModelNameOpt = Annotated[Optional[str], typer.Option(
+ModelNameOpt = Annotated[str | None, typer.Option(
     "--model-name", help="open_clip model config for a bare checkpoint file, e.g. ViT-B-32.")]
-CacheDirOpt = Annotated[Optional[Path], typer.Option(
+CacheDirOpt = Annotated[Path | None, typer.Option(
     "--cache-dir", help="Where downloaded weights are cached (default: ~/.cache/clipzoo, HF's own cache).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 RuntimeOpt = Annotated[str, typer.Option(

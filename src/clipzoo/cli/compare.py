@@ -1,12 +1,23 @@
 """``clipzoo compare``: a probability table of images (or audio clips) × texts (softmax for CLIP and CLAP,
 sigmoid for SigLIP)."""
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from ._common import (CacheDirOpt, DeviceOpt, JsonOpt, ModelArg, ModelNameOpt, PrecisionOpt, TrustPickleOpt,
-                      console, fail, load_model, print_json, user_errors)
+from ._common import (
+    CacheDirOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelArg,
+    ModelNameOpt,
+    PrecisionOpt,
+    TrustPickleOpt,
+    console,
+    fail,
+    load_model,
+    print_json,
+    user_errors,
+)
 
 
 def compare_probabilities(comparator, images, texts, templates=None, truncate: bool = False, modality: str = "image"):
@@ -29,14 +40,14 @@ def compare_probabilities(comparator, images, texts, templates=None, truncate: b
 @user_errors
 def compare(
     model: ModelArg,
-    image: Optional[List[str]] = typer.Option(None, "--image", "-i", show_default=False,
+    image: list[str] | None = typer.Option(None, "--image", "-i", show_default=False,
                                               help="An image file or folder; repeat for more."),
-    audio: Optional[List[str]] = typer.Option(None, "--audio", "-a", show_default=False,
+    audio: list[str] | None = typer.Option(None, "--audio", "-a", show_default=False,
                                               help="An audio file (.wav/.flac/.ogg) or folder, for audio–text "
                                                    "models (CLAP); repeat for more. Instead of --image."),
-    text: Optional[List[str]] = typer.Option(None, "--text", "-t", show_default=False,
+    text: list[str] | None = typer.Option(None, "--text", "-t", show_default=False,
                                              help="A text to compare with; repeat for more."),
-    template: Optional[List[str]] = typer.Option(
+    template: list[str] | None = typer.Option(
         None, "--template", show_default=False,
         help="Treat the texts as labels and average these prompt templates, e.g. 'a photo of a {}.' (repeatable)."),
     truncate: bool = typer.Option(False, "--truncate", help="Cut texts longer than the model's context instead of failing."),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -28,7 +27,8 @@ def convert(
       clipzoo convert model.bin model.safetensors --to safetensors   # one file with its config; no pickle
       clipzoo convert model.pt out-onnx/ --to onnx             # clipzoo.load("out-onnx"), onnxruntime
     """
-    from clipzoo.convert import TARGETS, convert as run
+    from clipzoo.convert import TARGETS
+    from clipzoo.convert import convert as run
 
     if to not in TARGETS:
         fail(f"unknown format {to!r} for --to: choose from {', '.join(TARGETS)}")
@@ -41,8 +41,8 @@ def convert(
 def parity(
     model: ModelArg,
     against: str = typer.Option(..., "--against", help="open_clip, openai, hf or onnx."),
-    image: Optional[List[Path]] = typer.Option(None, "--image", help="Images to compare on (repeatable) [default: 4 generated]."),
-    text: Optional[List[str]] = typer.Option(None, "--text", help="Texts to compare on (repeatable) [default: 5 built in]."),
+    image: list[Path] | None = typer.Option(None, "--image", help="Images to compare on (repeatable) [default: 4 generated]."),
+    text: list[str] | None = typer.Option(None, "--text", help="Texts to compare on (repeatable) [default: 5 built in]."),
     tol: float = typer.Option(1e-4, "--tol", help="Largest max-abs difference accepted; above it the exit status is 1."),
     as_json: JsonOpt = False,
     trust_pickle: TrustPickleOpt = False,
@@ -57,7 +57,8 @@ def parity(
       clipzoo parity model.pt --against openai --image cat.jpg --text "a cat" --json
       clipzoo parity hf-folder/ --against hf --tol 1e-5
     """
-    from clipzoo.convert.parity import AGAINST, parity as run
+    from clipzoo.convert.parity import AGAINST
+    from clipzoo.convert.parity import parity as run
 
     if against not in AGAINST:
         fail(f"unknown implementation {against!r} for --against: choose from {', '.join(AGAINST)}")

@@ -1,6 +1,5 @@
 """``clipzoo data``: make data sets on disk. ``clipzoo data shapes``: the generated captioned shapes."""
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -18,7 +17,7 @@ def shapes(
     n: int = typer.Option(5000, "-n", "--n", help="Number of samples."),
     seed: int = typer.Option(0, "--seed", help="Random seed: same seed, same images and captions, byte for byte."),
     image_size: int = typer.Option(64, "--image-size", help="Image side in pixels (at least 16)."),
-    formats: Optional[List[str]] = typer.Option(
+    formats: list[str] | None = typer.Option(
         None, "--format", "-f", show_default=False,
         help="folder, csv, webdataset or tfrecord; repeat for several [default: folder, csv, webdataset]."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Samples per webdataset / TFRecord shard."),

@@ -1,33 +1,44 @@
 """``clipzoo embed``: images (files, folders, webdataset tars) or texts (a file) -> a .npy of features + a
 JSON sidecar. Runs under torchrun too: each rank embeds its share and rank 0 merges the parts."""
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from ._common import (CacheDirOpt, DeviceOpt, ModelArg, ModelNameOpt, PrecisionOpt, RuntimeOpt, TrustPickleOpt,
-                      fail, load_model, note, resolve_device, user_errors)
+from ._common import (
+    CacheDirOpt,
+    DeviceOpt,
+    ModelArg,
+    ModelNameOpt,
+    PrecisionOpt,
+    RuntimeOpt,
+    TrustPickleOpt,
+    fail,
+    load_model,
+    note,
+    resolve_device,
+    user_errors,
+)
 
 
 @user_errors
 def embed(
     model: ModelArg,
-    more_images: Optional[List[str]] = typer.Argument(
+    more_images: list[str] | None = typer.Argument(
         None, metavar="PATH", show_default=False,
         help="More image paths after --images (so `--images photos/*.jpg` works)."),
-    images: Optional[List[str]] = typer.Option(
+    images: list[str] | None = typer.Option(
         None, "--images", "-i", show_default=False,
         help="Image files, folders (their image files, recursively, sorted) or uncompressed webdataset .tar "
              "shards (brace patterns such as 'shards-{000..009}.tar' expand)."),
-    audio: Optional[List[str]] = typer.Option(
+    audio: list[str] | None = typer.Option(
         None, "--audio", "-a", show_default=False,
         help="Audio files (wav/flac/ogg) or folders, for audio–text models (CLAP); repeat for more."),
-    texts: Optional[Path] = typer.Option(None, "--texts", "-t", show_default=False,
+    texts: Path | None = typer.Option(None, "--texts", "-t", show_default=False,
                                          help="A UTF-8 text file, one text per line (blank lines skipped)."),
     out: Path = typer.Option(..., "--out", "-o", show_default=False,
                              help="Output .npy file; the inputs are listed in a .json beside it."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size [default: 64 images, 256 texts]."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Image decode processes [default: CPU count, at most 8; 0: decode in the main process]."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size [default: 64 images, 256 texts]."),
+    workers: int | None = typer.Option(None, "--workers", help="Image decode processes [default: CPU count, at most 8; 0: decode in the main process]."),
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="L2-normalise the features."),
     truncate: bool = typer.Option(False, "--truncate", help="Cut texts longer than the model's context instead of failing."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out images that cannot be decoded (listed in the sidecar) instead of failing."),

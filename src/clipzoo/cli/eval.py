@@ -6,12 +6,22 @@ the CLIP_benchmark-style JSON record on stdout and, with ``--output``, write it 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 
-from ._common import (CacheDirOpt, DeviceOpt, ModelNameOpt, PrecisionOpt, TrustPickleOpt, fail, load_model, note,
-                      print_json, user_errors)
+from ._common import (
+    CacheDirOpt,
+    DeviceOpt,
+    ModelNameOpt,
+    PrecisionOpt,
+    TrustPickleOpt,
+    fail,
+    load_model,
+    note,
+    print_json,
+    user_errors,
+)
 
 eval_app = typer.Typer(help="Evaluate a model: zero-shot, retrieval, linear probe, kNN, clustering, text tasks.",
                        no_args_is_help=True, rich_markup_mode=None)
@@ -21,27 +31,27 @@ DatasetOpt = Annotated[str, typer.Option(
     "--dataset", "-d", show_default=False,
     help="Image folder, .csv/.tsv, .tar shards (brace patterns ok), .tfrecord files, a CLIP_benchmark "
          "webdataset folder or a `clipzoo data shapes` folder; local or s3:// gs:// https:// (fsspec).")]
-TrainOpt = Annotated[Optional[str], typer.Option(
+TrainOpt = Annotated[str | None, typer.Option(
     "--train-dataset", help="Training data for linear-probe / knn [default: the 'train' split when the "
                             "data set has one, else a seeded stratified split of --dataset].")]
 SplitOpt = Annotated[str, typer.Option("--split", help="Split folder to read when the data set has several.")]
-ImgKeyOpt = Annotated[Optional[str], typer.Option("--img-key", help="CSV column / webdataset member / TFRecord key of the image.")]
-CaptionKeyOpt = Annotated[Optional[str], typer.Option("--caption-key", help="CSV column / member / key of the caption(s).")]
-LabelKeyOpt = Annotated[Optional[str], typer.Option("--label-key", help="CSV column / member / JSON field / key of the class label.")]
-SeparatorOpt = Annotated[Optional[str], typer.Option("--separator", help="CSV separator [default: tab for .tsv, comma for .csv].")]
-ClassnamesOpt = Annotated[Optional[str], typer.Option(
+ImgKeyOpt = Annotated[str | None, typer.Option("--img-key", help="CSV column / webdataset member / TFRecord key of the image.")]
+CaptionKeyOpt = Annotated[str | None, typer.Option("--caption-key", help="CSV column / member / key of the caption(s).")]
+LabelKeyOpt = Annotated[str | None, typer.Option("--label-key", help="CSV column / member / JSON field / key of the class label.")]
+SeparatorOpt = Annotated[str | None, typer.Option("--separator", help="CSV separator [default: tab for .tsv, comma for .csv].")]
+ClassnamesOpt = Annotated[str | None, typer.Option(
     "--classnames", help="Class names: a .txt (one per line), a .json keyed by data set name (CLIP_benchmark's), "
                          "or built in: imagenet1k, cifar10, cifar100 [default: classnames.txt of the data set].")]
-TemplatesOpt = Annotated[Optional[str], typer.Option(
+TemplatesOpt = Annotated[str | None, typer.Option(
     "--templates", help="Prompt templates with {c}: a .txt, a .json keyed by data set, or built in: openai_imagenet, "
                         "simple_imagenet, cifar10 [default: the data set's templates, else 'a photo of a {c}.'].")]
-OutputOpt = Annotated[Optional[Path], typer.Option(
+OutputOpt = Annotated[Path | None, typer.Option(
     "--output", "-o", help="Write the result JSON here (and its plots beside it).")]
 PlotsOpt = Annotated[bool, typer.Option("--plots/--no-plots", help="With --output: write the plots too.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per batch.")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Decode processes [default: CPU count, at most 8].")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Decode processes [default: CPU count, at most 8].")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on the first unreadable image instead of counting and skipping it.")]
-FeaturesOpt = Annotated[Optional[Path], typer.Option("--features-cache", help="Keep image features here and reuse them in later runs.")]
+FeaturesOpt = Annotated[Path | None, typer.Option("--features-cache", help="Keep image features here and reuse them in later runs.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for splits, few-shot sampling and k-means.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")]
 TrainFractionOpt = Annotated[float, typer.Option("--train-fraction", help="Share of --dataset used for training when there is no train data.")]
@@ -78,7 +88,7 @@ def _evaluator(model, device, precision, trust_pickle, model_name, cache_dir, ba
                      progress=progress, seed=seed)
 
 
-def _finish(result, output: Optional[Path], plots: bool) -> None:
+def _finish(result, output: Path | None, plots: bool) -> None:
     from clipzoo.eval.outputs import save_task_result
 
     record = result.record
@@ -165,7 +175,7 @@ def knn(
 @user_errors
 def linear_probe(
     model: ModelOpt, dataset: DatasetOpt, train_dataset: TrainOpt = None, split: SplitOpt = "test",
-    fewshot_k: Optional[int] = typer.Option(None, "--fewshot-k", help="Train on k examples per class."),
+    fewshot_k: int | None = typer.Option(None, "--fewshot-k", help="Train on k examples per class."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of the training data that picks the regularisation."),
     train_fraction: TrainFractionOpt = 0.5, img_key: ImgKeyOpt = None, caption_key: CaptionKeyOpt = None,
     label_key: LabelKeyOpt = None, separator: SeparatorOpt = None, classnames: ClassnamesOpt = None,
@@ -219,9 +229,9 @@ def similarity(
 @user_errors
 def all_tasks(
     model: ModelOpt, dataset: DatasetOpt, train_dataset: TrainOpt = None, split: SplitOpt = "test",
-    tasks: Optional[List[str]] = typer.Option(
+    tasks: list[str] | None = typer.Option(
         None, "--task", "-t", help="Tasks to run (repeatable) [default: every image task the data supports]."),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Write each result JSON, plots and report.csv / report.md here."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", help="Write each result JSON, plots and report.csv / report.md here."),
     plots: PlotsOpt = True, train_fraction: TrainFractionOpt = 0.5, img_key: ImgKeyOpt = None,
     caption_key: CaptionKeyOpt = None, label_key: LabelKeyOpt = None, separator: SeparatorOpt = None,
     classnames: ClassnamesOpt = None, templates: TemplatesOpt = None, batch_size: BatchOpt = 64,
@@ -268,7 +278,7 @@ def all_tasks(
 
 @user_errors
 def report(
-    results: List[str] = typer.Argument(..., metavar="RESULTS...", help="Result JSON files, folders or globs (ours or CLIP_benchmark's)."),
+    results: list[str] = typer.Argument(..., metavar="RESULTS...", help="Result JSON files, folders or globs (ours or CLIP_benchmark's)."),
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Output prefix: writes PREFIX.csv and PREFIX.md."),
 ) -> None:
     """Merge result files into one CSV and a markdown table (printed too)."""

@@ -1,11 +1,22 @@
 """``clipzoo index build`` (a folder -> a search index), ``clipzoo search`` and ``clipzoo classify``."""
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from ._common import (CacheDirOpt, DeviceOpt, JsonOpt, PrecisionOpt, RuntimeOpt, TrustPickleOpt, console, fail,
-                      load_model, note, print_json, user_errors)
+from ._common import (
+    CacheDirOpt,
+    DeviceOpt,
+    JsonOpt,
+    PrecisionOpt,
+    RuntimeOpt,
+    TrustPickleOpt,
+    console,
+    fail,
+    load_model,
+    note,
+    print_json,
+    user_errors,
+)
 
 index_app = typer.Typer(help="Build a search index over a folder of images.", no_args_is_help=True,
                         rich_markup_mode=None)
@@ -16,11 +27,11 @@ def build(
     folder: Path = typer.Argument(..., metavar="DIR", show_default=False,
                                   help="Folder of images (jpg, png, webp, gif, bmp; recursive). First-level "
                                        "subfolders become partitions; a same-name .txt is the caption."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", show_default=False,
+    model: str | None = typer.Option(None, "--model", "-m", show_default=False,
                                         help="Model spec (needed the first time; a rerun reuses the recorded one)."),
     out: Path = typer.Option(..., "--out", "-o", show_default=False, help="Index folder to create or update."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images embedded per batch."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes [default: CPU count, at most 8; 0: decode in this process]."),
+    workers: int | None = typer.Option(None, "--workers", help="Decode processes [default: CPU count, at most 8; 0: decode in this process]."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with images/s on stderr."),
     runtime: RuntimeOpt = "eager",
     exact_decode: bool = typer.Option(False, "--exact-decode", help="Decode every JPEG at full size (the default "
@@ -82,11 +93,11 @@ def _print_hits(hits, json_: bool, query: str) -> None:
 @user_errors
 def search(
     index: Path = typer.Argument(..., metavar="INDEX", show_default=False, help="An index folder from `clipzoo index build`."),
-    query: Optional[str] = typer.Argument(None, metavar="TEXT", show_default=False, help="Text to search for."),
+    query: str | None = typer.Argument(None, metavar="TEXT", show_default=False, help="Text to search for."),
     k: int = typer.Option(10, "-k", "--k", help="Number of results."),
-    image: Optional[Path] = typer.Option(None, "--image", "-i", show_default=False, help="Search by this image instead of text."),
-    partition: Optional[str] = typer.Option(None, "--partition", "-p", show_default=False, help="Search one partition (first-level subfolder) only."),
-    dedup: Optional[float] = typer.Option(None, "--dedup", show_default=False, help="Drop results whose cosine with a higher-ranked result is at least this (e.g. 0.95)."),
+    image: Path | None = typer.Option(None, "--image", "-i", show_default=False, help="Search by this image instead of text."),
+    partition: str | None = typer.Option(None, "--partition", "-p", show_default=False, help="Search one partition (first-level subfolder) only."),
+    dedup: float | None = typer.Option(None, "--dedup", show_default=False, help="Drop results whose cosine with a higher-ranked result is at least this (e.g. 0.95)."),
     json_: JsonOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
@@ -123,7 +134,7 @@ def search(
 
 @user_errors
 def classify(
-    images: List[str] = typer.Argument(..., metavar="IMAGE...", show_default=False, help="Image files or folders."),
+    images: list[str] = typer.Argument(..., metavar="IMAGE...", show_default=False, help="Image files or folders."),
     model: str = typer.Option(..., "--model", "-m", show_default=False, help="Model spec."),
     labels: Path = typer.Option(..., "--labels", "-l", show_default=False,
                                 help="Vocabulary: a .txt (one label a line, # comments) or a .json list / {\"labels\": [...]}."),

@@ -1,5 +1,4 @@
 """``clipzoo models`` (query the registry) and ``clipzoo info`` (a card and its computed size)."""
-from typing import Optional
 
 import typer
 
@@ -12,11 +11,11 @@ def _glob_help(field: str) -> str:
 
 @user_errors
 def models(
-    architecture: Optional[str] = typer.Option(None, "--architecture", "-a", help=_glob_help("architecture")),
-    publisher: Optional[str] = typer.Option(None, "--publisher", "-p", help=_glob_help("publisher")),
-    id: Optional[str] = typer.Option(None, "--id", help=_glob_help("id (or another name it is known by)")),
-    backend: Optional[str] = typer.Option(None, "--backend", "-b", help=_glob_help("backend")),
-    modality: Optional[str] = typer.Option(None, "--modality", "-m", help="Only models with this modality (image, text, audio)."),
+    architecture: str | None = typer.Option(None, "--architecture", "-a", help=_glob_help("architecture")),
+    publisher: str | None = typer.Option(None, "--publisher", "-p", help=_glob_help("publisher")),
+    id: str | None = typer.Option(None, "--id", help=_glob_help("id (or another name it is known by)")),
+    backend: str | None = typer.Option(None, "--backend", "-b", help=_glob_help("backend")),
+    modality: str | None = typer.Option(None, "--modality", "-m", help="Only models with this modality (image, text, audio)."),
     long: bool = typer.Option(False, "--long", "-l", help="Add a column saying where each model's weights come from."),
     json_: JsonOpt = False,
 ) -> None:

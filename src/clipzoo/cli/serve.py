@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,13 +16,13 @@ def serve(
                                  help="An index folder built by `clipzoo index build`."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(5020, "--port", help="TCP port."),
-    token: Optional[str] = typer.Option(None, "--token", envvar="CLIPZOO_TOKEN", show_default=False,
+    token: str | None = typer.Option(None, "--token", envvar="CLIPZOO_TOKEN", show_default=False,
                                         help="Require 'Authorization: Bearer TOKEN' on the API (or set "
                                              "CLIPZOO_TOKEN). /health and the page itself stay open."),
-    labels: Optional[Path] = typer.Option(None, "--labels", show_default=False,
+    labels: Path | None = typer.Option(None, "--labels", show_default=False,
                                           help="Vocabulary for /classify: a .txt (one label a line) or .json."),
     template: str = typer.Option("a photo of a {}.", "--template", help="Prompt template for the labels."),
-    model: Optional[str] = typer.Option(None, "--model", show_default=False,
+    model: str | None = typer.Option(None, "--model", show_default=False,
                                         help="Model to embed queries with [default: the one the index was built with]."),
     max_body_mb: float = typer.Option(16.0, "--max-body-mb", help="Largest request body (MiB); larger ones get 413."),
     thumb_size: int = typer.Option(256, "--thumb-size", help="Longer side of thumbnails (pixels)."),
@@ -95,12 +94,12 @@ def _recorded_spec(index: Path) -> str:
 @user_errors
 def demo(
     serve_page: bool = typer.Option(True, "--serve/--no-serve", help="Serve the web page after printing (--no-serve: stop)."),
-    model: Optional[str] = typer.Option(None, "--model", show_default=False,
+    model: str | None = typer.Option(None, "--model", show_default=False,
                                         help="Model to index with [default: the embedded clipzoo/tiny-shapes]."),
     n: int = typer.Option(300, "-n", "--count", help="How many shapes to generate."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on."),
     port: int = typer.Option(5020, "--port", help="TCP port to serve on."),
-    folder: Optional[Path] = typer.Option(None, "--dir", show_default=False,
+    folder: Path | None = typer.Option(None, "--dir", show_default=False,
                                           help="Where the shapes and index go [default: ~/.cache/clipzoo/demo]."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr."),
     device: DeviceOpt = "cpu",

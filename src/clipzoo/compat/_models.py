@@ -11,13 +11,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from open_clip.model import CLIP, CustomTextCLIP
+from torch import nn
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -139,7 +138,7 @@ class _ComparatorModule(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.comparator.dtype
 
-    def _param(self, name: str, value: Optional[torch.Tensor], log: bool) -> Optional[torch.Tensor]:
+    def _param(self, name: str, value: torch.Tensor | None, log: bool) -> torch.Tensor | None:
         """The backend model's own parameter when it holds the value (so training updates it), else a tensor."""
         if value is None:
             return None
@@ -157,7 +156,7 @@ class _ComparatorModule(nn.Module):
         return self._param("logit_scale", self.comparator.logit_params()[0], log=True)
 
     @property
-    def logit_bias(self) -> Optional[torch.Tensor]:
+    def logit_bias(self) -> torch.Tensor | None:
         return self._param("logit_bias", self.comparator.logit_params()[1], log=False)
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -206,7 +205,7 @@ class OpenClipModel(_ComparatorModule):
             image_logits = image_logits + self.logit_bias
         return image_logits, image_logits.T
 
-    def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None) -> Any:
+    def forward(self, image: torch.Tensor | None = None, text: torch.Tensor | None = None) -> Any:
         image_features = self.encode_image(image, normalize=True) if image is not None else None
         text_features = self.encode_text(text, normalize=True) if text is not None else None
         logit_scale = self.logit_scale.exp()

@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Callable, List, Tuple, Union
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from ..errors import BadTextError, ClipzooError, UnknownModelError
 from .. import tokenizers as _openai_tokenizer
+from ..errors import BadTextError, ClipzooError, UnknownModelError
 from ._models import ClipModel, as_openai_module, input_resolution_of
 
 __all__ = ["available_models", "load", "tokenize"]
@@ -64,7 +65,7 @@ def __getattr__(name: str):
 
 
 # --------------------------------------------------------------------------- catalogue
-def available_models() -> List[str]:
+def available_models() -> list[str]:
     """OpenAI's nine model names, then every other model alias in the clipzoo registry."""
     from ..registry import REGISTRY
 
@@ -78,8 +79,8 @@ def available_models() -> List[str]:
 
 
 # --------------------------------------------------------------------------- load
-def load(name: str, device: Union[str, torch.device] = "cuda" if torch.cuda.is_available() else "cpu",
-         jit: bool = False, download_root: str = None) -> Tuple[torch.nn.Module, Callable[[Any], torch.Tensor]]:
+def load(name: str, device: str | torch.device = "cuda" if torch.cuda.is_available() else "cpu",
+         jit: bool = False, download_root: str = None) -> tuple[torch.nn.Module, Callable[[Any], torch.Tensor]]:
     """Load a model: ``(model, preprocess)`` as openai's ``clip.load``.
 
     ``name``: an OpenAI name (``"ViT-B/32"``), any clipzoo alias or spec (``"[clip - laion - …]"``,
@@ -144,7 +145,7 @@ def uses_openai_tokenizer(comparator) -> bool:
 
 
 # --------------------------------------------------------------------------- tokenize
-def tokenize(texts: Union[str, List[str]], context_length: int = 77, truncate: bool = False) -> torch.LongTensor:
+def tokenize(texts: str | list[str], context_length: int = 77, truncate: bool = False) -> torch.LongTensor:
     """openai's ``clip.tokenize``: a LongTensor [N, context_length] of OpenAI BPE ids.
 
     A text longer than the context raises ``RuntimeError("Input {text} is too long for context length

@@ -38,7 +38,7 @@ import os
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 import open_clip as _open_clip
 import torch
@@ -57,7 +57,7 @@ _PRECISIONS = {"fp32": "fp32", "amp": "fp32", "amp_bf16": "fp32", "amp_bfloat16"
                "bf16": "bf16", "pure_fp16": "fp16", "pure_bf16": "bf16"}
 
 # tokenizers of models loaded through clipzoo, so get_tokenizer need not load them again
-_TOKENIZERS: Dict[str, Any] = {}
+_TOKENIZERS: dict[str, Any] = {}
 _COMPARATORS: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
 
 
@@ -78,15 +78,15 @@ def __dir__():
 class _Route:
     native: bool
     model_name: str = ""
-    pretrained: Optional[str] = None
-    card: Optional[ModelCard] = None
+    pretrained: str | None = None
+    card: ModelCard | None = None
 
 
 def _is_open_clip_name(name: str) -> bool:
     return _open_clip.get_model_config(name.replace("/", "-")) is not None
 
 
-def _hub_has_open_clip_config(repo: str, cache_dir) -> Optional[bool]:
+def _hub_has_open_clip_config(repo: str, cache_dir) -> bool | None:
     """True / False when known (the config file is cached, or the repo is cached without it); None if unknown."""
     from ..download import hub_file
     from ..errors import ModelNotCachedError
@@ -109,7 +109,7 @@ def _registry_only(card: ModelCard) -> bool:
     return not card.source.open_clip and not card.config.get("openai")
 
 
-def _route(model_name: Any, pretrained: Optional[str], cache_dir=None) -> _Route:
+def _route(model_name: Any, pretrained: str | None, cache_dir=None) -> _Route:
     from ..registry import REGISTRY
 
     if isinstance(model_name, os.PathLike):
@@ -162,7 +162,7 @@ _DEFAULTS = dict(load_weights=True, jit=False, force_quick_gelu=False, force_cus
                  weights_only=True)
 
 
-def _check_options(card: ModelCard, options: Dict[str, Any], model_kwargs: Dict[str, Any]) -> None:
+def _check_options(card: ModelCard, options: dict[str, Any], model_kwargs: dict[str, Any]) -> None:
     unsupported = sorted(k for k, v in options.items() if k in _DEFAULTS and k not in ("jit", "require_pretrained",
                                                                                           "weights_only")
                          and v != _DEFAULTS[k] and not (k == "force_preprocess_cfg" and not v))
@@ -202,7 +202,7 @@ def _load_clipzoo(card: ModelCard, precision: str, device, cache_dir, weights_on
     return model, comparator
 
 
-def _transforms(model, comparator, overrides: Dict[str, Any], aug_cfg=None, train: bool = True):
+def _transforms(model, comparator, overrides: dict[str, Any], aug_cfg=None, train: bool = True):
     """(train, val) transforms: open_clip's ``image_transform_v2`` from the model's preprocess config;
     for a wrapped Comparator without overrides, val is the backend's own eval transform."""
     from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
@@ -216,7 +216,7 @@ def _transforms(model, comparator, overrides: Dict[str, Any], aug_cfg=None, trai
     return (image_transform_v2(pp, is_train=True, aug_cfg=aug_cfg) if train else None), val
 
 
-def _pp_overrides(image_mean, image_std, image_interpolation, image_resize_mode) -> Dict[str, Any]:
+def _pp_overrides(image_mean, image_std, image_interpolation, image_resize_mode) -> dict[str, Any]:
     from open_clip.transform import merge_preprocess_kwargs
 
     return merge_preprocess_kwargs({}, mean=image_mean, std=image_std, interpolation=image_interpolation,
@@ -226,23 +226,23 @@ def _pp_overrides(image_mean, image_std, image_interpolation, image_resize_mode)
 # --------------------------------------------------------------------------- open_clip's factory API
 def create_model(
         model_name: str,
-        pretrained: Optional[str] = None,
+        pretrained: str | None = None,
         load_weights: bool = True,
         precision: str = 'fp32',
-        device: Union[str, torch.device] = 'cpu',
+        device: str | torch.device = 'cpu',
         jit: bool = False,
         force_quick_gelu: bool = False,
         force_custom_text: bool = False,
-        force_patch_dropout: Optional[float] = None,
-        force_image_size: Optional[Union[int, Tuple[int, int]]] = None,
-        force_preprocess_cfg: Optional[Dict[str, Any]] = None,
-        force_context_length: Optional[int] = None,
+        force_patch_dropout: float | None = None,
+        force_image_size: int | tuple[int, int] | None = None,
+        force_preprocess_cfg: dict[str, Any] | None = None,
+        force_context_length: int | None = None,
         pretrained_image: bool = False,
         pretrained_text: bool = True,
-        pretrained_image_path: Optional[str] = None,
-        pretrained_text_path: Optional[str] = None,
-        cache_dir: Optional[str] = None,
-        output_dict: Optional[bool] = None,
+        pretrained_image_path: str | None = None,
+        pretrained_text_path: str | None = None,
+        cache_dir: str | None = None,
+        output_dict: bool | None = None,
         require_pretrained: bool = False,
         weights_only: bool = True,
         **model_kwargs,
@@ -266,27 +266,27 @@ def create_model(
 
 def create_model_and_transforms(
         model_name: str,
-        pretrained: Optional[str] = None,
+        pretrained: str | None = None,
         load_weights: bool = True,
         precision: str = 'fp32',
-        device: Union[str, torch.device] = 'cpu',
+        device: str | torch.device = 'cpu',
         jit: bool = False,
         force_quick_gelu: bool = False,
         force_custom_text: bool = False,
-        force_patch_dropout: Optional[float] = None,
-        force_image_size: Optional[Union[int, Tuple[int, int]]] = None,
-        force_context_length: Optional[int] = None,
-        image_mean: Optional[Tuple[float, ...]] = None,
-        image_std: Optional[Tuple[float, ...]] = None,
-        image_interpolation: Optional[str] = None,
-        image_resize_mode: Optional[str] = None,
-        aug_cfg: Optional[Union[Dict[str, Any], "_open_clip.AugmentationCfg"]] = None,
+        force_patch_dropout: float | None = None,
+        force_image_size: int | tuple[int, int] | None = None,
+        force_context_length: int | None = None,
+        image_mean: tuple[float, ...] | None = None,
+        image_std: tuple[float, ...] | None = None,
+        image_interpolation: str | None = None,
+        image_resize_mode: str | None = None,
+        aug_cfg: dict[str, Any] | "_open_clip.AugmentationCfg" | None = None,
         pretrained_image: bool = False,
         pretrained_text: bool = True,
-        pretrained_image_path: Optional[str] = None,
-        pretrained_text_path: Optional[str] = None,
-        cache_dir: Optional[str] = None,
-        output_dict: Optional[bool] = None,
+        pretrained_image_path: str | None = None,
+        pretrained_text_path: str | None = None,
+        cache_dir: str | None = None,
+        output_dict: bool | None = None,
         weights_only: bool = True,
         **model_kwargs,
 ):
@@ -316,20 +316,20 @@ def create_model_and_transforms(
 
 def create_model_from_pretrained(
         model_name: str,
-        pretrained: Optional[str] = None,
+        pretrained: str | None = None,
         precision: str = 'fp32',
-        device: Union[str, torch.device] = 'cpu',
+        device: str | torch.device = 'cpu',
         jit: bool = False,
         force_quick_gelu: bool = False,
         force_custom_text: bool = False,
-        force_image_size: Optional[Union[int, Tuple[int, int]]] = None,
-        force_context_length: Optional[int] = None,
-        image_mean: Optional[Tuple[float, ...]] = None,
-        image_std: Optional[Tuple[float, ...]] = None,
-        image_interpolation: Optional[str] = None,
-        image_resize_mode: Optional[str] = None,
+        force_image_size: int | tuple[int, int] | None = None,
+        force_context_length: int | None = None,
+        image_mean: tuple[float, ...] | None = None,
+        image_std: tuple[float, ...] | None = None,
+        image_interpolation: str | None = None,
+        image_resize_mode: str | None = None,
         return_transform: bool = True,
-        cache_dir: Optional[str] = None,
+        cache_dir: str | None = None,
         weights_only: bool = True,
         **model_kwargs,
 ):
@@ -360,11 +360,11 @@ class ComparatorTokenizer:
     """open_clip's tokenizer call convention over a Comparator's ``tokenize``: pads to the model's
     context and truncates a too-long text, as open_clip's tokenizers do."""
 
-    def __init__(self, comparator, context_length: Optional[int] = None):
+    def __init__(self, comparator, context_length: int | None = None):
         self.comparator = comparator
         self.context_length = context_length or comparator.context_length
 
-    def __call__(self, texts: Union[str, List[str]], context_length: Optional[int] = None) -> torch.Tensor:
+    def __call__(self, texts: str | list[str], context_length: int | None = None) -> torch.Tensor:
         wanted = context_length or self.context_length
         if wanted and self.comparator.context_length and wanted != self.comparator.context_length:
             raise UnsupportedError(f"{self.comparator.card.alias} tokenizes to {self.comparator.context_length} "
@@ -374,8 +374,8 @@ class ComparatorTokenizer:
 
 def get_tokenizer(
         model_name: str = '',
-        context_length: Optional[int] = None,
-        cache_dir: Optional[str] = None,
+        context_length: int | None = None,
+        cache_dir: str | None = None,
         **kwargs,
 ):
     """open_clip's ``get_tokenizer`` for every registry model. A model served by clipzoo reuses the
@@ -410,24 +410,24 @@ def get_tokenizer(
 
 
 # --------------------------------------------------------------------------- listings
-def _extra_cards() -> List[ModelCard]:
+def _extra_cards() -> list[ModelCard]:
     from ..registry import REGISTRY
 
     return [c for c in REGISTRY if _registry_only(c)]
 
 
-def list_models() -> List[str]:
+def list_models() -> list[str]:
     """open_clip's architecture names, then the alias of every registry model open_clip cannot name."""
     return list(_open_clip.list_models()) + [c.alias for c in _extra_cards()]
 
 
-def list_pretrained(as_str: bool = False) -> List[Union[Tuple[str, str], str]]:
+def list_pretrained(as_str: bool = False) -> list[tuple[str, str] | str]:
     """open_clip's (model, tag) pairs, then (alias, publisher) for every other registry model."""
     extra = [(c.alias, c.publisher) for c in _extra_cards()]
     return list(_open_clip.list_pretrained(as_str)) + [":".join(p) if as_str else p for p in extra]
 
 
-def list_pretrained_tags_by_model(model: str) -> List[str]:
+def list_pretrained_tags_by_model(model: str) -> list[str]:
     """open_clip's tags of an architecture; for a registry alias, its publisher."""
     tags = list(_open_clip.list_pretrained_tags_by_model(model))
     if tags:
@@ -436,7 +436,7 @@ def list_pretrained_tags_by_model(model: str) -> List[str]:
     return [c.publisher for c in _extra_cards() if c.alias.lower() == key]
 
 
-def list_pretrained_models_by_tag(tag: str) -> List[str]:
+def list_pretrained_models_by_tag(tag: str) -> list[str]:
     """open_clip's architectures with that tag, then the registry aliases whose publisher it is."""
     key = tag.strip().lower()
     return list(_open_clip.list_pretrained_models_by_tag(tag)) + [c.alias for c in _extra_cards()

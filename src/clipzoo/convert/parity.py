@@ -22,9 +22,10 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +75,7 @@ class ParityReport:
                 "preprocessing": self.preprocessing}
 
     def markdown(self) -> str:
-        lines = [f"| output | mean abs diff | max abs diff | mean rel diff | max rel diff |",
+        lines = ["| output | mean abs diff | max abs diff | mean rel diff | max rel diff |",
                  "|---|---|---|---|---|"]
         for name, r in self.rows.items():
             lines.append(f"| {name} | {r['mean_abs']:.2e} | {r['max_abs']:.2e} | {r['mean_rel']:.2e} | "

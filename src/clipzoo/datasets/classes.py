@@ -11,9 +11,10 @@ file keyed by data set name (CLIP_benchmark's ``en_classnames.json`` /
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import DatasetError
 
@@ -24,7 +25,7 @@ BUILTIN_CLASSNAMES = ("imagenet1k", "cifar10", "cifar100")
 BUILTIN_TEMPLATES = ("openai_imagenet", "simple_imagenet", "imagenet1k", "cifar10", "cifar100")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _builtin_json() -> dict[str, Any]:
     return json.loads((Path(__file__).with_name("builtin_classnames.json")).read_text("utf-8"))
 

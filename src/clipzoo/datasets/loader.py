@@ -7,8 +7,9 @@ file, not as exceptions inside a worker (which PyTorch would wrap in its own tra
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from torch.utils.data import IterableDataset
 

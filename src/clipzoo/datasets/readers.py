@@ -27,8 +27,9 @@ import json
 import os
 import posixpath
 import tarfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from ..errors import DatasetError
 from .classes import read_lines, resolve_classnames, resolve_templates
@@ -490,7 +491,8 @@ def _meta(folder: str, classnames: Any, templates: Any, name: str,
     names = resolve_classnames(classnames, name)
     shapes = _shapes_params(folder) if names is None and label_key else None
     if shapes is not None and label_key != shapes.get("label_key"):
-        from .shapes import LABEL_KEYS, classnames as shape_classnames
+        from .shapes import LABEL_KEYS
+        from .shapes import classnames as shape_classnames
 
         if label_key in LABEL_KEYS:  # classnames.txt lists the classes of the folder's own label key
             names = shape_classnames(label_key)

@@ -8,8 +8,9 @@ DataLoader workers, so readers stay cheap and a bad image is reported with the n
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import BadImageError
 

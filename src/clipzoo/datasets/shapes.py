@@ -29,9 +29,10 @@ import math
 import os
 import shutil
 import tarfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, overload
+from typing import Any, overload
 
 import numpy as np
 from PIL import Image, ImageDraw

@@ -21,9 +21,10 @@ import gzip
 import os
 import struct
 import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from numbers import Integral, Real
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from ..errors import DatasetError
 from .records import Record

@@ -9,9 +9,18 @@ from __future__ import annotations
 
 from .clustering import cluster_metrics, kmeans
 from .linear_probe import linear_probe
-from .metrics import (EvalInputError, accuracy, clustering_scores, knn_metrics, knn_scores,
-                      mean_per_class_recall, retrieval_metrics, retrieval_metrics_from_scores,
-                      zeroshot_logits, zeroshot_metrics)
+from .metrics import (
+                      EvalInputError,
+                      accuracy,
+                      clustering_scores,
+                      knn_metrics,
+                      knn_scores,
+                      mean_per_class_recall,
+                      retrieval_metrics,
+                      retrieval_metrics_from_scores,
+                      zeroshot_logits,
+                      zeroshot_metrics,
+)
 from .results import make_result, output_path, read_result, write_result
 from .retrieval import flatten_captions, retrieval_evaluate
 from .runner import IMAGE_TASKS, TASKS, TEXT_TASKS, DatasetFeatures, Evaluator, TaskResult, supported_tasks

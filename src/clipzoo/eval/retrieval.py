@@ -1,7 +1,8 @@
 """Image–text retrieval: recall@k in both directions, several captions per image."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

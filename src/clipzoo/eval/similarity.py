@@ -20,8 +20,9 @@ Files read by :func:`read_pairs` (``format`` in brackets):
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -20,8 +20,9 @@ Metrics (passages ranked by cosine similarity; ties: lower passage index first, 
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

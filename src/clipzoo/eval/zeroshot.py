@@ -1,7 +1,8 @@
 """Zero-shot classification: class weights from class names and templates, then top-k accuracy."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -27,7 +27,6 @@ def quantize_onnx_folder(src: Path, dst: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from ..backends.onnx import META_FILE, read_meta
-
     from ..files import build_folder_once
 
     meta = read_meta(src)

@@ -1,7 +1,7 @@
 """Request and response bodies of the HTTP service (pydantic models; they make the OpenAPI docs)."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -23,14 +23,14 @@ class _Strict(BaseModel):
 class SearchRequest(_Strict):
     """Exactly one query: ``text``, ``image`` (base64), ``embedding`` or ``id`` (an indexed item: "more like this")."""
 
-    text: Optional[str] = Field(None, min_length=1, max_length=MAX_TEXT_CHARS, examples=["a red circle"])
-    image: Optional[str] = Field(None, min_length=1, description=Base64Image.description)
-    embedding: Optional[list[Annotated[float, Field(allow_inf_nan=False)]]] = Field(None, min_length=1, max_length=65536,
+    text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS, examples=["a red circle"])
+    image: str | None = Field(None, min_length=1, description=Base64Image.description)
+    embedding: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(None, min_length=1, max_length=65536,
                                              description="A query vector of the model's dimension.")
-    id: Optional[int] = Field(None, ge=0, description="Search by an indexed item's stored embedding.")
+    id: int | None = Field(None, ge=0, description="Search by an indexed item's stored embedding.")
     k: int = Field(10, ge=1, le=MAX_K, description="How many results.")
-    partition: Optional[str] = Field(None, min_length=1, description="Search only this partition (folder or label).")
-    dedup: Optional[float] = Field(None, gt=0.0, le=1.0, description=(
+    partition: str | None = Field(None, min_length=1, description="Search only this partition (folder or label).")
+    dedup: float | None = Field(None, gt=0.0, le=1.0, description=(
         "Drop results whose cosine similarity to a better result is at least this (near-duplicates); "
         "omit to keep all."))
 
@@ -46,25 +46,25 @@ class SearchRequest(_Strict):
 class HitOut(BaseModel):
     id: int
     score: float = Field(description="Cosine similarity to the query.")
-    relpath: Optional[str] = None
-    caption: Optional[str] = None
-    partition: Optional[str] = None
+    relpath: str | None = None
+    caption: str | None = None
+    partition: str | None = None
     thumb: str = Field(description="URL of the hit's thumbnail.")
 
 
 class SearchResponse(BaseModel):
     query: str = Field(description="What was searched: text, image, embedding or id.")
     k: int
-    partition: Optional[str] = None
+    partition: str | None = None
     took_ms: float
     hits: list[HitOut]
 
 
 class ClassifyRequest(_Strict):
     image: str = Field(..., min_length=1, description=Base64Image.description)
-    labels: Optional[list[str]] = Field(None, min_length=1, max_length=MAX_LABELS, description=(
+    labels: list[str] | None = Field(None, min_length=1, max_length=MAX_LABELS, description=(
         "Candidate labels; omit to use the server's vocabulary (`clipzoo serve --labels`)."))
-    template: Optional[str] = Field(None, max_length=500, description=(
+    template: str | None = Field(None, max_length=500, description=(
         "Prompt template with '{}' for the label; default 'a photo of a {}.'"))
     k: int = Field(5, ge=1, le=MAX_LABELS)
 
@@ -83,8 +83,8 @@ class ClassifyResponse(BaseModel):
 class EmbedRequest(_Strict):
     """Texts or images (base64), not both."""
 
-    texts: Optional[list[str]] = Field(None, min_length=1, max_length=MAX_EMBED_TEXTS)
-    images: Optional[list[str]] = Field(None, min_length=1, max_length=MAX_EMBED_IMAGES)
+    texts: list[str] | None = Field(None, min_length=1, max_length=MAX_EMBED_TEXTS)
+    images: list[str] | None = Field(None, min_length=1, max_length=MAX_EMBED_IMAGES)
     normalize: bool = True
     truncate: bool = Field(False, description="Cut texts longer than the model's context instead of failing.")
 
@@ -125,12 +125,12 @@ class Item(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     id: int
-    relpath: Optional[str] = None
-    size: Optional[int] = None
-    mtime: Optional[float] = None
-    sha256: Optional[str] = None
-    caption: Optional[str] = None
-    partition: Optional[str] = None
+    relpath: str | None = None
+    size: int | None = None
+    mtime: float | None = None
+    sha256: str | None = None
+    caption: str | None = None
+    partition: str | None = None
     thumb: str
 
 

@@ -242,8 +242,13 @@ def write_siglip2_naflex(folder: "str | os.PathLike", seed: int = 0, context: in
 
 def write_chinese_clip(folder: "str | os.PathLike", seed: int = 0, context: int = 52) -> Path:
     """``ChineseCLIPModel`` (BERT text tower pooled at [CLS]) + ``BertTokenizer`` + its image processor."""
-    from transformers import (BertTokenizer, ChineseCLIPConfig, ChineseCLIPImageProcessor, ChineseCLIPModel,
-                              ChineseCLIPProcessor)
+    from transformers import (
+        BertTokenizer,
+        ChineseCLIPConfig,
+        ChineseCLIPImageProcessor,
+        ChineseCLIPModel,
+        ChineseCLIPProcessor,
+    )
 
     tokenizer = BertTokenizer(vocab=_wordpiece_vocab(), model_max_length=context)
     config = ChineseCLIPConfig(

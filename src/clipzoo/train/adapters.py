@@ -20,7 +20,8 @@ weights (peft's merge + unload) so the saved folder loads without peft.
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -16,8 +16,8 @@ run would have seen, and ``N`` processes together see the batches one process wo
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch

@@ -14,7 +14,8 @@ The teacher may see images at another size and normalisation, and may tokenise d
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

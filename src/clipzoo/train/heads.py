@@ -8,7 +8,8 @@ prototypes whose weight norm ``g`` is fixed at 1 when ``norm_last_layer``.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn

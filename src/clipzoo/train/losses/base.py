@@ -22,7 +22,6 @@ Conventions:
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import nn
@@ -38,7 +37,7 @@ class LossInputError(ClipzooError, ValueError):
     """Inputs an objective cannot use: a missing argument it needs, mismatched shapes."""
 
 
-def cast_fp32(x: Optional[Tensor]) -> Optional[Tensor]:
+def cast_fp32(x: Tensor | None) -> Tensor | None:
     if x is None:
         return None
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
@@ -59,9 +58,9 @@ class Objective(nn.Module):
     #: head's raw output instead of the L2-normalised embedding
     head_scores: bool = False
 
-    def forward(self, image_features: Optional[Tensor] = None, text_features: Optional[Tensor] = None, *,
-                logit_scale=None, logit_bias=None, teacher_image_features: Optional[Tensor] = None,
-                teacher_text_features: Optional[Tensor] = None) -> dict[str, Tensor]:
+    def forward(self, image_features: Tensor | None = None, text_features: Tensor | None = None, *,
+                logit_scale=None, logit_bias=None, teacher_image_features: Tensor | None = None,
+                teacher_text_features: Tensor | None = None) -> dict[str, Tensor]:
         args = dict(image_features=image_features, text_features=text_features, logit_scale=logit_scale,
                     logit_bias=logit_bias, teacher_image_features=teacher_image_features,
                     teacher_text_features=teacher_text_features)

@@ -39,8 +39,6 @@ Reads: ``image_features``, ``text_features``, ``logit_scale`` (instance term), `
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
@@ -81,8 +79,8 @@ def _group_means(values: torch.Tensor, labels: torch.Tensor, k: int, fallback: t
 class ProtoCLIPLoss(Objective):
     uses = ("image_features", "text_features", "logit_scale", "logit_bias", "teacher_text_features")
 
-    def __init__(self, num_prototypes: int, dim: int, *, text_group_dim: Optional[int] = None,
-                 proto_temperature: float = 0.05, target_temperature: Optional[float] = None,
+    def __init__(self, num_prototypes: int, dim: int, *, text_group_dim: int | None = None,
+                 proto_temperature: float = 0.05, target_temperature: float | None = None,
                  instance_weight: float = 1.0, proto_weight: float = 1.0, kmeans_iters: int = 20, seed: int = 0,
                  local_loss: bool = False, gather_with_grad: bool = False):
         super().__init__()
@@ -104,7 +102,7 @@ class ProtoCLIPLoss(Objective):
 
     @torch.no_grad()
     def update_prototypes(self, image_features: torch.Tensor, text_features: torch.Tensor,
-                          teacher_text_features: Optional[torch.Tensor] = None) -> None:
+                          teacher_text_features: torch.Tensor | None = None) -> None:
         """Episode end: k-means on the (gathered) episode features and back-translated prototypes."""
         img = F.normalize(all_gather_no_grad(image_features.float()), dim=1)
         txt = F.normalize(all_gather_no_grad(text_features.float()), dim=1)

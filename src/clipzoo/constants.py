@@ -1,0 +1,41 @@
+"""Constants shared across clipzoo: defined here once, imported everywhere else.
+
+Only plain values live here (no imports of clipzoo or third-party packages), so any layer may use them.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# ---------------------------------------------------------------- files
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+"""Image files that folders expand to (embed, index build, data sets, webdataset members)."""
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+
+# ---------------------------------------------------------------- preprocessing
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
+
+# ---------------------------------------------------------------- text
+DEFAULT_CONTEXT_LENGTH = 77
+"""OpenAI CLIP's context length (tokens, start and end included)."""
+OPENAI_VOCAB_SIZE = 49408
+"""OpenAI CLIP's BPE vocabulary (open_clip's ``SimpleTokenizer``)."""
+
+# ---------------------------------------------------------------- untrusted input
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Decoded pixels allowed in one uploaded image unless a caller sets its own bound."""
+
+# ---------------------------------------------------------------- cache
+CACHE_ENV = "CLIPZOO_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$CLIPZOO_CACHE``, else ``$XDG_CACHE_HOME/clipzoo``, else ``~/.cache/clipzoo``."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "clipzoo")
+    return Path(root)
