@@ -7,7 +7,7 @@ weights (random ViT-B-32 by default: no download), one after another in one proc
   in batches of 32, one process, ``torch.no_grad``.
 - **transformers** — ``CLIPModel`` on the same weights (converted with ``clipzoo convert --to hf``):
   ``CLIPProcessor`` on PIL images → ``get_image_features``, batches of 32.
-- **clipzoo / RUNTIME** — ``clipzoo.embedding_files.embed_to_file``, the code behind ``clipzoo embed``:
+- **clipzoo / RUNTIME** — ``clipzoo.embed.embed_to_file``, the code behind ``clipzoo embed``:
   decoding (reduced-size JPEG decode) and preprocessing in DataLoader workers overlapping the model, rows
   streamed to a ``.npy``; for each ``--runtimes`` entry.
 
@@ -109,7 +109,8 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=2000)
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=None, help="clipzoo decode workers [default: the pipeline's, CPU count]")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="clipzoo decode workers [default: the pipeline's, CPU count]")
     ap.add_argument("--runtimes", default="eager,compile,onnx,onnx-int8,torch-int8")
     ap.add_argument("--no-transformers", action="store_true")
     ap.add_argument("--device", default="cpu")
@@ -119,7 +120,7 @@ def main() -> None:
     import torch
 
     import clipzoo
-    from clipzoo.embedding_files import DistributedInfo, embed_to_file
+    from clipzoo.embed import DistributedInfo, embed_to_file
 
     runtimes = [r for r in args.runtimes.split(",") if r]
     with tempfile.TemporaryDirectory() as tmp:
@@ -154,7 +155,7 @@ def main() -> None:
 
         # ---- transformers CLIPModel on the same weights
         if not args.no_transformers:
-            from clipzoo.convert.targets import convert
+            from clipzoo.convert import convert
 
             hf_folder = tmp / "hf"
             convert(str(weights), str(hf_folder), to="hf")
@@ -175,10 +176,10 @@ def main() -> None:
             warm = embed_to_file(m, tmp / "warm.npy", images=paths[:args.batch_size], batch_size=args.batch_size,
                                  workers=args.workers, info=DistributedInfo())
             m.encode_text(texts[:64])
-            _, secs = timed(lambda: embed_to_file(m, out, images=paths, batch_size=args.batch_size,
-                                                  workers=args.workers, info=DistributedInfo()))
+            _, secs = timed(lambda m=m, out=out: embed_to_file(m, out, images=paths, batch_size=args.batch_size,
+                                                               workers=args.workers, info=DistributedInfo()))
             rows = np.load(out)
-            text_rows, text_secs = timed(lambda: m.encode_text(texts, batch_size=256).numpy())
+            text_rows, text_secs = timed(lambda m=m: m.encode_text(texts, batch_size=256).numpy())
             cos = float((rows * ref).sum(1).min())
             tcos = float((text_rows * text_ref).sum(1).min())
             ips, tps = len(paths) / secs, len(texts) / text_secs
@@ -190,7 +191,7 @@ def main() -> None:
 
     print(f"\n{args.model} (random weights), {args.images} JPEGs 640×480 / {args.texts} texts, batch "
           f"{args.batch_size}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, clipzoo decode "
-          f"workers {args.workers}, load average {open('/proc/loadavg').read().split()[0]}\n")
+          f"workers {args.workers}, load average {Path('/proc/loadavg').read_text().split()[0]}\n")
     print("| variant | images/s | × open_clip | min cosine | texts/s | × open_clip | min cosine |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import statistics
 import tempfile
@@ -170,8 +171,8 @@ def main() -> None:
             models = [m for _, m in members]
             weights = WEIGHTS[:len(models)]
             ensemble = clipzoo.Ensemble(models, weights=weights)
-            ref_h, ref_e, th, te = measure(lambda: by_hand(models, weights, images, texts),
-                                           lambda: via_ensemble(ensemble, images, texts), args.repeats)
+            ref_h, ref_e, th, te = measure(functools.partial(by_hand, models, weights, images, texts),
+                                           functools.partial(via_ensemble, ensemble, images, texts), args.repeats)
             diff = float((ref_h - ref_e).abs().max())
             wh, we = [t[0] for t in th], [t[0] for t in te]
             ch, ce = [t[1] for t in th], [t[1] for t in te]
@@ -201,7 +202,8 @@ def main() -> None:
         print("|---|---|---|---:|---:|---:|---:|---:|---:|:---:|")
         for label, mh, me, over, over_m, over_cpu, diff, ok in rows:
             print(f"| {time.strftime('%Y-%m-%d')} | {label} | {args.images} × {args.texts} | {1000 * mh:.0f} ms | "
-                  f"{1000 * me:.0f} ms | {100 * over:+.1f} % | {100 * over_m:+.1f} % | {100 * over_cpu:+.1f} % | {diff:.1e} | "
+                  f"{1000 * me:.0f} ms | {100 * over:+.1f} % | {100 * over_m:+.1f} % | "
+                  f"{100 * over_cpu:+.1f} % | {diff:.1e} | "
                   f"{'PASS' if ok else 'FAIL'} |")
 
 

@@ -1,6 +1,6 @@
 """Vector index benchmark: build time, p50/p99 single-query latency and recall@10 vs exact FAISS search.
 
-The index is what ``clipzoo index build`` makes for that many vectors (:func:`clipzoo.index.vectors.build_vectors`:
+The index is what ``clipzoo index build`` makes for that many vectors (:func:`clipzoo.index.stores.faiss.build_vectors`:
 kind chosen by size and memory, search parameter tuned to a 5 ms latency target). Vectors are random
 512-d, L2-normalised; ``--data clustered`` (default) draws them around 1000 random centres, as real
 image embeddings cluster; ``--data gaussian`` draws them i.i.d. (no structure at all: the worst case for
@@ -19,7 +19,7 @@ import numpy as np
 
 
 def make_data(n: int, d: int, kind: str, seed: int = 0, centres: int = 1000, spread: float = 0.6) -> np.ndarray:
-    from clipzoo.index.vectors import normalize
+    from clipzoo.index.stores.faiss import normalize
 
     rng = np.random.default_rng(seed)
     out = np.empty((n, d), np.float32)
@@ -34,7 +34,7 @@ def make_data(n: int, d: int, kind: str, seed: int = 0, centres: int = 1000, spr
 def bench(n: int, d: int, data: str, queries: int, latency_target_ms: float) -> dict:
     import faiss
 
-    from clipzoo.index.vectors import build_vectors, exact_knn, recall_at_k
+    from clipzoo.index.stores.faiss import build_vectors, exact_knn, recall_at_k
 
     both = make_data(n + queries, d, data)
     x, q = both[:n], both[n:]
@@ -62,7 +62,8 @@ def bench(n: int, d: int, data: str, queries: int, latency_target_ms: float) -> 
         flat_times.append((time.perf_counter() - t) * 1e3 * n / min(n, 200_000))
     return {"n": n, "dim": d, "data": data, "kind": vi.kind, "key": vi.key, "params": vi.params,
             "build_s": round(build_s, 1), "p50_ms": round(float(np.percentile(times, 50)), 3),
-            "p99_ms": round(float(np.percentile(times, 99)), 3), "recall_at_10": round(recall_at_k(found, truth, 10), 4),
+            "p99_ms": round(float(np.percentile(times, 99)), 3),
+            "recall_at_10": round(recall_at_k(found, truth, 10), 4),
             "reported_recall_at_10": vi.recall_at_10, "exact_flat_p50_ms_est": round(float(np.median(flat_times)), 2),
             "exact_batch_s": round(exact_s, 2), "faiss_threads": faiss.omp_get_max_threads()}
 

@@ -88,8 +88,8 @@ def worker(kind: str, root: Path, args) -> None:
     else:
         from clipzoo.cli import app
 
-        config = {"model_config": MODEL_CONFIG, "data": [str(csv)], "img_key": "filepath", "caption_key": "title", "separator": "\t",
-                  "batch_size": args.batch_size, "steps": args.steps, "lr": LR, "weight_decay": WD,
+        config = {"model_config": MODEL_CONFIG, "data": [str(csv)], "img_key": "filepath", "caption_key": "title",
+                  "separator": "\t", "batch_size": args.batch_size, "steps": args.steps, "lr": LR, "weight_decay": WD,
                   "warmup": LR_WARMUP, "workers": args.workers, "precision": "fp32", "device": "cpu", "seed": 0,
                   "output": str(out), "log_every": 10, "tensorboard": False, "progress": False}
         (root / "run.json").write_text(json.dumps(config, indent=1))

@@ -58,7 +58,8 @@ def main() -> None:
     with torch.no_grad():
         for name, x in (("before", start), ("after", end)):
             cos = (model.encode_image01(x) @ text.T)[0]
-            print(f"{name:6s}  cos('a red circle') = {float(cos[0]):+.3f}   cos('a blue square') = {float(cos[1]):+.3f}")
+            print(f"{name:6s}  cos('a red circle') = {float(cos[0]):+.3f}   "
+                  f"cos('a blue square') = {float(cos[1]):+.3f}")
     print(f"wrote {out / 'guidance_before.png'} and {out / 'guidance_after.png'}")
 
 

@@ -4,7 +4,7 @@
     python scripts/build_tiny_shapes.py --from-run runs/tiny-shapes   # pack a finished recipe run instead
 
 Trains ``clipzoo train --recipe tiny-shapes`` (CPU, minutes), packs the result with
-:func:`clipzoo.catalog.embedded.pack` into ``src/clipzoo/catalog/tiny-shapes.{json,safetensors}``, then
+:func:`clipzoo.packing.pack` into ``src/clipzoo/catalog/tiny-shapes.{json,safetensors}``, then
 loads the packed model through ``clipzoo.load("clipzoo/tiny-shapes")`` and evaluates it zero-shot on the
 recipe's held-out shapes, recording the figures in the JSON, and draws the run's loss and acc1 curve into
 ``docs/img/tiny_shapes_curve.png``. The token rows kept are those of the
@@ -30,13 +30,14 @@ def main() -> None:
     import torch
 
     import clipzoo
-    from clipzoo.catalog.embedded import materialise, pack
     from clipzoo.datasets import shapes
     from clipzoo.datasets.readers import open_dataset
     from clipzoo.eval.runner import Evaluator
+    from clipzoo.packing import materialise, pack
+    from clipzoo.train.data import shapes_data
     from clipzoo.train.engine import train
     from clipzoo.train.model import build_model
-    from clipzoo.train.recipes import recipe_config, shapes_data, write_heldout
+    from clipzoo.train.recipes import recipe_config, write_heldout
 
     cfg = recipe_config("tiny-shapes").replace(output=args.output)
     if args.steps:

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-.venv/bin/python -m pip install --quiet -e .
+.venv/bin/python -m pip install --quiet -e '.[search,eval]'   # the demo indexes and serves; eval plots
 export PATH="$PWD/.venv/bin:$PATH"
 
 OUT=${OUT:-/tmp/clipzoo-quickstart}

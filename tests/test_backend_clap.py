@@ -48,7 +48,7 @@ def clap(folder):
 
 @pytest.fixture(scope="module")
 def reference(folder):
-    return transformers.ClapModel.from_pretrained(str(folder)).eval(), transformers.ClapProcessor.from_pretrained(str(folder))
+    return transformers.ClapModel.from_pretrained(str(folder)).eval(), transformers.ClapProcessor.from_pretrained(str(folder))  # noqa: E501
 
 
 def hf_audio(model, processor, clips, sr=SAMPLE_RATE) -> torch.Tensor:
@@ -158,7 +158,7 @@ def audio_files(tmp_path_factory):
 
 def test_files_equal_their_resampled_arrays(clap, audio_files):
     _, files = audio_files
-    for name, (path, written, sr) in files.items():
+    for name, (path, _written, sr) in files.items():
         decoded, file_sr = sf.read(path, dtype="float64", always_2d=True)
         assert file_sr == sr
         expected = clap.encode_audio(mono_resampled(decoded, sr))  # a bare array: already at the model's rate
@@ -195,8 +195,8 @@ def test_resampling_uses_gcd_reduced_polyphase_factors():
 
 
 def test_embed_audio_and_folder_expansion(clap, audio_files, tmp_path):
-    from clipzoo.audio import embed_audio, expand_audio_paths
-    from clipzoo.embedding import load_embeddings, save_embeddings
+    from clipzoo.audio import expand_audio_paths
+    from clipzoo.embed import embed_audio, load_embeddings, save_embeddings
 
     folder, files = audio_files
     paths = expand_audio_paths(folder)
@@ -292,7 +292,7 @@ def test_an_image_model_asked_for_audio():
         shapes.encode_audio(["x.wav"])
     with pytest.raises(UnsupportedError, match=msg):
         shapes.encode(AUDIO, ["x.wav"])
-    from clipzoo.audio import embed_audio
+    from clipzoo.embed import embed_audio
 
     with pytest.raises(UnsupportedError, match=msg):
         embed_audio(shapes, ["x.wav"])

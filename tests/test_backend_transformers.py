@@ -259,7 +259,7 @@ def test_a_file_is_not_a_folder(folders):
 
 def test_hub_fetch_skips_other_frameworks_and_falls_back_to_bin(monkeypatch, tmp_path):
     """Only PyTorch files are fetched; ``*.bin`` weights only where a model folder has no safetensors."""
-    import clipzoo.download
+    import clipzoo.backends.transformers as hf_backend
     from clipzoo.backends.transformers import hub_model_folder
 
     calls = []
@@ -271,7 +271,7 @@ def test_hub_fetch_skips_other_frameworks_and_falls_back_to_bin(monkeypatch, tmp
         calls.append(list(allow_patterns))
         return snapshot
 
-    monkeypatch.setattr(clipzoo.download, "hub_snapshot", fake_snapshot)
+    monkeypatch.setattr(hf_backend, "hub_snapshot", fake_snapshot)
     assert hub_model_folder("org/old-repo") == snapshot  # no weights among the first files: fetch *.bin too
     assert len(calls) == 2 and "*.bin" in calls[1] and "*.bin" not in calls[0]
     assert not any(p.endswith((".h5", ".msgpack", ".onnx")) for p in calls[1])

@@ -145,8 +145,8 @@ def test_embed_user_errors(model_path, image_files, tmp_path):
     assert "corrupt.png" in user_error("embed", model_path, "--images", image_files[0], bad, "--out",
                                        tmp_path / "x.npy", "--workers", "2")
     assert not (tmp_path / "x.npy").exists()
-    assert "missing.jpg" in user_error("embed", model_path, "--images", tmp_path / "missing.jpg", "--out", tmp_path / "x")
-    assert "missing.txt" in user_error("embed", model_path, "--texts", tmp_path / "missing.txt", "--out", tmp_path / "x")
+    assert "missing.jpg" in user_error("embed", model_path, "--images", tmp_path / "missing.jpg", "--out", tmp_path / "x")  # noqa: E501
+    assert "missing.txt" in user_error("embed", model_path, "--texts", tmp_path / "missing.txt", "--out", tmp_path / "x")  # noqa: E501
     assert "no-such-model" in user_error("embed", "no-such-model", "--images", image_files[0], "--out", tmp_path / "x")
     assert "exactly one of" in user_error("embed", model_path, "--out", tmp_path / "x")
     ok("embed", model_path, "--images", image_files[0], bad, "--skip-bad", "--out", tmp_path / "s")
@@ -207,7 +207,7 @@ def test_common_options_reach_the_loader(tiny_files, image_files, tmp_path):
     assert "--trust-pickle" in user_error(*args)
     assert json.loads(ok(*args, "--trust-pickle").stdout)["probability"] == "softmax"
     # --model-name picks the open_clip config: ViT-B-32 does not fit the tiny weights
-    assert "does not fit the architecture" in user_error("compare", tiny_files["open_clip_pt"], "--model-name", "ViT-B-32",
+    assert "does not fit the architecture" in user_error("compare", tiny_files["open_clip_pt"], "--model-name", "ViT-B-32",  # noqa: E501
                                        "--image", image_files[0], "--text", "a", "--device", "cpu")
     assert "precision" in user_error("compare", tiny_files["open_clip_pt"], "--precision", "fp8",
                                      "--image", image_files[0], "--text", "a")

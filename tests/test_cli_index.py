@@ -69,7 +69,8 @@ def test_search_text_image_partition_json(built):
     (["search", "{out}", "--image", "{root}/cats/broken.jpg"], "cannot be decoded"),
     (["index", "build", "{root}", "--out", "{out}", "--model", "{other}"],
      "embeddings of different models cannot be mixed: pass a new --out"),
-    (["index", "build", "{root}/nope", "--model", "x", "--out", "{missing}"], "does not exist; pass the folder of images"),
+    (["index", "build", "{root}/nope", "--model", "x", "--out", "{missing}"],
+     "does not exist; pass the folder of images"),
 ])
 def test_user_errors_are_one_line_exit_2(built, tmp_path, args, message):
     from clipzoo.testing.tiny import write_open_clip_safetensors
@@ -115,7 +116,7 @@ def test_build_with_int8_runtime_and_exact_decode(tmp_path, tiny, monkeypatch):
         r = run("index", "build", root, "--model", tiny, "--out", out, "--workers", "0", "--no-progress",
                 "--exact-decode", *extra)
         assert r.exit_code == 0, r.output
-    from clipzoo.index.store import EmbeddingStore
+    from clipzoo.index.embedding_store import EmbeddingStore
 
     def by_path(folder):
         with EmbeddingStore(folder) as store:

@@ -250,7 +250,7 @@ def test_registry_models_are_listed_with_their_publisher_as_tag(fake):
     assert (alias, "testpub") in pairs and f"{alias}:testpub" in open_clip.list_pretrained(as_str=True)
     assert ("[siglip - google - siglip-base-patch16-224]", "google") in pairs
     assert not any(name.startswith("[clip - openai - ViT") for name, _ in pairs)  # open_clip names those
-    assert open_clip.list_pretrained_tags_by_model("ViT-B-32") == real_open_clip.list_pretrained_tags_by_model("ViT-B-32")
+    assert open_clip.list_pretrained_tags_by_model("ViT-B-32") == real_open_clip.list_pretrained_tags_by_model("ViT-B-32")  # noqa: E501
     assert open_clip.list_pretrained_tags_by_model(alias) == ["testpub"]
     assert open_clip.list_pretrained_models_by_tag("testpub") == [alias]
 

@@ -359,7 +359,8 @@ def test_siglip_refusals(siglip_tokenizer_folder):
     bad["text_cfg"]["no_causal_mask"] = False
     with pytest.raises(UnsupportedError) as err:
         open_clip_to_hf_siglip(sd, bad, source="s")
-    assert str(err.value) == "s: text_cfg.no_causal_mask = False; HF's SiglipModel's text tower has no_causal_mask = True"
+    assert str(err.value) == ("s: text_cfg.no_causal_mask = False; HF's SiglipModel's text tower has "
+                              "no_causal_mask = True")
     bad = copy.deepcopy(cfg)
     bad["vision_cfg"]["timm_proj"] = "linear"
     with pytest.raises(UnsupportedError) as err:

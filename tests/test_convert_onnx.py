@@ -1,4 +1,5 @@
-"""ONNX export (clipzoo.convert.onnx) and the onnxruntime backend, on tiny random-weight models."""
+"""ONNX export (clipzoo.convert.onnx, clipzoo.runtime.onnx_export) and the onnxruntime backend, on tiny
+random-weight models."""
 from __future__ import annotations
 
 import json
@@ -171,7 +172,7 @@ def test_text_only_sentence_transformers(tmp_path):
 
 # ------------------------------------------------------------------------------------------- runtime="onnx"
 def test_runtime_onnx_exports_once(open_clip_eager, tmp_path, monkeypatch, images):
-    import clipzoo.convert.onnx as conv
+    import clipzoo.runtime.onnx_export as conv
 
     calls = []
     real = conv.export_onnx

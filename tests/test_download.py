@@ -104,7 +104,7 @@ def test_registered_url_model_loads(server, tmp_path, tiny_files):
 
 def test_pretrained_weights_fall_back_from_hub_to_url(server, tmp_path, tiny_files):
     """open_clip pretrained tags try their hub repo, then their URL; when both fail the error names both."""
-    from clipzoo.backends.open_clip import _fetch_pretrained
+    from clipzoo.backends.open_clip_plan import _fetch_pretrained
     from clipzoo.errors import ModelNotCachedError
 
     base, files = server
@@ -115,7 +115,7 @@ def test_pretrained_weights_fall_back_from_hub_to_url(server, tmp_path, tiny_fil
     with pytest.raises(ModelNotCachedError) as err:
         _fetch_pretrained(card, {"hf_hub": "someone/not-cached/", "url": base + "/missing.pt"}, tmp_path)
     msg = str(err.value)
-    assert msg.startswith("cannot fetch the weights of [clip - laion - ViT-B-32/laion2b_s34b_b79k] from any of its sources")
+    assert msg.startswith("cannot fetch the weights of [clip - laion - ViT-B-32/laion2b_s34b_b79k] from any of its sources")  # noqa: E501
     assert "'someone/not-cached'" in msg and "/missing.pt" in msg and "HTTP Error 404" in msg
     # an OpenAI card's own SHA256 guards the URL: a different file is refused and not kept
     openai_card = clipzoo.REGISTRY.resolve("[clip - openai - ViT-B/32]")

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 import clipzoo
-from clipzoo.embedding import draft_size_for, embed_images
-from clipzoo.embedding_files import (
+from clipzoo.embed import (
+    draft_size_for,
+    embed_images,
     embed_to_file,
     expand_image_inputs,
     merge_parts,

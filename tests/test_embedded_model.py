@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import clipzoo
-from clipzoo.catalog import embedded
+from clipzoo import packing as embedded
 from clipzoo.train import recipes
 
 
@@ -79,7 +79,7 @@ def test_pack_keeps_the_model_on_texts_of_the_kept_tokens(tmp_path):
     meta = json.loads(monkey_files[0].read_text())
     assert meta["token_ids"] == sorted(ids)
     ref = clipzoo.load(str(result.model_dir)).encode_text(texts)
-    import clipzoo.catalog.embedded as emb
+    import clipzoo.packing as emb
 
     old = emb.packed_files
     emb.packed_files = lambda name: monkey_files

@@ -1,4 +1,4 @@
-"""clipzoo.embedding: folders expand, a DataLoader with decode workers gives the same rows as
+"""clipzoo.embed: folders expand, a DataLoader with decode workers gives the same rows as
 ``encode_image``, bad inputs name themselves, files are written whole with a sidecar."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import clipzoo
-from clipzoo.embedding import (
+from clipzoo.embed import (
     embed_images,
     embed_texts,
     expand_image_paths,

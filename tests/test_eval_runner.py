@@ -41,7 +41,8 @@ def test_zeroshot_equals_the_direct_library_path(tiny, shapes):
     assert result.metrics == pytest.approx(direct, abs=1e-12)
     assert set(result.metrics) == {"acc1", "acc5", "mean_per_class_recall"}
     rec = result.record
-    assert (rec["dataset"], rec["model"], rec["task"], rec["language"]) == ("shapes", "tiny", "zeroshot_classification", "en")
+    assert (rec["dataset"], rec["model"], rec["task"], rec["language"]) == (
+        "shapes", "tiny", "zeroshot_classification", "en")
 
 
 def test_workers_and_shard_layouts_give_the_same_features(tiny, shapes):

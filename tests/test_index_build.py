@@ -189,7 +189,8 @@ def test_refuses_another_model_or_folder(tmp_path, model):
     with pytest.raises(ClipzooError, match=r"was built with model '.*tiny.safetensors', not '.*other.safetensors'; "
                                            r"embeddings of different models cannot be mixed: pass a new --out"):
         build_index(root, tmp_path / "ix", model=str(other), workers=0)
-    with pytest.raises(ClipzooError, match=r"indexes folder '.*photos', not '.*elsewhere'; pass that folder, or a new --out"):
+    with pytest.raises(ClipzooError,
+                       match=r"indexes folder '.*photos', not '.*elsewhere'; pass that folder, or a new --out"):
         (tmp_path / "elsewhere").mkdir()
         build_index(tmp_path / "elsewhere", tmp_path / "ix", workers=0)
     with pytest.raises(ClipzooError, match=r"folder '.*nope' does not exist"):
@@ -263,7 +264,7 @@ def _run_build(root: Path, out: Path, tiny: Path, env: dict) -> subprocess.Popen
 
 
 def test_sigkill_at_random_points_then_rerun_is_consistent(tmp_path, model, tiny_path):
-    from clipzoo.index.store import EmbeddingStore
+    from clipzoo.index.embedding_store import EmbeddingStore
 
     root = tmp_path / "photos"
     for i in range(90):

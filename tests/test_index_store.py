@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from clipzoo.errors import ClipzooError, NotFoundError
-from clipzoo.index.store import EmbeddingStore, ItemRow
+from clipzoo.index.embedding_store import EmbeddingStore, ItemRow
 
 
 def rows(names, size=10):
@@ -91,12 +91,14 @@ def test_missing_and_corrupt_databases_name_the_file_and_fix(tmp_path):
     with pytest.raises(ClipzooError, match=r"index '.*nope' does not exist; build it with `clipzoo index build"):
         EmbeddingStore(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ClipzooError, match=r"index file '.*index.sqlite' is missing; rebuild it with `clipzoo index build"):
+    with pytest.raises(ClipzooError,
+                       match=r"index file '.*index.sqlite' is missing; rebuild it with `clipzoo index build"):
         EmbeddingStore(tmp_path / "empty")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "index.sqlite").write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(ClipzooError, match=r"index file '.*bad/index.sqlite' is corrupt or not an index .*clipzoo index build"):
+    with pytest.raises(ClipzooError,
+                       match=r"index file '.*bad/index.sqlite' is corrupt or not an index .*clipzoo index build"):
         EmbeddingStore(bad)
     other = tmp_path / "other"
     other.mkdir()

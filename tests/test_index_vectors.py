@@ -7,7 +7,7 @@ import pytest
 faiss = pytest.importorskip("faiss")
 
 from clipzoo.errors import ClipzooError  # noqa: E402
-from clipzoo.index import vectors as V  # noqa: E402
+from clipzoo.index.stores import faiss as V  # noqa: E402
 
 
 def clustered(n: int, d: int, centres: int = 50, spread: float = 0.35, seed: int = 0) -> np.ndarray:
@@ -97,3 +97,79 @@ def test_query_dims_and_fewer_than_k():
         vi.search(np.ones(4), 1)
     empty = V.build_vectors(np.zeros(0, np.int64), np.zeros((0, 8), np.float32))
     assert empty.kind == "flat" and empty.search(np.ones(8), 3)[1].shape == (1, 0)
+
+
+# ------------------------------------------------------------------ the VectorStore protocol
+def test_faiss_store_is_the_default_vector_store():
+    from clipzoo.index.stores import DEFAULT_STORE, STORES, VectorStore, get_store
+
+    assert DEFAULT_STORE == "faiss" and "faiss" in STORES
+    assert get_store() is get_store("faiss") is V.FaissStore
+    vi = V.build_vectors(np.arange(3), clustered(3, 8))
+    assert isinstance(vi, VectorStore) and len(vi) == 3
+    with pytest.raises(ClipzooError, match="unknown vector store 'annoy'; known stores: faiss"):
+        get_store("annoy")
+
+
+@pytest.mark.parametrize("kind, params", [("flat", {}), ("hnsw", {"efSearch": 40}), ("ivf_flat", {"nprobe": 3}),
+                                          ("opq_ivf_pq", {"nprobe": 2})])
+def test_open_without_record_reads_kind_key_and_params(tmp_path, kind, params):
+    x = clustered(1_000, 16)
+    vi = V.build_vectors(np.arange(1_000), x, kind=kind, tune=False)
+    vi.params = params
+    vi.apply_params()
+    loaded = V.FaissStore.open(vi.save(tmp_path / "v.faiss"), mmap=False)
+    assert (loaded.kind, loaded.key, len(loaded), loaded.dim) == (kind, vi.key, 1_000, 16)
+    assert loaded.params == params or (kind == "hnsw" and loaded.params["efSearch"] == 40)
+    assert loaded.recall_at_10 is None
+    np.testing.assert_array_equal(loaded.search(x[:4], 3)[1], vi.search(x[:4], 3)[1])
+
+
+def test_add_and_remove(tmp_path):
+    x = clustered(200, 8)
+    vi = V.build_vectors(np.arange(100), x[:100])
+    vi.add(np.arange(1000, 1100), x[100:] * 2.0)  # normalised on the way in
+    assert len(vi) == 200
+    assert vi.search(x[150], 1)[1][0, 0] == 1050
+    assert vi.remove([1050, 1051, 5]) == 3 and len(vi) == 197
+    assert 1050 not in vi.search(x[150], 5)[1][0]
+    with pytest.raises(ClipzooError, match="vectors of 4 dims cannot be added to an index of 8-dim vectors"):
+        vi.add([7], np.ones((1, 4)))
+    mapped = V.load_vectors(vi.save(tmp_path / "v.faiss"), vi.describe(), mmap=True)
+    if mapped.read_only:  # FAISS aborts the process on a change to a memory-mapped index: refused first
+        with pytest.raises(ClipzooError, match="opened memory-mapped \\(read-only\\); open it with mmap=False"):
+            mapped.remove([1])
+    hnsw = V.build_vectors(np.arange(100), x[:100], kind="hnsw", tune=False)
+    with pytest.raises(ClipzooError, match="an HNSW index cannot remove vectors"):
+        hnsw.remove([1])
+
+
+def test_missing_faiss_names_the_extra(monkeypatch):
+    import sys
+
+    from clipzoo.index.stores.faiss_kinds import import_faiss
+
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    with pytest.raises(ClipzooError, match=r"the vector index needs faiss-cpu, which is not installed; "
+                                           r"pip install 'clipzoo\[search\]'"):
+        import_faiss()
+
+
+def test_vector_files_go_through_the_store_table(tmp_path, monkeypatch):
+    """The vectors/ folder is built and opened through the STORES table; only a non-default store is named
+    in vectors.json (so FAISS indexes keep their format)."""
+    from clipzoo.index import stores
+    from clipzoo.index.embedding_store import EmbeddingStore, ItemRow
+    from clipzoo.index.vector_files import open_part, read_record, refresh_vectors
+
+    x = clustered(6, 8)
+    with EmbeddingStore(tmp_path / "ix", create=True) as store:
+        store.add([ItemRow(f"{p}/{i}.png", 1, 1, "sha", None, p) for i, p in enumerate("aabbcc")], x)
+        record = refresh_vectors(store)
+        assert "vector_store" not in record and record["all"]["kind"] == "flat"
+        assert sorted(record["partitions"]) == list("abc")
+        monkeypatch.setitem(stores.STORES, "other", stores.STORES["faiss"])
+        record = refresh_vectors(store, force=True, vector_store="other")
+        assert record["vector_store"] == "other" and read_record(store) == record
+        part = open_part(store, record, record["partitions"]["b"])
+        assert len(part) == 2 and {int(i) for i in part.search(x[2], 5)[1][0] if i >= 0} == {3, 4}

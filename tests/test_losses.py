@@ -39,8 +39,8 @@ def _lse(vals):
 
 
 def _softmax(vals):
-    l = _lse(vals)
-    return [math.exp(v - l) for v in vals]
+    lse = _lse(vals)
+    return [math.exp(v - lse) for v in vals]
 
 
 def _huber(a, b, beta=1.0):
@@ -192,7 +192,8 @@ def test_rkd_matches_loops_and_aligned_zero():
 
     ds, dt = dist(S), dist(T)
     ld = sum(_huber(ds[i][j], dt[i][j]) for i in range(N) for j in range(N)) / N ** 2
-    la = sum(_huber(angle(S, i, j, k), angle(T, i, j, k)) for i in range(N) for j in range(N) for k in range(N)) / N ** 3
+    la = sum(_huber(angle(S, i, j, k), angle(T, i, j, k))
+             for i in range(N) for j in range(N) for k in range(N)) / N ** 3
     out = build_loss("rkd")(s, teacher_image_features=t)
     assert close(out["distance"], ld) and close(out["angle"], la)
     assert close(out["loss"], 25 * ld + 50 * la)
@@ -227,7 +228,7 @@ def _kl_ref(S, T, QS, QT, ts, tt):
         lt = [_dot(T[i], a) / tt for a in QT]
         ps_log = [v - _lse(ls) for v in ls]
         pt = _softmax(lt)
-        total += sum(p * (math.log(p) - l) for p, l in zip(pt, ps_log) if p > 0)
+        total += sum(p * (math.log(p) - q) for p, q in zip(pt, ps_log) if p > 0)
     return total / len(S)
 
 
@@ -265,7 +266,7 @@ def test_seed_matches_loops():
         anchors = [T[i]] + Q
         pt = _softmax([_dot(T[i], a) / 0.01 for a in anchors])
         ls = [_dot(S[i], a) / 0.2 for a in anchors]
-        ref += -sum(p * (l - _lse(ls)) for p, l in zip(pt, ls))
+        ref += -sum(p * (q - _lse(ls)) for p, q in zip(pt, ls))
     out = loss(s, teacher_image_features=t)
     assert close(out["loss"], ref / N)
     # queue: teacher rows enqueued FIFO, pointer advanced and wrapped
@@ -289,7 +290,7 @@ def test_dino_matches_loops_and_center_ema():
     for i in range(N):
         pt = _softmax([(T[i][k] - c0[k]) / 0.07 for k in range(D)])
         ls = [v / 0.1 for v in S[i]]
-        ref += -sum(p * (l - _lse(ls)) for p, l in zip(pt, ls))
+        ref += -sum(p * (q - _lse(ls)) for p, q in zip(pt, ls))
     out = loss(s, teacher_image_features=t)
     assert close(out["loss"], ref / N) and close(out["teacher_temperature"], 0.07)
     mean = [sum(T[i][k] for i in range(N)) / N for k in range(D)]
@@ -368,7 +369,7 @@ def test_protoclip_back_translation_and_loss():
 
 def _cases():
     """(name, kwargs, call(student_out, text_out) -> kwargs for the loss)"""
-    t_img, t_txt = _t(30), _t(31)
+    t_img, _ = _t(30), _t(31)
     yield "infonce", {}, lambda s, y: dict(image_features=F.normalize(s, dim=1), text_features=F.normalize(y, dim=1),
                                              logit_scale=torch.tensor(10.0, dtype=torch.float64))
     yield "siglip", {}, lambda s, y: dict(image_features=F.normalize(s, dim=1), text_features=F.normalize(y, dim=1),

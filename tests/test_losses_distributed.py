@@ -116,8 +116,8 @@ def test_two_process_loss_and_grads_equal_global_batch(ranks, single, case):
     ref = single[case]
     losses = [r[case]["loss"] for r in ranks]
     if case == "infonce_global_gwg" or case == "infonce_global_nograd":
-        for l in losses:  # every rank computes the global-batch loss
-            torch.testing.assert_close(l, ref["loss"], rtol=1e-10, atol=1e-12)
+        for rank_loss in losses:  # every rank computes the global-batch loss
+            torch.testing.assert_close(rank_loss, ref["loss"], rtol=1e-10, atol=1e-12)
     else:
         torch.testing.assert_close(sum(losses) / WORLD, ref["loss"], rtol=1e-10, atol=1e-12)
     factor = 1.0 if case == "infonce_global_nograd" else float(WORLD)

@@ -86,7 +86,8 @@ def test_type_a_query_and_see_results(page, server, shots):
     # a partition filter keeps results in that folder
     page.select_option("#partition", "star")
     page.wait_for_function("() => [...document.querySelectorAll('#results .where')].length > 0 && "
-                           "[...document.querySelectorAll('#results .where')].every(e => e.textContent.startsWith('star'))")
+                           "[...document.querySelectorAll('#results .where')]"
+                           ".every(e => e.textContent.startsWith('star'))")
     assert not page.js_errors, page.js_errors
 
 

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from clipzoo.train.config import TrainConfig
-from clipzoo.train.data import MemoryData, _tokenize_unique, spread_groups
+from clipzoo.train.data import MemoryData, _tokenize_unique, shapes_data, spread_groups
 from clipzoo.train.engine import train
 from clipzoo.train.model import build_model
-from clipzoo.train.recipes import shapes_data
 
 TINY = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8},
         "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1}}

@@ -5,10 +5,9 @@
 from __future__ import annotations
 
 from .cards import AUDIO, IMAGE, TEXT, ModelCard, Source
+from .constants import VERSION as __version__
 from .errors import ClipzooError
 from .registry import REGISTRY, Registry, list_models, register
-
-__version__ = "0.1.0"
 
 __all__ = ["REGISTRY", "Registry", "ModelCard", "Source", "ClipzooError", "IMAGE", "TEXT", "AUDIO",
            "list_models", "register", "load", "Comparator", "Ensemble", "__version__"]
@@ -16,7 +15,7 @@ __all__ = ["REGISTRY", "Registry", "ModelCard", "Source", "ClipzooError", "IMAGE
 
 def __getattr__(name: str):
     if name == "load":
-        from .factory import load
+        from .api import load
 
         return load
     if name == "Ensemble":

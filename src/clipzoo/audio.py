@@ -1,4 +1,4 @@
-"""Audio inputs for audio–text models (CLAP): decoding, mono downmix, resampling, and embedding files.
+"""Audio inputs for audio–text models (CLAP): decoding, mono downmix, resampling, and folders of audio files.
 
 An audio *item* is one of:
 
@@ -11,8 +11,10 @@ Arrays are 1-D (samples) or 2-D with a channel axis, either ``(channels, samples
 :data:`MAX_CHANNELS`). Channels are averaged to mono; integer PCM is scaled to [-1, 1]; the result is resampled
 to the model's rate with :func:`scipy.signal.resample_poly` (a polyphase filter with gcd-reduced factors).
 
-    from clipzoo.audio import embed_audio
-    result = embed_audio(model, ["sounds/"], progress=True)   # folders expand to .wav/.flac/.ogg, sorted
+    from clipzoo.audio import load_audio
+    samples = load_audio("bark.wav", 48000)   # mono float64 at 48 kHz
+
+Embedding many files (:func:`clipzoo.embed.embed_audio`) lives in :mod:`clipzoo.embed`.
 """
 from __future__ import annotations
 
@@ -22,12 +24,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import BackendMissingError, BadAudioError
+from .constants import AUDIO_SUFFIXES
+from .errors import BackendMissingError, BadAudioError, MissingExtraError
+from .files import expand_files
+from .modalities import AUDIO
 
 __all__ = ["AUDIO_SUFFIXES", "MAX_CHANNELS", "audio_items", "describe", "load_audio", "read_audio_file",
-           "resample", "to_mono", "expand_audio_paths", "embed_audio"]
+           "resample", "to_mono", "expand_audio_paths"]
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 MAX_CHANNELS = 16
 _FIX_ARRAY = "pass a 1-D array of samples, or (channels, samples), with its rate as (array, sample_rate)"
 
@@ -36,8 +40,8 @@ def _soundfile():
     try:
         import soundfile
     except ImportError:
-        raise BackendMissingError("reading audio files needs soundfile, which is not installed; "
-                                  "pip install 'clipzoo[audio]' (or pip install soundfile)") from None
+        raise MissingExtraError("reading audio files needs soundfile, which is not installed; "
+                                "pip install 'clipzoo[audio]' (or pip install soundfile)") from None
     except OSError as exc:  # the wheel's bundled libsndfile failed to load
         raise BackendMissingError(f"soundfile cannot load libsndfile ({exc}); reinstall it: "
                                   "pip install --force-reinstall soundfile") from None
@@ -75,8 +79,6 @@ def describe(item: Any, index: int | None = None) -> str:
 
 def audio_items(inputs: Any) -> list[Any]:
     """One item, or a list / tuple of items -> a list of items (a ``(array, rate)`` pair counts as one)."""
-    from .modalities import AUDIO
-
     items = [inputs] if _is_pair(inputs) else AUDIO.coerce(inputs)
     for i, item in enumerate(items):
         if not (_is_path(item) or _is_array(item) or _is_pair(item)):
@@ -161,8 +163,11 @@ def resample(samples, from_rate: int, to_rate: int):
     """Polyphase resampling (:func:`scipy.signal.resample_poly`) by ``to_rate / from_rate``, gcd-reduced."""
     if from_rate == to_rate:
         return samples
-    from scipy.signal import resample_poly
-
+    try:
+        from scipy.signal import resample_poly
+    except ImportError:
+        raise MissingExtraError("resampling audio needs scipy, which is not installed; "
+                                "pip install 'clipzoo[audio]'") from None
     g = math.gcd(int(from_rate), int(to_rate))
     return resample_poly(samples, int(to_rate) // g, int(from_rate) // g)
 
@@ -204,58 +209,11 @@ def _list_to_array(values: Any, name: str):
         raise BadAudioError(f"{name} is not numeric; {_FIX_ARRAY}") from None
 
 
-# ------------------------------------------------------------------ files and embedding
+# ------------------------------------------------------------------ files
 def expand_audio_paths(paths: "str | os.PathLike | Iterable[str | os.PathLike]") -> list[str]:
     """Files stay as given; a folder becomes its .wav/.flac/.ogg files (recursively, sorted, hidden skipped).
 
     Raises :class:`~clipzoo.errors.BadAudioError` naming a path that does not exist or a folder without audio.
     """
-    from .files import expand_files
-
     return expand_files(paths, AUDIO_SUFFIXES, BadAudioError, "audio")
-
-
-def embed_audio(comparator, paths: "str | os.PathLike | Iterable[str | os.PathLike]", *, batch_size: int = 32,
-                normalize: bool = True, progress: bool = False, skip_bad: bool = False):
-    """Embed audio files and folders (folders expand recursively to .wav/.flac/.ogg, sorted) with an audio
-    comparator (CLAP). Returns :class:`~clipzoo.embedding.Embeddings` with modality ``"audio"``.
-
-    Each file is decoded, downmixed and resampled to the model's rate, and encoded ``batch_size`` at a time.
-    A file that cannot be decoded raises :class:`~clipzoo.errors.BadAudioError` naming it, or is left out (and
-    listed in ``skipped``) when ``skip_bad``. Rows equal ``comparator.encode_audio(paths)``.
-    """
-    import numpy as np
-
-    from .embedding import Embeddings, _check_batch_size, _progress
-    from .modalities import AUDIO
-
-    batch_size = _check_batch_size(batch_size)
-    comparator._require(AUDIO)
-    rate = int(comparator.sample_rate)
-    files = expand_audio_paths(paths)
-    rows: list[Any] = []
-    kept: list[str] = []
-    skipped: list[dict[str, str]] = []
-    with _progress(len(files), f"embedding {len(files)} audio files", progress) as advance:
-        for start in range(0, len(files), batch_size):
-            chunk = files[start:start + batch_size]
-            waves, names = [], []
-            for path in chunk:
-                try:
-                    waves.append(load_audio(path, rate))
-                    names.append(path)
-                except BadAudioError as exc:
-                    if not skip_bad:
-                        raise BadAudioError(f"{exc} (to leave such files out: --skip-bad, skip_bad=True)") from None
-                    skipped.append({"input": path, "error": str(exc)})
-            if waves:
-                feats = comparator.encode_audio(waves, normalize=normalize, batch_size=batch_size)
-                rows.append(feats.float().cpu().numpy())
-                kept.extend(names)
-            advance(len(chunk))
-    if not rows:
-        raise BadAudioError(f"none of the {len(files)} audio files could be decoded; first error: "
-                            f"{skipped[0]['error'] if skipped else '(none)'}")
-    return Embeddings(np.concatenate(rows).astype(np.float32, copy=False), kept, AUDIO,
-                      comparator.card.alias, normalize, skipped)
 

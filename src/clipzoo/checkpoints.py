@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,6 @@ def _first_line(exc: BaseException) -> str:
 
 
 def read_torchscript(path: "str | os.PathLike") -> dict:
-    import warnings
-
     import torch
 
     try:
@@ -83,7 +82,8 @@ def read_torchscript(path: "str | os.PathLike") -> dict:
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
             return torch.jit.load(os.fspath(path), map_location="cpu").state_dict()
     except Exception as exc:
-        raise CheckpointError(f"{path} looks like a TorchScript archive but cannot be loaded ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path} looks like a TorchScript archive but cannot be loaded "
+                              f"({_first_line(exc)})") from None
 
 
 def read_state_dict(path: "str | os.PathLike", trust_pickle: bool = False) -> tuple[dict, dict]:
@@ -199,7 +199,8 @@ def sniff_folder(path: "str | os.PathLike") -> str:
         return "transformers"
     raise CheckpointError(f"folder {path} is not a model folder clipzoo knows: expected open_clip_config.json "
                           "(open_clip hub), config.json (HF save_pretrained), modules.json "
-                          f"(sentence-transformers), clipzoo_onnx.json (ONNX export) or clipzoo_composite.json (composite model); found {sorted(names)[:10]}")
+                          "(sentence-transformers), clipzoo_onnx.json (ONNX export) or clipzoo_composite.json "
+                          f"(composite model); found {sorted(names)[:10]}")
 
 
 def read_json(path: "str | os.PathLike") -> dict:

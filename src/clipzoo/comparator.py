@@ -20,13 +20,15 @@ import torch
 import torch.nn.functional as F
 
 from .cards import AUDIO, IMAGE, TEXT, ModelCard
-from .errors import UnsupportedError
-from .inputs import batched, check_pixel_tensor, image_items, is_float_tensor, map_images, text_items
+from .constants import DEFAULT_TEMPLATE
+from .errors import ClipzooError, UnsupportedError
+from .inputs import batched, check_pixel_tensor, image_items, is_float_tensor, map_images, text_items, to_pil
 from .modalities import get_modality
+from .pixels import pixel_config, preprocess01
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
               "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-DEFAULT_TEMPLATES = ("a photo of a {}.",)
+DEFAULT_TEMPLATES = (DEFAULT_TEMPLATE,)
 
 
 def resolve_dtype(precision: str | torch.dtype) -> torch.dtype:
@@ -35,8 +37,6 @@ def resolve_dtype(precision: str | torch.dtype) -> torch.dtype:
     try:
         return PRECISIONS[precision]
     except KeyError:
-        from .errors import ClipzooError
-
         raise ClipzooError(f"unknown precision {precision!r}; use one of fp32, fp16, bf16") from None
 
 
@@ -108,8 +108,6 @@ class Comparator(torch.nn.Module):
 
     def preprocess(self, image) -> torch.Tensor:
         """A PIL image (or path / uint8 array) -> the model's input tensor (3, H, W)."""
-        from .inputs import to_pil
-
         return self._transform(to_pil(image))
 
     @property
@@ -117,7 +115,7 @@ class Comparator(torch.nn.Module):
         """The raw torchvision transform (PIL -> tensor), as open_clip / openai return it."""
         return self._transform
 
-    def _require(self, modality: str) -> None:
+    def require(self, modality: str) -> None:
         if modality not in self.modalities:
             raise UnsupportedError(f"{self.card.alias} has no {modality} modality (it has: "
                                    f"{', '.join(self.modalities)})")
@@ -144,7 +142,7 @@ class Comparator(torch.nn.Module):
 
         Gradients flow when a float tensor that requires grad is given; otherwise runs without grad.
         """
-        self._require(IMAGE)
+        self.require(IMAGE)
         if is_float_tensor(images):
             x = check_pixel_tensor(images, self.image_size)
             with self._grad_context(x):
@@ -163,7 +161,7 @@ class Comparator(torch.nn.Module):
 
         A text longer than the context raises :class:`~clipzoo.errors.BadTextError` unless ``truncate``.
         """
-        self._require(TEXT)
+        self.require(TEXT)
         if isinstance(texts, torch.Tensor):
             tokens = texts if texts.ndim == 2 else texts.unsqueeze(0)
         else:
@@ -177,7 +175,7 @@ class Comparator(torch.nn.Module):
 
     def encode_audio(self, audio: Any, normalize: bool = True, batch_size: int = 32) -> torch.Tensor:
         """Audio -> features (N, D); only audio models (CLAP) have it, the rest raise UnsupportedError."""
-        self._require(AUDIO)
+        self.require(AUDIO)
         raise UnsupportedError(f"{self.card.alias} has no audio encoder")
 
     @property
@@ -193,7 +191,7 @@ class Comparator(torch.nn.Module):
         modality's encoder (``encode_image`` / ``encode_text`` / ``encode_audio``).
         """
         modality = get_modality(modality)
-        self._require(modality)
+        self.require(modality)
         method = getattr(self, modality.encoder, None)
         if method is None:
             raise UnsupportedError(f"{self.card.alias} cannot encode {modality}")
@@ -203,17 +201,13 @@ class Comparator(torch.nn.Module):
     @property
     def pixel_config(self):
         """The eval preprocessing as data (size, mean, std, interpolation, resize mode): see
-        :func:`clipzoo.guidance.pixel_config`."""
-        from .guidance import pixel_config
-
+        :func:`clipzoo.pixels.pixel_config`."""
         return pixel_config(self)
 
     def preprocess01(self, images01: torch.Tensor) -> torch.Tensor:
         """[0, 1] float images (N, 3, H, W) of any size -> this model's normalised pixels, in torch
         (resize, centre crop, normalise), so gradients flow back to ``images01``."""
-        from .guidance import preprocess01
-
-        self._require(IMAGE)
+        self.require(IMAGE)
         return preprocess01(images01, self.pixel_config)
 
     def encode_image01(self, images01: torch.Tensor, normalize: bool = True) -> torch.Tensor:

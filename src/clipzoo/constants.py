@@ -7,8 +7,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+VERSION = "0.1.0"
+"""clipzoo's version (``clipzoo.__version__``)."""
+
 # ---------------------------------------------------------------- files
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ppm")
 """Image files that folders expand to (embed, index build, data sets, webdataset members)."""
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
@@ -29,6 +32,19 @@ OPENAI_VOCAB_SIZE = 49408
 # ---------------------------------------------------------------- untrusted input
 DEFAULT_MAX_PIXELS = 40_000_000
 """Decoded pixels allowed in one uploaded image unless a caller sets its own bound."""
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+"""The prompt template for class labels when none is given (zero-shot, classify, the service)."""
+
+# ---------------------------------------------------------------- the service
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 5020
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+"""Largest request body (bytes) unless the server is started with another (``--max-body-mb``)."""
+DEFAULT_THUMB_SIZE = 256
+"""Longer side of thumbnails (pixels)."""
+DEMO_IMAGES = 300
+"""Generated shapes the demo indexes."""
 
 # ---------------------------------------------------------------- cache
 CACHE_ENV = "CLIPZOO_CACHE"

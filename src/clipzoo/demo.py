@@ -16,11 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import clipzoo.serve as serving
+
+from .api import load
+from .constants import DEMO_IMAGES, default_cache_dir
+from .datasets.shapes import SHAPES, classnames, write_shapes
 from .errors import ClipzooError
 from .files import atomic_write
+from .index import build_index, classify_images, open_index
+from .serve import DEFAULT_HOST, DEFAULT_PORT
+from .testing.tiny import write_open_clip_hub_folder
 
 DEFAULT_MODEL = "clipzoo/tiny-shapes"
-DEFAULT_N = 300
+DEFAULT_N = DEMO_IMAGES
 DEMO_QUERIES = ("a red circle", "a blue square", "a yellow star", "a green triangle")
 DEMO_TEMPLATE = "a {}."
 
@@ -40,8 +48,7 @@ class DemoResult:
 
 
 def default_demo_dir() -> Path:
-    from .download import default_cache_dir
-
+    """Where the demo keeps its shapes and index: ``demo`` in the clipzoo cache."""
     return default_cache_dir() / "demo"
 
 
@@ -51,8 +58,6 @@ def make_shapes(root: "str | os.PathLike", n: int = DEFAULT_N, seed: int = 0, im
     Each image ``images/<shape>/<key>.png`` gets its caption in ``<key>.txt`` beside it, which the index
     build stores with the item.
     """
-    from .datasets.shapes import write_shapes
-
     root = Path(root)
     write_shapes(root, n, seed=seed, image_size=image_size, formats=("folder", "csv"), label_key="shape")
     with open(root / "shapes.csv", newline="", encoding="utf-8") as f:
@@ -60,7 +65,7 @@ def make_shapes(root: "str | os.PathLike", n: int = DEFAULT_N, seed: int = 0, im
             txt = (root / row["filepath"]).with_suffix(".txt")
             if not txt.exists():
                 data = (row["caption"] + "\n").encode("utf-8")
-                atomic_write(txt, lambda f: f.write(data))
+                atomic_write(txt, lambda f, data=data: f.write(data))
     return root / "images"
 
 
@@ -74,31 +79,24 @@ def load_demo_model(model: str | None, folder: Path, echo: Callable[[str], None]
     Only the default falls back: when it cannot load, a tiny random-weight model stands in, with a
     warning that its results mean nothing. A model the user named that fails to load is an error.
     """
-    import clipzoo
-
     if model:
-        return clipzoo.load(model, device=device), model, False
+        return load(model, device=device), model, False
     try:
-        return clipzoo.load(DEFAULT_MODEL, device=device), DEFAULT_MODEL, False
+        return load(DEFAULT_MODEL, device=device), DEFAULT_MODEL, False
     except (ClipzooError, OSError, ImportError, RuntimeError, KeyError) as exc:
-        from .testing.tiny import write_open_clip_hub_folder
-
         stand_in = folder / "tiny-random"
         if not (stand_in / "open_clip_config.json").exists():
             write_open_clip_hub_folder(stand_in)
         echo(f"warning: the default model {DEFAULT_MODEL} cannot be loaded ({' '.join(str(exc).split())}); "
              f"using a tiny random-weight model instead, so the results below are meaningless. "
              f"Pass --model to choose another.")
-        return clipzoo.load(str(stand_in), device=device), str(stand_in), True
+        return load(str(stand_in), device=device), str(stand_in), True
 
 
 def run_demo(n: int = DEFAULT_N, model: str | None = None, folder: "str | os.PathLike | None" = None,
-             serve: bool = True, host: str = "127.0.0.1", port: int = 5020, device: str = "cpu",
+             serve: bool = True, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, device: str = "cpu",
              echo: Callable[[str], None] = print, progress: bool = True) -> DemoResult:
     """Run the demo (see the module docstring); returns what it did once ``serve`` is False or the server stops."""
-    from .datasets.shapes import SHAPES, classnames
-    from .index import build_index, open_index
-
     if n < 10:
         raise ClipzooError(f"the demo needs at least 10 images, got -n {n}")
     folder = Path(folder) if folder is not None else default_demo_dir()
@@ -140,16 +138,12 @@ def run_demo(n: int = DEFAULT_N, model: str | None = None, folder: "str | os.Pat
         echo(f"      {p:6.1%}  {label}")
 
     if serve:
-        from .serve import create_app, run
-
-        app = create_app(idx, labels=labels, template=DEMO_TEMPLATE)
+        app = serving.create_app(idx, labels=labels, template=DEMO_TEMPLATE)
         echo(f"5. serving the web page on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops it")
-        run(app, host=host, port=port)
+        serving.run(app, host=host, port=port)
     return result
 
 
 def idx_classify(model: Any, image: Any, labels: list[str], k: int = 3) -> list[tuple[str, float]]:
     """Top-``k`` labels of one image (the library's ``classify_images`` with the demo's template)."""
-    from .index import classify_images
-
     return classify_images(model, [image], labels, template=DEMO_TEMPLATE, k=k)[0]

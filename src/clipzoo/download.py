@@ -12,15 +12,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .constants import default_cache_dir
 from .errors import DownloadError, ModelNotCachedError, UnknownModelError
+from .files import build_folder_once, url_filesystem
+from .progress import progress as progress_bar
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("CLIPZOO_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "clipzoo")
-    return Path(root)
 
 
 def sha256_of(path: "str | os.PathLike", chunk: int = 1 << 20) -> str:
@@ -57,24 +54,8 @@ def download_url(url: str, sha256: str | None = None, cache_dir: "str | os.PathL
                                     f"or place the file at {target} yourself") from None
             with response:
                 total = int(response.headers.get("Content-Length") or 0) or None
-                bar = _progress(total, target.name) if progress else None
-                received = 0
-                try:
-                    while True:
-                        block = response.read(1 << 20)
-                        if not block:
-                            break
-                        out.write(block)
-                        h.update(block)
-                        received += len(block)
-                        if bar is not None:
-                            bar.update(len(block))
-                except (OSError, http.client.HTTPException) as exc:
-                    raise DownloadError(f"download of {url} was interrupted after {received} bytes ({exc}); "
-                                        "nothing was kept — run again") from None
-                finally:
-                    if bar is not None:
-                        bar.close()
+                with progress_bar(total, target.name, enabled=progress, unit="B") as advance:
+                    received = _copy_hashing(response, out, h, advance, url)
                 if total is not None and received != total:
                     raise DownloadError(f"download of {url} was interrupted: got {received} of {total} bytes; "
                                         "nothing was kept — run again")
@@ -89,12 +70,21 @@ def download_url(url: str, sha256: str | None = None, cache_dir: "str | os.PathL
             os.unlink(tmp)
 
 
-def _progress(total: int | None, name: str):
+def _copy_hashing(response, out, h, advance, url: str) -> int:
+    """Copy ``response`` into ``out`` in 1 MiB blocks, hashing them; the number of bytes received."""
+    received = 0
     try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False)
+        while True:
+            block = response.read(1 << 20)
+            if not block:
+                return received
+            out.write(block)
+            h.update(block)
+            received += len(block)
+            advance(len(block))
+    except (OSError, http.client.HTTPException) as exc:
+        raise DownloadError(f"download of {url} was interrupted after {received} bytes ({exc}); "
+                            "nothing was kept — run again") from None
 
 
 def hub_file(repo: str, filename: str, cache_dir: "str | os.PathLike | None" = None,
@@ -162,8 +152,6 @@ def fetch_remote(url: str, cache_dir: "str | os.PathLike | None" = None) -> Path
     store's ETag or modification time — is unchanged, and fetched again when it changed (a retrained model
     written to the same URL).
     """
-    from .files import build_folder_once, url_filesystem
-
     fs, path = url_filesystem(url, DownloadError)
     path = path.rstrip("/")
     try:

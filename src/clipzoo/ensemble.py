@@ -30,10 +30,15 @@ from typing import Any
 
 import torch
 
+from .api import load
+from .cards import parse_alias
 from .comparator import Comparator
 from .errors import AmbiguousModelError, ClipzooError, UnknownModelError
+from .guidance import check_image01, spherical_distance
+from .guidance import cutouts as make_cutouts
 from .inputs import is_float_tensor
 from .modalities import AUDIO, IMAGE, TEXT, Modality, get_modality
+from .registry import REGISTRY
 
 _TWO_PART_ALIAS = re.compile(r"^\[\s*(?P<a>[^\]]+?)\s+-\s+(?P<p>[^\]]+?)\s*\]$")
 _GLOB = set("*?[")
@@ -54,8 +59,6 @@ def _query_of(spec: Any) -> dict[str, Any] | None:
         return dict(spec)
     if not isinstance(spec, str):
         return None
-    from .cards import parse_alias
-
     text = spec.strip()
     parts = parse_alias(text)
     if parts is not None:
@@ -114,9 +117,6 @@ class Ensemble:
         if isinstance(spec, Comparator):
             model = spec
         else:
-            from .factory import load
-            from .registry import REGISTRY
-
             card = self._resolve_query(query) if query is not None else REGISTRY.resolve(spec)
             if card.backend != "auto":  # a local folder's card learns its modalities when loaded
                 self._check_modalities(card.alias, card.modalities)  # before paying for the load
@@ -135,8 +135,6 @@ class Ensemble:
         return model
 
     def _resolve_query(self, query: dict[str, Any]):
-        from .registry import REGISTRY
-
         try:
             hits = REGISTRY.find(**query)
         except TypeError as exc:
@@ -297,9 +295,6 @@ class Ensemble:
 
         loss = Σ_m w_m · Σ_p v_p · mean_{images, cutouts} d_m(image, p) / Σ_p |v_p|
         """
-        from .guidance import check_image01, spherical_distance
-        from .guidance import cutouts as make_cutouts
-
         if IMAGE not in self.modalities or TEXT not in self.modalities:
             raise ClipzooError("loss() needs an ensemble of image and text models")
         if kind not in ("spherical", "cosine"):
@@ -317,10 +312,7 @@ class Ensemble:
             else:
                 feats = model.encode_image01(x)
             text = self._text_features(i, model, texts).to(feats.device)
-            if kind == "spherical":
-                d = spherical_distance(feats, text)
-            else:
-                d = -(feats @ text.T)
+            d = spherical_distance(feats, text) if kind == "spherical" else -(feats @ text.T)
             per_prompt = d.mean(dim=0)  # [P]: mean over images and cutouts
             part = w * (per_prompt * pw_t.to(per_prompt.device)).sum() / norm.to(per_prompt.device)
             total = part if total is None else total + part.to(total.device)

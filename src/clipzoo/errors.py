@@ -70,3 +70,7 @@ class EvalInputError(ClipzooError, ValueError):
 
 class NotFoundError(ClipzooError, LookupError):
     """Something asked for by id or name that does not exist (an index item, a partition)."""
+
+
+class MissingExtraError(BackendMissingError):
+    """A feature whose optional extra (``pip install 'clipzoo[NAME]'``) is not installed."""

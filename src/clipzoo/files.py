@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -60,8 +61,6 @@ def build_folder_once(folder: "str | os.PathLike", build: Callable[[Path], objec
     ``marker`` is the file ``build`` writes last: a folder holding it is complete. If another process
     completed ``folder`` meanwhile, its result is kept and ours dropped; a failed build leaves nothing.
     """
-    import shutil
-
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")

@@ -13,12 +13,12 @@ import binascii
 import io
 import re
 
+from .constants import DEFAULT_MAX_PIXELS
 from .errors import BadImageError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "decode_base64", "decode_image"]
 
 #: default most pixels (width × height) an upload may have: 40 Mpx, ~6300×6300, ~120 MB as RGB.
-DEFAULT_MAX_PIXELS = 40_000_000
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 
 

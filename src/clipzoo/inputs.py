@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from .errors import BadImageError, BadTextError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
 def load_rgb(source, draft_size: int | None = None):
@@ -37,7 +36,8 @@ def open_image(path: "str | os.PathLike", draft_size: int | None = None):
     if not os.path.exists(path):
         raise BadImageError(f"image {path!r} does not exist; check the path")
     if os.path.isdir(path):
-        raise BadImageError(f"image {path!r} is a folder; pass the image files in it (or use `clipzoo embed --images DIR`)")
+        raise BadImageError(f"image {path!r} is a folder; pass the image files in it "
+                            "(or use `clipzoo embed --images DIR`)")
     try:
         return load_rgb(path, draft_size)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -158,8 +158,6 @@ def batched(items: Sequence, size: int):
 def map_images(items: list, transform: Callable, workers: int = 0):
     """Decode and preprocess items (in a thread pool when ``workers`` > 0; PIL releases the GIL)."""
     if workers and len(items) > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(workers) as pool:
             return list(pool.map(lambda p: transform(to_pil(p[1], p[0])), enumerate(items)))
     return [transform(to_pil(item, i)) for i, item in enumerate(items)]

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .errors import ClipzooError
+from .inputs import check_pixel_tensor, image_items, is_float_tensor, text_items
+
 
 class Modality(str):
     """One input modality. Compares equal to its name; ``coerce`` normalises inputs for a comparator."""
@@ -49,8 +52,6 @@ class _Image(Modality):
     def coerce(self, inputs: Any, comparator: Any = None) -> Any:
         """A float tensor -> checked pixels (N, 3, H, W) at the model's size (already preprocessed);
         anything else -> a list of image items (paths, PIL images, uint8 arrays)."""
-        from .inputs import check_pixel_tensor, image_items, is_float_tensor
-
         if is_float_tensor(inputs):
             return check_pixel_tensor(inputs, getattr(comparator, "image_size", None))
         return image_items(inputs)
@@ -62,8 +63,6 @@ class _Text(Modality):
         a token tensor passes through as (N, L)."""
         import torch
 
-        from .inputs import text_items
-
         if isinstance(inputs, torch.Tensor):
             return inputs if inputs.ndim == 2 else inputs.unsqueeze(0)
         texts = text_items(inputs)
@@ -74,8 +73,6 @@ class _Audio(Modality):
     def coerce(self, inputs: Any, comparator: Any = None) -> Any:
         """A path, an array / tensor, or a ``(array, sample_rate)`` pair -> a list of such items.
         Decoding and resampling belong to the audio backend (its ``encode_audio``)."""
-        from .errors import ClipzooError
-
         if isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[1], (int, float)):
             return [inputs]
         if isinstance(inputs, (list, tuple)):
@@ -99,6 +96,4 @@ def get_modality(name: "str | Modality") -> Modality:
     try:
         return MODALITIES[key]
     except KeyError:
-        from .errors import ClipzooError
-
         raise ClipzooError(f"unknown modality {name!r}; use one of {', '.join(MODALITIES)}") from None

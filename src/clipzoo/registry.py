@@ -8,7 +8,10 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from .builtin_cards import builtin_cards
 from .cards import IMAGE, TEXT, ModelCard, Source, parse_alias
+from .catalog import open_clip_card
+from .constants import CHECKPOINT_SUFFIXES
 from .errors import AmbiguousModelError, UnknownModelError
 
 _FIELDS = ("architecture", "publisher", "id", "backend", "alias", "embed_dim", "image_size",
@@ -47,8 +50,6 @@ class Registry:
         with self._lock:
             if self._builtin_loaded:
                 return
-            from .catalog import builtin_cards
-
             user_cards = dict(self._cards)
             self._cards = {}
             for card in builtin_cards():
@@ -180,8 +181,6 @@ class Registry:
         raise self._unknown(text)
 
     def _resolve_open_clip(self, rest: str, spec: str) -> ModelCard:
-        from .catalog import open_clip_card
-
         model, _, tag = rest.strip().partition("/")
         hits = [c for c in self.find(backend="open_clip")
                 if c.config.get("model_name") == model and (c.config.get("pretrained") or "") == tag
@@ -193,7 +192,8 @@ class Registry:
         if model not in open_clip.list_models():
             close = difflib.get_close_matches(model, open_clip.list_models(), n=5, cutoff=0.5)
             raise UnknownModelError(f"unknown open_clip model {model!r} in {spec!r}; "
-                                    f"closest: {', '.join(close) or '(none)'}; see `clipzoo models --backend open_clip`")
+                                    f"closest: {', '.join(close) or '(none)'}; "
+                                    "see `clipzoo models --backend open_clip`")
         if tag:
             tags = open_clip.list_pretrained_tags_by_model(model)
             raise UnknownModelError(f"open_clip has no pretrained tag {tag!r} for {model!r} in {spec!r}; "
@@ -222,9 +222,6 @@ class Registry:
         hint = f"closest known: {', '.join(suggestions)}" if suggestions else "no close match"
         return UnknownModelError(f"unknown model {spec!r} ({hint}); list models with `clipzoo models`, "
                                  "or pass a local checkpoint path or 'hf-hub:org/name'")
-
-
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
 
 def _looks_like_path(text: str) -> bool:

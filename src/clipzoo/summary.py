@@ -17,7 +17,9 @@ Where the architecture comes from:
 from __future__ import annotations
 
 import copy
+import difflib
 import json
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from .cards import ModelCard
-from .errors import ModelNotCachedError, UnknownModelError, UnsupportedError
+from .checkpoints import is_torchscript, read_json, read_pickle, read_torchscript, sniff_folder, strip_prefixes, unwrap
+from .errors import CheckpointError, ModelNotCachedError, UnknownModelError, UnsupportedError
+from .registry import REGISTRY
 
 TOWERS = ("image", "audio", "text", "decoder", "other")
 BYTES_PER_PARAMETER = {"fp32": 4, "fp16": 2}
@@ -98,8 +102,6 @@ def summarize(spec: "str | ModelCard | os.PathLike", *, model_name: str | None =
     Raises :class:`~clipzoo.errors.ModelNotCachedError` for a hub model whose config is not cached,
     :class:`~clipzoo.errors.UnsupportedError` for a kind of model that cannot be summarised yet.
     """
-    from .registry import REGISTRY
-
     card = REGISTRY.resolve(spec)
     name = card.alias if card.source.path is None else card.source.path
     model_name = model_name or card.config.get("model_name")
@@ -156,8 +158,6 @@ def _from_open_clip_name(model_name: str, name: str) -> ModelSummary:
 
     cfg = open_clip.get_model_config(model_name.replace("/", "-"))
     if cfg is None:
-        import difflib
-
         close = difflib.get_close_matches(model_name, open_clip.list_models(), n=5, cutoff=0.5)
         raise UnknownModelError(f"open_clip has no model config {model_name!r} (closest: "
                                 f"{', '.join(close) or 'none'}); see open_clip.list_models()")
@@ -220,8 +220,6 @@ def _from_hub_repo(repo: str, name: str, model_name: str | None, cache_dir) -> M
 
 # ------------------------------------------------------------------ local files and folders
 def _from_local(path: Path, name: str, model_name: str | None, trust_pickle: bool) -> ModelSummary:
-    from .checkpoints import sniff_folder
-
     if path.is_dir():
         kind = sniff_folder(path)
         if kind == "open_clip":
@@ -263,17 +261,12 @@ def _safetensors_open_clip_config(path: Path) -> dict | None:
 def _count_file(path: Path, trust_pickle: bool = False) -> dict[str, int]:
     """Parameters per tower from the tensor shapes of one weights file, without reading the weight data
     (safetensors headers; pickles mapped to the meta device; TorchScript read on CPU)."""
-    import math
-
-    from .checkpoints import is_torchscript, read_torchscript, strip_prefixes, unwrap
-    from .errors import CheckpointError
-
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
         try:
             with safe_open(str(path), framework="pt") as f:
-                shapes = {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in f.keys()}
+                shapes = {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
         except Exception as exc:
             raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
         shapes = strip_prefixes(shapes)
@@ -293,8 +286,6 @@ def _load_meta_pickle(path: Path, trust_pickle: bool):
     :func:`clipzoo.checkpoints.read_pickle`, which refuses unsafe pickles and names a bad file."""
     import torch
 
-    from .checkpoints import read_pickle
-
     try:
         return torch.load(path, map_location="meta", weights_only=True)
     except Exception:  # noqa: BLE001 - an unsafe pickle, or not a checkpoint: let read_pickle say which
@@ -302,8 +293,6 @@ def _load_meta_pickle(path: Path, trust_pickle: bool):
 
 
 def _read_json(path: Path) -> dict:
-    from .checkpoints import read_json
-
     return read_json(path)
 
 

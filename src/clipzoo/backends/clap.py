@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..audio import audio_items, load_audio
 from ..cards import AUDIO, TEXT, ModelCard
 from ..checkpoints import read_json
 from ..comparator import Comparator, resolve_dtype
@@ -32,6 +33,7 @@ from .transformers import (
     tokenize_with,
     trim_padding,
 )
+from .transformers import load_tokenizer as load_hf_tokenizer
 
 CROP_SEED = 0
 DEFAULT_AUDIO_TEMPLATES = ("This is a sound of {}.",)  # transformers' zero-shot-audio-classification default
@@ -100,9 +102,7 @@ class ClapComparator(Comparator):
     def encode_audio(self, audio: Any, normalize: bool = True, batch_size: int = 32) -> torch.Tensor:
         """Audio -> features (N, D). Paths (.wav/.flac/.ogg), ``(array, sample_rate)`` pairs, or arrays /
         tensors already at :attr:`sample_rate`; one item or a list. Stereo is averaged to mono."""
-        from ..audio import audio_items, load_audio
-
-        self._require(AUDIO)
+        self.require(AUDIO)
         items = audio_items(audio)
         out = []
         with torch.no_grad():
@@ -146,8 +146,6 @@ class ClapComparator(Comparator):
 
 # ------------------------------------------------------------------------------------ loading
 def load_tokenizer(folder):
-    from .transformers import load_tokenizer as load_hf_tokenizer
-
     tokenizer = load_hf_tokenizer(folder)
     if len(tokenizer) <= 10:  # transformers 5 builds a near-empty tokenizer when no vocabulary file exists
         raise CheckpointError(f"{folder} has no tokenizer vocabulary; save the tokenizer with the model "
@@ -161,7 +159,8 @@ def load_feature_extractor(folder):
         return transformers.ClapFeatureExtractor.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise CheckpointError(f"{folder} has no usable CLAP feature extractor ({type(exc).__name__}: "
-                              f"{str(exc)[:200]}); save it with the model (processor.save_pretrained(folder))") from None
+                              f"{str(exc)[:200]}); save it with the model (processor.save_pretrained(folder))"
+                              ) from None
 
 
 def text_context(model_config, tokenizer, card: ModelCard, override: int | None) -> int:
@@ -181,7 +180,7 @@ def audio_card(card: ModelCard) -> ModelCard:
     changes: dict[str, Any] = {"backend": "clap"}
     if AUDIO not in card.modalities:
         changes["modalities"] = (AUDIO, TEXT)
-    if card.architecture == "clip" and card.backend in ("auto", "transformers"):
+    if card.architecture == "clip" and card.backend in ("auto", "transformers", "clap"):
         changes["architecture"] = "clap"
     return card.replace(**changes)
 

@@ -1,13 +1,14 @@
 """composite backend: compositional models clipzoo trained (an image tower from timm / torchvision / open_clip, a
 text tower from transformers / sentence-transformers / open_clip, projection heads).
 
-A composite folder is what :func:`clipzoo.train.towers.save_composite` writes: ``clipzoo_composite.json`` (the
+A composite folder is what :func:`clipzoo.models.composite.save_composite` writes: ``clipzoo_composite.json`` (the
 towers spec and preprocessing), ``model.safetensors`` (all weights, adapters already merged) and, for HF /
 sentence-transformers text towers, ``text/`` (the tower's config and tokenizer files). Loading builds the towers
 from that spec (no download, no pretrained weights) and loads the weights strictly.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,12 +16,12 @@ import torch
 from ..cards import ModelCard
 from ..comparator import Comparator, resolve_dtype
 from ..errors import BackendMissingError, CheckpointError
-
-MARKER = "clipzoo_composite.json"
+from ..models.composite import composite_transforms, load_composite
+from ..models.spec import MARKER
 
 
 class CompositeComparator(Comparator):
-    """A :class:`~clipzoo.train.towers.CompositeCLIP` behind the Comparator API."""
+    """A :class:`~clipzoo.models.composite.CompositeCLIP` behind the Comparator API."""
 
     def __init__(self, card: ModelCard, model: torch.nn.Module, *, transform, tokenizer, preprocess_config: dict):
         size = preprocess_config.get("size")
@@ -47,8 +48,6 @@ class CompositeComparator(Comparator):
 
 
 def comparator_for(card: ModelCard, module: torch.nn.Module, tokenizer, preprocess: dict) -> CompositeComparator:
-    from ..train.towers import composite_transforms
-
     _, eval_tf = composite_transforms(preprocess)
     return CompositeComparator(card, module, transform=eval_tf, tokenizer=tokenizer, preprocess_config=preprocess)
 
@@ -56,16 +55,12 @@ def comparator_for(card: ModelCard, module: torch.nn.Module, tokenizer, preproce
 def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache_dir=None, trust_pickle: bool = False,
          **kwargs: Any) -> CompositeComparator:
     """Load a composite folder (``card.source.path``) as a Comparator."""
-    from pathlib import Path
-
     if kwargs:
         raise TypeError(f"unexpected keyword(s) for the composite backend: {', '.join(sorted(kwargs))}")
     path = Path(card.source.path or "")
     if not (path / MARKER).exists():
         raise CheckpointError(f"{path} has no {MARKER}, so it is not a clipzoo composite model folder")
     try:
-        from ..train.towers import load_composite
-
         module, tokenizer, preprocess, _ = load_composite(path)
     except ImportError as exc:  # a tower library that is not installed
         raise BackendMissingError(f"{path} needs {exc.name or 'a package that is not installed'}; "

@@ -1,4 +1,4 @@
-"""ONNX backend: a folder written by :func:`clipzoo.convert.onnx.export_onnx`, run with onnxruntime.
+"""ONNX backend: a folder written by :func:`clipzoo.runtime.onnx_export.export_onnx`, run with onnxruntime.
 
 The folder holds ``image.onnx`` (``pixels`` -> ``image_features``), ``text.onnx`` (``tokens`` ->
 ``text_features``) and ``clipzoo_onnx.json`` (card, sizes, logit scale/bias, preprocessing, tokenizer).
@@ -7,7 +7,6 @@ gradients do not flow through onnxruntime.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,18 +18,15 @@ from ..cards import IMAGE, TEXT, ModelCard, Source
 from ..comparator import Comparator
 from ..errors import BackendMissingError, BadTextError, CheckpointError, ClipzooError, UnsupportedError
 from ..inputs import is_float_tensor, text_items
+from ..registry import local_card
+from ..tokenizers import OpenAITokenizer
+from .onnx_format import META_FILE, read_meta, require_onnxruntime
+from .open_clip import tokenize_checked
+from .transformers import HFImageTransform, NaFlexSquareTransform, tokenize_with
 
-META_FILE = "clipzoo_onnx.json"
+__all__ = ["OnnxComparator", "OnnxTowers", "load", "load_folder", "make_tokenizer", "make_transform",
+           "providers_for", "META_FILE", "read_meta", "require_onnxruntime"]
 _NP_DTYPES = {"int64": np.int64, "int32": np.int32, "float32": np.float32}
-
-
-def require_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise BackendMissingError("the onnx backend needs onnxruntime, which is not installed; "
-                                  "pip install onnxruntime (or pip install 'clipzoo[onnx]')") from None
-    return onnxruntime
 
 
 class OnnxTowers(torch.nn.Module):
@@ -87,12 +83,12 @@ class OnnxComparator(Comparator):
 
     # ------------------------------------------------------------ hooks
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        self._require(IMAGE)
+        self.require(IMAGE)
         x = pixels.detach().to("cpu", torch.float32).contiguous().numpy()
         return torch.from_numpy(self.model.run(IMAGE, x)).to(self._device)
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        self._require(TEXT)
+        self.require(TEXT)
         g = self.meta["graphs"][TEXT]
         length = g["input_shape"][1]
         if tokens.ndim != 2 or tokens.shape[1] != length:
@@ -102,16 +98,12 @@ class OnnxComparator(Comparator):
         return torch.from_numpy(self.model.run(TEXT, np.ascontiguousarray(x))).to(self._device)
 
     def tokenize(self, texts, truncate: bool = False) -> torch.Tensor:
-        self._require(TEXT)
+        self.require(TEXT)
         if self._hf_tokenizer:
-            from .transformers import tokenize_with
-
             texts = text_items(texts)
             if self._lower_case:
                 texts = [t.lower() for t in texts]
             return tokenize_with(self.tokenizer, texts, self.context_length, truncate)
-        from .open_clip import tokenize_checked
-
         return tokenize_checked(self.tokenizer, texts, self.context_length, truncate).long()
 
     def logit_params(self):
@@ -134,28 +126,6 @@ def _size(value):
 
 
 # --------------------------------------------------------------------------------------------- loading
-def read_meta(folder: Path) -> dict:
-    """The folder's ``clipzoo_onnx.json``, with every graph file it names present."""
-    if not folder.is_dir():
-        raise CheckpointError(f"ONNX model folder {str(folder)!r} does not exist or is not a folder")
-    meta_path = folder / META_FILE
-    if not meta_path.is_file():
-        found = sorted(p.name for p in folder.iterdir())[:10]
-        raise CheckpointError(f"{folder} is missing {META_FILE} (found {found}); it is not a complete clipzoo "
-                              "ONNX export — export again with clipzoo.convert.onnx.export_onnx")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read {meta_path} as JSON ({exc})") from None
-    if meta.get("format") != "clipzoo-onnx" or "graphs" not in meta:
-        raise CheckpointError(f"{meta_path} is not a clipzoo ONNX description (format {meta.get('format')!r})")
-    missing = [g["file"] for g in meta["graphs"].values() if not (folder / g["file"]).is_file()]
-    if missing:
-        raise CheckpointError(f"ONNX model folder {folder} is missing {', '.join(missing)} (named in {META_FILE}); "
-                              "copy the whole folder or export again")
-    return meta
-
-
 def make_transform(folder: Path, pre: dict | None):
     if pre is None:
         return _no_images
@@ -165,8 +135,6 @@ def make_transform(folder: Path, pre: dict | None):
         except ImportError:
             transformers = None
         if transformers is not None:
-            from .transformers import HFImageTransform, NaFlexSquareTransform
-
             processor = transformers.AutoImageProcessor.from_pretrained(str(folder / pre["dir"]))
             if pre.get("naflex"):
                 return NaFlexSquareTransform(processor, *pre["naflex"])
@@ -184,8 +152,6 @@ def make_tokenizer(folder: Path, tok: dict | None):
         return None
     kind, ctx = tok["kind"], int(tok["context_length"])
     if kind == "openai":
-        from ..tokenizers import OpenAITokenizer
-
         return OpenAITokenizer(context_length=ctx)
     if kind == "open_clip_simple":
         from open_clip.tokenizer import SimpleTokenizer
@@ -244,3 +210,8 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
         card = card.replace(backend="onnx")
     return OnnxComparator(card, towers, meta=meta, transform=make_transform(folder, meta.get("preprocess")),
                           tokenizer=make_tokenizer(folder, meta.get("tokenizer")), device=str(device))
+
+
+def load_folder(folder: "str | os.PathLike", *, device: str = "cpu", cache_dir=None) -> OnnxComparator:
+    """Load an exported folder as an unregistered local model (its card read from its JSON)."""
+    return load(local_card(str(folder)).replace(backend="onnx"), device=device, cache_dir=cache_dir)

@@ -10,47 +10,24 @@ How a card becomes a model:
 from __future__ import annotations
 
 import copy
-import json
-import os
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..cards import ModelCard
-from ..checkpoints import load_into, read_json, read_state_dict, sniff_folder, state_dict_kind
+from ..checkpoints import load_into
 from ..comparator import Comparator, resolve_dtype
-from ..download import download_url, hub_file
+from ..constants import DEFAULT_CONTEXT_LENGTH
 from ..errors import (
     ArchitectureMismatchError,
-    CheckpointError,
     ClipzooError,
-    DownloadError,
     ModelNotCachedError,
-    UnknownModelError,
 )
-from ..inputs import too_long_error
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
-                "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
-                "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
-
-
-@dataclass
-class Plan:
-    """What to build and what to load into it."""
-
-    model_cfg: dict | None
-    preprocess_cfg: dict = field(default_factory=dict)
-    state_dict: dict | None = None
-    source: str = ""
-    model_name: str | None = None
-    tokenizer_dir: str | None = None  # an open_clip hub folder holding HF tokenizer files
-    openai_tokenizer: bool = False    # OpenAI's own BPE tokenizer (OpenAI releases), token for token
+from ..models.padding_free import encode_text_padding_free, trimmable
+from ..models.tokenize import tokenize_checked
+from ..tokenizers import OpenAITokenizer
+from .open_clip_plan import Plan, make_plan
 
 
 class OpenClipComparator(Comparator):
@@ -64,7 +41,8 @@ class OpenClipComparator(Comparator):
             size = tuple(size) if size[0] != size[-1] else int(size[0])
         embed_dim = _embed_dim(model, model_config)
         super().__init__(card, model, transform=transform, embed_dim=embed_dim, image_size=size,
-                         context_length=getattr(tokenizer, "context_length", None) or getattr(model, "context_length", 77))
+                         context_length=getattr(tokenizer, "context_length", None)
+                         or getattr(model, "context_length", DEFAULT_CONTEXT_LENGTH))
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.model_config = model_config
@@ -81,7 +59,7 @@ class OpenClipComparator(Comparator):
         return self.model.encode_image(pixels, normalize=False)
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        if _trimmable(self.model):
+        if trimmable(self.model):
             return encode_text_padding_free(self.model, tokens)
         return self.model.encode_text(tokens, normalize=False)
 
@@ -92,82 +70,6 @@ class OpenClipComparator(Comparator):
         scale = self.model.logit_scale.exp().reshape(())
         bias = getattr(self.model, "logit_bias", None)
         return scale, (None if bias is None else bias.reshape(()))
-
-
-def _tracing() -> bool:
-    """Exporting (TorchScript / ONNX) or compiling: the graph must keep the whole context, whose length
-    may not depend on the example's tokens."""
-    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
-    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or compiling())
-
-
-def _trimmable(model) -> bool:
-    """An open_clip ``CLIP`` whose text tower is causal and pools at the end-of-text token: its features
-    do not depend on the padding after the longest text of a batch, so that padding need not be computed."""
-    import open_clip
-
-    return (type(model) is open_clip.CLIP and getattr(model, "text_pool_type", None) in ("argmax", "eos")
-            and isinstance(getattr(model, "attn_mask", None), torch.Tensor)
-            and getattr(model, "positional_embedding", None) is not None)
-
-
-def encode_text_padding_free(model, text: torch.Tensor) -> torch.Tensor:
-    """Raw text features of a :func:`_trimmable` model: :func:`_encode_text_trimmed`, except while exporting
-    or compiling, where open_clip's own (class) ``encode_text`` keeps the whole context."""
-    if _tracing():
-        return type(model).encode_text(model, text)
-    return _encode_text_trimmed(model, text)
-
-
-def _encode_text_trimmed(model, text: torch.Tensor) -> torch.Tensor:
-    """``model.encode_text(text)`` computed on the columns up to the batch's last end-of-text token.
-
-    The causal mask lets position i attend to positions ≤ i only, and pooling reads the end-of-text
-    position, so the columns after the longest text never reach the features: dropping them gives the same
-    features (to float rounding, ~1e-7) for a fraction of the work — a 10-token caption in a 77-token
-    context costs ~1/7. open_clip's own ``encode_text`` always runs the whole context.
-    """
-    from open_clip.transformer import text_global_pool
-
-    if model.text_pool_type == "argmax":
-        ends = text.argmax(dim=-1)
-    else:
-        ends = (text == model.text_eos_id).int().argmax(dim=-1)
-    n = int(ends.max()) + 1 if text.numel() else text.shape[1]
-    text = text[:, :n]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(text).to(cast_dtype)
-    x = x + model.positional_embedding[:n].to(cast_dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
-    x = model.ln_final(x)
-    x = text_global_pool(x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-    if model.text_projection is not None:
-        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
-    return x
-
-
-def tokenize_checked(tokenizer, texts, context_length: int, truncate: bool = False) -> torch.Tensor:
-    """Token ids from an open_clip-style tokenizer; a text longer than the context raises
-    :class:`BadTextError` naming it unless ``truncate``."""
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    if not truncate:
-        for text in texts:
-            n = token_count(tokenizer, text)
-            if n is not None and n > context_length:
-                raise too_long_error(text, n, context_length)
-    return tokenizer(texts)
-
-
-def token_count(tokenizer, text: str) -> int | None:
-    """Tokens a text needs, special tokens included; None when the tokenizer gives no way to count."""
-    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):  # open_clip SimpleTokenizer
-        return len(tokenizer.encode(text)) + 2
-    inner = getattr(tokenizer, "tokenizer", None)
-    if inner is not None:
-        clean = getattr(tokenizer, "clean_fn", None)
-        ids = inner(clean(text) if clean else text, truncation=False)["input_ids"]
-        return len(ids)
-    return None
 
 
 def _embed_dim(model, cfg) -> int:
@@ -213,185 +115,6 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     return OpenClipComparator(card, model, transform=transform, tokenizer=tokenizer, precision=precision,
                               model_name=plan.model_name, model_config=plan.model_cfg,
                               preprocess_config=preprocess_cfg)
-
-
-# --------------------------------------------------------------------------- plans
-def make_plan(card: ModelCard, *, cache_dir=None, trust_pickle=False, model_name=None,
-              model_config=None) -> Plan:
-    src = card.source
-    if src.open_clip or card.config.get("openai"):
-        name, tag = src.open_clip or (card.config["model_name"], "openai")
-        return _plan_open_clip_pair(card, name, tag, cache_dir, trust_pickle)
-    if src.path and os.path.isdir(src.path):
-        return _plan_hub_folder(Path(src.path), trust_pickle)
-    if src.path:
-        return _plan_file(Path(src.path), trust_pickle, model_name, model_config)
-    if src.hf_repo:
-        if src.hf_file:  # a single weights file in a repo, with a named config
-            path = hub_file(src.hf_repo, src.hf_file, cache_dir)
-            return _plan_file(path, trust_pickle, model_name, model_config)
-        config_path = hub_file(src.hf_repo, "open_clip_config.json", cache_dir)
-        return _plan_hub_folder(config_path.parent, trust_pickle, repo=src.hf_repo, cache_dir=cache_dir)
-    if src.url:
-        path = download_url(src.url, src.sha256, cache_dir)
-        return _plan_file(path, trust_pickle, model_name, model_config)
-    raise CheckpointError(f"{card.alias} has no weights source; register it with a path, url or hf_repo")
-
-
-def _builtin_config(name: str) -> dict:
-    import open_clip
-
-    cfg = open_clip.get_model_config(name)
-    if cfg is None:
-        raise UnknownModelError(f"open_clip has no model config {name!r}; see open_clip.list_models() "
-                                "or `clipzoo models --backend open_clip`")
-    return copy.deepcopy(cfg)
-
-
-def _preprocess_from(pretrained_cfg: dict | None, model_cfg: dict | None) -> dict:
-    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
-
-    base = {}
-    if model_cfg:
-        base = merge_preprocess_dict(PreprocessCfg(), model_cfg.get("preprocess_cfg", {}))
-        base["size"] = model_cfg.get("vision_cfg", {}).get("image_size", base["size"])
-    return merge_preprocess_dict(base or PreprocessCfg(), pretrained_cfg or {})
-
-
-def _plan_open_clip_pair(card, name, tag, cache_dir, trust_pickle) -> Plan:
-    from open_clip.pretrained import get_pretrained_cfg
-
-    cfg = _builtin_config(name)
-    if not tag:
-        return Plan(cfg, _preprocess_from(None, cfg), None, f"open_clip:{name}", model_name=name)
-    pcfg = get_pretrained_cfg(name, tag)
-    if not pcfg:
-        raise UnknownModelError(f"open_clip has no pretrained {name}/{tag}")
-    if pcfg.get("quick_gelu"):
-        cfg["quick_gelu"] = True
-    path = _fetch_pretrained(card, pcfg, cache_dir)
-    sd, _ = read_state_dict(path, trust_pickle)
-    return Plan(cfg, _preprocess_from(pcfg, cfg), sd, str(path), model_name=name, openai_tokenizer=tag == "openai")
-
-
-def _fetch_pretrained(card: ModelCard, pcfg: dict, cache_dir) -> Path:
-    """Weights of an open_clip pretrained tag: its hub repo first, then its URL (verified when the
-    URL carries the SHA256, as OpenAI's do)."""
-    errors = []
-    repo = (pcfg.get("hf_hub") or "").strip()
-    if repo:
-        parts = repo.split("/")
-        repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:]) or None
-        for name in ([filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]):
-            try:
-                return hub_file(repo_id, name, cache_dir)
-            except ModelNotCachedError as exc:
-                errors.append(str(exc))
-                if not getattr(exc, "missing_file", False):
-                    break  # the hub is unreachable: asking for the next file would only wait again
-    url = pcfg.get("url") or card.source.url
-    if url:
-        sha = card.source.sha256 or _sha_in_url(url)
-        try:
-            return download_url(url, sha, cache_dir)
-        except DownloadError as exc:
-            if not errors:
-                raise
-            errors.append(str(exc))
-    raise ModelNotCachedError(f"cannot fetch the weights of {card.alias} from any of its sources — "
-                              + " — and ".join(errors))
-
-
-def _sha_in_url(url: str) -> str | None:
-    parts = url.split("/")
-    if len(parts) >= 2 and len(parts[-2]) == 64 and all(c in "0123456789abcdef" for c in parts[-2]):
-        return parts[-2]
-    return None
-
-
-def _plan_hub_folder(folder: Path, trust_pickle: bool, repo: str | None = None, cache_dir=None) -> Plan:
-    kind = sniff_folder(folder) if repo is None else "open_clip"
-    if kind != "open_clip":
-        raise CheckpointError(f"{folder} is a {kind} folder, not an open_clip one")
-    config = read_json(folder / "open_clip_config.json")
-    model_cfg = config.get("model_cfg")
-    if not model_cfg:
-        raise CheckpointError(f"{folder / 'open_clip_config.json'} has no 'model_cfg'")
-    weights = None
-    for name in WEIGHT_FILES:
-        if repo is not None:
-            try:
-                weights = hub_file(repo, name, cache_dir)
-                break
-            except ModelNotCachedError as exc:
-                if not getattr(exc, "missing_file", False):
-                    raise
-        elif (folder / name).is_file():
-            weights = folder / name
-            break
-    if weights is None:
-        raise CheckpointError(f"open_clip folder {repo or folder} has no weights file (looked for "
-                              f"{', '.join(WEIGHT_FILES[:4])}, …)")
-    sd, _ = read_state_dict(weights, trust_pickle)
-    tok_dir = str(weights.parent) if (weights.parent / "tokenizer_config.json").exists() else None
-    return Plan(copy.deepcopy(model_cfg), _preprocess_from(config.get("preprocess_cfg"), model_cfg), sd,
-                str(weights), tokenizer_dir=tok_dir)
-
-
-def _plan_file(path: Path, trust_pickle: bool, model_name: str | None, model_config: dict | None) -> Plan:
-    sd, meta = read_state_dict(path, trust_pickle)
-    embedded = meta.get("open_clip_config") or meta.get("clipzoo_open_clip_config")
-    if model_config is not None:
-        cfg, pre = copy.deepcopy(model_config), _preprocess_from(None, model_config)
-    elif model_name:
-        cfg = _builtin_config(model_name)
-        pre = _preprocess_from(None, cfg)
-    elif embedded:
-        data = json.loads(embedded)
-        cfg = data["model_cfg"]
-        pre = _preprocess_from(data.get("preprocess_cfg"), cfg)
-        model_name = data.get("model_name")
-    else:
-        kind = state_dict_kind(sd)
-        if kind == "openai":
-            if meta.get("format") != "torchscript":
-                warnings.warn(f"{path}: architecture inferred from tensor shapes in OpenAI's layout with "
-                              "QuickGELU, as openai's build_model does; if it was trained with an open_clip "
-                              "config using GELU, pass model_name=… (CLI: --model-name)", stacklevel=3)
-            cfg = openai_config(sd, str(path))
-            pre = {"mean": OPENAI_MEAN, "std": OPENAI_STD, "interpolation": "bicubic", "resize_mode": "shortest",
-                   "size": cfg["vision_cfg"]["image_size"]}
-            return Plan(cfg, pre, sd, str(path), openai_tokenizer=True)
-        if kind == "hf":
-            raise CheckpointError(f"{path} holds HF transformers weights without their config; load the "
-                                  "save_pretrained folder (with config.json) instead")
-        raise CheckpointError(f"cannot tell the architecture of {path} from its weights ({kind} layout); "
-                              "pass model_name=… (an open_clip config such as 'ViT-B-32'; CLI: --model-name)")
-    return Plan(cfg, pre, sd, str(path), model_name=model_name)
-
-
-def openai_config(sd: dict, source: str = "checkpoint") -> dict:
-    """The open_clip config of an OpenAI-layout state dict, read from tensor shapes as openai's
-    ``build_model`` does (QuickGELU, 64-wide heads). Unlike ``build_model`` it keeps the weights'
-    own precision: nothing is rounded to fp16."""
-    try:
-        if "visual.proj" in sd:
-            width = sd["visual.conv1.weight"].shape[0]
-            layers = len([k for k in sd if k.startswith("visual.") and k.endswith(".attn.in_proj_weight")])
-            patch = sd["visual.conv1.weight"].shape[-1]
-            grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-            vision = {"layers": layers, "width": width, "patch_size": patch, "image_size": patch * grid}
-        else:
-            counts = [len({k.split(".")[2] for k in sd if k.startswith(f"visual.layer{b}")}) for b in (1, 2, 3, 4)]
-            out = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
-            vision = {"layers": counts, "width": sd["visual.layer1.0.conv1.weight"].shape[0], "image_size": out * 32}
-        width = sd["ln_final.weight"].shape[0]
-        text = {"context_length": sd["positional_embedding"].shape[0], "vocab_size": sd["token_embedding.weight"].shape[0],
-                "width": width, "heads": width // 64,
-                "layers": len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks")})}
-        return {"embed_dim": sd["text_projection"].shape[1], "quick_gelu": True, "vision_cfg": vision, "text_cfg": text}
-    except (KeyError, IndexError) as exc:
-        raise ArchitectureMismatchError(f"{source} looks like an OpenAI CLIP checkpoint but lacks {exc}") from None
 
 
 # --------------------------------------------------------------------------- building
@@ -459,10 +182,8 @@ def make_tokenizer(plan: Plan, cache_dir=None):
     import open_clip
     from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 
-    from ..tokenizers import OpenAITokenizer
-
     text_cfg = (plan.model_cfg or {}).get("text_cfg", {})
-    context_length = text_cfg.get("context_length", 77)
+    context_length = text_cfg.get("context_length", DEFAULT_CONTEXT_LENGTH)
     if plan.openai_tokenizer:
         return OpenAITokenizer(context_length=context_length)
     try:

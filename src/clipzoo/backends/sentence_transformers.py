@@ -22,6 +22,7 @@ from ..cards import IMAGE, TEXT, ModelCard
 from ..comparator import Comparator, resolve_dtype
 from ..errors import BackendMissingError, CheckpointError, UnsupportedError
 from ..inputs import text_items
+from ..models.text_towers import embedding_dim
 from .transformers import (
     FAMILIES,
     HFImageTransform,
@@ -105,26 +106,21 @@ def _sentence_transformers():
     return sentence_transformers
 
 
-def _embedding_dim(model) -> int:
-    for name in ("get_embedding_dimension", "get_sentence_embedding_dimension"):
-        method = getattr(model, name, None)
-        if method is not None:
-            dim = method()
-            if dim:
-                return int(dim)
-    raise CheckpointError("cannot tell the embedding size of this SentenceTransformer")
+NEEDS_LOADER = True  # an image_model spec is loaded through the loader the composition root passes in
 
 
-def _pair(image_model: Any, *, device, precision, cache_dir, trust_pickle) -> Comparator:
+def _pair(image_model: Any, *, loader, device, precision, cache_dir, trust_pickle) -> Comparator:
     if isinstance(image_model, Comparator):
         return image_model
-    from ..factory import load as load_any
-
-    return load_any(image_model, device=device, precision=precision, cache_dir=cache_dir, trust_pickle=trust_pickle)
+    if loader is None:
+        raise UnsupportedError("image_model given as a spec needs a loader: load through clipzoo.load, or pass "
+                               "a loaded Comparator")
+    return loader(image_model, device=device, precision=precision, cache_dir=cache_dir, trust_pickle=trust_pickle)
 
 
 def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache_dir=None,
-         trust_pickle: bool = False, image_model: Any = None, **kwargs: Any) -> SentenceTransformerComparator:
+         trust_pickle: bool = False, image_model: Any = None, loader: Any = None,
+         **kwargs: Any) -> SentenceTransformerComparator:
     """Load a SentenceTransformer folder (local or from the hub cache) as a Comparator.
 
     ``image_model``: the image side for a text-only tower — any spec ``clipzoo.load`` takes (hub id, alias,
@@ -151,7 +147,7 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     image_model = image_model if image_model is not None else (None if own_images else card.config.get("image_model"))
     image_tower = None
     if image_model is not None:
-        image_tower = _pair(image_model, device=device, precision=precision, cache_dir=cache_dir,
+        image_tower = _pair(image_model, loader=loader, device=device, precision=precision, cache_dir=cache_dir,
                             trust_pickle=trust_pickle)
         if IMAGE not in image_tower.modalities:
             raise UnsupportedError(f"image_model {image_tower.card.alias} has no image tower")
@@ -165,7 +161,7 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     else:
         transform, image_size = _no_images, None
 
-    embed_dim = _embedding_dim(model)
+    embed_dim = embedding_dim(model)
     if image_tower is not None and image_tower.embed_dim != embed_dim:
         raise UnsupportedError(f"image_model {image_tower.card.alias} embeds into {image_tower.embed_dim} "
                                f"dimensions but the text tower of {card.alias} into {embed_dim}; pair it "

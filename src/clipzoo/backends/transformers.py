@@ -27,8 +27,9 @@ import torch
 from ..cards import IMAGE, TEXT, ModelCard
 from ..checkpoints import read_json, show_keys
 from ..comparator import Comparator, resolve_dtype
+from ..download import hub_snapshot
 from ..errors import ArchitectureMismatchError, BackendMissingError, CheckpointError, UnsupportedError
-from ..inputs import text_items, too_long_error
+from ..models.tokenize import tokenize_with
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,6 @@ HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "*/*.bin"]
 def hub_model_folder(repo: str, cache_dir=None) -> Path:
     """A hub repo's snapshot with only the files PyTorch loading needs; ``*.bin`` weights are fetched
     only for a model folder that has no safetensors (older repos)."""
-    from ..download import hub_snapshot
-
     folder = hub_snapshot(repo, cache_dir, allow_patterns=HUB_PATTERNS)
     model_dirs = [d for d in (folder, *folder.iterdir()) if d.is_dir() and (d / "config.json").exists()]
     if any(not any(d.glob("*.safetensors")) and not any(d.glob("*.bin")) for d in model_dirs):
@@ -117,19 +116,6 @@ def trim_padding(tokens: torch.Tensor, mask: torch.Tensor | None, padding_side: 
         return tokens, mask
     length = max(int(mask.sum(1).max()), 1)
     return tokens[:, :length], mask[:, :length]
-
-
-def tokenize_with(tokenizer, texts: Any, context_length: int, truncate: bool) -> torch.Tensor:
-    """Token ids (N, context_length) padded the tokenizer's way; a too-long text raises unless ``truncate``."""
-    texts = text_items(texts)
-    if not truncate:
-        ids = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
-        for text, row in zip(texts, ids):
-            if len(row) > context_length:
-                raise too_long_error(text, len(row), context_length)
-    out = tokenizer(texts, padding="max_length", truncation=True, max_length=context_length,
-                    return_tensors="pt")
-    return out["input_ids"].long()
 
 
 class HFImageTransform:
@@ -379,11 +365,6 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     if not (folder / "config.json").exists():
         raise CheckpointError(f"{folder} has no config.json, so it is not a transformers save_pretrained folder")
     config = read_json(folder / "config.json")
-    if config.get("model_type") == "clap" and hf_class in (None, "ClapModel"):  # audio–text: its own backend
-        from . import clap
-
-        return clap.load(card, device=device, precision=precision, cache_dir=cache_dir,
-                         **({"context_length": context_override} if context_override else {}))
     family = pick_family(config, hf_class, folder)
     dtype = resolve_dtype(precision)
     model = load_hf_model(folder, family.hf_class, dtype).to(device)

@@ -1,19 +1,20 @@
 """Built-in model cards.
 
-Three kinds of source:
+Data only (it imports nothing of clipzoo but cards, errors and constants — an import-linter contract):
 - the embedded default model(s) shipped in this package (``clipzoo/tiny-shapes``, see :mod:`.embedded`);
-- open_clip's own catalogue, read at run time from ``open_clip.list_pretrained()`` (never retyped);
-- curated TOML files beside this module (OpenAI's names, HF hub models, LAION's CLAP audio models), kept as data.
+- the rules that name open_clip's catalogue (publisher from the pretrained tag, architecture from the
+  model name); the catalogue itself is read from ``open_clip.list_pretrained()`` by
+  :mod:`clipzoo.builtin_cards` (never retyped);
+- curated TOML files beside this module (OpenAI's names, HF hub models, LAION's CLAP audio models).
 """
 from __future__ import annotations
 
-import json
 import re
 import tomllib
 from importlib import resources
-from pathlib import Path
 
 from ..cards import ModelCard, Source
+from ..constants import DEFAULT_CONTEXT_LENGTH
 
 # open_clip pretrained tag (prefix) -> publisher. First match wins.
 _TAG_PUBLISHERS = [
@@ -60,7 +61,7 @@ def open_clip_dims(model: str) -> tuple[int | None, int | None, int | None]:
     image_size = cfg.get("vision_cfg", {}).get("image_size")
     if isinstance(image_size, (list, tuple)):
         image_size = image_size[0]
-    return cfg.get("embed_dim"), image_size, cfg.get("text_cfg", {}).get("context_length", 77)
+    return cfg.get("embed_dim"), image_size, cfg.get("text_cfg", {}).get("context_length", DEFAULT_CONTEXT_LENGTH)
 
 
 def open_clip_card(model: str, tag: str | None) -> ModelCard:
@@ -79,67 +80,7 @@ def open_clip_card(model: str, tag: str | None) -> ModelCard:
     )
 
 
-def open_clip_cards() -> list[ModelCard]:
-    """open_clip's pretrained catalogue as cards, read from open_clip itself.
-
-    Importing open_clip takes seconds (it imports torch, timm, …), so the cards are also kept as JSON
-    in the cache folder, keyed by the installed open_clip's version and files: ``clipzoo models``
-    reads them without importing open_clip once they are there. Any change to open_clip (an upgrade,
-    an edited config in an editable install) changes the key, and the cards are read afresh.
-    """
-    key = _open_clip_key()
-    path = _cards_cache_path(key) if key else None
-    if path is not None:
-        try:
-            return [_card_from_dict(d) for d in json.loads(path.read_text(encoding="utf-8"))]
-        except (OSError, ValueError, TypeError):
-            pass  # missing or unreadable: rebuild it
-    import open_clip
-
-    cards = [open_clip_card(model, tag) for model, tag in open_clip.list_pretrained()]
-    if path is not None:
-        try:
-            from ..files import atomic_write
-
-            path.parent.mkdir(parents=True, exist_ok=True)
-            data = [{k: v for k, v in c.to_dict().items() if k != "alias"} for c in cards]
-            atomic_write(path, lambda f: f.write(json.dumps(data).encode("utf-8")))
-        except OSError:
-            pass  # a read-only cache only costs speed
-    return cards
-
-
-def _open_clip_key() -> str | None:
-    """A short digest naming the installed open_clip (version, and the mtimes of its catalogue files),
-    found without importing it; None when it is not installed."""
-    import hashlib
-    import importlib.util
-    from importlib import metadata
-
-    try:
-        spec = importlib.util.find_spec("open_clip")
-        version = metadata.version("open_clip_torch")
-    except (ImportError, ValueError, metadata.PackageNotFoundError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    root = Path(next(iter(spec.submodule_search_locations)))
-    parts = [version, str(root)]
-    for name in ("pretrained.py", "factory.py", "model_configs"):
-        try:
-            parts.append(f"{name}:{(root / name).stat().st_mtime_ns}")
-        except OSError:
-            parts.append(f"{name}:-")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-def _cards_cache_path(key: str) -> Path:
-    from ..download import default_cache_dir
-
-    return default_cache_dir() / "catalog" / f"open_clip-{key}.json"
-
-
-def _card_from_dict(entry: dict) -> ModelCard:
+def card_from_dict(entry: dict) -> ModelCard:
     entry = dict(entry)
     source = dict(entry.pop("source", {}))
     if source.get("open_clip") is not None:
@@ -154,11 +95,4 @@ def _card_from_dict(entry: dict) -> ModelCard:
 
 def toml_cards(name: str) -> list[ModelCard]:
     text = resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
-    return [_card_from_dict(e) for e in tomllib.loads(text)["model"]]
-
-
-def builtin_cards() -> list[ModelCard]:
-    from .embedded import embedded_cards
-
-    return (embedded_cards() + open_clip_cards() + toml_cards("openai.toml") + toml_cards("hf_hub.toml")
-            + toml_cards("clap.toml"))
+    return [card_from_dict(e) for e in tomllib.loads(text)["model"]]

@@ -8,11 +8,10 @@ prints one line ``error: …`` to stderr and exits with status 2 (see :mod:`clip
 from __future__ import annotations
 
 import importlib
-from typing import Optional
 
 import typer
 
-from .. import __version__
+from ..constants import VERSION as __version__
 
 COMMAND_MODULES = ("models", "embed", "compare", "data", "eval", "convert", "train", "index", "serve")
 

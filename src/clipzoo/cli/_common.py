@@ -98,10 +98,10 @@ def resolve_device(device: str) -> str:
 def load_model(spec: str, device: str = "auto", precision: str = "fp32", trust_pickle: bool = False,
                model_name: str | None = None, cache_dir: Path | None = None, runtime: str = "eager"):
     """``clipzoo.load`` with the CLI's common options (``model_name`` passed only when given)."""
-    import clipzoo
+    from ..api import load  # torch is imported when a verb loads a model, not at start-up
 
     kwargs: dict[str, Any] = {"model_name": model_name} if model_name else {}
-    return clipzoo.load(spec, device=resolve_device(device), precision=precision,
+    return load(spec, device=resolve_device(device), precision=precision,
                         cache_dir=None if cache_dir is None else str(cache_dir), trust_pickle=trust_pickle,
                         runtime=runtime, **kwargs)
 

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import typer
 
+from ..audio import expand_audio_paths
+from ..embed import expand_image_paths
 from ._common import (
     CacheDirOpt,
     DeviceOpt,
@@ -50,7 +52,8 @@ def compare(
     template: list[str] | None = typer.Option(
         None, "--template", show_default=False,
         help="Treat the texts as labels and average these prompt templates, e.g. 'a photo of a {}.' (repeatable)."),
-    truncate: bool = typer.Option(False, "--truncate", help="Cut texts longer than the model's context instead of failing."),
+    truncate: bool = typer.Option(False, "--truncate",
+                                  help="Cut texts longer than the model's context instead of failing."),
     json_: JsonOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
@@ -68,8 +71,6 @@ def compare(
       clipzoo compare MODEL --image cat.jpg --text "a cat" --text "a dog"
       clipzoo compare laion/clap-htsat-unfused --audio bark.wav --text "a dog barking" --text "rain"
     """
-    from clipzoo.embedding import expand_image_paths
-
     if image and audio:
         fail("pass --image or --audio, not both")
     if not image and not audio:
@@ -81,8 +82,6 @@ def compare(
             if "{}" not in t:
                 fail(f"template {t!r} has no '{{}}' where the text goes, e.g. 'a photo of a {{}}.'")
     if audio:
-        from clipzoo.audio import expand_audio_paths
-
         modality, paths = "audio", expand_audio_paths(audio)
     else:
         modality, paths = "image", expand_image_paths(image)

@@ -21,8 +21,8 @@ def shapes(
         None, "--format", "-f", show_default=False,
         help="folder, csv, webdataset or tfrecord; repeat for several [default: folder, csv, webdataset]."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Samples per webdataset / TFRecord shard."),
-    label_key: str = typer.Option("shape", "--label-key",
-                                  help="Class for the image folder and .cls: shape, color, size, position, shape_color."),
+    label_key: str = typer.Option(
+        "shape", "--label-key", help="Class for the image folder and .cls: shape, color, size, position, shape_color."),
     two_object_prob: float = typer.Option(0.25, "--two-object-prob",
                                           help="Chance of a second object on the opposite side."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty or different data-set folder."),

@@ -4,6 +4,18 @@ from pathlib import Path
 
 import typer
 
+from ..audio import expand_audio_paths
+from ..embed import (
+    distributed_info,
+    embed_audio,
+    embed_to_file,
+    expand_image_inputs,
+    npy_path,
+    parts_dir,
+    read_texts,
+    save_embeddings,
+    sidecar_path,
+)
 from ._common import (
     CacheDirOpt,
     DeviceOpt,
@@ -38,12 +50,19 @@ def embed(
     out: Path = typer.Option(..., "--out", "-o", show_default=False,
                              help="Output .npy file; the inputs are listed in a .json beside it."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size [default: 64 images, 256 texts]."),
-    workers: int | None = typer.Option(None, "--workers", help="Image decode processes [default: CPU count, at most 8; 0: decode in the main process]."),
+    workers: int | None = typer.Option(
+        None, "--workers",
+        help="Image decode processes [default: CPU count, at most 8; 0: decode in the main process]."),
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="L2-normalise the features."),
-    truncate: bool = typer.Option(False, "--truncate", help="Cut texts longer than the model's context instead of failing."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out images that cannot be decoded (listed in the sidecar) instead of failing."),
-    exact_decode: bool = typer.Option(False, "--exact-decode", help="Decode every JPEG at full size (rows equal "
-                                      "the model's encode_image); the default decodes large JPEGs at reduced size, faster."),
+    truncate: bool = typer.Option(False, "--truncate",
+                                  help="Cut texts longer than the model's context instead of failing."),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad",
+        help="Leave out images that cannot be decoded (listed in the sidecar) instead of failing."),
+    exact_decode: bool = typer.Option(
+        False, "--exact-decode",
+        help="Decode every JPEG at full size (rows equal the model's encode_image); the default decodes large "
+             "JPEGs at reduced size, faster."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
@@ -64,8 +83,6 @@ def embed(
       clipzoo embed MODEL --images 'shards/{00000..00099}.tar' --out shards.npy --runtime int8
       torchrun --nproc_per_node 8 -m clipzoo embed MODEL --images photos/ --out photos.npy
     """
-    from clipzoo import embedding, embedding_files
-
     if more_images and not images:
         fail(f"unexpected argument {more_images[0]!r}: image paths go after --images (e.g. --images {more_images[0]})")
     image_paths = [*(images or []), *(more_images or [])]
@@ -81,39 +98,37 @@ def embed(
                      model_name, cache_dir)
         return
     # check the inputs before loading the model, so a typo fails fast
-    items = embedding_files.expand_image_inputs(image_paths) if image_paths else None
-    lines = embedding.read_texts(texts) if texts else None
-    info = embedding_files.distributed_info()
+    items = expand_image_inputs(image_paths) if image_paths else None
+    lines = read_texts(texts) if texts else None
+    info = distributed_info()
     device = resolve_device(device)
     if info.active and device == "cuda":
         device = f"cuda:{info.local_rank}"  # one GPU per rank
     comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir, runtime)
-    meta = embedding_files.embed_to_file(comparator, out, images=items, texts=lines, batch_size=batch_size,
-                                         workers=workers, normalize=normalize, progress=progress and info.rank == 0,
-                                         skip_bad=skip_bad, truncate=truncate, fast_decode=not exact_decode,
-                                         info=info)
-    npy = embedding._npy_path(out)
-    if info.rank != 0:
-        return
+    meta = embed_to_file(comparator, out, images=items, texts=lines, batch_size=batch_size, workers=workers,
+                         normalize=normalize, progress=progress and info.rank == 0, skip_bad=skip_bad,
+                         truncate=truncate, fast_decode=not exact_decode, info=info)
+    if info.rank == 0:
+        _report(meta, npy_path(out), info)
+
+
+def _report(meta: dict, npy: Path, info) -> None:
+    """What was written, on stderr (rank 0 only)."""
     n, dim = meta["count"], meta["dim"]
-    merged = f", merged from {info.world_size} ranks' parts in {embedding_files.parts_dir(npy)}" if info.active else ""
+    merged = f", merged from {info.world_size} ranks' parts in {parts_dir(npy)}" if info.active else ""
     note(f"wrote {n} {meta['modality']} embeddings ({n}×{dim}, float32) to {npy}{merged}; inputs listed in "
-         f"{embedding.sidecar_path(npy)}")
+         f"{sidecar_path(npy)}")
     if meta["skipped"]:
         note(f"skipped {len(meta['skipped'])} image(s) that could not be decoded (listed in "
-             f"{embedding.sidecar_path(npy)}), first: {meta['skipped'][0]['input']}")
-
+             f"{sidecar_path(npy)}), first: {meta['skipped'][0]['input']}")
 
 def _embed_audio(model, audio, out, batch_size, normalize, progress, skip_bad, device, precision, trust_pickle,
                  model_name, cache_dir) -> None:
-    from clipzoo import embedding
-    from clipzoo.audio import embed_audio, expand_audio_paths
-
     paths = expand_audio_paths(audio)  # a typo fails before the model loads
     comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir)
     result = embed_audio(comparator, paths, batch_size=batch_size or 32, normalize=normalize, progress=progress,
                          skip_bad=skip_bad)
-    npy, sidecar = embedding.save_embeddings(result, out)
+    npy, sidecar = save_embeddings(result, out)
     n, dim = result.features.shape
     note(f"wrote {n} audio embeddings ({n}×{dim}, float32) to {npy}; inputs listed in {sidecar}")
     if result.skipped:

@@ -26,7 +26,8 @@ from ._common import (
 eval_app = typer.Typer(help="Evaluate a model: zero-shot, retrieval, linear probe, kNN, clustering, text tasks.",
                        no_args_is_help=True, rich_markup_mode=None)
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", show_default=False, help="Model spec (any form clipzoo.load takes).")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", show_default=False,
+                                       help="Model spec (any form clipzoo.load takes).")]
 DatasetOpt = Annotated[str, typer.Option(
     "--dataset", "-d", show_default=False,
     help="Image folder, .csv/.tsv, .tar shards (brace patterns ok), .tfrecord files, a CLIP_benchmark "
@@ -35,10 +36,14 @@ TrainOpt = Annotated[str | None, typer.Option(
     "--train-dataset", help="Training data for linear-probe / knn [default: the 'train' split when the "
                             "data set has one, else a seeded stratified split of --dataset].")]
 SplitOpt = Annotated[str, typer.Option("--split", help="Split folder to read when the data set has several.")]
-ImgKeyOpt = Annotated[str | None, typer.Option("--img-key", help="CSV column / webdataset member / TFRecord key of the image.")]
-CaptionKeyOpt = Annotated[str | None, typer.Option("--caption-key", help="CSV column / member / key of the caption(s).")]
-LabelKeyOpt = Annotated[str | None, typer.Option("--label-key", help="CSV column / member / JSON field / key of the class label.")]
-SeparatorOpt = Annotated[str | None, typer.Option("--separator", help="CSV separator [default: tab for .tsv, comma for .csv].")]
+ImgKeyOpt = Annotated[str | None, typer.Option(
+    "--img-key", help="CSV column / webdataset member / TFRecord key of the image.")]
+CaptionKeyOpt = Annotated[str | None, typer.Option(
+    "--caption-key", help="CSV column / member / key of the caption(s).")]
+LabelKeyOpt = Annotated[str | None, typer.Option(
+    "--label-key", help="CSV column / member / JSON field / key of the class label.")]
+SeparatorOpt = Annotated[str | None, typer.Option(
+    "--separator", help="CSV separator [default: tab for .tsv, comma for .csv].")]
 ClassnamesOpt = Annotated[str | None, typer.Option(
     "--classnames", help="Class names: a .txt (one per line), a .json keyed by data set name (CLIP_benchmark's), "
                          "or built in: imagenet1k, cifar10, cifar100 [default: classnames.txt of the data set].")]
@@ -50,11 +55,14 @@ OutputOpt = Annotated[Path | None, typer.Option(
 PlotsOpt = Annotated[bool, typer.Option("--plots/--no-plots", help="With --output: write the plots too.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per batch.")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Decode processes [default: CPU count, at most 8].")]
-StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on the first unreadable image instead of counting and skipping it.")]
-FeaturesOpt = Annotated[Path | None, typer.Option("--features-cache", help="Keep image features here and reuse them in later runs.")]
+StrictOpt = Annotated[bool, typer.Option(
+    "--strict", help="Fail on the first unreadable image instead of counting and skipping it.")]
+FeaturesOpt = Annotated[Path | None, typer.Option(
+    "--features-cache", help="Keep image features here and reuse them in later runs.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for splits, few-shot sampling and k-means.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")]
-TrainFractionOpt = Annotated[float, typer.Option("--train-fraction", help="Share of --dataset used for training when there is no train data.")]
+TrainFractionOpt = Annotated[float, typer.Option(
+    "--train-fraction", help="Share of --dataset used for training when there is no train data.")]
 
 
 def _open(dataset, split, img_key, caption_key, label_key, separator, classnames, templates):
@@ -66,11 +74,11 @@ def _open(dataset, split, img_key, caption_key, label_key, separator, classnames
 
 def _train_data(dataset, train_dataset, split, keys):
     """The explicit train data set, or the data set's own 'train' split when it has one."""
-    from clipzoo.datasets.readers import _isdir, _join
+    from clipzoo.datasets.locations import isdir, join_url
 
     if train_dataset:
         return _open(train_dataset, "train", *keys)
-    if split != "train" and _isdir(dataset) and _isdir(_join(dataset, "train")):
+    if split != "train" and isdir(dataset) and isdir(join_url(dataset, "train")):
         return _open(dataset, "train", *keys)
     return None
 
@@ -176,7 +184,8 @@ def knn(
 def linear_probe(
     model: ModelOpt, dataset: DatasetOpt, train_dataset: TrainOpt = None, split: SplitOpt = "test",
     fewshot_k: int | None = typer.Option(None, "--fewshot-k", help="Train on k examples per class."),
-    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of the training data that picks the regularisation."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction",
+                                       help="Share of the training data that picks the regularisation."),
     train_fraction: TrainFractionOpt = 0.5, img_key: ImgKeyOpt = None, caption_key: CaptionKeyOpt = None,
     label_key: LabelKeyOpt = None, separator: SeparatorOpt = None, classnames: ClassnamesOpt = None,
     templates: TemplatesOpt = None, output: OutputOpt = None, plots: PlotsOpt = True, batch_size: BatchOpt = 64,
@@ -231,7 +240,8 @@ def all_tasks(
     model: ModelOpt, dataset: DatasetOpt, train_dataset: TrainOpt = None, split: SplitOpt = "test",
     tasks: list[str] | None = typer.Option(
         None, "--task", "-t", help="Tasks to run (repeatable) [default: every image task the data supports]."),
-    output_dir: Path | None = typer.Option(None, "--output-dir", help="Write each result JSON, plots and report.csv / report.md here."),
+    output_dir: Path | None = typer.Option(
+        None, "--output-dir", help="Write each result JSON, plots and report.csv / report.md here."),
     plots: PlotsOpt = True, train_fraction: TrainFractionOpt = 0.5, img_key: ImgKeyOpt = None,
     caption_key: CaptionKeyOpt = None, label_key: LabelKeyOpt = None, separator: SeparatorOpt = None,
     classnames: ClassnamesOpt = None, templates: TemplatesOpt = None, batch_size: BatchOpt = 64,
@@ -278,7 +288,8 @@ def all_tasks(
 
 @user_errors
 def report(
-    results: list[str] = typer.Argument(..., metavar="RESULTS...", help="Result JSON files, folders or globs (ours or CLIP_benchmark's)."),
+    results: list[str] = typer.Argument(
+        ..., metavar="RESULTS...", help="Result JSON files, folders or globs (ours or CLIP_benchmark's)."),
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Output prefix: writes PREFIX.csv and PREFIX.md."),
 ) -> None:
     """Merge result files into one CSV and a markdown table (printed too)."""

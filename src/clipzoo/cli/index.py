@@ -3,6 +3,11 @@ from pathlib import Path
 
 import typer
 
+from ..embed import expand_image_paths
+from ..index import build_index, classify_images, load_vocabulary, open_index
+from ..index.classify import check_template
+from ..inputs import open_image
+from ..runtime import normalize_runtime
 from ._common import (
     CacheDirOpt,
     DeviceOpt,
@@ -31,8 +36,10 @@ def build(
                                         help="Model spec (needed the first time; a rerun reuses the recorded one)."),
     out: Path = typer.Option(..., "--out", "-o", show_default=False, help="Index folder to create or update."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images embedded per batch."),
-    workers: int | None = typer.Option(None, "--workers", help="Decode processes [default: CPU count, at most 8; 0: decode in this process]."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with images/s on stderr."),
+    workers: int | None = typer.Option(None, "--workers", help="Decode processes [default: CPU count, at most 8; 0: "
+                                                               "decode in this process]."),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="Show a progress bar with images/s on stderr."),
     runtime: RuntimeOpt = "eager",
     exact_decode: bool = typer.Option(False, "--exact-decode", help="Decode every JPEG at full size (the default "
                                       "decodes large JPEGs at reduced size, faster)."),
@@ -45,14 +52,10 @@ def build(
     \b
       clipzoo index build photos/ --model openai/ViT-B-32 --out photos.index
     """
-    from clipzoo.index import build_index
-
     if batch_size < 1:
         fail(f"--batch-size must be at least 1, got {batch_size}")
     if workers is not None and workers < 0:
         fail(f"--workers must be 0 or more, got {workers}")
-    from clipzoo.runtime import normalize_runtime
-
     normalize_runtime(runtime)  # a typo fails before any work
     report = build_index(folder, out, model=model, batch_size=batch_size, workers=workers, progress=progress,
                          shard_rows=max(1, shard_rows), fast_decode=not exact_decode, runtime=runtime)
@@ -92,12 +95,17 @@ def _print_hits(hits, json_: bool, query: str) -> None:
 
 @user_errors
 def search(
-    index: Path = typer.Argument(..., metavar="INDEX", show_default=False, help="An index folder from `clipzoo index build`."),
+    index: Path = typer.Argument(..., metavar="INDEX", show_default=False,
+                                 help="An index folder from `clipzoo index build`."),
     query: str | None = typer.Argument(None, metavar="TEXT", show_default=False, help="Text to search for."),
     k: int = typer.Option(10, "-k", "--k", help="Number of results."),
-    image: Path | None = typer.Option(None, "--image", "-i", show_default=False, help="Search by this image instead of text."),
-    partition: str | None = typer.Option(None, "--partition", "-p", show_default=False, help="Search one partition (first-level subfolder) only."),
-    dedup: float | None = typer.Option(None, "--dedup", show_default=False, help="Drop results whose cosine with a higher-ranked result is at least this (e.g. 0.95)."),
+    image: Path | None = typer.Option(None, "--image", "-i", show_default=False,
+                                      help="Search by this image instead of text."),
+    partition: str | None = typer.Option(None, "--partition", "-p", show_default=False,
+                                         help="Search one partition (first-level subfolder) only."),
+    dedup: float | None = typer.Option(None, "--dedup", show_default=False,
+                                       help="Drop results whose cosine with a higher-ranked result is at least this "
+                                            "(e.g. 0.95)."),
     json_: JsonOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
@@ -110,8 +118,6 @@ def search(
       clipzoo search photos.index "a dog on a beach" -k 5
       clipzoo search photos.index --image query.jpg --dedup 0.95
     """
-    from clipzoo.index import open_index
-
     if (query is None) == (image is None):
         fail("pass either a search TEXT or --image PATH (one of them)")
     if k < 1:
@@ -119,13 +125,9 @@ def search(
     if dedup is not None and not 0 < dedup <= 1:
         fail(f"--dedup must be in (0, 1], got {dedup}")
     idx = open_index(index)
-    if partition is not None and partition not in idx.partitions:
-        idx._part(partition)  # raises the error that lists the partitions
-    idx._model = load_model(idx.model_spec, device, precision, trust_pickle, None, cache_dir)
-    idx._check_model(idx._model)
+    idx.check_partition(partition)
+    idx.set_model(load_model(idx.model_spec, device, precision, trust_pickle, None, cache_dir))
     if image is not None:
-        from clipzoo.inputs import open_image
-
         hits = idx.search_image(open_image(image), k=k, partition=partition, dedup=dedup)
     else:
         hits = idx.search_text(query, k=k, partition=partition, dedup=dedup)
@@ -137,7 +139,8 @@ def classify(
     images: list[str] = typer.Argument(..., metavar="IMAGE...", show_default=False, help="Image files or folders."),
     model: str = typer.Option(..., "--model", "-m", show_default=False, help="Model spec."),
     labels: Path = typer.Option(..., "--labels", "-l", show_default=False,
-                                help="Vocabulary: a .txt (one label a line, # comments) or a .json list / {\"labels\": [...]}."),
+                                help="Vocabulary: a .txt (one label a line, # comments) or a .json list / "
+                                     "{\"labels\": [...]}."),
     template: str = typer.Option("a photo of a {}.", "--template", help="Prompt template; {} is the label."),
     k: int = typer.Option(5, "-k", "--k", help="Labels shown per image."),
     json_: JsonOpt = False,
@@ -152,13 +155,9 @@ def classify(
     \b
       clipzoo classify cat.jpg dog.png --model openai/ViT-B-32 --labels vocab.txt -k 3
     """
-    from clipzoo.embedding import expand_image_paths
-    from clipzoo.index import classify_images, load_vocabulary
-    from clipzoo.index.classify import _check_template
-
     if k < 1:
         fail(f"-k must be at least 1, got {k}")
-    _check_template(template)
+    check_template(template)
     vocab = load_vocabulary(labels)
     paths = expand_image_paths(images)
     comparator = load_model(model, device, precision, trust_pickle, None, cache_dir)

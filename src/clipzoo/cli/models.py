@@ -2,6 +2,8 @@
 
 import typer
 
+from ..errors import ModelNotCachedError, UnsupportedError
+from ..registry import REGISTRY, list_models
 from ._common import CacheDirOpt, JsonOpt, ModelArg, ModelNameOpt, TrustPickleOpt, console, print_json, user_errors
 
 
@@ -15,14 +17,13 @@ def models(
     publisher: str | None = typer.Option(None, "--publisher", "-p", help=_glob_help("publisher")),
     id: str | None = typer.Option(None, "--id", help=_glob_help("id (or another name it is known by)")),
     backend: str | None = typer.Option(None, "--backend", "-b", help=_glob_help("backend")),
-    modality: str | None = typer.Option(None, "--modality", "-m", help="Only models with this modality (image, text, audio)."),
+    modality: str | None = typer.Option(None, "--modality", "-m",
+                                        help="Only models with this modality (image, text, audio)."),
     long: bool = typer.Option(False, "--long", "-l", help="Add a column saying where each model's weights come from."),
     json_: JsonOpt = False,
 ) -> None:
     """List known models (built-in catalogue, open_clip's pretrained list, your registrations) as a table."""
-    import clipzoo
-
-    cards = clipzoo.list_models(architecture=architecture, publisher=publisher, id=id, backend=backend,
+    cards = list_models(architecture=architecture, publisher=publisher, id=id, backend=backend,
                                 modality=modality)
     if json_:
         print_json([c.to_dict() for c in cards])
@@ -64,13 +65,11 @@ def info(
 
     The sizes are computed by building the model on the meta device — no weights are downloaded.
     """
-    import clipzoo
-    from clipzoo.errors import ModelNotCachedError, UnsupportedError
-    from clipzoo.summary import summarize
+    from ..summary import summarize
 
-    card = clipzoo.REGISTRY.resolve(model)
+    card = REGISTRY.resolve(model)
     if card.source.path:  # a local file or folder: say which backend reads it
-        from ..factory import resolve_backend
+        from ..api import resolve_backend
 
         card = resolve_backend(card, cache_dir)
     summary, unavailable = None, None
@@ -87,7 +86,7 @@ def info(
     from rich.markup import escape
     from rich.table import Table
 
-    from clipzoo.summary import BYTES_PER_PARAMETER, format_bytes, format_count
+    from ..summary import BYTES_PER_PARAMETER, format_bytes, format_count
 
     out = console()
     fields = Table(show_header=False, box=None, pad_edge=False, title=escape(card.alias), title_justify="left")

@@ -1,10 +1,20 @@
 """``clipzoo serve INDEX``: the HTTP service and web page; ``clipzoo demo``: shapes -> index -> searches -> page."""
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import typer
 
+from ..constants import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_TEMPLATE,
+    DEFAULT_THUMB_SIZE,
+    DEMO_IMAGES,
+    SERVE_HOST,
+    SERVE_PORT,
+)
+from ..extras import require
 from ._common import DeviceOpt, fail, note, resolve_device, user_errors
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -14,18 +24,20 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def serve(
     index: Path = typer.Argument(..., metavar="INDEX", show_default=False,
                                  help="An index folder built by `clipzoo index build`."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
-    port: int = typer.Option(5020, "--port", help="TCP port."),
+    host: str = typer.Option(SERVE_HOST, "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(SERVE_PORT, "--port", help="TCP port."),
     token: str | None = typer.Option(None, "--token", envvar="CLIPZOO_TOKEN", show_default=False,
                                         help="Require 'Authorization: Bearer TOKEN' on the API (or set "
                                              "CLIPZOO_TOKEN). /health and the page itself stay open."),
     labels: Path | None = typer.Option(None, "--labels", show_default=False,
                                           help="Vocabulary for /classify: a .txt (one label a line) or .json."),
-    template: str = typer.Option("a photo of a {}.", "--template", help="Prompt template for the labels."),
+    template: str = typer.Option(DEFAULT_TEMPLATE, "--template", help="Prompt template for the labels."),
     model: str | None = typer.Option(None, "--model", show_default=False,
-                                        help="Model to embed queries with [default: the one the index was built with]."),
-    max_body_mb: float = typer.Option(16.0, "--max-body-mb", help="Largest request body (MiB); larger ones get 413."),
-    thumb_size: int = typer.Option(256, "--thumb-size", help="Longer side of thumbnails (pixels)."),
+                                     help="Model to embed queries with "
+                                          "[default: the one the index was built with]."),
+    max_body_mb: float = typer.Option(DEFAULT_MAX_BODY_BYTES / 2**20, "--max-body-mb",
+                                      help="Largest request body (MiB); larger ones get 413."),
+    thumb_size: int = typer.Option(DEFAULT_THUMB_SIZE, "--thumb-size", help="Longer side of thumbnails (pixels)."),
     device: DeviceOpt = "cpu",
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: debug, info, warning, error."),
 ) -> None:
@@ -38,8 +50,6 @@ def serve(
       clipzoo serve photos.index --labels vocab.txt --port 8000
       CLIPZOO_TOKEN=s3cret clipzoo serve photos.index --host 0.0.0.0
     """
-    from clipzoo.serve import create_app, run
-
     if not 0 < port < 65536:
         fail(f"--port must be between 1 and 65535, got {port}")
     if max_body_mb <= 0:
@@ -50,27 +60,28 @@ def serve(
     if not index.exists():
         fail(f"index {str(index)!r} does not exist; build one with "
              f"`clipzoo index build FOLDER --model MODEL --out {index}`")
+    require("fastapi", "the HTTP service")
+    import clipzoo.serve as serving  # the service's stack (FastAPI, the index, torch) loads when it runs
+
+    from ..api import load
+
     comparator = None
     if model or device != "cpu":
-        import clipzoo
-
-        comparator = clipzoo.load(model or _recorded_spec(index), device=resolve_device(device))
+        comparator = load(model or _recorded_spec(index), device=resolve_device(device))
     note(f"loading {index} …")
-    app = create_app(index, labels=labels, token=token or None, max_body_bytes=int(max_body_mb * 2**20),
-                     thumb_size=thumb_size, template=template, model=comparator)
+    app = serving.create_app(index, labels=labels, token=token or None, max_body_bytes=int(max_body_mb * 2**20),
+                             thumb_size=thumb_size, template=template, model=comparator)
     service = app.state.service
     if host not in LOOPBACK and not token:
         note(f"warning: serving on {host} without --token: anyone who can reach port {port} can query "
              "the index and see its thumbnails")
     note(f"serving {service.count} items ({service.model_name}) on http://{host}:{port}/ "
          f"(API docs: /docs){' with a bearer token' if token else ''}")
-    run(app, host=host, port=port, log_level=log_level)
+    serving.run(app, host=host, port=port, log_level=log_level)
 
 
 def check_port(host: str, port: int) -> None:
     """Fail fast, in one line, when ``host:port`` cannot be listened on (before loading any model)."""
-    import socket
-
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
@@ -86,19 +97,20 @@ def check_port(host: str, port: int) -> None:
 
 
 def _recorded_spec(index: Path) -> str:
-    from clipzoo.index import open_index
+    from ..index import open_index
 
     return open_index(index).model_spec
 
 
 @user_errors
 def demo(
-    serve_page: bool = typer.Option(True, "--serve/--no-serve", help="Serve the web page after printing (--no-serve: stop)."),
+    serve_page: bool = typer.Option(True, "--serve/--no-serve",
+                                    help="Serve the web page after printing (--no-serve: stop)."),
     model: str | None = typer.Option(None, "--model", show_default=False,
                                         help="Model to index with [default: the embedded clipzoo/tiny-shapes]."),
-    n: int = typer.Option(300, "-n", "--count", help="How many shapes to generate."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on."),
-    port: int = typer.Option(5020, "--port", help="TCP port to serve on."),
+    n: int = typer.Option(DEMO_IMAGES, "-n", "--count", help="How many shapes to generate."),
+    host: str = typer.Option(SERVE_HOST, "--host", help="Address to serve on."),
+    port: int = typer.Option(SERVE_PORT, "--port", help="TCP port to serve on."),
     folder: Path | None = typer.Option(None, "--dir", show_default=False,
                                           help="Where the shapes and index go [default: ~/.cache/clipzoo/demo]."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr."),
@@ -112,12 +124,12 @@ def demo(
       clipzoo demo              # then open http://127.0.0.1:5020/
       clipzoo demo --no-serve
     """
-    from clipzoo.demo import run_demo
-
     if not 0 < port < 65536:
         fail(f"--port must be between 1 and 65535, got {port}")
     if serve_page:
         check_port(host, port)
+    from ..demo import run_demo
+
     run_demo(n=n, model=model, folder=folder, serve=serve_page, host=host, port=port,
              device=resolve_device(device), echo=typer.echo, progress=progress)
 

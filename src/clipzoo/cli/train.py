@@ -11,10 +11,14 @@ from ._common import note, user_errors
 @user_errors
 def train(
     recipe: str | None = typer.Option(None, "--recipe", help="A named recipe, e.g. tiny-shapes (flags override it)."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="A .toml / .yaml / .json config (flags override it)."),
-    model: str | None = typer.Option(None, "--model", "-m", help="open_clip config name (random init) or a registry spec / checkpoint."),
-    pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained", help="Start from the model's weights."),
-    data: list[str] | None = typer.Option(None, "--data", "-d", help="Training data (repeatable): CSV, shards, TFRecord, folder, fsspec URL, shapes:N or shapes-classes:N."),
+    config: Path | None = typer.Option(None, "--config", "-c",
+                                       help="A .toml / .yaml / .json config (flags override it)."),
+    model: str | None = typer.Option(None, "--model", "-m",
+                                     help="open_clip config name (random init) or a registry spec / checkpoint."),
+    pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained",
+                                           help="Start from the model's weights."),
+    data: list[str] | None = typer.Option(None, "--data", "-d", help="Training data (repeatable): CSV, shards, "
+                                          "TFRecord, folder, fsspec URL, shapes:N or shapes-classes:N."),
     output: str | None = typer.Option(None, "--output", "-o", help="Run folder: checkpoints/, model/, tensorboard/."),
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (overrides --epochs)."),
     epochs: int | None = typer.Option(None, "--epochs"),
@@ -29,7 +33,8 @@ def train(
     ema: float | None = typer.Option(None, "--ema", help="EMA decay of the weights, e.g. 0.999."),
     lock_image: bool | None = typer.Option(None, "--lock-image/--no-lock-image", help="Freeze the image tower (LiT)."),
     lock_text: bool | None = typer.Option(None, "--lock-text/--no-lock-text", help="Freeze the text tower."),
-    train_num_samples: int | None = typer.Option(None, "--train-num-samples", help="Samples per epoch for streamed shards."),
+    train_num_samples: int | None = typer.Option(None, "--train-num-samples",
+                                                 help="Samples per epoch for streamed shards."),
     img_key: str | None = typer.Option(None, "--img-key"),
     caption_key: str | None = typer.Option(None, "--caption-key"),
     workers: int | None = typer.Option(None, "--workers"),
@@ -40,9 +45,12 @@ def train(
     seed: int | None = typer.Option(None, "--seed"),
     device: str | None = typer.Option(None, "--device"),
     progress: bool | None = typer.Option(None, "--progress/--no-progress"),
-    teacher: str | None = typer.Option(None, "--teacher", help="Distil from this frozen model: a registry spec, hub id, checkpoint or trained folder (overrides the config's teacher)."),
-    towers: str | None = typer.Option(None, "--towers", help="A compositional model, as the config's towers table: JSON or a .json/.toml/.yaml file (replaces the config's model)."),
-    adapters: str | None = typer.Option(None, "--adapters", help="peft adapters, as the config's adapters table: JSON or a .json/.toml/.yaml file."),
+    teacher: str | None = typer.Option(None, "--teacher", help="Distil from this frozen model: a registry spec, hub "
+                                       "id, checkpoint or trained folder (overrides the config's teacher)."),
+    towers: str | None = typer.Option(None, "--towers", help="A compositional model, as the config's towers table: "
+                                      "JSON or a .json/.toml/.yaml file (replaces the config's model)."),
+    adapters: str | None = typer.Option(None, "--adapters", help="peft adapters, as the config's adapters table: "
+                                        "JSON or a .json/.toml/.yaml file."),
 ) -> None:
     """Train or fine-tune a contrastive model; runs alone or under torchrun with no change.
 
@@ -85,9 +93,9 @@ def train(
 def _checked(table: dict, flag: str, error: type) -> dict:
     """The table a flag gave, its keys checked now so that an error names the flag."""
     if flag == "--towers":
-        from clipzoo.train.towers import check_towers as check
+        from clipzoo.models.spec import check_towers as check
     else:
-        from clipzoo.train.adapters import check_adapters as check
+        from clipzoo.train.checks import check_adapters as check
     try:
         check(table)
     except error as err:

@@ -145,9 +145,9 @@ class _ComparatorModule(nn.Module):
         target = (torch.log(value) if log else value).detach()
         owner = getattr(self.comparator, "model", None)
         param = getattr(owner, name, None) if owner is not None else None
-        if isinstance(param, torch.Tensor) and param.numel() == 1:
-            if math.isclose(param.detach().item(), target.item(), rel_tol=1e-4, abs_tol=1e-6):
-                return param
+        if isinstance(param, torch.Tensor) and param.numel() == 1 and math.isclose(
+                param.detach().item(), target.item(), rel_tol=1e-4, abs_tol=1e-6):
+            return param
         return target
 
     @property

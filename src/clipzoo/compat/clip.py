@@ -15,7 +15,8 @@ What matches openai/CLIP (tested against the ``clip-anytorch`` package on the sa
   and (mixed) float16 on other devices. One deliberate difference: weights keep the checkpoint's own
   precision, where openai's ``build_model`` rounds every weight matrix through float16 first. OpenAI's
   released files are stored in float16, so for them (and any fp16 file) the numbers are identical;
-  a float32 fine-tune in OpenAI's layout keeps its float32 weights here. Other models (HF transformers, sentence-transformers, CoCa, …) come wrapped in
+  a float32 fine-tune in OpenAI's layout keeps its float32 weights here. Other models (HF transformers,
+  sentence-transformers, CoCa, …) come wrapped in
   :class:`~clipzoo.compat._models.ClipModel`, which has the same API (SigLIP logits include the bias).
 - ``preprocess`` is the model's own eval transform (PIL -> tensor); for OpenAI models it gives the
   same tensors as openai's.
@@ -38,7 +39,13 @@ from typing import Any
 import torch
 
 from .. import tokenizers as _openai_tokenizer
+from ..api import load as load_model
+from ..checkpoints import is_torchscript
+from ..constants import OPENAI_MEAN, OPENAI_STD
+from ..download import download_url
+from ..ensemble import Ensemble
 from ..errors import BadTextError, ClipzooError, UnknownModelError
+from ..registry import REGISTRY
 from ._models import ClipModel, as_openai_module, input_resolution_of
 
 __all__ = ["available_models", "load", "tokenize"]
@@ -67,8 +74,6 @@ def __getattr__(name: str):
 # --------------------------------------------------------------------------- catalogue
 def available_models() -> list[str]:
     """OpenAI's nine model names, then every other model alias in the clipzoo registry."""
-    from ..registry import REGISTRY
-
     names = list(OPENAI_MODELS)
     openai_ids = {n.lower() for n in OPENAI_MODELS}
     for card in REGISTRY:
@@ -102,11 +107,9 @@ def load(name: str, device: str | torch.device = "cuda" if torch.cuda.is_availab
         warnings.warn(f"jit=True: {name} is not a TorchScript archive, so there is no JIT model to return; "
                       "loading the eager model instead", stacklevel=2)
 
-    import clipzoo
-
     precision = "fp32" if torch.device(device).type == "cpu" else "fp16"  # as openai's build_model
     try:
-        comparator = clipzoo.load(name, device=str(device), precision=precision, cache_dir=download_root)
+        comparator = load_model(name, device=str(device), precision=precision, cache_dir=download_root)
     except UnknownModelError as exc:
         raise ModelNotFoundError(f"Model {name} not found; {exc}") from None
     resolution = input_resolution_of(comparator, getattr(comparator, "model", None))
@@ -122,9 +125,7 @@ def load(name: str, device: str | torch.device = "cuda" if torch.cuda.is_availab
 def _refuse_ensemble(name: Any) -> None:
     """openai's API is one model: an Ensemble (or several specs) has other compare semantics (a weighted
     mean of per-model cosines, no single logit scale, token ids or input size), so it is refused."""
-    from ..ensemble import Ensemble
-
-    if isinstance(name, Ensemble) or isinstance(name, (list, tuple, set, dict)):
+    if isinstance(name, (Ensemble, list, tuple, set, dict)):
         what = "an Ensemble" if isinstance(name, Ensemble) else f"a {type(name).__name__} of models"
         raise ClipzooError(f"clip.load cannot load {what}: openai's clip API is one model with one tokenizer, "
                            "input size and logit scale, while an ensemble scores with a weighted mean of each "
@@ -179,16 +180,13 @@ def _openai_transform(n_px: int):
         CenterCrop(n_px),
         _convert_image_to_rgb,
         ToTensor(),
-        Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+        Normalize(OPENAI_MEAN, OPENAI_STD),
     ])
 
 
 # --------------------------------------------------------------------------- TorchScript (jit=True)
 def _torchscript_file(name: str, download_root) -> str | None:
     """The TorchScript archive behind ``name`` (downloading OpenAI's when needed), or None."""
-    from ..checkpoints import is_torchscript
-    from ..registry import REGISTRY
-
     expanded = os.path.expanduser(name)
     if os.path.isfile(expanded):
         return expanded if is_torchscript(expanded) else None
@@ -200,8 +198,6 @@ def _torchscript_file(name: str, download_root) -> str | None:
     if src.path and os.path.isfile(src.path):
         return src.path if is_torchscript(src.path) else None
     if src.url and card.config.get("openai"):
-        from ..download import download_url
-
         path = download_url(src.url, src.sha256, download_root)
         return str(path) if is_torchscript(path) else None
     return None

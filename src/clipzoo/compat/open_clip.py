@@ -44,8 +44,11 @@ import open_clip as _open_clip
 import torch
 from open_clip import decode, tokenize  # noqa: F401 - re-exported: open_clip's own functions
 
+from ..api import load as load_model
 from ..cards import ModelCard
-from ..errors import UnknownModelError, UnsupportedError
+from ..download import hub_file
+from ..errors import ModelNotCachedError, UnknownModelError, UnsupportedError
+from ..registry import REGISTRY
 from ._models import OpenClipModel, preprocess_cfg_of
 
 __all__ = ["create_model", "create_model_and_transforms", "create_model_from_pretrained", "get_tokenizer",
@@ -88,9 +91,6 @@ def _is_open_clip_name(name: str) -> bool:
 
 def _hub_has_open_clip_config(repo: str, cache_dir) -> bool | None:
     """True / False when known (the config file is cached, or the repo is cached without it); None if unknown."""
-    from ..download import hub_file
-    from ..errors import ModelNotCachedError
-
     try:
         hub_file(repo, "open_clip_config.json", cache_dir)
         return True
@@ -110,8 +110,6 @@ def _registry_only(card: ModelCard) -> bool:
 
 
 def _route(model_name: Any, pretrained: str | None, cache_dir=None) -> _Route:
-    from ..registry import REGISTRY
-
     if isinstance(model_name, os.PathLike):
         model_name = os.fspath(model_name)
     if isinstance(model_name, ModelCard):
@@ -177,13 +175,11 @@ def _check_options(card: ModelCard, options: dict[str, Any], model_kwargs: dict[
 
 
 def _load_clipzoo(card: ModelCard, precision: str, device, cache_dir, weights_only: bool, output_dict):
-    import clipzoo
-
     try:
         zoo_precision = _PRECISIONS[precision]
     except KeyError:
         raise UnsupportedError(f"unknown precision {precision!r}; use one of {', '.join(_PRECISIONS)}") from None
-    comparator = clipzoo.load(card, device=str(device), precision=zoo_precision, cache_dir=cache_dir,
+    comparator = load_model(card, device=str(device), precision=zoo_precision, cache_dir=cache_dir,
                               trust_pickle=not weights_only)
     inner = getattr(comparator, "model", None)
     key = card.alias.lower()
@@ -390,9 +386,7 @@ def get_tokenizer(
     tokenizer = _TOKENIZERS.get(key)
     comparator = _COMPARATORS.get(key)
     if tokenizer is None and comparator is None:
-        import clipzoo
-
-        comparator = clipzoo.load(route.card, cache_dir=cache_dir)
+        comparator = load_model(route.card, cache_dir=cache_dir)
         tokenizer = getattr(comparator, "tokenizer", None) if isinstance(
             getattr(comparator, "model", None), (_open_clip.CLIP, _open_clip.CustomTextCLIP, _open_clip.CoCa)) else None
         if tokenizer is not None:
@@ -411,8 +405,6 @@ def get_tokenizer(
 
 # --------------------------------------------------------------------------- listings
 def _extra_cards() -> list[ModelCard]:
-    from ..registry import REGISTRY
-
     return [c for c in REGISTRY if _registry_only(c)]
 
 

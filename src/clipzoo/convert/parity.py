@@ -22,15 +22,21 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-
+from ..api import load
+from ..checkpoints import is_torchscript
 from ..errors import ClipzooError, UnsupportedError
+from ..inputs import to_pil
+from ..runtime.onnx_export import export_onnx
+from .targets import convert, open_clip_form, write_open_clip, write_openai
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["AGAINST", "ParityReport", "parity", "difference", "default_images", "DEFAULT_TEXTS"]
 
@@ -83,8 +89,8 @@ class ParityReport:
         verdict = "within" if self.ok else "ABOVE"
         pixels = self.preprocessing.get("pixels")
         if pixels is not None:
-            lines.append(f"| preprocessed pixels (each side's own) | {pixels['mean_abs']:.2e} | {pixels['max_abs']:.2e} | "
-                         f"{pixels['mean_rel']:.2e} | {pixels['max_rel']:.2e} |")
+            lines.append(f"| preprocessed pixels (each side's own) | {pixels['mean_abs']:.2e} | "
+                         f"{pixels['max_abs']:.2e} | {pixels['mean_rel']:.2e} | {pixels['max_rel']:.2e} |")
         tokens = self.preprocessing.get("token ids")
         lines.append("")
         if tokens is not None:
@@ -133,6 +139,8 @@ class Outputs:
 
 
 def _ours(model, inputs: Inputs) -> Outputs:
+    import torch
+
     with torch.no_grad():
         img = model.encode_image(inputs.pixels)
         txt = model.encode_text(inputs.tokens)
@@ -141,6 +149,8 @@ def _ours(model, inputs: Inputs) -> Outputs:
 
 
 def _probs(img: torch.Tensor, txt: torch.Tensor, scale: float, bias: "float | None") -> torch.Tensor:
+    import torch
+
     logits = scale * img @ txt.T
     if bias is not None:
         return torch.sigmoid(logits + bias)
@@ -148,6 +158,9 @@ def _probs(img: torch.Tensor, txt: torch.Tensor, scale: float, bias: "float | No
 
 
 def _torch_side(encode_image, encode_text, scale, bias, inputs: Inputs, pixels, tokens) -> Outputs:
+    import torch
+    import torch.nn.functional as F
+
     with torch.no_grad():
         img = F.normalize(encode_image(inputs.pixels).float(), dim=-1)
         txt = F.normalize(encode_text(inputs.tokens).float(), dim=-1)
@@ -156,8 +169,7 @@ def _torch_side(encode_image, encode_text, scale, bias, inputs: Inputs, pixels, 
 
 def _run_open_clip(ours, inputs: Inputs, work: Path) -> Outputs:
     import open_clip
-
-    from .targets import open_clip_form, write_open_clip
+    import torch
 
     src = ours.card.source
     if src.open_clip and src.open_clip[1]:
@@ -175,13 +187,10 @@ def _run_open_clip(ours, inputs: Inputs, work: Path) -> Outputs:
 
 
 def _run_openai(ours, inputs: Inputs, work: Path) -> Outputs:
-    import warnings
-
     with warnings.catch_warnings():  # clip-anytorch imports pkg_resources, which warns on import
         warnings.simplefilter("ignore")
         import clip  # openai's package (clip-anytorch)
-
-    from .targets import open_clip_form, write_openai
+    import torch
 
     path = ours.card.source.path
     if not (path and os.path.isfile(path) and _is_openai_file(path)):
@@ -193,15 +202,11 @@ def _run_openai(ours, inputs: Inputs, work: Path) -> Outputs:
 
 
 def _is_openai_file(path: str) -> bool:
-    from ..checkpoints import is_torchscript
-
     return is_torchscript(path) or path.endswith((".pt", ".pth"))
 
 
 def _run_hf(ours, inputs: Inputs, work: Path) -> Outputs:
     from transformers import AutoModel, AutoProcessor
-
-    from .targets import convert
 
     path = ours.card.source.path
     folder = path if (ours.card.backend == "transformers" and path and os.path.isdir(path)) else None
@@ -220,6 +225,8 @@ def _run_hf(ours, inputs: Inputs, work: Path) -> Outputs:
 
 def _tensor(out):
     """transformers 5 may return a model output where 4.x returned a tensor."""
+    import torch
+
     if isinstance(out, torch.Tensor):
         return out
     for name in ("pooler_output", "image_embeds", "text_embeds"):
@@ -231,11 +238,9 @@ def _tensor(out):
 
 def _run_onnx(ours, inputs: Inputs, work: Path) -> Outputs:
     """Here the reference is clipzoo eager and the ONNX export is the side under test."""
-    import clipzoo
+    import torch
 
-    from .onnx import export_onnx
-
-    exported = clipzoo.load(str(export_onnx(ours, work / "onnx")))
+    exported = load(str(export_onnx(ours, work / "onnx")))
     out = _ours(exported, inputs)
     out.pixels = torch.stack([exported.preprocess(i) for i in inputs.images])
     out.tokens = exported.tokenize(inputs.texts, truncate=True)
@@ -254,6 +259,8 @@ def _content_lengths(tokens: torch.Tensor) -> list[int]:
 
 
 def _pad_tokens(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch.nn.functional as F
+
     n = max(a.shape[1], b.shape[1])
     return F.pad(a.long(), (0, n - a.shape[1])), F.pad(b.long(), (0, n - b.shape[1]))
 
@@ -262,21 +269,17 @@ def parity(model: Any, against: str, images: "Sequence[Any] | None" = None, text
            tol: float = 1e-4, workdir: "str | os.PathLike | None" = None, **load_kwargs: Any) -> ParityReport:
     """Run ``model`` (a spec or a loaded comparator) and the ``against`` implementation on the same
     inputs (default: 4 generated images, 5 texts) and return the table of differences."""
-    import clipzoo
+    import torch
 
     if against not in AGAINST:
         raise ClipzooError(f"unknown reference {against!r}: choose from {', '.join(AGAINST)}")
-    ours = model if hasattr(model, "encode_image") else clipzoo.load(model, **load_kwargs)
-    if images is None:
-        images = default_images()
-    else:
-        from ..inputs import to_pil
-
-        images = [to_pil(i) for i in images]
+    ours = model if hasattr(model, "encode_image") else load(model, **load_kwargs)
+    images = default_images() if images is None else [to_pil(i) for i in images]
     texts = list(texts) if texts else list(DEFAULT_TEXTS)
     runner = {"open_clip": _run_open_clip, "openai": _run_openai, "hf": _run_hf, "onnx": _run_onnx}[against]
     with torch.no_grad():
-        inputs = Inputs(images, texts, torch.stack([ours.preprocess(i) for i in images]), ours.tokenize(texts, truncate=True))
+        inputs = Inputs(images, texts, torch.stack([ours.preprocess(i) for i in images]),
+                        ours.tokenize(texts, truncate=True))
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         theirs = runner(ours, inputs, Path(tmp))
         mine = _ours(ours, inputs)

@@ -27,38 +27,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from ..api import load
 from ..errors import ClipzooError, UnsupportedError
+from ..runtime.onnx_export import export_onnx
+from .form import OpenClipForm
+from .hf import open_clip_form_of_hf, write_hf
 
 __all__ = ["TARGETS", "OpenClipForm", "convert", "open_clip_form", "check_openai_compatible"]
 
 TARGETS = ("open_clip", "hf", "openai", "safetensors", "onnx")
-
-
-@dataclass
-class OpenClipForm:
-    """A model in open_clip's terms: weights, model config, preprocessing config."""
-
-    state_dict: dict[str, torch.Tensor]
-    model_cfg: dict[str, Any]
-    preprocess_cfg: dict[str, Any] = field(default_factory=dict)
-    source: str = ""
-
-    def config_json(self) -> dict[str, Any]:
-        return {"model_cfg": self.model_cfg, "preprocess_cfg": _plain_preprocess(self.preprocess_cfg)}
-
-
-def _plain_preprocess(pre: dict[str, Any]) -> dict[str, Any]:
-    keep = ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color")
-    out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in pre.items() if k in keep and v is not None}
-    if isinstance(out.get("size"), int):
-        out["size"] = [out["size"], out["size"]]
-    return out
 
 
 def open_clip_form(comparator) -> OpenClipForm:
@@ -72,9 +52,7 @@ def open_clip_form(comparator) -> OpenClipForm:
         return OpenClipForm(sd, json.loads(json.dumps(comparator.model_config)), dict(comparator.preprocess_config),
                             comparator.card.alias)
     if backend == "transformers":
-        from . import hf
-
-        return hf.open_clip_form_of_hf(comparator)
+        return open_clip_form_of_hf(comparator)
     raise UnsupportedError(f"{comparator.card.alias} ({backend} backend) has no open_clip form: it can be "
                            f"converted to onnx only")
 
@@ -122,6 +100,8 @@ def _write_safetensors(form: OpenClipForm, path: Path) -> None:
 
 
 def write_open_clip(form: OpenClipForm, dst: Path) -> Path:
+    import torch
+
     tmp = _tmp(dst)
     if dst.suffix in (".safetensors",):
         _write_safetensors(form, tmp)
@@ -136,6 +116,8 @@ def write_open_clip(form: OpenClipForm, dst: Path) -> Path:
 
 
 def write_openai(form: OpenClipForm, dst: Path) -> Path:
+    import torch
+
     check_openai_compatible(form)
     sd = {k: v for k, v in form.state_dict.items() if k != "attn_mask"}
     tmp = _tmp(dst)
@@ -154,8 +136,6 @@ def write_safetensors(form: OpenClipForm, dst: Path) -> Path:
 def convert(src: "str | os.PathLike", dst: "str | os.PathLike", to: str, *, model_name: "str | None" = None,
             trust_pickle: bool = False, overwrite: bool = False, cache_dir: "str | None" = None) -> Path:
     """Convert the model ``src`` (any spec :func:`clipzoo.load` takes) to format ``to``, written at ``dst``."""
-    import clipzoo
-
     if to not in TARGETS:
         raise ClipzooError(f"unknown target format {to!r}: choose from {', '.join(TARGETS)}")
     dst = Path(dst)
@@ -167,10 +147,8 @@ def convert(src: "str | os.PathLike", dst: "str | os.PathLike", to: str, *, mode
         raise ClipzooError(f"name the destination with .safetensors, e.g. {dst.name}.safetensors")
     dst.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {"model_name": model_name} if model_name else {}
-    comparator = clipzoo.load(src, trust_pickle=trust_pickle, cache_dir=cache_dir, **kwargs)
+    comparator = load(src, trust_pickle=trust_pickle, cache_dir=cache_dir, **kwargs)
     if to == "onnx":
-        from .onnx import export_onnx
-
         tmp = _tmp(dst)
         export_onnx(comparator, tmp)
         _replace(tmp, dst)
@@ -182,9 +160,7 @@ def convert(src: "str | os.PathLike", dst: "str | os.PathLike", to: str, *, mode
         return write_openai(form, dst)
     if to == "safetensors":
         return write_safetensors(form, dst)
-    from . import hf
-
     tmp = _tmp(dst)
-    hf.write_hf(form, tmp)
+    write_hf(form, tmp)
     _replace(tmp, dst)
     return dst

@@ -10,7 +10,8 @@ import functools
 import gzip
 from pathlib import Path
 
-OPENAI_VOCAB_SIZE = 49408
+from ..constants import OPENAI_VOCAB_SIZE
+
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 
 
@@ -21,8 +22,10 @@ def clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
     from open_clip.tokenizer import bytes_to_unicode
 
     path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.open(path).read().decode("utf-8").split("\n")
-    merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]
+    with gzip.open(path) as f:
+        lines = f.read().decode("utf-8").split("\n")
+    n_merges = OPENAI_VOCAB_SIZE - 2 * 256 - 2  # 48894: all ids but the byte symbols (plain and </w>), SOT, EOT
+    merges = [tuple(m.split()) for m in lines[1:1 + n_merges]]
     units = list(bytes_to_unicode().values())
     tokens = units + [u + "</w>" for u in units] + ["".join(m) for m in merges] + [SOT, EOT]
     return {t: i for i, t in enumerate(tokens)}, merges

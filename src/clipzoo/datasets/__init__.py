@@ -19,5 +19,5 @@ from .shapes import (
                      write_shapes,
 )
 
-__all__ = ["COLORS", "DEFAULT_FORMATS", "FORMATS", "LABEL_KEYS", "POSITIONS", "SHAPES", "SIZES", "TEMPLATES", "DatasetError",
-           "ShapeSample", "ShapesDataset", "class_dirname", "classnames", "write_shapes"]
+__all__ = ["COLORS", "DEFAULT_FORMATS", "FORMATS", "LABEL_KEYS", "POSITIONS", "SHAPES", "SIZES", "TEMPLATES",
+           "DatasetError", "ShapeSample", "ShapesDataset", "class_dirname", "classnames", "write_shapes"]

@@ -12,12 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..constants import IMAGE_SUFFIXES
 from ..errors import BadImageError
 
 __all__ = ["Record", "decode_image", "IMAGE_EXTENSIONS"]
 
-# file extensions read as images, in the order a webdataset sample's image is looked for
-IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
+# file extensions read as images (clipzoo.constants.IMAGE_SUFFIXES without the dot), in the order a
+# webdataset sample's image is looked for
+IMAGE_EXTENSIONS: tuple[str, ...] = tuple(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 
 
 @dataclass
@@ -60,7 +62,7 @@ def decode_image(record: Record, open_file: "Callable[[str], Any] | None" = None
             with opener(str(data)) as remote:
                 fh = io.BytesIO(remote.read())
         else:
-            fh = open(data, "rb")
+            fh = open(data, "rb")  # noqa: SIM115 - closed by the `with fh` below
         with fh:
             image = Image.open(fh)
             image.load()

@@ -5,7 +5,7 @@ from typing import Any
 
 import torch.nn.functional as F
 
-from ..errors import BackendMissingError
+from ..errors import MissingExtraError
 from .metrics import EvalInputError, as_tensor, clustering_scores
 
 __all__ = ["kmeans", "cluster_metrics", "clustering_scores"]
@@ -16,7 +16,8 @@ def kmeans(features: Any, n_clusters: int, seed: int = 0, n_init: int = 10, norm
     try:
         from sklearn.cluster import KMeans
     except ImportError:
-        raise BackendMissingError("clustering needs scikit-learn: pip install scikit-learn") from None
+        raise MissingExtraError("clustering needs scikit-learn, which is not installed; "
+                                "pip install 'clipzoo[eval]'") from None
     x = as_tensor(features, "features", ndim=2).float()
     if normalize:
         x = F.normalize(x, dim=-1)

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch.nn.functional as F
 
-from ..errors import EvalInputError
-from .metrics import _targets, as_tensor, zeroshot_metrics
+from ..errors import EvalInputError, MissingExtraError
+from .metrics import as_targets, as_tensor, zeroshot_metrics
 
 __all__ = ["C_GRID", "linear_probe", "fewshot_indices", "validation_split"]
 
@@ -77,9 +77,12 @@ def _standardize(x_fit: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
 
 
 def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int, init: Any = None):
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
+    try:
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+    except ImportError:
+        raise MissingExtraError("the linear probe needs scikit-learn, which is not installed; "
+                                "pip install 'clipzoo[eval]'") from None
     clf = LogisticRegression(C=float(c), max_iter=int(max_iter), warm_start=init is not None)
     if init is not None:
         clf.coef_, clf.intercept_ = init.coef_.copy(), init.intercept_.copy()
@@ -128,8 +131,8 @@ def linear_probe(train_features: Any, train_labels: Any, test_features: Any, tes
     if x_train.shape[1] != x_test.shape[1]:
         raise EvalInputError(f"train features ({x_train.shape[1]}) and test features ({x_test.shape[1]}) "
                              "differ in dimension")
-    y_train = _targets(train_labels, x_train.shape[0], num_classes, "train_labels")
-    y_test = _targets(test_labels, x_test.shape[0], num_classes, "test_labels")
+    y_train = as_targets(train_labels, x_train.shape[0], num_classes, "train_labels")
+    y_test = as_targets(test_labels, x_test.shape[0], num_classes, "test_labels")
     if num_classes is None:
         num_classes = int(max(y_train.max(), y_test.max())) + 1
     if normalize:

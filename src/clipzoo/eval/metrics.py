@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import EvalInputError
+from ..errors import EvalInputError, MissingExtraError
 
 
 def as_tensor(x: Any, name: str, *, dtype: torch.dtype | None = None, ndim: int | None = None) -> torch.Tensor:
@@ -33,11 +33,11 @@ def as_tensor(x: Any, name: str, *, dtype: torch.dtype | None = None, ndim: int 
     return t
 
 
-def _targets(targets: Any, n: int, num_classes: int | None = None, name: str = "targets") -> torch.Tensor:
+def as_targets(targets: Any, n: int, num_classes: int | None = None, name: str = "targets") -> torch.Tensor:
+    """``targets`` as ``n`` long class ids in ``[0, num_classes)``; :class:`EvalInputError` naming ``name`` if not."""
     t = as_tensor(targets, name, ndim=1)
-    if t.is_floating_point():
-        if not torch.equal(t, t.round()):
-            raise EvalInputError(f"{name} must be integer class ids")
+    if t.is_floating_point() and not torch.equal(t, t.round()):
+        raise EvalInputError(f"{name} must be integer class ids")
     t = t.long()
     if t.shape[0] != n:
         raise EvalInputError(f"{name} has {t.shape[0]} entries but there are {n} examples")
@@ -56,7 +56,7 @@ def ranking(scores: torch.Tensor, k: int | None = None) -> torch.Tensor:
 def topk_correct(logits: Any, targets: Any, topk: Sequence[int] = (1,)) -> list[int]:
     """Number of examples whose target is among the ``k`` highest logits, for each ``k``."""
     logits = as_tensor(logits, "logits", ndim=2).float()
-    targets = _targets(targets, logits.shape[0], logits.shape[1])
+    targets = as_targets(targets, logits.shape[0], logits.shape[1])
     kmax = min(max(topk), logits.shape[1])
     hits = ranking(logits, kmax).eq(targets[:, None])  # (N, kmax)
     return [int(hits[:, :min(k, kmax)].any(dim=1).sum()) for k in topk]
@@ -94,7 +94,7 @@ def zeroshot_metrics(logits: Any, targets: Any, num_classes: int | None = None) 
     """
     logits = as_tensor(logits, "logits", ndim=2).float()
     num_classes = int(num_classes if num_classes is not None else logits.shape[1])
-    targets = _targets(targets, logits.shape[0], logits.shape[1])
+    targets = as_targets(targets, logits.shape[0], logits.shape[1])
     n = logits.shape[0]
     if num_classes >= 5:
         c1, c5 = topk_correct(logits, targets, (1, 5))
@@ -195,8 +195,9 @@ def knn_scores(train_features: Any, train_labels: Any, test_features: Any, k: in
     train = F.normalize(as_tensor(train_features, "train_features", ndim=2).float(), dim=-1)
     test = F.normalize(as_tensor(test_features, "test_features", ndim=2).float(), dim=-1)
     if train.shape[1] != test.shape[1]:
-        raise EvalInputError(f"train features ({train.shape[1]}) and test features ({test.shape[1]}) differ in dimension")
-    labels = _targets(train_labels, train.shape[0], num_classes, "train_labels")
+        raise EvalInputError(f"train features ({train.shape[1]}) and test features ({test.shape[1]}) "
+                             "differ in dimension")
+    labels = as_targets(train_labels, train.shape[0], num_classes, "train_labels")
     num_classes = int(num_classes if num_classes is not None else labels.max() + 1)
     if k < 1:
         raise EvalInputError(f"k must be at least 1, got {k}")
@@ -225,8 +226,11 @@ def knn_metrics(train_features: Any, train_labels: Any, test_features: Any, test
 
 def clustering_scores(targets: Any, cluster_ids: Any) -> dict[str, float]:
     """``nmi``, ``ami``, ``ari`` between true classes and cluster assignments (scikit-learn)."""
-    from sklearn import metrics as skm
-
+    try:
+        from sklearn import metrics as skm
+    except ImportError:
+        raise MissingExtraError("clustering scores need scikit-learn, which is not installed; "
+                                "pip install 'clipzoo[eval]'") from None
     t = as_tensor(targets, "targets", ndim=1).long().numpy()
     c = as_tensor(cluster_ids, "cluster_ids", ndim=1).long().numpy()
     if t.shape != c.shape:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .plots import per_class_recall, plot_confusion_matrix, plot_per_class_accuracy, plot_recall_at_k
 from .results import write_result
 
 __all__ = ["save_task_result", "plot_paths"]
@@ -32,8 +33,6 @@ def save_task_result(result, path: "str | os.PathLike", plots: bool = True) -> l
     names = plot_paths(path)
     title = f"{result.record['model']} {result.record['pretrained']} — {result.record['dataset']}"
     if "predictions" in d and d.get("targets") is not None:
-        from .plots import per_class_recall, plot_confusion_matrix, plot_per_class_accuracy
-
         targets, preds = d["targets"], d["predictions"]
         classnames = d.get("classnames")
         num_classes = len(classnames) if classnames else int(max(int(targets.max()), int(preds.max()))) + 1
@@ -46,7 +45,5 @@ def save_task_result(result, path: "str | os.PathLike", plots: bool = True) -> l
         written.append(plot_per_class_accuracy(dict(zip(classnames, recalls)), names["per_class"],
                                                title=f"{task} per-class accuracy: {title}"))
     if "curves" in d:
-        from .plots import plot_recall_at_k
-
         written.append(plot_recall_at_k(d["curves"], names["recall_at_k"], title=f"retrieval recall@k: {title}"))
     return written

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EvalInputError
+from ..errors import EvalInputError, MissingExtraError
 from ..files import atomic_write
 
 __all__ = ["per_class_recall", "confusion_matrix", "plot_confusion_matrix", "plot_recall_at_k",
@@ -91,9 +91,12 @@ def _finite_fraction(value: Any, name: str) -> float:
 
 # ------------------------------------------------------------------ drawing
 def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MissingExtraError("plots need matplotlib, which is not installed; pip install 'clipzoo[eval]' "
+                                "(or pass --no-plots)") from None
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig

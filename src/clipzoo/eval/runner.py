@@ -12,6 +12,7 @@ returns a :class:`TaskResult`: the CLIP_benchmark-style record plus what the plo
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,9 +22,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..datasets.classes import resolve_classnames, resolve_templates
+from ..datasets.loader import record_batches
+from ..embed import default_workers
 from ..errors import BadImageError, DatasetError, EvalInputError
+from ..progress import progress as progress_bar
+from .clustering import cluster_metrics
+from .linear_probe import linear_probe as fit_linear_probe
 from .metrics import knn_metrics, knn_scores, retrieval_metrics, zeroshot_metrics
 from .results import make_result
+from .retrieval import flatten_captions
+from .similarity import read_pairs, similarity_evaluate
+from .text_retrieval import load_text_retrieval, text_retrieval_evaluate
+from .zeroshot import class_weights as zeroshot_class_weights
 
 __all__ = ["Evaluator", "DatasetFeatures", "TaskResult", "IMAGE_TASKS", "TEXT_TASKS", "TASKS", "split_train_test",
            "model_fields", "supported_tasks"]
@@ -100,8 +111,6 @@ class Evaluator:
 
     def __init__(self, model, *, batch_size: int = 64, workers: "int | None" = None, strict: bool = False,
                  cache_dir: "str | os.PathLike | None" = None, progress: bool = False, seed: int = 0):
-        from ..embedding import default_workers
-
         self.model = model
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
@@ -143,15 +152,13 @@ class Evaluator:
         return cached
 
     def _embed(self, data) -> DatasetFeatures:
-        from ..datasets.loader import record_batches
-        from ..embedding import _progress
-
         model = self.model
         device = torch.device(model.device)
         rows: list[tuple[tuple[int, int], torch.Tensor, Any, list[str], str]] = []
         skipped: list[tuple[tuple[int, int], str, str]] = []
         self.stats["image_passes"] += 1
-        with _progress(data.size or 0, f"embedding {data.name}", self.progress and bool(data.size)) as advance:
+        with progress_bar(data.size or 0, f"embedding {data.name}", enabled=self.progress and bool(data.size),
+                          unit="images") as advance:
             for batch in record_batches(data.shards, model.transform, self.batch_size, self.workers,
                                         pin_memory=device.type == "cuda"):
                 if batch.shard_errors:
@@ -207,13 +214,11 @@ class Evaluator:
 
     def class_weights(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """Zero-shot class weights, cached per (class names, templates)."""
-        from .zeroshot import class_weights
-
         key = (self._model_key(), tuple(classnames), tuple(templates))
         if key not in self._weights:
             self.stats["class_weight_passes"] += 1
             with torch.no_grad():
-                self._weights[key] = class_weights(self.model, list(classnames), list(templates)).float().cpu()
+                self._weights[key] = zeroshot_class_weights(self.model, list(classnames), list(templates)).float().cpu()
         return self._weights[key]
 
     @staticmethod
@@ -229,8 +234,6 @@ class Evaluator:
         return f.labels
 
     def _classnames(self, data, classnames, f: DatasetFeatures, task: str) -> list[str]:
-        from ..datasets.classes import resolve_classnames
-
         labels = self._labelled(data, f, task)
         names = resolve_classnames(classnames, data.name) if classnames is not None else data.classnames
         if not names:
@@ -245,8 +248,6 @@ class Evaluator:
     # -------------------------------------------------------------- tasks
     def zeroshot(self, data, classnames: Any = None, templates: Any = None) -> TaskResult:
         """Top-1/top-5 accuracy and mean per-class recall of zero-shot classification."""
-        from ..datasets.classes import resolve_templates
-
         f = self.features(data)
         names = self._classnames(data, classnames, f, "zeroshot")
         temps = resolve_templates(templates, data.name) if templates is not None else data.templates
@@ -260,8 +261,6 @@ class Evaluator:
 
     def retrieval(self, data, recall_k: Sequence[int] = (1, 5, 10)) -> TaskResult:
         """Image→text and text→image recall@k; several captions per image."""
-        from .retrieval import flatten_captions
-
         f = self.features(data)
         without = sum(1 for c in f.captions if not c)
         if without == len(f):
@@ -306,13 +305,11 @@ class Evaluator:
     def linear_probe(self, data, train_data=None, train_fraction: float = 0.5, fewshot_k: "int | None" = None,
                      val_fraction: float = 0.2, regularization: Any = None) -> TaskResult:
         """Logistic regression on frozen features; regularisation swept on a validation split."""
-        from .linear_probe import linear_probe
-
         train, test = self._train_test(data, train_data, train_fraction)
         self._labelled(data, test, "linear-probe")
         self._labelled(train_data or data, train, "linear-probe")
         num_classes = len(data.classnames) if data.classnames else int(max(train.labels.max(), test.labels.max())) + 1
-        out = linear_probe(train.features.numpy(), train.labels.numpy(), test.features.numpy(), test.labels.numpy(),
+        out = fit_linear_probe(train.features.numpy(), train.labels.numpy(), test.features.numpy(), test.labels.numpy(),
                            num_classes=num_classes, val_fraction=val_fraction, regularization=regularization,
                            fewshot_k=fewshot_k, seed=self.seed)
         preds = out.pop("predictions", None)
@@ -323,8 +320,6 @@ class Evaluator:
 
     def cluster(self, data, n_init: int = 10) -> TaskResult:
         """k-means (k = number of classes) on the image features; NMI, AMI, ARI."""
-        from .clustering import cluster_metrics
-
         f = self.features(data)
         labels = self._labelled(data, f, "cluster")
         k = len(data.classnames) if data.classnames else int(labels.unique().numel())
@@ -335,8 +330,6 @@ class Evaluator:
     def text_retrieval(self, location, recall_k: Sequence[int] = (1, 5, 10, 100), name: "str | None" = None
                        ) -> TaskResult:
         """Query → passage retrieval with the text tower (MS MARCO-style files)."""
-        from .text_retrieval import load_text_retrieval, text_retrieval_evaluate
-
         queries, passages, qrels = load_text_retrieval(location)
         metrics = text_retrieval_evaluate(self.model, queries, passages, qrels, recall_k=recall_k)
         data_name = name or Path(str(location).rstrip("/")).stem
@@ -344,8 +337,6 @@ class Evaluator:
 
     def similarity(self, location, format: str = "auto", name: "str | None" = None) -> TaskResult:
         """Spearman correlation of cosine similarity with human scores for text pairs."""
-        from .similarity import read_pairs, similarity_evaluate
-
         pairs = read_pairs(location, format=format)
         metrics = similarity_evaluate(self.model, pairs)
         data_name = name or Path(str(location)).stem
@@ -354,8 +345,6 @@ class Evaluator:
     def run(self, tasks: Sequence[str], data, train_data=None, **options: Any) -> dict[str, TaskResult]:
         """Several image tasks on one data set, sharing one embedding pass. ``options`` go to the tasks
         that take them (``classnames``, ``templates``, ``recall_k``, ``k``, ``fewshot_k`` …)."""
-        import inspect
-
         out = {}
         for task in tasks:
             if task not in IMAGE_TASKS:
@@ -374,9 +363,8 @@ def supported_tasks(evaluator: Evaluator, data) -> list[str]:
     zeroshot, a caption for every image for retrieval (embeds the data set, which every task needs)."""
     f = evaluator.features(data)
     tasks = []
-    if f.labels is not None:
-        if data.classnames:
-            tasks.append("zeroshot")
+    if f.labels is not None and data.classnames:
+        tasks.append("zeroshot")
     if f.captions and all(f.captions):
         tasks.append("retrieval")
     if f.labels is not None:

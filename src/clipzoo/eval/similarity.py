@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import DatasetError, EvalInputError
+from ..errors import DatasetError, EvalInputError, MissingExtraError
 from .metrics import as_tensor
 from .text_retrieval import numbered_lines as _lines
 
@@ -160,8 +160,11 @@ def read_pairs(path: Any, format: str = "auto") -> list[Pair]:
 def similarity_metrics(features_a: Any, features_b: Any, scores: Any) -> dict[str, float]:
     """``spearman`` and ``pearson`` correlation of ``cos(features_a[i], features_b[i])`` with
     ``scores[i]``, and ``n_pairs``."""
-    from scipy import stats
-
+    try:
+        from scipy import stats
+    except ImportError:
+        raise MissingExtraError("similarity correlations need scipy, which is not installed; "
+                                "pip install 'clipzoo[eval]'") from None
     a = as_tensor(features_a, "features_a", ndim=2).double()
     b = as_tensor(features_b, "features_b", ndim=2).double()
     y = as_tensor(scores, "scores", ndim=1).double()

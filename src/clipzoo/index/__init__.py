@@ -1,4 +1,4 @@
-"""Search collections of images: a crash-safe embedding store, a FAISS index, queries, classification.
+"""Search collections of images: a crash-safe embedding store, vector stores (FAISS), queries, classification.
 
 ::
 
@@ -8,14 +8,18 @@
     for hit in idx.search_text("a dog on a beach", k=5):
         print(hit.score, hit.path, hit.caption)
 
-Modules: :mod:`.store` (shards + SQLite), :mod:`.vectors` (FAISS factory, tuning, recall),
-:mod:`.build` (walk, decode, embed, incremental), :mod:`.search` (:class:`SearchIndex`),
-:mod:`.classify` (image -> text over a vocabulary). FAISS is imported only when an index is built or read.
+Modules: :mod:`.embedding_store` (shards + SQLite, crash-safe), :mod:`.folder` (walk, hash, decode),
+:mod:`.build` (embed, incremental), :mod:`.vector_files` (the ``vectors/`` folder and its record),
+:mod:`.stores` (the :class:`~clipzoo.index.stores.VectorStore` protocol; :mod:`.stores.faiss`: the FAISS
+store, chosen by size, tuned, recall measured), :mod:`.search` (:class:`SearchIndex`), :mod:`.classify`
+(image -> text over a vocabulary). FAISS is imported only when an index is built or read.
 """
 from __future__ import annotations
 
 from .build import BuildReport, build_index
 from .classify import classify_images, load_vocabulary
 from .search import Hit, SearchIndex, open_index
+from .stores import VectorStore
 
-__all__ = ["build_index", "open_index", "SearchIndex", "Hit", "BuildReport", "classify_images", "load_vocabulary"]
+__all__ = ["build_index", "open_index", "SearchIndex", "Hit", "BuildReport", "classify_images", "load_vocabulary",
+           "VectorStore"]

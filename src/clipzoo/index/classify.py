@@ -19,17 +19,20 @@ from typing import Any
 
 import numpy as np
 
+from ..api import load
+from ..constants import DEFAULT_TEMPLATE, default_cache_dir
 from ..errors import BadTextError, ClipzooError
 from ..files import atomic_write
+from .search import check_k, image_from_bytes
+from .stores.faiss_kinds import import_faiss
 
-__all__ = ["load_vocabulary", "classify_images", "vocabulary_embeddings", "default_vocab_cache"]
+__all__ = ["load_vocabulary", "classify_images", "vocabulary_embeddings", "default_vocab_cache", "check_template"]
 
 _MEMORY: dict[str, np.ndarray] = {}  # folder:key -> embeddings, this process
 
 
 def default_vocab_cache() -> Path:
-    from ..download import default_cache_dir
-
+    """Where vocabulary embeddings are cached by default: ``<clipzoo cache>/vocab``."""
     return default_cache_dir() / "vocab"
 
 
@@ -78,7 +81,8 @@ def load_vocabulary(path: "str | os.PathLike") -> list[str]:
     return labels
 
 
-def _check_template(template: str) -> str:
+def check_template(template: str) -> str:
+    """``template`` if it is a format string with one ``{}`` for the label; a ClipzooError saying how to fix it."""
     if not isinstance(template, str) or "{}" not in template:
         raise ClipzooError(f"prompt template {template!r} has no '{{}}' where the label goes; "
                            "e.g. 'a photo of a {}.'")
@@ -107,12 +111,11 @@ def _fingerprint(model: Any) -> str:
     return digest
 
 
-def vocabulary_embeddings(model: Any, labels: Sequence[str], template: str = "a photo of a {}.",
+def vocabulary_embeddings(model: Any, labels: Sequence[str], template: str = DEFAULT_TEMPLATE,
                           cache_dir: "str | os.PathLike | None" = None) -> np.ndarray:
     """Normalised prompt embeddings [L, D] of ``labels``, read from / written to the vocabulary cache."""
-    import faiss
-
-    template = _check_template(template)
+    faiss = import_faiss()
+    template = check_template(template)
     labels = list(labels)
     if not labels:
         raise BadTextError("the vocabulary is empty; give at least one label")
@@ -133,9 +136,7 @@ def vocabulary_embeddings(model: Any, labels: Sequence[str], template: str = "a 
         except (RuntimeError, OSError, ValueError):
             x = None  # a damaged cache entry is recomputed
     if x is None:
-        from ..comparator import format_template
-
-        prompts = [format_template(template, label) for label in labels]
+        prompts = [template.format(label) for label in labels]
         x = model.encode_text(prompts, truncate=True).float().cpu().numpy()
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(np.ascontiguousarray(x, dtype=np.float32))
@@ -152,7 +153,7 @@ def vocabulary_embeddings(model: Any, labels: Sequence[str], template: str = "a 
     return x
 
 
-def classify_images(model: Any, images: Any, labels: Sequence[str], template: str = "a photo of a {}.", k: int = 5,
+def classify_images(model: Any, images: Any, labels: Sequence[str], template: str = DEFAULT_TEMPLATE, k: int = 5,
                     cache_dir: "str | os.PathLike | None" = None) -> list[list[tuple[str, float]]]:
     """Top-``k`` ``(label, probability)`` per image over ``labels`` (softmax, or sigmoid for SigLIP models).
 
@@ -160,13 +161,9 @@ def classify_images(model: Any, images: Any, labels: Sequence[str], template: st
     """
     import torch
 
-    from .search import _check_k, image_from_bytes
-
     if isinstance(model, (str, os.PathLike)):
-        import clipzoo
-
-        model = clipzoo.load(os.fspath(model))
-    k = _check_k(k)
+        model = load(os.fspath(model))
+    k = check_k(k)
     labels = list(labels)
     if isinstance(images, (str, os.PathLike, bytes, bytearray)) or hasattr(images, "getpixel"):
         images = [images]

@@ -1,12 +1,11 @@
 """``open_index`` -> :class:`SearchIndex`: text, image and vector queries over a built index.
 
-Scores are cosine similarities (normalised embeddings, inner-product FAISS index). A partition
-(first-level subfolder) is searched through its own FAISS index; no partition searches all items.
+Scores are cosine similarities (normalised embeddings, inner-product vector stores). A partition
+(first-level subfolder) is searched through its own vector store; no partition searches all items.
 ``dedup=t`` drops a result whose embedding has cosine ≥ t with a higher-ranked kept result.
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
 from dataclasses import asdict, dataclass
@@ -15,12 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ClipzooError, NotFoundError
-from .build import VECTORS_DIR, VECTORS_META
-from .store import EmbeddingStore
-from .vectors import VectorIndex, load_vectors, normalize
+from ..api import load
+from ..errors import BadTextError, ClipzooError, NotFoundError
+from ..image_bytes import decode_image
+from .embedding_store import EmbeddingStore
+from .stores import VectorStore, normalize
+from .vector_files import open_part, read_record
 
-__all__ = ["Hit", "SearchIndex", "open_index", "image_from_bytes"]
+__all__ = ["Hit", "SearchIndex", "open_index", "image_from_bytes", "check_k"]
 
 
 @dataclass
@@ -41,15 +42,7 @@ class Hit:
 def image_from_bytes(data: bytes, name: str = "uploaded image"):
     """Encoded image bytes -> RGB PIL image; :class:`BadImageError` for empty, corrupt or bomb images
     (the service's upload decoder, :func:`clipzoo.image_bytes.decode_image`)."""
-    from ..image_bytes import decode_image
-
     return decode_image(data, name=name)
-
-
-def _stale_hint(store: EmbeddingStore) -> str:
-    root = store.get_meta("root") or "DIR"
-    spec = store.get_meta("model_spec") or "MODEL"
-    return f"run `clipzoo index build {root} --model {spec} --out {store.path}` to rebuild it"
 
 
 class SearchIndex:
@@ -60,10 +53,9 @@ class SearchIndex:
         self.path = store.path
         self._record = record
         self._mmap = mmap
-        self._vdir = store.path / VECTORS_DIR
         self._model = model
         self._lock = threading.Lock()
-        self._parts: dict[str | None, VectorIndex] = {}
+        self._parts: dict[str | None, VectorStore] = {}
         self.model_spec: str = store.get_meta("model_spec") or ""
         self.model_alias: str = store.get_meta("model_alias") or ""
         self.root = Path(store.get_meta("root") or ".")
@@ -75,19 +67,10 @@ class SearchIndex:
             self._check_model(model)
 
     # ------------------------------------------------------------------ parts
-    def _load_part(self, info: dict[str, Any]) -> VectorIndex:
-        path = self._vdir / info["file"]
-        if not path.is_file():
-            raise ClipzooError(f"index file {str(path)!r} is missing; {_stale_hint(self.store)}")
-        try:
-            return load_vectors(path, info, mmap=self._mmap)
-        except ClipzooError as exc:
-            raise ClipzooError(f"{exc}; {_stale_hint(self.store)}") from None
-        except Exception as exc:  # noqa: BLE001 - FAISS raises RuntimeError for any unreadable file
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ClipzooError(f"index file {str(path)!r} is corrupt ({first}); {_stale_hint(self.store)}") from None
+    def _load_part(self, info: dict[str, Any]) -> VectorStore:
+        return open_part(self.store, self._record, info, mmap=self._mmap)
 
-    def _part(self, partition: str | None) -> VectorIndex:
+    def _part(self, partition: str | None) -> VectorStore:
         if partition is None:
             return self._parts[None]
         if partition not in self._record.get("partitions", {}):
@@ -98,6 +81,11 @@ class SearchIndex:
             if part is None:
                 part = self._parts[partition] = self._load_part(self._record["partitions"][partition])
         return part
+
+    def check_partition(self, partition: str | None) -> None:
+        """:class:`~clipzoo.errors.NotFoundError` listing the partitions when ``partition`` is not one of them."""
+        if partition is not None and partition not in self.partitions:
+            self._part(partition)  # raises the error that lists the partitions
 
     @property
     def index_kind(self) -> str:
@@ -118,11 +106,15 @@ class SearchIndex:
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    import clipzoo
-
-                    self._model = clipzoo.load(self.model_spec)
+                    self._model = load(self.model_spec)
                     self._check_model(self._model)
         return self._model
+
+    def set_model(self, model: Any) -> None:
+        """Embed queries with ``model`` (a Comparator) instead of the recorded spec; refused when its
+        embedding size differs from the index's."""
+        self._check_model(model)
+        self._model = model
 
     def _check_model(self, model: Any) -> None:
         dim = getattr(model, "embed_dim", None)
@@ -134,8 +126,6 @@ class SearchIndex:
     def search_text(self, query: str, k: int = 10, partition: str | None = None,
                     dedup: float | None = None) -> list["Hit"]:
         if not isinstance(query, str) or not query.strip():
-            from ..errors import BadTextError
-
             raise BadTextError("the search text is empty; pass some words to search for")
         vec = self.model.encode_text([query], truncate=True)[0].float().cpu().numpy()
         return self.search_embedding(vec, k, partition, dedup)
@@ -149,12 +139,13 @@ class SearchIndex:
 
     def search_embedding(self, vector: Any, k: int = 10, partition: str | None = None,
                          dedup: float | None = None) -> list["Hit"]:
-        k = _check_k(k)
+        k = check_k(k)
         q = _as_query(vector, self.dim)
         if dedup is not None and not (0.0 < float(dedup) <= 1.0):
             raise ClipzooError(f"dedup threshold must be in (0, 1], got {dedup}")
         part = self._part(partition)
-        fetch = k if dedup is None else min(max(4 * k, k + 32), max(part.count, 1))
+        count = len(part)
+        fetch = k if dedup is None else min(max(4 * k, k + 32), max(count, 1))
         while True:
             scores, ids = part.search(q, fetch)
             pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
@@ -162,10 +153,10 @@ class SearchIndex:
                 pairs = pairs[:k]
                 break
             kept = self._dedup(pairs, float(dedup), k)
-            if len(kept) >= k or fetch >= part.count or len(pairs) < fetch:
+            if len(kept) >= k or fetch >= count or len(pairs) < fetch:
                 pairs = kept
                 break
-            fetch = min(fetch * 4, part.count)
+            fetch = min(fetch * 4, count)
         meta = self.store.items(i for i, _ in pairs)
         hits = []
         for item_id, score in pairs:
@@ -215,7 +206,8 @@ class SearchIndex:
                 f"model={self.model_spec!r})")
 
 
-def _check_k(k: Any) -> int:
+def check_k(k: Any) -> int:
+    """``k`` as a positive int; a ClipzooError for anything else."""
     try:
         k = int(k)
     except (TypeError, ValueError):
@@ -252,23 +244,9 @@ def open_index(path: "str | os.PathLike", model: Any = None, mmap: bool = True) 
     """
     store = EmbeddingStore(path)
     try:
-        meta_path = store.path / VECTORS_DIR / VECTORS_META
-        if not meta_path.is_file():
-            raise ClipzooError(f"index file {str(meta_path)!r} is missing (was the build interrupted?); "
-                               f"{_stale_hint(store)}")
-        try:
-            record = json.loads(meta_path.read_text("utf-8"))
-            record["all"]["file"], record["count"]  # noqa: B018 - shape check
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ClipzooError(f"index file {str(meta_path)!r} is corrupt ({type(exc).__name__}); "
-                               f"{_stale_hint(store)}") from None
-        if record.get("generation") != store.generation or record["count"] != store.count():
-            raise ClipzooError(f"the vectors of index {str(store.path)!r} are out of date with its items "
-                               f"(was the build interrupted?); {_stale_hint(store)}")
+        record = read_record(store)
         if isinstance(model, (str, os.PathLike)):
-            import clipzoo
-
-            model = clipzoo.load(os.fspath(model))
+            model = load(os.fspath(model))
         return SearchIndex(store, record, model=model, mmap=mmap)
     except BaseException:
         store.close()

@@ -13,60 +13,65 @@
 
 Each runtime keeps the Comparator API; its fidelity to eager fp32 is tested on tiny models
 (tests/test_runtime.py): cosine ≥ 0.999 for the float runtimes, ≥ 0.99 for int8.
+
+One module per runtime (:data:`RUNTIME_MODULES`), each with ``apply(card, build, *, device, precision,
+cache_dir, load_kwargs)``; :func:`apply_runtime` is what :func:`clipzoo.api.load` calls for a runtime other
+than eager. The modules import torch and onnxruntime only when they run, so this package stays cheap.
 """
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
+from ..cards import ModelCard
 from ..errors import ClipzooError
+from . import compiled, onnx, onnx_int8, torch_int8
 
 RUNTIMES = ("eager", "compile", "onnx", "int8", "onnx-int8", "torch-int8")
-_ALIASES = {"torch": "eager", "default": "eager", "ort": "onnx", "onnxruntime": "onnx"}
+ALIASES = {"torch": "eager", "default": "eager", "ort": "onnx", "onnxruntime": "onnx"}
+EAGER_NAMES = ("eager", "torch", "default")
+"""Names :func:`clipzoo.api.load` runs as loaded, without :func:`apply_runtime`."""
+
+# runtime name (after normalize_runtime) -> its module
+RUNTIME_MODULES: dict[str, ModuleType] = {
+    "compile": compiled,
+    "onnx": onnx,
+    "onnx-int8": onnx_int8,
+    "torch-int8": torch_int8,
+}
 
 
 def normalize_runtime(runtime: str | None) -> str:
     """A runtime name as users may spell it -> one of :data:`RUNTIMES`; ``int8`` resolves to the int8
     engine available here. Unknown names raise :class:`ClipzooError` listing the known ones."""
     name = str(runtime or "eager").strip().lower().replace("_", "-")
-    name = _ALIASES.get(name, name)
+    name = ALIASES.get(name, name)
     if name not in RUNTIMES:
         raise ClipzooError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
     if name == "int8":
-        name = "onnx-int8" if _has_onnxruntime() else "torch-int8"
+        name = "onnx-int8" if has_onnxruntime() else "torch-int8"
     return name
 
 
-def _has_onnxruntime() -> bool:
-    import importlib.util
-
+def has_onnxruntime() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-def load_with_runtime(spec: Any, runtime: str, **load_kwargs: Any):
-    """``clipzoo.load(spec, runtime=runtime, **load_kwargs)`` for a runtime other than eager."""
-    name = normalize_runtime(runtime)
-    if name == "onnx":
-        from ..convert.onnx import load_with_onnx_runtime
+def apply_runtime(name: str, card: ModelCard, build: Callable[..., Any], *, device: str, precision: str,
+                  cache_dir, load_kwargs: dict) -> Any:
+    """The Comparator of ``card`` under runtime ``name`` (as the user spelled it).
 
-        return _tag(load_with_onnx_runtime(spec, **load_kwargs), name)
-    if name == "onnx-int8":
-        from .int8 import load_onnx_int8
-
-        return _tag(load_onnx_int8(spec, **load_kwargs), name)
-    from ..factory import load
-
-    comparator = load(spec, runtime="eager", **load_kwargs)
-    if name == "compile":
-        from .compiled import compile_comparator
-
-        return _tag(compile_comparator(comparator), name)
-    if name == "torch-int8":
-        from .int8 import quantize_torch
-
-        return _tag(quantize_torch(comparator), name)
-    return comparator
-
-
-def _tag(comparator, name: str):
-    comparator.runtime = name
+    ``build(**overrides)`` loads the eager Comparator of ``card`` (with the user's device and precision
+    unless overridden); the ONNX runtimes call it as ``build(device="cpu", precision="fp32")`` and only when
+    their export cache misses, the others wrap what it returns. ``load_kwargs``: the backend keywords, which
+    key the ONNX export cache.
+    """
+    runtime = normalize_runtime(name)
+    if runtime == "eager":
+        return build()
+    comparator = RUNTIME_MODULES[runtime].apply(card, build, device=device, precision=precision,
+                                                cache_dir=cache_dir, load_kwargs=dict(load_kwargs))
+    comparator.runtime = runtime
     return comparator

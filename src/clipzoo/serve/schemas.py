@@ -1,27 +1,42 @@
-"""Request and response bodies of the HTTP service (pydantic models; they make the OpenAPI docs)."""
+"""Request and response bodies of the HTTP service: pydantic models that FastAPI validates and documents.
+
+A request model says how it may also come as a form (:mod:`clipzoo.serve.bodies`): ``form_files``, the
+fields that may be an uploaded file instead of base64, and ``form_lists``, the list fields a form may
+send repeated, as a JSON list, or one item per line (or comma).
+"""
 from __future__ import annotations
 
-from typing import Annotated, Any
+import time
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-MAX_K = 1000
-MAX_TEXT_CHARS = 2000
-MAX_LABELS = 2000
-MAX_EMBED_TEXTS = 256
-MAX_EMBED_IMAGES = 32
-MAX_RANK_TEXTS = 1000
+from .limits import (
+    MAX_EMBED_IMAGES,
+    MAX_EMBED_TEXTS,
+    MAX_K,
+    MAX_LABELS,
+    MAX_RANK_TEXTS,
+    MAX_TEMPLATE_CHARS,
+    MAX_TEXT_CHARS,
+)
 
 Base64Image = Field(description="An image file's bytes, base64-encoded (a `data:image/...;base64,` URL is accepted).",
                     min_length=1)
 
 
-class _Strict(BaseModel):
+class RequestBody(BaseModel):
+    """A request body: unknown fields are refused; as a form, ``image`` may be a file."""
+
     model_config = ConfigDict(extra="forbid")
+    form_files: ClassVar[tuple[str, ...]] = ("image",)
+    form_lists: ClassVar[tuple[str, ...]] = ()
 
 
-class SearchRequest(_Strict):
+class SearchRequest(RequestBody):
     """Exactly one query: ``text``, ``image`` (base64), ``embedding`` or ``id`` (an indexed item: "more like this")."""
+
+    form_lists: ClassVar[tuple[str, ...]] = ("embedding",)
 
     text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS, examples=["a red circle"])
     image: str | None = Field(None, min_length=1, description=Base64Image.description)
@@ -60,11 +75,13 @@ class SearchResponse(BaseModel):
     hits: list[HitOut]
 
 
-class ClassifyRequest(_Strict):
+class ClassifyRequest(RequestBody):
+    form_lists: ClassVar[tuple[str, ...]] = ("labels",)
+
     image: str = Field(..., min_length=1, description=Base64Image.description)
     labels: list[str] | None = Field(None, min_length=1, max_length=MAX_LABELS, description=(
         "Candidate labels; omit to use the server's vocabulary (`clipzoo serve --labels`)."))
-    template: str | None = Field(None, max_length=500, description=(
+    template: str | None = Field(None, max_length=MAX_TEMPLATE_CHARS, description=(
         "Prompt template with '{}' for the label; default 'a photo of a {}.'"))
     k: int = Field(5, ge=1, le=MAX_LABELS)
 
@@ -80,8 +97,10 @@ class ClassifyResponse(BaseModel):
     took_ms: float
 
 
-class EmbedRequest(_Strict):
+class EmbedRequest(RequestBody):
     """Texts or images (base64), not both."""
+
+    form_files: ClassVar[tuple[str, ...]] = ()
 
     texts: list[str] | None = Field(None, min_length=1, max_length=MAX_EMBED_TEXTS)
     images: list[str] | None = Field(None, min_length=1, max_length=MAX_EMBED_IMAGES)
@@ -102,7 +121,9 @@ class EmbedResponse(BaseModel):
     embeddings: list[list[float]]
 
 
-class RankRequest(_Strict):
+class RankRequest(RequestBody):
+    form_lists: ClassVar[tuple[str, ...]] = ("texts",)
+
     image: str = Field(..., min_length=1, description=Base64Image.description)
     texts: list[str] = Field(..., min_length=1, max_length=MAX_RANK_TEXTS)
     truncate: bool = False
@@ -148,3 +169,26 @@ class Info(BaseModel):
     vocabulary_size: int
     auth: bool
     limits: dict[str, Any]
+
+
+def took_ms(t0: float) -> float:
+    """Milliseconds since ``t0`` (a ``time.perf_counter()``), for a response's ``took_ms``."""
+    return round((time.perf_counter() - t0) * 1000, 2)
+
+
+def hit_out(hit: Any) -> dict:
+    """A search hit -> :class:`HitOut` fields: no server path, a thumbnail URL."""
+    d = hit.to_dict() if hasattr(hit, "to_dict") else dict(hit)
+    d.pop("path", None)
+    d["id"] = int(d["id"])
+    d["score"] = float(d["score"])
+    d["thumb"] = f"thumb/{d['id']}"
+    return d
+
+
+def item_out(item: dict) -> dict:
+    """An index row -> :class:`Item` fields: no server path, a thumbnail URL."""
+    d = {k: v for k, v in dict(item).items() if k != "path"}
+    d["id"] = int(d["id"])
+    d["thumb"] = f"thumb/{d['id']}"
+    return d

@@ -126,7 +126,8 @@ def write_all(out: "str | os.PathLike", seed: int = 0) -> dict[str, Path]:
         "openai_jit": write_openai_jit(out / "tiny-openai-jit.pt", seed),
         "openai_state_dict": write_openai_state_dict(out / "tiny-openai-sd.pt", seed),
         "open_clip_pt": write_open_clip_pt(out / "tiny-open_clip.pt", seed),
-        "open_clip_safetensors": write_open_clip_safetensors(out / "tiny-open_clip.safetensors", seed, embed_config=True),
+        "open_clip_safetensors": write_open_clip_safetensors(out / "tiny-open_clip.safetensors", seed,
+                                                             embed_config=True),
         "open_clip_hub": write_open_clip_hub_folder(out / "tiny-open_clip-hub", seed),
     }
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from .tiny_hf import CORPUS, randomize, save_model_and_processor
+
 SAMPLE_RATE, HOP, FFT, SECONDS = 32_000, 512, 1024, 1
 MEL_BINS, SPEC = 64, 64
 WIDTH, EMBED, CONTEXT = 32, 16, 32
@@ -29,8 +31,6 @@ def roberta_bpe(size: int = 400) -> tuple[dict[str, int], list[tuple[str, str]]]
     """A byte-level BPE like RoBERTa's: ``<s> <pad> </s> <unk> <mask>`` are ids 0–4 (the BPE trainer is
     deterministic, so every run writes the same vocabulary)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    from .tiny_hf import CORPUS
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -47,8 +47,6 @@ def tiny_clap(path: "str | os.PathLike", seed: int = 0, fused: bool = False) -> 
     """Write a tiny random ``ClapModel`` + ``ClapProcessor`` to ``path``; returns the folder."""
     from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizer
 
-    from .tiny_hf import _randomize, _save
-
     vocab, merges = roberta_bpe()
     tokenizer = RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=CONTEXT)
     features = ClapFeatureExtractor(feature_size=MEL_BINS, sampling_rate=SAMPLE_RATE, hop_length=HOP,
@@ -64,10 +62,10 @@ def tiny_clap(path: "str | os.PathLike", seed: int = 0, fused: bool = False) -> 
                           hidden_size=WIDTH, enable_fusion=fused, fusion_type="aff_2d" if fused else None),
         projection_dim=EMBED)
     torch.manual_seed(seed)
-    model = _randomize(ClapModel(config), seed, keep=("logit_scale_a", "logit_scale_t"))
+    model = randomize(ClapModel(config), seed, keep=("logit_scale_a", "logit_scale_t"))
     with torch.no_grad():  # two different scales, so a mix-up between them shows in the tests
         model.logit_scale_t.add_(0.5)
-    return _save(path, model, ClapProcessor(feature_extractor=features, tokenizer=tokenizer))
+    return save_model_and_processor(path, model, ClapProcessor(feature_extractor=features, tokenizer=tokenizer))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,9 +19,14 @@ same files. Run ``python -m clipzoo.testing.tiny_hf OUT_DIR`` to write them all.
 from __future__ import annotations
 
 import gzip
+import io
+import json
 import math
 import os
+import shutil
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -49,7 +54,7 @@ def _vision(**extra) -> dict:
     return _tower(image_size=IMAGE, patch_size=PATCH, **extra)
 
 
-def _randomize(model, seed: int, keep: tuple[str, ...] = ("logit_scale", "logit_bias")):
+def randomize(model, seed: int, keep: tuple[str, ...] = ("logit_scale", "logit_bias")):
     """Seeded noise on every weight, so no tensor keeps a trivial init (LayerNorm ones, zero biases)."""
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -59,7 +64,7 @@ def _randomize(model, seed: int, keep: tuple[str, ...] = ("logit_scale", "logit_
     return model.eval()
 
 
-def _save(folder, model, processor) -> Path:
+def save_model_and_processor(folder, model, processor) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
@@ -76,7 +81,8 @@ def clip_bpe(n_merges: int | None = None) -> tuple[dict[str, int], list[tuple[st
     from open_clip.tokenizer import bytes_to_unicode
 
     path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    merges = gzip.open(path).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    with gzip.open(path) as f:
+        merges = f.read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
     merges = [tuple(m.split()) for m in (merges if n_merges is None else merges[:n_merges])]
     units = list(bytes_to_unicode().values())
     tokens = units + [u + "</w>" for u in units] + ["".join(m) for m in merges]
@@ -116,8 +122,6 @@ def _unigram_vocab() -> list[tuple[str, float]]:
 def _gemma_bpe(size: int = 400) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """A Gemma-style BPE (``▁`` for spaces, lower-cased corpus): ``<pad> <eos> <bos> <unk> <mask>`` are ids 0–4.
     (The BPE trainer is deterministic, unlike the WordPiece and Unigram ones.)"""
-    import json
-
     from tokenizers import Tokenizer, normalizers, pre_tokenizers
     from tokenizers.models import BPE
     from tokenizers.trainers import BpeTrainer
@@ -134,8 +138,6 @@ def _gemma_bpe(size: int = 400) -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 def _sentencepiece_model(path: Path, size: int = 200) -> Path:
     """A T5/SigLIP-style sentencepiece model: ``<pad>``=0, ``</s>``=1, ``<unk>``=2, no BOS."""
-    import io
-
     import sentencepiece as spm
 
     buf = io.BytesIO()
@@ -160,9 +162,9 @@ def write_clip(folder: "str | os.PathLike", seed: int = 0, n_merges: int | None 
                            eos_token_id=eot, pad_token_id=eot),
         vision_config=_vision(), projection_dim=EMBED)
     torch.manual_seed(seed)
-    model = _randomize(CLIPModel(config), seed)
+    model = randomize(CLIPModel(config), seed)
     images = CLIPImageProcessor(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE})
-    return _save(folder, model, CLIPProcessor(image_processor=images, tokenizer=tokenizer))
+    return save_model_and_processor(folder, model, CLIPProcessor(image_processor=images, tokenizer=tokenizer))
 
 
 def _siglip_model(vocab_size: int, seed: int, pad_id: int, eos_id: int, context: int):
@@ -177,7 +179,7 @@ def _siglip_model(vocab_size: int, seed: int, pad_id: int, eos_id: int, context:
     with torch.no_grad():  # the values SigLIP is trained from: t' = log 10, b = -10
         model.logit_scale.fill_(math.log(10.0))
         model.logit_bias.fill_(-10.0)
-    return _randomize(model, seed)
+    return randomize(model, seed)
 
 
 def _siglip_images():
@@ -198,7 +200,8 @@ def write_siglip(folder: "str | os.PathLike", seed: int = 0, context: int = 16) 
     spm_path = _sentencepiece_model(folder / "spiece.model")
     tokenizer = SiglipTokenizer(vocab_file=str(spm_path), model_max_length=context)
     model = _siglip_model(tokenizer.vocab_size, seed, tokenizer.pad_token_id, tokenizer.eos_token_id, context)
-    return _save(folder, model, SiglipProcessor(image_processor=_siglip_images(), tokenizer=tokenizer))
+    processor = SiglipProcessor(image_processor=_siglip_images(), tokenizer=tokenizer)
+    return save_model_and_processor(folder, model, processor)
 
 
 def write_siglip2(folder: "str | os.PathLike", seed: int = 0, context: int = 16) -> Path:
@@ -210,7 +213,8 @@ def write_siglip2(folder: "str | os.PathLike", seed: int = 0, context: int = 16)
     tokenizer = GemmaTokenizer(vocab=vocab, merges=merges, add_bos_token=False, add_eos_token=True,
                                model_max_length=context, padding_side="right")
     model = _siglip_model(len(vocab), seed, tokenizer.pad_token_id, tokenizer.eos_token_id, context)
-    return _save(folder, model, SiglipProcessor(image_processor=_siglip_images(), tokenizer=tokenizer))
+    processor = SiglipProcessor(image_processor=_siglip_images(), tokenizer=tokenizer)
+    return save_model_and_processor(folder, model, processor)
 
 
 def write_siglip2_naflex(folder: "str | os.PathLike", seed: int = 0, context: int = 16) -> Path:
@@ -234,10 +238,10 @@ def write_siglip2_naflex(folder: "str | os.PathLike", seed: int = 0, context: in
     with torch.no_grad():
         model.logit_scale.fill_(math.log(10.0))
         model.logit_bias.fill_(-10.0)
-    model = _randomize(model, seed)
+    model = randomize(model, seed)
     images = Siglip2ImageProcessor(patch_size=16, max_num_patches=256)
     processor = Siglip2Processor(image_processor=images, tokenizer=tokenizer)
-    return _save(folder, model, processor)
+    return save_model_and_processor(folder, model, processor)
 
 
 def write_chinese_clip(folder: "str | os.PathLike", seed: int = 0, context: int = 52) -> Path:
@@ -256,10 +260,10 @@ def write_chinese_clip(folder: "str | os.PathLike", seed: int = 0, context: int 
                            pad_token_id=tokenizer.pad_token_id),
         vision_config=_vision(projection_dim=EMBED), projection_dim=EMBED)
     torch.manual_seed(seed)
-    model = _randomize(ChineseCLIPModel(config), seed)
+    model = randomize(ChineseCLIPModel(config), seed)
     images = ChineseCLIPImageProcessor(size={"height": IMAGE, "width": IMAGE}, do_center_crop=False,
                                        crop_size={"height": IMAGE, "width": IMAGE})
-    return _save(folder, model, ChineseCLIPProcessor(image_processor=images, tokenizer=tokenizer))
+    return save_model_and_processor(folder, model, ChineseCLIPProcessor(image_processor=images, tokenizer=tokenizer))
 
 
 def write_altclip(folder: "str | os.PathLike", seed: int = 0, context: int = 77) -> Path:
@@ -273,9 +277,9 @@ def write_altclip(folder: "str | os.PathLike", seed: int = 0, context: int = 77)
                            eos_token_id=tokenizer.eos_token_id, project_dim=EMBED),
         vision_config=_vision(projection_dim=EMBED), projection_dim=EMBED)
     torch.manual_seed(seed)
-    model = _randomize(AltCLIPModel(config), seed)
+    model = randomize(AltCLIPModel(config), seed)
     images = CLIPImageProcessor(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE})
-    return _save(folder, model, AltCLIPProcessor(image_processor=images, tokenizer=tokenizer))
+    return save_model_and_processor(folder, model, AltCLIPProcessor(image_processor=images, tokenizer=tokenizer))
 
 
 def write_distilbert(folder: "str | os.PathLike", seed: int = 0, context: int = 128) -> Path:
@@ -287,7 +291,7 @@ def write_distilbert(folder: "str | os.PathLike", seed: int = 0, context: int = 
     config = DistilBertConfig(vocab_size=len(tokenizer), dim=WIDTH, n_layers=LAYERS, n_heads=HEADS,
                               hidden_dim=MLP, max_position_embeddings=context, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
-    model = _randomize(DistilBertModel(config), seed)
+    model = randomize(DistilBertModel(config), seed)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
@@ -304,9 +308,6 @@ def write_st_text(folder: "str | os.PathLike", seed: int = 0, out_dim: int = EMB
     ``sentence_transformers.models.*`` module names, old pooling keys, ``pytorch_model.bin`` Dense weights);
     ``legacy=False`` keeps what the installed sentence-transformers writes.
     """
-    import tempfile
-    import warnings
-
     from sentence_transformers import SentenceTransformer
 
     with warnings.catch_warnings():  # the old import path, kept so that older sentence-transformers work too
@@ -348,10 +349,6 @@ def write_st_clip(folder: "str | os.PathLike", seed: int = 0, legacy: bool = Tru
     ``legacy=True`` lays it out like the hub's ``sentence-transformers/clip-ViT-B-32``: the HF files in
     ``0_CLIPModel/`` and ``modules.json`` naming ``sentence_transformers.models.CLIPModel``.
     """
-    import shutil
-    import tempfile
-    import warnings
-
     from sentence_transformers import SentenceTransformer
 
     with warnings.catch_warnings():
@@ -366,7 +363,8 @@ def write_st_clip(folder: "str | os.PathLike", seed: int = 0, legacy: bool = Tru
             shutil.copytree(hf, folder / "0_CLIPModel", dirs_exist_ok=True)
             _write_json(folder / "modules.json", [
                 {"idx": 0, "name": "0", "path": "0_CLIPModel", "type": "sentence_transformers.models.CLIPModel"}])
-            _write_json(folder / "config_sentence_transformers.json", {"__version__": {"sentence_transformers": "2.0.0"}})
+            _write_json(folder / "config_sentence_transformers.json",
+                        {"__version__": {"sentence_transformers": "2.0.0"}})
             return folder
         model = SentenceTransformer(modules=[CLIPModel(str(hf), _from_auto_load=True)], device="cpu")
         model.save(str(folder))
@@ -374,8 +372,6 @@ def write_st_clip(folder: "str | os.PathLike", seed: int = 0, legacy: bool = Tru
 
 
 def _write_json(path: Path, obj) -> None:
-    import json
-
     path.write_text(json.dumps(obj, indent=2))
 
 
@@ -383,8 +379,6 @@ def cache_as_hub(folder: "str | os.PathLike", repo_id: str, cache_dir: "str | os
                  commit: str = "0" * 40) -> Path:
     """Place a model folder in a Hugging Face hub cache as if ``repo_id`` had been downloaded into it
     (``models--org--name/{refs/main, snapshots/<commit>/…}``), so it loads offline. Returns the snapshot."""
-    import shutil
-
     repo = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
     snapshot = repo / "snapshots" / commit
     shutil.copytree(folder, snapshot, dirs_exist_ok=True)

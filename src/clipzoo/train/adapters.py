@@ -26,53 +26,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ConfigError
+from ..models.composite import CompositeCLIP
+from ..models.spec import ConfigError
+from .checks import check_adapters
 
 __all__ = ["apply_adapters", "tower_modules", "merged_state_dict", "adapter_parameter_names", "check_adapters"]
-
-
-def check_adapters(adapters: Any) -> dict[str, dict[str, Any]]:
-    if not isinstance(adapters, Mapping):
-        raise ConfigError(f"adapters must be a table with image and/or text entries, got {type(adapters).__name__}")
-    out = {}
-    for side, spec in adapters.items():
-        if side not in ("image", "text"):
-            raise ConfigError(f"adapters: unknown tower {side!r}; use 'image' and/or 'text'")
-        if not isinstance(spec, Mapping) or not spec.get("method"):
-            raise ConfigError(f"adapters.{side} needs a method (lora, ia3, loha, lokr, oft, boft, vera, …)")
-        _check_peft_keys(side, spec)
-        out[side] = dict(spec)
-    return out
-
-
-def _check_peft_keys(side: str, spec: Mapping[str, Any]) -> None:
-    """When peft is installed: the method is a peft type and every other key a field of its config class."""
-    import dataclasses
-    import difflib
-
-    try:
-        from peft import PEFT_TYPE_TO_CONFIG_MAPPING
-    except ImportError:  # checked again (with an install hint) when the adapters are applied
-        return
-    method = str(spec["method"]).upper().replace("-", "_")
-    types = {str(getattr(k, "value", k)).upper(): v for k, v in PEFT_TYPE_TO_CONFIG_MAPPING.items()}
-    if method not in types:
-        near = difflib.get_close_matches(method, list(types), n=1, cutoff=0.6)
-        hint = f"; did you mean {near[0].lower()!r}?" if near else " (e.g. lora, ia3, loha, lokr, oft, boft, vera)"
-        raise ConfigError(f"adapters.{side}: unknown peft method {spec['method']!r}{hint}")
-    fields = [f.name for f in dataclasses.fields(types[method]) if f.name not in ("peft_type", "task_type")]
-    for key in spec:
-        if key != "method" and key not in fields:
-            near = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.6)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(f"adapters.{side}: unknown {method.lower()} option {key!r}{hint}")
 
 
 def tower_modules(module: nn.Module, side: str) -> list[nn.Module]:
     """The modules holding one tower's weights: for a composite model its tower; for an open_clip CLIP the visual
     tower, or the text transformer with its embeddings, final norm and projection."""
-    from .towers import CompositeCLIP
-
     if isinstance(module, CompositeCLIP):
         return [module.image if side == "image" else module.text]
     if side == "image":
@@ -159,10 +122,10 @@ def freeze_norm_stats(root: nn.Module) -> None:
     """BatchNorm layers whose parameters are all frozen normalise with (and keep) their running statistics,
     whatever ``train()`` says: a forward pre-hook puts them in eval mode (survives deepcopy, no new keys)."""
     for m in root.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
-            if not getattr(m, "_clipzoo_frozen", False):
-                m.register_forward_pre_hook(_keep_eval)
-                m._clipzoo_frozen = True
+        frozen = isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters())
+        if frozen and not getattr(m, "_clipzoo_frozen", False):
+            m.register_forward_pre_hook(_keep_eval)
+            m._clipzoo_frozen = True
 
 
 def adapter_parameter_names(module: nn.Module) -> list[str]:

@@ -9,21 +9,24 @@ import dataclasses
 import difflib
 import json
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ClipzooError
+from ..models.spec import ConfigError, check_towers
+from .checks import check_adapters, check_teacher
+
+try:  # optional: YAML configs
+    import yaml
+except ImportError:
+    yaml = None
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "table_option"]
 
 ALIASES = {"learning_rate": "lr", "wd": "weight_decay", "accum": "grad_accum", "accum_freq": "grad_accum",
            "train_data": "data", "warmup_steps": "warmup", "out": "output", "logs": "output"}
-
-
-class ConfigError(ClipzooError, ValueError):
-    """A training configuration that cannot be used: unknown key, bad value, mismatched resume."""
 
 
 @dataclass
@@ -32,7 +35,7 @@ class TrainConfig:
     model: "str | None" = None
     model_config: "dict[str, Any] | None" = None
     pretrained: bool = False  # start from the spec's weights (else: random init of its architecture)
-    towers: "dict[str, Any] | None" = None  # a compositional model: image / text towers + heads (train/towers.py)
+    towers: "dict[str, Any] | None" = None  # a compositional model: image / text towers + heads (models/spec.py)
     adapters: "dict[str, Any] | None" = None  # peft adapters per tower: {"image": {"method": "lora", ...}}
     teacher: "str | None" = None  # distil from this frozen model (any clipzoo.load spec or a trained folder)
     # data
@@ -135,7 +138,8 @@ def _validate(cfg: TrainConfig, source: str) -> None:
     checks = [
         (cfg.batch_size >= 1, f"batch_size must be at least 1, got {cfg.batch_size}"),
         (cfg.grad_accum >= 1, f"grad_accum must be at least 1, got {cfg.grad_accum}"),
-        (cfg.batch_size % cfg.grad_accum == 0, f"batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum}"),
+        (cfg.batch_size % cfg.grad_accum == 0,
+         f"batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum}"),
         (cfg.lr > 0, f"lr must be positive, got {cfg.lr}"),
         (cfg.precision in ("fp32", "bf16", "fp16"), f"precision must be fp32, bf16 or fp16, got {cfg.precision!r}"),
         (cfg.schedule in ("cosine", "constant"), f"schedule must be cosine or constant, got {cfg.schedule!r}"),
@@ -154,16 +158,11 @@ def _validate(cfg: TrainConfig, source: str) -> None:
             raise ConfigError(f"{source}: {message}")
     if cfg.towers is not None:
         if cfg.model or cfg.model_config:
-            raise ConfigError(f"{source}: set either towers (a compositional model) or model / model_config, not both")
-        from .towers import check_towers
-
+            raise ConfigError(f"{source}: set either towers (a compositional model) or model / model_config, "
+                              "not both")
         check_towers(cfg.towers)
     if cfg.adapters:
-        from .adapters import check_adapters
-
         check_adapters(cfg.adapters)
-    from .distill import check_teacher
-
     check_teacher(cfg, source)
 
 
@@ -177,14 +176,10 @@ def read_config_file(path: "str | os.PathLike") -> dict[str, Any]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
-            import tomllib
-
             data = tomllib.loads(text)
         elif suffix in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError:
-                raise ConfigError("YAML configs need PyYAML: pip install pyyaml (or write the config as TOML)") from None
+            if yaml is None:
+                raise ConfigError("YAML configs need PyYAML: pip install pyyaml (or write the config as TOML)")
             data = yaml.safe_load(text) or {}
         elif suffix == ".json":
             data = json.loads(text)

@@ -15,24 +15,27 @@ run would have seen, and ``N`` processes together see the batches one process wo
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..datasets import ShapesDataset
+from ..datasets.readers import open_dataset
+from ..datasets.records import decode_image
 from ..errors import ClipzooError, DatasetError
+from .recipes import class_captions, parse_shapes_spec
 
-__all__ = ["MemoryData", "StreamData", "render_shapes"]
+__all__ = ["MemoryData", "StreamData", "render_shapes", "shapes_data", "open_sources", "spread_groups"]
 
 
 # ------------------------------------------------------------------ generated shapes in memory
 def _render_range(args):
     n0, n1, seed, size, two = args
-    from ..datasets.shapes import ShapesDataset
-
     ds = ShapesDataset(n1, seed=seed, image_size=size, two_object_prob=two)
     images, captions, labels = [], [], []
     for i in range(n0, n1):
@@ -47,13 +50,29 @@ def render_shapes(n: int, seed: int = 0, image_size: int = 64, two_object_prob: 
     """``n`` generated samples as (uint8 images [n, S, S, 3], captions per sample, labels per sample)."""
     chunks = [(i, min(n, i + 500), seed, image_size, two_object_prob) for i in range(0, n, 500)]
     if workers > 1 and len(chunks) > 1:
-        import multiprocessing as mp
-
         with mp.get_context("fork").Pool(workers) as pool:
             parts = pool.map(_render_range, chunks)
     else:
         parts = [_render_range(c) for c in chunks]
-    return (np.concatenate([p[0] for p in parts]), [c for p in parts for c in p[1]], [l for p in parts for l in p[2]])
+    return (np.concatenate([p[0] for p in parts]), [c for p in parts for c in p[1]],
+            [label for p in parts for label in p[2]])
+
+
+def shapes_data(spec: str, model, seed: int = 0, workers: int = 2) -> "MemoryData":
+    """A :class:`MemoryData` of ``shapes:N[:SEED]`` / ``shapes-classes:N[:SEED]`` samples for ``model`` (a
+    :class:`~clipzoo.train.model.TrainModel`: its image size, normalisation and tokenizer)."""
+    n, data_seed, kind = parse_shapes_spec(spec)
+    size = model.preprocess_cfg["size"]
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    single = {"two_object_prob": 0.0} if kind == "shapes-classes" else {}  # else the generator's default
+    images, captions, labels = render_shapes(n, seed=data_seed, image_size=size, workers=max(1, workers), **single)
+    groups = None
+    if kind == "shapes-classes":
+        captions = [class_captions(lab) for lab in labels]
+        classes = {k: i for i, k in enumerate(sorted({lab["shape_color"] for lab in labels}))}
+        groups = [classes[lab["shape_color"]] for lab in labels]  # batches spread over the classes
+    return MemoryData(images, captions, model.tokenizer, model.preprocess_cfg["mean"], model.preprocess_cfg["std"],
+                      seed=seed, groups=groups)
 
 
 class MemoryData:
@@ -145,10 +164,6 @@ class _TrainStream(IterableDataset):
         self.buffer, self.strict = buffer, strict
 
     def __iter__(self):
-        from torch.utils.data import get_worker_info
-
-        from ..datasets.records import decode_image
-
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         order = list(range(len(self.shards)))
@@ -223,8 +238,6 @@ class StreamData:
         return torch.stack([p for p, _ in good]), tokens, errors
 
     def _source_iter(self, src, epoch, rank, world_size, per_rank):
-        from torch.utils.data import DataLoader
-
         stream = _TrainStream(src.shards, self.transform, self.tokenizer, self.seed, epoch, rank, world_size,
                               self.shuffle_buffer, self.strict)
         workers = max(0, min(self.workers, len(src.shards) // max(1, world_size)))
@@ -270,8 +283,7 @@ class StreamData:
 
 
 def open_sources(specs: Sequence[str], img_key=None, caption_key=None, separator=None) -> list:
-    from ..datasets.readers import open_dataset
-
+    """The readers' sources of the training data specs (a :class:`DatasetError` when there are none)."""
     if not specs:
         raise DatasetError("no training data: pass --data (a CSV, shards, TFRecord files or a folder) or a recipe")
     return [open_dataset(s, split="train", img_key=img_key, caption_key=caption_key, separator=separator)

@@ -20,25 +20,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError
+from ..api import load
+from ..comparator import Comparator
+from ..constants import OPENAI_MEAN, OPENAI_STD
+from ..models.spec import ConfigError
+from .checks import NEEDS_TEACHER, check_teacher, loss_key
+from .losses import LOSSES
 
-__all__ = ["Teacher", "NEEDS_TEACHER", "check_teacher", "attach_teacher", "fill_loss_options"]
-
-#: objectives that cannot run without teacher features (vicreg / barlow-twins fall back to image–text pairs,
-#: protoclip groups texts by the teacher's text features only when given)
-NEEDS_TEACHER = ("simreg", "simreg-l1", "simreg-smoothl1", "rkd", "compress-1q", "compress-2q", "seed", "dino",
-                 "protocpc")
-
-
-def _loss_key(name: str) -> str:
-    return name.strip().lower().replace("_", "-")
-
-
-def check_teacher(cfg, source: str = "config") -> None:
-    """A loss that distils needs ``teacher``."""
-    if _loss_key(cfg.loss) in NEEDS_TEACHER and not cfg.teacher:
-        raise ConfigError(f"{source}: loss {cfg.loss!r} distils from a teacher: set the `teacher` key "
-                          "(a registry spec or a trained model folder, e.g. teacher = \"runs/big/model\" in the config file)")
+__all__ = ["Teacher", "NEEDS_TEACHER", "check_teacher", "load_teacher", "attach_teacher", "teacher_targets",
+           "fill_loss_options", "student_dim"]
 
 
 def _normalize_of(comparator) -> "tuple[Sequence[float], Sequence[float]]":
@@ -53,8 +43,6 @@ def _normalize_of(comparator) -> "tuple[Sequence[float], Sequence[float]]":
     processor = getattr(transform, "processor", None) or getattr(comparator, "image_processor", None)
     if processor is not None and getattr(processor, "image_mean", None) is not None:
         return processor.image_mean, processor.image_std
-    from .model import OPENAI_MEAN, OPENAI_STD
-
     return OPENAI_MEAN, OPENAI_STD
 
 
@@ -111,14 +99,7 @@ def load_teacher(spec: Any, student_mean, student_std, device) -> Teacher:
     """``spec``: a loaded Comparator, a :class:`Teacher`, or anything ``clipzoo.load`` takes."""
     if isinstance(spec, Teacher):
         return spec
-    from ..comparator import Comparator
-
-    if isinstance(spec, Comparator):
-        comparator = spec
-    else:
-        from ..factory import load
-
-        comparator = load(str(spec), device=str(device))
+    comparator = spec if isinstance(spec, Comparator) else load(str(spec), device=str(device))
     return Teacher(comparator, student_mean, student_std, device)
 
 
@@ -131,12 +112,19 @@ def attach_teacher(data, teacher: Teacher) -> None:
     attach(teacher.tokenize)
 
 
+def teacher_targets(teacher: "Teacher | None", images: torch.Tensor, batch: tuple) -> dict[str, Any]:
+    """The objective's teacher inputs for a batch: the frozen teacher's features of the same images (and of the
+    captions tokenised for it, the batch's third element); none without a teacher."""
+    if teacher is None:
+        return {}
+    t_img, t_txt = teacher.features(images, batch[2] if len(batch) > 2 else None)
+    return {"teacher_image_features": t_img, "teacher_text_features": t_txt}
+
+
 def fill_loss_options(name: str, options: dict[str, Any], student_dim: "int | None", teacher_dim: "int | None"
                       ) -> dict[str, Any]:
     """Fill the widths a stateful objective needs (``dim``, ``student_dim``, ``teacher_dim``) when not given."""
-    from .losses import LOSSES
-
-    key = _loss_key(name)
+    key = loss_key(name)
     cls = LOSSES.get("infonce" if key in ("clip", "clip-loss") else key)
     if cls is None:
         return options

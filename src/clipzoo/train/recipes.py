@@ -9,9 +9,11 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, TrainConfig
+from ..datasets import write_shapes
+from ..datasets.shapes_spec import POSITION_PHRASES
+from .config import ConfigError, TrainConfig, from_mapping
 
-__all__ = ["RECIPES", "recipe_config", "shapes_data", "write_heldout"]
+__all__ = ["RECIPES", "recipe_config", "parse_shapes_spec", "class_captions", "write_heldout", "SHAPES_KINDS"]
 
 TINY_SHAPES_MODEL: dict[str, Any] = {
     "embed_dim": 64,
@@ -41,8 +43,6 @@ def recipe_config(name: str) -> TrainConfig:
         near = difflib.get_close_matches(name, list(RECIPES), n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         raise ConfigError(f"unknown recipe {name!r}{hint} (recipes: {', '.join(RECIPES)})")
-    from .config import from_mapping
-
     return from_mapping(RECIPES[name], f"recipe {name}")
 
 
@@ -75,34 +75,12 @@ def class_captions(labels: dict[str, str]) -> list[str]:
     on the 77 shape × colour classes after 1,200 steps. Captions that name mostly colour and shape make
     shape the thing to learn (88 % after 600 steps, same model and batch).
     """
-    from ..datasets.shapes import _POS_ON
-
     c, s, z, p = labels["color"], labels["shape"], labels["size"], labels["position"]
-    return [f"a {c} {s}.", f"a photo of a {c} {s}.", f"{c} {s}", f"a {c} {s} {_POS_ON[p]}", f"a {z} {c} {s}"]
-
-
-def shapes_data(spec: str, model, seed: int = 0, workers: int = 2):
-    """A :class:`MemoryData` of ``shapes:N[:SEED]`` / ``shapes-classes:N[:SEED]`` samples for ``model``."""
-    from .data import MemoryData, render_shapes
-
-    n, data_seed, kind = parse_shapes_spec(spec)
-    size = model.preprocess_cfg["size"]
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    single = {"two_object_prob": 0.0} if kind == "shapes-classes" else {}  # else the generator's default
-    images, captions, labels = render_shapes(n, seed=data_seed, image_size=size, workers=max(1, workers), **single)
-    groups = None
-    if kind == "shapes-classes":
-        captions = [class_captions(lab) for lab in labels]
-        classes = {k: i for i, k in enumerate(sorted({lab["shape_color"] for lab in labels}))}
-        groups = [classes[lab["shape_color"]] for lab in labels]  # batches spread over the classes
-    return MemoryData(images, captions, model.tokenizer, model.preprocess_cfg["mean"], model.preprocess_cfg["std"],
-                      seed=seed, groups=groups)
+    return [f"a {c} {s}.", f"a photo of a {c} {s}.", f"{c} {s}", f"a {c} {s} {POSITION_PHRASES[p]}", f"a {z} {c} {s}"]
 
 
 def write_heldout(spec: str, folder: "str | Path", image_size: int) -> str:
     """``shapes-heldout:N`` -> a folder of N single-object shapes labelled by shape × colour (seed 12345)."""
-    from ..datasets import write_shapes
-
     try:
         n = int(spec.split(":")[1])
     except (IndexError, ValueError):

@@ -10,14 +10,17 @@ filesystems whose move is atomic, and at worst a stray ``.tmp-*`` object is left
 from __future__ import annotations
 
 import io
+import json
 import os
 import posixpath
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..files import url_filesystem
 from .config import ConfigError
 
-__all__ = ["Location", "MetricsLog", "is_remote", "torch_load_url", "url_exists"]
+__all__ = ["Location", "MetricsLog", "is_remote", "torch_load_url", "url_exists", "scratch_dir"]
 
 
 def _protocol(url: str) -> "str | None":
@@ -44,8 +47,6 @@ class Location:
             self.fs = None
             self.path = str(self.local)
             return
-        from ..files import url_filesystem
-
         self.fs, self.path = url_filesystem(text, ConfigError)
         self.local = None
         self.path = self.path.rstrip("/")
@@ -180,9 +181,6 @@ class MetricsLog:
     """
 
     def __init__(self, url: str, resume_step: "int | None"):
-        import json
-
-        self._json = json
         self.url = url
         loc = Location(url)
         if loc.local is not None:
@@ -198,15 +196,26 @@ class MetricsLog:
                 except ValueError:
                     continue
         self.lines = kept
-        self.folder.write_text(self.name, "".join(l + "\n" for l in kept))
+        self.folder.write_text(self.name, "".join(line + "\n" for line in kept))
 
     def add(self, record: dict) -> None:
-        line = self._json.dumps(record, default=float)
+        line = json.dumps(record, default=float)
         self.lines.append(line)
         if not self.folder.remote:
             self.folder.append_text(self.name, line + "\n")
 
     def flush(self) -> None:
         if self.folder.remote:
-            self.folder.write_text(self.name, "".join(l + "\n" for l in self.lines))
+            self.folder.write_text(self.name, "".join(line + "\n" for line in self.lines))
 
+
+
+_SCRATCH: dict[str, str] = {}
+
+
+def scratch_dir(output: str) -> str:
+    """A local folder (one per run output) for what a remote run stages before upload (tensorboard events,
+    held-out images)."""
+    if output not in _SCRATCH:
+        _SCRATCH[output] = tempfile.mkdtemp(prefix="clipzoo-run-")
+    return _SCRATCH[output]

@@ -82,7 +82,9 @@ class CompRess2qLoss(_CompRessBase):
                 teacher_text_features=None, **_):
         s, t = self._pair(self.modality, image_features, text_features, teacher_image_features, teacher_text_features)
         s, t = F.normalize(s, dim=1), F.normalize(t, dim=1)
-        loss = self._kl(s, t, self.student_queue.queue.clone().to(s.dtype), self.teacher_queue.queue.clone().to(t.dtype))
+        queued_s = self.student_queue.queue.clone().to(s.dtype)
+        queued_t = self.teacher_queue.queue.clone().to(t.dtype)
+        loss = self._kl(s, t, queued_s, queued_t)
         self.teacher_queue.enqueue(all_gather_no_grad(t))
         self.student_queue.enqueue(all_gather_no_grad(s))
         return {"loss": loss}

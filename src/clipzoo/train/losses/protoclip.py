@@ -106,7 +106,10 @@ class ProtoCLIPLoss(Objective):
         """Episode end: k-means on the (gathered) episode features and back-translated prototypes."""
         img = F.normalize(all_gather_no_grad(image_features.float()), dim=1)
         txt = F.normalize(all_gather_no_grad(text_features.float()), dim=1)
-        grp = txt if teacher_text_features is None else F.normalize(all_gather_no_grad(teacher_text_features.float()), dim=1)
+        if teacher_text_features is None:
+            grp = txt
+        else:
+            grp = F.normalize(all_gather_no_grad(teacher_text_features.float()), dim=1)
         k, seed = self.num_prototypes, self.seed + int(self.episode)
         ci, li = spherical_kmeans(img, k, iters=self.kmeans_iters, seed=seed)
         ct, lt = spherical_kmeans(grp, k, iters=self.kmeans_iters, seed=seed + 1)

@@ -6,7 +6,7 @@ Layout of an index folder::
       index.sqlite          items (id, relpath, size, mtime, sha256, caption, partition, shard, row),
                             skipped files, and meta (model spec, dim, root folder, generation)
       shards/<name>.npy     float32 [rows, dim], L2-normalised; written once, never modified
-      vectors/…             the FAISS files and vectors.json (see :mod:`clipzoo.index.search`)
+      vectors/…             the vector store files and vectors.json (see :mod:`clipzoo.index.vector_files`)
 
 Write order makes a crash at any instant harmless:
 
@@ -15,8 +15,9 @@ Write order makes a crash at any instant harmless:
    refers to ``(shard, row)``; the transaction also bumps ``generation``.
 
 A shard that no committed row refers to is an orphan (a crash between 1 and 2, or rows since replaced)
-and is deleted by :meth:`EmbeddingStore.cleanup`; a temporary ``*.part`` file likewise. The FAISS files
-are derived data, rebuilt from the committed rows whenever their recorded generation differs.
+and is deleted by :meth:`EmbeddingStore.cleanup`; a temporary ``*.part`` file likewise. The vector files
+are derived data, rebuilt from the committed rows whenever their recorded generation differs
+(:func:`clipzoo.index.vector_files.refresh_vectors`).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ import numpy as np
 
 from ..errors import ClipzooError, NotFoundError
 from ..files import atomic_write
+from ..registry import REGISTRY
 
 __all__ = ["EmbeddingStore", "ItemRow", "DB_NAME", "SHARD_DIR", "SCHEMA_VERSION"]
 
@@ -172,6 +174,11 @@ class EmbeddingStore:
                                      "ORDER BY partition").fetchall()
         return [r[0] for r in rows]
 
+    def has_root_items(self) -> bool:
+        """Whether some item sits in no partition (a file directly in the indexed folder)."""
+        with self._lock:
+            return self.conn.execute("SELECT 1 FROM items WHERE partition IS NULL LIMIT 1").fetchone() is not None
+
     def files(self) -> dict[str, tuple[int, int, int, str, str | None]]:
         """relpath -> (id, size, mtime_ns, sha256, caption) of every item."""
         with self._lock:
@@ -273,8 +280,6 @@ class EmbeddingStore:
             same = False
             if old_alias and spec != old_spec:
                 if alias is None:
-                    from ..registry import REGISTRY
-
                     try:
                         alias = REGISTRY.resolve(spec).alias
                     except ClipzooError:

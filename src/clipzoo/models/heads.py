@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ConfigError
+from .spec import ConfigError
 
 __all__ = ["build_head", "DINOHead", "HEAD_KINDS"]
 

@@ -1,0 +1,121 @@
+"""The composition root: ``clipzoo.load`` (any spec -> a ready Comparator) and ``clipzoo.list_models``.
+
+The only module that knows the registry, the backends and the runtimes together. A load goes:
+spec -> card (:data:`~clipzoo.registry.REGISTRY`) -> backend decided (:func:`resolve_backend`) ->
+``backends.<name>.load(card, …)`` -> a runtime wraps it when one other than eager is asked for.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from .backends import get_backend
+from .cards import ModelCard, Source
+from .checkpoints import read_json, sniff_folder
+from .download import fetch_remote, hub_file, remote_protocol
+from .errors import ClipzooError, ModelNotCachedError
+from .packing import materialise
+from .registry import REGISTRY, list_models
+from .runtime import EAGER_NAMES, apply_runtime
+
+if TYPE_CHECKING:  # a Comparator module imports torch; api itself stays importable without it
+    from .comparator import Comparator
+
+__all__ = ["load", "list_models", "resolve_card", "resolve_backend"]
+
+
+def load(spec: "str | ModelCard | os.PathLike", device: str = "cpu", precision: str = "fp32",
+         cache_dir: "str | os.PathLike | None" = None, trust_pickle: bool = False, runtime: str = "eager",
+         **kwargs: Any) -> Comparator:
+    """Load a model by any spec form and return its Comparator.
+
+    spec: ``"[clip - openai - ViT-B/32]"`` | ``"openai/ViT-B-32"`` | ``"open_clip:ViT-B-32/laion2b_s34b_b79k"``
+    | ``"hf-hub:org/name"`` | a local file (.pt/.pth/.bin/.safetensors, OpenAI TorchScript) | a local folder
+    | a file or folder at an fsspec URL (``s3://bucket/run/model``; copied into ``cache_dir`` once).
+    Extra keywords go to the backend (e.g. ``model_name="ViT-B-32"`` for a bare open_clip state dict).
+    ``runtime``: ``"eager"`` (default), ``"compile"``, ``"onnx"``, ``"int8"`` (``"onnx-int8"``,
+    ``"torch-int8"``) — see :mod:`clipzoo.runtime`. ONNX runtimes export once into ``cache_dir``/onnx.
+    """
+    card = resolve_card(spec, cache_dir, hf_class=kwargs.get("hf_class"))
+    if card.backend == "clap":
+        kwargs.pop("hf_class", None)  # "ClapModel" named through the transformers backend's keyword
+    options = {"device": str(device), "precision": precision, "cache_dir": cache_dir, "trust_pickle": trust_pickle}
+
+    def build(**overrides: Any) -> Comparator:
+        return _build(card, {**options, **overrides}, kwargs)
+
+    if runtime is None or str(runtime).strip().lower() in EAGER_NAMES:
+        return build()
+    return apply_runtime(runtime, card, build, device=str(device), precision=precision, cache_dir=cache_dir,
+                         load_kwargs=kwargs)
+
+
+def resolve_card(spec: "str | ModelCard | os.PathLike", cache_dir=None, hf_class: str | None = None) -> ModelCard:
+    """The card ``spec`` names, with its backend decided and its files local where they must be (an fsspec
+    URL copied into the cache, the embedded model unpacked)."""
+    if isinstance(spec, str) and remote_protocol(spec.strip()):
+        spec = str(fetch_remote(spec.strip(), cache_dir))  # s3://, gs://, …: a local copy, then as a path
+    card = REGISTRY.resolve(spec)
+    if card.config.get("embedded"):
+        card = card.replace(source=Source(path=str(materialise(card.config["embedded"], cache_dir))))
+    return resolve_backend(card, cache_dir, hf_class)
+
+
+def _build(card: ModelCard, options: dict[str, Any], kwargs: dict[str, Any]) -> Comparator:
+    backend = get_backend(card.backend)
+    if getattr(backend, "NEEDS_LOADER", False):  # it loads a second model (an image side): it gets ours
+        kwargs = {"loader": load, **kwargs}
+    return backend.load(card, **options, **kwargs)
+
+
+def resolve_backend(card: ModelCard, cache_dir, hf_class: str | None = None) -> ModelCard:
+    """Decide the backend of a card whose backend is 'auto' (local paths, unknown hub repos), and send a
+    transformers folder whose config.json is CLAP's to the clap backend."""
+    if card.backend == "auto":
+        card = card.replace(backend=_sniff_backend(card, cache_dir))
+    hf_class = hf_class or card.config.get("hf_class")
+    if card.backend == "transformers" and hf_class in (None, "ClapModel") and _model_type(card, cache_dir) == "clap":
+        card = card.replace(backend="clap")
+    return card
+
+
+def _sniff_backend(card: ModelCard, cache_dir) -> str:
+    src = card.source
+    if src.path:
+        return sniff_folder(src.path) if os.path.isdir(src.path) else "open_clip"
+    if not src.hf_repo:
+        return "open_clip"  # a URL, or an open_clip pair
+    try:
+        hub_file(src.hf_repo, "open_clip_config.json", cache_dir)
+        return "open_clip"
+    except ModelNotCachedError as exc:
+        if not getattr(exc, "missing_file", False) and not _any_cached(src.hf_repo, cache_dir):
+            raise exc from None  # offline, and no other backend's files are cached either
+    if _any_cached(src.hf_repo, cache_dir, ("modules.json",)):
+        return "sentence_transformers"
+    return "transformers"
+
+
+def _any_cached(repo: str, cache_dir, names=("config.json", "modules.json")) -> bool:
+    for name in names:
+        try:
+            hub_file(repo, name, cache_dir)
+            return True
+        except ModelNotCachedError:
+            continue
+    return False
+
+
+def _model_type(card: ModelCard, cache_dir) -> str | None:
+    """``model_type`` in a transformers model's config.json (None when it cannot be read here: the backend
+    then reports the problem in its own words)."""
+    try:
+        if card.source.path:
+            config = os.path.join(card.source.path, "config.json")
+        elif card.source.hf_repo:
+            config = hub_file(card.source.hf_repo, "config.json", cache_dir)
+        else:
+            return None
+        return read_json(config).get("model_type")
+    except (ClipzooError, OSError, ValueError, AttributeError):
+        return None

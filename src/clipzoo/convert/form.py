@@ -1,0 +1,30 @@
+"""A model in open_clip's terms (:class:`OpenClipForm`): what every checkpoint target but ONNX is written from."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class OpenClipForm:
+    """A model in open_clip's terms: weights, model config, preprocessing config."""
+
+    state_dict: dict[str, torch.Tensor]
+    model_cfg: dict[str, Any]
+    preprocess_cfg: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def config_json(self) -> dict[str, Any]:
+        return {"model_cfg": self.model_cfg, "preprocess_cfg": plain_preprocess(self.preprocess_cfg)}
+
+
+def plain_preprocess(pre: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-able preprocessing fields open_clip's config file takes (a square size as ``[s, s]``)."""
+    keep = ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color")
+    out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in pre.items() if k in keep and v is not None}
+    if isinstance(out.get("size"), int):
+        out["size"] = [out["size"], out["size"]]
+    return out

@@ -1,0 +1,97 @@
+"""CSV / TSV data sets: rows -> records (several rows naming one image are one record with several captions)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+from ..errors import DatasetError
+from .locations import exists, join_url, open_binary, parent_url, read_text
+from .records import Record
+from .shards import SampleFields
+
+__all__ = ["CSV_IMAGE_COLUMNS", "CSV_CAPTION_COLUMNS", "read_csv_records", "default_csv_label"]
+
+CSV_IMAGE_COLUMNS = ("filepath", "image", "image_path", "path", "file", "url")
+CSV_CAPTION_COLUMNS = ("caption", "title", "text", "txt")
+
+
+def read_csv_records(path: str, img_key: "str | None" = None, caption_key: "str | None" = None,
+                     label_key: "str | None" = None, separator: "str | None" = None,
+                     classnames: "list[str] | None" = None) -> tuple[list[Record], "list[str] | None"]:
+    """Rows of a CSV/TSV -> records; rows naming the same image are one record with several captions.
+
+    ``img_key`` / ``caption_key`` left out: the first of :data:`CSV_IMAGE_COLUMNS` /
+    :data:`CSV_CAPTION_COLUMNS` present (no caption column is fine then); a named column must exist.
+    Relative image paths are resolved against the CSV's folder. A label column of class names
+    is mapped through ``classnames`` (or, when none are given, the sorted distinct names).
+    """
+    if separator is None:
+        separator = "\t" if path.lower().endswith((".tsv", ".tab")) else ","
+    try:
+        text = read_text(path)
+    except FileNotFoundError:
+        raise DatasetError(f"CSV file {path!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(f"cannot read CSV file {path!r}: {err}") from None
+    reader = csv.DictReader(io.StringIO(text), delimiter=separator)
+    columns = reader.fieldnames or []
+    if img_key is None:  # not named: the usual names (open_clip's "filepath" first)
+        img_key = next((c for c in CSV_IMAGE_COLUMNS if c in columns), "filepath")
+    if caption_key is None:  # optional unless named
+        caption_key = next((c for c in CSV_CAPTION_COLUMNS if c in columns), None)
+    for key, flag in ((img_key, "--img-key"), (caption_key, "--caption-key"), (label_key, "--label-key")):
+        if key is not None and key not in columns:
+            sep_name = "tab" if separator == "\t" else repr(separator)
+            raise DatasetError(f"CSV file {path!r} has no column {key!r} (columns: {', '.join(columns) or 'none'}; "
+                               f"separator {sep_name}); name the right column with {flag}")
+    base = parent_url(path) or ""
+    by_image: dict[str, Record] = {}
+    raw_labels: list[str] = []
+    for line, row in enumerate(reader, start=2):
+        image = (row.get(img_key) or "").strip()
+        if not image:
+            raise DatasetError(f"{path}:{line}: empty {img_key!r} cell")
+        if "://" not in image and not os.path.isabs(image):
+            image = join_url(base, image) if base else image
+        rec = by_image.get(image)
+        if rec is None:
+            rec = by_image[image] = Record(key=os.path.basename(image).rsplit(".", 1)[0], image=image, source=image)
+            rec.meta["line"] = line
+            if label_key is not None:
+                raw_labels.append((row.get(label_key) or "").strip())
+        if caption_key is not None and (row.get(caption_key) or "").strip():
+            rec.captions.append(row[caption_key].strip())
+    records = list(by_image.values())
+    names = classnames
+    if label_key is not None:
+        numeric = all(v.lstrip("-").isdigit() for v in raw_labels)
+        if not numeric and names is None:
+            names = sorted(set(raw_labels))
+        fields = SampleFields(classnames=names)
+        for rec, value in zip(records, raw_labels):
+            if value == "":
+                raise DatasetError(f"{path}:{rec.meta['line']}: empty {label_key!r} cell")
+            rec.label = fields.label_of(value, f"{path}:{rec.meta['line']}")
+    return records, names
+
+
+def default_csv_label(path: str, folder: str, separator: "str | None") -> "str | None":
+    """A label column when none is named: the shapes manifest's label key, else label / class / cls."""
+    if separator is None:
+        separator = "\t" if path.lower().endswith((".tsv", ".tab")) else ","
+    try:
+        with open_binary(path) as fh:
+            header = next(csv.reader([fh.readline().decode("utf-8-sig")], delimiter=separator), [])
+    except (OSError, UnicodeDecodeError):
+        return None  # read_csv_records reports the problem
+    manifest = join_url(folder, "manifest.json")
+    if exists(manifest):
+        try:
+            key = json.loads(read_text(manifest)).get("params", {}).get("label_key")
+        except ValueError:
+            key = None
+        if key in header:
+            return key
+    return next((c for c in ("label", "class", "cls") if c in header), None)

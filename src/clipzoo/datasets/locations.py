@@ -1,0 +1,121 @@
+"""Where data lives: local paths and fsspec URLs (``s3://``, ``gs://``, ``https://`` …) behind one set of helpers.
+
+Each helper takes a local path or a URL; URLs go through :func:`clipzoo.files.url_filesystem`, so a missing
+fsspec backend (``s3fs``, ``gcsfs``) is a one-line :class:`~clipzoo.errors.DatasetError`.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from ..errors import DatasetError
+from ..files import url_filesystem as files_url_filesystem
+
+__all__ = ["TFRECORD_SUFFIXES", "open_binary", "url_filesystem", "join_url", "exists", "isdir", "listdir",
+           "file_size", "read_text", "expand_urls", "is_tfrecord", "find_sidecar", "parent_url"]
+
+TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec", ".tfrecord.gz", ".tfrecords.gz", ".tfrec.gz")
+
+
+def open_binary(url: str):
+    """A binary file object for reading a local path, ``file://`` path or fsspec URL."""
+    if "://" in url and not url.startswith("file://"):
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    return open(url[7:] if url.startswith("file://") else url, "rb")
+
+
+def url_filesystem(url: str):
+    """``(filesystem, path)`` of a URL; a missing fsspec backend raises :class:`DatasetError`."""
+    return files_url_filesystem(url, DatasetError)
+
+
+def join_url(base: str, *parts: str) -> str:
+    """``base/part/…`` (``/`` for URLs, ``os.path.join`` for local paths)."""
+    if "://" in base:
+        return "/".join([base.rstrip("/"), *parts])
+    return os.path.join(base, *parts)
+
+
+def exists(url: str) -> bool:
+    if "://" not in url:
+        return os.path.exists(url)
+    fs, path = url_filesystem(url)
+    return fs.exists(path)
+
+
+def isdir(url: str) -> bool:
+    if "://" not in url:
+        return os.path.isdir(url)
+    fs, path = url_filesystem(url)
+    return fs.isdir(path)
+
+
+def listdir(url: str) -> list[str]:
+    """Full URLs / paths of the entries of a folder, sorted."""
+    if "://" not in url:
+        return sorted(os.path.join(url, n) for n in os.listdir(url))
+    fs, path = url_filesystem(url)
+    protocol = url.split("://", 1)[0]
+    out = []
+    for p in fs.ls(path, detail=False):
+        p = p if "://" in p else f"{protocol}://{p.lstrip('/')}" if protocol != "file" else p
+        out.append(p)
+    return sorted(out)
+
+
+def expand_urls(spec: "str | Sequence[str]") -> list[str]:
+    """Brace-expand (``shard-{000..009}.tar``) and glob a shard spec (or list of specs) into URLs."""
+    from braceexpand import braceexpand
+
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for s in specs:
+        for u in braceexpand(s):
+            if any(c in u for c in "*?["):
+                fs, path = url_filesystem(u)
+                matches = sorted(fs.glob(path))
+                if not matches:
+                    raise DatasetError(f"no files match {u!r}")
+                protocol = u.split("://", 1)[0] if "://" in u else None
+                out.extend(m if protocol in (None, "file") else f"{protocol}://{m.lstrip('/')}" for m in matches)
+            else:
+                out.append(u)
+    return out
+
+
+def is_tfrecord(url: str) -> bool:
+    """Whether ``url`` names a TFRecord file (:data:`TFRECORD_SUFFIXES`)."""
+    return url.lower().endswith(TFRECORD_SUFFIXES)
+
+
+def find_sidecar(folder: str, name: str) -> "str | None":
+    """The file ``name`` in ``folder`` or one folder up (CLIP_benchmark's layout), else None."""
+    for base in (folder, parent_url(folder)):
+        if base is None:
+            continue
+        path = join_url(base, name)
+        if exists(path):
+            return path
+    return None
+
+
+def parent_url(url: str) -> "str | None":
+    """The folder holding ``url`` (None at the top of a bucket or filesystem)."""
+    stripped = url.rstrip("/")
+    parent = stripped.rsplit("/", 1)[0] if "://" in stripped else os.path.dirname(stripped)
+    return parent if parent and parent != stripped and not parent.endswith(":/") else None
+
+
+def file_size(url: str) -> int:
+    if "://" not in url:
+        return os.path.getsize(url)
+    fs, path = url_filesystem(url)
+    return fs.size(path)
+
+
+def read_text(url: str) -> str:
+    """A UTF-8 file's text (a byte-order mark dropped)."""
+    with open_binary(url) as fh:
+        return fh.read().decode("utf-8-sig")

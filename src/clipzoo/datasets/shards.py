@@ -1,0 +1,228 @@
+"""Shards of records: a list known up front (image folder, CSV), a webdataset tar, a TFRecord file,
+and :class:`DataSource`, the data set they make up."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import DatasetError
+from .locations import open_binary
+from .records import IMAGE_EXTENSIONS, Record
+from .tfrecord import iter_tfrecord_records
+
+__all__ = ["CAPTION_EXTENSIONS", "LABEL_EXTENSIONS", "ListShard", "SampleFields", "split_member", "TarShard",
+           "TFRecordShard", "DataSource", "chunk"]
+
+CAPTION_EXTENSIONS = ("txt", "caption", "text")
+LABEL_EXTENSIONS = ("cls", "label")
+
+
+# ------------------------------------------------------------------ shards
+@dataclass
+class ListShard:
+    """Records known up front (image folder, CSV)."""
+
+    name: str
+    records: list[Record]
+
+    def __call__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+@dataclass
+class SampleFields:
+    """Which member / JSON field of a sample holds the image, the captions and the label."""
+
+    image: "str | None" = None
+    caption: "str | None" = None
+    label: "str | None" = None
+    classnames: "list[str] | None" = None
+    multi_caption: bool = True  # a caption text holds one caption per line (CLIP_benchmark retrieval sets)
+
+    def label_of(self, value: Any, where: str) -> "int | None":
+        if value is None:
+            return None
+        if isinstance(value, bytes):
+            value = value.decode("utf-8").strip()
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+            if value is None:
+                return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return int(value)
+        text = str(value).strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        if self.classnames is None:
+            raise DatasetError(f"{where}: label {text!r} is a class name but no class names are known; "
+                               f"add classnames.txt next to the data or pass --classnames")
+        try:
+            return self.classnames.index(text)
+        except ValueError:
+            raise DatasetError(f"{where}: label {text!r} is not one of the {len(self.classnames)} class names "
+                               f"({', '.join(self.classnames[:6])}{', …' if len(self.classnames) > 6 else ''}); "
+                               f"the class names do not match the data") from None
+
+    def captions_of(self, value: Any) -> list[str]:
+        if value is None:
+            return []
+        if isinstance(value, bytes):
+            value = value.decode("utf-8")
+        if isinstance(value, (list, tuple)):
+            return [str(v) for v in value]
+        text = str(value)
+        lines = text.splitlines() if self.multi_caption else [text]
+        return [ln.strip() for ln in lines if ln.strip()]
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """webdataset convention: key = path up to the first '.' of the basename; extension = the rest."""
+    directory, base = posixpath.split(name)
+    stem, dot, ext = base.partition(".")
+    return posixpath.join(directory, stem) if directory else stem, ext.lower()
+
+
+@dataclass
+class TarShard:
+    """One webdataset tar (local or URL): members ``KEY.ext`` grouped into samples."""
+
+    url: str
+    fields: SampleFields = field(default_factory=SampleFields)
+
+    @property
+    def name(self) -> str:
+        return self.url
+
+    def __call__(self) -> Iterator[Record]:
+        try:
+            fh = open_binary(self.url)
+        except FileNotFoundError:
+            raise DatasetError(f"shard {self.url!r} does not exist") from None
+        with fh:
+            try:
+                with tarfile.open(fileobj=fh, mode="r|*") as tar:
+                    key, parts = None, {}
+                    for member in tar:
+                        if not member.isfile():
+                            continue
+                        k, ext = split_member(member.name)
+                        if k != key and parts:
+                            yield self._record(key, parts)
+                            parts = {}
+                        key = k
+                        data = tar.extractfile(member)
+                        parts[ext] = data.read() if data is not None else b""
+                    if parts:
+                        yield self._record(key, parts)
+            except (tarfile.TarError, EOFError, OSError) as err:
+                raise DatasetError(f"shard {self.url!r} is not a readable tar file ({err}); "
+                                   f"it may be truncated — rewrite it") from None
+
+    def _record(self, key: str, parts: dict[str, bytes]) -> Record:
+        f = self.fields
+        where = f"{self.url}:{key}"
+        meta: dict[str, Any] = {}
+        if "json" in parts:
+            try:
+                meta = json.loads(parts["json"].decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                raise DatasetError(f"{where}.json is not valid JSON") from None
+            if not isinstance(meta, dict):
+                meta = {"json": meta}
+        image_ext = f.image or next((e for e in IMAGE_EXTENSIONS if e in parts), None)
+        image = parts.get(image_ext) if image_ext else None
+        if f.image and image is None:
+            raise DatasetError(f"{where}: no member {key}.{f.image}; the sample has {', '.join(sorted(parts))} "
+                               f"(choose the image with --img-key)")
+        captions = self._field(parts, meta, f.caption, CAPTION_EXTENSIONS, where, "caption", "--caption-key")
+        label = self._field(parts, meta, f.label, LABEL_EXTENSIONS, where, "label", "--label-key")
+        return Record(key=key, image=image, captions=f.captions_of(captions), label=f.label_of(label, where),
+                      source=f"{where}.{image_ext}" if image_ext else where, meta=meta)
+
+    @staticmethod
+    def _field(parts, meta, name, defaults, where, what, flag):
+        if name is None:
+            ext = next((e for e in defaults if e in parts), None)
+            return parts.get(ext) if ext else None
+        if name in parts:
+            return parts[name]
+        if name in meta:
+            return meta[name]
+        raise DatasetError(f"{where}: no {what} {name!r}: the sample has members {', '.join(sorted(parts))}"
+                           + (f" and JSON fields {', '.join(sorted(meta))}" if meta else "") + f" (set {flag})")
+
+
+@dataclass
+class TFRecordShard:
+    """One TFRecord file of ``tf.train.Example``s (see :mod:`clipzoo.datasets.tfrecord`)."""
+
+    url: str
+    fields: SampleFields = field(default_factory=SampleFields)
+
+    @property
+    def name(self) -> str:
+        return self.url
+
+    def __call__(self) -> Iterator[Record]:
+        f = self.fields
+        for rec in iter_tfrecord_records(self.url, image_key=f.image, caption_key=f.caption, label_key=f.label):
+            captions = rec.captions
+            if f.multi_caption and len(captions) == 1:
+                captions = f.captions_of(captions[0])
+            label = rec.label if rec.label is None or isinstance(rec.label, int) else f.label_of(rec.label, rec.source)
+            yield Record(key=rec.key, image=rec.image, captions=captions, label=label, source=rec.source,
+                         meta=rec.meta)
+
+
+# ------------------------------------------------------------------ the data source
+@dataclass
+class DataSource:
+    """A data set: shards of records, plus what the data set says about itself."""
+
+    name: str
+    shards: list[Callable[[], Iterator[Record]]]
+    classnames: "list[str] | None" = None
+    templates: "list[str] | None" = None
+    kind: str = "classification"  # or "retrieval"
+    location: str = ""
+    size: "int | None" = None  # known for folders and CSV; None for streamed shards
+
+    def __iter__(self) -> Iterator[Record]:
+        for shard in self.shards:
+            yield from shard()
+
+    def __repr__(self) -> str:
+        size = "?" if self.size is None else self.size
+        classes = "" if self.classnames is None else f", {len(self.classnames)} classes"
+        return f"DataSource({self.name!r}, {size} samples in {len(self.shards)} shards{classes}, kind={self.kind!r})"
+
+    def fingerprint(self) -> str:
+        """Identifies the data for caches: location, shards and their sizes / mtimes where known."""
+        h = hashlib.sha256(f"{self.location}|{self.size}".encode())
+        for s in self.shards:
+            name = getattr(s, "name", repr(s))
+            h.update(name.encode())
+            if isinstance(s, ListShard):
+                for r in s.records:
+                    h.update(f"{r.image if isinstance(r.image, str) else r.key}|{r.label}|{r.captions}".encode())
+            elif "://" not in name:
+                try:
+                    st = os.stat(name)
+                    h.update(f"{st.st_size}|{st.st_mtime_ns}".encode())
+                except OSError:
+                    pass
+        return h.hexdigest()[:16]
+
+
+def chunk(records: list[Record], name: str, shard_size: int) -> list[ListShard]:
+    return [ListShard(f"{name}[{i}:{i + shard_size}]", records[i:i + shard_size])
+            for i in range(0, len(records), shard_size)]

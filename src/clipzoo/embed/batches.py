@@ -1,0 +1,53 @@
+"""Batches through the model: images from the DataLoader, texts in chunks; each yields
+``(names, float32 rows, skipped)`` and advances the progress bar."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import BadImageError, ClipzooError
+from ..progress import progress as progress_bar
+from .distributed import DistributedInfo
+from .loader import draft_size_for, image_loader
+
+__all__ = ["check_batch_size", "image_batches", "text_batches"]
+
+
+def check_batch_size(batch_size: int) -> int:
+    """``batch_size`` as an int; :class:`~clipzoo.errors.ClipzooError` when it is below 1."""
+    if int(batch_size) < 1:
+        raise ClipzooError(f"batch size must be at least 1, got {batch_size}")
+    return int(batch_size)
+
+
+def image_batches(comparator, items: list, batch_size: int, workers, normalize: bool, progress: bool,
+                  skip_bad: bool, fast_decode: bool, info: DistributedInfo) -> Iterator[tuple[list[str], Any, list]]:
+    """Image files / tar members -> batches of rows; a bad image raises unless ``skip_bad``."""
+    import torch
+
+    device = torch.device(comparator.device)
+    loader = image_loader(items, comparator.transform, batch_size, workers, pin_memory=device.type == "cuda",
+                          draft_size=draft_size_for(comparator) if fast_decode else None)
+    label = f"embedding {len(items)} images" + (f" (rank {info.rank}/{info.world_size})" if info.active else "")
+    with progress_bar(len(items), label, enabled=progress, unit="images") as advance:
+        for indices, pixels, errors in loader:
+            if errors and not skip_bad:
+                raise BadImageError(f"{errors[0][1]} (to leave such images out: --skip-bad, skip_bad=True)")
+            skipped = [{"input": str(items[i]), "error": err} for i, err in errors]
+            if pixels is not None:
+                feats = comparator.encode_image(pixels.to(device, non_blocking=True), normalize=normalize)
+                yield [str(items[i]) for i in indices], feats.float().cpu().numpy(), skipped
+            else:
+                yield [], None, skipped
+            advance(len(indices) + len(errors))
+
+
+def text_batches(comparator, texts: list[str], batch_size: int, normalize: bool, progress: bool,
+                 truncate: bool) -> Iterator[tuple[list[str], Any, list]]:
+    """Texts -> batches of rows; a text longer than the context raises unless ``truncate``."""
+    with progress_bar(len(texts), f"embedding {len(texts)} texts", enabled=progress, unit="texts") as advance:
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start:start + batch_size]
+            feats = comparator.encode_text(chunk, normalize=normalize, batch_size=batch_size, truncate=truncate)
+            yield chunk, feats.float().cpu().numpy(), []
+            advance(len(chunk))

@@ -1,0 +1,85 @@
+"""The image DataLoader: worker processes decode and preprocess images (PIL) while the model encodes
+the previous batch, so a folder of images goes through the model without waiting on decoding."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import ClipzooError
+from ..inputs import open_image
+
+__all__ = ["default_workers", "ImageFiles", "collate_images", "image_loader", "draft_size_for"]
+
+
+def default_workers() -> int:
+    """Decode workers for the image DataLoader: the CPU count, capped at 8."""
+    return max(0, min(8, os.cpu_count() or 1))
+
+
+class ImageFiles:
+    """A map-style dataset of image files -> ``(index, pixels or None, error or None)``.
+
+    Decode errors are returned, not raised, so that a worker process hands back a clean message
+    (naming the file) instead of a wrapped traceback.
+    """
+
+    def __init__(self, paths: Sequence[str], transform: Callable, draft_size: int | None = None):
+        self.paths = list(paths)
+        self.transform = transform
+        self.draft_size = draft_size  # reduced-size JPEG decoding (see clipzoo.inputs.load_rgb); None: full
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.paths[index]
+        try:
+            # a path, or a webdataset tar member (clipzoo.embed.sources.TarMember)
+            image = open_image(path, self.draft_size) if isinstance(path, str) else path.open_rgb(self.draft_size)
+            return index, self.transform(image), None
+        except ClipzooError as exc:
+            return index, None, str(exc)
+        except Exception as exc:  # a transform that fails on this image
+            return index, None, f"image {path!r} cannot be preprocessed ({type(exc).__name__}: {exc})"
+
+
+def collate_images(items: list) -> tuple[list[int], Any, list[tuple[int, str]]]:
+    """``[(index, pixels|None, error|None)]`` -> ``(indices, stacked pixels or None, [(index, error)])``."""
+    import torch
+
+    good = [(i, x) for i, x, err in items if err is None]
+    errors = [(i, err) for i, _, err in items if err is not None]
+    pixels = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], pixels, errors
+
+
+def image_loader(paths: Sequence, transform: Callable, batch_size: int = 64, workers: int | None = None,
+                 pin_memory: bool = False, draft_size: int | None = None, *, dataset: type = ImageFiles,
+                 collate: Callable = collate_images):
+    """A DataLoader over image files (or tar members), in order, decoding and preprocessing in ``workers``
+    processes (0: in this process) while the model encodes earlier batches; ``draft_size``: reduced-size
+    JPEG decoding (:func:`clipzoo.inputs.load_rgb`). ``dataset`` / ``collate``: an :class:`ImageFiles`
+    subclass and its collate function (the index build's, which also hashes the files)."""
+    from torch.utils.data import DataLoader
+
+    workers = default_workers() if workers is None else int(workers)
+    workers = min(workers, max(1, -(-len(paths) // batch_size))) if workers else 0
+    return DataLoader(dataset(paths, transform, draft_size), batch_size=batch_size, shuffle=False,
+                      num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
+                      prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
+def draft_size_for(comparator) -> int | None:
+    """The smallest side a decoded image may have for ``comparator`` without losing detail: the
+    largest of its input size and the size its transform first resizes to (None when unknown)."""
+    sizes = []
+    size = getattr(comparator, "image_size", None)
+    if size is not None:
+        sizes.extend(size if isinstance(size, (tuple, list)) else [size])
+    for step in getattr(getattr(comparator, "transform", None), "transforms", None) or []:
+        if type(step).__name__ == "Resize":
+            value = step.size
+            sizes.extend(value if isinstance(value, (tuple, list)) else [value])
+    sizes = [int(v) for v in sizes if isinstance(v, (int, float)) and v]
+    return max(sizes) if sizes else None

@@ -1,0 +1,78 @@
+"""Embeddings in memory and on disk: the :class:`Embeddings` record, its ``.npy`` file and the JSON sidecar.
+
+The ``.npy`` file holds a float32 matrix (one row per input, in order); a JSON sidecar beside it
+(``emb.npy`` -> ``emb.json``) lists the inputs and says which model made the rows.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ClipzooError
+from ..files import atomic_write
+
+__all__ = ["Embeddings", "sidecar_path", "npy_path", "save_embeddings", "write_sidecar", "load_embeddings"]
+
+
+@dataclass
+class Embeddings:
+    """Rows of features and what they are: ``features[i]`` embeds ``inputs[i]``."""
+
+    features: Any  # numpy.ndarray (N, D), float32
+    inputs: list[str]
+    modality: str
+    model: str = ""
+    normalized: bool = True
+    skipped: list[dict[str, str]] = field(default_factory=list)  # inputs left out: {"input", "error"}
+
+    def metadata(self) -> dict[str, Any]:
+        return {"model": self.model, "modality": self.modality, "count": int(self.features.shape[0]),
+                "dim": int(self.features.shape[1]) if self.features.ndim == 2 else None,
+                "dtype": str(self.features.dtype), "normalized": self.normalized,
+                "inputs": list(self.inputs), "skipped": list(self.skipped)}
+
+
+def sidecar_path(npy_path: "str | os.PathLike") -> Path:
+    """``emb.npy`` -> ``emb.json``: the inputs and model behind the rows."""
+    return Path(npy_path).with_suffix(".json")
+
+
+def npy_path(out: "str | os.PathLike") -> Path:
+    """The ``.npy`` file an output name means: ``~`` expanded, ``.npy`` added if missing."""
+    out = Path(os.path.expanduser(os.fspath(out)))
+    return out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
+
+
+def save_embeddings(embeddings: Embeddings, out: "str | os.PathLike") -> tuple[Path, Path]:
+    """Write ``out`` (``.npy`` added if missing) and its JSON sidecar; each file appears whole or not at all."""
+    import numpy as np
+
+    npy = npy_path(out)
+    if npy.parent and not npy.parent.exists():
+        npy.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(npy, lambda f: np.save(f, embeddings.features))
+    return npy, write_sidecar(npy, embeddings.metadata())
+
+
+def write_sidecar(npy_path: "str | os.PathLike", metadata: dict[str, Any]) -> Path:
+    """Write the JSON sidecar of ``npy_path`` (whole or not at all)."""
+    side = sidecar_path(npy_path)
+    atomic_write(side, lambda f: f.write(json.dumps(metadata, indent=1, ensure_ascii=False).encode("utf-8")))
+    return side
+
+
+def load_embeddings(path: "str | os.PathLike") -> Embeddings:
+    """Read a ``.npy`` written by :func:`save_embeddings` with its sidecar (inputs unknown if it is gone)."""
+    import numpy as np
+
+    npy = npy_path(path)
+    if not npy.exists():
+        raise ClipzooError(f"embeddings file {os.fspath(npy)!r} does not exist")
+    features = np.load(npy)
+    side = sidecar_path(npy)
+    meta = json.loads(side.read_text(encoding="utf-8")) if side.exists() else {}
+    return Embeddings(features, meta.get("inputs", []), meta.get("modality", ""), meta.get("model", ""),
+                      meta.get("normalized", True), meta.get("skipped", []))

@@ -1,0 +1,37 @@
+"""Vector stores behind the index: one module per implementation, imported when first used.
+
+Each module defines a class that satisfies :class:`~clipzoo.index.stores.base.VectorStore` and names it
+``STORE``. Adding a store (a Milvus one, say) is one module here plus one line in :data:`STORES`; an index
+built with a store other than :data:`DEFAULT_STORE` (``build_index(…, vector_options={"vector_store": name})``)
+records its name as ``"vector_store"`` in ``vectors.json``.
+"""
+from __future__ import annotations
+
+import importlib
+
+from ...errors import ClipzooError
+from ...extras import missing
+from .base import VectorStore, normalize, recall_at_k
+
+__all__ = ["STORES", "DEFAULT_STORE", "get_store", "VectorStore", "normalize", "recall_at_k"]
+
+# store name -> (module, the import names whose absence means "install the extra")
+STORES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "faiss": ("clipzoo.index.stores.faiss", ("faiss",)),
+}
+DEFAULT_STORE = "faiss"
+
+
+def get_store(name: str = DEFAULT_STORE) -> type[VectorStore]:
+    """The :class:`VectorStore` class of store ``name``; a missing optional package is a one-line error."""
+    try:
+        module_name, packages = STORES[name]
+    except (KeyError, TypeError):
+        raise ClipzooError(f"unknown vector store {name!r}; known stores: {', '.join(STORES)}") from None
+    try:
+        return importlib.import_module(module_name).STORE
+    except ImportError as exc:
+        root = (exc.name or "").split(".")[0]
+        if root in packages:
+            raise missing(root, f"vector store {name!r}") from None
+        raise

@@ -1,0 +1,89 @@
+"""The :class:`VectorStore` protocol: what the index build and search need from a vector database.
+
+A vector store maps item ids (the embedding store's SQLite ids) to L2-normalised vectors and answers
+top-k inner-product (= cosine) queries. :func:`clipzoo.index.vector_files.refresh_vectors` builds one per
+partition from the committed rows and saves it under ``INDEX/vectors/``; :class:`clipzoo.index.SearchIndex`
+opens them and searches through :meth:`VectorStore.search` only. The store's :meth:`~VectorStore.describe`
+record goes into ``vectors.json`` beside the file and is handed back to :meth:`~VectorStore.open`.
+
+Also here: the two helpers every store shares, :func:`normalize` and :func:`recall_at_k`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["VectorStore", "normalize", "recall_at_k"]
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """Item ids -> vectors, searched by inner product. Implementations: :mod:`clipzoo.index.stores`."""
+
+    name: ClassVar[str]
+    """The store's key in :data:`clipzoo.index.stores.STORES` (``"faiss"``)."""
+    suffix: ClassVar[str]
+    """The suffix of the file :meth:`save` writes (``".faiss"``)."""
+    kind: str
+    """What sort of index this is (FAISS: ``flat``, ``hnsw``, ``ivf_flat``, ``opq_ivf_pq``)."""
+    recall_at_10: float | None
+    """Recall@10 against exact search measured when it was built (None when not measured)."""
+
+    @classmethod
+    def build(cls, ids: Any, vectors: Any, **options: Any) -> VectorStore:
+        """A store over ``vectors`` [n, d] (normalised here) with item ``ids`` [n], set up for their number."""
+        ...
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, info: dict[str, Any] | None = None, *, mmap: bool = True) -> VectorStore:
+        """Read a store written by :meth:`save`; ``info``: its :meth:`describe` record, when kept."""
+        ...
+
+    def add(self, ids: Any, vectors: Any) -> None:
+        """Add ``vectors`` [m, d] (normalised here) under item ``ids`` [m]."""
+        ...
+
+    def remove(self, ids: Any) -> int:
+        """Remove the vectors of item ``ids``; returns how many were removed."""
+        ...
+
+    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Queries [m, d] -> (cosine scores [m, k], item ids [m, k]; -1 where fewer than k), best first."""
+        ...
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the store to ``path`` atomically (whole or absent); returns the path."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready record of the store (kind, count, dim, parameters, recall), kept in vectors.json."""
+        ...
+
+    def __len__(self) -> int:
+        """The number of vectors held."""
+        ...
+
+
+def normalize(x: Any) -> np.ndarray:
+    """Rows as contiguous float32, L2-normalised (zero rows stay zero)."""
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    if x.ndim == 1:
+        x = x[None]
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
+    """Mean |found[:k] ∩ truth[:k]| / k over queries (-1 entries never match)."""
+    hits = 0
+    total = 0
+    for f, t in zip(found, truth):
+        t = [v for v in t[:k] if v >= 0]
+        if not t:
+            continue
+        hits += len(set(int(v) for v in f[:k] if v >= 0) & set(int(v) for v in t))
+        total += len(t)
+    return hits / total if total else 1.0

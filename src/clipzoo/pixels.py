@@ -1,0 +1,168 @@
+"""Differentiable image preprocessing: [0, 1] images of any size -> a model's normalised pixels, in torch.
+
+The rule (see docs/ensembles.md): ``Comparator.encode_image`` keeps treating a float tensor as pixels
+*already preprocessed* for that model (normalised, at its size). Images in [0, 1] of any size go through
+:meth:`Comparator.encode_image01` (or :func:`preprocess01`), which does the model's own eval preprocessing
+in torch — resize (antialiased bicubic / bilinear, as the model's transform says), centre crop, normalise
+with the model's mean and std — so gradients flow from a score back to the pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .constants import OPENAI_MEAN, OPENAI_STD
+from .errors import BadImageError
+
+_PIL_RESAMPLE = {0: "nearest", 1: "bilinear", 2: "bilinear", 3: "bicubic", 4: "bilinear", 5: "bicubic"}
+
+
+@dataclass(frozen=True)
+class PixelConfig:
+    """What a model's eval transform does: resize the shortest side (or ``squash`` to the size), centre
+    crop to ``size`` (H, W), normalise with ``mean`` / ``std``."""
+
+    size: tuple[int, int]
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+
+def size_pair(size: Any) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if isinstance(size, dict):  # HF: {"height", "width"} or {"shortest_edge"}
+        if "height" in size and "width" in size:
+            return int(size["height"]), int(size["width"])
+        if "shortest_edge" in size:
+            return int(size["shortest_edge"]), int(size["shortest_edge"])
+        return None
+    if isinstance(size, (list, tuple)):
+        return (int(size[0]), int(size[-1]))
+    return int(size), int(size)
+
+
+def pixel_config(comparator) -> PixelConfig:
+    """The preprocessing facts of a Comparator: its ``preprocess_config`` (open_clip, composite), else read
+    off its torchvision transform or HF image processor, else OpenAI's mean/std at its ``image_size``."""
+    cached = getattr(comparator, "_pixel_config", None)
+    if cached is not None:
+        return cached
+    tower = getattr(comparator, "image_tower", None)
+    if tower is not None and tower is not comparator and hasattr(tower, "image_size"):
+        cfg = pixel_config(tower)
+    else:
+        cfg = _pixel_config(comparator)
+    try:
+        comparator.__dict__["_pixel_config"] = cfg
+    except (AttributeError, TypeError):  # pragma: no cover
+        pass
+    return cfg
+
+
+def _pixel_config(comparator) -> PixelConfig:
+    size = size_pair(getattr(comparator, "image_size", None))
+    found: dict[str, Any] = {}
+    own = getattr(comparator, "preprocess_config", None)
+    if own:
+        for key in ("mean", "std", "interpolation", "resize_mode"):
+            if own.get(key) is not None:
+                found[key] = own[key]
+        size = size or size_pair(own.get("size"))
+    transform = getattr(comparator, "transform", None)
+    steps = getattr(transform, "transforms", None) or []
+    for step in steps:
+        name = type(step).__name__
+        if name == "Normalize" and "mean" not in found:
+            found["mean"], found["std"] = step.mean, step.std
+        elif name == "Resize" and "interpolation" not in found:
+            value = getattr(getattr(step, "interpolation", None), "value", None)
+            if value in ("bicubic", "bilinear", "nearest"):
+                found["interpolation"] = value
+            if isinstance(step.size, (list, tuple)) and len(step.size) == 2:
+                found.setdefault("resize_mode", "squash")
+        elif name == "CenterCrop" and size is None:
+            size = size_pair(step.size)
+    processor = getattr(transform, "image_processor", None)
+    if processor is not None:
+        if getattr(processor, "image_mean", None) is not None and "mean" not in found:
+            found["mean"], found["std"] = processor.image_mean, processor.image_std
+        resample = getattr(processor, "resample", None)
+        if resample is not None and "interpolation" not in found:
+            found["interpolation"] = _PIL_RESAMPLE.get(int(resample), "bicubic")
+        proc_size = getattr(processor, "size", None)
+        if isinstance(proc_size, dict) and "height" in proc_size and not getattr(processor, "do_center_crop", False):
+            found.setdefault("resize_mode", "squash")
+        if size is None:
+            size = size_pair(getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False)
+                         else proc_size)
+    if size is None:
+        raise BadImageError(f"{comparator.card.alias} has no known input size, so [0, 1] image tensors "
+                            "cannot be resized for it")
+    interp = str(found.get("interpolation", "bicubic")).lower()
+    mode = str(found.get("resize_mode", "shortest")).lower()
+    return PixelConfig(size=size, mean=tuple(float(v) for v in found.get("mean", OPENAI_MEAN)),
+                       std=tuple(float(v) for v in found.get("std", OPENAI_STD)),
+                       interpolation=interp if interp in ("bicubic", "bilinear", "nearest") else "bicubic",
+                       resize_mode=mode if mode in ("shortest", "squash") else "shortest")
+
+
+def check_image01(x: Any) -> torch.Tensor:
+    """A float image tensor (3, H, W) or (N, 3, H, W) -> (N, 3, H, W); anything else raises BadImageError."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise BadImageError(f"expected a float image tensor with values in [0, 1], got "
+                            f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise BadImageError(f"a [0, 1] image tensor must be (N, 3, H, W) or (3, H, W), got {tuple(x.shape)}")
+    return x
+
+
+def resize(x: torch.Tensor, size: tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
+    """Differentiable antialiased resize of (N, 3, H, W) to ``size``; a no-op at the same size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if interpolation == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode=interpolation, align_corners=False, antialias=True)
+
+
+def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    th, tw = size
+    if (h, w) == (th, tw):
+        return x
+    if h < th or w < tw:  # as torchvision's CenterCrop: pad with zeros
+        ph, pw = max(th - h, 0), max(tw - w, 0)
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        h, w = x.shape[-2:]
+    top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
+    return x[..., top:top + th, left:left + tw]
+
+
+def preprocess01(x01: torch.Tensor, config: PixelConfig) -> torch.Tensor:
+    """[0, 1] images (N, 3, H, W) of any size -> normalised model pixels (N, 3, *config.size), in torch.
+
+    Mirrors the eval transforms: ``shortest`` resizes the shorter side to the crop size (keeping the aspect
+    ratio) then centre-crops; ``squash`` resizes straight to the size. Resized values are clamped to
+    [0, 1] as PIL's uint8 resize does.
+    """
+    x = check_image01(x01).float()
+    th, tw = config.size
+    h, w = x.shape[-2:]
+    if config.resize_mode == "squash":
+        target = (th, tw)
+    else:
+        side = max(th, tw)  # open_clip / torchvision: Resize(int) on the shortest side
+        target = (side, int(side * w / h)) if h <= w else (int(side * h / w), side)
+    if tuple(target) != (h, w):
+        x = resize(x, target, config.interpolation).clamp(0, 1)
+    x = center_crop(x, (th, tw))
+    mean = torch.tensor(config.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(config.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std

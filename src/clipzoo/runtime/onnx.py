@@ -1,0 +1,68 @@
+"""``runtime="onnx"``: the model exported once to ONNX (cached in ``cache_dir``/onnx) and run in ONNX Runtime.
+
+The export is keyed by the card, the load options and (for local files) the file's size and mtime, so a
+cached export loads without building the PyTorch model at all. An exported folder loads as it is.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..backends import get_backend
+from ..backends.onnx_format import FORMAT_VERSION, META_FILE, require_onnxruntime
+from ..cards import ModelCard
+from ..constants import default_cache_dir
+from ..errors import UnsupportedError
+from ..files import build_folder_once
+from ..registry import local_card
+from . import onnx_export
+
+FP32_NAMES = ("fp32", "float32", "torch.float32")
+
+
+def apply(card: ModelCard, build: Callable[..., Any], *, device: str, precision: str, cache_dir,
+          load_kwargs: dict) -> Any:
+    """The ONNX Runtime comparator of ``card`` (exported now when the cache has no export of it yet)."""
+    folder = exported_folder(card, build, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs)
+    return load_exported(folder, device=device, cache_dir=cache_dir)
+
+
+def load_exported(folder: Path, *, device: str, cache_dir):
+    """An exported folder, loaded by the onnx backend as an unregistered local model."""
+    return get_backend("onnx").load(local_card(str(folder)).replace(backend="onnx"), device=device,
+                                    cache_dir=cache_dir)
+
+
+def cache_folder(card: ModelCard, cache_dir=None, load_kwargs: dict | None = None) -> Path:
+    """Where ``clipzoo.load(spec, runtime="onnx")`` keeps the export of ``card``: keyed by the card's
+    identity and source, the load options, and (for local files) the file's size and mtime."""
+    key: dict[str, Any] = {"card": card.to_dict(), "kwargs": load_kwargs or {}, "format": FORMAT_VERSION}
+    path = card.source.path
+    if path and os.path.exists(path):
+        st = os.stat(path)
+        key["stat"] = [st.st_size, st.st_mtime_ns]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{card.architecture}-{card.publisher}-{os.path.basename(card.id)}")
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    return root / "onnx" / f"{slug.strip('_')[:80]}-{digest}"
+
+
+def exported_folder(card: ModelCard, build: Callable[..., Any], *, precision: str = "fp32", cache_dir=None,
+                    load_kwargs: dict | None = None) -> Path:
+    """The cached ONNX export of ``card`` (``build(device="cpu", precision="fp32")`` exported now if it is not
+    there yet); an exported folder (backend ``"onnx"``) is returned as it is."""
+    if card.backend == "onnx":
+        return Path(card.source.path)
+    if str(precision) not in FP32_NAMES:
+        raise UnsupportedError(f"ONNX runtimes run exported fp32 graphs; load with precision='fp32', not {precision!r}")
+    require_onnxruntime()
+    folder = cache_folder(card, cache_dir, load_kwargs)
+    if not (folder / META_FILE).is_file():
+        comparator = build(device="cpu", precision="fp32")
+        build_folder_once(folder, lambda tmp: onnx_export.export_onnx(comparator, tmp), META_FILE)
+    return folder

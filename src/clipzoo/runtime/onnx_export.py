@@ -1,0 +1,262 @@
+"""Export a Comparator's two towers to ONNX (``clipzoo convert --to onnx``, ``runtime="onnx"``).
+
+``export_onnx(comparator, out_dir)`` writes a folder that :func:`clipzoo.load` reads back with
+onnxruntime (backend ``"onnx"``, :mod:`clipzoo.backends.onnx`), without the original model:
+
+=========================  =====================================================================
+``image.onnx``             ``pixels`` float32 [N, 3, H, W] -> ``image_features`` float32 [N, D]
+``text.onnx``              ``tokens`` int64 or int32 [N, L] -> ``text_features`` float32 [N, D]
+``clipzoo_onnx.json``      card, sizes, logit scale/bias, preprocessing, tokenizer, graph I/O names
+``tokenizer/``             HF tokenizer files (HF and sentence-transformers models, open_clip HF text)
+``image_processor/``       the HF image processor config (HF models), for exact preprocessing
+=========================  =====================================================================
+
+Features are exactly what the comparator's ``encode_pixels`` / ``encode_tokens`` hooks return: raw
+(unnormalised); ``L`` is the model's context length (the tokenizer pads to it); ``N`` is dynamic.
+A model without an image tower (a text-only sentence-transformers model) gets no ``image.onnx``.
+
+Exporter: PyTorch's TorchScript-based exporter (``dynamo=False``) by default — it traces these fixed-shape
+ViT / transformer towers in well under a second and matches eager to ~1e-6; ``exporter="dynamo"`` uses the
+``torch.export`` exporter (needs ``onnxscript``; several seconds per tower). ``"auto"`` tries TorchScript and
+falls back to dynamo when the TorchScript exporter is missing or fails.
+
+Torch is imported when an export runs, so that naming this module (``clipzoo convert``) stays cheap.
+A spec (rather than a loaded model) is exported by :func:`clipzoo.convert.onnx.export_onnx`.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..backends.onnx_format import (
+    IMAGE_FILE,
+    IMAGE_INPUT,
+    IMAGE_OUTPUT,
+    META_FILE,
+    TEXT_FILE,
+    TEXT_INPUT,
+    TEXT_OUTPUT,
+)
+from ..cards import IMAGE, TEXT
+from ..errors import BackendMissingError, ClipzooError, UnsupportedError
+from .onnx_meta import export_meta
+
+EXPORTERS = ("auto", "torchscript", "dynamo")
+LARGE_WEIGHTS = 1_500_000_000  # bytes of weights above which graphs keep their weights in external data files
+
+
+# --------------------------------------------------------------------------------------------- towers
+@functools.lru_cache(maxsize=1)
+def tower_classes() -> tuple[type, type]:
+    """(ImageTower, TextTower): ``torch.nn.Module`` wrappers of a comparator's two encoder hooks, defined on
+    first use so that this module imports no torch."""
+    import torch
+
+    class ImageTower(torch.nn.Module):
+        def __init__(self, comparator):
+            super().__init__()
+            self.comparator = comparator
+            self.dtype = comparator.dtype
+            self.eval()
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return self.comparator.encode_pixels(pixels.to(self.dtype)).float()
+
+    class TextTower(torch.nn.Module):
+        def __init__(self, comparator):
+            super().__init__()
+            self.comparator = comparator
+            self.eval()
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.comparator.encode_tokens(tokens.long()).float()
+
+    return ImageTower, TextTower
+
+
+@contextlib.contextmanager
+def static_text_shapes():
+    """HF / sentence-transformers ``encode_tokens`` drop all-padding columns (a data-dependent slice that a
+    trace would freeze at the example's length). Masked columns change nothing, so export without it."""
+    patched = []
+    for name in ("clipzoo.backends.transformers", "clipzoo.backends.sentence_transformers"):
+        module = sys.modules.get(name)  # only the backends already loaded can be in use
+        if module is not None and hasattr(module, "trim_padding"):
+            patched.append((module, module.trim_padding))
+            module.trim_padding = lambda tokens, mask, padding_side: (tokens, mask)
+    try:
+        yield
+    finally:
+        for module, original in patched:
+            module.trim_padding = original
+
+
+# --------------------------------------------------------------------------------------------- export
+def export_onnx(comparator, out_dir: "str | os.PathLike", opset: int | None = None, token_dtype: str = "int64",
+                batch_dynamic: bool = True, *, exporter: str = "auto", check: bool = True) -> Path:
+    """Export a loaded Comparator to ``out_dir``.
+
+    ``opset``: ONNX opset (default 17 for TorchScript, 18 for dynamo); ``token_dtype``: ``"int64"`` or
+    ``"int32"`` (cast to int64 inside the graph); ``batch_dynamic``: a dynamic batch axis (else batch 1);
+    ``exporter``: ``"auto"`` | ``"torchscript"`` | ``"dynamo"``; ``check``: run the graphs once in
+    onnxruntime (when installed) and record their largest difference from eager in the JSON.
+    Returns ``out_dir``.
+    """
+    check_export_options(token_dtype, exporter)
+    if getattr(comparator, "card", None) is not None and comparator.card.backend == "onnx":
+        raise UnsupportedError(f"{comparator.card.alias} already runs in onnxruntime; export the PyTorch model")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (META_FILE, IMAGE_FILE, TEXT_FILE, IMAGE_FILE + ".data", TEXT_FILE + ".data"):
+        (out / stale).unlink(missing_ok=True)
+    graphs, used = _export_graphs(comparator, out, opset, token_dtype, batch_dynamic, exporter)
+    meta = export_meta(comparator, out, graphs, used, batch_dynamic)
+    if check:
+        meta["max_abs_diff"] = check_graphs(comparator, out, graphs, token_dtype)
+    tmp = out / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out / META_FILE)  # written last: a folder with the JSON is complete
+    return out
+
+
+def check_export_options(token_dtype: str, exporter: str) -> None:
+    if token_dtype not in ("int64", "int32"):
+        raise ClipzooError(f"token_dtype must be 'int64' or 'int32', not {token_dtype!r}")
+    if exporter not in EXPORTERS:
+        raise ClipzooError(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
+
+
+def _export_graphs(comparator, out: Path, opset, token_dtype: str, batch_dynamic: bool,
+                   exporter: str) -> tuple[dict[str, dict], str]:
+    """Write ``image.onnx`` / ``text.onnx``; returns their descriptions and the exporter that wrote them."""
+    import torch
+
+    image_tower, text_tower = tower_classes()
+    was_training = comparator.training
+    comparator.eval()
+    batch = 2 if batch_dynamic else 1
+    graphs: dict[str, dict] = {}
+    used = exporter
+    try:
+        with torch.no_grad(), static_text_shapes():
+            if IMAGE in comparator.modalities:
+                pixels = _example_pixels(comparator, batch)
+                used = _export(image_tower(comparator), pixels, out / IMAGE_FILE, IMAGE_INPUT, IMAGE_OUTPUT,
+                               opset, batch_dynamic, exporter)
+                graphs[IMAGE] = {"file": IMAGE_FILE, "input": IMAGE_INPUT, "output": IMAGE_OUTPUT,
+                                 "input_dtype": "float32", "input_shape": ["N", *pixels.shape[1:]],
+                                 "output_shape": ["N", comparator.embed_dim]}
+            if TEXT in comparator.modalities:
+                tokens = _example_tokens(comparator, batch, token_dtype)
+                used = _export(text_tower(comparator), tokens, out / TEXT_FILE, TEXT_INPUT, TEXT_OUTPUT,
+                               opset, batch_dynamic, used)
+                graphs[TEXT] = {"file": TEXT_FILE, "input": TEXT_INPUT, "output": TEXT_OUTPUT,
+                                "input_dtype": token_dtype, "input_shape": ["N", int(tokens.shape[1])],
+                                "output_shape": ["N", comparator.embed_dim]}
+    finally:
+        comparator.train(was_training)
+    if not graphs:
+        raise UnsupportedError(f"{comparator.card.alias} has neither an image nor a text tower to export")
+    if not batch_dynamic:
+        for g in graphs.values():
+            g["input_shape"][0] = g["output_shape"][0] = 1
+    return graphs, used
+
+
+def _example_pixels(comparator, batch: int):
+    import torch
+
+    size = comparator.image_size
+    if size is None:
+        raise UnsupportedError(f"{comparator.card.alias} does not say its image size; cannot export its image tower")
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(batch, 3, int(h), int(w), generator=gen).to(comparator.device)
+
+
+def _example_tokens(comparator, batch: int, token_dtype: str):
+    import torch
+
+    texts = ["a photo of a cat", "a diagram of two dogs"][:batch]
+    tokens = comparator.tokenize(texts, truncate=True)
+    return tokens.to(comparator.device, getattr(torch, token_dtype))
+
+
+def _export(module, example, path: Path, input_name: str, output_name: str, opset, batch_dynamic: bool,
+            exporter: str) -> str:
+    """Export one tower; returns the exporter that did it."""
+    import torch
+
+    big = sum(p.numel() * p.element_size() for p in module.parameters()) > LARGE_WEIGHTS
+    if exporter in ("auto", "torchscript"):
+        try:
+            _export_torchscript(module, example, path, input_name, output_name, opset, batch_dynamic)
+            return "torchscript"
+        except Exception as exc:  # noqa: BLE001 - "auto" falls back to the other exporter
+            if exporter == "torchscript":
+                raise UnsupportedError(f"the TorchScript ONNX exporter cannot export {path.stem} "
+                                       f"({type(exc).__name__}: {str(exc).strip()[:300]}); "
+                                       "try exporter='dynamo'") from exc
+            warnings.warn(f"TorchScript ONNX export of {path.stem} failed ({type(exc).__name__}); using dynamo",
+                          stacklevel=4)
+    try:
+        import onnxscript  # noqa: F401 - the dynamo exporter needs it
+    except ImportError:
+        raise BackendMissingError("the dynamo ONNX exporter needs onnxscript; pip install onnxscript "
+                                  "(or pip install 'clipzoo[onnx]')") from None
+    kwargs: dict[str, Any] = {}
+    if batch_dynamic:
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1)},)
+    program = torch.onnx.export(module, (example,), None, dynamo=True, input_names=[input_name],
+                                output_names=[output_name], opset_version=opset or 18, verbose=False,
+                                **kwargs)
+    program.save(str(path), external_data=big)
+    return "dynamo"
+
+
+def _export_torchscript(module, example, path, input_name, output_name, opset, batch_dynamic) -> None:
+    import torch
+
+    axes = {input_name: {0: "N"}, output_name: {0: "N"}} if batch_dynamic else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer warnings
+        torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=[input_name],
+                          output_names=[output_name], opset_version=opset or 17, dynamic_axes=axes,
+                          do_constant_folding=True)
+
+
+# --------------------------------------------------------------------------------------------- check
+def check_graphs(comparator, out: Path, graphs: dict, token_dtype: str) -> dict | None:
+    """Largest |onnxruntime - eager| on fresh inputs at batch 1 and 3 (None without onnxruntime)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    import torch
+
+    result = {}
+    with torch.no_grad(), static_text_shapes():
+        for modality, g in graphs.items():
+            session = ort.InferenceSession(str(out / g["file"]), providers=["CPUExecutionProvider"])
+            diff = 0.0
+            for n in ((1, 3) if g["input_shape"][0] == "N" else (1,)):
+                if modality == IMAGE:
+                    x = torch.rand(n, *g["input_shape"][1:], generator=torch.Generator().manual_seed(n)) * 4 - 2
+                    ref = comparator.encode_pixels(x.to(comparator.device, comparator.dtype))
+                else:
+                    texts = ["a photo of a cat", "two birds flying over the sea", "a diagram"][:n]
+                    x = comparator.tokenize(texts, truncate=True).to(getattr(torch, token_dtype))
+                    ref = comparator.encode_tokens(x.long().to(comparator.device))
+                got = session.run([g["output"]], {g["input"]: x.cpu().numpy()})[0]
+                diff = max(diff, float((torch.from_numpy(got) - ref.float().cpu()).abs().max()))
+            result[modality] = diff
+            if diff > 1e-3:
+                warnings.warn(f"{comparator.card.alias}: the exported {modality} graph differs from eager by "
+                              f"{diff:.2e} (max abs)", stacklevel=3)
+    return result

@@ -1,0 +1,176 @@
+"""Request bodies sent as JSON or as a form, validated by FastAPI against one pydantic model.
+
+The body routes (/search, /classify, /rank, /embed) declare their body as a request model
+(:mod:`clipzoo.serve.schemas`), so FastAPI validates it and documents it as ``application/json``.
+Clients may send the same fields as a multipart (or urlencoded) form instead, with the image as a file
+rather than base64: routes of class :class:`JsonOrFormRoute` turn such a form into that JSON object
+before FastAPI reads it. A file's bytes go aside (the route reads them with :func:`uploads`; the model
+sees a placeholder), and a list field may be sent repeated, as a JSON list, or one item per line (or
+comma). :func:`form_doc` documents the form on the route (``openapi_extra``).
+
+The route keeps the service's own answers for a body that is empty or not JSON (400) and for a file in a
+field that takes none (422); like FastAPI's validation errors they are answered after the token check
+(the dependency :func:`body_problem`).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Depends, Request, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Receive, Scope
+
+from .limits import one_line
+
+UPLOAD = "\0upload"
+"""What a request model sees in a field sent as a file (its bytes are in :func:`uploads`)."""
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+UPLOADS_KEY = "clipzoo.uploads"
+PROBLEM_KEY = "clipzoo.body_problem"
+MAX_FORM_FILES = 8
+MAX_FORM_FIELDS = 256
+
+
+async def uploads(request: Request) -> dict[str, bytes]:
+    """Dependency: the files of a form body, by field (empty for a JSON body)."""
+    return request.scope.get(UPLOADS_KEY, {})
+
+
+async def body_problem(request: Request) -> None:
+    """Dependency (added to every :class:`JsonOrFormRoute`): raise what reading the body found wrong."""
+    problem = request.scope.get(PROBLEM_KEY)
+    if problem is not None:
+        raise problem
+
+
+class ParsedRequest(Request):
+    """A request whose body was read and parsed already: FastAPI gets the parsed value, not a second parse.
+
+    Its body reads as ``raw``; after that it receives from ``receive`` (the client's disconnect)."""
+
+    def __init__(self, scope: Scope, raw: bytes, data: Any, receive: Receive):
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        super().__init__(scope, replay)
+        self.parsed = data
+
+    async def json(self) -> Any:
+        return self.parsed
+
+
+class JsonOrFormRoute(APIRoute):
+    """A route whose body is its request model as JSON, or the same fields as a form (module docstring)."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any):
+        dependencies = list(kwargs.pop("dependencies", None) or ())
+        if not any(d.dependency is body_problem for d in dependencies):
+            dependencies.append(Depends(body_problem))
+        super().__init__(path, endpoint, dependencies=dependencies, **kwargs)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        model = self.body_field.field_info.annotation if self.body_field is not None else None
+
+        async def json_or_form(request: Request) -> Response:
+            return await handler(await as_json(request, model))
+
+        return json_or_form
+
+
+async def as_json(request: Request, model: "type[BaseModel] | None") -> ParsedRequest:
+    """``request`` with its body (JSON or a form) parsed; a problem is kept for :func:`body_problem`."""
+    uploaded: dict[str, bytes] = {}
+    try:
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() in FORM_TYPES:
+            data = await read_form(request, getattr(model, "form_files", ()), getattr(model, "form_lists", ()),
+                                   uploaded)
+            raw = json.dumps(data).encode()
+        else:
+            raw = await request.body()
+            data = read_json(raw, getattr(model, "__name__", "an object"))
+    except StarletteHTTPException as exc:  # answered after the token check
+        return ParsedRequest({**request.scope, PROBLEM_KEY: exc}, b"", None, request.receive)
+    headers = [(k, v) for k, v in request.scope["headers"] if k not in (b"content-type", b"content-length")]
+    headers += [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    return ParsedRequest({**request.scope, "headers": headers, UPLOADS_KEY: uploaded}, raw, data, request.receive)
+
+
+def read_json(raw: bytes, model_name: str) -> Any:
+    """A body parsed as JSON, whatever its content type (400 when it is empty or not JSON)."""
+    if not raw:
+        raise StarletteHTTPException(400, f"empty request body: send JSON ({model_name}) or a "
+                                          "multipart form with an image file")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise StarletteHTTPException(400, f"the request body is not valid JSON ({one_line(exc)})") from None
+
+
+async def read_form(request: Request, files: tuple[str, ...], lists: tuple[str, ...],
+                    uploaded: dict[str, bytes]) -> dict[str, Any]:
+    """A form -> the fields as the request model takes them; file bytes go into ``uploaded``."""
+    part_size = max(request.app.state.service.max_body_bytes, 1 << 20)
+    form = await request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS, max_part_size=part_size)
+    try:
+        return await _form_fields(form, files, lists, uploaded)
+    finally:
+        await form.close()
+
+
+async def _form_fields(form: FormData, files: tuple[str, ...], lists: tuple[str, ...],
+                       uploaded: dict[str, bytes]) -> dict[str, Any]:
+    grouped: dict[str, list] = {}
+    for key, value in form.multi_items():
+        grouped.setdefault(key, []).append(value)
+    data: dict[str, Any] = {}
+    for key, values in grouped.items():
+        sent = [v for v in values if isinstance(v, UploadFile)]
+        if sent:
+            if key not in files:
+                raise StarletteHTTPException(422, f"invalid request: {key}: files are accepted only in "
+                                                  f"{', '.join(files)}")
+            uploaded[key] = await sent[0].read()
+            data[key] = UPLOAD
+        elif key in lists:
+            data[key] = form_list([str(v) for v in values])
+        else:
+            data[key] = values[0]
+    return data
+
+
+def form_list(values: list[str]) -> Any:
+    """A list field sent as form data: repeated fields, a JSON list, or one item per line (or comma)."""
+    if len(values) > 1:
+        return values
+    text = values[0].strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    if len(lines) == 1 and "," in lines[0]:
+        lines = [x.strip() for x in lines[0].split(",") if x.strip()]
+    return lines
+
+
+def form_doc(model: type[BaseModel]) -> dict:
+    """``openapi_extra`` for a route whose body may also be a multipart form (files as binary fields)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    fields = {k: dict(v) for k, v in schema.get("properties", {}).items()}
+    for name in getattr(model, "form_files", ()):
+        if name in fields:
+            fields[name] = {"type": "string", "format": "binary", "description": "The image file."}
+    return {"requestBody": {"content": {"multipart/form-data": {"schema": {"type": "object", "properties": fields}}}}}

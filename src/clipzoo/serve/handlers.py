@@ -1,0 +1,73 @@
+"""Error answers: every error body is ``{"detail": "<one line>"}`` and untrusted input never makes a 500.
+
+A :class:`~clipzoo.errors.ClipzooError` is a 400 (a :class:`~clipzoo.errors.NotFoundError` a 404) with the
+server's folders scrubbed from its message; a body FastAPI finds invalid is a 422 whose ``detail`` sums up
+the first errors (``errors`` lists them); HTTP errors keep their status and headers; anything else is a
+500 that names only the exception's type (the traceback goes to the server log).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import ClipzooError, NotFoundError
+from .limits import one_line
+
+log = logging.getLogger("clipzoo.serve")
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Register the service's exception handlers on ``app`` (whose ``state.service`` is set)."""
+    app.add_exception_handler(ClipzooError, clipzoo_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)
+
+
+async def clipzoo_error(request: Request, exc: ClipzooError) -> JSONResponse:
+    status = 404 if isinstance(exc, NotFoundError) else 400
+    return JSONResponse({"detail": request.app.state.service.scrub(one_line(exc))}, status_code=status)
+
+
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    request.app.state.service.metrics.rejected.inc(reason="invalid")
+    errors = list(exc.errors())
+    return JSONResponse({"detail": validation_detail(errors), "errors": clean_errors(errors)}, status_code=422)
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail if isinstance(exc.detail, str) else str(exc.detail)},
+                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error serving %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
+
+
+def _location(err: dict) -> list:
+    """Where an error is, inside the body (FastAPI's leading ``"body"`` dropped)."""
+    loc = list(err.get("loc", ()))
+    return loc[1:] if loc[:1] == ["body"] else loc
+
+
+def validation_detail(errors: Sequence[dict]) -> str:
+    """``invalid request: field: message; …`` for the first five errors."""
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(x) for x in _location(err) if x not in ("body",))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "invalid request: " + "; ".join(parts) + more
+
+
+def clean_errors(errors: Sequence[dict]) -> list[dict]:
+    """The first 20 errors as plain ``loc``, ``msg``, ``type`` (no input echoed back)."""
+    return [{"loc": _location(e), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in errors[:20]]

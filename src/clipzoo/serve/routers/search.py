@@ -1,0 +1,49 @@
+"""``POST /search``: the index searched by text, image, embedding or an item's id."""
+from __future__ import annotations
+
+import functools
+import time
+
+from fastapi import APIRouter, Depends
+
+from ...errors import ClipzooError
+from ..bodies import JsonOrFormRoute, form_doc
+from ..deps import ServiceDep, Uploads, require_token
+from ..schemas import SearchRequest, SearchResponse, hit_out, took_ms
+
+router = APIRouter(tags=["search"], route_class=JsonOrFormRoute, dependencies=[Depends(require_token)])
+
+
+@router.post("/search", response_model=SearchResponse, openapi_extra=form_doc(SearchRequest))
+async def search(body: SearchRequest, uploads: Uploads, service: ServiceDep):
+    """Search the index by text, image (base64 or a multipart file), embedding, or an item's id."""
+    t0 = time.perf_counter()
+    kwargs = {"k": body.k, "partition": body.partition, "dedup": body.dedup}
+    idx = service.index
+    if body.text is not None:
+        kind, hits = "text", await service.on_model_thread("search_text", functools.partial(
+            idx.search_text, body.text, **kwargs))
+    elif body.image is not None:
+        image = await service.decode(uploads.get("image", body.image), "image")
+        kind, hits = "image", await service.on_model_thread("search_image", functools.partial(
+            idx.search_image, image, **kwargs))
+    elif body.embedding is not None:
+        dim = int(service.model.embed_dim)
+        if len(body.embedding) != dim:
+            raise ClipzooError(f"embedding has {len(body.embedding)} values; this index's model "
+                               f"({service.model_name}) makes {dim}")
+        kind, hits = "embedding", await service.on_model_thread("search_embedding", functools.partial(
+            idx.search_embedding, _vector(body.embedding), **kwargs))
+    else:
+        def by_id():
+            return idx.search_embedding(idx.embedding(body.id), **kwargs)
+
+        kind, hits = "id", await service.on_model_thread("search_id", by_id)
+    return {"query": kind, "k": body.k, "partition": body.partition, "took_ms": took_ms(t0),
+            "hits": [hit_out(h) for h in hits]}
+
+
+def _vector(values: list[float]):
+    import numpy as np
+
+    return np.asarray(values, dtype=np.float32)

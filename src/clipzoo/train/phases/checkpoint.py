@@ -1,0 +1,107 @@
+"""The checkpoint phase: checkpoints written atomically, exact resume, and the trained model folder.
+
+Checkpoints (``OUTPUT/checkpoints/step_000123.pt``, ``OUTPUT/checkpoints/latest``) hold the model, optimizer,
+schedule, scaler, EMA, objective state (queues, centres), RNG state and the data position, written to a temporary
+file and renamed. ``resume="latest"`` continues exactly where the run stopped; a checkpoint of another model
+(``TrainConfig.architecture()``) is refused, naming the differences.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ConfigError, TrainConfig
+from ..model import TrainModel, save_trained
+from ..result import TrainingError
+from ..storage import Location, torch_load_url, url_exists
+
+__all__ = ["checkpoint_location", "latest_checkpoint", "latest", "save_checkpoint", "read_resume", "final_weights",
+           "save_model"]
+
+
+def checkpoint_location(output: "str | os.PathLike", checkpoint_dir: "str | None" = None) -> Location:
+    """Where a run's checkpoints go: ``checkpoint_dir``, else ``OUTPUT/checkpoints``."""
+    return Location(checkpoint_dir) if checkpoint_dir else Location(output).child("checkpoints")
+
+
+def latest_checkpoint(output: "str | os.PathLike", checkpoint_dir: "str | None" = None) -> "Path | str | None":
+    """The checkpoint ``latest`` names (else the highest step): a Path, or a URL for remote folders."""
+    return latest(checkpoint_location(output, checkpoint_dir))
+
+
+def latest(ckpt: Location) -> "Path | str | None":
+    """The checkpoint in ``ckpt`` that ``latest`` names, else the highest step; None when there is none."""
+    if ckpt.exists("latest"):
+        name = ckpt.read_text("latest").strip()
+        if name and ckpt.exists(name):
+            return _named(ckpt, name)
+    found = ckpt.glob_names("step_*.pt")
+    return _named(ckpt, found[-1]) if found else None
+
+
+def _named(ckpt: Location, name: str) -> "Path | str":
+    return ckpt.local / name if ckpt.local is not None else ckpt.name_of(name)
+
+
+def save_checkpoint(ckpt: Location, state: dict[str, Any], step: int) -> "Path | str":
+    """``step_NNNNNNN.pt`` then the ``latest`` marker, each written to a temporary name and renamed / moved."""
+    name = f"step_{step:07d}.pt"
+    ckpt.torch_save(name, state)
+    ckpt.write_text("latest", name + "\n")
+    return _named(ckpt, name)
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} (checkpoint) vs {b!r} (now)"]
+
+
+def read_resume(cfg: TrainConfig, ckpt: Location) -> dict[str, Any]:
+    """The state ``cfg.resume`` names (``latest``, or a checkpoint path / URL), checked to be of this model."""
+    path = latest(ckpt) if cfg.resume == "latest" else cfg.resume
+    if path is None or not url_exists(str(path)):
+        where = "in " + str(ckpt) if cfg.resume == "latest" else cfg.resume
+        raise TrainingError(f"nothing to resume: no checkpoint {where}")
+    state = torch_load_url(str(path))
+    diffs = _diff(state["architecture"], cfg.architecture())
+    if diffs:
+        raise ConfigError(f"cannot resume from {path}: the model differs — " + "; ".join(diffs[:5]))
+    return state
+
+
+def final_weights(module: torch.nn.Module, ema_state: "dict | None", start_weights: "dict | None",
+                  wise_ft: "float | None") -> dict[str, torch.Tensor]:
+    """The weights saved: the module's, its EMA where kept, interpolated with the starting weights by WiSE-FT
+    (``(1 - a) * start + a * trained``)."""
+    final = dict(ema_state) if ema_state is not None else None
+    weights = dict(module.state_dict().items())
+    if final:
+        weights.update(final)
+    if start_weights is not None:
+        a = wise_ft
+        weights = {k: ((1 - a) * start_weights[k].to(v) + a * v) if v.is_floating_point() else v
+                   for k, v in weights.items()}
+    return weights
+
+
+def save_model(model: TrainModel, out: Location, model_dir: "Path | str", weights: dict, info: dict) -> None:
+    """The trained model folder: written in place for a local OUTPUT; written locally, then uploaded file by file
+    for a remote one."""
+    if out.local is not None:
+        save_trained(model, model_dir, weights, info)
+        return
+    staging = Path(tempfile.mkdtemp(prefix="clipzoo-model-"))
+    try:
+        save_trained(model, staging / "model", weights, info)
+        out.child("model").upload_dir(staging / "model")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,56 @@
+"""The data phase: which batches a run trains on, and the held-out images it evaluates on.
+
+``data`` given to :func:`~clipzoo.train.engine.train` is used as it is; else the config's ``data`` names generated
+shapes (``shapes:N``, ``shapes-classes:N``, held in memory) or the readers' sources (streamed). An ``eval_data`` of
+``shapes-heldout:N`` is written once, by rank 0, into the run folder (a local staging folder for remote runs).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import ConfigError, TrainConfig
+from ..data import StreamData, open_sources, shapes_data
+from ..model import TrainModel
+from ..recipes import parse_shapes_spec, write_heldout
+from ..storage import Location, scratch_dir
+
+__all__ = ["open_data", "heldout_eval", "steps_per_epoch"]
+
+
+def open_data(cfg: TrainConfig, model: TrainModel, data, out: Location, rank: int):
+    """(batches, config): ``data`` if given, else generated shapes or the readers' sources the config's ``data``
+    names, for ``model``'s preprocessing; the config with its held-out evaluation images written."""
+    if data is None and cfg.data and parse_shapes_spec(cfg.data[0]):
+        if len(cfg.data) > 1:
+            raise ConfigError("generated shapes (shapes:N, shapes-classes:N) cannot be mixed with other data sources")
+        data = shapes_data(cfg.data[0], model, cfg.seed, cfg.workers)
+    cfg = heldout_eval(cfg, model, out, rank)
+    if data is None:
+        data = streamed_data(cfg, model)
+    return data, cfg
+
+
+def streamed_data(cfg: TrainConfig, model: TrainModel) -> StreamData:
+    """Batches streamed from the readers' sources (CSV, shards, TFRecord, folders; local or fsspec)."""
+    sources = open_sources(cfg.data, cfg.img_key, cfg.caption_key, cfg.separator)
+    return StreamData(sources, model.train_transform, model.tokenizer, cfg.seed, cfg.workers,
+                      cfg.train_num_samples, cfg.data_weights)
+
+
+def heldout_eval(cfg: TrainConfig, model: TrainModel, out: Location, rank: int) -> TrainConfig:
+    """``cfg`` with a ``shapes-heldout:N`` evaluation replaced by the folder of those images (written by rank 0)."""
+    if not (cfg.eval_data and cfg.eval_data.startswith("shapes-heldout:")):
+        return cfg
+    size = model.preprocess_cfg["size"]
+    held = out.local / "heldout" if out.local is not None else Path(scratch_dir(cfg.output)) / "heldout"
+    if rank == 0:
+        write_heldout(cfg.eval_data, held, size[0] if isinstance(size, (list, tuple)) else size)
+    return cfg.replace(eval_data=str(held))
+
+
+def steps_per_epoch(data, batch_size: int) -> int:
+    """Optimizer steps in one pass over ``data`` (a :class:`ConfigError` when not even one batch fits)."""
+    steps = data.steps_per_epoch(batch_size)
+    if steps < 1:
+        raise ConfigError(f"the data holds fewer samples than one batch of {batch_size}")
+    return steps
