@@ -5,6 +5,7 @@
 - imports at the top of the module: inside a function only the heavy optional packages in LAZY_IMPORTS
   (imported by the one module that needs them, so that ``import clipzoo`` stays torch-free and a missing
   extra becomes a one-line ClipzooError), never a clipzoo module and never the standard library;
+- no private name (``_foo``) imported from another clipzoo module: what another module needs is public;
 - ``import clipzoo`` imports no torch.
 
 Usage: python scripts/check_layout.py [SRC_DIR]   (exit 1 and one line per breach when a rule is broken)
@@ -56,6 +57,7 @@ def _breaches_in(path: Path, rel: str) -> list[str]:
     n_lines = len(source.splitlines())
     if n_lines > MAX_FILE_LINES and rel not in EXEMPT:
         out.append(f"{rel}: {n_lines} lines (limit {MAX_FILE_LINES})")
+    out.extend(_private_import_breaches(tree, rel))
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             key = f"{rel}::{node.name}"
@@ -63,6 +65,18 @@ def _breaches_in(path: Path, rel: str) -> list[str]:
                 out.append(f"{rel}:{node.lineno}: function {node.name} is {_lines(node)} lines "
                            f"(limit {MAX_FUNCTION_LINES})")
             out.extend(_lazy_import_breaches(node, rel))
+    return out
+
+
+def _private_import_breaches(tree: ast.AST, rel: str) -> list[str]:
+    out = []
+    for node in ast.walk(tree):
+        internal = isinstance(node, ast.ImportFrom) and (node.level or _root(node.module or "") == "clipzoo")
+        if internal and node.module != "__future__":
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    out.append(f"{rel}:{node.lineno}: private name {alias.name} imported from "
+                               f"{'.' * node.level}{node.module or ''}; make it public where it is defined")
     return out
 
 

@@ -25,12 +25,12 @@ from ..checkpoints import read_json
 from ..comparator import Comparator, resolve_dtype
 from ..errors import CheckpointError, UnsupportedError
 from .transformers import (
-    _transformers,
     attention_mask,
     features_of,
     load_hf_model,
     model_folder,
     tokenize_with,
+    transformers_module,
     trim_padding,
 )
 from .transformers import load_tokenizer as load_hf_tokenizer
@@ -154,7 +154,7 @@ def load_tokenizer(folder):
 
 
 def load_feature_extractor(folder):
-    transformers = _transformers()
+    transformers = transformers_module()
     try:
         return transformers.ClapFeatureExtractor.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError, KeyError) as exc:

@@ -20,14 +20,15 @@ import torch
 
 from ..cards import IMAGE, TEXT, ModelCard
 from ..comparator import Comparator, resolve_dtype
-from ..errors import BackendMissingError, CheckpointError, UnsupportedError
+from ..errors import CheckpointError, UnsupportedError
+from ..extras import require
 from ..inputs import text_items
 from ..models.text_towers import embedding_dim
 from .transformers import (
     FAMILIES,
     HFImageTransform,
-    _image_size,
     attention_mask,
+    image_size_of,
     model_folder,
     tokenize_with,
     trim_padding,
@@ -97,13 +98,9 @@ class SentenceTransformerComparator(Comparator):
         return scale.exp().reshape(()), (None if bias is None else bias.reshape(()))
 
 
-def _sentence_transformers():
-    try:
-        import sentence_transformers
-    except ImportError:
-        raise BackendMissingError("the sentence_transformers backend needs sentence-transformers; "
-                                  "pip install 'clipzoo[sbert]'") from None
-    return sentence_transformers
+def sentence_transformers_module():
+    """The sentence-transformers package; when absent, a MissingExtraError naming ``clipzoo[sbert]``."""
+    return require("sentence_transformers", "the sentence_transformers backend")
 
 
 NEEDS_LOADER = True  # an image_model spec is loaded through the loader the composition root passes in
@@ -130,7 +127,7 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     context_override = kwargs.pop("context_length", None)
     if kwargs:
         raise TypeError(f"unexpected keyword(s) for the sentence_transformers backend: {', '.join(sorted(kwargs))}")
-    st = _sentence_transformers()
+    st = sentence_transformers_module()
     folder = model_folder(card, cache_dir)
     if not (folder / "modules.json").exists():
         raise CheckpointError(f"{folder} has no modules.json, so it is not a sentence-transformers folder")
@@ -157,7 +154,7 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
         transform, image_size = image_tower.transform, image_tower.image_size
     elif own_images:
         transform = HFImageTransform(first.processor.image_processor)
-        image_size = _image_size(transform)
+        image_size = image_size_of(transform)
     else:
         transform, image_size = _no_images, None
 

@@ -29,6 +29,7 @@ from ..checkpoints import read_json, show_keys
 from ..comparator import Comparator, resolve_dtype
 from ..download import hub_snapshot
 from ..errors import ArchitectureMismatchError, BackendMissingError, CheckpointError, UnsupportedError
+from ..extras import require
 from ..models.tokenize import tokenize_with
 
 
@@ -226,12 +227,9 @@ class HFComparator(Comparator):
 
 
 # ------------------------------------------------------------------------------------ loading
-def _transformers():
-    try:
-        import transformers
-    except ImportError:
-        raise BackendMissingError("the transformers backend needs transformers; pip install 'clipzoo[hf]'") from None
-    return transformers
+def transformers_module():
+    """The transformers package; when it is absent, a MissingExtraError naming ``clipzoo[hf]``."""
+    return require("transformers", "the transformers backend")
 
 
 def pick_family(config: dict, hf_class: str | None, folder) -> Family:
@@ -250,7 +248,7 @@ def pick_family(config: dict, hf_class: str | None, folder) -> Family:
 
 def load_hf_model(folder: Path, class_name: str, dtype: torch.dtype):
     """``from_pretrained`` with an error that names missing / mismatched weights instead of random init."""
-    transformers = _transformers()
+    transformers = transformers_module()
     cls = getattr(transformers, class_name, None)
     if cls is None:
         raise BackendMissingError(f"transformers {transformers.__version__} has no {class_name}; "
@@ -301,7 +299,7 @@ def _load_checked(cls, folder: Path, class_name: str, kwargs: dict):
 
 def load_tokenizer(folder: Path):
     """The folder's tokenizer (``AutoTokenizer``); a missing or vocabulary-less one raises CheckpointError."""
-    transformers = _transformers()
+    transformers = transformers_module()
     folder = Path(folder)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
@@ -317,7 +315,7 @@ def load_tokenizer(folder: Path):
 
 
 def load_processors(folder: Path):
-    transformers = _transformers()
+    transformers = transformers_module()
     tokenizer = load_tokenizer(folder)
     try:
         image_processor = transformers.AutoImageProcessor.from_pretrained(str(folder))
@@ -378,14 +376,14 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
         transform = NaFlexSquareTransform(image_processor, patch, max_patches)
     else:
         transform = HFImageTransform(image_processor)
-    image_size = _image_size(transform)
+    image_size = image_size_of(transform)
     return HFComparator(card, model, tokenizer=tokenizer, image_processor=image_processor, family=family,
                         transform=transform, embed_dim=embed_dim_of(model.config), image_size=image_size,
                         context_length=text_context(model.config, tokenizer, card, context_override, family),
                         naflex=naflex)
 
 
-def _image_size(transform) -> int | tuple[int, int]:
+def image_size_of(transform) -> int | tuple[int, int]:
     """The pixel size the transform produces (run once on a blank non-square image)."""
     from PIL import Image
 
