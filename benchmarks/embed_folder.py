@@ -15,7 +15,7 @@ Each clipzoo row is checked against the open_clip loop's row of the same image (
 the same for ``--texts`` captions (open_clip ``tokenize`` → ``encode_text`` vs clipzoo ``encode_text``).
 Prints images/s and the ratio to the open_clip loop, and a markdown table for docs/benchmarks.md.
 
-    python benchmarks/embed_folder.py --images 2000 --runtimes eager,compile,onnx,onnx-int8,torch-int8
+    python benchmarks/embed_folder.py --images 2000 --runtimes eager,compile,onnx,onnx-int8,onnx-int8-static,bf16,auto
 """
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=None,
                     help="clipzoo decode workers [default: the pipeline's, CPU count]")
-    ap.add_argument("--runtimes", default="eager,compile,onnx,onnx-int8,torch-int8")
+    ap.add_argument("--runtimes", default="eager,onnx,onnx-int8,onnx-int8-static,torch-int8,bf16,auto")
     ap.add_argument("--no-transformers", action="store_true")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
@@ -172,6 +172,10 @@ def main() -> None:
             t0 = time.perf_counter()
             m = clipzoo.load(str(weights), runtime=runtime, cache_dir=str(cache), device=args.device)
             load_s = time.perf_counter() - t0
+            label, choice = runtime, getattr(m, "runtime_choice", None)
+            if choice is not None:  # runtime="auto": what it chose and why
+                print(f"auto {choice.reason}", flush=True)
+                label = f"auto → {m.runtime}"
             out = tmp / f"{runtime}.npy"
             warm = embed_to_file(m, tmp / "warm.npy", images=paths[:args.batch_size], batch_size=args.batch_size,
                                  workers=args.workers, info=DistributedInfo())
@@ -179,12 +183,12 @@ def main() -> None:
             _, secs = timed(lambda m=m, out=out: embed_to_file(m, out, images=paths, batch_size=args.batch_size,
                                                                workers=args.workers, info=DistributedInfo()))
             rows = np.load(out)
-            text_rows, text_secs = timed(lambda m=m: m.encode_text(texts, batch_size=256).numpy())
+            text_rows, text_secs = timed(lambda m=m: m.encode_text(texts, batch_size=256).float().numpy())
             cos = float((rows * ref).sum(1).min())
             tcos = float((text_rows * text_ref).sum(1).min())
             ips, tps = len(paths) / secs, len(texts) / text_secs
-            results.append((f"clipzoo embed, runtime={runtime}", ips, ips / base_ips, cos, tps, tps / base_tps, tcos))
-            print(f"clipzoo {runtime}: {ips:.1f} images/s ({ips / base_ips:.2f}x, min cos {cos:.4f}); "
+            results.append((f"clipzoo embed, runtime={label}", ips, ips / base_ips, cos, tps, tps / base_tps, tcos))
+            print(f"clipzoo {label}: {ips:.1f} images/s ({ips / base_ips:.2f}x, min cos {cos:.4f}); "
                   f"{tps:.1f} texts/s ({tps / base_tps:.2f}x, min cos {tcos:.5f}); load/export {load_s:.0f} s",
                   flush=True)
             del m, warm

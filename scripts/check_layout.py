@@ -37,7 +37,7 @@ LAZY_IMPORTS = frozenset({
     "faiss", "onnx", "onnxruntime", "onnxscript", "soundfile",
     "sklearn", "scipy", "matplotlib", "fastapi", "starlette", "uvicorn", "pydantic", "multipart",
     "fsspec", "s3fs", "webdataset", "braceexpand", "ftfy", "regex", "tqdm", "rich", "typer",
-    "jax", "jaxlib", "flax", "optax", "orbax", "mindspore", "ray", "pymilvus", "tensorboard",
+    "jax", "jaxlib", "flax", "optax", "orbax", "mindspore", "ray", "pymilvus", "tensorboard", "pyarrow",
     "clip", "clip_benchmark",
 })
 

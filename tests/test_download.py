@@ -122,3 +122,27 @@ def test_pretrained_weights_fall_back_from_hub_to_url(server, tmp_path, tiny_fil
     with pytest.raises(ModelNotCachedError, match="checksum mismatch .*expected sha256 40d36571"):
         _fetch_pretrained(openai_card, {"hf_hub": "someone/not-cached/", "url": base + "/ok.pt"}, tmp_path / "o")
     assert not any((tmp_path / "o").iterdir())
+
+
+def test_a_server_that_never_answers_fails_in_one_line_within_the_timeout(tmp_path, monkeypatch):
+    """Offline or a dead host: the download gives up after DOWNLOAD_TIMEOUT_S with one line, keeping nothing."""
+    import socket
+    import time
+
+    import clipzoo.constants
+
+    monkeypatch.setattr(clipzoo.constants, "DOWNLOAD_TIMEOUT_S", 0.5)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # connections are queued by the kernel, and nobody ever answers them
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/weights.bin"
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(DownloadError) as err:
+            download_url(url, cache_dir=tmp_path, progress=False)
+    finally:
+        silent.close()
+    assert time.perf_counter() - t0 < 5
+    assert str(err.value) == (f"cannot download {url} (timed out); check the URL and the network, "
+                              f"or place the file at {tmp_path / 'weights.bin'} yourself")
+    assert list(tmp_path.iterdir()) == []

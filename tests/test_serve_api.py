@@ -158,9 +158,9 @@ def test_classify_request_labels(client, image_file):
         r = client.post("/classify", files={"image": ("x.png", raw)}, data={"labels": labels})
         assert r.status_code == 200 and {x["label"] for x in r.json()["labels"]} == {"cat", "dog"}
     bad = client.post("/classify", json={"image": b64(raw), "labels": ["a"], "template": "no placeholder"})
-    assert bad.status_code == 400 and "{}" in bad.json()["detail"]
+    assert bad.status_code == 422 and "{}" in bad.json()["detail"]
     bad = client.post("/classify", json={"image": b64(raw), "labels": ["a"], "template": "{x} thing"})
-    assert bad.status_code == 400
+    assert bad.status_code == 422
 
 
 def test_classify_without_any_vocabulary_is_400(built, image_file):

@@ -165,7 +165,7 @@ def test_pixel_limit_is_per_app_and_leaves_pillow_alone(built):
     small = create_app(built.index, labels=LABELS, max_image_pixels=500, model=built.model)
     with TestClient(small) as c:
         r = c.post("/classify", json={"image": b64(png_bytes((32, 32)))})
-        assert r.status_code == 400 and "500" in r.json()["detail"]
+        assert r.status_code == 413 and "500" in r.json()["detail"]
         assert c.post("/classify", json={"image": b64(png_bytes((16, 16)))}).status_code == 200
     assert before == Image.MAX_IMAGE_PIXELS
 

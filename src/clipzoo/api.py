@@ -82,7 +82,9 @@ def resolve_backend(card: ModelCard, cache_dir, hf_class: str | None = None) -> 
 def _sniff_backend(card: ModelCard, cache_dir) -> str:
     src = card.source
     if src.path:
-        return sniff_folder(src.path) if os.path.isdir(src.path) else "open_clip"
+        if os.path.isdir(src.path):
+            return sniff_folder(src.path)
+        return "jax" if src.path.lower().endswith(".pkl") else "open_clip"  # .pkl: open_clip_jax's parameters
     if not src.hf_repo:
         return "open_clip"  # a URL, or an open_clip pair
     try:

@@ -25,6 +25,7 @@ from .errors import ClipzooError, UnsupportedError
 from .inputs import batched, check_pixel_tensor, image_items, is_float_tensor, map_images, text_items, to_pil
 from .modalities import get_modality
 from .pixels import pixel_config, preprocess01
+from .templates import TemplateError, fill_template  # noqa: F401 (TemplateError re-exported)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
               "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -41,7 +42,11 @@ def resolve_dtype(precision: str | torch.dtype) -> torch.dtype:
 
 
 def format_template(template: str | Callable[[str], str], label: str) -> str:
-    return template(label) if callable(template) else template.format(label)
+    """The prompt for ``label``: ``template(label)`` for a callable; for a string, each ``{}``, ``{label}``
+    or ``{c}`` replaced by ``label`` literally (never ``str.format``: no format specs, fields or escapes)."""
+    if callable(template):
+        return template(label)
+    return fill_template(template, label)
 
 
 class Comparator(torch.nn.Module):

@@ -14,7 +14,7 @@ VERSION = "0.1.0"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ppm")
 """Image files that folders expand to (embed, index build, data sets, webdataset members)."""
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz", ".pkl")
 
 # ---------------------------------------------------------------- preprocessing
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -32,6 +32,8 @@ OPENAI_VOCAB_SIZE = 49408
 # ---------------------------------------------------------------- untrusted input
 DEFAULT_MAX_PIXELS = 40_000_000
 """Decoded pixels allowed in one uploaded image unless a caller sets its own bound."""
+DEFAULT_MAX_REQUEST_PIXELS = 64_000_000
+"""Most pixels the images of one service request may declare together (413 above)."""
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 """The prompt template for class labels when none is given (zero-shot, classify, the service)."""
@@ -45,6 +47,10 @@ DEFAULT_THUMB_SIZE = 256
 """Longer side of thumbnails (pixels)."""
 DEMO_IMAGES = 300
 """Generated shapes the demo indexes."""
+
+# ---------------------------------------------------------------- downloads
+DOWNLOAD_TIMEOUT_S = 10.0
+"""Seconds a download may wait to connect, or for its next bytes, before it fails (one line, no retries)."""
 
 # ---------------------------------------------------------------- cache
 CACHE_ENV = "CLIPZOO_CACHE"

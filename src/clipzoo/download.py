@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from . import constants
 from .constants import default_cache_dir
 from .errors import DownloadError, ModelNotCachedError, UnknownModelError
 from .files import build_folder_once, url_filesystem
@@ -48,7 +49,7 @@ def download_url(url: str, sha256: str | None = None, cache_dir: "str | os.PathL
     try:
         with os.fdopen(fd, "wb") as out:
             try:
-                response = urllib.request.urlopen(url, timeout=60)
+                response = urllib.request.urlopen(url, timeout=constants.DOWNLOAD_TIMEOUT_S)
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 raise DownloadError(f"cannot download {url} ({exc}); check the URL and the network, "
                                     f"or place the file at {target} yourself") from None

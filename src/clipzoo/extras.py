@@ -29,6 +29,11 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "tensorboard": ("tensorboard", "train"),
     "s3fs": ("s3fs", "s3"),
     "webdataset": ("webdataset", "eval"),
+    "jax": ("jax", "jax"), "jaxlib": ("jaxlib", "jax"), "flax": ("flax", "jax"), "optax": ("optax", "jax"),
+    "orbax": ("orbax-checkpoint", "jax"),
+    "pyarrow": ("pyarrow", "search"),
+    "pymilvus": ("pymilvus", "milvus"),
+    "milvus_lite": ("milvus-lite", "milvus"),
 }
 
 

@@ -16,7 +16,8 @@ import re
 from .constants import DEFAULT_MAX_PIXELS
 from .errors import BadImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "decode_base64", "decode_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageTooLargeError", "decode_base64", "decode_image", "decode_rgb", "image_size",
+           "orientation", "upright"]
 
 #: default most pixels (width × height) an upload may have: 40 Mpx, ~6300×6300, ~120 MB as RGB.
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w=.+-]+)*;base64,", re.IGNORECASE)
@@ -43,20 +44,114 @@ def decode_base64(data: str, field: str = "image") -> bytes:
     return raw
 
 
+class ImageTooLargeError(BadImageError):
+    """An image (or a request's images together) declaring more pixels than allowed: the service's 413."""
+
+
+_ORIENTATION_TAG = 0x0112  # EXIF orientation; 1 is upright, 2-8 each need a flip or rotation to display
+
+
+def orientation(im) -> int:
+    """The EXIF orientation (1-8) an image file declares; 1 (upright) when it has none or it is unreadable."""
+    try:
+        value = int(im.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception:  # noqa: BLE001 - an unreadable EXIF block: keep the pixels as stored
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def upright(im, turn: int | None = None):
+    """``im`` turned as its EXIF orientation (or ``turn``) says — a phone's rotated JPEG — or ``im`` itself
+    when upright. Applied by every decode (:func:`decode_rgb`), so an index build, a library call and a
+    query to the service see the same pixels."""
+    from PIL import Image
+
+    methods = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+               7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+    method = methods.get(orientation(im) if turn is None else turn)
+    return im.transpose(method) if method is not None else im
+
+
+def decode_rgb(source, draft_size: int | None = None, *, reduce: bool = False):
+    """A path or binary file object -> RGB PIL image, EXIF orientation applied; PIL's errors propagate.
+
+    ``draft_size``: for a JPEG whose sides are both at least twice this, the decoder scales down by 2, 4
+    or 8 while decoding (PIL's draft mode) so that both sides stay ≥ ``draft_size``. Other formats are
+    decoded whole; with ``reduce`` (an index build, the service) they are then reduced by a whole factor
+    while both sides stay ≥ ``draft_size``, so a decoded image holds about the pixels the model needs."""
+    from PIL import Image
+
+    with Image.open(source) as im:
+        if draft_size and im.format == "JPEG":
+            im.draft("RGB", (int(draft_size), int(draft_size)))
+        im.load()
+        return _finish(im, draft_size if reduce else None)
+
+
+def _finish(im, draft_size: int | None):
+    """A loaded image -> RGB, reduced (PIL's ``reduce``: box average by a whole factor) while both sides
+    stay ≥ ``draft_size`` — the drafted JPEG's equivalent for other formats, so a decoded upload holds
+    about the pixels the model needs, not the file's — and turned upright (EXIF)."""
+    factor = min(im.size) // int(draft_size) if draft_size else 1
+    reduced = im
+    if factor >= 2:
+        reduced = (im if im.mode in ("RGB", "L") else im.convert("RGB")).reduce(factor)
+    turned = upright(reduced, orientation(im))
+    return turned.convert("RGB") if turned.mode != "RGB" or turned is im else turned
+
+
+def image_size(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> tuple[int, int]:
+    """``(width, height)`` from the header of untrusted image bytes, decoding no pixel; a
+    :class:`BadImageError` when it cannot be read, :class:`ImageTooLargeError` above ``max_pixels``."""
+    im = _open(data, name, max_pixels)
+    try:
+        return _checked_size(im, name, max_pixels)
+    finally:
+        im.close()
+
+
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image",
                  draft_size: int | None = None):
-    """Untrusted bytes -> an RGB PIL image, or :class:`BadImageError` naming what is wrong.
+    """Untrusted bytes -> an RGB PIL image (EXIF orientation applied), or :class:`BadImageError` naming
+    what is wrong.
 
-    ``max_pixels``: images whose header declares more pixels are refused before decoding (a
-    decompression bomb: a small file that would expand to gigabytes). ``draft_size``: let JPEG decode
-    at a reduced scale when only about this many pixels per side are needed (thumbnails, small models).
+    ``max_pixels``: images whose header declares more pixels are refused before decoding
+    (:class:`ImageTooLargeError`: a decompression bomb, a small file that would expand to gigabytes).
+    ``draft_size``: let JPEG decode at a reduced scale when only about this many pixels per side are
+    needed (thumbnails, small models), as an index build does.
     """
+    from PIL import Image
+
+    im = _open(data, name, max_pixels)
+    try:
+        width, height = _checked_size(im, name, max_pixels)
+        if draft_size and im.format == "JPEG":
+            im.draft("RGB", (draft_size, draft_size))
+        try:
+            im.seek(0)
+            im.load()
+            return _finish(im, draft_size)
+        except Image.DecompressionBombError:
+            raise _bomb(name, (width, height), max_pixels) from None
+        except MemoryError:
+            raise ImageTooLargeError(f"{name}: the image is too large to decode ({width}×{height})") from None
+        except Exception as exc:  # noqa: BLE001
+            what = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+            raise BadImageError(f"{name}: the {im.format or 'image'} file is {what} and cannot be decoded "
+                                f"({exc.__class__.__name__}: {exc}); upload the complete file") from None
+    finally:
+        im.close()
+
+
+def _open(data: bytes, name: str, max_pixels: int):
+    """Pillow's lazy open of untrusted bytes (reads the header only)."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise BadImageError(f"{name}: the image is empty (0 bytes); upload an image file")
     try:
-        im = Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         raise _bomb(name, None, max_pixels) from None
     except UnidentifiedImageError:
@@ -65,37 +160,21 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
     except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes is a bad image
         raise BadImageError(f"{name}: the image header cannot be read ({exc.__class__.__name__}: {exc}); "
                             "is the file corrupt?") from None
-    try:
-        width, height = im.size
-        if width <= 0 or height <= 0:
-            raise BadImageError(f"{name}: the image has no pixels ({width}×{height})")
-        if width * height > max_pixels:
-            raise _bomb(name, (width, height), max_pixels)
-        if draft_size and im.format == "JPEG":
-            im.draft("RGB", (draft_size, draft_size))
-        try:
-            im.seek(0)
-            im.load()
-            rgb = im.convert("RGB")
-        except BadImageError:
-            raise
-        except Image.DecompressionBombError:
-            raise _bomb(name, (width, height), max_pixels) from None
-        except MemoryError:
-            raise BadImageError(f"{name}: the image is too large to decode ({width}×{height})") from None
-        except Exception as exc:  # noqa: BLE001
-            what = "truncated" if "truncated" in str(exc).lower() else "corrupt"
-            raise BadImageError(f"{name}: the {im.format or 'image'} file is {what} and cannot be decoded "
-                                f"({exc.__class__.__name__}: {exc}); upload the complete file") from None
-        return rgb
-    finally:
-        im.close()
 
 
-def _bomb(name: str, size: "tuple[int, int] | None", max_pixels: int) -> BadImageError:
+def _checked_size(im, name: str, max_pixels: int) -> tuple[int, int]:
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise BadImageError(f"{name}: the image has no pixels ({width}×{height})")
+    if width * height > max_pixels:
+        raise _bomb(name, (width, height), max_pixels)
+    return width, height
+
+
+def _bomb(name: str, size: "tuple[int, int] | None", max_pixels: int) -> ImageTooLargeError:
     dims = f"{size[0]}×{size[1]} = {size[0] * size[1]:,} pixels" if size else "too many pixels"
-    return BadImageError(f"{name}: the image declares {dims}, more than the limit of {max_pixels:,} "
-                         "(a decompression bomb?); upload a smaller image")
+    return ImageTooLargeError(f"{name}: the image declares {dims}, more than the limit of {max_pixels:,} "
+                              "(a decompression bomb?); upload a smaller image")
 
 
 def _head(data: bytes) -> str:

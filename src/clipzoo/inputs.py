@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadImageError, BadTextError
+from .image_bytes import decode_rgb
 
 
 def load_rgb(source, draft_size: int | None = None):
@@ -18,13 +19,7 @@ def load_rgb(source, draft_size: int | None = None):
     — several times faster than a full decode, and a model that resizes to ``draft_size`` sees nearly
     the same pixels (see docs/embedding.md for the measured difference).
     """
-    from PIL import Image
-
-    with Image.open(source) as im:
-        if draft_size and im.format == "JPEG":
-            im.draft("RGB", (int(draft_size), int(draft_size)))
-        im.load()
-        return im.convert("RGB")
+    return decode_rgb(source, draft_size)  # EXIF orientation applied, as at query time
 
 
 def open_image(path: "str | os.PathLike", draft_size: int | None = None):

@@ -21,6 +21,7 @@ BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sentence_transformers": ("clipzoo.backends.sentence_transformers", ("sentence_transformers", "transformers")),
     "onnx": ("clipzoo.backends.onnx", ("onnxruntime", "onnx")),
     "composite": ("clipzoo.backends.composite", ("timm", "transformers", "sentence_transformers", "peft")),
+    "jax": ("clipzoo.backends.jax", ("jax", "jaxlib", "flax")),
 }
 
 

@@ -84,7 +84,7 @@ CacheDirOpt = Annotated[Path | None, typer.Option(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 RuntimeOpt = Annotated[str, typer.Option(
     "--runtime", help="How the model runs: eager, compile (torch.compile), onnx (ONNX Runtime), int8 "
-                      "(dynamic int8: onnx-int8 or torch-int8). See docs/embedding.md.")]
+                      "(onnx-int8, torch-int8), onnx-int8-static, bf16, auto (fastest measured); docs/embedding.md.")]
 
 
 def resolve_device(device: str) -> str:

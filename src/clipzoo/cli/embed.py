@@ -1,5 +1,7 @@
 """``clipzoo embed``: images (files, folders, webdataset tars) or texts (a file) -> a .npy of features + a
 JSON sidecar. Runs under torchrun too: each rank embeds its share and rank 0 merges the parts."""
+import os
+import shutil
 from pathlib import Path
 
 import typer
@@ -49,6 +51,8 @@ def embed(
                                          help="A UTF-8 text file, one text per line (blank lines skipped)."),
     out: Path = typer.Option(..., "--out", "-o", show_default=False,
                              help="Output .npy file; the inputs are listed in a .json beside it."),
+    format_: str = typer.Option("npy", "--format", help="npy, or clip-retrieval: a folder (--out) that autofaiss and "
+                                "clip-retrieval read; --images with --texts pair row by row."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size [default: 64 images, 256 texts]."),
     workers: int | None = typer.Option(
         None, "--workers",
@@ -83,15 +87,13 @@ def embed(
       clipzoo embed MODEL --images 'shards/{00000..00099}.tar' --out shards.npy --runtime int8
       torchrun --nproc_per_node 8 -m clipzoo embed MODEL --images photos/ --out photos.npy
     """
-    if more_images and not images:
-        fail(f"unexpected argument {more_images[0]!r}: image paths go after --images (e.g. --images {more_images[0]})")
-    image_paths = [*(images or []), *(more_images or [])]
+    image_paths = _check_args(more_images, images, batch_size, workers)
+    if format_ != "npy":
+        return _embed_clip_retrieval(format_, model, image_paths, audio, texts, out, batch_size, workers, normalize,
+                                     progress, skip_bad, truncate, exact_decode, device, precision, runtime,
+                                     trust_pickle, model_name, cache_dir)
     if sum(map(bool, (image_paths, audio, texts))) != 1:
         fail("pass exactly one of --images PATH…, --audio PATH… or --texts FILE")
-    if batch_size is not None and batch_size < 1:
-        fail(f"--batch-size must be at least 1, got {batch_size}")
-    if workers is not None and workers < 0:
-        fail(f"--workers must be 0 or more, got {workers}")
 
     if audio:
         _embed_audio(model, audio, out, batch_size, normalize, progress, skip_bad, device, precision, trust_pickle,
@@ -134,6 +136,62 @@ def _embed_audio(model, audio, out, batch_size, normalize, progress, skip_bad, d
     if result.skipped:
         note(f"skipped {len(result.skipped)} audio file(s) that could not be decoded (listed in {sidecar}), first: "
              f"{result.skipped[0]['input']}")
+
+
+def _check_args(more_images, images, batch_size, workers) -> list[str]:
+    """The image paths (after --images, and any after them); the counts checked."""
+    if more_images and not images:
+        fail(f"unexpected argument {more_images[0]!r}: image paths go after --images (e.g. --images {more_images[0]})")
+    if batch_size is not None and batch_size < 1:
+        fail(f"--batch-size must be at least 1, got {batch_size}")
+    if workers is not None and workers < 0:
+        fail(f"--workers must be 0 or more, got {workers}")
+    return [*(images or []), *(more_images or [])]
+
+
+def _embed_clip_retrieval(format_, model, image_paths, audio, texts, out, batch_size, workers, normalize, progress,
+                          skip_bad, truncate, exact_decode, device, precision, runtime, trust_pickle, model_name,
+                          cache_dir) -> None:
+    """``--format clip-retrieval``: embed into a scratch .npy inside OUT, then lay it out as clip-retrieval does."""
+    import numpy as np
+
+    from ..embed.clip_retrieval import write_clip_retrieval
+
+    if format_ != "clip-retrieval":
+        fail(f"--format must be npy or clip-retrieval, got {format_!r}")
+    if audio:
+        fail("--format clip-retrieval holds images and texts; embed --audio with --format npy")
+    if distributed_info().active:
+        fail("--format clip-retrieval runs in one process; under torchrun use --format npy")
+    if not image_paths and not texts:
+        fail("pass --images PATH… and/or --texts FILE")
+    if image_paths and texts and skip_bad:
+        fail("--skip-bad would break the image–caption pairs of --images with --texts; leave it out")
+    items = expand_image_inputs(image_paths) if image_paths else None
+    lines = read_texts(texts) if texts else None
+    if items is not None and lines is not None and len(items) != len(lines):
+        fail(f"--images gives {len(items)} images but --texts {len(lines)} lines; clip-retrieval pairs them row by row")
+    comparator = load_model(model, resolve_device(device), precision, trust_pickle, model_name, cache_dir, runtime)
+    scratch = Path(out) / ".clipzoo-embed"
+    spec = os.path.abspath(os.path.expanduser(model)) if os.path.exists(os.path.expanduser(model)) else model
+    try:
+        arrays: dict[str, dict] = {}
+        for name, kw in (("image", {"images": items}), ("text", {"texts": lines})):
+            if next(iter(kw.values())) is None:
+                continue
+            meta = embed_to_file(comparator, scratch / f"{name}.npy", batch_size=batch_size, workers=workers,
+                                 normalize=normalize, progress=progress, skip_bad=skip_bad, truncate=truncate,
+                                 fast_decode=not exact_decode, **kw)
+            arrays[name] = {"features": np.load(scratch / f"{name}.npy", mmap_mode="r"), "inputs": meta["inputs"]}
+        image, text = arrays.get("image", {}), arrays.get("text", {})
+        record = write_clip_retrieval(out, image_features=image.get("features"), image_paths=image.get("inputs"),
+                                      text_features=text.get("features"), captions=text.get("inputs"),
+                                      model=spec, normalized=normalize)
+    finally:
+        arrays = {}
+        shutil.rmtree(scratch, ignore_errors=True)
+    note(f"wrote {record['count']} {' + '.join(record['modalities'])} embeddings ({record['count']}×{record['dim']}, "
+         f"float32) to {out} in clip-retrieval's layout ({record['shards']} shard(s))")
 
 
 def register(app: typer.Typer) -> None:

@@ -29,7 +29,7 @@ index_app = typer.Typer(help="Build a search index over a folder of images.", no
 
 @user_errors
 def build(
-    folder: Path = typer.Argument(..., metavar="DIR", show_default=False,
+    folder: Path | None = typer.Argument(None, metavar="DIR", show_default=False,
                                   help="Folder of images (jpg, png, webp, gif, bmp; recursive). First-level "
                                        "subfolders become partitions; a same-name .txt is the caption."),
     model: str | None = typer.Option(None, "--model", "-m", show_default=False,
@@ -45,6 +45,14 @@ def build(
                                       "decodes large JPEGs at reduced size, faster)."),
     json_: JsonOpt = False,
     shard_rows: int = typer.Option(4096, "--shard-rows", hidden=True, help="Rows per committed shard."),
+    from_embeddings: Path | None = typer.Option(
+        None, "--from-embeddings", show_default=False,
+        help="Index a clip-retrieval embedding folder (img_emb/, text_emb/, metadata/) instead of DIR, without "
+             "re-embedding; --model names the model if the folder does not."),
+    store: str = typer.Option("faiss", "--store", help="Vector store: faiss (embedded) or milvus."),
+    uri: str | None = typer.Option(None, "--uri", show_default=False,
+                                   help="--store milvus: a Milvus Lite file [default: OUT/index.milvus.db] or "
+                                        "http://HOST:19530."),
 ) -> None:
     """Index the images under DIR with MODEL into the folder OUT (incremental: a rerun embeds only new or
     changed files and drops deleted ones; safe to kill and rerun).
@@ -57,8 +65,20 @@ def build(
     if workers is not None and workers < 0:
         fail(f"--workers must be 0 or more, got {workers}")
     normalize_runtime(runtime)  # a typo fails before any work
-    report = build_index(folder, out, model=model, batch_size=batch_size, workers=workers, progress=progress,
-                         shard_rows=max(1, shard_rows), fast_decode=not exact_decode, runtime=runtime)
+    if (folder is None) == (from_embeddings is None):
+        fail("pass either a folder DIR of images or --from-embeddings DIR (one of them)")
+    if uri and store != "milvus":
+        fail("--uri is for --store milvus")
+    options = {"vector_store": store, **({"uri": uri} if uri else {})}
+    if from_embeddings is not None:
+        from ..index.from_embeddings import build_index_from_embeddings
+
+        report = build_index_from_embeddings(from_embeddings, out, model=model, vector_options=options,
+                                             progress=progress)
+    else:
+        report = build_index(folder, out, model=model, batch_size=batch_size, workers=workers, progress=progress,
+                             shard_rows=max(1, shard_rows), fast_decode=not exact_decode, runtime=runtime,
+                             vector_options=options)
     if json_:
         print_json(report.to_dict())
         return

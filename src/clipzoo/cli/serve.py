@@ -8,6 +8,8 @@ import typer
 
 from ..constants import (
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_REQUEST_PIXELS,
     DEFAULT_TEMPLATE,
     DEFAULT_THUMB_SIZE,
     DEMO_IMAGES,
@@ -38,6 +40,10 @@ def serve(
     max_body_mb: float = typer.Option(DEFAULT_MAX_BODY_BYTES / 2**20, "--max-body-mb",
                                       help="Largest request body (MiB); larger ones get 413."),
     thumb_size: int = typer.Option(DEFAULT_THUMB_SIZE, "--thumb-size", help="Longer side of thumbnails (pixels)."),
+    max_image_mp: float = typer.Option(DEFAULT_MAX_PIXELS / 1e6, "--max-image-mp",
+                                       help="Most megapixels one uploaded image may declare; more get 413."),
+    max_request_mp: float = typer.Option(DEFAULT_MAX_REQUEST_PIXELS / 1e6, "--max-request-mp",
+                                         help="Most megapixels the images of one request may declare together."),
     device: DeviceOpt = "cpu",
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: debug, info, warning, error."),
 ) -> None:
@@ -54,6 +60,8 @@ def serve(
         fail(f"--port must be between 1 and 65535, got {port}")
     if max_body_mb <= 0:
         fail(f"--max-body-mb must be positive, got {max_body_mb}")
+    if max_image_mp <= 0 or max_request_mp <= 0:
+        fail(f"--max-image-mp and --max-request-mp must be positive, got {max_image_mp} and {max_request_mp}")
     if thumb_size < 16 or thumb_size > 2048:
         fail(f"--thumb-size must be between 16 and 2048, got {thumb_size}")
     check_port(host, port)
@@ -70,7 +78,8 @@ def serve(
         comparator = load(model or _recorded_spec(index), device=resolve_device(device))
     note(f"loading {index} …")
     app = serving.create_app(index, labels=labels, token=token or None, max_body_bytes=int(max_body_mb * 2**20),
-                             thumb_size=thumb_size, template=template, model=comparator)
+                             thumb_size=thumb_size, template=template, model=comparator,
+                             max_image_pixels=int(max_image_mp * 1e6), max_request_pixels=int(max_request_mp * 1e6))
     service = app.state.service
     if host not in LOOPBACK and not token:
         note(f"warning: serving on {host} without --token: anyone who can reach port {port} can query "

@@ -23,14 +23,9 @@ __all__ = ["export_onnx", "EXPORTERS", "META_FILE", "IMAGE_FILE", "TEXT_FILE"]
 def export_onnx(model_or_spec: Any, out_dir: "str | os.PathLike", opset: int | None = None,
                 token_dtype: str = "int64", batch_dynamic: bool = True, *, exporter: str = "auto",
                 check: bool = True, **load_kwargs: Any) -> Path:
-    """Export a Comparator (or a spec for :func:`clipzoo.load`, with ``load_kwargs``) to ``out_dir``.
-
-    ``opset``: ONNX opset (default 17 for TorchScript, 18 for dynamo); ``token_dtype``: ``"int64"`` or
-    ``"int32"`` (cast to int64 inside the graph); ``batch_dynamic``: a dynamic batch axis (else batch 1);
-    ``exporter``: ``"auto"`` | ``"torchscript"`` | ``"dynamo"``; ``check``: run the graphs once in
-    onnxruntime (when installed) and record their largest difference from eager in the JSON.
-    Returns ``out_dir``.
-    """
+    """Export a Comparator (or a spec for :func:`clipzoo.load`, with ``load_kwargs``) to ``out_dir``: a spec
+    is loaded on CPU in fp32, then :func:`clipzoo.runtime.onnx_export.export_onnx` (which documents the
+    other options) writes the graphs. Returns ``out_dir``."""
     check_export_options(token_dtype, exporter)
     if isinstance(model_or_spec, Comparator):
         if load_kwargs:

@@ -14,6 +14,7 @@ from typing import Any
 from torch.utils.data import IterableDataset
 
 from ..errors import ClipzooError
+from ..processes import fork_safe_workers
 from .records import Record, decode_image
 
 __all__ = ["RecordStream", "Batch", "record_batches"]
@@ -87,7 +88,7 @@ def record_batches(shards: Sequence[Callable[[], Iterator[Record]]], transform: 
     from torch.utils.data import DataLoader
 
     stream = RecordStream(shards, transform, rank, world_size)
-    workers = max(0, min(int(workers), len(stream.shards)))
+    workers = max(0, min(fork_safe_workers(int(workers)), len(stream.shards)))
     loader = DataLoader(stream, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
                         pin_memory=pin_memory, prefetch_factor=2 if workers else None,
                         persistent_workers=False)

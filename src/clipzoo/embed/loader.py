@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import ClipzooError
 from ..inputs import open_image
+from ..processes import fork_safe_workers
 
 __all__ = ["default_workers", "ImageFiles", "collate_images", "image_loader", "draft_size_for"]
 
@@ -64,7 +65,7 @@ def image_loader(paths: Sequence, transform: Callable, batch_size: int = 64, wor
     from torch.utils.data import DataLoader
 
     workers = default_workers() if workers is None else int(workers)
-    workers = min(workers, max(1, -(-len(paths) // batch_size))) if workers else 0
+    workers = min(fork_safe_workers(workers), max(1, -(-len(paths) // batch_size))) if workers else 0
     return DataLoader(dataset(paths, transform, draft_size), batch_size=batch_size, shuffle=False,
                       num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
                       prefetch_factor=4 if workers else None, persistent_workers=False)

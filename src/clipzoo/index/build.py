@@ -34,7 +34,18 @@ from .embedding_store import EmbeddingStore, ItemRow
 from .folder import INDEX_SUFFIXES, IndexFiles, caption_of, collate_index_batch, partition_of, sha256_file, walk_images
 from .vector_files import refresh_vectors
 
-__all__ = ["BuildReport", "build_index", "model_identity", "load_model"]
+__all__ = ["BuildReport", "build_index", "model_identity", "load_model", "default_vector_options"]
+
+MILVUS_LITE_FILE = "index.milvus.db"
+"""The Milvus Lite database inside the index folder: ``--store milvus`` without ``--uri``."""
+
+
+def default_vector_options(store: EmbeddingStore, options: dict[str, Any] | None) -> dict[str, Any]:
+    """``options`` with the defaults that depend on the index folder (Milvus: a Milvus Lite file in it)."""
+    options = dict(options or {})
+    if options.get("vector_store") == "milvus" and not options.get("uri"):
+        options["uri"] = str(store.path / MILVUS_LITE_FILE)
+    return options
 
 
 @dataclass
@@ -141,7 +152,7 @@ def _build(store: EmbeddingStore, root: Path, model: Any, settings: _Settings, t
     store.cleanup()
 
     report = BuildReport()
-    relpaths = walk_images(root, exclude=store.path)
+    relpaths = walk_images(root, exclude=store.path, skipped=report.skipped)  # links out of root: skipped
     known = store.files()
     if not relpaths and store.dim is None:
         raise ClipzooError(f"folder {str(root)!r} holds no images ({', '.join(INDEX_SUFFIXES)}); check the path")
@@ -156,7 +167,7 @@ def _build(store: EmbeddingStore, root: Path, model: Any, settings: _Settings, t
     embed_seconds = time.perf_counter() - t_embed
     store.set_skipped([(os.path.relpath(p, root), r) for p, r in report.skipped])
     store.compact()
-    record = refresh_vectors(store, **settings.vector_options)
+    record = refresh_vectors(store, **default_vector_options(store, settings.vector_options))
     report.total = store.count()
     report.seconds = time.perf_counter() - t0
     report.images_per_s = embedded / embed_seconds if embedded and embed_seconds > 0 else 0.0
@@ -207,7 +218,7 @@ def _compare(store: EmbeddingStore, root: Path, relpaths: list[str], known: dict
             if not same:
                 to_embed.append(rel)
                 continue
-        new_caption = caption_of(path) if (caption is not None or path.with_suffix(".txt").exists()) else None
+        new_caption = caption_of(path, root) if (caption is not None or path.with_suffix(".txt").exists()) else None
         report.unchanged += 1
         if (size, mtime_ns, caption) != (st.st_size, st.st_mtime_ns, new_caption):
             touched.append((rel, st.st_size, st.st_mtime_ns, new_caption))
@@ -268,7 +279,7 @@ def _embed(store: EmbeddingStore, root: Path, relpaths: list[str], known: dict, 
                     feats = comparator.encode_image(pixels, normalize=True).float().cpu().numpy()
                 for (i, sha, size, mtime_ns), vec in zip(good, feats):
                     rel = relpaths[i]
-                    pending.add(ItemRow(rel, size, mtime_ns, sha, caption_of(root / rel), partition_of(rel)), vec)
+                    pending.add(ItemRow(rel, size, mtime_ns, sha, caption_of(root / rel, root), partition_of(rel)), vec)
                     if rel in known:
                         report.updated += 1
                     else:

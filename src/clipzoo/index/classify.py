@@ -1,6 +1,6 @@
 """Image -> text over a vocabulary: zero-shot classification with cached vocabulary embeddings.
 
-The vocabulary's prompt embeddings (``template.format(label)``) are computed once per (model weights,
+The vocabulary's prompt embeddings (``fill_template(template, label)``) are computed once per (model weights,
 vocabulary, template) and kept as their own small FAISS index (exact inner product) with the labels in
 a JSON beside it, under ``cache_dir`` (default ``~/.cache/clipzoo/vocab``)::
 
@@ -23,6 +23,7 @@ from ..api import load
 from ..constants import DEFAULT_TEMPLATE, default_cache_dir
 from ..errors import BadTextError, ClipzooError
 from ..files import atomic_write
+from ..templates import fill_template, template_parts
 from .search import check_k, image_from_bytes
 from .stores.faiss_kinds import import_faiss
 
@@ -82,15 +83,11 @@ def load_vocabulary(path: "str | os.PathLike") -> list[str]:
 
 
 def check_template(template: str) -> str:
-    """``template`` if it is a format string with one ``{}`` for the label; a ClipzooError saying how to fix it."""
-    if not isinstance(template, str) or "{}" not in template:
+    """``template`` if it is plain text with a ``{}`` (or ``{label}``) for the label and no other brace;
+    a ClipzooError naming it otherwise (templates are data, never ``str.format`` strings)."""
+    if len(template_parts(template)) < 2:
         raise ClipzooError(f"prompt template {template!r} has no '{{}}' where the label goes; "
                            "e.g. 'a photo of a {}.'")
-    try:
-        template.format("x")
-    except (IndexError, KeyError, ValueError) as exc:
-        raise ClipzooError(f"prompt template {template!r} is not a valid format string ({exc}); use exactly "
-                           "one '{}' (double other braces: '{{' '}}')") from None
     return template
 
 
@@ -136,7 +133,7 @@ def vocabulary_embeddings(model: Any, labels: Sequence[str], template: str = DEF
         except (RuntimeError, OSError, ValueError):
             x = None  # a damaged cache entry is recomputed
     if x is None:
-        prompts = [template.format(label) for label in labels]
+        prompts = [fill_template(template, label) for label in labels]
         x = model.encode_text(prompts, truncate=True).float().cpu().numpy()
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(np.ascontiguousarray(x, dtype=np.float32))

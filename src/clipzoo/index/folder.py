@@ -4,6 +4,8 @@
   the index folder itself skipped), as sorted relative POSIX paths;
 - a file's partition is its first-level subfolder (:func:`partition_of`), its caption the text of a
   same-name ``.txt`` beside it (:func:`caption_of`);
+- files stay inside the folder: a link that leaves it, a non-regular file, a caption over 64 KB or not
+  UTF-8 is not read, and is listed in the build report's ``skipped`` (:func:`file_problem`);
 - :class:`IndexFiles`: the DataLoader dataset that reads each file once, hashes and decodes the same bytes
   (in worker processes), and reports a file it cannot use instead of failing (:func:`collate_index_batch`).
 """
@@ -12,22 +14,36 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 from pathlib import Path
 
 from ..constants import IMAGE_SUFFIXES
 from ..embed import ImageFiles
-from ..inputs import load_rgb
+from ..image_bytes import decode_rgb
 
-__all__ = ["INDEX_SUFFIXES", "walk_images", "partition_of", "caption_of", "sha256_file", "IndexFiles",
+__all__ = ["INDEX_SUFFIXES", "MAX_CAPTION_BYTES", "walk_images", "file_problem", "caption_problem", "inside",
+           "partition_of", "caption_of", "sha256_file", "IndexFiles",
            "collate_index_batch"]
 
 INDEX_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s not in (".tif", ".tiff"))
 """The image files an index build takes: :data:`clipzoo.constants.IMAGE_SUFFIXES` but TIFF."""
 
 
-def walk_images(root: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[str]:
-    """Relative POSIX paths of the image files under ``root`` (sorted; hidden entries and ``exclude`` skipped)."""
+MAX_CAPTION_BYTES = 64 * 1024
+"""Largest caption file (``.txt`` beside an image) an index takes; larger ones are skipped."""
+
+Skipped = list  # of (absolute path, reason): the build report's ``skipped``
+
+
+def walk_images(root: str | os.PathLike, exclude: str | os.PathLike | None = None,
+                skipped: "Skipped | None" = None) -> list[str]:
+    """Relative POSIX paths of the image files under ``root`` (sorted; hidden entries and ``exclude`` skipped).
+
+    Only files that stay inside ``root`` are taken: a link whose target leaves the folder, and anything
+    that is not a regular file, is left out and, with ``skipped`` given, listed there as ``(path,
+    reason)`` — so are captions that cannot be used (:func:`caption_problem`)."""
     root = Path(root)
+    real_root = os.path.realpath(root)
     skip = Path(exclude).resolve() if exclude is not None else None
     out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -36,9 +52,41 @@ def walk_images(root: str | os.PathLike, exclude: str | os.PathLike | None = Non
                              and (skip is None or (here / d).resolve() != skip))
         for name in filenames:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in INDEX_SUFFIXES:
-                out.append((here / name).relative_to(root).as_posix())
+                problem = file_problem(here / name, real_root)
+                if problem is None:
+                    out.append((here / name).relative_to(root).as_posix())
+                    problem = caption_problem(here / name, real_root)
+                    if problem is not None and skipped is not None:
+                        skipped.append((str(here / name.rsplit(".", 1)[0]) + ".txt", problem))
+                elif skipped is not None:
+                    skipped.append((str(here / name), problem))
     out.sort()
     return out
+
+
+def inside(real_path: str, real_root: str) -> bool:
+    """Whether ``real_path`` (resolved) is ``real_root`` (resolved) or below it."""
+    return real_path == real_root or real_path.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def file_problem(path: "str | os.PathLike", real_root: str) -> str | None:
+    """Why the file at ``path`` may not be read for an index rooted at ``real_root`` (None: it may): its
+    real path leaves the folder (a link out of it), or it is not a regular file (a folder, fifo, device)."""
+    real = os.path.realpath(path)
+    if not inside(real, real_root):
+        return "outside the indexed folder (a link to a file elsewhere); not read"
+    try:
+        st = os.stat(real)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file; not read"
+    return None
+
+
+def caption_problem(image: Path, real_root: str | None = None) -> str | None:
+    """Why the caption beside ``image`` cannot be used (None when it can, or when there is none)."""
+    return _read_caption(image, real_root)[1]
 
 
 def partition_of(relpath: str) -> str | None:
@@ -47,13 +95,34 @@ def partition_of(relpath: str) -> str | None:
     return parts[0] if len(parts) > 1 else None
 
 
-def caption_of(path: Path) -> str | None:
-    """The stripped text of the ``.txt`` beside ``path`` (None when absent, unreadable or blank)."""
-    txt = path.with_suffix(".txt")
+def caption_of(path: Path, root: "str | os.PathLike | None" = None) -> str | None:
+    """The stripped text of the ``.txt`` beside ``path`` (None when absent, blank, or not usable: with
+    ``root`` given, a caption that leaves it or is not a regular file; over :data:`MAX_CAPTION_BYTES`;
+    not UTF-8)."""
+    return _read_caption(Path(path), os.path.realpath(root) if root is not None else None)[0]
+
+
+def _read_caption(image: Path, real_root: str | None) -> tuple[str | None, str | None]:
+    """``(caption or None, why it was skipped or None)`` for the ``.txt`` beside ``image``."""
+    txt = image.with_suffix(".txt")
+    if not os.path.lexists(txt):
+        return None, None
+    if real_root is not None:
+        problem = file_problem(txt, real_root)
+        if problem is not None:
+            return None, f"caption {problem}"
     try:
-        return txt.read_text(encoding="utf-8", errors="replace").strip() or None
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        return None
+        with open(txt, "rb") as f:
+            data = f.read(MAX_CAPTION_BYTES + 1)
+    except (IsADirectoryError, PermissionError, FileNotFoundError, OSError):
+        return None, None
+    if len(data) > MAX_CAPTION_BYTES:
+        return None, f"caption over {MAX_CAPTION_BYTES // 1024} KB; not read"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"caption not UTF-8 (byte {exc.start}); not read"
+    return text.strip() or None, None
 
 
 def sha256_file(path: Path) -> str:
@@ -85,7 +154,7 @@ class IndexFiles(ImageFiles):
         if not data:
             return (index, None, "empty file (0 bytes)", *meta)
         try:
-            rgb = load_rgb(io.BytesIO(data), self.draft_size)
+            rgb = decode_rgb(io.BytesIO(data), self.draft_size, reduce=True)  # as the service decodes
         except Exception as exc:  # noqa: BLE001 - any decoder failure (incl. decompression bombs) skips the file
             return (index, None, _decode_reason(exc), *meta)
         try:

@@ -47,7 +47,7 @@ def quantize_onnx_folder(src: Path, dst: Path) -> Path:
     def build(tmp: Path) -> None:
         shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(META_FILE, *files, *[f + ".data" for f in files]))
         for name in files:
-            with warnings.catch_warnings(), _quiet_root_logger():
+            with warnings.catch_warnings(), quiet_root_logger():
                 warnings.simplefilter("ignore")
                 quantize_dynamic(str(src / name), str(tmp / name), op_types_to_quantize=QUANT_OPS, per_channel=True,
                                  weight_type=QuantType.QInt8)
@@ -60,7 +60,7 @@ def quantize_onnx_folder(src: Path, dst: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _quiet_root_logger():
+def quiet_root_logger():
     """onnxruntime.quantization advises pre-processing through the root logger on every call."""
     root = logging.getLogger()
     level = root.level

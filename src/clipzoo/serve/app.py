@@ -32,7 +32,15 @@ from fastapi.staticfiles import StaticFiles
 from ..constants import DEFAULT_MAX_PIXELS, VERSION
 from ..errors import ClipzooError
 from .handlers import install_handlers
-from .limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PENDING, DEFAULT_TEMPLATE, DEFAULT_THUMB_SIZE, MIN_BODY_BYTES
+from .limits import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_MAX_REQUEST_PIXELS,
+    DEFAULT_TEMPLATE,
+    DEFAULT_THUMB_SIZE,
+    MIN_BODY_BYTES,
+    check_template,
+)
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
 from .routers import ROUTERS
 from .routers.service import STATIC_DIR
@@ -45,23 +53,25 @@ DESCRIPTION = ("Search an image collection by text or image, classify images ove
 def create_app(index: Any, *, labels: "Sequence[str] | str | os.PathLike | None" = None, token: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, thumb_size: int = DEFAULT_THUMB_SIZE,
                max_image_pixels: int = DEFAULT_MAX_PIXELS, template: str = DEFAULT_TEMPLATE,
-               model: Any = None, max_pending: int = DEFAULT_MAX_PENDING) -> FastAPI:
+               model: Any = None, max_pending: int = DEFAULT_MAX_PENDING,
+               max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS) -> FastAPI:
     """The service over ``index`` (a folder built by ``clipzoo index build``, or an open SearchIndex).
 
     labels: the vocabulary for ``/classify`` (a list, or a vocab .txt/.json file); requests may send
     their own. token: require ``Authorization: Bearer <token>`` on the API. max_body_bytes: the request
     body limit (413 above it). thumb_size: the longer side of thumbnails. max_image_pixels: uploads that
-    declare more pixels are refused (decompression bombs). model: a spec or Comparator to use instead
+    declare more pixels are refused (413, decompression bombs); max_request_pixels: the same for all the images
+    of one request together (413). model: a spec or Comparator to use instead
     of the one recorded in the index. max_pending: model jobs allowed to wait at once; more get 503 with
     Retry-After (load shedding instead of an unbounded queue). The index and model load here, once; a
     corrupt or missing index raises :class:`~clipzoo.errors.ClipzooError`.
     """
     if max_body_bytes < MIN_BODY_BYTES:
         raise ClipzooError(f"max_body_bytes must be at least {MIN_BODY_BYTES}, got {max_body_bytes}")
-    if "{}" not in template:
-        raise ClipzooError(f"template {template!r} has no '{{}}' for the label")
+    check_template(template)
     service = Service(index, labels=labels, token=token, max_body_bytes=max_body_bytes, thumb_size=thumb_size,
-                      max_image_pixels=max_image_pixels, template=template, model=model, max_pending=max_pending)
+                      max_image_pixels=max_image_pixels, template=template, model=model, max_pending=max_pending,
+                      max_request_pixels=max_request_pixels)
 
     app = FastAPI(title="clipzoo", version=VERSION, description=DESCRIPTION)
     app.state.service = service

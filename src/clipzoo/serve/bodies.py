@@ -113,9 +113,39 @@ def read_json(raw: bytes, model_name: str) -> Any:
         raise StarletteHTTPException(400, f"empty request body: send JSON ({model_name}) or a "
                                           "multipart form with an image file")
     try:
-        return json.loads(raw)
+        text = raw.decode("utf-8-sig")  # a leading BOM is accepted, as json.loads(bytes) did
+    except UnicodeDecodeError as exc:
+        raise StarletteHTTPException(422, f"the request body is not valid UTF-8 (byte {exc.start}); send JSON "
+                                          "encoded as UTF-8") from None
+    try:
+        data = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise StarletteHTTPException(400, f"the request body is not valid JSON ({one_line(exc)})") from None
+    where = lone_surrogate(data)
+    if where is not None:
+        raise StarletteHTTPException(422, f"invalid request: {where}: a string holds a lone surrogate "
+                                          "(\\ud800-\\udfff escape without its pair); send valid Unicode")
+    return data
+
+
+def lone_surrogate(data: Any) -> str | None:
+    """Where in parsed JSON a string (value or key) holds a lone UTF-16 surrogate, or None."""
+    stack: list[tuple[str, Any]] = [("body", data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return where
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((f"{where} (a key)", key))
+                stack.append((f"{where}.{key}" if key.isascii() else where, item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+    return None
 
 
 async def read_form(request: Request, files: tuple[str, ...], lists: tuple[str, ...],

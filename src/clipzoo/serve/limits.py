@@ -2,26 +2,41 @@
 
 The request models (:mod:`clipzoo.serve.schemas`) bound counts and sizes with these constants, so
 FastAPI refuses what is out of range with a 422. What a model cannot say — an empty or too long text
-inside a list, a prompt template without its ``{}`` — is checked here and answered with a 400
-(:class:`~clipzoo.errors.ClipzooError`), through the dependencies in :mod:`clipzoo.serve.deps`.
+inside a list — is checked here and answered with a 400 (:class:`~clipzoo.errors.ClipzooError`), through
+the dependencies in :mod:`clipzoo.serve.deps`. A prompt template is data: only ``{}`` / ``{label}`` are
+substituted, literally; any other brace, and a template over :data:`MAX_TEMPLATE_CHARS`, is a 422.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..constants import DEFAULT_MAX_BODY_BYTES, DEFAULT_TEMPLATE, DEFAULT_THUMB_SIZE  # noqa: F401 (re-exported)
+from ..constants import (  # noqa: F401 (re-exported)
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_REQUEST_PIXELS,
+    DEFAULT_TEMPLATE,
+    DEFAULT_THUMB_SIZE,
+)
 from ..errors import ClipzooError
+from ..templates import TemplateError, template_parts
 
 MAX_K = 1000
 """Most search results one request may ask for."""
 MAX_TEXT_CHARS = 2000
-"""Longest text (query, label, text to rank or embed), in characters."""
-MAX_LABELS = 2000
+"""Longest text (query, text to rank or embed), in characters."""
+MAX_LABELS = 1000
 """Most labels one /classify request may send."""
+MAX_LABEL_CHARS = 200
+"""Longest label a /classify request may send, in characters."""
 MAX_EMBED_TEXTS = 256
 MAX_EMBED_IMAGES = 32
 MAX_RANK_TEXTS = 1000
-MAX_TEMPLATE_CHARS = 500
+MAX_TEMPLATE_CHARS = 256
+MAX_ITEM_ID = 2**63 - 1
+"""Largest id an index can hold (SQLite's integer); larger ids in a body are a 422."""
+DECODE_SLOTS = 2
+"""Uploads decoded at full size at once, in the whole server (the rest wait): bounds decoded memory."""
+TRIM_AFTER_PIXELS = 8_000_000
+"""A request that decoded at least this many pixels hands the freed memory back to the system after."""
 
 DEFAULT_MAX_PENDING = 256
 """Model jobs allowed to wait at once; more are shed with 503."""
@@ -44,12 +59,10 @@ def check_texts(texts: Sequence[str], field: str) -> list[str]:
 
 
 def check_template(template: str) -> str:
-    """``template`` if it is a format string with one ``{}`` for the label (else 400)."""
-    try:
-        template.format("label")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ClipzooError(f"template {template!r} is not a format string with one '{{}}' "
-                           f"({one_line(exc)})") from None
-    if "{}" not in template:
-        raise ClipzooError(f"template {template!r} has no '{{}}' for the label")
+    """``template`` if it is plain text with a ``{}`` (or ``{label}``) for the label and no other brace
+    (else a 422: :class:`~clipzoo.comparator.TemplateError`); it is never run as a format string."""
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise TemplateError(f"template is {len(template)} characters, more than the limit of {MAX_TEMPLATE_CHARS}")
+    if len(template_parts(template)) < 2:
+        raise TemplateError(f"template {template!r} has no '{{}}' for the label; e.g. 'a photo of a {{}}.'")
     return template

@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .limits import (
     MAX_EMBED_IMAGES,
     MAX_EMBED_TEXTS,
+    MAX_ITEM_ID,
     MAX_K,
+    MAX_LABEL_CHARS,
     MAX_LABELS,
     MAX_RANK_TEXTS,
     MAX_TEMPLATE_CHARS,
@@ -42,7 +44,7 @@ class SearchRequest(RequestBody):
     image: str | None = Field(None, min_length=1, description=Base64Image.description)
     embedding: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(None, min_length=1, max_length=65536,
                                              description="A query vector of the model's dimension.")
-    id: int | None = Field(None, ge=0, description="Search by an indexed item's stored embedding.")
+    id: int | None = Field(None, ge=0, le=MAX_ITEM_ID, description="Search by an indexed item's stored embedding.")
     k: int = Field(10, ge=1, le=MAX_K, description="How many results.")
     partition: str | None = Field(None, min_length=1, description="Search only this partition (folder or label).")
     dedup: float | None = Field(None, gt=0.0, le=1.0, description=(
@@ -79,10 +81,12 @@ class ClassifyRequest(RequestBody):
     form_lists: ClassVar[tuple[str, ...]] = ("labels",)
 
     image: str = Field(..., min_length=1, description=Base64Image.description)
-    labels: list[str] | None = Field(None, min_length=1, max_length=MAX_LABELS, description=(
+    labels: list[Annotated[str, Field(max_length=MAX_LABEL_CHARS)]] | None = Field(
+        None, min_length=1, max_length=MAX_LABELS, description=(
         "Candidate labels; omit to use the server's vocabulary (`clipzoo serve --labels`)."))
     template: str | None = Field(None, max_length=MAX_TEMPLATE_CHARS, description=(
-        "Prompt template with '{}' for the label; default 'a photo of a {}.'"))
+        "Prompt template: plain text with '{}' (or '{label}') for the label and no other brace; "
+        "default 'a photo of a {}.'"))
     k: int = Field(5, ge=1, le=MAX_LABELS)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -20,9 +21,12 @@ from anyio import to_thread
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..api import load
+from ..embed import draft_size_for
 from ..errors import BadImageError, ClipzooError
+from ..image_bytes import ImageTooLargeError, image_size
 from ..index import load_vocabulary, open_index
-from .images import ThumbnailCache, decode_base64, decode_image
+from .images import ThumbnailCache, decode_base64, decode_image, release_freed_memory
+from .limits import DECODE_SLOTS, DEFAULT_MAX_REQUEST_PIXELS, TRIM_AFTER_PIXELS
 from .metrics import ServiceMetrics
 
 
@@ -31,15 +35,17 @@ class Service:
 
     def __init__(self, index: Any, *, labels: "Sequence[str] | str | os.PathLike | None", token: str | None,
                  max_body_bytes: int, thumb_size: int, max_image_pixels: int, template: str,
-                 model: Any = None, thumb_cache_items: int = 2048, max_pending: int = 256):
+                 model: Any = None, thumb_cache_items: int = 2048, max_pending: int = 256,
+                 max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS):
         self.token = token or None
+        self.max_request_pixels = int(max_request_pixels)
+        self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)  # full decodes at once, server-wide
         self.max_body_bytes = int(max_body_bytes)
         self.thumb_size = int(thumb_size)
         self.max_image_pixels = int(max_image_pixels)
         self.template = template
         self.started = time.time()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="clipzoo-model")
-        self.thumbnails = ThumbnailCache(self.thumb_size, self.max_image_pixels, thumb_cache_items)
         self._weights: "OrderedDict[tuple, Any]" = OrderedDict()
         self.max_pending = int(max_pending)
         self._pending = 0  # model-thread jobs queued or running (touched on the event loop only)
@@ -47,6 +53,10 @@ class Service:
             # open the index (and load its model) once, on the model thread that will use it
             self.index = self._executor.submit(self._open, index, model).result()
             self.model = self._executor.submit(lambda: self.index.model).result()
+            self.draft_size = draft_size_for(self.model)  # JPEGs decode at the size the model needs
+            root = getattr(self.index, "root", None)  # thumbnails are read only from inside it
+            self.thumbnails = ThumbnailCache(self.thumb_size, self.max_image_pixels, thumb_cache_items,
+                                             roots=[root] if root else [])
             self.metrics = ServiceMetrics(items=lambda: self.count)
             self.vocabulary: list[str] = self._executor.submit(self._load_labels, labels).result()
             if self.vocabulary:  # embed the server's vocabulary at start-up, not on the first request
@@ -94,8 +104,12 @@ class Service:
     @property
     def model_name(self) -> str:
         spec = str(getattr(self.index, "model_spec", None) or "")
-        if spec and os.path.exists(spec):  # a local model: its name, not the server's path
-            return Path(spec).name
+        card = getattr(self.model, "card", None)
+        publisher, card_id = getattr(card, "publisher", None), getattr(card, "id", None)
+        if spec and os.path.exists(spec):  # never the server's path (or a cache folder's hash)
+            if publisher and card_id and publisher != "local":  # a catalogue model unpacked to a cache
+                return f"{publisher}/{card_id}"
+            return Path(spec).name  # a local model: its file or folder name
         return spec or str(getattr(getattr(self.model, "card", None), "alias", "model"))
 
     # --- running work off the event loop
@@ -114,11 +128,36 @@ class Service:
             self.metrics.inference.observe(time.perf_counter() - t0, op=op)
 
     async def decode(self, data: "bytes | str", name: str = "image"):
-        """Upload bytes or base64 -> RGB PIL image, decoded in a worker thread (BadImageError on failure)."""
+        """Upload bytes or base64 -> RGB PIL image (see :meth:`decode_many`)."""
+        return (await self.decode_many([(data, name)]))[0]
+
+    async def decode_many(self, items: "Sequence[tuple[bytes | str, str]]") -> list:
+        """``[(bytes or base64, name)]`` -> RGB PIL images, decoded in a worker thread.
+
+        Every image's header is read first: one over ``max_image_pixels``, or all of them together over
+        ``max_request_pixels``, is refused (413) before any pixel is decoded; then each is decoded (JPEGs
+        at the model's size, PIL's draft mode), at most :data:`DECODE_SLOTS` full decodes at once in the
+        whole server. BadImageError (400) for what cannot be decoded."""
 
         def work():
-            raw = decode_base64(data, name) if isinstance(data, str) else data
-            return decode_image(raw, max_pixels=self.max_image_pixels, name=name)
+            raws = [decode_base64(data, name) if isinstance(data, str) else data for data, name in items]
+            sizes = [image_size(raw, max_pixels=self.max_image_pixels, name=name)
+                     for raw, (_, name) in zip(raws, items)]
+            total = sum(w * h for w, h in sizes)
+            if total > self.max_request_pixels:
+                raise ImageTooLargeError(
+                    f"the request's {len(sizes)} images declare {total:,} pixels together, more than the limit "
+                    f"of {self.max_request_pixels:,} per request; send fewer or smaller images")
+            out = []
+            try:
+                for raw, (_, name) in zip(raws, items):
+                    with self._decode_slots:
+                        out.append(decode_image(raw, max_pixels=self.max_image_pixels, name=name,
+                                                draft_size=self.draft_size))
+            finally:
+                if total >= TRIM_AFTER_PIXELS:
+                    release_freed_memory()
+            return out
 
         try:
             return await to_thread.run_sync(work)

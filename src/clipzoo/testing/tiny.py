@@ -12,10 +12,11 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
+
+from .entry import run_writer
 
 TINY_CONFIG = {
     "embed_dim": 32,
@@ -133,11 +134,9 @@ def write_all(out: "str | os.PathLike", seed: int = 0) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        sys.exit("usage: python -m clipzoo.testing.tiny OUT_DIR")
-    for fmt, path in write_all(argv[0]).items():
-        print(f"{fmt}\t{path}")
+    run_writer("clipzoo.testing.tiny", "Write the same tiny random CLIP in every checkpoint format clipzoo "
+               "reads (OpenAI TorchScript and state dict, open_clip .pt / .safetensors / hub folder).",
+               write_all, argv)
 
 
 if __name__ == "__main__":

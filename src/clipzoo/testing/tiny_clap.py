@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
 
+from .entry import run_writer
 from .tiny_hf import CORPUS, randomize, save_model_and_processor
 
 SAMPLE_RATE, HOP, FFT, SECONDS = 32_000, 512, 1024, 1
@@ -68,13 +68,14 @@ def tiny_clap(path: "str | os.PathLike", seed: int = 0, fused: bool = False) -> 
     return save_model_and_processor(path, model, ClapProcessor(feature_extractor=features, tokenizer=tokenizer))
 
 
+def write_both(out: Path) -> dict[str, Path]:
+    """The plain and the fused tiny CLAP under ``out``."""
+    return {"clap": tiny_clap(out / "tiny-clap"), "clap_fused": tiny_clap(out / "tiny-clap-fused", fused=True)}
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        sys.exit("usage: python -m clipzoo.testing.tiny_clap OUT_DIR")
-    out = Path(argv[0])
-    print(tiny_clap(out / "tiny-clap"))
-    print(tiny_clap(out / "tiny-clap-fused", fused=True))
+    run_writer("clipzoo.testing.tiny_clap", "Write a tiny random CLAP (plain and fused) as save_pretrained "
+               "folders.", write_both, argv)
 
 
 if __name__ == "__main__":

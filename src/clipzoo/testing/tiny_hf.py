@@ -24,12 +24,13 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+
+from .entry import run_writer
 
 CORPUS = [
     "a photo of a cat", "a photo of a dog", "a diagram", "a red square on a white background",
@@ -399,11 +400,8 @@ def write_all(out: "str | os.PathLike", seed: int = 0) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        sys.exit("usage: python -m clipzoo.testing.tiny_hf OUT_DIR")
-    for name, path in write_all(argv[0]).items():
-        print(f"{name}\t{path}")
+    run_writer("clipzoo.testing.tiny_hf", "Write tiny random transformers and sentence-transformers models "
+               "(CLIP, SigLIP, SigLIP 2, Chinese-CLIP, AltCLIP, …) as save_pretrained folders.", write_all, argv)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ __all__ = ["STORES", "DEFAULT_STORE", "get_store", "VectorStore", "normalize", "
 # store name -> (module, the import names whose absence means "install the extra")
 STORES: dict[str, tuple[str, tuple[str, ...]]] = {
     "faiss": ("clipzoo.index.stores.faiss", ("faiss",)),
+    "milvus": ("clipzoo.index.stores.milvus", ("pymilvus", "milvus_lite")),
 }
 DEFAULT_STORE = "faiss"
 

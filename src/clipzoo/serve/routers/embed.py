@@ -21,7 +21,7 @@ async def embed(body: EmbedBody, service: ServiceDep):
             model.encode_text, body.texts, normalize=body.normalize, truncate=body.truncate))
         modality = "text"
     else:
-        images = [await service.decode(b64, f"images[{i}]") for i, b64 in enumerate(body.images)]
+        images = await service.decode_many([(b64, f"images[{i}]") for i, b64 in enumerate(body.images)])
         feats = await service.on_model_thread("embed_image", functools.partial(
             model.encode_image, images, normalize=body.normalize))
         modality = "image"

@@ -47,6 +47,7 @@ async def info(service: ServiceDep):
             "partitions": service.partitions, "vocabulary": service.vocabulary[:1000],
             "vocabulary_size": len(service.vocabulary), "auth": service.token is not None,
             "limits": {"max_body_bytes": service.max_body_bytes, "max_image_pixels": service.max_image_pixels,
+                       "max_request_pixels": service.max_request_pixels,
                        "max_k": MAX_K, "thumb_size": service.thumb_size}}
 
 

@@ -1,0 +1,203 @@
+"""JAX backend: open_clip_jax's ViT CLIPs (a ``.pkl`` parameter file) run jit-compiled in JAX.
+
+``clipzoo.load("params.pkl", model="vit-base-patch32")`` — ``model`` names one of open_clip_jax's configs
+(:data:`clipzoo.models.jax_config.MODEL_CONFIGS`) or is a dict in its JSON form; a catalogued card carries it
+in ``config.model``. Image size and context length follow from the parameters. Encoding hands features back
+as torch tensors (through DLPack, without a copy where the devices allow), so similarity, ensembles,
+evaluation and indices work as with any backend; gradients do not flow back from JAX into torch.
+
+A ``.pkl`` is a pickle: it is read with an unpickler that admits only dicts of numpy / JAX arrays and Flax's
+``FrozenDict`` (what open_clip_jax's released files hold) unless ``trust_pickle=True``.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import open_clip
+import torch
+
+from ..cards import IMAGE, TEXT, ModelCard
+from ..comparator import Comparator
+from ..download import hub_file
+from ..errors import CheckpointError, ClipzooError, UnsafePickleError, UnsupportedError
+from ..inputs import is_float_tensor
+from ..models.jax_clip import create_model
+from ..models.jax_config import JaxClipConfig, check_shapes, get_config, list_configs, param_sizes
+from ..models.tokenize import tokenize_checked
+from ..tokenizers import OpenAITokenizer
+
+__all__ = ["JaxComparator", "JaxTowers", "load", "read_params", "to_torch"]
+
+JAX_DTYPES = {"fp32": jnp.float32, "float32": jnp.float32, "bf16": jnp.bfloat16, "bfloat16": jnp.bfloat16,
+              "fp16": jnp.float16, "float16": jnp.float16}
+DEFAULT_TEMPERATURE = 100.0  # open_clip_jax's softmax_temp, for parameter files without 'temp'
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+SAFE_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("jax._src.array", "_reconstruct_array"), ("flax.core.frozen_dict", "FrozenDict"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _ArraysOnly(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}")
+
+
+def read_params(path: "str | os.PathLike", trust_pickle: bool = False) -> dict:
+    """An open_clip_jax ``.pkl`` -> ``{'params': {...}}`` of numpy arrays."""
+    try:
+        with open(path, "rb") as fh:
+            obj = pickle.load(fh) if trust_pickle else _ArraysOnly(fh).load()
+    except pickle.UnpicklingError as exc:
+        raise UnsafePickleError(f"{path} is a pickle that holds more than arrays ({exc}); loading it can run "
+                                "arbitrary code. If you trust its source, pass trust_pickle=True "
+                                "(CLI: --trust-pickle)") from None
+    except (OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"cannot read JAX parameters from {path}: {exc}") from None
+    params = obj.get("params") if isinstance(obj, Mapping) else None
+    if not isinstance(params, Mapping):
+        raise CheckpointError(f"{path} is not an open_clip_jax parameter file (a pickled {{'params': {{...}}}})")
+    return {"params": _numpy_tree(params)}
+
+
+def _numpy_tree(tree: Mapping) -> dict:
+    return {str(k): _numpy_tree(v) if isinstance(v, Mapping) else np.asarray(v) for k, v in tree.items()}
+
+
+def to_torch(x) -> torch.Tensor:
+    """A JAX array as a torch tensor, sharing its memory through DLPack where possible."""
+    try:
+        return torch.from_dlpack(x)
+    except (TypeError, RuntimeError, BufferError):
+        return torch.from_numpy(np.array(x))
+
+
+class JaxTowers(torch.nn.Module):
+    """The Flax model, its parameters on a JAX device and the two jit-compiled encoders."""
+
+    def __init__(self, cfg: JaxClipConfig, params: dict, *, dtype, jax_device):
+        super().__init__()
+        self.cfg = cfg
+        self.module = create_model(cfg, dtype=dtype)
+        self.jax_device = jax_device
+        tower_params = {k: v for k, v in params["params"].items() if k != "temp"}
+        self.variables = jax.device_put({"params": tower_params}, jax_device)
+        module = self.module
+        self.image = jax.jit(lambda v, x: module.apply(v, x, method="encode_image"))
+        self.text = jax.jit(lambda v, t: module.apply(v, t, method="encode_text"))
+
+    def encode_image(self, pixels_nhwc: np.ndarray):
+        return self.image(self.variables, jax.device_put(pixels_nhwc, self.jax_device))
+
+    def encode_text(self, tokens: np.ndarray):
+        return self.text(self.variables, jax.device_put(tokens, self.jax_device))
+
+    def extra_repr(self) -> str:
+        return f"config={self.cfg.name}, device={self.jax_device}"
+
+
+class JaxComparator(Comparator):
+    """A Comparator whose encoders are jit-compiled JAX functions. ``model`` is the :class:`JaxTowers`."""
+
+    def __init__(self, card: ModelCard, towers: JaxTowers, *, transform, tokenizer, image_size: int,
+                 context_length: int, logit_scale: float, device: torch.device):
+        super().__init__(card, towers, transform=transform, embed_dim=towers.cfg.proj_dim, image_size=image_size,
+                         context_length=context_length, modalities=(IMAGE, TEXT))
+        self.tokenizer = tokenizer
+        self._device = device
+        self._scale = torch.tensor(float(logit_scale))
+        self.runtime = "jax"
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.detach().to("cpu", torch.float32).permute(0, 2, 3, 1).contiguous().numpy()
+        return to_torch(self.model.encode_image(x))
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return to_torch(self.model.encode_text(tokens.detach().cpu().numpy().astype(np.int32)))
+
+    def tokenize(self, texts, truncate: bool = False) -> torch.Tensor:
+        return tokenize_checked(self.tokenizer, texts, self.context_length, truncate).long()
+
+    def logit_params(self):
+        return self._scale, None
+
+    def encode_image(self, images: Any, normalize: bool = True, batch_size: int = 64) -> torch.Tensor:
+        if is_float_tensor(images) and images.requires_grad and torch.is_grad_enabled():
+            raise UnsupportedError(f"{self.card.alias} runs in JAX, which hands torch no gradients; load the "
+                                   "PyTorch model (convert it to open_clip) to backpropagate")
+        return super().encode_image(images, normalize=normalize, batch_size=batch_size)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + " (jax)"
+
+
+def _jax_device(device: str):
+    kind = torch.device(device)
+    platform = {"cpu": "cpu", "cuda": "gpu"}.get(kind.type)
+    try:
+        devices = jax.devices(platform) if platform else []
+    except RuntimeError:
+        devices = []
+    index = kind.index or 0
+    if index >= len(devices):
+        raise UnsupportedError(f"device {device!r} is not available to JAX (it has: "
+                               f"{', '.join(str(d) for d in jax.devices())}); use device='cpu'")
+    return devices[index]
+
+
+def _params_path(card: ModelCard, cache_dir) -> str:
+    src = card.source
+    if src.path:
+        return src.path
+    if src.hf_repo and src.hf_file:
+        return str(hub_file(src.hf_repo, src.hf_file, cache_dir))
+    raise CheckpointError(f"{card.alias}: the jax backend loads a local .pkl or a hub file (hf_repo + hf_file)")
+
+
+def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache_dir=None,
+         trust_pickle: bool = False, model: "str | dict | None" = None, **kwargs: Any) -> JaxComparator:
+    """Load open_clip_jax parameters; ``model`` names the config (or comes from the card's ``config.model``)."""
+    if kwargs:
+        raise ClipzooError(f"unknown option(s) for a JAX model: {', '.join(sorted(kwargs))}")
+    model = model if model is not None else card.config.get("model")
+    if model is None:
+        raise ClipzooError(f"{card.alias}: a JAX parameter file needs its config; pass model=NAME "
+                           f"(one of {', '.join(list_configs())})")
+    if precision not in JAX_DTYPES:
+        raise ClipzooError(f"unknown precision {precision!r} for a JAX model; use fp32, bf16 or fp16")
+    path = _params_path(card, cache_dir)
+    params = read_params(path, trust_pickle)
+    cfg = get_config(model)
+    check_shapes(params["params"], cfg)
+    image_size, context_length = param_sizes(params["params"], cfg)
+    temp = params["params"].get("temp")
+    scale = float(np.exp(np.asarray(temp, np.float64))) if temp is not None else DEFAULT_TEMPERATURE
+    towers = JaxTowers(cfg, params, dtype=JAX_DTYPES[precision], jax_device=_jax_device(str(device)))
+    card = card.replace(backend="jax", embed_dim=cfg.proj_dim, image_size=image_size,
+                        context_length=context_length,
+                        config={**card.config, "model": model if isinstance(model, str) else cfg.as_dict()})
+    transform = open_clip.image_transform(image_size, is_train=False, mean=OPENAI_MEAN, std=OPENAI_STD)
+    return JaxComparator(card, towers, transform=transform, tokenizer=OpenAITokenizer(context_length=context_length),
+                         image_size=image_size, context_length=context_length, logit_scale=scale,
+                         device=torch.device(str(device)))

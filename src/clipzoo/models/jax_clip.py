@@ -1,0 +1,218 @@
+"""A ViT CLIP in Flax (linen) whose variables have exactly open_clip_jax's tree.
+
+``{'params': {'image_model': {...}, 'text_model': {...}, 'Dense_0': image projection, 'Dense_1': text
+projection[, 'temp']}}`` — submodule names as Flax's auto-naming gives them in open_clip_jax
+(``PatchEmbed_0/Conv_0``, ``ClsToken_0/cls_token``, ``PosEmbed_0/pos_embed``, ``Transformer_0/
+TransformerBlock_{i}/{LayerNorm_0, MultiHeadAttention_0/{query,key,value,out}, LayerNorm_1, MLP_0/Dense_{0,1}}``,
+…), so that its released ``.pkl`` parameter files load as they are. Here every name is given explicitly.
+
+Images are NHWC floats (already normalised), texts int32 token ids whose end-of-text token is the largest
+id (CLIP's BPE), as in open_clip_jax and open_clip.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..extras import require
+from .jax_config import DEFAULT_CONTEXT_LENGTH, DEFAULT_IMAGE_SIZE, JaxClipConfig, TowerConfig, get_config
+
+jax = require("jax", "the JAX engine")
+jnp = require("jax.numpy", "the JAX engine")
+nn = require("flax.linen", "the JAX engine")
+
+LN_EPS = 1e-5
+MLP_RATIO = 4
+
+
+def activation(name: str):
+    if name == "quick_gelu":
+        return lambda x: x * jax.nn.sigmoid(1.702 * x)
+    return lambda x: jax.nn.gelu(x, approximate=False)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with Flax's ``MultiHeadDotProductAttention`` parameter layout."""
+
+    n_heads: int
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        width = x.shape[-1]
+        head_dim = width // self.n_heads
+
+        def project(name):
+            return nn.DenseGeneral((self.n_heads, head_dim), axis=-1, dtype=self.dtype, name=name)(x)
+
+        q, k, v = project("query"), project("key"), project("value")
+        q = q / jnp.sqrt(head_dim).astype(q.dtype)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+        weights = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
+
+    n_heads: int
+    act: str = "gelu"
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        width = x.shape[-1]
+        h = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="LayerNorm_0")(x)
+        x = x + SelfAttention(self.n_heads, dtype=self.dtype, name="MultiHeadAttention_0")(h, mask)
+        h = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="LayerNorm_1")(x)
+        x = x + Mlp(MLP_RATIO * width, act=self.act, dtype=self.dtype, name="MLP_0")(h)
+        return x
+
+
+class Mlp(nn.Module):
+    hidden: int
+    act: str = "gelu"
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Dense(self.hidden, dtype=self.dtype, name="Dense_0")(x)
+        return nn.Dense(x.shape[-1], dtype=self.dtype, name="Dense_1")(activation(self.act)(h))
+
+
+class Blocks(nn.Module):
+    depth: int
+    n_heads: int
+    act: str = "gelu"
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        for i in range(self.depth):
+            x = Block(self.n_heads, act=self.act, dtype=self.dtype, name=f"TransformerBlock_{i}")(x, mask)
+        return x
+
+
+class PatchEmbed(nn.Module):
+    width: int
+    patch_size: int
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, images):
+        p = self.patch_size
+        x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=self.dtype,
+                    name="Conv_0")(images)
+        return jnp.reshape(x, (x.shape[0], -1, self.width))
+
+
+class ClassToken(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        width = x.shape[-1]
+        token = self.param("cls_token", lambda key: width ** -0.5 * jax.random.normal(key, (width,), x.dtype))
+        return jnp.concatenate([jnp.broadcast_to(token.astype(x.dtype), (x.shape[0], 1, width)), x], axis=1)
+
+
+class PositionEmbedding(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        shape = x.shape[-2:]
+        pos = self.param("pos_embed", lambda key: shape[-1] ** -0.5 * jax.random.normal(key, shape, jnp.float32))
+        return x + pos.astype(x.dtype)
+
+
+class VisionTower(nn.Module):
+    """Patch embedding, class token, positions, ``ln_pre``, blocks, class token through ``ln_post``."""
+
+    cfg: TowerConfig
+    act: str = "gelu"
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, images):
+        c = self.cfg
+        x = PatchEmbed(c.embed_dim, c.patch_size, dtype=self.dtype, name="PatchEmbed_0")(images)
+        x = ClassToken(name="ClsToken_0")(x)
+        x = PositionEmbedding(name="PosEmbed_0")(x)
+        x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="LayerNorm_0")(x)
+        x = Blocks(c.depth, c.n_heads, act=self.act, dtype=self.dtype, name="Transformer_0")(x)
+        return nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="LayerNorm_1")(x[:, 0])
+
+
+class TextTower(nn.Module):
+    """Token + position embeddings, causal blocks, ``ln_final``, the end-of-text token (the largest id)."""
+
+    cfg: TowerConfig
+    vocab_size: int
+    act: str = "gelu"
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, tokens):
+        c = self.cfg
+        x = nn.Embed(self.vocab_size, c.embed_dim, dtype=self.dtype, name="Embed_0")(tokens)
+        x = PositionEmbedding(name="PosEmbed_0")(x)
+        length = tokens.shape[1]
+        mask = jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
+        x = Blocks(c.depth, c.n_heads, act=self.act, dtype=self.dtype, name="Transformer_0")(x, mask)
+        x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="LayerNorm_0")(x)
+        return x[jnp.arange(x.shape[0]), jnp.argmax(tokens, axis=1)]
+
+
+class JaxCLIP(nn.Module):
+    """``apply(vars, images, tokens)`` -> L2-normalised ``(image_proj, text_proj)`` as open_clip_jax's CLIP
+    (the image side times ``exp(temp)`` when ``temp_init`` is set); ``method="encode_image"`` /
+    ``"encode_text"`` give the raw projections."""
+
+    cfg: JaxClipConfig
+    temp_init: float | None = None
+    dtype: Any = None
+
+    def setup(self):
+        c = self.cfg
+        self.image_model = VisionTower(c.image, act=c.act, dtype=self.dtype)
+        self.text_model = TextTower(c.text, c.vocab_size, act=c.act, dtype=self.dtype)
+        self.Dense_0 = nn.Dense(c.proj_dim, use_bias=False, dtype=self.dtype)  # noqa: N815 (Flax's name)
+        self.Dense_1 = nn.Dense(c.proj_dim, use_bias=False, dtype=self.dtype)  # noqa: N815
+        if self.temp_init is not None:
+            self.temp = self.param("temp", lambda key: jnp.asarray(self.temp_init, jnp.float32))
+
+    def encode_image(self, images):
+        return self.Dense_0(self.image_model(images))
+
+    def encode_text(self, tokens):
+        return self.Dense_1(self.text_model(tokens))
+
+    def __call__(self, images, tokens):
+        image = l2_normalize(self.encode_image(images))
+        text = l2_normalize(self.encode_text(tokens))
+        if self.temp_init is not None:
+            image = jnp.exp(self.temp) * image
+        return image, text
+
+
+def l2_normalize(x):
+    x32 = x.astype(jnp.float32)
+    return (x32 / jnp.linalg.norm(x32, axis=-1, keepdims=True)).astype(x.dtype)
+
+
+def create_model(model: "str | dict | JaxClipConfig", temp_init: float | None = None, dtype=None) -> JaxCLIP:
+    return JaxCLIP(get_config(model), temp_init=temp_init, dtype=dtype)
+
+
+def init_variables(module: JaxCLIP, image_size: int = DEFAULT_IMAGE_SIZE,
+                   context_length: int = DEFAULT_CONTEXT_LENGTH, seed: int = 0) -> dict:
+    """Random variables ``{'params': …}`` for images of ``image_size`` and texts of ``context_length``."""
+    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    tokens = jnp.zeros((1, context_length), jnp.int32)
+    return jax.jit(module.init)(jax.random.PRNGKey(seed), images, tokens)
+
+
+def variable_shapes(module: JaxCLIP, image_size: int = DEFAULT_IMAGE_SIZE,
+                    context_length: int = DEFAULT_CONTEXT_LENGTH) -> dict:
+    """The variable tree of ``module`` as shapes only (nothing is computed)."""
+    tree = jax.eval_shape(lambda: init_variables(module, image_size, context_length))
+    return jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)

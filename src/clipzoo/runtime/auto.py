@@ -1,0 +1,192 @@
+"""``runtime="auto"``: the fastest runtime for this machine and model, chosen by a short measurement.
+
+Each candidate available here (:data:`CANDIDATES`: eager fp32 always, the ONNX Runtime ones when onnxruntime
+is installed, ``bf16`` on a CPU with native bf16) embeds a few batches of images and texts — the caller's
+(:func:`choose`) or generated shapes and their captions — and is compared with eager fp32 on them: a
+candidate whose min cosine falls below ``min_cosine`` (default :data:`DEFAULT_MIN_COSINE`) is not
+eligible. The fastest eligible one (images + texts wall time) wins; eager is the fallback.
+
+The choice is cached per machine (its CPU flags and core count) and model (card, source, load options) in
+``cache_dir``/runtime-auto/ and reused; :class:`Choice` says what was chosen and why (also logged on
+the ``clipzoo.runtime`` logger), and the loaded comparator carries it as ``runtime_choice``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..cards import IMAGE, TEXT, ModelCard
+from ..constants import default_cache_dir
+from ..errors import ClipzooError
+from . import bf16, onnx, onnx_int8, onnx_static_int8
+from .bf16 import cpu_flags, native_bf16
+from .onnx_static_int8 import calibration_sample
+
+CANDIDATES = ("eager", "onnx", "onnx-int8", "onnx-int8-static", "bf16")
+MODULES = {"onnx": onnx, "onnx-int8": onnx_int8, "onnx-int8-static": onnx_static_int8, "bf16": bf16}
+DEFAULT_MIN_COSINE = 0.995
+BATCHES = 3
+BATCH_SIZE = 16
+MACHINE_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni", "asimd")
+LOG = logging.getLogger("clipzoo.runtime")
+
+
+@dataclass
+class Choice:
+    """What ``runtime="auto"`` chose (``runtime``), why (``reason``) and what it measured per candidate
+    (``measured``: {runtime: {"seconds", "min_cosine", "eligible", "error"}}); ``cached``: read back."""
+
+    runtime: str
+    reason: str
+    min_cosine: float
+    measured: dict[str, dict[str, Any]] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False
+
+
+def apply(card: ModelCard, build: Callable[..., Any], *, device: str, precision: str, cache_dir,
+          load_kwargs: dict) -> Any:
+    """The comparator of ``card`` under the runtime :func:`choose` picks (measured now unless cached)."""
+    choice = choose(card, build, device=device, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs)
+    comparator = load_runtime(choice.runtime, card, build, device=device, precision=precision, cache_dir=cache_dir,
+                              load_kwargs=load_kwargs)
+    comparator.runtime_choice = choice
+    return comparator
+
+
+def available(device: str = "cpu", flags: frozenset[str] | None = None) -> list[str]:
+    """The candidates that can run here: ONNX runtimes need onnxruntime and a CPU device; bf16 a CPU with
+    native bf16 (or a GPU)."""
+    flags = cpu_flags() if flags is None else flags
+    cpu = str(device).startswith("cpu")
+    out = ["eager"]
+    if cpu and onnx_available():
+        out += ["onnx", "onnx-int8", "onnx-int8-static"]
+    if not cpu or native_bf16(flags):
+        out.append("bf16")
+    return out
+
+
+def onnx_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_runtime(runtime: str, card, build, *, device, precision, cache_dir, load_kwargs):
+    if runtime == "eager":
+        comparator = build()
+    else:
+        comparator = MODULES[runtime].apply(card, build, device=device, precision=precision, cache_dir=cache_dir,
+                                            load_kwargs=dict(load_kwargs))
+    comparator.runtime = runtime
+    return comparator
+
+
+def machine_key() -> dict[str, Any]:
+    return {"flags": sorted(f for f in cpu_flags() if f in MACHINE_FLAGS), "cpus": os.cpu_count()}
+
+
+def cache_file(card: ModelCard, cache_dir, load_kwargs: dict, min_cosine: float, candidates: Sequence[str],
+               sample: str) -> Path:
+    """Where the choice for this machine, model and guard is kept."""
+    key = {"machine": machine_key(), "card": card.to_dict(), "kwargs": load_kwargs, "min_cosine": min_cosine,
+           "candidates": list(candidates), "sample": sample}
+    path = card.source.path
+    if path and os.path.exists(path):
+        st = os.stat(path)
+        key["stat"] = [st.st_size, st.st_mtime_ns]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    return root / "runtime-auto" / f"{digest}.json"
+
+
+def choose(card: ModelCard, build: Callable[..., Any], *, device: str = "cpu", precision: str = "fp32",
+           cache_dir=None, load_kwargs: dict | None = None, images: Sequence | None = None,
+           texts: Sequence[str] | None = None, min_cosine: float = DEFAULT_MIN_COSINE,
+           candidates: Sequence[str] | None = None) -> Choice:
+    """Measure the candidate runtimes on ``images`` / ``texts`` (default: generated) and return the
+    fastest whose min cosine to eager fp32 is ≥ ``min_cosine``; cached per machine and model."""
+    if not 0.0 < float(min_cosine) <= 1.0:
+        raise ClipzooError(f"min_cosine must be in (0, 1], got {min_cosine!r}")
+    load_kwargs = dict(load_kwargs or {})
+    here = available(device)
+    candidates = [c for c in (candidates or CANDIDATES) if c in here]
+    images, texts, _ = calibration_sample(images, texts)
+    n = BATCHES * BATCH_SIZE
+    images, texts = (images * n)[:n], (texts * n)[:n]
+    sample = hashlib.sha256(repr([onnx_static_int8.sample_key(i) for i in images] + texts).encode()).hexdigest()
+    path = cache_file(card, cache_dir, load_kwargs, float(min_cosine), candidates, sample)
+    if path.is_file():
+        choice = Choice(**json.loads(path.read_text(encoding="utf-8")))
+        choice.cached = True
+        LOG.info("runtime auto (cached %s): %s", path, choice.reason)
+        return choice
+    choice = measure(card, build, candidates, images, texts, float(min_cosine), device=device, precision=precision,
+                     cache_dir=cache_dir, load_kwargs=load_kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(asdict(choice), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    LOG.info("runtime auto: %s", choice.reason)
+    return choice
+
+
+def measure(card, build, candidates: Sequence[str], images: list, texts: list[str], min_cosine: float, *,
+            device: str, precision: str, cache_dir, load_kwargs: dict) -> Choice:
+    """Time every candidate on the sample and pick (see :func:`choose`)."""
+    reference = build(device="cpu", precision="fp32")
+    ref = encode(reference, images, texts)
+    measured: dict[str, dict[str, Any]] = {}
+    for runtime in candidates:
+        try:
+            model = reference if runtime == "eager" and device == "cpu" and str(precision) in onnx.FP32_NAMES else \
+                load_runtime(runtime, card, build, device=device, precision=precision, cache_dir=cache_dir,
+                             load_kwargs=load_kwargs)
+            encode(model, images[:BATCH_SIZE], texts[:BATCH_SIZE])  # warm-up
+            start = time.perf_counter()
+            got = encode(model, images, texts)
+            seconds = time.perf_counter() - start
+        except Exception as exc:  # noqa: BLE001 - a candidate that cannot run here is skipped, and said so
+            error = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            measured[runtime] = {"seconds": None, "min_cosine": None, "eligible": False, "error": error}
+            continue
+        cosine = min(float((got[m].float().cpu() * ref[m]).sum(-1).min()) for m in ref)
+        measured[runtime] = {"seconds": round(seconds, 4), "min_cosine": round(cosine, 6),
+                             "eligible": runtime == "eager" or cosine >= min_cosine, "error": None}
+    eligible = {r: v["seconds"] for r, v in measured.items() if v["eligible"]}
+    best = min(eligible, key=eligible.get) if eligible else "eager"
+    return Choice(runtime=best, reason=explain(best, measured, min_cosine, len(images), len(texts)),
+                  min_cosine=min_cosine, measured=measured, machine=machine_key())
+
+
+def encode(model, images: list, texts: list[str]) -> dict:
+    out = {}
+    if IMAGE in model.modalities:
+        out[IMAGE] = model.encode_image(images, batch_size=BATCH_SIZE).float().cpu()
+    if TEXT in model.modalities:
+        out[TEXT] = model.encode_text(texts, batch_size=BATCH_SIZE).float().cpu()
+    return out
+
+
+def explain(best: str, measured: dict, min_cosine: float, n_images: int, n_texts: int) -> str:
+    base = measured.get("eager", {}).get("seconds")
+    parts = []
+    for runtime, v in measured.items():
+        if v["error"]:
+            parts.append(f"{runtime}: unavailable ({v['error']})")
+            continue
+        speed = f"{base / v['seconds']:.2f}× eager" if base and v["seconds"] else f"{v['seconds']:.3f} s"
+        guard = "" if v["eligible"] else f", below the guard {min_cosine}"
+        parts.append(f"{runtime}: {speed}, min cosine {v['min_cosine']:.5f}{guard}")
+    return (f"chose {best}: the fastest on {n_images} images + {n_texts} texts with min cosine to fp32 ≥ "
+            f"{min_cosine} ({'; '.join(parts)})")

@@ -1,0 +1,215 @@
+"""``runtime="onnx-int8-static"``: static int8 (QDQ) quantisation of the cached ONNX export.
+
+Weights int8 per output channel, activations uint8 with scales fixed by a calibration — so a row does not
+depend on what else is in its batch (the dynamic ``onnx-int8`` quantises activations per batch). The
+MatMul / Gemm / Conv nodes with a weight (not the activation × activation products of attention) are
+quantised; ONNX Runtime fuses the QDQ pairs into VNNI / AMX integer kernels.
+
+Calibration: a sample of images and texts (the caller's through :func:`static_int8_folder`, else
+:data:`CALIBRATION_IMAGES` generated shapes and their captions) run through the fp32 graphs; each of the
+:data:`METHODS` (MinMax, entropy, percentile) quantises the graph, and the one whose outputs have the
+highest min cosine to fp32 on the sample is kept, per tower. The result lives in the cache beside the
+export (``<export>-int8s-<sample digest>``) with the chosen method's tensor ranges
+(``calibration-<tower>.json``, reused when the folder is rebuilt) and the measured cosines in its JSON.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..backends.onnx_format import META_FILE, read_meta
+from ..cards import IMAGE, TEXT
+from ..datasets import ShapesDataset
+from ..errors import ClipzooError
+from ..files import build_folder_once
+from .onnx import exported_folder, load_exported
+from .onnx_int8 import quiet_root_logger
+
+QUANT_OPS = ["MatMul", "Gemm", "Conv"]
+METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_IMAGES = 64
+CALIBRATION_BATCH = 16
+ENTROPY_BINS = 512
+SEED = 20260
+
+
+def apply(card, build: Callable[..., Any], *, device: str, precision: str, cache_dir, load_kwargs: dict) -> Any:
+    """The static-int8 ONNX Runtime comparator of ``card`` (exported, calibrated and quantised now when the
+    cache has none yet; calibrated on generated shapes)."""
+    folder = exported_folder(card, build, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs)
+    return load_exported(static_int8_folder(folder), device=device, cache_dir=cache_dir)
+
+
+def static_int8_folder(folder: Path, images: Sequence | None = None, texts: Sequence[str] | None = None,
+                       methods: Sequence[str] = METHODS) -> Path:
+    """The static-int8 version of the fp32 export ``folder`` calibrated on ``images`` / ``texts`` (PIL images
+    or paths; default: generated shapes and captions), built once and cached beside ``folder``."""
+    meta = read_meta(folder)
+    if meta.get("quantization"):
+        raise ClipzooError(f"{folder} is already quantised ({meta['quantization'].get('kind')}); "
+                           "calibrate the fp32 export instead")
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ClipzooError(f"unknown calibration method {bad[0] if bad else None!r}; use some of {', '.join(METHODS)}")
+    images, texts, source = calibration_sample(images, texts)
+    digest = hashlib.sha256(json.dumps([[sample_key(i) for i in images], list(texts), list(methods)]).encode())
+    dst = folder.with_name(f"{folder.name}-int8s-{digest.hexdigest()[:10]}")
+    if not (dst / META_FILE).is_file():
+        build_folder_once(dst, lambda tmp: quantize_static_folder(folder, tmp, images, texts, methods, source),
+                          META_FILE)
+    return dst
+
+
+def calibration_sample(images, texts) -> tuple[list, list[str], str]:
+    """The caller's sample, or generated shapes and their captions (fixed seed) for what is missing."""
+    source = "given" if images is not None or texts is not None else "generated shapes"
+    if images is None or texts is None:
+        shapes = ShapesDataset(CALIBRATION_IMAGES, seed=SEED, image_size=224, two_object_prob=0.25)
+        samples = list(shapes)
+        images = [s.image for s in samples] if images is None else images
+        texts = [c for s in samples for c in s.captions[:1]] if texts is None else texts
+    images, texts = list(images), [str(t) for t in texts]
+    if not images or not texts:
+        raise ClipzooError("static int8 calibration needs at least one image and one text; pass some or none")
+    return images, texts, source
+
+
+def sample_key(image) -> str:
+    """A path as itself; an in-memory image by a digest of its pixels."""
+    if isinstance(image, (str, Path)):
+        return str(image)
+    return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()[:16]
+
+
+def calibration_inputs(folder: Path, images, texts) -> dict[str, list]:
+    """The fp32 export's own preprocessing of the sample: {modality: [input batches as numpy]}."""
+    fp32 = load_exported(folder, device="cpu", cache_dir=None)
+    out: dict[str, list] = {}
+    graphs = read_meta(folder)["graphs"]
+    for modality, items in ((IMAGE, images), (TEXT, texts)):
+        if modality not in graphs:
+            continue
+        batches = []
+        for start in range(0, len(items), CALIBRATION_BATCH):
+            chunk = items[start:start + CALIBRATION_BATCH]
+            x = fp32.pixels(chunk) if modality == IMAGE else fp32.tokenize(chunk, truncate=True)
+            batches.append(x.cpu().numpy().astype(graphs[modality]["input_dtype"]))
+        out[modality] = batches
+    return out
+
+
+def quantize_static_folder(src: Path, dst: Path, images, texts, methods: Sequence[str], source: str) -> None:
+    """Write into ``dst`` the export in ``src`` with each graph statically quantised by its best method."""
+    meta = read_meta(src)
+    graphs = meta["graphs"]
+    files = [g["file"] for g in graphs.values()]
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(META_FILE, *files, *[f + ".data" for f in files]))
+    inputs = calibration_inputs(src, images, texts)
+    chosen: dict[str, str] = {}
+    cosines: dict[str, dict[str, float]] = {}
+    for modality, g in graphs.items():
+        chosen[modality], cosines[modality] = quantize_graph(src / g["file"], dst, modality, g, inputs[modality],
+                                                             methods)
+    meta = {**meta, "quantization": {
+        "kind": "static", "format": "QDQ", "weights": "int8 per channel", "activations": "uint8", "ops": QUANT_OPS,
+        "method": chosen, "min_cosine": cosines,
+        "calibration": {"source": source, "images": len(images), "texts": len(texts)}, "from": str(src)}}
+    meta.pop("max_abs_diff", None)  # measured for the fp32 graphs
+    (dst / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def quantize_graph(path: Path, dst: Path, modality: str, graph: dict, batches: list,
+                   methods: Sequence[str]) -> tuple[str, dict[str, float]]:
+    """Quantise one graph by every method in ``methods``, keep the best (min cosine to fp32 on ``batches``)
+    as ``dst/<file>`` with its ranges in ``dst/calibration-<modality>.json``; returns (method, cosines)."""
+    reference = run_graph(path, graph, batches)
+    cosines: dict[str, float] = {}
+    for method in methods:
+        out = dst / f"{method}-{graph['file']}"
+        quantize_with(path, out, batches, graph["input"], method, dst / f"calibration-{modality}-{method}.json")
+        cosines[method] = min_cosine(run_graph(out, graph, batches), reference)
+    best = max(methods, key=lambda m: cosines[m])
+    for method in methods:
+        out, ranges = dst / f"{method}-{graph['file']}", dst / f"calibration-{modality}-{method}.json"
+        if method == best:
+            out.rename(dst / graph["file"])
+            ranges.rename(dst / f"calibration-{modality}.json")
+        else:
+            out.unlink(missing_ok=True)
+            ranges.unlink(missing_ok=True)
+    return best, {m: round(c, 6) for m, c in cosines.items()}
+
+
+def quantize_with(src: Path, out: Path, batches: list, input_name: str, method: str, ranges: Path) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{input_name: b} for b in batches])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=False)
+    weights = {i.name for i in model.graph.initializer}
+    weights |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    nodes = [n.name for n in model.graph.node if n.op_type in QUANT_OPS and n.input[1:2] and n.input[1] in weights]
+    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                 "percentile": CalibrationMethod.Percentile}[method]
+    with warnings.catch_warnings(), quiet_root_logger(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the calibrators print their progress
+        if method == "entropy" and not ranges.is_file():
+            entropy_ranges(src, Reader(), ranges)
+        quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANT_OPS,
+                        nodes_to_quantize=nodes,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=calibrate, calibration_cache_path=str(ranges),
+                        extra_options={"CalibMovingAverage": False})
+
+
+def entropy_ranges(src: Path, reader, ranges: Path) -> None:
+    """KL-divergence (entropy) ranges over :data:`ENTROPY_BINS` histogram bins, written where
+    ``quantize_static`` reads its calibration cache (its own entropy keeps 128 bins: the MinMax range)."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    with tempfile.TemporaryDirectory(prefix="clipzoo-calib-") as tmp:
+        calibrator = create_calibrator(src, QUANT_OPS, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.Entropy,
+                                       extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": 128})
+        calibrator.collect_data(reader)
+        save_tensors_data(calibrator.compute_data(), ranges)
+
+
+def run_graph(path: Path, graph: dict, batches: list):
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run([graph["output"]], {graph["input"]: b})[0] for b in batches])
+
+
+def min_cosine(a, b) -> float:
+    import numpy as np
+
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float((a * b).sum(1).min())

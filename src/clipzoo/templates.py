@@ -1,0 +1,40 @@
+"""Prompt templates are data, not format strings: ``"a photo of a {}."`` takes the label where ``{}``
+(or ``{label}``, or CLIP_benchmark's ``{c}``) stands, substituted literally. Any other brace — a format
+field, a format spec such as ``{:x>10000000}``, an escape ``{{`` — is a :class:`TemplateError` naming the
+template, so a template from a request can never run ``str.format`` (no huge widths, no attribute
+lookups). :func:`clipzoo.comparator.format_template` fills a template; this module is torch-free so the
+CLI and the index can check templates without loading the model stack.
+"""
+from __future__ import annotations
+
+import re
+
+from .errors import ClipzooError
+
+__all__ = ["TEMPLATE_FIELD", "TemplateError", "fill_template", "template_parts"]
+
+TEMPLATE_FIELD = re.compile(r"\{(?:label|c)?\}")
+"""Where a prompt template takes the label: ``{}``, ``{label}`` or CLIP_benchmark's ``{c}``."""
+
+
+class TemplateError(ClipzooError, ValueError):
+    """A prompt template with a brace that is not a label placeholder (templates are data, not format strings)."""
+
+
+def template_parts(template: str) -> list[str]:
+    """The literal pieces of ``template`` around its label placeholders; a :class:`TemplateError` naming
+    the template when any other ``{`` or ``}`` is left (a format field, a format spec, an escape)."""
+    if not isinstance(template, str):
+        raise TemplateError(f"prompt template must be a string, got {type(template).__name__}")
+    parts = TEMPLATE_FIELD.split(template)
+    for part in parts:
+        if "{" in part or "}" in part:
+            shown = template if len(template) <= 80 else template[:77] + "..."
+            raise TemplateError(f"prompt template {shown!r} has a brace that is not a label placeholder; "
+                                "templates are plain text with '{}' (or '{label}') where the label goes")
+    return parts
+
+
+def fill_template(template: str, label: str) -> str:
+    """``template`` with each ``{}``, ``{label}`` or ``{c}`` replaced by ``label``, literally."""
+    return str(label).join(template_parts(template))

@@ -1,0 +1,105 @@
+"""runtime="onnx-int8-static" (clipzoo.runtime.onnx_static_int8): static QDQ int8, calibrated and cached.
+
+Measured on the embedded clipzoo/tiny-shapes (ModifiedResNet) against eager fp32: min cosine, zero-shot
+acc1 on its held-out shapes, and batch independence (a row is the same alone and inside a batch of 32 —
+which the dynamic onnx-int8 is not).
+"""
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+import clipzoo
+from clipzoo.backends.onnx_format import META_FILE
+from clipzoo.datasets import ShapesDataset, classnames
+from clipzoo.errors import ClipzooError
+from clipzoo.runtime import normalize_runtime
+from clipzoo.runtime.onnx_static_int8 import METHODS, static_int8_folder
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("static-int8-cache")
+
+
+@pytest.fixture(scope="module")
+def models(cache):
+    return clipzoo.load("clipzoo/tiny-shapes"), clipzoo.load("clipzoo/tiny-shapes", runtime="onnx-int8-static",
+                                                            cache_dir=cache)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    images = [s.image for s in ShapesDataset(32, seed=7, image_size=64, two_object_prob=0.0)]
+    texts = [f"a photo of a {c}." for c in classnames("shape_color")[:32]]
+    return images, texts
+
+
+def test_static_int8_stays_close_to_fp32(models, sample):
+    ref, m = models
+    images, texts = sample
+    assert m.runtime == "onnx-int8-static" and normalize_runtime("ONNX_INT8_STATIC") == "onnx-int8-static"
+    cos_image = (m.encode_image(images) * ref.encode_image(images)).sum(-1).min().item()
+    cos_text = (m.encode_text(texts) * ref.encode_text(texts)).sum(-1).min().item()
+    print(f"static int8: min cosine image {cos_image:.5f} text {cos_text:.5f}")
+    assert cos_image >= 0.99 and cos_text >= 0.995, (cos_image, cos_text)
+
+
+def test_a_row_does_not_depend_on_its_batch(models, sample, cache):
+    _, m = models
+    images, texts = sample
+    for encode, items in ((m.encode_image, images), (m.encode_text, texts)):
+        alone = encode(items[5:6])
+        batch = encode(items[:32], batch_size=32)
+        assert (alone[0] - batch[5]).abs().max().item() <= 1e-6
+    # the dynamic int8 quantises activations per batch: its row moves with the batch
+    dynamic = clipzoo.load("clipzoo/tiny-shapes", runtime="onnx-int8", cache_dir=cache)
+    moved = (dynamic.encode_text(texts[5:6])[0] - dynamic.encode_text(texts[:32], batch_size=32)[5]).abs().max()
+    assert moved.item() > 1e-6
+
+
+def test_zero_shot_on_held_out_shapes_within_half_a_point(models, tmp_path):
+    from clipzoo.datasets.readers import open_dataset
+    from clipzoo.eval.runner import Evaluator
+    from clipzoo.train import recipes
+
+    ref, m = models
+    held = recipes.write_heldout("shapes-heldout:385", tmp_path / "held", ref.image_size)
+    acc = [Evaluator(x, workers=0).zeroshot(open_dataset(held)).metrics["acc1"] for x in (ref, m)]
+    print(f"zero-shot acc1 fp32 {acc[0]:.4f} static int8 {acc[1]:.4f}")
+    assert abs(acc[0] - acc[1]) <= 0.005, acc
+
+
+def test_calibration_is_chosen_stored_and_reused(models, cache):
+    _, m = models
+    folder = m.model.folder
+    q = json.loads((folder / META_FILE).read_text())["quantization"]
+    assert q["kind"] == "static" and q["calibration"] == {"source": "generated shapes", "images": 64, "texts": 64}
+    for modality in ("image", "text"):
+        cosines = q["min_cosine"][modality]
+        assert set(cosines) == set(METHODS) and q["method"][modality] == max(cosines, key=cosines.get)
+        ranges = json.loads((folder / f"calibration-{modality}.json").read_text())
+        assert ranges  # the chosen method's tensor ranges, kept beside the graph
+    ops = {n.op_type for n in onnx.load(str(folder / "image.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "DynamicQuantizeLinear" not in ops
+    stamp = (folder / "image.onnx").stat().st_mtime_ns
+    again = clipzoo.load("clipzoo/tiny-shapes", runtime="onnx-int8-static", cache_dir=cache)
+    assert again.model.folder == folder and (folder / "image.onnx").stat().st_mtime_ns == stamp
+
+
+def test_calibration_on_the_callers_images(models, sample):
+    _, m = models
+    fp32_folder = m.model.folder.parent / json.loads((m.model.folder / META_FILE).read_text())["quantization"][
+        "from"].rsplit("/", 1)[-1]
+    images, texts = sample
+    folder = static_int8_folder(fp32_folder, images=images[:8], texts=texts[:8], methods=("minmax",))
+    assert folder != m.model.folder
+    q = json.loads((folder / META_FILE).read_text())["quantization"]
+    assert q["calibration"] == {"source": "given", "images": 8, "texts": 8}
+    assert q["method"] == {"image": "minmax", "text": "minmax"}
+    with pytest.raises(ClipzooError, match="unknown calibration method 'kl'; use some of minmax, entropy"):
+        static_int8_folder(fp32_folder, methods=("kl",))
+    with pytest.raises(ClipzooError, match="already quantised"):
+        static_int8_folder(folder)
