@@ -79,3 +79,22 @@ def artifacts_dir(tmp_path_factory) -> Path:
     except OSError:
         path = tmp_path_factory.mktemp("artifacts")
     return path
+
+
+LABELS = ["circle", "square", "star", "triangle"]
+
+
+@pytest.fixture(scope="module")
+def app(built):
+    """The service over the shared index, with LABELS as its vocabulary."""
+    from clipzoo.serve import create_app
+
+    return create_app(built.index, labels=LABELS)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as c:
+        yield c

@@ -8,24 +8,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from _serve_common import b64, built  # noqa: E402,F401  (built: a fixture)
-
-LABELS = ["circle", "square", "star", "triangle"]
-
-
-@pytest.fixture(scope="module")
-def app(built):
-    from clipzoo.serve import create_app
-
-    return create_app(built.index, labels=LABELS)
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    from fastapi.testclient import TestClient
-
-    with TestClient(app) as c:
-        yield c
+from _serve_common import LABELS, app, b64, built, client  # noqa: E402,F401  (fixtures)
 
 
 @pytest.fixture(scope="module")

@@ -15,25 +15,9 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from _serve_common import b64, built, png_bytes  # noqa: E402,F401  (built: a fixture)
+from _serve_common import LABELS, app, b64, built, client, png_bytes  # noqa: E402,F401  (fixtures)
 
-LABELS = ["circle", "square", "star", "triangle"]
 MB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def app(built):
-    from clipzoo.serve import create_app
-
-    return create_app(built.index, labels=LABELS)
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    from fastapi.testclient import TestClient
-
-    with TestClient(app) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

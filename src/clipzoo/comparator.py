@@ -272,3 +272,20 @@ class Comparator(torch.nn.Module):
     def extra_repr(self) -> str:
         runtime = "" if self.runtime == "eager" else f", runtime={self.runtime}"
         return f"card={self.card.alias}, embed_dim={self.embed_dim}, image_size={self.image_size}{runtime}"
+
+
+class ForeignComparator(Comparator):
+    """A Comparator whose towers run outside PyTorch (ONNX Runtime, JAX): it holds no torch parameters, so
+    its device (where features are handed back) is set, and its features are float32."""
+
+    def __init__(self, *args: Any, device: "str | torch.device" = "cpu", **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._device = torch.device(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32

@@ -23,7 +23,7 @@ import open_clip
 import torch
 
 from ..cards import IMAGE, TEXT, ModelCard
-from ..comparator import Comparator
+from ..comparator import ForeignComparator
 from ..download import hub_file
 from ..errors import CheckpointError, ClipzooError, UnsafePickleError, UnsupportedError
 from ..inputs import is_float_tensor
@@ -109,25 +109,16 @@ class JaxTowers(torch.nn.Module):
         return f"config={self.cfg.name}, device={self.jax_device}"
 
 
-class JaxComparator(Comparator):
+class JaxComparator(ForeignComparator):
     """A Comparator whose encoders are jit-compiled JAX functions. ``model`` is the :class:`JaxTowers`."""
 
     def __init__(self, card: ModelCard, towers: JaxTowers, *, transform, tokenizer, image_size: int,
                  context_length: int, logit_scale: float, device: torch.device):
         super().__init__(card, towers, transform=transform, embed_dim=towers.cfg.proj_dim, image_size=image_size,
-                         context_length=context_length, modalities=(IMAGE, TEXT))
+                         context_length=context_length, modalities=(IMAGE, TEXT), device=device)
         self.tokenizer = tokenizer
-        self._device = device
         self._scale = torch.tensor(float(logit_scale))
         self.runtime = "jax"
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float32
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.detach().to("cpu", torch.float32).permute(0, 2, 3, 1).contiguous().numpy()

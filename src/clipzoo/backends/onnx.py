@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..cards import IMAGE, TEXT, ModelCard, Source
-from ..comparator import Comparator
+from ..comparator import ForeignComparator
 from ..errors import BackendMissingError, BadTextError, CheckpointError, ClipzooError, UnsupportedError
 from ..inputs import is_float_tensor, text_items
 from ..registry import local_card
@@ -53,18 +53,17 @@ class OnnxTowers(torch.nn.Module):
         return f"folder={self.folder}, graphs={sorted(self.graphs)}"
 
 
-class OnnxComparator(Comparator):
+class OnnxComparator(ForeignComparator):
     """A Comparator whose towers run in onnxruntime. ``model`` is the :class:`OnnxTowers`."""
 
     def __init__(self, card: ModelCard, towers: OnnxTowers, *, meta: dict, transform, tokenizer,
                  device: str = "cpu"):
         super().__init__(card, towers, transform=transform, embed_dim=meta["embed_dim"],
                          image_size=_size(meta.get("image_size")), context_length=meta.get("context_length"),
-                         modalities=tuple(meta["modalities"]))
+                         modalities=tuple(meta["modalities"]), device=device)
         self.meta = meta
         self.tokenizer = tokenizer
         self.probability = meta.get("probability", "softmax")
-        self._device = torch.device(device)
         self._scale = torch.tensor(float(meta["logit_scale"]))
         bias = meta.get("logit_bias")
         self._bias = None if bias is None else torch.tensor(float(bias))
@@ -72,14 +71,6 @@ class OnnxComparator(Comparator):
         self._hf_tokenizer = tok.get("kind") == "hf"
         self._lower_case = bool(tok.get("lower_case", False))
         self.runtime = "onnx-int8" if meta.get("quantization") else "onnx"
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float32
 
     # ------------------------------------------------------------ hooks
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
