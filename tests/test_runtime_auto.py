@@ -9,6 +9,7 @@ import clipzoo
 from clipzoo.datasets import ShapesDataset, classnames
 from clipzoo.errors import ClipzooError
 from clipzoo.runtime import RUNTIMES, auto
+from clipzoo.runtime import table as runtime_table
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_a_candidate_that_fails_is_skipped_with_its_reason(card, cache, sample, 
     def broken(*args, **kwargs):
         raise RuntimeError("no kernel for this op\nsecond line")
 
-    monkeypatch.setitem(auto.MODULES, "onnx", SimpleNamespace(apply=broken))
+    monkeypatch.setitem(runtime_table.MODULES, "onnx", SimpleNamespace(apply=broken))
     images, texts = sample
     got = auto.choose(card, builder(card, cache), cache_dir=cache, images=images[:2], texts=texts[:2],
                       candidates=["eager", "onnx"])

@@ -26,14 +26,14 @@ than eager. The modules import torch and onnxruntime only when they run, so this
 """
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 from ..cards import ModelCard
 from ..errors import ClipzooError
-from . import auto, bf16, compiled, onnx, onnx_int8, onnx_static_int8, torch_int8
+from . import auto
+from .table import MODULES, has_onnxruntime, run_runtime
 
 RUNTIMES = ("eager", "compile", "onnx", "int8", "onnx-int8", "torch-int8", "onnx-int8-static", "bf16", "auto")
 ALIASES = {"torch": "eager", "default": "eager", "ort": "onnx", "onnxruntime": "onnx"}
@@ -41,15 +41,7 @@ EAGER_NAMES = ("eager", "torch", "default")
 """Names :func:`clipzoo.api.load` runs as loaded, without :func:`apply_runtime`."""
 
 # runtime name (after normalize_runtime) -> its module
-RUNTIME_MODULES: dict[str, ModuleType] = {
-    "compile": compiled,
-    "onnx": onnx,
-    "onnx-int8": onnx_int8,
-    "onnx-int8-static": onnx_static_int8,
-    "torch-int8": torch_int8,
-    "bf16": bf16,
-    "auto": auto,
-}
+RUNTIME_MODULES: dict[str, ModuleType] = {**MODULES, "auto": auto}
 
 
 def normalize_runtime(runtime: str | None) -> str:
@@ -64,10 +56,6 @@ def normalize_runtime(runtime: str | None) -> str:
     return name
 
 
-def has_onnxruntime() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None
-
-
 def apply_runtime(name: str, card: ModelCard, build: Callable[..., Any], *, device: str, precision: str,
                   cache_dir, load_kwargs: dict) -> Any:
     """The Comparator of ``card`` under runtime ``name`` (as the user spelled it).
@@ -80,8 +68,8 @@ def apply_runtime(name: str, card: ModelCard, build: Callable[..., Any], *, devi
     runtime = normalize_runtime(name)
     if runtime == "eager":
         return build()
-    comparator = RUNTIME_MODULES[runtime].apply(card, build, device=device, precision=precision,
-                                                cache_dir=cache_dir, load_kwargs=dict(load_kwargs))
-    if runtime != "auto":  # auto names the runtime it chose
-        comparator.runtime = runtime
-    return comparator
+    if runtime == "auto":  # it measures the others and names the one it chose
+        return auto.apply(card, build, device=device, precision=precision, cache_dir=cache_dir,
+                          load_kwargs=dict(load_kwargs))
+    return run_runtime(runtime, card, build, device=device, precision=precision, cache_dir=cache_dir,
+                       load_kwargs=load_kwargs)

@@ -25,12 +25,12 @@ from typing import Any
 from ..cards import IMAGE, TEXT, ModelCard
 from ..constants import default_cache_dir
 from ..errors import ClipzooError
-from . import bf16, onnx, onnx_int8, onnx_static_int8
+from . import onnx
 from .bf16 import cpu_flags, native_bf16
-from .onnx_static_int8 import calibration_sample
+from .onnx_static_int8 import calibration_sample, sample_key
+from .table import has_onnxruntime, run_runtime
 
 CANDIDATES = ("eager", "onnx", "onnx-int8", "onnx-int8-static", "bf16")
-MODULES = {"onnx": onnx, "onnx-int8": onnx_int8, "onnx-int8-static": onnx_static_int8, "bf16": bf16}
 DEFAULT_MIN_COSINE = 0.995
 BATCHES = 3
 BATCH_SIZE = 16
@@ -55,7 +55,7 @@ def apply(card: ModelCard, build: Callable[..., Any], *, device: str, precision:
           load_kwargs: dict) -> Any:
     """The comparator of ``card`` under the runtime :func:`choose` picks (measured now unless cached)."""
     choice = choose(card, build, device=device, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs)
-    comparator = load_runtime(choice.runtime, card, build, device=device, precision=precision, cache_dir=cache_dir,
+    comparator = run_runtime(choice.runtime, card, build, device=device, precision=precision, cache_dir=cache_dir,
                               load_kwargs=load_kwargs)
     comparator.runtime_choice = choice
     return comparator
@@ -67,29 +67,11 @@ def available(device: str = "cpu", flags: frozenset[str] | None = None) -> list[
     flags = cpu_flags() if flags is None else flags
     cpu = str(device).startswith("cpu")
     out = ["eager"]
-    if cpu and onnx_available():
+    if cpu and has_onnxruntime():
         out += ["onnx", "onnx-int8", "onnx-int8-static"]
     if not cpu or native_bf16(flags):
         out.append("bf16")
     return out
-
-
-def onnx_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def load_runtime(runtime: str, card, build, *, device, precision, cache_dir, load_kwargs):
-    if runtime == "eager":
-        comparator = build()
-    else:
-        comparator = MODULES[runtime].apply(card, build, device=device, precision=precision, cache_dir=cache_dir,
-                                            load_kwargs=dict(load_kwargs))
-    comparator.runtime = runtime
-    return comparator
 
 
 def machine_key() -> dict[str, Any]:
@@ -124,7 +106,7 @@ def choose(card: ModelCard, build: Callable[..., Any], *, device: str = "cpu", p
     images, texts, _ = calibration_sample(images, texts)
     n = BATCHES * BATCH_SIZE
     images, texts = (images * n)[:n], (texts * n)[:n]
-    sample = hashlib.sha256(repr([onnx_static_int8.sample_key(i) for i in images] + texts).encode()).hexdigest()
+    sample = hashlib.sha256(repr([sample_key(i) for i in images] + texts).encode()).hexdigest()
     path = cache_file(card, cache_dir, load_kwargs, float(min_cosine), candidates, sample)
     if path.is_file():
         choice = Choice(**json.loads(path.read_text(encoding="utf-8")))
@@ -150,7 +132,7 @@ def measure(card, build, candidates: Sequence[str], images: list, texts: list[st
     for runtime in candidates:
         try:
             model = reference if runtime == "eager" and device == "cpu" and str(precision) in onnx.FP32_NAMES else \
-                load_runtime(runtime, card, build, device=device, precision=precision, cache_dir=cache_dir,
+                run_runtime(runtime, card, build, device=device, precision=precision, cache_dir=cache_dir,
                              load_kwargs=load_kwargs)
             encode(model, images[:BATCH_SIZE], texts[:BATCH_SIZE])  # warm-up
             start = time.perf_counter()
