@@ -60,7 +60,7 @@ def check_texts(texts: Sequence[str], field: str) -> list[str]:
 
 def check_template(template: str) -> str:
     """``template`` if it is plain text with a ``{}`` (or ``{label}``) for the label and no other brace
-    (else a 422: :class:`~clipzoo.comparator.TemplateError`); it is never run as a format string."""
+    (else a 422: :class:`~clipzoo.templates.TemplateError`); it is never run as a format string."""
     if len(template) > MAX_TEMPLATE_CHARS:
         raise TemplateError(f"template is {len(template)} characters, more than the limit of {MAX_TEMPLATE_CHARS}")
     if len(template_parts(template)) < 2:
