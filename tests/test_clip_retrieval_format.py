@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -72,6 +73,23 @@ def test_index_from_our_folder_uses_its_recorded_model(embedded, image_files, tm
     hits = json.loads(r.stdout)["hits"]
     assert hits[0]["relpath"] == image_files[1] and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert [h["caption"] for h in hits if h["relpath"] == image_files[1]] == [CAPTIONS[1]]
+
+
+def test_index_from_embeddings_is_published_and_locked_as_a_folder_build(embedded, tmp_path):
+    """A --from-embeddings build takes the writer lock and publishes a generation with its manifest, so
+    `clipzoo index verify` passes and a running server can switch to it (issue 17 §3/§4)."""
+    from clipzoo.index.from_embeddings import build_index_from_embeddings
+    from clipzoo.index.lock import IndexBusyError, IndexLock
+    from clipzoo.index.repair import verify_index
+
+    out = tmp_path / "ix"
+    build_index_from_embeddings(embedded / "cr", out)
+    check = verify_index(out)
+    assert check.ok and not check.legacy and check.generation is not None and check.files > 0, check.lines()
+    with IndexLock(out), pytest.raises(IndexBusyError, match=f"pid {os.getpid()}"):
+        build_index_from_embeddings(embedded / "cr", out)
+    build_index_from_embeddings(embedded / "cr", out)  # the lock is released
+    assert verify_index(out).generation > check.generation
 
 
 def test_shards_are_padded_as_clip_retrieval_pads_them(tmp_path):

@@ -203,12 +203,15 @@ def test_open_index_errors_name_the_file_and_the_fix(tmp_path, model):
     build_index(root, out, model=model, workers=0)
     faiss_file = next((out / "vectors").glob("all-*.faiss"))
     faiss_file.write_bytes(b"garbage" * 10)
-    with pytest.raises(ClipzooError, match=rf"index file '{faiss_file}' is corrupt .*run `clipzoo index build "
-                                           rf"{root} --model .* --out {out}` to rebuild it"):
+    with pytest.raises(ClipzooError, match=rf"index file '{faiss_file}' is corrupt: 70 bytes, the manifest says "
+                                           rf"\d+; run `clipzoo index repair {out}`"):
         open_index(out)
-    build_index(root, out, workers=0)  # not stale by generation: the file is rebuilt only if asked
+    build_index(root, out, workers=0)  # files that do not match the manifest: a rerun publishes them anew
+    assert open_index(out).count == 4
+    faiss_file = next((out / "vectors").glob("all-*.faiss"))
     faiss_file.unlink()
-    with pytest.raises(ClipzooError, match=r"index file '.*all-.*\.faiss' is missing; run `clipzoo index build"):
+    with pytest.raises(ClipzooError, match=rf"index file '.*all-.*\.faiss' is missing; run `clipzoo index repair "
+                                           rf"{out}`"):
         open_index(out)
     build_index(root, out, workers=0)  # a missing file is rebuilt
     assert open_index(out).count == 4

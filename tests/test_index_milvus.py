@@ -148,6 +148,13 @@ def test_index_built_with_milvus_is_searched_and_served(tmp_path, image_files):
         assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
     pointer = tmp_path / "ix" / "vectors" / now["all"]["file"]
     pointer.write_text(json.dumps({**json.loads(pointer.read_text()), "uri": "http://127.0.0.1:9"}))
+    from clipzoo.index.generations import POINTER
+    from clipzoo.index.manifest import file_entry
+
+    published = tmp_path / "ix" / "vectors" / POINTER  # a consistent index (manifest updated) on a server that is gone
+    record = json.loads(published.read_text())
+    record["files"][pointer.name] = file_entry(pointer)
+    published.write_text(json.dumps(record))
     with pytest.raises(ClipzooError) as info:  # the service does not start on a store it cannot reach
         create_app(tmp_path / "ix", model=model)
     assert "cannot reach Milvus at 'http://127.0.0.1:9'" in str(info.value) and "\n" not in str(info.value)

@@ -23,7 +23,7 @@ def test_model_loads_once_at_start_up(app, built):
 
 
 def test_health_and_info(client):
-    assert client.get("/health").json() == {"status": "ok", "items": 42}
+    assert client.get("/health").json() == {"status": "ok", "items": 42, "model": "tiny-model"}  # the folder's name
     info = client.get("/info").json()
     assert info["items"] == 42 and info["embed_dim"] == 32
     assert info["vocabulary"] == LABELS and info["vocabulary_size"] == 4 and info["auth"] is False
@@ -257,17 +257,17 @@ def test_inference_runs_off_the_event_loop(app, client):
 
     service = app.state.service
     seen = []
-    original = service.index.search_text
+    original = service.model.encode_text  # the text is encoded in a batch (serve/batcher.py)
 
     def spy(*args, **kwargs):
         seen.append(threading.current_thread().name)
         return original(*args, **kwargs)
 
-    service.index.search_text = spy
+    service.model.encode_text = spy
     try:
         assert client.post("/search", json={"text": "a heart", "k": 1}).status_code == 200
     finally:
-        del service.index.search_text
+        del service.model.encode_text
     assert seen and seen[0].startswith("clipzoo-model")
 
 

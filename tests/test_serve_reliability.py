@@ -347,7 +347,7 @@ def test_corrupt_vectors_file_is_a_clear_start_up_error(built, tmp_path):
     result = CliRunner().invoke(cli, ["serve", str(index)])
     assert result.exit_code == 2
     last = result.output.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "corrupt" in last and "index build" in last
+    assert last.startswith("error: ") and "corrupt" in last and f"clipzoo index repair {index}" in last  # issue 17 §3
     assert "Traceback" not in result.output
 
 
@@ -409,13 +409,13 @@ def test_overload_is_503_with_retry_after_not_a_growing_queue(built):
     app = create_app(built.index, model=built.model, max_pending=2)
     service = app.state.service
     release = threading.Event()
-    original = service.index.search_text
+    original = service.model.encode_text  # text queries are encoded in batches (serve/batcher.py)
 
     def slow(*args, **kwargs):
         release.wait(30)
         return original(*args, **kwargs)
 
-    service.index.search_text = slow
+    service.model.encode_text = slow
     statuses: list[int] = []
     with running(app) as url:
         def one():
@@ -426,7 +426,7 @@ def test_overload_is_503_with_retry_after_not_a_growing_queue(built):
         for t in threads:
             t.start()
         deadline = time.monotonic() + 30
-        while service._pending < 2 and time.monotonic() < deadline:
+        while service.batcher.load() < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         with httpx.Client(base_url=url, timeout=30) as c:
             shed = c.post("/search", json={"text": "a", "k": 1})

@@ -1,4 +1,5 @@
-"""``clipzoo index build`` (a folder -> a search index), ``clipzoo search`` and ``clipzoo classify``."""
+"""``clipzoo index build`` (a folder -> a search index), ``index verify`` / ``index repair`` (integrity),
+``clipzoo search`` and ``clipzoo classify``."""
 from pathlib import Path
 
 import typer
@@ -53,6 +54,8 @@ def build(
     uri: str | None = typer.Option(None, "--uri", show_default=False,
                                    help="--store milvus: a Milvus Lite file [default: OUT/index.milvus.db] or "
                                         "http://HOST:19530."),
+    wait: bool = typer.Option(False, "--wait", help="When another build is writing OUT, wait for it to finish "
+                                                   "(default: fail naming its pid)."),
 ) -> None:
     """Index the images under DIR with MODEL into the folder OUT (incremental: a rerun embeds only new or
     changed files and drops deleted ones; safe to kill and rerun).
@@ -78,14 +81,15 @@ def build(
     else:
         report = build_index(folder, out, model=model, batch_size=batch_size, workers=workers, progress=progress,
                              shard_rows=max(1, shard_rows), fast_decode=not exact_decode, runtime=runtime,
-                             vector_options=options)
+                             vector_options=options, wait=wait)
     if json_:
         print_json(report.to_dict())
         return
     recall = "" if report.recall_at_10 is None else f", recall@10 vs exact {report.recall_at_10:.3f}"
     rate = f" at {report.images_per_s:.1f} images/s" if report.images_per_s else ""
+    repaired = f", {report.repaired} repaired (lost or corrupt vectors)" if report.repaired else ""
     note(f"indexed {report.total} images in {out}: {report.added} added, {report.updated} updated, "
-         f"{report.removed} removed, {report.unchanged} unchanged{rate}; {report.index_kind} index{recall} "
+         f"{report.removed} removed, {report.unchanged} unchanged{repaired}{rate}; {report.index_kind} index{recall} "
          f"({report.seconds:.1f} s)")
     if report.skipped:
         note(f"skipped {len(report.skipped)} unreadable file(s):")
@@ -93,6 +97,63 @@ def build(
             note(f"  {path}: {' '.join(reason.split())}")
         if len(report.skipped) > 20:
             note(f"  … and {len(report.skipped) - 20} more")
+
+
+@user_errors
+def verify(
+    index: Path = typer.Argument(..., metavar="INDEX", show_default=False, help="An index folder."),
+    sizes_only: bool = typer.Option(False, "--sizes", help="Check sizes only (fast; the default also hashes "
+                                                          "every file)."),
+    json_: JsonOpt = False,
+) -> None:
+    """Check every file of INDEX against its manifest (size and SHA-256), its ids, its embedding shards and
+    its database. Exit 0 when all match; otherwise one line per bad file and exit 2.
+
+    \b
+      clipzoo index verify photos.index
+    """
+    from ..index.repair import verify_index
+
+    result = verify_index(index, full=not sizes_only)
+    if json_:
+        print_json({"index": result.index, "ok": result.ok, "generation": result.generation, "files": result.files,
+                    "problems": [{"file": f, "problem": p} for f, p in result.problems]})
+    elif result.ok:
+        note(f"index {index}: {result.files} files match (generation {result.generation})")
+    else:
+        for line in result.lines():
+            typer.echo(line)
+    if not result.ok:
+        raise typer.Exit(2)
+
+
+@user_errors
+def repair(
+    index: Path = typer.Argument(..., metavar="INDEX", show_default=False, help="An index folder."),
+    model: str | None = typer.Option(None, "--model", "-m", show_default=False,
+                                     help="Model to re-embed lost rows with [default: the recorded one]."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of failing."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar while re-embedding."),
+    json_: JsonOpt = False,
+) -> None:
+    """Repair INDEX: re-embed rows whose vectors are lost (from their image files; rows whose file is gone
+    are removed), rebuild everything derived (vector stores, snapshot, manifest) from the stored vectors,
+    and publish it as a new generation. Also upgrades an index written before manifests.
+
+    \b
+      clipzoo index repair photos.index
+    """
+    from ..index.repair import repair_index, verify_index
+
+    report = repair_index(index, model=model, wait=wait, progress=progress)
+    if json_:
+        print_json(report.to_dict())
+    else:
+        note(f"repaired {index}: {len(report.bad_shards)} bad shard(s), {report.reembedded} row(s) re-embedded, "
+             f"{report.removed} removed; generation {report.generation} with {report.count} items")
+    after = verify_index(index, full=True)
+    if not after.ok:
+        fail(f"index {index} still has problems after repair: {after.lines()[0]}")
 
 
 def _print_hits(hits, json_: bool, query: str) -> None:
@@ -181,12 +242,17 @@ def classify(
     vocab = load_vocabulary(labels)
     paths = expand_image_paths(images)
     comparator = load_model(model, device, precision, trust_pickle, None, cache_dir)
-    results = classify_images(comparator, paths, vocab, template=template, k=k,
+    from ..comparator import competition_ranks
+
+    results = classify_images(comparator, paths, vocab, template=template, k=k + 1,  # +1: a tie just past k shows
                               cache_dir=None if cache_dir is None else Path(cache_dir) / "vocab")
+    ranks = [competition_ranks(prob for _, prob in top) for top in results]  # ties share a rank
+    results = [[(lab, prob, r, rank.count(r) > 1) for (lab, prob), r in zip(top, rank)][:k]
+               for top, rank in zip(results, ranks)]
     if json_:
         print_json({"model": comparator.card.alias, "template": template, "results": [
-            {"image": p, "labels": [{"label": lab, "probability": prob} for lab, prob in top]}
-            for p, top in zip(paths, results)]})
+            {"image": p, "labels": [{"label": lab, "probability": prob, "rank": r, "tie": tie}
+                                    for lab, prob, r, tie in top]} for p, top in zip(paths, results)]})
         return
     from rich.markup import escape
     from rich.table import Table
@@ -196,12 +262,15 @@ def classify(
     for i in range(min(k, len(vocab))):
         table.add_column(f"#{i + 1}", overflow="fold")
     for p, top in zip(paths, results):
-        table.add_row(escape(p), *(f"{escape(lab)} {prob:.3f}" for lab, prob in top))
+        table.add_row(escape(p), *(f"{escape(lab)} {prob:.3f}" + (f" (tie, #{r})" if tie else "")
+                                   for lab, prob, r, tie in top))
     console().print(table)
 
 
 def register(app: typer.Typer) -> None:
     index_app.command("build")(build)
+    index_app.command("verify")(verify)
+    index_app.command("repair")(repair)
     app.add_typer(index_app, name="index")
     app.command("search")(search)
     app.command("classify")(classify)

@@ -7,9 +7,14 @@ from pathlib import Path
 import typer
 
 from ..constants import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_KEEP_ALIVE_TIMEOUT_S,
+    DEFAULT_LIMIT_CONCURRENCY,
+    DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_REQUEST_PIXELS,
+    DEFAULT_MAX_WAIT_MS,
     DEFAULT_TEMPLATE,
     DEFAULT_THUMB_SIZE,
     DEMO_IMAGES,
@@ -24,8 +29,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 @user_errors
 def serve(
-    index: Path = typer.Argument(..., metavar="INDEX", show_default=False,
-                                 help="An index folder built by `clipzoo index build`."),
+    indices: list[str] = typer.Argument(..., metavar="[NAME=]INDEX", show_default=False, help=(
+        "An index folder built by `clipzoo index build`; several as NAME=INDEX (the first serves /search)")),
     host: str = typer.Option(SERVE_HOST, "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(SERVE_PORT, "--port", help="TCP port."),
     token: str | None = typer.Option(None, "--token", envvar="CLIPZOO_TOKEN", show_default=False,
@@ -44,6 +49,27 @@ def serve(
                                        help="Most megapixels one uploaded image may declare; more get 413."),
     max_request_mp: float = typer.Option(DEFAULT_MAX_REQUEST_PIXELS / 1e6, "--max-request-mp",
                                          help="Most megapixels the images of one request may declare together."),
+    allow_url: bool = typer.Option(False, "--allow-url", help="Let /knn-service fetch 'image_url' (public "
+                                   "http(s) addresses only, bounded in size and time)."),
+    allowed_host: list[str] = typer.Option([], "--allowed-host", show_default=False, metavar="NAME",
+                                           help="A Host name to answer besides the bound address and localhost "
+                                                "(repeat; '*.example.org' for its subdomains, '*' for any); "
+                                                "other Host headers get 400."),
+    cors_origin: list[str] = typer.Option([], "--cors-origin", show_default=False, metavar="ORIGIN",
+                                          help="An origin (scheme://host[:port]) whose pages may call the API "
+                                               "(repeat); CORS is off without it."),
+    max_batch: int = typer.Option(DEFAULT_MAX_BATCH, "--max-batch",
+                                  help="Most waiting requests encoded in one model call (1: unbatched)."),
+    max_wait_ms: float = typer.Option(DEFAULT_MAX_WAIT_MS, "--max-wait-ms",
+                                      help="Longest a request waits for others to fill its batch (ms)."),
+    limit_concurrency: int = typer.Option(DEFAULT_LIMIT_CONCURRENCY, "--limit-concurrency",
+                                          help="Most connections and requests at once; more get 503."),
+    header_timeout: float = typer.Option(DEFAULT_HEADER_TIMEOUT_S, "--header-timeout",
+                                         help="Seconds a connection has to send its request headers."),
+    keep_alive_timeout: float = typer.Option(DEFAULT_KEEP_ALIVE_TIMEOUT_S, "--keep-alive-timeout",
+                                             help="Seconds an idle keep-alive connection stays open."),
+    verify: str = typer.Option("sizes", "--verify", help="Check the index's files against its manifest at start: "
+                               "sizes, or full (also SHA-256); a mismatch refuses to start."),
     device: DeviceOpt = "cpu",
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: debug, info, warning, error."),
 ) -> None:
@@ -55,38 +81,33 @@ def serve(
       clipzoo serve photos.index
       clipzoo serve photos.index --labels vocab.txt --port 8000
       CLIPZOO_TOKEN=s3cret clipzoo serve photos.index --host 0.0.0.0
+      clipzoo serve main=photos.index art=art.index   # clip-retrieval's API serves both by name
     """
-    if not 0 < port < 65536:
-        fail(f"--port must be between 1 and 65535, got {port}")
-    if max_body_mb <= 0:
-        fail(f"--max-body-mb must be positive, got {max_body_mb}")
-    if max_image_mp <= 0 or max_request_mp <= 0:
-        fail(f"--max-image-mp and --max-request-mp must be positive, got {max_image_mp} and {max_request_mp}")
-    if thumb_size < 16 or thumb_size > 2048:
-        fail(f"--thumb-size must be between 16 and 2048, got {thumb_size}")
-    check_port(host, port)
-    if not index.exists():
-        fail(f"index {str(index)!r} does not exist; build one with "
-             f"`clipzoo index build FOLDER --model MODEL --out {index}`")
+    named = named_indices(indices)  # {name: folder}, each one there; the first is the main index
+    check_options(host, port, max_body_mb, max_image_mp, max_request_mp, thumb_size)  # each: one line, exit 2
+    from ..serve.connections import ConnectionLimits
+
+    limits = ConnectionLimits(limit_concurrency=limit_concurrency, header_timeout=header_timeout,
+                              keep_alive_timeout=keep_alive_timeout)  # a bad value: one line, exit 2
+    verify_indices(named, verify)  # a mismatched file: one line naming it and `clipzoo index repair`
     require("fastapi", "the HTTP service")
     import clipzoo.serve as serving  # the service's stack (FastAPI, the index, torch) loads when it runs
-
-    from ..api import load
-
-    comparator = None
-    if model or device != "cpu":
-        comparator = load(model or _recorded_spec(index), device=resolve_device(device))
-    note(f"loading {index} …")
-    app = serving.create_app(index, labels=labels, token=token or None, max_body_bytes=int(max_body_mb * 2**20),
-                             thumb_size=thumb_size, template=template, model=comparator,
-                             max_image_pixels=int(max_image_mp * 1e6), max_request_pixels=int(max_request_mp * 1e6))
+    comparator = query_model(named, model, device)
+    note(f"loading {', '.join(str(p) for p in named.values())} …")
+    app = serving.create_app(named, labels=labels, token=token or None, max_body_bytes=int(max_body_mb * 2**20),
+                             thumb_size=thumb_size, template=template, model=comparator, allow_url=allow_url,
+                             max_image_pixels=int(max_image_mp * 1e6), max_request_pixels=int(max_request_mp * 1e6),
+                             allowed_hosts=[host, *allowed_host], cors_origins=cors_origin, max_batch=max_batch,
+                             max_wait_ms=max_wait_ms)
     service = app.state.service
     if host not in LOOPBACK and not token:
         note(f"warning: serving on {host} without --token: anyone who can reach port {port} can query "
              "the index and see its thumbnails")
     note(f"serving {service.count} items ({service.model_name}) on http://{host}:{port}/ "
          f"(API docs: /docs){' with a bearer token' if token else ''}")
-    serving.run(app, host=host, port=port, log_level=log_level)
+    if len(named) > 1:
+        note("clip-retrieval's API (/knn-service, …) serves: " + app.state.indices.describe())
+    serving.run(app, host=host, port=port, log_level=log_level, limits=limits)
 
 
 def check_port(host: str, port: int) -> None:
@@ -103,6 +124,51 @@ def check_port(host: str, port: int) -> None:
         except OSError as exc:
             fail(f"cannot listen on {host}:{port} ({exc.strerror or exc}); is another server using it? "
                  "choose another --port")
+
+
+def check_options(host: str, port: int, max_body_mb: float, max_image_mp: float, max_request_mp: float,
+                  thumb_size: int) -> None:
+    """Fail in one line on an option out of range, or a ``host:port`` that cannot be listened on."""
+    if not 0 < port < 65536:
+        fail(f"--port must be between 1 and 65535, got {port}")
+    if max_body_mb <= 0:
+        fail(f"--max-body-mb must be positive, got {max_body_mb}")
+    if max_image_mp <= 0 or max_request_mp <= 0:
+        fail(f"--max-image-mp and --max-request-mp must be positive, got {max_image_mp} and {max_request_mp}")
+    if thumb_size < 16 or thumb_size > 2048:
+        fail(f"--thumb-size must be between 16 and 2048, got {thumb_size}")
+    check_port(host, port)
+
+
+def verify_indices(named: "dict[str, Path]", verify: str) -> None:
+    """Check each index's files against its manifest (``--verify sizes|full``) before serving."""
+    from ..index.repair import check_before_serving
+
+    for path in named.values():
+        check_before_serving(path, verify)
+
+
+def named_indices(args: list[str]) -> "dict[str, Path]":
+    """The INDEX / NAME=INDEX arguments -> ``{name: folder}``; fails in one line on a bad name or a missing folder."""
+    from ..serve.names import parse_index_args
+
+    named = parse_index_args(args)
+    for path in named.values():
+        if not path.exists():
+            fail(f"index {str(path)!r} does not exist; build one with "
+                 f"`clipzoo index build FOLDER --model MODEL --out {path}`")
+    return named
+
+
+def query_model(named: "dict[str, Path]", model: str | None, device: str):
+    """The Comparator ``--model`` / ``--device`` ask for (None: each index loads its recorded model)."""
+    if not model and device == "cpu":
+        return None
+    from ..api import load
+
+    if not model and len({_recorded_spec(p) for p in named.values()}) > 1:
+        fail("--device with indices built with different models: serve them separately, or give --model")
+    return load(model or _recorded_spec(next(iter(named.values()))), device=resolve_device(device))
 
 
 def _recorded_spec(index: Path) -> str:

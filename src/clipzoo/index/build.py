@@ -11,13 +11,21 @@ Steps of a run:
 3. new and changed files are read, hashed and decoded in DataLoader worker processes and embedded in
    batches; every ``shard_rows`` rows (or ``flush_seconds``) become one shard + one transaction;
    files that cannot be decoded are skipped, counted and listed (never fatal);
-4. the vector stores (all items, and one per partition = first-level subfolder) are rebuilt from the
-   committed rows when the store changed, then swapped in atomically via ``vectors/vectors.json``
-   (:mod:`.vector_files`).
+4. a new generation (a snapshot of the rows, their vectors, the vector stores: all items, and one per
+   partition = first-level subfolder) is published when the store changed or the published files do not
+   match their manifest, and switched in atomically via ``vectors/vectors.json`` (:mod:`.generations`).
+
+One writer at a time (:mod:`.lock`: a second build fails naming the holder's pid, or waits with
+``wait=True``). A failed build leaves no debris: temporary and unpublished files are deleted, a first build
+that committed nothing removes the folder it created, and rows it did commit are reused by the rerun; a
+full disk is one line, ``no space left on DEVICE writing FILE``, with the published index unchanged.
 """
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,9 +40,11 @@ from ..errors import ClipzooError
 from ..progress import progress as progress_bar
 from .embedding_store import EmbeddingStore, ItemRow
 from .folder import INDEX_SUFFIXES, IndexFiles, caption_of, collate_index_batch, partition_of, sha256_file, walk_images
-from .vector_files import refresh_vectors
+from .generations import VECTORS_DIR, collect, publish, read_pointer
+from .lock import IndexLock
+from .manifest import bad_shards, check_files, disk_full, is_disk_full
 
-__all__ = ["BuildReport", "build_index", "model_identity", "load_model", "default_vector_options"]
+__all__ = ["BuildReport", "build_index", "model_identity", "load_model", "default_vector_options", "reembed"]
 
 MILVUS_LITE_FILE = "index.milvus.db"
 """The Milvus Lite database inside the index folder: ``--store milvus`` without ``--uri``."""
@@ -62,6 +72,7 @@ class BuildReport:
     images_per_s: float = 0.0
     index_kind: str = ""
     recall_at_10: float | None = None
+    repaired: int = 0  # rows re-embedded because their stored vectors were lost or corrupt
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -103,7 +114,7 @@ def load_model(model: Any, runtime: str = "eager"):
 def build_index(folder: "str | os.PathLike", out: "str | os.PathLike", model: Any = None, batch_size: int = 64,
                 workers: int | None = None, progress: bool = False, *, shard_rows: int = 4096,
                 flush_seconds: float = 10.0, vector_options: dict[str, Any] | None = None,
-                fast_decode: bool = True, runtime: str = "eager") -> BuildReport:
+                fast_decode: bool = True, runtime: str = "eager", wait: bool = False) -> BuildReport:
     """Index the images under ``folder`` into the index folder ``out`` with ``model`` (spec or Comparator).
 
     ``fast_decode``: decode large JPEGs at reduced size (see :func:`clipzoo.inputs.load_rgb`); False
@@ -113,6 +124,7 @@ def build_index(folder: "str | os.PathLike", out: "str | os.PathLike", model: An
     options (FAISS: ``kind``, ``memory_budget``, ``latency_target_ms``, …).
     A rerun embeds only new or changed files and drops deleted ones; a run killed at any moment leaves
     an index that the next run completes. ``model`` may be omitted on a rerun (the recorded one is used).
+    ``wait``: when another writer holds the index, wait for it instead of failing with its pid.
     """
     t0 = time.perf_counter()
     if int(batch_size) < 1:
@@ -126,11 +138,63 @@ def build_index(folder: "str | os.PathLike", out: "str | os.PathLike", model: An
         raise ClipzooError(f"{os.fspath(folder)!r} is not a folder; pass the folder of images to index")
     settings = _Settings(int(batch_size), workers, progress, int(shard_rows), flush_seconds, dict(vector_options or {}),
                          fast_decode, runtime)
-    store = EmbeddingStore(out, create=True)
+    out_path = Path(os.path.expanduser(os.fspath(out))).absolute()
+    created = not out_path.exists()
+    fresh = created or (out_path.is_dir() and not (out_path / "index.sqlite").exists())  # no index yet
     try:
+        with IndexLock(out_path, wait=wait, on_wait=_waiting(out_path) if progress else None):
+            return _locked_build(out_path, fresh, root, model, settings, t0)
+    except BaseException:
+        if created and out_path.is_dir() and not any(out_path.iterdir()):
+            out_path.rmdir()
+        raise
+
+
+def _locked_build(out_path: Path, fresh: bool, root: Path, model: Any, settings: "_Settings",
+                  t0: float) -> BuildReport:
+    store = None
+    try:
+        store = EmbeddingStore(out_path, create=True)
         return _build(store, root, model, settings, t0)
+    except sqlite3.OperationalError as exc:
+        if is_disk_full(exc, out_path):
+            raise disk_full(out_path / "index.sqlite") from None
+        raise
+    except BaseException:
+        if store is not None:
+            store.close()
+            store = None
+        if fresh:
+            _remove_if_empty(out_path)
+        raise
     finally:
-        store.close()
+        if store is not None:
+            store.close()
+
+
+def _waiting(out: Path):
+    def say(pid: int | None) -> None:
+        print(f"waiting for {f'pid {pid}' if pid else 'another writer'} to finish writing {out} …", file=sys.stderr,
+              flush=True)
+    return say
+
+
+def _remove_if_empty(out: Path) -> None:
+    """A first build that failed before committing a row: remove the files it created (and nothing else)."""
+    if read_pointer(out) is not None:
+        return
+    try:
+        with EmbeddingStore(out) as store:
+            if store.count():
+                return
+    except ClipzooError:  # cannot tell what it holds: leave it to the rerun
+        return
+    names = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if names <= {"index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "shards", VECTORS_DIR, ".lock"}:
+        shutil.rmtree(out / "shards", ignore_errors=True)
+        shutil.rmtree(out / VECTORS_DIR, ignore_errors=True)
+        for name in names - {".lock", "shards", VECTORS_DIR}:
+            (out / name).unlink(missing_ok=True)
 
 
 @dataclass
@@ -159,6 +223,9 @@ def _build(store: EmbeddingStore, root: Path, model: Any, settings: _Settings, t
     present = set(relpaths)
     report.removed = store.remove(p for p in known if p not in present)
     to_embed = _compare(store, root, relpaths, known, report)
+    lost = _lost_rows(store, present, set(to_embed))  # a rebuild also repairs: rows whose shard is bad
+    report.repaired, report.unchanged = len(lost), report.unchanged - len(lost)
+    to_embed += lost
 
     embedded = 0
     t_embed = time.perf_counter()
@@ -167,13 +234,43 @@ def _build(store: EmbeddingStore, root: Path, model: Any, settings: _Settings, t
     embed_seconds = time.perf_counter() - t_embed
     store.set_skipped([(os.path.relpath(p, root), r) for p, r in report.skipped])
     store.compact()
-    record = refresh_vectors(store, **default_vector_options(store, settings.vector_options))
+    record = read_pointer(store.path)
+    if (record is None or "files" not in record or record.get("generation") != store.generation
+            or check_files(store.path / VECTORS_DIR, record["files"], full=True)):
+        record = publish(store, **default_vector_options(store, settings.vector_options))
+    else:
+        collect(store.path)  # files a killed run left
     report.total = store.count()
     report.seconds = time.perf_counter() - t0
     report.images_per_s = embedded / embed_seconds if embedded and embed_seconds > 0 else 0.0
     report.index_kind = record["all"]["kind"]
     report.recall_at_10 = record["all"].get("recall_at_10")
     return report
+
+
+def reembed(store: EmbeddingStore, relpaths: list[str], model: Any = None, progress: bool = False,
+            workers: int | None = 0) -> BuildReport:
+    """Embed the files ``relpaths`` (under the store's recorded folder) again with ``model`` (default: the
+    recorded one), replacing their rows in place (same ids); files that cannot be read are removed.
+    :func:`clipzoo.index.repair.repair_index` uses it for rows whose vectors were lost."""
+    report = BuildReport()
+    if not relpaths:
+        return report
+    root = Path(store.get_meta("root") or ".")
+    model, spec, _ = _check_target(store, root, model)
+    settings = _Settings(64, workers, progress, 4096, 10.0, {}, True, "eager")
+    _embed(store, root, relpaths, store.files(), load_model(model), spec, settings, report)
+    return report
+
+
+def _lost_rows(store: EmbeddingStore, present: set[str], embedding: set[str]) -> list[str]:
+    """Files still in the folder (and not already to embed) whose stored vector is lost: its shard is
+    missing, corrupt (SHA-256) or holds non-finite values."""
+    bad = {name for name, _ in bad_shards(store, full=True)}
+    if not bad:
+        return []
+    return [m["relpath"] for m in store.iter_items()
+            if m["shard"] in bad and m["relpath"] in present and m["relpath"] not in embedding]
 
 
 def _check_target(store: EmbeddingStore, root: Path, model: Any) -> tuple[Any, str, str | None]:
@@ -279,6 +376,9 @@ def _embed(store: EmbeddingStore, root: Path, relpaths: list[str], known: dict, 
                     feats = comparator.encode_image(pixels, normalize=True).float().cpu().numpy()
                 for (i, sha, size, mtime_ns), vec in zip(good, feats):
                     rel = relpaths[i]
+                    if not np.all(np.isfinite(vec)):  # never enters the index (scores must stay cosines)
+                        report.skipped.append((paths[i], "the model gave non-finite values (NaN or infinity)"))
+                        continue
                     pending.add(ItemRow(rel, size, mtime_ns, sha, caption_of(root / rel, root), partition_of(rel)), vec)
                     if rel in known:
                         report.updated += 1

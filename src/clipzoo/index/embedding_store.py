@@ -16,11 +16,14 @@ Write order makes a crash at any instant harmless:
 
 A shard that no committed row refers to is an orphan (a crash between 1 and 2, or rows since replaced)
 and is deleted by :meth:`EmbeddingStore.cleanup`; a temporary ``*.part`` file likewise. The vector files
-are derived data, rebuilt from the committed rows whenever their recorded generation differs
-(:func:`clipzoo.index.vector_files.refresh_vectors`).
+are derived data, published from the committed rows as a new generation whenever the store changed
+(:func:`clipzoo.index.generations.publish`). Shards are fsynced and their size and SHA-256 kept in the
+``shards`` table (``clipzoo index verify``); commits are fsynced (``synchronous=FULL``).
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import secrets
@@ -36,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ClipzooError, NotFoundError
-from ..files import atomic_write
 from ..registry import REGISTRY
+from .manifest import disk_full, durable_write, is_disk_full
 
 __all__ = ["EmbeddingStore", "ItemRow", "DB_NAME", "SHARD_DIR", "SCHEMA_VERSION"]
 
@@ -61,6 +64,7 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE INDEX IF NOT EXISTS items_partition ON items(partition);
 CREATE TABLE IF NOT EXISTS skipped (relpath TEXT PRIMARY KEY, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS shards (name TEXT PRIMARY KEY, size INTEGER NOT NULL, sha256 TEXT NOT NULL);
 """
 
 
@@ -106,7 +110,7 @@ class EmbeddingStore:
             self.conn = sqlite3.connect(str(self.db_path), check_same_thread=False, isolation_level=None,
                                         timeout=30)
             self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA synchronous=FULL")  # a commit is on disk before it returns
             if create:
                 self.conn.executescript(_SCHEMA)
                 if self.get_meta("schema") is None:
@@ -116,6 +120,8 @@ class EmbeddingStore:
                 raise sqlite3.DatabaseError("tables missing")
             self.conn.execute("SELECT count(*) FROM items").fetchone()
         except sqlite3.DatabaseError as exc:
+            if is_disk_full(exc, self.db_path):
+                raise disk_full(self.db_path) from None
             raise ClipzooError(f"index file {str(self.db_path)!r} is corrupt or not an index ({exc}); "
                                f"{_rebuild_hint(self.path)}") from None
 
@@ -312,10 +318,12 @@ class EmbeddingStore:
             self.set_meta(dim=int(vectors.shape[1]))
         elif vectors.shape[1] != dim:
             raise ClipzooError(f"index {str(self.path)!r} holds {dim}-dim embeddings, got {vectors.shape[1]}")
-        name = f"{time.time_ns():020d}-{secrets.token_hex(4)}.npy"
-        atomic_write(self.shard_dir / name, lambda f: np.save(f, vectors))   # 1. the shard, whole or absent
+        if not np.all(np.isfinite(vectors)):  # never enters an index: scores must stay cosines
+            raise ClipzooError(f"refusing to add non-finite embeddings to index {str(self.path)!r}")
+        name, entry = self._write_shard(vectors)                           # 1. the shard, whole or absent
         ids: list[int] = []
         with self._lock, self._transaction():                               # 2. its rows, all or none
+            self.conn.execute("INSERT OR REPLACE INTO shards(name, size, sha256) VALUES (?,?,?)", (name, *entry))
             for i, r in enumerate(rows):
                 cur = self.conn.execute(
                     "INSERT INTO items(relpath, size, mtime_ns, sha256, caption, partition, shard, row) "
@@ -327,6 +335,28 @@ class EmbeddingStore:
             self.conn.executemany("DELETE FROM skipped WHERE relpath=?", [(r.relpath,) for r in rows])
             self._bump()
         return ids
+
+    def _write_shard(self, vectors: np.ndarray) -> tuple[str, tuple[int, str]]:
+        """A new shard file (fsynced) -> (its name, (size, sha256)) for the shards table."""
+        buf = io.BytesIO()
+        np.save(buf, vectors)
+        data = buf.getvalue()
+        name = f"{time.time_ns():020d}-{secrets.token_hex(4)}.npy"
+        durable_write(self.shard_dir / name, lambda f: f.write(data))
+        return name, (len(data), hashlib.sha256(data).hexdigest())
+
+    def shard_entries(self) -> dict[str, tuple[int, str]]:
+        """name -> (size, sha256) recorded for the shards (shards written before the table: absent)."""
+        with self._lock:
+            return {r[0]: (r[1], r[2]) for r in self.conn.execute("SELECT name, size, sha256 FROM shards")}
+
+    def remove_ids(self, ids: Iterable[int]) -> int:
+        """Remove items by id; returns how many existed."""
+        ids = [int(i) for i in ids]
+        with self._lock, self._transaction():
+            n = sum(self.conn.execute("DELETE FROM items WHERE id=?", (i,)).rowcount for i in ids)
+            self._bump()
+        return n
 
     def remove(self, relpaths: Iterable[str]) -> int:
         relpaths = list(relpaths)
@@ -365,8 +395,9 @@ class EmbeddingStore:
         removed = 0
         for p in self.shard_dir.iterdir():
             if p.name.endswith(".part") or (p.suffix == ".npy" and p.name not in used):
-                with self._lock:
+                with self._lock, self._transaction():
                     self._shards.pop(p.name, None)
+                    self.conn.execute("DELETE FROM shards WHERE name=?", (p.name,))
                 p.unlink(missing_ok=True)
                 removed += 1
         return removed
@@ -391,9 +422,9 @@ class EmbeddingStore:
         ids, x = self.all_vectors()
         for start in range(0, len(ids), target_rows):
             chunk_ids, chunk = ids[start:start + target_rows], x[start:start + target_rows]
-            name = f"{time.time_ns():020d}-{secrets.token_hex(4)}.npy"
-            atomic_write(self.shard_dir / name, lambda f, c=chunk: np.save(f, c))
+            name, entry = self._write_shard(np.ascontiguousarray(chunk, dtype=np.float32))
             with self._lock, self._transaction():
+                self.conn.execute("INSERT OR REPLACE INTO shards(name, size, sha256) VALUES (?,?,?)", (name, *entry))
                 self.conn.executemany("UPDATE items SET shard=?, row=? WHERE id=?",
                                       [(name, i, int(item_id)) for i, item_id in enumerate(chunk_ids)])
         self.cleanup()

@@ -4,6 +4,8 @@ Each row becomes an item: its ``image_path`` (texts: its caption) is the item's 
 and a first-level folder of a relative path its partition, as for a folder build. The model is the one the
 folder records (``clipzoo.json``, written by ``clipzoo embed --format clip-retrieval``) or the one given; it is
 recorded for queries and never loaded here. A rerun replaces the rows and drops the paths no longer there.
+As for a folder build, one writer at a time holds the index (:mod:`.lock`) and the result is published as a
+new generation with its manifest (:mod:`.generations`), so a running server switches to it.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from ..progress import progress as progress_bar
 from .build import BuildReport, default_vector_options, model_identity
 from .embedding_store import EmbeddingStore, ItemRow
 from .folder import partition_of
-from .vector_files import refresh_vectors
+from .generations import publish
+from .lock import IndexLock
 
 __all__ = ["build_index_from_embeddings"]
 
@@ -50,6 +53,12 @@ def build_index_from_embeddings(embeddings: "str | os.PathLike", out: "str | os.
         raise ClipzooError(f"{os.fspath(embeddings)!r} does not say which model made its embeddings; pass --model "
                            "MODEL (the one clip-retrieval ran, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k)")
     spec, alias = model_identity(spec)
+    with IndexLock(Path(out).absolute()):
+        return _index_rows(folder, embeddings, out, spec, alias, modality, vector_options, progress, t0)
+
+
+def _index_rows(folder: Any, embeddings: "str | os.PathLike", out: "str | os.PathLike", spec: str, alias: Any,
+                modality: str, vector_options: dict[str, Any] | None, progress: bool, t0: float) -> BuildReport:
     store = EmbeddingStore(out, create=True)
     try:
         old_root = store.get_meta("root")
@@ -78,7 +87,7 @@ def build_index_from_embeddings(embeddings: "str | os.PathLike", out: "str | os.
         report.removed = store.remove(p for p in known if p not in seen)
         store.compact()
         options = default_vector_options(store, vector_options)
-        record = refresh_vectors(store, **options)
+        record = publish(store, **options)
         report.total = store.count()
         report.seconds = time.perf_counter() - t0
         report.index_kind = record["all"]["kind"]

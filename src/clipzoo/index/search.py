@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 
 from ..api import load
-from ..errors import BadTextError, ClipzooError, NotFoundError
+from ..errors import BadTextError, ClipzooError, MissingExtraError, NotFoundError
 from ..image_bytes import decode_image
 from .embedding_store import EmbeddingStore
-from .stores import VectorStore, normalize
+from .generations import VECTORS_DIR, GenerationView, IndexCorruptError, open_generation, read_pointer
+from .manifest import repair_hint
+from .stores import DEFAULT_STORE, VectorStore, get_store, normalize
 from .vector_files import open_part, read_record
 
 __all__ = ["Hit", "SearchIndex", "open_index", "image_from_bytes", "check_k"]
@@ -46,10 +48,16 @@ def image_from_bytes(data: bytes, name: str = "uploaded image"):
 
 
 class SearchIndex:
-    """A built index opened for queries. Thread-safe for concurrent searches."""
+    """A built index opened for queries. Thread-safe for concurrent searches.
 
-    def __init__(self, store: EmbeddingStore, record: dict[str, Any], model: Any = None, mmap: bool = True):
+    ``generation``: the published generation it reads (0 for an index written before generations, which
+    reads the live rows; ``clipzoo index repair`` upgrades it); ``tag`` names that generation's files."""
+
+    def __init__(self, store: "EmbeddingStore | GenerationView", record: dict[str, Any], model: Any = None,
+                 mmap: bool = True):
         self.store = store
+        self.generation = int(store.generation) if isinstance(store, GenerationView) else 0
+        self.tag: str | None = record.get("tag")
         self.path = store.path
         self._record = record
         self._mmap = mmap
@@ -63,12 +71,29 @@ class SearchIndex:
         self._parts[None] = self._load_part(record["all"])
         self.count = int(record["count"])
         self.partitions: list[str] = sorted(record.get("partitions", {}))
+        if self.tag is not None:  # a published generation: every file opened now, never at query time
+            for name in self.partitions:
+                self._part(name)
+            if len(self._parts[None]) != self.count:
+                raise IndexCorruptError(f"index file {str(self.path / VECTORS_DIR / record['all']['file'])!r} holds "
+                                        f"{len(self._parts[None])} vectors, the manifest says {self.count}; "
+                                        f"{repair_hint(self.path)}")
         if model is not None:
             self._check_model(model)
 
     # ------------------------------------------------------------------ parts
     def _load_part(self, info: dict[str, Any]) -> VectorStore:
-        return open_part(self.store, self._record, info, mmap=self._mmap)
+        if self.tag is None:
+            return open_part(self.store, self._record, info, mmap=self._mmap)
+        path = self.path / VECTORS_DIR / info["file"]
+        try:
+            return get_store(self._record.get("vector_store", DEFAULT_STORE)).open(path, info, mmap=self._mmap)
+        except MissingExtraError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - FAISS raises RuntimeError for any unreadable file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise IndexCorruptError(f"index file {str(path)!r} is corrupt ({first}); {repair_hint(self.path)}") \
+                from None
 
     def _part(self, partition: str | None) -> VectorStore:
         if partition is None:
@@ -147,8 +172,9 @@ class SearchIndex:
         count = len(part)
         fetch = k if dedup is None else min(max(4 * k, k + 32), max(count, 1))
         while True:
-            scores, ids = part.search(q, fetch)
-            pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+            scores, ids = part.search(q, fetch)  # cosines: clipped to [-1, 1], non-finite ones dropped
+            pairs = [(int(i), min(1.0, max(-1.0, float(s)))) for i, s in zip(ids[0], scores[0])
+                     if i >= 0 and np.isfinite(s)]
             if dedup is None:
                 pairs = pairs[:k]
                 break
@@ -239,10 +265,22 @@ def open_index(path: "str | os.PathLike", model: Any = None, mmap: bool = True) 
     """Open an index folder written by :func:`~clipzoo.index.build_index` for searching.
 
     ``model``: None loads the recorded model spec on first text/image query; a Comparator may be given.
-    A missing or corrupt file, or vectors out of date with the store (a build that was interrupted),
-    raises :class:`~clipzoo.errors.ClipzooError` naming the file and the command that rebuilds it.
+    It reads the published generation (see :mod:`clipzoo.index.generations`), its files' sizes checked
+    against the manifest; a missing or corrupt file raises :class:`~clipzoo.errors.ClipzooError` naming the
+    file and the command that repairs it.
     """
-    store = EmbeddingStore(path)
+    index = Path(os.path.expanduser(os.fspath(path))).absolute()
+    pointer = read_pointer(index)
+    if pointer is not None and "files" in pointer:  # a published generation (with its manifest)
+        view = open_generation(index, pointer)
+        try:
+            if isinstance(model, (str, os.PathLike)):
+                model = load(os.fspath(model))
+            return SearchIndex(view, view.record, model=model, mmap=mmap)
+        except BaseException:
+            view.close()
+            raise
+    store = EmbeddingStore(path)  # an index from before generations: reads the live rows, as generation 0
     try:
         record = read_record(store)
         if isinstance(model, (str, os.PathLike)):

@@ -2,9 +2,10 @@
 
 The body routes (/search, /classify, /rank, /embed) declare their body as a request model
 (:mod:`clipzoo.serve.schemas`), so FastAPI validates it and documents it as ``application/json``.
-Clients may send the same fields as a multipart (or urlencoded) form instead, with the image as a file
-rather than base64: routes of class :class:`JsonOrFormRoute` turn such a form into that JSON object
-before FastAPI reads it. A file's bytes go aside (the route reads them with :func:`uploads`; the model
+Clients may send the same fields as a multipart form instead (an urlencoded or text/plain body is a 415:
+:class:`~clipzoo.serve.middleware.ContentTypeGuard`), with the image as a file rather than base64:
+routes of class :class:`JsonOrFormRoute` turn such a form into that JSON object before FastAPI reads it.
+A file's bytes go aside (the route reads them with :func:`uploads`; the model
 sees a placeholder), and a list field may be sent repeated, as a JSON list, or one item per line (or
 comma). :func:`form_doc` documents the form on the route (``openapi_extra``).
 

@@ -11,8 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..constants import (  # noqa: F401 (re-exported)
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_KEEP_ALIVE_TIMEOUT_S,
+    DEFAULT_LIMIT_CONCURRENCY,
+    DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_REQUEST_PIXELS,
+    DEFAULT_MAX_WAIT_MS,
     DEFAULT_TEMPLATE,
     DEFAULT_THUMB_SIZE,
 )
@@ -41,6 +46,23 @@ TRIM_AFTER_PIXELS = 8_000_000
 DEFAULT_MAX_PENDING = 256
 """Model jobs allowed to wait at once; more are shed with 503."""
 MIN_BODY_BYTES = 1024
+
+# --- connections (issue 17 §2; :mod:`clipzoo.serve.connections`)
+CONNECTION_MARGIN = 64
+"""Connections over the concurrency limit that are still answered (503); beyond, they are closed at once."""
+RESERVED_FDS = 256
+"""File descriptors kept for index and model files, logs and the listening socket."""
+DEFAULT_BACKLOG = 2048
+"""Connections the kernel queues before the server accepts them."""
+MAX_INCOMPLETE_REQUEST_BYTES = 16 * 1024
+"""Longest request line plus headers (h11's max incomplete event size); longer is a 400."""
+LOG_REPEAT_BURST = 5
+LOG_REPEAT_WINDOW_S = 60.0
+"""The same log line is written at most LOG_REPEAT_BURST times per LOG_REPEAT_WINDOW_S seconds."""
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+"""Host header values always accepted (with the address the server is reached on)."""
+REFUSED_BODY_TYPES = ("text/plain", "application/x-www-form-urlencoded")
+"""Body types a cross-site HTML form can send without a CORS preflight: 415 on every body route."""
 
 
 def one_line(exc: BaseException) -> str:

@@ -1,4 +1,5 @@
-"""The service's ASGI middleware: the request body limit (413) and the request metrics."""
+"""The service's ASGI middleware: the request body limit (413), the request metrics, the Host allow-list
+(400) and the body types a cross-site form could send (415)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,10 @@ from collections.abc import Callable
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .limits import LOCAL_HOSTS, REFUSED_BODY_TYPES
 from .metrics import ServiceMetrics
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -104,3 +108,70 @@ class MetricsMiddleware:
                 route = "/static" if scope.get("path", "").startswith("/static/") else "unmatched"
             self.metrics.requests.inc(method=scope.get("method", ""), route=route, status=str(status[0]))
             self.metrics.latency.observe(time.perf_counter() - t0, route=route)
+
+
+def host_name(value: str) -> str:
+    """A Host header's name without its port, lower-case (``[::1]:80`` -> ``::1``)."""
+    value = value.strip().lower()
+    if value.startswith("["):  # an IPv6 literal
+        return value[1:value.find("]")] if "]" in value else value[1:]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class HostGuard:
+    """400 unless the request's Host is allowed: the address the server was reached on (the bound host),
+    the localhost names, and ``allowed`` (exact names, ``*.example.org`` for its subdomains, ``*`` for any).
+    Stops DNS rebinding: a page on another name cannot talk to a server bound to localhost."""
+
+    def __init__(self, app: ASGIApp, allowed: "tuple[str, ...]" = (), on_reject: Callable[[], None] = lambda: None):
+        self.app, self.on_reject = app, on_reject
+        names = [host_name(h) for h in allowed if h.strip()]
+        self.any = "*" in names
+        self.exact = frozenset(LOCAL_HOSTS) | {n for n in names if not n.startswith("*.")}
+        self.suffixes = tuple(n[1:] for n in names if n.startswith("*."))
+
+    def allows(self, host: str, scope: Scope) -> bool:
+        if self.any:
+            return True
+        name = host_name(host)
+        server = scope.get("server") or ("",)
+        return (name in self.exact or name == str(server[0]).lower()
+                or (bool(self.suffixes) and name.endswith(self.suffixes)))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), None)
+        if host is not None and self.allows(host, scope):
+            return await self.app(scope, receive, send)
+        self.on_reject()
+        shown = "no Host header" if host is None else f"Host {host[:100]!r} is not allowed"
+        name = "NAME" if host is None else (host_name(host)[:100] or "NAME")
+        await send_json(send, 400, f"{shown}: this server answers only to its own address and localhost; "
+                                   f"start it with --allowed-host {name} to accept that name")
+
+
+class ContentTypeGuard:
+    """415 for a request body sent as ``text/plain`` or ``application/x-www-form-urlencoded``: what a
+    cross-site HTML form (or a no-preflight fetch) can post. The API takes JSON, and multipart forms for
+    image files; a body with no Content-Type is read as JSON. ``plain_text_paths``: read-only routes that
+    take text/plain as JSON because a client we speak for sends it (clip-retrieval's front end posts its
+    JSON as text/plain); without CORS a cross-site page cannot read their answers."""
+
+    def __init__(self, app: ASGIApp, on_reject: Callable[[], None] = lambda: None,
+                 plain_text_paths: "frozenset[str]" = frozenset()):
+        self.app, self.on_reject, self.plain_text_paths = app, on_reject, frozenset(plain_text_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method") in BODY_METHODS:
+            for key, value in scope.get("headers", ()):
+                if key == b"content-type":
+                    media = value.decode("latin-1").split(";")[0].strip().lower()
+                    if media in REFUSED_BODY_TYPES and not (
+                            media == "text/plain" and scope.get("path") in self.plain_text_paths):
+                        self.on_reject()
+                        return await send_json(send, 415, (
+                            f"{scope['method']} {scope.get('path', '')} does not take {media}: send JSON with "
+                            "'Content-Type: application/json' (or a multipart/form-data form with the image file)"))
+                    break
+        await self.app(scope, receive, send)

@@ -74,6 +74,7 @@ class SearchResponse(BaseModel):
     k: int
     partition: str | None = None
     took_ms: float
+    generation: int | None = Field(None, description="The index generation that answered (every hit is from it).")
     hits: list[HitOut]
 
 
@@ -93,6 +94,8 @@ class ClassifyRequest(RequestBody):
 class LabelScore(BaseModel):
     label: str
     probability: float
+    rank: int = Field(1, description="1 for the best; labels whose probabilities tie share a rank (1, 1, 3).")
+    tie: bool = Field(False, description="Another label has the same probability: the model cannot tell them apart.")
 
 
 class ClassifyResponse(BaseModel):
@@ -138,6 +141,8 @@ class RankedText(BaseModel):
     index: int = Field(description="Position of the text in the request.")
     logit: float = Field(description="The model's logit: scale * cosine (+ bias).")
     probability: float = Field(description="Softmax over the texts (sigmoid for SigLIP-style models).")
+    rank: int = Field(1, description="1 for the best; texts whose probabilities tie share a rank (1, 1, 3).")
+    tie: bool = Field(False, description="Another text has the same probability: the model cannot tell them apart.")
 
 
 class RankResponse(BaseModel):
@@ -162,6 +167,7 @@ class Item(BaseModel):
 class Health(BaseModel):
     status: str
     items: int
+    model: str = Field(description="The model's name (`clipzoo/tiny-shapes`, a file name): never a server path.")
 
 
 class Info(BaseModel):
@@ -196,3 +202,72 @@ def item_out(item: dict) -> dict:
     d["id"] = int(d["id"])
     d["thumb"] = f"thumb/{d['id']}"
     return d
+
+
+# --- clip-retrieval's back-end API (routers/clip_retrieval.py): its clients' field names and defaults
+
+class ClipRetrievalBody(BaseModel):
+    """A body of clip-retrieval's API: unknown fields are ignored, as clip-retrieval's back end does."""
+
+    model_config = ConfigDict(extra="ignore")
+    form_files: ClassVar[tuple[str, ...]] = ()
+    form_lists: ClassVar[tuple[str, ...]] = ()
+
+
+class KnnRequest(ClipRetrievalBody):
+    """clip-retrieval's ``/knn-service`` query: the first of ``text`` (non-empty), ``image`` (base64),
+    ``image_url``, ``embedding_input`` is searched. The mclip, aesthetic, safety and violence fields are
+    accepted and have no effect (as on a clip-retrieval back end without those models)."""
+
+    form_files: ClassVar[tuple[str, ...]] = ("image",)
+    form_lists: ClassVar[tuple[str, ...]] = ("embedding_input",)
+
+    text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    image: str | None = Field(None, description=Base64Image.description)
+    image_url: str | None = Field(None, description="An http(s) URL of an image; fetched only when the server "
+                                                     "runs with --allow-url (422 otherwise).")
+    embedding_input: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        None, min_length=1, max_length=65536, description="A query vector of the index's model's dimension.")
+    modality: str = Field("image", description="'image': search the indexed images' embeddings (clipzoo "
+                                               "indices hold no caption embeddings; 'text' is a 422).")
+    num_images: int = Field(40, ge=1, le=MAX_K, description="Results that come with their metadata.")
+    num_result_ids: int | None = Field(None, ge=1, le=MAX_K, description="Results (ids and similarities) in "
+                                                                          "all; default num_images.")
+    indice_name: str | None = Field(None, max_length=64, description="Which index (GET /indices-list); "
+                                                                     "default the first.")
+    deduplicate: bool = Field(False, description="Drop near-duplicate images (cosine >= 0.94 with a better result).")
+    use_mclip: bool = False
+    use_safety_model: bool = False
+    use_violence_detector: bool = False
+    aesthetic_score: int | Annotated[str, Field(max_length=16)] | None = None
+    aesthetic_weight: float | Annotated[str, Field(max_length=16)] | None = None
+
+
+class KnnResult(BaseModel):
+    """One ``/knn-service`` result: id and similarity; the first ``num_images`` also carry metadata."""
+
+    id: int
+    similarity: float = Field(description="Cosine similarity to the query.")
+    url: str | None = Field(None, description="Absolute URL of the item's thumbnail.")
+    caption: str | None = None
+    relpath: str | None = None
+    partition: str | None = None
+
+
+class MetadataRequest(ClipRetrievalBody):
+    form_lists: ClassVar[tuple[str, ...]] = ("ids",)
+
+    ids: list[Annotated[int, Field(ge=0, le=MAX_ITEM_ID)]] = Field(..., max_length=MAX_K)
+    indice_name: str | None = Field(None, max_length=64)
+
+
+class ItemMetadata(BaseModel):
+    url: str
+    caption: str
+    relpath: str | None = None
+    partition: str | None = None
+
+
+class MetadataEntry(BaseModel):
+    id: int
+    metadata: ItemMetadata | None = Field(description="null for an id that is not in the index.")

@@ -25,8 +25,10 @@ from ..embed import draft_size_for
 from ..errors import BadImageError, ClipzooError
 from ..image_bytes import ImageTooLargeError, image_size
 from ..index import load_vocabulary, open_index
+from .batcher import Batcher
 from .images import ThumbnailCache, decode_base64, decode_image, release_freed_memory
-from .limits import DECODE_SLOTS, DEFAULT_MAX_REQUEST_PIXELS, TRIM_AFTER_PIXELS
+from .limits import DECODE_SLOTS, DEFAULT_MAX_BATCH, DEFAULT_MAX_REQUEST_PIXELS, DEFAULT_MAX_WAIT_MS, TRIM_AFTER_PIXELS
+from .live import LiveIndex
 from .metrics import ServiceMetrics
 
 
@@ -36,7 +38,8 @@ class Service:
     def __init__(self, index: Any, *, labels: "Sequence[str] | str | os.PathLike | None", token: str | None,
                  max_body_bytes: int, thumb_size: int, max_image_pixels: int, template: str,
                  model: Any = None, thumb_cache_items: int = 2048, max_pending: int = 256,
-                 max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS):
+                 max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS, max_batch: int = DEFAULT_MAX_BATCH,
+                 max_wait_ms: float = DEFAULT_MAX_WAIT_MS):
         self.token = token or None
         self.max_request_pixels = int(max_request_pixels)
         self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)  # full decodes at once, server-wide
@@ -58,6 +61,10 @@ class Service:
             self.thumbnails = ThumbnailCache(self.thumb_size, self.max_image_pixels, thumb_cache_items,
                                              roots=[root] if root else [])
             self.metrics = ServiceMetrics(items=lambda: self.count)
+            self.live = LiveIndex(self)  # follows the published generation; applies POST/DELETE /items
+            self.batcher = Batcher(self.on_model_thread, self.model, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                                   max_pending=self.max_pending, pending=lambda: self._pending,
+                                   on_busy=lambda: self.metrics.rejected.inc(reason="busy"))  # text/image encoding
             self.vocabulary: list[str] = self._executor.submit(self._load_labels, labels).result()
             if self.vocabulary:  # embed the server's vocabulary at start-up, not on the first request
                 self._executor.submit(self._classifier, tuple(self.vocabulary), self.template).result()
@@ -203,4 +210,5 @@ class Service:
         return message
 
     def close(self) -> None:
+        self.live.close()
         self._executor.shutdown(wait=False, cancel_futures=True)

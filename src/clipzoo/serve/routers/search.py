@@ -20,13 +20,16 @@ async def search(body: SearchRequest, uploads: Uploads, service: ServiceDep):
     t0 = time.perf_counter()
     kwargs = {"k": body.k, "partition": body.partition, "dedup": body.dedup}
     idx = service.index
-    if body.text is not None:
+    if body.text is not None and not body.text.strip():  # the index's own 400 for a blank text
         kind, hits = "text", await service.on_model_thread("search_text", functools.partial(
             idx.search_text, body.text, **kwargs))
+    elif body.text is not None:  # encoded in a batch with other requests' texts (serve/batcher.py)
+        kind, hits = "text", await service.batcher.encode_text(
+            [body.text], truncate=True, op="search_text", then=functools.partial(_search_row, idx, **kwargs))
     elif body.image is not None:
         image = await service.decode(uploads.get("image", body.image), "image")
-        kind, hits = "image", await service.on_model_thread("search_image", functools.partial(
-            idx.search_image, image, **kwargs))
+        kind, hits = "image", await service.batcher.encode_image(
+            [image], op="search_image", then=functools.partial(_search_row, idx, **kwargs))
     elif body.embedding is not None:
         dim = int(service.model.embed_dim)
         if len(body.embedding) != dim:
@@ -40,7 +43,12 @@ async def search(body: SearchRequest, uploads: Uploads, service: ServiceDep):
 
         kind, hits = "id", await service.on_model_thread("search_id", by_id)
     return {"query": kind, "k": body.k, "partition": body.partition, "took_ms": took_ms(t0),
-            "hits": [hit_out(h) for h in hits]}
+            "generation": getattr(idx, "generation", None), "hits": [hit_out(h) for h in hits]}
+
+
+def _search_row(idx, rows, **kwargs):
+    """The index searched with the first row of encoded features (what search_text/search_image do)."""
+    return idx.search_embedding(rows[0].float().cpu().numpy(), **kwargs)
 
 
 def _vector(values: list[float]):

@@ -36,8 +36,8 @@ async def favicon():
 
 @router.get("/health", response_model=Health)
 async def health(service: ServiceDep):
-    """Liveness: open without a token; gives only a status and the item count."""
-    return {"status": "ok", "items": service.count}
+    """Liveness: open without a token; gives only a status, the item count and the model's name."""
+    return {"status": "ok", "items": service.count, "model": service.model_name}
 
 
 @router.get("/info", response_model=Info, dependencies=protected)

@@ -157,9 +157,10 @@ async function classify(file) {
   if (labels.length) form.append("labels", JSON.stringify(labels));
   form.append("k", "5");
   const data = await api("classify", { body: form });
-  for (const { label, probability } of data.labels) {
+  for (const { label, probability, rank, tie } of data.labels) {
     const li = document.createElement("li");
-    li.className = "class";
+    li.className = tie ? "class tied" : "class";
+    if (rank) li.value = rank; // labels that tie share their number (1, 1, 3): no arbitrary winner
     const name = document.createElement("span");
     name.className = "label";
     name.textContent = label;
@@ -170,6 +171,13 @@ async function classify(file) {
     bar.className = "bar";
     bar.style.width = `${Math.max(2, probability * 120)}px`;
     li.append(name, pct, bar);
+    if (tie) {
+      const badge = document.createElement("span");
+      badge.className = "tie";
+      badge.textContent = "tie";
+      badge.title = "the same probability as another label: the model cannot tell them apart";
+      li.append(badge);
+    }
     list.append(li);
   }
 }
