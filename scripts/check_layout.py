@@ -35,10 +35,10 @@ LAZY_IMPORTS = frozenset({
     "torch", "torchvision", "open_clip", "open_clip_train", "numpy", "PIL", "safetensors", "huggingface_hub",
     "transformers", "sentence_transformers", "timm", "peft", "tokenizers", "sentencepiece",
     "faiss", "onnx", "onnxruntime", "onnxscript", "soundfile",
-    "sklearn", "scipy", "matplotlib", "fastapi", "starlette", "uvicorn", "pydantic", "multipart",
+    "sklearn", "scipy", "matplotlib", "fastapi", "starlette", "uvicorn", "h11", "pydantic", "multipart",
     "fsspec", "s3fs", "webdataset", "braceexpand", "ftfy", "regex", "tqdm", "rich", "typer",
     "jax", "jaxlib", "flax", "optax", "orbax", "mindspore", "ray", "pymilvus", "tensorboard", "pyarrow",
-    "clip", "clip_benchmark",
+    "clip", "clip_benchmark", "vision_datasets",
 })
 
 

@@ -77,6 +77,15 @@ class ModelCard:
     def alias(self) -> str:
         return make_alias(self.architecture, self.publisher, self.id)
 
+    @property
+    def display_name(self) -> str:
+        """How reports, plots, the page and /health name the model: ``publisher/id`` for a catalogued or
+        registered one (``clipzoo/tiny-shapes`` — never the cache folder it is unpacked to), the file or folder
+        name of a local checkpoint."""
+        if self.publisher == "local" and self.source.path:
+            return self.source.path.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
+        return f"{self.publisher}/{self.id}"
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["alias"] = self.alias

@@ -50,6 +50,8 @@ def read_pickle(path: "str | os.PathLike", trust_pickle: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if _not_a_pickle(exc):
+            raise _not_a_checkpoint(path, exc) from None
         if not trust_pickle:
             raise UnsafePickleError(
                 f"{path} is a pickle that needs more than tensors to load ({_first_line(exc)}); "
@@ -61,15 +63,29 @@ def read_pickle(path: "str | os.PathLike", trust_pickle: bool = False) -> Any:
             raise CheckpointError(f"{path} is a pickle that refers to code that is not importable here "
                                   f"({_first_line(inner)}); install the package that wrote it, or convert "
                                   "it to safetensors where it was written") from None
+        except Exception as inner:  # noqa: BLE001 - a trusted load of a file that is no pickle at all
+            raise _not_a_checkpoint(path, inner) from None
     except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on non-checkpoints
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint, safetensors file or TorchScript archive "
-                              f"({_first_line(exc)}); is it truncated or another format?") from None
+        raise _not_a_checkpoint(path, exc) from None
+
+
+def _not_a_pickle(exc: BaseException) -> bool:
+    """torch's weights-only refusal of bytes that are no pickle (garbage, another format), as opposed to a
+    real pickle that asks for a global it does not allow."""
+    text = str(exc)
+    return "Unsupported operand" in text or "invalid load key" in text
+
+
+def _not_a_checkpoint(path: "str | os.PathLike", exc: BaseException) -> CheckpointError:
+    return CheckpointError(f"{path} is not a PyTorch checkpoint, safetensors file or TorchScript archive "
+                           f"({_first_line(exc)}); is it truncated or another format?")
 
 
 def _first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     # torch's weights_only refusal puts the useful part ("Unsupported global: …") after its preamble
-    useful = next((ln for ln in lines if ln.startswith(("WeightsUnpickler error", "Unsupported global"))), None)
+    starts = ("Unsupported operand", "invalid load key", "WeightsUnpickler error: Unsupported", "Unsupported global")
+    useful = next((ln for ln in lines if ln.startswith(starts)), None)
     text = useful or (lines[0] if lines else type(exc).__name__)
     return text.split(" Please use")[0].split(" was not an allowed global")[0][:200]
 

@@ -12,6 +12,7 @@ zero-shot prediction — lives here once, so every backend behaves the same.
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .cards import AUDIO, IMAGE, TEXT, ModelCard
-from .constants import DEFAULT_TEMPLATE
+from .constants import DEFAULT_TEMPLATE, TIE_TOLERANCE
 from .errors import ClipzooError, UnsupportedError
 from .inputs import batched, check_pixel_tensor, image_items, is_float_tensor, map_images, text_items, to_pil
 from .modalities import get_modality
@@ -289,3 +290,11 @@ class ForeignComparator(Comparator):
     @property
     def dtype(self) -> torch.dtype:
         return torch.float32
+
+
+def competition_ranks(scores: Iterable[float], tol: float = TIE_TOLERANCE) -> list[int]:
+    """Standard competition ranks ("1, 1, 3") of ``scores``, highest first: scores within ``tol`` of each
+    other are a tie and share a rank, so a tie is never shown as an arbitrary winner."""
+    scores = [float(s) for s in scores]
+    ascending = sorted(scores)
+    return [1 + len(ascending) - bisect.bisect_right(ascending, s + tol) for s in scores]

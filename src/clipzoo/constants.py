@@ -38,6 +38,10 @@ DEFAULT_MAX_REQUEST_PIXELS = 64_000_000
 DEFAULT_TEMPLATE = "a photo of a {}."
 """The prompt template for class labels when none is given (zero-shot, classify, the service)."""
 
+TIE_TOLERANCE = 1e-6
+"""Two probabilities closer than this are a tie (shown with equal ranks, never an arbitrary winner): a small
+model gives words it never saw ("cat", "dog" for clipzoo/tiny-shapes) the same features."""
+
 # ---------------------------------------------------------------- the service
 SERVE_HOST = "127.0.0.1"
 SERVE_PORT = 5020
@@ -47,9 +51,22 @@ DEFAULT_THUMB_SIZE = 256
 """Longer side of thumbnails (pixels)."""
 DEMO_IMAGES = 300
 """Generated shapes the demo indexes."""
+DEFAULT_LIMIT_CONCURRENCY = 4096
+"""Connections and requests the service takes at once; requests beyond get 503 (``--limit-concurrency``)."""
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+"""A connection that sends no complete request line and headers in this many seconds is closed."""
+DEFAULT_KEEP_ALIVE_TIMEOUT_S = 5.0
+"""An idle keep-alive connection is closed after this many seconds."""
+DEFAULT_MAX_BATCH = 32
+"""Most waiting requests one model call of the service encodes together (``--max-batch``; 1: unbatched)."""
+DEFAULT_MAX_WAIT_MS = 5.0
+"""Longest a service request waits for others to join its batch, in milliseconds (``--max-wait-ms``)."""
 
 # ---------------------------------------------------------------- downloads
 DOWNLOAD_TIMEOUT_S = 10.0
+HUB_PROBE_TIMEOUT_S = 5.0
+"""How long clipzoo waits for the hub's host to accept a connection before it reads the local cache only
+(instead of huggingface_hub's five retries with back-off, ~40 s of "Retrying in 8s" lines offline)."""
 """Seconds a download may wait to connect, or for its next bytes, before it fails (one line, no retries)."""
 
 # ---------------------------------------------------------------- cache

@@ -7,8 +7,11 @@ import http.client
 import json
 import os
 import re
+import socket
 import tempfile
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -88,15 +91,47 @@ def _copy_hashing(response, out, h, advance, url: str) -> int:
                             "nothing was kept — run again") from None
 
 
+_probe: dict[str, tuple[float, "str | None"]] = {}  # hub endpoint -> (when probed, why unreachable)
+
+
+def hub_unreachable(timeout: float | None = None) -> "str | None":
+    """Why the Hugging Face hub cannot be reached now (None when its host accepts a TCP connection).
+
+    One connection attempt of at most ``HUB_PROBE_TIMEOUT_S``, remembered for a minute: offline, hub files are
+    then read from the local cache only, failing in seconds with one line instead of huggingface_hub's
+    retries with back-off (five "Retrying in 8s" warnings, ~40 s)."""
+    import huggingface_hub.constants as hub_constants
+
+    if hub_constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = hub_constants.ENDPOINT
+    seen = _probe.get(endpoint)
+    if seen is not None and time.monotonic() - seen[0] < 60:
+        return seen[1]
+    url = urllib.parse.urlsplit(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    if urllib.request.getproxies() and not urllib.request.proxy_bypass(host):
+        return None  # through a proxy: a direct connection proves nothing; huggingface_hub goes by the proxy
+    why = None
+    try:
+        socket.create_connection((host, port), timeout=timeout or constants.HUB_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        why = f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+    _probe[endpoint] = (time.monotonic(), why)
+    return why
+
+
 def hub_file(repo: str, filename: str, cache_dir: "str | os.PathLike | None" = None,
              revision: str | None = None) -> Path:
     """One file of a hub repo through huggingface_hub's cache (offline once cached)."""
     from huggingface_hub import hf_hub_download
 
+    why = hub_unreachable()
     try:
-        return Path(hf_hub_download(repo, filename, cache_dir=cache_dir, revision=revision))
+        return Path(hf_hub_download(repo, filename, cache_dir=cache_dir, revision=revision,
+                                    local_files_only=why is not None))
     except Exception as exc:  # EntryNotFound, LocalEntryNotFound, connection errors, …
-        raise _hub_error(repo, exc, filename) from None
+        raise _hub_error(repo, exc, filename, why) from None
 
 
 def hub_snapshot(repo: str, cache_dir: "str | os.PathLike | None" = None, revision: str | None = None,
@@ -104,10 +139,12 @@ def hub_snapshot(repo: str, cache_dir: "str | os.PathLike | None" = None, revisi
     """A hub repo folder through huggingface_hub's cache (offline once cached)."""
     from huggingface_hub import snapshot_download
 
+    why = hub_unreachable()
     try:
-        return Path(snapshot_download(repo, cache_dir=cache_dir, revision=revision, allow_patterns=allow_patterns))
+        return Path(snapshot_download(repo, cache_dir=cache_dir, revision=revision, allow_patterns=allow_patterns,
+                                      local_files_only=why is not None))
     except Exception as exc:
-        raise _hub_error(repo, exc) from None
+        raise _hub_error(repo, exc, None, why) from None
 
 
 def hub_has_file(repo: str, filename: str, cache_dir=None) -> bool:
@@ -120,7 +157,7 @@ def hub_has_file(repo: str, filename: str, cache_dir=None) -> bool:
         raise
 
 
-def _hub_error(repo: str, exc: Exception, filename: str | None = None) -> ModelNotCachedError:
+def _hub_error(repo: str, exc: Exception, filename: str | None = None, why: str | None = None) -> ModelNotCachedError:
     name = type(exc).__name__
     what = f"{filename!r} of " if filename else ""
     if name in ("EntryNotFoundError", "RemoteEntryNotFoundError"):
@@ -131,7 +168,7 @@ def _hub_error(repo: str, exc: Exception, filename: str | None = None) -> ModelN
         return ModelNotCachedError(f"hub repo {repo!r} does not exist (or is private); check the id")
     return ModelNotCachedError(
         f"cannot fetch {what}hub repo {repo!r}: it is not in the local Hugging Face cache and the hub "
-        f"cannot be reached ({name}); download it once where the hub is reachable (or set HF_HOME to a "
+        f"cannot be reached ({why or name}); download it once where the hub is reachable (or set HF_HOME to a "
         "cache that holds it), or pass a local folder")
 
 

@@ -249,8 +249,11 @@ def _from_local(path: Path, name: str, model_name: str | None, trust_pickle: boo
 def _safetensors_open_clip_config(path: Path) -> dict | None:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 - safetensors' own error type on a garbage header
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); is it truncated?") from None
     raw = meta.get("open_clip_config")
     if not raw:
         return None

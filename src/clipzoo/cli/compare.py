@@ -1,6 +1,5 @@
 """``clipzoo compare``: a probability table of images (or audio clips) × texts (softmax for CLIP and CLAP,
 sigmoid for SigLIP)."""
-from pathlib import Path
 
 import typer
 
@@ -85,34 +84,50 @@ def compare(
         modality, paths = "audio", expand_audio_paths(audio)
     else:
         modality, paths = "image", expand_image_paths(image)
+    from ..comparator import competition_ranks
+
     comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir)
     probs, logits = compare_probabilities(comparator, paths, list(text), template, truncate, modality)
+    ranks = [competition_ranks(row) for row in probs.tolist()]  # ties share a rank: no arbitrary winner
 
     if json_:
         print_json({"model": comparator.card.alias, "probability": comparator.probability,
                     ("audio" if audio else "images"): paths, "texts": list(text),
-                    "templates": list(template or []), "probabilities": probs.tolist(), "logits": logits.tolist()})
+                    "templates": list(template or []), "probabilities": probs.tolist(), "logits": logits.tolist(),
+                    "ranks": ranks})
         return
     from rich.markup import escape
     from rich.table import Table
 
     kind = ("softmax over the texts (rows sum to 1)" if comparator.probability == "softmax"
             else f"sigmoid per {modality}-text pair")
-    name = Path(comparator.card.source.path).name if comparator.card.source.path else comparator.card.alias
+    name = comparator.card.display_name  # clipzoo/tiny-shapes, never its cache folder
     table = Table()
     table.add_column(modality, overflow="fold")
     for t in text:
         table.add_column(escape(t), justify="right", overflow="fold")
-    for path, row in zip(paths, probs.tolist()):
-        best = max(range(len(row)), key=row.__getitem__)
-        table.add_row(escape(path), *(f"[bold]{_prob(p)}[/bold]" if j == best else _prob(p) for j, p in enumerate(row)))
+    for path, row, rank in zip(paths, probs.tolist(), ranks):
+        table.add_row(escape(path), *(f"[bold]{_prob(p)}[/bold]" if r == 1 else _prob(p) for p, r in zip(row, rank)))
     out = console()
     out.print(escape(f"{name}: {kind}"), highlight=False)
     out.print(table)
+    for line in tie_lines(paths, list(text), probs.tolist(), ranks):
+        out.print(escape(line), highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
     app.command("compare")(compare)
+
+
+def tie_lines(paths: list[str], texts: list[str], probs: list[list[float]], ranks: list[list[int]]) -> list[str]:
+    """One line per image whose best texts tie (equal probabilities: no winner), naming them."""
+    lines = []
+    for path, row, rank in zip(paths, probs, ranks):
+        best = [j for j, r in enumerate(rank) if r == 1]
+        if len(best) > 1:
+            names = " = ".join(repr(texts[j]) for j in best)
+            lines.append(f"tie for {path}: {names} ({_prob(row[best[0]])} each; the model cannot tell them apart)")
+    return lines
 
 
 def _prob(p: float) -> str:

@@ -45,7 +45,7 @@ def models(
         table.add_column("source", overflow="fold")
     for c in cards:
         table.add_row(escape(c.alias), c.backend, _num(c.embed_dim), _num(c.image_size), _num(c.context_length),
-                      *([escape(c.source.describe())] if long else []))
+                      *([escape(source_text(c))] if long else []))
     out.print(table)
 
 
@@ -94,7 +94,7 @@ def info(
     fields.add_column(overflow="fold")
     rows = [("architecture", card.architecture), ("publisher", card.publisher), ("id", card.id),
             ("also known as", ", ".join(card.also_known_as)), ("backend", card.backend),
-            ("source", card.source.describe()), ("modalities", ", ".join(card.modalities)),
+            ("source", source_text(card)), ("modalities", ", ".join(card.modalities)),
             ("embed dim", _num(card.embed_dim)), ("image size", _num(card.image_size)),
             ("context length", _num(card.context_length)), ("description", card.description)]
     for key, value in rows:
@@ -124,3 +124,10 @@ def info(
 def register(app: typer.Typer) -> None:
     app.command("models")(models)
     app.command("info")(info)
+
+
+def source_text(card) -> str:
+    """Where a card's weights come from, for people: the embedded model is named, not its cache folder's hash."""
+    if card.config.get("embedded"):
+        return f"embedded in the clipzoo package ({card.display_name}; unpacked into the cache on first load)"
+    return card.source.describe()

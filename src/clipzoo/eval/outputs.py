@@ -31,7 +31,8 @@ def save_task_result(result, path: "str | os.PathLike", plots: bool = True) -> l
         return written
     d = result.details
     names = plot_paths(path)
-    title = f"{result.record['model']} {result.record['pretrained']} — {result.record['dataset']}"
+    name = " ".join(str(result.record[k]) for k in ("model", "pretrained") if result.record[k])  # clipzoo/tiny-shapes
+    title = f"{name} — {result.record['dataset']}"
     if "predictions" in d and d.get("targets") is not None:
         targets, preds = d["targets"], d["predictions"]
         classnames = d.get("classnames")

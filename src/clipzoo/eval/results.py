@@ -94,7 +94,7 @@ def flatten(record: Mapping[str, Any]) -> dict[str, Any]:
     """One row for a table: the metadata keys and each metric, as CLIP_benchmark's ``build_csv`` does."""
     row = {k: v for k, v in record.items() if k not in ("metrics", "classnames", "templates")}
     row.update(record["metrics"])
-    row["model_fullname"] = f"{record['model']} {record['pretrained']}"
+    row["model_fullname"] = f"{record['model']} {record['pretrained']}".strip()  # clipzoo/tiny-shapes alone
     return row
 
 

@@ -81,6 +81,8 @@ def model_fields(model) -> tuple[str, str]:
     oc = getattr(card.source, "open_clip", None)
     if oc:
         return str(oc[0]), str(oc[1] or "")
+    if getattr(card.source, "path", None) and card.publisher != "local":  # catalogued (the embedded model,
+        return card.display_name, ""  # unpacked to a cache folder) or registered: clipzoo/tiny-shapes, no path
     if getattr(card.source, "path", None):  # a local file or folder: its name, and the path as "pretrained"
         return Path(str(card.source.path).rstrip("/")).stem or card.architecture, str(card.source.path)
     return card.id, card.publisher

@@ -111,18 +111,36 @@ class Trainer:
     def run(self) -> None:
         """Steps until ``total``, epoch after epoch, from the data position (a resumed run's included)."""
         shown = self.cfg.progress and self.rank == 0
-        with progress(self.total, "training", enabled=shown, unit="steps", start=self.step) as advance:
+        self.recent: tuple["float | None", int] = (None, 0)  # (last loss, samples since the last progress line)
+        self.recent_since, self.rate = time.perf_counter(), 0.0
+        with progress(self.total, "training", enabled=shown, unit="steps", start=self.step,
+                      status=self.progress_status) as advance:
             while self.step < self.total:
                 for batch in self.data.batches(self.epoch, self.batch_in_epoch, self.cfg.batch_size, self.rank,
                                                self.world):
                     if self.step >= self.total:
                         break
                     record, samples = self.train_step(batch)
+                    self.recent = (record["loss"], self.recent[1] + samples)
                     advance(1)
                     self.after_step(record, samples)
                 else:
                     self.epoch += 1
                     self.batch_in_epoch = 0
+
+    def progress_status(self) -> str:
+        """The progress line's tail: the last step's loss and the samples per second since the previous line
+        (a window of at least a second, so that a bar redrawn ten times a second shows a steady figure)."""
+        now = time.perf_counter()
+        loss, samples = self.recent
+        if loss is None:
+            return ""
+        if now - self.recent_since >= 1.0:
+            self.rate = samples / (now - self.recent_since)
+            self.recent, self.recent_since = (loss, 0), now
+        elif not self.rate:  # the first window is not a second long yet: show what it has, never a 0
+            self.rate = samples / max(now - self.recent_since, 1e-9)
+        return f"loss {loss:.4f} · {self.rate:,.1f} samples/s"
 
     def train_step(self, batch: tuple) -> tuple[dict[str, Any], int]:
         """The step phase: forward, backward, optimiser step; (the step's record, the global samples it saw)."""
