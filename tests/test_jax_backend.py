@@ -119,8 +119,27 @@ def test_catalogue_cards():
     assert REGISTRY.resolve("jax:vit-base-patch16").config["pretrained"] == "datacomp-xl-s13b-b90k"
     assert REGISTRY.resolve("jax:vit-base-patch16/dfn2b").publisher == "apple"
     jax_cards = REGISTRY.find(backend="jax")
-    assert len(jax_cards) == 15 and {c.config["model"] for c in jax_cards} == {
-        "vit-base-patch32", "vit-base-patch16", "vit-large-patch14", "vit-huge-patch14"}
+    assert len(jax_cards) == 24 and {c.config["model"] for c in jax_cards} == {
+        "vit-base-patch32", "vit-base-patch16", "vit-large-patch14", "vit-huge-patch14", "convnext-base",
+        "convnext-base-w", "convnext-large-d"}
+
+
+def test_catalogue_convnext_cards():
+    """open_clip_jax's ConvNeXt pairs: 1 + 5 + 3 tags, each at the image size open_clip trained it at."""
+    from clipzoo.registry import REGISTRY
+
+    tags = {c.config["pretrained"]: c for c in REGISTRY.find(backend="jax") if c.config["model"] == "convnext-base-w"}
+    assert list(tags) == ["laion-aesthetic-s13b-b82k", "laion-aesthetic-s13b-b82k-320",
+                          "laion-aesthetic-s13b-b82k-augreg-320", "laion2b-s13b-b82k", "laion2b-s13b-b82k-augreg"]
+    assert [c.image_size for c in tags.values()] == [256, 320, 320, 256, 256]
+    card = REGISTRY.resolve("jax:convnext-large-d")
+    assert card.alias == "[clip - laion - convnext-large-d/laion2b-s29b-b131k-ft-soup-320]"
+    assert (card.embed_dim, card.image_size, card.context_length) == (768, 320, 77)
+    assert (card.source.hf_repo, card.source.hf_file) == (
+        "BobMcDear/open-clip-jax-convnext-large-d-laion2b-s29b-b131k-ft-soup-320",
+        "convnext-large-d-laion2b-s29b-b131k-ft-soup-320.pkl")
+    assert REGISTRY.resolve("jax:convnext-base").config == {"model": "convnext-base",
+                                                            "pretrained": "laion400m-s13b-b51k"}
 
 
 def test_registered_card_carries_its_config(tiny):

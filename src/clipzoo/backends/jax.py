@@ -1,8 +1,10 @@
-"""JAX backend: open_clip_jax's ViT CLIPs (a ``.pkl`` parameter file) run jit-compiled in JAX.
+"""JAX backend: open_clip_jax's ViT and ConvNeXt CLIPs (a ``.pkl`` parameter file) run jit-compiled in JAX.
 
 ``clipzoo.load("params.pkl", model="vit-base-patch32")`` — ``model`` names one of open_clip_jax's configs
 (:data:`clipzoo.models.jax_config.MODEL_CONFIGS`) or is a dict in its JSON form; a catalogued card carries it
-in ``config.model``. Image size and context length follow from the parameters. Encoding hands features back
+in ``config.model``, and a file written by ``clipzoo convert --to jax`` in ``params.config.json`` next to it.
+Image size and context length follow from the parameters (a ConvNeXt's image size: ``image_size=``, the
+config file's, the card's, else 224). Encoding hands features back
 as torch tensors (through DLPack, without a copy where the devices allow), so similarity, ensembles,
 evaluation and indices work as with any backend; gradients do not flow back from JAX into torch.
 
@@ -11,6 +13,7 @@ A ``.pkl`` is a pickle: it is read with an unpickler that admits only dicts of n
 """
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 from collections.abc import Mapping
@@ -24,21 +27,27 @@ import torch
 
 from ..cards import IMAGE, TEXT, ModelCard
 from ..comparator import ForeignComparator
+from ..constants import OPENAI_MEAN, OPENAI_STD
 from ..download import hub_file
 from ..errors import CheckpointError, ClipzooError, UnsafePickleError, UnsupportedError
 from ..inputs import is_float_tensor
 from ..models.jax_clip import create_model
-from ..models.jax_config import JaxClipConfig, check_shapes, get_config, list_configs, param_sizes
+from ..models.jax_config import (
+    JaxClipConfig,
+    check_shapes,
+    get_config,
+    list_configs,
+    param_sizes,
+    read_config_file,
+)
 from ..models.tokenize import tokenize_checked
 from ..tokenizers import OpenAITokenizer
 
-__all__ = ["JaxComparator", "JaxTowers", "load", "read_params", "to_torch"]
+__all__ = ["JaxComparator", "JaxTowers", "build", "load", "read_params", "to_torch"]
 
 JAX_DTYPES = {"fp32": jnp.float32, "float32": jnp.float32, "bf16": jnp.bfloat16, "bfloat16": jnp.bfloat16,
               "fp16": jnp.float16, "float16": jnp.float16}
 DEFAULT_TEMPERATURE = 100.0  # open_clip_jax's softmax_temp, for parameter files without 'temp'
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 SAFE_GLOBALS = {
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -85,19 +94,25 @@ def to_torch(x) -> torch.Tensor:
         return torch.from_numpy(np.array(x))
 
 
+@functools.lru_cache(maxsize=16)
+def compiled_encoders(cfg: JaxClipConfig, dtype):
+    """``(module, encode_image, encode_text)`` of a config: the jitted encoders are shared by every model of
+    the same config and dtype, so loading it again (other weights, same shapes) compiles nothing."""
+    module = create_model(cfg, dtype=dtype)
+    return (module, jax.jit(lambda v, x: module.apply(v, x, method="encode_image")),
+            jax.jit(lambda v, t: module.apply(v, t, method="encode_text")))
+
+
 class JaxTowers(torch.nn.Module):
     """The Flax model, its parameters on a JAX device and the two jit-compiled encoders."""
 
     def __init__(self, cfg: JaxClipConfig, params: dict, *, dtype, jax_device):
         super().__init__()
         self.cfg = cfg
-        self.module = create_model(cfg, dtype=dtype)
+        self.module, self.image, self.text = compiled_encoders(cfg, dtype)
         self.jax_device = jax_device
         tower_params = {k: v for k, v in params["params"].items() if k != "temp"}
         self.variables = jax.device_put({"params": tower_params}, jax_device)
-        module = self.module
-        self.image = jax.jit(lambda v, x: module.apply(v, x, method="encode_image"))
-        self.text = jax.jit(lambda v, t: module.apply(v, t, method="encode_text"))
 
     def encode_image(self, pixels_nhwc: np.ndarray):
         return self.image(self.variables, jax.device_put(pixels_nhwc, self.jax_device))
@@ -167,27 +182,38 @@ def _params_path(card: ModelCard, cache_dir) -> str:
 
 
 def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache_dir=None,
-         trust_pickle: bool = False, model: "str | dict | None" = None, **kwargs: Any) -> JaxComparator:
-    """Load open_clip_jax parameters; ``model`` names the config (or comes from the card's ``config.model``)."""
+         trust_pickle: bool = False, model: "str | dict | None" = None, image_size: "int | None" = None,
+         **kwargs: Any) -> JaxComparator:
+    """Load open_clip_jax parameters; ``model`` names the config (or comes from the card's ``config.model``,
+    or the ``.config.json`` file next to a local ``.pkl``)."""
     if kwargs:
         raise ClipzooError(f"unknown option(s) for a JAX model: {', '.join(sorted(kwargs))}")
-    model = model if model is not None else card.config.get("model")
+    recorded = read_config_file(card.source.path) if card.source.path else None
+    model = model if model is not None else card.config.get("model", (recorded or {}).get("model"))
     if model is None:
         raise ClipzooError(f"{card.alias}: a JAX parameter file needs its config; pass model=NAME "
                            f"(one of {', '.join(list_configs())})")
     if precision not in JAX_DTYPES:
         raise ClipzooError(f"unknown precision {precision!r} for a JAX model; use fp32, bf16 or fp16")
-    path = _params_path(card, cache_dir)
-    params = read_params(path, trust_pickle)
+    params = read_params(_params_path(card, cache_dir), trust_pickle)
+    size = image_size or (recorded or {}).get("image_size") or card.image_size
+    return build(card, params, model, image_size=size, precision=precision, device=device)
+
+
+def build(card: ModelCard, params: Mapping[str, Any], model: "str | dict | JaxClipConfig", *,
+          image_size: "int | None" = None, precision: str = "fp32", device: str = "cpu") -> JaxComparator:
+    """A :class:`JaxComparator` of ``{'params': …}`` in open_clip_jax's tree (checked against config ``model``)."""
+    if precision not in JAX_DTYPES:
+        raise ClipzooError(f"unknown precision {precision!r} for a JAX model; use fp32, bf16 or fp16")
     cfg = get_config(model)
     check_shapes(params["params"], cfg)
-    image_size, context_length = param_sizes(params["params"], cfg)
+    image_size, context_length = param_sizes(params["params"], cfg, image_size)
     temp = params["params"].get("temp")
     scale = float(np.exp(np.asarray(temp, np.float64))) if temp is not None else DEFAULT_TEMPERATURE
     towers = JaxTowers(cfg, params, dtype=JAX_DTYPES[precision], jax_device=_jax_device(str(device)))
+    named = model if isinstance(model, str) else cfg.as_dict()
     card = card.replace(backend="jax", embed_dim=cfg.proj_dim, image_size=image_size,
-                        context_length=context_length,
-                        config={**card.config, "model": model if isinstance(model, str) else cfg.as_dict()})
+                        context_length=context_length, config={**card.config, "model": named})
     transform = open_clip.image_transform(image_size, is_train=False, mean=OPENAI_MEAN, std=OPENAI_STD)
     return JaxComparator(card, towers, transform=transform, tokenizer=OpenAITokenizer(context_length=context_length),
                          image_size=image_size, context_length=context_length, logit_scale=scale,

@@ -1,4 +1,4 @@
-"""``clipzoo convert SRC DST --to FORMAT`` and ``clipzoo parity MODEL --against IMPL``."""
+"""``clipzoo convert SRC DST --to FORMAT`` and ``clipzoo parity MODEL --against IMPL | --engines A,B``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,16 +7,23 @@ import typer
 
 from ..convert import TARGETS
 from ..convert import convert as run_convert
+from ..convert.engines import parity_engines
 from ..convert.parity import AGAINST
 from ..convert.parity import parity as run_parity
+from ..convert.targets import SOURCE_FORMATS, load_source
 from ._common import CacheDirOpt, JsonOpt, ModelArg, ModelNameOpt, TrustPickleOpt, fail, note, print_json, user_errors
 
 
 @user_errors
 def convert(
     src: str = typer.Argument(..., metavar="SRC", help="Model to convert: any spec or local checkpoint clipzoo loads."),
-    dst: Path = typer.Argument(..., metavar="DST", help="Output file or folder (see --to)."),
-    to: str = typer.Option(..., "--to", help="open_clip, hf, openai, safetensors or onnx."),
+    dst: Path | None = typer.Argument(None, metavar="[DST]", help="Output file or folder (see --to); or -o."),
+    to: str = typer.Option(..., "--to", help="open_clip, hf, openai, safetensors, onnx or jax."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Output file or folder (instead of DST)."),
+    source_format: str | None = typer.Option(None, "--from",
+                                             help="Read SRC as this format: jax (an open_clip_jax .pkl)."),
+    jax_model: str | None = typer.Option(None, "--model",
+                                         help="With --from jax: SRC's JAX config, e.g. vit-base-patch32."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists."),
     trust_pickle: TrustPickleOpt = False,
     model_name: ModelNameOpt = None,
@@ -30,18 +37,29 @@ def convert(
       clipzoo convert hf-folder/ model-openai.pt --to openai   # clip.load("model-openai.pt")
       clipzoo convert model.bin model.safetensors --to safetensors   # one file with its config; no pickle
       clipzoo convert model.pt out-onnx/ --to onnx             # clipzoo.load("out-onnx"), onnxruntime
+      clipzoo convert model.pt --to jax -o params.pkl          # open_clip_jax parameters (+ params.config.json)
+      clipzoo convert params.pkl --from jax --model vit-base-patch32 --to open_clip -o model.safetensors
     """
     if to not in TARGETS:
         fail(f"unknown format {to!r} for --to: choose from {', '.join(TARGETS)}")
-    out = run_convert(src, dst, to, model_name=model_name, trust_pickle=trust_pickle, overwrite=overwrite,
-              cache_dir=None if cache_dir is None else str(cache_dir))
+    if source_format is not None and source_format not in SOURCE_FORMATS:
+        fail(f"unknown format {source_format!r} for --from: choose from {', '.join(SOURCE_FORMATS)}")
+    if (dst is None) == (output is None):
+        fail("name the output once: as DST or with -o/--output")
+    out = run_convert(src, dst or output, to, model_name=model_name, trust_pickle=trust_pickle, overwrite=overwrite,
+                      cache_dir=None if cache_dir is None else str(cache_dir), source_format=source_format,
+                      model=jax_model)
     note(f"wrote {out} ({to})")
 
 
 @user_errors
 def parity(
     model: ModelArg,
-    against: str = typer.Option(..., "--against", help="open_clip, openai, hf or onnx."),
+    against: str | None = typer.Option(None, "--against", help="open_clip, openai, hf or onnx."),
+    engines: str | None = typer.Option(None, "--engines",
+                                       help="Two engines on the same weights, the reference first: torch,jax."),
+    source_format: str | None = typer.Option(None, "--from", help="Read MODEL as this format: jax."),
+    jax_model: str | None = typer.Option(None, "--model", help="With --from jax: MODEL's JAX config."),
     image: list[Path] | None = typer.Option(None, "--image",
                                             help="Images to compare on (repeatable) [default: 4 generated]."),
     text: list[str] | None = typer.Option(None, "--text",
@@ -60,12 +78,19 @@ def parity(
       clipzoo parity model.pt --against open_clip
       clipzoo parity model.pt --against openai --image cat.jpg --text "a cat" --json
       clipzoo parity hf-folder/ --against hf --tol 1e-5
+      clipzoo parity model.pt --engines torch,jax --tol 1e-5     # PyTorch vs JAX on the same weights
     """
-    if against not in AGAINST:
+    if (against is None) == (engines is None):
+        fail("compare with one of --against IMPL (another library) or --engines A,B (e.g. torch,jax)")
+    if against is not None and against not in AGAINST:
         fail(f"unknown implementation {against!r} for --against: choose from {', '.join(AGAINST)}")
     kwargs = {"model_name": model_name} if model_name else {}
-    report = run_parity(model, against, images=[str(p) for p in image] if image else None, texts=text, tol=tol,
-                 trust_pickle=trust_pickle, cache_dir=None if cache_dir is None else str(cache_dir), **kwargs)
+    common = {"images": [str(p) for p in image] if image else None, "texts": text, "tol": tol,
+              "trust_pickle": trust_pickle, "cache_dir": None if cache_dir is None else str(cache_dir), **kwargs}
+    if source_format is not None or jax_model is not None:  # a JAX .pkl: loaded here, compared as any model
+        model = load_source(model, source_format, jax_model, trust_pickle=trust_pickle,
+                            cache_dir=None if cache_dir is None else str(cache_dir))
+    report = parity_engines(model, engines, **common) if engines else run_parity(model, str(against), **common)
     if as_json:
         print_json(report.as_dict())
     else:

@@ -1,15 +1,36 @@
-"""``clipzoo train``: flags, a TOML / YAML config, or a named recipe; same command under torchrun."""
+"""``clipzoo train``: flags, a TOML / YAML config, or a named recipe; same command under torchrun.
+
+``--engine jax`` trains in JAX/Flax (:mod:`clipzoo.train.jax`) and also takes open_clip_jax's ``main.py`` options
+under their names (``--train-path``, ``--global-batch-size``, ``--learning-rate``, … — :data:`JAX_FLAGS`).
+"""
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 
 import typer
 
 from ._common import note, user_errors
 
+JAX_FLAGS: dict[str, type] = {  # open_clip_jax main.py's options (and clipzoo's --devices, --model-config)
+    "--train-path": str, "--valid-path": str, "--train-n-samples": int, "--valid-n-samples": int,
+    "--image-key": str, "--text-key": str, "--image-size": int, "--context-len": int, "--global-batch-size": int,
+    "--shuffle-buffer-size": int, "--model-name": str, "--temp-init": float, "--dtype": str,
+    "--learning-rate": float, "--learning-rate-scheduler": str, "--n-warmup-steps": int, "--warmup-init": float,
+    "--beta1": float, "--beta2": float, "--eps": float, "--n-epochs": int, "--log-freq": int,
+    "--checkpoint-dir": str, "--checkpoint-freq": int, "--resume-from-checkpoint": str, "--devices": int,
+    "--model-config": json.loads,
+}
+NOT_JAX = ("pretrained", "grad_accum", "grad_clip", "ema", "lock_image", "lock_text", "device", "teacher", "towers",
+           "adapters")
+
 
 @user_errors
 def train(
+    ctx: typer.Context,
+    engine: str = typer.Option("torch", "--engine", help="torch, or jax (open_clip_jax's trainer: also takes its "
+                               "main.py options --train-path, --global-batch-size, --learning-rate, …)."),
     recipe: str | None = typer.Option(None, "--recipe", help="A named recipe, e.g. tiny-shapes (flags override it)."),
     config: Path | None = typer.Option(None, "--config", "-c",
                                        help="A .toml / .yaml / .json config (flags override it)."),
@@ -61,15 +82,20 @@ def train(
       clipzoo train --config run.toml --resume latest
       clipzoo train --config run.toml --teacher runs/big/model --loss simreg
       clipzoo train --towers towers.json --adapters '{"image": {"method": "lora", "r": 8}}' --data train.csv
+      clipzoo train --engine jax --train-path train.csv --image-key image_path --text-key caption \\
+          --global-batch-size 128 --model-name vit-base-patch32 --learning-rate 1e-3 --n-epochs 30
     """
+    if engine != "torch" or ctx.args:
+        given = {k: v for k, v in locals().items() if k not in ("ctx", "engine", "config", "recipe")}
+        return _train_jax(given, recipe, config, ctx.args, engine)
     from clipzoo.train.config import ConfigError, TrainConfig, load_config, table_option
     from clipzoo.train.engine import train as run
     from clipzoo.train.recipes import recipe_config
 
     base = recipe_config(recipe) if recipe else TrainConfig()
     flags = {k: v for k, v in locals().items() if k not in ("recipe", "config", "base", "TrainConfig", "load_config",
-                                                            "run", "recipe_config", "ConfigError", "table_option")
-             and v is not None}
+                                                            "run", "recipe_config", "ConfigError", "table_option",
+                                                            "ctx", "engine") and v is not None}
     if "data" in flags and not flags["data"]:
         flags.pop("data")
     if towers is not None:
@@ -77,7 +103,10 @@ def train(
     if adapters is not None:
         flags["adapters"] = _checked(table_option(adapters, "--adapters", "adapters"), "--adapters", ConfigError)
     cfg = load_config(config, flags, base)
-    result = run(cfg)
+    note(_summary(run(cfg)))
+
+
+def _summary(result) -> str:
     last = result.history[-1] if result.history else {}
     summary = f"trained {result.steps} steps; model in {result.model_dir}"
     if "loss" in last:
@@ -87,6 +116,43 @@ def train(
         summary += "; zero-shot " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items() if k != "step")
     if result.skipped_images:
         summary += f"; skipped {result.skipped_images} unreadable image(s)"
+    return summary
+
+
+class _JaxArgs(argparse.ArgumentParser):
+    def error(self, message: str):
+        from clipzoo.train.config import ConfigError
+
+        raise ConfigError(f"--engine jax: {message}")
+
+
+def _train_jax(given: dict, recipe: "str | None", config: "Path | None", extra: list[str], engine: str) -> None:
+    """``--engine jax``: clipzoo's flags that apply, then open_clip_jax's, over the config file and the recipe."""
+    from clipzoo.train.config import ConfigError
+
+    if engine != "jax":
+        raise ConfigError(f"unknown engine {engine!r}: use torch or jax" if engine != "torch" else
+                          f"unknown option(s) {' '.join(extra)} (open_clip_jax's options need --engine jax)")
+    from clipzoo.train.jax import jax_recipe, load_jax_config, train_jax
+
+    parser = _JaxArgs(prog="clipzoo train --engine jax", allow_abbrev=False, add_help=False)
+    for flag, kind in JAX_FLAGS.items():
+        parser.add_argument(flag, type=kind, default=None)
+    parser.add_argument("--grad-checkpoint", action="store_true", default=None)
+    flags = {k: v for k, v in given.items() if v is not None and not (k == "data" and not v)}
+    unsupported = [k for k in flags if k in NOT_JAX]
+    if unsupported:
+        raise ConfigError(f"--{unsupported[0].replace('_', '-')} is not an option of --engine jax")
+    flags.update({k: v for k, v in vars(parser.parse_args(extra)).items() if v is not None})
+    cfg = load_jax_config(config, flags, jax_recipe(recipe) if recipe else None)
+    result = train_jax(cfg)
+    last = result.history[-1] if result.history else {}
+    summary = f"trained {result.steps} steps (jax); parameters in {result.model_dir}/params.pkl"
+    if "loss" in last:
+        summary += f"; final loss {last['loss']:.4f}"
+    evals = [e for e in result.evals if "acc1" in e or "valid_loss" in e]
+    if evals:
+        summary += "; " + ", ".join(f"{k} {v:.4f}" for k, v in evals[-1].items() if k not in ("step", "epoch"))
     note(summary)
 
 
@@ -104,4 +170,4 @@ def _checked(table: dict, flag: str, error: type) -> dict:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train)
+    app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train)

@@ -16,6 +16,9 @@ References (``against``):
 - ``hf``: ``transformers`` ``CLIPModel`` / ``SiglipModel`` + ``AutoProcessor`` on the HF folder (converted
   first when the model is not one);
 - ``onnx``: clipzoo's ONNX Runtime export of the model (``a``) against clipzoo eager (``b``).
+
+The same weights in two *engines* (``clipzoo parity MODEL --engines torch,jax``: PyTorch vs JAX, each
+building its own model from the open_clip form) are :mod:`clipzoo.convert.engines`.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ..api import load
 from ..checkpoints import is_torchscript
 from ..errors import ClipzooError, UnsupportedError
+from ..extras import require
 from ..inputs import to_pil
 from ..runtime.onnx_export import export_onnx
 from .targets import convert, open_clip_form, write_open_clip, write_openai
@@ -41,6 +45,8 @@ if TYPE_CHECKING:
 __all__ = ["AGAINST", "ParityReport", "parity", "difference", "default_images", "DEFAULT_TEXTS"]
 
 AGAINST = ("open_clip", "openai", "hf", "onnx")
+# the package each reference runs on: checked before the model loads (one line, not a traceback)
+AGAINST_PACKAGES = {"open_clip": "open_clip", "openai": "clip", "hf": "transformers", "onnx": "onnxruntime"}
 DEFAULT_TEXTS = ("a photo of a cat", "a red circle on a white background", "two dogs playing in the snow",
                  "a diagram of a neural network", "Un café, s'il vous plaît!")
 ROWS = ("image features", "text features", "probabilities")
@@ -273,6 +279,9 @@ def parity(model: Any, against: str, images: "Sequence[Any] | None" = None, text
 
     if against not in AGAINST:
         raise ClipzooError(f"unknown reference {against!r}: choose from {', '.join(AGAINST)}")
+    with warnings.catch_warnings():  # clip-anytorch imports pkg_resources, which warns on import
+        warnings.simplefilter("ignore")
+        require(AGAINST_PACKAGES[against], f"parity against {against}")
     ours = model if hasattr(model, "encode_image") else load(model, **load_kwargs)
     images = default_images() if images is None else [to_pil(i) for i in images]
     texts = list(texts) if texts else list(DEFAULT_TEXTS)

@@ -17,7 +17,12 @@ safetensors    one ``.safetensors`` with the open_clip config in its    ``clipzo
                metadata: loads alone, and a pickle becomes safe          config name)
 onnx           a folder: ``image.onnx``, ``text.onnx``,                 ``clipzoo.load(DST)``, onnxruntime
                ``clipzoo_onnx.json``
+jax            open_clip_jax's ``.pkl`` (``{'params': …}``, numpy) +    ``clipzoo.load(DST)`` (the JAX engine);
+               ``DST-stem.config.json`` (its config and sizes)          open_clip_jax with ``model=`` its config
 =============  ======================================================  ==========================================
+
+``source_format="jax"`` (CLI ``--from jax``) reads ``SRC`` as open_clip_jax parameters of config ``model``
+(CLI ``--model``), so a JAX model converts to every other target through its open_clip form.
 
 Every output is written to a temporary name and renamed, so an interrupted conversion leaves nothing
 half-written at ``DST``.
@@ -32,13 +37,21 @@ from typing import Any
 
 from ..api import load
 from ..errors import ClipzooError, UnsupportedError
+from ..extras import require
+from ..models.jax_config import config_file, get_config, list_configs, read_config_file
+from ..registry import card_from_fields
 from ..runtime.onnx_export import export_onnx
 from .form import OpenClipForm
 from .hf import open_clip_form_of_hf, write_hf
+from .jax import jax_form, open_clip_form_of_jax, write_params_with_config
+from .mindspore import form_of_mindspore, load_ckpt, write_mindspore
 
-__all__ = ["TARGETS", "OpenClipForm", "convert", "open_clip_form", "check_openai_compatible"]
+__all__ = ["TARGETS", "SOURCE_FORMATS", "OpenClipForm", "convert", "open_clip_form", "check_openai_compatible"]
 
-TARGETS = ("open_clip", "hf", "openai", "safetensors", "onnx")
+TARGETS = ("open_clip", "hf", "openai", "safetensors", "onnx", "jax", "mindspore")
+SOURCE_FORMATS = ("jax", "mindspore")  # formats SRC is read as when named (otherwise clipzoo.load decides)
+# the package a target needs beyond the base install: checked before any work (one line, not a traceback)
+TARGET_PACKAGES = {"hf": "transformers", "onnx": "onnx", "mindspore": "mindspore"}
 
 
 def open_clip_form(comparator) -> OpenClipForm:
@@ -53,6 +66,10 @@ def open_clip_form(comparator) -> OpenClipForm:
                             comparator.card.alias)
     if backend == "transformers":
         return open_clip_form_of_hf(comparator)
+    if backend == "jax":
+        return open_clip_form_of_jax(comparator)
+    if backend == "mindspore":
+        return form_of_mindspore(comparator)
     raise UnsupportedError(f"{comparator.card.alias} ({backend} backend) has no open_clip form: it can be "
                            f"converted to onnx only")
 
@@ -133,21 +150,77 @@ def write_safetensors(form: OpenClipForm, dst: Path) -> Path:
     return dst
 
 
-def convert(src: "str | os.PathLike", dst: "str | os.PathLike", to: str, *, model_name: "str | None" = None,
-            trust_pickle: bool = False, overwrite: bool = False, cache_dir: "str | None" = None) -> Path:
-    """Convert the model ``src`` (any spec :func:`clipzoo.load` takes) to format ``to``, written at ``dst``."""
+def write_jax(form: OpenClipForm, dst: Path) -> Path:
+    """open_clip_jax's ``.pkl`` of the model, and its config file (``DST-stem.config.json``) next to it."""
+    cfg, variables = jax_form(form)
+    vision, text = form.model_cfg.get("vision_cfg", {}), form.model_cfg.get("text_cfg", {})
+    size = vision.get("image_size", 224)
+    tmp = _tmp(dst)
+    try:
+        write_params_with_config(tmp, variables, cfg, int(size[0] if isinstance(size, (list, tuple)) else size),
+                                 int(text.get("context_length", 77)))
+        os.replace(config_file(tmp), config_file(dst))
+        _replace(tmp, dst)
+    finally:
+        for leftover in (tmp, config_file(tmp)):
+            leftover.unlink(missing_ok=True)
+    return dst
+
+
+def _check_destination(to: str, dst: Path, overwrite: bool) -> None:
     if to not in TARGETS:
         raise ClipzooError(f"unknown target format {to!r}: choose from {', '.join(TARGETS)}")
-    dst = Path(dst)
+    if to in TARGET_PACKAGES:
+        require(TARGET_PACKAGES[to], f"converting to {to}")
     if dst.exists() and not overwrite:
         raise ClipzooError(f"{dst} already exists: choose another destination or pass --overwrite")
     if to == "openai" and dst.suffix not in (".pt", ".pth"):
         raise ClipzooError(f"an OpenAI checkpoint is one .pt file: name the destination like {dst.name}.pt")
     if to == "safetensors" and dst.suffix != ".safetensors":
         raise ClipzooError(f"name the destination with .safetensors, e.g. {dst.name}.safetensors")
+    if to == "mindspore" and dst.suffix != ".ckpt":
+        raise ClipzooError(f"a MindSpore checkpoint is one .ckpt file: name the destination like {dst.name}.ckpt")
+    if to == "jax" and dst.suffix != ".pkl":
+        raise ClipzooError(f"JAX parameters are one open_clip_jax .pkl file: name the destination like "
+                           f"{dst.name}.pkl")
+
+
+def load_source(src, source_format: "str | None" = None, model: "str | None" = None, **kwargs: Any):
+    """``clipzoo.load(src, **kwargs)``; with ``source_format="jax"``, ``src`` read as open_clip_jax parameters
+    of config ``model`` (or of the config file written next to it)."""
+    if source_format is None and model is not None and str(src).lower().endswith(".pkl"):
+        source_format = "jax"  # a .pkl is open_clip_jax's format (as clipzoo.load decides too)
+    if source_format is None:
+        if model is not None:
+            raise ClipzooError("--model names the JAX config of a JAX parameter file: pass it with --from jax")
+        return load(src, **kwargs)
+    if source_format not in SOURCE_FORMATS:
+        raise ClipzooError(f"unknown source format {source_format!r} for --from: choose from "
+                           f"{', '.join(SOURCE_FORMATS)}")
+    if source_format == "mindspore":
+        return load_ckpt(src, model, **kwargs)
+    if not os.path.isfile(src):
+        raise ClipzooError(f"--from jax reads a local open_clip_jax .pkl, and {src} is no such file")
+    if model is None and not read_config_file(src):
+        raise ClipzooError(f"--from jax needs --model: name the JAX config of {src} (one of "
+                           f"{', '.join(list_configs())})")
+    if model is not None:
+        get_config(model)  # an unknown name fails here, before the file is read
+    kwargs.pop("model_name", None)
+    card = card_from_fields(publisher="local", id=Path(src).name, path=str(src), backend="jax")
+    return load(card, **kwargs, **({"model": model} if model is not None else {}))
+
+
+def convert(src: "str | os.PathLike", dst: "str | os.PathLike", to: str, *, model_name: "str | None" = None,
+            trust_pickle: bool = False, overwrite: bool = False, cache_dir: "str | None" = None,
+            source_format: "str | None" = None, model: "str | None" = None) -> Path:
+    """Convert the model ``src`` (any spec :func:`clipzoo.load` takes; with ``source_format="jax"``
+    open_clip_jax parameters of config ``model``) to format ``to``, written at ``dst``."""
+    dst = Path(dst)
+    _check_destination(to, dst, overwrite)
     dst.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {"model_name": model_name} if model_name else {}
-    comparator = load(src, trust_pickle=trust_pickle, cache_dir=cache_dir, **kwargs)
+    comparator = load_source(src, source_format, model, trust_pickle=trust_pickle, cache_dir=cache_dir, **kwargs)
     if to == "onnx":
         tmp = _tmp(dst)
         export_onnx(comparator, tmp)
@@ -160,6 +233,10 @@ def convert(src: "str | os.PathLike", dst: "str | os.PathLike", to: str, *, mode
         return write_openai(form, dst)
     if to == "safetensors":
         return write_safetensors(form, dst)
+    if to == "jax":
+        return write_jax(form, dst)
+    if to == "mindspore":
+        return write_mindspore(form, dst)
     tmp = _tmp(dst)
     write_hf(form, tmp)
     _replace(tmp, dst)

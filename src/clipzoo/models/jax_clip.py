@@ -1,10 +1,11 @@
-"""A ViT CLIP in Flax (linen) whose variables have exactly open_clip_jax's tree.
+"""A ViT or ConvNeXt CLIP in Flax (linen) whose variables have exactly open_clip_jax's tree.
 
 ``{'params': {'image_model': {...}, 'text_model': {...}, 'Dense_0': image projection, 'Dense_1': text
 projection[, 'temp']}}`` — submodule names as Flax's auto-naming gives them in open_clip_jax
 (``PatchEmbed_0/Conv_0``, ``ClsToken_0/cls_token``, ``PosEmbed_0/pos_embed``, ``Transformer_0/
 TransformerBlock_{i}/{LayerNorm_0, MultiHeadAttention_0/{query,key,value,out}, LayerNorm_1, MLP_0/Dense_{0,1}}``,
-…), so that its released ``.pkl`` parameter files load as they are. Here every name is given explicitly.
+…; the ConvNeXt tower is :mod:`clipzoo.models.jax_convnext`), so that its released ``.pkl`` parameter files
+load as they are. Here every name is given explicitly.
 
 Images are NHWC floats (already normalised), texts int32 token ids whose end-of-text token is the largest
 id (CLIP's BPE), as in open_clip_jax and open_clip.
@@ -14,7 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 from ..extras import require
-from .jax_config import DEFAULT_CONTEXT_LENGTH, DEFAULT_IMAGE_SIZE, JaxClipConfig, TowerConfig, get_config
+from .jax_config import (
+    DEFAULT_CONTEXT_LENGTH,
+    DEFAULT_IMAGE_SIZE,
+    ConvNeXtConfig,
+    JaxClipConfig,
+    TowerConfig,
+    get_config,
+)
+from .jax_convnext import ConvNeXtTower
 
 jax = require("jax", "the JAX engine")
 jnp = require("jax.numpy", "the JAX engine")
@@ -87,11 +96,13 @@ class Blocks(nn.Module):
     n_heads: int
     act: str = "gelu"
     dtype: Any = None
+    grad_checkpoint: bool = False  # rematerialise each block's activations in the backward pass (same names)
 
     @nn.compact
     def __call__(self, x, mask=None):
+        block = nn.remat(Block) if self.grad_checkpoint else Block
         for i in range(self.depth):
-            x = Block(self.n_heads, act=self.act, dtype=self.dtype, name=f"TransformerBlock_{i}")(x, mask)
+            x = block(self.n_heads, act=self.act, dtype=self.dtype, name=f"TransformerBlock_{i}")(x, mask)
         return x
 
 
@@ -130,6 +141,7 @@ class VisionTower(nn.Module):
     cfg: TowerConfig
     act: str = "gelu"
     dtype: Any = None
+    grad_checkpoint: bool = False
 
     @nn.compact
     def __call__(self, images):
@@ -138,7 +150,8 @@ class VisionTower(nn.Module):
         x = ClassToken(name="ClsToken_0")(x)
         x = PositionEmbedding(name="PosEmbed_0")(x)
         x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="LayerNorm_0")(x)
-        x = Blocks(c.depth, c.n_heads, act=self.act, dtype=self.dtype, name="Transformer_0")(x)
+        x = Blocks(c.depth, c.n_heads, act=self.act, dtype=self.dtype, grad_checkpoint=self.grad_checkpoint,
+                   name="Transformer_0")(x)
         return nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="LayerNorm_1")(x[:, 0])
 
 
@@ -149,6 +162,7 @@ class TextTower(nn.Module):
     vocab_size: int
     act: str = "gelu"
     dtype: Any = None
+    grad_checkpoint: bool = False
 
     @nn.compact
     def __call__(self, tokens):
@@ -157,7 +171,8 @@ class TextTower(nn.Module):
         x = PositionEmbedding(name="PosEmbed_0")(x)
         length = tokens.shape[1]
         mask = jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
-        x = Blocks(c.depth, c.n_heads, act=self.act, dtype=self.dtype, name="Transformer_0")(x, mask)
+        x = Blocks(c.depth, c.n_heads, act=self.act, dtype=self.dtype, grad_checkpoint=self.grad_checkpoint,
+                   name="Transformer_0")(x, mask)
         x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="LayerNorm_0")(x)
         return x[jnp.arange(x.shape[0]), jnp.argmax(tokens, axis=1)]
 
@@ -170,11 +185,16 @@ class JaxCLIP(nn.Module):
     cfg: JaxClipConfig
     temp_init: float | None = None
     dtype: Any = None
+    grad_checkpoint: bool = False  # open_clip_jax's: blocks rematerialised in the backward pass, same variables
 
     def setup(self):
         c = self.cfg
-        self.image_model = VisionTower(c.image, act=c.act, dtype=self.dtype)
-        self.text_model = TextTower(c.text, c.vocab_size, act=c.act, dtype=self.dtype)
+        if isinstance(c.image, ConvNeXtConfig):
+            self.image_model = ConvNeXtTower(c.image, dtype=self.dtype, grad_checkpoint=self.grad_checkpoint)
+        else:
+            self.image_model = VisionTower(c.image, act=c.act, dtype=self.dtype, grad_checkpoint=self.grad_checkpoint)
+        self.text_model = TextTower(c.text, c.vocab_size, act=c.act, dtype=self.dtype,
+                                    grad_checkpoint=self.grad_checkpoint)
         self.Dense_0 = nn.Dense(c.proj_dim, use_bias=False, dtype=self.dtype)  # noqa: N815 (Flax's name)
         self.Dense_1 = nn.Dense(c.proj_dim, use_bias=False, dtype=self.dtype)  # noqa: N815
         if self.temp_init is not None:
@@ -199,8 +219,9 @@ def l2_normalize(x):
     return (x32 / jnp.linalg.norm(x32, axis=-1, keepdims=True)).astype(x.dtype)
 
 
-def create_model(model: "str | dict | JaxClipConfig", temp_init: float | None = None, dtype=None) -> JaxCLIP:
-    return JaxCLIP(get_config(model), temp_init=temp_init, dtype=dtype)
+def create_model(model: "str | dict | JaxClipConfig", temp_init: float | None = None, dtype=None,
+                 grad_checkpoint: bool = False) -> JaxCLIP:
+    return JaxCLIP(get_config(model), temp_init=temp_init, dtype=dtype, grad_checkpoint=grad_checkpoint)
 
 
 def init_variables(module: JaxCLIP, image_size: int = DEFAULT_IMAGE_SIZE,

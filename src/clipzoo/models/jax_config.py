@@ -2,16 +2,22 @@
 
 Torch- and JAX-free, so that configs can be listed and checked (and conversion plans made) without the
 ``jax`` extra. A config is open_clip_jax's JSON form — ``{"image_model": {depth, embed_dim, n_heads,
-patch_size}, "text_model": {depth, embed_dim, n_heads}, "proj_dim"}`` — plus what that form leaves to
-defaults: the activation (``"gelu"``; ``"quick_gelu"`` for OpenAI's own weights) and the vocabulary size.
-Image size and context length are not part of a config: they follow from the position embeddings.
+patch_size}, "text_model": {depth, embed_dim, n_heads}, "proj_dim"}`` for a ViT, ``"image_model": {depths,
+out_dims[, head_hidden_dim]}`` for a ConvNeXt — plus what that form leaves to defaults: the activation
+(``"gelu"``; ``"quick_gelu"`` for OpenAI's own weights), the vocabulary size and, for a ConvNeXt whose
+stage shapes are none of timm's, the ``timm_model_name`` that builds its PyTorch twin. Image size and
+context length are not part of a config: they follow from the position embeddings (a ConvNeXt's image size
+is free: it is given where the model is loaded, default 224).
 """
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, ClipzooError
@@ -29,7 +35,16 @@ def _vit(depth: int, width: int, heads: int, patch: int, t_depth: int, t_width: 
             "proj_dim": proj}
 
 
-# open_clip_jax's ViT model_configs/*.json (ConvNeXt towers are not implemented here yet)
+def _convnext(out_dims: tuple[int, ...], t_depth: int, t_width: int, t_heads: int, proj: int,
+              head_hidden_dim: int | None = None) -> dict[str, Any]:
+    image: dict[str, Any] = {"depths": [3, 3, 27, 3], "out_dims": list(out_dims)}
+    if head_hidden_dim:
+        image["head_hidden_dim"] = head_hidden_dim
+    return {"image_model": image, "text_model": {"depth": t_depth, "embed_dim": t_width, "n_heads": t_heads},
+            "proj_dim": proj}
+
+
+# open_clip_jax's model_configs/*.json
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "vit-eps-patch32": _vit(2, 64, 4, 32, 2, 64, 4, 64),
     "vit-small-patch16": _vit(12, 384, 6, 16, 12, 384, 6, 384),
@@ -40,7 +55,21 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "vit-large-patch16": _vit(24, 1024, 16, 16, 12, 768, 12, 768),
     "vit-huge-patch14": _vit(32, 1280, 16, 14, 24, 1024, 16, 1024),
     "vit-huge-patch16": _vit(32, 1280, 16, 16, 24, 1024, 16, 1024),
+    "convnext-base": _convnext((128, 256, 512, 1024), 12, 512, 8, 512),
+    "convnext-base-w": _convnext((128, 256, 512, 1024), 12, 640, 10, 640),
+    "convnext-large-d": _convnext((192, 384, 768, 1536), 16, 768, 12, 768, head_hidden_dim=1536),
 }
+# timm's ConvNeXt trunks (conv_mlp=False, LayerNorm eps 1e-6, layer scale) by their stage shapes: the
+# PyTorch twin of a JAX ConvNeXt tower (open_clip's ``vision_cfg.timm_model_name``)
+TIMM_CONVNEXTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "convnext_tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
+    "convnext_small": ((3, 3, 27, 3), (96, 192, 384, 768)),
+    "convnext_base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
+    "convnext_large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
+    "convnext_xlarge": ((3, 3, 27, 3), (256, 512, 1024, 2048)),
+}
+CONVNEXT_STEM = 4  # the stem's patch size; each later stage halves the grid (a 2x2, stride-2 conv)
+CONVNEXT_KERNEL = 7  # the blocks' depthwise convolution
 
 
 @dataclass(frozen=True)
@@ -56,20 +85,65 @@ class TowerConfig:
 
 
 @dataclass(frozen=True)
+class ConvNeXtConfig:
+    """open_clip_jax's ConvNeXt image tower: blocks and widths per stage, an optional GELU head layer."""
+
+    depths: tuple[int, ...]
+    out_dims: tuple[int, ...]
+    head_hidden_dim: int | None = None
+    timm_model_name: str = ""  # empty: the timm name is looked up from the shapes (TIMM_CONVNEXTS)
+
+    @property
+    def embed_dim(self) -> int:
+        """The width of the tower's output (what the image projection takes)."""
+        return self.head_hidden_dim or self.out_dims[-1]
+
+    @property
+    def timm_name(self) -> str:
+        if self.timm_model_name:
+            return self.timm_model_name
+        for name, shapes in TIMM_CONVNEXTS.items():
+            if shapes == (self.depths, self.out_dims):
+                return name
+        return ""
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"depths": list(self.depths), "out_dims": list(self.out_dims)}
+        if self.head_hidden_dim:
+            out["head_hidden_dim"] = self.head_hidden_dim
+        if self.timm_model_name and self.timm_model_name != _timm_of(self.depths, self.out_dims):
+            out["timm_model_name"] = self.timm_model_name
+        return out
+
+
+def _timm_of(depths: tuple[int, ...], out_dims: tuple[int, ...]) -> str:
+    return ConvNeXtConfig(depths, out_dims).timm_name
+
+
+@dataclass(frozen=True)
 class JaxClipConfig:
-    """One ViT CLIP's shape: the two towers, the projection width, the activation, the vocabulary."""
+    """One CLIP's shape: the two towers (a ViT or ConvNeXt image tower), the projection width, the
+    activation, the vocabulary."""
 
     name: str
-    image: TowerConfig
+    image: "TowerConfig | ConvNeXtConfig"
     text: TowerConfig
     proj_dim: int
     act: str = "gelu"
     vocab_size: int = DEFAULT_VOCAB_SIZE
 
+    @property
+    def is_convnext(self) -> bool:
+        return isinstance(self.image, ConvNeXtConfig)
+
     def as_dict(self) -> dict[str, Any]:
         """open_clip_jax's JSON form (plus ``act`` / ``vocab_size`` when they are not the defaults)."""
-        out = _vit(self.image.depth, self.image.embed_dim, self.image.n_heads, self.image.patch_size,
-                   self.text.depth, self.text.embed_dim, self.text.n_heads, self.proj_dim)
+        if isinstance(self.image, ConvNeXtConfig):
+            out = {"image_model": self.image.as_dict(), "text_model": {"depth": self.text.depth, "embed_dim":
+                   self.text.embed_dim, "n_heads": self.text.n_heads}, "proj_dim": self.proj_dim}
+        else:
+            out = _vit(self.image.depth, self.image.embed_dim, self.image.n_heads, self.image.patch_size,
+                       self.text.depth, self.text.embed_dim, self.text.n_heads, self.proj_dim)
         if self.act != "gelu":
             out["act"] = self.act
         if self.vocab_size != DEFAULT_VOCAB_SIZE:
@@ -87,10 +161,7 @@ def get_config(model: "str | dict | JaxClipConfig") -> JaxClipConfig:
         return model
     if isinstance(model, str):
         if model not in MODEL_CONFIGS:
-            known = ", ".join(MODEL_CONFIGS)
-            hint = " (ConvNeXt towers are not implemented in clipzoo's JAX engine yet)" \
-                if model.startswith("convnext") else ""
-            raise ClipzooError(f"unknown JAX model config {model!r}{hint}; use one of: {known}")
+            raise ClipzooError(f"unknown JAX model config {model!r}; use one of: {', '.join(MODEL_CONFIGS)}")
         return _from_dict(model, MODEL_CONFIGS[model])
     if isinstance(model, dict):
         return _from_dict("custom", model)
@@ -104,19 +175,70 @@ def _from_dict(name: str, raw: dict[str, Any]) -> JaxClipConfig:
         image, text = dict(raw["image_model"]), dict(raw["text_model"])
         vocab = int(text.pop("vocab_size", DEFAULT_VOCAB_SIZE))
         act = str(raw.get("act", "gelu"))
-        cfg = JaxClipConfig(name=name, image=TowerConfig(**image), text=TowerConfig(**text),
+        tower = _convnext_config(image) if "depths" in image else TowerConfig(**image)
+        cfg = JaxClipConfig(name=name, image=tower, text=TowerConfig(**text),
                             proj_dim=int(raw["proj_dim"]), act=act, vocab_size=vocab)
     except (KeyError, TypeError) as exc:
         raise ClipzooError(f"JAX model config {name!r} is malformed ({exc}); it needs image_model "
-                           "{depth, embed_dim, n_heads, patch_size}, text_model {depth, embed_dim, n_heads} "
-                           "and proj_dim") from None
+                           "{depth, embed_dim, n_heads, patch_size} (a ViT) or {depths, out_dims} (a ConvNeXt), "
+                           "text_model {depth, embed_dim, n_heads} and proj_dim") from None
     if act not in ACTIVATIONS:
         raise ClipzooError(f"JAX model config {name!r}: act must be one of {', '.join(ACTIVATIONS)}, not {act!r}")
-    for tower in (cfg.image, cfg.text):
+    for tower in (cfg.text,) if cfg.is_convnext else (cfg.image, cfg.text):
         if tower.embed_dim % tower.n_heads:
             raise ClipzooError(f"JAX model config {name!r}: embed_dim {tower.embed_dim} is not divisible by "
                                f"n_heads {tower.n_heads}")
     return cfg
+
+
+def _convnext_config(image: dict[str, Any]) -> ConvNeXtConfig:
+    depths, dims = tuple(int(d) for d in image.pop("depths")), tuple(int(d) for d in image.pop("out_dims"))
+    hidden = image.pop("head_hidden_dim", None)
+    timm_name = str(image.pop("timm_model_name", ""))
+    if image:
+        raise TypeError(f"unexpected ConvNeXt field(s) {', '.join(sorted(image))}")
+    if not depths or len(depths) != len(dims):
+        raise TypeError("depths and out_dims must be two lists of the same length")
+    return ConvNeXtConfig(depths, dims, int(hidden) if hidden else None, timm_name)
+
+
+def match_config(cfg: JaxClipConfig) -> str | None:
+    """The name of open_clip_jax's config that ``cfg`` equals, if any."""
+    mine = cfg.as_dict()
+    return next((name for name, raw in MODEL_CONFIGS.items() if raw == mine), None)
+
+
+# ------------------------------------------------------------ the config file next to a parameter file
+CONFIG_SUFFIX = ".config.json"  # params.pkl -> params.config.json (written by ``clipzoo convert --to jax``)
+
+
+def config_file(params_path: "str | os.PathLike") -> Path:
+    path = Path(params_path)
+    return path.with_name((path.stem if path.suffix == ".pkl" else path.name) + CONFIG_SUFFIX)
+
+
+def write_config_file(params_path: "str | os.PathLike", cfg: JaxClipConfig, image_size: int,
+                      context_length: int) -> Path:
+    """Record the config (open_clip_jax's name when it is one, else its JSON form) and sizes of a ``.pkl``."""
+    out = config_file(params_path)
+    body = {"model": match_config(cfg) or cfg.as_dict(), "image_size": int(image_size),
+            "context_length": int(context_length)}
+    out.write_text(json.dumps(body, indent=2) + "\n")
+    return out
+
+
+def read_config_file(params_path: "str | os.PathLike") -> dict[str, Any] | None:
+    """What :func:`write_config_file` wrote next to ``params_path`` (None if there is no such file)."""
+    path = config_file(params_path)
+    if not path.is_file():
+        return None
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read the JAX config file {path}: {exc}") from None
+    if not isinstance(body, dict) or "model" not in body:
+        raise CheckpointError(f"{path} is not a JAX config file (a JSON object with \"model\")")
+    return body
 
 
 # ------------------------------------------------------------ parameter shapes (no JAX needed)
@@ -125,48 +247,92 @@ def get_path(tree: Mapping, path: str):
     node: Any = tree
     for part in path.split("/"):
         if not isinstance(node, Mapping) or part not in node:
-            raise CheckpointError(f"JAX parameters lack {path!r}; is this an open_clip_jax ViT CLIP?")
+            raise CheckpointError(f"JAX parameters lack {path!r}; is this an open_clip_jax CLIP?")
         node = node[part]
     return node
 
 
-def param_sizes(params: Mapping[str, Any], model: "str | dict | JaxClipConfig") -> tuple[int, int]:
-    """``(image_size, context_length)`` that a parameter tree was made for (from its position embeddings)."""
+def param_sizes(params: Mapping[str, Any], model: "str | dict | JaxClipConfig",
+                image_size: int | None = None) -> tuple[int, int]:
+    """``(image_size, context_length)`` that a parameter tree was made for (from its position embeddings;
+    a ConvNeXt takes any image size: ``image_size``, default 224)."""
     cfg = get_config(model)
+    context = int(get_path(params, "text_model/PosEmbed_0/pos_embed").shape[0])
+    if isinstance(cfg.image, ConvNeXtConfig):
+        return int(image_size or DEFAULT_IMAGE_SIZE), context
     tokens = int(get_path(params, "image_model/PosEmbed_0/pos_embed").shape[0]) - 1
     side = math.isqrt(tokens)
     if side * side != tokens:
         raise CheckpointError(f"image position embeddings of {tokens} + 1 rows are not a square grid")
-    context = int(get_path(params, "text_model/PosEmbed_0/pos_embed").shape[0])
     return side * cfg.image.patch_size, context
 
 
 def expected_shapes(cfg: JaxClipConfig, image_size: int, context_length: int) -> dict[str, tuple[int, ...]]:
     """Every parameter path of config ``cfg`` -> its shape (computed here without JAX)."""
-    i, t, p = cfg.image, cfg.text, cfg.image.patch_size
-    grid = (image_size // p) ** 2
-    shapes = {"image_model/PatchEmbed_0/Conv_0/kernel": (p, p, 3, i.embed_dim),
-              "image_model/ClsToken_0/cls_token": (i.embed_dim,),
-              "image_model/PosEmbed_0/pos_embed": (grid + 1, i.embed_dim),
-              "text_model/Embed_0/embedding": (cfg.vocab_size, t.embed_dim),
+    t = cfg.text
+    shapes = {"text_model/Embed_0/embedding": (cfg.vocab_size, t.embed_dim),
               "text_model/PosEmbed_0/pos_embed": (context_length, t.embed_dim),
-              "Dense_0/kernel": (i.embed_dim, cfg.proj_dim), "Dense_1/kernel": (t.embed_dim, cfg.proj_dim)}
-    for name, w in (("image_model/LayerNorm_0", i.embed_dim), ("image_model/LayerNorm_1", i.embed_dim),
-                    ("text_model/LayerNorm_0", t.embed_dim)):
-        shapes.update({f"{name}/scale": (w,), f"{name}/bias": (w,)})
-    for tower, name in ((i, "image_model"), (t, "text_model")):
-        w, h, hd = tower.embed_dim, tower.n_heads, tower.head_dim
-        for b in range(tower.depth):
-            pre = f"{name}/Transformer_0/TransformerBlock_{b}"
-            for ln in ("LayerNorm_0", "LayerNorm_1"):
-                shapes.update({f"{pre}/{ln}/scale": (w,), f"{pre}/{ln}/bias": (w,)})
-            for n in ("query", "key", "value"):
-                shapes.update({f"{pre}/MultiHeadAttention_0/{n}/kernel": (w, h, hd),
-                               f"{pre}/MultiHeadAttention_0/{n}/bias": (h, hd)})
-            shapes.update({f"{pre}/MultiHeadAttention_0/out/kernel": (h, hd, w),
-                           f"{pre}/MultiHeadAttention_0/out/bias": (w,),
-                           f"{pre}/MLP_0/Dense_0/kernel": (w, 4 * w), f"{pre}/MLP_0/Dense_0/bias": (4 * w,),
-                           f"{pre}/MLP_0/Dense_1/kernel": (4 * w, w), f"{pre}/MLP_0/Dense_1/bias": (w,)})
+              "Dense_0/kernel": (cfg.image.embed_dim, cfg.proj_dim), "Dense_1/kernel": (t.embed_dim, cfg.proj_dim),
+              **_ln_shapes("text_model/LayerNorm_0", t.embed_dim), **_blocks_shapes("text_model", t)}
+    if isinstance(cfg.image, ConvNeXtConfig):
+        return {**shapes, **_convnext_shapes(cfg.image)}
+    i, p = cfg.image, cfg.image.patch_size
+    grid = (image_size // p) ** 2
+    shapes.update({"image_model/PatchEmbed_0/Conv_0/kernel": (p, p, 3, i.embed_dim),
+                   "image_model/ClsToken_0/cls_token": (i.embed_dim,),
+                   "image_model/PosEmbed_0/pos_embed": (grid + 1, i.embed_dim),
+                   **_ln_shapes("image_model/LayerNorm_0", i.embed_dim),
+                   **_ln_shapes("image_model/LayerNorm_1", i.embed_dim), **_blocks_shapes("image_model", i)})
+    return shapes
+
+
+def _ln_shapes(path: str, width: int) -> dict[str, tuple[int, ...]]:
+    return {f"{path}/scale": (width,), f"{path}/bias": (width,)}
+
+
+def _dense_shapes(path: str, n_in: int, n_out: int) -> dict[str, tuple[int, ...]]:
+    return {f"{path}/kernel": (n_in, n_out), f"{path}/bias": (n_out,)}
+
+
+def _blocks_shapes(name: str, tower: TowerConfig) -> dict[str, tuple[int, ...]]:
+    w, h, hd = tower.embed_dim, tower.n_heads, tower.head_dim
+    shapes: dict[str, tuple[int, ...]] = {}
+    for b in range(tower.depth):
+        pre = f"{name}/Transformer_0/TransformerBlock_{b}"
+        shapes.update({**_ln_shapes(f"{pre}/LayerNorm_0", w), **_ln_shapes(f"{pre}/LayerNorm_1", w)})
+        for n in ("query", "key", "value"):
+            shapes.update({f"{pre}/MultiHeadAttention_0/{n}/kernel": (w, h, hd),
+                           f"{pre}/MultiHeadAttention_0/{n}/bias": (h, hd)})
+        shapes.update({f"{pre}/MultiHeadAttention_0/out/kernel": (h, hd, w),
+                       f"{pre}/MultiHeadAttention_0/out/bias": (w,),
+                       **_dense_shapes(f"{pre}/MLP_0/Dense_0", w, 4 * w),
+                       **_dense_shapes(f"{pre}/MLP_0/Dense_1", 4 * w, w)})
+    return shapes
+
+
+def _convnext_shapes(c: ConvNeXtConfig) -> dict[str, tuple[int, ...]]:
+    """open_clip_jax's ConvNeXt: ``PatchEmbed_0`` (4x4 conv, then LayerNorm), ``ConvNeXtStage_{i}`` (a
+    ``PatchEmbed_0`` of LayerNorm then 2x2 conv from the second stage on; ``ConvNeXtBlock_{j}`` of depthwise
+    ``Conv_0``, ``LayerNorm_0``, ``MLP_0``, layer scale ``lambda``), the head's ``LayerNorm_0`` [, ``Dense_0``]."""
+    v, s, k = "image_model", CONVNEXT_STEM, CONVNEXT_KERNEL
+    d0 = c.out_dims[0]
+    shapes = {f"{v}/PatchEmbed_0/Conv_0/kernel": (s, s, 3, d0), f"{v}/PatchEmbed_0/Conv_0/bias": (d0,),
+              **_ln_shapes(f"{v}/PatchEmbed_0/LayerNorm_0", d0), **_ln_shapes(f"{v}/LayerNorm_0", c.out_dims[-1])}
+    for i, (depth, d) in enumerate(zip(c.depths, c.out_dims)):
+        stage = f"{v}/ConvNeXtStage_{i}"
+        if i:
+            prev = c.out_dims[i - 1]
+            shapes.update({**_ln_shapes(f"{stage}/PatchEmbed_0/LayerNorm_0", prev),
+                           f"{stage}/PatchEmbed_0/Conv_0/kernel": (2, 2, prev, d),
+                           f"{stage}/PatchEmbed_0/Conv_0/bias": (d,)})
+        for j in range(depth):
+            block = f"{stage}/ConvNeXtBlock_{j}"
+            shapes.update({f"{block}/Conv_0/kernel": (k, k, 1, d), f"{block}/Conv_0/bias": (d,),
+                           **_ln_shapes(f"{block}/LayerNorm_0", d), f"{block}/lambda": (d,),
+                           **_dense_shapes(f"{block}/MLP_0/Dense_0", d, 4 * d),
+                           **_dense_shapes(f"{block}/MLP_0/Dense_1", 4 * d, d)})
+    if c.head_hidden_dim:
+        shapes.update(_dense_shapes(f"{v}/Dense_0", c.out_dims[-1], c.head_hidden_dim))
     return shapes
 
 

@@ -1,0 +1,131 @@
+"""The JAX engine's training: the tiny-shapes recipe's zero-shot accuracy and time, and training samples/s of the
+JAX engine vs clipzoo's torch trainer on the same tiny model, data and settings.
+
+``--mode recipe``: ``clipzoo train --engine jax --recipe tiny-shapes`` in this process (the JAX recipe's ViT at
+64 px on ``shapes-classes:20000``, 800 steps of 128, zero-shot on 770 held-out shapes every 200 steps); the JSON
+holds every evaluation with the wall time since start (process start to that point, data generation included),
+and is rewritten after each, so a run stopped early still reports what it reached.
+
+``--mode throughput``: the same ViT (the JAX recipe's config, converted to an open_clip config for torch), the
+same generated shapes in memory, batch, AdamW settings, fp32 on the CPU; each trainer runs ``--steps`` steps and
+samples/s = batch × (steps − warm-up) / (time of the last step − time of the warm-up's last step), both timed
+at the end of a step (JAX: after the loss is on the host, so the step has finished). Both run in this process,
+alternating (torch, jax, jax, torch, …; ``--repeats`` each, medians compared), each with the CPU threads it
+takes by default. The torch trainer runs the text tower only up to each batch's longest caption; the JAX step
+runs the whole context (24 here).
+
+    python benchmarks/jax_train.py --mode recipe --out benchmarks/results/jax_train_recipe.json
+    python benchmarks/jax_train.py --mode throughput --steps 30 --warmup-steps 10 --batch-size 64 --repeats 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+T0 = time.perf_counter()
+
+
+def load_average() -> "list[float] | None":
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def recipe(args) -> dict:
+    from clipzoo.train.jax import jax_recipe, train_jax
+
+    cfg = jax_recipe("tiny-shapes").replace(output=args.output or tempfile.mkdtemp(prefix="jax-recipe-"),
+                                            progress=False)
+    if args.model_config:  # another JAX config in open_clip_jax's JSON form (e.g. a tiny ConvNeXt)
+        cfg = cfg.replace(model_config=json.loads(args.model_config))
+    out: dict = {"benchmark": "jax_train recipe", "recipe": "tiny-shapes", "config": cfg.as_dict(), "evals": [],
+                 "cpu_count": os.cpu_count()}
+
+    def on_step(step, record):
+        if step % cfg.log_freq == 0:
+            out["last_step"], out["last_loss"] = step, record["loss"]
+            out["elapsed_s"] = round(time.perf_counter() - T0, 1)
+            out["load_average"] = load_average()
+            metrics = Path(cfg.output) / "metrics.jsonl"
+            out["evals"] = [json.loads(x) for x in metrics.read_text().splitlines() if "eval/acc1" in x]
+            _write(args.out, out)
+
+    result = train_jax(cfg, on_step=on_step)
+    out["evals"] = [e for e in result.evals if "acc1" in e]
+    out["final_acc1"] = out["evals"][-1]["acc1"]
+    out["total_s"] = round(time.perf_counter() - T0, 1)
+    out["load_average"] = load_average()
+    out["reached_95"] = out["final_acc1"] >= 0.95
+    return out
+
+
+def _timed(times: list):
+    return lambda step, record: times.append(time.perf_counter())
+
+
+def throughput(args) -> dict:
+    import torch
+
+    from clipzoo.convert.jax import open_clip_config
+    from clipzoo.train.config import from_mapping
+    from clipzoo.train.engine import train as torch_train
+    from clipzoo.train.jax import jax_recipe, train_jax
+    from clipzoo.train.jax.config import TINY_SHAPES_JAX_MODEL
+
+    data = f"shapes-classes:{args.batch_size * args.steps}"
+    jcfg = jax_recipe("tiny-shapes").replace(train_path=data, global_batch_size=args.batch_size, steps=args.steps,
+                                             n_warmup_steps=2, eval_data=None, eval_every=None, progress=False,
+                                             output=tempfile.mkdtemp(prefix="jax-tp-"), log_freq=10 ** 6)
+    tcfg = from_mapping({"model_config": open_clip_config(TINY_SHAPES_JAX_MODEL, 64, 24), "data": [data],
+                         "batch_size": args.batch_size, "steps": args.steps, "lr": jcfg.learning_rate,
+                         "weight_decay": jcfg.weight_decay, "warmup": 2, "progress": False, "tensorboard": False,
+                         "output": tempfile.mkdtemp(prefix="torch-tp-"), "device": "cpu", "log_every": 10 ** 6})
+    runners = {"torch": lambda t: torch_train(tcfg, on_step=_timed(t)),
+               "jax": lambda t: train_jax(jcfg.replace(output=tempfile.mkdtemp(prefix="jax-tp-")), on_step=_timed(t))}
+    runs: dict[str, list[float]] = {"torch": [], "jax": []}
+    order = [("torch", "jax"), ("jax", "torch")]
+    for r in range(args.repeats):  # alternate: torch, jax, jax, torch, …
+        for name in order[r % 2]:
+            times: list = []
+            runners[name](times)
+            w = args.warmup_steps
+            runs[name].append(args.batch_size * (len(times) - w) / (times[-1] - times[w - 1]))
+    rates = {k: statistics.median(v) for k, v in runs.items()}
+    return {"runs_samples_per_s": {k: [round(x, 2) for x in v] for k, v in runs.items()},
+            "benchmark": "jax_train throughput", "model": TINY_SHAPES_JAX_MODEL, "image_size": 64,
+            "context_len": 24, "batch_size": args.batch_size, "steps": args.steps, "warmup_steps": args.warmup_steps,
+            "samples_per_s": {k: round(v, 2) for k, v in rates.items()},
+            "jax_over_torch": round(rates["jax"] / rates["torch"], 3), "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "load_average": load_average()}
+
+
+def _write(path: "str | None", out: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(out, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mode", choices=("recipe", "throughput"), default="throughput")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup-steps", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=2, help="throughput: runs of each trainer, alternating")
+    ap.add_argument("--model-config", default=None, help="recipe: a JAX model config (JSON) instead of the recipe's")
+    ap.add_argument("--output", default=None, help="recipe: the run folder (default: a temporary one)")
+    ap.add_argument("--out", default=None, help="write the JSON here too")
+    args = ap.parse_args()
+    out = recipe(args) if args.mode == "recipe" else throughput(args)
+    _write(args.out, out)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The JAX engine's configuration: open_clip_jax's ``main.py`` options, under the same names, plus clipzoo's own.
+
+A config file (TOML / YAML / JSON, a ``[train]`` table or the top level) may use either spelling: open_clip_jax's
+(``train_path``, ``global_batch_size``, ``learning_rate``, ``n_epochs``, …) or the torch trainer's
+(``data``, ``batch_size``, ``lr``, ``epochs``, …; mapped by :data:`ALIASES`). An unknown key is an error naming
+the nearest valid one. Precedence: a recipe < the config file < flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import ConfigError, read_config_file
+
+__all__ = ["JaxTrainConfig", "ALIASES", "JAX_RECIPES", "load_jax_config", "jax_recipe", "jax_from_mapping"]
+
+# the torch trainer's names (and a few open_clip spellings) -> this config's
+ALIASES = {"data": "train_path", "train_data": "train_path", "batch_size": "global_batch_size",
+           "lr": "learning_rate", "epochs": "n_epochs", "warmup": "n_warmup_steps", "warmup_steps": "n_warmup_steps",
+           "img_key": "image_key", "caption_key": "text_key", "model": "model_name", "schedule":
+           "learning_rate_scheduler", "train_num_samples": "train_n_samples", "context_length": "context_len",
+           "grad_checkpointing": "grad_checkpoint", "resume": "resume_from_checkpoint", "log_every": "log_freq",
+           "val_data": "valid_path", "precision": "dtype"}
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+LOSSES = ("infonce", "siglip")
+
+# The tiny-shapes recipe for this engine: the JAX models are ViTs (open_clip_jax's layout), so the recipe's
+# width-16 ModifiedResNet becomes a small ViT at the same 64 px, with the same data and evaluation.
+TINY_SHAPES_JAX_MODEL: dict[str, Any] = {
+    "image_model": {"depth": 2, "embed_dim": 64, "n_heads": 2, "patch_size": 8},
+    "text_model": {"depth": 2, "embed_dim": 64, "n_heads": 2},
+    "proj_dim": 64,
+}
+JAX_RECIPES: dict[str, dict[str, Any]] = {
+    "tiny-shapes": {
+        "model_config": TINY_SHAPES_JAX_MODEL, "image_size": 64, "context_len": 24,
+        "train_path": "shapes-classes:20000", "global_batch_size": 128, "learning_rate": 2e-3,
+        "weight_decay": 0.1, "n_warmup_steps": 50, "steps": 800, "eval_every": 200,
+        "eval_data": "shapes-heldout:770", "log_freq": 25, "output": "runs/tiny-shapes-jax",
+    },
+}
+
+
+@dataclass
+class JaxTrainConfig:
+    # data (open_clip_jax's names)
+    train_path: "str | None" = None  # CSV, TFRecord file(s) / folder, any reader spec, or shapes-classes:N
+    valid_path: "str | None" = None
+    train_n_samples: "int | None" = None
+    valid_n_samples: "int | None" = None
+    image_key: "str | None" = None  # None: the reader's defaults (jpg / png / image …)
+    text_key: "str | None" = None  # None: caption / txt / text …
+    image_size: int = 224
+    context_len: int = 77
+    global_batch_size: int = 64
+    shuffle_buffer_size: "int | None" = None  # None: 16 × global_batch_size (open_clip_jax's rule)
+    # model
+    model_name: str = "vit-base-patch32"
+    model_config: "dict[str, Any] | None" = None  # open_clip_jax's JSON form; overrides model_name
+    temp_init: "float | None" = 2.6593
+    grad_checkpoint: bool = False
+    dtype: str = "float32"  # float32 | bfloat16
+    # learning rate and optimiser
+    learning_rate: float = 5e-4
+    learning_rate_scheduler: str = "cosine"  # cosine | const
+    n_warmup_steps: int = 10000
+    warmup_init: float = 1e-5
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    weight_decay: float = 0.2
+    # training
+    n_epochs: int = 32
+    steps: "int | None" = None  # clipzoo: optimiser steps (overrides n_epochs)
+    log_freq: int = 100
+    loss: str = "infonce"  # clipzoo: infonce | siglip
+    seed: int = 0
+    workers: int = 4  # image decoding threads per host
+    # checkpoints (orbax) and outputs
+    checkpoint_dir: "str | None" = None  # default OUTPUT/checkpoints
+    checkpoint_freq: int = 5  # epochs
+    save_every: "int | None" = None  # clipzoo: also every N steps
+    resume_from_checkpoint: "str | None" = None  # a checkpoint folder, a step folder inside it, or "latest"
+    output: str = "runs/clipzoo-jax"  # clipzoo: OUTPUT/model/params.pkl (open_clip_jax's format), metrics
+    # evaluation through clipzoo's Evaluator
+    eval_data: "str | None" = None
+    eval_every: "int | None" = None
+    # devices and processes
+    devices: "int | None" = None  # devices of this host on the data axis (default: all)
+    progress: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def replace(self, **changes: Any) -> "JaxTrainConfig":
+        return jax_from_mapping({**self.as_dict(), **changes})
+
+    @property
+    def model(self) -> "str | dict[str, Any]":
+        return self.model_config if self.model_config is not None else self.model_name
+
+    @property
+    def checkpoints(self) -> str:
+        return self.checkpoint_dir or os.path.join(self.output, "checkpoints")
+
+
+FIELDS = {f.name for f in dataclasses.fields(JaxTrainConfig)}
+
+
+def check_keys(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Keys spelled with ``_``, the torch trainer's names mapped; an unknown key names the nearest valid one."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        k = str(key).replace("-", "_")
+        k = ALIASES.get(k, k)
+        if k not in FIELDS:
+            near = difflib.get_close_matches(k, sorted(FIELDS | set(ALIASES)), n=1, cutoff=0.5)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(sorted(FIELDS))}"
+            raise ConfigError(f"{source}: unknown key {key!r} for the JAX engine{hint}")
+        if k == "train_path" and isinstance(value, (list, tuple)):
+            if len(value) != 1:
+                raise ConfigError(f"{source}: the JAX engine trains on one data source; got {len(value)}")
+            value = value[0]
+        if k == "dtype" and value in PRECISIONS:
+            value = PRECISIONS[value]
+        out[k] = value
+    return out
+
+
+def jax_from_mapping(values: Mapping[str, Any], source: str = "config") -> JaxTrainConfig:
+    cfg = JaxTrainConfig(**check_keys(values, source))
+    validate(cfg, source)
+    return cfg
+
+
+def validate(cfg: JaxTrainConfig, source: str) -> None:
+    checks = [
+        (cfg.global_batch_size >= 1, f"global_batch_size must be at least 1, got {cfg.global_batch_size}"),
+        (cfg.learning_rate > 0, f"learning_rate must be positive, got {cfg.learning_rate}"),
+        (cfg.learning_rate_scheduler in ("cosine", "const"),
+         f"learning_rate_scheduler must be cosine or const, got {cfg.learning_rate_scheduler!r}"),
+        (cfg.dtype in ("float32", "bfloat16"), f"dtype must be float32 or bfloat16 (fp32 / bf16), got {cfg.dtype!r}"
+         + ("; float16 needs loss scaling, which the JAX engine leaves out: use bfloat16"
+            if cfg.dtype == "float16" else "")),
+        (cfg.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)} for the JAX engine, got {cfg.loss!r}"),
+        (cfg.n_epochs >= 1, f"n_epochs must be at least 1, got {cfg.n_epochs}"),
+        (cfg.steps is None or cfg.steps >= 1, f"steps must be at least 1, got {cfg.steps}"),
+        (cfg.n_warmup_steps >= 0, f"n_warmup_steps must be at least 0, got {cfg.n_warmup_steps}"),
+        (cfg.checkpoint_freq >= 1, f"checkpoint_freq must be at least 1, got {cfg.checkpoint_freq}"),
+        (cfg.temp_init is None or math.isfinite(cfg.temp_init), "temp_init must be a finite number"),
+        (cfg.train_path is not None or cfg.valid_path is not None,
+         "at least one of --train-path or --valid-path needs to be provided"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{source}: {message}")
+
+
+def jax_recipe(name: str) -> JaxTrainConfig:
+    if name not in JAX_RECIPES:
+        near = difflib.get_close_matches(name, list(JAX_RECIPES), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"unknown recipe {name!r} for the JAX engine{hint} (recipes: {', '.join(JAX_RECIPES)})")
+    return jax_from_mapping(JAX_RECIPES[name], f"recipe {name}")
+
+
+def load_jax_config(path: "str | os.PathLike | None" = None, overrides: "Mapping[str, Any] | None" = None,
+                    base: "JaxTrainConfig | None" = None) -> JaxTrainConfig:
+    """base (e.g. a recipe) < config file < overrides (flags that were given)."""
+    values: dict[str, Any] = base.as_dict() if base is not None else {}
+    if path is not None:
+        values.update(check_keys(read_config_file(path), str(path)))
+    if overrides:
+        given = check_keys({k: v for k, v in overrides.items() if v is not None}, "flags")
+        if given.get("model_name") is not None:
+            values["model_config"] = None
+        values.update(given)
+    return jax_from_mapping(values, str(path) if path else "config")

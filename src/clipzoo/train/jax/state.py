@@ -1,0 +1,63 @@
+"""The model, its variables and the optimiser: AdamW (no decay on biases and norms) with open_clip_jax's
+warm-up + cosine (or constant) schedule, via optax.
+
+The training state is a plain dict pytree — ``{"step", "params", "opt_state"}`` — that orbax saves as it is.
+``params`` is ``{"model": {"params": …}}`` (open_clip_jax's tree, its ``temp`` included) plus, for SigLIP,
+``"logit_bias"``; ``params["model"]`` is what a ``.pkl`` parameter file holds.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ...models.jax_clip import create_model, init_variables
+from ..config import ConfigError
+
+__all__ = ["build_model", "build_schedule", "build_optimiser", "init_state", "TEMP_MAX", "SIGLIP_INIT"]
+
+TEMP_MAX = math.log(100.0)  # open_clip_jax clips the log-temperature to [0, ln 100]
+SIGLIP_INIT = (math.log(10.0), -10.0)  # the SigLIP paper's log-scale and bias
+
+
+def build_model(cfg):
+    dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+    temp = cfg.temp_init if cfg.temp_init is not None else 0.0
+    if cfg.loss == "siglip":
+        temp = SIGLIP_INIT[0]
+    return create_model(cfg.model, temp_init=temp, dtype=dtype, grad_checkpoint=cfg.grad_checkpoint)
+
+
+def build_schedule(cfg, total_steps: int):
+    if cfg.learning_rate_scheduler == "cosine":
+        if total_steps <= cfg.n_warmup_steps:
+            raise ConfigError(f"the run has {total_steps} steps, not more than its {cfg.n_warmup_steps} warm-up steps "
+                              "(the cosine schedule decays after them); lower --n-warmup-steps or train longer")
+        return optax.warmup_cosine_decay_schedule(init_value=cfg.warmup_init, peak_value=cfg.learning_rate,
+                                                  warmup_steps=cfg.n_warmup_steps, decay_steps=total_steps)
+    warmup = optax.linear_schedule(cfg.warmup_init, cfg.learning_rate, cfg.n_warmup_steps)
+    return optax.join_schedules([warmup, optax.constant_schedule(cfg.learning_rate)], [cfg.n_warmup_steps])
+
+
+def decay_mask(params):
+    """Decay only parameters with 2+ dimensions (not biases, norms, the temperature or the SigLIP bias)."""
+    return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+
+
+def build_optimiser(cfg, total_steps: int):
+    schedule = build_schedule(cfg, total_steps)
+    tx = optax.adamw(learning_rate=schedule, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
+                     weight_decay=cfg.weight_decay, mask=decay_mask)
+    return tx, schedule
+
+
+def init_state(cfg, module, tx) -> dict:
+    """Fresh variables (seeded by ``cfg.seed``) and optimiser state, on the host. The variables come from the
+    fp32 twin of ``module`` (same tree): a bf16 run computes in bf16 on fp32 parameters, initialised as fp32's."""
+    variables = init_variables(module.clone(dtype=None), cfg.image_size, cfg.context_len, seed=cfg.seed)
+    params = {"model": {"params": dict(variables["params"])}}
+    if cfg.loss == "siglip":
+        params["logit_bias"] = jnp.asarray(SIGLIP_INIT[1], jnp.float32)
+    return {"step": jnp.asarray(0, jnp.int32), "params": params, "opt_state": tx.init(params)}
