@@ -35,8 +35,9 @@ def load(spec: "str | ModelCard | os.PathLike", device: str = "cpu", precision: 
     Extra keywords go to the backend (e.g. ``model_name="ViT-B-32"`` for a bare open_clip state dict).
     ``runtime``: ``"eager"`` (default), ``"compile"``, ``"onnx"``, ``"int8"`` (``"onnx-int8"``,
     ``"torch-int8"``) — see :mod:`clipzoo.runtime`. ONNX runtimes export once into ``cache_dir``/onnx.
+    ``engine="mindspore"`` runs an OpenAI / open_clip model's weights in MindSpore (:mod:`clipzoo.backends.mindspore`).
     """
-    card = resolve_card(spec, cache_dir, hf_class=kwargs.get("hf_class"))
+    card = with_engine(resolve_card(spec, cache_dir, hf_class=kwargs.get("hf_class")), kwargs.pop("engine", None))
     if card.backend == "clap":
         kwargs.pop("hf_class", None)  # "ClapModel" named through the transformers backend's keyword
     options = {"device": str(device), "precision": precision, "cache_dir": cache_dir, "trust_pickle": trust_pickle}
@@ -59,6 +60,19 @@ def resolve_card(spec: "str | ModelCard | os.PathLike", cache_dir=None, hf_class
     if card.config.get("embedded"):
         card = card.replace(source=Source(path=str(materialise(card.config["embedded"], cache_dir))))
     return resolve_backend(card, cache_dir, hf_class)
+
+
+# engine= -> the backend that runs a torch model's weights elsewhere (it loads the torch model through `load`)
+ENGINES = {"mindspore": "mindspore"}
+
+
+def with_engine(card: ModelCard, engine: "str | None") -> ModelCard:
+    """``engine="mindspore"``: the card, run by that engine's backend (which converts the torch model)."""
+    if engine is None or engine == "torch" or ENGINES.get(engine) == card.backend:
+        return card
+    if engine not in ENGINES:
+        raise ClipzooError(f"unknown engine {engine!r}; use torch or {', '.join(ENGINES)}")
+    return card.replace(backend=ENGINES[engine], config={**card.config, "torch_backend": card.backend})
 
 
 def _build(card: ModelCard, options: dict[str, Any], kwargs: dict[str, Any]) -> Comparator:
@@ -84,6 +98,8 @@ def _sniff_backend(card: ModelCard, cache_dir) -> str:
     if src.path:
         if os.path.isdir(src.path):
             return sniff_folder(src.path)
+        if src.path.lower().endswith(".ckpt") and not _is_torch_file(src.path):
+            return "mindspore"  # a MindSpore checkpoint (protobuf; a Lightning .ckpt is a torch zip or pickle)
         return "jax" if src.path.lower().endswith(".pkl") else "open_clip"  # .pkl: open_clip_jax's parameters
     if not src.hf_repo:
         return "open_clip"  # a URL, or an open_clip pair
@@ -96,6 +112,16 @@ def _sniff_backend(card: ModelCard, cache_dir) -> str:
     if _any_cached(src.hf_repo, cache_dir, ("modules.json",)):
         return "sentence_transformers"
     return "transformers"
+
+
+def _is_torch_file(path: str) -> bool:
+    """A torch.save file: a zip archive or a bare pickle (MindSpore's .ckpt is protobuf)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except OSError:
+        return False
+    return head == b"PK" or head[:1] == b"\x80"
 
 
 def _any_cached(repo: str, cache_dir, names=("config.json", "modules.json")) -> bool:

@@ -19,7 +19,7 @@ from .catalog.embedded import embedded_cards
 from .constants import default_cache_dir
 from .files import atomic_write
 
-TOML_FILES = ("openai.toml", "hf_hub.toml", "clap.toml", "open_clip_jax.toml")
+TOML_FILES = ("openai.toml", "hf_hub.toml", "clap.toml", "open_clip_jax.toml", "mindspore.toml")
 
 
 def builtin_cards() -> list[ModelCard]:

@@ -18,6 +18,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "sklearn": ("scikit-learn", "eval"),
     "scipy": ("scipy", "eval"),
     "matplotlib": ("matplotlib", "eval"),
+    "vision_datasets": ("vision-datasets", "eval"),
     "transformers": ("transformers", "hf"),
     "sentence_transformers": ("sentence-transformers", "sbert"),
     "soundfile": ("soundfile", "audio"),
@@ -32,8 +33,12 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "jax": ("jax", "jax"), "jaxlib": ("jaxlib", "jax"), "flax": ("flax", "jax"), "optax": ("optax", "jax"),
     "orbax": ("orbax-checkpoint", "jax"),
     "pyarrow": ("pyarrow", "search"),
+    "fastapi_offline": ("fastapi-offline", "search"),  # /docs and /redoc's files, served offline
     "pymilvus": ("pymilvus", "milvus"),
+    "mindspore": ("mindspore", "mindspore"),
     "milvus_lite": ("milvus-lite", "milvus"),
+    "clip": ("clip-anytorch", ""),  # openai's own package (`clipzoo parity --against openai`); in no extra
+    "open_clip": ("open_clip_torch", ""),  # in the base install
 }
 
 

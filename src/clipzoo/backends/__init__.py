@@ -22,6 +22,7 @@ BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "onnx": ("clipzoo.backends.onnx", ("onnxruntime", "onnx")),
     "composite": ("clipzoo.backends.composite", ("timm", "transformers", "sentence_transformers", "peft")),
     "jax": ("clipzoo.backends.jax", ("jax", "jaxlib", "flax")),
+    "mindspore": ("clipzoo.backends.mindspore", ("mindspore",)),
 }
 
 
