@@ -65,7 +65,23 @@ def test_available_models_lists_openai_names_first_then_every_other_alias():
     assert "[clip - openai - ViT-B/32]" not in names  # the same model as "ViT-B/32"
     assert "[clip - openai - ViT-B-32/openai]" in names  # open_clip's pair is its own card
     assert "[siglip - google - siglip-base-patch16-224]" in names
-    assert len(names) == len(set(names)) == 9 + len(clipzoo.REGISTRY) - 9
+    servable = [c for c in clipzoo.REGISTRY if {"image", "text"} <= set(c.modalities)]
+    assert len(names) == len(set(names)) == 9 + len(servable) - 9
+
+
+def test_available_models_lists_only_what_openais_api_can_serve(tiny_files):
+    """issue 20 §6: no audio (or image-only) models in ``clip.available_models()``."""
+    names = set(clip.available_models())
+    audio = [c.alias for c in clipzoo.REGISTRY if "audio" in c.modalities]
+    assert audio, "the registry has audio models (CLAP) to leave out"
+    assert not names & set(audio)
+    card = clipzoo.register(architecture="clap", publisher="test", id="audio-only-compat", backend="open_clip",
+                            modalities=("audio", "text"),
+                            path=str(tiny_files["openai_state_dict"]))
+    try:
+        assert card.alias not in clip.available_models()
+    finally:
+        clipzoo.REGISTRY.unregister(card.alias)
 
 
 def test_unknown_model_raises_runtime_error_like_openai():
@@ -74,6 +90,32 @@ def test_unknown_model_raises_runtime_error_like_openai():
 
 
 # --------------------------------------------------------------------------- parity with openai
+def test_openai_clip_loads_our_tiny_archive_both_ways(tiny_files, pil_images):
+    """issue 20 §6: the TorchScript archive our tests write is one openai's own ``clip.load`` accepts,
+    with ``jit=True`` (the archive, device/dtype patched) and ``jit=False`` (``build_model``)."""
+    path = str(tiny_files["openai_jit"])
+    jit_model, jit_pre = _quiet(openai_clip.load, path, device="cpu", jit=True)
+    py_model, py_pre = _quiet(openai_clip.load, path, device="cpu", jit=False)
+    ours, pre = _quiet(clip.load, path, device="cpu")
+    assert isinstance(jit_model, torch.jit.ScriptModule) and not isinstance(py_model, torch.jit.ScriptModule)
+    assert jit_model.input_resolution.item() == py_model.visual.input_resolution == 32
+    pixels = torch.stack([py_pre(im) for im in pil_images])
+    assert torch.equal(torch.stack([jit_pre(im) for im in pil_images]), pixels)
+    assert torch.equal(torch.stack([pre(im) for im in pil_images]), pixels)
+    tokens = openai_clip.tokenize(TEXTS)
+    with torch.no_grad():
+        jit_out, py_out, our_out = jit_model(pixels, tokens), py_model(pixels, tokens), ours(pixels, tokens)
+        diffs = {}
+        for label, ref in (("jit", jit_model), ("py", py_model)):
+            diffs[f"{label} encode_image"] = _maxdiff(ours.encode_image(pixels), ref.encode_image(pixels))
+            diffs[f"{label} encode_text"] = _maxdiff(ours.encode_text(tokens), ref.encode_text(tokens))
+    assert isinstance(jit_out, tuple) and len(jit_out) == 2  # openai's forward: logits, not open_clip's 3-tuple
+    for i in range(2):
+        diffs[f"jit logits[{i}]"] = _maxdiff(jit_out[i], our_out[i])
+        diffs[f"py logits[{i}]"] = _maxdiff(py_out[i], our_out[i])
+    assert max(diffs.values()) <= TOL, diffs
+
+
 @pytest.mark.parametrize("fmt", ["openai_jit", "openai_state_dict"])
 def test_load_matches_openai_clip(fmt, tiny_files, pil_images):
     path = str(tiny_files[fmt])
@@ -139,12 +181,33 @@ def test_jit_true_returns_the_torchscript_module(tiny_files, pil_images):
         assert _maxdiff(model.encode_text(tokens), ref.encode_text(tokens)) <= TOL
 
 
-def test_jit_true_on_a_state_dict_warns_and_loads_eager(tiny_files):
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*architecture inferred.*")
-        with pytest.warns(UserWarning, match="not a TorchScript archive"):
-            model, _ = clip.load(str(tiny_files["openai_state_dict"]), device="cpu", jit=True)
-    assert isinstance(model, OpenAICLIP)
+def test_jit_true_returns_a_torchscript_module_that_behaves_as_openais(tiny_files, pil_images):
+    """issue 20 §6: ``jit=True`` on a model that is not an archive still gives openai's JIT model."""
+    path = str(tiny_files["openai_state_dict"])
+    ref_jit, ref_pre = _quiet(openai_clip.load, str(tiny_files["openai_jit"]), device="cpu", jit=True)
+    model, preprocess = _quiet(clip.load, path, device="cpu", jit=True)
+    eager, _ = _quiet(clip.load, path, device="cpu")
+    assert isinstance(model, torch.jit.ScriptModule) and isinstance(ref_jit, torch.jit.ScriptModule)
+    assert model.input_resolution.item() == ref_jit.input_resolution.item() == 32
+    assert model.context_length.item() == 77 and model.vocab_size.item() == 49408
+    pixels = torch.stack([ref_pre(im) for im in pil_images])
+    assert torch.equal(torch.stack([preprocess(im) for im in pil_images]), pixels)
+    tokens = clip.tokenize(TEXTS)
+    with torch.no_grad():
+        out, ref_out, eager_out = model(pixels, tokens), ref_jit(pixels, tokens), eager(pixels, tokens)
+        diffs = {"encode_image": _maxdiff(model.encode_image(pixels), ref_jit.encode_image(pixels)),
+                 "encode_text": _maxdiff(model.encode_text(tokens), ref_jit.encode_text(tokens))}
+    assert isinstance(out, tuple) and len(out) == 2  # (logits_per_image, logits_per_text), as openai's
+    diffs.update({f"logits[{i}]": _maxdiff(a, b) for i, (a, b) in enumerate(zip(out, ref_out))})
+    diffs.update({f"eager[{i}]": _maxdiff(a, b) for i, (a, b) in enumerate(zip(out, eager_out))})
+    assert max(diffs.values()) <= TOL, diffs
+
+
+def test_jit_true_on_a_model_that_cannot_be_traced_warns_and_loads_eager(fake_model):
+    with pytest.warns(UserWarning, match=r"is not a TorchScript archive nor an open_clip module that can be "
+                                         r"traced \(fake backend\)"):
+        model, _ = clip.load(fake_model, device="cpu", jit=True)
+    assert isinstance(model, ClipModel)
 
 
 # --------------------------------------------------------------------------- other models

@@ -15,7 +15,8 @@ from PIL import Image
 import clipzoo
 from clipzoo.compat import open_clip
 from clipzoo.compat._models import OpenClipModel
-from clipzoo.compat.open_clip import ComparatorTokenizer, _route
+from clipzoo.compat.open_clip import ComparatorTokenizer
+from clipzoo.compat.open_clip._routing import route as _route
 from clipzoo.errors import UnsupportedError
 from clipzoo.testing import tiny
 
@@ -205,7 +206,7 @@ def fake(monkeypatch):
     card = clipzoo.register(architecture="siglip", publisher="testpub", id="fake-compat-open-clip", backend="fake")
     yield card.alias, loads
     clipzoo.REGISTRY.unregister(card.alias)
-    open_clip._COMPARATORS.clear()
+    open_clip.factory.COMPARATORS.clear()
 
 
 def test_any_comparator_gets_open_clips_model_api(fake, pil_images):
@@ -241,28 +242,38 @@ def test_any_comparator_gets_open_clips_model_api(fake, pil_images):
     assert d["text_features"] is None and _maxdiff(d["image_features"], img) <= TOL and "logit_bias" in d
 
 
-def test_registry_models_are_listed_with_their_publisher_as_tag(fake):
+def test_listings_are_exactly_open_clips_and_registry_models_are_listed_apart(fake):
+    """issue 20 §6: ``list_models()`` returns exactly open_clip's list; our aliases elsewhere."""
     alias, _ = fake
-    assert open_clip.list_models()[:len(real_open_clip.list_models())] == real_open_clip.list_models()
-    assert alias in open_clip.list_models()
-    pairs = open_clip.list_pretrained()
-    assert pairs[:len(real_open_clip.list_pretrained())] == real_open_clip.list_pretrained()
-    assert (alias, "testpub") in pairs and f"{alias}:testpub" in open_clip.list_pretrained(as_str=True)
+    assert open_clip.list_models() == real_open_clip.list_models()
+    assert open_clip.list_pretrained() == real_open_clip.list_pretrained()
+    assert open_clip.list_pretrained(as_str=True) == real_open_clip.list_pretrained(as_str=True)
+    assert open_clip.list_pretrained_tags_by_model("ViT-B-32") == real_open_clip.list_pretrained_tags_by_model("ViT-B-32")  # noqa: E501
+    assert open_clip.list_pretrained_models_by_tag("openai") == real_open_clip.list_pretrained_models_by_tag("openai")
+    assert open_clip.list_pretrained_tags_by_model(alias) == []
+    assert open_clip.list_pretrained_models_by_tag("testpub") == []
+    assert alias in open_clip.list_registry_models() and alias not in open_clip.list_models()
+    pairs = open_clip.list_registry_pretrained()
+    assert (alias, "testpub") in pairs and f"{alias}:testpub" in open_clip.list_registry_pretrained(as_str=True)
     assert ("[siglip - google - siglip-base-patch16-224]", "google") in pairs
     assert not any(name.startswith("[clip - openai - ViT") for name, _ in pairs)  # open_clip names those
-    assert open_clip.list_pretrained_tags_by_model("ViT-B-32") == real_open_clip.list_pretrained_tags_by_model("ViT-B-32")  # noqa: E501
-    assert open_clip.list_pretrained_tags_by_model(alias) == ["testpub"]
-    assert open_clip.list_pretrained_models_by_tag("testpub") == [alias]
+    assert isinstance(open_clip.create_model(alias, pretrained="testpub"), OpenClipModel)  # what create_model takes
 
 
-def test_options_that_only_fit_open_clip_architectures_are_refused(fake):
+def test_architecture_options_are_refused_only_for_models_without_an_open_clip_config(fake):
     alias, _ = fake
-    with pytest.raises(UnsupportedError, match="force_image_size"):
+    with pytest.raises(UnsupportedError, match=r"^force_image_size cannot be applied to \[siglip - testpub - "
+                       r"fake-compat-open-clip\]: it is a fake model, not an open_clip architecture"):
         open_clip.create_model(alias, force_image_size=64)
+    with pytest.raises(UnsupportedError, match="force_custom_text, some_kwarg cannot be applied"):
+        open_clip.create_model(alias, force_custom_text=True, some_kwarg=1)
     with pytest.raises(UnsupportedError, match="pretrained='laion2b'"):
         open_clip.create_model(alias, pretrained="laion2b")
     with pytest.warns(UserWarning, match="jit=True"):
         open_clip.create_model(alias, jit=True)
+    # base-weight flags pick weights only when no full checkpoint is loaded: no-ops here, as in open_clip
+    model = open_clip.create_model(alias, pretrained_hf=False, pretrained_image=True)
+    assert isinstance(model, OpenClipModel)
 
 
 # --------------------------------------------------------------------------- routing and pass-through
@@ -290,3 +301,84 @@ def test_open_clip_functions_and_attributes_pass_through():
     assert torch.equal(tok(TEXTS), real_open_clip.get_tokenizer("ViT-B-32")(TEXTS))
     with pytest.raises(AttributeError):
         open_clip.no_such_attribute  # noqa: B018
+
+
+# --------------------------------------------------------------------------- architecture options (issue 20 §6)
+def test_force_custom_text_is_honoured_as_open_clips_factory_does(tiny_config, tiny_files, pil_images):
+    """``force_custom_text`` on a model clipzoo loads (a checkpoint path): open_clip's ``CustomTextCLIP``,
+    its text tower open_clip's ``TextTransformer`` with the text projection, features equal to open_clip's."""
+    from open_clip.transformer import TextTransformer
+
+    path = str(tiny_files["open_clip_pt"])
+    assert not _route(path, None).native  # a file path: loaded by clipzoo, not by open_clip
+    model = _quiet(open_clip.create_model, path, force_custom_text=True)
+    ref = _quiet(real_open_clip.create_model, tiny_config, pretrained=path, force_custom_text=True).eval()
+    assert type(model) is type(ref) is real_open_clip.CustomTextCLIP
+    assert isinstance(model.text, TextTransformer) and model.text.text_projection.shape == (64, 32)
+    assert set(model.state_dict()) == set(ref.state_dict())
+    val = real_open_clip.image_transform(32, is_train=False)
+    _compare(model, ref, torch.stack([val(im) for im in pil_images]), real_open_clip.tokenize(TEXTS))
+
+
+def test_other_architecture_options_rebuild_as_open_clip_does(tiny_config, tiny_files, pil_images):
+    path = str(tiny_files["open_clip_safetensors"])
+    kw = dict(force_image_size=64, force_context_length=32, force_patch_dropout=0.0)
+    model, _, val = _quiet(open_clip.create_model_and_transforms, path, **kw)
+    ref, _, ref_val = _quiet(real_open_clip.create_model_and_transforms, tiny_config, pretrained=path, **kw)
+    ref.eval()
+    assert model.visual.image_size == ref.visual.image_size == (64, 64)
+    assert model.visual.preprocess_cfg["size"] == (64, 64) and model.positional_embedding.shape[0] == 32
+    x = torch.randn(2, 3, 64, 64)
+    _compare(model, ref, x, real_open_clip.tokenize(TEXTS, context_length=32))
+    assert torch.equal(torch.stack([val(im) for im in pil_images]), torch.stack([ref_val(im) for im in pil_images]))
+    scripted = _quiet(open_clip.create_model, path, jit=True)
+    assert isinstance(scripted, torch.jit.ScriptModule)
+
+
+@pytest.fixture(scope="module")
+def hf_text_folder(tmp_path_factory):
+    """An open_clip folder whose text tower is an HF BERT read from a local folder (so it loads offline)."""
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    root = tmp_path_factory.mktemp("hf-text")
+    bert = root / "bert"
+    bert.mkdir()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "dog", "photo", "of"]
+    (bert / "vocab.txt").write_text("\n".join(vocab))
+    BertTokenizer(str(bert / "vocab.txt")).save_pretrained(bert)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=40)).save_pretrained(bert)
+    cfg = {"embed_dim": 32, "vision_cfg": tiny.TINY_CONFIG["vision_cfg"],
+           "text_cfg": {"hf_model_name": str(bert), "hf_tokenizer_name": str(bert), "hf_proj_type": "linear",
+                        "hf_pooler_type": "cls_pooler", "context_length": 16}}
+    folder = root / "open_clip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg,
+                                                              "preprocess_cfg": tiny.OPENAI_PREPROCESS}))
+    torch.manual_seed(1)
+    full = real_open_clip.CustomTextCLIP(**{**cfg, "text_cfg": {**cfg["text_cfg"], "hf_model_pretrained": False}})
+    save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    return folder, BertModel.from_pretrained(bert).embeddings.word_embeddings.weight.detach(), \
+        full.text.transformer.embeddings.word_embeddings.weight.detach()
+
+
+def test_pretrained_hf_is_honoured_for_hf_text_towers(hf_text_folder):
+    """``pretrained_hf`` (open_clip's old name of ``pretrained_text``): with no full checkpoint loaded,
+    True takes the HF text tower's pretrained weights, False leaves it untrained — as open_clip does;
+    with the checkpoint loaded the checkpoint's weights win either way."""
+    folder, hf_weights, ckpt_weights = hf_text_folder
+
+    def word_embeddings(model):
+        return model.text.transformer.embeddings.word_embeddings.weight.detach()
+
+    for flag in (True, False):
+        ours = _quiet(open_clip.create_model, str(folder), load_weights=False, pretrained_hf=flag)
+        ref = _quiet(real_open_clip.create_model, f"local-dir:{folder}", load_weights=False, pretrained_hf=flag)
+        assert type(ours) is real_open_clip.CustomTextCLIP
+        assert torch.equal(word_embeddings(ours), hf_weights) is flag
+        assert torch.equal(word_embeddings(ref), hf_weights) is flag
+    for flag in (True, False):
+        full = _quiet(open_clip.create_model, str(folder), pretrained_hf=flag)
+        assert torch.equal(word_embeddings(full), ckpt_weights)

@@ -5,5 +5,8 @@
 
 Both accept every model clipzoo knows (any alias, hub id or local checkpoint) and give the same
 numbers as the reference libraries on the models those can load. See each module's docstring.
+Both also stand in for the originals under their own names (``sys.modules["clip"] = compat.clip``,
+``sys.modules["open_clip"] = compat.open_clip`` or ``compat.open_clip.install()``); ``compat.open_clip``
+is a package with open_clip's submodules (``factory``, ``pretrained``, ``tokenizer``, …).
 """
 __all__ = ["clip", "open_clip"]

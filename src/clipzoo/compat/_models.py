@@ -98,6 +98,30 @@ def as_openai_module(model: nn.Module, resolution: int | None) -> nn.Module | No
     return model
 
 
+def trace_openai_module(model: nn.Module, context_length: int) -> torch.jit.ScriptModule:
+    """openai's ``jit=True`` model for an open_clip module: traced as OpenAI traced its releases, with
+    ``forward`` (logits), ``encode_image``, ``encode_text`` and the ``input_resolution`` /
+    ``context_length`` / ``vocab_size`` tensors openai's ``load`` reads off the archive."""
+    resolution = int(model.visual.input_resolution)
+    text_cfg_vocab = getattr(model, "vocab_size", None) or getattr(getattr(model, "text", None), "vocab_size", 0)
+    sizes = {"input_resolution": resolution, "context_length": int(context_length),
+             "vocab_size": int(text_cfg_vocab or 0)}
+    for name, value in sizes.items():
+        model.__dict__.pop(name, None)  # open_clip keeps some as plain ints
+        if name in model._buffers:
+            model._buffers[name] = torch.tensor(value)
+        else:
+            model.register_buffer(name, torch.tensor(value), persistent=False)
+    device = next(model.parameters()).device
+    image = torch.zeros(1, 3, resolution, resolution, device=device, dtype=model.dtype)
+    text = torch.zeros(1, int(context_length), dtype=torch.long, device=device)
+    text[0, 0], text[0, 1] = 49406, 49407  # an empty text: SOT, EOT
+    with torch.no_grad():
+        traced = torch.jit.trace_module(model, {"forward": (image, text), "encode_image": (image,),
+                                                "encode_text": (text,)}, check_trace=False)
+    return traced.eval()
+
+
 # ----------------------------------------------------------------------------- generic wrappers
 class _VisualView(nn.Module):
     """``model.visual`` of a wrapped Comparator: sizes and preprocessing facts; calling it encodes pixels."""

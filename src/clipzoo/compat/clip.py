@@ -6,7 +6,8 @@
 
 What matches openai/CLIP (tested against the ``clip-anytorch`` package on the same files):
 
-- :func:`available_models` lists OpenAI's nine names first, then every other registry alias.
+- :func:`available_models` lists OpenAI's nine names first, then every other registry alias that openai's
+  API can serve: models with an image and a text tower (no audio-text or image-only models).
 - :func:`load` takes any clipzoo spec. For OpenAI-layout checkpoints the model is the real open_clip
   module (``isinstance(model, open_clip.CLIP)``; OpenAI's state-dict keys) with openai's
   ``forward`` -> ``(logits_per_image, logits_per_text)``; ``encode_image`` / ``encode_text`` return
@@ -26,8 +27,13 @@ What matches openai/CLIP (tested against the ``clip-anytorch`` package on the sa
   until a model with OpenAI's tokenizer is loaded again.
 
 ``jit=True``: for a TorchScript archive (what OpenAI's downloads are, or a local one) this returns the
-TorchScript module exactly as openai does (device and dtype constants patched). Anything else cannot
-be a TorchScript model: like openai for a non-archive file, it warns and returns the eager model.
+TorchScript module exactly as openai does (device and dtype constants patched). For any other model
+whose module is open_clip's (OpenAI-layout state dicts, open_clip files and names) it returns that
+module traced the way OpenAI's archives were: a ``torch.jit.ScriptModule`` whose ``forward(image,
+text)`` gives ``(logits_per_image, logits_per_text)``, with ``encode_image`` / ``encode_text`` and the
+``input_resolution`` / ``context_length`` / ``vocab_size`` tensors. A model that cannot be traced (HF
+transformers, sentence-transformers, …) is returned eager with a warning, as openai does for a file
+that is not an archive.
 """
 from __future__ import annotations
 
@@ -45,8 +51,9 @@ from ..constants import OPENAI_MEAN, OPENAI_STD
 from ..download import download_url
 from ..ensemble import Ensemble
 from ..errors import BadTextError, ClipzooError, UnknownModelError
+from ..modalities import IMAGE, TEXT
 from ..registry import REGISTRY
-from ._models import ClipModel, as_openai_module, input_resolution_of
+from ._models import ClipModel, as_openai_module, input_resolution_of, trace_openai_module
 
 __all__ = ["available_models", "load", "tokenize"]
 
@@ -73,14 +80,21 @@ def __getattr__(name: str):
 
 # --------------------------------------------------------------------------- catalogue
 def available_models() -> list[str]:
-    """OpenAI's nine model names, then every other model alias in the clipzoo registry."""
+    """OpenAI's nine model names, then the alias of every other registry model that openai's API can
+    serve: one with an image and a text tower (audio-text and image-only models are left out)."""
     names = list(OPENAI_MODELS)
     openai_ids = {n.lower() for n in OPENAI_MODELS}
     for card in REGISTRY:
         if card.publisher.lower() == "openai" and card.id.lower() in openai_ids and card.config.get("openai"):
             continue  # the same model as one of the nine names
-        names.append(card.alias)
+        if servable(card):
+            names.append(card.alias)
     return names
+
+
+def servable(card) -> bool:
+    """openai's API is images against texts: the model needs both towers."""
+    return IMAGE in card.modalities and TEXT in card.modalities
 
 
 # --------------------------------------------------------------------------- load
@@ -104,8 +118,6 @@ def load(name: str, device: str | torch.device = "cuda" if torch.cuda.is_availab
             model = _load_torchscript(path, device)
             _active_comparator = None
             return model, _openai_transform(_jit_input_resolution(model))
-        warnings.warn(f"jit=True: {name} is not a TorchScript archive, so there is no JIT model to return; "
-                      "loading the eager model instead", stacklevel=2)
 
     precision = "fp32" if torch.device(device).type == "cpu" else "fp16"  # as openai's build_model
     try:
@@ -119,7 +131,19 @@ def load(name: str, device: str | torch.device = "cuda" if torch.cuda.is_availab
         model = ClipModel(comparator)
     model.eval()
     _active_comparator = None if uses_openai_tokenizer(comparator) else comparator
+    if jit:
+        model = _jit_model(name, model, comparator)
     return model, comparator.transform
+
+
+def _jit_model(name: str, model: torch.nn.Module, comparator) -> torch.nn.Module:
+    """jit=True on a model that is not an archive: traced as OpenAI traced theirs, else eager with a warning."""
+    if not isinstance(model, ClipModel):
+        return trace_openai_module(model, comparator.context_length)
+    warnings.warn(f"jit=True: {name} is not a TorchScript archive nor an open_clip module that can be traced "
+                  f"({comparator.card.backend} backend), so there is no JIT model to return; "
+                  "returning the eager model instead", stacklevel=3)
+    return model
 
 
 def _refuse_ensemble(name: Any) -> None:

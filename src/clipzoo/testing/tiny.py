@@ -63,18 +63,52 @@ def state_dict(seed: int = 0, fp16: bool = False, config: dict | None = None) ->
             for k, v in tiny_model(seed, config).state_dict().items()}
 
 
+def _openai_call_convention(model):
+    """Re-class the tiny open_clip CLIP to openai/CLIP's ``CLIP`` call convention, as OpenAI traced it:
+    ``forward(image, text)`` -> ``(logits_per_image, logits_per_text)``, ``encode_image`` casting the
+    pixels to the weights' dtype, and ``input_resolution`` / ``context_length`` / ``vocab_size`` buffers
+    (what openai's ``load(jit=True)`` reads and ``build_model`` drops)."""
+    base = type(model)
+
+    class OpenAIStyleCLIP(base):
+        def encode_image(self, image):
+            return base.encode_image(self, image.type(self.visual.conv1.weight.dtype))
+
+        def encode_text(self, text):
+            return base.encode_text(self, text)
+
+        def forward(self, image, text):
+            image_features = self.encode_image(image)
+            text_features = self.encode_text(text)
+            image_features = image_features / image_features.norm(dim=1, keepdim=True)
+            text_features = text_features / text_features.norm(dim=1, keepdim=True)
+            logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()
+            return logits_per_image, logits_per_image.t()
+
+    model.__class__ = OpenAIStyleCLIP
+    text_cfg = TINY_CONFIG["text_cfg"]
+    sizes = {"input_resolution": TINY_CONFIG["vision_cfg"]["image_size"],
+             "context_length": text_cfg["context_length"], "vocab_size": text_cfg["vocab_size"]}
+    for name, value in sizes.items():
+        model.__dict__.pop(name, None)  # open_clip keeps two of them as plain ints
+        model.register_buffer(name, torch.tensor(value))
+    return model
+
+
 def write_openai_jit(path: "str | os.PathLike", seed: int = 0) -> Path:
-    """A TorchScript archive like OpenAI's downloads (traced; ``torch.jit.load``-able, OpenAI key layout)."""
-    model = tiny_model(seed)
+    """A TorchScript archive shaped like OpenAI's downloads, which openai's own ``clip.load`` reads with
+    ``jit=True`` and ``jit=False``: traced in float16 (so the graph holds the fp16 casts openai's CPU
+    patch rewrites), ``forward`` / ``encode_image`` / ``encode_text`` with openai's semantics, OpenAI's
+    state-dict keys plus the ``input_resolution`` / ``context_length`` / ``vocab_size`` buffers."""
+    model = _openai_call_convention(tiny_model(seed)).half()
     # OpenAI's archives hold only weights in their state dict: keep the causal mask a traced constant
     mask = model._buffers.pop("attn_mask")
     object.__setattr__(model, "attn_mask", mask)
     size = TINY_CONFIG["vision_cfg"]["image_size"]
-    image = torch.randn(1, 3, size, size)
-    text = torch.zeros(1, 77, dtype=torch.long)
+    image = torch.randn(1, 3, size, size, dtype=torch.float16)
+    text = torch.zeros(1, TINY_CONFIG["text_cfg"]["context_length"], dtype=torch.long)
     traced = torch.jit.trace_module(model, {"forward": (image, text), "encode_text": (text,),
                                             "encode_image": (image,)})
-    traced.half()  # OpenAI's archives store fp16 weights
     traced.save(str(path))
     return Path(path)
 

@@ -1,0 +1,259 @@
+"""``open_clip.factory`` through the shim: ``create_model``, ``create_model_and_transforms``,
+``create_model_from_pretrained``, ``get_tokenizer`` and ``list_models`` over every model clipzoo knows
+(see :mod:`clipzoo.compat.open_clip` for how a name is served); the rest is open_clip's own."""
+from __future__ import annotations
+
+import copy
+import weakref
+from typing import Any
+
+import torch
+
+from ...api import load as load_model
+from ...cards import ModelCard
+from ...errors import UnsupportedError
+from .._models import OpenClipModel, preprocess_cfg_of
+from . import options as arch_options
+from ._passthrough import passthrough
+from ._real import REAL, submodule
+from ._routing import route
+from .tokenizer import ComparatorTokenizer
+
+_PRECISIONS = {"fp32": "fp32", "amp": "fp32", "amp_bf16": "fp32", "amp_bfloat16": "fp32", "fp16": "fp16",
+               "bf16": "bf16", "pure_fp16": "fp16", "pure_bf16": "bf16"}
+_transform = submodule("transform")
+
+# tokenizers of models loaded through clipzoo, so get_tokenizer need not load them again
+TOKENIZERS: dict[str, Any] = {}
+COMPARATORS: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
+
+get_model_config = REAL.get_model_config
+add_model_config = REAL.add_model_config
+load_checkpoint = REAL.load_checkpoint
+
+
+def list_models() -> list[str]:
+    """open_clip's architecture names, exactly (clipzoo's other models: ``list_registry_models()``)."""
+    return list(REAL.list_models())
+
+
+# --------------------------------------------------------------------------- loading through clipzoo
+def _zoo_precision(precision: str) -> str:
+    try:
+        return _PRECISIONS[precision]
+    except KeyError:
+        raise UnsupportedError(f"unknown precision {precision!r}; use one of {', '.join(_PRECISIONS)}") from None
+
+
+def load_through_clipzoo(card: ModelCard, precision: str, device, cache_dir, weights_only: bool, output_dict,
+                         options: dict[str, Any] | None = None, model_kwargs: dict[str, Any] | None = None):
+    """``(model, comparator)``: the open_clip module itself for an open_clip architecture (rebuilt when
+    the options ask for another module), else the Comparator wrapped in open_clip's model API."""
+    options, model_kwargs = arch_options.normalise(options or {}, model_kwargs or {})
+    rebuild = bool(arch_options.changed(options, model_kwargs))
+    zoo_precision = _zoo_precision(precision)
+    comparator = load_model(card, device="cpu" if rebuild else str(device),
+                            precision="fp32" if rebuild else zoo_precision, cache_dir=cache_dir,
+                            trust_pickle=not weights_only)
+    key = card.alias.lower()
+    if not arch_options.is_open_clip_module(comparator):
+        arch_options.refuse_for_wrapped(card, options, model_kwargs)
+        if rebuild:  # jit alone: warned, the eager model at the wanted device and precision
+            comparator = load_model(card, device=str(device), precision=zoo_precision, cache_dir=cache_dir,
+                                    trust_pickle=not weights_only)
+        cfg = _transform.merge_preprocess_dict(preprocess_cfg_of(comparator), options.get("force_preprocess_cfg") or {})
+        model = OpenClipModel(comparator, cfg, output_dict=bool(output_dict))
+        COMPARATORS[key] = comparator
+        return model, comparator
+    model = comparator.model
+    if rebuild:
+        model = arch_options.rebuild(comparator, options, model_kwargs, precision=precision, device=device,
+                                 weights_only=weights_only)
+    pp_cfg = preprocess_cfg_of(comparator)
+    visual = getattr(model, "visual", None)
+    if rebuild and getattr(visual, "image_size", None) is not None:
+        pp_cfg["size"] = visual.image_size
+    pp_cfg = _transform.merge_preprocess_dict(pp_cfg, options.get("force_preprocess_cfg") or {})
+    if rebuild or options.get("force_preprocess_cfg") or not getattr(visual, "preprocess_cfg", None):
+        REAL.set_model_preprocess_cfg(model, pp_cfg)
+    if output_dict and hasattr(model, "output_dict"):
+        model.output_dict = True
+    TOKENIZERS[key] = comparator.tokenizer
+    return model, comparator
+
+
+def transforms(model, comparator, overrides: dict[str, Any], aug_cfg=None, train: bool = True):
+    """(train, val) transforms: open_clip's ``image_transform_v2`` from the model's preprocess config;
+    for a wrapped Comparator without overrides, val is the backend's own eval transform."""
+    cfg = _transform.merge_preprocess_dict(dict(model.visual.preprocess_cfg), overrides)
+    pp = _transform.PreprocessCfg(**cfg)
+    if isinstance(model, OpenClipModel) and not overrides:
+        val = comparator.transform
+    else:
+        val = _transform.image_transform_v2(pp, is_train=False)
+    return (_transform.image_transform_v2(pp, is_train=True, aug_cfg=aug_cfg) if train else None), val
+
+
+def _pp_overrides(image_mean, image_std, image_interpolation, image_resize_mode) -> dict[str, Any]:
+    return _transform.merge_preprocess_kwargs({}, mean=image_mean, std=image_std, interpolation=image_interpolation,
+                                              resize_mode=image_resize_mode)
+
+
+# --------------------------------------------------------------------------- open_clip's factory API
+def create_model(
+        model_name: str,
+        pretrained: str | None = None,
+        load_weights: bool = True,
+        precision: str = 'fp32',
+        device: str | torch.device = 'cpu',
+        jit: bool = False,
+        force_quick_gelu: bool = False,
+        force_custom_text: bool = False,
+        force_patch_dropout: float | None = None,
+        force_image_size: int | tuple[int, int] | None = None,
+        force_preprocess_cfg: dict[str, Any] | None = None,
+        force_context_length: int | None = None,
+        pretrained_image: bool = False,
+        pretrained_text: bool = True,
+        pretrained_image_path: str | None = None,
+        pretrained_text_path: str | None = None,
+        cache_dir: str | None = None,
+        output_dict: bool | None = None,
+        require_pretrained: bool = False,
+        weights_only: bool = True,
+        **model_kwargs,
+) -> torch.nn.Module:
+    """open_clip's ``create_model`` for every registry model (see the package docstring for the routing)."""
+    options = dict(load_weights=load_weights, jit=jit, force_quick_gelu=force_quick_gelu,
+                   force_custom_text=force_custom_text, force_patch_dropout=force_patch_dropout,
+                   force_image_size=force_image_size, force_preprocess_cfg=force_preprocess_cfg,
+                   force_context_length=force_context_length, pretrained_image=pretrained_image,
+                   pretrained_text=pretrained_text, pretrained_image_path=pretrained_image_path,
+                   pretrained_text_path=pretrained_text_path, require_pretrained=require_pretrained)
+    target = route(model_name, pretrained, cache_dir)
+    if target.native:
+        return REAL.create_model(target.model_name, target.pretrained, precision=precision, device=device,
+                                 cache_dir=cache_dir, output_dict=output_dict, weights_only=weights_only,
+                                 **options, **model_kwargs)
+    model, _ = load_through_clipzoo(target.card, precision, device, cache_dir, weights_only, output_dict,
+                                    options, model_kwargs)
+    return model
+
+
+def create_model_and_transforms(
+        model_name: str,
+        pretrained: str | None = None,
+        load_weights: bool = True,
+        precision: str = 'fp32',
+        device: str | torch.device = 'cpu',
+        jit: bool = False,
+        force_quick_gelu: bool = False,
+        force_custom_text: bool = False,
+        force_patch_dropout: float | None = None,
+        force_image_size: int | tuple[int, int] | None = None,
+        force_context_length: int | None = None,
+        image_mean: tuple[float, ...] | None = None,
+        image_std: tuple[float, ...] | None = None,
+        image_interpolation: str | None = None,
+        image_resize_mode: str | None = None,
+        aug_cfg: Any = None,
+        pretrained_image: bool = False,
+        pretrained_text: bool = True,
+        pretrained_image_path: str | None = None,
+        pretrained_text_path: str | None = None,
+        cache_dir: str | None = None,
+        output_dict: bool | None = None,
+        weights_only: bool = True,
+        **model_kwargs,
+):
+    """open_clip's ``create_model_and_transforms``: ``(model, preprocess_train, preprocess_val)``."""
+    options = dict(load_weights=load_weights, jit=jit, force_quick_gelu=force_quick_gelu,
+                   force_custom_text=force_custom_text, force_patch_dropout=force_patch_dropout,
+                   force_image_size=force_image_size, force_context_length=force_context_length,
+                   pretrained_image=pretrained_image, pretrained_text=pretrained_text,
+                   pretrained_image_path=pretrained_image_path, pretrained_text_path=pretrained_text_path)
+    overrides = dict(image_mean=image_mean, image_std=image_std, image_interpolation=image_interpolation,
+                     image_resize_mode=image_resize_mode)
+    target = route(model_name, pretrained, cache_dir)
+    if target.native:
+        return REAL.create_model_and_transforms(
+            target.model_name, target.pretrained, precision=precision, device=device, aug_cfg=aug_cfg,
+            cache_dir=cache_dir, output_dict=output_dict, weights_only=weights_only, **options, **overrides,
+            **model_kwargs)
+    model, comparator = load_through_clipzoo(target.card, precision, device, cache_dir, weights_only, output_dict,
+                                             options, model_kwargs)
+    train, val = transforms(model, comparator, _pp_overrides(**overrides), aug_cfg)
+    return model, train, val
+
+
+def create_model_from_pretrained(
+        model_name: str,
+        pretrained: str | None = None,
+        precision: str = 'fp32',
+        device: str | torch.device = 'cpu',
+        jit: bool = False,
+        force_quick_gelu: bool = False,
+        force_custom_text: bool = False,
+        force_image_size: int | tuple[int, int] | None = None,
+        force_context_length: int | None = None,
+        image_mean: tuple[float, ...] | None = None,
+        image_std: tuple[float, ...] | None = None,
+        image_interpolation: str | None = None,
+        image_resize_mode: str | None = None,
+        return_transform: bool = True,
+        cache_dir: str | None = None,
+        weights_only: bool = True,
+        **model_kwargs,
+):
+    """open_clip's ``create_model_from_pretrained``: ``(model, preprocess)``, or the model alone when
+    ``return_transform=False``."""
+    options = dict(jit=jit, force_quick_gelu=force_quick_gelu, force_custom_text=force_custom_text,
+                   force_image_size=force_image_size, force_context_length=force_context_length)
+    overrides = dict(image_mean=image_mean, image_std=image_std, image_interpolation=image_interpolation,
+                     image_resize_mode=image_resize_mode)
+    target = route(model_name, pretrained, cache_dir)
+    if target.native:
+        return REAL.create_model_from_pretrained(
+            target.model_name, target.pretrained, precision=precision, device=device,
+            return_transform=return_transform, cache_dir=cache_dir, weights_only=weights_only, **options,
+            **overrides, **model_kwargs)
+    model, comparator = load_through_clipzoo(target.card, precision, device, cache_dir, weights_only, None,
+                                             options, model_kwargs)
+    if not return_transform:
+        return model
+    _, val = transforms(model, comparator, _pp_overrides(**overrides), train=False)
+    return model, val
+
+
+# --------------------------------------------------------------------------- tokenizers
+def get_tokenizer(
+        model_name: str = '',
+        context_length: int | None = None,
+        cache_dir: str | None = None,
+        **kwargs,
+):
+    """open_clip's ``get_tokenizer`` for every registry model. A model served by clipzoo reuses the
+    tokenizer of the last one created here, and is loaded once to build it otherwise."""
+    if not model_name:
+        return REAL.get_tokenizer(model_name, context_length=context_length, cache_dir=cache_dir, **kwargs)
+    target = route(model_name, None, cache_dir)
+    if target.native:
+        return REAL.get_tokenizer(target.model_name, context_length=context_length, cache_dir=cache_dir, **kwargs)
+    key = target.card.alias.lower()
+    tokenizer = TOKENIZERS.get(key)
+    comparator = COMPARATORS.get(key)
+    if tokenizer is None and comparator is None:
+        comparator = load_model(target.card, cache_dir=cache_dir)
+        if arch_options.is_open_clip_module(comparator):
+            tokenizer = TOKENIZERS[key] = comparator.tokenizer
+    if kwargs:
+        raise UnsupportedError(f"tokenizer options {sorted(kwargs)} cannot be applied to {target.card.alias}")
+    if tokenizer is not None:
+        if context_length and getattr(tokenizer, "context_length", None) != context_length:
+            tokenizer = copy.copy(tokenizer)
+            tokenizer.context_length = context_length
+        return tokenizer
+    return ComparatorTokenizer(comparator, context_length)
+
+
+__getattr__, __dir__, __all__ = passthrough("factory", globals())
