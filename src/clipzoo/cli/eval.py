@@ -22,6 +22,8 @@ from ._common import (
     print_json,
     user_errors,
 )
+from .eval_elevater import elevater
+from .eval_senteval import senteval
 
 eval_app = typer.Typer(help="Evaluate a model: zero-shot, retrieval, linear probe, kNN, clustering, text tasks.",
                        no_args_is_help=True, rich_markup_mode=None)
@@ -213,7 +215,8 @@ def _text_task(task: str, model, dataset, output, device, precision, trust_pickl
 def text_retrieval(
     model: ModelOpt,
     dataset: str = typer.Option(..., "--dataset", "-d", show_default=False,
-                                help="Folder with queries.tsv, collection.tsv and qrels (MS MARCO / BEIR style)."),
+                                help="Folder with queries.tsv, collection.tsv and qrels (MS MARCO / BEIR style), "
+                                     "or a Wiki Sections triplets .csv (or its folder)."),
     output: OutputOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32",
     trust_pickle: TrustPickleOpt = False, model_name: ModelNameOpt = None, cache_dir: CacheDirOpt = None,
 ) -> None:
@@ -290,12 +293,28 @@ def all_tasks(
 def report(
     results: list[str] = typer.Argument(
         ..., metavar="RESULTS...", help="Result JSON files, folders or globs (ours or CLIP_benchmark's)."),
-    out: Path = typer.Option(Path("report"), "--out", "-o", help="Output prefix: writes PREFIX.csv and PREFIX.md."),
+    out: str = typer.Option("report", "--out", "-o", help="Output prefix: writes PREFIX.csv and PREFIX.md; a "
+                            "folder (ending in /, or existing): the side-by-side leaderboard (md, html, csv, plots)."),
+    plots: PlotsOpt = True,
+    confusion_model: str | None = typer.Option(
+        None, "--confusion-model", help="With -o FOLDER/: copy this model's per-class confusion matrices in."),
 ) -> None:
-    """Merge result files into one CSV and a markdown table (printed too)."""
+    """Merge result files into one CSV and a markdown table (printed too); with -o FOLDER/, several models
+    side by side (best in bold, averages) as markdown, HTML, bar charts and open_clip's results CSV.
+
+    \b
+      clipzoo eval report results/ -o report/
+    """
     from clipzoo.eval.report import write_report
 
-    written = write_report(results, str(out))
+    if out.endswith("/") or Path(out).is_dir():
+        from clipzoo.eval.leaderboard import write_leaderboard
+
+        written = write_leaderboard(results, out, plots=plots, confusion_model=confusion_model)
+        typer.echo(written["md"].read_text(), nl=False)
+        note("wrote " + ", ".join(str(p) for p in written.values()))
+        return
+    written = write_report(results, out)
     typer.echo(Path(written["md"]).read_text(), nl=False)
     note("wrote " + ", ".join(str(p) for p in written.values()))
 
@@ -303,6 +322,7 @@ def report(
 def register(app: typer.Typer) -> None:
     for name, fn in (("zeroshot", zeroshot), ("retrieval", retrieval), ("linear-probe", linear_probe), ("knn", knn),
                      ("cluster", cluster), ("text-retrieval", text_retrieval), ("similarity", similarity),
-                     ("all", all_tasks), ("report", report)):
+                     ("all", all_tasks), ("report", report), ("elevater", elevater),
+                     ("senteval", senteval)):
         eval_app.command(name)(fn)
     app.add_typer(eval_app, name="eval")

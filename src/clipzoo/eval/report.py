@@ -39,7 +39,8 @@ from ..errors import EvalInputError
 from ..files import atomic_write
 from .results import flatten, is_missing, read_result
 
-__all__ = ["collect_results", "results_table", "write_csv", "csv_text", "markdown_table", "write_report",
+__all__ = ["summary_records", "SUMMARY_TASKS",
+           "collect_results", "results_table", "write_csv", "csv_text", "markdown_table", "write_report",
            "META_COLUMNS", "MAIN_METRICS", "MISSING"]
 
 META_COLUMNS = ("dataset", "model", "pretrained", "task", "language")
@@ -51,6 +52,7 @@ MAIN_METRICS: dict[str, tuple[str, ...]] = {
     "linear_probe": ("lp_acc1",),
     "knn": ("knn_acc1",),
     "cluster": ("nmi",),
+    "senteval": ("acc",),
 }
 MISSING = "–"
 _GLOB_CHARS = set("*?[")
@@ -98,7 +100,38 @@ def collect_results(paths: "str | os.PathLike | Iterable[str | os.PathLike]") ->
     if unmatched:
         raise EvalInputError("no result files found for " + ", ".join(repr(p) for p in unmatched)
                              + " (give JSON files, folders holding *.json files, or globs)")
-    return [read_result(f) for f in files]
+    records: list[dict[str, Any]] = []
+    for f in files:
+        summary = _summary(f)
+        records.extend(summary_records(summary) if summary is not None else [read_result(f)])
+    return records
+
+
+def _summary(path: Path) -> dict[str, Any] | None:
+    """The file's JSON when it is a benchmark summary (``clipzoo eval elevater`` / ``senteval``), else None."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # read_result gives the one-line error
+    return data if isinstance(data, dict) and data.get("benchmark") in SUMMARY_TASKS else None
+
+
+SUMMARY_TASKS = {"elevater": ("datasets", "score"), "senteval": ("tasks", "acc")}
+
+
+def summary_records(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """An ELEVATER or SentEval summary as result records: one per data set / task, task ``elevater_MODE`` or
+    ``senteval``, metric ``score`` (ELEVATER's metric) or ``acc`` (SentEval's accuracy, as a fraction)."""
+    rows_key, metric = SUMMARY_TASKS[summary["benchmark"]]
+    task = f"elevater_{summary.get('mode', '')}" if summary["benchmark"] == "elevater" else "senteval"
+    out = []
+    for name, row in summary.get(rows_key, {}).items():
+        metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if summary["benchmark"] == "senteval":  # SentEval prints percent; reports hold fractions
+            metrics = {k: v / 100 if k in ("acc", "devacc", "f1") else v for k, v in metrics.items()}
+        out.append({"dataset": str(name), "model": str(summary.get("model", "")), "pretrained": "", "task": task,
+                    "metrics": {metric: metrics.pop(metric, None), **metrics}, "language": "en"})
+    return out
 
 
 # ------------------------------------------------------------------ the table

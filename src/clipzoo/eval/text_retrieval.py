@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..errors import DatasetError, EvalInputError
 from .metrics import as_tensor
+from .wiki_sections import find_wiki_sections, wiki_sections_retrieval
 
 __all__ = ["read_queries", "read_passages", "read_qrels", "load_text_retrieval", "check_qrels",
            "text_retrieval_metrics", "text_retrieval_evaluate"]
@@ -166,7 +167,9 @@ def _pick(folder: Path, names: Sequence[str], what: str) -> Path:
 def load_text_retrieval(folder_or_paths: Any) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
     """(queries, passages, qrels) from a folder (``queries.tsv``; ``collection.tsv``/``corpus.tsv``/
     ``passages.tsv``; ``qrels.tsv``/``qrels.dev.tsv``/``qrels.txt``, …) or a (queries, passages, qrels)
-    triple of paths, or a mapping with those keys. The qrels are checked against the other two."""
+    triple of paths, or a mapping with those keys. The qrels are checked against the other two.
+    A Wiki Sections triplets file (``test.csv``, or a folder holding one and no queries file) reads through
+    :func:`clipzoo.eval.wiki_sections.wiki_sections_retrieval`."""
     if isinstance(folder_or_paths, Mapping):
         try:
             paths = [folder_or_paths[k] for k in ("queries", "passages", "qrels")]
@@ -176,6 +179,9 @@ def load_text_retrieval(folder_or_paths: Any) -> tuple[dict[str, str], dict[str,
         if len(folder_or_paths) != 3:
             raise DatasetError("text retrieval paths must be (queries, passages, qrels)")
         paths = list(folder_or_paths)
+    elif find_wiki_sections(folder_or_paths) is not None and not any(
+            (Path(folder_or_paths) / name).is_file() for name in _QUERY_FILES):
+        return wiki_sections_retrieval(find_wiki_sections(folder_or_paths))  # Wiki Sections triplets (CSV)
     else:
         folder = Path(folder_or_paths)
         if not folder.is_dir():
