@@ -1,0 +1,238 @@
+"""JPEG decode + resize candidates (issue 22 §4): images/s on one core, and whether they decode alike.
+
+Every candidate turns the same generated photo-like 640×480 JPEGs (quality 90, ``embed_folder.write_photos``)
+into the model's input: an RGB uint8 ``SIZE×SIZE`` array (shorter side resized to ``SIZE`` with an
+antialiased bicubic filter, then a centre crop; ``SIZE`` = 224, ViT-B/32's). Candidates:
+
+- ``pil_full``: ``PIL.Image.open`` -> full decode -> ``resize`` (the reference);
+- ``pil_draft``: PIL's draft mode (DCT scaling by 2/4/8 while decoding, both sides kept >= SIZE) -> resize
+  (what clipzoo's embed path does today, ``clipzoo.image_bytes.decode_rgb(draft_size=...)``);
+- ``torchvision``: ``torchvision.io.decode_jpeg`` (libjpeg-turbo) -> PIL resize;
+- ``simplejpeg``, ``simplejpeg_scaled``: ``simplejpeg.decode_jpeg`` (libjpeg-turbo; the scaled one with
+  ``min_width/min_height`` = SIZE, its DCT scaling) -> PIL resize;
+- ``pillow_simd``, ``pillow_simd_draft``: the two PIL paths under pillow-simd, when ``--pillow-simd-python``
+  names an interpreter that has it (it replaces Pillow, so it cannot share this process).
+
+Every candidate resizes with the same PIL filter, so the figures compare the decoders. Speed: one process,
+one thread (``torch.set_num_threads(1)``), files read from the page cache, a warm-up call, best of
+``--repeats`` interleaved passes, in images per CPU second of the process -> images/s per core. Fidelity,
+against ``pil_full`` on the same files: the largest and mean absolute pixel difference, and the min cosine
+of the embeddings through the embedded model (``clipzoo/tiny-shapes``, ``encode_image01`` on the SIZE×SIZE
+pixels); usable at cosine >= 0.9999.
+
+    python benchmarks/decode.py                                   # results/decode.json
+    python benchmarks/decode.py --images 32 --repeats 1 --out /tmp/decode.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tables import RESULTS, machine_info, write_result
+
+MIN_COSINE = 0.9999
+CANDIDATES = ("pil_full", "pil_draft", "torchvision", "simplejpeg", "simplejpeg_scaled")
+PILLOW_SIMD_NOTE = ("pillow-simd builds from source only (no wheel); it replaces Pillow, so it runs in a "
+                    "separate interpreter given by --pillow-simd-python")
+
+
+def fit(im, size: int):
+    """A PIL image -> shorter side ``size`` (bicubic, antialiased) -> centre crop ``size×size``, uint8 array."""
+    import numpy as np
+    from PIL import Image
+
+    w, h = im.size
+    scale = size / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    left, top = (im.width - size) // 2, (im.height - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)))
+
+
+def pil_full(data: bytes, size: int):
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return fit(im.convert("RGB"), size)
+
+
+def pil_draft(data: bytes, size: int):
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft("RGB", (size, size))
+        return fit(im.convert("RGB"), size)
+
+
+def torchvision_decode(data: bytes, size: int):
+    import torch
+    from PIL import Image
+    from torchvision.io import decode_jpeg
+
+    t = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    return fit(Image.fromarray(t.permute(1, 2, 0).numpy()), size)
+
+
+def simplejpeg_decode(data: bytes, size: int, scaled: bool = False):
+    import simplejpeg
+    from PIL import Image
+
+    kw = {"min_width": size, "min_height": size} if scaled else {}
+    return fit(Image.fromarray(simplejpeg.decode_jpeg(data, colorspace="RGB", **kw)), size)
+
+
+DECODERS = {"pil_full": pil_full, "pil_draft": pil_draft, "torchvision": torchvision_decode,
+            "simplejpeg": simplejpeg_decode, "simplejpeg_scaled": lambda d, s: simplejpeg_decode(d, s, True)}
+
+
+def speed(decode, blobs: list[bytes], size: int, repeats: int) -> tuple[float, list]:
+    """Best images per CPU second of ``repeats`` passes of ``decode`` over ``blobs``, and the last pass's arrays.
+
+    CPU time of this one-thread process (``time.process_time``), not wall time: on a machine whose cores
+    other jobs share, it still counts only the work of the decoder — images/s of one core."""
+    decode(blobs[0], size)  # warm-up: first-call imports and library set-up are not the decoder's speed
+    best, out = 0.0, []
+    for _ in range(repeats):
+        t = time.process_time()
+        out = [decode(b, size) for b in blobs]
+        best = max(best, len(blobs) / max(time.process_time() - t, 1e-9))
+    return best, out
+
+
+def run_worker(names: list[str], files: list[str], size: int, repeats: int, out_dir: Path) -> dict:
+    """Decode ``files`` with each of ``names``, passes interleaved (a change of load hits each alike); save
+    each one's arrays as ``out_dir/NAME.npy``; images per CPU second by name."""
+    import numpy as np
+
+    blobs = [Path(f).read_bytes() for f in files]
+    rates = dict.fromkeys(names, 0.0)
+    for _ in range(repeats):
+        for name in names:
+            rate, _ = speed(DECODERS[name], blobs, size, 1)
+            rates[name] = max(rates[name], rate)
+    for name in names:
+        np.save(out_dir / f"{name}.npy", np.stack([DECODERS[name](b, size) for b in blobs]))
+    return rates
+
+
+def pillow_simd(python: str, files: list[str], size: int, repeats: int, out_dir: Path) -> dict:
+    """The PIL candidates in another interpreter (with pillow-simd installed): images/s and arrays."""
+    simd_dir = out_dir / "pillow_simd"
+    simd_dir.mkdir(exist_ok=True)
+    cmd = [python, __file__, "--_worker", json.dumps({"files": files, "size": size, "repeats": repeats,
+                                                      "out": str(simd_dir)})]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    if proc.returncode != 0:
+        raise RuntimeError(f"the pillow-simd interpreter failed: {proc.stderr.strip()[-400:]}")
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name in ("pil_full", "pil_draft"):
+        (simd_dir / f"{name}.npy").rename(out_dir / f"pillow_simd{name[3:]}.npy")
+    return {"pillow_simd" + k[3:]: v for k, v in info["rates"].items()} | {"pillow_simd_version": info["pil"]}
+
+
+def fidelity(arrays: dict, model) -> dict:
+    """Per candidate: max / mean abs pixel difference and min embedding cosine against ``pil_full``."""
+    import numpy as np
+    import torch
+
+    def embed(a):
+        with torch.no_grad():
+            x = torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255
+            return model.encode_image01(x).float()
+
+    ref = arrays["pil_full"]
+    ref_e = embed(ref)
+    out = {}
+    for name, a in arrays.items():
+        diff = np.abs(a.astype(np.int16) - ref.astype(np.int16))
+        cos = torch.nn.functional.cosine_similarity(embed(a), ref_e).min().item()
+        out[name] = {"max_abs_pixel_diff": int(diff.max()), "mean_abs_pixel_diff": float(diff.mean()),
+                     "min_cosine": cos, "usable": cos >= MIN_COSINE}
+    return out
+
+
+def table(result: dict) -> dict:
+    base = result["images_per_s"]["pil_full"]
+    rows = []
+    for name, rate in result["images_per_s"].items():
+        f = result["fidelity"][name]
+        rows.append([f"`{name}`", round(rate, 1), round(rate / base, 2), f["max_abs_pixel_diff"],
+                     round(f["mean_abs_pixel_diff"], 3), f"{f['min_cosine']:.6f}", f["usable"]])
+    rows.sort(key=lambda r: -r[1])
+    for name, why in result["not_run"].items():
+        rows.append([f"`{name}`", None, None, None, None, None, f"not run: {why}"])
+    return {"columns": ["decoder (-> 224×224)", "images/s, one core", "× PIL full", "max abs pixel diff",
+                        "mean abs pixel diff", "min cosine vs PIL full", f"usable (cosine >= {MIN_COSINE})"],
+            "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--size", type=int, default=224, help="the model's input side")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pillow-simd-python", default=os.environ.get("PILLOW_SIMD_PYTHON"),
+                    help="an interpreter with pillow-simd and numpy [default: $PILLOW_SIMD_PYTHON]")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=RESULTS / "decode.json")
+    ap.add_argument("--_worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._worker:  # inside the pillow-simd interpreter: PIL and numpy only
+        import PIL
+
+        w = json.loads(args._worker)
+        rates = run_worker(["pil_full", "pil_draft"], w["files"], w["size"], w["repeats"], Path(w["out"]))
+        print(json.dumps({"rates": rates, "pil": PIL.__version__}))
+        return
+    import numpy as np
+    import torch
+
+    import clipzoo
+    from embed_folder import write_photos
+
+    torch.set_num_threads(1)
+    machine = machine_info()
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="clipzoo-decode-"))
+    files = write_photos(root / "jpegs", args.images)
+    names, not_run = list(CANDIDATES), {}
+    try:
+        import simplejpeg  # noqa: F401
+    except ImportError:
+        names = [n for n in names if not n.startswith("simplejpeg")]
+        not_run["simplejpeg"] = "not installed (pip install 'clipzoo[bench]')"
+    arrays_dir = root / "arrays"
+    arrays_dir.mkdir(exist_ok=True)
+    rates = run_worker(names, files, args.size, args.repeats, arrays_dir)
+    versions = {"pillow": __import__("PIL").__version__, "torch": torch.__version__}
+    if args.pillow_simd_python:
+        simd = pillow_simd(args.pillow_simd_python, files, args.size, args.repeats, arrays_dir)
+        versions["pillow_simd"] = simd.pop("pillow_simd_version")
+        rates |= simd
+    else:
+        not_run["pillow_simd"] = PILLOW_SIMD_NOTE
+    arrays = {n: np.load(arrays_dir / f"{n}.npy") for n in rates}
+    model = clipzoo.load("clipzoo/tiny-shapes", device="cpu")
+    result = {"benchmark": "decode", "machine": machine, "versions": versions,
+              "settings": {"images": len(files), "size": args.size, "repeats": args.repeats,
+                           "source": "640x480 JPEG q90", "threads": 1},
+              "images_per_s": rates, "fidelity": fidelity(arrays, model), "not_run": not_run}
+    usable = {n: r for n, r in rates.items() if result["fidelity"][n]["usable"]}
+    result["fastest_usable"] = max(usable, key=usable.get)
+    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["table"] = table(result)
+    write_result(args.out, result)
+    for row in result["table"]["rows"]:
+        print("  ".join(str(c) for c in row))
+    print(f"fastest usable: {result['fastest_usable']}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Run every benchmark and regenerate the tables of docs/benchmarks.md from their JSON (issue 22 §7).
+
+    python benchmarks/run_all.py --quick               # every benchmark at a small size (<= 15 min, idle 2 cores)
+    python benchmarks/run_all.py --full                # the sizes the docs quote
+    python benchmarks/run_all.py --quick --only latency decode
+    python benchmarks/run_all.py --dry-run             # print the commands, run nothing
+    python benchmarks/tables.py                        # only regenerate the docs from benchmarks/results/
+
+Each benchmark writes ``benchmarks/results/NAME.json`` (NAME: the script's name): a script with ``--out``
+writes it itself; the output of one without is captured into ``{"output": ...}``. Into each file this
+adds ``size`` (quick / full), the command, its wall time, and the machine (:func:`tables.machine_info`:
+CPU flags, cores, load average, commit) beside the script's own record. A benchmark that fails or runs
+out of time leaves its previous file alone; ``results/run_all.json`` records every benchmark's status.
+Then every ``<!-- bench:NAME -->`` block of docs/benchmarks.md is regenerated (:func:`tables.update_doc`).
+
+Every script in benchmarks/ is listed in :data:`BENCHMARKS` (a CI test checks it), so a new benchmark
+cannot be left out: add its line with a quick and a full argument list.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tables import DOC, RESULTS, machine_info, update_doc, write_result
+
+HERE = Path(__file__).resolve().parent
+HELPERS = ("run_all.py", "tables.py")  # modules of this folder that are not benchmarks
+
+
+@dataclass(frozen=True)
+class Bench:
+    quick: list[str]
+    full: list[str] = field(default_factory=list)
+    out: bool = True  # the script takes --out PATH and writes its JSON there
+    quick_timeout: int = 300
+
+
+BENCHMARKS: dict[str, Bench] = {
+    "latency": Bench(["--repeats", "2", "--queries", "50"], ["--repeats", "5", "--queries", "200"]),
+    "decode": Bench(["--images", "64", "--repeats", "3"], ["--images", "256", "--repeats", "3"]),
+    "embed_folder": Bench(["--images", "64", "--texts", "64", "--runtimes", "eager,onnx-int8", "--no-transformers"],
+                          ["--images", "2000", "--texts", "1000"], out=False, quick_timeout=420),
+    "ensemble_overhead": Bench(["--images", "16", "--texts", "8", "--repeats", "3"],
+                               ["--images", "64", "--texts", "32", "--repeats", "9"], out=False),
+    "eval_zeroshot": Bench(["--n", "64", "--batch-size", "32", "--repeats", "1"],
+                           ["--n", "600", "--batch-size", "64", "--workers", "2", "--repeats", "2"], out=False),
+    "index_build": Bench(["--n", "32"], ["--n", "256"], out=False),
+    "index_vectors": Bench(["--sizes", "10000", "--queries", "100"], ["--sizes", "100000", "1000000"], out=False),
+    "int8_fidelity": Bench(["--n", "32", "--batch-sizes", "1", "8"], []),
+    "jax_embed": Bench(["--repeats", "1"], ["--repeats", "3"]),
+    "jax_train": Bench(["--steps", "3", "--warmup-steps", "1", "--batch-size", "8"], []),
+    "mindspore_parity": Bench([], ["--full"]),
+    "serve_load": Bench(["--models", "tiny", "--duration", "3", "--rounds", "1", "--warmup", "1"],
+                        ["--torch-threads", "1", "--duration", "15", "--rounds", "2", "--warmup", "2"]),
+    "train_throughput": Bench(["--steps", "4", "--warmup-steps", "1", "--batch-size", "16", "--repeats", "1"], [],
+                              out=False),
+}
+
+
+def scripts(folder: Path = HERE) -> list[str]:
+    """The benchmark scripts of ``folder``: its ``*.py`` but the helpers, by name without ``.py``."""
+    return sorted(p.stem for p in folder.glob("*.py") if p.name not in HELPERS and not p.name.startswith("_"))
+
+
+def command(name: str, size: str, results: Path) -> list[str]:
+    bench = BENCHMARKS[name]
+    cmd = [sys.executable, str(HERE / f"{name}.py"), *(bench.quick if size == "quick" else bench.full)]
+    return cmd + (["--out", str(results / f"{name}.json")] if bench.out else [])
+
+
+def run_one(name: str, size: str, results: Path, timeout: float | None) -> dict:
+    """Run one benchmark; on success its ``results/NAME.json`` gets ``size``, the command, wall time, machine."""
+    machine = machine_info()
+    stamp = {"size": size, "when": machine["when"]}
+    cmd = command(name, size, results)
+    path = results / f"{name}.json"
+    before = path.stat().st_mtime if path.exists() else None
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "seconds": round(time.perf_counter() - t, 1), "error": f"over {timeout} s",
+                **stamp}
+    seconds = round(time.perf_counter() - t, 1)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or [""]
+        return {"status": "failed", "seconds": seconds, "rc": proc.returncode, "error": tail[0][-300:], **stamp}
+    if BENCHMARKS[name].out:
+        if not path.exists() or path.stat().st_mtime == before:
+            return {"status": "failed", "seconds": seconds, "error": f"{name}.py wrote no {path.name}", **stamp}
+        result = json.loads(path.read_text())
+    else:
+        result = {"benchmark": name, "output": proc.stdout.strip()[-6000:]}
+    own = result.get("machine")
+    if own is not None and not isinstance(own, dict):
+        result["machine_arch"] = own
+        own = None
+    result["machine"] = {**machine, **(own or {})}  # the script's own record wins where both say something
+    result.update(size=size, command=" ".join(["python", f"benchmarks/{name}.py", *cmd[2:]]), wall_s=seconds)
+    write_result(path, result)
+    return {"status": "ok", "seconds": seconds, **stamp}
+
+
+def summary_table(statuses: dict) -> dict:
+    return {"columns": ["benchmark", "status", "size", "when", "seconds", "note"],
+            "rows": [[f"`{n}.py`", s["status"], s.get("size", ""), s.get("when", ""), s["seconds"],
+                      s.get("error") or ""] for n, s in statuses.items()]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = ap.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="size", action="store_const", const="quick", help="small sizes (default)")
+    size.add_argument("--full", dest="size", action="store_const", const="full", help="the sizes the docs quote")
+    ap.add_argument("--only", nargs="+", metavar="NAME", choices=sorted(BENCHMARKS), help="run these only")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds per benchmark [default: its quick_timeout with --quick, none with --full]")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--doc", type=Path, default=DOC)
+    ap.add_argument("--no-doc", action="store_true", help="do not regenerate the docs")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    args = ap.parse_args(argv)
+    size = args.size or "quick"
+    names = args.only or list(BENCHMARKS)
+    if args.dry_run:
+        for name in names:
+            print(" ".join(command(name, size, args.results)))
+        return 0
+    args.results.mkdir(parents=True, exist_ok=True)
+    statuses = {}
+    for name in names:
+        timeout = args.timeout or (BENCHMARKS[name].quick_timeout if size == "quick" else None)
+        print(f"{name} ({size}) …", flush=True)
+        statuses[name] = run_one(name, size, args.results, timeout)
+        print(f"  {statuses[name]}", flush=True)
+    previous = args.results / "run_all.json"  # --only: the other benchmarks keep their last status
+    kept = json.loads(previous.read_text()).get("benchmarks", {}) if previous.exists() else {}
+    statuses = {n: ({**kept, **statuses})[n] for n in BENCHMARKS if n in {**kept, **statuses}}
+    summary = {"benchmark": "run_all", "size": size, "benchmarks": statuses, "table": summary_table(statuses)}
+    write_result(args.results / "run_all.json", summary)
+    if not args.no_doc:
+        done = update_doc(args.doc, args.results)
+        print(f"regenerated in {args.doc}: {', '.join(done) or 'nothing'}")
+    return 0 if all(s["status"] == "ok" for s in statuses.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
