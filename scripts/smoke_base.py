@@ -60,6 +60,8 @@ def checks(tmp: Path) -> list[tuple[str, bool, str]]:
         done = cli(*argv)
         err = done.stderr.strip()
         ok = done.returncode == 2 and len(err.splitlines()) == 1 and f"pip install 'clipzoo[{extra}]'" in err
+        if argv is build:  # refused before any work: no half-built index left behind
+            ok = ok and not (tmp / "idx").exists()
         out.append((f"cli: clipzoo {' '.join(argv[:2])} names [{extra}]", ok, err[-300:]))
     return out
 

@@ -83,6 +83,7 @@ def serve(
       CLIPZOO_TOKEN=s3cret clipzoo serve photos.index --host 0.0.0.0
       clipzoo serve main=photos.index art=art.index   # clip-retrieval's API serves both by name
     """
+    require("fastapi", "the HTTP service")  # a missing extra is said first, before any index is read
     named = named_indices(indices)  # {name: folder}, each one there; the first is the main index
     check_options(host, port, max_body_mb, max_image_mp, max_request_mp, thumb_size)  # each: one line, exit 2
     from ..serve.connections import ConnectionLimits
@@ -90,7 +91,6 @@ def serve(
     limits = ConnectionLimits(limit_concurrency=limit_concurrency, header_timeout=header_timeout,
                               keep_alive_timeout=keep_alive_timeout)  # a bad value: one line, exit 2
     verify_indices(named, verify)  # a mismatched file: one line naming it and `clipzoo index repair`
-    require("fastapi", "the HTTP service")
     import clipzoo.serve as serving  # the service's stack (FastAPI, the index, torch) loads when it runs
     comparator = query_model(named, model, device)
     note(f"loading {', '.join(str(p) for p in named.values())} …")

@@ -43,6 +43,7 @@ from .folder import INDEX_SUFFIXES, IndexFiles, caption_of, collate_index_batch,
 from .generations import VECTORS_DIR, collect, publish, read_pointer
 from .lock import IndexLock
 from .manifest import bad_shards, check_files, disk_full, is_disk_full
+from .stores import DEFAULT_STORE, check_store
 
 __all__ = ["BuildReport", "build_index", "model_identity", "load_model", "default_vector_options", "reembed"]
 
@@ -136,6 +137,7 @@ def build_index(folder: "str | os.PathLike", out: "str | os.PathLike", model: An
         raise ClipzooError(f"folder {os.fspath(folder)!r} does not exist; pass the folder of images to index")
     if not root.is_dir():
         raise ClipzooError(f"{os.fspath(folder)!r} is not a folder; pass the folder of images to index")
+    check_store(dict(vector_options or {}).get("vector_store", DEFAULT_STORE))  # a missing extra: before any work
     settings = _Settings(int(batch_size), workers, progress, int(shard_rows), flush_seconds, dict(vector_options or {}),
                          fast_decode, runtime)
     out_path = Path(os.path.expanduser(os.fspath(out))).absolute()

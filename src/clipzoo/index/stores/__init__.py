@@ -8,12 +8,13 @@ records its name as ``"vector_store"`` in ``vectors.json``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from ...errors import ClipzooError
 from ...extras import missing
 from .base import VectorStore, normalize, recall_at_k
 
-__all__ = ["STORES", "DEFAULT_STORE", "get_store", "VectorStore", "normalize", "recall_at_k"]
+__all__ = ["STORES", "DEFAULT_STORE", "get_store", "check_store", "VectorStore", "normalize", "recall_at_k"]
 
 # store name -> (module, the import names whose absence means "install the extra")
 STORES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -36,3 +37,12 @@ def get_store(name: str = DEFAULT_STORE) -> type[VectorStore]:
         if root in packages:
             raise missing(root, f"vector store {name!r}") from None
         raise
+
+
+def check_store(name: str = DEFAULT_STORE) -> None:
+    """Fail in one line, before a build does any work, when store ``name`` is unknown or the main package it
+    needs is not installed (the first of its packages; e.g. Milvus Lite is needed only for a local file)."""
+    get_store(name)
+    package = STORES[name][1][0]
+    if importlib.util.find_spec(package) is None:
+        raise missing(package, f"vector store {name!r}")
