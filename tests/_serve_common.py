@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -98,3 +99,34 @@ def client(app):
 
     with TestClient(app) as c:
         yield c
+
+
+# ------------------------------------------------------------------ the page in Chromium (browser tests)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+NEEDS_CHROMIUM = pytest.mark.skipif(CHROMIUM is None, reason="no system Chromium (apt-get install chromium; "
+                                                             ".ci/run does) — the browser test needs one")
+LAUNCH_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update"]
+PAGE_LABELS = ["circle", "cross", "diamond", "heart", "square", "star", "triangle"]
+
+
+@pytest.fixture(scope="module")
+def server(built):
+    """The service over the shared index, on 127.0.0.1 (a free port), with the shapes vocabulary."""
+    from clipzoo.serve import create_app, running
+
+    app = create_app(built.index, labels=PAGE_LABELS, model=built.model)
+    with running(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by Playwright (never `playwright install`)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip) is not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -161,3 +161,19 @@ def test_features_reach_torch_without_a_copy():
     x = jax.numpy.arange(12.0).reshape(3, 4)
     t = to_torch(x)
     assert t.data_ptr() == x.unsafe_buffer_pointer() and t.tolist() == np.arange(12.0).reshape(3, 4).tolist()
+
+
+def test_pixels_that_need_gradients_are_refused_not_detached(tiny):
+    """JAX hands torch no gradients: a pixel tensor that requires grad is a one-line UnsupportedError (the
+    same guard as the ONNX and MindSpore comparators), never features silently cut from the graph."""
+    from clipzoo.errors import UnsupportedError
+
+    jm = clipzoo.load(str(tiny[1]), model="vit-eps-patch32")
+    pixels = jm.pixels(_images()).requires_grad_(True)
+    with pytest.raises(UnsupportedError) as info:
+        jm.encode_image(pixels)
+    assert str(info.value) == (f"{jm.card.alias} runs in JAX, which hands torch no gradients; load the PyTorch "
+                               "model (convert it to open_clip) to backpropagate")
+    with torch.no_grad():  # without grad the same tensor is fine
+        assert jm.encode_image(pixels).shape == (3, 64)
+    assert "runtime=jax (jax)" in repr(jm)

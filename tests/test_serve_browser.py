@@ -5,40 +5,22 @@ when there is none. Screenshots go to $CLIPZOO_ARTIFACTS or tests/artifacts/ (gi
 """
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 pytest.importorskip("fastapi")
 
-from _serve_common import artifacts_dir, built, png_bytes  # noqa: E402,F401  (built: a fixture)
+from _serve_common import (  # noqa: E402,F401  (browser, built, server: fixtures)
+    NEEDS_CHROMIUM,
+    PAGE_LABELS,
+    artifacts_dir,
+    browser,
+    built,
+    png_bytes,
+    server,
+)
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no system Chromium (apt-get install chromium; "
-                                                          ".ci/run does) — the browser test needs one")
-LAUNCH_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update"]
-LABELS = ["circle", "cross", "diamond", "heart", "square", "star", "triangle"]
-
-
-@pytest.fixture(scope="module")
-def server(built):
-    from clipzoo.serve import create_app, running
-
-    app = create_app(built.index, labels=LABELS, model=built.model)
-    with running(app) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip) is not installed")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+pytestmark = NEEDS_CHROMIUM
+LABELS = PAGE_LABELS
 
 
 @pytest.fixture

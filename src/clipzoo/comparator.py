@@ -276,8 +276,13 @@ class Comparator(torch.nn.Module):
 
 
 class ForeignComparator(Comparator):
-    """A Comparator whose towers run outside PyTorch (ONNX Runtime, JAX): it holds no torch parameters, so
-    its device (where features are handed back) is set, and its features are float32."""
+    """A Comparator whose towers run outside PyTorch (ONNX Runtime, JAX, MindSpore): it holds no torch
+    parameters, so its device (where features are handed back) is set, and its features are float32. Its
+    engine hands torch no gradients: an image tensor that requires grad is refused with ``NO_GRAD`` (what
+    runs it and what to do instead), not silently detached."""
+
+    ENGINE = "another engine"
+    NO_GRAD = "runs outside PyTorch, which hands torch no gradients; load the PyTorch model to backpropagate"
 
     def __init__(self, *args: Any, device: "str | torch.device" = "cpu", **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -290,6 +295,14 @@ class ForeignComparator(Comparator):
     @property
     def dtype(self) -> torch.dtype:
         return torch.float32
+
+    def encode_image(self, images: Any, normalize: bool = True, batch_size: int = 64) -> torch.Tensor:
+        if is_float_tensor(images) and images.requires_grad and torch.is_grad_enabled():
+            raise UnsupportedError(f"{self.card.alias} {self.NO_GRAD}")
+        return super().encode_image(images, normalize=normalize, batch_size=batch_size)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f" ({self.ENGINE})"
 
 
 def competition_ranks(scores: Iterable[float], tol: float = TIE_TOLERANCE) -> list[int]:

@@ -30,7 +30,6 @@ from ..comparator import ForeignComparator
 from ..constants import OPENAI_MEAN, OPENAI_STD
 from ..download import hub_file
 from ..errors import CheckpointError, ClipzooError, UnsafePickleError, UnsupportedError
-from ..inputs import is_float_tensor
 from ..models.jax_clip import create_model
 from ..models.jax_config import (
     JaxClipConfig,
@@ -127,6 +126,10 @@ class JaxTowers(torch.nn.Module):
 class JaxComparator(ForeignComparator):
     """A Comparator whose encoders are jit-compiled JAX functions. ``model`` is the :class:`JaxTowers`."""
 
+    ENGINE = "jax"
+    NO_GRAD = ("runs in JAX, which hands torch no gradients; load the PyTorch model (convert it to open_clip) "
+               "to backpropagate")
+
     def __init__(self, card: ModelCard, towers: JaxTowers, *, transform, tokenizer, image_size: int,
                  context_length: int, logit_scale: float, device: torch.device):
         super().__init__(card, towers, transform=transform, embed_dim=towers.cfg.proj_dim, image_size=image_size,
@@ -148,14 +151,6 @@ class JaxComparator(ForeignComparator):
     def logit_params(self):
         return self._scale, None
 
-    def encode_image(self, images: Any, normalize: bool = True, batch_size: int = 64) -> torch.Tensor:
-        if is_float_tensor(images) and images.requires_grad and torch.is_grad_enabled():
-            raise UnsupportedError(f"{self.card.alias} runs in JAX, which hands torch no gradients; load the "
-                                   "PyTorch model (convert it to open_clip) to backpropagate")
-        return super().encode_image(images, normalize=normalize, batch_size=batch_size)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + " (jax)"
 
 
 def _jax_device(device: str):

@@ -28,7 +28,6 @@ from ..cards import IMAGE, TEXT, ModelCard
 from ..comparator import ForeignComparator
 from ..download import download_url, sha256_of
 from ..errors import CheckpointError, ClipzooError, DownloadError, UnsupportedError
-from ..inputs import is_float_tensor
 from ..models.mindspore_clip import CLIP, build_model, load_params
 from ..models.mindspore_config import check_config, config_from_shapes, get_config, tower_sizes
 from ..models.mindspore_names import read_ckpt, torch_to_mindspore
@@ -67,6 +66,10 @@ class MindSporeTowers(torch.nn.Module):
 class MindSporeComparator(ForeignComparator):
     """A Comparator whose encoders run in MindSpore. ``model`` is the :class:`MindSporeTowers`; ``net`` the cell."""
 
+    ENGINE = "mindspore"
+    NO_GRAD = ("runs in MindSpore, which hands torch no gradients; load it with the torch engine to "
+               "backpropagate")
+
     def __init__(self, card: ModelCard, towers: MindSporeTowers, *, transform, model_config: dict,
                  logit_scale: float, device: torch.device):
         sizes = tower_sizes(model_config)
@@ -96,14 +99,6 @@ class MindSporeComparator(ForeignComparator):
     def logit_params(self):
         return self._scale, None
 
-    def encode_image(self, images: Any, normalize: bool = True, batch_size: int = 64) -> torch.Tensor:
-        if is_float_tensor(images) and images.requires_grad and torch.is_grad_enabled():
-            raise UnsupportedError(f"{self.card.alias} runs in MindSpore, which hands torch no gradients; load "
-                                   "it with the torch engine to backpropagate")
-        return super().encode_image(images, normalize=normalize, batch_size=batch_size)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + " (mindspore)"
 
 
 def _check_device(device: str) -> None:

@@ -17,7 +17,7 @@ import torch
 from ..cards import IMAGE, TEXT, ModelCard, Source
 from ..comparator import ForeignComparator
 from ..errors import BackendMissingError, BadTextError, CheckpointError, ClipzooError, UnsupportedError
-from ..inputs import is_float_tensor, text_items
+from ..inputs import text_items
 from ..registry import local_card
 from ..tokenizers import OpenAITokenizer
 from .onnx_format import META_FILE, read_meta, require_onnxruntime
@@ -55,6 +55,10 @@ class OnnxTowers(torch.nn.Module):
 
 class OnnxComparator(ForeignComparator):
     """A Comparator whose towers run in onnxruntime. ``model`` is the :class:`OnnxTowers`."""
+
+    ENGINE = "onnxruntime"
+    NO_GRAD = ("runs in onnxruntime, which computes no gradients; load the PyTorch model (clipzoo.load without "
+               "runtime='onnx') to backpropagate, or pass a tensor that does not require grad")
 
     def __init__(self, card: ModelCard, towers: OnnxTowers, *, meta: dict, transform, tokenizer,
                  device: str = "cpu"):
@@ -100,16 +104,6 @@ class OnnxComparator(ForeignComparator):
     def logit_params(self):
         return self._scale, self._bias
 
-    # ------------------------------------------------------------ no gradients
-    def encode_image(self, images: Any, normalize: bool = True, batch_size: int = 64) -> torch.Tensor:
-        if is_float_tensor(images) and images.requires_grad and torch.is_grad_enabled():
-            raise UnsupportedError(f"{self.card.alias} runs in onnxruntime, which computes no gradients; load the "
-                                   "PyTorch model (clipzoo.load without runtime='onnx') to backpropagate, or pass "
-                                   "a tensor that does not require grad")
-        return super().encode_image(images, normalize=normalize, batch_size=batch_size)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + " (onnxruntime)"
 
 
 def _size(value):
