@@ -456,3 +456,17 @@ def test_without_the_jax_extra_names_it(monkeypatch):
     with pytest.raises(MissingExtraError, match=r"^the open_clip_jax drop-in needs jax, which is not installed; "
                                                 r"pip install 'clipzoo\[jax\]'$"):
         importlib.import_module("clipzoo.compat.open_clip_jax")
+
+
+def test_the_drop_in_loads_no_torch(tiny):
+    """open_clip_jax needs no PyTorch, nor does its drop-in: importing it and running CLIPInference on a local
+    parameter file loads neither torch nor open_clip (parameter files are read by models/jax_params.py)."""
+    path, _ = tiny
+    code = ("import sys, numpy as np\nfrom PIL import Image\nimport clipzoo.compat.open_clip_jax as ocj\n"
+            f"clip = ocj.CLIPInference('vit-eps-patch32', pretrained={str(path)!r})\n"
+            "probs, _ = clip([Image.new('RGB', (70, 90), (200, 20, 20))], ['a red square', 'a blue circle'])\n"
+            "assert abs(float(np.asarray(probs).sum()) - 1) < 1e-5\n"
+            "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

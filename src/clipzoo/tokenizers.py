@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gzip
 import html
+import importlib.util
+import os
 from functools import cache, lru_cache
 
 import ftfy
@@ -20,8 +22,18 @@ SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 DEFAULT_CONTEXT_LENGTH = 77
 
 
+BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"  # CLIP's BPE merges, as open_clip's package ships them
+
+
 @lru_cache
 def default_bpe() -> str:
+    """The path of CLIP's BPE file inside the installed open_clip, found without importing open_clip (which
+    imports torch): JAX and MindSpore users tokenise with no PyTorch loaded."""
+    spec = importlib.util.find_spec("open_clip")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(folder, BPE_FILE)
+        if os.path.isfile(path):
+            return path
     from open_clip.tokenizer import default_bpe as open_clip_bpe
 
     return open_clip_bpe()

@@ -14,8 +14,6 @@ A ``.pkl`` is a pickle: it is read with an unpickler that admits only dicts of n
 from __future__ import annotations
 
 import functools
-import os
-import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,7 +27,7 @@ from ..cards import IMAGE, TEXT, ModelCard
 from ..comparator import ForeignComparator
 from ..constants import OPENAI_MEAN, OPENAI_STD
 from ..download import hub_file
-from ..errors import CheckpointError, ClipzooError, UnsafePickleError, UnsupportedError
+from ..errors import CheckpointError, ClipzooError, UnsupportedError
 from ..models.jax_clip import create_model
 from ..models.jax_config import (
     JaxClipConfig,
@@ -39,6 +37,7 @@ from ..models.jax_config import (
     param_sizes,
     read_config_file,
 )
+from ..models.jax_params import read_params
 from ..models.tokenize import tokenize_checked
 from ..tokenizers import OpenAITokenizer
 
@@ -47,44 +46,6 @@ __all__ = ["JaxComparator", "JaxTowers", "build", "load", "read_params", "to_tor
 JAX_DTYPES = {"fp32": jnp.float32, "float32": jnp.float32, "bf16": jnp.bfloat16, "bfloat16": jnp.bfloat16,
               "fp16": jnp.float16, "float16": jnp.float16}
 DEFAULT_TEMPERATURE = 100.0  # open_clip_jax's softmax_temp, for parameter files without 'temp'
-SAFE_GLOBALS = {
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("jax._src.array", "_reconstruct_array"), ("flax.core.frozen_dict", "FrozenDict"),
-    ("collections", "OrderedDict"),
-}
-
-
-class _ArraysOnly(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if (module, name) in SAFE_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"it refers to {module}.{name}")
-
-
-def read_params(path: "str | os.PathLike", trust_pickle: bool = False) -> dict:
-    """An open_clip_jax ``.pkl`` -> ``{'params': {...}}`` of numpy arrays."""
-    try:
-        with open(path, "rb") as fh:
-            obj = pickle.load(fh) if trust_pickle else _ArraysOnly(fh).load()
-    except pickle.UnpicklingError as exc:
-        raise UnsafePickleError(f"{path} is a pickle that holds more than arrays ({exc}); loading it can run "
-                                "arbitrary code. If you trust its source, pass trust_pickle=True "
-                                "(CLI: --trust-pickle)") from None
-    except (OSError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"cannot read JAX parameters from {path}: {exc}") from None
-    params = obj.get("params") if isinstance(obj, Mapping) else None
-    if not isinstance(params, Mapping):
-        raise CheckpointError(f"{path} is not an open_clip_jax parameter file (a pickled {{'params': {{...}}}})")
-    return {"params": _numpy_tree(params)}
-
-
-def _numpy_tree(tree: Mapping) -> dict:
-    return {str(k): _numpy_tree(v) if isinstance(v, Mapping) else np.asarray(v) for k, v in tree.items()}
-
-
 def to_torch(x) -> torch.Tensor:
     """A JAX array as a torch tensor, sharing its memory through DLPack where possible."""
     try:

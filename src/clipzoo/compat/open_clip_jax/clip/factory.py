@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from ....backends.jax import read_params
 from ....download import hub_file
 from ....errors import ClipzooError
 from ....extras import require
@@ -29,6 +28,7 @@ from ....models.jax_clip import JaxCLIP, init_variables
 from ....models.jax_clip import create_model as create_jax_model
 from ....models.jax_config import MODEL_CONFIGS as SHARED_CONFIGS
 from ....models.jax_config import check_shapes, get_config, list_configs
+from ....models.jax_params import read_params
 from .common import OpenClipJaxValueError
 
 jax = require("jax", "the open_clip_jax drop-in")
