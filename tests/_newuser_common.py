@@ -2,18 +2,16 @@
 ``clipzoo/tiny-shapes`` (once per test process), and headless Chromium (Debian's, via Playwright)."""
 from __future__ import annotations
 
-import shutil
 import tempfile
 import threading
 from pathlib import Path
 
 import pytest
 
+from _serve_common import launched_chromium
+
 EMBEDDED = "clipzoo/tiny-shapes"
 N_IMAGES = 14
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-LAUNCH_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update"]
 _lock = threading.Lock()
 _index: "Path | None" = None
 
@@ -36,12 +34,5 @@ def embedded_index() -> Path:
 @pytest.fixture(scope="module")
 def chromium():
     """A launched headless Chromium (skips where the system has none, as tests/test_serve_browser.py)."""
-    if CHROMIUM is None:
-        pytest.skip("no system Chromium (apt-get install chromium; .ci/run does)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip) is not installed")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    with launched_chromium() as b:
+        yield b

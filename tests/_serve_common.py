@@ -3,6 +3,7 @@ built once per test process, and small helpers. Imported by tests/test_serve_*.p
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import shutil
@@ -120,9 +121,11 @@ def server(built):
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's Chromium driven by Playwright (never `playwright install`)."""
+@contextlib.contextmanager
+def launched_chromium():
+    """Debian's Chromium driven by Playwright (never `playwright install`); skips the test without either."""
+    if CHROMIUM is None:
+        pytest.skip("no system Chromium (apt-get install chromium; .ci/run does)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip) is not installed")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
@@ -130,3 +133,10 @@ def browser():
             yield b
         finally:
             b.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A launched headless Chromium (:func:`launched_chromium`), one per test module."""
+    with launched_chromium() as b:
+        yield b

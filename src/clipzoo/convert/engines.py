@@ -11,7 +11,6 @@ model in that framework from the open_clip form (a later ``"mindspore": mindspor
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,7 @@ from ..inputs import to_pil
 from .form import OpenClipForm
 from .jax import jax_form
 from .mindspore import mindspore_comparator
-from .parity import DEFAULT_TEXTS, default_images
+from .parity import DEFAULT_TEXTS, ToleranceRows, default_images, difference
 from .targets import open_clip_form
 
 if TYPE_CHECKING:
@@ -31,8 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ENGINES", "Engine", "EngineParityReport", "parity_engines", "engine_difference", "parse_engines"]
 
-REL_EPS = 1e-6
 ROWS = ("image_features", "text_features", "probs")
+ENGINE_ROW_KEYS = ("max_abs", "mean_abs", "mean_rel")  # what the engine report prints
 
 
 @dataclass
@@ -99,31 +98,20 @@ def parse_engines(spec: "str | Sequence[str]") -> tuple[str, ...]:
 
 
 def engine_difference(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
-    """Max and mean ``|a - b|`` and mean ``|a - b| / (|a| + 1e-6)``, ``a`` the reference engine's output."""
-    a, b = a.double().cpu(), b.double().cpu()
-    if a.shape != b.shape:
-        raise ClipzooError(f"the engines' outputs differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
-    diff = (a - b).abs()
-    return {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
-            "mean_rel": float((diff / (a.abs() + REL_EPS)).mean())}
+    """Max and mean ``|a - b|`` and mean ``|a - b| / (|a| + 1e-6)``, ``a`` the reference engine's output
+    (:func:`clipzoo.convert.parity.difference` with ``a`` as its reference)."""
+    full = difference(b, a)
+    return {key: full[key] for key in ENGINE_ROW_KEYS}
 
 
 @dataclass
-class EngineParityReport:
+class EngineParityReport(ToleranceRows):
     model: str
     engines: tuple[str, str]
     tol: float
     rows: dict[str, dict[str, float]] = field(default_factory=dict)
     n_images: int = 0
     n_texts: int = 0
-
-    @property
-    def max_abs(self) -> float:
-        return max(r["max_abs"] for r in self.rows.values())
-
-    @property
-    def ok(self) -> bool:
-        return all(math.isfinite(r["max_abs"]) for r in self.rows.values()) and self.max_abs <= self.tol
 
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "engines": list(self.engines), "tol": self.tol, "ok": self.ok,

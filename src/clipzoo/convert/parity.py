@@ -63,15 +63,11 @@ def difference(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
             "mean_rel": float(rel.mean()), "max_rel": float(rel.max())}
 
 
-@dataclass
-class ParityReport:
-    model: str
-    against: str
+class ToleranceRows:
+    """A report's verdict over its ``rows`` (each a :func:`difference` dict) against its ``tol``."""
+
+    rows: dict[str, dict[str, float]]
     tol: float
-    rows: dict[str, dict[str, float]] = field(default_factory=dict)
-    preprocessing: dict[str, dict[str, float]] = field(default_factory=dict)  # informational, not in tol
-    n_images: int = 0
-    n_texts: int = 0
 
     @property
     def max_abs(self) -> float:
@@ -80,6 +76,17 @@ class ParityReport:
     @property
     def ok(self) -> bool:
         return all(math.isfinite(r["max_abs"]) for r in self.rows.values()) and self.max_abs <= self.tol
+
+
+@dataclass
+class ParityReport(ToleranceRows):
+    model: str
+    against: str
+    tol: float
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    preprocessing: dict[str, dict[str, float]] = field(default_factory=dict)  # informational, not in tol
+    n_images: int = 0
+    n_texts: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "against": self.against, "tol": self.tol, "ok": self.ok,

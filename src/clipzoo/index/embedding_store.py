@@ -40,6 +40,7 @@ import numpy as np
 
 from ..errors import ClipzooError, NotFoundError
 from ..registry import REGISTRY
+from .item_rows import ITEM_COLUMNS, items_by_id, row_dict
 from .manifest import disk_full, durable_write, is_disk_full
 
 __all__ = ["EmbeddingStore", "ItemRow", "DB_NAME", "SHARD_DIR", "SCHEMA_VERSION"]
@@ -191,8 +192,6 @@ class EmbeddingStore:
             rows = self.conn.execute("SELECT relpath, id, size, mtime_ns, sha256, caption FROM items").fetchall()
         return {r[0]: tuple(r[1:]) for r in rows}  # type: ignore[misc]
 
-    _COLS = "id, relpath, size, mtime_ns, sha256, caption, partition, shard, row"
-
     def item(self, item_id: int) -> dict[str, Any]:
         """The metadata of one item; :class:`~clipzoo.errors.NotFoundError` for an unknown id."""
         try:
@@ -200,26 +199,14 @@ class EmbeddingStore:
         except (TypeError, ValueError):
             raise NotFoundError(f"item id {item_id!r} is not an integer") from None
         with self._lock:
-            row = self.conn.execute(f"SELECT {self._COLS} FROM items WHERE id=?", (item_id,)).fetchone()
+            row = self.conn.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id=?", (item_id,)).fetchone()
         if row is None:
             raise NotFoundError(f"no item with id {item_id} in index {str(self.path)!r}")
-        return self._row_dict(row)
+        return row_dict(row)
 
     def items(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
-        ids = [int(i) for i in ids]
-        out: dict[int, dict[str, Any]] = {}
         with self._lock:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                q = f"SELECT {self._COLS} FROM items WHERE id IN ({','.join('?' * len(chunk))})"
-                for row in self.conn.execute(q, chunk):
-                    out[row[0]] = self._row_dict(row)
-        return out
-
-    @staticmethod
-    def _row_dict(row: Sequence[Any]) -> dict[str, Any]:
-        return {"id": row[0], "relpath": row[1], "size": row[2], "mtime": row[3] / 1e9, "mtime_ns": row[3],
-                "sha256": row[4], "caption": row[5], "partition": row[6], "shard": row[7], "row": row[8]}
+            return items_by_id(self.conn, ids)
 
     def _shard(self, name: str) -> np.ndarray:
         with self._lock:
@@ -443,6 +430,6 @@ class EmbeddingStore:
 
     def iter_items(self) -> Iterator[dict[str, Any]]:
         with self._lock:
-            rows = self.conn.execute(f"SELECT {self._COLS} FROM items ORDER BY id").fetchall()
+            rows = self.conn.execute(f"SELECT {ITEM_COLUMNS} FROM items ORDER BY id").fetchall()
         for row in rows:
-            yield self._row_dict(row)
+            yield row_dict(row)

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import ClipzooError, NotFoundError
 from .embedding_store import EmbeddingStore
+from .item_rows import items_by_id
 from .manifest import (
     DiskFullError,
     check_files,
@@ -227,8 +228,6 @@ class GenerationView:
     def count(self) -> int:
         return int(len(self._ids))
 
-    _COLS = EmbeddingStore._COLS  # noqa: SLF001 - the same columns, same row dicts
-
     def item(self, item_id: int) -> dict[str, Any]:
         found = self.items([item_id]).get(int(item_id))
         if found is None:
@@ -236,15 +235,8 @@ class GenerationView:
         return found
 
     def items(self, ids) -> dict[int, dict[str, Any]]:
-        ids = [int(i) for i in ids]
-        out: dict[int, dict[str, Any]] = {}
         with self._lock:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                q = f"SELECT {self._COLS} FROM items WHERE id IN ({','.join('?' * len(chunk))})"
-                for row in self.conn.execute(q, chunk):
-                    out[row[0]] = EmbeddingStore._row_dict(row)  # noqa: SLF001
-        return out
+            return items_by_id(self.conn, ids)
 
     def vectors(self, ids) -> np.ndarray:
         ids = np.asarray([int(i) for i in ids], np.int64)

@@ -1,0 +1,32 @@
+"""An index's item rows as the SQLite ``items`` table holds them, read into dicts: one place for the columns,
+the row dict and the chunked lookup by id, shared by the live store (:mod:`.embedding_store`) and a
+published generation's read-only snapshot (:mod:`.generations`)."""
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+__all__ = ["ITEM_COLUMNS", "row_dict", "items_by_id"]
+
+ITEM_COLUMNS = "id, relpath, size, mtime_ns, sha256, caption, partition, shard, row"
+ID_CHUNK = 500  # ids per `IN (...)` query, under SQLite's bound-parameter limit
+
+
+def row_dict(row: Sequence[Any]) -> dict[str, Any]:
+    """One ``SELECT ITEM_COLUMNS`` row as the item dict callers see."""
+    return {"id": row[0], "relpath": row[1], "size": row[2], "mtime": row[3] / 1e9, "mtime_ns": row[3],
+            "sha256": row[4], "caption": row[5], "partition": row[6], "shard": row[7], "row": row[8]}
+
+
+def items_by_id(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """The items of ``ids`` found in ``conn``'s ``items`` table (unknown ids are left out); the caller holds
+    the connection's lock."""
+    ids = [int(i) for i in ids]
+    out: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(ids), ID_CHUNK):
+        chunk = ids[start:start + ID_CHUNK]
+        q = f"SELECT {ITEM_COLUMNS} FROM items WHERE id IN ({','.join('?' * len(chunk))})"
+        for row in conn.execute(q, chunk):
+            out[row[0]] = row_dict(row)
+    return out
