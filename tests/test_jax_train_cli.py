@@ -42,7 +42,7 @@ def test_jax_cli_open_clip_jax_flags_need_the_jax_engine():
      "--engine jax: argument --global-batch-size: invalid int value: 'many'"),
     (["--engine", "jax", "--recipe", "tiny-shape"], "unknown recipe 'tiny-shape' for the JAX engine; did you mean "
                                                     "'tiny-shapes'?"),
-    (["--engine", "mxnet"], "unknown engine 'mxnet': use torch or jax"),
+    (["--engine", "mxnet"], "unknown engine 'mxnet': use torch, jax or mindspore"),
     (["--engine", "jax", "--train-path", "shapes-classes:64", "--global-batch-size", "32", "--n-epochs", "1",
       "--model-name", "vit-eps-patch32", "--image-size", "32"],
      "the run has 2 steps, not more than its 10000 warm-up steps (the cosine schedule decays after them); lower "

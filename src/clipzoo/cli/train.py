@@ -29,8 +29,8 @@ NOT_JAX = ("pretrained", "grad_accum", "grad_clip", "ema", "lock_image", "lock_t
 @user_errors
 def train(
     ctx: typer.Context,
-    engine: str = typer.Option("torch", "--engine", help="torch, or jax (open_clip_jax's trainer: also takes its "
-                               "main.py options --train-path, --global-batch-size, --learning-rate, …)."),
+    engine: str = typer.Option("torch", "--engine", help="torch, mindspore, or jax (open_clip_jax's trainer: also "
+                               "takes its main.py options --train-path, --global-batch-size, --learning-rate, …)."),
     recipe: str | None = typer.Option(None, "--recipe", help="A named recipe, e.g. tiny-shapes (flags override it)."),
     config: Path | None = typer.Option(None, "--config", "-c",
                                        help="A .toml / .yaml / .json config (flags override it)."),
@@ -82,11 +82,14 @@ def train(
       clipzoo train --config run.toml --resume latest
       clipzoo train --config run.toml --teacher runs/big/model --loss simreg
       clipzoo train --towers towers.json --adapters '{"image": {"method": "lora", "r": 8}}' --data train.csv
+      clipzoo train --engine mindspore --model tiny-ViT --data train.csv --steps 10 --output runs/ms
       clipzoo train --engine jax --train-path train.csv --image-key image_path --text-key caption \\
           --global-batch-size 128 --model-name vit-base-patch32 --learning-rate 1e-3 --n-epochs 30
     """
     if engine != "torch" or ctx.args:
         given = {k: v for k, v in locals().items() if k not in ("ctx", "engine", "config", "recipe")}
+        if engine == "mindspore":
+            return _train_mindspore(given, recipe, config, ctx.args)
         return _train_jax(given, recipe, config, ctx.args, engine)
     from clipzoo.train.config import ConfigError, TrainConfig, load_config, table_option
     from clipzoo.train.engine import train as run
@@ -119,6 +122,15 @@ def _summary(result) -> str:
     return summary
 
 
+def _train_mindspore(given: dict, recipe: "str | None", config: "Path | None", extra: list[str]) -> None:
+    """``--engine mindspore``: the torch trainer's config, trained in MindSpore (a check of the port)."""
+    from clipzoo.train.mindspore import config_from_flags, train_mindspore
+
+    result = train_mindspore(config_from_flags(given, recipe, config, extra))
+    note(_summary(result).replace(" steps;", " steps (mindspore);", 1)
+         + f"; MindSpore checkpoint {result.model_dir}/model.ckpt")
+
+
 class _JaxArgs(argparse.ArgumentParser):
     def error(self, message: str):
         from clipzoo.train.config import ConfigError
@@ -131,7 +143,7 @@ def _train_jax(given: dict, recipe: "str | None", config: "Path | None", extra: 
     from clipzoo.train.config import ConfigError
 
     if engine != "jax":
-        raise ConfigError(f"unknown engine {engine!r}: use torch or jax" if engine != "torch" else
+        raise ConfigError(f"unknown engine {engine!r}: use torch, jax or mindspore" if engine != "torch" else
                           f"unknown option(s) {' '.join(extra)} (open_clip_jax's options need --engine jax)")
     from clipzoo.train.jax import jax_recipe, load_jax_config, train_jax
 

@@ -1,0 +1,247 @@
+"""Drop-in for MindSpore-CLIP's ``open_clip`` (mindspore-lab/mindcv ``examples/open_clip``) on clipzoo's MindSpore
+models.
+
+    from clipzoo.compat.mindspore import open_clip     # was: from src import open_clip
+    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms("ViT-B-32", "model.ckpt")
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    image_features, text_features, logit_scale = model(Tensor(preprocess_val(img)), tokenizer(["a cat"]))
+
+- :func:`create_model_and_transforms` -> ``(model, preprocess_train, preprocess_val)`` and :func:`create_model`:
+  ``model_name`` one of :func:`list_models` (or a config added with :func:`add_model_config`); ``pretrained``
+  ``"openai"``, a tag of :func:`list_pretrained` (MindSpore-CLIP's released ``.ckpt``, downloaded once into
+  ``cache_dir``) or a local ``.ckpt`` in MindSpore-CLIP's names. The model is an ``nn.Cell`` whose
+  ``model(image, text)`` gives ``(image_features, text_features, logit_scale)`` (normalised features) and whose
+  ``encode_image`` / ``encode_text`` take ``normalize=``. The transforms are MindSpore-CLIP's ``mindspore.dataset``
+  pipelines (a PIL image -> a one-item tuple of a CHW float32 array).
+- :func:`get_tokenizer` (its ``tokenize`` at the model's context length), :func:`tokenize` (int64 ids, always
+  truncated), :func:`decode`, :func:`list_models`, :func:`list_pretrained` (``(model, tag)`` pairs, ``"model:tag"``
+  with ``as_str``), :func:`list_pretrained_tags_by_model`, :func:`list_pretrained_models_by_tag`.
+- MindSpore-CLIP's RuntimeErrors, word for word: ``"Model config for {name} not found."`` and
+  ``"Pretrained weights ({tag}) not found for model {name}.Available pretrained tags ([...]."``.
+
+Differences: float32 on MindSpore's CPU wheel only (``precision`` other than fp32 and ``force_custom_text`` raise a
+ClipzooError; another ``device`` warns and runs on the CPU); ``jit=True`` compiles ``encode_image`` /
+``encode_text`` with ``mindspore.jit``; ``force_patch_dropout`` is accepted and, as in open_clip's inference mode,
+changes nothing; ``force_image_size`` with pretrained weights of another size is refused (no position-embedding
+resize); the weights are loaded strictly (a mismatch is a one-line error, not MindSpore's silent partial load).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import mindspore as ms
+import numpy as np
+
+from ...errors import UnknownModelError, UnsupportedError
+from ...models.mindspore_config import MODEL_CONFIGS, get_config
+from ...registry import REGISTRY
+from ...tokenizers import shared
+from .common import (
+    OpenClipModel,
+    build_net,
+    catalog_ckpt,
+    check_device,
+    image_size_of,
+    image_transform,
+    read_params,
+    token_ids,
+)
+
+__all__ = ["create_model", "create_model_and_transforms", "get_tokenizer", "tokenize", "decode", "list_models",
+           "list_pretrained", "list_openai_models", "list_pretrained_tags_by_model", "list_pretrained_models_by_tag",
+           "add_model_config", "get_model_config", "image_transform", "OPENAI_DATASET_MEAN", "OPENAI_DATASET_STD"]
+
+OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
+# the model_configs MindSpore-CLIP's open_clip ships (clipzoo's tiny-* test configs are taken too, unlisted)
+SHIPPED = ("RN50", "RN50-quickgelu", "RN101", "RN101-quickgelu", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32",
+           "ViT-B-32-quickgelu", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "ViT-bigG-14")
+ADDED: dict[str, dict[str, Any]] = {}  # add_model_config's configs
+FP32 = ("fp32", "float32")
+PRETRAINED_IMAGE = "pretrained image towers currently only supported for timm models"
+
+
+class ConfigNotFoundError(UnknownModelError, RuntimeError):
+    """MindSpore-CLIP's RuntimeError for an unknown model config, pretrained tag or OpenAI model, and clipzoo's
+    error."""
+
+
+class PretrainedImageError(UnsupportedError, AssertionError):
+    """open_clip's assertion for ``pretrained_image=True`` on a model without a timm image tower."""
+
+
+def _natural_key(string_: str) -> list:
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", string_.lower())]
+
+
+def list_models() -> list[str]:
+    """enumerate available model architectures based on config files"""
+    return sorted({*SHIPPED, *ADDED}, key=_natural_key)
+
+
+def add_model_config(path: "str | os.PathLike") -> None:
+    """add model config path or file (open_clip's JSON: ``embed_dim``, ``vision_cfg``, ``text_cfg``)"""
+    path = Path(path)
+    for file in sorted(path.glob("*.json")) if path.is_dir() else [path]:
+        cfg = json.loads(file.read_text())
+        if all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+            ADDED[file.stem] = cfg
+
+
+def get_model_config(model_name: str) -> "dict[str, Any] | None":
+    if model_name in ADDED:
+        return copy.deepcopy(ADDED[model_name])
+    return copy.deepcopy(MODEL_CONFIGS[model_name]) if model_name in MODEL_CONFIGS else None
+
+
+def _pairs() -> list[tuple[str, str]]:
+    """MindSpore-CLIP's (model, tag) pairs that have a released .ckpt (catalog/mindspore.toml's aliases)."""
+    pairs = []
+    for card in REGISTRY.find(backend="mindspore"):
+        for alias in card.also_known_as:
+            model, _, tag = alias.removeprefix("mindspore:").partition("/")
+            if tag and model in SHIPPED:
+                pairs.append((model, tag))
+    order = {m: i for i, m in enumerate(SHIPPED)}
+    return sorted(set(pairs), key=lambda p: (order[p[0]], p[1] != "openai", p[1]))
+
+
+def list_pretrained(as_str: bool = False) -> list:
+    """``(model_name, pretrain_tag)`` pairs, or ``"name:tag"`` with ``as_str``."""
+    return [":".join(p) if as_str else p for p in _pairs()]
+
+
+def list_pretrained_tags_by_model(model: str) -> list[str]:
+    return [t for m, t in _pairs() if m == model]
+
+
+def list_pretrained_models_by_tag(tag: str) -> list[str]:
+    tag = tag.lower().replace("-", "_")
+    return [m for m, t in _pairs() if t == tag]
+
+
+def tokenize(texts: "str | list[str]", context_length: int = 77) -> ms.Tensor:
+    """int64 ids [number of input strings, context_length]; a longer text is truncated (last token end-of-text)."""
+    return ms.Tensor(token_ids(texts, context_length, truncate=True))
+
+
+def get_tokenizer(model_name: str):
+    """:func:`tokenize` at the model's context length."""
+    config = get_model_config(model_name)
+    if config is None:
+        raise ConfigNotFoundError(f"Model config for {model_name} not found.")
+    context_length = config["text_cfg"].get("context_length")
+    return partial(tokenize, context_length=context_length) if context_length else tokenize
+
+
+def decode(output_ids) -> str:
+    """The text of one row of ids, every id included (``<start_of_text>``, ``<end_of_text>``, padding ``!``)."""
+    tok = shared()
+    ids = output_ids.asnumpy() if hasattr(output_ids, "asnumpy") else output_ids
+    special = {tok.sot_token_id: "<start_of_text>", tok.eot_token_id: "<end_of_text>"}
+    text = "".join(special.get(int(i)) or tok.decoder[int(i)] for i in list(ids))
+    return bytearray([tok.byte_decoder[c] for c in text]).decode("utf-8", errors="replace").replace("</w>", " ")
+
+
+def _config(model_name: str, openai: bool, force_quick_gelu: bool, force_image_size) -> dict[str, Any]:
+    cfg = get_model_config(model_name)
+    if cfg is None:
+        raise ConfigNotFoundError(f"Model config for {model_name} not found.")
+    cfg = get_config(cfg)
+    if force_quick_gelu or openai:
+        cfg["quick_gelu"] = True  # OpenAI's weights are QuickGELU ones, as open_clip's openai loader builds them
+    if force_image_size is not None:
+        cfg["vision_cfg"]["image_size"] = force_image_size
+    return cfg
+
+
+def list_openai_models() -> list[str]:
+    """The models with OpenAI's weights (tag ``openai``)."""
+    return list_pretrained_models_by_tag("openai")
+
+
+def _weights(model_name: str, pretrained: str, cache_dir) -> "dict[str, Any]":
+    found = catalog_ckpt(model_name, pretrained.lower().replace("-", "_"), cache_dir)
+    if found is None and os.path.isfile(pretrained):
+        return read_params(pretrained)
+    if found is None:
+        raise ConfigNotFoundError(f"Pretrained weights ({pretrained}) not found for model {model_name}."
+                                  f"Available pretrained tags ({list_pretrained_tags_by_model(model_name)}.")
+    return read_params(found[0])
+
+
+def create_model(model_name: str, pretrained: "str | None" = None, precision: str = "fp32", device: str = "CPU",
+                 jit: bool = False, force_quick_gelu: bool = False, force_custom_text: bool = False,
+                 force_patch_dropout: "float | None" = None, force_image_size: "int | None" = None,
+                 pretrained_image: bool = False, cache_dir: "str | None" = None, require_pretrained: bool = False,
+                 **model_kwargs: Any) -> OpenClipModel:
+    """MindSpore-CLIP's ``create_model`` (see the module's docstring for ``pretrained``)."""
+    model_name = model_name.replace("/", "-")  # for callers using old naming with / in ViT names
+    if precision not in FP32:
+        raise UnsupportedError(f"precision {precision!r}: clipzoo's MindSpore drop-in runs fp32 only; use 'fp32'")
+    if force_custom_text:
+        raise UnsupportedError("force_custom_text=True: clipzoo's MindSpore drop-in builds open_clip's CLIP (the "
+                               "text tower at the top level) only; leave force_custom_text=False")
+    if model_kwargs:
+        raise UnsupportedError(f"unknown create_model option(s) for the MindSpore drop-in: {', '.join(model_kwargs)}")
+    if pretrained_image:
+        raise PretrainedImageError(PRETRAINED_IMAGE)
+    check_device(device)
+    openai = bool(pretrained) and pretrained.lower() == "openai"
+    if openai and model_name not in list_openai_models():  # MindSpore-CLIP's load_openai_model
+        raise ConfigNotFoundError(f"Model {model_name} not found; available models = {list_openai_models()}")
+    cfg = _config(model_name, openai, force_quick_gelu, force_image_size)
+    if require_pretrained and not pretrained:
+        raise ConfigNotFoundError(f"Pretrained weights were required for (model: {model_name}, pretrained: "
+                                  f"{pretrained}) but not loaded.")
+    params = _weights(model_name, pretrained, cache_dir) if pretrained else _random_params(cfg)
+    model = build_net(OpenClipModel, cfg, params)
+    model.visual.image_mean, model.visual.image_std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    model.visual.patch_dropout = float(force_patch_dropout or 0.0)
+    if jit:
+        model.encode_image, model.encode_text = ms.jit(model.encode_image), ms.jit(model.encode_text)
+    return model
+
+
+def _random_params(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Random weights for an untrained model (``pretrained=None``): normal(0, 0.02) weights, unit norms and
+    variances, zero biases and means, logit scale log(1 / 0.07) as open_clip starts it."""
+    net = OpenClipModel(cfg)
+    rng = np.random.default_rng(0)
+    params = {}
+    for p in net.get_parameters():
+        shape = tuple(p.shape)
+        if p.name.endswith(("gamma", "moving_variance")):
+            params[p.name] = np.ones(shape, np.float32)
+        elif p.name.endswith(("beta", "moving_mean", "bias")):
+            params[p.name] = np.zeros(shape, np.float32)
+        elif p.name == "logit_scale":
+            params[p.name] = np.float32(np.log(1 / 0.07))
+        else:
+            params[p.name] = (rng.standard_normal(shape) * 0.02).astype(np.float32)
+    return params
+
+
+def create_model_and_transforms(model_name: str, pretrained: "str | None" = None, precision: str = "fp32",
+                                device: str = "CPU", jit: bool = False, force_quick_gelu: bool = False,
+                                force_custom_text: bool = False, force_patch_dropout: "float | None" = None,
+                                force_image_size: "int | None" = None, pretrained_image: bool = False,
+                                image_mean=None, image_std=None, aug_cfg: "dict[str, Any] | None" = None,
+                                cache_dir: "str | None" = None, **model_kwargs: Any):
+    """``(model, preprocess_train, preprocess_val)`` — see :func:`create_model`."""
+    model = create_model(model_name, pretrained, precision=precision, device=device, jit=jit,
+                         force_quick_gelu=force_quick_gelu, force_custom_text=force_custom_text,
+                         force_patch_dropout=force_patch_dropout, force_image_size=force_image_size,
+                         pretrained_image=pretrained_image, cache_dir=cache_dir, **model_kwargs)
+    image_mean = image_mean or model.visual.image_mean
+    image_std = image_std or model.visual.image_std
+    size = image_size_of(model.config)
+    preprocess_train = image_transform(size, is_train=True, mean=image_mean, std=image_std, aug_cfg=aug_cfg)
+    preprocess_val = image_transform(size, is_train=False, mean=image_mean, std=image_std)
+    return model, preprocess_train, preprocess_val
