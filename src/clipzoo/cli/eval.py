@@ -23,6 +23,8 @@ from ._common import (
     user_errors,
 )
 from .eval_elevater import elevater
+from .eval_mteb import mteb
+from .eval_multilabel import voc2007_multilabel
 from .eval_senteval import senteval
 
 eval_app = typer.Typer(help="Evaluate a model: zero-shot, retrieval, linear probe, kNN, clustering, text tasks.",
@@ -323,6 +325,7 @@ def register(app: typer.Typer) -> None:
     for name, fn in (("zeroshot", zeroshot), ("retrieval", retrieval), ("linear-probe", linear_probe), ("knn", knn),
                      ("cluster", cluster), ("text-retrieval", text_retrieval), ("similarity", similarity),
                      ("all", all_tasks), ("report", report), ("elevater", elevater),
-                     ("senteval", senteval)):
+                     ("senteval", senteval), ("voc2007-multilabel", voc2007_multilabel),
+                     ("mteb", mteb)):
         eval_app.command(name)(fn)
     app.add_typer(eval_app, name="eval")

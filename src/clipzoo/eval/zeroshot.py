@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .metrics import EvalInputError, zeroshot_logits, zeroshot_metrics
+from .multilabel_metrics import multilabel_metrics
 
 __all__ = ["zeroshot_classify", "zeroshot_predict", "class_weights", "zeroshot_metrics", "zeroshot_logits"]
 
@@ -62,7 +63,9 @@ def zeroshot_predict(model, images_or_loader: Any, classnames: Sequence[str], te
         feats = model.encode_image(images, batch_size=batch_size)
         logits.append(model.similarity(feats, weights).float().cpu())
         if target is not None:
-            targets.append(torch.as_tensor(target).reshape(-1).long().cpu())
+            target = torch.as_tensor(target)  # (B,) class ids, or (B, C) 0/1 for multi-label data (VOC 2007)
+            multi = target.ndim == 2 and target.shape[1] == len(weights) > 1
+            targets.append((target if multi else target.reshape(-1)).long().cpu())
     if not logits:
         raise EvalInputError("no images to classify: the data set is empty")
     return torch.cat(logits), (torch.cat(targets) if targets else None)
@@ -74,8 +77,12 @@ def zeroshot_classify(model, images_or_loader: Any, labels: Any, classnames: Seq
 
     ``images_or_loader``: images (paths, PIL images, arrays, or a float pixel tensor) with their class ids
     in ``labels``; or an iterable of ``(images, targets)`` batches (a DataLoader) with ``labels=None``.
+    (N, C) 0/1 targets (multi-label data such as VOC 2007) give ``mean_average_precision`` and the per-class
+    values instead, as CLIP_benchmark does.
     """
     logits, targets = zeroshot_predict(model, images_or_loader, classnames, templates, labels, batch_size)
     if targets is None:
         raise EvalInputError("no labels: pass labels, or a loader yielding (images, targets)")
+    if targets.ndim == 2:  # multi-label, as CLIP_benchmark detects it: mean average precision over classes
+        return multilabel_metrics(logits, targets, list(classnames))
     return zeroshot_metrics(logits, targets, num_classes=len(list(classnames)))
