@@ -4,7 +4,10 @@ JAX engine vs clipzoo's torch trainer on the same tiny model, data and settings.
 ``--mode recipe``: ``clipzoo train --engine jax --recipe tiny-shapes`` in this process (the JAX recipe's ViT at
 64 px on ``shapes-classes:20000``, 800 steps of 128, zero-shot on 770 held-out shapes every 200 steps); the JSON
 holds every evaluation with the wall time since start (process start to that point, data generation included),
-and is rewritten after each, so a run stopped early still reports what it reached.
+and is rewritten after each, so a run stopped early still reports what it reached. At the end the run's
+``params.pkl`` is converted to an open_clip torch model (``clipzoo convert --from jax``'s conversion) and both score
+the held-out shapes: ``torch_conversion`` holds the torch model's acc1 and how many predictions agree.
+``--recipe-steps N`` shortens the run for debugging (evaluated at its end, or every ``--eval-every``).
 
 ``--mode throughput``: the same ViT (the JAX recipe's config, converted to an open_clip config for torch), the
 same generated shapes in memory, batch, AdamW settings, fp32 on the CPU; each trainer runs ``--steps`` steps and
@@ -15,6 +18,7 @@ takes by default. The torch trainer runs the text tower only up to each batch's 
 runs the whole context (24 here).
 
     python benchmarks/jax_train.py --mode recipe --out benchmarks/results/jax_train_recipe.json
+    python benchmarks/jax_train.py --mode recipe --recipe-steps 100 --out /tmp/recipe100.json
     python benchmarks/jax_train.py --mode throughput --steps 30 --warmup-steps 10 --batch-size 64 --repeats 2
 """
 from __future__ import annotations
@@ -44,6 +48,9 @@ def recipe(args) -> dict:
                                             progress=False)
     if args.model_config:  # another JAX config in open_clip_jax's JSON form (e.g. a tiny ConvNeXt)
         cfg = cfg.replace(model_config=json.loads(args.model_config))
+    if args.recipe_steps:  # a shorter debugging run: fewer steps, evaluated at its end (and every --eval-every)
+        cfg = cfg.replace(steps=args.recipe_steps, eval_every=args.eval_every or args.recipe_steps,
+                          n_warmup_steps=min(cfg.n_warmup_steps, args.recipe_steps // 4))
     out: dict = {"benchmark": "jax_train recipe", "recipe": "tiny-shapes", "config": cfg.as_dict(), "evals": [],
                  "cpu_count": os.cpu_count()}
 
@@ -62,7 +69,48 @@ def recipe(args) -> dict:
     out["total_s"] = round(time.perf_counter() - T0, 1)
     out["load_average"] = load_average()
     out["reached_95"] = out["final_acc1"] >= 0.95
+    out["torch_conversion"] = converted_check(cfg, Path(cfg.output))
+    _write(args.out, out)
     return out
+
+
+def converted_check(cfg, run: Path) -> dict:
+    """The run's ``params.pkl`` converted to an open_clip torch model (``clipzoo convert --from jax``'s
+    conversion): its zero-shot acc1 on the held-out shapes through the Evaluator, and how many of the 770
+    per-image predictions (one prompt per class) equal the JAX model's."""
+    import open_clip
+    import torch
+
+    import clipzoo
+    from clipzoo.backends.jax import read_params
+    from clipzoo.backends.open_clip import OpenClipComparator
+    from clipzoo.cards import ModelCard
+    from clipzoo.convert.jax import jax_to_open_clip, open_clip_config
+    from clipzoo.datasets.readers import open_dataset
+    from clipzoo.datasets.records import decode_image
+    from clipzoo.eval.runner import Evaluator
+
+    params = run / "model" / "params.pkl"
+    jx = clipzoo.load(str(params))  # params.config.json beside it names the config
+    tm = open_clip.CLIP(**open_clip_config(cfg.model, cfg.image_size, cfg.context_len)).eval()
+    tm.load_state_dict(jax_to_open_clip(read_params(params), cfg.model))
+    card = ModelCard(architecture="clip", publisher="local", id="converted", backend="open_clip")
+    torch_cmp = OpenClipComparator(card, tm, transform=jx.transform, tokenizer=jx.tokenizer, precision="fp32",
+                                   model_name=None, model_config=None, preprocess_config={"size": cfg.image_size})
+    held = cfg.eval_data.startswith("shapes-heldout:")  # the trainer wrote it into the run folder
+    data = open_dataset(str(run / "heldout") if held else cfg.eval_data)
+    acc1 = Evaluator(torch_cmp, workers=0, batch_size=256).zeroshot(data).metrics["acc1"]
+    records = list(data)
+    pixels = torch.stack([jx.transform(decode_image(r)) for r in records])
+    prompts = jx.tokenize([f"a photo of a {c}." for c in data.classnames])
+    with torch.no_grad():
+        ji, jt = jx.encode_pixels(pixels), jx.encode_tokens(prompts)
+        ti, tt = tm.encode_image(pixels), tm.encode_text(prompts)
+    norm = torch.nn.functional.normalize
+    jpred, tpred = (norm(ji, dim=-1) @ norm(jt, dim=-1).T).argmax(1), (norm(ti, dim=-1) @ norm(tt, dim=-1).T).argmax(1)
+    return {"torch_acc1": acc1, "images": len(records), "same_predictions": int((jpred == tpred).sum()),
+            "max_abs_diff_image_features": float((ji - ti).abs().max()),
+            "max_abs_diff_text_features": float((jt - tt).abs().max())}
 
 
 def _timed(times: list):
@@ -119,6 +167,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2, help="throughput: runs of each trainer, alternating")
     ap.add_argument("--model-config", default=None, help="recipe: a JAX model config (JSON) instead of the recipe's")
+    ap.add_argument("--recipe-steps", type=int, default=None, help="recipe: train this many steps (default: the "
+                    "recipe's 800)")
+    ap.add_argument("--eval-every", type=int, default=None, help="recipe, with --recipe-steps: evaluate every N steps")
     ap.add_argument("--output", default=None, help="recipe: the run folder (default: a temporary one)")
     ap.add_argument("--out", default=None, help="write the JSON here too")
     args = ap.parse_args()
