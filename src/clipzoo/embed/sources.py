@@ -7,6 +7,7 @@ Image files and tar members are told by the same suffixes, :data:`clipzoo.consta
 """
 from __future__ import annotations
 
+import csv
 import io
 import os
 import tarfile
@@ -15,10 +16,16 @@ from dataclasses import dataclass
 
 from ..constants import IMAGE_SUFFIXES
 from ..errors import BadImageError, BadTextError, ClipzooError
+from ..extras import require
 from ..files import expand_files
 from ..inputs import load_rgb
+from .decode import decode_bytes
 
-__all__ = ["expand_image_paths", "read_texts", "TarMember", "tar_image_members", "expand_image_inputs"]
+__all__ = ["expand_image_paths", "read_texts", "TarMember", "tar_image_members", "expand_image_inputs",
+           "table_image_paths", "TABLE_PATH_COLUMNS"]
+
+TABLE_PATH_COLUMNS = ("image_path", "path", "filepath")
+"""The column of a CSV / parquet input that holds the image paths (the first one present)."""
 
 
 def expand_image_paths(paths: "str | os.PathLike | Iterable[str | os.PathLike]") -> list[str]:
@@ -69,7 +76,8 @@ class TarMember:
 
     def open_rgb(self, draft_size: int | None = None):
         try:
-            return load_rgb(io.BytesIO(self.read()), draft_size)
+            data = self.read()  # fast decoding as for files (embed.decode); without draft_size PIL's full decode
+            return decode_bytes(data, draft_size) if draft_size else load_rgb(io.BytesIO(data))
         except Exception as exc:  # noqa: BLE001 - any decoder failure names the member
             raise BadImageError(f"image {str(self)!r} cannot be decoded ({type(exc).__name__}: {exc}); "
                                 "is the tar member a corrupt or non-image file?") from None
@@ -93,6 +101,30 @@ def tar_image_members(path: "str | os.PathLike") -> list[TarMember]:
     return members
 
 
+def table_image_paths(path: "str | os.PathLike") -> list[str]:
+    """The image paths of a ``.csv`` (header row) or ``.parquet`` table, in row order, from its first column
+    named in :data:`TABLE_PATH_COLUMNS` (other columns, such as ``caption``, are ignored); a relative path is
+    taken from the table's folder."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise BadImageError(f"table {path!r} does not exist; pass a .csv or .parquet file of image paths")
+    if path.lower().endswith(".parquet"):
+        table = require("pyarrow.parquet", "reading a parquet table of images").read_table(path)
+        columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    else:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        columns = {name: [r[name] for r in rows] for name in (rows[0].keys() if rows else [])}
+    name = next((c for c in TABLE_PATH_COLUMNS if c in columns), None)
+    if name is None:
+        raise BadImageError(f"table {path!r} has no image path column; name one of {', '.join(TABLE_PATH_COLUMNS)}")
+    base = os.path.dirname(os.path.abspath(path))
+    paths = [os.path.join(base, os.path.expanduser(str(p))) for p in columns[name] if p not in (None, "")]
+    if not paths:
+        raise BadImageError(f"table {path!r} lists no images in its {name!r} column")
+    return paths
+
+
 def _is_tar_spec(text: str) -> bool:
     return text.lower().endswith(".tar") or ("{" in text and ".tar" in text.lower())
 
@@ -110,6 +142,9 @@ def expand_image_inputs(inputs: "str | os.PathLike | Iterable[str | os.PathLike]
             out.append(given)
             continue
         text = os.fspath(given)
+        if text.lower().endswith((".csv", ".parquet")):
+            out.extend(table_image_paths(os.path.expanduser(text)))
+            continue
         if not _is_tar_spec(text):
             out.extend(expand_image_paths(text))
             continue

@@ -1,0 +1,274 @@
+"""Embedding on a Ray cluster (``clipzoo embed … --engine ray``): Ray Data reads and decodes images in tasks, an
+actor pool (one model per actor, one GPU each on CUDA) embeds them, and this process writes the rows shard by shard.
+
+The inputs are listed exactly as the local engine lists them (:func:`clipzoo.embed.sources.expand_image_inputs`:
+files, folders, webdataset tars, CSV / parquet tables), then cut into contiguous shards of ``shard_rows`` rows.
+Each shard is written as ``OUT.parts/part-SSSSS-of-WWWWW.npy`` + its JSON sidecar (the sidecar last: it is the
+shard's completion record), and when all are there they are joined in order into ``OUT.npy`` + ``OUT.json`` —
+the same ids in the same order as the local engine (:func:`clipzoo.embed.distributed.merge_parts`).
+
+- **Resumable**: a rerun keeps every shard whose record matches (same model, bounds and inputs) and embeds the
+  rest only.
+- **Fault tolerant**: the actors are restarted by Ray (Ray Data's actor pools default to ``max_restarts=-1``) and
+  their batch retried (``max_task_retries=-1``); decode tasks are retried as Ray tasks are. Rows are keyed by
+  input index, so a retried batch can neither duplicate nor drop a row, and a shard is committed only when every
+  one of its rows is in.
+- **Fault injection** (tests): ``CLIPZOO_RAY_KILL_AT=ROW:MARKER`` makes the actor that embeds input ``ROW`` kill
+  its own process once (the ``MARKER`` file says it has happened).
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from ..cards import IMAGE
+from ..errors import BadImageError, ClipzooError
+from ..extras import require
+from ..files import atomic_write
+from ..progress import progress as progress_bar
+from .batches import check_batch_size
+from .distributed import merge_parts, part_name, parts_dir
+from .handover import Uint8Crop, normalize_uint8, split_transform
+from .loader import ImageFiles, draft_size_for
+from .results import npy_path, sidecar_path, write_sidecar
+from .sources import TarMember, expand_image_inputs
+
+__all__ = ["RayOptions", "require_ray", "shard_plan", "finished_shards", "embed_with_ray", "KILL_ENV",
+           "DEFAULT_SHARD_ROWS", "connect", "map_on_ray", "EmbedActor", "decode_batch"]
+
+KILL_ENV = "CLIPZOO_RAY_KILL_AT"
+DEFAULT_SHARD_ROWS = 4096
+FEATURE = "--engine ray"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide: ``address`` (None: a local Ray started here; ``auto``; ``ray://HOST:10001``),
+    ``num_workers`` embedding actors (None: the cluster's GPUs on CUDA, else half its CPUs), ``gpu`` (one GPU
+    per actor), ``batch_size`` and ``shard_rows``."""
+
+    address: str | None = None
+    num_workers: int | None = None
+    gpu: bool = False
+    batch_size: int = 64
+    shard_rows: int = DEFAULT_SHARD_ROWS
+    init_kwargs: dict = field(default_factory=dict)
+
+
+def require_ray():
+    """``ray`` with Ray Data, or the one-line error naming the extra."""
+    ray = require("ray", FEATURE)
+    require("ray.data", FEATURE)
+    return ray
+
+
+def shard_plan(n: int, shard_rows: int) -> list[tuple[int, int]]:
+    """Contiguous ``[start, stop)`` shards of ``shard_rows`` rows (the last may be shorter) covering ``n`` inputs."""
+    if shard_rows < 1:
+        raise ClipzooError(f"shard rows must be at least 1, got {shard_rows}")
+    return [(s, min(s + shard_rows, n)) for s in range(0, n, shard_rows)]
+
+
+def finished_shards(out, names: list[str], plan: list[tuple[int, int]], model: str,
+                    normalized: bool = True) -> set[int]:
+    """The shards of ``plan`` already written for these inputs by ``model`` (their record and rows are there)."""
+    folder, done = parts_dir(npy_path(out)), set()
+    for i, (start, stop) in enumerate(plan):
+        part = folder / part_name(i, len(plan))
+        side = sidecar_path(part)
+        if not (part.is_file() and side.is_file()):
+            continue
+        try:
+            meta = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        bounds = meta.get("part", {})
+        seen = list(meta.get("inputs", [])) + [s["input"] for s in meta.get("skipped", [])]
+        same = (meta.get("model"), meta.get("normalized"), bounds.get("start"), bounds.get("stop"))
+        if same == (model, normalized, start, stop) and sorted(seen) == sorted(names[start:stop]):
+            done.add(i)
+    return done
+
+
+# ------------------------------------------------------------------ what runs in the tasks and actors
+def item_row(index: int, item) -> dict[str, Any]:
+    """One input as a Ray Data row (plain values: a path, or a tar member's tar, name, offset and size)."""
+    if isinstance(item, TarMember):
+        return {"index": index, "path": item.tar, "member": item.name, "offset": item.offset, "size": item.size}
+    return {"index": index, "path": str(item), "member": "", "offset": -1, "size": -1}
+
+
+def row_item(path: str, member: str, offset: int, size: int):
+    return TarMember(str(path), str(member), int(offset), int(size)) if member else str(path)
+
+
+def decode_batch(batch: dict, transform, draft: int | None) -> dict:
+    """A Ray Data task: decode and preprocess a batch of inputs (errors returned per row, as the local loader does)."""
+    import numpy as np
+
+    items = [row_item(*r) for r in zip(batch["path"], batch["member"], batch["offset"], batch["size"], strict=True)]
+    decoded = [ImageFiles(items, transform, draft)[k] for k in range(len(items))]
+    shape = next((tuple(x.shape) for _, x, err in decoded if err is None), None)
+    dtype = next((x.numpy().dtype for _, x, err in decoded if err is None), np.uint8)
+    pixels = np.zeros((len(items), *(shape or (1,))), dtype)
+    for k, (_, x, err) in enumerate(decoded):
+        if err is None:
+            pixels[k] = x.numpy()
+    return {"index": np.asarray(batch["index"], np.int64), "pixels": pixels,
+            "error": np.asarray([err or "" for _, _, err in decoded], dtype=object)}
+
+
+class EmbedActor:
+    """A Ray Data actor: loads the model once (``load()``), then embeds decoded batches."""
+
+    def __init__(self, load: Callable, normalize: bool, kill_at: tuple[int, str] | None = None):
+        self.model = load()
+        self.split = split_transform(self.model.transform)
+        self.normalize = normalize
+        self.kill_at = kill_at
+
+    def _fault(self, indices) -> None:
+        row, marker = self.kill_at or (None, "")
+        if row is not None and row in set(int(i) for i in indices) and not os.path.exists(marker):
+            atomic_write(marker, lambda f: f.write(str(os.getpid()).encode()))
+            os.kill(os.getpid(), signal.SIGKILL)  # as an OOM kill or a lost node would
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+        import torch
+
+        self._fault(batch["index"])
+        ok = np.asarray([not e for e in batch["error"]], bool)
+        feats = np.zeros((len(ok), int(self.model.embed_dim)), np.float32)
+        if ok.any():
+            pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok])).to(self.model.device)
+            if self.split is not None and pixels.dtype == torch.uint8:  # uint8 crops; float pixels are ready
+                pixels = normalize_uint8(pixels, self.split)
+            with torch.no_grad():
+                feats[ok] = self.model.encode_image(pixels, normalize=self.normalize).float().cpu().numpy()
+        return {**{k: v for k, v in batch.items() if k != "pixels"}, "features": feats}  # other columns pass on
+
+
+# ------------------------------------------------------------------ the driver
+def connect(ray, options: RayOptions) -> bool:
+    """Join ``options.address`` (or start a local Ray) unless this process is connected; True when it joined here."""
+    if ray.is_initialized():
+        return False
+    local = {"include_dashboard": False} if options.address is None else {}
+    ray.init(address=options.address, **{**local, **options.init_kwargs})
+    return True
+
+
+def embed_with_ray(comparator, load: Callable, out, images: Any, *, options: RayOptions = RayOptions(),
+                   normalize: bool = True, progress: bool = False, skip_bad: bool = False,
+                   fast_decode: bool = True) -> dict[str, Any]:
+    """Embed ``images`` on Ray into ``out`` (``.npy`` + sidecar, as :func:`clipzoo.embed.embed_to_file` writes).
+
+    ``comparator`` (loaded here, e.g. on CPU) gives the preprocessing and the model's name; ``load`` is a
+    picklable zero-argument callable that loads the same model in each actor (on its GPU with ``options.gpu``).
+    Returns the sidecar's metadata plus ``"ray": {"shards", "skipped_shards", "embedded_shards"}``.
+    """
+    ray = require_ray()
+    comparator.require(IMAGE)
+    items = expand_image_inputs(images)
+    names = [str(x) for x in items]
+    npy = npy_path(out)
+    plan = shard_plan(len(items), options.shard_rows)
+    done = finished_shards(npy, names, plan, comparator.card.alias, normalize)
+    todo = [i for i in range(len(plan)) if i not in done]
+    parts_dir(npy).mkdir(parents=True, exist_ok=True)
+    if todo:
+        started = connect(ray, options)
+        try:
+            ds = _dataset(ray, comparator, load, items, plan, todo, options, normalize, fast_decode, progress)
+            _collect(ds, comparator, names, plan, todo, npy, normalize, skip_bad, progress)
+        finally:
+            if started:
+                ray.shutdown()
+    meta = merge_parts(npy, len(plan))
+    if not meta["inputs"]:
+        raise BadImageError(f"none of the {len(items)} images could be decoded; first error: "
+                            f"{meta['skipped'][0]['error'] if meta['skipped'] else '(none)'}")
+    return {**meta, "ray": {"shards": len(plan), "skipped_shards": len(done), "embedded_shards": len(todo)}}
+
+
+def _dataset(ray, comparator, load, items, plan, todo, options: RayOptions, normalize: bool, fast_decode: bool,
+             progress: bool):
+    """The Ray Data pipeline over the rows of the shards still to do: read -> decode (tasks) -> embed (actors)."""
+    rows = [item_row(i, items[i]) for s in todo for i in range(*plan[s])]
+    split = split_transform(comparator.transform)
+    transform = Uint8Crop(split) if split is not None else comparator.transform
+    draft = draft_size_for(comparator) if fast_decode else None
+    return map_on_ray(ray, rows, partial(decode_batch, transform=transform, draft=draft), load, options, normalize,
+                      progress)
+
+
+def map_on_ray(ray, rows: list[dict], decode: Callable, load: Callable, options: RayOptions, normalize: bool,
+               progress: bool):
+    """``rows`` (each with an ``index``) -> ``decode`` in Ray Data tasks (a batch dict in, ``index``, ``pixels``,
+    ``error`` and any other columns out) -> :class:`EmbedActor` s (``features`` in place of ``pixels``), in order."""
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")  # Ray's progress bars would replace builtins.print
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # shards complete one after another: bounded memory here
+    ctx.enable_progress_bars = progress
+    batch = check_batch_size(options.batch_size)
+    workers = options.num_workers or _default_workers(ray, options.gpu)
+    kill = os.environ.get(KILL_ENV)
+    kill_at = (int(kill.split(":", 1)[0]), kill.split(":", 1)[1]) if kill else None
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch, 200)))
+    ds = ds.map_batches(decode, batch_size=batch, num_cpus=1)
+    return ds.map_batches(EmbedActor, fn_constructor_kwargs={"load": load, "normalize": normalize, "kill_at": kill_at},
+                          batch_size=batch, concurrency=workers,
+                          num_gpus=1 if options.gpu else 0, num_cpus=0 if options.gpu else 1)
+    # Ray Data's actor pool restarts a dead actor and retries its batch (max_restarts=-1, max_task_retries=-1)
+
+
+def _default_workers(ray, gpu: bool) -> int:
+    resources = ray.cluster_resources()
+    return max(1, int(resources.get("GPU", 1))) if gpu else max(1, int(resources.get("CPU", 2)) // 2)
+
+
+def _collect(ds, comparator, names, plan, todo, npy, normalize: bool, skip_bad: bool, progress: bool) -> None:
+    """Take the actors' rows as they come and commit each shard when all its rows are in (once per row)."""
+    pending: dict[int, dict[int, tuple]] = {i: {} for i in todo}
+    starts = [start for start, _ in plan]
+    total = sum(plan[i][1] - plan[i][0] for i in todo)
+    with progress_bar(total, f"embedding {total} images on Ray", enabled=progress, unit="images") as advance:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for index, feats, err in zip(batch["index"], batch["features"], batch["error"], strict=True):
+                index = int(index)
+                if err and not skip_bad:
+                    raise BadImageError(f"{err} (to leave such images out: --skip-bad, skip_bad=True)")
+                shard = bisect.bisect_right(starts, index) - 1
+                pending[shard][index] = (feats, str(err or ""))
+                if len(pending[shard]) == plan[shard][1] - plan[shard][0]:
+                    _write_shard(npy, shard, plan, pending.pop(shard), names, comparator, normalize)
+            advance(len(batch["index"]))
+    if pending:
+        raise ClipzooError(f"the Ray run ended with {len(pending)} shard(s) of {npy} incomplete; rerun the same "
+                           "command to embed them (finished shards are kept)")
+
+
+def _write_shard(npy, shard: int, plan, rows: dict[int, tuple], names, comparator, normalize: bool) -> None:
+    """One shard's rows in input order -> ``part-….npy``, then its sidecar (the completion record)."""
+    import numpy as np
+
+    start, stop = plan[shard]
+    dim = int(comparator.embed_dim)
+    kept = [i for i in range(start, stop) if not rows[i][1]]
+    array = np.stack([rows[i][0] for i in kept]).astype(np.float32) if kept else np.zeros((0, dim), np.float32)
+    part = parts_dir(npy) / part_name(shard, len(plan))
+    atomic_write(part, lambda f: np.save(f, array))
+    write_sidecar(part, {"model": comparator.card.alias, "modality": IMAGE, "count": len(kept), "dim": dim,
+                         "dtype": "float32", "normalized": normalize, "inputs": [names[i] for i in kept],
+                         "skipped": [{"input": names[i], "error": rows[i][1]} for i in range(start, stop)
+                                     if rows[i][1]],
+                         "part": {"rank": shard, "world_size": len(plan), "start": start, "stop": stop}})
