@@ -10,10 +10,12 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from .backends import get_backend
+from .backends.hf_families import FAMILY_CLASSES, FAMILY_TYPES
 from .cards import ModelCard, Source
 from .checkpoints import read_json, sniff_folder
 from .download import fetch_remote, hub_file, remote_protocol
 from .errors import ClipzooError, ModelNotCachedError
+from .inputs import check_long_text
 from .packing import materialise
 from .registry import REGISTRY, list_models
 from .runtime import EAGER_NAMES, apply_runtime
@@ -36,7 +38,12 @@ def load(spec: "str | ModelCard | os.PathLike", device: str = "cpu", precision: 
     ``runtime``: ``"eager"`` (default), ``"compile"``, ``"onnx"``, ``"int8"`` (``"onnx-int8"``,
     ``"torch-int8"``) — see :mod:`clipzoo.runtime`. ONNX runtimes export once into ``cache_dir``/onnx.
     ``engine="mindspore"`` runs an OpenAI / open_clip model's weights in MindSpore (:mod:`clipzoo.backends.mindspore`).
+    ``long_text``: ``"error"`` (clipzoo's default), ``"truncate"`` or ``"chunks"`` — what ``encode_text`` does
+    with a text longer than the model's context (see :meth:`clipzoo.Comparator.encode_text`).
     """
+    long_text = kwargs.pop("long_text", None)
+    if long_text is not None:
+        check_long_text(long_text)
     card = with_engine(resolve_card(spec, cache_dir, hf_class=kwargs.get("hf_class")), kwargs.pop("engine", None))
     if card.backend == "clap":
         kwargs.pop("hf_class", None)  # "ClapModel" named through the transformers backend's keyword
@@ -46,9 +53,13 @@ def load(spec: "str | ModelCard | os.PathLike", device: str = "cpu", precision: 
         return _build(card, {**options, **overrides}, kwargs)
 
     if runtime is None or str(runtime).strip().lower() in EAGER_NAMES:
-        return build()
-    return apply_runtime(runtime, card, build, device=str(device), precision=precision, cache_dir=cache_dir,
-                         load_kwargs=kwargs)
+        model = build()
+    else:
+        model = apply_runtime(runtime, card, build, device=str(device), precision=precision, cache_dir=cache_dir,
+                              load_kwargs=kwargs)
+    if long_text is not None:
+        model.long_text = long_text  # what encode_text does with a too-long text (Comparator.encode_text)
+    return model
 
 
 def resolve_card(spec: "str | ModelCard | os.PathLike", cache_dir=None, hf_class: str | None = None) -> ModelCard:
@@ -90,6 +101,9 @@ def resolve_backend(card: ModelCard, cache_dir, hf_class: str | None = None) -> 
     hf_class = hf_class or card.config.get("hf_class")
     if card.backend == "transformers" and hf_class in (None, "ClapModel") and _model_type(card, cache_dir) == "clap":
         card = card.replace(backend="clap")
+    elif card.backend == "transformers" and (hf_class in FAMILY_CLASSES or (  # ALIGN, OWL-ViT, … (hf_families)
+            hf_class is None and _model_type(card, cache_dir) in FAMILY_TYPES)):
+        card = card.replace(backend="hf_family")
     return card
 
 

@@ -21,9 +21,19 @@ import torch
 import torch.nn.functional as F
 
 from .cards import AUDIO, IMAGE, TEXT, ModelCard
-from .constants import DEFAULT_TEMPLATE, TIE_TOLERANCE
-from .errors import ClipzooError, UnsupportedError
-from .inputs import batched, check_pixel_tensor, image_items, is_float_tensor, map_images, text_items, to_pil
+from .constants import DEFAULT_LONG_TEXT, DEFAULT_TEMPLATE, TIE_TOLERANCE
+from .errors import BadTextError, ClipzooError, UnsupportedError
+from .inputs import (
+    batched,
+    check_long_text,
+    check_pixel_tensor,
+    image_items,
+    is_float_tensor,
+    map_images,
+    split_long_text,
+    text_items,
+    to_pil,
+)
 from .modalities import get_modality
 from .pixels import pixel_config, preprocess01
 from .templates import TemplateError, fill_template  # noqa: F401 (TemplateError re-exported)
@@ -59,6 +69,7 @@ class Comparator(torch.nn.Module):
     """
 
     probability: str = "softmax"
+    long_text: str = DEFAULT_LONG_TEXT  # what encode_text does with a too-long text: see encode_text
     default_templates: tuple[str, ...] = DEFAULT_TEMPLATES  # zero-shot prompts when none are given
 
     def __init__(self, card: ModelCard, model: torch.nn.Module, *, transform: Callable,
@@ -88,6 +99,19 @@ class Comparator(torch.nn.Module):
 
     def logit_params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
+
+    # ------------------------------------------------------------ captions (CoCa models override these)
+    can_caption: bool = False
+
+    def generate(self, images: Any, **kwargs: Any) -> torch.Tensor:
+        """Caption token ids for images; only captioning (CoCa) models have it."""
+        raise UnsupportedError(f"{self.card.alias} cannot caption images (no text decoder); load a CoCa model "
+                               "such as [coca - laion - coca_ViT-B-32/mscoco_finetuned_laion2b_s13b_b90k]")
+
+    def decode(self, ids: Any) -> str | list[str]:
+        """Caption token ids -> text; only captioning (CoCa) models have it."""
+        raise UnsupportedError(f"{self.card.alias} cannot decode captions (no text decoder); load a CoCa model "
+                               "such as [coca - laion - coca_ViT-B-32/mscoco_finetuned_laion2b_s13b_b90k]")
 
     # ------------------------------------------------------------ properties
     @property
@@ -162,16 +186,45 @@ class Comparator(torch.nn.Module):
         return torch.cat(out)
 
     def encode_text(self, texts: Any, normalize: bool = True, batch_size: int = 256,
-                    truncate: bool = False) -> torch.Tensor:
+                    truncate: bool = False, long_text: str | None = None) -> torch.Tensor:
         """Texts -> features (N, D). A string, a list of strings, or a token tensor from :meth:`tokenize`.
 
-        A text longer than the context raises :class:`~clipzoo.errors.BadTextError` unless ``truncate``.
+        A text longer than the context follows ``long_text`` (default: the model's :attr:`long_text`, set by
+        ``clipzoo.load(..., long_text=…)``, else ``"error"``): ``"error"`` raises
+        :class:`~clipzoo.errors.BadTextError` with its token count, ``"truncate"`` cuts it (``truncate=True``
+        is the same), ``"chunks"`` splits it at sentence, then word boundaries into pieces that fit, encodes
+        each and returns the mean of their L2-normalised features (renormalised when ``normalize``).
         """
         self.require(TEXT)
+        policy = "truncate" if truncate else check_long_text(long_text or self.long_text)
         if isinstance(texts, torch.Tensor):
             tokens = texts if texts.ndim == 2 else texts.unsqueeze(0)
+        elif policy == "chunks":
+            return self._encode_chunks(text_items(texts), normalize, batch_size)
         else:
-            tokens = self.tokenize(text_items(texts), truncate=truncate)
+            tokens = self.tokenize(text_items(texts), truncate=policy == "truncate")
+        return self._encode_token_rows(tokens, normalize, batch_size)
+
+    def fits_context(self, text: str) -> bool:
+        """Whether ``text`` fits the model's context without cutting."""
+        try:
+            self.tokenize([text], truncate=False)
+            return True
+        except BadTextError:
+            return False
+
+    def _encode_chunks(self, texts: list[str], normalize: bool, batch_size: int) -> torch.Tensor:
+        pieces = [[t] if self.fits_context(t) else split_long_text(t, self.fits_context) for t in texts]
+        flat = [p for group in pieces for p in group]
+        feats = self._encode_token_rows(self.tokenize(flat, truncate=True), False, batch_size)
+        out, start = [], 0
+        for group in pieces:
+            rows = feats[start:start + len(group)]
+            start += len(group)
+            out.append(rows[0] if len(group) == 1 else F.normalize(rows, dim=-1).mean(dim=0))
+        return self._finish(torch.stack(out), normalize)
+
+    def _encode_token_rows(self, tokens: torch.Tensor, normalize: bool, batch_size: int) -> torch.Tensor:
         out = []
         with torch.no_grad():
             for start in range(0, tokens.shape[0], batch_size):

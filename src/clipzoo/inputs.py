@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .constants import LONG_TEXT_POLICIES
 from .errors import BadImageError, BadTextError
 from .image_bytes import decode_rgb
 
@@ -142,7 +144,35 @@ def text_items(texts: Any) -> list[str]:
 def too_long_error(text: str, n_tokens: int, context_length: int) -> BadTextError:
     shown = text if len(text) <= 60 else text[:57] + "..."
     return BadTextError(f"text {shown!r} is {n_tokens} tokens, longer than the model's context length "
-                        f"{context_length}; shorten it or pass truncate=True")
+                        f"{context_length}; shorten it or pass truncate=True (or long_text='chunks')")
+
+
+def check_long_text(policy: str) -> str:
+    """``policy`` if it is one of :data:`~clipzoo.constants.LONG_TEXT_POLICIES`, else a one-line error."""
+    if policy not in LONG_TEXT_POLICIES:
+        raise BadTextError(f"long_text={policy!r} is not a policy; use one of {', '.join(LONG_TEXT_POLICIES)}")
+    return policy
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?;:。！？])\s+")
+
+
+def split_long_text(text: str, fits: Callable[[str], bool]) -> list[str]:
+    """``text`` in pieces that each ``fits`` the context: whole sentences packed greedily in order; a sentence
+    that does not fit alone is packed word by word; a single word that does not fit is its own piece (the
+    tokenizer then cuts it). Pieces are joined with one space; empty pieces never occur."""
+    units: list[str] = []
+    for sentence in (s.strip() for s in SENTENCE_END.split(text.strip())):
+        if sentence:
+            units.extend([sentence] if fits(sentence) else sentence.split())
+    pieces: list[str] = []
+    for unit in units:
+        joined = f"{pieces[-1]} {unit}" if pieces else unit
+        if pieces and fits(joined):
+            pieces[-1] = joined
+        else:
+            pieces.append(unit)
+    return pieces
 
 
 def batched(items: Sequence, size: int):

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .backends import BACKENDS, get_backend
 from .cards import ModelCard
 from .checkpoints import is_torchscript, read_json, read_pickle, read_torchscript, sniff_folder, strip_prefixes, unwrap
 from .errors import CheckpointError, ModelNotCachedError, UnknownModelError, UnsupportedError
@@ -41,6 +42,10 @@ _TOWER_OF_PREFIX = {
     "ln_final": "text", "text_projection": "text", "text": "text", "text_decoder": "decoder",
     # transformers CLIPModel / SiglipModel / ChineseCLIPModel / AltCLIPModel
     "vision_model": "image", "visual_projection": "image", "text_model": "text",
+    # SLIP (image_mlp, its SimCLR head, counts as "other")
+    "image_projection": "image",
+    # CLOOB
+    "image_encoder": "image", "text_encoder": "text",
     # transformers ClapModel
     "audio_model": "audio", "audio_projection": "audio",
 }
@@ -112,6 +117,10 @@ def summarize(spec: "str | ModelCard | os.PathLike", *, model_name: str | None =
         if not model_name:
             raise UnsupportedError(f"{card.alias} names no open_clip model config; pass model_name=")
         return _from_open_clip_name(model_name, name)
+    meta_model = getattr(get_backend(card.backend), "meta_model", None) if card.backend in BACKENDS else None
+    built = meta_model(card, cache_dir=cache_dir) if meta_model else None  # SLIP, KELIP, CLIP-fa, CLOOB
+    if built is not None:
+        return summarize_module(built, name, f"{card.backend} architecture of {card.alias} built on the meta device")
     if card.backend == "transformers" and src.hf_repo:
         return _from_hf_config_dir(_cached_hub_dir(src.hf_repo, "config.json", cache_dir), name,
                                    card.config.get("hf_class"), f"config.json of hub repo {src.hf_repo!r}")

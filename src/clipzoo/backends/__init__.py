@@ -23,6 +23,11 @@ BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "composite": ("clipzoo.backends.composite", ("timm", "transformers", "sentence_transformers", "peft")),
     "jax": ("clipzoo.backends.jax", ("jax", "jaxlib", "flax")),
     "mindspore": ("clipzoo.backends.mindspore", ("mindspore",)),
+    "slip": ("clipzoo.backends.slip", ("timm", "torchvision")),
+    "kelip": ("clipzoo.backends.kelip", ("open_clip", "transformers")),
+    "clip_fa": ("clipzoo.backends.clip_fa", ("transformers",)),
+    "cloob": ("clipzoo.backends.cloob", ("open_clip", "numpy")),
+    "hf_family": ("clipzoo.backends.transformers_families", ("transformers",)),
 }
 
 

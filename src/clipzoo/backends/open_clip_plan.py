@@ -18,6 +18,7 @@ from ..checkpoints import read_json, read_state_dict, sniff_folder, state_dict_k
 from ..constants import OPENAI_MEAN, OPENAI_STD
 from ..download import download_url, hub_file
 from ..errors import ArchitectureMismatchError, CheckpointError, DownloadError, ModelNotCachedError, UnknownModelError
+from .long_clip import fold_positions
 
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                 "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
@@ -175,6 +176,7 @@ def _plan_file(path: Path, trust_pickle: bool, model_name: str | None, model_con
         model_name = data.get("model_name")
     else:
         kind = state_dict_kind(sd)
+        sd = fold_positions(sd) if kind == "openai" else sd  # Long-CLIP's two 248-row position tables
         if kind == "openai":
             if meta.get("format") != "torchscript":
                 warnings.warn(f"{path}: architecture inferred from tensor shapes in OpenAI's layout with "

@@ -13,7 +13,7 @@ import typer
 
 from ..constants import VERSION as __version__
 
-COMMAND_MODULES = ("models", "embed", "compare", "data", "eval", "convert", "train", "index", "serve")
+COMMAND_MODULES = ("models", "embed", "compare", "data", "eval", "convert", "train", "index", "serve", "caption")
 
 app = typer.Typer(
     name="clipzoo",

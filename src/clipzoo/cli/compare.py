@@ -9,6 +9,7 @@ from ._common import (
     CacheDirOpt,
     DeviceOpt,
     JsonOpt,
+    LongTextOpt,
     ModelArg,
     ModelNameOpt,
     PrecisionOpt,
@@ -53,6 +54,7 @@ def compare(
         help="Treat the texts as labels and average these prompt templates, e.g. 'a photo of a {}.' (repeatable)."),
     truncate: bool = typer.Option(False, "--truncate",
                                   help="Cut texts longer than the model's context instead of failing."),
+    long_text: LongTextOpt = None,
     json_: JsonOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
@@ -86,7 +88,7 @@ def compare(
         modality, paths = "image", expand_image_paths(image)
     from ..comparator import competition_ranks
 
-    comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir)
+    comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir, long_text=long_text)
     probs, logits = compare_probabilities(comparator, paths, list(text), template, truncate, modality)
     ranks = [competition_ranks(row) for row in probs.tolist()]  # ties share a rank: no arbitrary winner
 

@@ -66,6 +66,7 @@ class SearchIndex:
         self._parts: dict[str | None, VectorStore] = {}
         self.model_spec: str = store.get_meta("model_spec") or ""
         self.model_alias: str = store.get_meta("model_alias") or ""
+        self.long_text: str = store.get_meta("long_text") or "truncate"  # what a too-long text query gets
         self.root = Path(store.get_meta("root") or ".")
         self.dim = int(record.get("dim") or store.dim or 0)
         self._parts[None] = self._load_part(record["all"])
@@ -152,7 +153,10 @@ class SearchIndex:
                     dedup: float | None = None) -> list["Hit"]:
         if not isinstance(query, str) or not query.strip():
             raise BadTextError("the search text is empty; pass some words to search for")
-        vec = self.model.encode_text([query], truncate=True)[0].float().cpu().numpy()
+        if self.long_text == "truncate":
+            vec = self.model.encode_text([query], truncate=True)[0].float().cpu().numpy()
+        else:
+            vec = self.model.encode_text([query], long_text=self.long_text)[0].float().cpu().numpy()
         return self.search_embedding(vec, k, partition, dedup)
 
     def search_image(self, image: Any, k: int = 10, partition: str | None = None,

@@ -50,6 +50,9 @@ def tiny_model(seed: int = 0, config: dict | None = None):
     cfg.pop("custom_text", None)
     model = cls(**cfg).eval()
     with torch.no_grad():  # make every tensor non-trivial (open_clip inits some to zeros/ones)
+        decoder = getattr(model, "text_decoder", None)
+        if decoder is not None:  # open_clip's CoCa leaves its decoder's projection as torch.empty memory:
+            decoder.text_projection.zero_()  # zeroed, it gets the same seeded noise as the rest below
         for name, p in model.named_parameters():
             if name not in ("logit_scale", "logit_bias"):
                 p.add_(torch.randn_like(p) * 0.02)

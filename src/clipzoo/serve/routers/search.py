@@ -20,7 +20,8 @@ async def search(body: SearchRequest, uploads: Uploads, service: ServiceDep):
     t0 = time.perf_counter()
     kwargs = {"k": body.k, "partition": body.partition, "dedup": body.dedup}
     idx = service.index
-    if body.text is not None and not body.text.strip():  # the index's own 400 for a blank text
+    chunks = getattr(idx, "long_text", "truncate") == "chunks"  # a long query split and averaged: not batched
+    if body.text is not None and (chunks or not body.text.strip()):  # the index's own 400 for a blank text
         kind, hits = "text", await service.on_model_thread("search_text", functools.partial(
             idx.search_text, body.text, **kwargs))
     elif body.text is not None:  # encoded in a batch with other requests' texts (serve/batcher.py)

@@ -1,0 +1,90 @@
+"""Measured parity of transformers' other image–text families (issue 20 §2, backend ``hf_family``): ALIGN,
+GroupViT, OWL-ViT, OWLv2, CLIPSeg, MetaCLIP 2, AIMv2, BLIP (``BlipModel``) and BLIP retrieval.
+
+For each family, a tiny random model written by ``save_pretrained`` with its own processor: the largest absolute
+difference, fp32 on CPU, between clipzoo and the model's own ``get_image_features`` / ``get_text_features``
+(BLIP retrieval: ``vision_proj`` on the [CLS] state, and its ITM head's P(match) against ``rank``), and between
+our preprocessing and the processor's ``pixel_values`` on 5 images of odd sizes. The writers and references are
+those of tests/test_family_transformers.py.
+
+    python benchmarks/hf_family_parity.py --out hf_family_parity.json
+
+Writes a JSON file and prints it. No download.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import clipzoo  # noqa: E402
+import test_family_transformers as fam  # noqa: E402
+from clipzoo.testing import tiny_hf_families  # noqa: E402
+from tables import machine_info, write_result  # noqa: E402
+
+FAMILIES = (*tiny_hf_families.WRITERS, "blip")
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def run_family(name: str, folder: Path) -> dict:
+    images, texts = fam.odd_images(), fam.TEXTS
+    if name == "blip":
+        from transformers import AutoProcessor, BlipForImageTextRetrieval
+
+        tiny_hf_families.write_blip(folder)
+        m = clipzoo.load(folder)
+        model = BlipForImageTextRetrieval.from_pretrained(folder).eval()
+        processor = AutoProcessor.from_pretrained(folder)
+        pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+        tok = processor.tokenizer(texts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            ref_img = model.vision_proj(model.vision_model(pixel_values=pixel_values).last_hidden_state[:, 0])
+            ref_txt = model.text_proj(model.text_encoder(**tok).last_hidden_state[:, 0])
+            pairs = {"input_ids": tok["input_ids"].repeat(5, 1), "attention_mask": tok["attention_mask"].repeat(5, 1),
+                     "pixel_values": pixel_values.repeat_interleave(len(texts), dim=0)}
+            itm = model(**pairs, use_itm_head=True).itm_score.softmax(-1)[:, 1].reshape(5, len(texts))
+        extra = {"rank": max_diff(m.rank(images, texts), itm)}
+        cls = "BlipForImageTextRetrieval"
+    else:
+        tiny_hf_families.WRITERS[name](folder)
+        m = clipzoo.load(folder)
+        model, pixel_values, ref_img, ref_txt, _ = fam.reference(folder, texts, images)
+        extra, cls = {}, type(model).__name__
+    ours = torch.stack([m.preprocess(image) for image in images])
+    return {"class": cls, "image": max_diff(m.encode_image(images, normalize=False), ref_img),
+            "text": max_diff(m.encode_text(texts, normalize=False), ref_txt),
+            "pixels": max_diff(ours, pixel_values), "format": "save_pretrained folder (config.json + safetensors "
+            "+ processor files)", **extra}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    p.add_argument("--out", type=Path, default=None, help="write the JSON here")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    results = {}
+    for name in args.families:
+        with tempfile.TemporaryDirectory() as tmp:
+            results[name] = run_family(name, Path(tmp) / name)
+    record = {"benchmark": "hf_family_parity", "precision": "fp32", "device": "cpu", "families": results,
+              "machine": machine_info()}
+    if args.out:
+        write_result(args.out, record)
+    print(json.dumps(record, indent=2, ensure_ascii=False))
+    return record
+
+
+if __name__ == "__main__":
+    main()
