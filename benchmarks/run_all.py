@@ -30,6 +30,7 @@ from tables import DOC, RESULTS, machine_info, update_doc, write_result
 
 HERE = Path(__file__).resolve().parent
 HELPERS = ("run_all.py", "tables.py")  # modules of this folder that are not benchmarks
+MINDSPORE_PYTHON = ".venv-ms/bin/python"  # MindSpore needs NumPy 1.x: its benchmarks run in their own venv
 
 
 @dataclass(frozen=True)
@@ -38,15 +39,23 @@ class Bench:
     full: list[str] = field(default_factory=list)
     out: bool = True  # the script takes --out PATH and writes its JSON there
     quick_timeout: int = 300
+    python: "str | None" = None  # another interpreter, relative to the repo root, when it exists (.venv-ms)
 
 
 BENCHMARKS: dict[str, Bench] = {
     "latency": Bench(["--repeats", "2", "--queries", "50"], ["--repeats", "5", "--queries", "200"]),
-    "decode": Bench(["--images", "64", "--repeats", "3"], ["--images", "256", "--repeats", "3"]),
+    "decode": Bench(["--images", "64", "--repeats", "3"], ["--images", "256", "--repeats", "3"], quick_timeout=600),
+    "decode_share": Bench(["--images", "32", "--runtimes", "eager"],
+                          ["--images", "256", "--runtimes", "eager,onnx-int8-static", "--workers", "2"],
+                          quick_timeout=420),
+    "gpu_embed": Bench(["--cpu-images", "8", "--check", "4", "--images", "20000"], ["--images", "20000"],
+                       quick_timeout=600),
     "embed_folder": Bench(["--images", "64", "--texts", "64", "--runtimes", "eager,onnx-int8", "--no-transformers"],
                           ["--images", "2000", "--texts", "1000"], out=False, quick_timeout=420),
     "ensemble_overhead": Bench(["--images", "16", "--texts", "8", "--repeats", "3"],
                                ["--images", "64", "--texts", "32", "--repeats", "9"], out=False),
+    "family_parity": Bench([], []),
+    "hf_family_parity": Bench(["--families", "owlvit", "blip"], []),
     "eval_zeroshot": Bench(["--n", "64", "--batch-size", "32", "--repeats", "1"],
                            ["--n", "600", "--batch-size", "64", "--workers", "2", "--repeats", "2"], out=False),
     "index_build": Bench(["--n", "32"], ["--n", "256"], out=False),
@@ -54,7 +63,11 @@ BENCHMARKS: dict[str, Bench] = {
     "int8_fidelity": Bench(["--n", "32", "--batch-sizes", "1", "8"], []),
     "jax_embed": Bench(["--repeats", "1"], ["--repeats", "3"]),
     "jax_train": Bench(["--steps", "3", "--warmup-steps", "1", "--batch-size", "8"], []),
-    "mindspore_parity": Bench([], ["--full"]),
+    "mindspore_embed": Bench(["--quick"], ["--image-batch", "16", "--text-batch", "64", "--repeats", "3"],
+                             python=MINDSPORE_PYTHON, quick_timeout=900),
+    "mindspore_parity": Bench([], ["--full"], python=MINDSPORE_PYTHON),
+    "runtimes": Bench(["--images", "64", "--texts", "128", "--heldout", "385"],
+                      ["--images", "512", "--texts", "1024", "--heldout", "385"], quick_timeout=900),
     "serve_load": Bench(["--models", "tiny", "--duration", "3", "--rounds", "1", "--warmup", "1"],
                         ["--torch-threads", "1", "--duration", "15", "--rounds", "2", "--warmup", "2"]),
     "train_throughput": Bench(["--steps", "4", "--warmup-steps", "1", "--batch-size", "16", "--repeats", "1"], [],
@@ -69,7 +82,9 @@ def scripts(folder: Path = HERE) -> list[str]:
 
 def command(name: str, size: str, results: Path) -> list[str]:
     bench = BENCHMARKS[name]
-    cmd = [sys.executable, str(HERE / f"{name}.py"), *(bench.quick if size == "quick" else bench.full)]
+    python = HERE.parent / bench.python if bench.python else None
+    cmd = [str(python) if python is not None and python.exists() else sys.executable, str(HERE / f"{name}.py"),
+           *(bench.quick if size == "quick" else bench.full)]
     return cmd + (["--out", str(results / f"{name}.json")] if bench.out else [])
 
 

@@ -38,7 +38,7 @@ LAZY_IMPORTS = frozenset({
     "sklearn", "scipy", "matplotlib", "fastapi", "starlette", "uvicorn", "h11", "pydantic", "multipart",
     "fsspec", "s3fs", "webdataset", "braceexpand", "ftfy", "regex", "tqdm", "rich", "typer",
     "jax", "jaxlib", "flax", "optax", "orbax", "mindspore", "ray", "pymilvus", "tensorboard", "pyarrow",
-    "clip", "clip_benchmark", "vision_datasets",
+    "clip", "clip_benchmark", "vision_datasets", "simplejpeg",
 })
 
 

@@ -69,6 +69,13 @@ HUB_PROBE_TIMEOUT_S = 5.0
 (instead of huggingface_hub's five retries with back-off, ~40 s of "Retrying in 8s" lines offline)."""
 """Seconds a download may wait to connect, or for its next bytes, before it fails (one line, no retries)."""
 
+# ---------------------------------------------------------------- texts longer than the context
+LONG_TEXT_POLICIES = ("error", "truncate", "chunks")
+"""What encode_text does with a text longer than the model's context: raise (with the token count), cut it, or
+split it at sentence (then word) boundaries, encode each piece and average the normalised features."""
+DEFAULT_LONG_TEXT = "error"
+"""clipzoo's own default: a silently cut caption changes search results unnoticed, so the user chooses."""
+
 # ---------------------------------------------------------------- cache
 CACHE_ENV = "CLIPZOO_CACHE"
 
@@ -78,3 +85,6 @@ def default_cache_dir() -> Path:
     root = os.environ.get(CACHE_ENV) or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "clipzoo")
     return Path(root)
+
+# --runtime auto: the least cosine to fp32 a faster runtime must keep to be chosen (--min-cosine)
+DEFAULT_MIN_COSINE = 0.995

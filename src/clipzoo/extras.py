@@ -19,6 +19,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "scipy": ("scipy", "eval"),
     "matplotlib": ("matplotlib", "eval"),
     "vision_datasets": ("vision-datasets", "eval"),
+    "mteb": ("mteb", "eval"),
     "transformers": ("transformers", "hf"),
     "sentence_transformers": ("sentence-transformers", "sbert"),
     "soundfile": ("soundfile", "audio"),
@@ -37,6 +38,8 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "pymilvus": ("pymilvus", "milvus"),
     "mindspore": ("mindspore", "mindspore"),
     "milvus_lite": ("milvus-lite", "milvus"),
+    "ray": ("ray", "ray"),  # --engine ray (embed/ray_engine.py)
+    "simplejpeg": ("simplejpeg", "decode"),  # the embedding path's faster JPEG decode (embed/decode.py); optional
     "clip": ("clip-anytorch", ""),  # openai's own package (`clipzoo parity --against openai`); in no extra
     "open_clip": ("open_clip_torch", ""),  # in the base install
 }

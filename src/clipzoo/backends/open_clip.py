@@ -11,26 +11,30 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..cards import ModelCard
-from ..checkpoints import load_into
+from ..checkpoints import load_into, read_json, read_state_dict
 from ..comparator import Comparator, resolve_dtype
-from ..constants import DEFAULT_CONTEXT_LENGTH
+from ..constants import DEFAULT_CONTEXT_LENGTH, OPENAI_MEAN, OPENAI_STD
 from ..errors import (
     ArchitectureMismatchError,
     ClipzooError,
     ModelNotCachedError,
 )
 from ..models.padding_free import encode_text_padding_free, trimmable
+from ..models.pil_transform import PilEvalTransform, supports_transform
+from ..models.plain_clip import build_plain_clip, supports
 from ..models.tokenize import tokenize_checked
 from ..tokenizers import OpenAITokenizer
+from .open_clip_caption import CaptionMixin
 from .open_clip_plan import Plan, make_plan
 
 
-class OpenClipComparator(Comparator):
+class OpenClipComparator(CaptionMixin, Comparator):
     """A Comparator over an open_clip ``CLIP`` / ``CustomTextCLIP`` / ``CoCa`` module."""
 
     def __init__(self, card: ModelCard, model: torch.nn.Module, *, transform, tokenizer, precision: str,
@@ -85,11 +89,15 @@ def _embed_dim(model, cfg) -> int:
 def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache_dir=None,
          trust_pickle: bool = False, model_name: str | None = None, model_config: dict | None = None,
          **kwargs: Any) -> OpenClipComparator:
-    import open_clip
-
     if kwargs:
         raise ClipzooError(f"unknown option(s) for an open_clip model: {', '.join(sorted(kwargs))}")
     resolve_dtype(precision)
+    if card.config.get("embedded") and model_name is None and model_config is None and precision == "fp32":
+        plain = load_plain(card, device)
+        if plain is not None:
+            return plain
+    import open_clip
+
     plan = make_plan(card, cache_dir=cache_dir, trust_pickle=trust_pickle,
                      model_name=model_name or card.config.get("model_name"), model_config=model_config)
     model = build(plan, precision)
@@ -115,6 +123,26 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     return OpenClipComparator(card, model, transform=transform, tokenizer=tokenizer, precision=precision,
                               model_name=plan.model_name, model_config=plan.model_cfg,
                               preprocess_config=preprocess_cfg)
+
+
+def load_plain(card: ModelCard, device: str = "cpu") -> "OpenClipComparator | None":
+    """The embedded model's open_clip folder built without open_clip or torchvision (the same network, weights,
+    transform and token ids; :mod:`clipzoo.models.plain_clip`), so that loading it imports torch alone; None
+    when the folder's config is not one those modules build."""
+    folder = Path(card.source.path or "")
+    config = read_json(folder / "open_clip_config.json")
+    model_cfg = config.get("model_cfg")
+    pre = {"size": (model_cfg or {}).get("vision_cfg", {}).get("image_size"), "mode": "RGB", "mean": list(OPENAI_MEAN),
+           "std": list(OPENAI_STD), "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0,
+           **config.get("preprocess_cfg", {})}
+    if not supports(model_cfg) or not supports_transform(pre):
+        return None
+    sd, _ = read_state_dict(folder / "open_clip_model.safetensors")
+    model = build_plain_clip(model_cfg, sd, str(folder)).to(torch.device(device))
+    model.visual.preprocess_cfg = dict(pre)
+    tokenizer = OpenAITokenizer(context_length=model.context_length)
+    return OpenClipComparator(card, model, transform=PilEvalTransform.from_config(pre), tokenizer=tokenizer,
+                              precision="fp32", model_name=None, model_config=model_cfg, preprocess_config=pre)
 
 
 # --------------------------------------------------------------------------- building

@@ -82,9 +82,29 @@ ModelNameOpt = Annotated[str | None, typer.Option(
 CacheDirOpt = Annotated[Path | None, typer.Option(
     "--cache-dir", help="Where downloaded weights are cached (default: ~/.cache/clipzoo, HF's own cache).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+LongTextOpt = Annotated[str | None, typer.Option(
+    "--long-text", show_default=False,
+    help="Texts longer than the model's context: error (clipzoo's default), truncate, or chunks (split at "
+         "sentences, encode each, average the normalised features).")]
 RuntimeOpt = Annotated[str, typer.Option(
-    "--runtime", help="How the model runs: eager, compile (torch.compile), onnx (ONNX Runtime), int8 "
-                      "(onnx-int8, torch-int8), onnx-int8-static, bf16, auto (fastest measured); docs/embedding.md.")]
+    "--runtime", help="How the model runs: auto (the default: the fastest measured here under --min-cosine, "
+                      "cached; eager for models under 25 M parameters), eager, compile (torch.compile), onnx "
+                      "(ONNX Runtime), int8 (onnx-int8, torch-int8), onnx-int8-static, bf16; docs/embedding.md.")]
+MinCosineOpt = Annotated[float, typer.Option(
+    "--min-cosine", help="--runtime auto: the least cosine to eager fp32 a faster runtime must keep on the "
+                         "measured inputs.")]
+
+
+def guarded_runtime(runtime: str, min_cosine: float) -> str:
+    """``--runtime auto --min-cosine X`` -> ``"auto:X"`` (the spelling that carries the guard through
+    ``clipzoo.load`` and index builds); other runtimes as given. A bad name or guard fails in one line."""
+    from ..runtime import normalize_runtime, split_guard  # torch-free
+
+    if normalize_runtime(runtime) != "auto" or split_guard(runtime)[1] is not None:
+        return runtime
+    from ..runtime.auto import check_guard
+
+    return f"auto:{check_guard(min_cosine)!r}"
 
 
 def resolve_device(device: str) -> str:
@@ -96,14 +116,21 @@ def resolve_device(device: str) -> str:
 
 
 def load_model(spec: str, device: str = "auto", precision: str = "fp32", trust_pickle: bool = False,
-               model_name: str | None = None, cache_dir: Path | None = None, runtime: str = "eager"):
-    """``clipzoo.load`` with the CLI's common options (``model_name`` passed only when given)."""
+               model_name: str | None = None, cache_dir: Path | None = None, runtime: str = "eager",
+               long_text: str | None = None):
+    """``clipzoo.load`` with the CLI's common options (``model_name``, ``long_text`` passed only when given)."""
     from ..api import load  # torch is imported when a verb loads a model, not at start-up
 
     kwargs: dict[str, Any] = {"model_name": model_name} if model_name else {}
-    return load(spec, device=resolve_device(device), precision=precision,
-                        cache_dir=None if cache_dir is None else str(cache_dir), trust_pickle=trust_pickle,
-                        runtime=runtime, **kwargs)
+    if long_text is not None:
+        kwargs["long_text"] = long_text
+    comparator = load(spec, device=resolve_device(device), precision=precision,
+                      cache_dir=None if cache_dir is None else str(cache_dir), trust_pickle=trust_pickle,
+                      runtime=runtime, **kwargs)
+    choice = getattr(comparator, "runtime_choice", None)
+    if choice is not None and choice.measured:  # runtime auto measured (now or cached): what it chose and why
+        note(f"runtime auto: {choice.reason}")
+    return comparator
 
 
 # ------------------------------------------------------------------ output

@@ -5,12 +5,6 @@ from pathlib import Path
 
 import typer
 
-from ..convert import TARGETS
-from ..convert import convert as run_convert
-from ..convert.engines import parity_engines
-from ..convert.parity import AGAINST
-from ..convert.parity import parity as run_parity
-from ..convert.targets import SOURCE_FORMATS, load_source
 from ._common import CacheDirOpt, JsonOpt, ModelArg, ModelNameOpt, TrustPickleOpt, fail, note, print_json, user_errors
 
 
@@ -40,6 +34,10 @@ def convert(
       clipzoo convert model.pt --to jax -o params.pkl          # open_clip_jax parameters (+ params.config.json)
       clipzoo convert params.pkl --from jax --model vit-base-patch32 --to open_clip -o model.safetensors
     """
+    from ..convert import TARGETS  # imported by the verb that runs it: `clipzoo search` starts without it
+    from ..convert import convert as run_convert
+    from ..convert.targets import SOURCE_FORMATS
+
     if to not in TARGETS:
         fail(f"unknown format {to!r} for --to: choose from {', '.join(TARGETS)}")
     if source_format is not None and source_format not in SOURCE_FORMATS:
@@ -80,6 +78,11 @@ def parity(
       clipzoo parity hf-folder/ --against hf --tol 1e-5
       clipzoo parity model.pt --engines torch,jax --tol 1e-5     # PyTorch vs JAX on the same weights
     """
+    from ..convert.engines import parity_engines
+    from ..convert.parity import AGAINST
+    from ..convert.parity import parity as run_parity
+    from ..convert.targets import load_source
+
     if (against is None) == (engines is None):
         fail("compare with one of --against IMPL (another library) or --engines A,B (e.g. torch,jax)")
     if against is not None and against not in AGAINST:

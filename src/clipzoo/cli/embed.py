@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..audio import expand_audio_paths
+from ..constants import DEFAULT_MIN_COSINE
 from ..embed import (
     distributed_info,
     embed_audio,
@@ -21,17 +22,21 @@ from ..embed import (
 from ._common import (
     CacheDirOpt,
     DeviceOpt,
+    LongTextOpt,
+    MinCosineOpt,
     ModelArg,
     ModelNameOpt,
     PrecisionOpt,
     RuntimeOpt,
     TrustPickleOpt,
     fail,
+    guarded_runtime,
     load_model,
     note,
     resolve_device,
     user_errors,
 )
+from .embed_ray import AddressOpt, EngineOpt, NumWorkersOpt, check_engine, embed_on_ray
 
 
 @user_errors
@@ -60,6 +65,7 @@ def embed(
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="L2-normalise the features."),
     truncate: bool = typer.Option(False, "--truncate",
                                   help="Cut texts longer than the model's context instead of failing."),
+    long_text: LongTextOpt = None,
     skip_bad: bool = typer.Option(
         False, "--skip-bad",
         help="Leave out images that cannot be decoded (listed in the sidecar) instead of failing."),
@@ -70,10 +76,12 @@ def embed(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
-    runtime: RuntimeOpt = "eager",
+    runtime: RuntimeOpt = "auto",
+    min_cosine: MinCosineOpt = DEFAULT_MIN_COSINE,
     trust_pickle: TrustPickleOpt = False,
     model_name: ModelNameOpt = None,
     cache_dir: CacheDirOpt = None,
+    engine: EngineOpt = "local", address: AddressOpt = None, num_workers: NumWorkersOpt = None,
 ) -> None:
     """Embed images or texts with MODEL and write the features to a .npy file (one row per input, in order).
 
@@ -81,37 +89,43 @@ def embed(
 
     \b
       clipzoo embed MODEL --images photos/ --out photos.npy --workers 4
-      clipzoo embed MODEL --images photos/*.jpg --out photos.npy
+      clipzoo embed MODEL --images photos/ --out photos.npy --engine ray --address auto
       clipzoo embed MODEL --texts captions.txt --out captions.npy
       clipzoo embed laion/clap-htsat-unfused --audio clips/ --out clips.npy
       clipzoo embed MODEL --images 'shards/{00000..00099}.tar' --out shards.npy --runtime int8
       torchrun --nproc_per_node 8 -m clipzoo embed MODEL --images photos/ --out photos.npy
     """
-    image_paths = _check_args(more_images, images, batch_size, workers)
+    image_paths = _check_args(more_images, images, batch_size, workers, format_, long_text)
+    runtime = guarded_runtime(runtime, min_cosine)
+    check_engine(engine, address, num_workers)
+    if engine == "ray":
+        return embed_on_ray(address, num_workers, model, image_paths, audio, texts, out, format_, batch_size, normalize,
+                            progress, skip_bad, exact_decode, device, precision, runtime, trust_pickle, model_name,
+                            cache_dir)
     if format_ != "npy":
         return _embed_clip_retrieval(format_, model, image_paths, audio, texts, out, batch_size, workers, normalize,
                                      progress, skip_bad, truncate, exact_decode, device, precision, runtime,
                                      trust_pickle, model_name, cache_dir)
     if sum(map(bool, (image_paths, audio, texts))) != 1:
         fail("pass exactly one of --images PATH…, --audio PATH… or --texts FILE")
-
     if audio:
-        _embed_audio(model, audio, out, batch_size, normalize, progress, skip_bad, device, precision, trust_pickle,
-                     model_name, cache_dir)
-        return
-    # check the inputs before loading the model, so a typo fails fast
-    items = expand_image_inputs(image_paths) if image_paths else None
+        return _embed_audio(model, audio, out, batch_size, normalize, progress, skip_bad, device, precision,
+                            trust_pickle, model_name, cache_dir)
+    items = expand_image_inputs(image_paths) if image_paths else None  # before the model loads: a typo fails fast
     lines = read_texts(texts) if texts else None
-    info = distributed_info()
-    device = resolve_device(device)
-    if info.active and device == "cuda":
-        device = f"cuda:{info.local_rank}"  # one GPU per rank
-    comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir, runtime)
+    info, device = _rank_device(device)
+    comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir, runtime, long_text)
     meta = embed_to_file(comparator, out, images=items, texts=lines, batch_size=batch_size, workers=workers,
                          normalize=normalize, progress=progress and info.rank == 0, skip_bad=skip_bad,
                          truncate=truncate, fast_decode=not exact_decode, info=info)
     if info.rank == 0:
         _report(meta, npy_path(out), info)
+
+
+def _rank_device(device: str):
+    """torchrun's rank facts, and the device resolved (``cuda:LOCAL_RANK`` under torchrun: one GPU per rank)."""
+    info, device = distributed_info(), resolve_device(device)
+    return info, f"cuda:{info.local_rank}" if info.active and device == "cuda" else device
 
 
 def _report(meta: dict, npy: Path, info) -> None:
@@ -138,8 +152,10 @@ def _embed_audio(model, audio, out, batch_size, normalize, progress, skip_bad, d
              f"{result.skipped[0]['input']}")
 
 
-def _check_args(more_images, images, batch_size, workers) -> list[str]:
+def _check_args(more_images, images, batch_size, workers, format_="npy", long_text=None) -> list[str]:
     """The image paths (after --images, and any after them); the counts checked."""
+    if format_ != "npy" and long_text is not None:
+        fail("--long-text is for --format npy; with --format clip-retrieval use --truncate")
     if more_images and not images:
         fail(f"unexpected argument {more_images[0]!r}: image paths go after --images (e.g. --images {more_images[0]})")
     if batch_size is not None and batch_size < 1:

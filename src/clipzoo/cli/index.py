@@ -4,25 +4,29 @@ from pathlib import Path
 
 import typer
 
+from ..constants import DEFAULT_MIN_COSINE
 from ..embed import expand_image_paths
 from ..index import build_index, classify_images, load_vocabulary, open_index
 from ..index.classify import check_template
 from ..inputs import open_image
-from ..runtime import normalize_runtime
 from ._common import (
     CacheDirOpt,
     DeviceOpt,
     JsonOpt,
+    LongTextOpt,
+    MinCosineOpt,
     PrecisionOpt,
     RuntimeOpt,
     TrustPickleOpt,
     console,
     fail,
+    guarded_runtime,
     load_model,
     note,
     print_json,
     user_errors,
 )
+from .embed_ray import AddressOpt, EngineOpt, NumWorkersOpt, check_engine, index_embedder
 
 index_app = typer.Typer(help="Build a search index over a folder of images.", no_args_is_help=True,
                         rich_markup_mode=None)
@@ -41,7 +45,8 @@ def build(
                                                                "decode in this process]."),
     progress: bool = typer.Option(True, "--progress/--no-progress",
                                   help="Show a progress bar with images/s on stderr."),
-    runtime: RuntimeOpt = "eager",
+    runtime: RuntimeOpt = "auto",
+    min_cosine: MinCosineOpt = DEFAULT_MIN_COSINE,
     exact_decode: bool = typer.Option(False, "--exact-decode", help="Decode every JPEG at full size (the default "
                                       "decodes large JPEGs at reduced size, faster)."),
     json_: JsonOpt = False,
@@ -56,6 +61,8 @@ def build(
                                         "http://HOST:19530."),
     wait: bool = typer.Option(False, "--wait", help="When another build is writing OUT, wait for it to finish "
                                                    "(default: fail naming its pid)."),
+    long_text: LongTextOpt = None,
+    engine: EngineOpt = "local", address: AddressOpt = None, num_workers: NumWorkersOpt = None,
 ) -> None:
     """Index the images under DIR with MODEL into the folder OUT (incremental: a rerun embeds only new or
     changed files and drops deleted ones; safe to kill and rerun).
@@ -67,12 +74,15 @@ def build(
         fail(f"--batch-size must be at least 1, got {batch_size}")
     if workers is not None and workers < 0:
         fail(f"--workers must be 0 or more, got {workers}")
-    normalize_runtime(runtime)  # a typo fails before any work
+    runtime = guarded_runtime(runtime, min_cosine)  # a typo fails before any work
     if (folder is None) == (from_embeddings is None):
         fail("pass either a folder DIR of images or --from-embeddings DIR (one of them)")
     if uri and store != "milvus":
         fail("--uri is for --store milvus")
     options = {"vector_store": store, **({"uri": uri} if uri else {})}
+    check_engine(engine, address, num_workers)
+    embedder = index_embedder(model, address, num_workers, batch_size, runtime, from_embeddings) if engine == "ray" \
+        else None
     if from_embeddings is not None:
         from ..index.from_embeddings import build_index_from_embeddings
 
@@ -81,7 +91,7 @@ def build(
     else:
         report = build_index(folder, out, model=model, batch_size=batch_size, workers=workers, progress=progress,
                              shard_rows=max(1, shard_rows), fast_decode=not exact_decode, runtime=runtime,
-                             vector_options=options, wait=wait)
+                             vector_options=options, wait=wait, long_text=long_text, embedder=embedder)
     if json_:
         print_json(report.to_dict())
         return
@@ -187,6 +197,7 @@ def search(
     dedup: float | None = typer.Option(None, "--dedup", show_default=False,
                                        help="Drop results whose cosine with a higher-ranked result is at least this "
                                             "(e.g. 0.95)."),
+    long_text: LongTextOpt = None,
     json_: JsonOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
@@ -208,6 +219,10 @@ def search(
     idx = open_index(index)
     idx.check_partition(partition)
     idx.set_model(load_model(idx.model_spec, device, precision, trust_pickle, None, cache_dir))
+    if long_text is not None:
+        from ..inputs import check_long_text
+
+        idx.long_text = check_long_text(long_text)  # this search only; the index keeps what it recorded
     if image is not None:
         hits = idx.search_image(open_image(image), k=k, partition=partition, dedup=dedup)
     else:

@@ -21,8 +21,19 @@ from ..constants import (
     SERVE_HOST,
     SERVE_PORT,
 )
+from ..constants import DEFAULT_MIN_COSINE as GUARD
 from ..extras import require
-from ._common import DeviceOpt, fail, note, resolve_device, user_errors
+from ._common import (
+    DeviceOpt,
+    LongTextOpt,
+    MinCosineOpt,
+    RuntimeOpt,
+    fail,
+    guarded_runtime,
+    note,
+    resolve_device,
+    user_errors,
+)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -70,7 +81,7 @@ def serve(
                                              help="Seconds an idle keep-alive connection stays open."),
     verify: str = typer.Option("sizes", "--verify", help="Check the index's files against its manifest at start: "
                                "sizes, or full (also SHA-256); a mismatch refuses to start."),
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "cpu", long_text: LongTextOpt = None, runtime: RuntimeOpt = "auto", guard: MinCosineOpt = GUARD,
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: debug, info, warning, error."),
 ) -> None:
     """Serve INDEX over HTTP: search, classify, embed, rank, thumbnails, metrics, and a web page at /.
@@ -92,14 +103,14 @@ def serve(
                               keep_alive_timeout=keep_alive_timeout)  # a bad value: one line, exit 2
     verify_indices(named, verify)  # a mismatched file: one line naming it and `clipzoo index repair`
     import clipzoo.serve as serving  # the service's stack (FastAPI, the index, torch) loads when it runs
-    comparator = query_model(named, model, device)
+    comparator = query_model(named, model, device, guarded_runtime(runtime, guard))
     note(f"loading {', '.join(str(p) for p in named.values())} …")
     app = serving.create_app(named, labels=labels, token=token or None, max_body_bytes=int(max_body_mb * 2**20),
                              thumb_size=thumb_size, template=template, model=comparator, allow_url=allow_url,
                              max_image_pixels=int(max_image_mp * 1e6), max_request_pixels=int(max_request_mp * 1e6),
                              allowed_hosts=[host, *allowed_host], cors_origins=cors_origin, max_batch=max_batch,
                              max_wait_ms=max_wait_ms)
-    service = app.state.service
+    service = set_long_text(app.state.service, long_text)
     if host not in LOOPBACK and not token:
         note(f"warning: serving on {host} without --token: anyone who can reach port {port} can query "
              "the index and see its thumbnails")
@@ -160,15 +171,25 @@ def named_indices(args: list[str]) -> "dict[str, Path]":
     return named
 
 
-def query_model(named: "dict[str, Path]", model: str | None, device: str):
-    """The Comparator ``--model`` / ``--device`` ask for (None: each index loads its recorded model)."""
-    if not model and device == "cpu":
+def query_model(named: "dict[str, Path]", model: str | None, device: str, runtime: str = "eager"):
+    """The Comparator ``--model`` / ``--device`` / ``--runtime`` ask for (None: each index loads its recorded
+    model, eager — also for indices built with different models on the CPU)."""
+    from ..runtime import normalize_runtime
+
+    if not model and device == "cpu" and normalize_runtime(runtime) == "eager":
         return None
     from ..api import load
 
     if not model and len({_recorded_spec(p) for p in named.values()}) > 1:
+        if device == "cpu":
+            return None
         fail("--device with indices built with different models: serve them separately, or give --model")
-    return load(model or _recorded_spec(next(iter(named.values()))), device=resolve_device(device))
+    comparator = load(model or _recorded_spec(next(iter(named.values()))), device=resolve_device(device),
+                      runtime=runtime)
+    choice = getattr(comparator, "runtime_choice", None)
+    if choice is not None and choice.measured:  # runtime auto measured (now or cached): what it chose and why
+        note(f"runtime auto: {choice.reason}")
+    return comparator
 
 
 def _recorded_spec(index: Path) -> str:
@@ -212,3 +233,13 @@ def demo(
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("demo")(demo)
+
+
+def set_long_text(service, policy: str | None):
+    """``--long-text``: the policy of the service's text queries (/search) and texts (/embed, /rank without
+    ``truncate``); None leaves the index's and the model's own. Returns the service."""
+    from ..inputs import check_long_text
+
+    if policy is not None:
+        service.index.long_text = service.model.long_text = check_long_text(policy)
+    return service

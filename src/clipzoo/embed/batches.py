@@ -8,6 +8,8 @@ from typing import Any
 from ..errors import BadImageError, ClipzooError
 from ..progress import progress as progress_bar
 from .distributed import DistributedInfo
+from .gpu import GpuEmbedder, prefetch
+from .handover import Uint8Crop, normalize_uint8, split_transform
 from .loader import draft_size_for, image_loader
 
 __all__ = ["check_batch_size", "image_batches", "text_batches"]
@@ -26,16 +28,25 @@ def image_batches(comparator, items: list, batch_size: int, workers, normalize: 
     import torch
 
     device = torch.device(comparator.device)
-    loader = image_loader(items, comparator.transform, batch_size, workers, pin_memory=device.type == "cuda",
-                          draft_size=draft_size_for(comparator) if fast_decode else None)
+    split = split_transform(comparator.transform)  # uint8 crops in shared memory, normalised here (embed.handover)
+    draft = draft_size_for(comparator) if fast_decode else None
+    loader = image_loader(items, Uint8Crop(split) if split else comparator.transform, batch_size, workers,
+                          pin_memory=device.type == "cuda", draft_size=draft)
     label = f"embedding {len(items)} images" + (f" (rank {info.rank}/{info.world_size})" if info.active else "")
+    gpu = GpuEmbedder(comparator) if split is not None and device.type == "cuda" else None  # embed.gpu
     with progress_bar(len(items), label, enabled=progress, unit="images") as advance:
-        for indices, pixels, errors in loader:
+        for indices, pixels, errors in (prefetch(loader, device) if gpu is not None else loader):
             if errors and not skip_bad:
                 raise BadImageError(f"{errors[0][1]} (to leave such images out: --skip-bad, skip_bad=True)")
             skipped = [{"input": str(items[i]), "error": err} for i, err in errors]
-            if pixels is not None:
-                feats = comparator.encode_image(pixels.to(device, non_blocking=True), normalize=normalize)
+            if pixels is not None and gpu is not None:  # on the GPU already: normalise, channels-last, graph
+                feats = gpu.encode(gpu.pixels(pixels), normalize=normalize)
+                yield [str(items[i]) for i in indices], feats.cpu().numpy(), skipped
+            elif pixels is not None:
+                pixels = pixels.to(device, non_blocking=True)
+                if split is not None:
+                    pixels = normalize_uint8(pixels, split)
+                feats = comparator.encode_image(pixels, normalize=normalize)
                 yield [str(items[i]) for i in indices], feats.float().cpu().numpy(), skipped
             else:
                 yield [], None, skipped

@@ -1,5 +1,9 @@
 """The image DataLoader: worker processes decode and preprocess images (PIL) while the model encodes
-the previous batch, so a folder of images goes through the model without waiting on decoding."""
+the previous batch, so a folder of images goes through the model without waiting on decoding.
+
+Fast decoding (``draft_size``) goes through :mod:`clipzoo.embed.decode` (libjpeg-turbo via simplejpeg when
+installed, DCT scaling only while the sides stay >= twice the model's input); a worker stacks its batch in shared
+memory (:func:`clipzoo.embed.handover.stack_shared`), so the parent receives a handle, not a copy."""
 from __future__ import annotations
 
 import os
@@ -9,6 +13,8 @@ from typing import Any
 from ..errors import ClipzooError
 from ..inputs import open_image
 from ..processes import fork_safe_workers
+from .decode import decode_file
+from .handover import stack_shared
 
 __all__ = ["default_workers", "ImageFiles", "collate_images", "image_loader", "draft_size_for"]
 
@@ -28,7 +34,7 @@ class ImageFiles:
     def __init__(self, paths: Sequence[str], transform: Callable, draft_size: int | None = None):
         self.paths = list(paths)
         self.transform = transform
-        self.draft_size = draft_size  # reduced-size JPEG decoding (see clipzoo.inputs.load_rgb); None: full
+        self.draft_size = draft_size  # fast JPEG decoding for this input size (embed.decode); None: PIL, full
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -36,8 +42,10 @@ class ImageFiles:
     def __getitem__(self, index: int):
         path = self.paths[index]
         try:
-            # a path, or a webdataset tar member (clipzoo.embed.sources.TarMember)
-            image = open_image(path, self.draft_size) if isinstance(path, str) else path.open_rgb(self.draft_size)
+            if not isinstance(path, str):  # a webdataset tar member
+                image = path.open_rgb(self.draft_size)
+            else:
+                image = decode_file(path, self.draft_size) if self.draft_size else open_image(path)
             return index, self.transform(image), None
         except ClipzooError as exc:
             return index, None, str(exc)
@@ -47,11 +55,9 @@ class ImageFiles:
 
 def collate_images(items: list) -> tuple[list[int], Any, list[tuple[int, str]]]:
     """``[(index, pixels|None, error|None)]`` -> ``(indices, stacked pixels or None, [(index, error)])``."""
-    import torch
-
     good = [(i, x) for i, x, err in items if err is None]
     errors = [(i, err) for i, _, err in items if err is not None]
-    pixels = torch.stack([x for _, x in good]) if good else None
+    pixels = stack_shared([x for _, x in good]) if good else None
     return [i for i, _ in good], pixels, errors
 
 

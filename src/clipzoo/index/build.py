@@ -37,6 +37,7 @@ from ..api import load
 from ..cards import IMAGE
 from ..embed import draft_size_for, image_loader
 from ..errors import ClipzooError
+from ..inputs import check_long_text
 from ..progress import progress as progress_bar
 from .embedding_store import EmbeddingStore, ItemRow
 from .folder import INDEX_SUFFIXES, IndexFiles, caption_of, collate_index_batch, partition_of, sha256_file, walk_images
@@ -115,7 +116,8 @@ def load_model(model: Any, runtime: str = "eager"):
 def build_index(folder: "str | os.PathLike", out: "str | os.PathLike", model: Any = None, batch_size: int = 64,
                 workers: int | None = None, progress: bool = False, *, shard_rows: int = 4096,
                 flush_seconds: float = 10.0, vector_options: dict[str, Any] | None = None,
-                fast_decode: bool = True, runtime: str = "eager", wait: bool = False) -> BuildReport:
+                fast_decode: bool = True, runtime: str = "eager", wait: bool = False,
+                long_text: str | None = None, embedder: Any = None) -> BuildReport:
     """Index the images under ``folder`` into the index folder ``out`` with ``model`` (spec or Comparator).
 
     ``fast_decode``: decode large JPEGs at reduced size (see :func:`clipzoo.inputs.load_rgb`); False
@@ -126,6 +128,9 @@ def build_index(folder: "str | os.PathLike", out: "str | os.PathLike", model: An
     A rerun embeds only new or changed files and drops deleted ones; a run killed at any moment leaves
     an index that the next run completes. ``model`` may be omitted on a rerun (the recorded one is used).
     ``wait``: when another writer holds the index, wait for it instead of failing with its pid.
+    ``long_text``: recorded in the index; text queries then follow it (``"chunks"``: a long query is split and its
+    pieces' features averaged; otherwise a long query is cut, the index's default).
+    ``embedder``: decodes and embeds elsewhere (:class:`clipzoo.index.ray_build.RayIndexEmbedder`: ``--engine ray``).
     """
     t0 = time.perf_counter()
     if int(batch_size) < 1:
@@ -139,7 +144,7 @@ def build_index(folder: "str | os.PathLike", out: "str | os.PathLike", model: An
         raise ClipzooError(f"{os.fspath(folder)!r} is not a folder; pass the folder of images to index")
     check_store(dict(vector_options or {}).get("vector_store", DEFAULT_STORE))  # a missing extra: before any work
     settings = _Settings(int(batch_size), workers, progress, int(shard_rows), flush_seconds, dict(vector_options or {}),
-                         fast_decode, runtime)
+                         fast_decode, runtime, long_text=long_text, embedder=embedder)
     out_path = Path(os.path.expanduser(os.fspath(out))).absolute()
     created = not out_path.exists()
     fresh = created or (out_path.is_dir() and not (out_path / "index.sqlite").exists())  # no index yet
@@ -211,10 +216,14 @@ class _Settings:
     vector_options: dict[str, Any]
     fast_decode: bool
     runtime: str
+    long_text: str | None = None
+    embedder: Any = None  # (paths, comparator, draft_size) -> (good, features, errors) batches: --engine ray
 
 
 def _build(store: EmbeddingStore, root: Path, model: Any, settings: _Settings, t0: float) -> BuildReport:
     model, spec, alias = _check_target(store, root, model)
+    if settings.long_text is not None:
+        store.set_meta(long_text=check_long_text(settings.long_text))
     store.cleanup()
 
     report = BuildReport()
@@ -368,14 +377,17 @@ def _embed(store: EmbeddingStore, root: Path, relpaths: list[str], known: dict, 
     failed_known: list[str] = []
     with progress_bar(len(paths), f"indexing {len(paths)} images", enabled=settings.show_progress,
                       unit="images") as advance:
-        for good, pixels, errors in loader:
+        batches = loader if settings.embedder is None else settings.embedder(paths, comparator, draft_size)
+        for good, pixels, errors in batches:  # with an embedder, "pixels" are the features already
             for i, reason in errors:
                 report.skipped.append((paths[i], reason))
                 if relpaths[i] in known:
                     failed_known.append(relpaths[i])  # changed into something unreadable: its old row is stale
             if pixels is not None:
-                with torch.no_grad():
-                    feats = comparator.encode_image(pixels, normalize=True).float().cpu().numpy()
+                feats = pixels  # from the embedder
+                if settings.embedder is None:
+                    with torch.no_grad():
+                        feats = comparator.encode_image(pixels, normalize=True).float().cpu().numpy()
                 for (i, sha, size, mtime_ns), vec in zip(good, feats):
                     rel = relpaths[i]
                     if not np.all(np.isfinite(vec)):  # never enters the index (scores must stay cosines)

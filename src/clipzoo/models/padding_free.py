@@ -6,6 +6,8 @@ a batch's last end-of-text token reach its features, so they need not be compute
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 
 __all__ = ["trimmable", "encode_text_padding_free", "encode_text_trimmed"]
@@ -15,15 +17,17 @@ def tracing() -> bool:
     """Exporting (TorchScript / ONNX) or compiling: the graph must keep the whole context, whose length
     may not depend on the example's tokens."""
     compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
-    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or compiling())
+    onnx = sys.modules.get("torch.onnx")  # not imported yet (~0.2 s): nothing is exporting
+    return bool(torch.jit.is_tracing() or (onnx is not None and onnx.is_in_onnx_export()) or compiling())
 
 
 def trimmable(model) -> bool:
     """An open_clip ``CLIP`` whose text tower is causal and pools at the end-of-text token: its features
     do not depend on the padding after the longest text of a batch, so that padding need not be computed."""
-    import open_clip
-
-    return (type(model) is open_clip.CLIP and getattr(model, "text_pool_type", None) in ("argmax", "eos")
+    open_clip = sys.modules.get("open_clip")  # not imported: the model cannot be one of its classes
+    own = getattr(type(model), "trimmable_text", False)  # models.plain_clip.PlainCLIP
+    return ((own or (open_clip is not None and type(model) is open_clip.CLIP))
+            and getattr(model, "text_pool_type", None) in ("argmax", "eos")
             and isinstance(getattr(model, "attn_mask", None), torch.Tensor)
             and getattr(model, "positional_embedding", None) is not None)
 
@@ -44,8 +48,6 @@ def encode_text_trimmed(model, text: torch.Tensor) -> torch.Tensor:
     features (to float rounding, ~1e-7) for a fraction of the work — a 10-token caption in a 77-token
     context costs ~1/7. open_clip's own ``encode_text`` always runs the whole context.
     """
-    from open_clip.transformer import text_global_pool
-
     ends = text.argmax(dim=-1) if model.text_pool_type == "argmax" else (text == model.text_eos_id).int().argmax(dim=-1)
     n = int(ends.max()) + 1 if text.numel() else text.shape[1]
     text = text[:, :n]
@@ -54,7 +56,7 @@ def encode_text_trimmed(model, text: torch.Tensor) -> torch.Tensor:
     x = x + model.positional_embedding[:n].to(cast_dtype)
     x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
     x = model.ln_final(x)
-    x = text_global_pool(x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    x = x[torch.arange(x.shape[0], device=x.device), ends]  # open_clip's text_global_pool ('argmax' / 'eos')
     projection = model.text_projection
     if projection is not None:
         x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection

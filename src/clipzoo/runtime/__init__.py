@@ -8,13 +8,15 @@
 ``onnx``       exported once to ONNX (cached) and run in ONNX Runtime.
 ``int8``       dynamic int8 quantisation of the linear layers (matmuls): through ONNX Runtime
                (``onnx-int8``) when it is installed — the faster here, see docs/benchmarks.md —
-               else through PyTorch (``torch-int8``). Both can be named explicitly. (On a quiet
-               run, ViT-B/32, the dynamic one still measured ~15 % faster than the static one.)
+               else through PyTorch (``torch-int8``). Both can be named explicitly. (ViT-B/32 on 2
+               cores: the dynamic and the static one measured as fast — benchmarks/results/runtimes.json.)
 ``onnx-int8-   static int8 (QDQ) in ONNX Runtime: activation scales calibrated once (cached), so a
-static``       row does not depend on its batch; weights int8 per channel.
+static``       row does not depend on its batch; weights int8 per channel; integer (VNNI / AMX) kernels.
 ``bf16``       bfloat16 weights on a CPU with native bf16 (AVX512-BF16 / AMX), else refused.
 ``auto``       the fastest of the above available here, measured on a few batches under a cosine
-               guard to fp32 (≥ 0.995); the choice is cached per machine and model.
+               guard to fp32 (≥ 0.995: ``min_cosine=``, or spelled ``"auto:0.999"``); the choice is cached
+               per machine and model; a model under 25 M parameters runs eager without measuring.
+               The default of ``clipzoo embed``, ``clipzoo index build`` and ``clipzoo serve``.
 =============  ==================================================================================
 
 Each runtime keeps the Comparator API; its fidelity to eager fp32 is tested on tiny models
@@ -44,10 +46,27 @@ EAGER_NAMES = ("eager", "torch", "default")
 RUNTIME_MODULES: dict[str, ModuleType] = {**MODULES, "auto": auto}
 
 
+def split_guard(runtime: str | None) -> tuple[str, float | None]:
+    """``"auto:0.999"`` -> ``("auto", 0.999)``: the cosine guard of ``auto`` spelled into its name (what the CLI's
+    ``--min-cosine`` passes through index builds); other names -> ``(name, None)``."""
+    name = str(runtime or "eager").strip()
+    head, sep, tail = name.partition(":")
+    if not sep:
+        return name, None
+    if head.strip().lower() != "auto":
+        raise ClipzooError(f"runtime {runtime!r}: only auto takes a cosine guard (auto:0.995)")
+    try:
+        return "auto", auto.check_guard(float(tail))
+    except ValueError:
+        raise ClipzooError(f"runtime {runtime!r}: the guard after 'auto:' must be a number in (0, 1], "
+                           "e.g. auto:0.995") from None
+
+
 def normalize_runtime(runtime: str | None) -> str:
     """A runtime name as users may spell it -> one of :data:`RUNTIMES`; ``int8`` resolves to the int8
-    engine available here. Unknown names raise :class:`ClipzooError` listing the known ones."""
-    name = str(runtime or "eager").strip().lower().replace("_", "-")
+    engine available here, ``auto:GUARD`` to ``auto``. Unknown names raise :class:`ClipzooError` listing the
+    known ones."""
+    name = split_guard(runtime)[0].lower().replace("_", "-")
     name = ALIASES.get(name, name)
     if name not in RUNTIMES:
         raise ClipzooError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
@@ -66,10 +85,17 @@ def apply_runtime(name: str, card: ModelCard, build: Callable[..., Any], *, devi
     key the ONNX export cache.
     """
     runtime = normalize_runtime(name)
+    # the options of auto are taken out of load_kwargs in place: build() must not pass them to the backend
+    options = {k: load_kwargs.pop(k) for k in auto.OPTIONS if k in load_kwargs}
+    if options and runtime != "auto":
+        raise ClipzooError(f"{', '.join(sorted(options))}: only for runtime='auto', not {name!r}")
     if runtime == "eager":
         return build()
     if runtime == "auto":  # it measures the others and names the one it chose
+        guard = split_guard(name)[1]
+        if guard is not None:
+            options.setdefault("min_cosine", guard)
         return auto.apply(card, build, device=device, precision=precision, cache_dir=cache_dir,
-                          load_kwargs=dict(load_kwargs))
+                          load_kwargs=dict(load_kwargs), **options)
     return run_runtime(runtime, card, build, device=device, precision=precision, cache_dir=cache_dir,
                        load_kwargs=load_kwargs)

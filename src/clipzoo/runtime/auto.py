@@ -4,7 +4,10 @@ Each candidate available here (:data:`CANDIDATES`: eager fp32 always, the ONNX R
 is installed, ``bf16`` on a CPU with native bf16) embeds a few batches of images and texts — the caller's
 (:func:`choose`) or generated shapes and their captions — and is compared with eager fp32 on them: a
 candidate whose min cosine falls below ``min_cosine`` (default :data:`DEFAULT_MIN_COSINE`) is not
-eligible. The fastest eligible one (images + texts wall time) wins; eager is the fallback.
+eligible. The fastest eligible one (images + texts wall time) wins; eager is the fallback. Given the caller's
+inputs, ``onnx-int8-static`` is calibrated on them (:attr:`Choice.calibration`, reused by later loads).
+A model under :data:`TINY_PARAMETERS` runs eager without measuring (so ``auto`` as the CLI's default costs
+nothing on the embedded model and the tests' tiny ones).
 
 The choice is cached per machine (its CPU flags and core count) and model (card, source, load options) in
 ``cache_dir``/runtime-auto/ and reused; :class:`Choice` says what was chosen and why (also logged on
@@ -22,16 +25,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..backends.onnx_format import META_FILE
 from ..cards import IMAGE, TEXT, ModelCard
-from ..constants import default_cache_dir
+from ..constants import DEFAULT_MIN_COSINE, default_cache_dir
 from ..errors import ClipzooError
 from . import onnx
 from .bf16 import cpu_flags, native_bf16
-from .onnx_static_int8 import calibration_sample, sample_key
+from .onnx_static_int8 import calibration_sample, static_int8_folder
 from .table import has_onnxruntime, run_runtime
 
 CANDIDATES = ("eager", "onnx", "onnx-int8", "onnx-int8-static", "bf16")
-DEFAULT_MIN_COSINE = 0.995
+TINY_PARAMETERS = 25_000_000
+"""Below this many parameters ``auto`` runs eager without measuring: a batch takes milliseconds there, and the
+exports and calibration that measuring needs (seconds to minutes) would not pay back — the embedded model and
+the test suite's tiny models load as fast as with ``runtime="eager"``."""
+OPTIONS = ("min_cosine", "sample_images", "sample_texts")
+"""Keywords of ``clipzoo.load(..., runtime="auto", …)`` that go to :func:`apply` rather than to the backend."""
 BATCHES = 3
 BATCH_SIZE = 16
 MACHINE_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni", "asimd")
@@ -49,16 +58,68 @@ class Choice:
     measured: dict[str, dict[str, Any]] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
     cached: bool = False
+    calibration: str | None = None
+    """``onnx-int8-static`` chosen on the caller's inputs: its export calibrated on them, reused by later loads."""
 
 
 def apply(card: ModelCard, build: Callable[..., Any], *, device: str, precision: str, cache_dir,
-          load_kwargs: dict) -> Any:
-    """The comparator of ``card`` under the runtime :func:`choose` picks (measured now unless cached)."""
-    choice = choose(card, build, device=device, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs)
-    comparator = run_runtime(choice.runtime, card, build, device=device, precision=precision, cache_dir=cache_dir,
-                              load_kwargs=load_kwargs)
+          load_kwargs: dict, min_cosine: float = DEFAULT_MIN_COSINE, sample_images: Sequence | None = None,
+          sample_texts: Sequence[str] | None = None) -> Any:
+    """The comparator of ``card`` under the runtime :func:`choose` picks (measured now on ``sample_images`` /
+    ``sample_texts`` unless cached; a model under :data:`TINY_PARAMETERS` runs eager unmeasured)."""
+    min_cosine = check_guard(min_cosine)
+    path = cache_file(card, cache_dir, load_kwargs, min_cosine, candidates_here(device))
+    if path.is_file():
+        choice = read_choice(path)
+        comparator = run_choice(choice, card, build, device=device, precision=precision, cache_dir=cache_dir,
+                                load_kwargs=load_kwargs)
+    else:
+        eager = build()
+        size = parameter_count(eager)
+        if size < TINY_PARAMETERS:
+            eager.runtime = "eager"
+            eager.runtime_choice = Choice(
+                runtime="eager", min_cosine=min_cosine, machine=machine_key(),
+                reason=f"chose eager without measuring: {card.alias} has {size / 1e6:.1f} M parameters "
+                       f"(< {TINY_PARAMETERS / 1e6:.0f} M), where exporting and calibrating would cost more "
+                       "than they save")
+            LOG.info("runtime auto: %s", eager.runtime_choice.reason)
+            return eager
+        choice = choose(card, build, device=device, precision=precision, cache_dir=cache_dir,
+                        load_kwargs=load_kwargs, images=sample_images, texts=sample_texts, min_cosine=min_cosine)
+        comparator = eager if choice.runtime == "eager" else run_choice(
+            choice, card, build, device=device, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs)
+        comparator.runtime = choice.runtime
     comparator.runtime_choice = choice
     return comparator
+
+
+def check_guard(min_cosine) -> float:
+    """The cosine guard as a float in (0, 1], else a one-line :class:`ClipzooError`."""
+    try:
+        value = float(min_cosine)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise ClipzooError(f"min_cosine must be in (0, 1], got {min_cosine!r}; e.g. --min-cosine 0.995")
+    return value
+
+
+def parameter_count(model) -> int:
+    params = getattr(model, "parameters", None)
+    return sum(p.numel() for p in params()) if callable(params) else 0
+
+
+def candidates_here(device: str, candidates: Sequence[str] | None = None) -> list[str]:
+    here = available(device)
+    return [c for c in (candidates or CANDIDATES) if c in here]
+
+
+def read_choice(path: Path) -> Choice:
+    choice = Choice(**json.loads(path.read_text(encoding="utf-8")))
+    choice.cached = True
+    LOG.info("runtime auto (cached %s): %s", path, choice.reason)
+    return choice
 
 
 def available(device: str = "cpu", flags: frozenset[str] | None = None) -> list[str]:
@@ -78,11 +139,11 @@ def machine_key() -> dict[str, Any]:
     return {"flags": sorted(f for f in cpu_flags() if f in MACHINE_FLAGS), "cpus": os.cpu_count()}
 
 
-def cache_file(card: ModelCard, cache_dir, load_kwargs: dict, min_cosine: float, candidates: Sequence[str],
-               sample: str) -> Path:
-    """Where the choice for this machine, model and guard is kept."""
+def cache_file(card: ModelCard, cache_dir, load_kwargs: dict, min_cosine: float, candidates: Sequence[str]) -> Path:
+    """Where the choice for this machine, model and guard is kept (the sample it was measured on is not part
+    of the key: a choice made on one folder of photos holds for the next)."""
     key = {"machine": machine_key(), "card": card.to_dict(), "kwargs": load_kwargs, "min_cosine": min_cosine,
-           "candidates": list(candidates), "sample": sample}
+           "candidates": list(candidates)}
     path = card.source.path
     if path and os.path.exists(path):
         st = os.stat(path)
@@ -98,23 +159,18 @@ def choose(card: ModelCard, build: Callable[..., Any], *, device: str = "cpu", p
            candidates: Sequence[str] | None = None) -> Choice:
     """Measure the candidate runtimes on ``images`` / ``texts`` (default: generated) and return the
     fastest whose min cosine to eager fp32 is ≥ ``min_cosine``; cached per machine and model."""
-    if not 0.0 < float(min_cosine) <= 1.0:
-        raise ClipzooError(f"min_cosine must be in (0, 1], got {min_cosine!r}")
+    min_cosine = check_guard(min_cosine)
     load_kwargs = dict(load_kwargs or {})
-    here = available(device)
-    candidates = [c for c in (candidates or CANDIDATES) if c in here]
-    images, texts, _ = calibration_sample(images, texts)
+    candidates = candidates_here(device, candidates)
+    path = cache_file(card, cache_dir, load_kwargs, min_cosine, candidates)
+    if path.is_file():
+        return read_choice(path)
+    images, texts, source = calibration_sample(images, texts)
+    calibrate_on = (images, texts) if source == "given" else None  # static int8 calibrates on the caller's sample
     n = BATCHES * BATCH_SIZE
     images, texts = (images * n)[:n], (texts * n)[:n]
-    sample = hashlib.sha256(repr([sample_key(i) for i in images] + texts).encode()).hexdigest()
-    path = cache_file(card, cache_dir, load_kwargs, float(min_cosine), candidates, sample)
-    if path.is_file():
-        choice = Choice(**json.loads(path.read_text(encoding="utf-8")))
-        choice.cached = True
-        LOG.info("runtime auto (cached %s): %s", path, choice.reason)
-        return choice
-    choice = measure(card, build, candidates, images, texts, float(min_cosine), device=device, precision=precision,
-                     cache_dir=cache_dir, load_kwargs=load_kwargs)
+    choice = measure(card, build, candidates, images, texts, min_cosine, device=device, precision=precision,
+                     cache_dir=cache_dir, load_kwargs=load_kwargs, calibrate_on=calibrate_on)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(asdict(choice), indent=2) + "\n", encoding="utf-8")
@@ -124,16 +180,25 @@ def choose(card: ModelCard, build: Callable[..., Any], *, device: str = "cpu", p
 
 
 def measure(card, build, candidates: Sequence[str], images: list, texts: list[str], min_cosine: float, *,
-            device: str, precision: str, cache_dir, load_kwargs: dict) -> Choice:
-    """Time every candidate on the sample and pick (see :func:`choose`)."""
+            device: str, precision: str, cache_dir, load_kwargs: dict, calibrate_on: tuple | None = None) -> Choice:
+    """Time every candidate on the sample and pick (see :func:`choose`); ``calibrate_on``: the caller's
+    (images, texts), on which ``onnx-int8-static`` is calibrated."""
     reference = build(device="cpu", precision="fp32")
     ref = encode(reference, images, texts)
     measured: dict[str, dict[str, Any]] = {}
+    calibration = None
     for runtime in candidates:
         try:
-            model = reference if runtime == "eager" and device == "cpu" and str(precision) in onnx.FP32_NAMES else \
-                run_runtime(runtime, card, build, device=device, precision=precision, cache_dir=cache_dir,
-                             load_kwargs=load_kwargs)
+            if runtime == "onnx-int8-static" and calibrate_on is not None:
+                calibration = str(static_int8_folder(onnx.exported_folder(
+                    card, build, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs), *calibrate_on))
+                model = run_choice(Choice(runtime, "", min_cosine, calibration=calibration), card, build,
+                                   device=device, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs)
+            elif runtime == "eager" and device == "cpu" and str(precision) in onnx.FP32_NAMES:
+                model = reference
+            else:
+                model = run_runtime(runtime, card, build, device=device, precision=precision, cache_dir=cache_dir,
+                                    load_kwargs=load_kwargs)
             encode(model, images[:BATCH_SIZE], texts[:BATCH_SIZE])  # warm-up
             start = time.perf_counter()
             got = encode(model, images, texts)
@@ -148,7 +213,19 @@ def measure(card, build, candidates: Sequence[str], images: list, texts: list[st
     eligible = {r: v["seconds"] for r, v in measured.items() if v["eligible"]}
     best = min(eligible, key=eligible.get) if eligible else "eager"
     return Choice(runtime=best, reason=explain(best, measured, min_cosine, len(images), len(texts)),
-                  min_cosine=min_cosine, measured=measured, machine=machine_key())
+                  min_cosine=min_cosine, measured=measured, machine=machine_key(),
+                  calibration=calibration if best == "onnx-int8-static" else None)
+
+
+def run_choice(choice: Choice, card, build, *, device: str, precision: str, cache_dir, load_kwargs: dict) -> Any:
+    """The comparator of ``choice``: its static-int8 export calibrated on the caller's inputs when it has one
+    (and it is still there), else the runtime by name."""
+    if choice.calibration and (Path(choice.calibration) / META_FILE).is_file():
+        comparator = onnx.load_exported(Path(choice.calibration), device=device, cache_dir=cache_dir)
+        comparator.runtime = choice.runtime
+        return comparator
+    return run_runtime(choice.runtime, card, build, device=device, precision=precision, cache_dir=cache_dir,
+                       load_kwargs=load_kwargs)
 
 
 def encode(model, images: list, texts: list[str]) -> dict:

@@ -1,16 +1,18 @@
 """``runtime="onnx-int8-static"``: static int8 (QDQ) quantisation of the cached ONNX export.
 
-Weights int8 per output channel, activations uint8 with scales fixed by a calibration — so a row does not
-depend on what else is in its batch (the dynamic ``onnx-int8`` quantises activations per batch). The
-MatMul / Gemm / Conv nodes with a weight (not the activation × activation products of attention) are
-quantised; ONNX Runtime fuses the QDQ pairs into VNNI / AMX integer kernels.
+Weights int8 per output channel (``reduce_range=False``: the full int8 range, which VNNI / AMX compute
+exactly), activations uint8 with scales fixed by a calibration — so a row does not depend on what else is in
+its batch (the dynamic ``onnx-int8`` quantises activations per batch). The MatMul / Gemm / Conv nodes with a
+weight (not the activation × activation products of attention, nor the convolution stem on the raw pixels)
+are quantised; MatMul / Gemm keep a float output, which ONNX Runtime runs as ``MatMulIntegerToFloat`` /
+``QGemm`` — its integer kernels (AVX512-VNNI, AMX-INT8), without requantising between layers.
 
 Calibration: a sample of images and texts (the caller's through :func:`static_int8_folder`, else
-:data:`CALIBRATION_IMAGES` generated shapes and their captions) run through the fp32 graphs; each of the
-:data:`METHODS` (MinMax, entropy, percentile) quantises the graph, and the one whose outputs have the
-highest min cosine to fp32 on the sample is kept, per tower. The result lives in the cache beside the
+:data:`CALIBRATION_IMAGES` generated shapes and their captions) run through the fp32 graphs; two thirds of
+it calibrate each of the :data:`METHODS` (MinMax, entropy, percentile), and the method whose graph has the
+highest min cosine to fp32 on the last third is kept, per tower. The result lives in the cache beside the
 export (``<export>-int8s-<sample digest>``) with the chosen method's tensor ranges
-(``calibration-<tower>.json``, reused when the folder is rebuilt) and the measured cosines in its JSON.
+(``calibration-<tower>.json``) and the measured cosines in its JSON; later loads reuse it.
 """
 from __future__ import annotations
 
@@ -34,8 +36,10 @@ from .onnx import exported_folder, load_exported
 from .onnx_int8 import quiet_root_logger
 
 QUANT_OPS = ["MatMul", "Gemm", "Conv"]
+FLOAT_OUTPUT_OPS = ["MatMul", "Gemm"]  # int8 inputs, float output: ORT's MatMulIntegerToFloat / QGemm kernels
 METHODS = ("minmax", "entropy", "percentile")
-CALIBRATION_IMAGES = 64
+CALIBRATION_IMAGES = 96  # two thirds calibrate, one third validates the choice
+STEM_NODES = 3
 CALIBRATION_BATCH = 16
 ENTROPY_BINS = 512
 SEED = 20260
@@ -49,13 +53,14 @@ def apply(card, build: Callable[..., Any], *, device: str, precision: str, cache
 
 
 def static_int8_folder(folder: Path, images: Sequence | None = None, texts: Sequence[str] | None = None,
-                       methods: Sequence[str] = METHODS) -> Path:
+                       methods: Sequence[str] | None = None) -> Path:
     """The static-int8 version of the fp32 export ``folder`` calibrated on ``images`` / ``texts`` (PIL images
     or paths; default: generated shapes and captions), built once and cached beside ``folder``."""
     meta = read_meta(folder)
     if meta.get("quantization"):
         raise ClipzooError(f"{folder} is already quantised ({meta['quantization'].get('kind')}); "
                            "calibrate the fp32 export instead")
+    methods = METHODS if methods is None else tuple(methods)
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ClipzooError(f"unknown calibration method {bad[0] if bad else None!r}; use some of {', '.join(METHODS)}")
@@ -128,14 +133,21 @@ def quantize_static_folder(src: Path, dst: Path, images, texts, methods: Sequenc
 
 def quantize_graph(path: Path, dst: Path, modality: str, graph: dict, batches: list,
                    methods: Sequence[str]) -> tuple[str, dict[str, float]]:
-    """Quantise one graph by every method in ``methods``, keep the best (min cosine to fp32 on ``batches``)
-    as ``dst/<file>`` with its ranges in ``dst/calibration-<modality>.json``; returns (method, cosines)."""
-    reference = run_graph(path, graph, batches)
+    """Quantise one graph by every method in ``methods`` and keep the one with the highest min cosine to fp32
+    on validation batches the calibration did not see (the last third of ``batches``) as ``dst/<file>``, its
+    ranges in ``dst/calibration-<modality>.json``; returns (method, cosines). The convolution stem
+    (:func:`weight_nodes`) stays float."""
+    split = max(1, len(batches) * 2 // 3) if len(batches) > 1 else 1
+    calibrate, validate = batches[:split], batches[split:] or batches
+    reference = run_graph(path, graph, validate)
+    quantisable, stem = weight_nodes(path)
+    nodes = [n for n in quantisable if n not in stem]
     cosines: dict[str, float] = {}
     for method in methods:
         out = dst / f"{method}-{graph['file']}"
-        quantize_with(path, out, batches, graph["input"], method, dst / f"calibration-{modality}-{method}.json")
-        cosines[method] = min_cosine(run_graph(out, graph, batches), reference)
+        quantize_with(path, out, calibrate, graph["input"], method, dst / f"calibration-{modality}-{method}.json",
+                      nodes)
+        cosines[method] = min_cosine(run_graph(out, graph, validate), reference)
     best = max(methods, key=lambda m: cosines[m])
     for method in methods:
         out, ranges = dst / f"{method}-{graph['file']}", dst / f"calibration-{modality}-{method}.json"
@@ -148,7 +160,25 @@ def quantize_graph(path: Path, dst: Path, modality: str, graph: dict, batches: l
     return best, {m: round(c, 6) for m, c in cosines.items()}
 
 
-def quantize_with(src: Path, out: Path, batches: list, input_name: str, method: str, ranges: Path) -> None:
+def weight_nodes(path: Path) -> tuple[list[str], list[str]]:
+    """The graph's MatMul / Gemm / Conv nodes with a weight (not attention's activation × activation products),
+    and its stem: the convolutions among the first :data:`STEM_NODES` of them (a ResNet's three stem convs, a
+    ViT's patch embedding), which stay float — on the embedded ResNet, quantising them cost 0.004–0.006 of
+    min cosine on held-out shapes (benchmarks/runtimes.py), for a small share of the compute."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    weights = {i.name for i in model.graph.initializer}
+    weights |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    nodes = [n for n in model.graph.node if n.op_type in QUANT_OPS and n.input[1:2] and n.input[1] in weights]
+    return [n.name for n in nodes], [n.name for n in nodes[:STEM_NODES] if n.op_type == "Conv"]
+
+
+def quantize_with(src: Path, out: Path, batches: list, input_name: str, method: str, ranges: Path,
+                  nodes: list[str]) -> None:
+    """QDQ-quantise ``nodes`` of ``src`` into ``out``: int8 weights per channel, uint8 activations with the
+    ranges of ``method`` (computed into ``ranges`` once, then reused); MatMul / Gemm keep a float output, so
+    ONNX Runtime runs them as MatMulIntegerToFloat / QGemm (VNNI / AMX integer kernels, no requantisation)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -164,12 +194,6 @@ def quantize_with(src: Path, out: Path, batches: list, input_name: str, method: 
         def get_next(self):
             return next(self.items, None)
 
-    import onnx
-
-    model = onnx.load(str(src), load_external_data=False)
-    weights = {i.name for i in model.graph.initializer}
-    weights |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    nodes = [n.name for n in model.graph.node if n.op_type in QUANT_OPS and n.input[1:2] and n.input[1] in weights]
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
     with warnings.catch_warnings(), quiet_root_logger(), contextlib.redirect_stdout(io.StringIO()):
@@ -178,9 +202,10 @@ def quantize_with(src: Path, out: Path, batches: list, input_name: str, method: 
             entropy_ranges(src, Reader(), ranges)
         quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANT_OPS,
                         nodes_to_quantize=nodes,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=calibrate, calibration_cache_path=str(ranges),
-                        extra_options={"CalibMovingAverage": False})
+                        per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=calibrate, calibration_cache_path=str(ranges),
+                        extra_options={"CalibMovingAverage": False,
+                                       "OpTypesToExcludeOutputQuantization": FLOAT_OUTPUT_OPS})
 
 
 def entropy_ranges(src: Path, reader, ranges: Path) -> None:

@@ -1,0 +1,168 @@
+"""The decode share of the embedding pipeline's wall time (issue 22 §4: goal <= 25 % at the §1 figure).
+
+The same generated photo-like JPEGs (``embed_folder.write_photos``, 640×480 q90 by default) and the same random
+ViT-B/32 weights as ``embed_folder.py``, through the pieces ``clipzoo embed`` runs (``clipzoo.embed``):
+decode (:mod:`clipzoo.embed.decode`) + resize/crop to uint8 in DataLoader workers, batches handed over in shared
+memory (:mod:`clipzoo.embed.handover`), normalised in the parent, ``encode_image``. Per ``--runtimes`` entry:
+
+- ``decode_ms_per_image``: the worker's work for one image (decode, resize, crop), one thread, in this process;
+- ``model_ms_per_image``: ``encode_image`` on already-prepared batches (normalisation included);
+- ``in_process``: ``--workers 0`` (decode, then the model, one after the other): the share of wall time spent
+  decoding — what decode costs when it does not overlap;
+- ``pipelined``: ``--workers N`` (decode overlapping the model): the share of wall time the model waited for a
+  batch — the decode share of the end-to-end figure;
+- ``decode_share_of_work``: decode / (decode + model) per image — the share of CPU work decoding takes.
+
+The goal is met when the pipelined share (the end-to-end figure's) is <= 25 %. The peer is PIL's full decode
+(what an open_clip loop does): its in-process share is reported beside ours.
+
+    python benchmarks/decode_share.py                               # results/decode_share.json
+    python benchmarks/decode_share.py --images 32 --runtimes eager --out /tmp/decode_share.json
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from tables import RESULTS, machine_info, write_result
+
+warnings.filterwarnings("ignore")
+GOAL_SHARE = 0.25
+
+
+def prepare(files: list[str], comparator, fast: bool):
+    """The dataset, transform pieces and draft size ``clipzoo embed`` uses for ``comparator``."""
+    from clipzoo.embed.handover import Uint8Crop, split_transform
+    from clipzoo.embed.loader import ImageFiles, draft_size_for
+
+    split = split_transform(comparator.transform)
+    if split is None:
+        raise SystemExit(f"{comparator.card.alias}'s transform does not split into a uint8 crop")
+    return ImageFiles(files, Uint8Crop(split), draft_size_for(comparator) if fast else None), split
+
+
+def decode_ms(dataset) -> float:
+    """CPU milliseconds per image of the worker's work (decode, resize, crop), in this process."""
+    dataset[0]
+    t = time.process_time()
+    for i in range(len(dataset)):
+        dataset[i]
+    return (time.process_time() - t) * 1e3 / len(dataset)
+
+
+def model_ms(comparator, batches: list, split) -> float:
+    import torch
+
+    from clipzoo.embed.handover import normalize_uint8
+
+    with torch.no_grad():
+        comparator.encode_image(normalize_uint8(batches[0], split))  # warm-up
+        t = time.perf_counter()
+        for b in batches:
+            comparator.encode_image(normalize_uint8(b, split))
+    return (time.perf_counter() - t) * 1e3 / sum(len(b) for b in batches)
+
+
+def pipeline(comparator, files: list[str], split, batch_size: int, workers: int, fast: bool) -> dict:
+    """Wall seconds of the embedding loop and the seconds it spent waiting for the loader (decode)."""
+    import torch
+
+    from clipzoo.embed.handover import Uint8Crop, normalize_uint8
+    from clipzoo.embed.loader import draft_size_for, image_loader
+
+    loader = image_loader(files, Uint8Crop(split), batch_size, workers,
+                          draft_size=draft_size_for(comparator) if fast else None)
+    wait = model = 0.0
+    t0 = time.perf_counter()
+    it = iter(loader)
+    with torch.no_grad():
+        while True:
+            t = time.perf_counter()
+            try:
+                _, pixels, _ = next(it)
+            except StopIteration:
+                break
+            t1 = time.perf_counter()
+            wait += t1 - t
+            comparator.encode_image(normalize_uint8(pixels, split))
+            model += time.perf_counter() - t1
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "waiting_for_decode_s": wait, "model_s": model, "decode_share": wait / wall,
+            "images_per_s": len(files) / wall}
+
+
+def measure(runtime: str, model_path: Path, files: list[str], args) -> dict:
+    import torch
+
+    import clipzoo
+
+    comparator = clipzoo.load(str(model_path), runtime=runtime)
+    ours, split = prepare(files, comparator, fast=True)
+    reference, _ = prepare(files, comparator, fast=False)
+    batches = [torch.stack([ours[i][1] for i in range(s, min(s + args.batch_size, len(files)))])
+               for s in range(0, len(files), args.batch_size)]  # uint8 crops, as the workers stack them
+    dec, dec_pil, mod = decode_ms(ours), decode_ms(reference), model_ms(comparator, batches, split)
+    in_proc = pipeline(comparator, files, split, args.batch_size, 0, True)
+    piped = pipeline(comparator, files, split, args.batch_size, args.workers, True)
+    pil_in_proc = pipeline(comparator, files, split, args.batch_size, 0, False)
+    return {"decode_ms_per_image": dec, "pil_full_decode_ms_per_image": dec_pil, "model_ms_per_image": mod,
+            "decode_share_of_work": dec / (dec + mod), "in_process": in_proc, "pipelined": piped,
+            "pil_full_in_process": pil_in_proc, "goal_met": piped["decode_share"] <= GOAL_SHARE}
+
+
+def table(result: dict) -> dict:
+    rows = []
+    for runtime, r in result["runtimes"].items():
+        rows.append([f"`{runtime}`", round(r["decode_ms_per_image"], 2), round(r["pil_full_decode_ms_per_image"], 2),
+                     round(r["model_ms_per_image"], 2), f"{r['decode_share_of_work']:.0%}",
+                     f"{r['pil_full_in_process']['decode_share']:.0%}", f"{r['in_process']['decode_share']:.0%}",
+                     f"{r['pipelined']['decode_share']:.0%}", round(r["pipelined"]["images_per_s"], 1),
+                     "met" if r["goal_met"] else "not met"])
+    w = result["settings"]["workers"]
+    return {"columns": ["runtime", "decode ms/image (clipzoo)", "decode ms/image (PIL full)", "model ms/image",
+                        "decode share of work", "decode share, PIL full, in process",
+                        "decode share, clipzoo, in process", f"decode share, clipzoo, {w} workers (end to end)",
+                        f"images/s, {w} workers", "goal (<= 25 %)"], "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--photo-size", default="640x480", help="WxH of the generated photos")
+    ap.add_argument("--model", default="ViT-B-32", help="open_clip config name (random weights)")
+    ap.add_argument("--runtimes", default="eager", help="comma-separated clipzoo runtimes")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=1, help="decode workers of the pipelined run")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=RESULTS / "decode_share.json")
+    args = ap.parse_args()
+    from clipzoo.embed.decode import SCALE_MARGIN, decoder_name
+    from embed_folder import write_model, write_photos
+
+    machine = machine_info()
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="clipzoo-decode-share-"))
+    w, h = (int(v) for v in args.photo_size.split("x"))
+    files = write_photos(root / "jpegs", args.images, w, h)
+    model_path = root / f"{args.model}.safetensors"
+    if not model_path.exists():
+        write_model(model_path, args.model)
+    runtimes = {rt: measure(rt, model_path, files, args) for rt in args.runtimes.split(",")}
+    machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result = {"benchmark": "decode_share", "machine": machine,
+              "settings": {"images": len(files), "photo_size": args.photo_size, "model": f"{args.model} (random)",
+                           "batch_size": args.batch_size, "workers": args.workers,
+                           "decoder": decoder_name(), "dct_scale_margin": SCALE_MARGIN},
+              "goal_share": GOAL_SHARE, "runtimes": runtimes}
+    result["table"] = table(result)
+    write_result(args.out, result)
+    for row in result["table"]["rows"]:
+        print("  ".join(str(c) for c in row))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""How decode workers hand batches to the model (issue 22 §4): uint8 pixels in shared memory.
+
+A worker decodes, resizes and crops (PIL), then stacks the batch straight into a tensor in shared memory
+(torch's ``share_memory``: the parent maps the same pages; nothing is pickled or copied on the way), as uint8
+— a quarter of float32's bytes. The parent (or the GPU, after the copy) turns it into the model's normalised
+floats with the same arithmetic as the per-image transform (``x / 255``, minus the mean, over the std), so the
+rows come out as the in-process float path gives them.
+
+:func:`split_transform` recognises the transforms this applies to: clipzoo's :class:`PilEvalTransform` and
+open_clip's evaluation ``Compose`` (Resize to the shortest side, CenterCrop, to RGB, ToTensor, Normalize);
+anything else keeps the float path.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..models.pil_transform import RESAMPLE, PilEvalTransform
+
+__all__ = ["split_transform", "Uint8Crop", "stack_shared", "normalize_uint8"]
+
+RGB_STEPS = ("MaybeConvertMode", "_convert_to_rgb")
+TENSOR_STEPS = ("MaybeToTensor", "ToTensor")
+
+
+def split_transform(transform: Any) -> "PilEvalTransform | None":
+    """The PIL part + normalisation of ``transform`` as a :class:`PilEvalTransform`, or None when it is not one
+    of the evaluation transforms that split exactly into a uint8 crop and a normalisation."""
+    if isinstance(transform, PilEvalTransform):
+        return transform
+    steps = list(getattr(transform, "transforms", None) or [])
+    names = [getattr(s, "__name__", None) or type(s).__name__ for s in steps]
+    if len(steps) != 5 or names[:2] != ["Resize", "CenterCrop"] or names[2] not in RGB_STEPS \
+            or names[3] not in TENSOR_STEPS or names[4] != "Normalize":
+        return None
+    resize, crop, norm = steps[0], steps[1], steps[4]
+    size = resize.size if isinstance(resize.size, int) else (resize.size[0] if len(resize.size) == 1 else None)
+    crop_size = tuple(crop.size) if isinstance(crop.size, (list, tuple)) else (crop.size, crop.size)
+    interpolation = getattr(getattr(resize, "interpolation", None), "value", None)
+    if size is None or crop_size != (size, size) or getattr(resize, "max_size", None) is not None \
+            or interpolation not in RESAMPLE or len(norm.mean) != 3 or getattr(norm, "inplace", False):
+        return None
+    return PilEvalTransform(size, norm.mean, norm.std, interpolation)
+
+
+class Uint8Crop:
+    """PIL image -> the transform's resized, cropped RGB pixels as a uint8 (H, W, 3) tensor (picklable)."""
+
+    def __init__(self, transform: PilEvalTransform):
+        self.transform = transform
+
+    def __call__(self, image):
+        import numpy as np
+        import torch
+
+        return torch.from_numpy(np.array(self.transform.resize_crop(image).convert("RGB"), np.uint8, copy=True))
+
+
+def stack_shared(tensors: Sequence):
+    """``torch.stack(tensors)``; inside a DataLoader worker, into a tensor in shared memory, so handing it to
+    the parent passes a handle to the pages rather than a copy."""
+    import torch
+
+    first = tensors[0]
+    if torch.utils.data.get_worker_info() is None:
+        return torch.stack(list(tensors))
+    out = torch.empty((len(tensors), *first.shape), dtype=first.dtype).share_memory_()
+    return torch.stack(list(tensors), out=out)
+
+
+def normalize_uint8(batch, transform: PilEvalTransform, *, channels_last: bool = False, dtype=None):
+    """A uint8 (N, H, W, 3) batch (on any device) -> the model's normalised (N, 3, H, W) floats, bit for bit what
+    ``transform`` gives image by image; ``channels_last`` keeps the NHWC layout (GPU convolutions), ``dtype``
+    casts after normalising (fp16 / bf16 models)."""
+    import torch
+
+    x = batch.permute(0, 3, 1, 2)
+    x = x.to(torch.get_default_dtype()).div(255)
+    mean = torch.tensor(transform.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(transform.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+    return x if dtype is None else x.to(dtype)
