@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 ms = pytest.importorskip("mindspore")
 
@@ -278,10 +279,8 @@ def test_errors_are_mindspore_clips():
     assert str(err.value) == f"Model ViT-H-14 not found; available models = {open_clip.list_openai_models()}"
     with pytest.raises(AssertionError, match="^pretrained image towers currently only supported for timm models$"):
         open_clip.create_model("tiny-ViT", pretrained_image=True)
-    with pytest.raises(UnsupportedError, match=r"^precision 'fp16': clipzoo's MindSpore drop-in runs fp32 only"):
-        open_clip.create_model("tiny-ViT", precision="fp16")
-    with pytest.raises(UnsupportedError, match=r"^force_custom_text=True: "):
-        open_clip.create_model("tiny-ViT", force_custom_text=True)
+    with pytest.raises(UnsupportedError, match=r"^precision 'amp_bf16': clipzoo's MindSpore drop-in runs 'fp32' or "):
+        open_clip.create_model("tiny-ViT", precision="amp_bf16")
 
 
 @pytest.mark.parametrize(("model", "tag", "url"), [
@@ -299,3 +298,66 @@ def test_pretrained_tag_is_mindspore_clips_download(monkeypatch, tmp_path, model
     with pytest.raises(Fetched) as got:
         open_clip.create_model(model, tag, cache_dir=str(tmp_path))
     assert got.value.args == ("https://download.mindspore.cn/toolkits/mindcv/mindspore-clip/" + url, str(tmp_path))
+
+
+def test_precision_fp16_is_mindspore_clips_convert_weights_to_lp(workdir):
+    tmp, expected = workdir
+    ckpt = str(tmp / "tiny.ckpt")
+    model = open_clip.create_model("tiny-ViT", ckpt, precision="fp16")
+    image = ms.Tensor(open_clip.image_transform(32, False)(Image.open(tmp / "CLIP.png"))[0][None])
+    text = open_clip.tokenize(TEXTS)
+    image_features, text_features, logit_scale = model(image, text)
+    # the original's LayerNorms take float32 inputs and its projections are cast to the input's dtype: fp32 out
+    assert (image_features.dtype, text_features.dtype, logit_scale.dtype) == (ms.float32,) * 3
+    dense = model.visual.transformer.resblocks[0].mlp.c_fc
+    assert dense.weight.dtype == ms.float32  # parameters stay fp32, as with the original's Cell.to_float
+    for got, want in ((image_features, expected["unit_image"]), (text_features, expected["unit_text"])):
+        cosine = (got.asnumpy() * want).sum(-1)
+        assert cosine.min() >= 0.999
+        assert np.abs(got.asnumpy() - want).max() > 1e-6  # it did compute in float16
+    ms.set_context(mode=ms.GRAPH_MODE)
+    graph = model(image, text)
+    assert [x.dtype for x in graph] == [ms.float32] * 3
+    for got, want in ((graph[0], expected["unit_image"]), (graph[1], expected["unit_text"])):
+        assert (got.asnumpy() * want).sum(-1).min() >= 0.999  # float16 rounding differs from PyNative's (~1e-4)
+
+
+def test_force_image_size_resizes_position_embedding_as_resize_pos_embed(workdir):
+    tmp, _ = workdir
+    ckpt = str(tmp / "tiny.ckpt")
+    old = np.asarray(ms_common.read_params(ckpt)["visual.positional_embedding"], np.float32)
+    assert old.shape == (17, 128)  # a 4x4 grid (32 px, patch 8)
+    for size, grid in ((56, 7), (24, 3)):  # larger and smaller
+        model, _, preprocess_val = open_clip.create_model_and_transforms("tiny-ViT", ckpt, force_image_size=size)
+        state = {"visual.positional_embedding": torch.tensor(old)}
+        visual = type("Visual", (), {"grid_size": (grid, grid)})
+        reference_open_clip.model.resize_pos_embed(state, type("Model", (), {"visual": visual}))
+        want = state["visual.positional_embedding"].numpy()
+        got = model.visual.positional_embedding.asnumpy()
+        assert got.shape == want.shape == (grid * grid + 1, 128)
+        assert np.abs(got - want).max() <= 1e-5
+        assert np.abs(got[0] - old[0]).max() == 0  # the class token's row is kept
+        image = ms.Tensor(preprocess_val(Image.open(tmp / "CLIP.png")))
+        assert image.shape == (1, 3, size, size) and model.encode_image(image).shape == (1, model.embed_dim)
+
+
+def test_force_custom_text_is_custom_text_clips_layout(workdir):
+    tmp, expected = workdir
+    model = open_clip.create_model("tiny-ViT", str(tmp / "tiny.ckpt"), force_custom_text=True)
+    names = {p.name for p in model.get_parameters()}
+    assert {"text.token_embedding.embedding_table", "text.positional_embedding", "text.text_projection",
+            "text.ln_final.gamma", "logit_scale"} <= names
+    assert not any(n.startswith(("transformer.", "ln_final.", "token_embedding.")) for n in names)
+    keys = ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu")
+    cfg = {k: v for k, v in get_config("tiny-ViT").items() if k in keys}
+    ref = reference_open_clip.model.CustomTextCLIP(**cfg).eval()
+    sd = load_file(str(tmp / "tiny-ViT.safetensors"))
+    ref.load_state_dict(reference_open_clip.model.convert_to_custom_text_state_dict(sd))
+    image = open_clip.image_transform(32, False)(Image.open(tmp / "CLIP.png"))[0][None]
+    ids = open_clip.tokenize(TEXTS)
+    with torch.no_grad():
+        want = [x.numpy() for x in ref(torch.tensor(image), torch.tensor(ids.asnumpy()))[:2]]
+    got = [x.asnumpy() for x in model(ms.Tensor(image), ids)[:2]]
+    assert all(np.abs(g - w).max() <= 1e-5 for g, w in zip(got, want))
+    assert np.abs(got[1] - expected["unit_text"]).max() <= 1e-5  # the same text tower as CLIP's layout
+    assert abs(float(model.logit_scale.exp().asnumpy()) - expected["scale"]) <= 1e-5 * expected["scale"]

@@ -3,10 +3,12 @@
 average, as JSON and markdown.
 
 Each data set is scored with ELEVATER's metric for it (``accuracy``: top-1; ``mean-per-class``: mean per-class
-recall; ``roc_auc``: area under the ROC of class 1). The linear modes are ELEVATER's linear probe: its fine-tune
-recipe with the image tower frozen (:mod:`clipzoo.eval.elevater_finetune` on precomputed features: the
-language-initialised head, the same learning-rate / weight-decay search on the validation split, a final run on
-train + val); few-shot subsets are drawn by vision-datasets' ``SampleFewShot`` exactly as ELEVATER draws them.
+recall; ``roc_auc``: area under the ROC of class 1; ``11point_mAP`` for the multilabel voc-2007-classification:
+:func:`map_11_points` of the zero-shot probabilities, zero-shot only). The linear modes are ELEVATER's linear
+probe: its fine-tune recipe with the image tower frozen (:mod:`clipzoo.eval.elevater_finetune` on precomputed
+features: the language-initialised head, the same learning-rate / weight-decay search on the validation split, a
+final run on train + val); few-shot subsets are drawn by vision-datasets' ``SampleFewShot`` exactly as ELEVATER
+draws them.
 """
 from __future__ import annotations
 
@@ -27,11 +29,48 @@ from .metrics import zeroshot_metrics
 from .zeroshot import class_weights
 
 __all__ = ["MODES", "DEFAULT_SHOTS", "DEFAULT_SEEDS", "run_elevater", "evaluate_set", "score_logits",
-           "elevater_markdown", "write_elevater"]
+           "map_11_points", "multilabel_targets", "check_multilabel_mode", "elevater_markdown", "write_elevater"]
 
 MODES = ("zeroshot", "linear", "fewshot", "finetune")
 DEFAULT_SHOTS = 5
 DEFAULT_SEEDS: tuple[int, ...] = tuple(catalog()["seeds"])
+ZEROSHOT_SCALE = 100.0  # ELEVATER's zero-shot probabilities: softmax(100 * cosine) over the classes
+
+
+def map_11_points(targets: np.ndarray, scores: np.ndarray, n_points: int = 11) -> float:
+    """ELEVATER's ``11point_mAP`` (vision-evaluation's ``MeanAveragePrecisionNPointsEvaluator(11)``): for each
+    class with a positive, the precision interpolated at recalls 1.0, 0.9, …, 0.0 (the best precision at a recall
+    at least that) of sklearn's precision–recall curve of its scores, averaged; then the mean over classes."""
+    from sklearn.metrics import precision_recall_curve
+
+    targets, scores = np.asarray(targets), np.asarray(scores, dtype=float)
+    if targets.shape != scores.shape or targets.ndim != 2:
+        raise EvalInputError(f"11-point mAP needs (N, C) targets and scores, got {targets.shape} and {scores.shape}")
+    kept = [c for c in range(targets.shape[1]) if targets[:, c].any()]
+    if not kept:
+        raise EvalInputError("11-point mAP needs at least one positive label in the test split")
+    per_class = []
+    for c in kept:
+        precision, recall, _ = precision_recall_curve(targets[:, c], scores[:, c])
+        points = [precision[recall >= t].max() if (recall >= t).any() else 0.0
+                  for t in np.linspace(1, 0, n_points)]
+        per_class.append(float(np.mean(points)))
+    return float(np.mean(per_class))
+
+
+def multilabel_targets(labels: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
+    """(N, C) 0/1 targets from each image's class ids (ELEVATER's ``multilabel_to_vec``)."""
+    out = np.zeros((len(labels), num_classes), dtype=int)
+    for row, ids in enumerate(labels):
+        out[row, list(ids)] = 1
+    return out
+
+
+def check_multilabel_mode(ds: ElevaterSet, mode: str) -> None:
+    """A multilabel set is scored zero-shot only here (its linear / fine-tune heads are not implemented)."""
+    if ds.multilabel and mode != "zeroshot":
+        raise EvalInputError(f"data set {ds.name!r} is multilabel: only --mode zeroshot supports it here "
+                             "(leave it out of --datasets for linear, fewshot and finetune)")
 
 
 def score_logits(logits: torch.Tensor, targets: torch.Tensor, metric: str, num_classes: int) -> dict[str, float]:
@@ -97,10 +136,16 @@ def evaluate_set(model, data_root: str | Path, ds: ElevaterSet, mode: str, *, sh
     """One data set in one mode: its metrics (``score`` is ELEVATER's metric), with ``_std`` over seeds."""
     if mode not in MODES:
         raise EvalInputError(f"unknown --mode {mode!r}: choose from {', '.join(MODES)}")
+    check_multilabel_mode(ds, mode)
     test = read_split(data_root, ds, "test")
-    y_test = torch.tensor(test.labels)
     n_cls = len(ds.classnames)
     weights = class_weights(model, ds.classnames, ds.templates)
+    if ds.multilabel:
+        f_test = F.normalize(model.encode_image(test.images, batch_size=batch_size, normalize=False).float(), dim=-1)
+        probs = (ZEROSHOT_SCALE * f_test @ F.normalize(weights.float(), dim=-1).to(f_test.device).T).softmax(-1)
+        score = map_11_points(multilabel_targets(test.labels, n_cls), probs.cpu().numpy())
+        return {"map_11_points": score, "score": score}
+    y_test = torch.tensor(test.labels)
     if mode == "finetune":
         return _finetune_set(model, data_root, ds, test, weights, shots, seeds if shots else seeds[:1],
                              finetune_config or FinetuneConfig())
@@ -145,6 +190,8 @@ def run_elevater(model, data_root: str | Path, mode: str, *, datasets: Sequence[
     if mode == "fewshot" and shots is None:
         shots = DEFAULT_SHOTS
     sets = open_sets(data_root, list(datasets) if datasets else None)
+    for ds in sets:
+        check_multilabel_mode(ds, mode)
     rows = {}
     for ds in sets:
         row = evaluate_set(model, data_root, ds, mode, shots=shots if mode in ("fewshot", "finetune") else None,
@@ -164,7 +211,8 @@ def elevater_markdown(result: dict[str, Any]) -> str:
              "| data set | metric | score | acc1 |", "|---|---|---:|---:|"]
     for name, row in result["datasets"].items():
         std = f" ± {100 * row['score_std']:.2f}" if "score_std" in row and len(result["seeds"]) > 1 else ""
-        lines.append(f"| {name} | {row['metric']} | {100 * row['score']:.2f}{std} | {100 * row['acc1']:.2f} |")
+        acc1 = f"{100 * row['acc1']:.2f}" if "acc1" in row else "–"  # a multilabel set has no top-1
+        lines.append(f"| {name} | {row['metric']} | {100 * row['score']:.2f}{std} | {acc1} |")
     lines.append(f"| **ELEVATER average** | | **{100 * result['average']:.2f}** | |")
     return "\n".join(lines) + "\n"
 

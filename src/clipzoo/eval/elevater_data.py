@@ -25,6 +25,7 @@ CATALOG_FILE = Path(__file__).with_name("elevater_datasets.json")
 HUB_FILE = "vision_datasets.json"
 FEATURE = "ELEVATER evaluation"
 _USAGES = {"train": "TRAIN", "val": "VAL", "test": "TEST"}
+MULTILABEL_TYPE = "classification_multilabel"
 
 
 def catalog() -> dict[str, Any]:
@@ -48,13 +49,19 @@ class ElevaterSet:
     metric: str = "accuracy"
     splits: list[str] = field(default_factory=list)
 
+    @property
+    def multilabel(self) -> bool:
+        """A multilabel set (vision-datasets' ``classification_multilabel``, e.g. voc-2007-classification)."""
+        return self.hub.get("type") == MULTILABEL_TYPE
+
 
 @dataclass
 class ElevaterSplit:
-    """One split read through vision-datasets: PIL images, class ids and the manifest's image ids."""
+    """One split read through vision-datasets: PIL images, class ids (a sorted list of them per image for a
+    multilabel set) and the manifest's image ids."""
 
     images: list[Any]
-    labels: list[int]
+    labels: list[Any]
     ids: list[Any]
     manifest: Any = None
 
@@ -125,7 +132,8 @@ def open_sets(data_root: str | Path, names: list[str] | None = None) -> list[Ele
             raise EvalInputError(f"data set {name!r} has no class names: add a labels.txt (one per line) beside "
                                  "its index")
         templates = ref.get("templates") or ["a photo of a {}."]
-        sets.append(ElevaterSet(name, entry, list(classnames), list(templates), ref.get("metric", "accuracy"), splits))
+        metric = ref.get("metric") or ("11point_mAP" if entry.get("type") == MULTILABEL_TYPE else "accuracy")
+        sets.append(ElevaterSet(name, entry, list(classnames), list(templates), metric, splits))
     if not sets:
         raise EvalInputError(f"no ELEVATER data set found under {root}: each needs its test index file "
                              f"(see {HUB_FILE}); nothing to evaluate")
@@ -137,9 +145,10 @@ def _manifest(root: Path, entry: dict[str, Any], split: str):
     from vision_datasets.common.factory.data_manifest_factory import DataManifestFactory
 
     info = _info(entry)
-    if info.type != vd.DatasetTypes.IMAGE_CLASSIFICATION_MULTICLASS:
+    if info.type not in (vd.DatasetTypes.IMAGE_CLASSIFICATION_MULTICLASS,
+                         vd.DatasetTypes.IMAGE_CLASSIFICATION_MULTILABEL):
         raise EvalInputError(f"data set {entry['name']!r} is {info.type.name.lower()}; ELEVATER evaluation here "
-                             "supports multiclass image classification only (leave it out with --datasets)")
+                             "supports image classification only (leave it out with --datasets)")
     return info, DataManifestFactory.create(info, vd.Usages[_USAGES[split]], str(root))
 
 
@@ -158,15 +167,17 @@ def read_split(data_root: str | Path, ds: ElevaterSet, split: str, manifest: Any
     images, labels, ids = [], [], []
     try:
         for i, image in enumerate(manifest.images):
-            if len(image.labels) != 1:
+            if len(image.labels) != 1 and not ds.multilabel:
                 raise EvalInputError(f"image {image.img_path} of {ds.name!r} has {len(image.labels)} labels; "
                                      "a multiclass data set needs exactly one")
             images.append(data[i][0].convert("RGB"))
-            labels.append(int(image.labels[0].category_id))
+            ids_of = sorted({int(label.category_id) for label in image.labels})
+            labels.append(ids_of if ds.multilabel else ids_of[0])
             ids.append(image.id)
     finally:
         data.close()
-    bad = [c for c in labels if not 0 <= c < len(ds.classnames)]
+    flat = [c for cs in labels for c in cs] if ds.multilabel else labels
+    bad = [c for c in flat if not 0 <= c < len(ds.classnames)]
     if bad:
         raise EvalInputError(f"{ds.name!r} {split} has class id {bad[0]} but {len(ds.classnames)} class names")
     return ElevaterSplit(images, labels, ids, manifest)

@@ -50,8 +50,8 @@ class VisionTransformer(nn.Cell):
         x = self.conv1(x)
         n, width = x.shape[0], x.shape[1]
         x = x.reshape(n, width, x.shape[2] * x.shape[3]).transpose(0, 2, 1)  # (N, grid², W)
-        cls = ops.broadcast_to(self.class_embedding.reshape(1, 1, width), (n, 1, width))
-        x = ops.cat([cls, x], axis=1) + self.positional_embedding
+        cls = ops.broadcast_to(self.class_embedding.reshape(1, 1, width).astype(x.dtype), (n, 1, width))
+        x = ops.cat([cls, x], axis=1) + self.positional_embedding.astype(x.dtype)  # x is float16 after to_float
         x = self.transformer(self.ln_pre(x))
         return ops.matmul(self.ln_post(x[:, 0]), self.proj)
 

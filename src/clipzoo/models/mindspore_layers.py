@@ -61,7 +61,7 @@ class Attention(nn.Cell):
 
     def construct(self, x, mask=None):
         n, length, width = x.shape
-        qkv = ops.matmul(x, self.in_proj_weight.T) + self.in_proj_bias
+        qkv = ops.matmul(x, self.in_proj_weight.T.astype(x.dtype)) + self.in_proj_bias.astype(x.dtype)  # fp16 cells
         q, k, v = ops.split(qkv, width, axis=-1)
         q = self.split_heads(q) * self.scale
         scores = ops.matmul(q, self.split_heads(k).transpose(0, 1, 3, 2))

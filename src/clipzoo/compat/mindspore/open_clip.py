@@ -19,11 +19,13 @@ models.
 - MindSpore-CLIP's RuntimeErrors, word for word: ``"Model config for {name} not found."`` and
   ``"Pretrained weights ({tag}) not found for model {name}.Available pretrained tags ([...]."``.
 
-Differences: float32 on MindSpore's CPU wheel only (``precision`` other than fp32 and ``force_custom_text`` raise a
-ClipzooError; another ``device`` warns and runs on the CPU); ``jit=True`` compiles ``encode_image`` /
-``encode_text`` with ``mindspore.jit``; ``force_patch_dropout`` is accepted and, as in open_clip's inference mode,
-changes nothing; ``force_image_size`` with pretrained weights of another size is refused (no position-embedding
-resize); the weights are loaded strictly (a mismatch is a one-line error, not MindSpore's silent partial load).
+Differences: MindSpore's CPU wheel only (another ``device`` warns and runs on the CPU); ``precision`` is ``"fp32"``
+or ``"fp16"`` (the original has no ``precision`` and always applies its ``convert_weights_to_lp``, which ``"fp16"``
+reproduces; another precision is a ClipzooError); ``jit=True`` compiles ``encode_image`` / ``encode_text`` with
+``mindspore.jit``; ``force_patch_dropout`` is accepted and, as in open_clip's inference mode, changes nothing;
+``force_custom_text`` builds :class:`~.custom_text.CustomTextModel`; ``force_image_size`` resizes a ViT's position
+embedding as open_clip's torch ``resize_pos_embed`` does (MindSpore's bicubic kernel differs from it by ~1e-3); the
+weights are loaded strictly (a mismatch is a one-line error, not MindSpore's silent partial load).
 """
 from __future__ import annotations
 
@@ -37,9 +39,11 @@ from typing import Any
 
 import mindspore as ms
 import numpy as np
+from mindspore import nn
 
 from ...errors import UnknownModelError, UnsupportedError
-from ...models.mindspore_config import MODEL_CONFIGS, get_config
+from ...models.mindspore_config import MODEL_CONFIGS, get_config, tower_sizes
+from ...models.mindspore_layers import Attention
 from ...registry import REGISTRY
 from ...tokenizers import shared
 from .common import (
@@ -52,6 +56,7 @@ from .common import (
     read_params,
     token_ids,
 )
+from .custom_text import CustomTextModel, convert_to_custom_text_param_dict
 
 __all__ = ["create_model", "create_model_and_transforms", "get_tokenizer", "tokenize", "decode", "list_models",
            "list_pretrained", "list_openai_models", "list_pretrained_tags_by_model", "list_pretrained_models_by_tag",
@@ -64,6 +69,7 @@ SHIPPED = ("RN50", "RN50-quickgelu", "RN101", "RN101-quickgelu", "RN50x4", "RN50
            "ViT-B-32-quickgelu", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "ViT-bigG-14")
 ADDED: dict[str, dict[str, Any]] = {}  # add_model_config's configs
 FP32 = ("fp32", "float32")
+FP16 = ("fp16", "float16")
 PRETRAINED_IMAGE = "pretrained image towers currently only supported for timm models"
 
 
@@ -180,14 +186,12 @@ def create_model(model_name: str, pretrained: "str | None" = None, precision: st
                  jit: bool = False, force_quick_gelu: bool = False, force_custom_text: bool = False,
                  force_patch_dropout: "float | None" = None, force_image_size: "int | None" = None,
                  pretrained_image: bool = False, cache_dir: "str | None" = None, require_pretrained: bool = False,
-                 **model_kwargs: Any) -> OpenClipModel:
+                 **model_kwargs: Any) -> "OpenClipModel | CustomTextModel":
     """MindSpore-CLIP's ``create_model`` (see the module's docstring for ``pretrained``)."""
     model_name = model_name.replace("/", "-")  # for callers using old naming with / in ViT names
-    if precision not in FP32:
-        raise UnsupportedError(f"precision {precision!r}: clipzoo's MindSpore drop-in runs fp32 only; use 'fp32'")
-    if force_custom_text:
-        raise UnsupportedError("force_custom_text=True: clipzoo's MindSpore drop-in builds open_clip's CLIP (the "
-                               "text tower at the top level) only; leave force_custom_text=False")
+    if precision not in FP32 + FP16:
+        raise UnsupportedError(f"precision {precision!r}: clipzoo's MindSpore drop-in runs 'fp32' or 'fp16' "
+                               "(MindSpore-CLIP's convert_weights_to_lp); use one of those")
     if model_kwargs:
         raise UnsupportedError(f"unknown create_model option(s) for the MindSpore drop-in: {', '.join(model_kwargs)}")
     if pretrained_image:
@@ -201,12 +205,69 @@ def create_model(model_name: str, pretrained: "str | None" = None, precision: st
         raise ConfigNotFoundError(f"Pretrained weights were required for (model: {model_name}, pretrained: "
                                   f"{pretrained}) but not loaded.")
     params = _weights(model_name, pretrained, cache_dir) if pretrained else _random_params(cfg)
-    model = build_net(OpenClipModel, cfg, params)
+    if force_image_size is not None:
+        params = resize_pos_embed(params, cfg)
+    if force_custom_text or cfg.get("custom_text"):  # the original: model_cfg.pop("custom_text") or force_custom_text
+        model = build_net(CustomTextModel, cfg, convert_to_custom_text_param_dict(params))
+    else:
+        model = build_net(OpenClipModel, cfg, params)
+    if precision in FP16:
+        convert_weights_to_lp(model)
     model.visual.image_mean, model.visual.image_std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     model.visual.patch_dropout = float(force_patch_dropout or 0.0)
     if jit:
         model.encode_image, model.encode_text = ms.jit(model.encode_image), ms.jit(model.encode_text)
     return model
+
+
+def convert_weights_to_lp(model: nn.Cell) -> nn.Cell:
+    """MindSpore-CLIP's ``convert_weights_to_lp``: the Conv, Dense and Attention cells compute in float16 (their
+    parameters stay float32); its LayerNorms take float32 inputs as its ``norm_layer`` does, so the features and
+    the logit scale come out float32."""
+    for _, cell in model.cells_and_names():
+        if isinstance(cell, (nn.Conv1d, nn.Conv2d, nn.Dense, Attention)):
+            cell.to_float(ms.float16)
+        elif isinstance(cell, nn.LayerNorm):
+            cell.to_float(ms.float32)
+    return model
+
+
+def resize_pos_embed(params: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """MindSpore-CLIP's ``resize_pos_embed``: a ViT's image position embedding of another grid is resized to the
+    config's grid (class token kept, the grid interpolated bicubically); a ResNet's is left as it is (the original
+    has no resize for it). The interpolation is open_clip's (torch, antialiased): MindSpore's CPU
+    ``ops.interpolate(mode="bicubic")``, which the original calls, differs from it by up to ~1e-3."""
+    old = params.get("visual.positional_embedding")
+    sizes = tower_sizes(cfg)
+    if old is None or not sizes["patch_size"]:
+        return params
+    old = np.asarray(old.asnumpy() if hasattr(old, "asnumpy") else old, np.float32)
+    grid = sizes["image_size"] // sizes["patch_size"]
+    if grid * grid + 1 == old.shape[0]:
+        return params
+    old_grid = int(np.sqrt(old.shape[0] - 1))
+    weights = _bicubic_weights(old_grid, grid)
+    image = np.einsum("ij,jkc,lk->ilc", weights, old[1:].reshape(old_grid, old_grid, -1).astype(np.float64), weights)
+    resized = np.concatenate([old[:1], image.reshape(grid * grid, -1).astype(np.float32)], axis=0)
+    return {**params, "visual.positional_embedding": resized}
+
+
+def _bicubic_weights(n_in: int, n_out: int, a: float = -0.5) -> np.ndarray:
+    """[n_out, n_in] weights of open_clip's resize (torch ``interpolate(mode="bicubic", align_corners=False,
+    antialias=True)``): Keys' cubic with a = -0.5, half-pixel centres, widened by the scale when shrinking, the
+    taps inside the grid renormalised to sum 1."""
+    scale = n_in / n_out
+    stretch = max(scale, 1.0)
+    out = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        centre = (i + 0.5) * scale
+        lo, hi = max(int(centre - 2 * stretch + 0.5), 0), min(int(centre + 2 * stretch + 0.5), n_in)
+        for j in range(lo, hi):
+            d = abs((j + 0.5 - centre) / stretch)
+            near, far = (a + 2) * d**3 - (a + 3) * d**2 + 1, a * (d**3 - 5 * d**2 + 8 * d - 4)
+            out[i, j] = near if d <= 1 else far if d < 2 else 0.0
+        out[i] /= out[i].sum()
+    return out
 
 
 def _random_params(cfg: dict[str, Any]) -> dict[str, Any]:
