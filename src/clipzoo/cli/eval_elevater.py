@@ -60,7 +60,7 @@ def elevater(
       clipzoo eval elevater --data-root elevater/ --mode fewshot --shots 5 -m MODEL
       clipzoo eval elevater --data-root elevater/ --mode finetune --shots 5 -m MODEL
     """
-    from clipzoo.eval.elevater import MODES, check_multilabel_mode, run_elevater, write_elevater
+    from clipzoo.eval.elevater import MODES, run_elevater, write_elevater
     from clipzoo.eval.elevater_data import open_sets
     from clipzoo.eval.elevater_finetune import FinetuneConfig
 
@@ -69,8 +69,7 @@ def elevater(
     if batch_size < 1 or epochs < 1:
         fail("--batch-size and --epochs must be at least 1")
     names = [n.strip() for n in datasets.split(",") if n.strip()] if datasets else None
-    for ds in open_sets(data_root, names):  # check the data before loading the model
-        check_multilabel_mode(ds, mode)
+    open_sets(data_root, names)  # check the data before loading the model
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size)
     if lrs:
         cfg.lrs = _numbers(lrs, "--lrs", float)

@@ -4,11 +4,16 @@ average, as JSON and markdown.
 
 Each data set is scored with ELEVATER's metric for it (``accuracy``: top-1; ``mean-per-class``: mean per-class
 recall; ``roc_auc``: area under the ROC of class 1; ``11point_mAP`` for the multilabel voc-2007-classification:
-:func:`map_11_points` of the zero-shot probabilities, zero-shot only). The linear modes are ELEVATER's linear
-probe: its fine-tune recipe with the image tower frozen (:mod:`clipzoo.eval.elevater_finetune` on precomputed
-features: the language-initialised head, the same learning-rate / weight-decay search on the validation split, a
-final run on train + val); few-shot subsets are drawn by vision-datasets' ``SampleFewShot`` exactly as ELEVATER
-draws them.
+:func:`map_11_points` of the class probabilities). The linear modes are ELEVATER's linear probe: its fine-tune
+recipe with the image tower frozen (:mod:`clipzoo.eval.elevater_finetune` on precomputed features: the
+language-initialised head, the same learning-rate / weight-decay search on the validation split, a final run on
+train + val); few-shot subsets are drawn by vision-datasets' ``SampleFewShot`` exactly as ELEVATER draws them.
+
+A multilabel set runs in every mode as ELEVATER runs it: zero-shot probabilities ``softmax(100 · cosine)``; the
+linear, fewshot and finetune heads train on (N, C) 0/1 targets with BCE-with-logits, the search and the test score
+being the 11-point mAP of ``softmax(logits)``; without a val split on disk the validation images are ELEVATER's
+greedy multilabel split of train (:func:`~clipzoo.eval.elevater_data.multilabel_val_split`, deterministic; a
+multiclass set's is the seeded stratified one).
 """
 from __future__ import annotations
 
@@ -22,55 +27,21 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import EvalInputError
-from .elevater_data import ElevaterSet, catalog, fewshot_ids, open_sets, read_split
+from .elevater_data import ElevaterSet, ElevaterSplit, catalog, fewshot_ids, multilabel_val_split, open_sets, read_split
 from .elevater_finetune import FinetuneConfig, finetune
 from .linear_probe import validation_split
 from .metrics import zeroshot_metrics
+from .multilabel_metrics import map_11_points, multilabel_targets
 from .zeroshot import class_weights
 
-__all__ = ["MODES", "DEFAULT_SHOTS", "DEFAULT_SEEDS", "run_elevater", "evaluate_set", "score_logits",
-           "map_11_points", "multilabel_targets", "check_multilabel_mode", "elevater_markdown", "write_elevater"]
+__all__ = ["MODES", "DEFAULT_SHOTS", "DEFAULT_SEEDS", "VAL_FRACTION", "run_elevater", "evaluate_set", "score_logits",
+           "score_set", "map_11_points", "multilabel_targets", "elevater_markdown", "write_elevater"]
 
 MODES = ("zeroshot", "linear", "fewshot", "finetune")
 DEFAULT_SHOTS = 5
 DEFAULT_SEEDS: tuple[int, ...] = tuple(catalog()["seeds"])
 ZEROSHOT_SCALE = 100.0  # ELEVATER's zero-shot probabilities: softmax(100 * cosine) over the classes
-
-
-def map_11_points(targets: np.ndarray, scores: np.ndarray, n_points: int = 11) -> float:
-    """ELEVATER's ``11point_mAP`` (vision-evaluation's ``MeanAveragePrecisionNPointsEvaluator(11)``): for each
-    class with a positive, the precision interpolated at recalls 1.0, 0.9, …, 0.0 (the best precision at a recall
-    at least that) of sklearn's precision–recall curve of its scores, averaged; then the mean over classes."""
-    from sklearn.metrics import precision_recall_curve
-
-    targets, scores = np.asarray(targets), np.asarray(scores, dtype=float)
-    if targets.shape != scores.shape or targets.ndim != 2:
-        raise EvalInputError(f"11-point mAP needs (N, C) targets and scores, got {targets.shape} and {scores.shape}")
-    kept = [c for c in range(targets.shape[1]) if targets[:, c].any()]
-    if not kept:
-        raise EvalInputError("11-point mAP needs at least one positive label in the test split")
-    per_class = []
-    for c in kept:
-        precision, recall, _ = precision_recall_curve(targets[:, c], scores[:, c])
-        points = [precision[recall >= t].max() if (recall >= t).any() else 0.0
-                  for t in np.linspace(1, 0, n_points)]
-        per_class.append(float(np.mean(points)))
-    return float(np.mean(per_class))
-
-
-def multilabel_targets(labels: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
-    """(N, C) 0/1 targets from each image's class ids (ELEVATER's ``multilabel_to_vec``)."""
-    out = np.zeros((len(labels), num_classes), dtype=int)
-    for row, ids in enumerate(labels):
-        out[row, list(ids)] = 1
-    return out
-
-
-def check_multilabel_mode(ds: ElevaterSet, mode: str) -> None:
-    """A multilabel set is scored zero-shot only here (its linear / fine-tune heads are not implemented)."""
-    if ds.multilabel and mode != "zeroshot":
-        raise EvalInputError(f"data set {ds.name!r} is multilabel: only --mode zeroshot supports it here "
-                             "(leave it out of --datasets for linear, fewshot and finetune)")
+VAL_FRACTION = 0.2  # ELEVATER's val_split of train when a set has no val split on disk
 
 
 def score_logits(logits: torch.Tensor, targets: torch.Tensor, metric: str, num_classes: int) -> dict[str, float]:
@@ -102,6 +73,28 @@ def _index(ids: list[Any], wanted: list[Any]) -> np.ndarray:
     return np.array([where[i] for i in wanted], dtype=int)
 
 
+def _targets(ds: ElevaterSet, split: ElevaterSplit) -> torch.Tensor:
+    """Class ids (N,), or (N, C) 0/1 float targets for a multilabel set."""
+    if ds.multilabel:
+        return torch.tensor(multilabel_targets(split.labels, len(ds.classnames)), dtype=torch.float32)
+    return torch.tensor(split.labels)
+
+
+def score_set(ds: ElevaterSet, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """A data set's test metrics from its head's logits: :func:`score_logits`, or for a multilabel set
+    ``map_11_points`` (= ``score``) of ``softmax(logits)``, the probabilities ELEVATER's metric reads."""
+    if ds.multilabel:
+        score = map_11_points(targets.numpy(), logits.float().softmax(-1).cpu().numpy())
+        return {"map_11_points": score, "score": score}
+    return score_logits(logits, targets, ds.metric, len(ds.classnames))
+
+
+def _hold_out(ds: ElevaterSet, y: torch.Tensor, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if ds.multilabel:
+        return multilabel_val_split(y.numpy(), VAL_FRACTION)
+    return validation_split(y.numpy(), VAL_FRACTION, seed)
+
+
 def _train_val(data_root, ds: ElevaterSet, shots, seed):
     """(train split, few-shot indices into it or None, val split or None)."""
     train = read_split(data_root, ds, "train")
@@ -110,23 +103,26 @@ def _train_val(data_root, ds: ElevaterSet, shots, seed):
     return train, keep, val
 
 
-def _finetune_set(model, data_root, ds, test, weights, shots, seeds, cfg: FinetuneConfig) -> dict[str, Any]:
-    x_test, y_test = model.pixels(test.images), torch.tensor(test.labels)
-    runs, chosen = [], []
+def _fit_seeds(model, data_root, ds, test, weights, shots, seeds, cfg: FinetuneConfig, encode) -> dict[str, Any]:
+    """Train a head per seed (``encode`` maps a split's images to pixels, or to frozen features) and score it on
+    ``test`` = (encoded test images, test targets)."""
+    runs, chosen, cache = [], [], {}
     for seed in seeds:
         train, keep, val = _train_val(data_root, ds, shots, seed)
-        x, y = model.pixels(train.images), torch.tensor(train.labels)
+        if "train" not in cache:  # one pass over the train images; the seeds only choose rows
+            cache["train"] = encode(train.images)
+        x, y = cache["train"], _targets(ds, train)
         if keep is not None:
             x, y = x[keep], y[keep]
         if val is not None:
-            xv, yv = model.pixels(val.images), torch.tensor(val.labels)
+            xv, yv = encode(val.images), _targets(ds, val)
         else:
-            fit, held = validation_split(y.numpy(), 0.2, seed)
+            fit, held = _hold_out(ds, y, seed)
             x, y, xv, yv = x[fit], y[fit], x[held], y[held]
-        out = finetune(model, weights, (x, y), (xv, yv), (x_test, y_test),
-                       FinetuneConfig(**{**cfg.__dict__, "seed": int(seed)}))
-        runs.append(score_logits(out["logits"], y_test, ds.metric, len(ds.classnames)))
-        chosen.append({"seed": int(seed), "lr": out["lr"], "wd": out["wd"], "val_acc1": out["val_acc1"]})
+        out = finetune(model, weights, (x, y), (xv, yv), test, FinetuneConfig(**{**cfg.__dict__, "seed": int(seed)}))
+        runs.append(score_set(ds, out["logits"], test[1]))
+        chosen.append({"seed": int(seed), "lr": out["lr"], "wd": out["wd"],
+                       **{k: v for k, v in out.items() if k.startswith("val_")}})
     return {**_mean_std(runs), "runs": chosen}
 
 
@@ -136,44 +132,27 @@ def evaluate_set(model, data_root: str | Path, ds: ElevaterSet, mode: str, *, sh
     """One data set in one mode: its metrics (``score`` is ELEVATER's metric), with ``_std`` over seeds."""
     if mode not in MODES:
         raise EvalInputError(f"unknown --mode {mode!r}: choose from {', '.join(MODES)}")
-    check_multilabel_mode(ds, mode)
     test = read_split(data_root, ds, "test")
-    n_cls = len(ds.classnames)
     weights = class_weights(model, ds.classnames, ds.templates)
-    if ds.multilabel:
-        f_test = F.normalize(model.encode_image(test.images, batch_size=batch_size, normalize=False).float(), dim=-1)
-        probs = (ZEROSHOT_SCALE * f_test @ F.normalize(weights.float(), dim=-1).to(f_test.device).T).softmax(-1)
-        score = map_11_points(multilabel_targets(test.labels, n_cls), probs.cpu().numpy())
-        return {"map_11_points": score, "score": score}
-    y_test = torch.tensor(test.labels)
-    if mode == "finetune":
-        return _finetune_set(model, data_root, ds, test, weights, shots, seeds if shots else seeds[:1],
-                             finetune_config or FinetuneConfig())
-    f_test = model.encode_image(test.images, batch_size=batch_size, normalize=False)
+    y_test = _targets(ds, test)
     if mode == "zeroshot":
-        return score_logits(model.similarity(F.normalize(f_test, dim=-1), weights).float().cpu(), y_test, ds.metric,
-                            n_cls)
-    if mode == "fewshot" and shots is None:
-        shots = DEFAULT_SHOTS
-    runs, chosen, features = [], [], None
-    cfg = finetune_config or FinetuneConfig()
-    for seed in (seeds if mode == "fewshot" else seeds[:1]):
-        train, keep, val = _train_val(data_root, ds, shots if mode == "fewshot" else None, seed)
-        if features is None:  # one embedding pass; the seeds only choose rows
-            features = model.encode_image(train.images, batch_size=batch_size, normalize=False)
-        f, y = features, torch.tensor(train.labels)
-        if keep is not None:
-            f, y = f[keep], y[keep]
-        if val is not None:
-            fv, yv = model.encode_image(val.images, batch_size=batch_size, normalize=False), torch.tensor(val.labels)
-        else:
-            fit, held = validation_split(y.numpy(), 0.2, seed)
-            f, y, fv, yv = f[fit], y[fit], f[held], y[held]
-        out = finetune(model, weights, (f, y), (fv, yv), (f_test, y_test), FinetuneConfig(**{**cfg.__dict__,
-                                                                                             "seed": int(seed)}))
-        runs.append(score_logits(out["logits"], y_test, ds.metric, n_cls))
-        chosen.append({"seed": int(seed), "lr": out["lr"], "wd": out["wd"], "val_acc1": out["val_acc1"]})
-    return {**_mean_std(runs), "runs": chosen}
+        f_test = F.normalize(model.encode_image(test.images, batch_size=batch_size, normalize=False), dim=-1)
+        if ds.multilabel:
+            cosine = f_test.float() @ F.normalize(weights.float(), dim=-1).to(f_test.device).T
+            score = map_11_points(y_test.numpy(), (ZEROSHOT_SCALE * cosine).softmax(-1).cpu().numpy())
+            return {"map_11_points": score, "score": score}
+        return score_logits(model.similarity(f_test, weights).float().cpu(), y_test, ds.metric, len(ds.classnames))
+    if mode == "finetune":  # pixels: the image tower trains
+        def encode(images):
+            return model.pixels(images)
+        seeds = seeds if shots else seeds[:1]
+    else:  # frozen features: the head alone trains
+        def encode(images):
+            return model.encode_image(images, batch_size=batch_size, normalize=False)
+        shots = (shots or DEFAULT_SHOTS) if mode == "fewshot" else None
+        seeds = seeds if mode == "fewshot" else seeds[:1]
+    return _fit_seeds(model, data_root, ds, (encode(test.images), y_test), weights, shots, seeds,
+                      finetune_config or FinetuneConfig(), encode)
 
 
 def run_elevater(model, data_root: str | Path, mode: str, *, datasets: Sequence[str] | None = None,
@@ -190,8 +169,6 @@ def run_elevater(model, data_root: str | Path, mode: str, *, datasets: Sequence[
     if mode == "fewshot" and shots is None:
         shots = DEFAULT_SHOTS
     sets = open_sets(data_root, list(datasets) if datasets else None)
-    for ds in sets:
-        check_multilabel_mode(ds, mode)
     rows = {}
     for ds in sets:
         row = evaluate_set(model, data_root, ds, mode, shots=shots if mode in ("fewshot", "finetune") else None,

@@ -1,7 +1,9 @@
 """ELEVATER's image-classification data: the 20 data sets' names, class names, prompt templates and metrics
 (shipped as ``elevater_datasets.json``, copied from ELEVATER's toolkit), read from local folders through the
 ``vision-datasets`` package (its ``DatasetInfo`` / ``DataManifestFactory`` / ``VisionDataset``), and its
-few-shot sampling (``SampleFewShot``: ELEVATER's shot counts 5, 20, 50 and seeds 0, 1, 2).
+few-shot sampling (``SampleFewShot``: ELEVATER's shot counts 5, 20, 50 and seeds 0, 1, 2; for a multilabel set it
+draws images until every class has at least that many, as ELEVATER's) and its validation split of a multilabel
+train set (:func:`multilabel_val_split`).
 
 A data root holds, for each data set, the files of its hub entry under ``root_folder`` (IRIS index
 ``train.txt`` / ``val.txt`` / ``test.txt`` of ``path label`` lines — ``zip@member`` paths work — and a
@@ -15,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import EvalInputError
 from ..extras import require
 
 __all__ = ["CATALOG_FILE", "HUB_FILE", "ElevaterSet", "ElevaterSplit", "catalog", "elevater_names", "open_sets",
-           "read_split", "fewshot_ids"]
+           "read_split", "fewshot_ids", "multilabel_val_split"]
 
 CATALOG_FILE = Path(__file__).with_name("elevater_datasets.json")
 HUB_FILE = "vision_datasets.json"
@@ -198,3 +202,26 @@ def fewshot_ids(data_root: str | Path, ds: ElevaterSet, shots: int, seed: int) -
     except RuntimeError as exc:
         raise EvalInputError(f"{ds.name!r}: cannot sample {shots} shots per class ({exc}); lower --shots") from None
     return [image.id for image in sample.images]
+
+
+def multilabel_val_split(targets: Any, val_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """ELEVATER's validation split of a multilabel train set (its ``get_dataloader(val_split=0.2)``): each class
+    wants ``ceil(positives * val_fraction)`` validation images; while one still wants some, the first class that
+    does takes the first image (in data order) holding it that is not yet taken, and every class of that image
+    counts it. Deterministic, as ELEVATER's. Returns sorted (fit, validation) indices of the (N, C) 0/1 targets."""
+    if not 0 < val_fraction < 1:
+        raise EvalInputError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    labels = np.array(targets, dtype=float)
+    if labels.ndim != 2:
+        raise EvalInputError(f"a multilabel validation split needs (N, C) 0/1 targets, got shape {labels.shape}")
+    wanted = np.ceil(np.sum(labels, axis=0) * val_fraction)  # ELEVATER's expression
+    val: list[int] = []
+    pending = np.flatnonzero(wanted > 0)
+    while pending.size:
+        row = int(np.flatnonzero(labels[:, pending[0]] > 0)[0])
+        val.append(row)
+        wanted -= labels[row]
+        labels[row] = 0
+        pending = np.flatnonzero(wanted > 0)
+    fit = sorted(set(range(len(labels))) - set(val))
+    return np.array(fit, dtype=int), np.array(sorted(val), dtype=int)

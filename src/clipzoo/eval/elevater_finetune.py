@@ -11,6 +11,11 @@ scoring the best validation top-1 over the epochs (ties keep the earlier point);
 search by a plain grid. The final run reports its last epoch on test (ELEVATER logs the best epoch's test
 score; choosing an epoch on test is left out here). No data augmentation: images go through the model's own
 preprocessing. The model is restored to its original weights afterwards.
+
+Multilabel targets ((N, C) 0/1 rows instead of class ids (N,)) train as ELEVATER trains its multilabel sets
+(``MULTILABEL_DATASETS`` in its ``full_model_finetune``): the same head and search with ``BCEWithLogitsLoss`` as
+the criterion (:func:`head_loss`), each epoch scored by its ``11point_mAP`` of ``softmax(logits)`` (its
+``validate`` hands the softmax to the metric) instead of top-1 (:func:`eval_score`).
 """
 from __future__ import annotations
 
@@ -23,9 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import EvalInputError
+from .multilabel_metrics import map_11_points
 
 __all__ = ["LR_GRID", "WD_GRID", "FinetuneConfig", "image_tower_parameters", "train_head_and_tower", "finetune",
-           "search_weight_decay"]
+           "search_weight_decay", "head_loss", "eval_score", "val_key"]
 
 LR_GRID: tuple[float, ...] = tuple(float(x) for x in np.logspace(-6, -1, 6))
 WD_GRID: tuple[float, ...] = tuple(float(x) for x in np.logspace(-6, 6, 97))
@@ -71,6 +77,27 @@ def _logits(model, head: torch.nn.Linear, scale: float, x: torch.Tensor) -> torc
     return scale * head(feats)
 
 
+def head_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """ELEVATER's criterion: cross-entropy on class ids (N,); BCE with logits (each class its own sigmoid) on
+    (N, C) 0/1 multilabel targets."""
+    if targets.dim() == 2:
+        return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+    return F.cross_entropy(logits, targets)
+
+
+def eval_score(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """The score the search maximises: top-1 on class ids; ELEVATER's 11-point mAP of ``softmax(logits)`` on
+    (N, C) multilabel targets."""
+    if targets.dim() == 2:
+        return map_11_points(targets.cpu().numpy(), logits.float().softmax(-1).cpu().numpy())
+    return float((logits.argmax(1) == targets).float().mean())
+
+
+def val_key(targets: torch.Tensor) -> str:
+    """The name of the validation score in results: ``val_acc1``, or ``val_map_11_points`` for multilabel."""
+    return "val_map_11_points" if targets.dim() == 2 else "val_acc1"
+
+
 def _predict(model, head, scale, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
@@ -80,7 +107,8 @@ def _predict(model, head, scale, x: torch.Tensor, batch_size: int) -> torch.Tens
 def train_head_and_tower(model, tower: list[torch.nn.Parameter], head_init: torch.Tensor, x: torch.Tensor,
                          y: torch.Tensor, x_eval: torch.Tensor, y_eval: torch.Tensor | None, lr: float, wd: float,
                          cfg: FinetuneConfig) -> tuple[float, torch.Tensor]:
-    """Train from the model's current weights; returns (best eval top-1 over the epochs, last-epoch eval logits)."""
+    """Train from the model's current weights; returns (best eval score over the epochs — top-1, or 11-point mAP
+    for (N, C) multilabel targets — and the last epoch's eval logits)."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     head = torch.nn.Linear(head_init.shape[1], head_init.shape[0]).to(model.device)
@@ -96,13 +124,13 @@ def train_head_and_tower(model, tower: list[torch.nn.Parameter], head_init: torc
         for i in range(0, len(x), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
             with torch.enable_grad():
-                loss = F.cross_entropy(_logits(model, head, scale, x[idx]), y[idx].to(model.device))
+                loss = head_loss(_logits(model, head, scale, x[idx]), y[idx].to(model.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
             opt.step()
         logits = _predict(model, head, scale, x_eval, cfg.batch_size)
         if y_eval is not None:
-            best = max(best, float((logits.argmax(1) == y_eval).float().mean()))
+            best = max(best, eval_score(logits, y_eval))
     return best, logits
 
 
@@ -133,8 +161,9 @@ def finetune(model, head_init: torch.Tensor, train: tuple[torch.Tensor, torch.Te
              cfg: FinetuneConfig | None = None) -> dict[str, Any]:
     """Search (lr, wd) on ``val``, train on train + val, return test ``logits`` and the chosen ``lr``, ``wd``.
 
-    Each of ``train``, ``val``, ``test`` is (pixels (N, 3, H, W), class ids (N,)); ``head_init`` (C, D) the
-    zero-shot class weights. Given frozen features (N, D) instead of pixels, only the head trains: ELEVATER's
+    Each of ``train``, ``val``, ``test`` is (pixels (N, 3, H, W), class ids (N,) or multilabel (N, C) 0/1
+    targets); ``head_init`` (C, D) the zero-shot class weights. The validation score is reported as
+    :func:`val_key` names it. Given frozen features (N, D) instead of pixels, only the head trains: ELEVATER's
     linear probe (its ``FREEZE_IMAGE_BACKBONE``), with the same search.
     """
     cfg = cfg or FinetuneConfig()
@@ -144,11 +173,12 @@ def finetune(model, head_init: torch.Tensor, train: tuple[torch.Tensor, torch.Te
     saved = None if frozen else {k: v.detach().clone() for k, v in model.state_dict().items()}
     tower = [] if frozen else image_tower_parameters(model, train[0])
     search: list[dict[str, float]] = []
+    key = val_key(train[1])
     best = (-1.0, 0.0, 0.0)
     for lr in cfg.lrs:
         def score(wd, lr=lr):
             acc = _run(model, tower, saved, head_init, *train, *val, lr, wd, cfg)[0]
-            search.append({"lr": float(lr), "wd": float(wd), "val_acc1": acc})
+            search.append({"lr": float(lr), "wd": float(wd), key: acc})
             return acc
 
         if cfg.wds is None:
@@ -160,4 +190,4 @@ def finetune(model, head_init: torch.Tensor, train: tuple[torch.Tensor, torch.Te
             best = (acc, float(lr), float(wd))
     x_all, y_all = torch.cat([train[0], val[0]]), torch.cat([train[1], val[1]])
     _, logits = _run(model, tower, saved, head_init, x_all, y_all, test[0], None, best[1], best[2], cfg)
-    return {"logits": logits, "lr": best[1], "wd": best[2], "val_acc1": best[0], "search": search}
+    return {"logits": logits, "lr": best[1], "wd": best[2], key: best[0], "search": search}
