@@ -117,11 +117,12 @@ def resolve_device(device: str) -> str:
 
 def load_model(spec: str, device: str = "auto", precision: str = "fp32", trust_pickle: bool = False,
                model_name: str | None = None, cache_dir: Path | None = None, runtime: str = "eager",
-               long_text: str | None = None):
-    """``clipzoo.load`` with the CLI's common options (``model_name``, ``long_text`` passed only when given)."""
+               long_text: str | None = None, **options: Any):
+    """``clipzoo.load`` with the CLI's common options (``model_name``, ``long_text`` passed only when given;
+    ``options``: more ``clipzoo.load`` keywords, e.g. ``--runtime auto``'s sample of the user's inputs)."""
     from ..api import load  # torch is imported when a verb loads a model, not at start-up
 
-    kwargs: dict[str, Any] = {"model_name": model_name} if model_name else {}
+    kwargs: dict[str, Any] = {"model_name": model_name, **options} if model_name else dict(options)
     if long_text is not None:
         kwargs["long_text"] = long_text
     comparator = load(spec, device=resolve_device(device), precision=precision,

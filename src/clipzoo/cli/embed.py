@@ -36,6 +36,7 @@ from ._common import (
     resolve_device,
     user_errors,
 )
+from .embed_args import auto_sample, check_args, check_one_input
 from .embed_ray import AddressOpt, EngineOpt, NumWorkersOpt, check_engine, embed_on_ray
 
 
@@ -95,26 +96,26 @@ def embed(
       clipzoo embed MODEL --images 'shards/{00000..00099}.tar' --out shards.npy --runtime int8
       torchrun --nproc_per_node 8 -m clipzoo embed MODEL --images photos/ --out photos.npy
     """
-    image_paths = _check_args(more_images, images, batch_size, workers, format_, long_text)
+    image_paths = check_args(more_images, images, batch_size, workers, format_, long_text)
     runtime = guarded_runtime(runtime, min_cosine)
     check_engine(engine, address, num_workers)
     if engine == "ray":
         return embed_on_ray(address, num_workers, model, image_paths, audio, texts, out, format_, batch_size, normalize,
                             progress, skip_bad, exact_decode, device, precision, runtime, trust_pickle, model_name,
-                            cache_dir)
+                            cache_dir, truncate=truncate)
     if format_ != "npy":
         return _embed_clip_retrieval(format_, model, image_paths, audio, texts, out, batch_size, workers, normalize,
                                      progress, skip_bad, truncate, exact_decode, device, precision, runtime,
                                      trust_pickle, model_name, cache_dir)
-    if sum(map(bool, (image_paths, audio, texts))) != 1:
-        fail("pass exactly one of --images PATH…, --audio PATH… or --texts FILE")
+    check_one_input(image_paths, audio, texts)
     if audio:
         return _embed_audio(model, audio, out, batch_size, normalize, progress, skip_bad, device, precision,
                             trust_pickle, model_name, cache_dir)
     items = expand_image_inputs(image_paths) if image_paths else None  # before the model loads: a typo fails fast
     lines = read_texts(texts) if texts else None
     info, device = _rank_device(device)
-    comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir, runtime, long_text)
+    comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir, runtime, long_text,
+                            **auto_sample(runtime, items, lines, image_paths, texts))  # auto measures on them
     meta = embed_to_file(comparator, out, images=items, texts=lines, batch_size=batch_size, workers=workers,
                          normalize=normalize, progress=progress and info.rank == 0, skip_bad=skip_bad,
                          truncate=truncate, fast_decode=not exact_decode, info=info)
@@ -152,19 +153,6 @@ def _embed_audio(model, audio, out, batch_size, normalize, progress, skip_bad, d
              f"{result.skipped[0]['input']}")
 
 
-def _check_args(more_images, images, batch_size, workers, format_="npy", long_text=None) -> list[str]:
-    """The image paths (after --images, and any after them); the counts checked."""
-    if format_ != "npy" and long_text is not None:
-        fail("--long-text is for --format npy; with --format clip-retrieval use --truncate")
-    if more_images and not images:
-        fail(f"unexpected argument {more_images[0]!r}: image paths go after --images (e.g. --images {more_images[0]})")
-    if batch_size is not None and batch_size < 1:
-        fail(f"--batch-size must be at least 1, got {batch_size}")
-    if workers is not None and workers < 0:
-        fail(f"--workers must be 0 or more, got {workers}")
-    return [*(images or []), *(more_images or [])]
-
-
 def _embed_clip_retrieval(format_, model, image_paths, audio, texts, out, batch_size, workers, normalize, progress,
                           skip_bad, truncate, exact_decode, device, precision, runtime, trust_pickle, model_name,
                           cache_dir) -> None:
@@ -187,7 +175,8 @@ def _embed_clip_retrieval(format_, model, image_paths, audio, texts, out, batch_
     lines = read_texts(texts) if texts else None
     if items is not None and lines is not None and len(items) != len(lines):
         fail(f"--images gives {len(items)} images but --texts {len(lines)} lines; clip-retrieval pairs them row by row")
-    comparator = load_model(model, resolve_device(device), precision, trust_pickle, model_name, cache_dir, runtime)
+    comparator = load_model(model, resolve_device(device), precision, trust_pickle, model_name, cache_dir, runtime,
+                            **auto_sample(runtime, items, lines, image_paths, texts))
     scratch = Path(out) / ".clipzoo-embed"
     spec = os.path.abspath(os.path.expanduser(model)) if os.path.exists(os.path.expanduser(model)) else model
     try:

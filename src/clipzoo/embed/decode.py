@@ -9,8 +9,16 @@ the cosine falls to ~0.9998 — and libjpeg-turbo's scales other than 1/2, 1/4, 
 - a JPEG is decoded by ``simplejpeg`` when it is installed (``pip install 'clipzoo[decode]'``), else by PIL;
 - with ``min_side`` (fast decoding), scaled by the largest power of two (1/2, 1/4, 1/8) that keeps both
   sides >= :data:`SCALE_MARGIN` × ``min_side``, else decoded whole;
+- other formats (PNG, WebP, …) are decoded whole by PIL and, with ``min_side``, reduced by the same divisor
+  (PIL's ``reduce``: a box average, the DCT scaling's equivalent), so a large upload holds about the pixels the
+  model needs;
 - the EXIF orientation is applied, as every clipzoo decode does; CMYK JPEGs (PIL converts them its own way)
   and anything ``simplejpeg`` cannot decode go to PIL, whose errors name the file.
+
+This is the one decoder of every image the model sees by path or bytes: ``clipzoo embed`` (the DataLoader
+workers), ``clipzoo index build`` (:class:`clipzoo.index.folder.IndexFiles`) and the service's image queries
+(:func:`decode_upload`, which first checks the header against the pixel limit): an image indexed and the same
+image sent to ``/search`` decode to the same pixels, so to the same vector.
 """
 from __future__ import annotations
 
@@ -18,10 +26,12 @@ import io
 import os
 from functools import lru_cache
 
-from ..image_bytes import orientation, upright
+from ..errors import BadImageError
+from ..image_bytes import ImageTooLargeError, image_size, orientation, upright
 from ..inputs import open_image
 
-__all__ = ["SCALE_MARGIN", "decoder_name", "dct_scale", "decode_file", "decode_bytes", "is_jpeg", "exif_turn"]
+__all__ = ["SCALE_MARGIN", "decoder_name", "dct_scale", "decode_file", "decode_bytes", "decode_upload", "is_jpeg",
+           "exif_turn"]
 
 SCALE_MARGIN = 2  # DCT-scaled sides stay >= this × the input: min cosine 0.99992 (results/decode.json)
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -63,8 +73,8 @@ def exif_turn(data: bytes) -> int:
 
 
 def decode_bytes(data: bytes, min_side: "int | None" = None):
-    """JPEG bytes -> an upright RGB PIL image (see the module docstring); non-JPEG bytes, CMYK JPEGs and
-    anything simplejpeg refuses go to PIL."""
+    """Image bytes -> an upright RGB PIL image (see the module docstring): JPEGs by simplejpeg; other formats,
+    CMYK JPEGs and anything simplejpeg refuses by PIL."""
     from PIL import Image
 
     if is_jpeg(data) and decoder_name() == "simplejpeg":
@@ -81,24 +91,46 @@ def decode_bytes(data: bytes, min_side: "int | None" = None):
             pass
     im = Image.open(io.BytesIO(data))  # reads the header only: size, format, EXIF
     (w, h), turn = im.size, orientation(im)
-    div = dct_scale(w, h, min_side) if im.format == "JPEG" else 1
-    if div > 1:
+    div = dct_scale(w, h, min_side)
+    if div > 1 and im.format == "JPEG":
         im.draft("RGB", (w // div, h // div))  # PIL's draft: the largest power of two with sides >= these
+        div = 1
     im.load()
-    return upright(im.convert("RGB") if im.mode != "RGB" else im, turn)
+    rgb = im.convert("RGB") if im.mode != "RGB" else im
+    return upright(rgb.reduce(div) if div > 1 else rgb, turn)
+
+
+def decode_upload(data: bytes, min_side: "int | None" = None, *, max_pixels: int, name: str = "image"):
+    """Untrusted bytes (an upload to the service) -> upright RGB PIL image, decoded as :func:`decode_bytes`
+    decodes an indexed file; the header is checked first (:func:`clipzoo.image_bytes.image_size`: an image
+    over ``max_pixels`` is refused before any pixel is decoded) and every failure is a one-line
+    :class:`BadImageError` naming ``name``."""
+    from PIL import Image
+
+    width, height = image_size(data, max_pixels=max_pixels, name=name)
+    try:
+        return decode_bytes(data, min_side)
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(f"{name}: the image declares {width}×{height} pixels, too many to decode; "
+                                 "upload a smaller image") from None
+    except MemoryError:
+        raise ImageTooLargeError(f"{name}: the image is too large to decode ({width}×{height})") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure on untrusted bytes is a bad image
+        what = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        kind = "JPEG" if is_jpeg(data) else "image"
+        raise BadImageError(f"{name}: the {kind} file is {what} and cannot be decoded ({exc.__class__.__name__}: "
+                            f"{exc}); upload the complete file") from None
 
 
 def decode_file(path: "str | os.PathLike", min_side: "int | None" = None):
-    """An image file -> upright RGB PIL image: JPEGs through :func:`decode_bytes`; other formats, and
-    files that fail, through :func:`clipzoo.inputs.open_image` (its :class:`BadImageError` names the file)."""
+    """An image file -> upright RGB PIL image through :func:`decode_bytes`; a file that fails goes through
+    :func:`clipzoo.inputs.open_image`, whose :class:`BadImageError` names the file."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError:
         return open_image(path)
-    if not is_jpeg(data):
-        return open_image(path)
     try:
         return decode_bytes(data, min_side)
-    except Exception:  # noqa: BLE001 - a broken JPEG: the reference decoder reports it, naming the file
+    except Exception:  # noqa: BLE001 - a broken file: the reference decoder reports it, naming the file
         return open_image(path)

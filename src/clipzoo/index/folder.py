@@ -12,14 +12,13 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import stat
 from pathlib import Path
 
 from ..constants import IMAGE_SUFFIXES
 from ..embed import ImageFiles
-from ..image_bytes import decode_rgb
+from ..embed.decode import decode_bytes
 
 __all__ = ["INDEX_SUFFIXES", "MAX_CAPTION_BYTES", "walk_images", "file_problem", "caption_problem", "inside",
            "partition_of", "caption_of", "sha256_file", "IndexFiles",
@@ -154,7 +153,7 @@ class IndexFiles(ImageFiles):
         if not data:
             return (index, None, "empty file (0 bytes)", *meta)
         try:
-            rgb = decode_rgb(io.BytesIO(data), self.draft_size, reduce=True)  # as the service decodes
+            rgb = decode_bytes(data, self.draft_size)  # embed.decode: as `clipzoo embed` and the service decode
         except Exception as exc:  # noqa: BLE001 - any decoder failure (incl. decompression bombs) skips the file
             return (index, None, _decode_reason(exc), *meta)
         try:

@@ -60,6 +60,9 @@ class Choice:
     cached: bool = False
     calibration: str | None = None
     """``onnx-int8-static`` chosen on the caller's inputs: its export calibrated on them, reused by later loads."""
+    sample: dict[str, Any] = field(default_factory=dict)
+    """What it measured on: ``source`` ("given" or "generated shapes"), distinct ``images`` / ``texts``, and the
+    ``origin`` the caller named (``clipzoo embed``'s files, the folder an index build reads: auto_sample.py)."""
 
 
 def apply(card: ModelCard, build: Callable[..., Any], *, device: str, precision: str, cache_dir,
@@ -143,7 +146,7 @@ def cache_file(card: ModelCard, cache_dir, load_kwargs: dict, min_cosine: float,
     """Where the choice for this machine, model and guard is kept (the sample it was measured on is not part
     of the key: a choice made on one folder of photos holds for the next)."""
     key = {"machine": machine_key(), "card": card.to_dict(), "kwargs": load_kwargs, "min_cosine": min_cosine,
-           "candidates": list(candidates)}
+           "candidates": list(candidates), "export": onnx.EXPORT_REVISION}  # a new export graph: measure again
     path = card.source.path
     if path and os.path.exists(path):
         st = os.stat(path)
@@ -165,12 +168,16 @@ def choose(card: ModelCard, build: Callable[..., Any], *, device: str = "cpu", p
     path = cache_file(card, cache_dir, load_kwargs, min_cosine, candidates)
     if path.is_file():
         return read_choice(path)
+    origin = "; ".join(o for o in (getattr(images, "origin", None), getattr(texts, "origin", None)) if o)
     images, texts, source = calibration_sample(images, texts)
+    sample = {"source": source, "images": len(images), "texts": len(texts), "origin": origin or None}
     calibrate_on = (images, texts) if source == "given" else None  # static int8 calibrates on the caller's sample
     n = BATCHES * BATCH_SIZE
     images, texts = (images * n)[:n], (texts * n)[:n]
     choice = measure(card, build, candidates, images, texts, min_cosine, device=device, precision=precision,
                      cache_dir=cache_dir, load_kwargs=load_kwargs, calibrate_on=calibrate_on)
+    choice.sample = sample
+    choice.reason += "; measured on " + (origin or ("the caller's inputs" if source == "given" else source))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(asdict(choice), indent=2) + "\n", encoding="utf-8")

@@ -20,9 +20,10 @@ from ..constants import default_cache_dir
 from ..errors import UnsupportedError
 from ..files import build_folder_once
 from ..registry import local_card
-from . import onnx_export
+from . import onnx_columns, onnx_export
 
 FP32_NAMES = ("fp32", "float32", "torch.float32")
+EXPORT_REVISION = 2  # 2: text graphs of causal towers take any length (onnx_columns); keys the export cache
 
 
 def apply(card: ModelCard, build: Callable[..., Any], *, device: str, precision: str, cache_dir,
@@ -33,15 +34,19 @@ def apply(card: ModelCard, build: Callable[..., Any], *, device: str, precision:
 
 
 def load_exported(folder: Path, *, device: str, cache_dir):
-    """An exported folder, loaded by the onnx backend as an unregistered local model."""
-    return get_backend("onnx").load(local_card(str(folder)).replace(backend="onnx"), device=device,
-                                    cache_dir=cache_dir)
+    """An exported folder, loaded by the onnx backend as an unregistered local model; a text graph that takes
+    any length runs each row at its own length (:mod:`clipzoo.runtime.onnx_columns`)."""
+    comparator = get_backend("onnx").load(local_card(str(folder)).replace(backend="onnx"), device=device,
+                                          cache_dir=cache_dir)
+    onnx_columns.install(comparator)
+    return comparator
 
 
 def cache_folder(card: ModelCard, cache_dir=None, load_kwargs: dict | None = None) -> Path:
     """Where ``clipzoo.load(spec, runtime="onnx")`` keeps the export of ``card``: keyed by the card's
     identity and source, the load options, and (for local files) the file's size and mtime."""
-    key: dict[str, Any] = {"card": card.to_dict(), "kwargs": load_kwargs or {}, "format": FORMAT_VERSION}
+    key: dict[str, Any] = {"card": card.to_dict(), "kwargs": load_kwargs or {}, "format": FORMAT_VERSION,
+                           "export": EXPORT_REVISION}
     path = card.source.path
     if path and os.path.exists(path):
         st = os.stat(path)

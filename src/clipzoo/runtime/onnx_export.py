@@ -12,7 +12,10 @@ onnxruntime (backend ``"onnx"``, :mod:`clipzoo.backends.onnx`), without the orig
 =========================  =====================================================================
 
 Features are exactly what the comparator's ``encode_pixels`` / ``encode_tokens`` hooks return: raw
-(unnormalised); ``L`` is the model's context length (the tokenizer pads to it); ``N`` is dynamic.
+(unnormalised); ``L`` is the model's context length (the tokenizer pads to it); ``N`` is dynamic. A causal
+text tower pooled at its end-of-text token (open_clip's ``CLIP``, ``PlainCLIP``) is exported with a dynamic
+``L`` too (``"dynamic_length": "argmax"`` in its JSON): any cut after the end-of-text token gives the same
+features, which the ONNX runtimes use to run each caption at its own length (:mod:`.onnx_columns`).
 A model without an image tower (a text-only sentence-transformers model) gets no ``image.onnx``.
 
 Exporter: PyTorch's TorchScript-based exporter (``dynamo=False``) by default — it traces these fixed-shape
@@ -69,15 +72,94 @@ def tower_classes() -> tuple[type, type]:
             return self.comparator.encode_pixels(pixels.to(self.dtype)).float()
 
     class TextTower(torch.nn.Module):
-        def __init__(self, comparator):
+        def __init__(self, comparator, columns=None):
             super().__init__()
             self.comparator = comparator
+            self.columns = columns  # a causal text model pooled at argmax: the graph takes any length
             self.eval()
 
         def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            if self.columns is not None:
+                return encode_columns(self.columns, tokens.long()).float()
             return self.comparator.encode_tokens(tokens.long()).float()
 
     return ImageTower, TextTower
+
+
+def causal_text_model(comparator):
+    """The comparator's text model when its features can be computed on the first columns of the tokens alone
+    (a causal mask, pooled at the argmax token — open_clip's ``CLIP`` and our ``PlainCLIP``, as in
+    :mod:`clipzoo.models.padding_free`), else None. Its text graph then takes a dynamic length ``L``: a row
+    cut after its end-of-text token gives the same features for a fraction of the work (the ONNX runtimes
+    run each row at its own length bucket, :mod:`clipzoo.runtime.onnx_columns`)."""
+    model = getattr(comparator, "model", None)
+    if model is None or getattr(model, "text_pool_type", None) != "argmax":
+        return None
+    needs = ("attn_mask", "positional_embedding", "token_embedding", "transformer", "ln_final", "text_projection")
+    if not all(hasattr(model, n) for n in needs) or getattr(model, "attn_mask", None) is None:
+        return None
+    blocks = getattr(model.transformer, "resblocks", None) or []
+    known = ("ln_1", "attn", "ls_1", "ln_2", "mlp", "ls_2")
+    if not blocks or not getattr(model.transformer, "batch_first", False) or any(
+            not all(hasattr(b, n) for n in known) or hasattr(b, "ln_1_kv") or not getattr(b.attn, "batch_first", 0)
+            or getattr(b.attn, "in_proj_weight", None) is None for b in blocks):
+        return None
+    return model
+
+
+def encode_columns(model, text):
+    """Raw text features of :func:`causal_text_model` ``model`` on however many columns ``text`` has (the
+    length is read from the input's shape, so a traced graph keeps it dynamic)."""
+    import torch
+
+    n = text.shape[1]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(text).to(cast) + model.positional_embedding[:n].to(cast)
+    mask = model.attn_mask[:n, :n].to(cast)
+    for block in model.transformer.resblocks:
+        x = block_columns(block, x, mask)
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
+    projection = model.text_projection
+    if projection is not None:
+        x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+    return x
+
+
+def block_columns(block, x, mask):
+    """One pre-norm residual attention block (open_clip's / PlainCLIP's layout) on ``x`` [N, L, D] with its
+    attention written out — torch's ``multi_head_attention_forward`` would freeze ``L`` into the traced graph's
+    reshapes; here only the head count and size are constants."""
+    import torch
+
+    attn = block.attn
+    heads, width = attn.num_heads, attn.embed_dim
+    q, k, v = torch.nn.functional.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).unflatten(
+        -1, (3, heads, width // heads)).permute(2, 0, 3, 1, 4).unbind(0)  # each [N, H, L, D/H]
+    scores = (q * (width // heads) ** -0.5) @ k.transpose(-1, -2) + mask
+    y = (scores.softmax(dim=-1) @ v).transpose(1, 2).flatten(2)
+    x = x + block.ls_1(attn.out_proj(y))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def columns_text_tower(comparator, tokens):
+    """The TextTower of ``comparator``: with a dynamic length when :func:`causal_text_model` applies and
+    reproduces ``encode_tokens`` on ``tokens`` and on their first columns (≤ 1e-4), else the whole context."""
+    import torch
+
+    text_tower = tower_classes()[1]
+    model = causal_text_model(comparator)
+    if model is not None:
+        tokens = tokens.long()
+        cut = tokens[:, :int(tokens.argmax(dim=-1).max()) + 1]
+        try:
+            ref = comparator.encode_tokens(tokens).float()
+            same = all(float((encode_columns(model, t).float() - ref).abs().max()) <= 1e-4 for t in (tokens, cut))
+        except Exception:  # noqa: BLE001 - not the layout we know: export the whole context
+            same = False
+        if same and torch.isfinite(ref).all():
+            return text_tower(comparator, columns=model), True
+    return text_tower(comparator), False
 
 
 @contextlib.contextmanager
@@ -154,11 +236,15 @@ def _export_graphs(comparator, out: Path, opset, token_dtype: str, batch_dynamic
                                  "output_shape": ["N", comparator.embed_dim]}
             if TEXT in comparator.modalities:
                 tokens = _example_tokens(comparator, batch, token_dtype)
-                used = _export(text_tower(comparator), tokens, out / TEXT_FILE, TEXT_INPUT, TEXT_OUTPUT,
-                               opset, batch_dynamic, used)
+                tower, columns = columns_text_tower(comparator, tokens) if batch_dynamic else (text_tower(
+                    comparator), False)
+                used = _export(tower, tokens, out / TEXT_FILE, TEXT_INPUT, TEXT_OUTPUT,
+                               opset, batch_dynamic, used, length_dynamic=columns)
                 graphs[TEXT] = {"file": TEXT_FILE, "input": TEXT_INPUT, "output": TEXT_OUTPUT,
                                 "input_dtype": token_dtype, "input_shape": ["N", int(tokens.shape[1])],
                                 "output_shape": ["N", comparator.embed_dim]}
+                if columns:  # any length up to the context; features read at the argmax (end-of-text) token
+                    graphs[TEXT]["dynamic_length"] = "argmax"
     finally:
         comparator.train(was_training)
     if not graphs:
@@ -189,14 +275,15 @@ def _example_tokens(comparator, batch: int, token_dtype: str):
 
 
 def _export(module, example, path: Path, input_name: str, output_name: str, opset, batch_dynamic: bool,
-            exporter: str) -> str:
+            exporter: str, length_dynamic: bool = False) -> str:
     """Export one tower; returns the exporter that did it."""
     import torch
 
     big = sum(p.numel() * p.element_size() for p in module.parameters()) > LARGE_WEIGHTS
     if exporter in ("auto", "torchscript"):
         try:
-            _export_torchscript(module, example, path, input_name, output_name, opset, batch_dynamic)
+            _export_torchscript(module, example, path, input_name, output_name, opset, batch_dynamic,
+                                length_dynamic)
             return "torchscript"
         except Exception as exc:  # noqa: BLE001 - "auto" falls back to the other exporter
             if exporter == "torchscript":
@@ -213,6 +300,8 @@ def _export(module, example, path: Path, input_name: str, output_name: str, opse
     kwargs: dict[str, Any] = {}
     if batch_dynamic:
         kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1)},)
+        if length_dynamic:
+            kwargs["dynamic_shapes"][0][1] = torch.export.Dim("length", min=1, max=int(example.shape[1]))
     program = torch.onnx.export(module, (example,), None, dynamo=True, input_names=[input_name],
                                 output_names=[output_name], opset_version=opset or 18, verbose=False,
                                 **kwargs)
@@ -220,10 +309,13 @@ def _export(module, example, path: Path, input_name: str, output_name: str, opse
     return "dynamo"
 
 
-def _export_torchscript(module, example, path, input_name, output_name, opset, batch_dynamic) -> None:
+def _export_torchscript(module, example, path, input_name, output_name, opset, batch_dynamic,
+                        length_dynamic: bool = False) -> None:
     import torch
 
     axes = {input_name: {0: "N"}, output_name: {0: "N"}} if batch_dynamic else None
+    if axes and length_dynamic:
+        axes[input_name][1] = "L"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer warnings
         torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=[input_name],

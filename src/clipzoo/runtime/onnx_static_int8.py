@@ -10,7 +10,10 @@ are quantised; MatMul / Gemm keep a float output, which ONNX Runtime runs as ``M
 Calibration: a sample of images and texts (the caller's through :func:`static_int8_folder`, else
 :data:`CALIBRATION_IMAGES` generated shapes and their captions) run through the fp32 graphs; two thirds of
 it calibrate each of the :data:`METHODS` (MinMax, entropy, percentile), and the method whose graph has the
-highest min cosine to fp32 on the last third is kept, per tower. The result lives in the cache beside the
+highest min cosine to fp32 on the last third is kept, per tower. A text graph that takes any length
+(:mod:`clipzoo.runtime.onnx_columns`) is calibrated on the rows as the runtime runs them — each cut to its
+length bucket — so the ranges see no padding columns, and the ranges of every method accumulate over those
+groups of one shape (:func:`method_ranges`). The result lives in the cache beside the
 export (``<export>-int8s-<sample digest>``) with the chosen method's tensor ranges
 (``calibration-<tower>.json``) and the measured cosines in its JSON; later loads reuse it.
 """
@@ -33,6 +36,7 @@ from ..datasets import ShapesDataset
 from ..errors import ClipzooError
 from ..files import build_folder_once
 from .onnx import exported_folder, load_exported
+from .onnx_columns import row_lengths
 from .onnx_int8 import quiet_root_logger
 
 QUANT_OPS = ["MatMul", "Gemm", "Conv"]
@@ -106,9 +110,18 @@ def calibration_inputs(folder: Path, images, texts) -> dict[str, list]:
         for start in range(0, len(items), CALIBRATION_BATCH):
             chunk = items[start:start + CALIBRATION_BATCH]
             x = fp32.pixels(chunk) if modality == IMAGE else fp32.tokenize(chunk, truncate=True)
-            batches.append(x.cpu().numpy().astype(graphs[modality]["input_dtype"]))
+            batches.extend(as_run(x.cpu().numpy().astype(graphs[modality]["input_dtype"]), graphs[modality]))
         out[modality] = batches
     return out
+
+
+def as_run(x, graph: dict) -> list:
+    """``x`` as the runtime feeds it to ``graph``: a text graph that takes any length sees each row cut to its
+    length bucket (:mod:`clipzoo.runtime.onnx_columns`), so the calibration sees no padding columns either."""
+    if graph.get("dynamic_length") != "argmax":
+        return [x]
+    lengths = row_lengths(x)
+    return [x[lengths == n, :n] for n in sorted(set(lengths.tolist()))]
 
 
 def quantize_static_folder(src: Path, dst: Path, images, texts, methods: Sequence[str], source: str) -> None:
@@ -198,8 +211,8 @@ def quantize_with(src: Path, out: Path, batches: list, input_name: str, method: 
                  "percentile": CalibrationMethod.Percentile}[method]
     with warnings.catch_warnings(), quiet_root_logger(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # the calibrators print their progress
-        if method == "entropy" and not ranges.is_file():
-            entropy_ranges(src, Reader(), ranges)
+        if not ranges.is_file():
+            method_ranges(src, batches, input_name, calibrate, ranges)
         quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANT_OPS,
                         nodes_to_quantize=nodes,
                         per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
@@ -208,17 +221,32 @@ def quantize_with(src: Path, out: Path, batches: list, input_name: str, method: 
                                        "OpTypesToExcludeOutputQuantization": FLOAT_OUTPUT_OPS})
 
 
-def entropy_ranges(src: Path, reader, ranges: Path) -> None:
-    """KL-divergence (entropy) ranges over :data:`ENTROPY_BINS` histogram bins, written where
-    ``quantize_static`` reads its calibration cache (its own entropy keeps 128 bins: the MinMax range)."""
-    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+def method_ranges(src: Path, batches: list, input_name: str, method, ranges: Path) -> None:
+    """The tensor ranges of calibration ``method`` on ``batches``, written where ``quantize_static`` reads its
+    calibration cache. Batches of one shape are collected together (ONNX Runtime's histogram collectors stack
+    them; a text graph that takes any length gets one group per length bucket), the histograms accumulating
+    across groups. Entropy (KL divergence) over :data:`ENTROPY_BINS` bins (ONNX Runtime's own keeps 128: the
+    MinMax range); MinMax without a moving average; percentile at ONNX Runtime's default 99.999."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator
     from onnxruntime.quantization.calibrate import save_tensors_data
 
+    class Reader(CalibrationDataReader):
+        def __init__(self, group):
+            self.items = iter([{input_name: b} for b in group])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    groups: dict[tuple, list] = {}
+    for b in batches:
+        groups.setdefault(tuple(b.shape), []).append(b)
+    extra = {CalibrationMethod.Entropy: {"num_bins": ENTROPY_BINS, "num_quantized_bins": 128},
+             CalibrationMethod.MinMax: {"moving_average": False}}.get(method, {})
     with tempfile.TemporaryDirectory(prefix="clipzoo-calib-") as tmp:
         calibrator = create_calibrator(src, QUANT_OPS, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=CalibrationMethod.Entropy,
-                                       extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": 128})
-        calibrator.collect_data(reader)
+                                       calibrate_method=method, extra_options=extra)
+        for group in groups.values():
+            calibrator.collect_data(Reader(group))
         save_tensors_data(calibrator.compute_data(), ranges)
 
 

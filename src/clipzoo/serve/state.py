@@ -22,11 +22,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..api import load
 from ..embed import draft_size_for
+from ..embed.decode import decode_upload
 from ..errors import BadImageError, ClipzooError
 from ..image_bytes import ImageTooLargeError, image_size
 from ..index import load_vocabulary, open_index
 from .batcher import Batcher
-from .images import ThumbnailCache, decode_base64, decode_image, release_freed_memory
+from .images import ThumbnailCache, decode_base64, release_freed_memory
 from .limits import DECODE_SLOTS, DEFAULT_MAX_BATCH, DEFAULT_MAX_REQUEST_PIXELS, DEFAULT_MAX_WAIT_MS, TRIM_AFTER_PIXELS
 from .live import LiveIndex
 from .metrics import ServiceMetrics
@@ -142,9 +143,9 @@ class Service:
         """``[(bytes or base64, name)]`` -> RGB PIL images, decoded in a worker thread.
 
         Every image's header is read first: one over ``max_image_pixels``, or all of them together over
-        ``max_request_pixels``, is refused (413) before any pixel is decoded; then each is decoded (JPEGs
-        at the model's size, PIL's draft mode), at most :data:`DECODE_SLOTS` full decodes at once in the
-        whole server. BadImageError (400) for what cannot be decoded."""
+        ``max_request_pixels``, is refused (413) before any pixel is decoded; then each is decoded as an index
+        build decodes its files (:mod:`clipzoo.embed.decode`), at most :data:`DECODE_SLOTS` full decodes at once
+        in the whole server. BadImageError (400) for what cannot be decoded."""
 
         def work():
             raws = [decode_base64(data, name) if isinstance(data, str) else data for data, name in items]
@@ -159,8 +160,8 @@ class Service:
             try:
                 for raw, (_, name) in zip(raws, items):
                     with self._decode_slots:
-                        out.append(decode_image(raw, max_pixels=self.max_image_pixels, name=name,
-                                                draft_size=self.draft_size))
+                        out.append(decode_upload(raw, self.draft_size, max_pixels=self.max_image_pixels,
+                                                 name=name))  # embed.decode: as the index build decodes
             finally:
                 if total >= TRIM_AFTER_PIXELS:
                     release_freed_memory()
