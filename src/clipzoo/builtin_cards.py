@@ -20,7 +20,8 @@ from .constants import default_cache_dir
 from .files import atomic_write
 
 TOML_FILES = ("openai.toml", "hf_hub.toml", "clap.toml", "open_clip_jax.toml", "mindspore.toml",
-              "slip.toml", "kelip.toml", "clip_fa.toml", "cloob.toml", "long_clip.toml", "hf_families.toml")
+              "slip.toml", "kelip.toml", "clip_fa.toml", "cloob.toml", "long_clip.toml", "hf_families.toml",
+              "video.toml")
 
 
 def builtin_cards() -> list[ModelCard]:

@@ -18,7 +18,7 @@ def models(
     id: str | None = typer.Option(None, "--id", help=_glob_help("id (or another name it is known by)")),
     backend: str | None = typer.Option(None, "--backend", "-b", help=_glob_help("backend")),
     modality: str | None = typer.Option(None, "--modality", "-m",
-                                        help="Only models with this modality (image, text, audio)."),
+                                        help="Only models with this modality (image, text, audio, video)."),
     long: bool = typer.Option(False, "--long", "-l", help="Add a column saying where each model's weights come from."),
     json_: JsonOpt = False,
 ) -> None:

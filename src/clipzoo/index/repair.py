@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import ONDISK_STORE
 from ..errors import ClipzooError
 from .build import default_vector_options, reembed
 from .embedding_store import DB_NAME, EmbeddingStore
@@ -28,6 +29,7 @@ from .folder import file_problem
 from .generations import POINTER, VECTORS_DIR, IndexCorruptError, publish, read_pointer
 from .lock import IndexLock
 from .manifest import bad_shards, check_files, repair_hint
+from .videos import split_key
 
 __all__ = ["Verification", "RepairReport", "verify_index", "repair_index", "bad_shards", "check_before_serving"]
 
@@ -60,25 +62,35 @@ def _open_store(index: Path) -> EmbeddingStore:
     return EmbeddingStore(index)
 
 
+def built_from_vectors(record: dict[str, Any] | None) -> bool:
+    """Whether the pointer ``record`` is an index written by ``clipzoo index build-vectors``."""
+    return bool(record) and record.get("vector_store") == ONDISK_STORE
+
+
+def _check_embedding_store(v: Verification, store: EmbeddingStore, full: bool) -> None:
+    if full:
+        check = store.conn.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            v.problems.append((str(store.db_path), f"SQLite says: {check}"))
+    v.problems += [(str(store.shard_dir / n), what) for n, what in bad_shards(store, full)]
+    v.files += 1 + len(store.referenced_shards())
+
+
 def verify_index(index: "str | os.PathLike", full: bool = True) -> Verification:
     """Check every file of ``index`` (see the module's doc); ``full=False`` checks sizes only."""
     index = Path(os.path.expanduser(os.fspath(index))).absolute()
     if not index.is_dir():
         _open_store(index)  # raises: no such index
     v = Verification(str(index))
-    try:
-        store = _open_store(index)
-    except ClipzooError as exc:
-        v.problems.append((str(index / DB_NAME), str(exc)))
-        return v
-    with store:
-        if full:
-            check = store.conn.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                v.problems.append((str(store.db_path), f"SQLite says: {check}"))
-        v.problems += [(str(store.shard_dir / n), what) for n, what in bad_shards(store, full)]
-        v.files += 1 + len(store.referenced_shards())
     record = read_pointer(index)
+    if not built_from_vectors(record):  # an index from `build-vectors` has no embedding store: its files only
+        try:
+            store = _open_store(index)
+        except ClipzooError as exc:
+            v.problems.append((str(index / DB_NAME), str(exc)))
+            return v
+        with store:
+            _check_embedding_store(v, store, full)
     pointer = index / VECTORS_DIR / POINTER
     if record is None:
         v.problems.append((str(pointer), "missing or unreadable"))
@@ -130,6 +142,9 @@ def repair_index(index: "str | os.PathLike", model: Any = None, *, wait: bool = 
     a new manifest). ``wait``: wait for another writer instead of failing with its pid."""
     index = Path(os.path.expanduser(os.fspath(index))).absolute()
     report = RepairReport(str(index))
+    if built_from_vectors(read_pointer(index)):
+        raise ClipzooError(f"index {str(index)!r} was built from vectors and keeps no embeddings to repair "
+                           f"from; {repair_hint(index, ONDISK_STORE)}")
     _open_store(index).close()  # a missing or unreadable index: its one-line error, before taking the lock
     with IndexLock(index, wait=wait), EmbeddingStore(index, create=True) as store:
         report.bad_shards = bad_shards(store, full=True)
@@ -137,7 +152,8 @@ def repair_index(index: "str | os.PathLike", model: Any = None, *, wait: bool = 
         lost = [item["relpath"] for item in store.iter_items() if item["shard"] in lost_shards]
         root = Path(store.get_meta("root") or ".")
         real_root = os.path.realpath(root)
-        gone = [rel for rel in lost if file_problem(root / rel, real_root) is not None]
+        # a video segment row's file is its video's (index/videos.py)
+        gone = [rel for rel in lost if file_problem(root / split_key(rel)[0], real_root) is not None]
         report.removed = store.remove(gone)
         again = reembed(store, [rel for rel in lost if rel not in set(gone)], model, progress, workers)
         report.reembedded = again.added + again.updated
@@ -162,5 +178,6 @@ def check_before_serving(index: "str | os.PathLike", mode: str = "sizes") -> Ver
     if result.problems and not result.legacy:
         path, what = result.problems[0]
         what = what if what == "missing" else f"corrupt: {what}"
-        raise IndexCorruptError(f"index file {path!r} is {what}; {repair_hint(index)}")
+        store = (read_pointer(index) or {}).get("vector_store")
+        raise IndexCorruptError(f"index file {path!r} is {what}; {repair_hint(index, store)}")
     return result

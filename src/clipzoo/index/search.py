@@ -22,13 +22,15 @@ from .generations import VECTORS_DIR, GenerationView, IndexCorruptError, open_ge
 from .manifest import repair_hint
 from .stores import DEFAULT_STORE, VectorStore, get_store, normalize
 from .vector_files import open_part, read_record
+from .videos import split_key
 
 __all__ = ["Hit", "SearchIndex", "open_index", "image_from_bytes", "check_k"]
 
 
 @dataclass
 class Hit:
-    """One search result: the item id, its cosine score, where the file is, its caption and partition."""
+    """One search result: the item id, its cosine score, where the file is, its caption and partition; for a
+    video row, ``timestamp``: where it starts in the file (seconds; 0.0 for the whole video)."""
 
     id: int
     score: float
@@ -36,9 +38,13 @@ class Hit:
     relpath: str
     caption: str | None
     partition: str | None
+    timestamp: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["timestamp"] is None:  # an image row: the fields it always had
+            del d["timestamp"]
+        return d
 
 
 def image_from_bytes(data: bytes, name: str = "uploaded image"):
@@ -78,7 +84,7 @@ class SearchIndex:
             if len(self._parts[None]) != self.count:
                 raise IndexCorruptError(f"index file {str(self.path / VECTORS_DIR / record['all']['file'])!r} holds "
                                         f"{len(self._parts[None])} vectors, the manifest says {self.count}; "
-                                        f"{repair_hint(self.path)}")
+                                        f"{repair_hint(self.path, self._record.get('vector_store'))}")
         if model is not None:
             self._check_model(model)
 
@@ -93,7 +99,7 @@ class SearchIndex:
             raise
         except Exception as exc:  # noqa: BLE001 - FAISS raises RuntimeError for any unreadable file
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise IndexCorruptError(f"index file {str(path)!r} is corrupt ({first}); {repair_hint(self.path)}") \
+            raise IndexCorruptError(f"index file {str(path)!r} is corrupt ({first}); {repair_hint(self.path, self._record.get('vector_store'))}") \
                 from None
 
     def _part(self, partition: str | None) -> VectorStore:
@@ -193,8 +199,8 @@ class SearchIndex:
             m = meta.get(item_id)
             if m is None:  # an item removed since the vectors were built
                 continue
-            hits.append(Hit(item_id, score, str(self.root / m["relpath"]), m["relpath"], m["caption"],
-                            m["partition"]))
+            rel, start = split_key(m["relpath"])  # a video segment row: its file and start time
+            hits.append(Hit(item_id, score, str(self.root / rel), rel, m["caption"], m["partition"], start))
         return hits
 
     def _dedup(self, pairs: list[tuple[int, float]], threshold: float, k: int) -> list[tuple[int, float]]:
@@ -214,8 +220,10 @@ class SearchIndex:
     def item(self, item_id: int) -> dict[str, Any]:
         """Metadata of one item: id, path (absolute), relpath, size, mtime, sha256, caption, partition."""
         m = self.store.item(item_id)
-        return {"id": m["id"], "path": str(self.root / m["relpath"]), "relpath": m["relpath"], "size": m["size"],
-                "mtime": m["mtime"], "sha256": m["sha256"], "caption": m["caption"], "partition": m["partition"]}
+        rel, start = split_key(m["relpath"])  # a video row: its file, and where it starts (``timestamp``)
+        return {"id": m["id"], "path": str(self.root / rel), "relpath": rel, "size": m["size"],
+                "mtime": m["mtime"], "sha256": m["sha256"], "caption": m["caption"], "partition": m["partition"],
+                **({"timestamp": start} if start is not None else {})}
 
     def embedding(self, item_id: int) -> np.ndarray:
         """The stored (normalised, float32) embedding of one item [D]."""

@@ -21,6 +21,7 @@ from ..constants import DEFAULT_MAX_PIXELS
 from ..errors import BadImageError
 from ..image_bytes import decode_base64, decode_image
 from ..index.folder import inside
+from ..video import BadVideoError, poster_jpeg
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ThumbnailCache", "decode_base64", "decode_image", "release_freed_memory",
            "thumbnail_jpeg"]
@@ -74,15 +75,16 @@ class ThumbnailCache:
         """The thumbnail of an index item (a dict with ``id``, ``path``, ``size``, ``mtime``); 404 when its
         file is gone, changed since indexing, or not an image."""
         real, st = self._indexed_file(item)
-        key = (item["id"], st.st_mtime_ns, st.st_size, self.size)
+        key = (item["id"], st.st_mtime_ns, st.st_size, self.size, item.get("timestamp"))
         with self._lock:
             data = self._data.get(key)
             if data is not None:
                 self._data.move_to_end(key)
                 return data
         try:
-            data = thumbnail_jpeg(real, self.size, max_pixels=self.max_pixels)
-        except (BadImageError, OSError):  # no detail: it could quote the file's bytes
+            data = (poster_jpeg(real, self.size, float(item["timestamp"])) if item.get("timestamp") is not None
+                    else thumbnail_jpeg(real, self.size, max_pixels=self.max_pixels))  # a video row: its poster
+        except (BadImageError, BadVideoError, OSError):  # no detail: it could quote the file's bytes
             raise StarletteHTTPException(404, f"item {item['id']}: no thumbnail, its file cannot be read as "
                                               "an image") from None
         with self._lock:
@@ -90,6 +92,10 @@ class ThumbnailCache:
             while len(self._data) > self.max_items:
                 self._data.popitem(last=False)
         return data
+
+    def indexed_file(self, item: dict) -> tuple[str, os.stat_result]:
+        """The item's checked file (real path, stat), as :meth:`get` reads it; 404 otherwise (``/video``)."""
+        return self._indexed_file(item)
 
     def _indexed_file(self, item: dict) -> tuple[str, os.stat_result]:
         """The item's file's real path and stat, when it is inside an indexed root, a regular file, and

@@ -67,6 +67,8 @@ class HitOut(BaseModel):
     caption: str | None = None
     partition: str | None = None
     thumb: str = Field(description="URL of the hit's thumbnail.")
+    timestamp: float | None = Field(None, description="Video rows: where the row starts in the file (seconds).")
+    video: str | None = Field(None, description="Video rows: URL of the video file (play it from #t=timestamp).")
 
 
 class SearchResponse(BaseModel):
@@ -193,6 +195,10 @@ def hit_out(hit: Any) -> dict:
     d["id"] = int(d["id"])
     d["score"] = float(d["score"])
     d["thumb"] = f"thumb/{d['id']}"
+    if d.get("timestamp") is not None:  # a video row: its poster is the thumbnail, the file plays from there
+        d["video"] = f"video/{d['id']}"
+    else:
+        d.pop("timestamp", None)
     return d
 
 

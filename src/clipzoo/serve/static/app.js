@@ -84,6 +84,30 @@ async function setThumb(img, path) {
   } catch (_) { /* a missing thumbnail leaves the grey box */ }
 }
 
+async function setVideo(video, hit) {
+  // a video row: the poster frame is its thumbnail; the file plays from the row's start (#t=START)
+  const start = `#t=${hit.timestamp || 0}`;
+  setPoster(video, hit.thumb);
+  if (!state.token) { video.src = hit.video + start; return; }
+  try {  // a <video> cannot send a header either: fetch the file with the token
+    const r = await fetch(hit.video, { headers: authHeaders() });
+    if (!r.ok) return;
+    const u = URL.createObjectURL(await r.blob());
+    state.thumbUrls.push(u);
+    video.src = u + start;
+  } catch (_) { /* a missing file leaves the poster */ }
+}
+
+async function setPoster(video, path) {
+  const img = { set src(u) { video.poster = u; } };
+  await setThumb(img, path);
+}
+
+function formatTime(seconds) {
+  const s = Math.floor(seconds || 0);
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
 function renderResults(data, label) {
   clearThumbs();
   const grid = $("results");
@@ -91,15 +115,24 @@ function renderResults(data, label) {
   $("status").textContent = `${data.hits.length} result${data.hits.length === 1 ? "" : "s"} for ${label} ` +
     `(${data.took_ms} ms)`;
   for (const hit of data.hits) {
-    const card = document.createElement("button");
-    card.type = "button";
-    card.className = "result";
+    const isVideo = Boolean(hit.video);
+    const card = document.createElement(isVideo ? "div" : "button");  // a <video>'s controls cannot sit in a button
+    if (!isVideo) card.type = "button";
+    card.className = isVideo ? "result video" : "result";
     card.dataset.id = hit.id;
-    card.title = "Search by this image";
-    const img = document.createElement("img");
-    img.alt = hit.caption || hit.relpath || `item ${hit.id}`;
-    img.loading = "lazy";
-    setThumb(img, hit.thumb);
+    card.title = isVideo ? `Plays from ${formatTime(hit.timestamp)}` : "Search by this image";
+    const img = document.createElement(isVideo ? "video" : "img");
+    if (isVideo) {
+      img.controls = true;
+      img.preload = "none";
+      img.muted = true;
+      img.dataset.start = String(hit.timestamp || 0);
+      setVideo(img, hit);
+    } else {
+      img.alt = hit.caption || hit.relpath || `item ${hit.id}`;
+      img.loading = "lazy";
+      setThumb(img, hit.thumb);
+    }
     const meta = document.createElement("span");
     meta.className = "meta";
     const score = document.createElement("span");
@@ -110,10 +143,11 @@ function renderResults(data, label) {
     caption.textContent = hit.caption || "";
     const where = document.createElement("span");
     where.className = "where";
-    where.textContent = [hit.partition, hit.relpath].filter(Boolean).join(" · ");
+    where.textContent = [hit.partition, hit.relpath, isVideo ? `▶ ${formatTime(hit.timestamp)}` : ""]
+      .filter(Boolean).join(" · ");
     meta.append(score, caption, where);
     card.append(img, meta);
-    card.addEventListener("click", () => search({ id: hit.id }, `item ${hit.id} (${hit.relpath || ""})`));
+    if (!isVideo) card.addEventListener("click", () => search({ id: hit.id }, `item ${hit.id} (${hit.relpath || ""})`));
     grid.append(card);
   }
 }

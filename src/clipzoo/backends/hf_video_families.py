@@ -1,0 +1,41 @@
+"""The table of transformers' video–text families (backend ``hf_video``), importable without torch.
+
+Each family is a row: config.json ``model_type`` -> the transformers model class, how its video and text
+features are read, how its text is masked and how its logit scale is stored. ``clipzoo.api`` reads
+:data:`VIDEO_TYPES` / :data:`VIDEO_CLASSES` to send such folders and hub repos to
+:mod:`clipzoo.backends.transformers_video`; that module holds the code, this one only the data.
+
+All three families of transformers 5.24 are here: X-CLIP (``xclip``), Perception Encoder video
+(``pe_video``) and VideoPrism (``videoprism``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class VideoFamilySpec:
+    """One family. ``features``: ``"get"`` (the model's ``get_video_features`` / ``get_text_features``,
+    ``pooler_output``) or ``"pe"`` (PE video: transformers 5.24 defines those two methods inside ``__init__``,
+    so they do not exist on the model; the features are what its ``forward`` returns as ``video_embeds`` /
+    ``text_video_embeds``: ``video_head`` on the encoder's pooled output, ``text_video_head`` on the text
+    model's first position). ``mask``: ``"eos"`` (CLIP text: after the first EOS) or ``"pad"``.
+    ``logit``: ``"scale"`` (``exp(logit_scale)``, softmax), ``"pe"`` (``text_video_logit_scale`` and
+    ``text_video_logit_bias`` as stored, sigmoid) or ``"unit"`` (VideoPrism: no learned scale, its forward
+    divides by an optional temperature only)."""
+
+    name: str
+    hf_class: str
+    mask: str
+    logit: str = "scale"
+    features: str = "get"
+
+
+VIDEO_SPECS: dict[str, VideoFamilySpec] = {
+    "xclip": VideoFamilySpec("X-CLIP", "XCLIPModel", mask="eos"),
+    "pe_video": VideoFamilySpec("PE video", "PeVideoModel", mask="pad", logit="pe", features="pe"),
+    "videoprism": VideoFamilySpec("VideoPrism", "VideoPrismClipModel", mask="pad", logit="unit"),
+}
+VIDEO_TYPES = frozenset(VIDEO_SPECS)
+BY_VIDEO_CLASS = {spec.hf_class: spec for spec in VIDEO_SPECS.values()}
+VIDEO_CLASSES = frozenset(BY_VIDEO_CLASS)

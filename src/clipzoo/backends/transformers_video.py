@@ -1,0 +1,200 @@
+"""Backend ``hf_video``: transformers' video–text models, one mechanism over the table of
+:mod:`clipzoo.backends.hf_video_families` — X-CLIP, Perception Encoder video (``pe_video``), VideoPrism.
+
+A video (a file or a list of frames) is sampled to exactly the number of frames the model was trained on
+(``config.vision_config.num_frames``, or the video processor's ``num_frames``), uniformly as
+:func:`clipzoo.video.uniform_indices` does, then preprocessed by the checkpoint's own processor (X-CLIP: its
+image processor on each frame; PE video and VideoPrism: their video processor, with its own frame sampling
+off) and encoded by the video tower. Text goes through the checkpoint's tokenizer. These models have no image
+modality: their cards say ``modalities = ["video", "text"]``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..cards import TEXT, ModelCard
+from ..checkpoints import read_json
+from ..comparator import Comparator, resolve_dtype
+from ..errors import CheckpointError, ClipzooError, UnsupportedError
+from ..modalities import VIDEO
+from ..models.tokenize import tokenize_with
+from ..video import load_video, video_items
+from .hf_video_families import BY_VIDEO_CLASS, VIDEO_SPECS, VideoFamilySpec
+from .source_files import cached_hub_file
+from .transformers import attention_mask, features_of, load_hf_model, model_folder, transformers_module
+
+
+def _no_image_transform(image) -> torch.Tensor:
+    raise UnsupportedError("a video model has no image transform; pass videos (encode_video) instead")
+
+
+class VideoComparator(Comparator):
+    """A transformers video–text model: ``encode_video`` and ``encode_text``."""
+
+    def __init__(self, card: ModelCard, model, *, spec: VideoFamilySpec, tokenizer, processor, num_frames: int,
+                 embed_dim: int, context_length: int, frame_size):
+        super().__init__(card, model, transform=_no_image_transform, embed_dim=embed_dim, image_size=frame_size,
+                         context_length=context_length, modalities=(VIDEO, TEXT))
+        self.spec = spec
+        self.hf_tokenizer = tokenizer
+        self.processor = processor
+        self.num_frames = int(num_frames)
+        self.probability = "sigmoid" if spec.logit == "pe" else "softmax"
+
+    # ------------------------------------------------------------ video
+    def video_pixels(self, clips: list[list]) -> dict[str, torch.Tensor]:
+        """Frame lists (each exactly :attr:`num_frames` RGB PIL frames) -> the model's video inputs."""
+        if self.spec.hf_class == "XCLIPModel":
+            out = self.processor.image_processor(images=clips, return_tensors="pt")
+            return {"pixel_values": out["pixel_values"]}
+        arrays = [np.stack([np.asarray(f) for f in clip]) for clip in clips]
+        out = self.processor.video_processor(videos=arrays, do_sample_frames=False, return_tensors="pt")
+        return {k: v for k, v in out.items() if k in ("pixel_values_videos", "padding_mask_videos")}
+
+    def encode_video_pixels(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
+                  for k, v in inputs.items()}
+        if self.spec.features == "pe":
+            pooled = self.model.video_encoder(**inputs).pooler_output
+            return self.model.video_head(pooled)
+        feats = features_of(self.model.get_video_features(**inputs))
+        return feats.reshape(feats.shape[0], -1)  # VideoPrism pools to (N, 1, D); its forward reshapes the same way
+
+    def encode_video(self, videos: Any, normalize: bool = True, batch_size: int = 8,
+                     num_frames: int | None = None) -> torch.Tensor:
+        """Videos (paths, frame lists, (T, H, W, C) arrays) -> features (N, D) from the video tower; every video
+        is sampled uniformly to the model's own number of frames (``num_frames``, if given, must equal it)."""
+        if num_frames is not None and int(num_frames) != self.num_frames:
+            raise ClipzooError(f"{self.card.alias} takes exactly {self.num_frames} frames per video, not {num_frames}; "
+                               "leave num_frames unset")
+        items = video_items(videos)
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(items), max(1, int(batch_size))):
+                clips = [load_video(item, self.num_frames, exact=True, index=start + i)
+                         for i, item in enumerate(items[start:start + batch_size])]
+                out.append(self._finish(self.encode_video_pixels(self.video_pixels(clips)), normalize))
+        return torch.cat(out)
+
+    # ------------------------------------------------------------ text
+    def tokenize(self, texts: "str | list[str]", truncate: bool = False) -> torch.Tensor:
+        return tokenize_with(self.hf_tokenizer, texts, self.context_length, truncate)
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.long().to(self.device)
+        mask = attention_mask(tokens, self.spec.mask, self.hf_tokenizer.pad_token_id, self.hf_tokenizer.eos_token_id)
+        if self.spec.features == "pe":
+            out = self.model.text_model(input_ids=tokens, attention_mask=mask, output_hidden_states=True)
+            return self.model.text_video_head(out.hidden_states[-1][:, 0])
+        return features_of(self.model.get_text_features(input_ids=tokens, attention_mask=mask))
+
+    def logit_params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.spec.logit == "unit":
+            return torch.ones((), device=self.device), None
+        if self.spec.logit == "pe":
+            return self.model.text_video_logit_scale.reshape(()), self.model.text_video_logit_bias.reshape(())
+        return self.model.logit_scale.exp().reshape(()), None
+
+
+def pick_video_spec(config: dict, hf_class: str | None, folder) -> VideoFamilySpec:
+    if hf_class:
+        if hf_class not in BY_VIDEO_CLASS:
+            raise UnsupportedError(f"hf_class {hf_class!r} is not one of the hf_video classes "
+                                   f"({', '.join(sorted(BY_VIDEO_CLASS))})")
+        return BY_VIDEO_CLASS[hf_class]
+    model_type = config.get("model_type")
+    if model_type not in VIDEO_SPECS:
+        raise UnsupportedError(f"{folder} holds a {model_type!r} model (config.json model_type); the hf_video "
+                               f"backend loads model_type {', '.join(sorted(VIDEO_SPECS))}")
+    return VIDEO_SPECS[model_type]
+
+
+def load_processor(folder: Path):
+    try:
+        return transformers_module().AutoProcessor.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{folder} has no usable processor ({type(exc).__name__}: {str(exc)[:200]}); save it "
+                              "with the model (processor.save_pretrained(folder))") from None
+
+
+def frames_of(model_config, processor) -> int:
+    """How many frames the video tower takes: its config's ``num_frames``, else the video processor's."""
+    for cfg in (getattr(model_config, "vision_config", None), model_config):
+        n = getattr(cfg, "num_frames", None)
+        if n:
+            return int(n)
+    n = getattr(getattr(processor, "video_processor", None), "num_frames", None)
+    if not n:
+        raise CheckpointError("cannot tell how many frames this video model takes (no num_frames in config.json "
+                              "or the video processor)")
+    return int(n)
+
+
+def frame_size_of(processor) -> "int | None":
+    proc = getattr(processor, "video_processor", None) or getattr(processor, "image_processor", None)
+    size = getattr(proc, "crop_size", None) or getattr(proc, "size", None) or {}
+    size = dict(size) if not isinstance(size, int) else {"height": size}
+    side = size.get("height") or size.get("shortest_edge")
+    return int(side) if side else None
+
+
+def context_of(model, tokenizer, card: ModelCard, override: int | None) -> int:
+    text_cfg = getattr(model.config, "text_config", model.config)
+    positions = getattr(text_cfg, "max_position_embeddings", None)
+    ctx = override or card.context_length
+    if not ctx:
+        max_len = getattr(tokenizer, "model_max_length", None)
+        ctx = max_len if max_len and max_len < 100_000 else positions
+    if not ctx:
+        raise CheckpointError(f"cannot tell the context length of {card.alias}; pass context_length=…")
+    return int(min(ctx, positions)) if positions else int(ctx)
+
+
+def embed_dim_of(model, spec: VideoFamilySpec) -> int:
+    cfg = model.config
+    if spec.features == "pe":
+        return int(cfg.text_config.hidden_size)
+    dim = getattr(cfg, "projection_dim", None)
+    return int(dim or cfg.text_config.hidden_size)
+
+
+def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache_dir=None,
+         trust_pickle: bool = False, **kwargs: Any) -> VideoComparator:
+    """Load an X-CLIP, PE video or VideoPrism save_pretrained folder (local or from the hub cache).
+
+    Keywords: ``hf_class`` (default from config.json ``model_type``), ``context_length``. ``trust_pickle`` is
+    unused: weights are safetensors, or ``.bin`` read by transformers with ``weights_only=True``.
+    """
+    hf_class = kwargs.pop("hf_class", None) or card.config.get("hf_class")
+    context_override = kwargs.pop("context_length", None)
+    if kwargs:
+        raise TypeError(f"unexpected keyword(s) for the hf_video backend: {', '.join(sorted(kwargs))}")
+    folder = model_folder(card, cache_dir)
+    if not (folder / "config.json").exists():
+        raise CheckpointError(f"{folder} has no config.json, so it is not a transformers save_pretrained folder")
+    spec = pick_video_spec(read_json(folder / "config.json"), hf_class, folder)
+    model = load_hf_model(folder, spec.hf_class, resolve_dtype(precision)).to(device)
+    processor = load_processor(folder)
+    tokenizer = processor.tokenizer
+    return VideoComparator(card, model, spec=spec, tokenizer=tokenizer, processor=processor,
+                           num_frames=frames_of(model.config, processor), embed_dim=embed_dim_of(model, spec),
+                           context_length=context_of(model, tokenizer, card, context_override),
+                           frame_size=frame_size_of(processor))
+
+
+def meta_model(card: ModelCard, cache_dir=None):
+    """The card's model on the meta device from its cached config.json, downloading nothing (``clipzoo info``);
+    None for a local folder (summarised as any save_pretrained folder)."""
+    src = card.source
+    if src.path or not src.hf_repo:
+        return None
+    config_file = cached_hub_file(src.hf_repo, "config.json", cache_dir)
+    spec = pick_video_spec(read_json(config_file), card.config.get("hf_class"), config_file.parent)
+    transformers = transformers_module()
+    config = transformers.AutoConfig.from_pretrained(str(config_file.parent))
+    with torch.device("meta"):
+        return getattr(transformers, spec.hf_class)._from_config(config)
