@@ -1,11 +1,13 @@
 """Measured parity of transformers' other image–text families (issue 20 §2, backend ``hf_family``): ALIGN,
-GroupViT, OWL-ViT, OWLv2, CLIPSeg, MetaCLIP 2, AIMv2, BLIP (``BlipModel``) and BLIP retrieval.
+GroupViT, OWL-ViT, OWLv2, CLIPSeg, MetaCLIP 2, AIMv2, BLIP (``BlipModel``), BLIP retrieval and BLIP-2 retrieval.
 
 For each family, a tiny random model written by ``save_pretrained`` with its own processor: the largest absolute
 difference, fp32 on CPU, between clipzoo and the model's own ``get_image_features`` / ``get_text_features``
 (BLIP retrieval: ``vision_proj`` on the [CLS] state, and its ITM head's P(match) against ``rank``), and between
-our preprocessing and the processor's ``pixel_values`` on 5 images of odd sizes. The writers and references are
-those of tests/test_family_transformers.py.
+our preprocessing and the processor's ``pixel_values`` on 5 images of odd sizes. BLIP-2
+(``Blip2ForImageTextRetrieval``): its projected query vectors, text features and ITC scores against
+``use_image_text_matching_head=False``, the ITM head's logits against ``use_image_text_matching_head=True``.
+The writers and references are those of tests/test_family_transformers.py (BLIP-2: tests/test_family_blip2.py).
 
     python benchmarks/hf_family_parity.py --out hf_family_parity.json
 
@@ -27,17 +29,44 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import clipzoo  # noqa: E402
 import test_family_transformers as fam  # noqa: E402
-from clipzoo.testing import tiny_hf_families  # noqa: E402
+from clipzoo.testing import tiny_blip2, tiny_hf_families  # noqa: E402
 from tables import machine_info, write_result  # noqa: E402
 
-FAMILIES = (*tiny_hf_families.WRITERS, "blip")
+FAMILIES = (*tiny_hf_families.WRITERS, "blip", "blip2")
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
 
 
+def run_blip2(folder: Path) -> dict:
+    """BLIP-2 retrieval: ITC (max over queries) and ITM against the model's own two branches."""
+    from transformers import AutoProcessor, Blip2ForImageTextRetrieval
+
+    images, texts = fam.odd_images(), fam.TEXTS
+    tiny_blip2.write_blip2(folder)
+    m = clipzoo.load(folder)
+    model = Blip2ForImageTextRetrieval.from_pretrained(folder).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+    tok = processor.tokenizer(texts, padding=True, return_tensors="pt")
+    n, t = len(images), len(texts)
+    with torch.no_grad():
+        itc = model(pixel_values=pixel_values, **tok, use_image_text_matching_head=False)
+        itm = model(pixel_values=pixel_values.repeat_interleave(t, dim=0), input_ids=tok["input_ids"].repeat(n, 1),
+                    attention_mask=tok["attention_mask"].repeat(n, 1), use_image_text_matching_head=True)
+    ours = torch.stack([m.preprocess(image) for image in images])
+    return {"class": "Blip2ForImageTextRetrieval", "image": max_diff(m.query_features(images), itc.image_embeds),
+            "image_vector": max_diff(m.encode_image(images, normalize=False), itc.image_embeds.mean(dim=1)),
+            "text": max_diff(m.encode_text(texts), itc.text_embeds), "pixels": max_diff(ours, pixel_values),
+            "itc": max_diff(m.itc(images, texts), itc.logits_per_image),
+            "itm": max_diff(m.itm_logits(images, texts), itm.logits_per_image.reshape(n, t, 2)),
+            "format": "save_pretrained folder (config.json + safetensors + processor files)"}
+
+
 def run_family(name: str, folder: Path) -> dict:
+    if name == "blip2":
+        return run_blip2(folder)
     images, texts = fam.odd_images(), fam.TEXTS
     if name == "blip":
         from transformers import AutoProcessor, BlipForImageTextRetrieval

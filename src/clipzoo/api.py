@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from .backends import get_backend
 from .backends.hf_families import FAMILY_CLASSES, FAMILY_TYPES
-from .cards import ModelCard, Source
+from .backends.hf_video_families import VIDEO_CLASSES, VIDEO_TYPES
+from .cards import ModelCard, Source, parse_alias
 from .checkpoints import read_json, sniff_folder
 from .download import fetch_remote, hub_file, remote_protocol
-from .errors import ClipzooError, ModelNotCachedError
+from .errors import ClipzooError, ModelNotCachedError, UnknownModelError
 from .inputs import check_long_text
 from .packing import materialise
 from .registry import REGISTRY, list_models
@@ -23,7 +24,7 @@ from .runtime import EAGER_NAMES, apply_runtime
 if TYPE_CHECKING:  # a Comparator module imports torch; api itself stays importable without it
     from .comparator import Comparator
 
-__all__ = ["load", "list_models", "resolve_card", "resolve_backend"]
+__all__ = ["load", "load_all", "list_models", "resolve_card", "resolve_backend"]
 
 
 def load(spec: "str | ModelCard | os.PathLike", device: str = "cpu", precision: str = "fp32",
@@ -104,6 +105,9 @@ def resolve_backend(card: ModelCard, cache_dir, hf_class: str | None = None) -> 
     elif card.backend == "transformers" and (hf_class in FAMILY_CLASSES or (  # ALIGN, OWL-ViT, … (hf_families)
             hf_class is None and _model_type(card, cache_dir) in FAMILY_TYPES)):
         card = card.replace(backend="hf_family")
+    elif card.backend == "transformers" and (hf_class in VIDEO_CLASSES or (  # X-CLIP, PE video, VideoPrism
+            hf_class is None and _model_type(card, cache_dir) in VIDEO_TYPES)):
+        card = card.replace(backend="hf_video", modalities=("video", "text"))
     return card
 
 
@@ -161,3 +165,28 @@ def _model_type(card: ModelCard, cache_dir) -> str | None:
         return read_json(config).get("model_type")
     except (ClipzooError, OSError, ValueError, AttributeError):
         return None
+
+
+def load_all(query: "str | dict[str, Any] | None" = None, *, device: str = "cpu", precision: str = "fp32",
+             load_kwargs: "dict[str, Any] | None" = None, **filters: Any) -> "list[Comparator]":
+    """Load every model a registry query matches, in registry order (mmc: ``REGISTRY.find(...)`` then each
+    loader's ``load()``): ``load_all(architecture="clip", publisher="openai")``,
+    ``load_all("[clip - openai - RN*]")`` (an alias whose parts may be globs) or ``load_all({"id": "ViT-B*"})``.
+    Filters are :meth:`Registry.find`'s; ``load_kwargs`` go to each :func:`load`. No match raises
+    :class:`UnknownModelError`."""
+    if isinstance(query, str):
+        parts = parse_alias(query.strip())
+        if parts is None:
+            raise ClipzooError(f"query {query!r} is not an alias pattern; write '[architecture - publisher - id]' "
+                               "(globs allowed, e.g. '[clip - openai - RN*]') or pass registry filters")
+        filters = {"architecture": parts[0], "publisher": parts[1], "id": parts[2], **filters}
+    elif isinstance(query, dict):
+        filters = {**query, **filters}
+    try:
+        cards = REGISTRY.find(**filters)
+    except TypeError as exc:
+        raise ClipzooError(f"bad model query: {exc}") from None
+    if not cards:
+        shown = ", ".join(f"{k}={v!r}" for k, v in filters.items()) or "(no filters)"
+        raise UnknownModelError(f"no model matches {shown}; list models with `clipzoo models`")
+    return [load(card, device=device, precision=precision, **(load_kwargs or {})) for card in cards]

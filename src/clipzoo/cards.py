@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .modalities import AUDIO, IMAGE, TEXT  # noqa: F401  (re-exported) str subclasses equal to "audio", "image", "text"
+from .modalities import AUDIO, IMAGE, TEXT, supports_modality  # noqa: F401  (AUDIO, IMAGE, TEXT re-exported)
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,11 @@ class ModelCard:
         if self.publisher == "local" and self.source.path:
             return self.source.path.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
         return f"{self.publisher}/{self.id}"
+
+    def supports_modality(self, modality: Any) -> bool:
+        """Whether the model has ``modality`` (a name or a :class:`~clipzoo.modalities.Modality`), as mmc's
+        loaders answer it."""
+        return supports_modality(self.modalities, modality)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

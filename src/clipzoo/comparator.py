@@ -34,9 +34,10 @@ from .inputs import (
     text_items,
     to_pil,
 )
-from .modalities import get_modality
+from .modalities import VIDEO, get_modality
 from .pixels import pixel_config, preprocess01
 from .templates import TemplateError, fill_template  # noqa: F401 (TemplateError re-exported)
+from .video import encode_by_frames
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
               "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -145,7 +146,18 @@ class Comparator(torch.nn.Module):
         """The raw torchvision transform (PIL -> tensor), as open_clip / openai return it."""
         return self._transform
 
+    def supports_modality(self, modality: Any) -> bool:
+        """Whether this model encodes ``modality`` (a name or a :class:`~clipzoo.modalities.Modality`): what
+        :meth:`require` accepts; an unknown name is not supported."""
+        try:
+            self.require(get_modality(modality))
+        except ClipzooError:
+            return False
+        return True
+
     def require(self, modality: str) -> None:
+        if modality == VIDEO and VIDEO not in self.modalities and IMAGE in self.modalities:
+            return  # an image model encodes a video by its frames (encode_video)
         if modality not in self.modalities:
             raise UnsupportedError(f"{self.card.alias} has no {modality} modality (it has: "
                                    f"{', '.join(self.modalities)})")
@@ -237,6 +249,15 @@ class Comparator(torch.nn.Module):
         self.require(AUDIO)
         raise UnsupportedError(f"{self.card.alias} has no audio encoder")
 
+    def encode_video(self, videos: Any, normalize: bool = True, batch_size: int = 64,
+                     num_frames: int | None = None) -> torch.Tensor:
+        """Videos -> features (N, D): paths (mp4/webm/mkv/avi), lists of frames or (T, H, W, C) arrays. An
+        image–text model samples ``num_frames`` (default 8) frames uniformly and returns the mean of their
+        L2-normalised image features, renormalised when ``normalize`` (:func:`clipzoo.video.encode_by_frames`);
+        video models (X-CLIP, PE video, VideoPrism) override this with their own video tower."""
+        self.require(VIDEO)
+        return encode_by_frames(self, videos, num_frames=num_frames, normalize=normalize, batch_size=batch_size)
+
     @property
     def query_modality(self):
         """What zero-shot ``predict`` classifies: the first modality that is not text (image for CLIP, audio
@@ -294,6 +315,19 @@ class Comparator(torch.nn.Module):
         if bias is not None:
             logits = logits + bias.float().to(a.device)
         return logits
+
+    def compare(self, image: Any = None, text: Any = None, audio: Any = None, normalize: bool = True,
+                **inputs: Any) -> torch.Tensor:
+        """Scores of two modalities, [N_rows, N_cols]; rows are the first of image / audio / text (then other
+        modalities by name) given, columns the second. ``normalize=True``: the cosine (what
+        :meth:`clipzoo.Ensemble.compare` averages); ``normalize=False``: mmc's raw dot product of the
+        unnormalised features. No logit scale or bias (that is :meth:`similarity`)."""
+        given = [(m, x) for m, x in ((IMAGE, image), (AUDIO, audio), (TEXT, text), *inputs.items()) if x is not None]
+        if len(given) != 2:
+            raise ClipzooError(f"compare() needs exactly two inputs of image=, audio=, text= (got {len(given)})")
+        (row_mod, rows), (col_mod, cols) = given
+        a = self.encode(row_mod, rows, normalize=normalize)
+        return a @ self.encode(col_mod, cols, normalize=normalize).to(a.device).T
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.probability == "sigmoid" else logits.softmax(dim=-1)

@@ -37,7 +37,7 @@ from .errors import AmbiguousModelError, ClipzooError, UnknownModelError
 from .guidance import check_image01, spherical_distance
 from .guidance import cutouts as make_cutouts
 from .inputs import is_float_tensor
-from .modalities import AUDIO, IMAGE, TEXT, Modality, get_modality
+from .modalities import AUDIO, IMAGE, TEXT, Modality, get_modality, supports_modality
 from .registry import REGISTRY
 
 _TWO_PART_ALIAS = re.compile(r"^\[\s*(?P<a>[^\]]+?)\s+-\s+(?P<p>[^\]]+?)\s*\]$")
@@ -134,6 +134,22 @@ class Ensemble:
         self._weights.append(weight)
         return model
 
+    def add_all(self, query: "str | dict[str, Any] | None" = None, weight: float = 1.0,
+                **filters: Any) -> list[Comparator]:
+        """Add every model a registry query matches, each with ``weight`` (mmc's ``MultiMMC.load_model``):
+        ``add_all(architecture="clip", publisher="openai")`` or ``add_all("[clip - openai - RN*]")``. Models
+        without the ensemble's modalities are left out; none left raises a ClipzooError."""
+        parsed = _query_of(query) if isinstance(query, str) else query
+        found = REGISTRY.find(**{**(parsed or {}), **filters}) if parsed is not None or filters else []
+        if isinstance(query, str) and parsed is None:
+            found = [REGISTRY.resolve(query)]  # a literal alias: that one model
+        cards = [c for c in found if all(m in c.modalities for m in self.modalities)]
+        if not cards:
+            raise UnknownModelError(f"no model with {', '.join(self.modalities)} matches {query or filters}; "
+                                    "list models with `clipzoo models`")
+        return [self.add(load(card, device=self.device, precision=self.precision, **self.load_kwargs), weight=weight)
+                for card in cards]
+
     def _resolve_query(self, query: dict[str, Any]):
         try:
             hits = REGISTRY.find(**query)
@@ -222,14 +238,19 @@ class Ensemble:
 
     # ------------------------------------------------------------------ encoding / comparing
     @staticmethod
-    def _encode(model: Comparator, modality: Modality, inputs: Any) -> torch.Tensor:
+    def _encode(model: Comparator, modality: Modality, inputs: Any, normalize: bool = True) -> torch.Tensor:
         if modality == IMAGE and is_float_tensor(inputs):
-            return model.encode_image01(inputs)
-        return model.encode(modality, inputs)
+            return model.encode_image01(inputs, normalize=normalize)
+        return model.encode(modality, inputs, normalize=normalize)
 
-    def compare(self, image: Any = None, text: Any = None, audio: Any = None) -> Comparison:
+    def supports_modality(self, modality: Any) -> bool:
+        """Whether the ensemble compares ``modality`` (mmc's ``MultiMMC.supports_modality``)."""
+        return supports_modality(self.modalities, modality)
+
+    def compare(self, image: Any = None, text: Any = None, audio: Any = None, normalize: bool = True) -> Comparison:
         """Weighted mean of each model's cosine similarities, batched: rows are the first of image / audio /
-        text given, columns the second (``compare(image=…, text=…)`` -> [N_images, N_texts])."""
+        text given, columns the second (``compare(image=…, text=…)`` -> [N_images, N_texts]).
+        ``normalize=False``: mmc's semantics instead, the raw dot products of unnormalised features."""
         given = [(m, x) for m, x in ((IMAGE, image), (AUDIO, audio), (TEXT, text)) if x is not None]
         if len(given) != 2:
             raise ClipzooError("compare() needs exactly two of image=, audio=, text=")
@@ -241,8 +262,8 @@ class Ensemble:
         per_model: dict[str, torch.Tensor] = {}
         total = None
         for alias, model, w in zip(self._aliases, self._models, weights):
-            a = self._encode(model, row_mod, rows)
-            b = self._encode(model, col_mod, cols).to(a.device)
+            a = self._encode(model, row_mod, rows, normalize)
+            b = self._encode(model, col_mod, cols, normalize).to(a.device)
             cos = a @ b.T
             per_model[alias] = cos
             part = w * cos.to(torch.float32).cpu() if not cos.requires_grad else w * cos

@@ -48,6 +48,8 @@ _TOWER_OF_PREFIX = {
     "image_encoder": "image", "text_encoder": "text",
     # transformers ClapModel
     "audio_model": "audio", "audio_projection": "audio",
+    # transformers Blip2ForImageTextRetrieval (its shared Q-Former and ITM head count as "other")
+    "query_tokens": "image", "vision_projection": "image", "embeddings": "text",
 }
 _NOT_PARAMETERS = ("running_mean", "running_var", "num_batches_tracked", "attn_mask", "position_ids")
 

@@ -28,6 +28,7 @@ BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "clip_fa": ("clipzoo.backends.clip_fa", ("transformers",)),
     "cloob": ("clipzoo.backends.cloob", ("open_clip", "numpy")),
     "hf_family": ("clipzoo.backends.transformers_families", ("transformers",)),
+    "hf_video": ("clipzoo.backends.transformers_video", ("transformers",)),
 }
 
 

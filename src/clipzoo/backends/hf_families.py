@@ -23,7 +23,9 @@ class FamilySpec:
     their first position — its ``get_*_features`` project every position, its contrastive head uses the
     [CLS] one) or ``"blip_itm"`` (BLIP retrieval's ``vision_proj`` / ``text_proj`` on the [CLS] states, as
     its ``use_itm_head=False`` branch computes); ``"blip_itm"`` models also ``rank(images, texts)`` with
-    their image–text matching head."""
+    their image–text matching head. ``"blip2"``: BLIP-2 retrieval, its own Comparator
+    (:mod:`clipzoo.backends.blip2`: one vector per image = the mean of the normalised query vectors; ITC = max
+    over queries; ``rank`` = the ITM head)."""
 
     name: str
     hf_class: str
@@ -43,6 +45,7 @@ FAMILY_SPECS: dict[str, FamilySpec] = {
     "flava": FamilySpec("FLAVA", "FlavaModel", mask="pad", features="cls"),
     "tipsv2": FamilySpec("TIPSv2", "Tipsv2Model", mask="pad", logit="temperature"),
     "blip": FamilySpec("BLIP", "BlipForImageTextRetrieval", mask="pad", logit="unit", features="blip_itm"),
+    "blip-2": FamilySpec("BLIP-2", "Blip2ForImageTextRetrieval", mask="pad", logit="unit", features="blip2"),
 }
 # other classes of a model_type above, chosen by config.json "architectures" (or hf_class=)
 EXTRA_SPECS = (FamilySpec("BLIP", "BlipModel", mask="pad"),)

@@ -25,6 +25,7 @@ from ..checkpoints import read_json
 from ..comparator import resolve_dtype
 from ..download import hub_snapshot
 from ..errors import CheckpointError, ClipzooError, UnsupportedError
+from .blip2 import load_blip2
 from .hf_families import BY_FAMILY_CLASS, FAMILY_SPECS, FamilySpec
 from .source_files import cached_hub_file
 from .transformers import (
@@ -167,6 +168,9 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     if not (folder / "config.json").exists():
         raise CheckpointError(f"{folder} has no config.json, so it is not a transformers save_pretrained folder")
     spec = pick_spec(read_json(folder / "config.json"), hf_class, folder)
+    if spec.features == "blip2":
+        return load_blip2(card, folder, spec, *load_family_processors(folder), device=device, precision=precision,
+                          context_override=context_override)
     family = Family(spec.hf_class, mask=spec.mask)
     model = load_hf_model(folder, spec.hf_class, resolve_dtype(precision)).to(device)
     tokenizer, image_processor = load_family_processors(folder)

@@ -8,5 +8,7 @@ numbers as the reference libraries on the models those can load. See each module
 Both also stand in for the originals under their own names (``sys.modules["clip"] = compat.clip``,
 ``sys.modules["open_clip"] = compat.open_clip`` or ``compat.open_clip.install()``); ``compat.open_clip``
 is a package with open_clip's submodules (``factory``, ``pretrained``, ``tokenizer``, …).
+
+    from clipzoo.compat import mmc         # mmc's API: modalities on disk, loaders, MultiMMC, MockOpenaiClip
 """
-__all__ = ["clip", "open_clip"]
+__all__ = ["clip", "open_clip", "mmc"]
