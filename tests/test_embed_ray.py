@@ -1,7 +1,8 @@
 """Issue 21 §1, distributed embedding with Ray Data: `clipzoo embed … --engine ray` on a local Ray (started and stopped
 here) writes what the local engine writes (same ids in the same order, rows within 1e-6), from a folder, a webdataset
-tar and a CSV / parquet table; a rerun skips finished shards; an actor killed mid-run is restarted by Ray and every
-row is written once; without Ray, one line names the extra."""
+tar and a CSV / parquet table, local or as fsspec URLs (file://, memory://), from texts, and as a clip-retrieval
+folder; a rerun skips finished shards; an actor killed mid-run is restarted by Ray and every row is written once;
+without Ray, one line names the extra."""
 from __future__ import annotations
 
 import functools
@@ -17,11 +18,12 @@ from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from clipzoo.api import load
+from clipzoo.cards import TEXT
 from clipzoo.cli import app
 from clipzoo.embed import embed_to_file, load_embeddings, part_name, parts_dir, sidecar_path
-from clipzoo.embed.ray_engine import KILL_ENV, RayOptions, embed_with_ray, shard_plan
+from clipzoo.embed.ray_engine import KILL_ENV, RayOptions, TextActor, collect_shards, embed_with_ray, shard_plan
 from clipzoo.embed.sources import expand_image_inputs, table_image_paths
-from clipzoo.errors import BadImageError
+from clipzoo.errors import BadImageError, BadTextError
 from clipzoo.index import build_index
 from clipzoo.index.embedding_store import EmbeddingStore
 
@@ -195,12 +197,95 @@ def test_engine_ray_without_ray_names_the_extra(inputs, tmp_path):
     (["--address", "auto"], "error: --address and --num-workers are for --engine ray"),
     (["--engine", "ray", "--num-workers", "0"], "error: --num-workers must be at least 1, got 0"),
     (["--engine", "ray", "--texts", "t.txt"],
-     "error: --engine ray embeds --images PATH… into --format npy; embed texts and audio with --engine local"),
+     "error: pass exactly one of --images PATH… or --texts FILE (both, paired row by row: --format clip-retrieval)"),
+    (["--engine", "ray", "--format", "parquet"], "error: --format must be npy or clip-retrieval, got 'parquet'"),
+    (["--engine", "ray", "--audio", "a.wav"],
+     "error: --engine ray embeds --images and --texts; embed --audio with --engine local"),
 ])
 def test_engine_options_are_checked_in_one_line(inputs, tmp_path, extra, message):
     args = ["embed", MODEL, "--images", str(inputs / "photos"), "--out", str(tmp_path / "x.npy"), *extra]
     result = CliRunner().invoke(app, args, env=ENV)
     assert result.exit_code == 2 and result.stderr.strip().splitlines() == [message]
+
+
+def test_fsspec_urls_as_inputs_match_the_local_engine(local_ray, model, inputs, tmp_path):
+    """file:// URLs are read by the Ray tasks through fsspec; memory:// (one process's filesystem) travels as bytes."""
+    import fsspec
+
+    mem = fsspec.filesystem("memory")
+    photos = sorted(p for p in (inputs / "photos").rglob("*") if p.is_file())
+    for p in photos[:6]:
+        mem.pipe(f"/ray-test/{p.relative_to(inputs / 'photos')}", p.read_bytes())
+    mem.pipe("/ray-test/.hidden.png", photos[0].read_bytes())
+    mem.pipe("/ray-test/rows.csv", b"image_path,caption\n" + "".join(
+        f"{p.relative_to(inputs / 'photos')},x\n" for p in photos[4:1:-1]).encode())
+    given = [(inputs / "photos").as_uri(), (inputs / "shard-000.tar").as_uri(), "memory://ray-test",
+             "memory://ray-test/rows.csv"]
+    local_inputs = [inputs / "photos", inputs / "shard-000.tar", *photos[:6], *photos[4:1:-1]]
+    local = embed_to_file(model, tmp_path / "local.npy", images=local_inputs, batch_size=8, workers=0)
+    result = CliRunner().invoke(app, ["embed", MODEL, "--images", *given, "--out", str(tmp_path / "ray.npy"),
+                                      "--engine", "ray", "--num-workers", "1", "--batch-size", "8", "--device", "cpu",
+                                      "--runtime", "eager", "--no-progress"], env=ENV)
+    assert result.exit_code == 0, (result.output, result.exception)
+    ours = load_embeddings(tmp_path / "ray.npy")
+    assert len(ours.inputs) == len(local["inputs"]) == 24 + 6 + 6 + 3
+    assert ours.inputs[:24] == [p.as_uri() for p in photos]
+    assert ours.inputs[24].endswith("shard-000.tar#00000.jpg") and ours.inputs[24].startswith("file://")
+    assert ours.inputs[30:36] == [f"memory:///ray-test/{p.relative_to(inputs / 'photos')}" for p in photos[:6]]
+    assert ours.inputs[36:] == [f"memory://ray-test/{p.relative_to(inputs / 'photos')}" for p in photos[4:1:-1]]
+    assert float(np.abs(ours.features - np.load(tmp_path / "local.npy")).max()) <= 1e-6
+    result = CliRunner().invoke(app, ["embed", MODEL, "--images", "memory://ray-test/nothing-here", "--out",
+                                      str(tmp_path / "x.npy"), "--engine", "ray"], env=ENV)
+    assert result.exit_code == 2 and result.stderr.strip().splitlines() == [
+        "error: image 'memory://ray-test/nothing-here' does not exist; check the URL"]
+
+
+def test_texts_on_ray_match_the_local_engine(local_ray, model, tmp_path):
+    texts = [f"a {c} {s} on a plain background" for c in ("red", "green", "blue") for s in ("circle", "square")]
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
+    local = embed_to_file(model, tmp_path / "local.npy", texts=texts)
+    result = CliRunner().invoke(app, ["embed", MODEL, "--texts", str(tmp_path / "t.txt"), "--out",
+                                      str(tmp_path / "ray.npy"), "--engine", "ray", "--num-workers", "1",
+                                      "--batch-size", "4", "--device", "cpu", "--runtime", "eager", "--no-progress"],
+                                env=ENV)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "wrote 6 text embeddings" in result.stderr and "2 shard(s) embedded" not in result.stderr
+    ours = load_embeddings(tmp_path / "ray.npy")
+    assert ours.inputs == local["inputs"] == texts and ours.modality == "text"
+    assert float(np.abs(ours.features - np.load(tmp_path / "local.npy")).max()) <= 1e-6
+    with pytest.raises(Exception) as local_error:  # a text over the context: the actor hands the local error back
+        embed_to_file(model, tmp_path / "l.npy", texts=["short", "word " * 400])
+    actor = TextActor(lambda: model, normalize=True, truncate=False)
+    out = actor({"index": np.arange(2), "text": np.asarray(["short", "word " * 400], dtype=object)})
+    assert list(out["error"]) == [str(local_error.value)] * 2 and "402 tokens" in out["error"][0]
+    with pytest.raises(BadTextError, match="402 tokens"):
+        rows = type("Rows", (), {"iter_batches": lambda self, **_: iter([out])})()  # what Ray Data hands the driver
+        collect_shards(rows, model, ["short", "word " * 400], [(0, 2)], [0], tmp_path / "t.npy", True, False, False,
+                       TEXT)
+    out = TextActor(lambda: model, normalize=True, truncate=True)({"index": np.arange(1), "text": ["word " * 400]})
+    assert list(out["error"]) == [""] and np.allclose(
+        out["features"], model.encode_text(["word " * 400], truncate=True).float().numpy(), atol=1e-6)
+
+
+def test_clip_retrieval_format_on_ray_matches_the_local_engine(local_ray, inputs, tmp_path):
+    import pyarrow.parquet as pq
+
+    images = sorted(str(p) for p in (inputs / "photos").glob("*.png"))[:5]
+    (tmp_path / "captions.txt").write_text("".join(f"shape number {i}\n" for i in range(5)))
+    common = ["embed", MODEL, "--images", *images, "--texts", str(tmp_path / "captions.txt"), "--format",
+              "clip-retrieval", "--device", "cpu", "--runtime", "eager", "--no-progress"]
+    done = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "local")], env=ENV)
+    assert done.exit_code == 0, (done.output, done.exception)
+    done = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "ray"), "--engine", "ray", "--num-workers", "1"],
+                              env=ENV)
+    assert done.exit_code == 0, (done.output, done.exception)
+    assert "in clip-retrieval's layout (1 shard(s)) on Ray" in done.stderr
+    for sub in ("img_emb/img_emb_0.npy", "text_emb/text_emb_0.npy"):
+        ours, theirs = np.load(tmp_path / "ray" / sub), np.load(tmp_path / "local" / sub)
+        assert ours.shape == theirs.shape == (5, ours.shape[1]) and float(np.abs(ours - theirs).max()) <= 1e-6
+    meta = [pq.read_table(tmp_path / d / "metadata" / "metadata_0.parquet").to_pylist() for d in ("ray", "local")]
+    assert meta[0] == meta[1] and [m["caption"] for m in meta[0]] == [f"shape number {i}" for i in range(5)]
+    assert not (tmp_path / "ray" / ".clipzoo-embed").exists()  # the scratch rows go once the folder is written
 
 
 def test_ray_runs_leave_builtins_print_alone(local_ray):

@@ -14,6 +14,14 @@ VERSION = "0.1.0"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ppm")
 """Image files that folders expand to (embed, index build, data sets, webdataset members)."""
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
+"""Video files that folders expand to (encode_video, index build), decoded with PyAV (the [video] extra)."""
+DEFAULT_VIDEO_FRAMES = 8
+"""Frames sampled uniformly from a video when a model does not say how many it takes."""
+MAX_VIDEO_SECONDS = 4 * 3600.0
+MAX_VIDEO_FRAMES = 500_000
+MAX_VIDEO_PIXELS = 8192 * 8192
+"""Decode bounds: a longer video, more frames, or bigger frames (width x height) are refused in one line."""
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz", ".pkl")
 
 # ---------------------------------------------------------------- preprocessing
@@ -88,3 +96,7 @@ def default_cache_dir() -> Path:
 
 # --runtime auto: the least cosine to fp32 a faster runtime must keep to be chosen (--min-cosine)
 DEFAULT_MIN_COSINE = 0.995
+
+# the vector store of an index built from precomputed vectors (`clipzoo index build-vectors`): it keeps no
+# embedding store to repair from, so its integrity errors point at a rebuild
+ONDISK_STORE = "faiss_ondisk"

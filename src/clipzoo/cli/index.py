@@ -1,14 +1,15 @@
 """``clipzoo index build`` (a folder -> a search index), ``index verify`` / ``index repair`` (integrity),
 ``clipzoo search`` and ``clipzoo classify``."""
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from ..constants import DEFAULT_MIN_COSINE
-from ..embed import expand_image_paths
+from ..embed import draft_size_for, expand_image_paths
+from ..embed.decode import decode_file
 from ..index import build_index, classify_images, load_vocabulary, open_index
 from ..index.classify import check_template
-from ..inputs import open_image
 from ._common import (
     CacheDirOpt,
     DeviceOpt,
@@ -30,6 +31,12 @@ from .embed_ray import AddressOpt, EngineOpt, NumWorkersOpt, check_engine, index
 
 index_app = typer.Typer(help="Build a search index over a folder of images.", no_args_is_help=True,
                         rich_markup_mode=None)
+
+
+VideoSegmentsOpt = Annotated[float | None, typer.Option(
+    "--video-segments", show_default=False, metavar="SECONDS",
+    help="Videos (mp4, webm, mkv, avi) get one row each; with this, also one row per SECONDS-long segment, "
+         "found with its start time.")]
 
 
 @user_errors
@@ -55,7 +62,9 @@ def build(
         None, "--from-embeddings", show_default=False,
         help="Index a clip-retrieval embedding folder (img_emb/, text_emb/, metadata/) instead of DIR, without "
              "re-embedding; --model names the model if the folder does not."),
-    store: str = typer.Option("faiss", "--store", help="Vector store: faiss (embedded) or milvus."),
+    store: str | None = typer.Option(None, "--store", show_default=False,
+                                     help="Vector store: faiss (embedded) or milvus [default: the one OUT already "
+                                          "uses, else faiss]."),
     uri: str | None = typer.Option(None, "--uri", show_default=False,
                                    help="--store milvus: a Milvus Lite file [default: OUT/index.milvus.db] or "
                                         "http://HOST:19530."),
@@ -63,8 +72,9 @@ def build(
                                                    "(default: fail naming its pid)."),
     long_text: LongTextOpt = None,
     engine: EngineOpt = "local", address: AddressOpt = None, num_workers: NumWorkersOpt = None,
+    video_segments: VideoSegmentsOpt = None,
 ) -> None:
-    """Index the images under DIR with MODEL into the folder OUT (incremental: a rerun embeds only new or
+    """Index the images (and videos) under DIR with MODEL into the folder OUT (incremental: a rerun embeds only new or
     changed files and drops deleted ones; safe to kill and rerun).
 
     \b
@@ -79,7 +89,7 @@ def build(
         fail("pass either a folder DIR of images or --from-embeddings DIR (one of them)")
     if uri and store != "milvus":
         fail("--uri is for --store milvus")
-    options = {"vector_store": store, **({"uri": uri} if uri else {})}
+    options = {**({"vector_store": store} if store else {}), **({"uri": uri} if uri else {})}
     check_engine(engine, address, num_workers)
     embedder = index_embedder(model, address, num_workers, batch_size, runtime, from_embeddings) if engine == "ray" \
         else None
@@ -91,7 +101,8 @@ def build(
     else:
         report = build_index(folder, out, model=model, batch_size=batch_size, workers=workers, progress=progress,
                              shard_rows=max(1, shard_rows), fast_decode=not exact_decode, runtime=runtime,
-                             vector_options=options, wait=wait, long_text=long_text, embedder=embedder)
+                             vector_options=options, wait=wait, long_text=long_text, embedder=embedder,
+                             video_segments=video_segments)
     if json_:
         print_json(report.to_dict())
         return
@@ -107,6 +118,37 @@ def build(
             note(f"  {path}: {' '.join(reason.split())}")
         if len(report.skipped) > 20:
             note(f"  … and {len(report.skipped) - 20} more")
+
+
+@user_errors
+def build_vectors(
+    vectors: Path = typer.Argument(..., metavar="VECTORS", show_default=False,
+                                   help="Embeddings: a .npy file (float16/float32 rows), a folder of them, or "
+                                        "clip-retrieval's folder (img_emb/img_emb_*.npy + metadata/)."),
+    out: Path = typer.Option(..., "--out", "-o", show_default=False, help="Index folder to create or replace."),
+    max_memory: str = typer.Option("4GB", "--max-memory", help="Memory budget of the build and of serving "
+                                   "(e.g. 4GB, 512MB; K/M/G are powers of 1024 as in autofaiss)."),
+    model: str | None = typer.Option(None, "--model", "-m", show_default=False,
+                                     help="The model that made the vectors (for text/image queries) [default: the "
+                                          "one the folder records]."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
+    json_: JsonOpt = False,
+) -> None:
+    """Index precomputed vectors within a memory budget: IVF-Flat or IVF-PQ chosen as autofaiss does, trained on
+    a sample, filled chunk by chunk from disk; served memory-mapped, candidates re-scored exactly.
+
+    \b
+      clipzoo index build-vectors embeddings/ --max-memory 4GB --out big.index
+    """
+    from ..index.build_vectors import build_vectors_index
+
+    report = build_vectors_index(vectors, out, max_memory, model=model, progress=progress)
+    if json_:
+        print_json(report.to_dict())
+        return
+    note(f"indexed {report.total} vectors of {report.dim} dims in {out}: {report.index_kind} index {report.key}, "
+         f"nprobe {report.nprobe}, recall@10 vs exact {report.recall_at_10:.3f}, "
+         f"~{report.index_bytes / 2**20:.0f} MB of {report.budget_bytes / 2**20:.0f} MB ({report.seconds:.1f} s)")
 
 
 @user_errors
@@ -218,13 +260,22 @@ def search(
         fail(f"--dedup must be in (0, 1], got {dedup}")
     idx = open_index(index)
     idx.check_partition(partition)
-    idx.set_model(load_model(idx.model_spec, device, precision, trust_pickle, None, cache_dir))
+    tower = None
+    if image is None and device in ("auto", "cpu") and precision == "fp32":  # the embedded model: no torch
+        from ..models.numpy_text import embedded_text_tower
+
+        tower = embedded_text_tower(idx.model_spec)
+    if tower is None:
+        idx.set_model(load_model(idx.model_spec, device, precision, trust_pickle, None, cache_dir))
     if long_text is not None:
         from ..inputs import check_long_text
 
         idx.long_text = check_long_text(long_text)  # this search only; the index keeps what it recorded
     if image is not None:
-        hits = idx.search_image(open_image(image), k=k, partition=partition, dedup=dedup)
+        hits = idx.search_image(decode_file(image, draft_size_for(idx.model)), k=k, partition=partition,
+                                dedup=dedup)  # decoded as the index build decoded its files (embed.decode)
+    elif tower is not None:
+        hits = idx.search_embedding(tower.query_vector(query, idx.long_text), k=k, partition=partition, dedup=dedup)
     else:
         hits = idx.search_text(query, k=k, partition=partition, dedup=dedup)
     _print_hits(hits, json_, str(image) if image is not None else query)
@@ -284,6 +335,7 @@ def classify(
 
 def register(app: typer.Typer) -> None:
     index_app.command("build")(build)
+    index_app.command("build-vectors")(build_vectors)
     index_app.command("verify")(verify)
     index_app.command("repair")(repair)
     app.add_typer(index_app, name="index")

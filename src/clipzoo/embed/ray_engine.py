@@ -2,7 +2,9 @@
 actor pool (one model per actor, one GPU each on CUDA) embeds them, and this process writes the rows shard by shard.
 
 The inputs are listed exactly as the local engine lists them (:func:`clipzoo.embed.sources.expand_image_inputs`:
-files, folders, webdataset tars, CSV / parquet tables), then cut into contiguous shards of ``shard_rows`` rows.
+files, folders, webdataset tars, CSV / parquet tables; fsspec URLs of the same, :mod:`clipzoo.embed.remote_inputs`)
+or are texts (:func:`embed_texts_with_ray`: an actor pool of text towers), then cut into contiguous shards of
+``shard_rows`` rows.
 Each shard is written as ``OUT.parts/part-SSSSS-of-WWWWW.npy`` + its JSON sidecar (the sidecar last: it is the
 shard's completion record), and when all are there they are joined in order into ``OUT.npy`` + ``OUT.json`` —
 the same ids in the same order as the local engine (:func:`clipzoo.embed.distributed.merge_parts`).
@@ -27,8 +29,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from ..cards import IMAGE
-from ..errors import BadImageError, ClipzooError
+from ..cards import IMAGE, TEXT
+from ..errors import BadImageError, BadTextError, ClipzooError
 from ..extras import require
 from ..files import atomic_write
 from ..progress import progress as progress_bar
@@ -36,11 +38,13 @@ from .batches import check_batch_size
 from .distributed import merge_parts, part_name, parts_dir
 from .handover import Uint8Crop, normalize_uint8, split_transform
 from .loader import ImageFiles, draft_size_for
+from .remote_inputs import RemoteFile, RemoteTarMember, expand_inputs
 from .results import npy_path, sidecar_path, write_sidecar
-from .sources import TarMember, expand_image_inputs
+from .sources import TarMember
 
-__all__ = ["RayOptions", "require_ray", "shard_plan", "finished_shards", "embed_with_ray", "KILL_ENV",
-           "DEFAULT_SHARD_ROWS", "connect", "map_on_ray", "EmbedActor", "decode_batch"]
+__all__ = ["RayOptions", "require_ray", "shard_plan", "finished_shards", "embed_with_ray", "embed_texts_with_ray",
+           "KILL_ENV", "DEFAULT_SHARD_ROWS", "connect", "map_on_ray", "EmbedActor", "TextActor", "decode_batch",
+           "collect_shards"]
 
 KILL_ENV = "CLIPZOO_RAY_KILL_AT"
 DEFAULT_SHARD_ROWS = 4096
@@ -98,13 +102,21 @@ def finished_shards(out, names: list[str], plan: list[tuple[int, int]], model: s
 
 # ------------------------------------------------------------------ what runs in the tasks and actors
 def item_row(index: int, item) -> dict[str, Any]:
-    """One input as a Ray Data row (plain values: a path, or a tar member's tar, name, offset and size)."""
-    if isinstance(item, TarMember):
-        return {"index": index, "path": item.tar, "member": item.name, "offset": item.offset, "size": item.size}
-    return {"index": index, "path": str(item), "member": "", "offset": -1, "size": -1}
+    """One input as a Ray Data row (plain values: a path or URL, a tar member's name, offset and size, and the
+    bytes of an input read here: see :data:`~clipzoo.embed.remote_inputs.INLINE_PROTOCOLS`)."""
+    row = {"index": index, "path": str(item), "member": "", "offset": -1, "size": -1, "remote": False, "data": b""}
+    if isinstance(item, (TarMember, RemoteTarMember)):
+        row.update(path=getattr(item, "tar", None) or item.url, member=item.name, offset=item.offset, size=item.size)
+    if isinstance(item, (RemoteFile, RemoteTarMember)):
+        row.update(remote=True, data=item.data or b"")
+    return row
 
 
-def row_item(path: str, member: str, offset: int, size: int):
+def row_item(path: str, member: str, offset: int, size: int, remote: bool = False, data: bytes = b""):
+    data = bytes(data) if data else None
+    if remote:
+        return RemoteTarMember(str(path), str(member), int(offset), int(size), data) if member \
+            else RemoteFile(str(path), data)
     return TarMember(str(path), str(member), int(offset), int(size)) if member else str(path)
 
 
@@ -112,7 +124,8 @@ def decode_batch(batch: dict, transform, draft: int | None) -> dict:
     """A Ray Data task: decode and preprocess a batch of inputs (errors returned per row, as the local loader does)."""
     import numpy as np
 
-    items = [row_item(*r) for r in zip(batch["path"], batch["member"], batch["offset"], batch["size"], strict=True)]
+    items = [row_item(*r) for r in zip(batch["path"], batch["member"], batch["offset"], batch["size"], batch["remote"],
+                                       batch["data"], strict=True)]
     decoded = [ImageFiles(items, transform, draft)[k] for k in range(len(items))]
     shape = next((tuple(x.shape) for _, x, err in decoded if err is None), None)
     dtype = next((x.numpy().dtype for _, x, err in decoded if err is None), np.uint8)
@@ -155,6 +168,27 @@ class EmbedActor:
         return {**{k: v for k, v in batch.items() if k != "pixels"}, "features": feats}  # other columns pass on
 
 
+class TextActor:
+    """A Ray Data actor: loads the model once, then embeds batches of texts (an error is returned per row)."""
+
+    def __init__(self, load: Callable, normalize: bool, truncate: bool):
+        self.model, self.normalize, self.truncate = load(), normalize, truncate
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        texts = [str(t) for t in batch["text"]]
+        feats = np.zeros((len(texts), int(self.model.embed_dim)), np.float32)
+        error = ""
+        try:
+            feats[:] = self.model.encode_text(texts, normalize=self.normalize, batch_size=len(texts),
+                                              truncate=self.truncate).float().cpu().numpy()
+        except ClipzooError as exc:  # a text over the context: the driver raises it as the local engine does
+            error = str(exc)
+        return {"index": np.asarray(batch["index"], np.int64), "features": feats,
+                "error": np.asarray([error] * len(texts), dtype=object)}
+
+
 # ------------------------------------------------------------------ the driver
 def connect(ray, options: RayOptions) -> bool:
     """Join ``options.address`` (or start a local Ray) unless this process is connected; True when it joined here."""
@@ -172,29 +206,66 @@ def embed_with_ray(comparator, load: Callable, out, images: Any, *, options: Ray
 
     ``comparator`` (loaded here, e.g. on CPU) gives the preprocessing and the model's name; ``load`` is a
     picklable zero-argument callable that loads the same model in each actor (on its GPU with ``options.gpu``).
+    ``images``: paths, folders, tars, tables, or fsspec URLs of them (:mod:`clipzoo.embed.remote_inputs`).
     Returns the sidecar's metadata plus ``"ray": {"shards", "skipped_shards", "embedded_shards"}``.
     """
     ray = require_ray()
     comparator.require(IMAGE)
-    items = expand_image_inputs(images)
-    names = [str(x) for x in items]
+    items = expand_inputs(images)
+
+    def dataset(todo, plan):
+        return _dataset(ray, comparator, load, items, plan, todo, options, normalize, fast_decode, progress)
+
+    meta = _run(ray, comparator, out, [str(x) for x in items], options, normalize, dataset, IMAGE,
+                skip_bad, progress)
+    if not meta["inputs"]:
+        raise BadImageError(f"none of the {len(items)} images could be decoded; first error: "
+                            f"{meta['skipped'][0]['error'] if meta['skipped'] else '(none)'}")
+    return meta
+
+
+def embed_texts_with_ray(comparator, load: Callable, out, texts, *, options: RayOptions = RayOptions(),
+                         normalize: bool = True, progress: bool = False, truncate: bool = False) -> dict[str, Any]:
+    """Embed ``texts`` on Ray into ``out``: the rows :func:`clipzoo.embed.embed_to_file` writes for them (an
+    actor pool of text towers; sharded, resumable and retried as images are). A text over the model's context
+    stops the run (as locally) unless ``truncate``."""
+    ray = require_ray()
+    comparator.require(TEXT)
+    texts = [str(t) for t in texts]
+    if not texts:
+        raise BadTextError("no texts given; pass a file with one text per line")
+
+    def dataset(todo, plan):
+        import ray.data
+
+        rows = [{"index": i, "text": texts[i]} for s in todo for i in range(*plan[s])]
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // options.batch_size, 200)))
+        return ds.map_batches(TextActor, fn_constructor_kwargs={"load": load, "normalize": normalize,
+                                                                "truncate": truncate},
+                              batch_size=check_batch_size(options.batch_size),
+                              concurrency=options.num_workers or _default_workers(ray, options.gpu),
+                              num_gpus=1 if options.gpu else 0, num_cpus=0 if options.gpu else 1)
+
+    return _run(ray, comparator, out, texts, options, normalize, dataset, TEXT, False, progress)
+
+
+def _run(ray, comparator, out, names: list[str], options: RayOptions, normalize: bool, dataset: Callable,
+         modality: str, skip_bad: bool, progress: bool) -> dict[str, Any]:
+    """The shards of ``names`` not yet written -> ``dataset(todo, plan)`` on Ray -> shard files -> ``out``."""
     npy = npy_path(out)
-    plan = shard_plan(len(items), options.shard_rows)
+    plan = shard_plan(len(names), options.shard_rows)
     done = finished_shards(npy, names, plan, comparator.card.alias, normalize)
     todo = [i for i in range(len(plan)) if i not in done]
     parts_dir(npy).mkdir(parents=True, exist_ok=True)
     if todo:
         started = connect(ray, options)
         try:
-            ds = _dataset(ray, comparator, load, items, plan, todo, options, normalize, fast_decode, progress)
-            _collect(ds, comparator, names, plan, todo, npy, normalize, skip_bad, progress)
+            collect_shards(dataset(todo, plan), comparator, names, plan, todo, npy, normalize, skip_bad, progress,
+                     modality)
         finally:
             if started:
                 ray.shutdown()
     meta = merge_parts(npy, len(plan))
-    if not meta["inputs"]:
-        raise BadImageError(f"none of the {len(items)} images could be decoded; first error: "
-                            f"{meta['skipped'][0]['error'] if meta['skipped'] else '(none)'}")
     return {**meta, "ray": {"shards": len(plan), "skipped_shards": len(done), "embedded_shards": len(todo)}}
 
 
@@ -236,28 +307,33 @@ def _default_workers(ray, gpu: bool) -> int:
     return max(1, int(resources.get("GPU", 1))) if gpu else max(1, int(resources.get("CPU", 2)) // 2)
 
 
-def _collect(ds, comparator, names, plan, todo, npy, normalize: bool, skip_bad: bool, progress: bool) -> None:
+def collect_shards(ds, comparator, names, plan, todo, npy, normalize: bool, skip_bad: bool, progress: bool,
+             modality: str = IMAGE) -> None:
     """Take the actors' rows as they come and commit each shard when all its rows are in (once per row)."""
     pending: dict[int, dict[int, tuple]] = {i: {} for i in todo}
     starts = [start for start, _ in plan]
     total = sum(plan[i][1] - plan[i][0] for i in todo)
-    with progress_bar(total, f"embedding {total} images on Ray", enabled=progress, unit="images") as advance:
+    noun = "images" if modality == IMAGE else "texts"
+    with progress_bar(total, f"embedding {total} {noun} on Ray", enabled=progress, unit=noun) as advance:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for index, feats, err in zip(batch["index"], batch["features"], batch["error"], strict=True):
                 index = int(index)
+                if err and modality == TEXT:
+                    raise BadTextError(str(err))
                 if err and not skip_bad:
                     raise BadImageError(f"{err} (to leave such images out: --skip-bad, skip_bad=True)")
                 shard = bisect.bisect_right(starts, index) - 1
                 pending[shard][index] = (feats, str(err or ""))
                 if len(pending[shard]) == plan[shard][1] - plan[shard][0]:
-                    _write_shard(npy, shard, plan, pending.pop(shard), names, comparator, normalize)
+                    _write_shard(npy, shard, plan, pending.pop(shard), names, comparator, normalize, modality)
             advance(len(batch["index"]))
     if pending:
         raise ClipzooError(f"the Ray run ended with {len(pending)} shard(s) of {npy} incomplete; rerun the same "
                            "command to embed them (finished shards are kept)")
 
 
-def _write_shard(npy, shard: int, plan, rows: dict[int, tuple], names, comparator, normalize: bool) -> None:
+def _write_shard(npy, shard: int, plan, rows: dict[int, tuple], names, comparator, normalize: bool,
+                 modality: str = IMAGE) -> None:
     """One shard's rows in input order -> ``part-….npy``, then its sidecar (the completion record)."""
     import numpy as np
 
@@ -267,7 +343,7 @@ def _write_shard(npy, shard: int, plan, rows: dict[int, tuple], names, comparato
     array = np.stack([rows[i][0] for i in kept]).astype(np.float32) if kept else np.zeros((0, dim), np.float32)
     part = parts_dir(npy) / part_name(shard, len(plan))
     atomic_write(part, lambda f: np.save(f, array))
-    write_sidecar(part, {"model": comparator.card.alias, "modality": IMAGE, "count": len(kept), "dim": dim,
+    write_sidecar(part, {"model": comparator.card.alias, "modality": modality, "count": len(kept), "dim": dim,
                          "dtype": "float32", "normalized": normalize, "inputs": [names[i] for i in kept],
                          "skipped": [{"input": names[i], "error": rows[i][1]} for i in range(start, stop)
                                      if rows[i][1]],

@@ -39,12 +39,14 @@ from ..embed import draft_size_for, image_loader
 from ..errors import ClipzooError
 from ..inputs import check_long_text
 from ..progress import progress as progress_bar
+from ..runtime.auto_sample import sample_options
 from .embedding_store import EmbeddingStore, ItemRow
 from .folder import INDEX_SUFFIXES, IndexFiles, caption_of, collate_index_batch, partition_of, sha256_file, walk_images
 from .generations import VECTORS_DIR, collect, publish, read_pointer
 from .lock import IndexLock
 from .manifest import bad_shards, check_files, disk_full, is_disk_full
 from .stores import DEFAULT_STORE, check_store
+from .videos import SEGMENT_META, embed_videos, is_video_key, plan_videos, split_key, video_rows_to_keep, walk_videos
 
 __all__ = ["BuildReport", "build_index", "model_identity", "load_model", "default_vector_options", "reembed"]
 
@@ -53,10 +55,16 @@ MILVUS_LITE_FILE = "index.milvus.db"
 
 
 def default_vector_options(store: EmbeddingStore, options: dict[str, Any] | None) -> dict[str, Any]:
-    """``options`` with the defaults that depend on the index folder (Milvus: a Milvus Lite file in it)."""
+    """``options`` with the defaults that depend on the index folder (Milvus: the item records, the published
+    store to sync in place and its URI, else a Milvus Lite file in the folder)."""
     options = dict(options or {})
-    if options.get("vector_store") == "milvus" and not options.get("uri"):
-        options["uri"] = str(store.path / MILVUS_LITE_FILE)
+    options.setdefault("vector_store", (read_pointer(store.path) or {}).get("vector_store", DEFAULT_STORE))
+    if options.get("vector_store") == "milvus":
+        options.setdefault("rows", store.items)
+        options.setdefault("default_uri", str(store.path / MILVUS_LITE_FILE))
+        old = read_pointer(store.path) or {}
+        if old.get("vector_store") == "milvus" and "all" in old:
+            options.setdefault("previous", str(store.path / VECTORS_DIR / old["all"]["file"]))
     return options
 
 
@@ -105,10 +113,11 @@ def model_identity(model: Any) -> tuple[str, str | None]:
     return spec, card.alias
 
 
-def load_model(model: Any, runtime: str = "eager"):
-    """``model`` loaded with ``runtime`` if it is a spec; a Comparator as it is."""
+def load_model(model: Any, runtime: str = "eager", sample: "list[str] | None" = None, origin: str = "the folder"):
+    """``model`` loaded with ``runtime`` if it is a spec (``runtime="auto"`` measures on ``sample``, the images
+    about to be embedded: :mod:`clipzoo.runtime.auto_sample`); a Comparator as it is."""
     if isinstance(model, (str, os.PathLike)):
-        return load(os.fspath(model), runtime=runtime)
+        return load(os.fspath(model), runtime=runtime, **sample_options(runtime, images=sample, origin=origin))
     return model
 
 
@@ -117,7 +126,7 @@ def build_index(folder: "str | os.PathLike", out: "str | os.PathLike", model: An
                 workers: int | None = None, progress: bool = False, *, shard_rows: int = 4096,
                 flush_seconds: float = 10.0, vector_options: dict[str, Any] | None = None,
                 fast_decode: bool = True, runtime: str = "eager", wait: bool = False,
-                long_text: str | None = None, embedder: Any = None) -> BuildReport:
+                long_text: str | None = None, embedder: Any = None, video_segments: float | None = None) -> BuildReport:
     """Index the images under ``folder`` into the index folder ``out`` with ``model`` (spec or Comparator).
 
     ``fast_decode``: decode large JPEGs at reduced size (see :func:`clipzoo.inputs.load_rgb`); False
@@ -131,6 +140,8 @@ def build_index(folder: "str | os.PathLike", out: "str | os.PathLike", model: An
     ``long_text``: recorded in the index; text queries then follow it (``"chunks"``: a long query is split and its
     pieces' features averaged; otherwise a long query is cut, the index's default).
     ``embedder``: decodes and embeds elsewhere (:class:`clipzoo.index.ray_build.RayIndexEmbedder`: ``--engine ray``).
+    Video files (mp4, webm, mkv, avi, …) are indexed too: one row per video, plus one per ``video_segments`` seconds
+    with its start time (:mod:`clipzoo.index.videos`).
     """
     t0 = time.perf_counter()
     if int(batch_size) < 1:
@@ -142,9 +153,9 @@ def build_index(folder: "str | os.PathLike", out: "str | os.PathLike", model: An
         raise ClipzooError(f"folder {os.fspath(folder)!r} does not exist; pass the folder of images to index")
     if not root.is_dir():
         raise ClipzooError(f"{os.fspath(folder)!r} is not a folder; pass the folder of images to index")
-    check_store(dict(vector_options or {}).get("vector_store", DEFAULT_STORE))  # a missing extra: before any work
+    check_store(dict(vector_options or {}).get("vector_store", DEFAULT_STORE), vector_options)  # before any work
     settings = _Settings(int(batch_size), workers, progress, int(shard_rows), flush_seconds, dict(vector_options or {}),
-                         fast_decode, runtime, long_text=long_text, embedder=embedder)
+                         fast_decode, runtime, long_text=long_text, embedder=embedder, video_segments=video_segments)
     out_path = Path(os.path.expanduser(os.fspath(out))).absolute()
     created = not out_path.exists()
     fresh = created or (out_path.is_dir() and not (out_path / "index.sqlite").exists())  # no index yet
@@ -218,6 +229,7 @@ class _Settings:
     runtime: str
     long_text: str | None = None
     embedder: Any = None  # (paths, comparator, draft_size) -> (good, features, errors) batches: --engine ray
+    video_segments: float | None = None  # seconds per segment row of a video (index/videos.py)
 
 
 def _build(store: EmbeddingStore, root: Path, model: Any, settings: _Settings, t0: float) -> BuildReport:
@@ -228,20 +240,28 @@ def _build(store: EmbeddingStore, root: Path, model: Any, settings: _Settings, t
 
     report = BuildReport()
     relpaths = walk_images(root, exclude=store.path, skipped=report.skipped)  # links out of root: skipped
+    videos = walk_videos(root, exclude=store.path, skipped=report.skipped)
     known = store.files()
-    if not relpaths and store.dim is None:
+    if not relpaths and not videos and store.dim is None:
         raise ClipzooError(f"folder {str(root)!r} holds no images ({', '.join(INDEX_SUFFIXES)}); check the path")
-    present = set(relpaths)
-    report.removed = store.remove(p for p in known if p not in present)
-    to_embed = _compare(store, root, relpaths, known, report)
+    present = set(relpaths) | set(videos)
+    report.removed = store.remove(p for p in known if p not in present and split_key(p)[0] not in present)
+    to_embed = _compare(store, root, relpaths + videos, known, report)
+    present |= video_rows_to_keep(known, set(videos), set(to_embed))
     lost = _lost_rows(store, present, set(to_embed))  # a rebuild also repairs: rows whose shard is bad
     report.repaired, report.unchanged = len(lost), report.unchanged - len(lost)
-    to_embed += lost
+    to_embed, video_embed = plan_videos(store, known, videos, to_embed + lost, settings.video_segments, report)
 
     embedded = 0
     t_embed = time.perf_counter()
     if to_embed:
-        embedded = _embed(store, root, to_embed, known, load_model(model, settings.runtime), spec, settings, report)
+        comparator = load_model(model, settings.runtime, [str(root / r) for r in to_embed], f"folder {str(root)!r}")
+        embedded = _embed(store, root, to_embed, known, comparator, spec, settings, report)
+    if video_embed:  # runtime auto measures on images: a video-only build runs eager
+        comparator = comparator if to_embed else load_model(model, "eager" if settings.runtime == "auto" else
+                                                            settings.runtime)
+        embedded += embed_videos(store, root, video_embed, known, comparator, spec, settings.video_segments, report,
+                                 settings.show_progress)
     embed_seconds = time.perf_counter() - t_embed
     store.set_skipped([(os.path.relpath(p, root), r) for p, r in report.skipped])
     store.compact()
@@ -270,7 +290,12 @@ def reembed(store: EmbeddingStore, relpaths: list[str], model: Any = None, progr
     root = Path(store.get_meta("root") or ".")
     model, spec, _ = _check_target(store, root, model)
     settings = _Settings(64, workers, progress, 4096, 10.0, {}, True, "eager")
-    _embed(store, root, relpaths, store.files(), load_model(model), spec, settings, report)
+    comparator, images = load_model(model), [r for r in relpaths if not is_video_key(r)]
+    if images:
+        _embed(store, root, images, store.files(), comparator, spec, settings, report)
+    videos = sorted({split_key(r)[0] for r in relpaths if is_video_key(r)})  # a segment row: its whole video
+    if videos:
+        embed_videos(store, root, videos, store.files(), comparator, spec, store.get_meta(SEGMENT_META), report)
     return report
 
 

@@ -22,6 +22,7 @@ from .embedding_store import EmbeddingStore, ItemRow
 from .folder import partition_of
 from .generations import publish
 from .lock import IndexLock
+from .stores import DEFAULT_STORE, check_store
 
 __all__ = ["build_index_from_embeddings"]
 
@@ -53,6 +54,7 @@ def build_index_from_embeddings(embeddings: "str | os.PathLike", out: "str | os.
         raise ClipzooError(f"{os.fspath(embeddings)!r} does not say which model made its embeddings; pass --model "
                            "MODEL (the one clip-retrieval ran, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k)")
     spec, alias = model_identity(spec)
+    check_store(dict(vector_options or {}).get("vector_store", DEFAULT_STORE), vector_options)  # e.g. Milvus reachable
     with IndexLock(Path(out).absolute()):
         return _index_rows(folder, embeddings, out, spec, alias, modality, vector_options, progress, t0)
 

@@ -91,13 +91,17 @@ def publish(store: EmbeddingStore, **options: Any) -> dict[str, Any]:
         record["items"] = _write(written, vdir / f"items-{tag}.sqlite", lambda p: _snapshot(store, p))
         record["vectors"] = _write(written, vdir / f"vectors-{tag}.npy",
                                    lambda p: durable_write(p, lambda f: np.save(f, x)))
-        record["all"] = _save(written, cls.build(ids, x, **options), vdir / f"all-{tag}{cls.suffix}")
+        whole = cls.build(ids, x, **options)
+        record["all"] = _save(written, whole, vdir / f"all-{tag}{cls.suffix}")
         partitions = store.partitions()
         if len(partitions) > 1 or (partitions and store.has_root_items()):
             for i, name in enumerate(partitions):
-                pids, px = store.all_vectors(name)
-                record["partitions"][name] = _save(written, cls.build(pids, px, **options),
-                                                   vdir / f"part{i}-{tag}{cls.suffix}")
+                if hasattr(whole, "partition_store"):  # partitions inside the one store (Milvus partitions)
+                    part = whole.partition_store(name)
+                else:
+                    pids, px = store.all_vectors(name)
+                    part = cls.build(pids, px, **options)
+                record["partitions"][name] = _save(written, part, vdir / f"part{i}-{tag}{cls.suffix}")
         elif partitions:
             record["partitions"][partitions[0]] = dict(record["all"])
         _write(written, vdir / f"{tag}.readers", lambda p: durable_write(p, lambda f: None))
@@ -299,7 +303,8 @@ def open_generation(index: Path, record: dict[str, Any], full: bool = False) -> 
             view._vectors.shape != (view.count(), view.dim):  # noqa: SLF001
         view.close()
         raise IndexCorruptError(f"index file {str(index / VECTORS_DIR / record['items'])!r} does not hold the ids "
-                                f"of the manifest (ids_sha256 differs); {repair_hint(index)}")
+                                f"of the manifest (ids_sha256 differs); "
+                                f"{repair_hint(index, record.get('vector_store'))}")
     return view
 
 
@@ -310,4 +315,4 @@ def check_generation(index: Path, record: dict[str, Any], full: bool) -> None:
     if problems:
         path, what = problems[0]
         raise IndexCorruptError(f"index file {str(path)!r} is {what if what == 'missing' else 'corrupt: ' + what}"
-                                f"; {repair_hint(index)}")
+                                f"; {repair_hint(index, record.get('vector_store'))}")

@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from ..constants import ONDISK_STORE
 from ..errors import ClipzooError
 
 __all__ = ["DiskFullError", "durable_write", "fsync_dir", "file_entry", "sha256_of", "check_files", "disk_full",
@@ -31,8 +32,11 @@ class DiskFullError(ClipzooError):
     """The disk filled up while the index was written; the previous index is left as it was."""
 
 
-def repair_hint(index: "str | os.PathLike") -> str:
-    """The command that repairs ``index`` (ends the integrity errors)."""
+def repair_hint(index: "str | os.PathLike", store: str | None = None) -> str:
+    """The command that repairs ``index`` (ends the integrity errors); ``store``: its vector store's name (an
+    index built from vectors has no embedding store to repair from: it is rebuilt)."""
+    if store == ONDISK_STORE:
+        return f"rebuild it with `clipzoo index build-vectors VECTORS --out {index}`"
     return f"run `clipzoo index repair {index}`"
 
 

@@ -20,6 +20,7 @@ __all__ = ["STORES", "DEFAULT_STORE", "get_store", "check_store", "VectorStore",
 STORES: dict[str, tuple[str, tuple[str, ...]]] = {
     "faiss": ("clipzoo.index.stores.faiss", ("faiss",)),
     "milvus": ("clipzoo.index.stores.milvus", ("pymilvus", "milvus_lite")),
+    "faiss_ondisk": ("clipzoo.index.stores.faiss_ondisk", ("faiss",)),  # clipzoo index build-vectors
 }
 DEFAULT_STORE = "faiss"
 
@@ -39,10 +40,14 @@ def get_store(name: str = DEFAULT_STORE) -> type[VectorStore]:
         raise
 
 
-def check_store(name: str = DEFAULT_STORE) -> None:
+def check_store(name: str = DEFAULT_STORE, options: dict | None = None) -> None:
     """Fail in one line, before a build does any work, when store ``name`` is unknown or the main package it
-    needs is not installed (the first of its packages; e.g. Milvus Lite is needed only for a local file)."""
-    get_store(name)
+    needs is not installed (the first of its packages; e.g. Milvus Lite is needed only for a local file), or
+    when the store's ``check(**options)`` fails (Milvus: a URI that cannot be reached)."""
+    cls = get_store(name)
     package = STORES[name][1][0]
     if importlib.util.find_spec(package) is None:
         raise missing(package, f"vector store {name!r}")
+    check = getattr(cls, "check", None)
+    if check is not None and options:
+        check(**{k: v for k, v in options.items() if k != "vector_store"})

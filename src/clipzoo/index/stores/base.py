@@ -6,6 +6,11 @@ partition from the committed rows and saves it under ``INDEX/vectors/``; :class:
 opens them and searches through :meth:`VectorStore.search` only. The store's :meth:`~VectorStore.describe`
 record goes into ``vectors.json`` beside the file and is handed back to :meth:`~VectorStore.open`.
 
+Two optional members: a classmethod ``check(**options)`` that fails in one line before a build does any work
+(Milvus: an unreachable URI), and ``partition_store(name)`` on a built store that holds the partitions itself
+(Milvus partitions): :func:`clipzoo.index.generations.publish` then saves that view instead of building one
+store per partition.
+
 Also here: the two helpers every store shares, :func:`normalize` and :func:`recall_at_k`.
 """
 from __future__ import annotations

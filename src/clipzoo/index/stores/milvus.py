@@ -1,18 +1,27 @@
-"""The Milvus vector store: one Milvus collection per built store, in Milvus Lite or a Milvus server.
+"""The Milvus vector store: one Milvus collection per index, in Milvus Lite or a Milvus server.
 
 ``uri`` is a Milvus Lite database file (embedded, no server: ``clipzoo index build … --store milvus`` puts
-``index.milvus.db`` inside the index folder) or a server's ``http://HOST:19530``. The collection holds
-``id`` (the item id, primary key), ``vector`` (COSINE) and ``partition``; its index is chosen by size as
-for FAISS: FLAT below :data:`~clipzoo.index.stores.faiss_kinds.FLAT_MAX` vectors, HNSW up to
-:data:`~clipzoo.index.stores.faiss_kinds.HNSW_MAX`, IVF_FLAT above. Recall@10 against exact search is
-measured on a sample when it is built.
+``index.milvus.db`` inside the index folder) or a server's ``http://HOST:19530``. The collection's fields are
+``id`` (the item id, primary key), ``vector`` (COSINE), ``partition``, ``path``, ``caption`` and ``sha256`` (the
+content hash), and the index's partitions are Milvus partitions (:mod:`.milvus_rows`): the store of one partition
+(:meth:`MilvusStore.partition_store`) is a view of the same collection that searches its Milvus partition only. The
+vector index is chosen by size as for FAISS (:func:`choose_kind`): FLAT below
+:data:`~clipzoo.index.stores.faiss_kinds.FLAT_MAX` vectors, HNSW up to
+:data:`~clipzoo.index.stores.faiss_kinds.HNSW_MAX`, IVF_FLAT above, and IVF_SQ8 where a ``memory_budget`` is too
+small for the raw vectors (FAISS's OPQ+IVF+PQ; IVF_SQ8 also runs in Milvus Lite). Recall@10 against exact search
+is measured on a sample when it is built.
+
+**Synced, not rebuilt.** Given ``previous`` (the pointer of the index's published store) and the item records
+(``rows``), :meth:`MilvusStore.build` updates that collection in place when it is still the right kind: new
+rows and rows whose metadata (content hash, path, partition, caption) changed are written, rows gone are
+deleted, the rest stay — so the service's ``POST /items`` and ``DELETE /items/{id}`` write one row each to Milvus
+(after a metadata comparison of the rows) and are visible to the next search (Strong consistency).
 
 What :meth:`MilvusStore.save` writes is a small JSON pointer (``*.milvus.json``: the URI, relative to the
-pointer when it is a file beside it, and the collection); the rows live in Milvus. Saving renames the
-collection after the pointer (``clipzoo_<hash of host and folder>_<pointer name>``) and drops the folder's
-collections that no pointer names any more, so rebuilds do not pile up collections (the generation before
-the current one stays until the next save: its pointers are removed only after the swap). ``pip install
-'clipzoo[milvus]'`` (pymilvus, milvus-lite).
+pointer when it is a file beside it, the collection and, for a partition, its name); the rows live in Milvus.
+The first save names a new collection after its pointer (``clipzoo_<hash of host and folder>_<pointer name>``)
+and drops the folder's collections that no pointer names any more, so rebuilds do not pile up collections.
+``pip install 'clipzoo[milvus]'`` (pymilvus, milvus-lite).
 """
 from __future__ import annotations
 
@@ -34,13 +43,27 @@ from ...errors import ClipzooError
 from ...extras import require
 from ...files import atomic_write
 from .base import normalize, recall_at_k
-from .faiss_kinds import FLAT_MAX, HNSW_MAX, nlist_for
+from .faiss_kinds import FLAT_MAX, HNSW_MAX, choose_index, nlist_for
+from .milvus_rows import (
+    MAX_MILVUS_PARTITIONS,
+    Records,
+    chunks,
+    collection_schema,
+    entity,
+    item_records,
+    milvus_partition,
+    other_ids,
+    partition_filter,
+    read_fingerprints,
+)
 
-__all__ = ["MilvusStore", "STORE", "INDEX_TYPES", "connect"]
+__all__ = ["MilvusStore", "STORE", "INDEX_TYPES", "connect", "choose_kind", "FLAT_MAX", "HNSW_MAX"]
 
-INDEX_TYPES = {"flat": "FLAT", "hnsw": "HNSW", "ivf_flat": "IVF_FLAT"}
+INDEX_TYPES = {"flat": "FLAT", "hnsw": "HNSW", "ivf_flat": "IVF_FLAT", "ivf_sq8": "IVF_SQ8"}
+_FROM_FAISS = {"flat": "flat", "hnsw": "hnsw", "ivf_flat": "ivf_flat", "opq_ivf_pq": "ivf_sq8"}
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF = 32, 200, 128
 INSERT_ROWS = 5_000
+NO_BUDGET = 1 << 62
 _CLIENTS: dict[str, Any] = {}
 
 
@@ -48,16 +71,25 @@ def _is_server(uri: str) -> bool:
     return "://" in uri
 
 
+def _resolved(uri: str) -> str:
+    """A server URI as it is; a Milvus Lite file as an absolute path (one client per file in a process)."""
+    return uri if _is_server(uri) else os.path.abspath(os.path.expanduser(uri))
+
+
 def connect(uri: str) -> Any:
     """A MilvusClient for ``uri`` (one per URI in a process); one line naming the URI when it cannot be reached."""
+    uri = _resolved(uri)
     client = _CLIENTS.get(uri)
     if client is not None:
         return client
     if not _is_server(uri):
         require("milvus_lite", "Milvus Lite (--store milvus with a local .db file)")
-    if not _is_server(uri) and not Path(uri).parent.is_dir():
-        raise ClipzooError(f"cannot open Milvus Lite database {uri!r}: its folder does not exist; pass --uri "
-                           "FILE.db in an existing folder, or http://HOST:19530 for a Milvus server")
+        if not uri.endswith(".db"):
+            raise ClipzooError(f"Milvus Lite database {uri!r} must be a .db file; pass --uri FILE.db, or "
+                               "http://HOST:19530 for a Milvus server")
+        if not Path(uri).parent.is_dir():
+            raise ClipzooError(f"cannot open Milvus Lite database {uri!r}: its folder does not exist; pass --uri "
+                               "FILE.db in an existing folder, or http://HOST:19530 for a Milvus server")
     try:
         client = pymilvus.MilvusClient(uri=uri, timeout=10)
     except Exception as exc:  # noqa: BLE001 - pymilvus raises MilvusException / grpc errors for any failure
@@ -68,14 +100,38 @@ def connect(uri: str) -> Any:
     return client
 
 
+def choose_kind(n: int, d: int, memory_budget: int | None = None) -> str:
+    """The Milvus index for ``n`` vectors of ``d`` dims, by FAISS's rule (:func:`choose_index`): flat, hnsw,
+    ivf_flat, or ivf_sq8 where ``memory_budget`` (bytes; default: no limit) is too small for the raw vectors."""
+    kind, _ = choose_index(n, d, NO_BUDGET if memory_budget is None else int(memory_budget))
+    return _FROM_FAISS[kind]
+
+
+def _read_ref(path: str | os.PathLike) -> dict[str, Any]:
+    """A pointer file's record with its URI resolved (a Lite file is relative to the pointer)."""
+    path = Path(path)
+    try:
+        ref = json.loads(path.read_text("utf-8"))
+        ref["uri"], ref["collection"]  # noqa: B018 - shape check
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ClipzooError(f"Milvus pointer {str(path)!r} is unreadable ({type(exc).__name__})") from None
+    if not _is_server(ref["uri"]) and not os.path.isabs(ref["uri"]):
+        ref["uri"] = os.path.normpath(path.parent / ref["uri"])
+    return ref
+
+
+def _previous(path: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The record of the pointer ``path``; None when there is none or it is unreadable (a repair rebuilds)."""
+    try:
+        return _read_ref(path) if path is not None and Path(path).is_file() else None
+    except ClipzooError:
+        return None
+
+
 def _owner_prefix(folder: Path) -> str:
     """``clipzoo_<hash>_``: the collections whose pointer files live in ``folder`` on this host."""
     owner = f"{socket.gethostname()}:{Path(folder).resolve()}"
     return f"clipzoo_{hashlib.sha256(owner.encode('utf-8')).hexdigest()[:12]}_"
-
-
-def _choose_kind(n: int) -> str:
-    return "flat" if n < FLAT_MAX else "hnsw" if n <= HNSW_MAX else "ivf_flat"
 
 
 def _exact_top(x: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -86,7 +142,8 @@ def _exact_top(x: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> n
 
 @dataclass
 class MilvusStore:
-    """A Milvus collection over item ids. A :class:`~clipzoo.index.stores.base.VectorStore`."""
+    """A Milvus collection over item ids (or one partition of it). A
+    :class:`~clipzoo.index.stores.base.VectorStore`."""
 
     name: ClassVar[str] = "milvus"
     suffix: ClassVar[str] = ".milvus.json"
@@ -100,34 +157,58 @@ class MilvusStore:
     params: dict[str, int] = field(default_factory=dict)
     recall_at_10: float | None = None
     build_seconds: float = 0.0
+    partition: str | None = None  # a view of this partition of the collection
+    mode: str = "partitions"  # our partitions as Milvus partitions, or ("filter") by the partition field
+    fresh: bool = False  # created by this build under a temporary name: named after its pointer on save
+    synced: dict[str, int] | None = None  # updated in place: rows written (new or changed), rows deleted
 
     # ------------------------------------------------------------------ building and opening
     @classmethod
-    def build(cls, ids: Any, vectors: Any, *, uri: str, kind: str | None = None, collection: str | None = None,
-              recall_sample: int = 200, seed: int = 0, **_ignored: Any) -> MilvusStore:
-        """A new collection in the Milvus at ``uri`` holding ``vectors`` [n, d] (normalised here) under ``ids``."""
+    def build(cls, ids: Any, vectors: Any, *, uri: str | None = None, kind: str | None = None,
+              memory_budget: int | None = None, collection: str | None = None, rows: Records | None = None,
+              previous: str | os.PathLike | None = None, default_uri: str | None = None, recall_sample: int = 200,
+              seed: int = 0, **_ignored: Any) -> MilvusStore:
+        """A collection in the Milvus at ``uri`` holding ``vectors`` [n, d] (normalised here) under ``ids``.
+
+        ``rows``: the item records (ids -> {id: record}) for the path, caption, content hash and partition
+        fields. ``previous``: the pointer of the store this one replaces; its collection is synced in place
+        when it is in the same Milvus and of the same kind (``uri`` then defaults to its URI; without either,
+        to ``default_uri``)."""
         t0 = time.perf_counter()
         x = normalize(vectors) if len(vectors) else np.zeros((0, np.asarray(vectors).shape[-1]), np.float32)
         ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
         n, d = x.shape
         if ids.shape[0] != n:
             raise ValueError(f"{ids.shape[0]} ids for {n} vectors")
-        kind = kind or _choose_kind(n)
+        prev = _previous(previous)
+        uri = uri or (prev or {}).get("uri") or default_uri
+        if not uri:
+            raise ClipzooError("the Milvus store needs a URI; pass --uri FILE.db (Milvus Lite) or http://HOST:19530")
+        kind = kind or choose_kind(n, d, memory_budget)
         if kind not in INDEX_TYPES:
             raise ClipzooError(f"unknown Milvus index kind {kind!r}; pass one of {', '.join(INDEX_TYPES)}")
         client = connect(uri)
-        name = collection or f"clipzoo_{uuid.uuid4().hex[:16]}"
+        records = item_records(rows, ids, x)
+        names = sorted({r[0] for r in records.values() if r[0]})
+        mode = "partitions" if len(names) <= MAX_MILVUS_PARTITIONS else "filter"
         params, build_params = cls._params(kind, n)
-        schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", pymilvus.DataType.INT64, is_primary=True)
-        schema.add_field("vector", pymilvus.DataType.FLOAT_VECTOR, dim=int(d))
-        schema.add_field("partition", pymilvus.DataType.VARCHAR, max_length=512)
-        index_params = client.prepare_index_params()
-        index_params.add_index(field_name="vector", index_type=INDEX_TYPES[kind], metric_type="COSINE",
-                               params=build_params)
-        client.create_collection(name, schema=schema, index_params=index_params)
-        store = cls(client, uri, name, kind, 0, int(d), params)
-        store.add(ids, x)
+        if (prev is not None and rows is not None and collection is None and _resolved(prev["uri"]) == _resolved(uri)
+                and (prev.get("kind"), int(prev.get("dim", -1)), prev.get("mode", "partitions")) == (kind, d, mode)
+                and prev.get("partition") is None and client.has_collection(prev["collection"])):
+            store = cls(client, _resolved(uri), prev["collection"], kind, 0, d, dict(prev.get("params") or params),
+                        mode=mode)
+            client.load_collection(store.collection)
+            store._sync(ids, x, records)
+        else:
+            name = collection or f"clipzoo_{uuid.uuid4().hex[:16]}"
+            index_params = client.prepare_index_params()
+            index_params.add_index(field_name="vector", index_type=INDEX_TYPES[kind], metric_type="COSINE",
+                                   params=build_params)
+            client.create_collection(name, schema=collection_schema(d), index_params=index_params,
+                                     consistency_level="Strong")
+            store = cls(client, _resolved(uri), name, kind, 0, int(d), params, mode=mode, fresh=collection is None)
+            store._insert(ids, x, records)
+        store.count = store._row_count()
         if n:
             rng = np.random.default_rng(seed)
             sample = np.sort(rng.choice(n, min(recall_sample, n), replace=False))
@@ -136,38 +217,81 @@ class MilvusStore:
         store.build_seconds = time.perf_counter() - t0
         return store
 
+    @classmethod
+    def check(cls, uri: str | None = None, **_ignored: Any) -> None:
+        """Fail in one line naming ``uri`` when it cannot be reached (a build checks before any work)."""
+        if uri:
+            connect(uri)
+
     @staticmethod
     def _params(kind: str, n: int) -> tuple[dict[str, int], dict[str, int]]:
         """(search parameters, index build parameters) of ``kind`` for ``n`` vectors."""
         if kind == "hnsw":
             return {"ef": HNSW_EF}, {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
-        if kind == "ivf_flat":
+        if kind in ("ivf_flat", "ivf_sq8"):
             nlist = nlist_for(max(n, 1))
             return {"nprobe": max(16, nlist // 8)}, {"nlist": nlist}
         return {}, {}
 
+    def _insert(self, ids: np.ndarray, x: np.ndarray, records: dict[int, tuple]) -> None:
+        """Insert rows, each into the Milvus partition of its partition (``_default`` in ``filter`` mode)."""
+        groups: dict[str, list[int]] = {}
+        for k, i in enumerate(ids.tolist()):
+            groups.setdefault(milvus_partition(records[i][0] if self.mode == "partitions" else ""), []).append(k)
+        known = set(self.client.list_partitions(self.collection)) if groups else set()
+        for part, rows in groups.items():
+            if part not in known:
+                self.client.create_partition(self.collection, part)
+            for chunk in chunks(rows, INSERT_ROWS):
+                self.client.insert(self.collection, [entity(ids[k], x[k], records[int(ids[k])]) for k in chunk],
+                                   partition_name=part)
+
+    def _sync(self, ids: np.ndarray, x: np.ndarray, records: dict[int, tuple]) -> None:
+        """Make the collection hold exactly these rows: delete the rows gone or changed, insert the new ones."""
+        wanted = ids.tolist()
+        stored = read_fingerprints(self.client, self.collection, wanted)
+        changed = [i for i, fp in stored.items() if records[i] != fp]
+        todo = np.asarray([k for k, i in enumerate(wanted) if stored.get(i) != records[i]], np.int64)
+        self._delete(changed)
+        kept, gone = len(stored) - len(changed), 0
+        while self._row_count() > kept:  # rows whose items are no longer in the index
+            others = other_ids(self.client, self.collection, wanted)
+            if not others:
+                break
+            gone += self._delete(others)
+        self._insert(ids[todo], x[todo], records)
+        self.synced = {"written": int(len(todo)), "deleted": gone}
+
+    def _delete(self, ids: list[int]) -> int:
+        for chunk in chunks(ids, INSERT_ROWS):
+            self.client.delete(self.collection, ids=chunk)
+        return len(ids)
+
+    def partition_store(self, name: str) -> MilvusStore:
+        """The store of partition ``name``: a view of this collection that searches that partition only."""
+        view = MilvusStore(self.client, self.uri, self.collection, self.kind, 0, self.dim, dict(self.params),
+                           self.recall_at_10, 0.0, partition=name, mode=self.mode)
+        view.count = view._row_count()
+        return view
+
     @classmethod
     def open(cls, path: str | os.PathLike, info: dict[str, Any] | None = None, *, mmap: bool = True) -> MilvusStore:
-        """Connect to the collection that the pointer file ``path`` names."""
-        path = Path(path)
-        try:
-            ref = json.loads(path.read_text("utf-8"))
-            uri, name = ref["uri"], ref["collection"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ClipzooError(f"Milvus pointer {str(path)!r} is unreadable ({type(exc).__name__})") from None
-        if not _is_server(uri) and not os.path.isabs(uri):
-            uri = os.path.normpath(path.parent / uri)
+        """Connect to the collection (or the partition of it) that the pointer file ``path`` names."""
+        ref = _read_ref(path)
+        uri, name = ref["uri"], ref["collection"]
         client = connect(uri)
         if not client.has_collection(name):
             raise ClipzooError(f"Milvus at {uri!r} has no collection {name!r} (dropped, or another database?)")
         client.load_collection(name)
-        store = cls(client, uri, name, ref.get("kind", "flat"), 0, int(ref.get("dim", 0)), dict(ref.get("params", {})),
-                    ref.get("recall_at_10"))
+        store = cls(client, _resolved(uri), name, ref.get("kind", "flat"), 0, int(ref.get("dim", 0)),
+                    dict(ref.get("params", {})), ref.get("recall_at_10"), partition=ref.get("partition"),
+                    mode=ref.get("mode", "partitions"))
         store.count = store._row_count()
         return store
 
     def _row_count(self) -> int:
-        res = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        where = "" if self.partition is None else partition_filter(self.partition)
+        res = self.client.query(self.collection, filter=where, output_fields=["count(*)"])
         return int(res[0]["count(*)"])
 
     # ------------------------------------------------------------------ the VectorStore operations
@@ -179,8 +303,13 @@ class MilvusStore:
         k = int(max(1, k))
         if self.count == 0:
             return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
+        where: dict[str, Any] = {}
+        if self.partition is not None and self.mode == "partitions":
+            where["partition_names"] = [milvus_partition(self.partition)]
+        elif self.partition is not None:
+            where["filter"] = partition_filter(self.partition)
         res = self.client.search(self.collection, data=q.tolist(), limit=k, anns_field="vector", output_fields=["id"],
-                                 search_params={"metric_type": "COSINE", "params": dict(self.params)})
+                                 search_params={"metric_type": "COSINE", "params": dict(self.params)}, **where)
         scores = np.full((len(q), k), -np.inf, np.float32)
         found = np.full((len(q), k), -1, np.int64)
         for i, hits in enumerate(res):
@@ -189,7 +318,8 @@ class MilvusStore:
         return scores, found
 
     def add(self, ids: Any, vectors: Any) -> None:
-        """Insert (or replace) ``vectors`` [m, d] under item ``ids`` [m]; visible to the next search."""
+        """Insert (or replace) ``vectors`` [m, d] under item ``ids`` [m], in this store's partition, without item
+        metadata (a build with ``rows`` fills it); visible to the next search."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if not len(ids):
             return
@@ -198,10 +328,9 @@ class MilvusStore:
             raise ClipzooError(f"vectors of {x.shape[1]} dims cannot be added to an index of {self.dim}-dim vectors")
         if x.shape[0] != ids.shape[0]:
             raise ValueError(f"{ids.shape[0]} ids for {x.shape[0]} vectors")
-        for lo in range(0, len(ids), INSERT_ROWS):
-            rows = [{"id": int(i), "vector": v.tolist(), "partition": ""}
-                    for i, v in zip(ids[lo:lo + INSERT_ROWS], x[lo:lo + INSERT_ROWS])]
-            self.client.upsert(self.collection, rows)
+        records = {i: (self.partition or "", *r[1:]) for i, r in item_records(None, ids, x).items()}
+        self._delete(ids.tolist())
+        self._insert(ids, x, records)
         self.count = self._row_count()
 
     def remove(self, ids: Any) -> int:
@@ -210,28 +339,31 @@ class MilvusStore:
         if not ids:
             return 0
         before = self.count
-        self.client.delete(self.collection, ids=ids)
+        self._delete(ids)
         self.count = self._row_count()
         return before - self.count
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Name the collection after ``path``, flush it and write its pointer file (whole or absent); then drop
-        this folder's collections that no pointer file in it names any more (left by earlier rebuilds)."""
+        """Flush the collection and write its pointer file (whole or absent). A new collection is first named
+        after ``path``; saving the whole store then drops this folder's collections that no pointer file in it
+        names any more (left by earlier rebuilds)."""
         path = Path(path)
         prefix = _owner_prefix(path.parent)
-        target = prefix + re.sub(r"\W", "_", path.name.removesuffix(self.suffix))
-        if self.collection != target:
+        if self.fresh:
+            target = prefix + re.sub(r"\W", "_", path.name.removesuffix(self.suffix))
             if self.client.has_collection(target):  # saved again under the same name
                 self.client.drop_collection(target)
             self.client.rename_collection(self.collection, target)
-            self.collection = target
+            self.client.load_collection(target)  # a rename releases it
+            self.collection, self.fresh = target, False
         self.client.flush(self.collection)
         uri = self.uri
         if not _is_server(uri):
             uri = os.path.relpath(os.path.abspath(uri), os.path.abspath(path.parent))
         ref = {**self.describe(), "uri": uri, "collection": self.collection}
         atomic_write(path, lambda f: f.write(json.dumps(ref, indent=1).encode("utf-8")))
-        self._drop_orphans(path.parent, prefix)
+        if self.partition is None:
+            self._drop_orphans(path.parent, prefix)
         return path
 
     def _drop_orphans(self, folder: Path, prefix: str) -> None:
@@ -246,9 +378,15 @@ class MilvusStore:
                 self.client.drop_collection(name)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "count": self.count, "dim": self.dim, "params": dict(self.params),
-                "recall_at_10": self.recall_at_10, "build_seconds": round(self.build_seconds, 3),
-                "collection": self.collection, "uri": self.uri if _is_server(self.uri) else os.path.basename(self.uri)}
+        out = {"kind": self.kind, "count": self.count, "dim": self.dim, "params": dict(self.params),
+               "recall_at_10": self.recall_at_10, "build_seconds": round(self.build_seconds, 3),
+               "collection": self.collection, "mode": self.mode,
+               "uri": self.uri if _is_server(self.uri) else os.path.basename(self.uri)}
+        if self.partition is not None:
+            out["partition"] = self.partition
+        if self.synced is not None:
+            out["synced"] = dict(self.synced)
+        return out
 
     def __len__(self) -> int:
         return self.count

@@ -1,0 +1,222 @@
+"""The vectors ``clipzoo index build-vectors`` reads, streamed from disk: one ``.npy`` file (``clipzoo embed``'s,
+with its JSON sidecar), a clip-retrieval folder (``img_emb/img_emb_{i}.npy`` + ``metadata/metadata_{i}.parquet``,
+or ``text_emb/``), or a folder of ``.npy`` files (read in name order). Rows are float16 or float32.
+
+Rows are read with ``pread`` at the offsets ``np.load(mmap_mode="r")`` gives (:func:`npy_layout`), never through
+a long-lived memory map: pages of a mapped file count in the process's resident memory, so a map over 10 GB of
+vectors read once would make the build look 10 GB large.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..embed.clip_retrieval import SIDECAR, is_clip_retrieval, open_clip_retrieval
+from ..embed.results import sidecar_path
+from ..errors import ClipzooError
+from ..extras import require
+
+__all__ = ["VectorSource", "open_vectors", "parse_memory", "read_block", "read_rows", "npy_layout"]
+
+_UNITS = {unit: 1024 ** i for i, unit in enumerate("BKMGTP")}
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([BKMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
+
+
+def parse_memory(text: "str | int") -> int:
+    """``"4GB"`` -> bytes. Units as autofaiss's ``cast_memory_to_bytes``: K, M, G, T (with or without ``B``/``iB``)
+    are powers of 1024; a bare number is bytes. A ClipzooError for anything else or for zero."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        m = _MEMORY.match(str(text))
+        if not m:
+            raise ClipzooError(f"--max-memory {str(text)!r} is not a memory size; write a number and a unit, "
+                               "e.g. 4GB or 512MB")
+        value = int(float(m.group(1)) * _UNITS[(m.group(2) or "B").upper()])
+    if value <= 0:
+        raise ClipzooError(f"--max-memory {str(text)!r} must be more than zero; e.g. 4GB")
+    return value
+
+
+def npy_layout(path: Path) -> tuple[int, tuple[int, ...], np.dtype]:
+    """``(data offset, shape, dtype)`` of a C-ordered ``.npy`` file."""
+    arr = np.load(path, mmap_mode="r")
+    try:
+        return int(arr.offset), tuple(arr.shape), arr.dtype
+    finally:
+        del arr
+
+
+def read_block(path: Path, a: int, b: int) -> np.ndarray:
+    """Rows [a, b) of the ``.npy`` file ``path`` (one ``pread``), in its dtype."""
+    offset, shape, dtype = npy_layout(path)
+    row = int(np.prod(shape[1:])) * dtype.itemsize
+    with open(path, "rb") as f:
+        data = os.pread(f.fileno(), (b - a) * row, offset + a * row)
+    return np.frombuffer(data, dtype).reshape((b - a, *shape[1:]))
+
+
+def read_rows(path: "Path | int", rows: np.ndarray, layout: tuple[int, tuple[int, ...], np.dtype] | None = None
+              ) -> np.ndarray:
+    """The given rows of a ``.npy`` file (a path, or an open descriptor with its ``layout``), one ``pread`` each."""
+    offset, shape, dtype = layout or npy_layout(Path(path))
+    row = int(np.prod(shape[1:])) * dtype.itemsize
+    fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY)
+    try:
+        data = b"".join(os.pread(fd, row, offset + int(r) * row) for r in rows)
+    finally:
+        if not isinstance(path, int):
+            os.close(fd)
+    return np.frombuffer(data, dtype).reshape((len(rows), *shape[1:]))
+
+
+@dataclass
+class VectorSource:
+    """Row-ranged access to vectors spread over ``.npy`` files, with each row's name and caption."""
+
+    root: Path
+    files: list[Path]
+    counts: list[int]
+    dim: int
+    dtype: str
+    model: str | None = None
+    names: dict[int, Path] = field(default_factory=dict)  # file number -> parquet metadata (clip-retrieval)
+    inputs: list[str] | None = None  # the sidecar's inputs (one .npy file)
+    _cache: tuple[int, list[str], list[Any]] | None = None
+
+    @property
+    def count(self) -> int:
+        return int(sum(self.counts))
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+
+    def _pieces(self, start: int, stop: int):
+        starts = self.starts
+        f = int(np.searchsorted(starts, start, side="right") - 1)
+        while start < stop:
+            end = min(stop, int(starts[f + 1]))
+            yield f, start - int(starts[f]), end - int(starts[f])
+            start = end
+            f += 1
+
+    def row_files(self, start: int, stop: int) -> list[str]:
+        """The file name of each row of [start, stop)."""
+        return [self.files[f].name for f, a, b in self._pieces(start, stop) for _ in range(b - a)]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as float32 [stop - start, dim]."""
+        out = np.empty((stop - start, self.dim), np.float32)
+        at = 0
+        for f, a, b in self._pieces(start, stop):
+            out[at:at + b - a] = read_block(self.files[f], a, b)
+            at += b - a
+        return out
+
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The rows of ``rows`` (sorted global row numbers) as float32, each read by itself (``pread``)."""
+        out = np.empty((len(rows), self.dim), np.float32)
+        starts = self.starts
+        which = np.searchsorted(starts, rows, side="right") - 1
+        for f in np.unique(which):
+            sel = np.flatnonzero(which == f)
+            for a in range(0, len(sel), 1024):  # a small buffer at a time
+                out[sel[a:a + 1024]] = read_rows(self.files[f], rows[sel[a:a + 1024]] - starts[f])
+        return out
+
+    def labels(self, start: int, stop: int) -> tuple[list[str], list[Any]]:
+        """``(relpaths, captions)`` of rows [start, stop): the image path (or caption) clip-retrieval's metadata
+        gives, the sidecar's input, else ``FILE#ROW``."""
+        paths: list[str] = []
+        captions: list[Any] = []
+        for f, a, b in self._pieces(start, stop):
+            names, caps = self._file_labels(f)
+            paths.extend(names[a:b])
+            captions.extend(caps[a:b])
+        return paths, captions
+
+    def _file_labels(self, f: int) -> tuple[list[str], list[Any]]:
+        if self._cache is not None and self._cache[0] == f:
+            return self._cache[1], self._cache[2]
+        n = self.counts[f]
+        own = [f"{self.files[f].name}#{i}" for i in range(n)]
+        captions: list[Any] = [None] * n
+        if self.inputs is not None and len(self.inputs) == n:
+            own = [str(s) for s in self.inputs]
+        elif f in self.names:
+            parquet = require("pyarrow.parquet", "clip-retrieval's metadata (parquet)").ParquetFile(self.names[f])
+            cols = set(parquet.schema_arrow.names) & {"image_path", "caption"}
+            table = parquet.read(columns=sorted(cols), use_threads=False)  # threads: tens of MB of arenas
+            if len(table) == n:
+                if "image_path" in cols:
+                    own = [str(s) for s in table.column("image_path").to_pylist()]
+                if "caption" in cols:
+                    captions = table.column("caption").to_pylist()
+                    if "image_path" not in cols:
+                        own = [f"{self.files[f].name}#{i}" for i in range(n)]
+        self._cache = (f, own, captions)
+        return own, captions
+
+
+def _check_npy(path: Path) -> tuple[int, int, str]:
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise ClipzooError(f"vectors file {str(path)!r} is not a readable .npy array ({type(exc).__name__}); "
+                           "pass .npy files of float16 or float32 rows") from None
+    shape, dtype = arr.shape, arr.dtype
+    del arr
+    if len(shape) != 2 or dtype not in (np.float16, np.float32):
+        raise ClipzooError(f"vectors file {str(path)!r} holds a {dtype} array of shape {tuple(shape)}; pass rows of "
+                           "float16 or float32 embeddings [n, dim]")
+    return int(shape[0]), int(shape[1]), str(dtype)
+
+
+def open_vectors(path: "str | os.PathLike") -> VectorSource:
+    """The vectors at ``path`` (see the module doc); a ClipzooError naming it when none are there or their
+    widths differ."""
+    root = Path(os.path.expanduser(os.fspath(path)))
+    model, names, inputs = None, {}, None
+    if root.is_file():
+        files = [root]
+        side = sidecar_path(root)
+        if side.is_file():
+            try:
+                meta = json.loads(side.read_text("utf-8"))
+            except ValueError:
+                meta = {}
+            model, inputs = meta.get("model") or None, meta.get("inputs")
+    elif is_clip_retrieval(root):
+        folder = open_clip_retrieval(root)
+        modality = folder.modality()
+        numbers = sorted(folder.shards[modality])
+        files = [folder.shards[modality][i] for i in numbers]
+        names = {j: folder.metadata[i] for j, i in enumerate(numbers) if i in folder.metadata}
+        model = folder.model
+    elif root.is_dir():
+        files = sorted(p for p in root.iterdir() if p.suffix == ".npy")
+        side = root / SIDECAR
+        if side.is_file():
+            try:
+                model = json.loads(side.read_text("utf-8")).get("model") or None
+            except ValueError:
+                model = None
+    else:
+        raise ClipzooError(f"vectors {os.fspath(path)!r} do not exist; pass a .npy file or a folder of them "
+                           "(clip-retrieval's img_emb/ layout included)")
+    if not files:
+        raise ClipzooError(f"{os.fspath(path)!r} holds no .npy files; pass a .npy file or a folder of them")
+    shapes = [_check_npy(p) for p in files]
+    dims = {s[1] for s in shapes}
+    if len(dims) > 1:
+        raise ClipzooError(f"the .npy files of {os.fspath(path)!r} have different widths ({sorted(dims)}); "
+                           "pass embeddings of one model")
+    return VectorSource(root if root.is_dir() else root.parent, files, [s[0] for s in shapes], dims.pop(),
+                        shapes[0][2], model, names, inputs)
