@@ -39,6 +39,7 @@ LAZY_IMPORTS = frozenset({
     "fsspec", "s3fs", "webdataset", "braceexpand", "ftfy", "regex", "tqdm", "rich", "typer",
     "jax", "jaxlib", "flax", "optax", "orbax", "mindspore", "ray", "pymilvus", "tensorboard", "pyarrow",
     "clip", "clip_benchmark", "vision_datasets", "simplejpeg",
+    "av",  # PyAV (video files)
 })
 
 

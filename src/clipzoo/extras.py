@@ -36,6 +36,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "pyarrow": ("pyarrow", "search"),
     "fastapi_offline": ("fastapi-offline", "search"),  # /docs and /redoc's files, served offline
     "pymilvus": ("pymilvus", "milvus"),
+    "av": ("av", "video"),  # PyAV: video files
     "mindspore": ("mindspore", "mindspore"),
     "milvus_lite": ("milvus-lite", "milvus"),
     "ray": ("ray", "ray"),  # --engine ray (embed/ray_engine.py)

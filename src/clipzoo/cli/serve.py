@@ -179,13 +179,15 @@ def query_model(named: "dict[str, Path]", model: str | None, device: str, runtim
     if not model and device == "cpu" and normalize_runtime(runtime) == "eager":
         return None
     from ..api import load
+    from .embed_args import index_sample
 
     if not model and len({_recorded_spec(p) for p in named.values()}) > 1:
         if device == "cpu":
             return None
         fail("--device with indices built with different models: serve them separately, or give --model")
-    comparator = load(model or _recorded_spec(next(iter(named.values()))), device=resolve_device(device),
-                      runtime=runtime)
+    first = next(iter(named.values()))
+    sample = index_sample(runtime, first)  # auto measures on the images the index holds
+    comparator = load(model or _recorded_spec(first), device=resolve_device(device), runtime=runtime, **sample)
     choice = getattr(comparator, "runtime_choice", None)
     if choice is not None and choice.measured:  # runtime auto measured (now or cached): what it chose and why
         note(f"runtime auto: {choice.reason}")
