@@ -99,8 +99,8 @@ class SearchIndex:
             raise
         except Exception as exc:  # noqa: BLE001 - FAISS raises RuntimeError for any unreadable file
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise IndexCorruptError(f"index file {str(path)!r} is corrupt ({first}); {repair_hint(self.path, self._record.get('vector_store'))}") \
-                from None
+            hint = repair_hint(self.path, self._record.get("vector_store"))
+            raise IndexCorruptError(f"index file {str(path)!r} is corrupt ({first}); {hint}") from None
 
     def _part(self, partition: str | None) -> VectorStore:
         if partition is None:
