@@ -1,16 +1,23 @@
 """The JAX engine's training: the tiny-shapes recipe's zero-shot accuracy and time, and training samples/s of the
 JAX engine vs clipzoo's torch trainer on the same tiny model, data and settings.
 
-``--mode recipe``: ``clipzoo train --engine jax --recipe tiny-shapes`` in this process (the JAX recipe's ViT at
+``--mode recipe``: ``clipzoo train --engine jax --recipe tiny-shapes`` in this process (the torch recipe's model:
+a width-16 ModifiedResNet with BatchNorm — clipzoo's JAX ResNet tower — and a 128-wide, 3-block text tower, at
 64 px on ``shapes-classes:20000``, 800 steps of 128, zero-shot on 770 held-out shapes every 200 steps); the JSON
 holds every evaluation with the wall time since start (process start to that point, data generation included),
-and is rewritten after each, so a run stopped early still reports what it reached. At the end the run's
+and is rewritten every 25 steps, so a run stopped early still reports what it reached. Each of those records
+also holds the process's CPU seconds (``process_cpu_s``: user + system of all its threads) and the load average,
+so that on a shared machine the idle wall time can be estimated: an idle 2-core machine gives the process both
+cores, so its wall time there is about the CPU time divided by the parallelism the run reaches when it has the
+cores (measured apart, in a quiet window). At the end the run's
 ``params.pkl`` is converted to an open_clip torch model (``clipzoo convert --from jax``'s conversion) and both score
 the held-out shapes: ``torch_conversion`` holds the torch model's acc1 and how many predictions agree.
 ``--recipe-steps N`` shortens the run for debugging (evaluated at its end, or every ``--eval-every``).
 
-``--mode throughput``: the same ViT (the JAX recipe's config, converted to an open_clip config for torch), the
-same generated shapes in memory, batch, AdamW settings, fp32 on the CPU; each trainer runs ``--steps`` steps and
+``--mode throughput``: the same model (the JAX recipe's config — its ResNet since the recipe trains the torch
+recipe's model; ``benchmarks/results/jax_train_throughput.json`` was measured on the earlier ViT recipe, which
+its ``model`` records — converted to an open_clip config for torch), the same generated shapes in memory,
+batch, AdamW settings, fp32 on the CPU; each trainer runs ``--steps`` steps and
 samples/s = batch × (steps − warm-up) / (time of the last step − time of the warm-up's last step), both timed
 at the end of a step (JAX: after the loss is on the host, so the step has finished). Both run in this process,
 alternating (torch, jax, jax, torch, …; ``--repeats`` each, medians compared), each with the CPU threads it
@@ -27,9 +34,13 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tables import machine_info  # noqa: E402
 
 T0 = time.perf_counter()
 
@@ -52,13 +63,16 @@ def recipe(args) -> dict:
         cfg = cfg.replace(steps=args.recipe_steps, eval_every=args.eval_every or args.recipe_steps,
                           n_warmup_steps=min(cfg.n_warmup_steps, args.recipe_steps // 4))
     out: dict = {"benchmark": "jax_train recipe", "recipe": "tiny-shapes", "config": cfg.as_dict(), "evals": [],
-                 "cpu_count": os.cpu_count()}
+                 "cpu_count": os.cpu_count(), "machine": machine_info(), "progress": []}
 
     def on_step(step, record):
         if step % cfg.log_freq == 0:
             out["last_step"], out["last_loss"] = step, record["loss"]
             out["elapsed_s"] = round(time.perf_counter() - T0, 1)
             out["load_average"] = load_average()
+            out["progress"].append({"step": step, "loss": round(record["loss"], 4), "elapsed_s": out["elapsed_s"],
+                                    "process_cpu_s": round(time.process_time(), 1),
+                                    "load_average": out["load_average"]})
             metrics = Path(cfg.output) / "metrics.jsonl"
             out["evals"] = [json.loads(x) for x in metrics.read_text().splitlines() if "eval/acc1" in x]
             _write(args.out, out)
@@ -67,6 +81,7 @@ def recipe(args) -> dict:
     out["evals"] = [e for e in result.evals if "acc1" in e]
     out["final_acc1"] = out["evals"][-1]["acc1"]
     out["total_s"] = round(time.perf_counter() - T0, 1)
+    out["process_cpu_s"] = round(time.process_time(), 1)
     out["load_average"] = load_average()
     out["reached_95"] = out["final_acc1"] >= 0.95
     out["torch_conversion"] = converted_check(cfg, Path(cfg.output))

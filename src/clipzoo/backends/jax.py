@@ -72,7 +72,10 @@ class JaxTowers(torch.nn.Module):
         self.module, self.image, self.text = compiled_encoders(cfg, dtype)
         self.jax_device = jax_device
         tower_params = {k: v for k, v in params["params"].items() if k != "temp"}
-        self.variables = jax.device_put({"params": tower_params}, jax_device)
+        variables = {"params": tower_params}
+        if "batch_stats" in params:  # a ResNet's BatchNorm running averages
+            variables["batch_stats"] = params["batch_stats"]
+        self.variables = jax.device_put(variables, jax_device)
 
     def encode_image(self, pixels_nhwc: np.ndarray):
         return self.image(self.variables, jax.device_put(pixels_nhwc, self.jax_device))
@@ -163,6 +166,10 @@ def build(card: ModelCard, params: Mapping[str, Any], model: "str | dict | JaxCl
         raise ClipzooError(f"unknown precision {precision!r} for a JAX model; use fp32, bf16 or fp16")
     cfg = get_config(model)
     check_shapes(params["params"], cfg)
+    if cfg.is_resnet and "batch_stats" not in params:
+        raise CheckpointError(f"{card.alias}: a JAX ResNet's parameter file needs its BatchNorm running averages "
+                              "('batch_stats' beside 'params'); write it with clipzoo train --engine jax or "
+                              "clipzoo convert --to jax")
     image_size, context_length = param_sizes(params["params"], cfg, image_size)
     temp = params["params"].get("temp")
     scale = float(np.exp(np.asarray(temp, np.float64))) if temp is not None else DEFAULT_TEMPERATURE

@@ -1,7 +1,10 @@
 """Conversion both ways between an open_clip CLIP state dict (torch) and open_clip_jax's parameter tree.
 
 Image towers: open_clip's ViT (OpenAI's layout included) <-> open_clip_jax's ViT; open_clip's timm ConvNeXt
-trunk + head (``visual.trunk.*``, ``visual.head.proj`` or ``visual.head.mlp``) <-> its ConvNeXt.
+trunk + head (``visual.trunk.*``, ``visual.head.proj`` or ``visual.head.mlp``) <-> its ConvNeXt; open_clip's
+``ModifiedResNet`` <-> clipzoo's JAX ResNet (:mod:`clipzoo.models.jax_resnet`), whose BatchNorm running
+averages are the ``batch_stats`` collection (``{'params': …, 'batch_stats': …}``; torch's
+``num_batches_tracked`` counters are dropped going to JAX and written as 0 coming back).
 
 >>> variables = open_clip_to_jax(model.state_dict(), "vit-base-patch32")   # {'params': {...}} of numpy arrays
 >>> state_dict = jax_to_open_clip(variables, "vit-base-patch32")          # open_clip keys, torch tensors
@@ -31,6 +34,7 @@ from ..models.jax_config import (
     get_path,
     write_config_file,
 )
+from ..models.jax_resnet_config import RESNET_REDUCTION, ResNetConfig, batchnorm_paths, conv_paths
 from .form import OpenClipForm
 
 DEFAULT_TEMPERATURE = 100.0  # open_clip_jax's softmax_temp
@@ -142,11 +146,38 @@ def _convnext_plan(c: ConvNeXtConfig) -> list[Entry]:
     return out + [("visual.head.proj.weight", {"Dense_0/kernel": lambda t: t.T}, lambda k: k.T)]
 
 
+STATS = "batch_stats:"  # a plan path in the batch_stats collection, not in params
+
+
+def _torch_key(path: str) -> str:
+    """``image_model/layer1_0/downsample_bn`` -> ``visual.layer1.0.downsample.1`` (open_clip's names)."""
+    parts = path.replace("image_model/", "visual/").replace("downsample_conv", "downsample/0") \
+        .replace("downsample_bn", "downsample/1").split("/")
+    return ".".join(p.replace("_", ".") if p.startswith("layer") else p for p in parts)
+
+
+def _resnet_plan(c: ResNetConfig) -> list[Entry]:
+    """open_clip's ModifiedResNet (``visual.*``) <-> the JAX ResNet: convs transposed, BatchNorm scale/bias
+    in ``params`` and running mean/var in ``batch_stats``, the attention pool's linears transposed."""
+    out: list[Entry] = [(f"{_torch_key(p)}.weight", {f"{p}/kernel": _conv}, _unconv) for p in conv_paths(c)]
+    for p in batchnorm_paths(c):
+        key = _torch_key(p)
+        out += [(f"{key}.weight", {f"{p}/scale": _same}, _same), (f"{key}.bias", {f"{p}/bias": _same}, _same),
+                (f"{key}.running_mean", {f"{STATS}{p}/mean": _same}, _same),
+                (f"{key}.running_var", {f"{STATS}{p}/var": _same}, _same)]
+    pool = "image_model/attnpool"
+    out.append(("visual.attnpool.positional_embedding", {f"{pool}/positional_embedding": _same}, _same))
+    for name in ("q_proj", "k_proj", "v_proj", "c_proj"):
+        out += _dense(f"visual.attnpool.{name}", f"{pool}/{name}")
+    return out
+
+
 def plan(model: "str | dict | JaxClipConfig") -> list[Entry]:
     """The conversion table of config ``model`` (``logit_scale`` / ``temp`` handled apart)."""
     cfg = get_config(model)
     t = "text_model"
-    out = _convnext_plan(cfg.image) if isinstance(cfg.image, ConvNeXtConfig) else _vit_plan(cfg)
+    out = _convnext_plan(cfg.image) if isinstance(cfg.image, ConvNeXtConfig) else \
+        _resnet_plan(cfg.image) if isinstance(cfg.image, ResNetConfig) else _vit_plan(cfg)
     out += [
         ("token_embedding.weight", {f"{t}/Embed_0/embedding": _same}, _same),
         ("positional_embedding", {f"{t}/PosEmbed_0/pos_embed": _same}, _same),
@@ -176,24 +207,28 @@ def open_clip_to_jax(state_dict: Mapping[str, Any], model: "str | dict | JaxClip
     cfg = get_config(model)
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
     sd.pop("attn_mask", None)
+    sd = {k: v for k, v in sd.items() if not k.endswith(".num_batches_tracked")}
     entries = plan(cfg)
     wanted = {e[0] for e in entries} | {"logit_scale"}
     missing, extra = sorted(wanted - set(sd)), sorted(set(sd) - wanted)
     if missing or extra:
         what = (f"missing {', '.join(missing[:4])}" if missing else "") + \
                ("; " if missing and extra else "") + (f"unexpected {', '.join(extra[:4])}" if extra else "")
-        kind = "ConvNeXt" if cfg.is_convnext else "ViT"
+        kind = "ConvNeXt" if cfg.is_convnext else "ResNet" if cfg.is_resnet else "ViT"
         raise CheckpointError(f"this state dict is not an open_clip {kind} CLIP of config {cfg.name!r} ({what}); "
                               "the JAX engine converts plain open_clip ViT CLIPs (class token, ln_pre, no "
-                              "attention pooling) and timm ConvNeXt CLIPs — name the matching config with model=")
+                              "attention pooling), timm ConvNeXt CLIPs and ModifiedResNet CLIPs — name the "
+                              "matching config with model=")
     params: dict = {}
+    stats: dict = {}
     for key, targets, _ in entries:
         array = _to_numpy(sd[key])
         for path, fn in targets.items():
-            _put(params, path, _np().ascontiguousarray(fn(array)))
+            tree = stats if path.startswith(STATS) else params
+            _put(tree, path.removeprefix(STATS), _np().ascontiguousarray(fn(array)))
     params["temp"] = _to_numpy(sd["logit_scale"]).reshape(())
     check_shapes(params, cfg)
-    return {"params": params}
+    return {"params": params, "batch_stats": stats} if stats else {"params": params}
 
 
 def jax_to_open_clip(variables: Mapping[str, Any], model: "str | dict | JaxClipConfig") -> dict:
@@ -205,10 +240,17 @@ def jax_to_open_clip(variables: Mapping[str, Any], model: "str | dict | JaxClipC
     if not isinstance(params, Mapping):
         raise CheckpointError("JAX parameters must be a mapping {'params': {...}}")
     check_shapes(params, cfg)
+    stats = variables.get("batch_stats") if cfg.is_resnet else {}
+    if not isinstance(stats, Mapping):
+        raise CheckpointError(f"JAX parameters of the ResNet config {cfg.name!r} need their BatchNorm "
+                              "running averages: {'params': {...}, 'batch_stats': {...}}")
     out = {}
     for key, targets, back in plan(cfg):
-        arrays = [_to_numpy(get_path(params, path)) for path in targets]
+        arrays = [_to_numpy(get_path(stats, path.removeprefix(STATS)) if path.startswith(STATS)
+                            else get_path(params, path)) for path in targets]
         out[key] = torch.from_numpy(_np().array(back(*arrays), order="C"))  # a writable copy
+        if key.endswith(".running_var"):
+            out[key[:-len("running_var")] + "num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
     temp = params.get("temp")
     scale = _to_numpy(temp).reshape(()) if temp is not None else _np().asarray(math.log(DEFAULT_TEMPERATURE),
                                                                                 dtype=_np().float32)
@@ -233,6 +275,10 @@ def open_clip_config(model: "str | dict | JaxClipConfig", image_size: int, conte
     if isinstance(i, ConvNeXtConfig):
         return {"embed_dim": cfg.proj_dim, "quick_gelu": cfg.act == "quick_gelu",
                 "vision_cfg": _timm_vision_cfg(cfg, i, image_size), "text_cfg": text}
+    if isinstance(i, ResNetConfig):
+        return {"embed_dim": cfg.proj_dim, "quick_gelu": cfg.act == "quick_gelu", "text_cfg": text,
+                "vision_cfg": {"image_size": image_size, "layers": list(i.layers), "width": i.width,
+                               "head_width": i.embed_dim // i.heads}}
     return {"embed_dim": cfg.proj_dim, "quick_gelu": cfg.act == "quick_gelu",
             "vision_cfg": {"image_size": image_size, "layers": i.depth, "width": i.embed_dim,
                            "patch_size": i.patch_size, "head_width": i.head_dim},
@@ -259,6 +305,11 @@ def config_from_open_clip(model_cfg: Mapping[str, Any], state_dict: "Mapping[str
     odd = {f"text_cfg.{k}" for k in set(text) - OPEN_CLIP_TEXT_KEYS}
     if "timm_model_name" in vision:
         image = _convnext_image(vision, int(model_cfg["embed_dim"]), state_dict, odd)
+    elif isinstance(vision.get("layers"), (list, tuple)):  # open_clip's ModifiedResNet
+        odd |= set(vision) - {"image_size", "layers", "width", "head_width"}
+        width = int(vision.get("width", 64))
+        image = {"layers": list(vision["layers"]), "width": width,
+                 "heads": width * RESNET_REDUCTION // int(vision.get("head_width", 64))}
     else:
         odd |= set(vision) - OPEN_CLIP_VIT_KEYS
         if odd or isinstance(vision.get("layers"), (list, tuple)) or float(vision.get("mlp_ratio", 4)) != 4:
@@ -317,6 +368,8 @@ def write_params(path: "str | os.PathLike", variables: Mapping[str, Any]) -> Non
     """Write ``{'params': …}`` as open_clip_jax's ``.pkl`` (a pickled dict of numpy arrays)."""
     params = variables.get("params", variables)
     tree = {"params": _numpy_tree(params)}
+    if isinstance(variables.get("batch_stats"), Mapping):  # a ResNet's BatchNorm running averages
+        tree["batch_stats"] = _numpy_tree(variables["batch_stats"])
     with open(path, "wb") as fh:
         pickle.dump(tree, fh, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -345,7 +398,9 @@ def open_clip_form_of_jax(comparator) -> OpenClipForm:
     towers = comparator.model
     params = _numpy_tree(towers.variables["params"])
     params["temp"] = _np().asarray(math.log(float(comparator.logit_params()[0])), dtype=_np().float32)
-    state_dict = jax_to_open_clip({"params": params}, towers.cfg)
+    stats = towers.variables.get("batch_stats")  # a ResNet's BatchNorm running averages
+    state_dict = jax_to_open_clip({"params": params, **({"batch_stats": _numpy_tree(stats)} if stats else {})},
+                                  towers.cfg)
     model_cfg = open_clip_config(towers.cfg, comparator.image_size, comparator.context_length)
     preprocess = {"size": comparator.image_size, "mean": OPENAI_MEAN, "std": OPENAI_STD, "interpolation": "bicubic",
                   "resize_mode": "shortest"}

@@ -7,6 +7,13 @@ TransformerBlock_{i}/{LayerNorm_0, MultiHeadAttention_0/{query,key,value,out}, L
 …; the ConvNeXt tower is :mod:`clipzoo.models.jax_convnext`), so that its released ``.pkl`` parameter files
 load as they are. Here every name is given explicitly.
 
+Initialisation: Flax's defaults (as open_clip_jax) for the ViT and ConvNeXt models; the ResNet model — clipzoo's
+twin of open_clip's ``ModifiedResNet`` CLIP, the tiny-shapes recipe's — initialises as open_clip does, its
+image tower in :mod:`.jax_resnet` and its text tower here (``TextTransformer.init_parameters``: token
+embedding normal(0.02), positions normal(0.01), attention q/k/v normal(width ** -0.5), attention output and
+MLP output normal(width ** -0.5 * (2 * depth) ** -0.5), MLP input normal((2 * width) ** -0.5), the MLP's biases
+as torch ``Linear``'s, the text projection normal(width ** -0.5)).
+
 Images are NHWC floats (already normalised), texts int32 token ids whose end-of-text token is the largest
 id (CLIP's BPE), as in open_clip_jax and open_clip.
 """
@@ -24,6 +31,8 @@ from .jax_config import (
     get_config,
 )
 from .jax_convnext import ConvNeXtTower
+from .jax_resnet import ResNetTower, torch_bias_init
+from .jax_resnet_config import ResNetConfig
 
 jax = require("jax", "the JAX engine")
 jnp = require("jax.numpy", "the JAX engine")
@@ -44,14 +53,17 @@ class SelfAttention(nn.Module):
 
     n_heads: int
     dtype: Any = None
+    init_std: "tuple[float, float] | None" = None  # (q/k/v, output) kernels' normal std; None: Flax's default
 
     @nn.compact
     def __call__(self, x, mask=None):
         width = x.shape[-1]
         head_dim = width // self.n_heads
+        qkv_init, out_init = _kernel_inits(self.init_std, 2)
 
         def project(name):
-            return nn.DenseGeneral((self.n_heads, head_dim), axis=-1, dtype=self.dtype, name=name)(x)
+            return nn.DenseGeneral((self.n_heads, head_dim), axis=-1, dtype=self.dtype, kernel_init=qkv_init,
+                                   name=name)(x)
 
         q, k, v = project("query"), project("key"), project("value")
         q = q / jnp.sqrt(head_dim).astype(q.dtype)
@@ -60,7 +72,20 @@ class SelfAttention(nn.Module):
             logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
         weights = jax.nn.softmax(logits, axis=-1)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-        return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
+        return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, kernel_init=out_init, name="out")(out)
+
+
+def _kernel_inits(stds, n: int) -> list:
+    """``n`` kernel initialisers: normal(std) for each of ``stds``, or Flax's default when ``stds`` is None."""
+    if stds is None:
+        return [nn.linear.default_kernel_init] * n
+    return [nn.initializers.normal(stddev=std) for std in stds]
+
+
+def open_clip_stds(width: int, depth: int) -> dict[str, tuple[float, float]]:
+    """open_clip's ``TextTransformer.init_parameters`` stds: attention ``(q/k/v, out)``, MLP ``(in, out)``."""
+    proj_std = width ** -0.5 * (2 * depth) ** -0.5
+    return {"attn": (width ** -0.5, proj_std), "mlp": ((2 * width) ** -0.5, proj_std)}
 
 
 class Block(nn.Module):
@@ -69,14 +94,17 @@ class Block(nn.Module):
     n_heads: int
     act: str = "gelu"
     dtype: Any = None
+    open_clip_depth: int = 0  # > 0: open_clip's init for a transformer this deep; 0: Flax's defaults
 
     @nn.compact
     def __call__(self, x, mask=None):
         width = x.shape[-1]
+        stds = open_clip_stds(width, self.open_clip_depth) if self.open_clip_depth else {}
         h = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="LayerNorm_0")(x)
-        x = x + SelfAttention(self.n_heads, dtype=self.dtype, name="MultiHeadAttention_0")(h, mask)
+        x = x + SelfAttention(self.n_heads, dtype=self.dtype, init_std=stds.get("attn"),
+                              name="MultiHeadAttention_0")(h, mask)
         h = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="LayerNorm_1")(x)
-        x = x + Mlp(MLP_RATIO * width, act=self.act, dtype=self.dtype, name="MLP_0")(h)
+        x = x + Mlp(MLP_RATIO * width, act=self.act, dtype=self.dtype, init_std=stds.get("mlp"), name="MLP_0")(h)
         return x
 
 
@@ -84,11 +112,18 @@ class Mlp(nn.Module):
     hidden: int
     act: str = "gelu"
     dtype: Any = None
+    init_std: "tuple[float, float] | None" = None  # open_clip's (c_fc, c_proj) stds, torch's biases; None: Flax's
 
     @nn.compact
     def __call__(self, x):
-        h = nn.Dense(self.hidden, dtype=self.dtype, name="Dense_0")(x)
-        return nn.Dense(x.shape[-1], dtype=self.dtype, name="Dense_1")(activation(self.act)(h))
+        width = x.shape[-1]
+        in_init, out_init = _kernel_inits(self.init_std, 2)
+        zeros = nn.initializers.zeros_init()
+        in_bias, out_bias = ((torch_bias_init(width), torch_bias_init(self.hidden)) if self.init_std
+                             else (zeros, zeros))
+        h = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=in_init, bias_init=in_bias, name="Dense_0")(x)
+        return nn.Dense(width, dtype=self.dtype, kernel_init=out_init, bias_init=out_bias,
+                        name="Dense_1")(activation(self.act)(h))
 
 
 class Blocks(nn.Module):
@@ -97,12 +132,15 @@ class Blocks(nn.Module):
     act: str = "gelu"
     dtype: Any = None
     grad_checkpoint: bool = False  # rematerialise each block's activations in the backward pass (same names)
+    open_clip_init: bool = False
 
     @nn.compact
     def __call__(self, x, mask=None):
         block = nn.remat(Block) if self.grad_checkpoint else Block
+        oc_depth = self.depth if self.open_clip_init else 0
         for i in range(self.depth):
-            x = block(self.n_heads, act=self.act, dtype=self.dtype, name=f"TransformerBlock_{i}")(x, mask)
+            x = block(self.n_heads, act=self.act, dtype=self.dtype, open_clip_depth=oc_depth,
+                      name=f"TransformerBlock_{i}")(x, mask)
         return x
 
 
@@ -128,10 +166,13 @@ class ClassToken(nn.Module):
 
 
 class PositionEmbedding(nn.Module):
+    std: "float | None" = None  # None: width ** -0.5 (open_clip_jax's)
+
     @nn.compact
     def __call__(self, x):
         shape = x.shape[-2:]
-        pos = self.param("pos_embed", lambda key: shape[-1] ** -0.5 * jax.random.normal(key, shape, jnp.float32))
+        std = shape[-1] ** -0.5 if self.std is None else self.std
+        pos = self.param("pos_embed", lambda key: std * jax.random.normal(key, shape, jnp.float32))
         return x + pos.astype(x.dtype)
 
 
@@ -163,16 +204,18 @@ class TextTower(nn.Module):
     act: str = "gelu"
     dtype: Any = None
     grad_checkpoint: bool = False
+    open_clip_init: bool = False  # open_clip's TextTransformer.init_parameters; False: open_clip_jax's (Flax's)
 
     @nn.compact
     def __call__(self, tokens):
-        c = self.cfg
-        x = nn.Embed(self.vocab_size, c.embed_dim, dtype=self.dtype, name="Embed_0")(tokens)
-        x = PositionEmbedding(name="PosEmbed_0")(x)
+        c, oc = self.cfg, self.open_clip_init
+        embed_init = nn.initializers.normal(stddev=0.02) if oc else nn.linear.default_embed_init
+        x = nn.Embed(self.vocab_size, c.embed_dim, dtype=self.dtype, embedding_init=embed_init, name="Embed_0")(tokens)
+        x = PositionEmbedding(std=0.01 if oc else None, name="PosEmbed_0")(x)
         length = tokens.shape[1]
         mask = jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
         x = Blocks(c.depth, c.n_heads, act=self.act, dtype=self.dtype, grad_checkpoint=self.grad_checkpoint,
-                   name="Transformer_0")(x, mask)
+                   open_clip_init=oc, name="Transformer_0")(x, mask)
         x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="LayerNorm_0")(x)
         return x[jnp.arange(x.shape[0]), jnp.argmax(tokens, axis=1)]
 
@@ -180,7 +223,8 @@ class TextTower(nn.Module):
 class JaxCLIP(nn.Module):
     """``apply(vars, images, tokens)`` -> L2-normalised ``(image_proj, text_proj)`` as open_clip_jax's CLIP
     (the image side times ``exp(temp)`` when ``temp_init`` is set); ``method="encode_image"`` /
-    ``"encode_text"`` give the raw projections."""
+    ``"encode_text"`` give the raw projections. A ResNet image tower (clipzoo's, :mod:`.jax_resnet`) has
+    BatchNorm: ``encode_image(images, train=True)`` with ``mutable=["batch_stats"]`` in training."""
 
     cfg: JaxClipConfig
     temp_init: float | None = None
@@ -189,18 +233,26 @@ class JaxCLIP(nn.Module):
 
     def setup(self):
         c = self.cfg
+        resnet = isinstance(c.image, ResNetConfig)  # open_clip's ModifiedResNet CLIP: open_clip's init throughout
         if isinstance(c.image, ConvNeXtConfig):
             self.image_model = ConvNeXtTower(c.image, dtype=self.dtype, grad_checkpoint=self.grad_checkpoint)
+        elif resnet:  # its attention pool is the image projection
+            self.image_model = ResNetTower(c.image, c.proj_dim, dtype=self.dtype)
         else:
             self.image_model = VisionTower(c.image, act=c.act, dtype=self.dtype, grad_checkpoint=self.grad_checkpoint)
         self.text_model = TextTower(c.text, c.vocab_size, act=c.act, dtype=self.dtype,
-                                    grad_checkpoint=self.grad_checkpoint)
-        self.Dense_0 = nn.Dense(c.proj_dim, use_bias=False, dtype=self.dtype)  # noqa: N815 (Flax's name)
-        self.Dense_1 = nn.Dense(c.proj_dim, use_bias=False, dtype=self.dtype)  # noqa: N815
+                                    grad_checkpoint=self.grad_checkpoint, open_clip_init=resnet)
+        if not resnet:
+            self.Dense_0 = nn.Dense(c.proj_dim, use_bias=False, dtype=self.dtype)  # noqa: N815 (Flax's name)
+        text_proj_init = (nn.initializers.normal(stddev=c.text.embed_dim ** -0.5) if resnet
+                          else nn.linear.default_kernel_init)
+        self.Dense_1 = nn.Dense(c.proj_dim, use_bias=False, dtype=self.dtype, kernel_init=text_proj_init)  # noqa: N815
         if self.temp_init is not None:
             self.temp = self.param("temp", lambda key: jnp.asarray(self.temp_init, jnp.float32))
 
-    def encode_image(self, images):
+    def encode_image(self, images, train: bool = False):
+        if isinstance(self.cfg.image, ResNetConfig):
+            return self.image_model(images, train)
         return self.Dense_0(self.image_model(images))
 
     def encode_text(self, tokens):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, ClipzooError
+from .jax_resnet_config import RESNET_REDUCTION, ResNetConfig, resnet_config, resnet_shapes
 
 DEFAULT_VOCAB_SIZE = 49408
 DEFAULT_IMAGE_SIZE = 224
@@ -126,7 +127,7 @@ class JaxClipConfig:
     activation, the vocabulary."""
 
     name: str
-    image: "TowerConfig | ConvNeXtConfig"
+    image: "TowerConfig | ConvNeXtConfig | ResNetConfig"
     text: TowerConfig
     proj_dim: int
     act: str = "gelu"
@@ -136,9 +137,14 @@ class JaxClipConfig:
     def is_convnext(self) -> bool:
         return isinstance(self.image, ConvNeXtConfig)
 
+    @property
+    def is_resnet(self) -> bool:
+        """clipzoo's own ResNet image tower (:mod:`clipzoo.models.jax_resnet`): BatchNorm, no ``Dense_0``."""
+        return isinstance(self.image, ResNetConfig)
+
     def as_dict(self) -> dict[str, Any]:
         """open_clip_jax's JSON form (plus ``act`` / ``vocab_size`` when they are not the defaults)."""
-        if isinstance(self.image, ConvNeXtConfig):
+        if isinstance(self.image, (ConvNeXtConfig, ResNetConfig)):
             out = {"image_model": self.image.as_dict(), "text_model": {"depth": self.text.depth, "embed_dim":
                    self.text.embed_dim, "n_heads": self.text.n_heads}, "proj_dim": self.proj_dim}
         else:
@@ -175,16 +181,18 @@ def _from_dict(name: str, raw: dict[str, Any]) -> JaxClipConfig:
         image, text = dict(raw["image_model"]), dict(raw["text_model"])
         vocab = int(text.pop("vocab_size", DEFAULT_VOCAB_SIZE))
         act = str(raw.get("act", "gelu"))
-        tower = _convnext_config(image) if "depths" in image else TowerConfig(**image)
+        tower = _convnext_config(image) if "depths" in image else \
+            resnet_config(image) if "layers" in image else TowerConfig(**image)
         cfg = JaxClipConfig(name=name, image=tower, text=TowerConfig(**text),
                             proj_dim=int(raw["proj_dim"]), act=act, vocab_size=vocab)
     except (KeyError, TypeError) as exc:
         raise ClipzooError(f"JAX model config {name!r} is malformed ({exc}); it needs image_model "
-                           "{depth, embed_dim, n_heads, patch_size} (a ViT) or {depths, out_dims} (a ConvNeXt), "
+                           "{depth, embed_dim, n_heads, patch_size} (a ViT), {depths, out_dims} (a ConvNeXt) or "
+                           "{layers, width[, heads]} (a ResNet), "
                            "text_model {depth, embed_dim, n_heads} and proj_dim") from None
     if act not in ACTIVATIONS:
         raise ClipzooError(f"JAX model config {name!r}: act must be one of {', '.join(ACTIVATIONS)}, not {act!r}")
-    for tower in (cfg.text,) if cfg.is_convnext else (cfg.image, cfg.text):
+    for tower in (cfg.image, cfg.text) if isinstance(cfg.image, TowerConfig) else (cfg.text,):
         if tower.embed_dim % tower.n_heads:
             raise ClipzooError(f"JAX model config {name!r}: embed_dim {tower.embed_dim} is not divisible by "
                                f"n_heads {tower.n_heads}")
@@ -260,11 +268,13 @@ def param_sizes(params: Mapping[str, Any], model: "str | dict | JaxClipConfig",
     context = int(get_path(params, "text_model/PosEmbed_0/pos_embed").shape[0])
     if isinstance(cfg.image, ConvNeXtConfig):
         return int(image_size or DEFAULT_IMAGE_SIZE), context
-    tokens = int(get_path(params, "image_model/PosEmbed_0/pos_embed").shape[0]) - 1
+    resnet = isinstance(cfg.image, ResNetConfig)
+    pos = "image_model/attnpool/positional_embedding" if resnet else "image_model/PosEmbed_0/pos_embed"
+    tokens = int(get_path(params, pos).shape[0]) - 1
     side = math.isqrt(tokens)
     if side * side != tokens:
         raise CheckpointError(f"image position embeddings of {tokens} + 1 rows are not a square grid")
-    return side * cfg.image.patch_size, context
+    return side * (RESNET_REDUCTION if resnet else cfg.image.patch_size), context
 
 
 def expected_shapes(cfg: JaxClipConfig, image_size: int, context_length: int) -> dict[str, tuple[int, ...]]:
@@ -276,6 +286,9 @@ def expected_shapes(cfg: JaxClipConfig, image_size: int, context_length: int) ->
               **_ln_shapes("text_model/LayerNorm_0", t.embed_dim), **_blocks_shapes("text_model", t)}
     if isinstance(cfg.image, ConvNeXtConfig):
         return {**shapes, **_convnext_shapes(cfg.image)}
+    if isinstance(cfg.image, ResNetConfig):  # the attention pool projects: no Dense_0
+        shapes.pop("Dense_0/kernel")
+        return {**shapes, **resnet_shapes(cfg.image, cfg.proj_dim, image_size)}
     i, p = cfg.image, cfg.image.patch_size
     grid = (image_size // p) ** 2
     shapes.update({"image_model/PatchEmbed_0/Conv_0/kernel": (p, p, 3, i.embed_dim),

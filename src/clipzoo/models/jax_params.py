@@ -34,7 +34,7 @@ class _ArraysOnly(pickle.Unpickler):
 
 
 def read_params(path: "str | os.PathLike", trust_pickle: bool = False) -> dict:
-    """An open_clip_jax ``.pkl`` -> ``{'params': {...}}`` of numpy arrays."""
+    """An open_clip_jax ``.pkl`` -> ``{'params': {...}}`` of numpy arrays (and ``'batch_stats'`` if it has them)."""
     try:
         with open(path, "rb") as fh:
             obj = pickle.load(fh) if trust_pickle else _ArraysOnly(fh).load()
@@ -47,6 +47,9 @@ def read_params(path: "str | os.PathLike", trust_pickle: bool = False) -> dict:
     params = obj.get("params") if isinstance(obj, Mapping) else None
     if not isinstance(params, Mapping):
         raise CheckpointError(f"{path} is not an open_clip_jax parameter file (a pickled {{'params': {{...}}}})")
+    stats = obj.get("batch_stats")  # clipzoo's ResNet tower: BatchNorm running averages
+    if isinstance(stats, Mapping):
+        return {"params": _numpy_tree(params), "batch_stats": _numpy_tree(stats)}
     return {"params": _numpy_tree(params)}
 
 

@@ -28,7 +28,7 @@ from .config import JaxTrainConfig
 from .data import open_batches
 from .evaluate import evaluate
 from .mesh import Shardings, init_distributed, make_mesh
-from .state import build_model, build_optimiser, init_state
+from .state import build_model, build_optimiser, init_state, model_variables
 from .step import make_eval_step, make_train_step
 
 __all__ = ["train_jax", "JaxTrainer"]
@@ -140,7 +140,7 @@ class JaxTrainer:
     def validate(self) -> None:
         """The mean loss over the validation batches (open_clip_jax's validation), into the log."""
         eval_step = make_eval_step(self.module, self.cfg.loss, self.sh)
-        losses = [float(eval_step(self.state["params"], *self.sh.put_batch(x, t)))
+        losses = [float(eval_step(self.state["params"], self.state.get("batch_stats"), *self.sh.put_batch(x, t)))
                   for x, t in self.valid_data.batches(0)]
         record = {"step": self.step, "epoch": self.epoch, "valid_loss": float(np.mean(losses))}
         self.result.evals.append(record)
@@ -149,7 +149,7 @@ class JaxTrainer:
     def evaluate(self) -> None:
         if self.index != 0:
             return
-        record = evaluate(self.state["params"]["model"], self.cfg, self.step)
+        record = evaluate(model_variables(self.state), self.cfg, self.step)
         self.result.evals.append(record)
         self.write({f"eval/{k}" if k != "step" else k: v for k, v in record.items()})
 
@@ -170,7 +170,7 @@ class JaxTrainer:
         self.ckpt.close()
         if self.index == 0:
             model_dir = self.out / "model"
-            write_params_pkl(model_dir / "params.pkl", self.state["params"]["model"])
+            write_params_pkl(model_dir / "params.pkl", model_variables(self.state))
             write_config_file(model_dir / "params.pkl", get_config(cfg.model), cfg.image_size, cfg.context_len)
             info = {"engine": "jax", "model": cfg.model, "image_size": cfg.image_size, "context_len": cfg.context_len,
                     "steps": self.step, "processes": self.count, "devices": self.sh.size, "config": cfg.as_dict()}

@@ -1,7 +1,8 @@
 """The model, its variables and the optimiser: AdamW (no decay on biases and norms) with open_clip_jax's
 warm-up + cosine (or constant) schedule, via optax.
 
-The training state is a plain dict pytree — ``{"step", "params", "opt_state"}`` — that orbax saves as it is.
+The training state is a plain dict pytree — ``{"step", "params", "opt_state"}``, plus ``"batch_stats"`` for a
+model with BatchNorm (the ResNet tower's running averages: not trained, not decayed) — that orbax saves as it is.
 ``params`` is ``{"model": {"params": …}}`` (open_clip_jax's tree, its ``temp`` included) plus, for SigLIP,
 ``"logit_bias"``; ``params["model"]`` is what a ``.pkl`` parameter file holds.
 """
@@ -16,7 +17,8 @@ import optax
 from ...models.jax_clip import create_model, init_variables
 from ..config import ConfigError
 
-__all__ = ["build_model", "build_schedule", "build_optimiser", "init_state", "TEMP_MAX", "SIGLIP_INIT"]
+__all__ = ["build_model", "build_schedule", "build_optimiser", "init_state", "model_variables", "TEMP_MAX",
+           "SIGLIP_INIT"]
 
 TEMP_MAX = math.log(100.0)  # open_clip_jax clips the log-temperature to [0, ln 100]
 SIGLIP_INIT = (math.log(10.0), -10.0)  # the SigLIP paper's log-scale and bias
@@ -60,4 +62,15 @@ def init_state(cfg, module, tx) -> dict:
     params = {"model": {"params": dict(variables["params"])}}
     if cfg.loss == "siglip":
         params["logit_bias"] = jnp.asarray(SIGLIP_INIT[1], jnp.float32)
-    return {"step": jnp.asarray(0, jnp.int32), "params": params, "opt_state": tx.init(params)}
+    state = {"step": jnp.asarray(0, jnp.int32), "params": params, "opt_state": tx.init(params)}
+    if "batch_stats" in variables:
+        state["batch_stats"] = dict(variables["batch_stats"])
+    return state
+
+
+def model_variables(state: dict) -> dict:
+    """What a ``.pkl`` holds: ``{'params': …}`` (open_clip_jax's tree) [+ ``'batch_stats'``] of a state."""
+    variables = dict(state["params"]["model"])
+    if "batch_stats" in state:
+        variables["batch_stats"] = state["batch_stats"]
+    return variables
