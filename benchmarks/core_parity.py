@@ -24,12 +24,10 @@ Writes a JSON file and prints it. No download.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -42,7 +40,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import clipzoo  # noqa: E402
 from clipzoo.testing import tiny, tiny_hf  # noqa: E402
-from tables import machine_info, write_result  # noqa: E402
+from tables import family_parity_main  # noqa: E402
 
 TEXTS = ["a photo of a cat", "A Red Square, on white!", "two birds flying over the sea", "x"]
 HF = {"clip": tiny_hf.write_clip, "siglip": tiny_hf.write_siglip, "siglip2": tiny_hf.write_siglip2,
@@ -192,21 +190,8 @@ def run_family(name: str, tmp: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
-    p.add_argument("--out", type=Path, default=None, help="write the JSON here")
-    args = p.parse_args(argv)
     torch.manual_seed(0)
-    results = {}
-    for name in args.families:
-        with tempfile.TemporaryDirectory() as tmp:
-            results[name] = run_family(name, Path(tmp))
-    record = {"benchmark": "core_parity", "precision": "fp32", "device": "cpu", "families": results,
-              "machine": machine_info()}
-    if args.out:
-        write_result(args.out, record)
-    print(json.dumps(record, indent=2, ensure_ascii=False))
-    return record
+    return family_parity_main("core_parity", __doc__.splitlines()[0], FAMILIES, run_family, argv)
 
 
 if __name__ == "__main__":

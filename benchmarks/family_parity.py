@@ -14,10 +14,7 @@ Writes a JSON file and prints it. No download.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -30,7 +27,7 @@ import test_family_clip_fa as clip_fa  # noqa: E402
 import test_family_cloob as cloob  # noqa: E402
 import test_family_kelip as kelip  # noqa: E402
 import test_family_slip as slip  # noqa: E402
-from tables import machine_info, write_result  # noqa: E402
+from tables import family_parity_main  # noqa: E402
 
 FAMILIES = ("slip", "kelip", "clip-fa", "cloob", "cloob-port")
 
@@ -93,30 +90,19 @@ def run_cloob(folder: Path, exact: bool) -> dict:
     return record
 
 
+def run_family(name: str, folder: Path) -> dict:
+    if name == "slip":
+        return run_slip(folder)
+    if name == "kelip":
+        return run_kelip(folder)
+    if name == "clip-fa":
+        return run_clip_fa(folder)
+    return run_cloob(folder, exact=name == "cloob-port")
+
+
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
-    p.add_argument("--out", type=Path, default=None, help="write the JSON here")
-    args = p.parse_args(argv)
     torch.manual_seed(0)
-    results = {}
-    for name in args.families:
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            if name == "slip":
-                results[name] = run_slip(folder)
-            elif name == "kelip":
-                results[name] = run_kelip(folder)
-            elif name == "clip-fa":
-                results[name] = run_clip_fa(folder)
-            else:
-                results[name] = run_cloob(folder, exact=name == "cloob-port")
-    record = {"benchmark": "family_parity", "precision": "fp32", "device": "cpu", "families": results,
-              "machine": machine_info()}
-    if args.out:
-        write_result(args.out, record)
-    print(json.dumps(record, indent=2, ensure_ascii=False))
-    return record
+    return family_parity_main("family_parity", __doc__.splitlines()[0], FAMILIES, run_family, argv)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,7 @@ Writes a JSON file and prints it. No download.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -30,7 +27,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 import clipzoo  # noqa: E402
 import test_family_transformers as fam  # noqa: E402
 from clipzoo.testing import tiny_blip2, tiny_hf_families  # noqa: E402
-from tables import machine_info, write_result  # noqa: E402
+from tables import family_parity_main  # noqa: E402
 
 FAMILIES = (*tiny_hf_families.WRITERS, "blip", "blip2")
 
@@ -98,21 +95,9 @@ def run_family(name: str, folder: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
-    p.add_argument("--out", type=Path, default=None, help="write the JSON here")
-    args = p.parse_args(argv)
     torch.manual_seed(0)
-    results = {}
-    for name in args.families:
-        with tempfile.TemporaryDirectory() as tmp:
-            results[name] = run_family(name, Path(tmp) / name)
-    record = {"benchmark": "hf_family_parity", "precision": "fp32", "device": "cpu", "families": results,
-              "machine": machine_info()}
-    if args.out:
-        write_result(args.out, record)
-    print(json.dumps(record, indent=2, ensure_ascii=False))
-    return record
+    return family_parity_main("hf_family_parity", __doc__.splitlines()[0], FAMILIES,
+                              lambda name, tmp: run_family(name, tmp / name), argv)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ import os
 import platform
 import re
 import subprocess
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -71,6 +73,26 @@ def write_result(path: Path, result: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def family_parity_main(benchmark: str, description: str, families: "list[str] | tuple[str, ...]",
+                       run_family: "Callable[[str, Path], dict]", argv: list[str] | None = None) -> dict:
+    """The shared ``main`` of the parity benchmarks: ``--families`` / ``--out``, each family run in its own
+    temporary folder, one fp32 CPU record with the machine facts, written and printed."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--families", nargs="+", default=list(families), choices=families)
+    p.add_argument("--out", type=Path, default=None, help="write the JSON here")
+    args = p.parse_args(argv)
+    results = {}
+    for name in args.families:
+        with tempfile.TemporaryDirectory() as tmp:
+            results[name] = run_family(name, Path(tmp))
+    record = {"benchmark": benchmark, "precision": "fp32", "device": "cpu", "families": results,
+              "machine": machine_info()}
+    if args.out:
+        write_result(args.out, record)
+    print(json.dumps(record, indent=2, ensure_ascii=False))
+    return record
 
 
 def markdown_table(columns: list[str], rows: list[list]) -> str:

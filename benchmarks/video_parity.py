@@ -15,10 +15,7 @@ Writes a JSON file and prints it. No download.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -33,7 +30,7 @@ import test_family_video as fam  # noqa: E402
 from _video_common import make_video, shape_frames  # noqa: E402
 from clipzoo.testing import tiny_video  # noqa: E402
 from clipzoo.video import load_video, read_frames, uniform_indices  # noqa: E402
-from tables import machine_info, write_result  # noqa: E402
+from tables import family_parity_main  # noqa: E402
 
 WRITERS = {"xclip": tiny_video.write_xclip, "videoprism": tiny_video.write_videoprism,
            "pe_video": tiny_video.write_pe_video}
@@ -65,21 +62,8 @@ def run_family(name: str, tmp: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
-    p.add_argument("--out", type=Path, default=None, help="write the JSON here")
-    args = p.parse_args(argv)
     torch.manual_seed(0)
-    results = {}
-    for name in args.families:
-        with tempfile.TemporaryDirectory() as tmp:
-            results[name] = run_family(name, Path(tmp))
-    record = {"benchmark": "video_parity", "precision": "fp32", "device": "cpu", "families": results,
-              "machine": machine_info()}
-    if args.out:
-        write_result(args.out, record)
-    print(json.dumps(record, indent=2, ensure_ascii=False))
-    return record
+    return family_parity_main("video_parity", __doc__.splitlines()[0], FAMILIES, run_family, argv)
 
 
 if __name__ == "__main__":

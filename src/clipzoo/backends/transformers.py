@@ -325,11 +325,11 @@ def load_processors(folder: Path):
     return tokenizer, image_processor
 
 
-def text_context(model_config, tokenizer, card: ModelCard, override: int | None, family: Family) -> int:
+def text_context(model_config, tokenizer, card: ModelCard, override: int | None, family: Family | None) -> int:
     """Context length: explicit > card > tokenizer's model_max_length, capped by the position table."""
     text_cfg = getattr(model_config, "text_config", model_config)
     positions = getattr(text_cfg, "max_position_embeddings", None)
-    if positions and family.hf_class == "AltCLIPModel":  # XLM-R positions start after the pad id
+    if positions and family is not None and family.hf_class == "AltCLIPModel":  # XLM-R positions start after the pad id
         positions -= (getattr(text_cfg, "pad_token_id", 1) or 1) + 1
     ctx = override or card.context_length
     if not ctx:

@@ -25,7 +25,7 @@ from ..models.tokenize import tokenize_with
 from ..video import load_video, video_items
 from .hf_video_families import BY_VIDEO_CLASS, VIDEO_SPECS, VideoFamilySpec
 from .source_files import cached_hub_file
-from .transformers import attention_mask, features_of, load_hf_model, model_folder, transformers_module
+from .transformers import attention_mask, features_of, load_hf_model, model_folder, text_context, transformers_module
 
 
 def _no_image_transform(image) -> torch.Tensor:
@@ -143,15 +143,8 @@ def frame_size_of(processor) -> "int | None":
 
 
 def context_of(model, tokenizer, card: ModelCard, override: int | None) -> int:
-    text_cfg = getattr(model.config, "text_config", model.config)
-    positions = getattr(text_cfg, "max_position_embeddings", None)
-    ctx = override or card.context_length
-    if not ctx:
-        max_len = getattr(tokenizer, "model_max_length", None)
-        ctx = max_len if max_len and max_len < 100_000 else positions
-    if not ctx:
-        raise CheckpointError(f"cannot tell the context length of {card.alias}; pass context_length=…")
-    return int(min(ctx, positions)) if positions else int(ctx)
+    """Context length as for the image–text families (:func:`~clipzoo.backends.transformers.text_context`)."""
+    return text_context(model.config, tokenizer, card, override, None)
 
 
 def embed_dim_of(model, spec: VideoFamilySpec) -> int:

@@ -14,14 +14,15 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..constants import IMAGE_SUFFIXES
 from ..embed import ImageFiles
 from ..embed.decode import decode_bytes
 
-__all__ = ["INDEX_SUFFIXES", "MAX_CAPTION_BYTES", "walk_images", "file_problem", "caption_problem", "inside",
-           "partition_of", "caption_of", "sha256_file", "IndexFiles",
+__all__ = ["INDEX_SUFFIXES", "MAX_CAPTION_BYTES", "walk_images", "walk_files", "file_problem", "caption_problem",
+           "inside", "partition_of", "caption_of", "sha256_file", "IndexFiles",
            "collate_index_batch"]
 
 INDEX_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s not in (".tif", ".tiff"))
@@ -34,31 +35,40 @@ MAX_CAPTION_BYTES = 64 * 1024
 Skipped = list  # of (absolute path, reason): the build report's ``skipped``
 
 
-def walk_images(root: str | os.PathLike, exclude: str | os.PathLike | None = None,
-                skipped: "Skipped | None" = None) -> list[str]:
-    """Relative POSIX paths of the image files under ``root`` (sorted; hidden entries and ``exclude`` skipped).
-
-    Only files that stay inside ``root`` are taken: a link whose target leaves the folder, and anything
-    that is not a regular file, is left out and, with ``skipped`` given, listed there as ``(path,
-    reason)`` — so are captions that cannot be used (:func:`caption_problem`)."""
+def walk_files(root: str | os.PathLike, suffixes: "frozenset[str] | set[str] | tuple[str, ...]",
+               exclude: str | os.PathLike | None = None, skipped: "Skipped | None" = None) -> Iterator[Path]:
+    """The files under ``root`` whose suffix is in ``suffixes`` (hidden entries and ``exclude`` skipped), in
+    walk order. Only files that stay inside ``root`` are yielded: a link whose target leaves the folder, and
+    anything that is not a regular file, is left out and, with ``skipped`` given, listed there as ``(path,
+    reason)``."""
     root = Path(root)
     real_root = os.path.realpath(root)
     skip = Path(exclude).resolve() if exclude is not None else None
-    out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
                              and (skip is None or (here / d).resolve() != skip))
         for name in filenames:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in INDEX_SUFFIXES:
-                problem = file_problem(here / name, real_root)
-                if problem is None:
-                    out.append((here / name).relative_to(root).as_posix())
-                    problem = caption_problem(here / name, real_root)
-                    if problem is not None and skipped is not None:
-                        skipped.append((str(here / name.rsplit(".", 1)[0]) + ".txt", problem))
-                elif skipped is not None:
-                    skipped.append((str(here / name), problem))
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in suffixes:
+                continue
+            problem = file_problem(here / name, real_root)
+            if problem is None:
+                yield here / name
+            elif skipped is not None:
+                skipped.append((str(here / name), problem))
+
+
+def walk_images(root: str | os.PathLike, exclude: str | os.PathLike | None = None,
+                skipped: "Skipped | None" = None) -> list[str]:
+    """Relative POSIX paths of the image files under ``root`` (sorted; :func:`walk_files`'s rules), captions
+    that cannot be used (:func:`caption_problem`) listed in ``skipped`` too."""
+    real_root = os.path.realpath(root)
+    out: list[str] = []
+    for path in walk_files(root, INDEX_SUFFIXES, exclude, skipped):
+        out.append(path.relative_to(root).as_posix())
+        problem = caption_problem(path, real_root)
+        if problem is not None and skipped is not None:
+            skipped.append((str(path.parent / path.name.rsplit(".", 1)[0]) + ".txt", problem))
     out.sort()
     return out
 

@@ -27,7 +27,7 @@ from ..modalities import VIDEO
 from ..progress import progress as progress_bar
 from ..video import BadVideoError, load_segments
 from .embedding_store import EmbeddingStore, ItemRow
-from .folder import caption_of, file_problem, partition_of, sha256_file
+from .folder import caption_of, partition_of, sha256_file, walk_files
 
 __all__ = ["SEGMENT_META", "is_video_key", "segment_key", "split_key", "walk_videos", "video_rows_to_keep",
            "plan_videos", "embed_videos"]
@@ -57,23 +57,7 @@ def walk_videos(root: "str | os.PathLike", exclude: "str | os.PathLike | None" =
                 skipped: list | None = None) -> list[str]:
     """Relative POSIX paths of the video files under ``root`` (sorted; hidden entries and ``exclude`` skipped;
     links out of the folder listed in ``skipped``)."""
-    root = Path(root)
-    real_root = os.path.realpath(root)
-    skip = Path(exclude).resolve() if exclude is not None else None
-    out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and (skip is None or (here / d).resolve() != skip))
-        for name in filenames:
-            if name.startswith(".") or os.path.splitext(name)[1].lower() not in VIDEO_SUFFIXES:
-                continue
-            problem = file_problem(here / name, real_root)
-            if problem is None:
-                out.append((here / name).relative_to(root).as_posix())
-            elif skipped is not None:
-                skipped.append((str(here / name), problem))
-    return sorted(out)
+    return sorted(p.relative_to(root).as_posix() for p in walk_files(root, VIDEO_SUFFIXES, exclude, skipped))
 
 
 def video_rows_to_keep(known: Iterable[str], videos: set[str], to_embed: set[str]) -> set[str]:
