@@ -46,11 +46,13 @@ from clipzoo.train.jax.mesh import Shardings, make_mesh  # noqa: E402
 from clipzoo.train.jax.state import (  # noqa: E402
     build_model,
     build_optimiser,
+    decay_mask,
     init_state,
     model_variables,
 )
 from clipzoo.train.jax.step import make_train_step  # noqa: E402
 from clipzoo.train.losses.infonce import InfoNCELoss  # noqa: E402
+from clipzoo.train.phases.optimiser import param_groups  # noqa: E402
 from clipzoo.train.recipes import RECIPES  # noqa: E402
 
 RN = {"image_model": {"layers": [1, 2, 1, 1], "width": 8, "heads": 4},  # 2 blocks: a stride-1 bottleneck too
@@ -246,6 +248,18 @@ def test_jax_tiny_shapes_recipe_is_the_torch_recipe():
             "eval_every": "eval_every"}
     assert {k: getattr(jax_cfg, k) for k in same} == \
         {k: (torch_recipe[v][0] if v == "data" else torch_recipe[v]) for k, v in same.items()}
+    # and decays what the torch trainer's AdamW groups decay (no biases, norms or embeddings)
+    params = init_variables(create_model(get_config(TINY_SHAPES_JAX_MODEL)), jax_cfg.image_size,
+                            jax_cfg.context_len)["params"]
+    mask = decay_mask(params, jax_cfg.decay)
+    leaves = zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(mask))
+    jax_decayed = sum(int(np.size(p)) for p, m in leaves if m)
+    groups = param_groups(theirs, torch_recipe["weight_decay"], 1e-3)
+    torch_decayed = sum(p.numel() for g in groups if g["weight_decay"] > 0 for p in g["params"])
+    assert jax_decayed == torch_decayed and jax_cfg.decay == "kernels"
+    spared = [p for p, m in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(decay_mask(params)))
+              if np.ndim(p) > 1 and not m]
+    assert spared == []  # open_clip_jax's own rule (the default) decays every 2+-dim tensor
 
 
 DP_SCRIPT = textwrap.dedent("""

@@ -43,7 +43,7 @@ JAX_RECIPES: dict[str, dict[str, Any]] = {
     "tiny-shapes": {
         "model_config": TINY_SHAPES_JAX_MODEL, "image_size": 64, "context_len": 24,
         "train_path": "shapes-classes:20000", "global_batch_size": 128, "learning_rate": 4e-3,
-        "weight_decay": 0.1, "n_warmup_steps": 50, "steps": 800, "eval_every": 200,
+        "weight_decay": 0.1, "decay": "kernels", "n_warmup_steps": 50, "steps": 800, "eval_every": 200,
         "eval_data": "shapes-heldout:770", "log_freq": 25, "output": "runs/tiny-shapes-jax",
     },
 }
@@ -77,6 +77,7 @@ class JaxTrainConfig:
     beta2: float = 0.98
     eps: float = 1e-6
     weight_decay: float = 0.2
+    decay: str = "ndim"  # ndim: open_clip_jax's (every 2+-dim tensor); kernels: the torch trainer's AdamW groups
     # training
     n_epochs: int = 32
     steps: "int | None" = None  # clipzoo: optimiser steps (overrides n_epochs)
@@ -147,6 +148,7 @@ def validate(cfg: JaxTrainConfig, source: str) -> None:
         (cfg.learning_rate > 0, f"learning_rate must be positive, got {cfg.learning_rate}"),
         (cfg.learning_rate_scheduler in ("cosine", "const"),
          f"learning_rate_scheduler must be cosine or const, got {cfg.learning_rate_scheduler!r}"),
+        (cfg.decay in ("ndim", "kernels"), f"decay must be ndim or kernels, got {cfg.decay!r}"),
         (cfg.dtype in ("float32", "bfloat16"), f"dtype must be float32 or bfloat16 (fp32 / bf16), got {cfg.dtype!r}"
          + ("; float16 needs loss scaling, which the JAX engine leaves out: use bfloat16"
             if cfg.dtype == "float16" else "")),

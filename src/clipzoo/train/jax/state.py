@@ -43,15 +43,22 @@ def build_schedule(cfg, total_steps: int):
     return optax.join_schedules([warmup, optax.constant_schedule(cfg.learning_rate)], [cfg.n_warmup_steps])
 
 
-def decay_mask(params):
-    """Decay only parameters with 2+ dimensions (not biases, norms, the temperature or the SigLIP bias)."""
+def decay_mask(params, rule: str = "ndim"):
+    """Which parameters AdamW decays. ``"ndim"`` (open_clip_jax's rule): every tensor with 2+ dimensions —
+    not biases, norms, the temperature or the SigLIP bias, but Flax's (heads, head_dim) attention biases
+    and the embeddings too. ``"kernels"`` (the torch trainer's AdamW groups,
+    ``train.phases.optimiser.param_groups``): only Dense / Conv kernels — no biases, norms or embeddings."""
+    if rule == "kernels":
+        return jax.tree_util.tree_map_with_path(lambda path, p: str(getattr(path[-1], "key", "")) == "kernel",
+                                                params)
     return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
 
 
 def build_optimiser(cfg, total_steps: int):
     schedule = build_schedule(cfg, total_steps)
     tx = optax.adamw(learning_rate=schedule, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
-                     weight_decay=cfg.weight_decay, mask=decay_mask)
+                     weight_decay=cfg.weight_decay,
+                     mask=lambda params: decay_mask(params, cfg.decay))
     return tx, schedule
 
 
