@@ -136,6 +136,16 @@ def test_issue21_4_bad_budget_strings_fail_in_one_line(tmp_path, bad):
     assert parse_memory("4GB") == 4 << 30 and parse_memory("512MB") == 512 << 20 and parse_memory("1.5G") == 3 << 29
 
 
+def test_issue21_4_non_finite_vectors_fail_in_one_line_naming_the_row(tmp_path):
+    x = clustered(3000, 16, 3)
+    x[2500, 3] = np.inf
+    np.save(tmp_path / "bad.npy", x.astype(np.float16))
+    r = run("index", "build-vectors", tmp_path / "bad.npy", "--out", tmp_path / "ix", "--no-progress")
+    assert r.exit_code == 2 and r.output.strip() == (
+        f"error: vectors file {str(tmp_path / 'bad.npy')!r} holds a non-finite value (NaN or Inf) in row 2500; "
+        "remove or re-embed those rows"), r.output
+
+
 @pytest.mark.parametrize("damage", ["truncate", "header"])
 def test_issue21_4_corrupted_lists_file_fails_in_one_line(built, tmp_path, damage):
     base, _, _ = built

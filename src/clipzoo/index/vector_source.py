@@ -117,8 +117,16 @@ class VectorSource:
         at = 0
         for f, a, b in self._pieces(start, stop):
             out[at:at + b - a] = read_block(self.files[f], a, b)
+            self._check_finite(out[at:at + b - a], f, a)
             at += b - a
         return out
+
+    def _check_finite(self, block: np.ndarray, f: int, first: int) -> None:
+        """A one-line error naming the file and row of the first NaN / Inf in ``block`` (rows from ``first``)."""
+        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        if len(bad):
+            raise ClipzooError(f"vectors file {str(self.files[f])!r} holds a non-finite value (NaN or Inf) in row "
+                               f"{first + int(bad[0])}; remove or re-embed those rows")
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         """The rows of ``rows`` (sorted global row numbers) as float32, each read by itself (``pread``)."""
@@ -128,7 +136,12 @@ class VectorSource:
         for f in np.unique(which):
             sel = np.flatnonzero(which == f)
             for a in range(0, len(sel), 1024):  # a small buffer at a time
-                out[sel[a:a + 1024]] = read_rows(self.files[f], rows[sel[a:a + 1024]] - starts[f])
+                part = rows[sel[a:a + 1024]] - starts[f]
+                block = read_rows(self.files[f], part)
+                bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+                if len(bad):
+                    self._check_finite(block[bad[:1]], f, int(part[bad[0]]))
+                out[sel[a:a + 1024]] = block
         return out
 
     def labels(self, start: int, stop: int) -> tuple[list[str], list[Any]]:
