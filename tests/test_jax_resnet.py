@@ -12,7 +12,6 @@ ModifiedResNet in Flax with BatchNorm — against open_clip's torch model.
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ jax = pytest.importorskip("jax")
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
+from _jax_torch_steps import torch_adamw_losses  # noqa: E402
 from clipzoo.api import load  # noqa: E402
 from clipzoo.convert.jax import (  # noqa: E402
     config_from_open_clip,
@@ -51,7 +51,6 @@ from clipzoo.train.jax.state import (  # noqa: E402
     model_variables,
 )
 from clipzoo.train.jax.step import make_train_step  # noqa: E402
-from clipzoo.train.losses.infonce import InfoNCELoss  # noqa: E402
 from clipzoo.train.phases.optimiser import param_groups  # noqa: E402
 from clipzoo.train.recipes import RECIPES  # noqa: E402
 
@@ -126,23 +125,7 @@ def _torch_losses(start: dict, cfg, schedule, batches):
     model = open_clip.CLIP(**open_clip_config(RN_TRAIN, cfg.image_size, cfg.context_len))
     model.load_state_dict(jax_to_open_clip(start, RN_TRAIN))
     model.train()
-    params = list(model.parameters())
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
-                             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}],
-                            lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
-    objective, losses = InfoNCELoss(), []
-    for i, (images, tokens) in enumerate(batches):
-        for group in opt.param_groups:
-            group["lr"] = float(schedule(i))
-        img, txt, scale = model(torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(tokens).long())
-        loss = objective(img, txt, logit_scale=scale)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0.0, math.log(100.0))
-        losses.append(float(loss))
-    return losses, model.state_dict()
+    return torch_adamw_losses(model, cfg, schedule, batches), model.state_dict()
 
 
 def test_jax_resnet_train_steps_equal_torch_batchnorm_steps(tmp_path):

@@ -5,8 +5,6 @@ So the JAX recipe's gap to the torch recipe is not in the trainer (data, loss, t
 cosine, decay mask, temperature clipping): the JAX step is the torch maths, step for step, on the same ViT."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -14,13 +12,13 @@ jax = pytest.importorskip("jax")
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
+from _jax_torch_steps import torch_adamw_losses  # noqa: E402
 from clipzoo.convert.jax import jax_to_open_clip, open_clip_config  # noqa: E402
 from clipzoo.train.jax.config import jax_from_mapping  # noqa: E402
 from clipzoo.train.jax.data import open_batches  # noqa: E402
 from clipzoo.train.jax.mesh import Shardings, make_mesh  # noqa: E402
 from clipzoo.train.jax.state import build_model, build_optimiser, init_state  # noqa: E402
 from clipzoo.train.jax.step import make_train_step  # noqa: E402
-from clipzoo.train.losses.infonce import InfoNCELoss  # noqa: E402
 
 TINY = {"image_model": {"depth": 2, "embed_dim": 32, "n_heads": 2, "patch_size": 8},
         "text_model": {"depth": 1, "embed_dim": 32, "n_heads": 2}, "proj_dim": 16}
@@ -30,23 +28,7 @@ STEPS = 12
 def _torch_losses(start: dict, cfg, schedule, batches) -> list[float]:
     model = open_clip.CLIP(**open_clip_config(TINY, cfg.image_size, cfg.context_len))
     model.load_state_dict(jax_to_open_clip(start, TINY))
-    params = list(model.parameters())
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
-                             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}],
-                            lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
-    objective, losses = InfoNCELoss(), []
-    for i, (images, tokens) in enumerate(batches):
-        for group in opt.param_groups:
-            group["lr"] = float(schedule(i))
-        img, txt, scale = model(torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(tokens).long())
-        loss = objective(img, txt, logit_scale=scale)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0.0, math.log(100.0))
-        losses.append(float(loss))
-    return losses
+    return torch_adamw_losses(model, cfg, schedule, batches)
 
 
 def test_jax_train_steps_equal_torch_adamw_steps_from_the_same_start(tmp_path):
