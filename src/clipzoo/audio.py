@@ -21,15 +21,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from .constants import AUDIO_SUFFIXES
-from .errors import BackendMissingError, BadAudioError, MissingExtraError
-from .files import expand_files
-from .modalities import AUDIO
+from .errors import BackendMissingError, BadAudioError, ClipzooError, MissingExtraError
+from .extras import require
+from .files import checked_file, expand_files
 
-__all__ = ["AUDIO_SUFFIXES", "MAX_CHANNELS", "audio_items", "describe", "load_audio", "read_audio_file",
+__all__ = ["AUDIO_SUFFIXES", "MAX_CHANNELS", "audio_items", "audio_list", "describe", "load_audio", "read_audio_file",
            "resample", "to_mono", "expand_audio_paths"]
 
 MAX_CHANNELS = 16
@@ -38,14 +37,10 @@ _FIX_ARRAY = "pass a 1-D array of samples, or (channels, samples), with its rate
 
 def _soundfile():
     try:
-        import soundfile
-    except ImportError:
-        raise MissingExtraError("reading audio files needs soundfile, which is not installed; "
-                                "pip install 'clipzoo[audio]' (or pip install soundfile)") from None
+        return require("soundfile", "reading audio files")
     except OSError as exc:  # the wheel's bundled libsndfile failed to load
         raise BackendMissingError(f"soundfile cannot load libsndfile ({exc}); reinstall it: "
                                   "pip install --force-reinstall soundfile") from None
-    return soundfile
 
 
 def _is_path(item: Any) -> bool:
@@ -77,9 +72,21 @@ def describe(item: Any, index: int | None = None) -> str:
     return "audio array" + (f" {index}" if index is not None else "")
 
 
+def audio_list(inputs: Any) -> list[Any]:
+    """A path, an array / tensor, or a ``(array, sample_rate)`` pair -> a list of such items (``AUDIO.coerce``);
+    a list or tuple is already one, unchecked: :func:`audio_items` checks each item."""
+    if isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[1], (int, float)):
+        return [inputs]
+    if isinstance(inputs, (list, tuple)):
+        if not inputs:
+            raise ClipzooError("no audio given; pass at least one file path or (array, sample_rate) pair")
+        return list(inputs)
+    return [inputs]
+
+
 def audio_items(inputs: Any) -> list[Any]:
     """One item, or a list / tuple of items -> a list of items (a ``(array, rate)`` pair counts as one)."""
-    items = [inputs] if _is_pair(inputs) else AUDIO.coerce(inputs)
+    items = [inputs] if _is_pair(inputs) else audio_list(inputs)
     for i, item in enumerate(items):
         if not (_is_path(item) or _is_array(item) or _is_pair(item)):
             raise BadAudioError(f"audio input {i} is a {type(item).__name__}; pass a .wav/.flac/.ogg path, an "
@@ -90,13 +97,8 @@ def audio_items(inputs: Any) -> list[Any]:
 # ------------------------------------------------------------------ decoding
 def read_audio_file(path: "str | os.PathLike"):
     """A file -> ``(samples, sample_rate)``: float64 samples shaped (frames, channels)."""
-    shown = os.fspath(path)
-    p = Path(os.path.expanduser(shown))
-    if not p.exists():
-        raise BadAudioError(f"audio file {shown!r} does not exist; check the path")
-    if p.is_dir():
-        raise BadAudioError(f"audio file {shown!r} is a folder; pass a .wav, .flac or .ogg file "
-                            "(folders are expanded by embed_audio / --audio)")
+    p, shown = checked_file(path, "audio file", BadAudioError,
+                            "pass a .wav, .flac or .ogg file (folders are expanded by embed_audio / --audio)")
     sf = _soundfile()
     try:
         data, rate = sf.read(str(p), dtype="float64", always_2d=True)

@@ -28,6 +28,18 @@ def atomic_write(path: "str | os.PathLike", write: Callable[[IO[bytes]], object]
     return path
 
 
+def checked_file(path: "str | os.PathLike", noun: str, error: type, folder_fix: str) -> tuple[Path, str]:
+    """``path`` (``~`` expanded) and its spelling as given, when it is a file; otherwise ``error`` naming it as
+    ``noun``: missing ("check the path") or a folder (``folder_fix`` says what to pass instead)."""
+    shown = os.fspath(path)
+    p = Path(os.path.expanduser(shown))
+    if not p.exists():
+        raise error(f"{noun} {shown!r} does not exist; check the path")
+    if p.is_dir():
+        raise error(f"{noun} {shown!r} is a folder; {folder_fix}")
+    return p, shown
+
+
 def expand_files(paths, suffixes: tuple[str, ...], error: type, kind: str) -> list[str]:
     """Files stay as given; a folder becomes its files with one of ``suffixes`` (any case; recursively,
     sorted, hidden files skipped). A path that does not exist, a folder without such files, or no paths at

@@ -20,8 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .audio import audio_list, read_audio_file
 from .errors import BadAudioError, BadImageError, BadTextError, ClipzooError
 from .extras import require
+from .files import checked_file
 from .inputs import check_pixel_tensor, image_items, is_float_tensor, open_image, text_items, to_pil
 from .video import read_all_frames, video_items, write_video
 
@@ -119,15 +121,7 @@ class _Audio(Modality):
     def read_from_disk(self, path: "str | os.PathLike") -> Any:
         """An audio file -> ``(samples, sample_rate)``: float64 samples (frames, channels), as ``encode_audio``
         takes them."""
-        path = existing_file(path, self)
-        soundfile = require("soundfile", "reading audio files")
-        try:
-            samples, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
-        except Exception as exc:  # LibsndfileError (a RuntimeError), TypeError for unknown formats, …
-            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-            raise BadAudioError(f"audio file {str(path)!r} cannot be decoded ({reason}); pass a valid WAV, FLAC "
-                                "or OGG file") from None
-        return samples, int(rate)
+        return read_audio_file(existing_file(path, self))  # undecodable: BadAudioError naming it
 
     def write_to_disk(self, path: "str | os.PathLike", obj: Any) -> Path:
         """A ``(samples, sample_rate)`` pair -> an audio file whose format follows the suffix (.wav, .flac, .ogg)."""
@@ -144,15 +138,10 @@ class _Audio(Modality):
         return path
 
     def coerce(self, inputs: Any, comparator: Any = None) -> Any:
-        """A path, an array / tensor, or a ``(array, sample_rate)`` pair -> a list of such items.
-        Decoding and resampling belong to the audio backend (its ``encode_audio``)."""
-        if isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[1], (int, float)):
-            return [inputs]
-        if isinstance(inputs, (list, tuple)):
-            if not inputs:
-                raise ClipzooError("no audio given; pass at least one file path or (array, sample_rate) pair")
-            return list(inputs)
-        return [inputs]
+        """A path, an array / tensor, or a ``(array, sample_rate)`` pair -> a list of such items
+        (:func:`clipzoo.audio.audio_list`). Decoding and resampling belong to the audio backend (its
+        ``encode_audio``)."""
+        return audio_list(inputs)
 
 
 class _Video(Modality):
@@ -195,14 +184,9 @@ BUILTIN_MODALITIES = frozenset(MODALITIES)
 
 def existing_file(path: "str | os.PathLike", modality: "Modality") -> Path:
     """``path`` as a Path when it is a file; a one-line error naming it otherwise."""
-    shown = os.fspath(path)
-    p = Path(os.path.expanduser(shown))
-    error = {"image": BadImageError, "audio": BadAudioError}.get(str.__str__(modality), BadTextError)
-    if not p.exists():
-        raise error(f"{str.__str__(modality)} file {shown!r} does not exist; check the path")
-    if p.is_dir():
-        raise error(f"{str.__str__(modality)} file {shown!r} is a folder; pass a file")
-    return p
+    name = str.__str__(modality)
+    error = {"image": BadImageError, "audio": BadAudioError}.get(name, BadTextError)
+    return checked_file(path, f"{name} file", error, "pass a file")[0]
 
 
 def register_modality(modality: "str | Modality", *, encoder: str | None = None,

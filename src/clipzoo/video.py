@@ -25,7 +25,7 @@ from typing import Any
 from .constants import DEFAULT_VIDEO_FRAMES, MAX_VIDEO_FRAMES, MAX_VIDEO_PIXELS, MAX_VIDEO_SECONDS, VIDEO_SUFFIXES
 from .errors import ClipzooError
 from .extras import require
-from .files import expand_files
+from .files import checked_file, expand_files
 from .inputs import to_pil
 
 __all__ = ["BadVideoError", "VideoInfo", "encode_by_frames", "expand_video_paths", "is_video_path",
@@ -136,12 +136,7 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, IndexErr
 
 
 def _open(path: "str | os.PathLike"):
-    shown = os.fspath(path)
-    p = Path(os.path.expanduser(shown))
-    if not p.exists():
-        raise BadVideoError(f"video {shown!r} does not exist; check the path")
-    if p.is_dir():
-        raise BadVideoError(f"video {shown!r} is a folder; pass the video files in it")
+    p, shown = checked_file(path, "video", BadVideoError, "pass the video files in it")
     av = _av()
     try:
         container = av.open(str(p), mode="r")

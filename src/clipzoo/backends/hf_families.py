@@ -11,11 +11,10 @@ with ``trust_remote_code=True``: their cards carry ``config.remote_code = true``
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .family_table import FamilyRow, FamilyTable
 
 
-@dataclass(frozen=True)
-class FamilySpec:
+class FamilySpec(FamilyRow):
     """One family. ``logit``: ``"scale"`` (``exp(logit_scale)``), ``"clamped"`` (AIMv2: the log scale
     clamped to ``[0, max_log_logit_scale]`` first), ``"temperature"`` (ALIGN, TIPSv2: ``1 / temperature``)
     or ``"unit"`` (BLIP retrieval: its contrastive score is the plain cosine).
@@ -26,12 +25,6 @@ class FamilySpec:
     their image–text matching head. ``"blip2"``: BLIP-2 retrieval, its own Comparator
     (:mod:`clipzoo.backends.blip2`: one vector per image = the mean of the normalised query vectors; ITC = max
     over queries; ``rank`` = the ITM head)."""
-
-    name: str
-    hf_class: str
-    mask: str
-    logit: str = "scale"
-    features: str = "get"
 
 
 FAMILY_SPECS: dict[str, FamilySpec] = {
@@ -49,6 +42,8 @@ FAMILY_SPECS: dict[str, FamilySpec] = {
 }
 # other classes of a model_type above, chosen by config.json "architectures" (or hf_class=)
 EXTRA_SPECS = (FamilySpec("BLIP", "BlipModel", mask="pad"),)
-FAMILY_TYPES = frozenset(FAMILY_SPECS)
-BY_FAMILY_CLASS = {spec.hf_class: spec for spec in (*FAMILY_SPECS.values(), *EXTRA_SPECS)}
-FAMILY_CLASSES = frozenset(BY_FAMILY_CLASS)
+FAMILY_TABLE = FamilyTable("hf_family", FAMILY_SPECS, EXTRA_SPECS, by_architecture=True,
+                           class_fix="; use the transformers backend")
+FAMILY_TYPES = FAMILY_TABLE.types
+BY_FAMILY_CLASS = FAMILY_TABLE.by_class
+FAMILY_CLASSES = FAMILY_TABLE.classes

@@ -10,11 +10,10 @@ All three families of transformers 5.24 are here: X-CLIP (``xclip``), Perception
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .family_table import FamilyRow, FamilyTable
 
 
-@dataclass(frozen=True)
-class VideoFamilySpec:
+class VideoFamilySpec(FamilyRow):
     """One family. ``features``: ``"get"`` (the model's ``get_video_features`` / ``get_text_features``,
     ``pooler_output``) or ``"pe"`` (PE video: transformers 5.24 defines those two methods inside ``__init__``,
     so they do not exist on the model; the features are what its ``forward`` returns as ``video_embeds`` /
@@ -24,18 +23,13 @@ class VideoFamilySpec:
     ``text_video_logit_bias`` as stored, sigmoid) or ``"unit"`` (VideoPrism: no learned scale, its forward
     divides by an optional temperature only)."""
 
-    name: str
-    hf_class: str
-    mask: str
-    logit: str = "scale"
-    features: str = "get"
-
 
 VIDEO_SPECS: dict[str, VideoFamilySpec] = {
     "xclip": VideoFamilySpec("X-CLIP", "XCLIPModel", mask="eos"),
     "pe_video": VideoFamilySpec("PE video", "PeVideoModel", mask="pad", logit="pe", features="pe"),
     "videoprism": VideoFamilySpec("VideoPrism", "VideoPrismClipModel", mask="pad", logit="unit"),
 }
-VIDEO_TYPES = frozenset(VIDEO_SPECS)
-BY_VIDEO_CLASS = {spec.hf_class: spec for spec in VIDEO_SPECS.values()}
-VIDEO_CLASSES = frozenset(BY_VIDEO_CLASS)
+VIDEO_TABLE = FamilyTable("hf_video", VIDEO_SPECS)
+VIDEO_TYPES = VIDEO_TABLE.types
+BY_VIDEO_CLASS = VIDEO_TABLE.by_class
+VIDEO_CLASSES = VIDEO_TABLE.classes

@@ -31,6 +31,7 @@ from ..download import hub_snapshot
 from ..errors import ArchitectureMismatchError, BackendMissingError, CheckpointError, UnsupportedError
 from ..extras import require
 from ..models.tokenize import tokenize_with
+from .source_files import cached_hub_file
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,17 @@ def load_hf_model(folder: Path, class_name: str, dtype: torch.dtype):
         return _load_checked(cls, folder, class_name, kwargs)
 
 
+def hub_meta_model(card: ModelCard, cache_dir, pick):
+    """The card's hub model on the meta device from its cached config.json, downloading nothing (``clipzoo
+    info``); ``pick(config, hf_class, folder)`` gives the row whose ``hf_class`` is built."""
+    config_file = cached_hub_file(card.source.hf_repo, "config.json", cache_dir)
+    row = pick(read_json(config_file), card.config.get("hf_class"), config_file.parent)
+    transformers = transformers_module()
+    config = transformers.AutoConfig.from_pretrained(str(config_file.parent))
+    with torch.device("meta"):
+        return getattr(transformers, row.hf_class)._from_config(config)
+
+
 @contextlib.contextmanager
 def _quiet_loading(transformers):
     """No per-tensor progress bar while loading: clipzoo reports problems as errors itself."""
@@ -297,15 +309,19 @@ def _load_checked(cls, folder: Path, class_name: str, kwargs: dict):
     return model.eval()
 
 
+def from_folder(auto_class: str, folder: Path, what: str):
+    """``transformers.<auto_class>.from_pretrained(folder)``; CheckpointError naming ``what`` when it fails."""
+    try:
+        return getattr(transformers_module(), auto_class).from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{folder} has no usable {what} ({type(exc).__name__}: {str(exc)[:200]}); "
+                              "save it with the model (processor.save_pretrained(folder))") from None
+
+
 def load_tokenizer(folder: Path):
     """The folder's tokenizer (``AutoTokenizer``); a missing or vocabulary-less one raises CheckpointError."""
-    transformers = transformers_module()
     folder = Path(folder)
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"{folder} has no usable tokenizer ({type(exc).__name__}: {str(exc)[:200]}); "
-                              "save it with the model (processor.save_pretrained(folder))") from None
+    tokenizer = from_folder("AutoTokenizer", folder, "tokenizer")
     # transformers 5 builds an empty tokenizer (a handful of special tokens) when no vocabulary file exists
     vocab_files = getattr(tokenizer, "vocab_files_names", {}) or {}
     if vocab_files and not any((folder / name).exists() for name in vocab_files.values()):
@@ -315,14 +331,8 @@ def load_tokenizer(folder: Path):
 
 
 def load_processors(folder: Path):
-    transformers = transformers_module()
     tokenizer = load_tokenizer(folder)
-    try:
-        image_processor = transformers.AutoImageProcessor.from_pretrained(str(folder))
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"{folder} has no usable image processor ({type(exc).__name__}: {str(exc)[:200]}); "
-                              "save it with the model (processor.save_pretrained(folder))") from None
-    return tokenizer, image_processor
+    return tokenizer, from_folder("AutoImageProcessor", folder, "image processor")
 
 
 def text_context(model_config, tokenizer, card: ModelCard, override: int | None, family: Family | None) -> int:
@@ -340,6 +350,24 @@ def text_context(model_config, tokenizer, card: ModelCard, override: int | None,
     return int(min(ctx, positions)) if positions else int(ctx)
 
 
+def load_keywords(card: ModelCard, kwargs: dict, backend: str) -> tuple[str | None, int | None]:
+    """``hf_class`` (default: the card's) and ``context_length`` taken from a load's ``kwargs``; any other
+    keyword is a TypeError naming ``backend``."""
+    hf_class = kwargs.pop("hf_class", None) or card.config.get("hf_class")
+    context_override = kwargs.pop("context_length", None)
+    if kwargs:
+        raise TypeError(f"unexpected keyword(s) for the {backend} backend: {', '.join(sorted(kwargs))}")
+    return hf_class, context_override
+
+
+def pretrained_config(card: ModelCard, cache_dir) -> tuple[Path, dict]:
+    """The card's save_pretrained folder (local or the hub cache) and its config.json."""
+    folder = model_folder(card, cache_dir)
+    if not (folder / "config.json").exists():
+        raise CheckpointError(f"{folder} has no config.json, so it is not a transformers save_pretrained folder")
+    return folder, read_json(folder / "config.json")
+
+
 def embed_dim_of(model_config) -> int:
     dim = getattr(model_config, "projection_dim", None)
     if dim:
@@ -355,14 +383,8 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     ``context_length`` (override the text context). ``trust_pickle`` is unused: transformers reads
     safetensors, and ``.bin`` weights only with ``weights_only=True``.
     """
-    hf_class = kwargs.pop("hf_class", None) or card.config.get("hf_class")
-    context_override = kwargs.pop("context_length", None)
-    if kwargs:
-        raise TypeError(f"unexpected keyword(s) for the transformers backend: {', '.join(sorted(kwargs))}")
-    folder = model_folder(card, cache_dir)
-    if not (folder / "config.json").exists():
-        raise CheckpointError(f"{folder} has no config.json, so it is not a transformers save_pretrained folder")
-    config = read_json(folder / "config.json")
+    hf_class, context_override = load_keywords(card, kwargs, "transformers")
+    folder, config = pretrained_config(card, cache_dir)
     family = pick_family(config, hf_class, folder)
     dtype = resolve_dtype(precision)
     model = load_hf_model(folder, family.hf_class, dtype).to(device)

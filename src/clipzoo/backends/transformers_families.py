@@ -21,13 +21,11 @@ from typing import Any
 import torch
 
 from ..cards import ModelCard
-from ..checkpoints import read_json
 from ..comparator import resolve_dtype
 from ..download import hub_snapshot
 from ..errors import CheckpointError, ClipzooError, UnsupportedError
 from .blip2 import load_blip2
-from .hf_families import BY_FAMILY_CLASS, FAMILY_SPECS, FamilySpec
-from .source_files import cached_hub_file
+from .hf_families import FAMILY_TABLE, FamilySpec
 from .transformers import (
     HUB_PATTERNS,
     Family,
@@ -35,10 +33,13 @@ from .transformers import (
     HFImageTransform,
     attention_mask,
     embed_dim_of,
+    hub_meta_model,
     image_size_of,
     load_hf_model,
+    load_keywords,
     load_processors,
     model_folder,
+    pretrained_config,
     text_context,
     transformers_module,
     trim_padding,
@@ -119,20 +120,8 @@ def refuse_remote_code(card: ModelCard, trusted: bool) -> None:
 
 
 def pick_spec(config: dict, hf_class: str | None, folder) -> FamilySpec:
-    """The family row from ``hf_class`` when given, else from config.json ``model_type``."""
-    architectures = [a for a in config.get("architectures") or () if a in BY_FAMILY_CLASS]
-    if hf_class:
-        if hf_class not in BY_FAMILY_CLASS:
-            raise UnsupportedError(f"hf_class {hf_class!r} is not one of the hf_family classes "
-                                   f"({', '.join(sorted(BY_FAMILY_CLASS))}); use the transformers backend")
-        return BY_FAMILY_CLASS[hf_class]
-    if architectures:
-        return BY_FAMILY_CLASS[architectures[0]]
-    model_type = config.get("model_type")
-    if model_type not in FAMILY_SPECS:
-        raise UnsupportedError(f"{folder} holds a {model_type!r} model (config.json model_type); the hf_family "
-                               f"backend loads model_type {', '.join(sorted(FAMILY_SPECS))}")
-    return FAMILY_SPECS[model_type]
+    """The family row from ``hf_class`` when given, else from config.json ``architectures``, else ``model_type``."""
+    return FAMILY_TABLE.pick(config, hf_class, folder)
 
 
 def load_family_processors(folder: Path):
@@ -150,7 +139,8 @@ def load_family_processors(folder: Path):
 
 def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache_dir=None,
          trust_pickle: bool = False, **kwargs: Any) -> HFComparator:
-    """Load one of the families of :data:`FAMILY_SPECS` from a save_pretrained folder or the hub cache.
+    """Load one of the families of :data:`~clipzoo.backends.hf_families.FAMILY_SPECS` from a save_pretrained
+    folder or the hub cache.
 
     Keywords: ``hf_class`` (the transformers class, default from config.json ``model_type``),
     ``context_length``, ``trust_remote_code`` (required for remote-code cards). ``trust_pickle`` is
@@ -158,16 +148,11 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     """
     trusted = bool(kwargs.pop("trust_remote_code", False))
     refuse_remote_code(card, trusted)
-    hf_class = kwargs.pop("hf_class", None) or card.config.get("hf_class")
-    context_override = kwargs.pop("context_length", None)
-    if kwargs:
-        raise TypeError(f"unexpected keyword(s) for the hf_family backend: {', '.join(sorted(kwargs))}")
+    hf_class, context_override = load_keywords(card, kwargs, "hf_family")
     if card.config.get("remote_code"):
         return load_remote_code(card, remote_code_folder(card, cache_dir), device=device, precision=precision)
-    folder = model_folder(card, cache_dir)
-    if not (folder / "config.json").exists():
-        raise CheckpointError(f"{folder} has no config.json, so it is not a transformers save_pretrained folder")
-    spec = pick_spec(read_json(folder / "config.json"), hf_class, folder)
+    folder, config = pretrained_config(card, cache_dir)
+    spec = pick_spec(config, hf_class, folder)
     if spec.features == "blip2":
         return load_blip2(card, folder, spec, *load_family_processors(folder), device=device, precision=precision,
                           context_override=context_override)
@@ -216,9 +201,4 @@ def meta_model(card: ModelCard, cache_dir=None):
     src = card.source
     if src.path or not src.hf_repo or card.config.get("remote_code"):
         return None
-    config_file = cached_hub_file(src.hf_repo, "config.json", cache_dir)
-    spec = pick_spec(read_json(config_file), card.config.get("hf_class"), config_file.parent)
-    transformers = transformers_module()
-    config = transformers.AutoConfig.from_pretrained(str(config_file.parent))
-    with torch.device("meta"):
-        return getattr(transformers, spec.hf_class)._from_config(config)
+    return hub_meta_model(card, cache_dir, pick_spec)

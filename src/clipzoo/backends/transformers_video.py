@@ -17,15 +17,22 @@ import numpy as np
 import torch
 
 from ..cards import TEXT, ModelCard
-from ..checkpoints import read_json
 from ..comparator import Comparator, resolve_dtype
 from ..errors import CheckpointError, ClipzooError, UnsupportedError
 from ..modalities import VIDEO
 from ..models.tokenize import tokenize_with
 from ..video import load_video, video_items
-from .hf_video_families import BY_VIDEO_CLASS, VIDEO_SPECS, VideoFamilySpec
-from .source_files import cached_hub_file
-from .transformers import attention_mask, features_of, load_hf_model, model_folder, text_context, transformers_module
+from .hf_video_families import VIDEO_TABLE, VideoFamilySpec
+from .transformers import (
+    attention_mask,
+    features_of,
+    from_folder,
+    hub_meta_model,
+    load_hf_model,
+    load_keywords,
+    pretrained_config,
+    text_context,
+)
 
 
 def _no_image_transform(image) -> torch.Tensor:
@@ -101,24 +108,12 @@ class VideoComparator(Comparator):
 
 
 def pick_video_spec(config: dict, hf_class: str | None, folder) -> VideoFamilySpec:
-    if hf_class:
-        if hf_class not in BY_VIDEO_CLASS:
-            raise UnsupportedError(f"hf_class {hf_class!r} is not one of the hf_video classes "
-                                   f"({', '.join(sorted(BY_VIDEO_CLASS))})")
-        return BY_VIDEO_CLASS[hf_class]
-    model_type = config.get("model_type")
-    if model_type not in VIDEO_SPECS:
-        raise UnsupportedError(f"{folder} holds a {model_type!r} model (config.json model_type); the hf_video "
-                               f"backend loads model_type {', '.join(sorted(VIDEO_SPECS))}")
-    return VIDEO_SPECS[model_type]
+    """The family row from ``hf_class`` when given, else from config.json ``model_type``."""
+    return VIDEO_TABLE.pick(config, hf_class, folder)
 
 
 def load_processor(folder: Path):
-    try:
-        return transformers_module().AutoProcessor.from_pretrained(str(folder))
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"{folder} has no usable processor ({type(exc).__name__}: {str(exc)[:200]}); save it "
-                              "with the model (processor.save_pretrained(folder))") from None
+    return from_folder("AutoProcessor", folder, "processor")
 
 
 def frames_of(model_config, processor) -> int:
@@ -162,14 +157,9 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     Keywords: ``hf_class`` (default from config.json ``model_type``), ``context_length``. ``trust_pickle`` is
     unused: weights are safetensors, or ``.bin`` read by transformers with ``weights_only=True``.
     """
-    hf_class = kwargs.pop("hf_class", None) or card.config.get("hf_class")
-    context_override = kwargs.pop("context_length", None)
-    if kwargs:
-        raise TypeError(f"unexpected keyword(s) for the hf_video backend: {', '.join(sorted(kwargs))}")
-    folder = model_folder(card, cache_dir)
-    if not (folder / "config.json").exists():
-        raise CheckpointError(f"{folder} has no config.json, so it is not a transformers save_pretrained folder")
-    spec = pick_video_spec(read_json(folder / "config.json"), hf_class, folder)
+    hf_class, context_override = load_keywords(card, kwargs, "hf_video")
+    folder, config = pretrained_config(card, cache_dir)
+    spec = pick_video_spec(config, hf_class, folder)
     model = load_hf_model(folder, spec.hf_class, resolve_dtype(precision)).to(device)
     processor = load_processor(folder)
     tokenizer = processor.tokenizer
@@ -185,9 +175,4 @@ def meta_model(card: ModelCard, cache_dir=None):
     src = card.source
     if src.path or not src.hf_repo:
         return None
-    config_file = cached_hub_file(src.hf_repo, "config.json", cache_dir)
-    spec = pick_video_spec(read_json(config_file), card.config.get("hf_class"), config_file.parent)
-    transformers = transformers_module()
-    config = transformers.AutoConfig.from_pretrained(str(config_file.parent))
-    with torch.device("meta"):
-        return getattr(transformers, spec.hf_class)._from_config(config)
+    return hub_meta_model(card, cache_dir, pick_video_spec)
