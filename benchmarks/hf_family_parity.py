@@ -6,8 +6,10 @@ difference, fp32 on CPU, between clipzoo and the model's own ``get_image_feature
 (BLIP retrieval: ``vision_proj`` on the [CLS] state, and its ITM head's P(match) against ``rank``), and between
 our preprocessing and the processor's ``pixel_values`` on 5 images of odd sizes. BLIP-2
 (``Blip2ForImageTextRetrieval``): its projected query vectors, text features and ITC scores against
-``use_image_text_matching_head=False``, the ITM head's logits against ``use_image_text_matching_head=True``.
-The writers and references are those of tests/test_family_transformers.py (BLIP-2: tests/test_family_blip2.py).
+``use_image_text_matching_head=False`` (``score``, what ``clipzoo compare`` and ``/rank`` use, too), the ITM head's
+logits against ``use_image_text_matching_head=True``. The writers and references are those of
+tests/test_family_transformers.py (BLIP-2: ``clipzoo.testing.tiny_blip2``'s ``write_blip2`` and ``reference``, which
+tests/test_family_blip2.py uses too).
 
     python benchmarks/hf_family_parity.py --out hf_family_parity.json
 
@@ -37,27 +39,20 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run_blip2(folder: Path) -> dict:
-    """BLIP-2 retrieval: ITC (max over queries) and ITM against the model's own two branches."""
-    from transformers import AutoProcessor, Blip2ForImageTextRetrieval
-
+    """BLIP-2 retrieval: ITC (max over queries) and ITM against the model's own two branches; ``score`` (what
+    ``clipzoo compare``, ``/rank`` and ``predict`` use) against the ITC logits too."""
     images, texts = fam.odd_images(), fam.TEXTS
     tiny_blip2.write_blip2(folder)
     m = clipzoo.load(folder)
-    model = Blip2ForImageTextRetrieval.from_pretrained(folder).eval()
-    processor = AutoProcessor.from_pretrained(folder)
-    pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
-    tok = processor.tokenizer(texts, padding=True, return_tensors="pt")
-    n, t = len(images), len(texts)
-    with torch.no_grad():
-        itc = model(pixel_values=pixel_values, **tok, use_image_text_matching_head=False)
-        itm = model(pixel_values=pixel_values.repeat_interleave(t, dim=0), input_ids=tok["input_ids"].repeat(n, 1),
-                    attention_mask=tok["attention_mask"].repeat(n, 1), use_image_text_matching_head=True)
+    ref = tiny_blip2.reference(folder, images, texts)
+    itc = ref["itc"]
     ours = torch.stack([m.preprocess(image) for image in images])
     return {"class": "Blip2ForImageTextRetrieval", "image": max_diff(m.query_features(images), itc.image_embeds),
             "image_vector": max_diff(m.encode_image(images, normalize=False), itc.image_embeds.mean(dim=1)),
-            "text": max_diff(m.encode_text(texts), itc.text_embeds), "pixels": max_diff(ours, pixel_values),
+            "text": max_diff(m.encode_text(texts), itc.text_embeds), "pixels": max_diff(ours, ref["pixels"]),
             "itc": max_diff(m.itc(images, texts), itc.logits_per_image),
-            "itm": max_diff(m.itm_logits(images, texts), itm.logits_per_image.reshape(n, t, 2)),
+            "score": max_diff(m.score(images, m.encode_text(texts)), itc.logits_per_image),
+            "itm": max_diff(m.itm_logits(images, texts), ref["itm"]),
             "format": "save_pretrained folder (config.json + safetensors + processor files)"}
 
 

@@ -8,6 +8,8 @@ query vectors.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -40,19 +42,7 @@ def m(folder):
 @pytest.fixture(scope="module")
 def reference(folder):
     """transformers' own outputs on the folder: ITC for every image against every text, ITM for every pair."""
-    from transformers import AutoProcessor, Blip2ForImageTextRetrieval
-
-    model = Blip2ForImageTextRetrieval.from_pretrained(folder).eval()
-    processor = AutoProcessor.from_pretrained(folder)
-    images = odd_images()
-    pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
-    tok = processor.tokenizer(TEXTS, padding=True, return_tensors="pt")
-    n, t = len(images), len(TEXTS)
-    with torch.no_grad():
-        itc = model(pixel_values=pixel_values, **tok, use_image_text_matching_head=False)
-        itm = model(pixel_values=pixel_values.repeat_interleave(t, dim=0), input_ids=tok["input_ids"].repeat(n, 1),
-                    attention_mask=tok["attention_mask"].repeat(n, 1), use_image_text_matching_head=True)
-    return {"pixels": pixel_values, "itc": itc, "itm": itm.logits_per_image.reshape(n, t, 2)}
+    return tiny_blip2.reference(folder, odd_images(), TEXTS)
 
 
 def odd_images():
@@ -145,3 +135,115 @@ def test_issue20_s2_blip2_info_size_from_cached_config(offline, folder, m):
                                              if n.startswith(("embeddings.", "text_projection.")))
     assert summary.parameters["other"] == sum(p.numel() for n, p in params.items()
                                               if n.startswith(("qformer.", "itm_head.")))
+
+
+# ------------------------------------------------------------------ BLIP-2's ITC wherever a score is made
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    """The five odd-sized images as PNG files (lossless: the same pixels as ``odd_images``)."""
+    folder = tmp_path_factory.mktemp("blip2_images")
+    paths = [folder / f"odd{i}.png" for i in range(len(ODD_SIZES))]
+    for image, path in zip(odd_images(), paths):
+        image.save(path)
+    return [str(p) for p in paths]
+
+
+def itc_against(m, images, text_features) -> torch.Tensor:
+    """An independent ITC: the max over the image's normalised query vectors of the cosine with each text."""
+    queries = F.normalize(m.query_features(images), dim=-1)
+    return (queries @ F.normalize(text_features, dim=-1).T).max(dim=1).values
+
+
+def test_issue20_blip2_score_dispatch_is_itc(m, reference, image_files, tmp_path):
+    """``score`` — and ``compare``, ``forward``, ``predict``, zero-shot eval, ``classify_images``, ensembles
+    through it — is the ITC."""
+    from clipzoo.ensemble import Ensemble
+    from clipzoo.eval.zeroshot import zeroshot_predict
+    from clipzoo.index import classify_images
+
+    images, itc = odd_images(), reference["itc"].logits_per_image
+    text = m.encode_text(TEXTS)
+    assert (m.score(images, text) - itc).abs().max() <= TOL
+    assert (m.compare(image=images, text=TEXTS) - itc).abs().max() <= TOL
+    mean_cos = m.encode_image(images) @ text.T  # the one-vector cosine differs: the dispatch is not a no-op
+    assert (mean_cos - itc).abs().max() > 1e-3
+    solo = Ensemble([m])
+    assert (solo.compare(image=images, text=TEXTS).similarity - itc).abs().max() <= TOL
+    labels = ["cat", "dog", "bird"]
+    weights = m.classifier(labels, ["a photo of a {}."])
+    assert (solo.predict(images, labels, ["a photo of a {}."]) - itc_against(m, images, weights).softmax(-1)
+            ).abs().max() <= TOL
+    logits, _ = zeroshot_predict(m, images, labels, ["a photo of a {}."], labels=[0, 1, 2, 0, 1], batch_size=2)
+    assert (logits - itc_against(m, images, weights)).abs().max() <= TOL
+    top = classify_images(m, image_files, labels, template="a photo of a {}.", k=3, cache_dir=tmp_path)
+    want = itc_against(m, images, weights).softmax(-1)
+    assert max(abs(p - float(want[i, labels.index(label)])) for i, row in enumerate(top) for label, p in row) <= TOL
+
+
+def test_issue20_blip2_compare_cli_returns_itc(folder, image_files, reference):
+    import json
+
+    from typer.testing import CliRunner
+
+    from clipzoo.cli import app
+
+    args = ["compare", str(folder), *sum((["--image", p] for p in image_files), []),
+            *sum((["--text", t] for t in TEXTS), []), "--json"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0, (result.output, result.exception)
+    data = json.loads(result.stdout)
+    assert data["images"] == image_files and data["texts"] == TEXTS and data["probability"] == "softmax"
+    itc = reference["itc"].logits_per_image
+    assert (torch.tensor(data["logits"]) - itc).abs().max() <= TOL
+    assert (torch.tensor(data["probabilities"]) - itc.softmax(-1)).abs().max() <= TOL
+
+
+def test_issue20_blip2_rank_endpoint_returns_itc(m, image_files, reference, tmp_path):
+    """``POST /rank`` (and ``/classify``) of a service on BLIP-2: the ITC logits of transformers."""
+    pytest.importorskip("fastapi")
+    import base64
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from clipzoo.index import build_index
+    from clipzoo.serve import create_app
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in image_files[:2]:
+        shutil.copy(p, images)
+    build_index(images, tmp_path / "index", model=m, workers=0)
+    labels = ["cat", "dog", "bird"]
+    itc = reference["itc"].logits_per_image
+    with TestClient(create_app(tmp_path / "index", model=m, labels=labels, template="a photo of a {}.")) as client:
+        for i, path in enumerate(image_files[:2]):
+            raw = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+            r = client.post("/rank", json={"image": raw, "texts": TEXTS})
+            assert r.status_code == 200, r.text
+            got = {row["index"]: row for row in r.json()["ranking"]}
+            assert max(abs(got[j]["logit"] - float(itc[i, j])) for j in range(len(TEXTS))) <= TOL
+            want = itc[i].softmax(-1)
+            assert max(abs(got[j]["probability"] - float(want[j])) for j in range(len(TEXTS))) <= TOL
+            c = client.post("/classify", json={"image": raw, "k": 3})
+            assert c.status_code == 200, c.text
+            probs = itc_against(m, odd_images()[i:i + 1], m.classifier(labels, ["a photo of a {}."]))[0].softmax(-1)
+            assert {x["label"]: x["probability"] for x in c.json()["labels"]} == pytest.approx(
+                dict(zip(labels, probs.tolist())), abs=TOL)
+
+
+def test_issue20_plain_clip_scores_unchanged(image_files):
+    """A one-vector model: ``score`` and everything through it is scale × cosine of the two vectors, as before."""
+    from clipzoo.cli.compare import compare_probabilities
+    from clipzoo.ensemble import Ensemble
+
+    clip = clipzoo.load("clipzoo/tiny-shapes")
+    texts = ["a red circle", "a blue square"]
+    img, txt = clip.encode_image(image_files), clip.encode_text(texts)
+    plain = clip.logit_scale * (img @ txt.T)
+    assert torch.equal(clip.score(image_files, txt), clip.similarity(img, txt))
+    assert (clip.score(image_files, txt) - plain).abs().max() <= 1e-4
+    assert torch.equal(clip.compare(image=image_files, text=texts), img @ txt.T)
+    probs, logits = compare_probabilities(clip, image_files, texts)
+    assert torch.equal(logits, clip.similarity(img, txt)) and torch.equal(probs, logits.softmax(-1))
+    assert torch.equal(Ensemble([clip]).compare(image=image_files, text=texts).similarity, img @ txt.T)

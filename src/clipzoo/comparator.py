@@ -316,18 +316,47 @@ class Comparator(torch.nn.Module):
             logits = logits + bias.float().to(a.device)
         return logits
 
+    def score_features(self, inputs: Any, modality: Any = None, normalize: bool = True) -> torch.Tensor:
+        """The features a pair with a text is scored by (``modality``: default :attr:`query_modality`): one
+        vector per input, ``encode(modality, inputs)``, for most models; a model that scores a pair by several
+        vectors overrides it (BLIP-2: its (N, Q, D) query vectors). :meth:`similarity` and :meth:`pair_scores`
+        take them as the image side."""
+        return self.encode(modality or self.query_modality, inputs, normalize=normalize)
+
+    def score(self, inputs: Any, text_features: torch.Tensor, modality: Any = None) -> torch.Tensor:
+        """The model's own logits [N_inputs, N_texts] of inputs (images; audio for CLAP) against text features
+        (``encode_text`` or ``classifier``): ``similarity(score_features(inputs), text_features)``. The one place
+        a score is made: ``predict``, ``forward``, ``clipzoo compare``, the service's ``/rank`` and ``/classify``,
+        zero-shot evaluation and ensembles go through it, so a model's own scorer (BLIP-2's ITC, the max over its
+        queries) is used everywhere; for a one-vector model it is scale × cosine (+ bias)."""
+        with self._grad_context(inputs):
+            return self.similarity(self.score_features(inputs, modality), text_features)
+
+    def pair_scores(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Dot products [N_rows, N_cols] of features as :meth:`compare` makes them (cosines when normalised):
+        no scale or bias. BLIP-2 overrides it for its (N, Q, D) query features (the max over queries)."""
+        return rows @ cols.to(rows.device).T
+
     def compare(self, image: Any = None, text: Any = None, audio: Any = None, normalize: bool = True,
                 **inputs: Any) -> torch.Tensor:
         """Scores of two modalities, [N_rows, N_cols]; rows are the first of image / audio / text (then other
         modalities by name) given, columns the second. ``normalize=True``: the cosine (what
-        :meth:`clipzoo.Ensemble.compare` averages); ``normalize=False``: mmc's raw dot product of the
+        :meth:`clipzoo.Ensemble.compare` averages) — against a text, of the model's :meth:`score_features`
+        (BLIP-2: its ITC, the max over queries); ``normalize=False``: mmc's raw dot product of the
         unnormalised features. No logit scale or bias (that is :meth:`similarity`)."""
         given = [(m, x) for m, x in ((IMAGE, image), (AUDIO, audio), (TEXT, text), *inputs.items()) if x is not None]
         if len(given) != 2:
             raise ClipzooError(f"compare() needs exactly two inputs of image=, audio=, text= (got {len(given)})")
         (row_mod, rows), (col_mod, cols) = given
-        a = self.encode(row_mod, rows, normalize=normalize)
-        return a @ self.encode(col_mod, cols, normalize=normalize).to(a.device).T
+        a = self.compare_features(row_mod, rows, col_mod, normalize)
+        return self.pair_scores(a, self.compare_features(col_mod, cols, row_mod, normalize))
+
+    def compare_features(self, modality: Any, inputs: Any, other: Any, normalize: bool = True) -> torch.Tensor:
+        """The features :meth:`compare` pairs: :meth:`score_features` for a non-text input against a text (when
+        normalised), else ``encode``."""
+        if normalize and other == TEXT and modality != TEXT:
+            return self.score_features(inputs, modality)
+        return self.encode(modality, inputs, normalize=normalize)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.probability == "sigmoid" else logits.softmax(dim=-1)
@@ -347,14 +376,11 @@ class Comparator(torch.nn.Module):
 
         The inputs are of the model's :attr:`query_modality`: images for image–text models, audio for CLAP.
         """
-        weights = self.classifier(labels, templates)
-        with self._grad_context(images):
-            return self.probabilities(self.similarity(self.encode(self.query_modality, images), weights))
+        return self.probabilities(self.score(images, self.classifier(labels, templates)))
 
     def forward(self, images: Any, texts: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits_per_image, logits_per_text)`` as openai's CLIP returns them."""
-        with self._grad_context(images):
-            logits = self.similarity(self.encode_image(images), self.encode_text(texts))
+        """``(logits_per_image, logits_per_text)`` as openai's CLIP returns them (:meth:`score`)."""
+        logits = self.score(images, self.encode_text(texts), IMAGE)
         return logits, logits.T
 
     def extra_repr(self) -> str:

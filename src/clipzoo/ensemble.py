@@ -243,6 +243,18 @@ class Ensemble:
             return model.encode_image01(inputs, normalize=normalize)
         return model.encode(modality, inputs, normalize=normalize)
 
+    @classmethod
+    def _pair_features(cls, model: Comparator, modality: Modality, inputs: Any, other: Modality,
+                       normalize: bool = True) -> torch.Tensor:
+        """What ``model`` scores ``inputs`` by against ``other``: its ``score_features`` (BLIP-2: query vectors)
+        for a non-text input against a text when normalised, else :meth:`_encode`; [0, 1] float images go
+        through the model's ``preprocess01`` first, as :meth:`_encode` does."""
+        if not (normalize and other == TEXT and modality != TEXT):
+            return cls._encode(model, modality, inputs, normalize)
+        if modality == IMAGE and is_float_tensor(inputs):
+            inputs = model.preprocess01(inputs)
+        return model.score_features(inputs, modality)
+
     def supports_modality(self, modality: Any) -> bool:
         """Whether the ensemble compares ``modality`` (mmc's ``MultiMMC.supports_modality``)."""
         return supports_modality(self.modalities, modality)
@@ -262,9 +274,8 @@ class Ensemble:
         per_model: dict[str, torch.Tensor] = {}
         total = None
         for alias, model, w in zip(self._aliases, self._models, weights):
-            a = self._encode(model, row_mod, rows, normalize)
-            b = self._encode(model, col_mod, cols, normalize).to(a.device)
-            cos = a @ b.T
+            a = self._pair_features(model, row_mod, rows, col_mod, normalize)
+            cos = model.pair_scores(a, self._pair_features(model, col_mod, cols, row_mod, normalize))
             per_model[alias] = cos
             part = w * cos.to(torch.float32).cpu() if not cos.requires_grad else w * cos
             total = part if total is None else total + part.to(total.device)
@@ -284,7 +295,7 @@ class Ensemble:
         out = None
         for model, w in zip(self._models, self._normalised()):
             classes = model.classifier(labels, templates)
-            feats = self._encode(model, modality, images)
+            feats = self._pair_features(model, modality, images, TEXT)  # the model's scorer (BLIP-2: ITC)
             with model._grad_context(images):
                 probs = model.probabilities(model.similarity(feats, classes))
             part = w * probs.float().cpu() if not probs.requires_grad else w * probs

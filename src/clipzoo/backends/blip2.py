@@ -11,9 +11,12 @@ queries. Here:
 - ``encode_image`` — one vector per image for single-vector uses (indices, ensembles, zero-shot classifiers of
   other models): **the mean of the L2-normalised query vectors** (renormalised when ``normalize=True``);
 - ``encode_text`` — ``text_projection`` of the [CLS] state (what BLIP-2's ITC uses);
-- :meth:`~Blip2Comparator.itc` / ``m(images, texts)`` / ``m.predict`` / ``m.similarity`` on (N, Q, D) query
-  features — BLIP-2's own ITC score: max over queries of the cosine, equal to the model's
-  ``use_image_text_matching_head=False`` ``logits_per_image``; its logit scale is 1 (transformers applies none);
+- :meth:`~Blip2Comparator.score_features` — the query vectors: what every image–text score is made from, so
+  ``m.score`` and all that goes through it (:meth:`~Blip2Comparator.itc`, ``m(images, texts)``, ``m.predict``,
+  ``m.compare(image=…, text=…)``, ``clipzoo compare``, the service's ``/rank`` and ``/classify``, zero-shot
+  evaluation, ensembles) is BLIP-2's own ITC score: max over queries of the cosine, equal to the model's
+  ``use_image_text_matching_head=False`` ``logits_per_image``; its logit scale is 1 (transformers applies none).
+  Indices and search keep the one vector per image;
 - :meth:`~Blip2Comparator.rank` — the ITM head's P(match) per pair, (n_images, n_texts), and
   :meth:`~Blip2Comparator.itm_logits` its two logits, equal to ``use_image_text_matching_head=True``.
 """
@@ -25,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..cards import ModelCard
+from ..cards import IMAGE, ModelCard
 from ..comparator import resolve_dtype
 from .hf_families import FamilySpec
 from .transformers import (
@@ -80,33 +83,41 @@ class Blip2Comparator(HFComparator):
         return model.text_projection(out.last_hidden_state[:, 0, :].to(model.text_projection.weight.dtype))
 
     # ---------------------------------------------------------------- BLIP-2's own scores
-    def query_features(self, images: Any, normalize: bool = True) -> torch.Tensor:
+    def query_features(self, images: Any, normalize: bool = True, batch_size: int = 64) -> torch.Tensor:
         """Images (anything ``encode_image`` takes) -> the projected query vectors (N, Q, D)."""
-        pixels = self.pixels(images).to(self.device, self.dtype)
+        pixels = self.pixels(images)
         with self._grad_context(pixels):
-            feats = self.encode_query_pixels(pixels).float()
+            feats = torch.cat([self.encode_query_pixels(pixels[i:i + batch_size].to(self.device, self.dtype)).float()
+                               for i in range(0, pixels.shape[0], batch_size)])
         return F.normalize(feats, dim=-1) if normalize else feats
+
+    def score_features(self, inputs: Any, modality: Any = None, normalize: bool = True) -> torch.Tensor:
+        """What BLIP-2 scores a pair with a text by: the (N, Q, D) query vectors of the images, so that
+        :meth:`~clipzoo.comparator.Comparator.score` — ``clipzoo compare``, ``/rank``, ``/classify``, ``predict``,
+        zero-shot evaluation, ensembles — is its ITC, the max over queries."""
+        if modality not in (None, IMAGE):
+            return super().score_features(inputs, modality, normalize)
+        self.require(IMAGE)
+        return self.query_features(inputs, normalize=normalize)
 
     def _similarity(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """(N, Q, D) query features: BLIP-2's ITC, the max over queries of the cosine; (N, D): the cosine."""
         if image_features.ndim != 3:
             return super()._similarity(image_features, text_features)
-        a = F.normalize(image_features.float(), dim=-1)
-        b = F.normalize(text_features.float(), dim=-1).to(a.device)
-        return (a @ b.T).max(dim=1).values * self.logit_params()[0].float().to(a.device)
+        scores = max_over_queries(image_features, text_features)
+        return scores * self.logit_params()[0].float().to(scores.device)
+
+    def pair_scores(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """``compare``'s cosines: the max over queries when one side holds (N, Q, D) query features."""
+        if rows.ndim == 3:
+            return max_over_queries(rows, cols)
+        if cols.ndim == 3:
+            return max_over_queries(cols, rows).T
+        return super().pair_scores(rows, cols)
 
     def itc(self, images: Any, texts: Any, truncate: bool = False) -> torch.Tensor:
         """BLIP-2's contrastive score (n_images, n_texts): the best cosine over the image's query vectors."""
-        return self.similarity(self.query_features(images), self.encode_text(texts, truncate=truncate))
-
-    def forward(self, images: Any, texts: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.itc(images, texts)
-        return logits, logits.T
-
-    def predict(self, images: Any, labels, templates=None) -> torch.Tensor:
-        """Zero-shot probabilities with BLIP-2's ITC (max over queries) against the label classifier."""
-        weights = self.classifier(labels, templates)
-        return self.probabilities(self.similarity(self.query_features(images), weights))
+        return self.score(images, self.encode_text(texts, truncate=truncate), IMAGE)
 
     @torch.no_grad()
     def itm_logits(self, images: Any, texts: "str | list[str]", truncate: bool = False) -> torch.Tensor:
@@ -136,6 +147,13 @@ class Blip2Comparator(HFComparator):
 
     def logit_params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         return torch.ones((), device=self.device), None
+
+
+def max_over_queries(queries: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """BLIP-2's ITC cosine (N, T) of (N, Q, D) query features and (T, D) text features: the best query's."""
+    a = F.normalize(queries.float(), dim=-1)
+    b = F.normalize(text_features.float(), dim=-1).to(a.device)
+    return (a @ b.T).max(dim=1).values
 
 
 def load_blip2(card: ModelCard, folder, spec: FamilySpec, tokenizer, image_processor, *, device: str,

@@ -26,16 +26,15 @@ def compare_probabilities(comparator, images, texts, templates=None, truncate: b
     """``(probabilities, logits)`` [N_images, N_texts] as the model defines them (``modality="audio"``: the
     rows are audio clips, for CLAP).
 
-    Without templates the texts are compared as given: ``probabilities(similarity(image, text))`` —
+    Without templates the texts are compared as given: ``probabilities(score(image, text))`` —
     a softmax over the texts for CLIP, an independent sigmoid per pair for SigLIP. With templates
     (``"a photo of a {}."``) the texts are labels and this is exactly ``comparator.predict``.
     """
-    image_features = comparator.encode(modality, images)
     if templates:
         text_features = comparator.classifier(texts, templates, truncate=True)
     else:
         text_features = comparator.encode_text(texts, truncate=truncate)
-    logits = comparator.similarity(image_features, text_features)
+    logits = comparator.score(images, text_features, modality)  # the model's own scorer (BLIP-2: ITC)
     return comparator.probabilities(logits), logits
 
 

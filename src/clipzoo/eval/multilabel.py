@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..cards import IMAGE
 from .metrics import EvalInputError
 from .multilabel_metrics import average_precision_per_class, multilabel_metrics
 from .zeroshot import class_weights
@@ -94,8 +95,7 @@ def multilabel_scores(model, images: Any, classnames: Sequence[str], templates=N
     weights = class_weights(model, classnames, templates)
     batches = images if hasattr(images, "dataset") else (
         (images[i:i + batch_size], None) for i in range(0, len(images), batch_size))
-    out = [model.similarity(model.encode_image(batch[0], batch_size=batch_size), weights).float().cpu()
-           for batch in batches]
+    out = [model.score(batch[0], weights, IMAGE).float().cpu() for batch in batches]
     if not out:
         raise EvalInputError("no images to classify: the data set is empty")
     return torch.cat(out)

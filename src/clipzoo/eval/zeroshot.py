@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..cards import IMAGE
 from .metrics import EvalInputError, zeroshot_logits, zeroshot_metrics
 from .multilabel_metrics import multilabel_metrics
 
@@ -56,12 +57,11 @@ def _batches(images_or_loader: Any, labels: Any, batch_size: int) -> Iterable[tu
 
 def zeroshot_predict(model, images_or_loader: Any, classnames: Sequence[str], templates=None,
                      labels: Any = None, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits (N, C) (``model.similarity`` of image features and class weights) and targets (or None)."""
+    """Logits (N, C) (``model.score`` of the images against the class weights) and targets (or None)."""
     weights = class_weights(model, classnames, templates)
     logits, targets = [], []
     for images, target in _batches(images_or_loader, labels, batch_size):
-        feats = model.encode_image(images, batch_size=batch_size)
-        logits.append(model.similarity(feats, weights).float().cpu())
+        logits.append(model.score(images, weights, IMAGE).float().cpu())  # the model's scorer (BLIP-2: ITC)
         if target is not None:
             target = torch.as_tensor(target)  # (B,) class ids, or (B, C) 0/1 for multi-label data (VOC 2007)
             multi = target.ndim == 2 and target.shape[1] == len(weights) > 1

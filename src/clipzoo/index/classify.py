@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..api import load
+from ..cards import IMAGE
 from ..constants import DEFAULT_TEMPLATE, default_cache_dir
 from ..errors import BadTextError, ClipzooError
 from ..files import atomic_write
@@ -167,8 +168,7 @@ def classify_images(model: Any, images: Any, labels: Sequence[str], template: st
     images = [image_from_bytes(bytes(im), f"image {i}") if isinstance(im, (bytes, bytearray, memoryview)) else
               (os.fspath(im) if isinstance(im, os.PathLike) else im) for i, im in enumerate(images)]
     weights = torch.from_numpy(vocabulary_embeddings(model, labels, template, cache_dir))
-    feats = model.encode_image(images)
-    with torch.no_grad():
-        probs = model.probabilities(model.similarity(feats, weights)).float().cpu()
+    with torch.no_grad():  # the model's own scorer (BLIP-2: its ITC over the query vectors)
+        probs = model.probabilities(model.score(images, weights, IMAGE)).float().cpu()
     top = probs.topk(min(k, len(labels)), dim=-1)
     return [[(labels[int(j)], float(p)) for p, j in zip(vals, idx)] for vals, idx in zip(top.values, top.indices)]

@@ -21,6 +21,7 @@ from anyio import to_thread
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..api import load
+from ..cards import IMAGE
 from ..embed import draft_size_for
 from ..embed.decode import decode_upload
 from ..errors import BadImageError, ClipzooError
@@ -192,13 +193,12 @@ class Service:
 
     def classify(self, image, labels: tuple, template: str, k: int) -> list[tuple[str, float]]:
         weights = self._classifier(labels, template)
-        probs = self.model.probabilities(self.model.similarity(self.model.encode_image([image]), weights))[0]
+        probs = self.model.probabilities(self.model.score([image], weights, IMAGE))[0]
         top = probs.topk(min(k, len(labels)))
         return [(labels[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
 
     def rank(self, image, texts: list[str], truncate: bool):
-        logits = self.model.similarity(self.model.encode_image([image]),
-                                       self.model.encode_text(texts, truncate=truncate))
+        logits = self.model.score([image], self.model.encode_text(texts, truncate=truncate), IMAGE)
         probs = self.model.probabilities(logits)[0]
         return logits[0].tolist(), probs.tolist()
 

@@ -3,7 +3,9 @@ written by ``save_pretrained`` with BLIP-2's own processor (``BlipImageProcessor
 ``BertTokenizer``), so that clipzoo and transformers load the same files.
 
 The image processor keeps an odd size and its own mean/std so that the pixel-for-pixel check means something.
-Run ``python -m clipzoo.testing.tiny_blip2 OUT_DIR`` to write it.
+Run ``python -m clipzoo.testing.tiny_blip2 OUT_DIR`` to write it. :func:`reference` holds what transformers
+itself returns on such a folder (its processor's pixels, ITC and ITM outputs), for the tests and the parity
+benchmark alike.
 """
 from __future__ import annotations
 
@@ -41,6 +43,26 @@ def write_blip2(folder: "str | os.PathLike", seed: int = 0) -> Path:
     images = BlipImageProcessor(size={"height": IMAGE, "width": IMAGE}, image_mean=[0.5, 0.4, 0.3],
                                 image_std=[0.2, 0.25, 0.3])
     return save_model_and_processor(folder, model, Blip2Processor(image_processor=images, tokenizer=tokenizer))
+
+
+def reference(folder: "str | os.PathLike", images: list, texts: list[str]) -> dict:
+    """transformers' own outputs on a BLIP-2 retrieval ``folder`` for ``images`` (PIL) × ``texts``: ``pixels``
+    (its processor's ``pixel_values``), ``itc`` (the ``use_image_text_matching_head=False`` output: per-query
+    ``image_embeds``, ``text_embeds``, ``logits_per_image`` = the max over queries of the cosine) and ``itm``
+    (the ``use_image_text_matching_head=True`` logits of every pair, (n_images, n_texts, 2))."""
+    import torch
+    from transformers import AutoProcessor, Blip2ForImageTextRetrieval
+
+    model = Blip2ForImageTextRetrieval.from_pretrained(folder).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+    tok = processor.tokenizer(texts, padding=True, return_tensors="pt")
+    n, t = len(images), len(texts)
+    with torch.no_grad():
+        itc = model(pixel_values=pixel_values, **tok, use_image_text_matching_head=False)
+        itm = model(pixel_values=pixel_values.repeat_interleave(t, dim=0), input_ids=tok["input_ids"].repeat(n, 1),
+                    attention_mask=tok["attention_mask"].repeat(n, 1), use_image_text_matching_head=True)
+    return {"pixels": pixel_values, "itc": itc, "itm": itm.logits_per_image.reshape(n, t, 2)}
 
 
 def main(argv: list[str] | None = None) -> None:
