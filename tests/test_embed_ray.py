@@ -1,7 +1,8 @@
 """Issue 21 §1, distributed embedding with Ray Data: `clipzoo embed … --engine ray` on a local Ray (started and stopped
 here) writes what the local engine writes (same ids in the same order, rows within 1e-6), from a folder, a webdataset
 tar and a CSV / parquet table, local or as fsspec URLs (file://, memory://), from texts, and as a clip-retrieval
-folder; a rerun skips finished shards; an actor killed mid-run is restarted by Ray and every row is written once;
+folder, and audio files with an audio model (CLAP); `clipzoo index build` from a URL folder on Ray; a rerun skips
+finished shards; an actor killed mid-run is restarted by Ray and every row is written once;
 without Ray, one line names the extra."""
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from clipzoo.api import load
 from clipzoo.cards import TEXT
 from clipzoo.cli import app
 from clipzoo.embed import embed_to_file, load_embeddings, part_name, parts_dir, sidecar_path
+from clipzoo.embed.ray_audio import AudioActor, decode_audio_batch
 from clipzoo.embed.ray_engine import KILL_ENV, RayOptions, TextActor, collect_shards, embed_with_ray, shard_plan
 from clipzoo.embed.sources import expand_image_inputs, table_image_paths
 from clipzoo.errors import BadImageError, BadTextError
@@ -200,7 +202,9 @@ def test_engine_ray_without_ray_names_the_extra(inputs, tmp_path):
      "error: pass exactly one of --images PATH… or --texts FILE (both, paired row by row: --format clip-retrieval)"),
     (["--engine", "ray", "--format", "parquet"], "error: --format must be npy or clip-retrieval, got 'parquet'"),
     (["--engine", "ray", "--audio", "a.wav"],
-     "error: --engine ray embeds --images and --texts; embed --audio with --engine local"),
+     "error: pass exactly one of --images PATH…, --audio PATH… or --texts FILE"),
+    (["--engine", "ray", "--audio", "a.wav", "--format", "clip-retrieval"],
+     "error: --format clip-retrieval holds images and texts; embed --audio with --format npy"),
 ])
 def test_engine_options_are_checked_in_one_line(inputs, tmp_path, extra, message):
     args = ["embed", MODEL, "--images", str(inputs / "photos"), "--out", str(tmp_path / "x.npy"), *extra]
@@ -286,6 +290,88 @@ def test_clip_retrieval_format_on_ray_matches_the_local_engine(local_ray, inputs
     meta = [pq.read_table(tmp_path / d / "metadata" / "metadata_0.parquet").to_pylist() for d in ("ray", "local")]
     assert meta[0] == meta[1] and [m["caption"] for m in meta[0]] == [f"shape number {i}" for i in range(5)]
     assert not (tmp_path / "ray" / ".clipzoo-embed").exists()  # the scratch rows go once the folder is written
+
+
+def test_audio_on_ray_matches_the_local_engine(local_ray, tmp_path):
+    """Issue 21 leftover: `clipzoo embed CLAP --audio DIR --engine ray` (decoded in Ray tasks, embedded by CLAP
+    actors) gives the local engine's ids in its order and rows within 1e-6; a bad file is the local one-line error."""
+    import soundfile as sf
+
+    from clipzoo.testing.tiny_clap import SAMPLE_RATE, tiny_clap
+
+    clap = tiny_clap(tmp_path / "tiny-clap")
+    clips = tmp_path / "clips"
+    (clips / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    for i, n in enumerate((12_000, 32_000, 45_000, 20_000, 8_000, 40_000, 30_000)):
+        rate = SAMPLE_RATE if i % 2 else 22_050  # resampled in the tasks, as locally
+        wave = 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * np.arange(n) / rate) + 0.05 * rng.standard_normal(n)
+        sf.write(clips / ("sub" if i % 3 == 0 else "") / f"{i:02d}.{('wav', 'flac')[i % 2]}", wave, rate)
+    (clips / "sub" / "broken.wav").write_bytes(b"RIFF not audio at all")
+    common = ["embed", str(clap), "--audio", str(clips), "--batch-size", "3", "--device", "cpu", "--no-progress"]
+    local = CliRunner().invoke(app, [*common, "--skip-bad", "--out", str(tmp_path / "local.npy")], env=ENV)
+    assert local.exit_code == 0, (local.output, local.exception)
+    result = CliRunner().invoke(app, [*common, "--skip-bad", "--out", str(tmp_path / "ray.npy"), "--engine", "ray",
+                                      "--num-workers", "1"], env=ENV)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "wrote 7 audio embeddings" in result.stderr and "1 shard(s) embedded, 0 already done" in result.stderr
+    ours, theirs = load_embeddings(tmp_path / "ray.npy"), load_embeddings(tmp_path / "local.npy")
+    assert ours.inputs == theirs.inputs and len(ours.inputs) == 7 and ours.modality == theirs.modality == "audio"
+    assert [s["input"] for s in ours.skipped] == [s["input"] for s in theirs.skipped] == [str(clips / "sub" /
+                                                                                              "broken.wav")]
+    assert ours.skipped == theirs.skipped
+    assert ours.features.shape == theirs.features.shape == (7, ours.features.shape[1])
+    assert float(np.abs(ours.features - theirs.features).max()) <= 1e-6
+    from clipzoo.embed import embed_audio
+    from clipzoo.errors import BadAudioError
+    from clipzoo.modalities import AUDIO
+
+    model = load(str(clap))  # a bad file: the local engine's one line, from the rows the tasks and actors give
+    with pytest.raises(BadAudioError) as local_error:
+        embed_audio(model, [clips], batch_size=3)
+    paths = [str(clips / "sub" / "00.wav"), str(clips / "sub" / "broken.wav")]
+    decoded = decode_audio_batch({"index": np.arange(2), "path": np.asarray(paths, dtype=object)},
+                                 rate=model.sample_rate)
+    out = AudioActor(lambda: model, normalize=True)(decoded)
+    assert out["error"][0] == "" and "broken.wav" in out["error"][1]
+    assert float(np.abs(out["features"][0] - ours.features[ours.inputs.index(paths[0])]).max()) <= 1e-6
+    with pytest.raises(BadAudioError) as ray_error:
+        rows = type("Rows", (), {"iter_batches": lambda self, **_: iter([out])})()  # what Ray Data hands the driver
+        collect_shards(rows, model, paths, [(0, 2)], [0], tmp_path / "a.npy", True, False, False, AUDIO)
+    assert str(ray_error.value) == str(local_error.value) and "\n" not in str(ray_error.value)
+    assert str(ray_error.value).endswith("(to leave such files out: --skip-bad, skip_bad=True)")
+
+
+def test_index_build_from_a_url_on_ray_matches_the_local_build(local_ray, inputs, tmp_path):
+    """Issue 21 leftover: `clipzoo index build memory://… --engine ray` indexes the URL folder's copy on Ray: the
+    rows of a local build of the same files (same relative paths, ids, hashes; vectors within 1e-6)."""
+    import fsspec
+
+    mem = fsspec.filesystem("memory")
+    photos = sorted(p for p in (inputs / "photos").rglob("*") if p.is_file())[:6]
+    for p in photos:
+        mem.pipe(f"/ray-index-url/{p.relative_to(inputs / 'photos').as_posix()}", p.read_bytes())
+        (tmp_path / "local" / p.relative_to(inputs / "photos")).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "local" / p.relative_to(inputs / "photos")).write_bytes(p.read_bytes())
+    local = build_index(tmp_path / "local", tmp_path / "local.index", model=MODEL, batch_size=4, workers=0)
+    result = CliRunner().invoke(app, ["index", "build", "memory://ray-index-url", "--model", MODEL, "--out",
+                                      str(tmp_path / "ray.index"), "--engine", "ray", "--num-workers", "1",
+                                      "--batch-size", "4", "--runtime", "eager", "--no-progress"], env=ENV)
+    mem.rm("/ray-index-url", recursive=True)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert local.added == 6 and "indexed 6 images" in result.stderr and "6 added" in result.stderr
+    ours, theirs = EmbeddingStore(tmp_path / "ray.index"), EmbeddingStore(tmp_path / "local.index")
+    try:
+        mine, ref = ours.files(), theirs.files()
+        assert {k: (v[0], v[1], v[3], v[4]) for k, v in mine.items()} == \
+            {k: (v[0], v[1], v[3], v[4]) for k, v in ref.items()} and len(mine) == 6  # id, size, sha, caption
+        assert ours.partitions() == theirs.partitions()
+        a = ours.vectors([mine[k][0] for k in sorted(mine)])
+        b = theirs.vectors([ref[k][0] for k in sorted(ref)])
+        assert float(np.abs(a - b).max()) <= 1e-6
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def test_ray_runs_leave_builtins_print_alone(local_ray):

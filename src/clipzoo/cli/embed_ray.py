@@ -42,8 +42,8 @@ def check_engine(engine: str, address: str | None, num_workers: int | None) -> N
 def embed_on_ray(address, num_workers, model, image_paths, audio, texts, out: Path, format_: str, batch_size,
                  normalize, progress, skip_bad, exact_decode, device, precision, runtime, trust_pickle, model_name,
                  cache_dir, truncate: bool = False) -> None:
-    """Embed images (paths or fsspec URLs) or texts on Ray into OUT (.npy + sidecar, the local engine's output), or
-    both, paired row by row, into a clip-retrieval folder (``--format clip-retrieval``)."""
+    """Embed images (paths or fsspec URLs), texts or audio files on Ray into OUT (.npy + sidecar, the local engine's
+    output), or images and texts paired row by row, into a clip-retrieval folder (``--format clip-retrieval``)."""
     from ..api import load
     from ..embed import npy_path, sidecar_path
     from ..embed.ray_engine import RayOptions
@@ -54,7 +54,8 @@ def embed_on_ray(address, num_workers, model, image_paths, audio, texts, out: Pa
     if format_ not in ("npy", "clip-retrieval"):
         fail(f"--format must be npy or clip-retrieval, got {format_!r}")
     if audio:
-        fail("--engine ray embeds --images and --texts; embed --audio with --engine local")
+        return _ray_audio(address, num_workers, model, image_paths, audio, texts, out, format_, batch_size, normalize,
+                          progress, skip_bad, device, precision, trust_pickle, model_name, cache_dir)
     if format_ == "npy" and bool(image_paths) == bool(texts):
         fail("pass exactly one of --images PATH… or --texts FILE (both, paired row by row: --format clip-retrieval)")
     if not image_paths and not texts:
@@ -82,6 +83,38 @@ def embed_on_ray(address, num_workers, model, image_paths, audio, texts, out: Pa
          f"{sidecar_path(npy)}")
     if meta["skipped"]:
         note(f"skipped {len(meta['skipped'])} image(s) that could not be decoded, first: {meta['skipped'][0]['input']}")
+
+
+def _ray_audio(address, num_workers, model, image_paths, audio, texts, out: Path, format_: str, batch_size, normalize,
+               progress, skip_bad, device, precision, trust_pickle, model_name, cache_dir) -> None:
+    """``clipzoo embed MODEL --audio CLIPS/ --engine ray``: audio files embedded on Ray into OUT (.npy + sidecar)."""
+    from ..api import load
+    from ..audio import expand_audio_paths
+    from ..embed import npy_path, sidecar_path
+    from ..embed.ray_audio import embed_audio_with_ray
+    from ..embed.ray_engine import RayOptions
+    from ._common import load_model
+    from .embed_args import check_one_input
+
+    if format_ != "npy":
+        fail("--format clip-retrieval holds images and texts; embed --audio with --format npy")
+    check_one_input(image_paths, audio, texts)
+    paths = expand_audio_paths(audio)  # a typo fails before the model loads
+    device = resolve_device(device)
+    kwargs = {"model_name": model_name} if model_name else {}
+    comparator = load_model(model, "cpu", "fp32", trust_pickle, model_name, cache_dir)  # sample rate, name, dim
+    loader = partial(load, model, device=device, precision=precision, trust_pickle=trust_pickle,
+                     cache_dir=None if cache_dir is None else str(cache_dir), **kwargs)
+    options = RayOptions(address=address, num_workers=num_workers, gpu=device.startswith("cuda"),
+                         batch_size=batch_size or 32)
+    meta = embed_audio_with_ray(comparator, loader, out, paths, options=options, normalize=normalize,
+                                progress=progress, skip_bad=skip_bad)
+    npy, ray, n = npy_path(out), meta["ray"], meta["count"]
+    note(f"wrote {n} audio embeddings ({n}×{meta['dim']}, float32) to {npy} on Ray: {ray['embedded_shards']} "
+         f"shard(s) embedded, {ray['skipped_shards']} already done; inputs listed in {sidecar_path(npy)}")
+    if meta["skipped"]:
+        note(f"skipped {len(meta['skipped'])} audio file(s) that could not be decoded (listed in "
+             f"{sidecar_path(npy)}), first: {meta['skipped'][0]['input']}")
 
 
 def _ray_run(comparator, loader, options, normalize, progress, skip_bad, fast_decode, truncate, out, items, lines):

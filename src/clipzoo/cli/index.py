@@ -41,8 +41,9 @@ VideoSegmentsOpt = Annotated[float | None, typer.Option(
 
 @user_errors
 def build(
-    folder: Path | None = typer.Argument(None, metavar="DIR", show_default=False,
-                                  help="Folder of images (jpg, png, webp, gif, bmp; recursive). First-level "
+    folder: str | None = typer.Argument(None, metavar="DIR", show_default=False,
+                                  help="Folder of images (jpg, png, webp, gif, bmp; recursive), or its fsspec URL "
+                                       "(file://, memory://, s3://…). First-level "
                                        "subfolders become partitions; a same-name .txt is the caption."),
     model: str | None = typer.Option(None, "--model", "-m", show_default=False,
                                         help="Model spec (needed the first time; a rerun reuses the recorded one)."),

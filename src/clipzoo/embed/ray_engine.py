@@ -30,9 +30,10 @@ from functools import partial
 from typing import Any
 
 from ..cards import IMAGE, TEXT
-from ..errors import BadImageError, BadTextError, ClipzooError
+from ..errors import BadAudioError, BadImageError, BadTextError, ClipzooError
 from ..extras import require
 from ..files import atomic_write
+from ..modalities import AUDIO
 from ..progress import progress as progress_bar
 from .batches import check_batch_size
 from .distributed import merge_parts, part_name, parts_dir
@@ -44,7 +45,7 @@ from .sources import TarMember
 
 __all__ = ["RayOptions", "require_ray", "shard_plan", "finished_shards", "embed_with_ray", "embed_texts_with_ray",
            "KILL_ENV", "DEFAULT_SHARD_ROWS", "connect", "map_on_ray", "EmbedActor", "TextActor", "decode_batch",
-           "collect_shards"]
+           "collect_shards", "run_shards", "default_workers", "data_context"]
 
 KILL_ENV = "CLIPZOO_RAY_KILL_AT"
 DEFAULT_SHARD_ROWS = 4096
@@ -216,7 +217,7 @@ def embed_with_ray(comparator, load: Callable, out, images: Any, *, options: Ray
     def dataset(todo, plan):
         return _dataset(ray, comparator, load, items, plan, todo, options, normalize, fast_decode, progress)
 
-    meta = _run(ray, comparator, out, [str(x) for x in items], options, normalize, dataset, IMAGE,
+    meta = run_shards(ray, comparator, out, [str(x) for x in items], options, normalize, dataset, IMAGE,
                 skip_bad, progress)
     if not meta["inputs"]:
         raise BadImageError(f"none of the {len(items)} images could be decoded; first error: "
@@ -243,13 +244,13 @@ def embed_texts_with_ray(comparator, load: Callable, out, texts, *, options: Ray
         return ds.map_batches(TextActor, fn_constructor_kwargs={"load": load, "normalize": normalize,
                                                                 "truncate": truncate},
                               batch_size=check_batch_size(options.batch_size),
-                              concurrency=options.num_workers or _default_workers(ray, options.gpu),
+                              concurrency=options.num_workers or default_workers(ray, options.gpu),
                               num_gpus=1 if options.gpu else 0, num_cpus=0 if options.gpu else 1)
 
-    return _run(ray, comparator, out, texts, options, normalize, dataset, TEXT, False, progress)
+    return run_shards(ray, comparator, out, texts, options, normalize, dataset, TEXT, False, progress)
 
 
-def _run(ray, comparator, out, names: list[str], options: RayOptions, normalize: bool, dataset: Callable,
+def run_shards(ray, comparator, out, names: list[str], options: RayOptions, normalize: bool, dataset: Callable,
          modality: str, skip_bad: bool, progress: bool) -> dict[str, Any]:
     """The shards of ``names`` not yet written -> ``dataset(todo, plan)`` on Ray -> shard files -> ``out``."""
     npy = npy_path(out)
@@ -284,14 +285,11 @@ def map_on_ray(ray, rows: list[dict], decode: Callable, load: Callable, options:
                progress: bool):
     """``rows`` (each with an ``index``) -> ``decode`` in Ray Data tasks (a batch dict in, ``index``, ``pixels``,
     ``error`` and any other columns out) -> :class:`EmbedActor` s (``features`` in place of ``pixels``), in order."""
-    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")  # Ray's progress bars would replace builtins.print
     import ray.data
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # shards complete one after another: bounded memory here
-    ctx.enable_progress_bars = progress
+    data_context(progress)
     batch = check_batch_size(options.batch_size)
-    workers = options.num_workers or _default_workers(ray, options.gpu)
+    workers = options.num_workers or default_workers(ray, options.gpu)
     kill = os.environ.get(KILL_ENV)
     kill_at = (int(kill.split(":", 1)[0]), kill.split(":", 1)[1]) if kill else None
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch, 200)))
@@ -302,7 +300,18 @@ def map_on_ray(ray, rows: list[dict], decode: Callable, load: Callable, options:
     # Ray Data's actor pool restarts a dead actor and retries its batch (max_restarts=-1, max_task_retries=-1)
 
 
-def _default_workers(ray, gpu: bool) -> int:
+def data_context(progress: bool) -> None:
+    """Ray Data's settings for a run: rows in order (shards complete one after another: bounded memory here),
+    progress bars only with ``progress``, and ``builtins.print`` left alone."""
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")  # Ray's progress bars would replace builtins.print
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = progress
+
+
+def default_workers(ray, gpu: bool) -> int:
     resources = ray.cluster_resources()
     return max(1, int(resources.get("GPU", 1))) if gpu else max(1, int(resources.get("CPU", 2)) // 2)
 
@@ -313,13 +322,15 @@ def collect_shards(ds, comparator, names, plan, todo, npy, normalize: bool, skip
     pending: dict[int, dict[int, tuple]] = {i: {} for i in todo}
     starts = [start for start, _ in plan]
     total = sum(plan[i][1] - plan[i][0] for i in todo)
-    noun = "images" if modality == IMAGE else "texts"
+    noun = {IMAGE: "images", TEXT: "texts", AUDIO: "audio files"}[modality]
     with progress_bar(total, f"embedding {total} {noun} on Ray", enabled=progress, unit=noun) as advance:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for index, feats, err in zip(batch["index"], batch["features"], batch["error"], strict=True):
                 index = int(index)
                 if err and modality == TEXT:
                     raise BadTextError(str(err))
+                if err and not skip_bad and modality == AUDIO:
+                    raise BadAudioError(f"{err} (to leave such files out: --skip-bad, skip_bad=True)")
                 if err and not skip_bad:
                     raise BadImageError(f"{err} (to leave such images out: --skip-bad, skip_bad=True)")
                 shard = bisect.bisect_right(starts, index) - 1

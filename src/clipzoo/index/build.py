@@ -36,6 +36,7 @@ import numpy as np
 from ..api import load
 from ..cards import IMAGE
 from ..embed import draft_size_for, image_loader
+from ..embed.remote_inputs import is_url
 from ..errors import ClipzooError
 from ..inputs import check_long_text
 from ..progress import progress as progress_bar
@@ -45,6 +46,7 @@ from .folder import INDEX_SUFFIXES, IndexFiles, caption_of, collate_index_batch,
 from .generations import VECTORS_DIR, collect, publish, read_pointer
 from .lock import IndexLock
 from .manifest import bad_shards, check_files, disk_full, is_disk_full
+from .remote_folder import SOURCE_DIR, local_folder
 from .stores import DEFAULT_STORE, check_store
 from .videos import SEGMENT_META, embed_videos, is_video_key, plan_videos, split_key, video_rows_to_keep, walk_videos
 
@@ -148,10 +150,11 @@ def build_index(folder: "str | os.PathLike", out: "str | os.PathLike", model: An
         raise ClipzooError(f"batch size must be at least 1, got {batch_size}")
     if workers is not None and int(workers) < 0:
         raise ClipzooError(f"workers must be 0 or more, got {workers}")
+    url = is_url(os.fspath(folder))  # an fsspec URL: read once the store is checked (index/remote_folder.py)
     root = Path(os.path.expanduser(os.fspath(folder))).absolute()
-    if not root.exists():
+    if not url and not root.exists():
         raise ClipzooError(f"folder {os.fspath(folder)!r} does not exist; pass the folder of images to index")
-    if not root.is_dir():
+    if not url and not root.is_dir():
         raise ClipzooError(f"{os.fspath(folder)!r} is not a folder; pass the folder of images to index")
     check_store(dict(vector_options or {}).get("vector_store", DEFAULT_STORE), vector_options)  # before any work
     settings = _Settings(int(batch_size), workers, progress, int(shard_rows), flush_seconds, dict(vector_options or {}),
@@ -159,6 +162,7 @@ def build_index(folder: "str | os.PathLike", out: "str | os.PathLike", model: An
     out_path = Path(os.path.expanduser(os.fspath(out))).absolute()
     created = not out_path.exists()
     fresh = created or (out_path.is_dir() and not (out_path / "index.sqlite").exists())  # no index yet
+    root = local_folder(folder, out_path) if url else root  # file://: its path; others copied into OUT/.source
     try:
         with IndexLock(out_path, wait=wait, on_wait=_waiting(out_path) if progress else None):
             return _locked_build(out_path, fresh, root, model, settings, t0)
@@ -208,10 +212,11 @@ def _remove_if_empty(out: Path) -> None:
     except ClipzooError:  # cannot tell what it holds: leave it to the rerun
         return
     names = {p.name for p in out.iterdir()} if out.is_dir() else set()
-    if names <= {"index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "shards", VECTORS_DIR, ".lock"}:
+    if names <= {"index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "shards", VECTORS_DIR, ".lock", SOURCE_DIR}:
+        shutil.rmtree(out / SOURCE_DIR, ignore_errors=True)
         shutil.rmtree(out / "shards", ignore_errors=True)
         shutil.rmtree(out / VECTORS_DIR, ignore_errors=True)
-        for name in names - {".lock", "shards", VECTORS_DIR}:
+        for name in names - {".lock", "shards", VECTORS_DIR, SOURCE_DIR}:
             (out / name).unlink(missing_ok=True)
 
 
