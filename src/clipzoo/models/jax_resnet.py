@@ -5,8 +5,7 @@ BatchNorm as torch's ``BatchNorm2d`` (eps 1e-5, running averages with momentum 0
 training (``train=True``, ``mutable=["batch_stats"]``) it normalises by the batch's statistics — under the
 JAX engine's device mesh that batch is the *global* batch (the step is written for it and XLA all-reduces
 the moments), so N devices compute what one device does, like torch's SyncBatchNorm — and updates the
-running averages; in evaluation it uses them. One difference from torch: Flax's running variance averages
-the biased batch variance (torch's the unbiased one), which changes only what training accumulates.
+running averages (the variance's unbiased, as torch; :class:`TorchBatchNorm`); in evaluation it uses them.
 Initialisation follows open_clip (torch's defaults plus ``ModifiedResNet.init_parameters``): convolutions as torch's
 ``Conv2d`` (kaiming_uniform with a = sqrt(5), i.e. uniform(±1 / sqrt(fan_in))), each bottleneck's last BatchNorm
 at scale 0, the attention pool's projections at normal(std = width ** -0.5) with torch ``Linear``'s bias
@@ -26,7 +25,7 @@ nn = require("flax.linen", "the JAX engine")
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.9  # Flax's convention: running = 0.9 * running + 0.1 * batch (torch's momentum 0.1)
 
-__all__ = ["ResNetTower", "BN_EPS", "BN_MOMENTUM", "TORCH_DEFAULT_KERNEL", "torch_bias_init"]
+__all__ = ["ResNetTower", "TorchBatchNorm", "BN_EPS", "BN_MOMENTUM", "TORCH_DEFAULT_KERNEL", "torch_bias_init"]
 
 
 # torch's Conv2d / Linear default weight init, kaiming_uniform(a=sqrt(5)): uniform(±1 / sqrt(fan_in))
@@ -42,9 +41,41 @@ def torch_bias_init(fan_in: int):
     return init
 
 
+class TorchBatchNorm(nn.Module):
+    """torch's ``BatchNorm2d`` over the last (channel) axis, with Flax ``BatchNorm``'s variables (``params``:
+    ``scale``, ``bias``; ``batch_stats``: ``mean``, ``var``). Training normalises by the batch's mean and biased
+    variance, and updates the running variance with the *unbiased* one (``× n / (n - 1)``), as torch does (Flax's
+    ``BatchNorm`` averages the biased one). Computed in fp32."""
+
+    use_running_average: bool = True
+    momentum: float = BN_MOMENTUM
+    epsilon: float = BN_EPS
+    zero_scale: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.zeros if self.zero_scale else nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        x = x.astype(jnp.float32)
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            mean = x.mean(axis=axes)
+            var = jnp.square(x - mean).mean(axis=axes)
+            if not self.is_initializing():
+                n = x.size // c
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1 - m) * mean
+                ra_var.value = m * ra_var.value + (1 - m) * var * (n / max(n - 1, 1))
+        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+
+
 def _bn(train: bool, name: str, zero: bool = False):
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, dtype=jnp.float32,
-                        scale_init=nn.initializers.zeros if zero else nn.initializers.ones, name=name)
+    return TorchBatchNorm(use_running_average=not train, zero_scale=zero, name=name)
 
 
 def _conv(features: int, kernel: int, name: str, dtype, stride: int = 1):

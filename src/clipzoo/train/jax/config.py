@@ -29,6 +29,7 @@ ALIASES = {"data": "train_path", "train_data": "train_path", "batch_size": "glob
            "val_data": "valid_path", "precision": "dtype"}
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 LOSSES = ("infonce", "siglip")
+WARMUP_RULES = ("open_clip_jax", "torch")
 
 # The tiny-shapes recipe for this engine: the torch recipe's model (clipzoo.train.recipes.TINY_SHAPES_MODEL) —
 # a width-16 ModifiedResNet with BatchNorm (clipzoo's JAX ResNet tower, clipzoo.models.jax_resnet) and a text
@@ -43,7 +44,8 @@ JAX_RECIPES: dict[str, dict[str, Any]] = {
     "tiny-shapes": {
         "model_config": TINY_SHAPES_JAX_MODEL, "image_size": 64, "context_len": 24,
         "train_path": "shapes-classes:20000", "global_batch_size": 128, "learning_rate": 4e-3,
-        "weight_decay": 0.1, "decay": "kernels", "n_warmup_steps": 50, "steps": 800, "eval_every": 200,
+        "weight_decay": 0.1, "decay": "kernels", "warmup_rule": "torch", "n_warmup_steps": 50, "steps": 800,
+        "eval_every": 200,
         "eval_data": "shapes-heldout:770", "log_freq": 25, "output": "runs/tiny-shapes-jax",
     },
 }
@@ -73,6 +75,8 @@ class JaxTrainConfig:
     learning_rate_scheduler: str = "cosine"  # cosine | const
     n_warmup_steps: int = 10000
     warmup_init: float = 1e-5
+    warmup_rule: str = "open_clip_jax"  # open_clip_jax: warmup_init -> peak at step n_warmup_steps; torch: the
+    # torch trainer's (open_clip's cosine_lr): peak × (step + 1) / n_warmup_steps
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-6
@@ -149,6 +153,8 @@ def validate(cfg: JaxTrainConfig, source: str) -> None:
         (cfg.learning_rate_scheduler in ("cosine", "const"),
          f"learning_rate_scheduler must be cosine or const, got {cfg.learning_rate_scheduler!r}"),
         (cfg.decay in ("ndim", "kernels"), f"decay must be ndim or kernels, got {cfg.decay!r}"),
+        (cfg.warmup_rule in WARMUP_RULES,
+         f"warmup_rule must be {' or '.join(WARMUP_RULES)}, got {cfg.warmup_rule!r}"),
         (cfg.dtype in ("float32", "bfloat16"), f"dtype must be float32 or bfloat16 (fp32 / bf16), got {cfg.dtype!r}"
          + ("; float16 needs loss scaling, which the JAX engine leaves out: use bfloat16"
             if cfg.dtype == "float16" else "")),

@@ -17,8 +17,8 @@ import optax
 from ...models.jax_clip import create_model, init_variables
 from ..config import ConfigError
 
-__all__ = ["build_model", "build_schedule", "build_optimiser", "init_state", "model_variables", "TEMP_MAX",
-           "SIGLIP_INIT"]
+__all__ = ["build_model", "build_schedule", "torch_schedule", "build_optimiser", "init_state", "model_variables",
+           "TEMP_MAX", "SIGLIP_INIT"]
 
 TEMP_MAX = math.log(100.0)  # open_clip_jax clips the log-temperature to [0, ln 100]
 SIGLIP_INIT = (math.log(10.0), -10.0)  # the SigLIP paper's log-scale and bias
@@ -33,14 +33,33 @@ def build_model(cfg):
 
 
 def build_schedule(cfg, total_steps: int):
+    """The lr at each optimiser step. ``warmup_rule`` ``"open_clip_jax"``: optax's warm-up from ``warmup_init`` at
+    step 0 to the peak at step ``n_warmup_steps``; ``"torch"`` (the torch trainer's and open_clip's ``cosine_lr``):
+    ``peak × (step + 1) / n_warmup_steps``, the peak at step ``n_warmup_steps - 1``. Then cosine to 0 at
+    ``total_steps`` (or constant), the same in both."""
+    if cfg.learning_rate_scheduler == "cosine" and total_steps <= cfg.n_warmup_steps:
+        raise ConfigError(f"the run has {total_steps} steps, not more than its {cfg.n_warmup_steps} warm-up steps "
+                          "(the cosine schedule decays after them); lower --n-warmup-steps or train longer")
+    if cfg.warmup_rule == "torch":
+        return torch_schedule(cfg.learning_rate, cfg.n_warmup_steps, total_steps, cfg.learning_rate_scheduler)
     if cfg.learning_rate_scheduler == "cosine":
-        if total_steps <= cfg.n_warmup_steps:
-            raise ConfigError(f"the run has {total_steps} steps, not more than its {cfg.n_warmup_steps} warm-up steps "
-                              "(the cosine schedule decays after them); lower --n-warmup-steps or train longer")
         return optax.warmup_cosine_decay_schedule(init_value=cfg.warmup_init, peak_value=cfg.learning_rate,
                                                   warmup_steps=cfg.n_warmup_steps, decay_steps=total_steps)
     warmup = optax.linear_schedule(cfg.warmup_init, cfg.learning_rate, cfg.n_warmup_steps)
     return optax.join_schedules([warmup, optax.constant_schedule(cfg.learning_rate)], [cfg.n_warmup_steps])
+
+
+def torch_schedule(peak: float, warmup: int, total: int, kind: str = "cosine"):
+    """:func:`clipzoo.train.phases.optimiser.lr_lambda` × ``peak`` as a jit-able optax schedule."""
+    def schedule(step):
+        s = jnp.asarray(step, jnp.float32)
+        if kind == "const":
+            after = jnp.full_like(s, peak)
+        else:
+            progress = jnp.clip((s - warmup) / max(1, total - warmup), 0.0, 1.0)
+            after = 0.5 * peak * (1.0 + jnp.cos(math.pi * progress))
+        return jnp.where(s < warmup, peak * (s + 1.0) / max(1, warmup), after) if warmup else after
+    return schedule
 
 
 def decay_mask(params, rule: str = "ndim"):
