@@ -16,7 +16,7 @@ from clipzoo.backends.onnx_format import META_FILE
 from clipzoo.datasets import ShapesDataset, classnames
 from clipzoo.errors import ClipzooError
 from clipzoo.runtime import normalize_runtime, onnx_static_int8
-from clipzoo.runtime.onnx_static_int8 import static_int8_folder
+from clipzoo.runtime.onnx_static_int8 import FLOAT_CONV_SUFFIX, choose, static_int8_folder
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +94,23 @@ def test_issue22_static_int8_zero_shot_within_half_a_point(models, tmp_path):
     acc = [Evaluator(x, workers=0).zeroshot(open_dataset(held)).metrics["acc1"] for x in (ref, m)]
     print(f"zero-shot acc1 fp32 {acc[0]:.4f} static int8 {acc[1]:.4f}")
     assert abs(acc[0] - acc[1]) <= 0.005, acc
+    images = [r.image for r in list(open_dataset(held))[:128]]  # the images benchmarks/runtimes.py measures
+    cosine = (m.encode_image(images) * ref.encode_image(images)).sum(-1).min().item()
+    print(f"static int8 image min cosine on held-out shapes {cosine:.5f}")
+    assert cosine >= 0.995, cosine  # 0.9946 while the Conv outputs were requantised (issue 22)
+
+
+def test_issue22_tiny_shapes_image_min_cosine_0995_variant_choice():
+    """The int8-output Conv variant is kept when it meets the guard (0.998 on the held-back calibration images:
+    0.995 and a margin; faster — QLinearConv), else the most faithful variant — on the embedded ResNet the
+    float-Conv-output one."""
+    assert choose({"minmax": 0.9946, "percentile": 0.8878, "minmax+float-conv-out": 0.9981,
+                   "percentile+float-conv-out": 0.9012}) == "minmax+float-conv-out"
+    # measured in benchmarks/runtimes.py: percentile's 0.9964 on the held-back images was 0.9946 on held-out shapes
+    assert choose({"minmax": 0.9952, "percentile": 0.9964, "minmax+float-conv-out": 0.9994,
+                   "percentile+float-conv-out": 0.9993}) == "minmax+float-conv-out"
+    assert choose({"minmax": 0.9985, "percentile": 0.9951, "minmax+float-conv-out": 0.9990}) == "minmax"
+    assert choose({"minmax": 0.99, "entropy": 0.993}) == "entropy"  # a graph without Convs: the best method
 
 
 def test_issue22_static_int8_calibration_chosen_stored_reused(models, cache):
@@ -102,9 +119,10 @@ def test_issue22_static_int8_calibration_chosen_stored_reused(models, cache):
     q = json.loads((folder / META_FILE).read_text())["quantization"]
     n = TEST_CALIBRATION_IMAGES
     assert q["kind"] == "static" and q["calibration"] == {"source": "generated shapes", "images": n, "texts": n}
+    variants = {"image": {m + s for m in FAST_METHODS for s in ("", FLOAT_CONV_SUFFIX)}, "text": set(FAST_METHODS)}
     for modality in ("image", "text"):
         cosines = q["min_cosine"][modality]
-        assert set(cosines) == set(FAST_METHODS) and q["method"][modality] == max(cosines, key=cosines.get)
+        assert set(cosines) == variants[modality] and q["method"][modality] == choose(cosines)
         ranges = json.loads((folder / f"calibration-{modality}.json").read_text())
         assert ranges  # the chosen method's tensor ranges, kept beside the graph
     ops = {n.op_type for n in onnx.load(str(folder / "image.onnx")).graph.node}
@@ -126,7 +144,8 @@ def test_issue22_static_int8_calibration_on_the_callers_images(models, sample):
     assert folder != m.model.folder
     q = json.loads((folder / META_FILE).read_text())["quantization"]
     assert q["calibration"] == {"source": "given", "images": 8, "texts": 8}
-    assert q["method"] == {"image": "entropy", "text": "entropy"} and set(q["min_cosine"]["text"]) == {"entropy"}
+    assert q["method"]["image"].startswith("entropy") and q["method"]["text"] == "entropy"
+    assert set(q["min_cosine"]["text"]) == {"entropy"}
     with pytest.raises(ClipzooError, match="unknown calibration method 'kl'; use some of minmax, entropy"):
         static_int8_folder(fp32_folder, methods=("kl",))
     with pytest.raises(ClipzooError, match="already quantised"):

@@ -23,7 +23,8 @@ from ..registry import local_card
 from . import onnx_columns, onnx_export
 
 FP32_NAMES = ("fp32", "float32", "torch.float32")
-EXPORT_REVISION = 2  # 2: text graphs of causal towers take any length (onnx_columns); keys the export cache
+EXPORT_REVISION = 3  # 2: text graphs of causal towers take any length (onnx_columns); 3: fused ViT image graphs
+# (onnx_vision); keys the export cache
 
 
 def apply(card: ModelCard, build: Callable[..., Any], *, device: str, precision: str, cache_dir,
@@ -69,5 +70,5 @@ def exported_folder(card: ModelCard, build: Callable[..., Any], *, precision: st
     folder = cache_folder(card, cache_dir, load_kwargs)
     if not (folder / META_FILE).is_file():
         comparator = build(device="cpu", precision="fp32")
-        build_folder_once(folder, lambda tmp: onnx_export.export_onnx(comparator, tmp), META_FILE)
+        build_folder_once(folder, lambda tmp: onnx_export.export_onnx(comparator, tmp, fused=True), META_FILE)
     return folder

@@ -48,6 +48,7 @@ from ..backends.onnx_format import (
 )
 from ..cards import IMAGE, TEXT
 from ..errors import BackendMissingError, ClipzooError, UnsupportedError
+from . import onnx_vision
 from .onnx_meta import export_meta
 
 EXPORTERS = ("auto", "torchscript", "dynamo")
@@ -181,14 +182,15 @@ def static_text_shapes():
 
 # --------------------------------------------------------------------------------------------- export
 def export_onnx(comparator, out_dir: "str | os.PathLike", opset: int | None = None, token_dtype: str = "int64",
-                batch_dynamic: bool = True, *, exporter: str = "auto", check: bool = True) -> Path:
+                batch_dynamic: bool = True, *, exporter: str = "auto", check: bool = True, fused: bool = False) -> Path:
     """Export a loaded Comparator to ``out_dir``.
 
     ``opset``: ONNX opset (default 17 for TorchScript, 18 for dynamo); ``token_dtype``: ``"int64"`` or
     ``"int32"`` (cast to int64 inside the graph); ``batch_dynamic``: a dynamic batch axis (else batch 1);
     ``exporter``: ``"auto"`` | ``"torchscript"`` | ``"dynamo"``; ``check``: run the graphs once in
-    onnxruntime (when installed) and record their largest difference from eager in the JSON.
-    Returns ``out_dir``.
+    onnxruntime (when installed) and record their largest difference from eager in the JSON; ``fused``: an
+    open_clip ViT image tower with its attention, LayerNorms and GELUs fused into ONNX Runtime's contrib ops
+    (:mod:`.onnx_vision`; the ONNX runtimes' export — not portable to other ONNX engines). Returns ``out_dir``.
     """
     check_export_options(token_dtype, exporter)
     if getattr(comparator, "card", None) is not None and comparator.card.backend == "onnx":
@@ -197,7 +199,7 @@ def export_onnx(comparator, out_dir: "str | os.PathLike", opset: int | None = No
     out.mkdir(parents=True, exist_ok=True)
     for stale in (META_FILE, IMAGE_FILE, TEXT_FILE, IMAGE_FILE + ".data", TEXT_FILE + ".data"):
         (out / stale).unlink(missing_ok=True)
-    graphs, used = _export_graphs(comparator, out, opset, token_dtype, batch_dynamic, exporter)
+    graphs, used = _export_graphs(comparator, out, opset, token_dtype, batch_dynamic, exporter, fused)
     meta = export_meta(comparator, out, graphs, used, batch_dynamic)
     if check:
         meta["max_abs_diff"] = check_graphs(comparator, out, graphs, token_dtype)
@@ -215,7 +217,7 @@ def check_export_options(token_dtype: str, exporter: str) -> None:
 
 
 def _export_graphs(comparator, out: Path, opset, token_dtype: str, batch_dynamic: bool,
-                   exporter: str) -> tuple[dict[str, dict], str]:
+                   exporter: str, fused: bool = False) -> tuple[dict[str, dict], str]:
     """Write ``image.onnx`` / ``text.onnx``; returns their descriptions and the exporter that wrote them."""
     import torch
 
@@ -229,11 +231,22 @@ def _export_graphs(comparator, out: Path, opset, token_dtype: str, batch_dynamic
         with torch.no_grad(), static_text_shapes():
             if IMAGE in comparator.modalities:
                 pixels = _example_pixels(comparator, batch)
-                used = _export(image_tower(comparator), pixels, out / IMAGE_FILE, IMAGE_INPUT, IMAGE_OUTPUT,
-                               opset, batch_dynamic, exporter)
+                tower = onnx_vision.fused_image_tower(comparator, pixels) if fused and exporter != "dynamo" else None
+                small = tower is not None and sum(p.numel() * p.element_size() for p in tower.parameters()) <= (
+                    LARGE_WEIGHTS)  # one graph file, no external data
+                if small and onnx_vision.export_fused(tower, pixels, out / IMAGE_FILE, IMAGE_INPUT, IMAGE_OUTPUT,
+                                                      opset, batch_dynamic):
+                    used = "torchscript"
+                else:
+                    tower = None
+                    used = _export(image_tower(comparator), pixels, out / IMAGE_FILE, IMAGE_INPUT, IMAGE_OUTPUT,
+                                   opset, batch_dynamic, exporter)
                 graphs[IMAGE] = {"file": IMAGE_FILE, "input": IMAGE_INPUT, "output": IMAGE_OUTPUT,
                                  "input_dtype": "float32", "input_shape": ["N", *pixels.shape[1:]],
                                  "output_shape": ["N", comparator.embed_dim]}
+                if tower is not None:  # attention, LayerNorms and GELUs as ONNX Runtime's fused contrib ops
+                    graphs[IMAGE]["fused"] = sorted(onnx_vision.graph_ops(out / IMAGE_FILE) & set(
+                        onnx_vision.FUSED_OPS))
             if TEXT in comparator.modalities:
                 tokens = _example_tokens(comparator, batch, token_dtype)
                 tower, columns = columns_text_tower(comparator, tokens) if batch_dynamic else (text_tower(
@@ -316,11 +329,16 @@ def _export_torchscript(module, example, path, input_name, output_name, opset, b
     axes = {input_name: {0: "N"}, output_name: {0: "N"}} if batch_dynamic else None
     if axes and length_dynamic:
         axes[input_name][1] = "L"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer warnings
-        torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=[input_name],
-                          output_names=[output_name], opset_version=opset or 17, dynamic_axes=axes,
-                          do_constant_folding=True)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    try:  # nn.MultiheadAttention's inference fast path (several heads, no grad) is an op ONNX has no export for
+        torch.backends.mha.set_fastpath_enabled(False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer warnings
+            torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=[input_name],
+                              output_names=[output_name], opset_version=opset or 17, dynamic_axes=axes,
+                              do_constant_folding=True)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 # --------------------------------------------------------------------------------------------- check

@@ -1,0 +1,132 @@
+"""Issue 22 §1, image tower: the ONNX runtimes export an open_clip ViT with its attention fused
+(clipzoo.runtime.onnx_vision) — one QKV MatMul, ONNX Runtime's MultiHeadAttention, SkipLayerNormalization,
+BiasGelu — equal to ``encode_image``; static int8 quantises the MatMuls between those fused float ops.
+
+A tiny open_clip ViT with random weights (2 heads, exact GELU) stands in for ViT-B/32; its speed is measured
+in benchmarks/runtimes.py.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import clipzoo
+from clipzoo.backends.onnx_format import META_FILE
+from clipzoo.runtime import onnx_static_int8, onnx_vision
+from clipzoo.runtime.onnx_export import export_onnx
+from clipzoo.testing.tiny import OPENAI_PREPROCESS, TINY_CONFIG, state_dict
+
+VIT_CONFIG = {**TINY_CONFIG, "quick_gelu": False,
+              "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8}}
+TEST_CALIBRATION_IMAGES = 48
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vit") / "tiny-vit.safetensors"
+    meta = {"format": "pt", "open_clip_config": json.dumps({"model_cfg": VIT_CONFIG,
+                                                            "preprocess_cfg": OPENAI_PREPROCESS})}
+    save_file({k: v.contiguous() for k, v in state_dict(3, config=VIT_CONFIG).items()}, str(path), metadata=meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("vit-cache")
+
+
+@pytest.fixture(scope="module")
+def eager(weights):
+    return clipzoo.load(str(weights))
+
+
+def pixels(n: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 4 - 2
+
+
+def ops_after_ort(path, tmp_path) -> list[str]:
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def test_issue22_vit_image_graph_fused_equals_encode_image(eager, weights, cache):
+    m = clipzoo.load(str(weights), runtime="onnx", cache_dir=cache)
+    graph = json.loads((m.model.folder / META_FILE).read_text())["graphs"]["image"]
+    assert graph["fused"] == ["BiasGelu", "MultiHeadAttention", "SkipLayerNormalization"]
+    ops = [n.op_type for n in onnx.load(str(m.model.folder / "image.onnx")).graph.node]
+    assert ops.count("MultiHeadAttention") == 2 and ops.count("BiasGelu") == 2 and "Softmax" not in ops
+    assert ops.count("SkipLayerNormalization") == 3  # each block's two residual LayerNorms but the last's
+    for n, seed in ((1, 1), (3, 2), (32, 3)):
+        x = pixels(n, seed)
+        with torch.no_grad():
+            diff = (m.encode_pixels(x) - eager.encode_pixels(x)).abs().max().item()
+        assert diff <= 1e-4, (n, diff)
+    with torch.no_grad():  # the written-out blocks in torch, before any export
+        x = pixels(4, 5)
+        written = onnx_vision.encode_fused(eager.model.visual, x)
+        assert (written - eager.encode_pixels(x)).abs().max().item() <= 1e-5
+
+
+def test_issue22_convert_keeps_the_portable_image_graph(eager, tmp_path):
+    """``clipzoo convert --to onnx`` (``fused=False``): standard ONNX ops only, no ONNX Runtime contrib op."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to the (slower) dynamo exporter either
+        out = export_onnx(eager, tmp_path / "plain")
+    graph = json.loads((out / META_FILE).read_text())["graphs"]["image"]
+    assert "fused" not in graph
+    model = onnx.load(str(out / "image.onnx"))
+    assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
+    assert not onnx_vision.graph_ops(out / "image.onnx") & set(onnx_vision.FUSED_OPS)
+
+
+def test_issue22_fused_export_falls_back_when_it_differs(eager, tmp_path, monkeypatch):
+    """A tower the fused graph does not reproduce (here: encode_pixels moved by 1e-3) exports the plain graph;
+    a tower that is not an open_clip ViT (the embedded ModifiedResNet) too."""
+    original = type(eager).encode_pixels
+    monkeypatch.setattr(type(eager), "encode_pixels", lambda self, x: original(self, x) + 1e-3)
+    assert onnx_vision.fused_image_tower(eager, pixels(2, 0)) is None
+    out = export_onnx(eager, tmp_path / "moved", fused=True, check=False)
+    assert "fused" not in json.loads((out / META_FILE).read_text())["graphs"]["image"]
+    monkeypatch.undo()
+    assert onnx_vision.fused_image_tower(eager, pixels(2, 0)) is not None
+    assert onnx_vision.vit_visual(clipzoo.load("clipzoo/tiny-shapes")) is None
+
+
+@pytest.fixture(scope="module")
+def static(weights, cache):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(onnx_static_int8, "METHODS", ("minmax", "percentile"))
+        mp.setattr(onnx_static_int8, "CALIBRATION_IMAGES", TEST_CALIBRATION_IMAGES)
+        return clipzoo.load(str(weights), runtime="onnx-int8-static", cache_dir=cache)
+
+
+def test_issue22_vit_static_int8_quantises_between_fused_ops(static, tmp_path):
+    """Every weight MatMul of the fused graph (QKV, output projection, MLP in, MLP out per block, the final
+    projection) runs as ONNX Runtime's integer MatMulIntegerToFloat; attention, LayerNorms, GELU stay fused."""
+    ops = ops_after_ort(static.model.folder / "image.onnx", tmp_path)
+    assert ops.count("MatMulIntegerToFloat") == 2 * 4 + 1, sorted(set(ops))
+    assert ops.count("MultiHeadAttention") == 2 and ops.count("BiasGelu") == 2 and "MatMul" not in ops
+
+
+def test_issue22_vit_static_int8_cosine_and_batch_independence(static, eager):
+    images = [img for img in pixels(32, 11)]
+    x = torch.stack(images)
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(eager.encode_pixels(x), dim=-1)
+        got = torch.nn.functional.normalize(static.encode_pixels(x), dim=-1)
+        alone = static.encode_pixels(x[5:6])
+        batch = static.encode_pixels(x)
+    cosine = (ref * got).sum(-1).min().item()
+    print(f"tiny ViT static int8: min cosine {cosine:.5f}")
+    assert cosine >= 0.995, cosine
+    assert (alone[0] - batch[5]).abs().max().item() <= 1e-6
+    q = json.loads((static.model.folder / META_FILE).read_text())["quantization"]
+    assert set(q["min_cosine"]["image"]) == {"minmax", "percentile"}  # no Conv quantised: no Conv variant
