@@ -194,3 +194,60 @@ def test_issue21_4_servable_by_clipzoo_search(tmp_path):
     with TestClient(create_app(tmp_path / "ix", model=tiny)) as client:
         served = client.post("/search", json={"text": "a red ellipse", "k": 3}).json()
     assert [h["relpath"] for h in served["hits"]] == [h["relpath"] for h in hits]
+
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _index_10m():
+    """benchmarks/index_10m.py as a module (it imports its helper ``tables`` by name)."""
+    import importlib.util
+
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_index_10m", BENCH / "index_10m.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_issue21_4_autofaiss_beside_ours_phases_memory_and_recall(tmp_path):
+    """The benchmark's autofaiss row: clip-retrieval's call in a child, autofaiss's own phase timings read back
+    from its log, the budget refused then raised as recorded, recall@10 against the exact top 10."""
+    b = _index_10m()
+    q = b.generate(tmp_path / "vecs", 2000, 20)
+    np.save(tmp_path / "queries.npy", q)
+    truth = b.exact_topk(sorted((tmp_path / "vecs" / "img_emb").glob("*.npy")), q)
+    row = b.autofaiss_row(tmp_path, "flat", 64 << 20, "64MB", {"nb_cores": 1, "index_key": "Flat"}, truth, 300)
+    assert "error" not in row, row
+    assert row["options"] == {"nb_cores": 1, "index_key": "Flat"} and row["infos"]["index_key"] == "Flat"
+    # max_index_memory_usage == current_memory_available leaves autofaiss no room: it refuses, the next is taken
+    assert row["refused"] == ["64MB"] and row["current_memory_available"] == "576MB"
+    assert row["recall_at_10"] >= 0.995  # exact inner product over the same float16 rows
+    phases = row["phases_s"]
+    assert 0 < phases["Launching the whole pipeline"] <= row["build_s"]
+    assert "Computing best hyperparameters for index OUT/knn.index" in phases
+    assert '>>> Finished "Launching the whole pipeline" in ' in row["log_tail"][-1]
+    assert [e.split(":")[0] for e in row["autofaiss_estimate"]] == ["-> Train", "-> Add", "Total"]
+
+
+def test_issue21_4_autofaiss_second_row_uses_our_key_when_its_own_differs(tmp_path, monkeypatch):
+    b = _index_10m()
+    calls = []
+
+    def fake_row(work, name, budget, max_memory, extra, truth, timeout):
+        calls.append((name, extra))
+        return {"infos": {"index_key": "HNSW32" if name == "default" else extra["index_key"]}}
+
+    monkeypatch.setattr(b, "autofaiss_row", fake_row)
+    out = tmp_path / "r.json"
+    b.main(["--n", "2000", "--max-memory", "64MB", "--queries", "5", "--no-ours", "--workdir", str(tmp_path / "w"),
+            "--out", str(out)])
+    key = plan_index(2000, 512, 64 << 20).key
+    assert key == "IVF51,Flat"
+    assert calls == [("default", {"nb_cores": os.cpu_count()}),
+                     ("our_key", {"nb_cores": os.cpu_count(), "index_key": key, "metric_type": "l2"})]
+    result = json.loads(out.read_text())
+    assert result["autofaiss_our_key"]["infos"]["index_key"] == key
+    assert result["machine"]["load_average"] and result["ours"] == {"error": "not run (--no-ours)"}
+    assert not (tmp_path / "w" / "vecs").exists()  # the vectors are deleted, the workdir kept
