@@ -1,5 +1,5 @@
 """Measured parity of video as a modality (issue 20 §3): transformers' video–text families (backend ``hf_video``:
-X-CLIP, PE video, VideoPrism) and the frame average of any image–text model.
+X-CLIP, PE video, VideoPrism, PE audio-visual) and the frame average of any image–text model.
 
 For each family, a tiny random model written by ``save_pretrained`` with its own processor
 (:mod:`clipzoo.testing.tiny_video`): the largest absolute difference, fp32 on CPU, between clipzoo's
@@ -8,6 +8,9 @@ For each family, a tiny random model written by ``save_pretrained`` with its own
 transformers 5.24 defines inside ``__init__``, its ``forward``'s ``video_embeds`` / ``text_video_embeds``. The
 references are those of tests/test_family_video.py. ``frame_average``: the embedded model's ``encode_video`` on a
 PyAV-written mp4 against the renormalised mean of its own ``encode_image`` on the 8 uniformly sampled frames.
+``pe_av`` / ``pe_av_all_frames``: PE audio-visual (``PeAudioVideoModel``, as ``facebook/pe-av-*-16-frame`` /
+``facebook/pe-av-*``) on two videos of 9 and 6 frames, against its ``forward``'s ``video_embeds`` /
+``text_video_embeds`` on frames its own video processor sampled (the references of tests/test_family_pe_av.py).
 
     python benchmarks/video_parity.py --out video_parity.json
 
@@ -26,6 +29,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import clipzoo  # noqa: E402
+import test_family_pe_av as pe_av  # noqa: E402
 import test_family_video as fam  # noqa: E402
 from _video_common import make_video, shape_frames  # noqa: E402
 from clipzoo.testing import tiny_video  # noqa: E402
@@ -34,7 +38,7 @@ from tables import family_parity_main  # noqa: E402
 
 WRITERS = {"xclip": tiny_video.write_xclip, "videoprism": tiny_video.write_videoprism,
            "pe_video": tiny_video.write_pe_video}
-FAMILIES = (*WRITERS, "frame_average")
+FAMILIES = (*WRITERS, "pe_av", "pe_av_all_frames", "frame_average")
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -43,6 +47,8 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def run_family(name: str, tmp: Path) -> dict:
     clip_file = make_video(tmp / "clip.webm", count=12, size=40)
+    if name.startswith("pe_av"):
+        return run_pe_av(name, tmp)
     if name == "frame_average":
         m = clipzoo.load("clipzoo/tiny-shapes")
         path = make_video(tmp / "clip.mp4", count=16, size=64)
@@ -58,6 +64,18 @@ def run_family(name: str, tmp: Path) -> dict:
     ours_video = m.encode_video([frames, clip_file][:len(clips)], normalize=False)
     return {"class": m.spec.hf_class, "frames": m.num_frames, "video": max_diff(ours_video, ref_video),
             "text": max_diff(m.encode_text(texts, normalize=False), ref_text),
+            "format": "save_pretrained folder (config.json + safetensors + processor files)"}
+
+
+def run_pe_av(name: str, tmp: Path) -> dict:
+    all_frames = name == "pe_av_all_frames"
+    m = clipzoo.load(str(tiny_video.write_pe_av(tmp / name, num_frames=None if all_frames else tiny_video.FRAMES)))
+    videos = pe_av.arrays(9, 6)
+    sampling = {"do_sample_frames": False} if all_frames else {"num_frames": m.num_frames, "do_sample_frames": True}
+    ref_video, ref_text, _ = pe_av.reference(m, videos, pe_av.TEXTS, **sampling)
+    return {"class": m.spec.hf_class, "frames": "all" if all_frames else m.num_frames,
+            "video": max_diff(m.encode_video(videos, normalize=False), ref_video),
+            "text": max_diff(m.encode_text(pe_av.TEXTS, normalize=False), ref_text),
             "format": "save_pretrained folder (config.json + safetensors + processor files)"}
 
 

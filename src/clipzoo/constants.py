@@ -22,6 +22,9 @@ MAX_VIDEO_SECONDS = 4 * 3600.0
 MAX_VIDEO_FRAMES = 500_000
 MAX_VIDEO_PIXELS = 8192 * 8192
 """Decode bounds: a longer video, more frames, or bigger frames (width x height) are refused in one line."""
+MAX_ALL_FRAMES = 256
+"""Video models that take every frame (PE-AV's all-frames checkpoints) encode at most this many: a longer video
+is sampled to this many evenly spaced frames (pass ``num_frames`` to ``encode_video`` for fewer)."""
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz", ".pkl")
 
 # ---------------------------------------------------------------- preprocessing

@@ -1,15 +1,21 @@
 """Backend ``hf_video``: transformers' video–text models, one mechanism over the table of
-:mod:`clipzoo.backends.hf_video_families` — X-CLIP, Perception Encoder video (``pe_video``), VideoPrism.
+:mod:`clipzoo.backends.hf_video_families` — X-CLIP, Perception Encoder video (``pe_video``), VideoPrism, and the
+video–text pair of Perception Encoder audio-visual (``pe_audio_video``, Meta's ``facebook/pe-av-*``).
 
 A video (a file or a list of frames) is sampled to exactly the number of frames the model was trained on
 (``config.vision_config.num_frames``, or the video processor's ``num_frames``), uniformly as
 :func:`clipzoo.video.uniform_indices` does, then preprocessed by the checkpoint's own processor (X-CLIP: its
 image processor on each frame; PE video and VideoPrism: their video processor, with its own frame sampling
-off) and encoded by the video tower. Text goes through the checkpoint's tokenizer. These models have no image
+off) and encoded by the video tower. PE audio-visual samples as its processor does: its ``-16-frame``
+checkpoints take ``num_frames`` frames at ``int(i * (T - 1) / (num_frames - 1))`` (the card's
+``config.num_frames``, else the video processor's); the others take every frame, at most
+:data:`~clipzoo.constants.MAX_ALL_FRAMES` (more are sampled the same way to that many).
+Text goes through the checkpoint's tokenizer. These models have no image
 modality: their cards say ``modalities = ["video", "text"]``.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +24,11 @@ import torch
 
 from ..cards import TEXT, ModelCard
 from ..comparator import Comparator, resolve_dtype
+from ..constants import MAX_ALL_FRAMES
 from ..errors import CheckpointError, ClipzooError, UnsupportedError
 from ..modalities import VIDEO
 from ..models.tokenize import tokenize_with
-from ..video import load_video, video_items
+from ..video import load_video, probe, read_frames, video_items
 from .hf_video_families import VIDEO_TABLE, VideoFamilySpec
 from .transformers import (
     attention_mask,
@@ -42,14 +49,14 @@ def _no_image_transform(image) -> torch.Tensor:
 class VideoComparator(Comparator):
     """A transformers video–text model: ``encode_video`` and ``encode_text``."""
 
-    def __init__(self, card: ModelCard, model, *, spec: VideoFamilySpec, tokenizer, processor, num_frames: int,
+    def __init__(self, card: ModelCard, model, *, spec: VideoFamilySpec, tokenizer, processor, num_frames: int | None,
                  embed_dim: int, context_length: int, frame_size):
         super().__init__(card, model, transform=_no_image_transform, embed_dim=embed_dim, image_size=frame_size,
                          context_length=context_length, modalities=(VIDEO, TEXT))
         self.spec = spec
         self.hf_tokenizer = tokenizer
         self.processor = processor
-        self.num_frames = int(num_frames)
+        self.num_frames = int(num_frames) if num_frames else None  # None: every frame (PE-AV's all-frames ones)
         self.probability = "sigmoid" if spec.logit == "pe" else "softmax"
 
     # ------------------------------------------------------------ video
@@ -62,30 +69,42 @@ class VideoComparator(Comparator):
         out = self.processor.video_processor(videos=arrays, do_sample_frames=False, return_tensors="pt")
         return {k: v for k, v in out.items() if k in ("pixel_values_videos", "padding_mask_videos")}
 
+    @property
+    def pe_tower(self):
+        """PE's video–text model: the model itself (PE video) or PE audio-visual's ``video_model``."""
+        return self.model.video_model if self.spec.features == "pe_av" else self.model
+
     def encode_video_pixels(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
                   for k, v in inputs.items()}
-        if self.spec.features == "pe":
-            pooled = self.model.video_encoder(**inputs).pooler_output
-            return self.model.video_head(pooled)
+        if self.spec.features in ("pe", "pe_av"):
+            pooled = self.pe_tower.video_encoder(**inputs).pooler_output
+            return self.pe_tower.video_head(pooled)
         feats = features_of(self.model.get_video_features(**inputs))
         return feats.reshape(feats.shape[0], -1)  # VideoPrism pools to (N, 1, D); its forward reshapes the same way
 
     def encode_video(self, videos: Any, normalize: bool = True, batch_size: int = 8,
                      num_frames: int | None = None) -> torch.Tensor:
         """Videos (paths, frame lists, (T, H, W, C) arrays) -> features (N, D) from the video tower; every video
-        is sampled uniformly to the model's own number of frames (``num_frames``, if given, must equal it)."""
-        if num_frames is not None and int(num_frames) != self.num_frames:
+        is sampled uniformly to the model's own number of frames (``num_frames``, if given, must equal it). A model
+        that takes every frame (PE-AV's all-frames checkpoints) takes ``num_frames`` evenly spaced ones if given."""
+        if num_frames is not None and self.num_frames is not None and int(num_frames) != self.num_frames:
             raise ClipzooError(f"{self.card.alias} takes exactly {self.num_frames} frames per video, not {num_frames}; "
                                "leave num_frames unset")
+        frames = int(num_frames) if num_frames is not None else self.num_frames
         items = video_items(videos)
         out = []
         with torch.no_grad():
             for start in range(0, len(items), max(1, int(batch_size))):
-                clips = [load_video(item, self.num_frames, exact=True, index=start + i)
-                         for i, item in enumerate(items[start:start + batch_size])]
+                clips = [self.clip(item, frames, start + i) for i, item in enumerate(items[start:start + batch_size])]
                 out.append(self._finish(self.encode_video_pixels(self.video_pixels(clips)), normalize))
         return torch.cat(out)
+
+    def clip(self, item: Any, frames: int | None, index: int) -> list:
+        """One video item -> the frames the model is given: PE-AV samples as its own processor does."""
+        if self.spec.features == "pe_av":
+            return pe_av_clip(item, frames, index)
+        return load_video(item, frames, exact=True, index=index)
 
     # ------------------------------------------------------------ text
     def tokenize(self, texts: "str | list[str]", truncate: bool = False) -> torch.Tensor:
@@ -94,17 +113,41 @@ class VideoComparator(Comparator):
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = tokens.long().to(self.device)
         mask = attention_mask(tokens, self.spec.mask, self.hf_tokenizer.pad_token_id, self.hf_tokenizer.eos_token_id)
-        if self.spec.features == "pe":
+        if self.spec.features in ("pe", "pe_av"):  # PE-AV: its shared text tower, the video–text head
             out = self.model.text_model(input_ids=tokens, attention_mask=mask, output_hidden_states=True)
-            return self.model.text_video_head(out.hidden_states[-1][:, 0])
+            return self.pe_tower.text_video_head(out.hidden_states[-1][:, 0])
         return features_of(self.model.get_text_features(input_ids=tokens, attention_mask=mask))
 
     def logit_params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.spec.logit == "unit":
             return torch.ones((), device=self.device), None
         if self.spec.logit == "pe":
-            return self.model.text_video_logit_scale.reshape(()), self.model.text_video_logit_bias.reshape(())
+            tower = self.pe_tower
+            return tower.text_video_logit_scale.reshape(()), tower.text_video_logit_bias.reshape(())
         return self.model.logit_scale.exp().reshape(()), None
+
+
+def pe_frame_indices(total: int, n: int) -> list[int]:
+    """PE's processor sampling: ``n`` frames evenly spaced over ``[0, total - 1]``, both ends included."""
+    if n < 1:
+        raise ClipzooError(f"cannot sample {n} frames; pass num_frames of 1 or more")
+    return [0] * n if n == 1 or total <= 1 else [int(i * (total - 1) / (n - 1)) for i in range(n)]
+
+
+def pe_av_clip(item: Any, frames: int | None, index: int) -> list:
+    """One video item -> PE-AV's frames: ``frames`` at :func:`pe_frame_indices`, or (None) every frame, at most
+    :data:`MAX_ALL_FRAMES` (a longer video is sampled to that many the same way)."""
+    if isinstance(item, (str, os.PathLike)):
+        total = probe(item).frames
+        every = None
+    else:
+        every = load_video(item, len(item), exact=True, index=index)  # every frame, in order, as RGB PIL images
+        total = len(every)
+    if frames is None and total <= MAX_ALL_FRAMES:
+        indices = list(range(total))
+    else:
+        indices = pe_frame_indices(total, MAX_ALL_FRAMES if frames is None else frames)
+    return [every[i] for i in indices] if every is not None else read_frames(item, indices)
 
 
 def pick_video_spec(config: dict, hf_class: str | None, folder) -> VideoFamilySpec:
@@ -129,6 +172,15 @@ def frames_of(model_config, processor) -> int:
     return int(n)
 
 
+def pe_av_frames_of(card: ModelCard, processor) -> "int | None":
+    """PE-AV's frames per video: the card's ``config.num_frames`` (``16`` for the ``-16-frame`` checkpoints,
+    ``"all"`` for the others), else the video processor's ``num_frames``; None means every frame."""
+    n = card.config.get("num_frames")
+    if n is None:
+        n = getattr(getattr(processor, "video_processor", None), "num_frames", None)
+    return None if n in (None, "all", 0) else int(n)
+
+
 def frame_size_of(processor) -> "int | None":
     proc = getattr(processor, "video_processor", None) or getattr(processor, "image_processor", None)
     size = getattr(proc, "crop_size", None) or getattr(proc, "size", None) or {}
@@ -144,7 +196,7 @@ def context_of(model, tokenizer, card: ModelCard, override: int | None) -> int:
 
 def embed_dim_of(model, spec: VideoFamilySpec) -> int:
     cfg = model.config
-    if spec.features == "pe":
+    if spec.features in ("pe", "pe_av"):
         return int(cfg.text_config.hidden_size)
     dim = getattr(cfg, "projection_dim", None)
     return int(dim or cfg.text_config.hidden_size)
@@ -164,7 +216,8 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     processor = load_processor(folder)
     tokenizer = processor.tokenizer
     return VideoComparator(card, model, spec=spec, tokenizer=tokenizer, processor=processor,
-                           num_frames=frames_of(model.config, processor), embed_dim=embed_dim_of(model, spec),
+                           num_frames=pe_av_frames_of(card, processor) if spec.features == "pe_av" else
+                           frames_of(model.config, processor), embed_dim=embed_dim_of(model, spec),
                            context_length=context_of(model, tokenizer, card, context_override),
                            frame_size=frame_size_of(processor))
 
