@@ -4,7 +4,6 @@ our partitions as Milvus partitions, the fields (id, vector, partition, path, ca
 synced in place, the service's live writes going to Milvus, and an unreachable URI at start-up."""
 from __future__ import annotations
 
-import io
 import json
 import socket
 import time
@@ -18,6 +17,7 @@ pytest.importorskip("faiss")
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
+from _photo_folders import photo_folder, png  # noqa: E402
 from clipzoo.cli import app  # noqa: E402
 from clipzoo.embed.clip_retrieval import write_clip_retrieval  # noqa: E402
 from clipzoo.errors import ClipzooError  # noqa: E402
@@ -60,14 +60,6 @@ def records(partition_of, caption_of=lambda i: None, sha_of=lambda i: f"{i:064x}
         return {i: {"relpath": f"{partition_of(i) or 'root'}/{i}.png", "caption": caption_of(i), "sha256": sha_of(i),
                     "partition": partition_of(i)} for i in ids}
     return rows
-
-
-def png(seed: int) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def test_top10_matches_exact_search_on_20000_vectors(lite):
@@ -298,10 +290,7 @@ def test_live_writes_go_to_milvus_and_are_visible_to_the_next_search(tmp_path, l
     from clipzoo.index.repair import repair_index
     from clipzoo.serve import create_app
 
-    root = tmp_path / "photos"
-    for i in range(12):
-        (root / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
-        (root / "ab"[i % 2] / f"{i:03d}.png").write_bytes(png(i))
+    root = photo_folder(tmp_path / "photos", 12)
     out = tmp_path / "ix"
     build_index(root, out, model=tiny_model, workers=0, vector_options={"vector_store": "milvus", "uri": lite})
     first = read_pointer(out)

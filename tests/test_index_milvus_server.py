@@ -6,7 +6,6 @@ writes reach it, and after the server is stopped and started again on its data a
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import socket
 import subprocess
@@ -14,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -22,6 +20,7 @@ pytest.importorskip("faiss")
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
+from _photo_folders import photo_folder, png  # noqa: E402
 from clipzoo.cli import app  # noqa: E402
 from clipzoo.index import open_index  # noqa: E402
 from clipzoo.index.generations import read_pointer  # noqa: E402
@@ -94,14 +93,6 @@ def tiny_spec(tmp_path_factory):
     return str(write_open_clip_safetensors(tmp_path_factory.mktemp("m") / "tiny.safetensors", embed_config=True))
 
 
-def png(seed: int) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
 def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
 
@@ -112,10 +103,7 @@ def test_milvus_server_uri_build_search_serve_and_reopen(tmp_path, server, tiny_
     import clipzoo
     from clipzoo.serve import create_app
 
-    root = tmp_path / "photos"
-    for i in range(10):
-        (root / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
-        (root / "ab"[i % 2] / f"{i:03d}.png").write_bytes(png(i))
+    root = photo_folder(tmp_path / "photos", 10)
     out = tmp_path / "ix"
     r = run("index", "build", root, "--model", tiny_spec, "--out", out, "--store", "milvus", "--uri", server.uri,
             "--workers", "0", "--no-progress", "--json")
