@@ -79,12 +79,12 @@ def test_mend1_family_spec_lookup_is_one_pick_with_the_same_errors():
     assert pick_video_spec({"model_type": "xclip"}, "PeVideoModel", "F").logit == "pe"
     with pytest.raises(UnsupportedError) as err:
         pick_video_spec({"model_type": "xclip"}, "XCLIPVisionModel", "F")
-    assert str(err.value) == ("hf_class 'XCLIPVisionModel' is not one of the hf_video classes (PeVideoModel, "
-                              "VideoPrismClipModel, XCLIPModel)")
+    assert str(err.value) == ("hf_class 'XCLIPVisionModel' is not one of the hf_video classes (PeAudioVideoModel, "
+                              "PeVideoModel, VideoPrismClipModel, XCLIPModel)")
     with pytest.raises(UnsupportedError) as err:
         pick_video_spec({"model_type": "clip", "architectures": ["XCLIPModel"]}, None, "/m/clip")
     assert str(err.value) == ("/m/clip holds a 'clip' model (config.json model_type); the hf_video backend loads "
-                              "model_type pe_video, videoprism, xclip")
+                              "model_type pe_audio_video, pe_video, videoprism, xclip")
 
 
 @pytest.mark.parametrize("backend,module", [("transformers", transformers_backend),
@@ -154,8 +154,8 @@ def test_mend2_family_tables_share_one_record_type():
     assert frozenset(FAMILY_CLASS_NAMES.split(", ")) == FAMILY_CLASSES
     assert BY_FAMILY_CLASS["BlipModel"] == FamilySpec("BLIP", "BlipModel", mask="pad")
     assert BY_FAMILY_CLASS["Blip2ForImageTextRetrieval"] is FAMILY_SPECS["blip-2"]
-    assert frozenset({"xclip", "pe_video", "videoprism"}) == VIDEO_TYPES
-    assert frozenset({"XCLIPModel", "PeVideoModel", "VideoPrismClipModel"}) == VIDEO_CLASSES
+    assert frozenset({"xclip", "pe_video", "pe_audio_video", "videoprism"}) == VIDEO_TYPES
+    assert frozenset({"XCLIPModel", "PeVideoModel", "PeAudioVideoModel", "VideoPrismClipModel"}) == VIDEO_CLASSES
     assert BY_VIDEO_CLASS["VideoPrismClipModel"] == VideoFamilySpec("VideoPrism", "VideoPrismClipModel", mask="pad",
                                                                     logit="unit")
     # a table of its own: extra rows reach by class, architectures only when asked
