@@ -25,6 +25,7 @@ takes by default. The torch trainer runs the text tower only up to each batch's 
 runs the whole context (24 here).
 
     python benchmarks/jax_train.py --mode recipe --out benchmarks/results/jax_train_recipe.json
+    python benchmarks/jax_train.py --mode recipe --seed 1 --out benchmarks/results/jax_train_recipe_seed1.json
     python benchmarks/jax_train.py --mode recipe --recipe-steps 100 --out /tmp/recipe100.json
     python benchmarks/jax_train.py --mode throughput --steps 30 --warmup-steps 10 --batch-size 64 --repeats 2
 """
@@ -57,6 +58,10 @@ def recipe(args) -> dict:
 
     cfg = jax_recipe("tiny-shapes").replace(output=args.output or tempfile.mkdtemp(prefix="jax-recipe-"),
                                             progress=False)
+    if args.seed is not None:  # another draw: initial weights, data order and augmentation
+        cfg = cfg.replace(seed=args.seed)
+    if args.init:
+        cfg = cfg.replace(init=args.init)
     if args.model_config:  # another JAX config in open_clip_jax's JSON form (e.g. a tiny ConvNeXt)
         cfg = cfg.replace(model_config=json.loads(args.model_config))
     if args.recipe_steps:  # a shorter debugging run: fewer steps, evaluated at its end (and every --eval-every)
@@ -185,6 +190,9 @@ def main() -> None:
     ap.add_argument("--recipe-steps", type=int, default=None, help="recipe: train this many steps (default: the "
                     "recipe's 800)")
     ap.add_argument("--eval-every", type=int, default=None, help="recipe, with --recipe-steps: evaluate every N steps")
+    ap.add_argument("--seed", type=int, default=None, help="recipe: the run's seed (default: the recipe's, 0)")
+    ap.add_argument("--init", choices=("flax", "torch"), default=None, help="recipe: the initial weights (default: "
+                    "the recipe's, torch — the torch trainer's draw for the seed)")
     ap.add_argument("--output", default=None, help="recipe: the run folder (default: a temporary one)")
     ap.add_argument("--out", default=None, help="write the JSON here too")
     args = ap.parse_args()

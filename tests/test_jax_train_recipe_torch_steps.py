@@ -1,5 +1,6 @@
-"""Issue 18 §5, the tiny-shapes recipe under ``--engine jax`` reaching the torch recipe: from identical weights the
-JAX trainer's first recipe steps are the torch trainer's (``clipzoo.train.engine.train``), loss for loss.
+"""Issue 18 §5, the tiny-shapes recipe under ``--engine jax`` reaching the torch recipe: the JAX recipe starts from
+the torch trainer's own initial weights for the seed (``init: torch``) and its first recipe steps are the torch
+trainer's (``clipzoo.train.engine.train``), loss for loss.
 
 The cause of the JAX recipe's gap was the warm-up: open_clip_jax's (optax) starts at ``warmup_init`` (1e-5) and
 reaches the peak at step ``n_warmup_steps``; the torch trainer's (open_clip's ``cosine_lr``) starts at
@@ -13,14 +14,15 @@ import pytest
 
 jax = pytest.importorskip("jax")
 torch = pytest.importorskip("torch")
-pytest.importorskip("open_clip")
+import open_clip  # noqa: E402
 
-from clipzoo.convert.jax import jax_to_open_clip  # noqa: E402
+from clipzoo.convert.jax import jax_to_open_clip, open_clip_config  # noqa: E402
 from clipzoo.train import engine  # noqa: E402
 from clipzoo.train.config import ConfigError  # noqa: E402
 from clipzoo.train.jax.config import TINY_SHAPES_JAX_MODEL, jax_from_mapping, jax_recipe  # noqa: E402
 from clipzoo.train.jax.loop import JaxTrainer  # noqa: E402
-from clipzoo.train.jax.state import build_schedule, model_variables  # noqa: E402
+from clipzoo.train.jax.state import build_schedule, model_variables, temp_value  # noqa: E402
+from clipzoo.train.jax.torch_init import torch_init_variables  # noqa: E402
 from clipzoo.train.model import build_model  # noqa: E402
 from clipzoo.train.phases.optimiser import lr_lambda  # noqa: E402
 from clipzoo.train.recipes import recipe_config  # noqa: E402
@@ -35,12 +37,17 @@ class _Stop(Exception):
 
 
 def _torch_trainer_steps(start: dict, tmp_path) -> tuple[list[float], dict]:
-    """The torch trainer on the torch recipe (same data), from the JAX start converted to open_clip."""
+    """The torch trainer on the torch recipe (same data, same seed, its own initial draw), after checking that the
+    JAX start is that draw, tensor for tensor."""
     cfg = recipe_config("tiny-shapes").replace(data=[DATA], batch_size=BATCH, output=str(tmp_path / "torch"),
                                                progress=False, tensorboard=False, eval_every=None, eval_data=None,
                                                device="cpu", workers=1)  # workers=1: no fork once JAX is loaded
     model = build_model(cfg)
-    model.module.load_state_dict(jax_to_open_clip(start, TINY_SHAPES_JAX_MODEL))
+    initial = model.module.state_dict()
+    converted = jax_to_open_clip(start, TINY_SHAPES_JAX_MODEL)
+    assert set(converted) == set(initial)
+    for key, value in initial.items():
+        assert torch.equal(converted[key], value.to(converted[key].dtype)), key
     losses: list[float] = []
 
     def on_step(step, record):
@@ -56,7 +63,7 @@ def _torch_trainer_steps(start: dict, tmp_path) -> tuple[list[float], dict]:
 def test_jax_tiny_shapes_recipe_steps_equal_torch_trainer_steps(tmp_path):
     cfg = jax_recipe("tiny-shapes").replace(train_path=DATA, global_batch_size=BATCH, output=str(tmp_path / "jax"),
                                             progress=False, eval_every=None, eval_data=None)
-    assert cfg.warmup_rule == "torch" and cfg.steps == 800
+    assert cfg.warmup_rule == "torch" and cfg.init == "torch" and cfg.steps == 800
     ours: list[float] = []
     trainer = JaxTrainer(cfg, on_step=lambda step, record: ours.append(record["loss"]))
     start = jax.tree_util.tree_map(np.asarray, jax.device_get(model_variables(trainer.state)))
@@ -89,3 +96,23 @@ def test_jax_recipe_warmup_rule_torch_is_the_torch_trainers_schedule():
     assert float(default(49)) < 4e-3
     with pytest.raises(ConfigError, match="warmup_rule must be open_clip_jax or torch, got 'optax'"):
         jax_from_mapping({**cfg.as_dict(), "warmup_rule": "optax"})
+
+
+def test_jax_init_torch_is_the_torch_draw_for_the_seed_and_flax_is_not():
+    vit = {"image_model": {"depth": 1, "embed_dim": 32, "n_heads": 2, "patch_size": 8},
+           "text_model": {"depth": 1, "embed_dim": 32, "n_heads": 2}, "proj_dim": 16}
+    base = jax_from_mapping({"train_path": "shapes-classes:64", "model_config": vit, "image_size": 32,
+                             "context_len": 12, "seed": 7, "temp_init": 2.5, "init": "torch"})
+    variables = torch_init_variables(base, temp_value(base))
+    torch.manual_seed(7)
+    ref = open_clip.CLIP(**open_clip_config(vit, 32, 12))
+    converted = jax_to_open_clip(variables, vit)
+    for key, value in ref.state_dict().items():
+        if key != "logit_scale":
+            assert torch.equal(converted[key], value), key
+    assert float(variables["params"]["temp"]) == pytest.approx(2.5)
+    other = torch_init_variables(base.replace(seed=8), 2.5)["params"]["text_model"]["Embed_0"]["embedding"]
+    assert not np.array_equal(other, variables["params"]["text_model"]["Embed_0"]["embedding"])
+    assert temp_value(base.replace(loss="siglip")) == pytest.approx(np.log(10.0))
+    with pytest.raises(ConfigError, match="init must be flax or torch, got 'kaiming'"):
+        jax_from_mapping({**base.as_dict(), "init": "kaiming"})

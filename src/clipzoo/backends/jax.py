@@ -37,6 +37,7 @@ from ..models.jax_config import (
     param_sizes,
     read_config_file,
 )
+from ..models.jax_open_clip_map import DEFAULT_TEMPERATURE  # parameter files without 'temp'
 from ..models.jax_params import read_params
 from ..models.tokenize import tokenize_checked
 from ..tokenizers import OpenAITokenizer
@@ -45,7 +46,6 @@ __all__ = ["JaxComparator", "JaxTowers", "build", "load", "read_params", "to_tor
 
 JAX_DTYPES = {"fp32": jnp.float32, "float32": jnp.float32, "bf16": jnp.bfloat16, "bfloat16": jnp.bfloat16,
               "fp16": jnp.float16, "float16": jnp.float16}
-DEFAULT_TEMPERATURE = 100.0  # open_clip_jax's softmax_temp, for parameter files without 'temp'
 def to_torch(x) -> torch.Tensor:
     """A JAX array as a torch tensor, sharing its memory through DLPack where possible."""
     try:

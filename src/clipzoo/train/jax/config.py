@@ -30,10 +30,12 @@ ALIASES = {"data": "train_path", "train_data": "train_path", "batch_size": "glob
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 LOSSES = ("infonce", "siglip")
 WARMUP_RULES = ("open_clip_jax", "torch")
+INITS = ("flax", "torch")  # flax: open_clip_jax's initialisers; torch: open_clip's draw, converted
 
 # The tiny-shapes recipe for this engine: the torch recipe's model (clipzoo.train.recipes.TINY_SHAPES_MODEL) —
 # a width-16 ModifiedResNet with BatchNorm (clipzoo's JAX ResNet tower, clipzoo.models.jax_resnet) and a text
-# tower 128 wide, 3 blocks — with the same data, learning rate, schedule and evaluation. (Tiny ViTs in
+# tower 128 wide, 3 blocks — with the same data, learning rate, schedule, initial weights (``init: torch``: the
+# torch trainer's draw for the seed) and evaluation. (Tiny ViTs in
 # open_clip_jax's layout reached 12-21 % here in 150-800 steps: benchmarks/results/jax_train_recipe_vit_*.json.)
 TINY_SHAPES_JAX_MODEL: dict[str, Any] = {
     "image_model": {"layers": [1, 1, 1, 1], "width": 16},
@@ -44,7 +46,8 @@ JAX_RECIPES: dict[str, dict[str, Any]] = {
     "tiny-shapes": {
         "model_config": TINY_SHAPES_JAX_MODEL, "image_size": 64, "context_len": 24,
         "train_path": "shapes-classes:20000", "global_batch_size": 128, "learning_rate": 4e-3,
-        "weight_decay": 0.1, "decay": "kernels", "warmup_rule": "torch", "n_warmup_steps": 50, "steps": 800,
+        "weight_decay": 0.1, "decay": "kernels", "warmup_rule": "torch", "init": "torch", "n_warmup_steps": 50,
+        "temp_init": math.log(1 / 0.07), "steps": 800,  # the torch trainer's logit_scale_init, 1 / 0.07
         "eval_every": 200,
         "eval_data": "shapes-heldout:770", "log_freq": 25, "output": "runs/tiny-shapes-jax",
     },
@@ -68,6 +71,8 @@ class JaxTrainConfig:
     model_name: str = "vit-base-patch32"
     model_config: "dict[str, Any] | None" = None  # open_clip_jax's JSON form; overrides model_name
     temp_init: "float | None" = 2.6593
+    init: str = "flax"  # flax: open_clip_jax's initialisers, seeded by seed; torch: open_clip's torch initialisation
+    # drawn as clipzoo's torch trainer draws it with the same seed (its exact initial weights), converted
     grad_checkpoint: bool = False
     dtype: str = "float32"  # float32 | bfloat16
     # learning rate and optimiser
@@ -153,6 +158,7 @@ def validate(cfg: JaxTrainConfig, source: str) -> None:
         (cfg.learning_rate_scheduler in ("cosine", "const"),
          f"learning_rate_scheduler must be cosine or const, got {cfg.learning_rate_scheduler!r}"),
         (cfg.decay in ("ndim", "kernels"), f"decay must be ndim or kernels, got {cfg.decay!r}"),
+        (cfg.init in INITS, f"init must be {' or '.join(INITS)}, got {cfg.init!r}"),
         (cfg.warmup_rule in WARMUP_RULES,
          f"warmup_rule must be {' or '.join(WARMUP_RULES)}, got {cfg.warmup_rule!r}"),
         (cfg.dtype in ("float32", "bfloat16"), f"dtype must be float32 or bfloat16 (fp32 / bf16), got {cfg.dtype!r}"

@@ -16,20 +16,25 @@ import optax
 
 from ...models.jax_clip import create_model, init_variables
 from ..config import ConfigError
+from .torch_init import torch_init_variables
 
-__all__ = ["build_model", "build_schedule", "torch_schedule", "build_optimiser", "init_state", "model_variables",
-           "TEMP_MAX", "SIGLIP_INIT"]
+__all__ = ["temp_value", "build_model", "build_schedule", "torch_schedule", "build_optimiser", "init_state",
+           "model_variables", "TEMP_MAX", "SIGLIP_INIT"]
 
 TEMP_MAX = math.log(100.0)  # open_clip_jax clips the log-temperature to [0, ln 100]
 SIGLIP_INIT = (math.log(10.0), -10.0)  # the SigLIP paper's log-scale and bias
 
 
+def temp_value(cfg) -> float:
+    """The initial log-temperature: ``temp_init`` (0 when None), SigLIP's log 10 for the SigLIP loss."""
+    if cfg.loss == "siglip":
+        return SIGLIP_INIT[0]
+    return cfg.temp_init if cfg.temp_init is not None else 0.0
+
+
 def build_model(cfg):
     dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
-    temp = cfg.temp_init if cfg.temp_init is not None else 0.0
-    if cfg.loss == "siglip":
-        temp = SIGLIP_INIT[0]
-    return create_model(cfg.model, temp_init=temp, dtype=dtype, grad_checkpoint=cfg.grad_checkpoint)
+    return create_model(cfg.model, temp_init=temp_value(cfg), dtype=dtype, grad_checkpoint=cfg.grad_checkpoint)
 
 
 def build_schedule(cfg, total_steps: int):
@@ -83,8 +88,12 @@ def build_optimiser(cfg, total_steps: int):
 
 def init_state(cfg, module, tx) -> dict:
     """Fresh variables (seeded by ``cfg.seed``) and optimiser state, on the host. The variables come from the
-    fp32 twin of ``module`` (same tree): a bf16 run computes in bf16 on fp32 parameters, initialised as fp32's."""
-    variables = init_variables(module.clone(dtype=None), cfg.image_size, cfg.context_len, seed=cfg.seed)
+    fp32 twin of ``module`` (same tree): a bf16 run computes in bf16 on fp32 parameters, initialised as fp32's;
+    or, with ``init: torch``, from the torch trainer's initial model (:mod:`.torch_init`)."""
+    if cfg.init == "torch":  # the torch trainer's initial weights for this seed
+        variables = torch_init_variables(cfg, temp_value(cfg))
+    else:
+        variables = init_variables(module.clone(dtype=None), cfg.image_size, cfg.context_len, seed=cfg.seed)
     params = {"model": {"params": dict(variables["params"])}}
     if cfg.loss == "siglip":
         params["logit_bias"] = jnp.asarray(SIGLIP_INIT[1], jnp.float32)
