@@ -61,6 +61,13 @@ def format_template(template: str | Callable[[str], str], label: str) -> str:
     return fill_template(template, label)
 
 
+def pairs_by_score_features(modality: Any, other: Any, normalize: bool = True) -> bool:
+    """Whether a pair of ``modality`` against ``other`` is scored by ``score_features`` (a non-text input against
+    a text, normalised: BLIP-2's query vectors) rather than by ``encode`` — the one rule for
+    :meth:`Comparator.compare_features` and the ensemble's pairs."""
+    return bool(normalize and other == TEXT and modality != TEXT)
+
+
 class Comparator(torch.nn.Module):
     """One CLIP-family model: encode images and texts, compare them, classify zero-shot.
 
@@ -354,7 +361,7 @@ class Comparator(torch.nn.Module):
     def compare_features(self, modality: Any, inputs: Any, other: Any, normalize: bool = True) -> torch.Tensor:
         """The features :meth:`compare` pairs: :meth:`score_features` for a non-text input against a text (when
         normalised), else ``encode``."""
-        if normalize and other == TEXT and modality != TEXT:
+        if pairs_by_score_features(modality, other, normalize):
             return self.score_features(inputs, modality)
         return self.encode(modality, inputs, normalize=normalize)
 

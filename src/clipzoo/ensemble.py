@@ -32,7 +32,7 @@ import torch
 
 from .api import load
 from .cards import parse_alias
-from .comparator import Comparator
+from .comparator import Comparator, pairs_by_score_features
 from .errors import AmbiguousModelError, ClipzooError, UnknownModelError
 from .guidance import check_image01, spherical_distance
 from .guidance import cutouts as make_cutouts
@@ -249,7 +249,7 @@ class Ensemble:
         """What ``model`` scores ``inputs`` by against ``other``: its ``score_features`` (BLIP-2: query vectors)
         for a non-text input against a text when normalised, else :meth:`_encode`; [0, 1] float images go
         through the model's ``preprocess01`` first, as :meth:`_encode` does."""
-        if not (normalize and other == TEXT and modality != TEXT):
+        if not pairs_by_score_features(modality, other, normalize):
             return cls._encode(model, modality, inputs, normalize)
         if modality == IMAGE and is_float_tensor(inputs):
             inputs = model.preprocess01(inputs)
