@@ -26,6 +26,7 @@ runs the whole context (24 here).
 
     python benchmarks/jax_train.py --mode recipe --out benchmarks/results/jax_train_recipe.json
     python benchmarks/jax_train.py --mode recipe --seed 1 --out benchmarks/results/jax_train_recipe_seed1.json
+    python benchmarks/jax_train.py --mode recipe --engine torch --seed 1 --out /tmp/torch_recipe_seed1.json
     python benchmarks/jax_train.py --mode recipe --recipe-steps 100 --out /tmp/recipe100.json
     python benchmarks/jax_train.py --mode throughput --steps 30 --warmup-steps 10 --batch-size 64 --repeats 2
 """
@@ -56,6 +57,8 @@ def load_average() -> "list[float] | None":
 def recipe(args) -> dict:
     from clipzoo.train.jax import jax_recipe, train_jax
 
+    if args.engine == "torch":
+        return torch_recipe(args)
     cfg = jax_recipe("tiny-shapes").replace(output=args.output or tempfile.mkdtemp(prefix="jax-recipe-"),
                                             progress=False)
     if args.seed is not None:  # another draw: initial weights, data order and augmentation
@@ -67,31 +70,68 @@ def recipe(args) -> dict:
     if args.recipe_steps:  # a shorter debugging run: fewer steps, evaluated at its end (and every --eval-every)
         cfg = cfg.replace(steps=args.recipe_steps, eval_every=args.eval_every or args.recipe_steps,
                           n_warmup_steps=min(cfg.n_warmup_steps, args.recipe_steps // 4))
-    out: dict = {"benchmark": "jax_train recipe", "recipe": "tiny-shapes", "config": cfg.as_dict(), "evals": [],
-                 "cpu_count": os.cpu_count(), "machine": machine_info(), "progress": []}
+    out = _recipe_record(cfg.as_dict(), "jax")
+    train_jax(cfg, on_step=_progress(out, args.out, cfg.log_freq, Path(cfg.output)))
+    _finish(out, Path(cfg.output))
+    out["torch_conversion"] = converted_check(cfg, Path(cfg.output))
+    _write(args.out, out)
+    return out
 
+
+def torch_recipe(args) -> dict:
+    """The torch trainer's tiny-shapes recipe (``clipzoo train --recipe tiny-shapes``), recorded the same way, so
+    the two engines can be compared seed for seed."""
+    from clipzoo.train.engine import train as torch_train
+    from clipzoo.train.recipes import recipe_config
+
+    cfg = recipe_config("tiny-shapes").replace(output=args.output or tempfile.mkdtemp(prefix="torch-recipe-"),
+                                               progress=False, tensorboard=False, device="cpu")
+    if args.seed is not None:
+        cfg = cfg.replace(seed=args.seed)
+    if args.recipe_steps:
+        cfg = cfg.replace(steps=args.recipe_steps, eval_every=args.eval_every or args.recipe_steps,
+                          warmup=min(cfg.warmup, args.recipe_steps // 4))
+    out = _recipe_record(cfg.as_dict(), "torch")
+    torch_train(cfg, on_step=_progress(out, args.out, cfg.log_every, Path(cfg.output)))
+    _finish(out, Path(cfg.output))
+    _write(args.out, out)
+    return out
+
+
+def _recipe_record(config: dict, engine: str) -> dict:
+    return {"benchmark": "jax_train recipe", "recipe": "tiny-shapes", "engine": engine, "config": config,
+            "evals": [], "cpu_count": os.cpu_count(), "machine": machine_info(), "progress": []}
+
+
+def _evals(run: Path) -> list:
+    """The run's zero-shot evaluations, from its ``metrics.jsonl`` (both engines write ``eval/acc1`` lines)."""
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    return [json.loads(x) for x in lines if "eval/acc1" in x]
+
+
+def _progress(out: dict, path: "str | None", every: int, run: Path):
     def on_step(step, record):
-        if step % cfg.log_freq == 0:
-            out["last_step"], out["last_loss"] = step, record["loss"]
+        if step % every == 0:
+            out["last_step"], out["last_loss"] = step, float(record["loss"])
             out["elapsed_s"] = round(time.perf_counter() - T0, 1)
             out["load_average"] = load_average()
-            out["progress"].append({"step": step, "loss": round(record["loss"], 4), "elapsed_s": out["elapsed_s"],
-                                    "process_cpu_s": round(time.process_time(), 1),
+            out["progress"].append({"step": step, "loss": round(float(record["loss"]), 4),
+                                    "elapsed_s": out["elapsed_s"], "process_cpu_s": round(time.process_time(), 1),
                                     "load_average": out["load_average"]})
-            metrics = Path(cfg.output) / "metrics.jsonl"
-            out["evals"] = [json.loads(x) for x in metrics.read_text().splitlines() if "eval/acc1" in x]
-            _write(args.out, out)
+            out["evals"] = _evals(run)
+            _write(path, out)
+    return on_step
 
-    result = train_jax(cfg, on_step=on_step)
-    out["evals"] = [e for e in result.evals if "acc1" in e]
+
+def _finish(out: dict, run: Path) -> None:
+    out["evals"] = [{"step": e["step"], "acc1": e["eval/acc1"], "acc5": e.get("eval/acc5"),
+                     "mean_per_class_recall": e.get("eval/mean_per_class_recall")} for e in _evals(run)]
     out["final_acc1"] = out["evals"][-1]["acc1"]
     out["total_s"] = round(time.perf_counter() - T0, 1)
     out["process_cpu_s"] = round(time.process_time(), 1)
     out["load_average"] = load_average()
     out["reached_95"] = out["final_acc1"] >= 0.95
-    out["torch_conversion"] = converted_check(cfg, Path(cfg.output))
-    _write(args.out, out)
-    return out
 
 
 def converted_check(cfg, run: Path) -> dict:
@@ -190,6 +230,8 @@ def main() -> None:
     ap.add_argument("--recipe-steps", type=int, default=None, help="recipe: train this many steps (default: the "
                     "recipe's 800)")
     ap.add_argument("--eval-every", type=int, default=None, help="recipe, with --recipe-steps: evaluate every N steps")
+    ap.add_argument("--engine", choices=("jax", "torch"), default="jax", help="recipe: which trainer runs the "
+                    "recipe (torch: clipzoo train --recipe tiny-shapes, for a seed-for-seed comparison)")
     ap.add_argument("--seed", type=int, default=None, help="recipe: the run's seed (default: the recipe's, 0)")
     ap.add_argument("--init", choices=("flax", "torch"), default=None, help="recipe: the initial weights (default: "
                     "the recipe's, torch — the torch trainer's draw for the seed)")
