@@ -69,6 +69,13 @@ def _block_plan(prefix: str, path: str, tower: TowerConfig) -> list[Entry]:
     ]
 
 
+def _transformer_plan(prefix: str, path: str, tower: TowerConfig) -> list[Entry]:
+    """Every residual block of a tower: open_clip's ``{prefix}transformer.resblocks.{i}.`` <->
+    ``{path}/TransformerBlock_{i}``."""
+    return [entry for i in range(tower.depth)
+            for entry in _block_plan(f"{prefix}transformer.resblocks.{i}.", f"{path}/TransformerBlock_{i}", tower)]
+
+
 def _np_cat(parts):
     return _np().concatenate(parts, axis=0)
 
@@ -100,9 +107,7 @@ def _vit_plan(cfg: JaxClipConfig) -> list[Entry]:
         *_ln("visual.ln_post", f"{v}/LayerNorm_1"),
         ("visual.proj", {"Dense_0/kernel": _same}, _same),
     ]
-    for i in range(cfg.image.depth):
-        out += _block_plan(f"visual.transformer.resblocks.{i}.", f"{v}/Transformer_0/TransformerBlock_{i}", cfg.image)
-    return out
+    return out + _transformer_plan("visual.", f"{v}/Transformer_0", cfg.image)
 
 
 def _convnext_plan(c: ConvNeXtConfig) -> list[Entry]:
@@ -172,9 +177,7 @@ def plan(model: "str | dict | JaxClipConfig") -> list[Entry]:
         *_ln("ln_final", f"{t}/LayerNorm_0"),
         ("text_projection", {"Dense_1/kernel": _same}, _same),
     ]
-    for i in range(cfg.text.depth):
-        out += _block_plan(f"transformer.resblocks.{i}.", f"{t}/Transformer_0/TransformerBlock_{i}", cfg.text)
-    return out
+    return out + _transformer_plan("", f"{t}/Transformer_0", cfg.text)
 
 
 # ------------------------------------------------------------------------------------------- directions
