@@ -1,6 +1,7 @@
 """Issue 22 §1, image tower: the ONNX runtimes export an open_clip ViT with its attention fused
-(clipzoo.runtime.onnx_vision) — one QKV MatMul, ONNX Runtime's MultiHeadAttention, SkipLayerNormalization,
-BiasGelu — equal to ``encode_image``; static int8 quantises the MatMuls between those fused float ops.
+(clipzoo.runtime.onnx_vision) — the patch embedding as a MatMul, one QKV MatMul, ONNX Runtime's
+MultiHeadAttention, BiasGelu — equal to ``encode_image``; static int8 quantises the MatMuls between those fused
+float ops and runs each block's QKV projection and attention as one QAttention.
 
 A tiny open_clip ViT with random weights (2 heads, exact GELU) stands in for ViT-B/32; its speed is measured
 in benchmarks/runtimes.py.
@@ -8,8 +9,11 @@ in benchmarks/runtimes.py.
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
+from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -60,10 +64,12 @@ def ops_after_ort(path, tmp_path) -> list[str]:
 def test_issue22_vit_image_graph_fused_equals_encode_image(eager, weights, cache):
     m = clipzoo.load(str(weights), runtime="onnx", cache_dir=cache)
     graph = json.loads((m.model.folder / META_FILE).read_text())["graphs"]["image"]
-    assert graph["fused"] == ["BiasGelu", "MultiHeadAttention", "SkipLayerNormalization"]
+    assert graph["fused"] == ["BiasGelu", "MultiHeadAttention"]
     ops = [n.op_type for n in onnx.load(str(m.model.folder / "image.onnx")).graph.node]
     assert ops.count("MultiHeadAttention") == 2 and ops.count("BiasGelu") == 2 and "Softmax" not in ops
-    assert ops.count("SkipLayerNormalization") == 3  # each block's two residual LayerNorms but the last's
+    # ln_pre, each block's two, ln_post: plain LayerNormalization (ONNX Runtime's SkipLayerNormalization is slower)
+    assert ops.count("LayerNormalization") == 6 and "SkipLayerNormalization" not in ops
+    assert "Conv" not in ops  # the patch embedding as a MatMul over the flattened patches
     for n, seed in ((1, 1), (3, 2), (32, 3)):
         x = pixels(n, seed)
         with torch.no_grad():
@@ -109,11 +115,33 @@ def static(weights, cache):
 
 
 def test_issue22_vit_static_int8_quantises_between_fused_ops(static, tmp_path):
-    """Every weight MatMul of the fused graph (QKV, output projection, MLP in, MLP out per block, the final
-    projection) runs as ONNX Runtime's integer MatMulIntegerToFloat; attention, LayerNorms, GELU stay fused."""
+    """Every weight MatMul of the fused graph runs on ONNX Runtime's integer kernels: the patch embedding, each
+    block's output projection, MLP in and MLP out, and the final projection as MatMulIntegerToFloat; each block's
+    QKV projection inside a QAttention (with the attention itself); GELU stays fused with its bias, nothing
+    runs as a float MatMul or Conv."""
     ops = ops_after_ort(static.model.folder / "image.onnx", tmp_path)
-    assert ops.count("MatMulIntegerToFloat") == 2 * 4 + 1, sorted(set(ops))
-    assert ops.count("MultiHeadAttention") == 2 and ops.count("BiasGelu") == 2 and "MatMul" not in ops
+    assert ops.count("MatMulIntegerToFloat") == 1 + 2 * 3 + 1, sorted(set(ops))
+    assert ops.count("QAttention") == 2 and ops.count("BiasGelu") == 2, sorted(set(ops))
+    assert not {"MatMul", "Conv", "MultiHeadAttention", "Split", "SkipLayerNormalization"} & set(ops), sorted(set(ops))
+
+
+def test_issue22_quantized_attention_equals_the_qdq_graph(static, tmp_path):
+    """``onnx_vision.quantized_attention`` computes what the QDQ graph's QKV MatMul → Split → MultiHeadAttention
+    computed (the same uint8 input at its calibrated scale, the same int8 weights): outputs within float
+    rounding, for one image and for a batch; a graph without that pattern is left as it is."""
+    src = Path(json.loads((static.model.folder / META_FILE).read_text())["quantization"]["from"]) / "image.onnx"
+    nodes, _ = onnx_static_int8.quantised_nodes(src)
+    batches = [pixels(8, seed).numpy() for seed in (21, 22)]
+    qdq = tmp_path / "qdq.onnx"
+    onnx_static_int8.quantize_with(src, qdq, batches, "pixels", "minmax", tmp_path / "ranges.json", nodes)
+    rewritten = tmp_path / "qattention.onnx"
+    shutil.copy(qdq, rewritten)
+    assert onnx_vision.quantized_attention(rewritten) == 2
+    assert onnx_vision.quantized_attention(rewritten) == 0 and onnx_vision.quantized_attention(src) == 0
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (qdq, rewritten)]
+    for x in (pixels(1, 23).numpy(), pixels(5, 24).numpy()):
+        a, b = (s.run(None, {"pixels": x})[0] for s in sessions)
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max(), np.abs(a - b).max()
 
 
 def test_issue22_vit_static_int8_cosine_and_batch_independence(static, eager):

@@ -23,8 +23,8 @@ from ..registry import local_card
 from . import onnx_columns, onnx_export
 
 FP32_NAMES = ("fp32", "float32", "torch.float32")
-EXPORT_REVISION = 3  # 2: text graphs of causal towers take any length (onnx_columns); 3: fused ViT image graphs
-# (onnx_vision); keys the export cache
+EXPORT_REVISION = 4  # 2: text graphs of causal towers take any length (onnx_columns); 3: fused ViT image graphs
+# (onnx_vision); 4: ViT patch embedding as a MatMul, LayerNorms unfused, static int8 QAttention; keys the export cache
 
 
 def apply(card: ModelCard, build: Callable[..., Any], *, device: str, precision: str, cache_dir,

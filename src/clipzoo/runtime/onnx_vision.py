@@ -4,13 +4,19 @@
 Softmax that no ONNX Runtime fusion recognises; on ViT-B/32 under static int8 those Transposes, the bias
 Adds and the erf-GELU took more time than the integer matmuls. The runtimes' export
 (``export_onnx(..., fused=True)``, :mod:`clipzoo.runtime.onnx`) therefore writes each block of an open_clip
-``VisionTransformer`` out as: one QKV ``MatMul`` (no bias) → ``Split`` → ONNX Runtime's
+``VisionTransformer`` out as: the patch embedding as a ``MatMul`` over the flattened patches
+(:func:`patch_embedding`; a quantisable op, where ONNX Runtime runs a quantised Conv with a float output as a
+float Conv), each block as one QKV ``MatMul`` (no bias) → ``Split`` → ONNX Runtime's
 ``com.microsoft.MultiHeadAttention`` (the QKV bias added inside it, heads split without Transposes), the
 output projection and the MLP as they are; then ONNX Runtime's transformer optimiser
-(``optimize_model``, model type ``bert``, no attention fusion of its own) folds the residual Adds, biases and
-LayerNorms into ``SkipLayerNormalization`` and the GELU with its bias into ``BiasGelu``, and its symbolic
-shape inference annotates every tensor (the quantisers skip tensors of unknown type — the contrib ops' outputs
-without it). Static int8 then quantises the MatMuls between those fused float ops.
+(``optimize_model``, model type ``bert``, :func:`fusion_options`) folds the GELU with its bias into
+``BiasGelu`` — not the residual Adds and LayerNorms into ``SkipLayerNormalization``, whose CPU kernel is slower
+than ``Add`` + ``LayerNormalization`` — and its symbolic shape inference annotates every tensor (the quantisers
+skip tensors of unknown type — the contrib ops' outputs without it). Static int8 then quantises the MatMuls
+between those fused float ops, and :func:`quantized_attention` turns each block's quantised QKV MatMul →
+Split → MultiHeadAttention into one ``QAttention`` (the integer QKV projection written straight into the
+heads' layout). Each of these choices was kept because it made the static graph faster by measurement
+(end to end: ``benchmarks/runtimes.py``, docs/benchmarks.md).
 
 The fused graph is used only when it reproduces ``encode_pixels`` (≤ :data:`FUSED_TOLERANCE`, in torch
 before the export and in ONNX Runtime after it); any other image tower, a failed check or the dynamo exporter
@@ -18,12 +24,14 @@ exports the plain graph. ``clipzoo convert --to onnx`` keeps the plain, portable
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import io
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 FUSED_TOLERANCE = 1e-4
 ATTENTION_OP = "com.microsoft::MultiHeadAttention"
@@ -92,11 +100,28 @@ def fused_block(block, x):
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
+def patch_embedding(conv, pixels):
+    """The patch embedding ``conv(pixels).flatten(2).transpose(1, 2)`` [N, L, D]; a convolution whose kernel is its
+    stride (a ViT's: no padding, bias, dilation or groups) as a ``MatMul`` over the flattened patches — the same
+    numbers, and an op that static int8 runs on its integer kernels (ONNX Runtime runs a quantised Conv with a
+    float output as a float Conv)."""
+    import torch
+
+    k = tuple(conv.kernel_size)
+    n, c, h, w = pixels.shape
+    if (k != tuple(conv.stride) or conv.bias is not None or conv.groups != 1 or tuple(conv.dilation) != (1, 1)
+            or conv.padding not in ((0, 0), "valid") or h % k[0] or w % k[1]):
+        return conv(pixels).flatten(2).transpose(1, 2)
+    patches = pixels.reshape(n, c, h // k[0], k[0], w // k[1], k[1]).permute(0, 2, 4, 1, 3, 5)
+    return torch.matmul(patches.reshape(n, (h // k[0]) * (w // k[1]), c * k[0] * k[1]),
+                        conv.weight.reshape(conv.out_channels, -1).t())
+
+
 def encode_fused(visual, pixels):
     """Raw image features of :func:`vit_visual` ``visual`` with every block's attention fused."""
     import torch
 
-    x = visual.conv1(pixels).flatten(2).transpose(1, 2)
+    x = patch_embedding(visual.conv1, pixels)
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = visual.ln_pre(torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype))
     for block in visual.transformer.resblocks:
@@ -184,7 +209,8 @@ def fuse_graph(path: Path) -> None:
         for q in quiet:
             q.setLevel(logging.ERROR)
         with contextlib.redirect_stdout(io.StringIO()):
-            optimised = optimize_model(str(path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+            optimised = optimize_model(str(path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0,
+                                       optimization_options=fusion_options())
         model = SymbolicShapeInference.infer_shapes(optimised.model, auto_merge=True)
     finally:
         for q, level in zip(quiet, levels):
@@ -192,8 +218,83 @@ def fuse_graph(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def fusion_options():
+    """The transformer optimiser's fusions the graph keeps: BiasGelu, not SkipLayerNormalization — its CPU
+    kernel (a scalar loop with a division per element) took twice the time of ``Add`` + ``LayerNormalization``
+    on ViT-B/32 (issue 22), which ONNX Runtime leaves unfused here (the residual sum has two consumers)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = options.enable_attention = False
+    return options
+
+
 def graph_ops(path: Path) -> set[str]:
     """The op types of the ONNX graph at ``path``."""
     import onnx
 
     return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+
+
+def quantized_attention(path: Path) -> int:
+    """Rewrite each block's ``QuantizeLinear → DequantizeLinear → MatMul(DequantizeLinear(W)) → Split →
+    MultiHeadAttention(q, k, v, bias)`` in the static-int8 graph at ``path`` as one ONNX Runtime ``QAttention``:
+    the same uint8 input with its calibrated (fixed) scale, the same int8 per-column weights and the QKV bias —
+    the QKV projection on the integer kernels written straight into the heads' layout, with no float QKV
+    tensor, Split or per-head transposes in between. Returns how many blocks were rewritten."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    uses = collections.Counter(i for n in graph.node for i in n.input)
+    weights = {i.name for i in graph.initializer}
+    drop: set[int] = set()
+    replace: dict[int, Any] = {}
+    for node in graph.node:
+        parts = attention_parts(node, producer, uses, weights)
+        if parts is not None:
+            replace[id(node)] = qattention_node(node, *parts[:2])
+            drop |= {id(p) for p in parts[2]}
+    if replace:
+        nodes = [replace.get(id(n), n) for n in graph.node if id(n) not in drop]
+        del graph.node[:]
+        graph.node.extend(nodes)
+        used = {i for n in graph.node for i in n.input}
+        kept = [i for i in graph.initializer if i.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        onnx.save(model, str(path))
+    return len(replace)
+
+
+def attention_parts(mha, producer: dict, uses: collections.Counter, weights: set):
+    """(the activation's DequantizeLinear, the weight's, [the nodes QAttention replaces]) when ``mha`` is a
+    MultiHeadAttention fed by a quantised QKV MatMul through a Split, else None."""
+    if mha.op_type != "MultiHeadAttention" or mha.domain != "com.microsoft" or len(mha.input) != 4:
+        return None
+    split = producer.get(mha.input[0])
+    if split is None or split.op_type != "Split" or list(split.output) != list(mha.input[:3]):
+        return None
+    matmul = producer.get(split.input[0])
+    if matmul is None or matmul.op_type != "MatMul" or uses[matmul.output[0]] != 1:
+        return None
+    dq_a, dq_w = (producer.get(i) for i in matmul.input)
+    if dq_a is None or dq_w is None or {dq_a.op_type, dq_w.op_type} != {"DequantizeLinear"}:
+        return None
+    quantize = producer.get(dq_a.input[0])
+    if quantize is None or quantize.op_type != "QuantizeLinear" or dq_w.input[0] not in weights or min(
+            len(dq_a.input), len(dq_w.input)) < 3:
+        return None
+    return dq_a, dq_w, [split, matmul, dq_w] + ([dq_a] if uses[dq_a.output[0]] == 1 else [])
+
+
+def qattention_node(mha, dq_a, dq_w):
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in mha.attribute}
+    kept = {k: v for k, v in attrs.items() if k in ("num_heads", "scale", "mask_filter_value")}
+    inputs = [dq_a.input[0], dq_w.input[0], mha.input[3], dq_a.input[1], dq_w.input[1], "", dq_a.input[2],
+              dq_w.input[2]]  # input, weight, bias, input scale, weight scale, mask, input / weight zero points
+    return helper.make_node("QAttention", inputs, list(mha.output), name=f"{mha.name}_quant", domain="com.microsoft",
+                            **kept)
