@@ -64,6 +64,8 @@ BENCHMARKS: dict[str, Bench] = {
     "index_vectors": Bench(["--sizes", "10000", "--queries", "100"], ["--sizes", "100000", "1000000"], out=False),
     "index_10m": Bench(["--n", "200000", "--max-memory", "256MB", "--autofaiss-timeout", "300"], ["--full"],
                        quick_timeout=1200),
+    "live_writes": Bench(["--sizes", "1000", "10000", "--writes", "5"],
+                         ["--sizes", "1000", "10000", "50000", "--writes", "5"]),
     "int8_fidelity": Bench(["--n", "32", "--batch-sizes", "1", "8"], []),
     "jax_embed": Bench(["--repeats", "1"], ["--repeats", "3"]),
     "jax_train": Bench(["--steps", "3", "--warmup-steps", "1", "--batch-size", "8"], []),
