@@ -28,6 +28,11 @@ class VideoFamilySpec(FamilyRow):
     ``text_video_logit_bias`` as stored, sigmoid) or ``"unit"`` (VideoPrism: no learned scale, its forward
     divides by an optional temperature only)."""
 
+    @property
+    def pe_heads(self) -> bool:
+        """Whether the features are PE's video–text heads (``pe`` and ``pe_av``), not ``get_*_features``."""
+        return self.features in ("pe", "pe_av")
+
 
 VIDEO_SPECS: dict[str, VideoFamilySpec] = {
     "xclip": VideoFamilySpec("X-CLIP", "XCLIPModel", mask="eos"),

@@ -46,6 +46,8 @@ __all__ = ["JaxComparator", "JaxTowers", "build", "load", "read_params", "to_tor
 
 JAX_DTYPES = {"fp32": jnp.float32, "float32": jnp.float32, "bf16": jnp.bfloat16, "bfloat16": jnp.bfloat16,
               "fp16": jnp.float16, "float16": jnp.float16}
+
+
 def to_torch(x) -> torch.Tensor:
     """A JAX array as a torch tensor, sharing its memory through DLPack where possible."""
     try:

@@ -77,7 +77,7 @@ class VideoComparator(Comparator):
     def encode_video_pixels(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
                   for k, v in inputs.items()}
-        if self.spec.features in ("pe", "pe_av"):
+        if self.spec.pe_heads:
             pooled = self.pe_tower.video_encoder(**inputs).pooler_output
             return self.pe_tower.video_head(pooled)
         feats = features_of(self.model.get_video_features(**inputs))
@@ -113,7 +113,7 @@ class VideoComparator(Comparator):
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = tokens.long().to(self.device)
         mask = attention_mask(tokens, self.spec.mask, self.hf_tokenizer.pad_token_id, self.hf_tokenizer.eos_token_id)
-        if self.spec.features in ("pe", "pe_av"):  # PE-AV: its shared text tower, the video–text head
+        if self.spec.pe_heads:  # PE-AV: its shared text tower, the video–text head
             out = self.model.text_model(input_ids=tokens, attention_mask=mask, output_hidden_states=True)
             return self.pe_tower.text_video_head(out.hidden_states[-1][:, 0])
         return features_of(self.model.get_text_features(input_ids=tokens, attention_mask=mask))
@@ -196,7 +196,7 @@ def context_of(model, tokenizer, card: ModelCard, override: int | None) -> int:
 
 def embed_dim_of(model, spec: VideoFamilySpec) -> int:
     cfg = model.config
-    if spec.features in ("pe", "pe_av"):
+    if spec.pe_heads:
         return int(cfg.text_config.hidden_size)
     dim = getattr(cfg, "projection_dim", None)
     return int(dim or cfg.text_config.hidden_size)
