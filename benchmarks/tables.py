@@ -1,8 +1,8 @@
 """Benchmark results -> the tables of docs/benchmarks.md (issue 22 §7), and the machine record beside each figure.
 
 Each benchmark writes ``benchmarks/results/NAME.json``. :func:`machine_info` is what every result records
-about where it ran: CPU flags that matter for the runtimes (``avx512f``, ``avx512_vnni``, ``avx512_bf16``,
-``amx_*``), core count, load average, Python and the git commit (``+dirty`` when the tree had changes).
+about where it ran: the CPU model, the CPU flags that matter for the runtimes (``avx512f``, ``avx512_vnni``,
+``avx512_bf16``, ``amx_*``), core count, load average, Python and the git commit (``+dirty`` when the tree had changes).
 
 The docs hold generated blocks between markers; everything outside them is hand-written and kept::
 
@@ -48,6 +48,17 @@ def cpu_flags(cpuinfo: str | None = None) -> list[str]:
     return [f for f in CPU_FLAGS if f in have]
 
 
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (or ``cpuinfo``); "" where it has none."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return ""
+    line = next((ln for ln in cpuinfo.splitlines() if ln.startswith("model name")), "")
+    return line.partition(":")[2].strip()
+
+
 def git_commit() -> str | None:
     """``HEAD``'s short hash, with ``+dirty`` when tracked files differ from it; None outside a checkout."""
     try:
@@ -61,8 +72,9 @@ def git_commit() -> str | None:
 
 
 def machine_info() -> dict:
-    """Where and when a figure was measured: CPU flags, cores, load average, Python, commit."""
-    return {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu_flags": cpu_flags(),
+    """Where and when a figure was measured: CPU model and flags, cores, load average, Python, commit."""
+    return {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu_model": cpu_model(),
+            "cpu_flags": cpu_flags(),
             "cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
             "python": platform.python_version(), "platform": platform.platform(), "commit": git_commit()}
 
@@ -122,6 +134,7 @@ def machine_line(result: dict, source: str) -> str:
              f"commit `{m['commit']}`" if m.get("commit") else None,
              f"{m.get('cores') or m.get('cpus')} cores" if (m.get("cores") or m.get("cpus")) else None,
              "load average " + " / ".join(f"{x:.2f}" for x in load) if load else None,
+             f"CPU: {m['cpu_model']}" if m.get("cpu_model") else None,
              "CPU flags: " + (" ".join(m["cpu_flags"]) or "none of " + ", ".join(CPU_FLAGS))
              if "cpu_flags" in m else None,
              f"size: {result['size']}" if result.get("size") else None,

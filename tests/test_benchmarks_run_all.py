@@ -32,7 +32,8 @@ run_all = _module("run_all")
 latency = _module("latency")
 decode = _module("decode")
 
-MACHINE = {"when": "2026-12-03T10:00:00Z", "cpu_flags": ["avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"],
+MACHINE = {"when": "2026-12-03T10:00:00Z", "cpu_model": "Intel(R) Xeon(R) Processor",
+           "cpu_flags": ["avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"],
            "cores": 2, "load_average": [0.5, 0.75, 1.0], "python": "3.11.7", "commit": "abc123def456"}
 
 
@@ -69,6 +70,8 @@ def test_issue22_s7_cpu_flags_from_cpuinfo():
     info = "processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512bw amx_tile avx512_vnni\nprocessor\t: 1\n"
     assert tables.cpu_flags(info) == ["avx512f", "avx512_vnni", "amx_tile"]
     assert tables.cpu_flags("flags : fpu sse2\n") == []
+    assert tables.cpu_model("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t: fpu\n") == "AMD EPYC"
+    assert tables.cpu_model("flags : fpu\n") == ""
     m = tables.machine_info()
     assert m["cores"] >= 1 and len(m["load_average"]) == 3 and set(m["cpu_flags"]) <= set(tables.CPU_FLAGS)
 
@@ -124,7 +127,8 @@ def test_issue22_s7_table_generator_renders_fixture_json(tmp_path):
         "| search |  | yes |\n"
         "\n"
         "*measured 2026-12-03T10:00:00Z; commit `abc123def456`; 2 cores; load average 0.50 / 0.75 / 1.00; "
-        "CPU flags: avx512f avx512_vnni avx512_bf16 amx_bf16; size: quick; file: `benchmarks/results/latency.json`.*\n")
+        "CPU: Intel(R) Xeon(R) Processor; CPU flags: avx512f avx512_vnni avx512_bf16 amx_bf16; size: quick; "
+        "file: `benchmarks/results/latency.json`.*\n")
     assert ("| `onnx-int8` | 0.9990 / 0.9992 | 0.9992 / 0.9946 | 1.1e-03 / 4.2e-03 |" in text)
     assert "| runtime | image min cosine (batch 1 / 64) |" in text
     assert "```\neager 14.5 img/s\n```" in text

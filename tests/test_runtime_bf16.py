@@ -44,11 +44,15 @@ def test_cpu_flags_reader(monkeypatch, tmp_path):
     try:
         assert bf16.cpu_flags() == frozenset({"fpu", "avx2", "amx_bf16", "amx_tile"})
         assert bf16.native_bf16() and not bf16.native_bf16(frozenset({"avx2"}))
+        bf16.cpu_model.cache_clear()
+        assert bf16.cpu_model() == "X"  # the auto runtime's cache key: same flags, another CPU, measured again
         monkeypatch.setattr(bf16, "CPUINFO", tmp_path / "missing")
         bf16.cpu_flags.cache_clear()
-        assert bf16.cpu_flags() == frozenset()
+        bf16.cpu_model.cache_clear()
+        assert bf16.cpu_flags() == frozenset() and bf16.cpu_model() == ""
     finally:
         bf16.cpu_flags.cache_clear()
+        bf16.cpu_model.cache_clear()
 
 
 # issue 22 §2: bf16 that runs fast on a CPU with AMX — every weight bf16, self-attention through SDPA

@@ -9,7 +9,7 @@ inputs, ``onnx-int8-static`` is calibrated on them (:attr:`Choice.calibration`, 
 A model under :data:`TINY_PARAMETERS` runs eager without measuring (so ``auto`` as the CLI's default costs
 nothing on the embedded model and the tests' tiny ones).
 
-The choice is cached per machine (its CPU flags and core count) and model (card, source, load options) in
+The choice is cached per machine (its CPU model, flags and core count) and model (card, source, load options) in
 ``cache_dir``/runtime-auto/ and reused; :class:`Choice` says what was chosen and why (also logged on
 the ``clipzoo.runtime`` logger), and the loaded comparator carries it as ``runtime_choice``.
 """
@@ -30,7 +30,7 @@ from ..cards import IMAGE, TEXT, ModelCard
 from ..constants import DEFAULT_MIN_COSINE, default_cache_dir
 from ..errors import ClipzooError
 from . import onnx
-from .bf16 import cpu_flags, native_bf16
+from .bf16 import cpu_flags, cpu_model, native_bf16
 from .onnx_static_int8 import calibration_sample, static_int8_folder
 from .table import has_onnxruntime, run_runtime
 
@@ -139,7 +139,8 @@ def available(device: str = "cpu", flags: frozenset[str] | None = None) -> list[
 
 
 def machine_key() -> dict[str, Any]:
-    return {"flags": sorted(f for f in cpu_flags() if f in MACHINE_FLAGS), "cpus": os.cpu_count()}
+    return {"flags": sorted(f for f in cpu_flags() if f in MACHINE_FLAGS), "cpus": os.cpu_count(),
+            "cpu": cpu_model()}
 
 
 def cache_file(card: ModelCard, cache_dir, load_kwargs: dict, min_cosine: float, candidates: Sequence[str]) -> Path:

@@ -33,18 +33,32 @@ FP32_NORMS = ("LayerNormFp32",)
 gives them the mixed forward instead — bf16 in and out, fp32 weights (CPU kernel: 2-4× the casting one)."""
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags of this machine (from /proc/cpuinfo; empty where it is not readable)."""
+def cpuinfo_field(*keys: str) -> str | None:
+    """The value of the first of ``keys`` in /proc/cpuinfo (its first processor); None where it is absent or the
+    file is not readable."""
     try:
         text = CPUINFO.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+        if key.strip() in keys:
+            return value.strip()
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of this machine (from /proc/cpuinfo; empty where it is not readable)."""
+    return frozenset((cpuinfo_field("flags", "Features") or "").split())
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's ``model name``; "" where it has none). Two CPUs with the same
+    flags can rank the runtimes differently: an AMD EPYC with ``avx512_bf16`` but no AMX runs int8 fastest,
+    a Xeon with AMX bf16 (benchmarks/results/runtimes_epyc.json beside runtimes.json)."""
+    return cpuinfo_field("model name", "Model", "cpu model") or ""
 
 
 def native_bf16(flags: frozenset[str] | None = None) -> bool:
