@@ -88,17 +88,23 @@ def test_issue19_6_cli_vit_losses_and_weights_match_torch_over_10_steps(csv, tmp
 
 
 def test_issue19_6_resnet_batch_norm_training_matches_torch(csv, tmp_path):
+    """Two steps: the moving averages then hold the statistics of a batch under the initial weights and of one
+    under once-updated weights. (Over four steps the losses still agree within 1e-4, but on an AMD EPYC without
+    AMX layer3.0's conv weights drift apart, 3e-5 after two steps, 7.8e-4 after four, while on an Intel Xeon they
+    stay within 1e-4: rounding differences of the two CPUs' kernels that AdamW's normalised steps grow.)"""
     model_cfg = get_config("tiny-RN")
     model_cfg["vision_cfg"]["image_size"] = 32
     losses: list[float] = []
-    cfg = TrainConfig(model_config=model_cfg, data=[csv], steps=4, output=str(tmp_path / "ms"), progress=False,
+    cfg = TrainConfig(model_config=model_cfg, data=[csv], steps=2, output=str(tmp_path / "ms"), progress=False,
                       tensorboard=False, **OPTIONS)
     result = train_mindspore(cfg, on_step=lambda step, record: losses.append(record["loss"]))
-    torch_losses, torch_sd = torch_run(model_cfg, csv, 4, tmp_path / "torch")
-    assert np.abs(np.array(losses) - np.array(torch_losses)).max() <= LOSS_TOL, (losses, torch_losses)
+    torch_losses, torch_sd = torch_run(model_cfg, csv, 2, tmp_path / "torch")
+    assert len(losses) == 2 and np.abs(np.array(losses) - np.array(torch_losses)).max() <= LOSS_TOL, \
+        (losses, torch_losses)
     ms_sd = load_file(str(result.model_dir / "open_clip_model.safetensors"))
+    assert int(torch_sd["visual.layer1.0.bn1.num_batches_tracked"]) == 2
     diffs = key_bias_free(max_weight_diff(ms_sd, torch_sd), ms_sd, torch_sd)
-    assert diffs["visual.layer1.0.bn1.num_batches_tracked"] == 0.0  # both counted 4 batches
+    assert diffs["visual.layer1.0.bn1.num_batches_tracked"] == 0.0  # both counted 2 batches
     moving = {k: v for k, v in diffs.items() if k.endswith(("running_mean", "running_var"))}
     assert len(moving) == 2 * 19 and max(moving.values()) <= 1e-5  # batch statistics and their moving averages
     assert max(diffs.values()) <= LOSS_TOL, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
