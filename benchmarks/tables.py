@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from clipzoo.runtime import bf16
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DOC = HERE.parent / "docs" / "benchmarks.md"
@@ -37,26 +39,15 @@ MARKER = re.compile(r"(<!-- bench:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /be
 
 
 def cpu_flags(cpuinfo: str | None = None) -> list[str]:
-    """The flags of :data:`CPU_FLAGS` that ``/proc/cpuinfo`` (or ``cpuinfo``) reports, in that order."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
-    line = next((ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), "")
-    have = set(line.partition(":")[2].split())
+    """The flags of :data:`CPU_FLAGS` that this machine (or the /proc/cpuinfo text ``cpuinfo``) reports, in
+    that order."""
+    have = bf16.cpu_flags() if cpuinfo is None else set((bf16.parse_cpuinfo(cpuinfo, "flags") or "").split())
     return [f for f in CPU_FLAGS if f in have]
 
 
 def cpu_model(cpuinfo: str | None = None) -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (or ``cpuinfo``); "" where it has none."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return ""
-    line = next((ln for ln in cpuinfo.splitlines() if ln.startswith("model name")), "")
-    return line.partition(":")[2].strip()
+    """The CPU's model name on this machine (or in the /proc/cpuinfo text ``cpuinfo``); "" where it has none."""
+    return bf16.cpu_model() if cpuinfo is None else bf16.parse_cpuinfo(cpuinfo, "model name") or ""
 
 
 def git_commit() -> str | None:

@@ -40,6 +40,12 @@ def cpuinfo_field(*keys: str) -> str | None:
         text = CPUINFO.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
+    return parse_cpuinfo(text, *keys)
+
+
+def parse_cpuinfo(text: str, *keys: str) -> str | None:
+    """The value of the first line of ``text`` (/proc/cpuinfo's format) whose key is one of ``keys``; None where
+    none is."""
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in keys:
@@ -55,9 +61,9 @@ def cpu_flags() -> frozenset[str]:
 
 @functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo's ``model name``; "" where it has none). Two CPUs with the same
-    flags can rank the runtimes differently: an AMD EPYC with ``avx512_bf16`` but no AMX runs int8 fastest,
-    a Xeon with AMX bf16 (benchmarks/results/runtimes_epyc.json beside runtimes.json)."""
+    """The CPU's model name (/proc/cpuinfo's ``model name``; "" where it has none). Two CPUs that both
+    compute bf16 natively can rank the runtimes differently: an AMD EPYC with ``avx512_bf16`` but no AMX runs
+    int8 fastest, a Xeon with AMX bf16 (benchmarks/results/runtimes_epyc.json beside runtimes.json)."""
     return cpuinfo_field("model name", "Model", "cpu model") or ""
 
 
