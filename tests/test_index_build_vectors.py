@@ -78,7 +78,7 @@ def built(tmp_path_factory):
 def test_issue21_4_budget_picks_a_compressed_kind_and_memory_stays_bounded(built):
     _, x, report = built
     raw = N * D * 4  # the vectors as float32: 205 MB (the libraries' own memory, imported before `base`, aside)
-    assert report["index_kind"] == "ivf_pq" and report["key"] == "IVF256,PQ64"
+    assert report["index_kind"] == "ivf_pq" and report["key"] == "IVF256,PQ128"
     assert report["index_bytes"] <= parse_memory(BUDGET) // 2
     grown = report["peak"] - report["base"]
     assert grown < raw // 2, f"the build grew by {grown / 2**20:.0f} MB for {raw / 2**20:.0f} MB of vectors"
@@ -119,8 +119,12 @@ def test_issue21_4_plan_follows_autofaiss(tmp_path):
     big = plan_index(N, D, parse_memory("4GB"))
     assert big.key == get_optimal_index_keys_v2(N, D, "4G", should_be_memory_mappable=True)[0] == "IVF1024,Flat"
     ten_m = plan_index(10_000_000, D, parse_memory("4GB"))
-    assert (ten_m.kind, ten_m.pq, ten_m.nlist) == ("ivf_pq", 64, 16384)
-    assert ten_m.index_bytes <= 2 << 30
+    assert (ten_m.kind, ten_m.pq, ten_m.nlist) == ("ivf_pq", 128, 16384)  # 256-byte codes would not fit 2 GB
+    assert ten_m.index_bytes <= 2 << 30 < plan_index(10_000_000, D, parse_memory("8GB")).index_bytes
+    assert plan_index(10_000_000, D, parse_memory("8GB")).pq == 256  # the top of autofaiss's list
+    odd = plan_index(3_000_000, 100, parse_memory("1GB"))  # without OPQ's rotation a code size divides d
+    assert odd.pq == 4
+    faiss.index_factory(100, odd.key, faiss.METRIC_INNER_PRODUCT)
     with pytest.raises(ClipzooError, match=r"^--max-memory 1048576 bytes is too small to train a compressed index"):
         plan_index(N, D, parse_memory("1MB"))
 

@@ -5,9 +5,12 @@ The index parameters follow autofaiss's selection (``autofaiss/external/optimize
 - ``get_optimal_index_keys_v2(..., should_be_memory_mappable=True)``: no HNSW (it cannot be memory-mapped);
   IVF-Flat while ``n`` < 1M and its size fits the budget, else quantization;
 - ``get_optimal_quantization``: the largest PQ code size ``pq`` below ``d`` whose compression
-  ``4·d / (pq + 8)`` reaches ``4·n·d / budget``: ``IVF{nlist},PQ{pq}``. Two departures, both for build time on
-  a few CPU cores: we start the list at 64 bytes (autofaiss starts at 256), and we leave out autofaiss's OPQ
-  rotation (``OPQ{pq}_{y}``): on 512-d vectors its training alone took minutes here (``PQ_VALUES``);
+  ``4·d / (pq + 8)`` reaches ``4·n·d / budget``: ``IVF{nlist},PQ{pq}``, from the same list (256 bytes down to 4). One
+  departure, for build time on a few CPU cores: we leave out autofaiss's OPQ rotation (``OPQ{pq}_{y}``), whose
+  training alone took minutes on 512-d vectors here; without it a code size must divide ``d``. (The list once
+  started at 64 bytes, also for build time; at 10M vectors the 64-byte codes ranked a cluster's members so
+  coarsely that re-scoring 800 candidates still missed a fifth of the top 10, and 128-byte codes train and add
+  no slower: benchmarks/results/index_10m_full.json);
 - ``get_optimal_nb_clusters``: nlist = 4·√n rounded to a power of two. autofaiss switches to 16k-64k cells
   (with an HNSW coarse quantizer) from 1M vectors; we keep the 4·√n rule there: k-means over 64k cells is
   hours of CPU on a small machine, and 4·√n is FAISS's own guideline;
@@ -44,7 +47,7 @@ __all__ = ["OnDiskFaissStore", "STORE", "RERANK", "RERANKS", "vectors_file_of", 
            "MIN_POINTS_PER_CELL", "MAX_POINTS_PER_CELL", "BudgetPlan", "plan_index",
            "train_index", "add_chunks", "tune_nprobe", "NPROBES", "ChunkReader"]
 
-PQ_VALUES = (64, 48, 32, 24, 16, 8, 4)  # autofaiss's get_optimal_quantization list, from 64 down
+PQ_VALUES = (256, 128, 64, 48, 32, 24, 16, 8, 4)  # autofaiss's get_optimal_quantization list
 IVF_FLAT_MAX = 1_000_000  # autofaiss's ivf_flat_threshold
 MIN_POINTS_PER_CELL = 39  # FAISS warns below this many training points per centroid
 MAX_POINTS_PER_CELL = 64  # autofaiss's points_per_cluster is 100; 64 trains in 2/3 of the time
@@ -113,7 +116,7 @@ def plan_index(n: int, d: int, budget: int) -> BudgetPlan:
                            f"vectors (its sample needs {2 * pq_rows * row_bytes / 2**20:.0f} MB); raise --max-memory")
     train_rows = max(train_rows, pq_rows)
     for pq in PQ_VALUES:
-        if pq >= d:
+        if pq >= d or d % pq:
             continue
         size = _quantized_bytes(n, d, pq, nlist)
         if size <= budget // 2:
