@@ -54,6 +54,14 @@ def decode_ms(dataset) -> float:
     return (time.process_time() - t) * 1e3 / len(dataset)
 
 
+def crop_batches(dataset, batch_size: int) -> list:
+    """The dataset's uint8 crops stacked ``batch_size`` at a time, as the loader's workers stack them."""
+    import torch
+
+    n = len(dataset)
+    return [torch.stack([dataset[i][1] for i in range(s, min(s + batch_size, n))]) for s in range(0, n, batch_size)]
+
+
 def model_ms(comparator, batches: list, split) -> float:
     import torch
 
@@ -96,16 +104,14 @@ def pipeline(comparator, files: list[str], split, batch_size: int, workers: int,
 
 
 def measure(runtime: str, model_path: Path, files: list[str], args) -> dict:
-    import torch
 
     import clipzoo
 
     comparator = clipzoo.load(str(model_path), runtime=runtime)
     ours, split = prepare(files, comparator, fast=True)
     reference, _ = prepare(files, comparator, fast=False)
-    batches = [torch.stack([ours[i][1] for i in range(s, min(s + args.batch_size, len(files)))])
-               for s in range(0, len(files), args.batch_size)]  # uint8 crops, as the workers stack them
-    dec, dec_pil, mod = decode_ms(ours), decode_ms(reference), model_ms(comparator, batches, split)
+    dec, dec_pil = decode_ms(ours), decode_ms(reference)
+    mod = model_ms(comparator, crop_batches(ours, args.batch_size), split)
     in_proc = pipeline(comparator, files, split, args.batch_size, 0, True)
     piped = pipeline(comparator, files, split, args.batch_size, args.workers, True)
     pil_in_proc = pipeline(comparator, files, split, args.batch_size, 0, False)

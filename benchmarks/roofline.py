@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 warnings.filterwarnings("ignore")
 
-from decode_share import decode_ms, model_ms, prepare  # noqa: E402
+from decode_share import crop_batches, decode_ms, model_ms, prepare  # noqa: E402
 from embed_folder import write_model, write_photos  # noqa: E402
 from runtimes import peer_images, timed  # noqa: E402
 from tables import machine_info, write_result  # noqa: E402
@@ -112,15 +112,11 @@ PRECISION = {"eager": "fp32", "onnx": "fp32", "bf16": "bf16", "onnx-int8": "int8
 
 
 def runtime_model_ms(runtime: str, weights: Path, files: list[str], batch_size: int) -> float:
-    import torch
-
     import clipzoo
 
     comparator = clipzoo.load(str(weights), runtime=runtime)
     data, split = prepare(files, comparator, fast=True)
-    batches = [torch.stack([data[i][1] for i in range(s, min(s + batch_size, len(files)))])
-               for s in range(0, len(files), batch_size)]
-    return model_ms(comparator, batches, split)
+    return model_ms(comparator, crop_batches(data, batch_size), split)
 
 
 def measure(args, tmp: Path) -> dict:

@@ -1,4 +1,5 @@
-"""benchmarks/roofline.py counts the ops of ViT-B/32's image tower right (issue 22 §1: the ceiling rests on it)."""
+"""benchmarks/roofline.py counts the ops of ViT-B/32's image tower right (issue 22 §1: the ceiling rests on it),
+and times the model on the crops as the loader stacks them."""
 import sys
 from pathlib import Path
 
@@ -23,3 +24,13 @@ def test_issue22_roofline_counts_the_image_towers_matmuls():
     # (scores q·kᵀ and their values), 2 × tokens² × width multiply-adds per layer
     attention = 12 * 2 * roofline.TOKENS ** 2 * 768
     assert 2 * roofline.vit_macs() == counter.get_total_flops() + 2 * attention == 8_817_623_040
+
+
+def test_crop_batches_stack_the_loaders_uint8_crops_in_order():
+    torch = pytest.importorskip("torch")
+    from decode_share import crop_batches
+
+    data = [(f"{i}.jpg", torch.full((3, 2, 2), i, dtype=torch.uint8)) for i in range(5)]
+    batches = crop_batches(data, 2)
+    assert [tuple(b.shape) for b in batches] == [(2, 3, 2, 2), (2, 3, 2, 2), (1, 3, 2, 2)]
+    assert torch.cat(batches)[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4] and batches[0].dtype == torch.uint8
