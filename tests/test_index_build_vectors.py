@@ -129,6 +129,26 @@ def test_issue21_4_plan_follows_autofaiss(tmp_path):
         plan_index(N, D, parse_memory("1MB"))
 
 
+def test_issue21_4_rescoring_reads_rows_exactly_announcing_them_first(tmp_path, monkeypatch):
+    from clipzoo.index import vector_source
+
+    x = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float16)
+    np.save(tmp_path / "v.npy", x)
+    offset, _, _ = vector_source.npy_layout(tmp_path / "v.npy")
+    calls = []
+    real_pread = os.pread
+    monkeypatch.setattr(vector_source.os, "posix_fadvise", lambda fd, start, n, how: calls.append((start, n, how)),
+                        raising=False)
+    monkeypatch.setattr(vector_source.os, "pread",
+                        lambda fd, n, at: calls.append(("read", at)) or real_pread(fd, n, at))
+    rows = np.array([3, 17, 18, 49])
+    assert np.array_equal(vector_source.read_rows(tmp_path / "v.npy", rows), x[rows])
+    starts = [offset + r * 32 for r in rows]  # 16 float16 values a row
+    assert calls == [(s, 32, os.POSIX_FADV_WILLNEED) for s in starts] + [("read", s) for s in starts]
+    monkeypatch.delattr(vector_source.os, "posix_fadvise")  # where the hint does not exist, the rows still come
+    assert np.array_equal(vector_source.read_rows(tmp_path / "v.npy", rows), x[rows])
+
+
 @pytest.mark.parametrize("bad", ["4XB", "lots", "-1GB", "0GB", "4 GB GB"])
 def test_issue21_4_bad_budget_strings_fail_in_one_line(tmp_path, bad):
     np.save(tmp_path / "v.npy", np.ones((4, 8), np.float32))
