@@ -10,7 +10,8 @@ Each benchmark writes ``benchmarks/results/NAME.json`` (NAME: the script's name)
 writes it itself; the output of one without is captured into ``{"output": ...}``. Into each file this
 adds ``size`` (quick / full), the command, its wall time, and the machine (:func:`tables.machine_info`:
 CPU flags, cores, load average, commit) beside the script's own record. A benchmark that fails or runs
-out of time leaves its previous file alone; ``results/run_all.json`` records every benchmark's status.
+out of time leaves its previous file alone; ``results/run_all.json`` records every benchmark's status, which
+ones this invocation ran (``ran``) and its wall time end to end (``wall_s``: the figure the ≤ 15 min goal is about).
 Then every ``<!-- bench:NAME -->`` block of docs/benchmarks.md is regenerated (:func:`tables.update_doc`).
 
 Every script in benchmarks/ is listed in :data:`BENCHMARKS` (a CI test checks it), so a new benchmark
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.results.mkdir(parents=True, exist_ok=True)
     statuses = {}
+    t0 = time.perf_counter()
     for name in names:
         timeout = args.timeout or (BENCHMARKS[name].quick_timeout if size == "quick" else None)
         print(f"{name} ({size}) …", flush=True)
@@ -167,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = args.results / "run_all.json"  # --only: the other benchmarks keep their last status
     kept = json.loads(previous.read_text()).get("benchmarks", {}) if previous.exists() else {}
     statuses = {n: ({**kept, **statuses})[n] for n in BENCHMARKS if n in {**kept, **statuses}}
-    summary = {"benchmark": "run_all", "size": size, "benchmarks": statuses, "table": summary_table(statuses)}
+    summary = {"benchmark": "run_all", "size": size, "ran": names, "wall_s": round(time.perf_counter() - t0, 1),
+               "benchmarks": statuses, "table": summary_table(statuses)}
     write_result(args.results / "run_all.json", summary)
     if not args.no_doc:
         done = update_doc(args.doc, args.results)
