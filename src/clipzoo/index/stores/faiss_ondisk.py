@@ -10,7 +10,7 @@ The index parameters follow autofaiss's selection (``autofaiss/external/optimize
   training alone took minutes on 512-d vectors here; without it a code size must divide ``d``. (The list once
   started at 64 bytes, also for build time; at 10M vectors the 64-byte codes ranked a cluster's members so
   coarsely that re-scoring 800 candidates still missed a fifth of the top 10, and 128-byte codes train and add
-  no slower: benchmarks/results/index_10m_full.json);
+  no slower: benchmarks/results/index_10m_full_pq64.json beside index_10m_full.json);
 - ``get_optimal_nb_clusters``: nlist = 4·√n rounded to a power of two. autofaiss switches to 16k-64k cells
   (with an HNSW coarse quantizer) from 1M vectors; we keep the 4·√n rule there: k-means over 64k cells is
   hours of CPU on a small machine, and 4·√n is FAISS's own guideline;
