@@ -35,11 +35,10 @@ import argparse
 import json
 import os
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from tables import RESULTS, machine_info, write_result
+from tables import RESULTS, machine_info, scratch_dir, write_result
 
 MIN_COSINE = 0.9999
 CANDIDATES = ("pil_full", "pil_draft", "pil_draft_2x", "torchvision", "simplejpeg", "simplejpeg_scaled", "clipzoo")
@@ -275,7 +274,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     machine = machine_info()
-    root = args.workdir or Path(tempfile.mkdtemp(prefix="clipzoo-decode-"))
+    root = args.workdir or scratch_dir("clipzoo-decode-")
     names, not_run = list(CANDIDATES), {}
     try:
         import simplejpeg  # noqa: F401

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
-from tables import RESULTS, machine_info, write_result
+from tables import RESULTS, machine_info, scratch_dir, write_result
 
 warnings.filterwarnings("ignore")
 GOAL_SHARE = 0.25
@@ -150,7 +149,7 @@ def main() -> None:
     from embed_folder import write_model, write_photos
 
     machine = machine_info()
-    root = args.workdir or Path(tempfile.mkdtemp(prefix="clipzoo-decode-share-"))
+    root = args.workdir or scratch_dir("clipzoo-decode-share-")
     w, h = (int(v) for v in args.photo_size.split("x"))
     files = write_photos(root / "jpegs", args.images, w, h)
     model_path = root / f"{args.model}.safetensors"

@@ -24,12 +24,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
-from tables import RESULTS, machine_info, write_result
+from tables import RESULTS, machine_info, scratch_dir, write_result
 
 warnings.filterwarnings("ignore")
 GOAL_IMAGES_PER_S = 5000
@@ -179,7 +178,7 @@ def run(args) -> dict:
     device = "cuda" if args.device == "auto" and not cuda_unavailable() else ("cpu" if args.device == "auto"
                                                                                else args.device)
     reason = cuda_unavailable(device)
-    root = args.workdir or Path(tempfile.mkdtemp(prefix="clipzoo-gpu-embed-"))
+    root = args.workdir or scratch_dir("clipzoo-gpu-embed-")
     n = args.images if reason is None else args.cpu_images
     files = make_folder(root, n, args.distinct)
     comparator, cpu_model = load_model(args.model, root, device)

@@ -19,10 +19,12 @@ entry (``{"columns": [...], "rows": [[...], ...]}``), otherwise as the script's 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -48,6 +50,13 @@ def cpu_flags(cpuinfo: str | None = None) -> list[str]:
 def cpu_model(cpuinfo: str | None = None) -> str:
     """The CPU's model name on this machine (or in the /proc/cpuinfo text ``cpuinfo``); "" where it has none."""
     return bf16.cpu_model() if cpuinfo is None else bf16.parse_cpuinfo(cpuinfo, "model name") or ""
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new temporary folder, removed when the benchmark's process exits (its JPEGs and weights run to GBs)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def git_commit() -> str | None:
