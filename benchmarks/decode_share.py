@@ -103,7 +103,6 @@ def pipeline(comparator, files: list[str], split, batch_size: int, workers: int,
 
 
 def measure(runtime: str, model_path: Path, files: list[str], args) -> dict:
-
     import clipzoo
 
     comparator = clipzoo.load(str(model_path), runtime=runtime)
