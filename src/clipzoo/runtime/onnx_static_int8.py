@@ -15,7 +15,8 @@ it calibrate each of the :data:`METHODS` (MinMax, entropy, percentile), and the 
 highest min cosine to fp32 on the last third is kept, per tower. A text graph that takes any length
 (:mod:`clipzoo.runtime.onnx_columns`) is calibrated on the rows as the runtime runs them — each cut to its
 length bucket — so the ranges see no padding columns, and the ranges of every method accumulate over those
-groups of one shape (:func:`method_ranges`). The result lives in the cache beside the
+groups of one shape. One run of the sample gives every method its ranges
+(:func:`clipzoo.runtime.onnx_calibration.write_ranges`). The result lives in the cache beside the
 export (``<export>-int8s-<sample digest>``) with the chosen method's tensor ranges
 (``calibration-<tower>.json``) and the measured cosines in its JSON; later loads reuse it.
 """
@@ -26,7 +27,6 @@ import hashlib
 import io
 import json
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +39,7 @@ from ..errors import ClipzooError
 from ..files import build_folder_once
 from . import onnx_vision
 from .onnx import exported_folder, load_exported
+from .onnx_calibration import METHODS, write_ranges
 from .onnx_columns import row_lengths
 from .onnx_int8 import quiet_root_logger
 
@@ -48,11 +49,9 @@ FLOAT_CONV_SUFFIX = "+float-conv-out"  # the variant whose Conv outputs stay flo
 MIN_COSINE = 0.998  # the guard a variant with int8 Conv outputs must meet to be kept over float ones: the
 # issue's 0.995 plus a margin — on the embedded ResNet percentile measured 0.9964 on the held-back calibration
 # images and 0.9946 on held-out shapes (benchmarks/runtimes.py)
-METHODS = ("minmax", "entropy", "percentile")
 CALIBRATION_IMAGES = 96  # two thirds calibrate, one third validates the choice
 STEM_NODES = 3
 CALIBRATION_BATCH = 16
-ENTROPY_BINS = 512
 SEED = 20260
 
 
@@ -166,6 +165,8 @@ def quantize_graph(path: Path, dst: Path, modality: str, graph: dict, batches: l
     reference = run_graph(path, graph, validate)
     nodes, convs = quantised_nodes(path)
     variants = [(m, "") for m in methods] + [(m, FLOAT_CONV_SUFFIX) for m in methods if convs]
+    write_ranges(path, calibrate, graph["input"], QUANT_OPS,
+                 {m: dst / f"calibration-{modality}-{m}.json" for m in methods})
     cosines: dict[str, float] = {}
     for method, suffix in variants:
         out = dst / f"{method}{suffix}-{graph['file']}"
@@ -222,9 +223,9 @@ def weight_nodes(path: Path) -> tuple[list[str], list[str]]:
 def quantize_with(src: Path, out: Path, batches: list, input_name: str, method: str, ranges: Path,
                   nodes: list[str], float_outputs: Sequence[str] = tuple(FLOAT_OUTPUT_OPS)) -> None:
     """QDQ-quantise ``nodes`` of ``src`` into ``out``: int8 weights per channel, uint8 activations with the
-    ranges of ``method`` (computed into ``ranges`` once, then reused); the ops in ``float_outputs`` (MatMul /
-    Gemm) keep a float output, so ONNX Runtime runs them as MatMulIntegerToFloat / QGemm (VNNI / AMX integer
-    kernels, no requantisation)."""
+    ranges of ``method`` (computed into ``ranges`` on ``batches`` when that file does not exist yet, else read
+    from it); the ops in ``float_outputs`` (MatMul / Gemm) keep a float output, so ONNX Runtime runs them as
+    MatMulIntegerToFloat / QGemm (VNNI / AMX integer kernels, no requantisation)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -245,42 +246,13 @@ def quantize_with(src: Path, out: Path, batches: list, input_name: str, method: 
     with warnings.catch_warnings(), quiet_root_logger(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # the calibrators print their progress
         if not ranges.is_file():
-            method_ranges(src, batches, input_name, calibrate, ranges)
+            write_ranges(src, batches, input_name, QUANT_OPS, {method: ranges})
         quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANT_OPS,
                         nodes_to_quantize=nodes,
                         per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=calibrate, calibration_cache_path=str(ranges),
                         extra_options={"CalibMovingAverage": False,
                                        "OpTypesToExcludeOutputQuantization": list(float_outputs)})
-
-
-def method_ranges(src: Path, batches: list, input_name: str, method, ranges: Path) -> None:
-    """The tensor ranges of calibration ``method`` on ``batches``, written where ``quantize_static`` reads its
-    calibration cache. Batches of one shape are collected together (ONNX Runtime's histogram collectors stack
-    them; a text graph that takes any length gets one group per length bucket), the histograms accumulating
-    across groups. Entropy (KL divergence) over :data:`ENTROPY_BINS` bins (ONNX Runtime's own keeps 128: the
-    MinMax range); MinMax without a moving average; percentile at ONNX Runtime's default 99.999."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator
-    from onnxruntime.quantization.calibrate import save_tensors_data
-
-    class Reader(CalibrationDataReader):
-        def __init__(self, group):
-            self.items = iter([{input_name: b} for b in group])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    groups: dict[tuple, list] = {}
-    for b in batches:
-        groups.setdefault(tuple(b.shape), []).append(b)
-    extra = {CalibrationMethod.Entropy: {"num_bins": ENTROPY_BINS, "num_quantized_bins": 128},
-             CalibrationMethod.MinMax: {"moving_average": False}}.get(method, {})
-    with tempfile.TemporaryDirectory(prefix="clipzoo-calib-") as tmp:
-        calibrator = create_calibrator(src, QUANT_OPS, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=method, extra_options=extra)
-        for group in groups.values():
-            calibrator.collect_data(Reader(group))
-        save_tensors_data(calibrator.compute_data(), ranges)
 
 
 def run_graph(path: Path, graph: dict, batches: list):
