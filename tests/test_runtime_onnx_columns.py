@@ -104,8 +104,8 @@ def test_issue22_static_int8_calibrates_text_rows_as_they_run(models, tmp_path):
     each group's ranges, and the histogram methods (which stack a group's arrays) accept several lengths."""
     from onnxruntime.quantization.calibrate import load_tensors_data
 
-    from clipzoo.runtime.onnx_calibration import method_ranges
-    from clipzoo.runtime.onnx_static_int8 import as_run
+    from clipzoo.runtime.onnx_calibration import write_ranges
+    from clipzoo.runtime.onnx_static_int8 import QUANT_OPS, as_run
 
     ref, m = models
     graph = json.loads((m.model.folder / META_FILE).read_text())["graphs"]["text"]
@@ -115,7 +115,7 @@ def test_issue22_static_int8_calibrates_text_rows_as_they_run(models, tmp_path):
     src = m.model.folder / "text.onnx"
     ranges = {}
     for name, batches in (("both", feeds), ("short", feeds[:1]), ("long", feeds[1:])):
-        method_ranges(src, batches, "tokens", "minmax", tmp_path / f"{name}.json")
+        write_ranges(src, batches, "tokens", QUANT_OPS, {"minmax": tmp_path / f"{name}.json"})
         ranges[name] = load_tensors_data(tmp_path / f"{name}.json")
     checked = 0
     for tensor, data in ranges["both"].items():
@@ -124,6 +124,6 @@ def test_issue22_static_int8_calibrates_text_rows_as_they_run(models, tmp_path):
         assert np.array_equal(lo, np.minimum(short[0], long_[0])) and np.array_equal(hi, np.maximum(short[1], long_[1]))
         checked += 1
     assert checked >= 10  # every quantisable tensor's input of the text graph
-    method_ranges(src, feeds, "tokens", "percentile", tmp_path / "percentile.json")
+    write_ranges(src, feeds, "tokens", QUANT_OPS, {"percentile": tmp_path / "percentile.json"})
     percentile = load_tensors_data(tmp_path / "percentile.json")
     assert set(percentile.keys()) == set(ranges["both"].keys())
