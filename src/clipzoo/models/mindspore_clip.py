@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import CheckpointError
 from ..extras import require
 from .mindspore_config import get_config, tower_sizes
-from .mindspore_layers import Transformer, causal_mask, layer_norm, zeros
+from .mindspore_layers import Transformer, UnfoldConv2d, causal_mask, layer_norm, zeros
 from .mindspore_resnet import ModifiedResNet
 
 ms = require("mindspore", "the MindSpore engine")
@@ -37,8 +37,8 @@ class VisionTransformer(nn.Cell):
         super().__init__()
         self.image_size, self.output_dim = image_size, output_dim
         grid = image_size // patch_size
-        self.conv1 = nn.Conv2d(3, width, patch_size, stride=patch_size, pad_mode="valid", has_bias=False,
-                               weight_init="zeros")
+        self.conv1 = UnfoldConv2d(3, width, patch_size, stride=patch_size, pad_mode="valid", has_bias=False,
+                                  weight_init="zeros")
         self.class_embedding = zeros(width)
         self.positional_embedding = zeros(grid * grid + 1, width)
         self.ln_pre = layer_norm(width)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from ..extras import require
-from .mindspore_layers import dense, zeros
+from .mindspore_layers import UnfoldConv2d, dense, zeros
 
 ms = require("mindspore", "the MindSpore engine")
 nn = require("mindspore.nn", "the MindSpore engine")
@@ -22,8 +22,10 @@ EXPANSION = 4
 
 def conv(c_in: int, c_out: int, kernel: int, stride: int = 1):
     pad = kernel // 2
-    return nn.Conv2d(c_in, c_out, kernel, stride=stride, pad_mode="pad" if pad else "valid", padding=pad,
-                     has_bias=False, weight_init="zeros")
+    cls = UnfoldConv2d if kernel > 1 else nn.Conv2d
+    return cls(c_in, c_out, kernel, stride=stride, pad_mode="pad" if pad else "valid", padding=pad,
+               has_bias=False, weight_init="zeros")
+
 
 
 def batch_norm(channels: int):
