@@ -63,3 +63,11 @@ def test_issue19_towers_use_unfold_conv_for_every_kxk_convolution():
     assert isinstance(vit.conv1, UnfoldConv2d) and isinstance(block.conv2, UnfoldConv2d)
     assert type(block.conv1) is nn.Conv2d and type(block.conv3) is nn.Conv2d  # 1x1: MindSpore's kernel is fast
     assert "conv1.weight" in {n for n, _ in vit.parameters_and_names()}  # checkpoint names unchanged
+
+
+def test_issue19_unfold_conv_refuses_what_it_does_not_compute():
+    with pytest.raises(ValueError, match="^UnfoldConv2d takes pad_mode 'pad' or 'valid' without dilation or groups, "
+                                         "got pad_mode='same', dilation=.*, group=1$"):
+        UnfoldConv2d(3, 4, 3, pad_mode="same")
+    with pytest.raises(ValueError, match="group=2$"):
+        UnfoldConv2d(4, 4, 3, pad_mode="pad", padding=1, group=2)

@@ -1,4 +1,5 @@
-"""The transformer cells shared by the MindSpore CLIP's towers, named as MindSpore-CLIP names its parameters.
+"""The cells shared by the MindSpore CLIP's towers (transformer blocks, k×k convolutions), named as MindSpore-CLIP
+names its parameters.
 
 A block is ``ln_1`` (``gamma``/``beta``), ``attn`` (``in_proj_weight``, ``in_proj_bias``, ``out_proj.weight``,
 ``out_proj.bias`` — MindSpore's ``nn.MultiheadAttention`` layout, which is PyTorch's), ``ln_2`` and ``mlp``
@@ -31,7 +32,14 @@ class UnfoldConv2d(nn.Conv2d):
     MindSpore's CPU kernel for a k×k convolution is slow: 64 → 64 channels, 3×3, on 2 × 56 × 56 took 750 ms
     (a 1×1 one of that size 4 ms); ``ops.unfold`` + ``ops.matmul`` take 35 ms and agree to float rounding
     (relative 1e-6). The ResNet's 3×3 convolutions and a ViT's patch embedding (kernel = stride = patch) use
-    it; gradients flow through both ops, so training does too."""
+    it; gradients flow through both ops, so training does too. Square kernels, ``pad_mode`` "pad" or "valid",
+    no dilation or groups."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.pad_mode not in ("pad", "valid") or self.group != 1 or tuple(self.dilation)[-2:] != (1, 1):
+            raise ValueError(f"UnfoldConv2d takes pad_mode 'pad' or 'valid' without dilation or groups, got "
+                             f"pad_mode={self.pad_mode!r}, dilation={self.dilation}, group={self.group}")
 
     def construct(self, x):
         n, _, h, w = x.shape

@@ -27,7 +27,6 @@ def conv(c_in: int, c_out: int, kernel: int, stride: int = 1):
                has_bias=False, weight_init="zeros")
 
 
-
 def batch_norm(channels: int):
     return nn.BatchNorm2d(channels, eps=BN_EPS)
 
