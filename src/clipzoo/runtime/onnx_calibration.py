@@ -21,13 +21,21 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["METHODS", "ENTROPY_BINS", "write_ranges", "entropy_threshold"]
+__all__ = ["METHODS", "ENTROPY_BINS", "calibration_method", "write_ranges", "entropy_threshold"]
 
 METHODS = ("minmax", "entropy", "percentile")
 ENTROPY_BINS = 512  # ONNX Runtime's default keeps 128 (quantised bins 128: the MinMax range)
 ENTROPY_QUANTIZED_BINS = 128
 PERCENTILE_BINS = 2048  # ONNX Runtime's create_calibrator defaults for percentile: 2048 bins, symmetric,
 PERCENTILE = 99.999  # 99.999 %
+
+
+def calibration_method(method: str):
+    """ONNX Runtime's ``CalibrationMethod`` for one of :data:`METHODS`."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[method]
 
 
 def write_ranges(src: Path, batches: list, input_name: str, ops: Sequence[str], outputs: dict[str, Path]) -> None:
@@ -37,7 +45,6 @@ def write_ranges(src: Path, batches: list, input_name: str, ops: Sequence[str], 
     graph that takes any length gets one group per length bucket), the histograms accumulating across groups;
     MinMax without a moving average."""
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import HistogramCalibrater, TensorsData, save_tensors_data
 
     bad = sorted(set(outputs) - set(METHODS))
@@ -65,17 +72,15 @@ def write_ranges(src: Path, batches: list, input_name: str, ops: Sequence[str], 
                         arrays.setdefault(name, []).append(value.copy() if name == input_name else value)
             for c in collectors.values():
                 c.collect(arrays)
-            for name, values in arrays.items():
+            for name, values in arrays.items() if "minmax" in outputs else ():
                 lows.setdefault(name, []).extend(np.min(v, keepdims=True).reshape(-1) for v in values)
                 highs.setdefault(name, []).extend(np.max(v, keepdims=True).reshape(-1) for v in values)
-        kinds = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                 "percentile": CalibrationMethod.Percentile}
         for method, path in outputs.items():  # (the collectors print their progress)
             if method == "minmax":
                 data = {t: (np.nanmin(lows[t], axis=0), np.nanmax(highs[t], axis=0)) for t in lows}
             else:
                 data = collectors[method].compute_collection_result()
-            save_tensors_data(TensorsData(kinds[method], data), path)
+            save_tensors_data(TensorsData(calibration_method(method), data), path)
 
 
 def shape_groups(batches: list) -> list[list]:

@@ -39,7 +39,7 @@ from ..errors import ClipzooError
 from ..files import build_folder_once
 from . import onnx_vision
 from .onnx import exported_folder, load_exported
-from .onnx_calibration import METHODS, write_ranges
+from .onnx_calibration import METHODS, calibration_method, write_ranges
 from .onnx_columns import row_lengths
 from .onnx_int8 import quiet_root_logger
 
@@ -228,7 +228,6 @@ def quantize_with(src: Path, out: Path, batches: list, input_name: str, method: 
     MatMulIntegerToFloat / QGemm (VNNI / AMX integer kernels, no requantisation)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
-        CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
@@ -241,8 +240,7 @@ def quantize_with(src: Path, out: Path, batches: list, input_name: str, method: 
         def get_next(self):
             return next(self.items, None)
 
-    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                 "percentile": CalibrationMethod.Percentile}[method]
+    calibrate = calibration_method(method)
     with warnings.catch_warnings(), quiet_root_logger(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # the calibrators print their progress
         if not ranges.is_file():
