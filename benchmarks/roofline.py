@@ -112,9 +112,11 @@ PRECISION = {"eager": "fp32", "onnx": "fp32", "bf16": "bf16", "onnx-int8": "int8
 
 
 def runtime_model_ms(runtime: str, weights: Path, files: list[str], batch_size: int) -> float:
+    """Model-only milliseconds an image; the exports are the ones benchmarks/runtimes.py keeps beside ``weights``
+    (its ``--cache-dir``), built here only when it has not run."""
     import clipzoo
 
-    comparator = clipzoo.load(str(weights), runtime=runtime)
+    comparator = clipzoo.load(str(weights), runtime=runtime, cache_dir=str(weights.parent))
     data, split = prepare(files, comparator, fast=True)
     return model_ms(comparator, crop_batches(data, batch_size), split)
 

@@ -37,7 +37,7 @@ from ..cards import IMAGE, TEXT
 from ..datasets import ShapesDataset
 from ..errors import ClipzooError
 from ..files import build_folder_once
-from . import onnx_vision
+from . import onnx_qdq_scales, onnx_vision
 from .onnx import exported_folder, load_exported
 from .onnx_calibration import METHODS, calibration_method, write_ranges
 from .onnx_columns import row_lengths
@@ -159,7 +159,10 @@ def quantize_graph(path: Path, dst: Path, modality: str, graph: dict, batches: l
     outputs left float (``<method>+float-conv-out``: int8 inputs and weights, no requantised output — on the
     embedded ResNet the requantised Conv outputs cost 0.004 of min cosine, the rest of its int8 layers 0.002);
     the int8-output variant is kept when its best method meets :data:`MIN_COSINE` on the held-back images
-    (QLinearConv, faster), else the most faithful of all."""
+    (QLinearConv, faster), else the most faithful of all. The weights are quantised once per variant kind where
+    the graph allows (:func:`reusable`); the other methods get that graph with their own activation scales."""
+    import onnx
+
     split = max(1, len(batches) * 2 // 3) if len(batches) > 1 else 1
     calibrate, validate = batches[:split], batches[split:] or batches
     reference = run_graph(path, graph, validate)
@@ -168,10 +171,17 @@ def quantize_graph(path: Path, dst: Path, modality: str, graph: dict, batches: l
     write_ranges(path, calibrate, graph["input"], QUANT_OPS,
                  {m: dst / f"calibration-{modality}-{m}.json" for m in methods})
     cosines: dict[str, float] = {}
+    bases: dict[str, Any] = {}  # per variant kind: the first method's QDQ graph, when the others can reuse it
     for method, suffix in variants:
         out = dst / f"{method}{suffix}-{graph['file']}"
-        quantize_with(path, out, calibrate, graph["input"], method, dst / f"calibration-{modality}-{method}.json",
-                      nodes, float_outputs=FLOAT_OUTPUT_OPS + (["Conv"] if suffix else []))
+        ranges = dst / f"calibration-{modality}-{method}.json"
+        quantized = onnx_qdq_scales.rescaled(bases[suffix], ranges) if bases.get(suffix) is not None else None
+        if quantized is not None:  # the same int8 weights, this method's activation scales
+            onnx.save(quantized, str(out))
+        else:
+            quantize_with(path, out, calibrate, graph["input"], method, ranges, nodes,
+                          float_outputs=FLOAT_OUTPUT_OPS + (["Conv"] if suffix else []))
+            bases.setdefault(suffix, reusable(out, ranges))
         onnx_vision.quantized_attention(out)  # a fused ViT's QKV MatMul + attention: one QAttention
         cosines[method + suffix] = min_cosine(run_graph(out, graph, validate), reference)
     best = choose(cosines)
@@ -185,6 +195,16 @@ def quantize_graph(path: Path, dst: Path, modality: str, graph: dict, batches: l
         else:
             path_.unlink(missing_ok=True)
     return best, {m: round(c, 6) for m, c in cosines.items()}
+
+
+def reusable(path: Path, ranges: Path):
+    """The QDQ graph at ``path`` when the other methods can take it with their own activation scales
+    (:mod:`clipzoo.runtime.onnx_qdq_scales`: no quantised bias, ONNX Runtime's names and formula), else ``None``
+    (each method is then quantised in full)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    return model if onnx_qdq_scales.reproduces(model, ranges) else None
 
 
 def choose(cosines: dict[str, float]) -> str:
