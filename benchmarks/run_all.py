@@ -16,14 +16,28 @@ Then every ``<!-- bench:NAME -->`` block of docs/benchmarks.md is regenerated (:
 
 Every script in benchmarks/ is listed in :data:`BENCHMARKS` (a CI test checks it), so a new benchmark
 cannot be left out: add its line with a quick and a full argument list.
+
+Each benchmark runs as ``__main__`` in a child forked from this process after it has imported what every
+benchmark imports (:data:`PRELOAD`: torch, torchvision, open_clip — 5–6 s a process here, about 2 minutes of a
+quick run when each benchmark started its own interpreter); nothing a benchmark times includes those imports
+either way. A benchmark with its own interpreter (the MindSpore venv) and ``--fresh-processes`` start a new
+process per benchmark instead.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import importlib
 import json
+import os
+import runpy
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +46,7 @@ from tables import DOC, RESULTS, machine_info, update_doc, write_result
 HERE = Path(__file__).resolve().parent
 HELPERS = ("run_all.py", "tables.py")  # modules of this folder that are not benchmarks
 MINDSPORE_PYTHON = ".venv-ms/bin/python"  # MindSpore needs NumPy 1.x: its benchmarks run in their own venv
+PRELOAD = ("numpy", "PIL.Image", "torch", "torchvision", "open_clip")  # imported once, before the forks
 
 
 @dataclass(frozen=True)
@@ -100,29 +115,35 @@ def command(name: str, size: str, results: Path) -> list[str]:
     return cmd + (["--out", str(results / f"{name}.json")] if bench.out else [])
 
 
-def run_one(name: str, size: str, results: Path, timeout: float | None) -> dict:
-    """Run one benchmark; on success its ``results/NAME.json`` gets ``size``, the command, wall time, machine."""
+def run_one(name: str, size: str, results: Path, timeout: float | None, fork: bool = False) -> dict:
+    """Run one benchmark; on success its ``results/NAME.json`` gets ``size``, the command, wall time, machine.
+    ``fork``: in a child of this process (:func:`run_forked`) unless the benchmark has its own interpreter."""
     machine = machine_info()
     stamp = {"size": size, "when": machine["when"]}
     cmd = command(name, size, results)
     path = results / f"{name}.json"
     before = path.stat().st_mtime if path.exists() else None
     t = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"status": "timeout", "seconds": round(time.perf_counter() - t, 1), "error": f"over {timeout} s",
-                **stamp}
+    if fork and cmd[0] == sys.executable:
+        rc, stdout, stderr = run_forked(Path(cmd[1]), cmd[2:], timeout)
+    else:
+        try:
+            proc = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=timeout)
+            rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+        except subprocess.TimeoutExpired:
+            rc, stdout, stderr = None, "", ""
     seconds = round(time.perf_counter() - t, 1)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or [""]
-        return {"status": "failed", "seconds": seconds, "rc": proc.returncode, "error": tail[0][-300:], **stamp}
+    if rc is None:
+        return {"status": "timeout", "seconds": seconds, "error": f"over {timeout} s", **stamp}
+    if rc != 0:
+        tail = (stderr.strip() or stdout.strip()).splitlines()[-1:] or [""]
+        return {"status": "failed", "seconds": seconds, "rc": rc, "error": tail[0][-300:], **stamp}
     if BENCHMARKS[name].out:
         if not path.exists() or path.stat().st_mtime == before:
             return {"status": "failed", "seconds": seconds, "error": f"{name}.py wrote no {path.name}", **stamp}
         result = json.loads(path.read_text())
     else:
-        result = {"benchmark": name, "output": proc.stdout.strip()[-6000:]}
+        result = {"benchmark": name, "output": stdout.strip()[-6000:]}
     own = result.get("machine")
     if own is not None and not isinstance(own, dict):
         result["machine_arch"] = own
@@ -131,6 +152,79 @@ def run_one(name: str, size: str, results: Path, timeout: float | None) -> dict:
     result.update(size=size, command=" ".join(["python", f"benchmarks/{name}.py", *cmd[2:]]), wall_s=seconds)
     write_result(path, result)
     return {"status": "ok", "seconds": seconds, **stamp}
+
+
+def preload() -> None:
+    """Import :data:`PRELOAD` here, before any fork (no thread pool is started by an import)."""
+    for module in PRELOAD:
+        importlib.import_module(module)
+
+
+def run_forked(script: Path, args: list[str], timeout: float | None) -> tuple[int | None, str, str]:
+    """Run ``script`` with ``args`` as ``__main__`` in a forked child, in its own session (a timeout kills the
+    child and whatever it started): ``(exit code or None on timeout, stdout, stderr)``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:
+            child_main(script, args, out.fileno(), err.fileno())
+        rc = wait_child(pid, timeout)
+        out.seek(0)
+        err.seek(0)
+        return rc, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+
+
+def child_main(script: Path, args: list[str], out: int, err: int) -> None:
+    """The forked child: the script as ``__main__`` (its ``sys.exit`` code kept) and then its own exit handlers
+    (a benchmark's scratch folders; the ones inherited from the parent are the parent's), then ``os._exit`` —
+    never back into the parent's loop."""
+    code = 1
+    try:
+        atexit._clear()
+        os.setsid()
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115 - a caller's
+        sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115 - replaced ones
+        os.chdir(script.parent)
+        sys.argv = [str(script), *args]
+        sys.path[0] = str(script.parent)
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+            if not isinstance(exc.code, (int, type(None))):
+                print(exc.code, file=sys.stderr)
+        except BaseException:  # noqa: BLE001 - reported as the script's own traceback, exit code 1
+            traceback.print_exc()
+        atexit._run_exitfuncs()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def wait_child(pid: int, timeout: float | None) -> int | None:
+    """The child's exit code (a signal as -N, as subprocess reports it), or None once ``timeout`` seconds have
+    passed; either way whatever is left of its session (worker processes) is killed, so nothing of one benchmark
+    runs on beside the next."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    code = None
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    if code is None:
+        os.waitpid(pid, 0)
+    return code
 
 
 def summary_table(statuses: dict) -> dict:
@@ -151,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--doc", type=Path, default=DOC)
     ap.add_argument("--no-doc", action="store_true", help="do not regenerate the docs")
     ap.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    ap.add_argument("--fresh-processes", action="store_true",
+                    help="start a new interpreter per benchmark [default: fork this one after its imports]")
     args = ap.parse_args(argv)
     size = args.size or "quick"
     names = args.only or list(BENCHMARKS)
@@ -161,10 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     statuses = {}
     t0 = time.perf_counter()
+    if not args.fresh_processes:
+        preload()
     for name in names:
         timeout = args.timeout or (BENCHMARKS[name].quick_timeout if size == "quick" else None)
         print(f"{name} ({size}) …", flush=True)
-        statuses[name] = run_one(name, size, args.results, timeout)
+        statuses[name] = run_one(name, size, args.results, timeout, fork=not args.fresh_processes)
         print(f"  {statuses[name]}", flush=True)
     previous = args.results / "run_all.json"  # --only: the other benchmarks keep their last status
     kept = json.loads(previous.read_text()).get("benchmarks", {}) if previous.exists() else {}

@@ -221,3 +221,63 @@ def test_issue22_s4_decoders_agree_with_pil_full_decode(tmp_path):
         assert np.array_equal(decode.DECODERS["simplejpeg_scaled"](data, 224), draft)
     rate, arrays = decode.speed(decode.pil_full, blobs, 224, 1)
     assert rate > 0 and len(arrays) == 3
+
+
+def test_issue22_s7_forked_benchmark_exit_codes_output_and_exit_handlers(tmp_path):
+    """run_all forks this process per benchmark (its imports done once): the script runs as ``__main__`` with its
+    arguments, its exit code, output and own exit handlers are kept; the parent's exit handlers do not run in it."""
+    import atexit
+
+    marker = tmp_path / "parent-handler-ran"
+    atexit.register(marker.write_text, "x")  # the parent's: must not run in a child
+    try:
+        script = tmp_path / "script.py"
+        script.write_text(
+            "import atexit, pathlib, sys\n"
+            "atexit.register(pathlib.Path(sys.argv[1]).write_text, 'cleaned')\n"
+            "print('args', sys.argv[1:], __name__)\n"
+            "if sys.argv[2] == 'raise':\n    raise ValueError('bad weights file')\n"
+            "if sys.argv[2] == 'message':\n    sys.exit('no such model')\n"
+            "sys.exit(int(sys.argv[2]))\n")
+        rc, out, err = run_all.run_forked(script, [str(tmp_path / "done"), "0"], 60)
+        assert (rc, err) == (0, "") and out == f"args ['{tmp_path / 'done'}', '0'] __main__\n"
+        assert (tmp_path / "done").read_text() == "cleaned"
+        assert run_all.run_forked(script, [str(tmp_path / "d3"), "3"], 60)[0] == 3
+        rc, _, err = run_all.run_forked(script, [str(tmp_path / "d4"), "raise"], 60)
+        assert rc == 1 and err.strip().splitlines()[-1] == "ValueError: bad weights file"
+        rc, _, err = run_all.run_forked(script, [str(tmp_path / "d5"), "message"], 60)
+        assert rc == 1 and err == "no such model\n"
+        assert not marker.exists()
+    finally:
+        atexit.unregister(marker.write_text)
+
+
+def test_issue22_s7_forked_benchmark_timeout_kills_what_it_started(tmp_path):
+    """Past its time a benchmark is killed at once, with the processes it started."""
+    import time
+
+    script = tmp_path / "slow.py"
+    pid_file = tmp_path / "worker.pid"
+    script.write_text(
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(60)\n")
+    t = time.monotonic()
+    rc, _, _ = run_all.run_forked(script, [], 1.5)
+    assert rc is None and time.monotonic() - t < 5
+    worker = int(pid_file.read_text())
+    for _ in range(50):  # SIGKILLed: gone, or a zombie until whoever adopted it reaps it
+        if not running(worker):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"worker {worker} still runs")
+
+
+def running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
