@@ -181,7 +181,7 @@ def child_main(script: Path, args: list[str], out: int, err: int) -> None:
     never back into the parent's loop."""
     code = 1
     try:
-        atexit._clear()
+        atexit._clear()  # CPython's own calls (interpreter exit runs _run_exitfuncs): the parent's handlers go
         os.setsid()
         os.dup2(out, 1)
         os.dup2(err, 2)
@@ -199,7 +199,7 @@ def child_main(script: Path, args: list[str], out: int, err: int) -> None:
                 print(exc.code, file=sys.stderr)
         except BaseException:  # noqa: BLE001 - reported as the script's own traceback, exit code 1
             traceback.print_exc()
-        atexit._run_exitfuncs()
+        atexit._run_exitfuncs()  # the script's: what its interpreter's exit would run
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

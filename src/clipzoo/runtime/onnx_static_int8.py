@@ -16,9 +16,11 @@ highest min cosine to fp32 on the last third is kept, per tower. A text graph th
 (:mod:`clipzoo.runtime.onnx_columns`) is calibrated on the rows as the runtime runs them — each cut to its
 length bucket — so the ranges see no padding columns, and the ranges of every method accumulate over those
 groups of one shape. One run of the sample gives every method its ranges
-(:func:`clipzoo.runtime.onnx_calibration.write_ranges`). The result lives in the cache beside the
-export (``<export>-int8s-<sample digest>``) with the chosen method's tensor ranges
-(``calibration-<tower>.json``) and the measured cosines in its JSON; later loads reuse it.
+(:func:`clipzoo.runtime.onnx_calibration.write_ranges`), and the weights are quantised once per graph where it
+has no quantised bias: the other methods get that graph with their own activation scales
+(:mod:`clipzoo.runtime.onnx_qdq_scales`). The result lives in the cache beside the export
+(``<export>-int8s-<sample digest>``) with the chosen method's tensor ranges (``calibration-<tower>.json``) and the
+measured cosines in its JSON; later loads reuse it.
 """
 from __future__ import annotations
 
@@ -181,7 +183,8 @@ def quantize_graph(path: Path, dst: Path, modality: str, graph: dict, batches: l
         else:
             quantize_with(path, out, calibrate, graph["input"], method, ranges, nodes,
                           float_outputs=FLOAT_OUTPUT_OPS + (["Conv"] if suffix else []))
-            bases.setdefault(suffix, reusable(out, ranges))
+            if suffix not in bases:
+                bases[suffix] = reusable(out, ranges)
         onnx_vision.quantized_attention(out)  # a fused ViT's QKV MatMul + attention: one QAttention
         cosines[method + suffix] = min_cosine(run_graph(out, graph, validate), reference)
     best = choose(cosines)
