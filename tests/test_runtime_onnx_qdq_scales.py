@@ -4,13 +4,10 @@ graph with their own activation scales (clipzoo.runtime.onnx_qdq_scales) — the
 Convs) is quantised in full per method, as is any graph whose own scales the formula does not give back."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from safetensors.torch import save_file
 
 import clipzoo
 from clipzoo.backends.onnx_format import read_meta
@@ -18,10 +15,7 @@ from clipzoo.datasets import ShapesDataset
 from clipzoo.runtime import onnx_qdq_scales, onnx_static_int8
 from clipzoo.runtime.onnx_calibration import METHODS, write_ranges
 from clipzoo.runtime.onnx_static_int8 import QUANT_OPS, calibration_inputs, quantised_nodes, quantize_with
-from clipzoo.testing.tiny import OPENAI_PREPROCESS, TINY_CONFIG, state_dict
-
-VIT_CONFIG = {**TINY_CONFIG, "quick_gelu": False,
-              "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8}}
+from clipzoo.testing.tiny import TINY_VIT_CONFIG, write_open_clip_safetensors
 
 
 def exported(name: str, cache) -> tuple:
@@ -33,10 +27,8 @@ def exported(name: str, cache) -> tuple:
 
 @pytest.fixture(scope="module")
 def vit(tmp_path_factory):
-    path = tmp_path_factory.mktemp("qdq-vit") / "tiny-vit.safetensors"
-    meta = {"format": "pt", "open_clip_config": json.dumps({"model_cfg": VIT_CONFIG,
-                                                            "preprocess_cfg": OPENAI_PREPROCESS})}
-    save_file({k: v.contiguous() for k, v in state_dict(3, config=VIT_CONFIG).items()}, str(path), metadata=meta)
+    path = write_open_clip_safetensors(tmp_path_factory.mktemp("qdq-vit") / "tiny-vit.safetensors", 3,
+                                       embed_config=True, config=TINY_VIT_CONFIG)
     return exported(str(path), tmp_path_factory.mktemp("qdq-vit-cache"))
 
 

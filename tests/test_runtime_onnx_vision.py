@@ -18,26 +18,20 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import clipzoo
 from clipzoo.backends.onnx_format import META_FILE
 from clipzoo.runtime import onnx_static_int8, onnx_vision
 from clipzoo.runtime.onnx_export import export_onnx
-from clipzoo.testing.tiny import OPENAI_PREPROCESS, TINY_CONFIG, state_dict
+from clipzoo.testing.tiny import TINY_VIT_CONFIG, write_open_clip_safetensors
 
-VIT_CONFIG = {**TINY_CONFIG, "quick_gelu": False,
-              "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8}}
 TEST_CALIBRATION_IMAGES = 48
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("vit") / "tiny-vit.safetensors"
-    meta = {"format": "pt", "open_clip_config": json.dumps({"model_cfg": VIT_CONFIG,
-                                                            "preprocess_cfg": OPENAI_PREPROCESS})}
-    save_file({k: v.contiguous() for k, v in state_dict(3, config=VIT_CONFIG).items()}, str(path), metadata=meta)
-    return path
+    return write_open_clip_safetensors(tmp_path_factory.mktemp("vit") / "tiny-vit.safetensors", 3,
+                                       embed_config=True, config=TINY_VIT_CONFIG)
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,9 @@ TINY_COCA_CONFIG = {  # CoCa's decoder needs embed_dim == multimodal width
                        "attn_pooler_heads": 1},
     "custom_text": True,
 }
+# A tiny ViT with exact GELU and 2 heads: the layout the fused ONNX export and static int8 recognise (ViT-B/32's).
+TINY_VIT_CONFIG = {**TINY_CONFIG, "quick_gelu": False,
+                   "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8}}
 OPENAI_PREPROCESS = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
                      "interpolation": "bicubic", "resize_mode": "shortest"}
 
@@ -129,13 +132,17 @@ def write_open_clip_pt(path: "str | os.PathLike", seed: int = 0, wrapped: bool =
     return Path(path)
 
 
-def write_open_clip_safetensors(path: "str | os.PathLike", seed: int = 0, embed_config: bool = False) -> Path:
+def write_open_clip_safetensors(path: "str | os.PathLike", seed: int = 0, embed_config: bool = False,
+                                config: dict | None = None) -> Path:
+    """open_clip's .safetensors of the tiny model (``config``: another tiny config), its config in the metadata
+    with ``embed_config``."""
     from safetensors.torch import save_file
 
+    config = TINY_CONFIG if config is None else config
     meta = {"format": "pt"}
     if embed_config:
-        meta["open_clip_config"] = json.dumps({"model_cfg": TINY_CONFIG, "preprocess_cfg": OPENAI_PREPROCESS})
-    save_file({k: v.contiguous() for k, v in state_dict(seed).items()}, str(path), metadata=meta)
+        meta["open_clip_config"] = json.dumps({"model_cfg": config, "preprocess_cfg": OPENAI_PREPROCESS})
+    save_file({k: v.contiguous() for k, v in state_dict(seed, config=config).items()}, str(path), metadata=meta)
     return Path(path)
 
 
