@@ -13,13 +13,16 @@ antialiased bicubic filter, then a centre crop; ``SIZE`` = 224, ViT-B/32's). Can
 - ``pillow_simd``, ``pillow_simd_draft``: the two PIL paths under pillow-simd, when ``--pillow-simd-python``
   names an interpreter that has it (it replaces Pillow, so it cannot share this process);
 - ``pil_draft_2x``: PIL's draft mode kept to power-of-two scales that leave both sides >= 2 × SIZE;
-- ``clipzoo``: what ``clipzoo embed`` decodes with (``clipzoo.embed.decode.decode_bytes``: simplejpeg when
-  installed, else PIL; DCT scaling only while both sides stay >= 2 × SIZE) -> the same resize.
+- ``clipzoo_pil_resize``: what ``clipzoo embed`` decodes with (``clipzoo.embed.decode.decode_bytes``: simplejpeg
+  when installed, else PIL; DCT scaling only while both sides stay >= 2 × SIZE) -> the same PIL resize;
+- ``clipzoo``: that decode -> torch's antialiased uint8 resize (``clipzoo.embed.handover.fast_resize_crop``'s
+  kernel, same geometry as the others): what ``clipzoo embed`` does with fast decoding, its default.
 
 The photos come in each of ``--photo-sizes`` (default 640×480, the issue's, and 1280×960, where DCT scaling with
 the 2× margin applies); every figure is per photo size.
 
-Every candidate resizes with the same PIL filter, so the figures compare the decoders. Speed: one process,
+Every candidate but ``clipzoo`` resizes with the same PIL filter, so those figures compare the decoders;
+``clipzoo`` against ``clipzoo_pil_resize`` compares the resizes. Speed: one process,
 one thread (``torch.set_num_threads(1)``), files read from the page cache, a warm-up call, best of
 ``--repeats`` interleaved passes, in images per CPU second of the process -> images/s per core. Fidelity,
 against ``pil_full`` on the same files: the largest and mean absolute pixel difference, and the min cosine
@@ -41,7 +44,8 @@ from pathlib import Path
 from tables import RESULTS, machine_info, scratch_dir, write_result
 
 MIN_COSINE = 0.9999
-CANDIDATES = ("pil_full", "pil_draft", "pil_draft_2x", "torchvision", "simplejpeg", "simplejpeg_scaled", "clipzoo")
+CANDIDATES = ("pil_full", "pil_draft", "pil_draft_2x", "torchvision", "simplejpeg", "simplejpeg_scaled",
+              "clipzoo_pil_resize", "clipzoo")
 PILLOW_SIMD_NOTE = ("pillow-simd builds from source only (no wheel); it replaces Pillow, so it runs in a "
                     "separate interpreter given by --pillow-simd-python")
 
@@ -91,10 +95,27 @@ def pil_draft_2x(data: bytes, size: int):
         return fit(im.convert("RGB"), size)
 
 
-def clipzoo_decode(data: bytes, size: int):
+def clipzoo_pil_resize(data: bytes, size: int):
     from clipzoo.embed.decode import decode_bytes
 
     return fit(decode_bytes(data, size), size)
+
+
+def clipzoo_decode(data: bytes, size: int):
+    """clipzoo's decode, then :func:`fit`'s geometry with torch's antialiased bicubic on the uint8 pixels."""
+    import numpy as np
+    import torch
+
+    from clipzoo.embed.decode import decode_bytes
+
+    im = decode_bytes(data, size)
+    w, h = im.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    x = torch.from_numpy(np.array(im, np.uint8)).permute(2, 0, 1)[None]
+    x = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return x[0, :, top:top + size, left:left + size].permute(1, 2, 0).numpy()
 
 
 def torchvision_decode(data: bytes, size: int):
@@ -116,7 +137,8 @@ def simplejpeg_decode(data: bytes, size: int, scaled: bool = False):
 
 DECODERS = {"pil_full": pil_full, "pil_draft": pil_draft, "pil_draft_2x": pil_draft_2x,
             "torchvision": torchvision_decode, "simplejpeg": simplejpeg_decode,
-            "simplejpeg_scaled": lambda d, s: simplejpeg_decode(d, s, True), "clipzoo": clipzoo_decode}
+            "simplejpeg_scaled": lambda d, s: simplejpeg_decode(d, s, True), "clipzoo_pil_resize": clipzoo_pil_resize,
+            "clipzoo": clipzoo_decode}
 
 
 def speed(decode, blobs: list[bytes], size: int, repeats: int) -> tuple[float, list]:

@@ -41,7 +41,7 @@ def prepare(files: list[str], comparator, fast: bool):
     split = split_transform(comparator.transform)
     if split is None:
         raise SystemExit(f"{comparator.card.alias}'s transform does not split into a uint8 crop")
-    return ImageFiles(files, Uint8Crop(split), draft_size_for(comparator) if fast else None), split
+    return ImageFiles(files, Uint8Crop(split, fast=fast), draft_size_for(comparator) if fast else None), split
 
 
 def decode_ms(dataset) -> float:
@@ -81,7 +81,7 @@ def pipeline(comparator, files: list[str], split, batch_size: int, workers: int,
     from clipzoo.embed.handover import Uint8Crop, normalize_uint8
     from clipzoo.embed.loader import draft_size_for, image_loader
 
-    loader = image_loader(files, Uint8Crop(split), batch_size, workers,
+    loader = image_loader(files, Uint8Crop(split, fast=fast), batch_size, workers,
                           draft_size=draft_size_for(comparator) if fast else None)
     wait = model = 0.0
     t0 = time.perf_counter()

@@ -81,7 +81,7 @@ def cpu_decode_run(comparator, embedder, files, args, instrumented: bool) -> dic
     from clipzoo.embed.loader import draft_size_for, image_loader
 
     device = embedder.device
-    loader = image_loader(files, Uint8Crop(embedder.split), args.batch_size, args.workers,
+    loader = image_loader(files, Uint8Crop(embedder.split, fast=True), args.batch_size, args.workers,
                           pin_memory=device.type == "cuda", draft_size=draft_size_for(comparator))
     stages, rows = {"decode": 0.0, "transfer": 0.0, "model": 0.0}, []
     t0 = time.perf_counter()

@@ -213,8 +213,10 @@ def test_issue22_s4_decoders_agree_with_pil_full_decode(tmp_path):
     for data in blobs:
         ref = decode.pil_full(data, 224)
         assert ref.shape == (224, 224, 3) and ref.dtype == np.uint8
-        for name in ("torchvision", "simplejpeg"):  # libjpeg-turbo's full decode, same resize: the same pixels
-            assert np.array_equal(decode.DECODERS[name](data, 224), ref), name
+        for name in ("torchvision", "simplejpeg", "clipzoo_pil_resize"):  # libjpeg-turbo's full decode, PIL's
+            assert np.array_equal(decode.DECODERS[name](data, 224), ref), name  # resize: the same pixels
+        fast = decode.DECODERS["clipzoo"](data, 224)  # torch's antialiased resize: within one level
+        assert fast.shape == ref.shape and np.abs(fast.astype(int) - ref.astype(int)).max() <= 1
         draft = decode.pil_draft(data, 224)  # DCT-scaled decode: close, not equal
         diff = np.abs(draft.astype(int) - ref.astype(int))
         assert draft.shape == ref.shape and 0 < diff.max() < 64 and diff.mean() < 2

@@ -63,14 +63,18 @@ def test_missing_and_empty_inputs_name_themselves(tmp_path):
 
 @pytest.mark.parametrize("workers,batch_size", [(0, 64), (2, 2)])
 def test_rows_equal_encode_image(model, photo_tree, workers, batch_size):
+    """Exact decoding gives encode_image's rows; the default (fast decoding: torch's resize) within 0.9999 cosine."""
     paths = expand_image_paths([photo_tree])
-    result = embed_images(model, [photo_tree], workers=workers, batch_size=batch_size)
+    result = embed_images(model, [photo_tree], workers=workers, batch_size=batch_size, fast_decode=False)
     assert result.inputs == paths and result.modality == "image" and result.features.dtype == np.float32
     expected = model.encode_image(paths).numpy()
     assert result.features.shape == expected.shape == (5, model.embed_dim)
     assert np.abs(result.features - expected).max() <= 1e-5
-    raw = embed_images(model, paths, workers=workers, batch_size=batch_size, normalize=False).features
+    raw = embed_images(model, paths, workers=workers, batch_size=batch_size, normalize=False,
+                       fast_decode=False).features
     assert np.abs(raw - model.encode_image(paths, normalize=False).numpy()).max() <= 1e-5
+    fast = embed_images(model, [photo_tree], workers=workers, batch_size=batch_size)
+    assert fast.inputs == paths and (fast.features * expected).sum(1).min() >= 0.9999
 
 
 def test_corrupt_image_in_a_worker_names_the_file(model, photo_tree, tmp_path):
@@ -82,7 +86,8 @@ def test_corrupt_image_in_a_worker_names_the_file(model, photo_tree, tmp_path):
     msg = str(err.value)
     assert "broken.jpg" in msg and "\n" not in msg and "Traceback" not in msg and "--skip-bad" in msg
 
-    result = embed_images(model, [*good[:3], bad, *good[3:]], workers=2, batch_size=2, skip_bad=True)
+    result = embed_images(model, [*good[:3], bad, *good[3:]], workers=2, batch_size=2, skip_bad=True,
+                          fast_decode=False)
     assert result.inputs == good
     assert [s["input"] for s in result.skipped] == [str(bad)]
     assert np.abs(result.features - model.encode_image(good).numpy()).max() <= 1e-5

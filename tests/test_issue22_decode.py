@@ -145,13 +145,37 @@ def test_issue22_4_shared_memory_handover_gives_the_in_process_batches(jpegs, mo
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_issue22_4_embedding_rows_equal_the_reference_path(jpegs, model, workers):
-    """image_batches (the embedding pipeline: fast decode, uint8 handover, normalisation after) gives the rows
-    of encode_image on the same decoded images, exactly; and rows within 0.9999 cosine of PIL's full decode."""
+    """image_batches (the embedding pipeline: fast decode and resize, uint8 handover, normalisation after) gives
+    rows within 0.9999 cosine of encode_image on the same decoded images and of PIL's full decode; without fast
+    decoding (PIL's resize), the rows of encode_image exactly."""
     batches = list(image_batches(model, jpegs, 4, workers, True, False, False, True, DistributedInfo()))
-    rows = np.concatenate([b[1] for b in batches])
+    exact = list(image_batches(model, jpegs, 4, workers, True, False, False, False, DistributedInfo()))
+    rows, exact_rows = (np.concatenate([b[1] for b in run]) for run in (batches, exact))
     with torch.no_grad():
         want = model.encode_image([dec.decode_file(p, 64) for p in jpegs]).numpy()
         full = model.encode_image([pil_full(p) for p in jpegs]).numpy()
-    assert [n for b in batches for n in b[0]] == jpegs
-    assert np.abs(rows - want).max() <= 1e-6
+    assert [n for b in batches for n in b[0]] == [n for b in exact for n in b[0]] == jpegs
+    assert np.abs(exact_rows - full).max() <= 1e-6
+    assert np.abs(rows - want).max() > 0 and (rows * want).sum(1).min() >= MIN_COSINE  # torch's resize, not PIL's
     assert (rows * full).sum(1).min() >= MIN_COSINE  # normalised rows: the dot product is the cosine
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_issue22_4_fast_resize_is_within_one_level_of_pils(interpolation):
+    """torch's antialiased uint8 resize (the fast path's) against PIL's, down and up, landscape and portrait:
+    at most one level apart, and most pixels equal; nearest takes PIL's path."""
+    from clipzoo.embed.handover import fast_resize_crop
+    from clipzoo.models.pil_transform import PilEvalTransform
+
+    t = PilEvalTransform(224, (0.5,) * 3, (0.5,) * 3, interpolation)
+    for i, (w, h) in enumerate([(640, 480), (480, 640), (1280, 960), (300, 200), (150, 100), (224, 224),
+                                (2000, 230)]):
+        im = Image.fromarray(photo(i, w, h))
+        fast, pil = fast_resize_crop(im, t), torch.from_numpy(np.array(t.resize_crop(im)))
+        diff = (fast.int() - pil.int()).abs()
+        assert fast.dtype == torch.uint8 and fast.shape == pil.shape == (224, 224, 3)
+        assert diff.max() <= 1 and diff.float().mean() < 0.05, ((w, h), diff.max(), diff.float().mean())
+        assert torch.equal(Uint8Crop(t, fast=True)(im), fast) and torch.equal(Uint8Crop(t)(im), pil)
+    nearest = PilEvalTransform(224, (0.5,) * 3, (0.5,) * 3, "nearest")
+    im = Image.fromarray(photo(11, 640, 480))
+    assert torch.equal(Uint8Crop(nearest, fast=True)(im), torch.from_numpy(np.array(nearest.resize_crop(im))))

@@ -30,8 +30,8 @@ def image_batches(comparator, items: list, batch_size: int, workers, normalize: 
     device = torch.device(comparator.device)
     split = split_transform(comparator.transform)  # uint8 crops in shared memory, normalised here (embed.handover)
     draft = draft_size_for(comparator) if fast_decode else None
-    loader = image_loader(items, Uint8Crop(split) if split else comparator.transform, batch_size, workers,
-                          pin_memory=device.type == "cuda", draft_size=draft)
+    transform = Uint8Crop(split, fast=fast_decode) if split else comparator.transform
+    loader = image_loader(items, transform, batch_size, workers, pin_memory=device.type == "cuda", draft_size=draft)
     label = f"embedding {len(items)} images" + (f" (rank {info.rank}/{info.world_size})" if info.active else "")
     gpu = GpuEmbedder(comparator) if split is not None and device.type == "cuda" else None  # embed.gpu
     with progress_bar(len(items), label, enabled=progress, unit="images") as advance:

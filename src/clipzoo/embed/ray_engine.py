@@ -275,7 +275,7 @@ def _dataset(ray, comparator, load, items, plan, todo, options: RayOptions, norm
     """The Ray Data pipeline over the rows of the shards still to do: read -> decode (tasks) -> embed (actors)."""
     rows = [item_row(i, items[i]) for s in todo for i in range(*plan[s])]
     split = split_transform(comparator.transform)
-    transform = Uint8Crop(split) if split is not None else comparator.transform
+    transform = Uint8Crop(split, fast=fast_decode) if split is not None else comparator.transform
     draft = draft_size_for(comparator) if fast_decode else None
     return map_on_ray(ray, rows, partial(decode_batch, transform=transform, draft=draft), load, options, normalize,
                       progress)

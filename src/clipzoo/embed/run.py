@@ -33,8 +33,9 @@ def embed_images(comparator, images: "str | os.PathLike | Iterable[str | os.Path
     most 8) and encoded ``batch_size`` at a time. A file that cannot be decoded raises
     :class:`~clipzoo.errors.BadImageError` naming it, or is left out (and listed in ``skipped``)
     when ``skip_bad``. With ``fast_decode=False`` rows equal ``comparator.encode_image(paths)``; the
-    default decodes JPEGs at least twice the model's input size at reduced size (PIL draft mode), which
-    is several times faster and changes rows by a cosine of ~1e-3 at most (docs/embedding.md).
+    default decodes JPEGs by libjpeg-turbo, at reduced size (DCT scaling) while both sides stay at least twice
+    the model's input, and resizes with torch's antialiased uint8 kernel (:mod:`clipzoo.embed.handover`, within
+    one level of PIL's pixels): rows within 0.9999 cosine of the exact ones (docs/embedding.md).
     To stream rows to disk, or run under torchrun, use :func:`embed_to_file`.
     """
     import numpy as np

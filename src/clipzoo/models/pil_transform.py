@@ -31,14 +31,18 @@ class PilEvalTransform:
         return cls(size if isinstance(size, int) else size[0], preprocess_cfg["mean"], preprocess_cfg["std"],
                    preprocess_cfg.get("interpolation", "bicubic"))
 
+    def resized_size(self, w: int, h: int) -> tuple[int, int]:
+        """(width, height) after the resize: the shortest side -> ``size``, the long side truncated (torchvision)."""
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = self.size, int(self.size * long / short)
+        return (new_short, new_long) if w <= h else (new_long, new_short)
+
     def resize_crop(self, im):
         """PIL image: shortest side -> ``size`` (torchvision's rounding: the long side truncated), centre crop."""
         from PIL import Image
 
         w, h = im.size
-        short, long = (w, h) if w <= h else (h, w)
-        new_short, new_long = self.size, int(self.size * long / short)
-        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        new_w, new_h = self.resized_size(w, h)
         if (new_w, new_h) != (w, h):
             im = im.resize((new_w, new_h), RESAMPLE[self.interpolation])
         if new_w < self.size or new_h < self.size:  # a degenerate side: pad as torchvision's CenterCrop does
