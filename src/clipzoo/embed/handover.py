@@ -48,8 +48,8 @@ class Uint8Crop:
     """PIL image -> the transform's resized, cropped RGB pixels as a uint8 (H, W, 3) tensor (picklable).
 
     ``fast``: the resize by torch's antialiased uint8 kernel (:func:`fast_resize_crop`) instead of PIL's — the
-    same filter, within one level of PIL's pixels, 5× faster here (PIL's bicubic resize of a 640×480 photo took
-    2.9 ms, four times its libjpeg-turbo decode; ``benchmarks/decode.py``)."""
+    same filter, within one level of PIL's pixels; with it a 640×480 photo's decode and resize ran 2.56× faster
+    than with PIL's resize (``benchmarks/decode.py``: most of that path's time was the resize)."""
 
     def __init__(self, transform: PilEvalTransform, fast: bool = False):
         self.transform, self.fast = transform, fast
