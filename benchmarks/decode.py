@@ -15,8 +15,9 @@ antialiased bicubic filter, then a centre crop; ``SIZE`` = 224, ViT-B/32's). Can
 - ``pil_draft_2x``: PIL's draft mode kept to power-of-two scales that leave both sides >= 2 × SIZE;
 - ``clipzoo_pil_resize``: what ``clipzoo embed`` decodes with (``clipzoo.embed.decode.decode_bytes``: simplejpeg
   when installed, else PIL; DCT scaling only while both sides stay >= 2 × SIZE) -> the same PIL resize;
-- ``clipzoo``: that decode -> torch's antialiased uint8 resize (``clipzoo.embed.handover.fast_resize_crop``'s
-  kernel, same geometry as the others): what ``clipzoo embed`` does with fast decoding, its default.
+- ``clipzoo``: that decode -> torch's antialiased uint8 resize (``clipzoo.embed.handover.resize_uint8``, the
+  kernel of ``fast_resize_crop``, same geometry as the others): what ``clipzoo embed`` does with fast decoding,
+  its default.
 
 The photos come in each of ``--photo-sizes`` (default 640×480, the issue's, and 1280×960, where DCT scaling with
 the 2× margin applies); every figure is per photo size.
@@ -102,20 +103,18 @@ def clipzoo_pil_resize(data: bytes, size: int):
 
 
 def clipzoo_decode(data: bytes, size: int):
-    """clipzoo's decode, then :func:`fit`'s geometry with torch's antialiased bicubic on the uint8 pixels."""
-    import numpy as np
-    import torch
-
+    """clipzoo's decode, then :func:`fit`'s geometry resized by clipzoo's fast path (torch's antialiased
+    bicubic on the uint8 pixels, ``clipzoo.embed.handover.resize_uint8``)."""
     from clipzoo.embed.decode import decode_bytes
+    from clipzoo.embed.handover import resize_uint8
 
     im = decode_bytes(data, size)
     w, h = im.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    x = torch.from_numpy(np.array(im, np.uint8)).permute(2, 0, 1)[None]
-    x = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True)
+    x = resize_uint8(im, new_w, new_h, "bicubic")
     left, top = (new_w - size) // 2, (new_h - size) // 2
-    return x[0, :, top:top + size, left:left + size].permute(1, 2, 0).numpy()
+    return x[:, top:top + size, left:left + size].permute(1, 2, 0).numpy()
 
 
 def torchvision_decode(data: bytes, size: int):

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..models.pil_transform import RESAMPLE, PilEvalTransform
 
-__all__ = ["split_transform", "Uint8Crop", "fast_resize_crop", "stack_shared", "normalize_uint8"]
+__all__ = ["split_transform", "Uint8Crop", "fast_resize_crop", "resize_uint8", "stack_shared", "normalize_uint8"]
 
 RGB_STEPS = ("MaybeConvertMode", "_convert_to_rgb")
 TENSOR_STEPS = ("MaybeToTensor", "ToTensor")
@@ -67,21 +67,25 @@ FAST_MODES = ("bicubic", "bilinear")  # torch's antialiased uint8 kernels follow
 
 
 def fast_resize_crop(image, transform: PilEvalTransform):
-    """``transform.resize_crop(image)`` as a uint8 (size, size, 3) tensor, resized by torch's antialiased
-    interpolation (PIL's filter support and coefficients, computed in its own fixed point: a pixel differs from
-    PIL's by at most one level)."""
+    """``transform.resize_crop(image)`` as a uint8 (size, size, 3) tensor, resized by :func:`resize_uint8`."""
+    size = transform.size
+    new_w, new_h = transform.resized_size(*image.size)  # the short side is ``size``: nothing to pad
+    x = resize_uint8(image, new_w, new_h, transform.interpolation)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return x[:, top:top + size, left:left + size].permute(1, 2, 0).contiguous()
+
+
+def resize_uint8(image, width: int, height: int, interpolation: str):
+    """A PIL image as RGB uint8 (3, height, width), resized by torch's antialiased interpolation (PIL's filter
+    support and coefficients, computed in its own fixed point: a pixel differs from PIL's by at most one level)."""
     import numpy as np
     import torch
 
     rgb = image if image.mode == "RGB" else image.convert("RGB")
-    w, h = rgb.size
-    size = transform.size
-    new_w, new_h = transform.resized_size(w, h)  # the short side is ``size``: nothing to pad
     x = torch.from_numpy(np.array(rgb, np.uint8, copy=True)).permute(2, 0, 1)[None]  # NCHW view of NHWC pixels
-    if (new_w, new_h) != (w, h):
-        x = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode=transform.interpolation, antialias=True)
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-    return x[0, :, top:top + size, left:left + size].permute(1, 2, 0).contiguous()
+    if (width, height) != rgb.size:
+        x = torch.nn.functional.interpolate(x, size=(height, width), mode=interpolation, antialias=True)
+    return x[0]
 
 
 def stack_shared(tensors: Sequence):
