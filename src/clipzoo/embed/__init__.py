@@ -37,7 +37,7 @@ from .distributed import (
     parts_dir,
     shard_bounds,
 )
-from .loader import ImageFiles, collate_images, default_workers, draft_size_for, image_loader
+from .loader import ImageFiles, collate_images, decode_in_threads, default_workers, draft_size_for, image_loader
 from .results import Embeddings, load_embeddings, npy_path, save_embeddings, sidecar_path, write_sidecar
 from .run import embed_images, embed_texts, embed_to_file
 from .sources import TarMember, expand_image_inputs, expand_image_paths, read_texts, tar_image_members
@@ -46,7 +46,8 @@ from .writers import RowWriter
 __all__ = [
     "Embeddings", "expand_image_paths", "read_texts", "ImageFiles", "image_loader", "collate_images",
     "embed_images", "embed_texts", "embed_audio", "save_embeddings", "load_embeddings", "sidecar_path",
-    "write_sidecar", "npy_path", "default_workers", "draft_size_for", "check_batch_size", "image_batches",
+    "write_sidecar", "npy_path", "default_workers", "draft_size_for", "decode_in_threads", "check_batch_size",
+    "image_batches",
     "text_batches", "TarMember", "tar_image_members", "expand_image_inputs", "shard_bounds", "DistributedInfo",
     "distributed_info", "barrier", "embed_to_file", "merge_parts", "parts_dir", "part_name", "RowWriter",
 ]

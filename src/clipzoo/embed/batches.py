@@ -10,7 +10,7 @@ from ..progress import progress as progress_bar
 from .distributed import DistributedInfo
 from .gpu import GpuEmbedder, prefetch
 from .handover import Uint8Crop, normalize_uint8, split_transform
-from .loader import draft_size_for, image_loader
+from .loader import decode_in_threads, draft_size_for, image_loader
 
 __all__ = ["check_batch_size", "image_batches", "text_batches"]
 
@@ -31,7 +31,8 @@ def image_batches(comparator, items: list, batch_size: int, workers, normalize: 
     split = split_transform(comparator.transform)  # uint8 crops in shared memory, normalised here (embed.handover)
     draft = draft_size_for(comparator) if fast_decode else None
     transform = Uint8Crop(split, fast=fast_decode) if split else comparator.transform
-    loader = image_loader(items, transform, batch_size, workers, pin_memory=device.type == "cuda", draft_size=draft)
+    loader = image_loader(items, transform, batch_size, workers, pin_memory=device.type == "cuda", draft_size=draft,
+                          threads=decode_in_threads(comparator))
     label = f"embedding {len(items)} images" + (f" (rank {info.rank}/{info.world_size})" if info.active else "")
     gpu = GpuEmbedder(comparator) if split is not None and device.type == "cuda" else None  # embed.gpu
     with progress_bar(len(items), label, enabled=progress, unit="images") as advance:

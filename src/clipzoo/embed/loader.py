@@ -15,8 +15,10 @@ from ..inputs import open_image
 from ..processes import fork_safe_workers
 from .decode import decode_file
 from .handover import stack_shared
+from .thread_loader import ThreadedLoader
 
-__all__ = ["default_workers", "ImageFiles", "collate_images", "image_loader", "draft_size_for"]
+__all__ = ["default_workers", "ImageFiles", "collate_images", "image_loader", "draft_size_for",
+           "decode_in_threads"]
 
 
 def default_workers() -> int:
@@ -63,18 +65,29 @@ def collate_images(items: list) -> tuple[list[int], Any, list[tuple[int, str]]]:
 
 def image_loader(paths: Sequence, transform: Callable, batch_size: int = 64, workers: int | None = None,
                  pin_memory: bool = False, draft_size: int | None = None, *, dataset: type = ImageFiles,
-                 collate: Callable = collate_images):
+                 collate: Callable = collate_images, threads: bool = False):
     """A DataLoader over image files (or tar members), in order, decoding and preprocessing in ``workers``
     processes (0: in this process) while the model encodes earlier batches; ``draft_size``: reduced-size
     JPEG decoding (:func:`clipzoo.inputs.load_rgb`). ``dataset`` / ``collate``: an :class:`ImageFiles`
-    subclass and its collate function (the index build's, which also hashes the files)."""
+    subclass and its collate function (the index build's, which also hashes the files). ``threads``: decode
+    in ``workers`` threads of this process instead, one batch ahead (:mod:`clipzoo.embed.thread_loader`;
+    see :func:`decode_in_threads`)."""
     from torch.utils.data import DataLoader
 
     workers = default_workers() if workers is None else int(workers)
+    if threads:
+        return ThreadedLoader(dataset(paths, transform, draft_size), batch_size, workers, collate)
     workers = min(fork_safe_workers(workers), max(1, -(-len(paths) // batch_size))) if workers else 0
     return DataLoader(dataset(paths, transform, draft_size), batch_size=batch_size, shuffle=False,
                       num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
                       prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
+def decode_in_threads(comparator) -> bool:
+    """Whether ``comparator``'s images are best decoded in threads of this process (:class:`ThreadedLoader`)
+    rather than worker processes: when its model runs on the CPU, where the workers would compete with the
+    model's own threads for the cores (:mod:`clipzoo.embed.thread_loader`)."""
+    return str(getattr(comparator, "device", "cpu")).split(":")[0] == "cpu"
 
 
 def draft_size_for(comparator) -> int | None:

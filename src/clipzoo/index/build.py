@@ -35,7 +35,7 @@ import numpy as np
 
 from ..api import load
 from ..cards import IMAGE
-from ..embed import draft_size_for, image_loader
+from ..embed import decode_in_threads, draft_size_for, image_loader
 from ..embed.remote_inputs import is_url
 from ..errors import ClipzooError
 from ..inputs import check_long_text
@@ -401,7 +401,7 @@ def _embed(store: EmbeddingStore, root: Path, relpaths: list[str], known: dict, 
     paths = [str(root / r) for r in relpaths]
     draft_size = draft_size_for(comparator) if settings.fast_decode else None
     loader = image_loader(paths, comparator.transform, settings.batch_size, settings.workers, draft_size=draft_size,
-                          dataset=IndexFiles, collate=collate_index_batch)
+                          dataset=IndexFiles, collate=collate_index_batch, threads=decode_in_threads(comparator))
     pending = _Pending(store, settings.shard_rows, settings.flush_seconds)
     embedded = 0
     failed_known: list[str] = []
