@@ -1,6 +1,7 @@
-"""Issue 22 §1/§4: a model on the CPU gets its images decoded by threads of its own process, one batch ahead
-(clipzoo.embed.thread_loader) — the DataLoader's batches, errors and order, at most two batches in memory,
-nothing left running when the caller stops early, and no fork (so also with JAX loaded)."""
+"""Issue 22 §1/§4: a model that runs on the CPU in an engine of its own (ONNX Runtime, JAX, MindSpore) gets its
+images decoded by threads of its own process, one batch ahead (clipzoo.embed.thread_loader) — the DataLoader's
+batches, errors and order, at most two batches in memory, nothing left running when the caller stops early, and
+no fork (so also with JAX loaded); a PyTorch model and a GPU keep the DataLoader's worker processes."""
 from __future__ import annotations
 
 import shutil
@@ -96,21 +97,34 @@ def test_threads_need_no_fork_so_they_decode_in_parallel_with_jax_loaded(files, 
     assert image_loader(files, lambda im: im, batch_size=2, workers=2, threads=True).num_workers == 2
 
 
-def test_a_cpu_model_decodes_in_threads_a_gpu_one_in_processes(files, model, monkeypatch, tmp_path):
-    assert decode_in_threads(model) is True
-    assert decode_in_threads(types.SimpleNamespace(device="cuda:0")) is False
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    return clipzoo.load("clipzoo/tiny-shapes", runtime="onnx", cache_dir=str(tmp_path_factory.mktemp("onnx-cache")))
+
+
+def test_an_engine_on_the_cpu_decodes_in_threads_torch_and_gpus_in_processes(files, model, onnx_model,
+                                                                              monkeypatch, tmp_path):
+    assert decode_in_threads(onnx_model) is True  # ONNX Runtime: one GIL-free call a batch
+    assert decode_in_threads(model) is False  # torch eager takes the GIL between its operators
+    onnx_model_on_gpu = types.SimpleNamespace(device="cuda:0")
+    assert decode_in_threads(onnx_model_on_gpu) is False
     names = []
     decode = loader_mod.decode_file
     monkeypatch.setattr(loader_mod, "decode_file", lambda *a: names.append(threading.current_thread().name)
                         or decode(*a))
     good = [p for p in files if not p.endswith("05.jpg")]
-    rows = np.concatenate([b[1] for b in image_batches(model, good, 4, 2, True, False, False, True,
-                                                       DistributedInfo())])
-    assert rows.shape == (10, model.embed_dim) and len(names) == 10
-    assert all(n.startswith(THREAD_PREFIX) for n in names)
-    names.clear()
+    for comparator, threads in ((onnx_model, True), (model, False)):
+        names.clear()
+        rows = np.concatenate([b[1] for b in image_batches(comparator, good, 4, 2, True, False, False, True,
+                                                           DistributedInfo())])
+        assert rows.shape == (10, comparator.embed_dim)
+        if threads:
+            assert len(names) == 10 and all(n.startswith(THREAD_PREFIX) for n in names)
+        else:  # decoded in forked workers: nothing recorded in this process
+            assert names == []
     from clipzoo.index import folder as index_folder
 
+    names.clear()
     decode_bytes = index_folder.decode_bytes
     monkeypatch.setattr(index_folder, "decode_bytes", lambda *a: names.append(threading.current_thread().name)
                         or decode_bytes(*a))
@@ -118,5 +132,5 @@ def test_a_cpu_model_decodes_in_threads_a_gpu_one_in_processes(files, model, mon
     images.mkdir()
     for p in good:
         shutil.copy(p, images)
-    build_index(images, tmp_path / "index", model=model, workers=2)  # the index build decodes the same way
+    build_index(images, tmp_path / "index", model=onnx_model, workers=2)  # the index build decodes the same way
     assert len(names) == 10 and all(n.startswith(THREAD_PREFIX) for n in names)

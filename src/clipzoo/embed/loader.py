@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..comparator import ForeignComparator
 from ..errors import ClipzooError
 from ..inputs import open_image
 from ..processes import fork_safe_workers
@@ -85,9 +86,13 @@ def image_loader(paths: Sequence, transform: Callable, batch_size: int = 64, wor
 
 def decode_in_threads(comparator) -> bool:
     """Whether ``comparator``'s images are best decoded in threads of this process (:class:`ThreadedLoader`)
-    rather than worker processes: when its model runs on the CPU, where the workers would compete with the
-    model's own threads for the cores (:mod:`clipzoo.embed.thread_loader`)."""
-    return str(getattr(comparator, "device", "cpu")).split(":")[0] == "cpu"
+    rather than worker processes: when its towers run on the CPU in an engine of their own (ONNX Runtime, JAX,
+    MindSpore: a :class:`~clipzoo.comparator.ForeignComparator`), one call a batch that releases the GIL, where
+    worker processes would compete with the engine's threads for the cores (:mod:`clipzoo.embed.thread_loader`).
+    A PyTorch model keeps worker processes: its forward pass takes the GIL between its operators, and decode
+    threads beside it measured slower than the processes (``benchmarks/results/decode_share.json``)."""
+    device = str(getattr(comparator, "device", "cpu")).split(":")[0]
+    return device == "cpu" and isinstance(comparator, ForeignComparator)
 
 
 def draft_size_for(comparator) -> int | None:

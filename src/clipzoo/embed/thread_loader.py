@@ -1,12 +1,15 @@
 """Decoding in threads of this process, one batch ahead of the model (issue 22 §1/§4).
 
-When the model itself runs on the CPU it already keeps every core busy, and decode worker *processes* compete
-with its threads: ONNX Runtime splits each operator across its threads and waits for the slowest, so a core
-lent to a worker for a moment stalls the whole operator. Measured on ViT-B/32 static int8 (2 cores, 256
-photo-like 640×480 JPEGs, ad hoc, median of four alternating runs): the DataLoader's two worker processes
-49.5 images/s, two decode threads here, one batch ahead, 60.2 — against 64 for the model alone. The decode
-(libjpeg-turbo, torch's resize) releases the GIL, so threads decode in parallel; the batch being decoded is the
-only one held besides the model's, so memory stays at two batches whatever the folder's size.
+When the model runs on the CPU in an engine of its own (ONNX Runtime, JAX, MindSpore), it already keeps every
+core busy, and decode worker *processes* compete with its threads: ONNX Runtime splits each operator across its
+threads and waits for the slowest, so a core lent to a worker for a moment stalls the whole operator. Such an
+engine runs a batch in one call that releases the GIL, and the decode (libjpeg-turbo, torch's resize) releases
+it too, so threads decode in parallel beside it. ``benchmarks/decode_share.py`` measures both handovers side by
+side (ViT-B/32, 256 photo-like 640×480 JPEGs, 2 cores; ``results/decode_share.json``): static int8 end to end
+with two decode threads against two worker processes. A PyTorch model keeps the processes
+(:func:`clipzoo.embed.loader.decode_in_threads`): its forward pass takes the GIL between operators, and threads
+beside it measured slower there. The batch being decoded is the only one held besides the model's, so memory
+stays at two batches whatever the folder's size, and no process is forked (so it also runs beside JAX).
 
 :class:`ThreadedLoader` iterates like the DataLoader it replaces (the same dataset items and collate
 function, in order) and has its ``num_workers``.
