@@ -31,13 +31,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from tables import machine_info, write_result
+from tables import machine_info, scratch_dir, write_result
 
 HERE = Path(__file__).resolve().parent
 DIM = 512
@@ -248,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(HERE / "results" / "index_10m.json"))
     args = ap.parse_args(argv)
     n = 1_000_000 if args.quick else 10_000_000 if args.full else args.n
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="index_10m_"))
+    work = Path(args.workdir or scratch_dir("index_10m_"))
     result: dict = {"benchmark": "index_10m", "n": n, "dim": DIM, "queries": args.queries,
                     "max_memory": args.max_memory, "data": f"clustered: {CENTRES} centres, noise {SPREAD}, float16",
                     "machine_before": machine_info()}

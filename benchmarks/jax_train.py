@@ -37,12 +37,11 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tables import machine_info  # noqa: E402
+from tables import machine_info, scratch_dir  # noqa: E402
 
 T0 = time.perf_counter()
 
@@ -59,7 +58,7 @@ def recipe(args) -> dict:
 
     if args.engine == "torch":
         return torch_recipe(args)
-    cfg = jax_recipe("tiny-shapes").replace(output=args.output or tempfile.mkdtemp(prefix="jax-recipe-"),
+    cfg = jax_recipe("tiny-shapes").replace(output=args.output or str(scratch_dir("jax-recipe-")),
                                             progress=False)
     if args.seed is not None:  # another draw: initial weights, data order and augmentation
         cfg = cfg.replace(seed=args.seed)
@@ -84,7 +83,7 @@ def torch_recipe(args) -> dict:
     from clipzoo.train.engine import train as torch_train
     from clipzoo.train.recipes import recipe_config
 
-    cfg = recipe_config("tiny-shapes").replace(output=args.output or tempfile.mkdtemp(prefix="torch-recipe-"),
+    cfg = recipe_config("tiny-shapes").replace(output=args.output or str(scratch_dir("torch-recipe-")),
                                                progress=False, tensorboard=False, device="cpu")
     if args.seed is not None:
         cfg = cfg.replace(seed=args.seed)
@@ -189,13 +188,13 @@ def throughput(args) -> dict:
     data = f"shapes-classes:{args.batch_size * args.steps}"
     jcfg = jax_recipe("tiny-shapes").replace(train_path=data, global_batch_size=args.batch_size, steps=args.steps,
                                              n_warmup_steps=2, eval_data=None, eval_every=None, progress=False,
-                                             output=tempfile.mkdtemp(prefix="jax-tp-"), log_freq=10 ** 6)
+                                             output=str(scratch_dir("jax-tp-")), log_freq=10 ** 6)
     tcfg = from_mapping({"model_config": open_clip_config(TINY_SHAPES_JAX_MODEL, 64, 24), "data": [data],
                          "batch_size": args.batch_size, "steps": args.steps, "lr": jcfg.learning_rate,
                          "weight_decay": jcfg.weight_decay, "warmup": 2, "progress": False, "tensorboard": False,
-                         "output": tempfile.mkdtemp(prefix="torch-tp-"), "device": "cpu", "log_every": 10 ** 6})
+                         "output": str(scratch_dir("torch-tp-")), "device": "cpu", "log_every": 10 ** 6})
     runners = {"torch": lambda t: torch_train(tcfg, on_step=_timed(t)),
-               "jax": lambda t: train_jax(jcfg.replace(output=tempfile.mkdtemp(prefix="jax-tp-")), on_step=_timed(t))}
+               "jax": lambda t: train_jax(jcfg.replace(output=str(scratch_dir("jax-tp-"))), on_step=_timed(t))}
     runs: dict[str, list[float]] = {"torch": [], "jax": []}
     order = [("torch", "jax"), ("jax", "torch")]
     for r in range(args.repeats):  # alternate: torch, jax, jax, torch, …

@@ -30,11 +30,10 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from tables import RESULTS, machine_info, write_result
+from tables import RESULTS, machine_info, scratch_dir, write_result
 
 GOALS = {"cold_start_s": 3.0, "query_p50_ms": 15.0, "search_cli_s": 2.0}
 QUERIES = ["a red circle", "a blue square", "a yellow star", "a green triangle", "a purple heart", "a cross"]
@@ -220,7 +219,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="where the index goes [default: a temporary folder]")
     ap.add_argument("--out", type=Path, default=RESULTS / "latency.json")
     args = ap.parse_args()
-    root = args.workdir or Path(tempfile.mkdtemp(prefix="clipzoo-latency-"))
+    root = args.workdir or scratch_dir("clipzoo-latency-")
     root.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     index = build_index(root, args.images)

@@ -127,11 +127,7 @@ def run_one(name: str, size: str, results: Path, timeout: float | None, fork: bo
     if fork and cmd[0] == sys.executable:
         rc, stdout, stderr = run_forked(Path(cmd[1]), cmd[2:], timeout)
     else:
-        try:
-            proc = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=timeout)
-            rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
-        except subprocess.TimeoutExpired:
-            rc, stdout, stderr = None, "", ""
+        rc, stdout, stderr = run_subprocess(cmd, timeout)
     seconds = round(time.perf_counter() - t, 1)
     if rc is None:
         return {"status": "timeout", "seconds": seconds, "error": f"over {timeout} s", **stamp}
@@ -152,6 +148,24 @@ def run_one(name: str, size: str, results: Path, timeout: float | None, fork: bo
     result.update(size=size, command=" ".join(["python", f"benchmarks/{name}.py", *cmd[2:]]), wall_s=seconds)
     write_result(path, result)
     return {"status": "ok", "seconds": seconds, **stamp}
+
+
+def run_subprocess(cmd: list[str], timeout: float | None) -> tuple[int | None, str, str]:
+    """Run ``cmd`` (a benchmark in its own interpreter: ``--fresh-processes``, the MindSpore venv) in its own
+    session: ``(exit code or None on timeout, stdout, stderr)``; as for a forked one (:func:`wait_child`), a
+    timeout kills it with whatever it started, and whatever it leaves running is killed when it exits."""
+    proc = subprocess.Popen(cmd, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        rc = None
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if rc is None:
+        stdout, stderr = proc.communicate()
+    return rc, stdout, stderr
 
 
 def preload() -> None:

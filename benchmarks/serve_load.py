@@ -32,10 +32,11 @@ import random
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
+
+from tables import scratch_dir
 
 RESULTS = Path(__file__).parent / "results"
 QUERIES = ["a red circle", "a blue square", "a yellow star", "a green triangle", "a purple shape", "two circles",
@@ -239,7 +240,7 @@ def main() -> None:
 
     THREADS[0] = args.torch_threads
 
-    root = args.workdir or Path(tempfile.mkdtemp(prefix="clipzoo-serve-load-"))
+    root = args.workdir or scratch_dir("clipzoo-serve-load-")
     root.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": "serve_load", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": {"cpus": os.cpu_count(), "load_average_at_start": list(os.getloadavg()),

@@ -254,8 +254,10 @@ def test_issue22_s7_forked_benchmark_exit_codes_output_and_exit_handlers(tmp_pat
         atexit.unregister(marker.write_text)
 
 
-def test_issue22_s7_forked_benchmark_timeout_kills_what_it_started(tmp_path):
-    """Past its time a benchmark is killed at once, with the processes it started."""
+@pytest.mark.parametrize("how", ["forked", "subprocess"])
+def test_issue22_s7_benchmark_timeout_kills_what_it_started(tmp_path, how):
+    """Past its time a benchmark is killed at once, with the processes it started — forked from run_all, or in
+    its own interpreter (``--fresh-processes``, the MindSpore venv)."""
     import time
 
     script = tmp_path / "slow.py"
@@ -266,7 +268,12 @@ def test_issue22_s7_forked_benchmark_timeout_kills_what_it_started(tmp_path):
         f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
         "time.sleep(60)\n")
     t = time.monotonic()
-    rc, _, _ = run_all.run_forked(script, [], 1.5)
+    if how == "forked":
+        rc, _, _ = run_all.run_forked(script, [], 1.5)
+    else:
+        done = [sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"]
+        assert run_all.run_subprocess(done, 30) == (3, "out\n", "err\n")
+        rc, _, _ = run_all.run_subprocess([sys.executable, str(script)], 1.5)
     assert rc is None and time.monotonic() - t < 5
     worker = int(pid_file.read_text())
     for _ in range(50):  # SIGKILLed: gone, or a zombie until whoever adopted it reaps it

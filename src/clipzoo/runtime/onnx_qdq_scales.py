@@ -55,14 +55,14 @@ def uint8_params(low, high):
     return scale.squeeze(), zero.squeeze()
 
 
-def rescaled(model, ranges: Path):
+def rescaled(model, ranges: Path, pairs: dict[str, tuple[str, str]] | None = None):
     """A copy of the QDQ ``model`` whose activation scales and zero points come from the ranges file ``ranges``
     (as ``write_ranges`` / ``quantize_static`` write it); ``None`` when :func:`activation_pairs` refuses the
-    graph or the file lacks one of its activations."""
+    graph or the file lacks one of its activations. ``pairs``: ``activation_pairs(model)`` when the caller has it."""
     import onnx
     from onnxruntime.quantization.calibrate import load_tensors_data
 
-    pairs = activation_pairs(model)
+    pairs = activation_pairs(model) if pairs is None else pairs
     data = load_tensors_data(ranges).data
     if pairs is None or any(t not in data for t in pairs):
         return None
@@ -86,10 +86,10 @@ def reproduces(model, ranges: Path) -> bool:
     was quantised with (ONNX Runtime's formula unchanged, its names as expected)."""
     from onnx import numpy_helper
 
-    again = rescaled(model, ranges)
+    pairs = activation_pairs(model)
+    again = None if pairs is None else rescaled(model, ranges, pairs)
     if again is None:
         return False
-    pairs = activation_pairs(model)
     names = {n for pair in pairs.values() for n in pair}
     before = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in names}
     after = {i.name: numpy_helper.to_array(i) for i in again.graph.initializer if i.name in names}
