@@ -62,7 +62,8 @@ def embed(
     batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size [default: 64 images, 256 texts]."),
     workers: int | None = typer.Option(
         None, "--workers",
-        help="Image decode processes [default: CPU count, at most 8; 0: decode in the main process]."),
+        help="Image decode workers: threads beside an ONNX Runtime model on the CPU, else processes "
+             "[default: CPU count, at most 8; 0: decode in the main process]."),
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="L2-normalise the features."),
     truncate: bool = typer.Option(False, "--truncate",
                                   help="Cut texts longer than the model's context instead of failing."),

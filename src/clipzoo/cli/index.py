@@ -49,8 +49,9 @@ def build(
                                         help="Model spec (needed the first time; a rerun reuses the recorded one)."),
     out: Path = typer.Option(..., "--out", "-o", show_default=False, help="Index folder to create or update."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images embedded per batch."),
-    workers: int | None = typer.Option(None, "--workers", help="Decode processes [default: CPU count, at most 8; 0: "
-                                                               "decode in this process]."),
+    workers: int | None = typer.Option(None, "--workers", help="Decode workers: threads beside an ONNX "
+                                                               "Runtime model on the CPU, else processes [default: "
+                                                               "CPU count, at most 8; 0: decode in this process]."),
     progress: bool = typer.Option(True, "--progress/--no-progress",
                                   help="Show a progress bar with images/s on stderr."),
     runtime: RuntimeOpt = "auto",

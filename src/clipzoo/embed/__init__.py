@@ -6,8 +6,9 @@ The one pipeline for many inputs:
   ``.tar`` shards (brace patterns such as ``shards-{000..009}.tar`` work; a tar's image members are indexed
   by offset and read at random by the DataLoader workers, so tar input decodes in parallel and in order),
   and text files;
-- :mod:`~clipzoo.embed.loader`: a :class:`torch.utils.data.DataLoader` whose worker processes decode and
-  preprocess images (PIL) while the model encodes the previous batch;
+- :mod:`~clipzoo.embed.loader`: decode workers that decode and preprocess images while the model encodes the
+  previous batch — threads of this process beside a model that runs in an engine of its own on the CPU
+  (:mod:`~clipzoo.embed.thread_loader`), else a :class:`torch.utils.data.DataLoader`'s worker processes;
 - :mod:`~clipzoo.embed.batches`: batches through the model, with the progress bar;
 - :mod:`~clipzoo.embed.results` and :mod:`~clipzoo.embed.writers`: a float32 ``.npy`` matrix (one row per
   input, in order) and a JSON sidecar beside it (``emb.npy`` -> ``emb.json``) listing the inputs and the

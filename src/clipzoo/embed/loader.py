@@ -1,5 +1,7 @@
-"""The image DataLoader: worker processes decode and preprocess images (PIL) while the model encodes
-the previous batch, so a folder of images goes through the model without waiting on decoding.
+"""The image loader: decode workers decode and preprocess images while the model encodes the previous batch, so
+a folder of images goes through the model without waiting on decoding — a DataLoader's worker processes, or,
+beside a model that runs in an engine of its own on the CPU, threads of this process
+(:mod:`clipzoo.embed.thread_loader`, :func:`decode_in_threads`).
 
 Fast decoding (``draft_size``) goes through :mod:`clipzoo.embed.decode` (libjpeg-turbo via simplejpeg when
 installed, DCT scaling only while the sides stay >= twice the model's input); a worker stacks its batch in shared
