@@ -134,3 +134,13 @@ def test_an_engine_on_the_cpu_decodes_in_threads_torch_and_gpus_in_processes(fil
         shutil.copy(p, images)
     build_index(images, tmp_path / "index", model=onnx_model, workers=2)  # the index build decodes the same way
     assert len(names) == 10 and all(n.startswith(THREAD_PREFIX) for n in names)
+
+
+def test_importing_the_embedding_pipeline_imports_no_torch():
+    """``import clipzoo.embed`` stays light (``clipzoo models`` and the other quick commands import it): the
+    loader's choice of threads imports the Comparator classes, and with them torch, only when it is asked."""
+    import subprocess
+
+    code = "import sys, clipzoo.embed; assert 'torch' not in sys.modules"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]

@@ -12,7 +12,6 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..comparator import ForeignComparator
 from ..errors import ClipzooError
 from ..inputs import open_image
 from ..processes import fork_safe_workers
@@ -93,6 +92,8 @@ def decode_in_threads(comparator) -> bool:
     worker processes would compete with the engine's threads for the cores (:mod:`clipzoo.embed.thread_loader`).
     A PyTorch model keeps worker processes: its forward pass takes the GIL between its operators, and decode
     threads beside it measured slower than the processes (``benchmarks/results/decode_share.json``)."""
+    from ..comparator import ForeignComparator  # imports torch: not at ``import clipzoo.embed``
+
     device = str(getattr(comparator, "device", "cpu")).split(":")[0]
     return device == "cpu" and isinstance(comparator, ForeignComparator)
 
