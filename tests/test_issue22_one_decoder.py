@@ -131,3 +131,44 @@ def test_issue22_4_cli_search_by_image_decodes_as_the_index(folder, index):
         assert r.exit_code == 0, r.output
         hit = json.loads(r.stdout)["hits"][0]
         assert hit["relpath"] == rel and hit["score"] >= 1 - 1e-6, hit
+
+
+def forged_jpeg(width: int, height: int) -> bytes:
+    """A small valid JPEG whose header (SOF0) declares ``width`` × ``height``: what a hostile file looks like."""
+    import struct
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.find(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    return bytes(data)
+
+
+def test_issue22_4_a_forged_huge_jpeg_header_is_refused_before_any_pixel_is_allocated(monkeypatch, tmp_path):
+    """A JPEG declaring 60000×60000 pixels: simplejpeg has no pixel limit of its own and would allocate 10 GB for
+    it; the decoder hands it to PIL instead, which refuses it from the header as a decompression bomb — in every
+    path that decodes files: the embedding loader (one line naming the file) and index builds with and without
+    fast decoding (skipped, with the reason)."""
+    simplejpeg = pytest.importorskip("simplejpeg")
+    calls = []
+    decode_jpeg = simplejpeg.decode_jpeg
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda *a, **k: calls.append(a) or decode_jpeg(*a, **k))
+    data = forged_jpeg(60000, 60000)
+    for min_side in (None, 224):
+        with pytest.raises(Image.DecompressionBombError):
+            dec.decode_bytes(data, min_side)
+    assert calls == []  # refused from the header: nothing decoded
+    assert dec.within_pil_limit(64, 48) and not dec.within_pil_limit(60000, 60000)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "bomb.jpg").write_bytes(data)
+    Image.fromarray(photo(1, 96, 80)).save(folder / "ok.jpg", quality=90)
+    _, pixels, error = ImageFiles([str(folder / "bomb.jpg")], lambda im: im, draft_size=224)[0]
+    assert pixels is None and error.startswith(f"image {str(folder / 'bomb.jpg')!r} is refused as a decompression bomb")
+    model = clipzoo.load("clipzoo/tiny-shapes")
+    for fast in (True, False):
+        report = build_index(folder, tmp_path / f"index-{fast}", model=model, workers=0, fast_decode=fast)
+        assert [(p.rsplit("/", 1)[1], r.split(" (")[0]) for p, r in report.skipped] == [
+            ("bomb.jpg", "refused as a decompression bomb")]
+    assert calls and all(len(a[0]) < 100_000 for a in calls)  # only the good file went to simplejpeg

@@ -27,7 +27,7 @@ def load_rgb(source, draft_size: int | None = None):
 def open_image(path: "str | os.PathLike", draft_size: int | None = None):
     """Open an image file as RGB PIL, raising :class:`BadImageError` naming the file on failure.
     ``draft_size``: reduced-size JPEG decoding, see :func:`load_rgb`."""
-    from PIL import UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -37,6 +37,8 @@ def open_image(path: "str | os.PathLike", draft_size: int | None = None):
                             "(or use `clipzoo embed --images DIR`)")
     try:
         return load_rgb(path, draft_size)
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(f"image {path!r} is refused as a decompression bomb ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(f"image {path!r} cannot be decoded ({exc.__class__.__name__}: {exc}); "
                             "is it a corrupt or non-image file?") from None

@@ -31,7 +31,7 @@ from ..image_bytes import ImageTooLargeError, image_size, orientation, upright
 from ..inputs import open_image
 
 __all__ = ["SCALE_MARGIN", "decoder_name", "dct_scale", "decode_file", "decode_bytes", "decode_upload", "is_jpeg",
-           "exif_turn"]
+           "exif_turn", "within_pil_limit"]
 
 SCALE_MARGIN = 2  # DCT-scaled sides stay >= this × the input: min cosine 0.99992 (results/decode.json)
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -82,7 +82,8 @@ def decode_bytes(data: bytes, min_side: "int | None" = None):
             import simplejpeg
 
             h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-            if colorspace in ("YCbCr", "Gray", "RGB"):  # CMYK / YCCK: PIL converts them its own way
+            # CMYK / YCCK: PIL converts them its own way; past PIL's pixel limit PIL refuses it as a bomb
+            if colorspace in ("YCbCr", "Gray", "RGB") and within_pil_limit(w, h):
                 div = dct_scale(w, h, min_side)
                 kw = {"min_width": -(-w // div), "min_height": -(-h // div)} if div > 1 else {}
                 rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", **kw)
@@ -98,6 +99,16 @@ def decode_bytes(data: bytes, min_side: "int | None" = None):
     im.load()
     rgb = im.convert("RGB") if im.mode != "RGB" else im
     return upright(rgb.reduce(div) if div > 1 else rgb, turn)
+
+
+def within_pil_limit(width: int, height: int) -> bool:
+    """Whether PIL opens an image of ``width`` × ``height``: at most twice ``Image.MAX_IMAGE_PIXELS`` (above that
+    ``Image.open`` raises ``DecompressionBombError`` from the header; no limit when it is None). simplejpeg has no
+    limit of its own — a forged header would have it allocate the declared size — so larger JPEGs go to PIL."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    return limit is None or width * height <= 2 * limit
 
 
 def decode_upload(data: bytes, min_side: "int | None" = None, *, max_pixels: int, name: str = "image"):
