@@ -12,8 +12,10 @@ the cosine falls to ~0.9998 — and libjpeg-turbo's scales other than 1/2, 1/4, 
 - other formats (PNG, WebP, …) are decoded whole by PIL and, with ``min_side``, reduced by the same divisor
   (PIL's ``reduce``: a box average, the DCT scaling's equivalent), so a large upload holds about the pixels the
   model needs;
-- the EXIF orientation is applied, as every clipzoo decode does; CMYK JPEGs (PIL converts them its own way)
-  and anything ``simplejpeg`` cannot decode go to PIL, whose errors name the file.
+- the EXIF orientation is applied, as every clipzoo decode does; CMYK JPEGs (PIL converts them its own way),
+  JPEGs whose header declares more pixels than PIL allows (``simplejpeg`` has no limit: it would allocate the
+  declared size; PIL refuses them from the header as decompression bombs) and anything ``simplejpeg`` cannot
+  decode go to PIL, whose errors name the file.
 
 This is the one decoder of every image the model sees by path or bytes: ``clipzoo embed`` (the DataLoader
 workers), ``clipzoo index build`` (:class:`clipzoo.index.folder.IndexFiles`) and the service's image queries
@@ -74,7 +76,7 @@ def exif_turn(data: bytes) -> int:
 
 def decode_bytes(data: bytes, min_side: "int | None" = None):
     """Image bytes -> an upright RGB PIL image (see the module docstring): JPEGs by simplejpeg; other formats,
-    CMYK JPEGs and anything simplejpeg refuses by PIL."""
+    CMYK JPEGs, JPEGs past PIL's pixel limit (:func:`within_pil_limit`) and anything simplejpeg refuses by PIL."""
     from PIL import Image
 
     if is_jpeg(data) and decoder_name() == "simplejpeg":
