@@ -36,7 +36,7 @@ from ._common import (
     resolve_device,
     user_errors,
 )
-from .embed_args import auto_sample, check_args, check_one_input
+from .embed_args import WORKERS_HELP, auto_sample, check_args, check_one_input
 from .embed_ray import AddressOpt, EngineOpt, NumWorkersOpt, check_engine, embed_on_ray
 
 
@@ -60,10 +60,7 @@ def embed(
     format_: str = typer.Option("npy", "--format", help="npy, or clip-retrieval: a folder (--out) that autofaiss and "
                                 "clip-retrieval read; --images with --texts pair row by row."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size [default: 64 images, 256 texts]."),
-    workers: int | None = typer.Option(
-        None, "--workers",
-        help="Image decode workers: threads beside an ONNX Runtime model on the CPU, else processes "
-             "[default: CPU count, at most 8; 0: decode in the main process]."),
+    workers: int | None = typer.Option(None, "--workers", help=WORKERS_HELP),
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="L2-normalise the features."),
     truncate: bool = typer.Option(False, "--truncate",
                                   help="Cut texts longer than the model's context instead of failing."),

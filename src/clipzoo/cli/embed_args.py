@@ -12,7 +12,10 @@ from typing import Any
 
 from ._common import fail
 
-__all__ = ["check_args", "check_one_input", "auto_sample", "index_sample"]
+__all__ = ["check_args", "check_one_input", "auto_sample", "index_sample", "WORKERS_HELP"]
+
+WORKERS_HELP = ("Image decode workers: threads beside an ONNX Runtime model on the CPU, else processes "
+                "[default: CPU count, at most 8; 0: decode in the main process].")
 
 
 def check_args(more_images, images, batch_size, workers, format_="npy", long_text=None) -> list[str]:

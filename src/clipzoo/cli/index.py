@@ -27,6 +27,7 @@ from ._common import (
     print_json,
     user_errors,
 )
+from .embed_args import WORKERS_HELP
 from .embed_ray import AddressOpt, EngineOpt, NumWorkersOpt, check_engine, index_embedder
 
 index_app = typer.Typer(help="Build a search index over a folder of images.", no_args_is_help=True,
@@ -49,9 +50,7 @@ def build(
                                         help="Model spec (needed the first time; a rerun reuses the recorded one)."),
     out: Path = typer.Option(..., "--out", "-o", show_default=False, help="Index folder to create or update."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images embedded per batch."),
-    workers: int | None = typer.Option(None, "--workers", help="Decode workers: threads beside an ONNX "
-                                                               "Runtime model on the CPU, else processes [default: "
-                                                               "CPU count, at most 8; 0: decode in this process]."),
+    workers: int | None = typer.Option(None, "--workers", help=WORKERS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress",
                                   help="Show a progress bar with images/s on stderr."),
     runtime: RuntimeOpt = "auto",
