@@ -89,13 +89,13 @@ def decode_in_threads(comparator) -> bool:
     """Whether ``comparator``'s images are best decoded in threads of this process (:class:`ThreadedLoader`)
     rather than worker processes: when its towers run on the CPU in an engine of their own (ONNX Runtime, JAX,
     MindSpore: a :class:`~clipzoo.comparator.ForeignComparator`, which names it in ``ENGINE``), one call a batch
-    that releases the GIL, where
-    worker processes would compete with the engine's threads for the cores (:mod:`clipzoo.embed.thread_loader`).
-    A PyTorch model keeps worker processes: its forward pass takes the GIL between its operators, and decode
-    threads beside it measured slower than the processes (``benchmarks/results/decode_share.json``)."""
+    that releases the GIL, where worker processes would compete with the engine's threads for the cores
+    (:mod:`clipzoo.embed.thread_loader`). A PyTorch model keeps worker processes: its forward pass takes the GIL
+    between its operators, and decode threads beside it measured slower than the processes
+    (``benchmarks/results/decode_share.json``). The class is told by its ``ENGINE`` rather than imported: that
+    would import torch at ``import clipzoo.embed``."""
     device = str(getattr(comparator, "device", "cpu")).split(":")[0]
-    return device == "cpu" and getattr(comparator, "ENGINE", None) is not None  # what ForeignComparator says it
-    # runs in (importing the class would import torch at ``import clipzoo.embed``)
+    return device == "cpu" and getattr(comparator, "ENGINE", None) is not None
 
 
 def draft_size_for(comparator) -> int | None:
