@@ -17,7 +17,7 @@ the cosine falls to ~0.9998 — and libjpeg-turbo's scales other than 1/2, 1/4, 
   declared size; PIL refuses them from the header as decompression bombs) and anything ``simplejpeg`` cannot
   decode go to PIL, whose errors name the file.
 
-This is the one decoder of every image the model sees by path or bytes: ``clipzoo embed`` (the DataLoader
+This is the one decoder of every image the model sees by path or bytes: ``clipzoo embed`` (its decode
 workers), ``clipzoo index build`` (:class:`clipzoo.index.folder.IndexFiles`) and the service's image queries
 (:func:`decode_upload`, which first checks the header against the pixel limit): an image indexed and the same
 image sent to ``/search`` decode to the same pixels, so to the same vector.
