@@ -120,8 +120,9 @@ def test_an_engine_on_the_cpu_decodes_in_threads_torch_and_gpus_in_processes(fil
         assert rows.shape == (10, comparator.embed_dim)
         if threads:
             assert len(names) == 10 and all(n.startswith(THREAD_PREFIX) for n in names)
-        else:  # decoded in forked workers: nothing recorded in this process
-            assert names == []
+        else:  # forked workers (nothing recorded here), or this process once JAX is loaded: never decode threads
+            assert not any(n.startswith(THREAD_PREFIX) for n in names)
+            assert len(names) == (10 if "jax" in sys.modules else 0)
     from clipzoo.index import folder as index_folder
 
     names.clear()
