@@ -28,25 +28,26 @@ def models(
     if json_:
         print_json([c.to_dict() for c in cards])
         return
-    out = console()
     if not cards:
-        out.print("no model matches these filters; try fewer, or globs such as --id 'ViT-B*'")
+        typer.echo("no model matches these filters; try fewer, or globs such as --id 'ViT-B*'")
         return
-    from rich.markup import escape
-    from rich.table import Table
+    typer.echo(f"{len(cards)} model{'s' if len(cards) != 1 else ''}")
+    header = ["alias", "backend", "dim", "image", "ctx"] + (["source"] if long else [])
+    rows = [[c.alias, c.backend, _num(c.embed_dim), _num(c.image_size), _num(c.context_length),
+             *([source_text(c)] if long else [])] for c in cards]
+    typer.echo("\n".join(aligned([header, *rows], right=(2, 3, 4))))
 
-    table = Table(title=f"{len(cards)} model{'s' if len(cards) != 1 else ''}", title_justify="left")
-    table.add_column("alias", overflow="fold", style="bold")
-    table.add_column("backend")
-    table.add_column("dim", justify="right")
-    table.add_column("image", justify="right")
-    table.add_column("ctx", justify="right")
-    if long:
-        table.add_column("source", overflow="fold")
-    for c in cards:
-        table.add_row(escape(c.alias), c.backend, _num(c.embed_dim), _num(c.image_size), _num(c.context_length),
-                      *([escape(source_text(c))] if long else []))
-    out.print(table)
+
+def aligned(rows: list[list[str]], right: tuple[int, ...] = ()) -> list[str]:
+    """Plain columns two spaces apart (numbers right-aligned, the last column as it is): one line per model,
+    whole aliases that grep and cut can read; drawn in milliseconds where a rich table of ~350 rows took a
+    second and a half."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for r in rows:
+        cells = [v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join([*cells, r[-1]]).rstrip())
+    return lines
 
 
 def _num(value) -> str:
