@@ -161,8 +161,7 @@ def run_subprocess(cmd: list[str], timeout: float | None) -> tuple[int | None, s
         rc = proc.returncode
     except subprocess.TimeoutExpired:
         rc = None
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    kill_session(proc.pid)
     if rc is None:
         stdout, stderr = proc.communicate()
     return rc, stdout, stderr
@@ -234,11 +233,16 @@ def wait_child(pid: int, timeout: float | None) -> int | None:
         if deadline is not None and time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+    kill_session(pid)
     if code is None:
         os.waitpid(pid, 0)
     return code
+
+
+def kill_session(pid: int) -> None:
+    """Kill the session that the benchmark process ``pid`` leads: it and whatever it started (already gone: fine)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def summary_table(statuses: dict) -> dict:

@@ -42,11 +42,10 @@ class ThreadedLoader:
                 yield self.collate([self.dataset[i] for i in self._indices(start)])
             return
         with ThreadPoolExecutor(self.num_workers, thread_name_prefix=THREAD_PREFIX) as pool:
-            pending: list[Future] = []
+            pending: list[Future] = self._submit(pool, 0)
             try:
                 for start in starts:
-                    current = pending or self._submit(pool, start)
-                    pending = self._submit(pool, start + self.batch_size)
+                    current, pending = pending, self._submit(pool, start + self.batch_size)
                     yield self.collate([f.result() for f in current])
             finally:  # the caller stopped early or failed: drop what has not started
                 for f in pending:
