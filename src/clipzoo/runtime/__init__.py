@@ -12,6 +12,7 @@
                cores: the dynamic and the static one measured as fast — benchmarks/results/runtimes.json.)
 ``onnx-int8-   static int8 (QDQ) in ONNX Runtime: activation scales calibrated once (cached), so a
 static``       row does not depend on its batch; weights int8 per channel; integer (VNNI / AMX) kernels.
+               (Both ONNX int8 runtimes: 7-bit weights on an x86 CPU without VNNI / AMX int8.)
 ``bf16``       bfloat16 weights on a CPU with native bf16 (AVX512-BF16 / AMX), else refused.
 ``auto``       the fastest of the above available here, measured on a few batches under a cosine
                guard to fp32 (≥ 0.995: ``min_cosine=``, or spelled ``"auto:0.999"``); the choice is cached

@@ -1,7 +1,8 @@
 """``runtime="onnx-int8-static"``: static int8 (QDQ) quantisation of the cached ONNX export.
 
-Weights int8 per output channel (``reduce_range=False``: the full int8 range, which VNNI / AMX compute
-exactly), activations uint8 with scales fixed by a calibration — so a row does not depend on what else is in
+Weights int8 per output channel (the full int8 range, which VNNI / AMX compute exactly; 7-bit on an x86 CPU
+without them, whose int16 pair sums would saturate: :func:`clipzoo.runtime.onnx_int8.weights_reduce_range`),
+activations uint8 with scales fixed by a calibration — so a row does not depend on what else is in
 its batch (the dynamic ``onnx-int8`` quantises activations per batch). The MatMul / Gemm / Conv nodes with a
 weight (not the activation × activation products of attention, nor the convolution stem on the raw pixels)
 are quantised; MatMul / Gemm keep a float output, which ONNX Runtime runs as ``MatMulIntegerToFloat`` /
@@ -43,7 +44,7 @@ from . import onnx_qdq_scales, onnx_vision
 from .onnx import exported_folder, load_exported
 from .onnx_calibration import METHODS, calibration_method, write_ranges
 from .onnx_columns import row_lengths
-from .onnx_int8 import quiet_root_logger
+from .onnx_int8 import quiet_root_logger, weights_reduce_range
 
 QUANT_OPS = ["MatMul", "Gemm", "Conv"]
 FLOAT_OUTPUT_OPS = ["MatMul", "Gemm"]  # int8 inputs, float output: ORT's MatMulIntegerToFloat / QGemm kernels
@@ -77,11 +78,13 @@ def static_int8_folder(folder: Path, images: Sequence | None = None, texts: Sequ
     if bad or not methods:
         raise ClipzooError(f"unknown calibration method {bad[0] if bad else None!r}; use some of {', '.join(METHODS)}")
     images, texts, source = calibration_sample(images, texts)
-    digest = hashlib.sha256(json.dumps([[sample_key(i) for i in images], list(texts), list(methods)]).encode())
+    reduce_range = weights_reduce_range()
+    key = [[sample_key(i) for i in images], list(texts), list(methods)] + (["reduce_range"] if reduce_range else [])
+    digest = hashlib.sha256(json.dumps(key).encode())
     dst = folder.with_name(f"{folder.name}-int8s-{digest.hexdigest()[:10]}")
     if not (dst / META_FILE).is_file():
-        build_folder_once(dst, lambda tmp: quantize_static_folder(folder, tmp, images, texts, methods, source),
-                          META_FILE)
+        build_folder_once(dst, lambda tmp: quantize_static_folder(folder, tmp, images, texts, methods, source,
+                                                                  reduce_range=reduce_range), META_FILE)
     return dst
 
 
@@ -132,8 +135,10 @@ def as_run(x, graph: dict) -> list:
     return [x[lengths == n, :n] for n in sorted(set(lengths.tolist()))]
 
 
-def quantize_static_folder(src: Path, dst: Path, images, texts, methods: Sequence[str], source: str) -> None:
-    """Write into ``dst`` the export in ``src`` with each graph statically quantised by its best method."""
+def quantize_static_folder(src: Path, dst: Path, images, texts, methods: Sequence[str], source: str, *,
+                           reduce_range: bool = False) -> None:
+    """Write into ``dst`` the export in ``src`` with each graph statically quantised by its best method (7-bit
+    weights when ``reduce_range``)."""
     meta = read_meta(src)
     graphs = meta["graphs"]
     files = [g["file"] for g in graphs.values()]
@@ -143,9 +148,10 @@ def quantize_static_folder(src: Path, dst: Path, images, texts, methods: Sequenc
     cosines: dict[str, dict[str, float]] = {}
     for modality, g in graphs.items():
         chosen[modality], cosines[modality] = quantize_graph(src / g["file"], dst, modality, g, inputs[modality],
-                                                             methods)
+                                                             methods, reduce_range=reduce_range)
     meta = {**meta, "quantization": {
-        "kind": "static", "format": "QDQ", "weights": "int8 per channel", "activations": "uint8", "ops": QUANT_OPS,
+        "kind": "static", "format": "QDQ", "weights": "int8 per channel" + (" (7-bit range)" if reduce_range else ""),
+        "reduce_range": reduce_range, "activations": "uint8", "ops": QUANT_OPS,
         "method": chosen, "min_cosine": cosines,
         "calibration": {"source": source, "images": len(images), "texts": len(texts)}, "from": str(src)}}
     meta.pop("max_abs_diff", None)  # measured for the fp32 graphs
@@ -153,7 +159,7 @@ def quantize_static_folder(src: Path, dst: Path, images, texts, methods: Sequenc
 
 
 def quantize_graph(path: Path, dst: Path, modality: str, graph: dict, batches: list,
-                   methods: Sequence[str]) -> tuple[str, dict[str, float]]:
+                   methods: Sequence[str], *, reduce_range: bool = False) -> tuple[str, dict[str, float]]:
     """Quantise one graph by every method in ``methods``, measure each one's min cosine to fp32 on validation
     batches the calibration did not see (the last third of ``batches``), and keep the best as ``dst/<file>``,
     its ranges in ``dst/calibration-<modality>.json``; returns (choice, cosines). The convolution stem
@@ -182,7 +188,7 @@ def quantize_graph(path: Path, dst: Path, modality: str, graph: dict, batches: l
             onnx.save(quantized, str(out))
         else:
             quantize_with(path, out, calibrate, graph["input"], method, ranges, nodes,
-                          float_outputs=FLOAT_OUTPUT_OPS + (["Conv"] if suffix else []))
+                          float_outputs=FLOAT_OUTPUT_OPS + (["Conv"] if suffix else []), reduce_range=reduce_range)
             if suffix not in bases:
                 bases[suffix] = reusable(out, ranges)
         onnx_vision.quantized_attention(out)  # a fused ViT's QKV MatMul + attention: one QAttention
@@ -244,11 +250,13 @@ def weight_nodes(path: Path) -> tuple[list[str], list[str]]:
 
 
 def quantize_with(src: Path, out: Path, batches: list, input_name: str, method: str, ranges: Path,
-                  nodes: list[str], float_outputs: Sequence[str] = tuple(FLOAT_OUTPUT_OPS)) -> None:
+                  nodes: list[str], float_outputs: Sequence[str] = tuple(FLOAT_OUTPUT_OPS), *,
+                  reduce_range: bool = False) -> None:
     """QDQ-quantise ``nodes`` of ``src`` into ``out``: int8 weights per channel, uint8 activations with the
     ranges of ``method`` (computed into ``ranges`` on ``batches`` when that file does not exist yet, else read
     from it); the ops in ``float_outputs`` (MatMul / Gemm) keep a float output, so ONNX Runtime runs them as
-    MatMulIntegerToFloat / QGemm (VNNI / AMX integer kernels, no requantisation)."""
+    MatMulIntegerToFloat / QGemm (VNNI / AMX integer kernels, no requantisation); 7-bit weights when
+    ``reduce_range``."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -270,7 +278,7 @@ def quantize_with(src: Path, out: Path, batches: list, input_name: str, method: 
             write_ranges(src, batches, input_name, QUANT_OPS, {method: ranges})
         quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANT_OPS,
                         nodes_to_quantize=nodes,
-                        per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
+                        per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=calibrate, calibration_cache_path=str(ranges),
                         extra_options={"CalibMovingAverage": False,
                                        "OpTypesToExcludeOutputQuantization": list(float_outputs)})
