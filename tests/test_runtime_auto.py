@@ -72,7 +72,8 @@ def test_issue22_auto_choice_cached_per_machine_and_model(choice, card, cache, s
                         min_cosine=0.999)  # other inputs, same machine and model: the same choice
     assert other.cached and other.runtime == choice.runtime
     here = auto.machine_key()
-    for other_machine in ({**here, "flags": ["avx2"]}, {**here, "cpu": here["cpu"] + " (another model)"}):
+    toggled = sorted(set(here["flags"]) ^ {"amx_int8"})  # differs from this machine's flags, whichever CPU runs this
+    for other_machine in ({**here, "flags": toggled}, {**here, "cpu": here["cpu"] + " (another model)"}):
         monkeypatch.setattr(auto, "machine_key", lambda m=other_machine: m)
         with pytest.raises(AssertionError, match="measured again"):
             auto.choose(card, builder(card, cache), cache_dir=cache, images=images, texts=texts, min_cosine=0.999)
