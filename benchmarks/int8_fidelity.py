@@ -20,20 +20,25 @@ import platform
 import tempfile
 import time
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 import clipzoo
-from clipzoo.demo import make_shapes
+
+if TYPE_CHECKING:  # torch (and clipzoo.demo, which imports it) where it runs: --help stays instant
+    import torch
 
 
 def rows(model, kind: str, items: list, batch_size: int) -> torch.Tensor:
+    import torch
+
     encode = model.encode_image if kind == "image" else model.encode_text
     with torch.no_grad():
         return encode(items, batch_size=batch_size).float().cpu()
 
 
 def cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    import torch
+
     return torch.nn.functional.cosine_similarity(a, b, dim=-1)
 
 
@@ -45,6 +50,9 @@ def main() -> None:
     ap.add_argument("--runtimes", nargs="+", default=["onnx-int8", "torch-int8", "onnx-int8-static"])
     ap.add_argument("--out", default="int8_fidelity.json")
     args = ap.parse_args()
+    import torch
+
+    from clipzoo.demo import make_shapes
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_shapes(Path(tmp) / "shapes", args.n, image_size=64)

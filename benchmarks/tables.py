@@ -88,13 +88,17 @@ def write_result(path: Path, result: dict) -> Path:
 
 
 def family_parity_main(benchmark: str, description: str, families: "list[str] | tuple[str, ...]",
-                       run_family: "Callable[[str, Path], dict]", argv: list[str] | None = None) -> dict:
-    """The shared ``main`` of the parity benchmarks: ``--families`` / ``--out``, each family run in its own
-    temporary folder, one fp32 CPU record with the machine facts, written and printed."""
+                       run_family: "Callable[[str, Path], dict]", argv: list[str] | None = None,
+                       setup: "Callable[[], None] | None" = None) -> dict:
+    """The shared ``main`` of the parity benchmarks: ``--families`` / ``--out``, ``setup()`` (seeding: torch is
+    imported there, after the arguments, so ``--help`` stays instant), each family run in its own temporary
+    folder, one fp32 CPU record with the machine facts, written and printed."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--families", nargs="+", default=list(families), choices=families)
     p.add_argument("--out", type=Path, default=None, help="write the JSON here")
     args = p.parse_args(argv)
+    if setup is not None:
+        setup()
     results = {}
     for name in args.families:
         with tempfile.TemporaryDirectory() as tmp:
