@@ -62,8 +62,9 @@ def cpu_flags() -> frozenset[str]:
 @functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo's ``model name``; "" where it has none). Two CPUs that both
-    compute bf16 natively can rank the runtimes differently: an AMD EPYC with ``avx512_bf16`` but no AMX runs
-    int8 fastest, a Xeon with AMX bf16 (benchmarks/results/runtimes_epyc.json beside runtimes.json)."""
+    compute bf16 natively can rank the runtimes differently: on the 12-03 code an AMD EPYC with ``avx512_bf16``
+    but no AMX ran int8 fastest, a Xeon with AMX bf16 (benchmarks/results/runtimes_epyc.json beside
+    runtimes.json); on later code that Xeon ran static int8 fastest too (runtimes_xeon_amx.json)."""
     return cpuinfo_field("model name", "Model", "cpu model") or ""
 
 
