@@ -180,20 +180,24 @@ def test_load_with_runtime_auto(cache, sample, monkeypatch):
     assert (m.encode_text(texts).float() * ref.encode_text(texts)).sum(-1).min() >= auto.DEFAULT_MIN_COSINE
 
 
-def test_issue22_auto_calibrates_static_int8_on_the_callers_inputs(card, cache, sample, monkeypatch):
+@pytest.mark.parametrize("runtime", ["onnx-int8-static", "openvino-int8"])
+def test_issue22_auto_calibrates_static_int8_on_the_callers_inputs(runtime, card, cache, sample, monkeypatch):
     from clipzoo.backends.onnx_format import META_FILE
 
+    if runtime not in auto.available():
+        pytest.skip(f"{runtime} cannot run here")
     monkeypatch.setattr(onnx_static_int8, "METHODS", ("minmax",))
-    images, texts = sample
-    got = auto.choose(card, builder(card, cache), cache_dir=cache, images=images[:4], texts=texts[:4],
-                      min_cosine=0.5, candidates=["onnx-int8-static"])
-    assert got.runtime == "onnx-int8-static" and got.calibration is not None
+    images, texts = sample[0][:4], sample[1][:4 if runtime == "onnx-int8-static" else 5]  # a calibration each
+    got = auto.choose(card, builder(card, cache), cache_dir=cache, images=images, texts=texts,
+                      min_cosine=0.5, candidates=[runtime])
+    assert got.runtime == runtime and got.calibration is not None
     meta = json.loads((Path(got.calibration) / META_FILE).read_text())["quantization"]
-    assert meta["calibration"] == {"source": "given", "images": 4, "texts": 4}
+    assert meta["calibration"] == {"source": "given", "images": 4, "texts": len(texts)}
     m = auto.run_choice(auto.read_choice(next(p for p in (cache / "runtime-auto").glob("*.json")
                                               if json.loads(p.read_text())["calibration"] == got.calibration)),
                         card, builder(card, cache), device="cpu", precision="fp32", cache_dir=cache, load_kwargs={})
-    assert m.runtime == "onnx-int8-static" and str(m.model.folder) == got.calibration
+    assert m.runtime == runtime and str(m.model.folder) == got.calibration
+    assert type(m.model).__name__ == {"onnx-int8-static": "OnnxTowers", "openvino-int8": "OpenVinoTowers"}[runtime]
 
 
 def test_issue22_auto_cli_reports_what_it_measured_and_chose(tmp_path, monkeypatch):

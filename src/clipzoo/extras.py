@@ -26,6 +26,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "onnx": ("onnx", "onnx"),
     "onnxruntime": ("onnxruntime", "onnx"),
     "onnxscript": ("onnxscript", "onnx"),
+    "openvino": ("openvino", "openvino"),  # runtime 'openvino-int8'
     "timm": ("timm", "train"),
     "peft": ("peft", "train"),
     "tensorboard": ("tensorboard", "train"),

@@ -21,12 +21,15 @@ from ..inputs import text_items
 from ..registry import local_card
 from ..tokenizers import OpenAITokenizer
 from .onnx_format import META_FILE, read_meta, require_onnxruntime
+from .onnx_openvino import NO_GRAD as OPENVINO_NO_GRAD
+from .onnx_openvino import OpenVinoTowers
 from .open_clip import tokenize_checked
 from .transformers import HFImageTransform, NaFlexSquareTransform, tokenize_with
 
-__all__ = ["OnnxComparator", "OnnxTowers", "load", "load_folder", "make_tokenizer", "make_transform",
+__all__ = ["OnnxComparator", "OnnxTowers", "assemble", "load", "load_folder", "make_tokenizer", "make_transform",
            "providers_for", "META_FILE", "read_meta", "require_onnxruntime"]
 _NP_DTYPES = {"int64": np.int64, "int32": np.int32, "float32": np.float32}
+EXECUTORS = ("onnxruntime", "openvino")  # what runs the graphs (load(..., executor=))
 
 
 class OnnxTowers(torch.nn.Module):
@@ -172,31 +175,51 @@ def providers_for(device: str) -> list[str]:
 
 
 def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache_dir=None,
-         trust_pickle: bool = False, providers: list[str] | None = None, **kwargs: Any) -> OnnxComparator:
-    """Load an exported folder. ``providers`` overrides the onnxruntime execution providers."""
+         trust_pickle: bool = False, providers: list[str] | None = None, executor: str = "onnxruntime",
+         **kwargs: Any) -> OnnxComparator:
+    """Load an exported folder. ``providers`` overrides the onnxruntime execution providers; ``executor``: what
+    runs the graphs, ``"onnxruntime"`` or ``"openvino"`` (CPU only: :mod:`.onnx_openvino`)."""
     if kwargs:
         raise ClipzooError(f"unknown option(s) for an ONNX model: {', '.join(sorted(kwargs))}")
     if precision not in ("fp32", "float32", torch.float32):
         raise UnsupportedError(f"an ONNX export runs in the precision it was exported in (fp32), not {precision!r}")
-    require_onnxruntime()
+    if executor not in EXECUTORS:
+        raise ClipzooError(f"unknown executor {executor!r} for an ONNX model; use one of {', '.join(EXECUTORS)}")
+    if executor == "openvino" and torch.device(device).type != "cpu":
+        raise UnsupportedError(f"OpenVINO runs an ONNX model on the CPU here, not {str(device)!r}")
+    if executor == "onnxruntime":
+        require_onnxruntime()
     if not card.source.path:
         raise CheckpointError(f"{card.alias}: ONNX models load from a local folder")
     folder = Path(card.source.path)
     meta = read_meta(folder)
-    towers = OnnxTowers(folder, meta["graphs"], providers or providers_for(str(device)))
+    if executor == "openvino":
+        comparator = assemble(card, folder, meta, OpenVinoTowers(folder, meta["graphs"]), device="cpu",
+                              executor=executor)
+        comparator.ENGINE, comparator.NO_GRAD = f"openvino {comparator.model.version}", OPENVINO_NO_GRAD
+        return comparator
+    return assemble(card, folder, meta, OnnxTowers(folder, meta["graphs"], providers or providers_for(str(device))),
+                    device=str(device))
+
+
+def assemble(card: ModelCard, folder: Path, meta: dict, towers: torch.nn.Module, *, device: str = "cpu",
+             executor: str = "onnxruntime") -> OnnxComparator:
+    """The comparator of an exported ``folder`` (its JSON read as ``meta``) whose graphs run in ``towers`` (an
+    :class:`OnnxTowers` or an :class:`OpenVinoTowers`); an unregistered folder gets the card its JSON describes."""
     if card.id == os.path.abspath(str(folder)) and card.publisher == "local":  # an unregistered folder
         c = meta["card"]
         card = ModelCard(architecture=c["architecture"], publisher=c["publisher"], id=c["id"], backend="onnx",
                          source=Source(path=str(folder)), modalities=tuple(meta["modalities"]),
                          embed_dim=meta["embed_dim"], context_length=meta.get("context_length"),
                          image_size=meta.get("image_size") if isinstance(meta.get("image_size"), int) else None,
-                         config={"exported_from": c.get("source"), "runtime": "onnxruntime"})
+                         config={"exported_from": c.get("source"), "runtime": executor})
     else:
         card = card.replace(backend="onnx")
     return OnnxComparator(card, towers, meta=meta, transform=make_transform(folder, meta.get("preprocess")),
-                          tokenizer=make_tokenizer(folder, meta.get("tokenizer")), device=str(device))
+                          tokenizer=make_tokenizer(folder, meta.get("tokenizer")), device=device)
 
 
-def load_folder(folder: "str | os.PathLike", *, device: str = "cpu", cache_dir=None) -> OnnxComparator:
+def load_folder(folder: "str | os.PathLike", *, device: str = "cpu", cache_dir=None,
+                executor: str = "onnxruntime") -> OnnxComparator:
     """Load an exported folder as an unregistered local model (its card read from its JSON)."""
-    return load(local_card(str(folder)).replace(backend="onnx"), device=device, cache_dir=cache_dir)
+    return load(local_card(str(folder)).replace(backend="onnx"), device=device, cache_dir=cache_dir, executor=executor)

@@ -89,7 +89,8 @@ LongTextOpt = Annotated[str | None, typer.Option(
 RuntimeOpt = Annotated[str, typer.Option(
     "--runtime", help="How the model runs: auto (the default: the fastest measured here under --min-cosine, "
                       "cached; eager for models under 25 M parameters), eager, compile (torch.compile), onnx "
-                      "(ONNX Runtime), int8 (onnx-int8, torch-int8), onnx-int8-static, bf16; docs/embedding.md.")]
+                      "(ONNX Runtime), int8 (onnx-int8, torch-int8), onnx-int8-static, openvino-int8, bf16; "
+                      "docs/embedding.md.")]
 MinCosineOpt = Annotated[float, typer.Option(
     "--min-cosine", help="--runtime auto: the least cosine to eager fp32 a faster runtime must keep on the "
                          "measured inputs.")]

@@ -13,6 +13,9 @@
 ``onnx-int8-   static int8 (QDQ) in ONNX Runtime: activation scales calibrated once (cached), so a
 static``       row does not depend on its batch; weights int8 per channel; integer (VNNI / AMX) kernels.
                (Both ONNX int8 runtimes: 7-bit weights on an x86 CPU without VNNI / AMX int8.)
+``openvino-   the same static int8 graphs (its own portable export, the same calibration) run in OpenVINO,
+int8``         whose CPU kernels fuse the element-wise ops into the integer matmuls; needs
+               ``clipzoo[openvino]``; CPU only.
 ``bf16``       bfloat16 weights on a CPU with native bf16 (AVX512-BF16 / AMX), else refused.
 ``auto``       the fastest of the above available here, measured on a few batches under a cosine
                guard to fp32 (≥ 0.995: ``min_cosine=``, or spelled ``"auto:0.999"``); the choice is cached
@@ -38,7 +41,8 @@ from ..errors import ClipzooError
 from . import auto
 from .table import MODULES, has_onnxruntime, run_runtime
 
-RUNTIMES = ("eager", "compile", "onnx", "int8", "onnx-int8", "torch-int8", "onnx-int8-static", "bf16", "auto")
+RUNTIMES = ("eager", "compile", "onnx", "int8", "onnx-int8", "torch-int8", "onnx-int8-static", "openvino-int8", "bf16",
+            "auto")
 ALIASES = {"torch": "eager", "default": "eager", "ort": "onnx", "onnxruntime": "onnx"}
 EAGER_NAMES = ("eager", "torch", "default")
 """Names :func:`clipzoo.api.load` runs as loaded, without :func:`apply_runtime`."""

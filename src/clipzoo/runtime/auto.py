@@ -1,11 +1,12 @@
 """``runtime="auto"``: the fastest runtime for this machine and model, chosen by a short measurement.
 
 Each candidate available here (:data:`CANDIDATES`: eager fp32 always, the ONNX Runtime ones when onnxruntime
-is installed, ``bf16`` on a CPU with native bf16) embeds a few batches of images and texts — the caller's
-(:func:`choose`) or generated shapes and their captions — and is compared with eager fp32 on them: a
-candidate whose min cosine falls below ``min_cosine`` (default :data:`DEFAULT_MIN_COSINE`) is not
-eligible. The fastest eligible one (images + texts wall time) wins; eager is the fallback. Given the caller's
-inputs, ``onnx-int8-static`` is calibrated on them (:attr:`Choice.calibration`, reused by later loads).
+is installed, ``openvino-int8`` when OpenVINO is too, ``bf16`` on a CPU with native bf16) embeds a few batches
+of images and texts — the caller's (:func:`choose`) or generated shapes and their captions — and is compared
+with eager fp32 on them: a candidate whose min cosine falls below ``min_cosine`` (default
+:data:`DEFAULT_MIN_COSINE`) is not eligible. The fastest eligible one (images + texts wall time) wins; eager is
+the fallback. Given the caller's inputs, the static int8 runtimes (:data:`STATIC`) are calibrated on them
+(:attr:`Choice.calibration`, reused by later loads).
 A model under :data:`TINY_PARAMETERS` runs eager without measuring (so ``auto`` as the CLI's default costs
 nothing on the embedded model and the tests' tiny ones).
 
@@ -29,12 +30,14 @@ from ..backends.onnx_format import META_FILE
 from ..cards import IMAGE, TEXT, ModelCard
 from ..constants import DEFAULT_MIN_COSINE, default_cache_dir
 from ..errors import ClipzooError
-from . import onnx
+from . import onnx, openvino_int8
 from .bf16 import cpu_flags, cpu_model, native_bf16
 from .onnx_static_int8 import calibration_sample, static_int8_folder
-from .table import has_onnxruntime, run_runtime
+from .table import has_onnxruntime, has_openvino, run_runtime
 
-CANDIDATES = ("eager", "onnx", "onnx-int8", "onnx-int8-static", "bf16")
+CANDIDATES = ("eager", "onnx", "onnx-int8", "onnx-int8-static", "openvino-int8", "bf16")
+STATIC = {"onnx-int8-static": (False, onnx.load_exported), "openvino-int8": (True, openvino_int8.load_folder)}
+"""The static int8 runtimes: whether each calibrates the portable export, and what loads a calibrated folder."""
 TINY_PARAMETERS = 25_000_000
 """Below this many parameters ``auto`` runs eager without measuring: a batch takes milliseconds there, and the
 exports and calibration that measuring needs (seconds to minutes) would not pay back — the embedded model and
@@ -59,7 +62,7 @@ class Choice:
     machine: dict[str, Any] = field(default_factory=dict)
     cached: bool = False
     calibration: str | None = None
-    """``onnx-int8-static`` chosen on the caller's inputs: its export calibrated on them, reused by later loads."""
+    """A static int8 runtime chosen on the caller's inputs: its export calibrated on them, reused by later loads."""
     sample: dict[str, Any] = field(default_factory=dict)
     """What it measured on: ``source`` ("given" or "generated shapes"), distinct ``images`` / ``texts``, and the
     ``origin`` the caller named (``clipzoo embed``'s files, the folder an index build reads: auto_sample.py)."""
@@ -126,13 +129,13 @@ def read_choice(path: Path) -> Choice:
 
 
 def available(device: str = "cpu", flags: frozenset[str] | None = None) -> list[str]:
-    """The candidates that can run here: ONNX runtimes need onnxruntime and a CPU device; bf16 a CPU with
-    native bf16 (or a GPU)."""
+    """The candidates that can run here: ONNX runtimes need onnxruntime and a CPU device (openvino-int8 OpenVINO
+    too); bf16 a CPU with native bf16 (or a GPU)."""
     flags = cpu_flags() if flags is None else flags
     cpu = str(device).startswith("cpu")
     out = ["eager"]
     if cpu and has_onnxruntime():
-        out += ["onnx", "onnx-int8", "onnx-int8-static"]
+        out += ["onnx", "onnx-int8", "onnx-int8-static"] + (["openvino-int8"] if has_openvino() else [])
     if not cpu or native_bf16(flags):
         out.append("bf16")
     return out
@@ -190,17 +193,18 @@ def choose(card: ModelCard, build: Callable[..., Any], *, device: str = "cpu", p
 def measure(card, build, candidates: Sequence[str], images: list, texts: list[str], min_cosine: float, *,
             device: str, precision: str, cache_dir, load_kwargs: dict, calibrate_on: tuple | None = None) -> Choice:
     """Time every candidate on the sample and pick (see :func:`choose`); ``calibrate_on``: the caller's
-    (images, texts), on which ``onnx-int8-static`` is calibrated."""
+    (images, texts), on which the static int8 runtimes are calibrated."""
     reference = build(device="cpu", precision="fp32")
     ref = encode(reference, images, texts)
     measured: dict[str, dict[str, Any]] = {}
-    calibration = None
+    calibrations: dict[str, str] = {}
     for runtime in candidates:
         try:
-            if runtime == "onnx-int8-static" and calibrate_on is not None:
-                calibration = str(static_int8_folder(onnx.exported_folder(
-                    card, build, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs), *calibrate_on))
-                model = run_choice(Choice(runtime, "", min_cosine, calibration=calibration), card, build,
+            if runtime in STATIC and calibrate_on is not None:
+                calibrations[runtime] = str(static_int8_folder(onnx.exported_folder(
+                    card, build, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs,
+                    portable=STATIC[runtime][0]), *calibrate_on))
+                model = run_choice(Choice(runtime, "", min_cosine, calibration=calibrations[runtime]), card, build,
                                    device=device, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs)
             elif runtime == "eager" and device == "cpu" and str(precision) in onnx.FP32_NAMES:
                 model = reference
@@ -222,14 +226,14 @@ def measure(card, build, candidates: Sequence[str], images: list, texts: list[st
     best = min(eligible, key=eligible.get) if eligible else "eager"
     return Choice(runtime=best, reason=explain(best, measured, min_cosine, len(images), len(texts)),
                   min_cosine=min_cosine, measured=measured, machine=machine_key(),
-                  calibration=calibration if best == "onnx-int8-static" else None)
+                  calibration=calibrations.get(best))
 
 
 def run_choice(choice: Choice, card, build, *, device: str, precision: str, cache_dir, load_kwargs: dict) -> Any:
     """The comparator of ``choice``: its static-int8 export calibrated on the caller's inputs when it has one
     (and it is still there), else the runtime by name."""
-    if choice.calibration and (Path(choice.calibration) / META_FILE).is_file():
-        comparator = onnx.load_exported(Path(choice.calibration), device=device, cache_dir=cache_dir)
+    if choice.runtime in STATIC and choice.calibration and (Path(choice.calibration) / META_FILE).is_file():
+        comparator = STATIC[choice.runtime][1](Path(choice.calibration), device=device, cache_dir=cache_dir)
         comparator.runtime = choice.runtime
         return comparator
     return run_runtime(choice.runtime, card, build, device=device, precision=precision, cache_dir=cache_dir,

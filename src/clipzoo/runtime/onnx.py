@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from ..backends import get_backend
-from ..backends.onnx_format import FORMAT_VERSION, META_FILE, require_onnxruntime
+from ..backends.onnx_format import FORMAT_VERSION, META_FILE, read_meta, require_onnxruntime
 from ..cards import ModelCard
 from ..constants import default_cache_dir
 from ..errors import UnsupportedError
 from ..files import build_folder_once
 from ..registry import local_card
-from . import onnx_columns, onnx_export
+from . import onnx_columns, onnx_export, onnx_vision
 
 FP32_NAMES = ("fp32", "float32", "torch.float32")
 EXPORT_REVISION = 4  # 2: text graphs of causal towers take any length (onnx_columns); 3: fused ViT image graphs
@@ -43,11 +43,14 @@ def load_exported(folder: Path, *, device: str, cache_dir):
     return comparator
 
 
-def cache_folder(card: ModelCard, cache_dir=None, load_kwargs: dict | None = None) -> Path:
+def cache_folder(card: ModelCard, cache_dir=None, load_kwargs: dict | None = None, *, portable: bool = False) -> Path:
     """Where ``clipzoo.load(spec, runtime="onnx")`` keeps the export of ``card``: keyed by the card's
-    identity and source, the load options, and (for local files) the file's size and mtime."""
+    identity and source, the load options, and (for local files) the file's size and mtime; ``portable``: the
+    export without ONNX Runtime's contrib ops (:func:`exported_folder`)."""
     key: dict[str, Any] = {"card": card.to_dict(), "kwargs": load_kwargs or {}, "format": FORMAT_VERSION,
                            "export": EXPORT_REVISION}
+    if portable:
+        key["portable"] = True
     path = card.source.path
     if path and os.path.exists(path):
         st = os.stat(path)
@@ -59,16 +62,30 @@ def cache_folder(card: ModelCard, cache_dir=None, load_kwargs: dict | None = Non
 
 
 def exported_folder(card: ModelCard, build: Callable[..., Any], *, precision: str = "fp32", cache_dir=None,
-                    load_kwargs: dict | None = None) -> Path:
+                    load_kwargs: dict | None = None, portable: bool = False) -> Path:
     """The cached ONNX export of ``card`` (``build(device="cpu", precision="fp32")`` exported now if it is not
-    there yet); an exported folder (backend ``"onnx"``) is returned as it is."""
+    there yet); an exported folder (backend ``"onnx"``) is returned as it is. The ONNX Runtime runtimes' export
+    fuses a ViT image tower into ONNX Runtime's contrib ops (:mod:`.onnx_vision`); ``portable=True`` (what
+    another engine reads: ``openvino-int8``) is the plain graph — the shared folder when the model has no tower
+    to fuse (any image tower but an open_clip ViT), else one of its own."""
     if card.backend == "onnx":
         return Path(card.source.path)
     if str(precision) not in FP32_NAMES:
         raise UnsupportedError(f"ONNX runtimes run exported fp32 graphs; load with precision='fp32', not {precision!r}")
     require_onnxruntime()
     folder = cache_folder(card, cache_dir, load_kwargs)
-    if not (folder / META_FILE).is_file():
-        comparator = build(device="cpu", precision="fp32")
-        build_folder_once(folder, lambda tmp: onnx_export.export_onnx(comparator, tmp, fused=True), META_FILE)
+    if (folder / META_FILE).is_file() and not (portable and has_fused_graph(folder)):
+        return folder
+    own = cache_folder(card, cache_dir, load_kwargs, portable=True)
+    if portable and (own / META_FILE).is_file():
+        return own
+    comparator = build(device="cpu", precision="fp32")
+    if portable and onnx_vision.vit_visual(comparator) is not None:  # a fusable ViT: its plain graph apart
+        folder = own
+    build_folder_once(folder, lambda tmp: onnx_export.export_onnx(comparator, tmp, fused=folder != own), META_FILE)
     return folder
+
+
+def has_fused_graph(folder: Path) -> bool:
+    """Whether the export in ``folder`` has a graph with ONNX Runtime's fused contrib ops."""
+    return any(g.get("fused") for g in read_meta(folder).get("graphs", {}).values())

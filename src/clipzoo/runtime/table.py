@@ -11,7 +11,7 @@ from types import ModuleType
 from typing import Any
 
 from ..cards import ModelCard
-from . import bf16, compiled, onnx, onnx_int8, onnx_static_int8, torch_int8
+from . import bf16, compiled, onnx, onnx_int8, onnx_static_int8, openvino_int8, torch_int8
 
 MODULES: dict[str, ModuleType] = {
     "compile": compiled,
@@ -20,11 +20,16 @@ MODULES: dict[str, ModuleType] = {
     "onnx-int8-static": onnx_static_int8,
     "torch-int8": torch_int8,
     "bf16": bf16,
+    "openvino-int8": openvino_int8,
 }
 
 
 def has_onnxruntime() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
+
+
+def has_openvino() -> bool:
+    return importlib.util.find_spec("openvino") is not None
 
 
 def run_runtime(runtime: str, card: ModelCard, build: Callable[..., Any], *, device: str, precision: str,
