@@ -15,7 +15,7 @@ Each clipzoo row is checked against the open_clip loop's row of the same image (
 the same for ``--texts`` captions (open_clip ``tokenize`` → ``encode_text`` vs clipzoo ``encode_text``).
 Prints images/s and the ratio to the open_clip loop, and a markdown table for docs/benchmarks.md.
 
-    python benchmarks/embed_folder.py --images 2000 --runtimes eager,compile,onnx,onnx-int8,onnx-int8-static,bf16,auto
+    python benchmarks/embed_folder.py --images 2000 --runtimes eager,compile,onnx,onnx-int8,onnx-int8-static,openvino-int8,bf16,auto
 """
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=None,
                     help="clipzoo decode workers [default: the pipeline's, CPU count]")
-    ap.add_argument("--runtimes", default="eager,onnx,onnx-int8,onnx-int8-static,torch-int8,bf16,auto")
+    ap.add_argument("--runtimes", default="eager,onnx,onnx-int8,onnx-int8-static,openvino-int8,torch-int8,bf16,auto")
     ap.add_argument("--no-transformers", action="store_true")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()

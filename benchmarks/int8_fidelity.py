@@ -8,7 +8,7 @@ between batch sizes (1 − cosine of the same input's rows at batch 1 and at the
 
     python benchmarks/int8_fidelity.py --out int8_fidelity.json
     python benchmarks/int8_fidelity.py --model clipzoo/tiny-shapes --n 256 --batch-sizes 1 8 64 \
-        --runtimes onnx-int8 torch-int8 onnx-int8-static --out int8_fidelity.json
+        --runtimes onnx-int8 torch-int8 onnx-int8-static openvino-int8 --out int8_fidelity.json
 
 Writes a JSON file and prints it. No download: the embedded model and generated images.
 """
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--model", default="clipzoo/tiny-shapes")
     ap.add_argument("--n", type=int, default=256, help="Generated images (and their captions).")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 64])
-    ap.add_argument("--runtimes", nargs="+", default=["onnx-int8", "torch-int8", "onnx-int8-static"])
+    ap.add_argument("--runtimes", nargs="+", default=["onnx-int8", "torch-int8", "onnx-int8-static", "openvino-int8"])
     ap.add_argument("--out", default="int8_fidelity.json")
     args = ap.parse_args()
     import torch

@@ -108,7 +108,8 @@ def ort_int8_gemm_rate(m: int, k: int, n: int, threads: int, repeats: int) -> di
     return rates
 
 
-PRECISION = {"eager": "fp32", "onnx": "fp32", "bf16": "bf16", "onnx-int8": "int8", "onnx-int8-static": "int8"}
+PRECISION = {"eager": "fp32", "onnx": "fp32", "bf16": "bf16", "onnx-int8": "int8", "onnx-int8-static": "int8",
+             "openvino-int8": "int8"}
 
 
 def runtime_model_ms(runtime: str, weights: Path, files: list[str], batch_size: int) -> float:
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeats", type=int, default=20, help="timed GEMMs per precision (the median counts)")
-    ap.add_argument("--runtimes", default="eager,bf16,onnx-int8,onnx-int8-static")
+    ap.add_argument("--runtimes", default="eager,bf16,onnx-int8,onnx-int8-static,openvino-int8")
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "clipzoo" / "bench-runtimes")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "roofline.json")
     args = ap.parse_args(argv)

@@ -220,7 +220,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--text-batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2, help="passes of each runtime (the fastest counts)")
-    ap.add_argument("--runtimes", default="eager,onnx,onnx-int8,onnx-int8-static,bf16,auto")
+    ap.add_argument("--runtimes", default="eager,onnx,onnx-int8,onnx-int8-static,openvino-int8,bf16,auto")
     ap.add_argument("--fidelity-model", default="clipzoo/tiny-shapes")
     ap.add_argument("--heldout", type=int, default=385)
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "clipzoo" / "bench-runtimes")
