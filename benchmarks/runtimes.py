@@ -7,10 +7,12 @@ calibrations are reused), ``--images`` generated photo-like 640×480 JPEGs and `
   ``torch.utils.data.DataLoader`` over the paths (PIL open → ``preprocess``, ``num_workers`` = CPU count,
   batch ``--batch-size``) → ``encode_image`` under ``torch.no_grad``; texts: ``tokenizer`` → ``encode_text``.
 - **clipzoo RUNTIME**: ``clipzoo.embed.embed_to_file`` (the code behind ``clipzoo embed``) for each of
-  ``--runtimes``; texts through ``encode_text``, each pass ``--repeats`` times, the fastest counting. Ratios are to
-  the peer in the same run — measured before and after the runtimes, the faster of the two counting (the same
-  two chances each runtime gets: other work on shared cores moves both); the cosine is each
-  row's to the peer's row of the same image (random weights: a speed check, not a fidelity one).
+  ``--runtimes``; texts through ``encode_text``. Every runtime is loaded and warmed first (its load time
+  recorded); then ``--rounds`` rounds run the peer and each runtime in turn, and a ratio is the **median over
+  rounds of the runtime's rate / the peer's rate in the same round** (this host's speed moves by a fifth or more
+  from minute to minute: a ratio between minutes apart measured that, not the runtimes); each rate is the median
+  of its rounds, each round's in the JSON. The cosine is each row's to the peer's row of the same image (random
+  weights: a speed check, not a fidelity one).
 
 Fidelity — the embedded, trained ``clipzoo/tiny-shapes`` (ModifiedResNet; random ViT weights have activation
 statistics no trained model has): each runtime's min cosine to eager fp32 on ``--heldout`` held-out shapes
@@ -99,7 +101,9 @@ def batch_diff(model, images: list, texts: list[str]) -> float:
 
 
 def speed(args, tmp: Path, cache: Path) -> dict:
-    """Folder -> embeddings and texts on ViT-B/32 (random weights): the peer, then each runtime."""
+    """Folder -> embeddings and texts on ViT-B/32 (random weights): every runtime loaded first, then ``--rounds``
+    rounds of the peer and each runtime in turn; a ratio is the median over rounds of the runtime's rate / the
+    peer's in the same round."""
     import numpy as np
 
     import clipzoo
@@ -115,49 +119,62 @@ def speed(args, tmp: Path, cache: Path) -> dict:
     model, run = peer_images(args.model, weights, paths, args.batch_size)
     run(1)
     peer_texts(args.model, model, texts[:64], args.text_batch)
-
-    def peer(when: str) -> tuple:
-        rows, secs = timed(run)
-        trows, tsecs = timed(lambda: peer_texts(args.model, model, texts, args.text_batch))
-        runs[when] = {"images_per_s": round(len(paths) / secs, 2), "texts_per_s": round(len(texts) / tsecs, 2),
-                      "load_average_1min": round(os.getloadavg()[0], 2)}
-        print(f"peer open_clip loop ({when}): {json.dumps(runs[when])}", flush=True)
-        return rows, trows
-
-    runs: dict = {}
-    ref, text_ref = peer("before")
-    out = {"runtimes": {}}
+    loaded = {}
     for runtime in args.runtimes:
         m, load_s = timed(lambda r=runtime: clipzoo.load(str(weights), runtime=r, cache_dir=str(cache)))
         embed_to_file(m, tmp / "warm.npy", images=paths[:args.batch_size], batch_size=args.batch_size,
                       info=DistributedInfo())
-        image_runs = [len(paths) / timed(lambda m=m: embed_to_file(
-            m, tmp / "rows.npy", images=paths, batch_size=args.batch_size, info=DistributedInfo()))[1]
-            for _ in range(args.repeats)]
-        rows = np.load(tmp / "rows.npy")
-        m.encode_text(texts[:64])
-        text_runs = []
-        for _ in range(args.repeats):
+        m.encode_text(texts)  # every text length group's shape once
+        loaded[runtime] = (m, load_s)
+        print(f"loaded {runtime} as {m.runtime} in {load_s:.1f} s", flush=True)
+
+    def images(m):
+        return embed_to_file(m, tmp / "rows.npy", images=paths, batch_size=args.batch_size, info=DistributedInfo())
+
+    rounds: list[dict] = []
+    rows: dict = {}
+    for r in range(args.rounds):
+        (ref, secs), (text_ref, tsecs) = timed(run), timed(lambda: peer_texts(args.model, model, texts,
+                                                                              args.text_batch))
+        this = {"peer": (len(paths) / secs, len(texts) / tsecs)}
+        for runtime, (m, _) in loaded.items():
+            isecs = timed(lambda m=m: images(m))[1]
             trows, tsecs = timed(lambda m=m: m.encode_text(texts, batch_size=args.text_batch).float().numpy())
-            text_runs.append(len(texts) / tsecs)
-        ips, tps = max(image_runs), max(text_runs)
-        entry = {"ran_as": m.runtime, "load_s": round(load_s, 1), "images_per_s": round(ips, 2),
-                 "texts_per_s": round(tps, 2), "images_per_s_runs": [round(v, 2) for v in image_runs],
-                 "texts_per_s_runs": [round(v, 2) for v in text_runs],
-                 "image_min_cosine_to_peer": float((rows * ref).sum(1).min()),
-                 "text_min_cosine_to_peer": float((trows * text_ref).sum(1).min()),
+            this[runtime] = (len(paths) / isecs, len(texts) / tsecs)
+            rows[runtime] = (np.load(tmp / "rows.npy"), trows)
+        rounds.append(this)
+        print(f"round {r + 1}: " + json.dumps({k: [round(x, 2) for x in v] for k, v in this.items()}), flush=True)
+    return summarise(rounds, loaded, rows, ref, text_ref)
+
+
+def summarise(rounds: list[dict], loaded: dict, rows: dict, ref, text_ref) -> dict:
+    """The per-round rates as medians and per-round ratios to the peer (the JSON's ``speed``)."""
+    import numpy as np
+
+    def median(values) -> float:
+        return round(float(np.median(values)), 3)
+
+    peer = [r["peer"] for r in rounds]
+    out = {"rounds": len(rounds), "peer": {"images_per_s": median([p[0] for p in peer]),
+                                           "texts_per_s": median([p[1] for p in peer]),
+                                           "images_per_s_runs": [round(p[0], 2) for p in peer],
+                                           "texts_per_s_runs": [round(p[1], 2) for p in peer]},
+           "runtimes": {}}
+    for runtime, (m, load_s) in loaded.items():
+        got = [r[runtime] for r in rounds]
+        image_rows, text_rows = rows[runtime]
+        entry = {"ran_as": m.runtime, "load_s": round(load_s, 1),
+                 "images_per_s": median([g[0] for g in got]), "texts_per_s": median([g[1] for g in got]),
+                 "images_per_s_runs": [round(g[0], 2) for g in got], "texts_per_s_runs": [round(g[1], 2) for g in got],
+                 "image_speedup": median([g[0] / p[0] for g, p in zip(got, peer)]),
+                 "text_speedup": median([g[1] / p[1] for g, p in zip(got, peer)]),
+                 "image_speedup_runs": [round(g[0] / p[0], 3) for g, p in zip(got, peer)],
+                 "image_min_cosine_to_peer": float((image_rows * ref).sum(1).min()),
+                 "text_min_cosine_to_peer": float((text_rows * text_ref).sum(1).min()),
                  "load_average_1min": round(os.getloadavg()[0], 2)}
         if getattr(m, "runtime_choice", None) is not None:
             entry["auto_reason"] = m.runtime_choice.reason
         out["runtimes"][runtime] = entry
-        print(runtime, json.dumps(entry), flush=True)
-        del m
-    peer("after")  # the cores are shared: the ratios are to the faster of the two peer runs (conservative)
-    base_ips, base_tps = (max(r[k] for r in runs.values()) for k in ("images_per_s", "texts_per_s"))
-    out["peer"] = {"images_per_s": base_ips, "texts_per_s": base_tps, "runs": runs}
-    for entry in out["runtimes"].values():
-        entry["image_speedup"] = round(entry["images_per_s"] / base_ips, 3)
-        entry["text_speedup"] = round(entry["texts_per_s"] / base_tps, 3)
     return out
 
 
@@ -219,7 +236,7 @@ def main() -> None:
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--text-batch", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=2, help="passes of each runtime (the fastest counts)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the peer and every runtime in turn (medians)")
     ap.add_argument("--runtimes", default="eager,onnx,onnx-int8,onnx-int8-static,openvino-int8,bf16,auto")
     ap.add_argument("--fidelity-model", default="clipzoo/tiny-shapes")
     ap.add_argument("--heldout", type=int, default=385)
