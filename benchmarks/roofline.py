@@ -10,7 +10,8 @@ For ViT-B/32's image tower (the speed model of benchmarks/runtimes.py, random we
   the faster of ``MatMulInteger`` (u8 × s8 → int32) and ``DynamicQuantizeMatMul`` (float in and out);
 - **decode**: CPU ms per image of clipzoo's loader (JPEG decode at the draft scale, resize, crop) on
   ``--images`` generated photo-like 640×480 JPEGs;
-- **model ms per image** of each of ``--runtimes`` on those images (after their decode, one warm-up batch);
+- **model ms per image** of each of ``--runtimes`` on those images (after their decode, one warm-up batch),
+  ``--rounds`` rounds of every runtime in turn, the median counting;
 - **the peer**: the open_clip loop of runtimes.py on the same JPEGs (folder → embeddings).
 
 The ceiling at a precision is ``cores / (cores × ops / GEMM rate + decode seconds)`` images/s: every matmul at
@@ -112,14 +113,27 @@ PRECISION = {"eager": "fp32", "onnx": "fp32", "bf16": "bf16", "onnx-int8": "int8
              "openvino-int8": "int8"}
 
 
-def runtime_model_ms(runtime: str, weights: Path, files: list[str], batch_size: int) -> float:
-    """Model-only milliseconds an image; the exports are the ones benchmarks/runtimes.py keeps beside ``weights``
-    (its ``--cache-dir``), built here only when it has not run."""
+def runtime_models(runtimes: list[str], weights: Path, files: list[str], batch_size: int) -> dict:
+    """{runtime: (comparator, its crop batches, split)}; the exports are the ones benchmarks/runtimes.py keeps
+    beside ``weights`` (its ``--cache-dir``), built here only when it has not run."""
     import clipzoo
 
-    comparator = clipzoo.load(str(weights), runtime=runtime, cache_dir=str(weights.parent))
-    data, split = prepare(files, comparator, fast=True)
-    return model_ms(comparator, crop_batches(data, batch_size), split)
+    out = {}
+    for runtime in runtimes:
+        comparator = clipzoo.load(str(weights), runtime=runtime, cache_dir=str(weights.parent))
+        data, split = prepare(files, comparator, fast=True)
+        out[runtime] = (comparator, crop_batches(data, batch_size), split)
+    return out
+
+
+def interleaved_model_ms(models: dict, rounds: int) -> dict[str, list[float]]:
+    """Model-only milliseconds an image of each runtime, ``rounds`` rounds of every runtime in turn (so a change
+    in the host's speed between minutes hits them alike; the median counts)."""
+    times: dict[str, list[float]] = {r: [] for r in models}
+    for _ in range(rounds):
+        for runtime, (comparator, batches, split) in models.items():
+            times[runtime].append(model_ms(comparator, batches, split))
+    return times
 
 
 def measure(args, tmp: Path) -> dict:
@@ -150,10 +164,12 @@ def measure(args, tmp: Path) -> dict:
                             round(rate / ops, 1), "ceiling_images_per_s": round(ceiling, 1),
                             "ceiling_x_peer": round(ceiling / peer, 2)}
     runtimes = {}
-    for runtime in args.runtimes.split(","):
-        ms = runtime_model_ms(runtime, weights, files, args.batch_size)
+    models = runtime_models(args.runtimes.split(","), weights, files, args.batch_size)
+    for runtime, runs in interleaved_model_ms(models, args.rounds).items():
+        ms = statistics.median(runs)
         precision = PRECISION[runtime]
         runtimes[runtime] = {"precision": precision, "model_ms_per_image": round(ms, 2),
+                             "model_ms_per_image_runs": [round(t, 2) for t in runs],
                              "model_gops": round(ops / ms / 1e6, 1),
                              "share_of_gemm_peak": round(ops / ms * 1e3 / rates[precision], 3)}
     return {"ops_per_image": ops, "gemm_shape": [m, k, n],
@@ -179,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeats", type=int, default=20, help="timed GEMMs per precision (the median counts)")
     ap.add_argument("--runtimes", default="eager,bf16,onnx-int8,onnx-int8-static,openvino-int8")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of every runtime's model in turn (the median counts)")
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "clipzoo" / "bench-runtimes")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "roofline.json")
     args = ap.parse_args(argv)
