@@ -15,7 +15,7 @@ Each clipzoo row is checked against the open_clip loop's row of the same image (
 the same for ``--texts`` captions (open_clip ``tokenize`` → ``encode_text`` vs clipzoo ``encode_text``).
 Prints images/s and the ratio to the open_clip loop, and a markdown table for docs/benchmarks.md.
 
-    python benchmarks/embed_folder.py --images 2000 \
+    python benchmarks/embed_folder.py --images 2000 \\
         --runtimes eager,compile,onnx,onnx-int8,onnx-int8-static,openvino-int8,bf16,auto
 """
 from __future__ import annotations
