@@ -97,6 +97,15 @@ def test_openvino_int8_on_a_vit_reads_the_portable_export(tiny_files, images, ca
     fp32 = m.model.folder.parent / read_meta(m.model.folder)["quantization"]["from"].rsplit("/", 1)[-1]
     assert not any(g.get("fused") for g in read_meta(fp32)["graphs"].values())  # no ONNX Runtime contrib ops
     assert m.model.kernels("image").get(("FullyConnected", "u8"), 0) >= 4
+    # the ONNX Runtime runtime's static graph of the same ViT is fused (QAttention): OpenVINO says it cannot read it
+    with pytest.MonkeyPatch.context() as mp:
+        fast_calibration(mp)
+        fused = clipzoo.load(path, runtime="onnx-int8-static", cache_dir=cache).model.folder
+    with pytest.raises(CheckpointError) as err:
+        clipzoo.load(str(fused), executor="openvino")
+    assert str(err.value).startswith(f"OpenVINO cannot run {fused / 'image.onnx'}: No conversion rule found for "
+                                     "operations: com.microsoft.QAttention")
+    assert str(err.value).endswith("quantise the portable export (fused=False, as clipzoo convert --to onnx writes)")
 
 
 def test_openvino_int8_serves_threads_one_inference_at_a_time(models, sample):
@@ -122,6 +131,12 @@ def test_openvino_int8_errors_are_one_line(models, tmp_path, monkeypatch):
         clipzoo.load("clipzoo/tiny-shapes", runtime="openvino-int8", device="cuda")
     assert str(err.value) == ("runtime 'openvino-int8' runs on the CPU, not 'cuda'; use runtime='eager' (or "
                               "precision='fp16') on a GPU")
+    import torch
+
+    with pytest.raises(UnsupportedError) as err:
+        m.encode_image(torch.rand(1, 3, 64, 64, requires_grad=True))
+    assert str(err.value).endswith("runs in OpenVINO, which computes no gradients; load the PyTorch model "
+                                   "(runtime='eager') to backpropagate, or pass a tensor that does not require grad")
     fp32 = clipzoo.load("clipzoo/tiny-shapes", runtime="onnx", cache_dir=m.model.folder.parent.parent).model.folder
     with pytest.raises(UnsupportedError, match="is not a static int8 export"):
         openvino_int8.load_folder(fp32)

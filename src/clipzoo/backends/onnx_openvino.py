@@ -4,7 +4,8 @@
 OpenVINO reads the ONNX files directly; a statically quantised (QDQ) graph becomes integer matmuls on its CPU
 kernels (AMX-INT8, AVX512-VNNI, AVX2) with the element-wise ops fused into them. The float parts run in the
 precision OpenVINO picks for the CPU (bf16 where it is native, else fp32): :attr:`OpenVinoTowers.precision`.
-A graph with ONNX Runtime's contrib ops (the ONNX runtimes' fused ViT export) cannot be read: export it portable.
+OpenVINO reads some of ONNX Runtime's contrib ops (the fused ViT export's ``MultiHeadAttention`` and ``BiasGelu``)
+but not the static int8 runtime's ``QAttention``: ``openvino-int8`` quantises the portable export instead.
 """
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ from ..extras import require
 
 DEVICE = "CPU"
 HINTS = {"PERFORMANCE_HINT": "LATENCY"}  # one stream: each batch uses every core (embedding runs batches in turn)
-NO_GRAD = ("runs in OpenVINO, which computes no gradients; load the PyTorch model (clipzoo.load without "
-           "runtime='openvino-int8') to backpropagate, or pass a tensor that does not require grad")
+NO_GRAD = ("runs in OpenVINO, which computes no gradients; load the PyTorch model (runtime='eager') to "
+           "backpropagate, or pass a tensor that does not require grad")
+CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops: what the ONNX runtimes' fused ViT export holds
 
 
 def require_openvino():
-    return require("openvino", "runtime 'openvino-int8'")
+    return require("openvino", "executor='openvino'")
 
 
 class OpenVinoTowers(torch.nn.Module):
@@ -70,9 +72,20 @@ def compile_graph(core, path: Path):
     try:
         return core.compile_model(core.read_model(str(path)), DEVICE, threads(HINTS))
     except RuntimeError as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise CheckpointError(f"OpenVINO cannot run {path}: {first[:300]} (an export with ONNX Runtime's "
-                              "contrib ops is not portable; export it with fused=False)") from None
+        hint = ("; it holds ONNX Runtime's contrib ops that OpenVINO does not read (the static int8 runtime's "
+                "QAttention): quantise the portable export (fused=False, as clipzoo convert --to onnx writes)"
+                ) if CONTRIB_DOMAIN in str(exc) else ""
+        raise CheckpointError(f"OpenVINO cannot run {path}: {reason(str(exc))[:300]}{hint}") from None
+
+
+def reason(message: str) -> str:
+    """The informative part of an OpenVINO error: its summary lines, else its first line that is not a source
+    location (``Exception from src/…``, ``Check '…' failed at …``)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if "Summary:" in lines:
+        return "; ".join(line.lstrip("- ") for line in lines[lines.index("Summary:") + 1:])
+    return next((line for line in lines if not line.startswith(("Exception from", "Check '"))),
+                lines[0] if lines else "unknown error")
 
 
 def threads(hints: dict) -> dict:
