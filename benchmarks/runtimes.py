@@ -132,6 +132,7 @@ def speed(args, tmp: Path, cache: Path) -> dict:
         return embed_to_file(m, tmp / "rows.npy", images=paths, batch_size=args.batch_size, info=DistributedInfo())
 
     rounds: list[dict] = []
+    loads: list[float] = []  # each round's 1-minute load average, as bf16_speed.py records it
     rows: dict = {}
     for r in range(args.rounds):
         (ref, secs), (text_ref, tsecs) = timed(run), timed(lambda: peer_texts(args.model, model, texts,
@@ -143,8 +144,9 @@ def speed(args, tmp: Path, cache: Path) -> dict:
             this[runtime] = (len(paths) / isecs, len(texts) / tsecs)
             rows[runtime] = (np.load(tmp / "rows.npy"), trows)
         rounds.append(this)
+        loads.append(round(os.getloadavg()[0], 2))
         print(f"round {r + 1}: " + json.dumps({k: [round(x, 2) for x in v] for k, v in this.items()}), flush=True)
-    return summarise(rounds, loaded, rows, ref, text_ref)
+    return {**summarise(rounds, loaded, rows, ref, text_ref), "load_average_1min_per_round": loads}
 
 
 def summarise(rounds: list[dict], loaded: dict, rows: dict, ref, text_ref) -> dict:
@@ -170,8 +172,7 @@ def summarise(rounds: list[dict], loaded: dict, rows: dict, ref, text_ref) -> di
                  "text_speedup": median([g[1] / p[1] for g, p in zip(got, peer)]),
                  "image_speedup_runs": [round(g[0] / p[0], 3) for g, p in zip(got, peer)],
                  "image_min_cosine_to_peer": float((image_rows * ref).sum(1).min()),
-                 "text_min_cosine_to_peer": float((text_rows * text_ref).sum(1).min()),
-                 "load_average_1min": round(os.getloadavg()[0], 2)}
+                 "text_min_cosine_to_peer": float((text_rows * text_ref).sum(1).min())}
         if getattr(m, "runtime_choice", None) is not None:
             entry["auto_reason"] = m.runtime_choice.reason
         out["runtimes"][runtime] = entry
