@@ -95,6 +95,7 @@ BENCHMARKS: dict[str, Bench] = {
     "runtimes": Bench(["--images", "64", "--texts", "128", "--heldout", "385"],
                       ["--images", "512", "--texts", "1024", "--heldout", "385"], quick_timeout=900),
     "roofline": Bench(["--images", "32", "--repeats", "5", "--runtimes", "eager,onnx-int8"], ["--images", "128"]),
+    "vit_layout": Bench(["--images", "32", "--rounds", "3"], ["--images", "128", "--rounds", "9"], quick_timeout=600),
     "serve_load": Bench(["--models", "tiny", "--duration", "3", "--rounds", "1", "--warmup", "1"],
                         ["--torch-threads", "1", "--duration", "15", "--rounds", "2", "--warmup", "2"]),
     "train_throughput": Bench(["--steps", "4", "--warmup-steps", "1", "--batch-size", "16", "--repeats", "1"], [],

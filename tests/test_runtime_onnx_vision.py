@@ -76,15 +76,45 @@ def test_issue22_vit_image_graph_fused_equals_encode_image(eager, weights, cache
 
 
 def test_issue22_convert_keeps_the_portable_image_graph(eager, tmp_path):
-    """``clipzoo convert --to onnx`` (``fused=False``): standard ONNX ops only, no ONNX Runtime contrib op."""
+    """``clipzoo convert --to onnx`` (``vit="plain"``): standard ONNX ops only, no ONNX Runtime contrib op."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback to the (slower) dynamo exporter either
         out = export_onnx(eager, tmp_path / "plain")
     graph = json.loads((out / META_FILE).read_text())["graphs"]["image"]
-    assert "fused" not in graph
+    assert "fused" not in graph and "layout" not in graph
     model = onnx.load(str(out / "image.onnx"))
     assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
     assert not onnx_vision.graph_ops(out / "image.onnx") & set(onnx_vision.FUSED_OPS)
+
+
+def test_issue22_standard_layout_writes_the_vit_blocks_in_standard_ops(eager, tmp_path):
+    """``vit="standard"`` (the portable export ``openvino-int8`` quantises): standard ONNX ops only, the patch
+    embedding as a MatMul, each block's attention as one QKV MatMul, one head split and one merge (three
+    Transposes a block, against the plain graph's eight), equal to ``encode_image`` in ONNX Runtime."""
+    out = export_onnx(eager, tmp_path / "standard", vit="standard")
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["graphs"]["image"]["layout"] == "standard" and meta["graphs"]["image"]["fused"] == []
+    assert meta["max_abs_diff"]["image"] <= 1e-4, meta["max_abs_diff"]
+    model = onnx.load(str(out / "image.onnx"))
+    assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
+    ops = [n.op_type for n in model.graph.node]
+    plain = [n.op_type for n in onnx.load(str(export_onnx(eager, tmp_path / "plain") / "image.onnx")).graph.node]
+    assert "Conv" not in ops and ops.count("Softmax") == 2 and ops.count("LayerNormalization") == 6
+    # the patches' permutation, then per block the heads' split, kᵀ and the heads' merge; the plain graph: 8 a block
+    assert ops.count("Transpose") == 1 + 3 * 2 and plain.count("Transpose") >= 1 + 8 * 2, plain.count("Transpose")
+    session = ort.InferenceSession(str(out / "image.onnx"), providers=["CPUExecutionProvider"])
+    for n, seed in ((1, 6), (7, 7)):
+        x = pixels(n, seed)
+        with torch.no_grad():
+            ref = eager.encode_pixels(x).numpy()
+        assert np.abs(session.run(None, {"pixels": x.numpy()})[0] - ref).max() <= 1e-4
+    with torch.no_grad():
+        x = pixels(3, 8)
+        written = onnx_vision.encode_fused(eager.model.visual, x, "standard")
+        assert (written - eager.encode_pixels(x)).abs().max().item() <= 1e-5
+    with pytest.raises(clipzoo.ClipzooError, match=r"^unknown ViT layout 'fused'; use one of plain, contrib, "
+                                                   r"standard$"):
+        export_onnx(eager, tmp_path / "bad", vit="fused")
 
 
 def test_issue22_fused_export_falls_back_when_it_differs(eager, tmp_path, monkeypatch):
@@ -93,8 +123,9 @@ def test_issue22_fused_export_falls_back_when_it_differs(eager, tmp_path, monkey
     original = type(eager).encode_pixels
     monkeypatch.setattr(type(eager), "encode_pixels", lambda self, x: original(self, x) + 1e-3)
     assert onnx_vision.fused_image_tower(eager, pixels(2, 0)) is None
-    out = export_onnx(eager, tmp_path / "moved", fused=True, check=False)
-    assert "fused" not in json.loads((out / META_FILE).read_text())["graphs"]["image"]
+    for layout in ("contrib", "standard"):
+        out = export_onnx(eager, tmp_path / layout, vit=layout, check=False)
+        assert not {"fused", "layout"} & set(json.loads((out / META_FILE).read_text())["graphs"]["image"])
     monkeypatch.undo()
     assert onnx_vision.fused_image_tower(eager, pixels(2, 0)) is not None
     assert onnx_vision.vit_visual(clipzoo.load("clipzoo/tiny-shapes")) is None

@@ -91,6 +91,7 @@ def test_openvino_int8_on_a_vit_reads_the_portable_export(tiny_files, images, ca
     assert (m.encode_text(texts) * ref.encode_text(texts)).sum(-1).min() >= 0.99
     fp32 = m.model.folder.parent / read_meta(m.model.folder)["quantization"]["from"].rsplit("/", 1)[-1]
     assert not any(g.get("fused") for g in read_meta(fp32)["graphs"].values())  # no ONNX Runtime contrib ops
+    assert read_meta(fp32)["graphs"]["image"]["layout"] == "standard"  # the blocks written out in standard ops
     assert m.model.kernels("image").get(("FullyConnected", "u8"), 0) >= 4
     # the ONNX Runtime runtime's static graph of the same ViT is fused (QAttention): OpenVINO says it cannot read it
     with pytest.MonkeyPatch.context() as mp:
@@ -100,7 +101,8 @@ def test_openvino_int8_on_a_vit_reads_the_portable_export(tiny_files, images, ca
         clipzoo.load(str(fused), executor="openvino")
     assert str(err.value).startswith(f"OpenVINO cannot run {fused / 'image.onnx'}: No conversion rule found for "
                                      "operations: com.microsoft.QAttention")
-    assert str(err.value).endswith("quantise the portable export (fused=False, as clipzoo convert --to onnx writes)")
+    assert str(err.value).endswith("quantise the portable export (export_onnx(..., vit='standard'), as "
+                                   "openvino-int8 does)")
 
 
 def test_openvino_int8_serves_threads_one_inference_at_a_time(models, sample):

@@ -73,7 +73,7 @@ def compile_graph(core, path: Path):
         return core.compile_model(core.read_model(str(path)), DEVICE, threads(HINTS))
     except RuntimeError as exc:
         hint = ("; it holds ONNX Runtime's contrib ops that OpenVINO does not read (the static int8 runtime's "
-                "QAttention): quantise the portable export (fused=False, as clipzoo convert --to onnx writes)"
+                "QAttention): quantise the portable export (export_onnx(..., vit='standard'), as openvino-int8 does)"
                 ) if CONTRIB_DOMAIN in str(exc) else ""
         raise CheckpointError(f"OpenVINO cannot run {path}: {reason(str(exc))[:300]}{hint}") from None
 

@@ -23,8 +23,9 @@ from ..registry import local_card
 from . import onnx_columns, onnx_export, onnx_vision
 
 FP32_NAMES = ("fp32", "float32", "torch.float32")
-EXPORT_REVISION = 4  # 2: text graphs of causal towers take any length (onnx_columns); 3: fused ViT image graphs
-# (onnx_vision); 4: ViT patch embedding as a MatMul, LayerNorms unfused, static int8 QAttention; keys the export cache
+EXPORT_REVISION = 5  # 2: text graphs of causal towers take any length (onnx_columns); 3: fused ViT image graphs
+# (onnx_vision); 4: ViT patch embedding as a MatMul, LayerNorms unfused, static int8 QAttention; 5: the portable
+# ViT export in standard ops block by block (vit="standard"); keys the export cache
 
 
 def apply(card: ModelCard, build: Callable[..., Any], *, device: str, precision: str, cache_dir,
@@ -66,8 +67,9 @@ def exported_folder(card: ModelCard, build: Callable[..., Any], *, precision: st
     """The cached ONNX export of ``card`` (``build(device="cpu", precision="fp32")`` exported now if it is not
     there yet); an exported folder (backend ``"onnx"``) is returned as it is. The ONNX Runtime runtimes' export
     fuses a ViT image tower into ONNX Runtime's contrib ops (:mod:`.onnx_vision`); ``portable=True`` (what
-    another engine reads: ``openvino-int8``) is the plain graph — the shared folder when the model has no tower
-    to fuse (any image tower but an open_clip ViT), else one of its own."""
+    another engine reads: ``openvino-int8``) has standard ops only — the shared folder when the model has no tower
+    to fuse (any image tower but an open_clip ViT), else one of its own with the ViT written out block by block
+    in standard ops (``vit="standard"``)."""
     if card.backend == "onnx":
         return Path(card.source.path)
     if str(precision) not in FP32_NAMES:
@@ -82,7 +84,8 @@ def exported_folder(card: ModelCard, build: Callable[..., Any], *, precision: st
     comparator = build(device="cpu", precision="fp32")
     if portable and onnx_vision.vit_visual(comparator) is not None:  # a fusable ViT: its plain graph apart
         folder = own
-    build_folder_once(folder, lambda tmp: onnx_export.export_onnx(comparator, tmp, fused=folder != own), META_FILE)
+    vit = "standard" if folder == own else "contrib"
+    build_folder_once(folder, lambda tmp: onnx_export.export_onnx(comparator, tmp, vit=vit), META_FILE)
     return folder
 
 

@@ -182,24 +182,26 @@ def static_text_shapes():
 
 # --------------------------------------------------------------------------------------------- export
 def export_onnx(comparator, out_dir: "str | os.PathLike", opset: int | None = None, token_dtype: str = "int64",
-                batch_dynamic: bool = True, *, exporter: str = "auto", check: bool = True, fused: bool = False) -> Path:
+                batch_dynamic: bool = True, *, exporter: str = "auto", check: bool = True, vit: str = "plain") -> Path:
     """Export a loaded Comparator to ``out_dir``.
 
     ``opset``: ONNX opset (default 17 for TorchScript, 18 for dynamo); ``token_dtype``: ``"int64"`` or
     ``"int32"`` (cast to int64 inside the graph); ``batch_dynamic``: a dynamic batch axis (else batch 1);
     ``exporter``: ``"auto"`` | ``"torchscript"`` | ``"dynamo"``; ``check``: run the graphs once in
-    onnxruntime (when installed) and record their largest difference from eager in the JSON; ``fused``: an
-    open_clip ViT image tower with its attention, LayerNorms and GELUs fused into ONNX Runtime's contrib ops
-    (:mod:`.onnx_vision`; the ONNX runtimes' export — not portable to other ONNX engines). Returns ``out_dir``.
+    onnxruntime (when installed) and record their largest difference from eager in the JSON; ``vit``: how an
+    open_clip ViT image tower is written (:mod:`.onnx_vision`): ``"plain"`` as torch writes it, ``"contrib"``
+    with its attention and GELUs fused into ONNX Runtime's contrib ops (the ONNX runtimes' export — not portable
+    to other ONNX engines), ``"standard"`` block by block in standard ops (what ``openvino-int8`` quantises);
+    any other image tower is written plain. Returns ``out_dir``.
     """
-    check_export_options(token_dtype, exporter)
+    check_export_options(token_dtype, exporter, vit)
     if getattr(comparator, "card", None) is not None and comparator.card.backend == "onnx":
         raise UnsupportedError(f"{comparator.card.alias} already runs in onnxruntime; export the PyTorch model")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (META_FILE, IMAGE_FILE, TEXT_FILE, IMAGE_FILE + ".data", TEXT_FILE + ".data"):
         (out / stale).unlink(missing_ok=True)
-    graphs, used = _export_graphs(comparator, out, opset, token_dtype, batch_dynamic, exporter, fused)
+    graphs, used = _export_graphs(comparator, out, opset, token_dtype, batch_dynamic, exporter, vit)
     meta = export_meta(comparator, out, graphs, used, batch_dynamic)
     if check:
         meta["max_abs_diff"] = check_graphs(comparator, out, graphs, token_dtype)
@@ -209,15 +211,17 @@ def export_onnx(comparator, out_dir: "str | os.PathLike", opset: int | None = No
     return out
 
 
-def check_export_options(token_dtype: str, exporter: str) -> None:
+def check_export_options(token_dtype: str, exporter: str, vit: str = "plain") -> None:
     if token_dtype not in ("int64", "int32"):
         raise ClipzooError(f"token_dtype must be 'int64' or 'int32', not {token_dtype!r}")
     if exporter not in EXPORTERS:
         raise ClipzooError(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
+    if vit not in onnx_vision.LAYOUTS:
+        raise ClipzooError(f"unknown ViT layout {vit!r}; use one of {', '.join(onnx_vision.LAYOUTS)}")
 
 
 def _export_graphs(comparator, out: Path, opset, token_dtype: str, batch_dynamic: bool,
-                   exporter: str, fused: bool = False) -> tuple[dict[str, dict], str]:
+                   exporter: str, vit: str = "plain") -> tuple[dict[str, dict], str]:
     """Write ``image.onnx`` / ``text.onnx``; returns their descriptions and the exporter that wrote them."""
     import torch
 
@@ -231,7 +235,8 @@ def _export_graphs(comparator, out: Path, opset, token_dtype: str, batch_dynamic
         with torch.no_grad(), static_text_shapes():
             if IMAGE in comparator.modalities:
                 pixels = _example_pixels(comparator, batch)
-                tower = onnx_vision.fused_image_tower(comparator, pixels) if fused and exporter != "dynamo" else None
+                tower = onnx_vision.fused_image_tower(comparator, pixels, vit) if vit != "plain" and (
+                    exporter != "dynamo") else None
                 small = tower is not None and sum(p.numel() * p.element_size() for p in tower.parameters()) <= (
                     LARGE_WEIGHTS)  # one graph file, no external data
                 if small and onnx_vision.export_fused(tower, pixels, out / IMAGE_FILE, IMAGE_INPUT, IMAGE_OUTPUT,
@@ -244,7 +249,8 @@ def _export_graphs(comparator, out: Path, opset, token_dtype: str, batch_dynamic
                 graphs[IMAGE] = {"file": IMAGE_FILE, "input": IMAGE_INPUT, "output": IMAGE_OUTPUT,
                                  "input_dtype": "float32", "input_shape": ["N", *pixels.shape[1:]],
                                  "output_shape": ["N", comparator.embed_dim]}
-                if tower is not None:  # attention, LayerNorms and GELUs as ONNX Runtime's fused contrib ops
+                if tower is not None:  # written out block by block; "fused": ONNX Runtime's contrib ops in it
+                    graphs[IMAGE]["layout"] = vit
                     graphs[IMAGE]["fused"] = sorted(onnx_vision.graph_ops(out / IMAGE_FILE) & set(
                         onnx_vision.FUSED_OPS))
             if TEXT in comparator.modalities:

@@ -3,7 +3,7 @@
 ``torch.onnx`` writes open_clip's ``nn.MultiheadAttention`` as a chain of Reshape / Transpose / MatMul /
 Softmax that no ONNX Runtime fusion recognises; on ViT-B/32 under static int8 those Transposes, the bias
 Adds and the erf-GELU took more time than the integer matmuls. The runtimes' export
-(``export_onnx(..., fused=True)``, :mod:`clipzoo.runtime.onnx`) therefore writes each block of an open_clip
+(``export_onnx(..., vit="contrib")``, :mod:`clipzoo.runtime.onnx`) therefore writes each block of an open_clip
 ``VisionTransformer`` out as: the patch embedding as a ``MatMul`` over the flattened patches
 (:func:`patch_embedding`; a quantisable op, where ONNX Runtime runs a quantised Conv with a float output as a
 float Conv), each block as one QKV ``MatMul`` (no bias) → ``Split`` → ONNX Runtime's
@@ -21,6 +21,14 @@ heads' layout). Each of these choices was kept because it made the static graph 
 The fused graph is used only when it reproduces ``encode_pixels`` (≤ :data:`FUSED_TOLERANCE`, in torch
 before the export and in ONNX Runtime after it); any other image tower, a failed check or the dynamo exporter
 exports the plain graph. ``clipzoo convert --to onnx`` keeps the plain, portable graph (no contrib ops).
+
+The *standard* layout (``vit="standard"``: the portable export that ``openvino-int8`` quantises) writes the same
+blocks in standard ONNX ops only (:func:`standard_block`): the patch embedding as a MatMul, each block's QKV
+projection with its bias as one MatMul, the heads split by one Reshape + Transpose of the packed QKV,
+``Softmax(q kᵀ) v`` as two batched MatMuls, the heads merged by one Transpose — where ``nn.MultiheadAttention``
+as torch writes it works sequence-first and splits q, k and v apart (ViT-B/32: 97 Transposes against 37, and
+a Conv that OpenVINO ran in bf16). In OpenVINO the static int8 ViT-B/32 image tower ran 1.17× faster in this
+layout (median of nine interleaved rounds, at the same min cosine to fp32; benchmarks/vit_layout.py).
 """
 from __future__ import annotations
 
@@ -37,6 +45,8 @@ FUSED_TOLERANCE = 1e-4
 ATTENTION_OP = "com.microsoft::MultiHeadAttention"
 FUSED_OPS = ("MultiHeadAttention", "SkipLayerNormalization", "BiasGelu", "QuickGelu")
 BLOCK_PARTS = ("ln_1", "attn", "ls_1", "ln_2", "mlp", "ls_2")
+LAYOUTS = ("plain", "contrib", "standard")  # a ViT image graph: as torch writes it, in ONNX Runtime's contrib ops,
+# or written block by block in standard ops (export_onnx(vit=...))
 
 
 def vit_visual(comparator):
@@ -100,6 +110,26 @@ def fused_block(block, x):
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
+def standard_block(block, x):
+    """One pre-norm residual block on ``x`` [N, S, D] in standard ONNX ops: the QKV projection with its bias,
+    the heads split by one reshape and permutation of the packed QKV, ``softmax(q kᵀ / √d) v``, the heads merged,
+    the output projection and the MLP."""
+    import torch
+
+    attn = block.attn
+    n, s, width = x.shape
+    heads = attn.num_heads
+    qkv = torch.nn.functional.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.reshape(n, s, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    scores = torch.matmul(q * (width // heads) ** -0.5, k.transpose(-2, -1))
+    y = torch.matmul(scores.softmax(dim=-1), v).transpose(1, 2).reshape(n, s, width)
+    x = x + block.ls_1(attn.out_proj(y))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+BLOCKS = {"contrib": fused_block, "standard": standard_block}
+
+
 def patch_embedding(conv, pixels):
     """The patch embedding ``conv(pixels).flatten(2).transpose(1, 2)`` [N, L, D]; a convolution whose kernel is its
     stride (a ViT's: no padding, bias, dilation or groups) as a ``MatMul`` over the flattened patches — the same
@@ -117,15 +147,16 @@ def patch_embedding(conv, pixels):
                         conv.weight.reshape(conv.out_channels, -1).t())
 
 
-def encode_fused(visual, pixels):
-    """Raw image features of :func:`vit_visual` ``visual`` with every block's attention fused."""
+def encode_fused(visual, pixels, layout: str = "contrib"):
+    """Raw image features of :func:`vit_visual` ``visual`` with every block written out in ``layout``
+    (``"contrib"``: attention fused into ONNX Runtime's op; ``"standard"``: standard ops)."""
     import torch
 
     x = patch_embedding(visual.conv1, pixels)
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = visual.ln_pre(torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype))
     for block in visual.transformer.resblocks:
-        x = fused_block(block, x)
+        x = BLOCKS[layout](block, x)
     x = visual.ln_post(x[:, 0])
     return x @ visual.proj if visual.proj is not None else x
 
@@ -135,26 +166,27 @@ def fused_tower_class() -> type:
     import torch
 
     class FusedImageTower(torch.nn.Module):
-        def __init__(self, visual):
+        def __init__(self, visual, layout: str):
             super().__init__()
             self.visual = visual
+            self.layout = layout
             self.eval()
 
         def forward(self, pixels):
-            return encode_fused(self.visual, pixels).float()
+            return encode_fused(self.visual, pixels, self.layout).float()
 
     return FusedImageTower
 
 
-def fused_image_tower(comparator, pixels):
-    """The fused image tower of ``comparator`` when it has one and it reproduces ``encode_pixels`` on ``pixels``
-    within :data:`FUSED_TOLERANCE` (in torch), else None."""
+def fused_image_tower(comparator, pixels, layout: str = "contrib"):
+    """The image tower of ``comparator`` written out in ``layout`` when it has one and it reproduces
+    ``encode_pixels`` on ``pixels`` within :data:`FUSED_TOLERANCE` (in torch), else None."""
     import torch
 
     visual = vit_visual(comparator)
     if visual is None:
         return None
-    tower = fused_tower_class()(visual)
+    tower = fused_tower_class()(visual, layout)
     try:
         with torch.no_grad():
             ref = comparator.encode_pixels(pixels).float()
@@ -166,21 +198,23 @@ def fused_image_tower(comparator, pixels):
 
 
 def export_fused(tower, pixels, path: Path, input_name: str, output_name: str, opset, batch_dynamic: bool) -> bool:
-    """Export ``tower`` (:func:`fused_image_tower`) to ``path`` with TorchScript, fuse its LayerNorms and GELUs
-    (:func:`fuse_graph`) and check it in ONNX Runtime against the tower; returns False (``path`` removed) when
-    it does not reproduce it within :data:`FUSED_TOLERANCE`."""
+    """Export ``tower`` (:func:`fused_image_tower`) to ``path`` with TorchScript, fuse its GELUs with their bias
+    (:func:`fuse_graph`; the contrib layout) and check it in ONNX Runtime against the tower; returns False
+    (``path`` removed) when it does not reproduce it within :data:`FUSED_TOLERANCE`."""
     import numpy as np
     import onnxruntime as ort
     import torch
 
     axes = {input_name: {0: "N"}, output_name: {0: "N"}} if batch_dynamic else None
+    contrib = tower.layout == "contrib"
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer warnings
             torch.onnx.export(tower, (pixels,), str(path), dynamo=False, input_names=[input_name],
                               output_names=[output_name], opset_version=opset or 17, dynamic_axes=axes,
-                              do_constant_folding=True, custom_opsets={"com.microsoft": 1})
-            fuse_graph(path)
+                              do_constant_folding=True, custom_opsets={"com.microsoft": 1} if contrib else None)
+            if contrib:
+                fuse_graph(path)
             ref = tower(pixels).numpy()
         options = ort.SessionOptions()
         options.log_severity_level = 3
