@@ -124,6 +124,10 @@ def test_parity_cli_table_json_and_exit_status(tiny_files, image_files):
     (["convert", "MODEL", "MODEL", "--to", "safetensors"], "error: MODEL already exists: choose another destination "
                                                             "or pass --overwrite"),
     (["parity", "MODEL", "--against", "jax"], "error: unknown implementation 'jax' for --against"),
+    (["convert", "MODEL", "OUT/x", "--to", "hf", "--vit-layout", "standard"],
+     "error: --vit-layout applies to --to onnx, not --to hf"),
+    (["convert", "MODEL", "OUT/x", "--to", "onnx", "--vit-layout", "fused"],
+     "error: unknown ViT layout 'fused'; use one of plain, contrib, standard"),
 ])
 def test_convert_errors_are_one_line(tiny_files, tmp_path, args, message):
     model = str(tiny_files["open_clip_safetensors"])

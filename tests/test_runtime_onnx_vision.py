@@ -117,6 +117,25 @@ def test_issue22_standard_layout_writes_the_vit_blocks_in_standard_ops(eager, tm
         export_onnx(eager, tmp_path / "bad", vit="fused")
 
 
+def test_issue22_convert_cli_writes_the_standard_layout_openvino_runs(eager, weights, tmp_path):
+    """``clipzoo convert --to onnx --vit-layout standard``: the folder's image graph in the standard layout, which
+    OpenVINO runs (``executor="openvino"``, float parts in its default precision) close to ``encode_image``."""
+    from typer.testing import CliRunner
+
+    from clipzoo.cli import app
+
+    result = CliRunner().invoke(app, ["convert", str(weights), str(tmp_path / "ov"), "--to", "onnx", "--vit-layout",
+                                      "standard"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tmp_path / "ov" / META_FILE).read_text())["graphs"]["image"]["layout"] == "standard"
+    pytest.importorskip("openvino")
+    m = clipzoo.load(str(tmp_path / "ov"), executor="openvino")
+    x = pixels(5, 9)
+    with torch.no_grad():
+        assert (m.encode_pixels(x) - eager.encode_pixels(x)).abs().max().item() <= 0.05
+        assert (m.encode_image(x) * eager.encode_image(x)).sum(-1).min().item() >= 0.999
+
+
 def test_issue22_fused_export_falls_back_when_it_differs(eager, tmp_path, monkeypatch):
     """A tower the fused graph does not reproduce (here: encode_pixels moved by 1e-3) exports the plain graph;
     a tower that is not an open_clip ViT (the embedded ModifiedResNet) too."""

@@ -19,6 +19,11 @@ def convert(
     jax_model: str | None = typer.Option(None, "--model",
                                          help="With --from jax: SRC's JAX config, e.g. vit-base-patch32."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists."),
+    vit_layout: str | None = typer.Option(None, "--vit-layout",
+                                          help="With --to onnx: an open_clip ViT image tower as torch writes it "
+                                               "(plain, the default), block by block in standard ops (standard: "
+                                               "what OpenVINO runs fastest) or in ONNX Runtime's fused ops "
+                                               "(contrib)."),
     trust_pickle: TrustPickleOpt = False,
     model_name: ModelNameOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -31,6 +36,7 @@ def convert(
       clipzoo convert hf-folder/ model-openai.pt --to openai   # clip.load("model-openai.pt")
       clipzoo convert model.bin model.safetensors --to safetensors   # one file with its config; no pickle
       clipzoo convert model.pt out-onnx/ --to onnx             # clipzoo.load("out-onnx"), onnxruntime
+      clipzoo convert model.pt out-ov/ --to onnx --vit-layout standard   # clipzoo.load("out-ov", executor="openvino")
       clipzoo convert model.pt --to jax -o params.pkl          # open_clip_jax parameters (+ params.config.json)
       clipzoo convert params.pkl --from jax --model vit-base-patch32 --to open_clip -o model.safetensors
     """
@@ -46,7 +52,7 @@ def convert(
         fail("name the output once: as DST or with -o/--output")
     out = run_convert(src, dst or output, to, model_name=model_name, trust_pickle=trust_pickle, overwrite=overwrite,
                       cache_dir=None if cache_dir is None else str(cache_dir), source_format=source_format,
-                      model=jax_model)
+                      model=jax_model, vit_layout=vit_layout)
     note(f"wrote {out} ({to})")
 
 

@@ -40,7 +40,7 @@ from ..errors import ClipzooError, UnsupportedError
 from ..extras import require
 from ..models.jax_config import config_file, get_config, list_configs, read_config_file
 from ..registry import card_from_fields
-from ..runtime.onnx_export import export_onnx
+from ..runtime.onnx_export import check_export_options, export_onnx
 from .form import OpenClipForm
 from .hf import open_clip_form_of_hf, write_hf
 from .jax import jax_form, open_clip_form_of_jax, write_params_with_config
@@ -213,17 +213,23 @@ def load_source(src, source_format: "str | None" = None, model: "str | None" = N
 
 def convert(src: "str | os.PathLike", dst: "str | os.PathLike", to: str, *, model_name: "str | None" = None,
             trust_pickle: bool = False, overwrite: bool = False, cache_dir: "str | None" = None,
-            source_format: "str | None" = None, model: "str | None" = None) -> Path:
+            source_format: "str | None" = None, model: "str | None" = None, vit_layout: "str | None" = None) -> Path:
     """Convert the model ``src`` (any spec :func:`clipzoo.load` takes; with ``source_format="jax"``
-    open_clip_jax parameters of config ``model``) to format ``to``, written at ``dst``."""
+    open_clip_jax parameters of config ``model``) to format ``to``, written at ``dst``; ``vit_layout`` (ONNX
+    only): how an open_clip ViT image tower is written (:func:`clipzoo.runtime.onnx_export.export_onnx`'s
+    ``vit``: ``plain``, the default, ``standard`` or ``contrib``)."""
     dst = Path(dst)
+    if vit_layout is not None:
+        if to != "onnx":
+            raise ClipzooError(f"--vit-layout applies to --to onnx, not --to {to}")
+        check_export_options("int64", "auto", vit_layout)
     _check_destination(to, dst, overwrite)
     dst.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {"model_name": model_name} if model_name else {}
     comparator = load_source(src, source_format, model, trust_pickle=trust_pickle, cache_dir=cache_dir, **kwargs)
     if to == "onnx":
         tmp = _tmp(dst)
-        export_onnx(comparator, tmp)
+        export_onnx(comparator, tmp, vit=vit_layout or "plain")
         _replace(tmp, dst)
         return dst
     form = open_clip_form(comparator)
