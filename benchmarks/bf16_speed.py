@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 warnings.filterwarnings("ignore")
 
-from embed_folder import write_model, write_photos  # noqa: E402
+from embed_folder import speed_model, write_photos  # noqa: E402
 from tables import machine_info, write_result  # noqa: E402
 
 GOALS = {"bf16_speedup": 1.6, "bf16_min_cosine": 0.999}
@@ -212,10 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     check_cpu()  # a CPU without native bf16: the one-line reason, nothing measured
     torch.set_num_threads(args.threads)
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
-    weights = args.cache_dir / f"{args.model}-seed0.safetensors"
-    if not weights.exists():
-        write_model(weights, args.model)
+    weights = speed_model(args.cache_dir, args.model)
     start = machine_info()
     texts = [f"a photo of {i} {w} things on a {c} background" for i, (w, c) in
              enumerate(zip(["red", "round", "small", "blue", "tall"] * args.texts, ["dark", "white"] * args.texts))

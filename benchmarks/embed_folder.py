@@ -65,6 +65,17 @@ def write_model(path: Path, name: str) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
 
 
+def speed_model(cache_dir: Path, name: str = "ViT-B-32") -> Path:
+    """``name`` with random weights (seed 0) at ``cache_dir/NAME-seed0.safetensors``, written on first use: the
+    speed model the runtime benchmarks share (runtimes.py, roofline.py, bf16_speed.py, vit_layout.py), their
+    exports cached beside it."""
+    weights = Path(cache_dir) / f"{name}-seed0.safetensors"
+    if not weights.exists():
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        write_model(weights, name)
+    return weights
+
+
 def open_clip_loop(model, preprocess, paths, batch_size):
     import torch
     from PIL import Image

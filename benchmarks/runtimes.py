@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 warnings.filterwarnings("ignore")
 
-from embed_folder import write_model, write_photos  # noqa: E402
+from embed_folder import speed_model, write_photos  # noqa: E402
 from tables import machine_info, write_result  # noqa: E402
 
 GOALS = {"image_speedup": 4.0, "text_speedup": 4.0, "int8_min_cosine": 0.995, "acc1_points": 0.5,
@@ -109,9 +109,7 @@ def speed(args, tmp: Path, cache: Path) -> dict:
     import clipzoo
     from clipzoo.embed import DistributedInfo, embed_to_file
 
-    weights = cache / f"{args.model}-seed0.safetensors"
-    if not weights.exists():
-        write_model(weights, args.model)
+    weights = speed_model(cache, args.model)
     paths = write_photos(tmp / "photos", args.images)
     texts = [f"a photo of {i} {w} things on a {c} background" for i, (w, c) in
              enumerate(zip(["red", "round", "small", "blue", "tall"] * args.texts, ["dark", "white"] * args.texts))

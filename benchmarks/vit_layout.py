@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE))
 warnings.filterwarnings("ignore")
 
 from decode_share import crop_batches, model_ms, prepare  # noqa: E402
-from embed_folder import write_model, write_photos  # noqa: E402
+from embed_folder import speed_model, write_photos  # noqa: E402
 from tables import write_result  # noqa: E402
 
 LAYOUTS = ("plain", "standard")
@@ -79,10 +79,7 @@ def measure(args, tmp: Path) -> dict:
     import clipzoo
 
     torch.set_num_threads(args.threads)
-    weights = args.cache_dir / "ViT-B-32-seed0.safetensors"  # the file benchmarks/runtimes.py keeps
-    if not weights.exists():
-        weights.parent.mkdir(parents=True, exist_ok=True)
-        write_model(weights, "ViT-B-32")
+    weights = speed_model(args.cache_dir)  # the file benchmarks/runtimes.py keeps
     files = write_photos(tmp / "photos", args.images)
     models = layout_models(weights, tmp)
     reference = clipzoo.load(str(weights))

@@ -82,7 +82,7 @@ def exported_folder(card: ModelCard, build: Callable[..., Any], *, precision: st
     if portable and (own / META_FILE).is_file():
         return own
     comparator = build(device="cpu", precision="fp32")
-    if portable and onnx_vision.vit_visual(comparator) is not None:  # a fusable ViT: its plain graph apart
+    if portable and onnx_vision.vit_visual(comparator) is not None:  # a ViT: its standard-ops graph apart
         folder = own
     vit = "standard" if folder == own else "contrib"
     build_folder_once(folder, lambda tmp: onnx_export.export_onnx(comparator, tmp, vit=vit), META_FILE)
