@@ -69,14 +69,15 @@ def min_cosine(comparator, reference, batches, split) -> float:
     from clipzoo.embed.handover import normalize_uint8
 
     with torch.no_grad():
-        return min(float((comparator.encode_image(normalize_uint8(b, split)) * reference.encode_image(
-            normalize_uint8(b, split))).sum(-1).min()) for b in batches)
+        pixels = (normalize_uint8(b, split) for b in batches)
+        return min(float((comparator.encode_image(x) * reference.encode_image(x)).sum(-1).min()) for x in pixels)
 
 
 def measure(args, tmp: Path) -> dict:
     import torch
 
     import clipzoo
+    from clipzoo.backends.onnx_format import read_meta
 
     torch.set_num_threads(args.threads)
     weights = speed_model(args.cache_dir)  # the file benchmarks/runtimes.py keeps
@@ -91,7 +92,7 @@ def measure(args, tmp: Path) -> dict:
             runs[layout].append(model_ms(comparator, batches, split))
     layouts = {}
     for layout, comparator in models.items():
-        quant = json.loads((comparator.model.folder / "clipzoo_onnx.json").read_text())["quantization"]
+        quant = read_meta(comparator.model.folder)["quantization"]
         layouts[layout] = {"model_ms_per_image": round(statistics.median(runs[layout]), 2),
                            "model_ms_per_image_runs": [round(t, 2) for t in runs[layout]],
                            "min_cosine_to_fp32": round(min_cosine(comparator, reference, batches, split), 5),

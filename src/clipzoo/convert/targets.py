@@ -40,7 +40,7 @@ from ..errors import ClipzooError, UnsupportedError
 from ..extras import require
 from ..models.jax_config import config_file, get_config, list_configs, read_config_file
 from ..registry import card_from_fields
-from ..runtime.onnx_export import check_export_options, export_onnx
+from ..runtime.onnx_export import check_vit_layout, export_onnx
 from .form import OpenClipForm
 from .hf import open_clip_form_of_hf, write_hf
 from .jax import jax_form, open_clip_form_of_jax, write_params_with_config
@@ -222,7 +222,7 @@ def convert(src: "str | os.PathLike", dst: "str | os.PathLike", to: str, *, mode
     if vit_layout is not None:
         if to != "onnx":
             raise ClipzooError(f"--vit-layout applies to --to onnx, not --to {to}")
-        check_export_options("int64", "auto", vit_layout)
+        check_vit_layout(vit_layout)
     _check_destination(to, dst, overwrite)
     dst.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {"model_name": model_name} if model_name else {}

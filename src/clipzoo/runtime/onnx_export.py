@@ -216,6 +216,10 @@ def check_export_options(token_dtype: str, exporter: str, vit: str = "plain") ->
         raise ClipzooError(f"token_dtype must be 'int64' or 'int32', not {token_dtype!r}")
     if exporter not in EXPORTERS:
         raise ClipzooError(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
+    check_vit_layout(vit)
+
+
+def check_vit_layout(vit: str) -> None:
     if vit not in onnx_vision.LAYOUTS:
         raise ClipzooError(f"unknown ViT layout {vit!r}; use one of {', '.join(onnx_vision.LAYOUTS)}")
 
