@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -70,24 +71,43 @@ def expand_files(paths, suffixes: tuple[str, ...], error: type, kind: str) -> li
 def build_folder_once(folder: "str | os.PathLike", build: Callable[[Path], object], marker: str) -> Path:
     """Create the cache folder ``folder`` by ``build(tmp)`` into a temporary sibling, then rename it into place.
 
-    ``marker`` is the file ``build`` writes last: a folder holding it is complete. If another process
-    completed ``folder`` meanwhile, its result is kept and ours dropped; a failed build leaves nothing.
+    ``marker`` is the file ``build`` writes last: a folder holding it is complete. If another process or thread
+    completed ``folder`` meanwhile — before our build ended or between our check and our rename — its result is
+    kept (never removed under its readers) and ours dropped; a failed build leaves nothing.
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         build(tmp)
-        if (folder / marker).is_file():  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
-    except BaseException:
+        if not (folder / marker).is_file():
+            _rename_into_place(tmp, folder, marker)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
+
+
+def _rename_into_place(tmp: Path, folder: Path, marker: str) -> None:
+    """``tmp`` renamed to ``folder``, unless a complete ``folder`` (holding ``marker``) took the place first; an
+    incomplete one left there (no marker: not a finished build) is moved aside and removed, then ours renamed."""
+    try:
+        os.replace(tmp, folder)
+        return
+    except OSError:
+        if (folder / marker).is_file():
+            return
+    aside = folder.with_name(f"{folder.name}.stale-{os.getpid()}-{threading.get_ident()}")
+    os.replace(folder, aside)
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink()
+    try:
+        os.replace(tmp, folder)
+    except OSError:
+        if not (folder / marker).is_file():
+            raise
 
 
 def url_filesystem(url: str, error: type) -> "tuple[Any, str]":
