@@ -129,7 +129,7 @@ def test_issue22_4_uint8_split_is_bit_identical_to_the_float_transforms(tmp_path
 def test_issue22_4_shared_memory_handover_gives_the_in_process_batches(jpegs, model):
     if "jax" in sys.modules:  # loaders decode in-process once JAX is loaded (clipzoo.processes): check in a fresh one
         test_id = f"{__file__}::test_issue22_4_shared_memory_handover_gives_the_in_process_batches"
-        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_id],
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", test_id],
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stdout[-3000:]
         return
