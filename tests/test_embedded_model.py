@@ -58,6 +58,31 @@ def test_materialised_weights_equal_the_packed_ones(tmp_path):
             assert torch.equal(full[k], v.float()), k
 
 
+def test_a_half_written_cache_folder_is_rebuilt_and_threads_share_one(tmp_path):
+    """A folder left without its weights (a process killed by an older clipzoo mid-write) is rebuilt, not
+    returned; four threads materialising at once all get the complete folder and leave nothing else behind."""
+    import threading
+
+    from safetensors.torch import load_file
+
+    folder = embedded.cache_folder("tiny-shapes", embedded.packed_meta("tiny-shapes"), tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "open_clip_config.json").write_text("{")
+    assert embedded.materialise("tiny-shapes", cache_dir=tmp_path) == folder
+    assert json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]["embed_dim"] == 64
+    second = tmp_path / "second"
+    done: list = []
+    threads = [threading.Thread(target=lambda: done.append(embedded.materialise("tiny-shapes", cache_dir=second)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(done) == 4 and len(set(done)) == 1 and list((second / "embedded").iterdir()) == [done[0]]
+    assert load_file(str(done[0] / "open_clip_model.safetensors")).keys() == load_file(
+        str(folder / "open_clip_model.safetensors")).keys()
+
+
 def test_pack_keeps_the_model_on_texts_of_the_kept_tokens(tmp_path):
     """pack -> materialise gives the trained model's outputs (up to fp16) on texts made of kept tokens."""
     from clipzoo.train.config import TrainConfig

@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .catalog.embedded import cache_folder, packed_files, packed_meta
 from .errors import CheckpointError
+from .files import build_folder_once
 
 __all__ = ["pack", "materialise", "packed_files", "TOKEN_KEY"]
 
@@ -48,17 +48,15 @@ def materialise(name: str, cache_dir: "str | os.PathLike | None" = None) -> Path
     table = torch.zeros(meta["vocab_size"], rows.shape[1])
     table[torch.tensor(meta["token_ids"], dtype=torch.long)] = rows
     sd[TOKEN_KEY] = table
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     config = {"model_cfg": meta["model_cfg"], "preprocess_cfg": meta["preprocess_cfg"]}
-    (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(sd, str(tmp / "open_clip_model.safetensors"), metadata={"format": "pt"})
-    (tmp / "clipzoo_train.json").write_text(json.dumps(meta.get("train", {}), indent=2) + "\n")
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process got there first
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / "clipzoo_train.json").write_text(json.dumps(meta.get("train", {}), indent=2) + "\n")
+        save_file(sd, str(tmp / "open_clip_model.safetensors"), metadata={"format": "pt"})  # last: the marker
+
+    build_folder_once(folder, write, "open_clip_model.safetensors")
     return folder
 
 
