@@ -137,6 +137,39 @@ def test_convert_errors_are_one_line(tiny_files, tmp_path, args, message):
     assert len(stderr.strip().splitlines()) == 1
 
 
+def test_overwrite_never_destroys_the_source_and_replaces_a_file_or_link_itself(tiny_files, images, tmp_path):
+    import shutil
+
+    models = tmp_path / "models"
+    hub = shutil.copytree(tiny_files["open_clip_hub"], models / "hub")
+    single = shutil.copy(tiny_files["open_clip_safetensors"], models / "m.safetensors")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    before = {p: p.read_bytes() for p in models.rglob("*") if p.is_file()}
+    cases = [(hub, hub, "onnx", hub), (hub, models, "onnx", hub),
+             (hub, hub / "open_clip_model.safetensors", "safetensors", hub), (single, single, "safetensors", single),
+             ("clipzoo/tiny-shapes", cache, "onnx", None)]  # a catalogued model's files in the cache
+    for src, dst, to, shown in cases:
+        code, _, stderr = run("convert", src, dst, "--to", to, "--overwrite", "--cache-dir", cache)
+        shown = shown or next((cache / "embedded").iterdir())
+        assert code == 2 and stderr == (f"error: {dst} overlaps the model being converted ({shown}): writing there "
+                                        "would destroy it; choose another destination\n"), stderr
+    assert {p: p.read_bytes() for p in models.rglob("*") if p.is_file()} == before
+    assert (next((cache / "embedded").iterdir()) / "open_clip_model.safetensors").is_file()
+
+    folder_here = tmp_path / "was-a-file"  # a file where the ONNX folder goes: replaced by it
+    folder_here.write_text("old")
+    assert run("convert", single, folder_here, "--to", "onnx", "--overwrite")[0] == 0
+    assert sorted(p.name for p in folder_here.iterdir()) == ["clipzoo_onnx.json", "image.onnx", "text.onnx"]
+    precious = tmp_path / "precious.safetensors"  # a link at DST is replaced itself; its target is not written
+    precious.write_bytes(b"keep me")
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(precious)
+    assert run("convert", single, link, "--to", "safetensors", "--overwrite")[0] == 0
+    assert not link.is_symlink() and precious.read_bytes() == b"keep me"
+    assert torch.equal(_outputs(clipzoo.load(str(link)), images)[1], _outputs(clipzoo.load(str(single)), images)[1])
+
+
 def test_interrupted_conversion_leaves_nothing(tiny_files, tmp_path, monkeypatch):
     import clipzoo.convert.targets as mod
 

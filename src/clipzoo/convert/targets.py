@@ -104,9 +104,26 @@ def _tmp(path: Path) -> Path:
 
 
 def _replace(tmp: Path, dst: Path) -> None:
-    if dst.is_dir() and not dst.is_symlink():
+    """``tmp`` renamed to ``dst`` (``--overwrite``): a folder there is removed first; a file or link there is
+    replaced itself — a link's target is never written — and removed first when a folder takes its place."""
+    if dst.is_symlink() or dst.is_file():
+        if tmp.is_dir():
+            dst.unlink()
+    elif dst.is_dir():
         shutil.rmtree(dst)
     os.replace(tmp, dst)
+
+
+def check_not_source(dst: Path, source: "str | os.PathLike | None") -> None:
+    """An existing ``dst`` that is the source model's file or folder, a folder holding it, or a file inside its
+    folder would be overwritten by the conversion's result: refused, whatever ``--overwrite`` says."""
+    if source is None or not dst.exists() or not os.path.exists(source):
+        return
+    where = dst.parent.resolve() / dst.name  # a link at dst is replaced itself, not followed
+    src = Path(source).resolve()
+    if where == src or where in src.parents or (src.is_dir() and src in where.parents):
+        raise ClipzooError(f"{dst} overlaps the model being converted ({source}): writing there would destroy "
+                           "it; choose another destination")
 
 
 def _write_safetensors(form: OpenClipForm, path: Path) -> None:
@@ -224,9 +241,11 @@ def convert(src: "str | os.PathLike", dst: "str | os.PathLike", to: str, *, mode
             raise ClipzooError(f"--vit-layout applies to --to onnx, not --to {to}")
         check_vit_layout(vit_layout)
     _check_destination(to, dst, overwrite)
+    check_not_source(dst, os.path.expanduser(os.fspath(src)) if isinstance(src, (str, os.PathLike)) else None)
     dst.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {"model_name": model_name} if model_name else {}
     comparator = load_source(src, source_format, model, trust_pickle=trust_pickle, cache_dir=cache_dir, **kwargs)
+    check_not_source(dst, comparator.card.source.path)  # a catalogued model's files: its cache
     if to == "onnx":
         tmp = _tmp(dst)
         export_onnx(comparator, tmp, vit=vit_layout or "plain")
