@@ -74,8 +74,13 @@ def test_a_failed_build_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_threads_building_one_folder_all_get_a_complete_one(tmp_path):
+@pytest.mark.parametrize("stale", [False, True])
+def test_threads_building_one_folder_all_get_a_complete_one(tmp_path, stale):
+    """Four at once, into an empty place or over an incomplete folder (which each of them may try to move aside)."""
     folder, barrier, errors, seen = tmp_path / "m", threading.Barrier(4), [], []
+    if stale:
+        folder.mkdir()
+        (folder / "half.bin").write_bytes(b"\0")
 
     def build(tmp):
         barrier.wait(timeout=10)  # all four build at once, each into its own temporary folder

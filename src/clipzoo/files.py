@@ -98,11 +98,15 @@ def _rename_into_place(tmp: Path, folder: Path, marker: str) -> None:
         if (folder / marker).is_file():
             return
     aside = folder.with_name(f"{folder.name}.stale-{os.getpid()}-{threading.get_ident()}")
-    os.replace(folder, aside)
-    if aside.is_dir() and not aside.is_symlink():
-        shutil.rmtree(aside, ignore_errors=True)
+    try:
+        os.replace(folder, aside)
+    except FileNotFoundError:  # another builder moved it aside first
+        pass
     else:
-        aside.unlink()
+        if aside.is_dir() and not aside.is_symlink():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            aside.unlink()
     try:
         os.replace(tmp, folder)
     except OSError:
