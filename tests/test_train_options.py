@@ -177,6 +177,35 @@ def test_memory_filesystem_run_resumes_like_a_local_run(tmp_path, shapes):
     assert again == pytest.approx({k: local_losses[k] for k in (3, 4)}, abs=0)
 
 
+def test_an_output_model_folder_clipzoo_did_not_write_is_refused_before_training(tmp_path, shapes):
+    """OUTPUT/model is replaced whole when the run ends: someone else's folder there is an error at the start,
+    untouched (local and remote); a previous run's OUTPUT trains again; a file as OUTPUT is one line too."""
+    import fsspec
+
+    photos = tmp_path / "photos"
+    (photos / "model").mkdir(parents=True)
+    (photos / "model" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError) as err:
+        _run(_cfg(photos), shapes)
+    assert str(err.value) == (f"--output {photos}: its model/ is not a model clipzoo trained (no clipzoo_train.json "
+                              "in it), and the run replaces that folder at its end; pass another --output, or move "
+                              "it away")
+    assert (photos / "model" / "notes.txt").read_text() == "mine" and [p.name for p in photos.iterdir()] == ["model"]
+    url = f"memory://clipzoo-test-{uuid.uuid4().hex}/run"
+    fsspec.filesystem("memory").pipe(f"{url[len('memory://'):]}/model/notes.txt", b"mine")
+    with pytest.raises(ConfigError, match=r"^--output memory://.*: its model/ is not a model clipzoo trained"):
+        _run(_cfg(url), shapes)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"^--output .*file is a file; pass a folder \(new, empty, or a previous "
+                                          r"run's\)$"):
+        _run(_cfg(tmp_path / "file"), shapes)
+    run = tmp_path / "run"
+    for steps in (1, 2):
+        result, losses, _ = _run(_cfg(run, steps=steps), shapes)
+        assert sorted(losses) == list(range(1, steps + 1))
+        assert json.loads((run / "model" / "clipzoo_train.json").read_text())["steps"] == steps
+
+
 def test_file_urls_and_a_separate_checkpoint_dir_stay_local(tmp_path, shapes):
     cfg = _cfg(f"file://{tmp_path / 'run'}", steps=2, checkpoint_dir=str(tmp_path / "ck"),
                metrics_log=f"memory://clipzoo-test-{uuid.uuid4().hex}/m.jsonl")

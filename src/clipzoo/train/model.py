@@ -31,7 +31,9 @@ from ..models.open_clip_parts import image_transforms, open_clip_tokenizer
 from .adapters import apply_adapters, merged_copy
 from .config import ConfigError, TrainConfig
 
-__all__ = ["TrainModel", "build_model", "save_trained"]
+__all__ = ["TrainModel", "build_model", "save_trained", "check_model_folder", "TRAINED_MARKER"]
+
+TRAINED_MARKER = "clipzoo_train.json"  # in every model folder save_trained writes
 
 
 @dataclass
@@ -110,6 +112,23 @@ def _init_logit_scale(module: torch.nn.Module, init: float) -> None:
         module.logit_scale.fill_(math.log(init))
 
 
+def check_model_folder(out, output: str) -> None:
+    """Before a run: ``OUTPUT/model``, which :func:`save_trained` replaces whole at the run's end, is absent or a
+    model clipzoo trained (``TRAINED_MARKER`` in it) — anything else there is a user's, and an error now rather than
+    deleted after the training (``out``: the output :class:`~clipzoo.train.storage.Location`)."""
+    local = out.local
+    if local is not None and local.exists() and not local.is_dir():
+        raise ConfigError(f"--output {output} is a file; pass a folder (new, empty, or a previous run's)")
+    if local is not None:
+        folder = local / "model"
+        foreign = folder.is_symlink() or (folder.exists() and not (folder / TRAINED_MARKER).is_file())
+    else:
+        foreign = out.exists("model") and not out.exists("model", TRAINED_MARKER)
+    if foreign:
+        raise ConfigError(f"--output {output}: its model/ is not a model clipzoo trained (no {TRAINED_MARKER} in "
+                          "it), and the run replaces that folder at its end; pass another --output, or move it away")
+
+
 def save_trained(model: TrainModel, folder: "str | os.PathLike", state_dict: "dict[str, torch.Tensor] | None" = None,
                  info: "dict[str, Any] | None" = None) -> Path:
     """Write the trained model as a folder ``clipzoo.load`` reads (atomically: temp folder + rename)."""
@@ -122,7 +141,7 @@ def save_trained(model: TrainModel, folder: "str | os.PathLike", state_dict: "di
         save_composite(final, model.model_cfg, model.preprocess_cfg, model.tokenizer, tmp)
     else:
         _save_open_clip(model, state_dict, tmp)
-    (tmp / "clipzoo_train.json").write_text(json.dumps(info or {}, indent=2, default=str) + "\n")
+    (tmp / TRAINED_MARKER).write_text(json.dumps(info or {}, indent=2, default=str) + "\n")
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)

@@ -19,7 +19,7 @@ from .checks import check_teacher
 from .config import ConfigError, TrainConfig
 from .distill import attach_teacher, load_teacher, student_dim, teacher_targets
 from .distributed import barrier, freeze_unused, init_distributed, mean_over_ranks, pick_device, wrap_ddp
-from .model import TrainModel, build_model
+from .model import TrainModel, build_model, check_model_folder
 from .phases.checkpoint import checkpoint_location, final_weights, latest, read_resume, save_checkpoint, save_model
 from .phases.data import open_data, steps_per_epoch
 from .phases.evaluate import evaluate
@@ -49,6 +49,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.cfg, self.on_step, self.teacher = cfg, on_step, teacher
         self.out = Location(cfg.output)
+        check_model_folder(self.out, str(cfg.output))
         self.ckpt = checkpoint_location(cfg.output, cfg.checkpoint_dir)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.last_ckpt: "Any | None" = None

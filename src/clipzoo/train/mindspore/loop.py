@@ -26,7 +26,7 @@ from ...models.mindspore_config import check_config
 from ...models.mindspore_names import mindspore_to_torch, to_mindspore_name, torch_to_mindspore, write_ckpt
 from ...progress import progress
 from ..config import ConfigError, TrainConfig
-from ..model import TrainModel, build_model, save_trained
+from ..model import TrainModel, build_model, check_model_folder, save_trained
 from ..phases.data import open_data, steps_per_epoch
 from ..phases.optimiser import param_groups
 from ..result import TrainingError, TrainResult
@@ -68,6 +68,7 @@ def train_mindspore(cfg: TrainConfig, data=None, on_step: "Callable[[int, dict],
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)  # the torch trainer's initial weights (it seeds with cfg.seed)
     out = Location(cfg.output)
+    check_model_folder(out, str(cfg.output))
     data, cfg = open_data(cfg, model, data, out, 0)
     total = cfg.steps or steps_per_epoch(data, cfg.batch_size) * cfg.epochs
     net = mindspore_net(model)
