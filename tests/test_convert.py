@@ -170,6 +170,15 @@ def test_overwrite_never_destroys_the_source_and_replaces_a_file_or_link_itself(
     assert torch.equal(_outputs(clipzoo.load(str(link)), images)[1], _outputs(clipzoo.load(str(single)), images)[1])
 
 
+def test_an_onnx_export_as_source_names_itself_and_what_it_was_exported_from(tiny_files, tmp_path):
+    model = str(tiny_files["open_clip_safetensors"])
+    assert run("convert", model, tmp_path / "ox", "--to", "onnx")[0] == 0
+    code, _, stderr = run("convert", tmp_path / "ox", tmp_path / "again", "--to", "onnx")
+    assert code == 2 and stderr == (f"error: {tmp_path / 'ox'} is already an ONNX export (of [clip - local - "
+                                    f"{model}]); export the PyTorch model it came from\n"), stderr
+    assert not (tmp_path / "again").exists()
+
+
 def test_interrupted_conversion_leaves_nothing(tiny_files, tmp_path, monkeypatch):
     import clipzoo.convert.targets as mod
 

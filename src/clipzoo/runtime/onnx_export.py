@@ -196,7 +196,9 @@ def export_onnx(comparator, out_dir: "str | os.PathLike", opset: int | None = No
     """
     check_export_options(token_dtype, exporter, vit)
     if getattr(comparator, "card", None) is not None and comparator.card.backend == "onnx":
-        raise UnsupportedError(f"{comparator.card.alias} already runs in onnxruntime; export the PyTorch model")
+        card = comparator.card
+        raise UnsupportedError(f"{card.source.path or card.alias} is already an ONNX export (of {card.alias}); "
+                               "export the PyTorch model it came from")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (META_FILE, IMAGE_FILE, TEXT_FILE, IMAGE_FILE + ".data", TEXT_FILE + ".data"):
