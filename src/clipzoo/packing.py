@@ -25,6 +25,8 @@ from .files import build_folder_once
 
 __all__ = ["pack", "materialise", "packed_files", "TOKEN_KEY"]
 
+WEIGHTS_FILE = "open_clip_model.safetensors"  # open_clip's hub layout; written last, so it marks a complete folder
+
 TOKEN_KEY = "token_embedding.weight"
 ROWS_KEY = "token_embedding.rows"
 
@@ -41,7 +43,7 @@ def materialise(name: str, cache_dir: "str | os.PathLike | None" = None) -> Path
                               f"({files[1]}); reinstall clipzoo, or rebuild them: clipzoo train --recipe {name} "
                               f"--output runs/{name}, then python scripts/build_tiny_shapes.py --from-run runs/{name}")
     folder = cache_folder(name, meta, cache_dir)
-    if (folder / "open_clip_model.safetensors").is_file():
+    if (folder / WEIGHTS_FILE).is_file():
         return folder
     sd = {k: v.float() for k, v in load_file(str(files[1])).items()}
     rows = sd.pop(ROWS_KEY)
@@ -54,9 +56,9 @@ def materialise(name: str, cache_dir: "str | os.PathLike | None" = None) -> Path
         tmp.mkdir(parents=True)
         (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "clipzoo_train.json").write_text(json.dumps(meta.get("train", {}), indent=2) + "\n")
-        save_file(sd, str(tmp / "open_clip_model.safetensors"), metadata={"format": "pt"})  # last: the marker
+        save_file(sd, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})  # last: the marker
 
-    build_folder_once(folder, write, "open_clip_model.safetensors")
+    build_folder_once(folder, write, WEIGHTS_FILE)
     return folder
 
 
@@ -73,7 +75,7 @@ def pack(trained_folder: "str | os.PathLike", name: str, token_ids: "Iterable[in
 
     trained_folder = Path(trained_folder)
     config = json.loads((trained_folder / "open_clip_config.json").read_text())
-    sd = load_file(str(trained_folder / "open_clip_model.safetensors"))
+    sd = load_file(str(trained_folder / WEIGHTS_FILE))
     table = sd.pop(TOKEN_KEY)
     ids = sorted({int(i) for i in token_ids})
     sd[ROWS_KEY] = table[torch.tensor(ids)]
