@@ -244,6 +244,49 @@ def test_connections_keep_alive_and_incomplete_request_caps(app):  # noqa: F811
         assert out.startswith(b"HTTP/1.1 200")
 
 
+def test_connections_late_bodies_are_cut_and_bodies_without_the_token_refused_unread(built):  # noqa: F811
+    """A request whose body is not complete body_timeout after its headers is closed, also when it trickles a
+    byte at a time (it held a connection slot for as long as the client liked); a body request without the
+    token gets its 401 before its body is read, and the connection is closed at once."""
+    from clipzoo.serve import create_app, running
+    from clipzoo.serve.connections import ConnectionLimits
+
+    body_timeout = 2.0
+    head = (b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n")
+    app = create_app(built.index, token="tok")
+    with running(app, limits=ConnectionLimits(body_timeout=body_timeout)) as url:
+        addr = _address(url)
+        out, took = _raw_exchange(addr, head + b"\r\n{", wait=10)
+        assert out.startswith(b"HTTP/1.1 401") and b"missing bearer token" in out and took < 1.0, (out[:60], took)
+        out, took = _raw_exchange(addr, head + b"Authorization: Bearer wrong\r\n\r\n{", wait=10)
+        assert out.startswith(b"HTTP/1.1 401") and b"wrong bearer token" in out and took < 1.0, (out[:60], took)
+        stalled = socket.create_connection(addr, timeout=10)
+        trickling = socket.create_connection(addr, timeout=10)
+        try:
+            t0 = time.monotonic()
+            for s in (stalled, trickling):
+                s.sendall(head + b"Authorization: Bearer tok\r\n\r\n{")
+            closed_at: dict[int, float] = {}
+            while len(closed_at) < 2 and time.monotonic() - t0 < body_timeout + 8:
+                if 1 not in closed_at:
+                    try:
+                        trickling.sendall(b" ")  # a byte every 0.25 s: progress, never the whole body
+                    except OSError:
+                        closed_at[1] = time.monotonic() - t0
+                if 0 not in closed_at and _closed_by_server([stalled], 0.25):
+                    closed_at[0] = time.monotonic() - t0
+                assert _request(addr)[0] == 200  # others are answered meanwhile
+            assert sorted(closed_at) == [0, 1], closed_at
+            assert all(body_timeout - 0.5 <= t <= body_timeout + 5 for t in closed_at.values()), closed_at
+        finally:
+            stalled.close()
+            trickling.close()
+        status, _ = _request(addr, "POST", "/search", {"text": "a red circle", "k": 1},
+                             {"Authorization": "Bearer tok"})
+        assert status == 200  # a whole body in time is served
+
+
 def test_connections_repeated_log_lines_collapse():
     """The same line passes LOG_REPEAT_BURST times per window; the next that passes counts the rest."""
     from clipzoo.serve.connections import RepeatFilter
@@ -361,10 +404,11 @@ def test_connections_cli_flags(built, monkeypatch):  # noqa: F811
         port = s.getsockname()[1]
     args = ["serve", str(built.index), "--port", str(port), "--allowed-host", "photos.lan",
             "--cors-origin", "https://app.example.org", "--max-batch", "4", "--max-wait-ms", "2",
-            "--limit-concurrency", "100", "--header-timeout", "3", "--keep-alive-timeout", "2"]
+            "--limit-concurrency", "100", "--header-timeout", "3", "--keep-alive-timeout", "2", "--body-timeout", "30"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert served["limits"] == ConnectionLimits(limit_concurrency=100, header_timeout=3.0, keep_alive_timeout=2.0)
+    assert served["limits"] == ConnectionLimits(limit_concurrency=100, header_timeout=3.0, keep_alive_timeout=2.0,
+                                                body_timeout=30.0)
     batcher = served["app"].state.service.batcher
     assert (batcher.max_batch, batcher.max_wait) == (4, 0.002)
     with TestClient(served["app"]) as c:

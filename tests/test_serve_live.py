@@ -143,6 +143,14 @@ def test_post_and_delete_items_behind_the_token_durable_and_visible_to_the_next_
         for path in (str(outside), "c/link.png", "../outside.png", "c/missing.png"):
             r = client.post("/items", json={"path": path}, headers=AUTH)
             assert r.status_code == 404 and "is not a file inside the indexed folder" in r.json()["detail"], path
+        said = [client.post("/items", json={"path": p}, headers=AUTH).json()["detail"].replace(repr(p), "P")
+                for p in (str(outside), str(root.parent / "no-such.png"))]
+        assert said[0] == said[1] == "path P is not a file inside the indexed folder"  # no oracle for files outside
+        r = client.post("/items", json={"path": "c/a\u0000.png"}, headers=AUTH)  # was a 500 (ValueError)
+        assert (r.status_code, r.json()["detail"]) == (400, "path 'c/a\\x00.png' holds a NUL character; send the "
+                                                            "file's path")
+        r = client.post("/items", json={"path": "c/" + "a" * 300 + ".png"}, headers=AUTH)  # was a 500 (OSError)
+        assert r.status_code == 404 and r.json()["detail"].endswith("is not a file inside the indexed folder")
         r = client.post("/items", json={"image": base64.b64encode(b"not an image").decode()}, headers=AUTH)
         assert r.status_code == 400
         r = client.post("/items", json={"image": "aGk=", "path": "c/given.png"}, headers=AUTH)

@@ -45,6 +45,10 @@ DEFAULT_MAX_PIXELS = 40_000_000
 """Decoded pixels allowed in one uploaded image unless a caller sets its own bound."""
 DEFAULT_MAX_REQUEST_PIXELS = 64_000_000
 """Most pixels the images of one service request may declare together (413 above)."""
+MAX_ASPECT_RATIO = 32
+"""Longest side over shortest side an image keeps when decoded; a longer image keeps its central part (a model that
+resizes the shortest side and crops the centre sees the same square, and the resize stays within about 32 × its
+input size: a 100,000 × 1 PNG no longer becomes a 6-gigapixel resize)."""
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 """The prompt template for class labels when none is given (zero-shot, classify, the service)."""
@@ -66,6 +70,9 @@ DEFAULT_LIMIT_CONCURRENCY = 4096
 """Connections and requests the service takes at once; requests beyond get 503 (``--limit-concurrency``)."""
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 """A connection that sends no complete request line and headers in this many seconds is closed."""
+DEFAULT_BODY_TIMEOUT_S = 60.0
+"""A request whose body is not complete this many seconds after its headers has its connection closed (a body
+trickled a byte at a time held a connection slot for ever; 16 MB in 60 s is 280 KB/s)."""
 DEFAULT_KEEP_ALIVE_TIMEOUT_S = 5.0
 """An idle keep-alive connection is closed after this many seconds."""
 DEFAULT_MAX_BATCH = 32

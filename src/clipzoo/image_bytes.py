@@ -13,11 +13,11 @@ import binascii
 import io
 import re
 
-from .constants import DEFAULT_MAX_PIXELS
+from .constants import DEFAULT_MAX_PIXELS, MAX_ASPECT_RATIO
 from .errors import BadImageError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ImageTooLargeError", "decode_base64", "decode_image", "decode_rgb", "image_size",
-           "orientation", "upright"]
+           "orientation", "upright", "within_aspect"]
 
 #: default most pixels (width × height) an upload may have: 40 Mpx, ~6300×6300, ~120 MB as RGB.
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w=.+-]+)*;base64,", re.IGNORECASE)
@@ -35,7 +35,7 @@ def decode_base64(data: str, field: str = "image") -> bytes:
         raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
         try:  # URL-safe alphabet ("-" and "_")
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
         except (binascii.Error, ValueError):
             raise BadImageError(f"{field}: not valid base64; encode the image file's bytes with base64 "
                                 "(a data: URL is accepted too)") from None
@@ -73,6 +73,21 @@ def upright(im, turn: int | None = None):
     return im.transpose(method) if method is not None else im
 
 
+def within_aspect(im):
+    """``im``, or its central part when one side is more than :data:`~clipzoo.constants.MAX_ASPECT_RATIO` times
+    the other (applied by every decode, so an index build and a query see the same pixels). The models' eval
+    transforms resize the shortest side to their input size before they crop the centre: a 100,000 × 1 image
+    would be resized to gigapixels first; its central 32 : 1 part holds the square they keep."""
+    w, h = im.size
+    if w > MAX_ASPECT_RATIO * h:
+        left = (w - MAX_ASPECT_RATIO * h) // 2
+        return im.crop((left, 0, left + MAX_ASPECT_RATIO * h, h))
+    if h > MAX_ASPECT_RATIO * w:
+        top = (h - MAX_ASPECT_RATIO * w) // 2
+        return im.crop((0, top, w, top + MAX_ASPECT_RATIO * w))
+    return im
+
+
 def decode_rgb(source, draft_size: int | None = None, *, reduce: bool = False):
     """A path or binary file object -> RGB PIL image, EXIF orientation applied; PIL's errors propagate.
 
@@ -97,7 +112,7 @@ def _finish(im, draft_size: int | None):
     reduced = im
     if factor >= 2:
         reduced = (im if im.mode in ("RGB", "L") else im.convert("RGB")).reduce(factor)
-    turned = upright(reduced, orientation(im))
+    turned = within_aspect(upright(reduced, orientation(im)))
     return turned.convert("RGB") if turned.mode != "RGB" or turned is im else turned
 
 

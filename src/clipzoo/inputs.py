@@ -10,7 +10,7 @@ from typing import Any
 
 from .constants import LONG_TEXT_POLICIES
 from .errors import BadImageError, BadTextError
-from .image_bytes import decode_rgb
+from .image_bytes import decode_rgb, within_aspect
 
 
 def load_rgb(source, draft_size: int | None = None):
@@ -45,12 +45,14 @@ def open_image(path: "str | os.PathLike", draft_size: int | None = None):
 
 
 def to_pil(item: Any, index: int = 0):
-    """One image-like item (path, PIL image, uint8 HWC array / tensor) -> RGB PIL image."""
+    """One image-like item (path, PIL image, uint8 HWC array / tensor) -> RGB PIL image (its central part when
+    it is longer than :data:`~clipzoo.constants.MAX_ASPECT_RATIO` : 1, as a decoded file: :func:`within_aspect`)."""
     from PIL import Image
 
     if isinstance(item, (str, Path)):
         return open_image(item)
     if isinstance(item, Image.Image):
+        item = within_aspect(item)
         return item.convert("RGB") if item.mode != "RGB" else item
     array = _as_numpy(item)
     if array is not None:
@@ -66,7 +68,7 @@ def to_pil(item: Any, index: int = 0):
                                 "or a preprocessed float tensor (N, 3, H, W)")
         if array.shape[-1] == 1:
             array = np.repeat(array, 3, axis=-1)
-        return Image.fromarray(np.ascontiguousarray(array[..., :3]), "RGB")
+        return within_aspect(Image.fromarray(np.ascontiguousarray(array[..., :3]), "RGB"))
     raise BadImageError(f"image {index}: cannot use a {type(item).__name__} as an image; pass a file path, "
                         "a PIL image, a uint8 HWC array or a preprocessed float tensor")
 

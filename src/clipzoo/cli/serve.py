@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..constants import (
+    DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_KEEP_ALIVE_TIMEOUT_S,
     DEFAULT_LIMIT_CONCURRENCY,
@@ -44,15 +45,13 @@ def serve(
         "An index folder built by `clipzoo index build`; several as NAME=INDEX (the first serves /search)")),
     host: str = typer.Option(SERVE_HOST, "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(SERVE_PORT, "--port", help="TCP port."),
-    token: str | None = typer.Option(None, "--token", envvar="CLIPZOO_TOKEN", show_default=False,
-                                        help="Require 'Authorization: Bearer TOKEN' on the API (or set "
-                                             "CLIPZOO_TOKEN). /health and the page itself stay open."),
+    token: str | None = typer.Option(None, "--token", envvar="CLIPZOO_TOKEN", show_default=False, help=(
+        "Require 'Authorization: Bearer TOKEN' on the API (or set CLIPZOO_TOKEN). /health and the page stay open.")),
     labels: Path | None = typer.Option(None, "--labels", show_default=False,
                                           help="Vocabulary for /classify: a .txt (one label a line) or .json."),
     template: str = typer.Option(DEFAULT_TEMPLATE, "--template", help="Prompt template for the labels."),
     model: str | None = typer.Option(None, "--model", show_default=False,
-                                     help="Model to embed queries with "
-                                          "[default: the one the index was built with]."),
+                                     help="Model to embed queries with [default: the one the index was built with]."),
     max_body_mb: float = typer.Option(DEFAULT_MAX_BODY_BYTES / 2**20, "--max-body-mb",
                                       help="Largest request body (MiB); larger ones get 413."),
     thumb_size: int = typer.Option(DEFAULT_THUMB_SIZE, "--thumb-size", help="Longer side of thumbnails (pixels)."),
@@ -77,6 +76,8 @@ def serve(
                                           help="Most connections and requests at once; more get 503."),
     header_timeout: float = typer.Option(DEFAULT_HEADER_TIMEOUT_S, "--header-timeout",
                                          help="Seconds a connection has to send its request headers."),
+    body_timeout: float = typer.Option(DEFAULT_BODY_TIMEOUT_S, "--body-timeout",
+                                       help="Seconds a request has to send its whole body after its headers."),
     keep_alive_timeout: float = typer.Option(DEFAULT_KEEP_ALIVE_TIMEOUT_S, "--keep-alive-timeout",
                                              help="Seconds an idle keep-alive connection stays open."),
     verify: str = typer.Option("sizes", "--verify", help="Check the index's files against its manifest at start: "
@@ -99,8 +100,8 @@ def serve(
     check_options(host, port, max_body_mb, max_image_mp, max_request_mp, thumb_size)  # each: one line, exit 2
     from ..serve.connections import ConnectionLimits
 
-    limits = ConnectionLimits(limit_concurrency=limit_concurrency, header_timeout=header_timeout,
-                              keep_alive_timeout=keep_alive_timeout)  # a bad value: one line, exit 2
+    limits = ConnectionLimits(limit_concurrency=limit_concurrency, header_timeout=header_timeout,  # a bad value:
+                              keep_alive_timeout=keep_alive_timeout, body_timeout=body_timeout)  # one line, exit 2
     verify_indices(named, verify)  # a mismatched file: one line naming it and `clipzoo index repair`
     import clipzoo.serve as serving  # the service's stack (FastAPI, the index, torch) loads when it runs
     comparator = query_model(named, model, device, guarded_runtime(runtime, guard))

@@ -29,7 +29,7 @@ import os
 from functools import lru_cache
 
 from ..errors import BadImageError
-from ..image_bytes import ImageTooLargeError, image_size, orientation, upright
+from ..image_bytes import ImageTooLargeError, image_size, orientation, upright, within_aspect
 from ..inputs import open_image
 
 __all__ = ["SCALE_MARGIN", "decoder_name", "dct_scale", "decode_file", "decode_bytes", "decode_upload", "is_jpeg",
@@ -89,7 +89,7 @@ def decode_bytes(data: bytes, min_side: "int | None" = None):
                 div = dct_scale(w, h, min_side)
                 kw = {"min_width": -(-w // div), "min_height": -(-h // div)} if div > 1 else {}
                 rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", **kw)
-                return upright(Image.fromarray(rgb), exif_turn(data))
+                return within_aspect(upright(Image.fromarray(rgb), exif_turn(data)))
         except (ValueError, RuntimeError, OSError):  # a truncated file: PIL decodes what it can or says why
             pass
     im = Image.open(io.BytesIO(data))  # reads the header only: size, format, EXIF
@@ -100,7 +100,7 @@ def decode_bytes(data: bytes, min_side: "int | None" = None):
         div = 1
     im.load()
     rgb = im.convert("RGB") if im.mode != "RGB" else im
-    return upright(rgb.reduce(div) if div > 1 else rgb, turn)
+    return within_aspect(upright(rgb.reduce(div) if div > 1 else rgb, turn))
 
 
 def within_pil_limit(width: int, height: int) -> bool:

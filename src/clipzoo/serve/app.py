@@ -38,7 +38,7 @@ from fastapi.staticfiles import StaticFiles
 from ..constants import DEFAULT_MAX_PIXELS, VERSION
 from ..errors import ClipzooError
 from .docs_assets import router as docs_router
-from .handlers import install_handlers
+from .handlers import UnexpectedErrors, install_handlers
 from .indices import IndexRegistry
 from .limits import (
     DEFAULT_MAX_BATCH,
@@ -51,7 +51,7 @@ from .limits import (
     MIN_BODY_BYTES,
     check_template,
 )
-from .middleware import BodyLimitMiddleware, ContentTypeGuard, HostGuard, MetricsMiddleware
+from .middleware import BodyLimitMiddleware, ContentTypeGuard, HostGuard, MetricsMiddleware, TokenGuard
 from .names import named_indices
 from .routers import ROUTERS
 from .routers.clip_retrieval import PLAIN_TEXT_JSON_PATHS
@@ -106,9 +106,11 @@ def create_app(index: Any, *, labels: "Sequence[str] | str | os.PathLike | None"
                                             fetcher=UrlFetcher(max_body_bytes) if allow_url else None)
     app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes,
                        on_reject=lambda: service.metrics.rejected.inc(reason="body_too_large"))
+    app.add_middleware(UnexpectedErrors)  # inside the metrics, which count its 500s
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     app.add_middleware(ContentTypeGuard, on_reject=lambda: service.metrics.rejected.inc(reason="content_type"),
                        plain_text_paths=PLAIN_TEXT_JSON_PATHS)
+    app.add_middleware(TokenGuard, token=service.token, on_reject=lambda: service.metrics.rejected.inc(reason="token"))
     if cors_origins:
         add_cors(app, cors_origins)
     app.add_middleware(HostGuard, allowed=tuple(allowed_hosts),

@@ -170,8 +170,9 @@ async def _form_fields(form: FormData, files: tuple[str, ...], lists: tuple[str,
         sent = [v for v in values if isinstance(v, UploadFile)]
         if sent:
             if key not in files:
-                raise StarletteHTTPException(422, f"invalid request: {key}: files are accepted only in "
-                                                  f"{', '.join(files)}")
+                why = (f"files are accepted only in {', '.join(files)}" if files else
+                       "this route takes no file uploads; send the images base64-encoded in JSON")
+                raise StarletteHTTPException(422, f"invalid request: {key[:100]}: {why}")
             uploaded[key] = await sent[0].read()
             data[key] = UPLOAD
         elif key in lists:

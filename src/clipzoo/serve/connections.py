@@ -8,6 +8,9 @@
   ``header_timeout`` seconds of connecting (or of its first byte after a keep-alive pause) is closed —
   uvicorn alone keeps such a half-open connection forever. Idle keep-alive connections close after
   ``keep_alive_timeout`` (uvicorn's own timer).
+- **A body timeout**: a request whose body is not complete ``body_timeout`` seconds after its headers has its
+  connection closed — a body trickled a byte every few seconds (or never sent after a ``Content-Length``) held a
+  connection slot for as long as the client liked.
 - **A cap on an incomplete request** (``max_incomplete_bytes``, h11's max incomplete event size): a
   request line plus headers longer than that is a 400.
 - **Repeated log lines collapse** (:class:`RepeatFilter`): the same line at most ``burst`` times per
@@ -17,6 +20,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -28,6 +32,7 @@ from ..errors import ClipzooError
 from .limits import (
     CONNECTION_MARGIN,
     DEFAULT_BACKLOG,
+    DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_KEEP_ALIVE_TIMEOUT_S,
     DEFAULT_LIMIT_CONCURRENCY,
@@ -55,12 +60,13 @@ class ConnectionLimits:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_S
     keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT_S
     max_incomplete_bytes: int = MAX_INCOMPLETE_REQUEST_BYTES
+    body_timeout: float = DEFAULT_BODY_TIMEOUT_S
 
     def __post_init__(self) -> None:
         for name in ("limit_concurrency", "backlog", "max_incomplete_bytes"):
             if int(getattr(self, name)) < 1:
                 raise ClipzooError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("header_timeout", "keep_alive_timeout"):
+        for name in ("header_timeout", "keep_alive_timeout", "body_timeout"):
             if not float(getattr(self, name)) > 0:
                 raise ClipzooError(f"{name} must be a positive number of seconds, got {getattr(self, name)}")
 
@@ -69,7 +75,8 @@ class ConnectionLimits:
         return {"limit_concurrency": self.limit_concurrency, "backlog": self.backlog,
                 "timeout_keep_alive": self.keep_alive_timeout,
                 "h11_max_incomplete_event_size": self.max_incomplete_bytes,
-                "http": guarded_protocol(self.header_timeout, self.limit_concurrency + CONNECTION_MARGIN)}
+                "http": guarded_protocol(self.header_timeout, self.body_timeout,
+                                         self.limit_concurrency + CONNECTION_MARGIN)}
 
 
 def raise_nofile_limit(limits: ConnectionLimits) -> ConnectionLimits:
@@ -89,8 +96,7 @@ def raise_nofile_limit(limits: ConnectionLimits) -> ConnectionLimits:
     if limits.limit_concurrency > room > 0:
         log.warning("the open-file limit is %d: serving at most %d connections at once (not %d)",
                     soft, room, limits.limit_concurrency)
-        return ConnectionLimits(room, limits.backlog, limits.header_timeout, limits.keep_alive_timeout,
-                                limits.max_incomplete_bytes)
+        return dataclasses.replace(limits, limit_concurrency=room)
     return limits
 
 
@@ -150,25 +156,26 @@ def install_repeat_filter(burst: int = LOG_REPEAT_BURST, window: float = LOG_REP
     return repeat
 
 
-_PROTOCOLS: dict[tuple[float, int], type] = {}
+_PROTOCOLS: dict[tuple[float, float, int], type] = {}
 
 
-def guarded_protocol(header_timeout: float, max_connections: int) -> type:
-    """uvicorn's h11 protocol with a header timeout and a hard cap on open connections (a class)."""
-    key = (float(header_timeout), int(max_connections))
+def guarded_protocol(header_timeout: float, body_timeout: float, max_connections: int) -> type:
+    """uvicorn's h11 protocol with header and body timeouts and a hard cap on open connections (a class)."""
+    key = (float(header_timeout), float(body_timeout), int(max_connections))
     if key not in _PROTOCOLS:
         _PROTOCOLS[key] = _make_protocol(*key)
     return _PROTOCOLS[key]
 
 
-def _make_protocol(header_timeout: float, max_connections: int) -> type:
+def _make_protocol(header_timeout: float, body_timeout: float, max_connections: int) -> type:
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class GuardedH11Protocol(H11Protocol):
-        """Closes a connection over the cap at once, and one whose request headers are late."""
+        """Closes a connection over the cap at once, and one whose request headers or body are late."""
 
         header_timer: Any = None
+        body_timer: Any = None
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -186,11 +193,18 @@ def _make_protocol(header_timeout: float, max_connections: int) -> type:
             if self.conn.their_state is not h11.IDLE and self.header_timer is not None:
                 self.header_timer.cancel()  # the request's headers are in
                 self.header_timer = None
+            if self.conn.their_state is h11.SEND_BODY:
+                if self.body_timer is None:  # the headers are in, the body is not
+                    self.body_timer = self.loop.call_later(body_timeout, self._body_late)
+            elif self.body_timer is not None:
+                self.body_timer.cancel()  # the body is in
+                self.body_timer = None
 
         def connection_lost(self, exc: "Exception | None") -> None:
-            if self.header_timer is not None:
-                self.header_timer.cancel()
-                self.header_timer = None
+            for timer in (self.header_timer, self.body_timer):
+                if timer is not None:
+                    timer.cancel()
+            self.header_timer = self.body_timer = None
             super().connection_lost(exc)
 
         def _arm_header_timer(self) -> None:
@@ -201,6 +215,13 @@ def _make_protocol(header_timeout: float, max_connections: int) -> type:
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
                 self.logger.info("closed a connection that sent no complete request headers within %g s",
                                  header_timeout)
+                self.transport.close()
+
+        def _body_late(self) -> None:
+            self.body_timer = None
+            if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+                self.logger.info("closed a connection whose request body was not complete within %g s of its "
+                                 "headers", body_timeout)
                 self.transport.close()
 
     return GuardedH11Protocol

@@ -6,7 +6,6 @@ With ``token`` set, every API route, ``/thumb`` and ``/metrics`` need ``Authoriz
 """
 from __future__ import annotations
 
-import hmac
 import re
 from dataclasses import dataclass
 from typing import Annotated
@@ -18,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import ClipzooError, NotFoundError
 from . import bodies
 from .limits import check_template, check_texts
+from .middleware import bearer_problem
 from .schemas import ClassifyRequest, EmbedRequest, RankRequest
 from .state import Service
 
@@ -35,17 +35,13 @@ Uploads = Annotated[dict[str, bytes], Depends(bodies.uploads)]
 bearer = HTTPBearer(auto_error=False, description="Set when the server was started with --token.")
 
 
-async def require_token(service: ServiceDep,
-                        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-    """401 unless the request carries the server's bearer token (when it has one)."""
-    if service.token is None:
-        return
-    if credentials is None:
-        raise StarletteHTTPException(401, "missing bearer token: send 'Authorization: Bearer <token>'",
-                                     headers={"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(credentials.credentials.encode(), service.token.encode()):
-        raise StarletteHTTPException(401, "wrong bearer token",
-                                     headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+async def require_token(request: Request, service: ServiceDep,
+                        _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    """401 unless the request carries the server's bearer token (when it has one); ``bearer`` documents it in
+    the OpenAPI schema. A request with a body met the same check earlier (:class:`.middleware.TokenGuard`)."""
+    problem = None if service.token is None else bearer_problem(request.headers.get("authorization"), service.token)
+    if problem is not None:
+        raise StarletteHTTPException(401, problem[0], headers={"WWW-Authenticate": problem[1]})
 
 
 async def indexed_item(item_id: str, service: ServiceDep) -> dict:

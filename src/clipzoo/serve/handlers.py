@@ -5,7 +5,7 @@ A :class:`~clipzoo.errors.ClipzooError` is a 400 (a :class:`~clipzoo.errors.NotF
 folders scrubbed from its message; a body FastAPI finds invalid is a 422 whose ``detail`` sums up
 the first errors (``errors`` lists them); HTTP errors keep their status and headers; a client that
 disconnects mid-body is a 499 with no traceback logged; anything else is a 500 that names only the
-exception's type (the traceback goes to the server log).
+exception's type, its traceback written to the server log once (:class:`UnexpectedErrors`).
 """
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ClipzooError, NotFoundError
 from ..image_bytes import ImageTooLargeError
 from ..templates import TemplateError
 from .limits import one_line
+from .middleware import send_json
 
 log = logging.getLogger("clipzoo.serve")
 CLIENT_CLOSED = 499
@@ -33,7 +35,6 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(ClientDisconnect, client_gone)
-    app.add_exception_handler(Exception, unexpected_error)
 
 
 async def clipzoo_error(request: Request, exc: ClipzooError) -> JSONResponse:
@@ -61,9 +62,31 @@ async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
                         status_code=CLIENT_CLOSED)
 
 
-async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unexpected error serving %s %s", request.method, request.url.path)
-    return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
+class UnexpectedErrors:
+    """An exception no handler answers -> 500 ``internal error (<type>); see the server log``, its traceback
+    logged once. (A handler registered for ``Exception`` answers too, but Starlette then raises the exception
+    again, and uvicorn logs a second traceback.) Re-raised when the answer has already started."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - what no handler answered
+            if started:
+                raise
+            log.exception("unexpected error serving %s %s", scope.get("method"), scope.get("path"))
+            await send_json(send, 500, f"internal error ({type(exc).__name__}); see the server log")
 
 
 def _location(err: dict) -> list:

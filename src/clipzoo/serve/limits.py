@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..constants import (  # noqa: F401 (re-exported)
+    DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_KEEP_ALIVE_TIMEOUT_S,
     DEFAULT_LIMIT_CONCURRENCY,
@@ -36,6 +37,8 @@ MAX_EMBED_TEXTS = 256
 MAX_EMBED_IMAGES = 32
 MAX_RANK_TEXTS = 1000
 MAX_TEMPLATE_CHARS = 256
+MAX_PARTITION_CHARS = 1024
+"""Longest partition name a request may send (a folder's name, or a label); its 404 repeats it."""
 MAX_ITEM_ID = 2**63 - 1
 """Largest id an index can hold (SQLite's integer); larger ids in a body are a 422."""
 DECODE_SLOTS = 2

@@ -25,7 +25,7 @@ from ..errors import BadImageError, ClipzooError, NotFoundError
 from ..index import open_index
 from ..index.build import default_vector_options
 from ..index.embedding_store import EmbeddingStore, ItemRow
-from ..index.folder import INDEX_SUFFIXES, MAX_CAPTION_BYTES, file_problem, partition_of
+from ..index.folder import INDEX_SUFFIXES, MAX_CAPTION_BYTES, file_problem, inside, partition_of
 from ..index.generations import POINTER, VECTORS_DIR, publish, read_pointer
 from ..index.lock import IndexLock
 from ..index.manifest import durable_write
@@ -120,11 +120,15 @@ class LiveIndex:
         """A path under the index's folder (relative to it, or absolute) -> (relpath, its bytes)."""
         root = Path(self.service.index.root)
         real_root = os.path.realpath(root)
+        if "\x00" in given:
+            raise ClipzooError(f"path {given[:200]!r} holds a NUL character; send the file's path")
         path = Path(given) if os.path.isabs(given) else root / given
-        problem = file_problem(path, real_root)
-        if problem is not None or not path.exists():
-            raise NotFoundError(f"path {given!r} is not a file inside the indexed folder"
-                                + (f" ({problem})" if problem and path.exists() else ""))
+        if not inside(os.path.realpath(path), real_root):  # said alike whether such a file exists or not
+            raise NotFoundError(f"path {given[:200]!r} is not a file inside the indexed folder")
+        problem = file_problem(path, real_root)  # None only for a regular file
+        if problem is not None:  # os.path.exists: False for a name too long, where Path.exists raises
+            raise NotFoundError(f"path {given[:200]!r} is not a file inside the indexed folder"
+                                + (f" ({problem})" if os.path.exists(path) else ""))
         if path.suffix.lower() not in INDEX_SUFFIXES:
             raise ClipzooError(f"path {given!r} is not an image the index takes ({', '.join(INDEX_SUFFIXES)})")
         rel = os.path.relpath(os.path.realpath(path), real_root).replace(os.sep, "/")

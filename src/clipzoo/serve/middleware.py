@@ -1,7 +1,9 @@
 """The service's ASGI middleware: the request body limit (413), the request metrics, the Host allow-list
-(400) and the body types a cross-site form could send (415)."""
+(400), the body types a cross-site form could send (415) and the bearer token of a request with a body (401
+before the body is read)."""
 from __future__ import annotations
 
+import hmac
 import json
 import time
 from collections.abc import Callable
@@ -13,6 +15,22 @@ from .limits import LOCAL_HOSTS, REFUSED_BODY_TYPES
 from .metrics import ServiceMetrics
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+HTTP_METHODS = BODY_METHODS | {"GET", "HEAD", "OPTIONS"}
+"""The methods the metrics count by name; any other is counted as "other" (a name per request would grow the
+metrics without bound)."""
+MISSING_TOKEN = ("missing bearer token: send 'Authorization: Bearer <token>'", "Bearer")
+WRONG_TOKEN = ("wrong bearer token", 'Bearer error="invalid_token"')
+
+
+def bearer_problem(authorization: "str | None", token: str) -> "tuple[str, str] | None":
+    """None when ``authorization`` (the header's value) is ``Bearer <token>``; else the 401's detail and its
+    ``WWW-Authenticate`` value. The one check of the routes' dependency and of :class:`TokenGuard`."""
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        return MISSING_TOKEN
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return WRONG_TOKEN
+    return None
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -72,12 +90,12 @@ class BodyLimitMiddleware:
             await send_json(send, 413, exc.detail)
 
 
-async def send_json(send: Send, status: int, detail: str) -> None:
+async def send_json(send: Send, status: int, detail: str, headers: "tuple[tuple[bytes, bytes], ...]" = ()) -> None:
     """Answer ``{"detail": detail}`` with ``status`` straight from the middleware (and close the connection)."""
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -106,7 +124,9 @@ class MetricsMiddleware:
             route = getattr(scope.get("route"), "path", None)
             if route is None:
                 route = "/static" if scope.get("path", "").startswith("/static/") else "unmatched"
-            self.metrics.requests.inc(method=scope.get("method", ""), route=route, status=str(status[0]))
+            method = scope.get("method", "")
+            self.metrics.requests.inc(method=method if method in HTTP_METHODS else "other", route=route,
+                                      status=str(status[0]))
             self.metrics.latency.observe(time.perf_counter() - t0, route=route)
 
 
@@ -174,4 +194,23 @@ class ContentTypeGuard:
                             f"{scope['method']} {scope.get('path', '')} does not take {media}: send JSON with "
                             "'Content-Type: application/json' (or a multipart/form-data form with the image file)"))
                     break
+        await self.app(scope, receive, send)
+
+
+class TokenGuard:
+    """With a ``token``, a request with a body (POST, PUT, PATCH, DELETE) that does not carry it gets its 401 here,
+    before its body is read, and its connection is closed. The routes' dependency checks the token only after
+    FastAPI has read the body: a client without the token could hold a connection open by trickling a body
+    (every body route needs the token when the server has one)."""
+
+    def __init__(self, app: ASGIApp, token: "str | None", on_reject: Callable[[], None] = lambda: None):
+        self.app, self.token, self.on_reject = app, token, on_reject
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.token is not None and scope["type"] == "http" and scope.get("method") in BODY_METHODS:
+            header = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), None)
+            problem = bearer_problem(header, self.token)
+            if problem is not None:
+                self.on_reject()
+                return await send_json(send, 401, problem[0], ((b"www-authenticate", problem[1].encode()),))
         await self.app(scope, receive, send)

@@ -18,6 +18,7 @@ from .limits import (
     MAX_K,
     MAX_LABEL_CHARS,
     MAX_LABELS,
+    MAX_PARTITION_CHARS,
     MAX_RANK_TEXTS,
     MAX_TEMPLATE_CHARS,
     MAX_TEXT_CHARS,
@@ -46,7 +47,8 @@ class SearchRequest(RequestBody):
                                              description="A query vector of the model's dimension.")
     id: int | None = Field(None, ge=0, le=MAX_ITEM_ID, description="Search by an indexed item's stored embedding.")
     k: int = Field(10, ge=1, le=MAX_K, description="How many results.")
-    partition: str | None = Field(None, min_length=1, description="Search only this partition (folder or label).")
+    partition: str | None = Field(None, min_length=1, max_length=MAX_PARTITION_CHARS,
+                                  description="Search only this partition (folder or label).")
     dedup: float | None = Field(None, gt=0.0, le=1.0, description=(
         "Drop results whose cosine similarity to a better result is at least this (near-duplicates); "
         "omit to keep all."))

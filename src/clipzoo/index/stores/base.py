@@ -72,13 +72,25 @@ class VectorStore(Protocol):
         ...
 
 
+TINY_NORM = 1e-12
+"""Below this a float32 row norm is recomputed in float64 (:func:`normalize`); zero rows stay zero."""
+
+
 def normalize(x: Any) -> np.ndarray:
-    """Rows as contiguous float32, L2-normalised (zero rows stay zero)."""
+    """Rows as contiguous float32, L2-normalised (zero rows stay zero). A row whose float32 norm overflows (values
+    near 1e38) or underflows (values below 1e-19) is normalised in float64: its direction is kept, not
+    turned into zeros."""
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     if x.ndim == 1:
         x = x[None]
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+    with np.errstate(over="ignore", under="ignore"):
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        out = np.ascontiguousarray(x / np.maximum(norms, TINY_NORM), dtype=np.float32)
+    extreme = ~np.isfinite(norms[:, 0]) | ((norms[:, 0] < TINY_NORM) & np.any(x, axis=1))
+    if extreme.any():
+        rows = x[extreme].astype(np.float64)
+        out[extreme] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return out
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
