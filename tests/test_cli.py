@@ -157,6 +157,58 @@ def test_embed_user_errors(model_path, image_files, tmp_path):
     assert side["inputs"] == [image_files[0]] and side["skipped"][0]["input"] == str(bad)
 
 
+def test_embed_failure_keeps_the_last_output_and_odd_names_stay_valid_json(model_path, image_files, tmp_path):
+    """A run that decoded nothing replaced a good h.npy with an empty one before it failed; a file name that is
+    not UTF-8 was a UnicodeEncodeError traceback after the .npy was written (the sidecar still the old one), and
+    ``compare --json`` printed a byte no JSON reader takes."""
+    import shutil
+
+    out = tmp_path / "h.npy"
+    ok("embed", model_path, "--images", *image_files, "--out", out, "--workers", "0", "--no-progress")
+    before = {p: p.read_bytes() for p in (out, tmp_path / "h.json")}
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    line = user_error("embed", model_path, "--images", tmp_path / "bad", "--out", out, "--skip-bad", "--workers", "0")
+    assert line.startswith("error: none of the 1 images could be decoded; first error: ")
+    assert {p: p.read_bytes() for p in before} == before
+    odd = tmp_path / "weird" / os.fsdecode(b"n\xe9e.png")
+    odd.parent.mkdir()
+    shutil.copy(image_files[0], odd)
+    ok("embed", model_path, "--images", odd.parent, "--out", tmp_path / "w.npy", "--workers", "0", "--no-progress")
+    side = json.loads((tmp_path / "w.json").read_bytes().decode("utf-8"))
+    assert [os.fsencode(p) for p in side["inputs"]] == [os.fsencode(str(odd))]  # the same file's bytes
+    printed = ok("compare", model_path, "--image", odd, "--text", "a cat", "--json").stdout
+    assert json.loads(printed.encode("utf-8").decode("utf-8"))["images"] == [str(odd)]
+
+
+def test_a_fifo_given_as_a_file_is_one_line_not_a_hang(model_path, image_files, tmp_path):
+    """Reading a fifo waits for a writer: `embed --images fifo.png`, `--texts`, `compare --image`, `classify -l`
+    and `info` waited for ever. (A writer opened after 20 s ends the wait, so a regression fails, not hangs.)"""
+    import threading
+
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    stop = threading.Event()
+
+    def unblock():
+        while not stop.wait(20):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a reader waiting: it reads EOF now
+            except OSError:
+                pass
+
+    threading.Thread(target=unblock, daemon=True).start()
+    try:
+        for args in (("embed", model_path, "--images", fifo, "--out", tmp_path / "f"),
+                     ("embed", model_path, "--texts", fifo, "--out", tmp_path / "f"),
+                     ("compare", model_path, "--image", fifo, "--text", "a cat"),
+                     ("classify", image_files[0], "--model", model_path, "--labels", fifo),
+                     ("info", fifo)):
+            assert f"{str(fifo)!r} is not a regular file (a fifo, a socket or a device)" in user_error(*args), args
+    finally:
+        stop.set()
+
+
 # ------------------------------------------------------------------ compare
 def test_compare_equals_predict(model, model_path, image_files):
     texts = ["a red circle", "a blue square", "a dog"]
@@ -188,7 +240,8 @@ def test_compare_user_errors(model_path, image_files, tmp_path):
     assert "nope.png" in user_error("compare", model_path, "--image", tmp_path / "nope.png", "--text", "a cat")
     assert "unknown model 'no-such-model'" in user_error("compare", "no-such-model", "--image", image_files[0],
                                                         "--text", "a cat")
-    assert "context length" in user_error("compare", model_path, "--image", image_files[0], "--text", "word " * 100)
+    assert user_error("compare", model_path, "--image", image_files[0], "--text", "word " * 100).endswith(
+        "longer than the model's context length 77; shorten it or pass --long-text truncate (or --long-text chunks)")
     assert "--text" in user_error("compare", model_path, "--image", image_files[0])
     assert "ckpt.pt" in user_error("compare", tmp_path / "ckpt.pt", "--image", image_files[0], "--text", "x")
 

@@ -108,6 +108,39 @@ def test_bad_input_is_one_line_and_exit_2(setup, args, message):
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
 
 
+def test_output_never_destroys_an_input_and_never_writes_through_a_link(setup, tmp_path):
+    """-o onto the class names file, the data set's CSV or a link to a user's file replaced them with the result
+    (exit 0); -o onto a folder failed with a raw [Errno 21] after the whole evaluation."""
+    import shutil
+
+    root, model, shapes = setup
+    data = tmp_path / "s"
+    shutil.copytree(shapes, data)
+    names = tmp_path / "names.txt"
+    names.write_text("circle\ncross\ndiamond\nheart\nsquare\nstar\ntriangle\n")
+    before = {p: p.read_bytes() for p in (names, data / "shapes.csv")}
+    base = ["eval", "zeroshot", "-m", model, "-d", data, "--classnames", names, "--workers", 0, "--no-progress"]
+    for out, what, given in [(names, "is the input", names), (data, None, None),
+                             (data / "shapes.csv", "is a file in the input folder", data)]:
+        code, stdout, stderr = run(*base, "-o", out)
+        assert code == 2 and stdout == "", stderr  # refused before evaluating: nothing printed
+        assert stderr == (f"error: --output {str(out)!r} is a folder; pass a file name\n" if what is None else
+                          f"error: --output {str(out)!r} {what} {str(given)!r}: writing there would destroy it; "
+                          "choose another file\n")
+    assert {p: p.read_bytes() for p in before} == before
+    (tmp_path / "precious.txt").write_text("precious")
+    (tmp_path / "lk.json").symlink_to(tmp_path / "precious.txt")
+    (tmp_path / "dangling.json").symlink_to(tmp_path / "nowhere.json")
+    for link in ("lk.json", "dangling.json"):
+        code, stdout, stderr = run(*base, "-o", tmp_path / link, "--no-plots")
+        assert code == 0, stderr
+        assert not (tmp_path / link).is_symlink() and json.loads((tmp_path / link).read_text()) == json.loads(stdout)
+    assert (tmp_path / "precious.txt").read_text() == "precious" and not (tmp_path / "nowhere.json").exists()
+    for t in ("0", "-1"):  # votes exp(sim / T): accuracy 0.1 and 0.0, silently
+        code, _, stderr = run("eval", "knn", "-m", model, "-d", shapes, "--temperature", t, "--no-progress")
+        assert (code, stderr) == (2, f"error: --temperature must be above 0, got {t}\n")
+
+
 def test_strict_fails_on_the_first_bad_image(setup, tmp_path):
     import shutil
 

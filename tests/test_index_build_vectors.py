@@ -126,7 +126,7 @@ def test_issue21_4_plan_follows_autofaiss(tmp_path):
     odd = plan_index(3_000_000, 100, parse_memory("1GB"))  # without OPQ's rotation a code size divides d
     assert odd.pq == 4
     faiss.index_factory(100, odd.key, faiss.METRIC_INNER_PRODUCT)
-    with pytest.raises(ClipzooError, match=r"^--max-memory 1048576 bytes is too small to train a compressed index"):
+    with pytest.raises(ClipzooError, match=r"^--max-memory 1,048,576 bytes is too small to train a compressed index"):
         plan_index(N, D, parse_memory("1MB"))
 
 
@@ -169,6 +169,29 @@ def test_issue21_4_non_finite_vectors_fail_in_one_line_naming_the_row(tmp_path):
     assert r.exit_code == 2 and r.output.strip() == (
         f"error: vectors file {str(tmp_path / 'bad.npy')!r} holds a non-finite value (NaN or Inf) in row 2500; "
         "remove or re-embed those rows"), r.output
+
+
+def test_out_holding_a_users_files_is_refused_and_a_failed_build_leaves_no_folder(tmp_path):
+    """build-vectors removes the files in OUT/vectors/ that no generation names: a user's files there went."""
+    np.save(tmp_path / "v.npy", clustered(3000, 16, 3).astype(np.float16))
+    mine = tmp_path / "u" / "vectors" / "mine.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    r = run("index", "build-vectors", tmp_path / "v.npy", "--out", tmp_path / "u", "--no-progress")
+    assert r.exit_code == 2 and r.output.strip() == (
+        f"error: {str(tmp_path / 'u')!r} is a non-empty folder that holds no index; pass a new or empty folder "
+        "for --out"), r.output
+    assert mine.read_text() == "mine"
+    (tmp_path / "empty" / "vectors").mkdir(parents=True)  # empty: taken; and a previous build: built again
+    for _ in range(2):
+        r = run("index", "build-vectors", tmp_path / "v.npy", "--out", tmp_path / "empty", "--no-progress")
+        assert r.exit_code == 0, r.output
+    x = clustered(3000, 16, 3)
+    x[10, 0] = np.nan
+    np.save(tmp_path / "bad.npy", x.astype(np.float16))
+    r = run("index", "build-vectors", tmp_path / "bad.npy", "--out", tmp_path / "new", "--no-progress")
+    assert r.exit_code == 2 and "non-finite" in r.output
+    assert not (tmp_path / "new").exists()  # was left behind, empty: then taken for a broken index
 
 
 @pytest.mark.parametrize("damage", ["truncate", "header"])

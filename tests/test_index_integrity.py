@@ -148,19 +148,23 @@ def test_repair_rebuilds_derived_files_and_reembeds_lost_rows(built, model):
     (next((out / "shards").glob("*.npy"))).unlink()          # every stored vector lost
     flip_byte(next((out / "vectors").glob("all-*.faiss")))   # a derived file corrupt
     (root / "a" / "0000.png").unlink()                       # … and one image file gone
+    (root / "a" / "0002.png").write_bytes(b"not a png any more")  # … and one that no longer decodes
     r = CliRunner().invoke(app, ["index", "repair", str(out), "--no-progress", "--json"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
-    assert (report["reembedded"], report["removed"], report["count"]) == (11, 1, 11)
+    assert (report["reembedded"], report["removed"], report["count"]) == (10, 2, 10)
+    said = r.stderr.splitlines()  # which rows went, not only how many
+    assert said[0] == "removed a/0000.png: the file is gone" and said[1].startswith("removed a/0002.png: ")
     assert CliRunner().invoke(app, ["index", "verify", str(out)]).exit_code == 0
     with open_index(out, model=model) as idx:
         assert idx.generation == report["generation"]
         after = {i: idx.embedding(i) for i in sorted(idx.store.all_vectors()[0].tolist())}
-        assert set(after) == set(before) - {min(before)}  # same ids; the row of the deleted file removed
+        gone = set(sorted(before)[:2])
+        assert set(after) == set(before) - gone  # same ids; the rows of the deleted and the broken file removed
         for i, vec in after.items():
             np.testing.assert_allclose(vec, before[i], atol=1e-5)
-        assert [(h.id, round(h.score, 5)) for h in idx.search_embedding(query, k=5)] == \
-            [h for h in hits_before if h[0] != min(before)][:5]
+        assert [(h.id, round(h.score, 5)) for h in idx.search_embedding(query, k=4)] == \
+            [h for h in hits_before if h[0] not in gone][:4]
 
 
 def test_a_rebuild_repairs_corrupt_files_too(built, model):

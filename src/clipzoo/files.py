@@ -3,13 +3,28 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "build_folder_once", "expand_files", "url_filesystem"]
+__all__ = ["NOT_REGULAR", "atomic_write", "build_folder_once", "check_output_file", "expand_files", "special_file",
+           "url_filesystem"]
+
+NOT_REGULAR = "is not a regular file (a fifo, a socket or a device)"
+"""What is said of a path :func:`special_file` refuses."""
+
+
+def special_file(path: "str | os.PathLike") -> bool:
+    """Whether ``path`` exists and is neither a regular file nor a folder — a fifo, a socket, a device: reading
+    one can wait for ever (a fifo passed as an image, a label list or a model hung the command)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def atomic_write(path: "str | os.PathLike", write: Callable[[IO[bytes]], object]) -> Path:
@@ -29,6 +44,31 @@ def atomic_write(path: "str | os.PathLike", write: Callable[[IO[bytes]], object]
     return path
 
 
+def check_output_file(path: "str | os.PathLike | None", inputs, flag: str, error: type) -> None:
+    """Before any work: ``error`` when the output file ``path`` is a folder, is one of ``inputs`` (files or
+    folders — the entry given, or the file a link there points to; None, URLs and names that are no path here are
+    passed over) or an existing file inside an input folder: writing there would destroy what the run reads. (The
+    write itself replaces a link at ``path``, never its target: :func:`atomic_write`.)"""
+    if path is None:
+        return
+    shown = os.fspath(path)
+    p = Path(os.path.expanduser(shown))
+    if p.is_dir() and not p.is_symlink():
+        raise error(f"{flag} {shown!r} is a folder; pass a file name")
+    entry = os.path.join(os.path.realpath(p.parent), p.name)  # what the write replaces
+    for given in inputs:
+        q = None if given is None else os.path.expanduser(os.fspath(given))
+        if q is None or "://" in q or not os.path.lexists(q):  # a data set's name, a URL: nothing to destroy here
+            continue
+        places = {os.path.join(os.path.realpath(os.path.dirname(q) or "."), os.path.basename(q)),
+                  os.path.realpath(q)}
+        folder = os.path.realpath(q) if os.path.isdir(q) else None
+        if entry in places or (folder and os.path.lexists(p) and entry.startswith(folder.rstrip(os.sep) + os.sep)):
+            what = "is the input" if entry in places else "is a file in the input folder"
+            raise error(f"{flag} {shown!r} {what} {os.fspath(given)!r}: writing there would destroy it; choose "
+                        "another file")
+
+
 def checked_file(path: "str | os.PathLike", noun: str, error: type, folder_fix: str) -> tuple[Path, str]:
     """``path`` (``~`` expanded) and its spelling as given, when it is a file; otherwise ``error`` naming it as
     ``noun``: missing ("check the path") or a folder (``folder_fix`` says what to pass instead)."""
@@ -38,6 +78,8 @@ def checked_file(path: "str | os.PathLike", noun: str, error: type, folder_fix: 
         raise error(f"{noun} {shown!r} does not exist; check the path")
     if p.is_dir():
         raise error(f"{noun} {shown!r} is a folder; {folder_fix}")
+    if special_file(p):
+        raise error(f"{noun} {shown!r} {NOT_REGULAR}; pass a file")
     return p, shown
 
 
@@ -57,6 +99,9 @@ def expand_files(paths, suffixes: tuple[str, ...], error: type, kind: str) -> li
                 raise error(f"folder {os.fspath(given)!r} holds no {kind} files ({', '.join(suffixes)}); "
                             "check the path")
             out.extend(str(p) for p in found)
+        elif special_file(path):
+            raise error(f"{'image' if kind == 'image' else f'{kind} file'} {os.fspath(given)!r} {NOT_REGULAR}; "
+                        "pass a file")
         elif path.exists():
             out.append(str(path))
         else:

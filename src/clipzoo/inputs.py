@@ -10,6 +10,7 @@ from typing import Any
 
 from .constants import LONG_TEXT_POLICIES
 from .errors import BadImageError, BadTextError
+from .files import NOT_REGULAR, special_file
 from .image_bytes import decode_rgb, within_aspect
 
 
@@ -35,6 +36,8 @@ def open_image(path: "str | os.PathLike", draft_size: int | None = None):
     if os.path.isdir(path):
         raise BadImageError(f"image {path!r} is a folder; pass the image files in it "
                             "(or use `clipzoo embed --images DIR`)")
+    if special_file(path):
+        raise BadImageError(f"image {path!r} {NOT_REGULAR}; pass an image file")
     try:
         return load_rgb(path, draft_size)
     except Image.DecompressionBombError as exc:
@@ -146,9 +149,12 @@ def text_items(texts: Any) -> list[str]:
 
 
 def too_long_error(text: str, n_tokens: int, context_length: int) -> BadTextError:
+    """The error of a text over the context; its ``cli_message`` names the CLI's flags instead of the keywords."""
     shown = text if len(text) <= 60 else text[:57] + "..."
-    return BadTextError(f"text {shown!r} is {n_tokens} tokens, longer than the model's context length "
-                        f"{context_length}; shorten it or pass truncate=True (or long_text='chunks')")
+    said = f"text {shown!r} is {n_tokens} tokens, longer than the model's context length {context_length}; shorten it"
+    error = BadTextError(f"{said} or pass truncate=True (or long_text='chunks')")
+    error.cli_message = f"{said} or pass --long-text truncate (or --long-text chunks)"
+    return error
 
 
 def check_long_text(policy: str) -> str:

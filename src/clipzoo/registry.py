@@ -12,7 +12,8 @@ from .builtin_cards import builtin_cards
 from .cards import IMAGE, TEXT, ModelCard, Source, parse_alias
 from .catalog import open_clip_card
 from .constants import CHECKPOINT_SUFFIXES
-from .errors import AmbiguousModelError, UnknownModelError
+from .errors import AmbiguousModelError, CheckpointError, UnknownModelError
+from .files import NOT_REGULAR, special_file
 
 _FIELDS = ("architecture", "publisher", "id", "backend", "alias", "embed_dim", "image_size",
            "context_length", "modality", "source")
@@ -236,6 +237,8 @@ def _literal(text: str) -> str:
 
 def local_card(path: str, **config: Any) -> ModelCard:
     path = os.path.abspath(path)
+    if special_file(path):  # reading it would wait for a writer
+        raise CheckpointError(f"model {path!r} {NOT_REGULAR}; pass a checkpoint file or a model folder")
     return ModelCard(architecture="clip", publisher="local", id=path, backend="auto",
                      source=Source(path=path), config=config)
 

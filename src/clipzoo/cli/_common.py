@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import sys
 import warnings
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from ..errors import ClipzooError
+from ..json_text import json_text
 
 USER_ERROR = 2
 F = TypeVar("F", bound=Callable[..., Any])
@@ -40,7 +40,7 @@ def user_errors(fn: F) -> F:
             with one_line_warnings():
                 return fn(*args, **kwargs)
         except (ClipzooError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-            fail(exc)
+            fail(getattr(exc, "cli_message", None) or exc)  # an error may say it in the CLI's words
         except KeyboardInterrupt:
             fail("interrupted", 130)
 
@@ -144,7 +144,7 @@ def console(stderr: bool = False):
 
 
 def print_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+    typer.echo(json_text(obj, indent=2, default=str))  # a non-UTF-8 file name: escaped, still valid JSON
 
 
 def note(message: str) -> None:

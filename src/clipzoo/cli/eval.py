@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from ..errors import ClipzooError
+from ..files import check_output_file
 from ._common import (
     CacheDirOpt,
     DeviceOpt,
@@ -116,6 +118,8 @@ def _finish(result, output: Path | None, plots: bool) -> None:
 
 def _image_task(task: str, kw: dict) -> None:
     keys = (kw["img_key"], kw["caption_key"], kw["label_key"], kw["separator"], kw["classnames"], kw["templates"])
+    check_output_file(kw["output"], [kw["dataset"], kw.get("train_dataset"), kw["classnames"], kw["templates"],
+                                     kw["features_cache"]], "--output", ClipzooError)  # before any work
     data = _open(kw["dataset"], kw["split"], *keys)  # check the data before loading the model
     train = _train_data(kw["dataset"], kw.get("train_dataset"), kw["split"], keys) \
         if task in ("knn", "linear-probe") else None
@@ -181,6 +185,8 @@ def knn(
     """Weighted k-NN classification on frozen image features (cosine; votes exp(sim / T)): top-1, top-5."""
     if k < 1:
         fail(f"-k must be at least 1, got {k}")
+    if not temperature > 0:  # votes are exp(similarity / T): T <= 0 gave every class the same or reversed votes
+        fail(f"--temperature must be above 0, got {temperature:g}")
     _image_task("knn", dict(locals()))
 
 
@@ -207,6 +213,7 @@ def linear_probe(
 def _text_task(task: str, model, dataset, output, device, precision, trust_pickle, model_name, cache_dir, **kw):
     from clipzoo.eval.runner import Evaluator
 
+    check_output_file(output, [dataset], "--output", ClipzooError)
     comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir)
     ev = Evaluator(comparator, workers=0)
     result = getattr(ev, task.replace("-", "_"))(dataset, **kw)
@@ -264,6 +271,8 @@ def all_tasks(
     from clipzoo.eval.runner import IMAGE_TASKS, supported_tasks
 
     keys = (img_key, caption_key, label_key, separator, classnames, templates)
+    if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
+        fail(f"--output-dir {str(output_dir)!r} is a file; pass a folder (new, or one to add the results to)")
     data = _open(dataset, split, *keys)
     if tasks:
         unknown = [t for t in tasks if t not in IMAGE_TASKS]

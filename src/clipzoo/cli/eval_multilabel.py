@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from ..errors import ClipzooError
+from ..files import check_output_file
 from ._common import (
     CacheDirOpt,
     DeviceOpt,
@@ -47,6 +49,7 @@ def voc2007_multilabel(
 
     if batch_size < 1:
         fail("--batch-size must be at least 1")
+    check_output_file(output, [data_root], "--output", ClipzooError)
     data = read_voc2007(data_root, split)  # check the data before loading the model
     comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir)
     metrics = zeroshot_multilabel(comparator, data.paths, data.labels, data.classes, list(VOC2007_TEMPLATES),

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from ..errors import ClipzooError
+from ..files import atomic_write, check_output_file
 from ._common import (
     CacheDirOpt,
     DeviceOpt,
@@ -42,6 +44,7 @@ def senteval(
     from clipzoo.eval.senteval import load_senteval_task, senteval_evaluate
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
+    check_output_file(output, [data_root], "--output", ClipzooError)
     for name in names:  # check the files before loading the model
         load_senteval_task(data_root, name)
     comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir)
@@ -49,6 +52,5 @@ def senteval(
                                model_name=model_name or model)
     print_json(result)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        atomic_write(output, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode("utf-8")))
         note(f"wrote {output}")

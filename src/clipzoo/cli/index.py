@@ -32,6 +32,8 @@ from .embed_ray import AddressOpt, EngineOpt, NumWorkersOpt, check_engine, index
 
 index_app = typer.Typer(help="Build a search index over a folder of images.", no_args_is_help=True,
                         rich_markup_mode=None)
+REMOVED_SHOWN = 10
+"""Rows `index repair` names one a line when it removes them (the rest are counted; --json lists all)."""
 
 
 VideoSegmentsOpt = Annotated[float | None, typer.Option(
@@ -204,6 +206,11 @@ def repair(
     else:
         note(f"repaired {index}: {len(report.bad_shards)} bad shard(s), {report.reembedded} row(s) re-embedded, "
              f"{report.removed} removed; generation {report.generation} with {report.count} items")
+    removed = report.removed_rows()
+    for rel, why in removed[:REMOVED_SHOWN]:  # on stderr: which rows went, not only how many
+        note(f"removed {rel}: {why}")
+    if len(removed) > REMOVED_SHOWN:
+        note(f"… and {len(removed) - REMOVED_SHOWN} more (--json lists them)")
     after = verify_index(index, full=True)
     if not after.ok:
         fail(f"index {index} still has problems after repair: {after.lines()[0]}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError
+from ..files import NOT_REGULAR, special_file
 
 __all__ = ["BUILTIN_CLASSNAMES", "BUILTIN_TEMPLATES", "builtin_classnames", "builtin_templates",
            "resolve_classnames", "resolve_templates", "read_lines"]
@@ -66,6 +67,8 @@ def read_lines(path: "str | Path", what: str) -> list[str]:
 
             with fsspec.open(str(path), "rt", encoding="utf-8") as fh:
                 text = fh.read()
+        elif special_file(path):
+            raise DatasetError(f"cannot read {what} file {str(path)!r}: it {NOT_REGULAR}")
         else:
             text = Path(path).read_text("utf-8")
     except (OSError, UnicodeDecodeError) as err:

@@ -3,8 +3,9 @@
 (:func:`embed_to_file`)."""
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..cards import IMAGE, TEXT
@@ -99,12 +100,12 @@ def embed_to_file(comparator, out: "str | os.PathLike", *, images: Any = None, t
                                 fast_decode, info)
     else:
         batches = text_batches(comparator, items[start:stop], batch_size, normalize, progress, truncate)
-    meta = _write_rows(comparator, target, stop - start, batches, modality, normalize)
+    # a rank of a distributed run may have no rows: only a whole run with none fails
+    none_decoded = functools.partial(_none_decoded, len(items)) if modality == IMAGE and not info.active else None
+    meta = _write_rows(comparator, target, stop - start, batches, modality, normalize, none_decoded)
     if info.active:
         meta["part"] = {"rank": info.rank, "world_size": info.world_size, "start": start, "stop": stop}
     write_sidecar(target, meta)
-    if modality == IMAGE and not meta["inputs"] and not info.active:
-        raise _none_decoded(len(items), meta["skipped"])
     if info.active:
         barrier(info)
         if info.rank == 0:
@@ -112,8 +113,11 @@ def embed_to_file(comparator, out: "str | os.PathLike", *, images: Any = None, t
     return meta
 
 
-def _write_rows(comparator, target, capacity: int, batches, modality: str, normalize: bool) -> dict[str, Any]:
-    """Stream ``batches`` into ``target`` (whole or not at all); returns the sidecar's metadata."""
+def _write_rows(comparator, target, capacity: int, batches, modality: str, normalize: bool,
+                none_decoded: "Callable[[list], Exception] | None" = None) -> dict[str, Any]:
+    """Stream ``batches`` into ``target`` (whole or not at all); returns the sidecar's metadata. With
+    ``none_decoded``, no row at all raises what it makes of the skipped inputs, and ``target`` is left as it was
+    (a previous run's good output was replaced by an empty one, then the run failed)."""
     writer = RowWriter(target, capacity)
     names: list[str] = []
     skipped: list[dict[str, str]] = []
@@ -123,6 +127,8 @@ def _write_rows(comparator, target, capacity: int, batches, modality: str, norma
                 writer.append(feats)
                 names.extend(batch_names)
             skipped.extend(batch_skipped)
+        if none_decoded is not None and not names:
+            raise none_decoded(skipped)
         writer.commit(int(comparator.embed_dim))
     except BaseException:
         writer.abort()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..constants import IMAGE_SUFFIXES
 from ..errors import BadImageError, BadTextError, ClipzooError
 from ..extras import require
-from ..files import expand_files
+from ..files import NOT_REGULAR, expand_files, special_file
 from ..inputs import load_rgb
 from .decode import decode_bytes
 
@@ -44,6 +44,8 @@ def read_texts(path: "str | os.PathLike") -> list[str]:
         raise ClipzooError(f"texts file {path!r} does not exist; pass a UTF-8 text file with one text per line")
     if os.path.isdir(path):
         raise ClipzooError(f"texts file {path!r} is a folder; pass a UTF-8 text file with one text per line")
+    if special_file(path):
+        raise ClipzooError(f"texts file {path!r} {NOT_REGULAR}; pass a UTF-8 text file with one text per line")
     try:
         with open(path, encoding="utf-8") as f:
             texts = [line.rstrip("\r\n") for line in f]

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DatasetError, EvalInputError
+from ..files import NOT_REGULAR
 from .metrics import as_tensor
 from .wiki_sections import find_wiki_sections, wiki_sections_retrieval
 
@@ -45,7 +46,7 @@ def numbered_lines(path: Any) -> list[tuple[int, str]]:
     """(line number, line without newline) for every non-blank line; DatasetError if unreadable."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
+        raise DatasetError(f"{path}: {NOT_REGULAR}" if path.exists() else f"{path}: file not found")
     try:
         with open(path, encoding="utf-8-sig") as f:
             lines = [(i, line.rstrip("\r\n")) for i, line in enumerate(f, 1)]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError
+from ..files import NOT_REGULAR
 
 __all__ = ["WIKI_SECTIONS_FILES", "read_wiki_triplets", "wiki_sections_retrieval", "triplet_accuracy",
            "find_wiki_sections"]
@@ -40,7 +41,7 @@ def read_wiki_triplets(path: Any) -> list[tuple[str, str, str]]:
     """(anchor, positive, negative) rows of a Wiki Sections CSV."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
+        raise DatasetError(f"{path}: {NOT_REGULAR}" if path.exists() else f"{path}: file not found")
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in _COLUMNS if c not in (reader.fieldnames or [])]

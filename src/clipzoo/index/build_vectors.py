@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
@@ -127,13 +128,37 @@ def build_vectors_index(vectors: "str | os.PathLike", out: "str | os.PathLike", 
     spec = model or src.model
     spec, alias = model_identity(spec) if spec else ("", None)
     out_path = Path(os.path.expanduser(os.fspath(out))).absolute()
-    if (out_path / "index.sqlite").exists():
-        raise ClipzooError(f"{str(out_path)!r} is an index built from images; pass a new --out for build-vectors")
-    with IndexLock(out_path):
-        report = _build(src, plan, out_path, {"model_spec": spec, "model_alias": alias or "", "root": str(src.root),
-                                              "source": "vectors", "dim": src.dim}, recall_target, seed, progress)
+    check_vectors_out(out_path)
+    created = not out_path.exists()
+    try:
+        with IndexLock(out_path):
+            report = _build(src, plan, out_path, {"model_spec": spec, "model_alias": alias or "",
+                                                  "root": str(src.root), "source": "vectors", "dim": src.dim},
+                            recall_target, seed, progress)
+    except BaseException:
+        if created:  # no half-built folder left behind, to be taken for an index later
+            shutil.rmtree(out_path, ignore_errors=True)
+        raise
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def check_vectors_out(out: Path) -> None:
+    """Refuse an ``--out`` that is an image index, or a folder holding files but no index: the build removes
+    every file in its ``vectors/`` that no generation names (a user's files there were deleted). New, empty and
+    a previous build-vectors index are taken."""
+    if (out / "index.sqlite").exists():
+        raise ClipzooError(f"{str(out)!r} is an index built from images; pass a new --out for build-vectors")
+    if out.is_dir() and read_pointer(out) is None and any(_holds_something(p) for p in out.iterdir()):
+        raise ClipzooError(f"{str(out)!r} is a non-empty folder that holds no index; pass a new or empty folder "
+                           "for --out")
+
+
+def _holds_something(entry: Path) -> bool:
+    """Whether a top-level entry of an --out folder is more than a lock file or an empty ``vectors/``."""
+    if entry.name.startswith("."):
+        return False
+    return not (entry.name == VECTORS_DIR and entry.is_dir() and not entry.is_symlink() and not any(entry.iterdir()))
 
 
 def _build(src: VectorSource, plan: BudgetPlan, out: Path, meta: dict[str, Any], recall_target: float, seed: int,

@@ -23,7 +23,7 @@ from ..api import load
 from ..cards import IMAGE
 from ..constants import DEFAULT_TEMPLATE, default_cache_dir
 from ..errors import BadTextError, ClipzooError
-from ..files import atomic_write
+from ..files import NOT_REGULAR, atomic_write, special_file
 from ..templates import fill_template, template_parts
 from .search import check_k, image_from_bytes
 from .stores.faiss_kinds import import_faiss
@@ -47,6 +47,8 @@ def load_vocabulary(path: "str | os.PathLike") -> list[str]:
         raise ClipzooError(f"vocabulary {str(path)!r} does not exist; {fix}")
     if path.is_dir():
         raise ClipzooError(f"vocabulary {str(path)!r} is a folder; {fix}")
+    if special_file(path):
+        raise ClipzooError(f"vocabulary {str(path)!r} {NOT_REGULAR}; {fix}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

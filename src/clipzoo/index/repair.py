@@ -130,6 +130,11 @@ class RepairReport:
     generation: int = 0
     count: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+
+    def removed_rows(self) -> list[tuple[str, str]]:
+        """(relpath, why) of every row the repair removed: its file gone, or no longer decoding."""
+        return [(rel, "the file is gone") for rel in self.gone] + list(self.skipped)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: [list(x) for x in v] if isinstance(v, list) else v for k, v in asdict(self).items()}
@@ -154,7 +159,7 @@ def repair_index(index: "str | os.PathLike", model: Any = None, *, wait: bool = 
         real_root = os.path.realpath(root)
         # a video segment row's file is its video's (index/videos.py)
         gone = [rel for rel in lost if file_problem(root / split_key(rel)[0], real_root) is not None]
-        report.removed = store.remove(gone)
+        report.removed, report.gone = store.remove(gone), gone
         again = reembed(store, [rel for rel in lost if rel not in set(gone)], model, progress, workers)
         report.reembedded = again.added + again.updated
         report.removed += again.removed

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,13 @@ VECTORS_META = "vectors.json"
 
 
 def stale_hint(store: EmbeddingStore) -> str:
-    """The command that rebuilds the index of ``store`` (ends the errors about missing or corrupt files)."""
-    root = store.get_meta("root") or "DIR"
-    spec = store.get_meta("model_spec") or "MODEL"
-    return f"run `clipzoo index build {root} --model {spec} --out {store.path}` to rebuild it"
+    """The commands that mend the index of ``store`` (end the errors about missing or corrupt vector files): the
+    repair, which rebuilds them from the stored embeddings, or a whole build; quoted for a shell (a spec such as
+    ``[clip - clipzoo - tiny-shapes]`` holds spaces)."""
+    root = shlex.quote(str(store.get_meta("root") or "DIR"))
+    spec = shlex.quote(str(store.get_meta("model_spec") or "MODEL"))
+    out = shlex.quote(str(store.path))
+    return f"run `clipzoo index repair {out}` (or rebuild it: `clipzoo index build {root} --model {spec} --out {out}`)"
 
 
 # ------------------------------------------------------------------ writing

@@ -112,8 +112,8 @@ def plan_index(n: int, d: int, budget: int) -> BudgetPlan:
                           flat_bytes)
     pq_rows = min(n, PQ_TRAIN_ROWS)  # 39 points for each of a codebook's 256 centroids
     if pq_rows * row_bytes > budget // 2:
-        raise ClipzooError(f"--max-memory {budget} bytes is too small to train a compressed index of {d}-dim "
-                           f"vectors (its sample needs {2 * pq_rows * row_bytes / 2**20:.0f} MB); raise --max-memory")
+        raise ClipzooError(f"--max-memory {budget:,} bytes is too small to train a compressed index of {d}-dim "
+                           f"vectors (its sample needs {2 * pq_rows * row_bytes:,} bytes); raise --max-memory")
     train_rows = max(train_rows, pq_rows)
     for pq in PQ_VALUES:
         if pq >= d or d % pq:
