@@ -17,7 +17,7 @@ from .constants import DEFAULT_MAX_PIXELS, MAX_ASPECT_RATIO
 from .errors import BadImageError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ImageTooLargeError", "decode_base64", "decode_image", "decode_rgb", "image_size",
-           "orientation", "upright", "within_aspect"]
+           "orientation", "upright", "aspect_box", "within_aspect"]
 
 #: default most pixels (width × height) an upload may have: 40 Mpx, ~6300×6300, ~120 MB as RGB.
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w=.+-]+)*;base64,", re.IGNORECASE)
@@ -78,14 +78,19 @@ def within_aspect(im):
     the other (applied by every decode, so an index build and a query see the same pixels). The models' eval
     transforms resize the shortest side to their input size before they crop the centre: a 100,000 × 1 image
     would be resized to gigapixels first; its central 32 : 1 part holds the square they keep."""
-    w, h = im.size
-    if w > MAX_ASPECT_RATIO * h:
-        left = (w - MAX_ASPECT_RATIO * h) // 2
-        return im.crop((left, 0, left + MAX_ASPECT_RATIO * h, h))
-    if h > MAX_ASPECT_RATIO * w:
-        top = (h - MAX_ASPECT_RATIO * w) // 2
-        return im.crop((0, top, w, top + MAX_ASPECT_RATIO * w))
-    return im
+    box = aspect_box(*im.size)
+    return im if box is None else im.crop(box)
+
+
+def aspect_box(width: int, height: int) -> "tuple[int, int, int, int] | None":
+    """The (left, top, right, bottom) :func:`within_aspect` keeps of a ``width`` × ``height`` image; None: all."""
+    if width > MAX_ASPECT_RATIO * height:
+        left = (width - MAX_ASPECT_RATIO * height) // 2
+        return left, 0, left + MAX_ASPECT_RATIO * height, height
+    if height > MAX_ASPECT_RATIO * width:
+        top = (height - MAX_ASPECT_RATIO * width) // 2
+        return 0, top, width, top + MAX_ASPECT_RATIO * width
+    return None
 
 
 def decode_rgb(source, draft_size: int | None = None, *, reduce: bool = False):

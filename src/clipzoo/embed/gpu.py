@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ClipzooError
+from ..image_bytes import aspect_box
 from .handover import normalize_uint8, split_transform
 
 __all__ = ["GpuOptions", "FixedShapeRunner", "GpuEmbedder", "cuda_unavailable", "prefetch", "gpu_decode",
@@ -199,12 +200,19 @@ class GpuEmbedder:
 
 
 def gpu_decode(blobs: list, device: Any) -> list:
-    """JPEG bytes -> uint8 (3, H, W) images decoded by nvJPEG on ``device`` (torchvision), one list."""
+    """JPEG bytes -> uint8 (3, H, W) images decoded by nvJPEG on ``device`` (torchvision), one list; an image
+    longer than MAX_ASPECT_RATIO : 1 keeps its central part, as every CPU decode (``image_bytes.within_aspect``)."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
-    return decode_jpeg(data, mode=ImageReadMode.RGB, device=torch.device(device))
+    return [within_aspect_tensor(im) for im in decode_jpeg(data, mode=ImageReadMode.RGB, device=torch.device(device))]
+
+
+def within_aspect_tensor(image):
+    """A (C, H, W) image's part that :func:`clipzoo.image_bytes.within_aspect` keeps (a view)."""
+    box = aspect_box(image.shape[-1], image.shape[-2])
+    return image if box is None else image[..., box[1]:box[3], box[0]:box[2]]
 
 
 def embed_jpegs_gpu(comparator, blobs: list, embedder: GpuEmbedder, normalize: bool = True):
