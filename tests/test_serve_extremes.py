@@ -50,6 +50,7 @@ def test_extreme_aspect_keeps_the_square_the_model_crops(built):  # noqa: F811
 
     from clipzoo.constants import MAX_ASPECT_RATIO
     from clipzoo.embed.decode import decode_upload
+    from clipzoo.embed.gpu import within_aspect_tensor
     from clipzoo.image_bytes import decode_image, within_aspect
     from clipzoo.inputs import to_pil
 
@@ -58,10 +59,8 @@ def test_extreme_aspect_keeps_the_square_the_model_crops(built):  # noqa: F811
     kept = within_aspect(im)
     assert kept.size == (MAX_ASPECT_RATIO * 50, 50)
     assert torch.equal(built.model.transform(kept), built.model.transform(im))
-    from clipzoo.embed.gpu import within_aspect_tensor  # the GPU decode's crop: the same pixels
-
-    chw = torch.from_numpy(np.array(im)).permute(2, 0, 1)
-    assert torch.equal(within_aspect_tensor(chw).permute(1, 2, 0), torch.from_numpy(np.asarray(kept)))
+    chw = torch.from_numpy(np.array(im)).permute(2, 0, 1)  # the GPU decode's crop: the same pixels
+    assert torch.equal(within_aspect_tensor(chw).permute(1, 2, 0), torch.from_numpy(np.array(kept)))
     assert within_aspect(im.transpose(Image.Transpose.ROTATE_90)).size == (50, MAX_ASPECT_RATIO * 50)
     short = im.crop((0, 0, 1600, 50))  # 32 : 1 is kept whole
     assert within_aspect(short) is short
