@@ -99,7 +99,8 @@ def test_templates_are_data_not_format_strings(client, image_b64):
 def test_template_without_placeholder_is_422_naming_it(client, image_b64):
     r = client.post("/classify", json={"image": image_b64, "labels": ["a"], "template": "no label here"})
     assert r.status_code == 422
-    assert r.json()["detail"] == "template 'no label here' has no '{}' for the label; e.g. 'a photo of a {}.'"
+    assert r.json()["detail"] == ("prompt template 'no label here' has no '{}' where the label goes; e.g. 'a photo "
+                                  "of a {}.'")
 
 
 @pytest.mark.parametrize("path, body, fragment", [

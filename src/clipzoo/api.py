@@ -45,13 +45,20 @@ def load(spec: "str | ModelCard | os.PathLike", device: str = "cpu", precision: 
     long_text = kwargs.pop("long_text", None)
     if long_text is not None:
         check_long_text(long_text)
+    check_device(device)  # before any file is read
     card = with_engine(resolve_card(spec, cache_dir, hf_class=kwargs.get("hf_class")), kwargs.pop("engine", None))
     if card.backend == "clap":
         kwargs.pop("hf_class", None)  # "ClapModel" named through the transformers backend's keyword
     options = {"device": str(device), "precision": precision, "cache_dir": cache_dir, "trust_pickle": trust_pickle}
 
     def build(**overrides: Any) -> Comparator:
-        return _build(card, {**options, **overrides}, kwargs)
+        try:
+            return _build(card, {**options, **overrides}, kwargs)
+        except RuntimeError:  # torch's "Found no NVIDIA driver", "invalid device ordinal", … from deep inside
+            missing = absent_device(overrides.get("device", options["device"]))
+            if missing:
+                raise ClipzooError(missing) from None
+            raise
 
     if runtime is None or str(runtime).strip().lower() in EAGER_NAMES:
         model = build()
@@ -61,6 +68,31 @@ def load(spec: "str | ModelCard | os.PathLike", device: str = "cpu", precision: 
     if long_text is not None:
         model.long_text = long_text  # what encode_text does with a too-long text (Comparator.encode_text)
     return model
+
+
+def check_device(device: Any) -> None:
+    """A :class:`~clipzoo.errors.ClipzooError` for a device name torch does not know (``"bogus"``: a torch error
+    from deep in a backend). A known device this machine lacks is said by :func:`absent_device`."""
+    import torch
+
+    try:
+        torch.device(str(device))
+    except (RuntimeError, ValueError, TypeError):
+        raise ClipzooError(f"device {str(device)!r} is not a device; use 'cpu', 'cuda', 'cuda:1', 'mps', …") from None
+
+
+def absent_device(device: Any) -> "str | None":
+    """What to say when ``device`` is a CUDA device torch does not have here (``"cuda"`` without a GPU, ``"cuda:3"``
+    with one); None otherwise. Checked after a backend fails, so its own refusal (MindSpore, OpenVINO: CPU only)
+    is said first."""
+    import torch
+
+    parsed = torch.device(str(device))
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if parsed.type != "cuda" or (parsed.index or 0) < have:
+        return None
+    return f"device {str(device)!r}: torch sees {have} CUDA device(s) here; use device='cpu'" + (
+        " or another index" if have else "")
 
 
 def resolve_card(spec: "str | ModelCard | os.PathLike", cache_dir=None, hf_class: str | None = None) -> ModelCard:

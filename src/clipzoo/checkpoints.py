@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -54,14 +55,14 @@ def read_pickle(path: "str | os.PathLike", trust_pickle: bool = False) -> Any:
             raise _not_a_checkpoint(path, exc) from None
         if not trust_pickle:
             raise UnsafePickleError(
-                f"{path} is a pickle that needs more than tensors to load ({_first_line(exc)}); "
+                f"{path} is a pickle that needs more than tensors to load ({load_failure_reason(exc)}); "
                 "loading it can run arbitrary code. If you trust its source, pass trust_pickle=True "
                 "(CLI: --trust-pickle), or convert it once to safetensors") from None
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
         except (AttributeError, ImportError) as inner:
             raise CheckpointError(f"{path} is a pickle that refers to code that is not importable here "
-                                  f"({_first_line(inner)}); install the package that wrote it, or convert "
+                                  f"({load_failure_reason(inner)}); install the package that wrote it, or convert "
                                   "it to safetensors where it was written") from None
         except Exception as inner:  # noqa: BLE001 - a trusted load of a file that is no pickle at all
             raise _not_a_checkpoint(path, inner) from None
@@ -77,13 +78,32 @@ def _not_a_pickle(exc: BaseException) -> bool:
 
 
 def _not_a_checkpoint(path: "str | os.PathLike", exc: BaseException) -> CheckpointError:
+    # torch's pickle reader on other bytes fails with a bare KeyError ('101') or IndexError: say what the file holds
+    why = load_failure_reason(exc) if not isinstance(exc, (KeyError, IndexError)) else f"it starts with {_head(path)}"
     return CheckpointError(f"{path} is not a PyTorch checkpoint, safetensors file or TorchScript archive "
-                           f"({_first_line(exc)}); is it truncated or another format?")
+                           f"({why}); is it truncated or another format?")
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    # torch's weights_only refusal puts the useful part ("Unsupported global: …") after its preamble
+def _head(path: "str | os.PathLike") -> str:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return "unreadable bytes"
+    return repr(head.decode("latin-1")) if head.isascii() else head.hex()
+
+
+_GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)")
+
+
+def load_failure_reason(exc: BaseException) -> str:
+    """Why torch could not load a file, in a few words: the global a weights-only load refused, else the useful
+    line of its message (200 characters at most)."""
+    text = str(exc)
+    named = _GLOBAL.search(text)  # torch's weights_only refusal names the global after a long preamble
+    if named:
+        return f"it asks for {named.group(1)}, which weights-only loading does not allow"
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     starts = ("Unsupported operand", "invalid load key", "WeightsUnpickler error: Unsupported", "Unsupported global")
     useful = next((ln for ln in lines if ln.startswith(starts)), None)
     text = useful or (lines[0] if lines else type(exc).__name__)
@@ -99,7 +119,7 @@ def read_torchscript(path: "str | os.PathLike") -> dict:
             return torch.jit.load(os.fspath(path), map_location="cpu").state_dict()
     except Exception as exc:
         raise CheckpointError(f"{path} looks like a TorchScript archive but cannot be loaded "
-                              f"({_first_line(exc)})") from None
+                              f"({load_failure_reason(exc)})") from None
 
 
 def read_state_dict(path: "str | os.PathLike", trust_pickle: bool = False) -> tuple[dict, dict]:
@@ -220,8 +240,19 @@ def sniff_folder(path: "str | os.PathLike") -> str:
 
 
 def read_json(path: "str | os.PathLike") -> dict:
+    """A model's JSON config file: a :class:`CheckpointError` when it is unreadable, not JSON, or JSON but not an
+    object (a list there was an AttributeError from whoever read a key of it)."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"cannot read {path} as JSON ({exc})") from None
+    return json_object(data, str(path))
+
+
+def json_object(data: Any, where: str) -> dict:
+    """``data`` when it is a JSON object; a :class:`CheckpointError` saying what ``where`` holds instead."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where} holds a JSON {type(data).__name__}, not an object of settings; is it the "
+                              "model's config?")
+    return data

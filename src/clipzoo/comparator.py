@@ -25,8 +25,10 @@ from .constants import DEFAULT_LONG_TEXT, DEFAULT_TEMPLATE, TIE_TOLERANCE
 from .errors import BadTextError, ClipzooError, UnsupportedError
 from .inputs import (
     batched,
+    check_batch_size,
     check_long_text,
     check_pixel_tensor,
+    check_token_tensor,
     image_items,
     is_float_tensor,
     map_images,
@@ -36,7 +38,7 @@ from .inputs import (
 )
 from .modalities import VIDEO, get_modality
 from .pixels import pixel_config, preprocess01
-from .templates import TemplateError, fill_template  # noqa: F401 (TemplateError re-exported)
+from .templates import TemplateError, fill_template, template_list  # noqa: F401 (TemplateError re-exported)
 from .video import encode_by_frames
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
@@ -177,6 +179,9 @@ class Comparator(torch.nn.Module):
 
     def _finish(self, features: torch.Tensor, normalize: bool) -> torch.Tensor:
         features = features.float()
+        if not bool(torch.isfinite(features.detach()).all()):  # NaN weights, an fp16 overflow: never rows of NaN
+            raise ClipzooError(f"{self.card.alias} gave NaN or infinite features: its weights hold non-finite "
+                               "values, or the computation overflowed (try precision='fp32')")
         return F.normalize(features, dim=-1) if normalize else features
 
     def pixels(self, images: Any) -> torch.Tensor:
@@ -192,10 +197,11 @@ class Comparator(torch.nn.Module):
         Gradients flow when a float tensor that requires grad is given; otherwise runs without grad.
         """
         self.require(IMAGE)
-        if is_float_tensor(images):
+        if is_float_tensor(images):  # in batch_size rows at a time, as any other input (activations bounded)
             x = check_pixel_tensor(images, self.image_size)
             with self._grad_context(x):
-                return self._finish(self.encode_pixels(x.to(self.device, self.dtype)), normalize)
+                return torch.cat([self._finish(self.encode_pixels(chunk.to(self.device, self.dtype)), normalize)
+                                  for chunk in x.split(check_batch_size(batch_size))])
         items = image_items(images)
         out = []
         with torch.no_grad():
@@ -217,7 +223,7 @@ class Comparator(torch.nn.Module):
         self.require(TEXT)
         policy = "truncate" if truncate else check_long_text(long_text or self.long_text)
         if isinstance(texts, torch.Tensor):
-            tokens = texts if texts.ndim == 2 else texts.unsqueeze(0)
+            tokens = check_token_tensor(texts, self.context_length)
         elif policy == "chunks":
             return self._encode_chunks(text_items(texts), normalize, batch_size)
         else:
@@ -244,11 +250,16 @@ class Comparator(torch.nn.Module):
         return self._finish(torch.stack(out), normalize)
 
     def _encode_token_rows(self, tokens: torch.Tensor, normalize: bool, batch_size: int) -> torch.Tensor:
+        batch_size = check_batch_size(batch_size)
         out = []
         with torch.no_grad():
             for start in range(0, tokens.shape[0], batch_size):
-                out.append(self._finish(self.encode_tokens(tokens[start:start + batch_size].to(self.device)),
-                                        normalize))
+                try:
+                    feats = self.encode_tokens(tokens[start:start + batch_size].to(self.device))
+                except IndexError:  # the embedding table's lookup: an id past the vocabulary
+                    raise BadTextError(f"a token id ({int(tokens.max())}) is past {self.card.alias}'s vocabulary; "
+                                       "make the tokens with model.tokenize") from None
+                out.append(self._finish(feats, normalize))
         return torch.cat(out)
 
     def encode_audio(self, audio: Any, normalize: bool = True, batch_size: int = 32) -> torch.Tensor:
@@ -316,6 +327,9 @@ class Comparator(torch.nn.Module):
 
     def _similarity(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         scale, bias = self.logit_params()
+        if not bool(torch.isfinite(scale).all()) or (bias is not None and not bool(torch.isfinite(bias).all())):
+            raise ClipzooError(f"{self.card.alias}'s logit scale or bias is not finite ({float(scale)}); its "
+                               "checkpoint holds a broken value")
         a = F.normalize(image_features.float(), dim=-1)
         b = F.normalize(text_features.float(), dim=-1).to(a.device)
         logits = scale.float().to(a.device) * a @ b.T
@@ -370,9 +384,11 @@ class Comparator(torch.nn.Module):
 
     def classifier(self, labels: Iterable[str], templates: Sequence[str | Callable] | None = None,
                    truncate: bool = True) -> torch.Tensor:
-        """Zero-shot class weights [L, D]: the renormalised mean of normalised template embeddings."""
-        labels = text_items(list(labels))
-        templates = list(templates or self.default_templates)
+        """Zero-shot class weights [L, D]: the renormalised mean of normalised template embeddings. A string is
+        one label (one template), never its characters; a template string needs a ``{}`` (or ``{label}``) where
+        the label goes — without one every label had the same prompt, and the same probability."""
+        labels = text_items([labels] if isinstance(labels, str) else list(labels))
+        templates = template_list(templates, self.default_templates)
         prompts = [format_template(t, label) for label in labels for t in templates]
         feats = self.encode_text(prompts, truncate=truncate).view(len(labels), len(templates), -1)
         return F.normalize(feats.mean(dim=1), dim=-1)

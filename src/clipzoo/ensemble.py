@@ -23,6 +23,7 @@ Rules (docs/ensembles.md):
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import torch
 from .api import load
 from .cards import parse_alias
 from .comparator import Comparator, pairs_by_score_features
-from .errors import AmbiguousModelError, ClipzooError, UnknownModelError
+from .errors import AmbiguousModelError, BadOptionError, ClipzooError, UnknownModelError
 from .guidance import check_image01, spherical_distance
 from .guidance import cutouts as make_cutouts
 from .inputs import is_float_tensor
@@ -82,6 +83,8 @@ class Ensemble:
     def __init__(self, models_or_specs: Any = (), weights: Sequence[float] | None = None,
                  modalities: Iterable[str] = (IMAGE, TEXT), device: str = "cpu", precision: str = "fp32",
                  **load_kwargs: Any):
+        if isinstance(modalities, str):  # one name, not its letters
+            modalities = (modalities,)
         self.modalities: tuple[Modality, ...] = tuple(get_modality(m) for m in modalities)
         if not self.modalities:
             raise ClipzooError("an Ensemble needs at least one modality")
@@ -93,10 +96,11 @@ class Ensemble:
         if isinstance(models_or_specs, (str, dict, Comparator)) or not isinstance(models_or_specs, Iterable):
             models_or_specs = [models_or_specs]
         items = list(models_or_specs)
-        if weights is not None and len(list(weights)) != len(items):
-            raise ClipzooError(f"{len(list(weights))} weights given for {len(items)} models; give one weight per model")
+        weights = None if weights is None else list(weights)  # once: a generator is read one time only
+        if weights is not None and len(weights) != len(items):
+            raise ClipzooError(f"{len(weights)} weights given for {len(items)} models; give one weight per model")
         for i, item in enumerate(items):
-            self.add(item, weight=1.0 if weights is None else list(weights)[i])
+            self.add(item, weight=1.0 if weights is None else weights[i])
 
     # ------------------------------------------------------------------ membership
     def add(self, spec: Any = None, weight: float = 1.0, **filters: Any) -> Comparator:
@@ -106,9 +110,7 @@ class Ensemble:
         registry filters, or keyword filters (``add(architecture="clip", publisher="openai")``). It loads the
         model when exactly one card matches and raises, listing the candidates, when several do.
         """
-        weight = float(weight)
-        if not math.isfinite(weight) or weight <= 0:
-            raise ClipzooError(f"model weight must be a positive number, got {weight}")
+        weight = positive_weight(weight)
         if spec is not None and filters:
             raise TypeError("pass a spec or filters to add(), not both")
         query = dict(filters) if spec is None else _query_of(spec)
@@ -214,10 +216,10 @@ class Ensemble:
             raise ClipzooError(f"{len(raw)} weights given for an ensemble of {len(self._models)} models")
         if not self._models:
             raise ClipzooError("the ensemble is empty; add a model first")
-        if any(not math.isfinite(w) or w <= 0 for w in raw):
-            raise ClipzooError(f"model weights must be positive numbers, got {raw}")
-        total = float(sum(raw))
-        return [float(w) / total for w in raw]
+        raw = [positive_weight(w) for w in raw]
+        top = max(raw)  # scaled first: two weights of 1e308 summed to inf, and both became 0.0
+        total = sum(w / top for w in raw)
+        return [w / top / total for w in raw]
 
     def freeze(self) -> "Ensemble":
         """Stop gradients into the models' weights (``requires_grad_(False)``), so guidance only computes
@@ -290,7 +292,7 @@ class Ensemble:
         own probabilities (its softmax — or sigmoid for SigLIP-style models — of its scaled logits).
 
         The inputs are images, or audio for an ensemble of audio–text models (``modalities=(AUDIO, TEXT)``)."""
-        labels = list(labels)
+        labels = [labels] if isinstance(labels, str) else list(labels)  # one label, not its characters
         modality = next((m for m in self.modalities if m != TEXT), IMAGE)
         out = None
         for model, w in zip(self._models, self._normalised()):
@@ -351,6 +353,21 @@ class Ensemble:
         return total
 
 
+def _number(value: Any, what: str) -> float:
+    """``float(value)`` for a real number; a :class:`ClipzooError` naming ``what`` for a string, None, a bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise BadOptionError(f"{what} must be a number, got {value!r}")
+    return float(value)
+
+
+def positive_weight(value: Any) -> float:
+    """A model weight: a finite number above 0 (a :class:`ClipzooError` otherwise)."""
+    weight = _number(value, "model weight")
+    if not math.isfinite(weight) or weight <= 0:
+        raise ClipzooError(f"model weight must be a positive number, got {weight}")
+    return weight
+
+
 def _parse_prompts(prompts: Any) -> tuple[list[str], list[float]]:
     if isinstance(prompts, str) or (isinstance(prompts, tuple) and len(prompts) == 2
                                     and isinstance(prompts[0], str) and isinstance(prompts[1], (int, float))):
@@ -360,9 +377,11 @@ def _parse_prompts(prompts: Any) -> tuple[list[str], list[float]]:
         if isinstance(p, str):
             text, w = p, 1.0
         elif isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str):
-            text, w = p[0], float(p[1])
+            text, w = p[0], _number(p[1], f"prompt {i}'s weight")
         else:
             raise ClipzooError(f"prompt {i} is {p!r}; pass strings or (string, weight) pairs")
+        if not math.isfinite(w):  # a NaN or infinite weight made the loss NaN
+            raise ClipzooError(f"prompt {i}'s weight is {w}; give a finite number (negative: 'not this')")
         texts.append(text)
         weights.append(w)
     if not texts:

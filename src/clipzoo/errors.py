@@ -68,6 +68,10 @@ class EvalInputError(ClipzooError, ValueError):
     """Evaluation input that cannot be scored: empty, mismatched lengths, wrong shape."""
 
 
+class BadOptionError(ClipzooError, ValueError):
+    """An argument outside what it can be: a batch size of 0, a cutout of size 0, a weight that is not a number."""
+
+
 class NotFoundError(ClipzooError, LookupError):
     """Something asked for by id or name that does not exist (an index item, a partition)."""
 

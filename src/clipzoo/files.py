@@ -172,3 +172,5 @@ def url_filesystem(url: str, error: type) -> "tuple[Any, str]":
                     "matching package (s3fs, gcsfs, adlfs, …)") from None
     except ValueError as err:
         raise error(f"{url}: not a usable fsspec URL ({err})") from None
+    except OSError as err:  # a filesystem that connects when made (ftp://, sftp://): no such host, refused, …
+        raise error(f"{url}: cannot reach it ({err.__class__.__name__}: {err})") from None

@@ -6,9 +6,12 @@ The differentiable preprocessing they feed (:func:`preprocess01`, :class:`PixelC
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 
+from .errors import BadOptionError
 from .pixels import PixelConfig, check_image01, pixel_config, preprocess01, resize, size_pair
 
 __all__ = ["PixelConfig", "check_image01", "pixel_config", "preprocess01", "cutouts", "spherical_distance"]
@@ -26,11 +29,13 @@ def cutouts(x01: torch.Tensor, n: int, size: int | tuple[int, int], min_frac: fl
     ``x01``; pass a seeded ``generator`` for repeatable crops.
     """
     x = check_image01(x01)
-    if n < 1:
-        raise ValueError(f"cutouts needs n >= 1, got {n}")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise BadOptionError(f"cutouts needs a whole number n >= 1, got {n!r}")
     if not 0 < min_frac <= 1:
-        raise ValueError(f"min_frac must be in (0, 1], got {min_frac}")
+        raise BadOptionError(f"min_frac must be in (0, 1], got {min_frac}")
     size = size_pair(size)
+    if min(size) < 1:
+        raise BadOptionError(f"cutout size must be at least 1×1, got {size[1]}×{size[0]}")
     h, w = x.shape[-2:]
     short = min(h, w)
     lo = max(1, int(round(min_frac * short)))

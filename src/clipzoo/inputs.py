@@ -1,6 +1,7 @@
 """Coercion of user inputs (paths, PIL images, arrays, tensors, strings) with clear errors."""
 from __future__ import annotations
 
+import numbers
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .constants import LONG_TEXT_POLICIES
-from .errors import BadImageError, BadTextError
+from .errors import BadImageError, BadOptionError, BadTextError
 from .files import NOT_REGULAR, special_file
 from .image_bytes import decode_rgb, within_aspect
 
@@ -55,6 +56,7 @@ def to_pil(item: Any, index: int = 0):
     if isinstance(item, (str, Path)):
         return open_image(item)
     if isinstance(item, Image.Image):
+        check_has_pixels(item.size, index)
         item = within_aspect(item)
         return item.convert("RGB") if item.mode != "RGB" else item
     array = _as_numpy(item)
@@ -69,11 +71,18 @@ def to_pil(item: Any, index: int = 0):
         if array.dtype != np.uint8:
             raise BadImageError(f"image {index}: array dtype {array.dtype} is not uint8; pass uint8 HWC pixels "
                                 "or a preprocessed float tensor (N, 3, H, W)")
+        check_has_pixels((array.shape[1], array.shape[0]), index)
         if array.shape[-1] == 1:
             array = np.repeat(array, 3, axis=-1)
         return within_aspect(Image.fromarray(np.ascontiguousarray(array[..., :3]), "RGB"))
     raise BadImageError(f"image {index}: cannot use a {type(item).__name__} as an image; pass a file path, "
                         "a PIL image, a uint8 HWC array or a preprocessed float tensor")
+
+
+def check_has_pixels(size: "tuple[int, int]", index: int = 0) -> None:
+    """A :class:`BadImageError` for an image of width or height 0 (its resize divided by zero)."""
+    if min(size) < 1:
+        raise BadImageError(f"image {index} is {size[0]}×{size[1]}: it has no pixels")
 
 
 def _as_numpy(item: Any):
@@ -119,12 +128,21 @@ def image_items(images: Any) -> list:
                         "uint8 arrays or a preprocessed float tensor (N, 3, H, W)")
 
 
+def check_finite_pixels(x) -> None:
+    """A :class:`BadImageError` when a float image tensor holds NaN or an infinity (its rows came back NaN)."""
+    import torch
+
+    if not bool(torch.isfinite(x.detach()).all()):
+        raise BadImageError(f"the image tensor {tuple(x.shape)} holds NaN or infinite values; pass finite pixels")
+
+
 def check_pixel_tensor(x, image_size: int | tuple[int, int] | None):
     """A preprocessed float tensor: (3, H, W) -> (1, 3, H, W); checks channels and size."""
     if x.ndim == 3:
         x = x.unsqueeze(0)
     if x.ndim != 4 or x.shape[1] != 3:
         raise BadImageError(f"a float image tensor must be (N, 3, H, W) or (3, H, W), got {tuple(x.shape)}")
+    check_finite_pixels(x)
     if image_size is not None:
         hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if tuple(x.shape[-2:]) != hw:
@@ -146,6 +164,26 @@ def text_items(texts: Any) -> list[str]:
         return list(texts)
     raise BadTextError(f"cannot use a {type(texts).__name__} as texts; pass a string, a list of strings "
                        "or a token tensor (N, L)")
+
+
+def check_token_tensor(tokens, context_length: "int | None"):
+    """Token ids from ``model.tokenize``: (L,) -> (1, L); a :class:`BadTextError` naming what is wrong for a float
+    or bool tensor, another shape, no rows, rows longer than the context, or negative ids (each was an error deep
+    inside the text tower)."""
+    import torch
+
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        raise BadTextError(f"a token tensor holds integer ids (from model.tokenize), not {tokens.dtype}")
+    if tokens.ndim == 1:
+        tokens = tokens.unsqueeze(0)
+    if tokens.ndim != 2 or 0 in tokens.shape:
+        raise BadTextError(f"a token tensor is (N, L) with N, L >= 1 (from model.tokenize), got {tuple(tokens.shape)}")
+    if context_length and tokens.shape[1] > context_length:
+        raise BadTextError(f"a token tensor of {tokens.shape[1]} positions is longer than the model's context "
+                           f"length {context_length}; make it with model.tokenize")
+    if bool((tokens < 0).any()):
+        raise BadTextError("a token tensor holds negative ids; make it with model.tokenize")
+    return tokens
 
 
 def too_long_error(text: str, n_tokens: int, context_length: int) -> BadTextError:
@@ -185,7 +223,18 @@ def split_long_text(text: str, fits: Callable[[str], bool]) -> list[str]:
     return pieces
 
 
+def check_batch_size(batch_size: Any) -> int:
+    """``batch_size`` if it is a whole number of at least 1; otherwise a :class:`~clipzoo.errors.BadOptionError`
+    naming it (0 was a ``range()`` error, -1 an empty ``torch.cat``, 1.5 a TypeError)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise BadOptionError(f"batch size must be a whole number, got {batch_size!r}")
+    if int(batch_size) < 1:
+        raise BadOptionError(f"batch size must be at least 1, got {batch_size}")
+    return int(batch_size)
+
+
 def batched(items: Sequence, size: int):
+    size = check_batch_size(size)
     for start in range(0, len(items), size):
         yield items[start:start + size]
 

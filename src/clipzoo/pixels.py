@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .constants import OPENAI_MEAN, OPENAI_STD
 from .errors import BadImageError
+from .inputs import check_finite_pixels
 
 _PIL_RESAMPLE = {0: "nearest", 1: "bilinear", 2: "bilinear", 3: "bicubic", 4: "bilinear", 5: "bicubic"}
 
@@ -120,6 +121,9 @@ def check_image01(x: Any) -> torch.Tensor:
         x = x.unsqueeze(0)
     if x.ndim != 4 or x.shape[1] != 3:
         raise BadImageError(f"a [0, 1] image tensor must be (N, 3, H, W) or (3, H, W), got {tuple(x.shape)}")
+    if min(x.shape[0], x.shape[2], x.shape[3]) < 1:
+        raise BadImageError(f"a [0, 1] image tensor {tuple(x.shape)} holds no pixels")
+    check_finite_pixels(x)
     return x
 
 

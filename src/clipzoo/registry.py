@@ -12,8 +12,9 @@ from .builtin_cards import builtin_cards
 from .cards import IMAGE, TEXT, ModelCard, Source, parse_alias
 from .catalog import open_clip_card
 from .constants import CHECKPOINT_SUFFIXES
-from .errors import AmbiguousModelError, CheckpointError, UnknownModelError
+from .errors import AmbiguousModelError, CheckpointError, ClipzooError, UnknownModelError
 from .files import NOT_REGULAR, special_file
+from .modalities import get_modality
 
 _FIELDS = ("architecture", "publisher", "id", "backend", "alias", "embed_dim", "image_size",
            "context_length", "modality", "source")
@@ -68,6 +69,7 @@ class Registry:
             card = card_from_fields(**fields)
         elif fields:
             raise TypeError("pass either a ModelCard or fields, not both")
+        check_card(card)  # a card that cannot be looked up again broke every later lookup's suggestions
         key = _norm(card.alias)
         with self._lock:
             if not overwrite and key in self._cards:
@@ -235,6 +237,21 @@ def _literal(text: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
+def check_card(card: ModelCard) -> ModelCard:
+    """``card`` if its names are non-empty strings whose alias reads back as them and its modalities are known;
+    else a :class:`~clipzoo.errors.ClipzooError` saying which field."""
+    for name in ("architecture", "publisher", "id"):
+        value = getattr(card, name)
+        if not isinstance(value, str) or not value.strip():
+            raise ClipzooError(f"register(): {name} must be a non-empty string, got {value!r}")
+    if parse_alias(card.alias) != (card.architecture, card.publisher, card.id):
+        raise ClipzooError(f"register(): {card.alias} does not read back as an alias (' - ', brackets or spaces "
+                           "at the ends of architecture, publisher or id); choose other names")
+    for modality in card.modalities:
+        get_modality(modality)  # an unknown one: its one-line error
+    return card
+
+
 def local_card(path: str, **config: Any) -> ModelCard:
     path = os.path.abspath(path)
     if special_file(path):  # reading it would wait for a writer
@@ -266,7 +283,8 @@ def card_from_fields(*, architecture: str = "clip", publisher: str = "local", id
         raise ValueError("register() needs an id (or a path, url or hf_repo to name it by)")
     return ModelCard(architecture=architecture, publisher=publisher, id=id, backend=backend,
                      source=Source(path=path, url=url, sha256=sha256, hf_repo=hf_repo, hf_file=hf_file),
-                     modalities=tuple(modalities), embed_dim=embed_dim, image_size=image_size,
+                     modalities=(modalities,) if isinstance(modalities, str) else tuple(modalities),
+                     embed_dim=embed_dim, image_size=image_size,
                      context_length=context_length, description=description, config=config)
 
 

@@ -8,6 +8,8 @@ CLI and the index can check templates without loading the model stack.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from .errors import ClipzooError
 
@@ -33,6 +35,26 @@ def template_parts(template: str) -> list[str]:
             raise TemplateError(f"prompt template {shown!r} has a brace that is not a label placeholder; "
                                 "templates are plain text with '{}' (or '{label}') where the label goes")
     return parts
+
+
+def require_placeholder(template: str) -> str:
+    """``template`` when it is plain text with a ``{}`` (or ``{label}``) where the label goes and no other brace;
+    a :class:`TemplateError` otherwise — without one every label gets the same prompt, and the same score. The
+    one check of the library, the CLI and the service."""
+    if len(template_parts(template)) < 2:
+        shown = template if len(template) <= 80 else template[:77] + "..."
+        raise TemplateError(f"prompt template {shown!r} has no '{{}}' where the label goes; e.g. 'a photo of a {{}}.'")
+    return template
+
+
+def template_list(templates: Any, default: Sequence) -> list:
+    """Templates as a list (``default`` when None or empty): one string is one template, not its characters; each
+    string needs its placeholder (:func:`require_placeholder`); a callable is kept as it is."""
+    items = [templates] if isinstance(templates, str) else list(templates or default)
+    for t in items:
+        if not callable(t):
+            require_placeholder(t)
+    return items
 
 
 def fill_template(template: str, label: str) -> str:

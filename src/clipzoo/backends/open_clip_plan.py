@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cards import ModelCard
-from ..checkpoints import read_json, read_state_dict, sniff_folder, state_dict_kind
+from ..checkpoints import json_object, read_json, read_state_dict, sniff_folder, state_dict_kind
 from ..constants import OPENAI_MEAN, OPENAI_STD
 from ..download import download_url, hub_file
 from ..errors import ArchitectureMismatchError, CheckpointError, DownloadError, ModelNotCachedError, UnknownModelError
@@ -59,6 +59,19 @@ def make_plan(card: ModelCard, *, cache_dir=None, trust_pickle=False, model_name
         path = download_url(src.url, src.sha256, cache_dir)
         return _plan_file(path, trust_pickle, model_name, model_config)
     raise CheckpointError(f"{card.alias} has no weights source; register it with a path, url or hf_repo")
+
+
+def embedded_config(text: str, path: str) -> dict:
+    """The open_clip config a safetensors file carries in its metadata; a :class:`CheckpointError` when it is not
+    JSON or holds no ``model_cfg`` object (a JSONDecodeError, a TypeError before)."""
+    where = f"{path}'s metadata 'open_clip_config'"
+    try:
+        data = json_object(json.loads(text), where)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{where} is not JSON ({exc})") from None
+    if not isinstance(data.get("model_cfg"), dict):
+        raise CheckpointError(f"{where} has no 'model_cfg' object; write the config with clipzoo convert")
+    return data
 
 
 def _builtin_config(name: str) -> dict:
@@ -170,7 +183,7 @@ def _plan_file(path: Path, trust_pickle: bool, model_name: str | None, model_con
         cfg = _builtin_config(model_name)
         pre = _preprocess_from(None, cfg)
     elif embedded:
-        data = json.loads(embedded)
+        data = embedded_config(embedded, str(path))
         cfg = data["model_cfg"]
         pre = _preprocess_from(data.get("preprocess_cfg"), cfg)
         model_name = data.get("model_name")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,16 @@ from typing import Any
 import torch
 
 from ..cards import IMAGE, TEXT, ModelCard
-from ..checkpoints import read_json, show_keys
+from ..checkpoints import load_failure_reason, read_json, show_keys
 from ..comparator import Comparator, resolve_dtype
 from ..download import hub_snapshot
-from ..errors import ArchitectureMismatchError, BackendMissingError, CheckpointError, UnsupportedError
+from ..errors import (
+    ArchitectureMismatchError,
+    BackendMissingError,
+    CheckpointError,
+    UnsafePickleError,
+    UnsupportedError,
+)
 from ..extras import require
 from ..models.tokenize import tokenize_with
 from .source_files import cached_hub_file
@@ -294,6 +301,11 @@ def _load_checked(cls, folder: Path, class_name: str, kwargs: dict):
                 raise
             # load again tolerating the mismatch, only to learn which tensors have another shape
             model, info = cls.from_pretrained(str(folder), ignore_mismatched_sizes=True, **kwargs)
+    except pickle.UnpicklingError as exc:  # torch's weights-only load of pytorch_model.bin refused a global
+        raise UnsafePickleError(f"{folder}: its weights are a pickle that needs more than tensors to load "
+                                f"({load_failure_reason(exc)}); loading it can run arbitrary code, and the "
+                                "transformers backend reads weights only: convert it to safetensors where it was "
+                                "written") from None
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot load {folder} as {class_name} ({first})") from None

@@ -5,6 +5,7 @@ import typer
 
 from ..audio import expand_audio_paths
 from ..embed import expand_image_paths
+from ..templates import require_placeholder
 from ._common import (
     CacheDirOpt,
     DeviceOpt,
@@ -79,8 +80,7 @@ def compare(
         fail("pass at least one --text TEXT")
     if template:
         for t in template:
-            if "{}" not in t:
-                fail(f"template {t!r} has no '{{}}' where the text goes, e.g. 'a photo of a {{}}.'")
+            require_placeholder(t)  # one line: TemplateError is a ClipzooError
     if audio:
         modality, paths = "audio", expand_audio_paths(audio)
     else:

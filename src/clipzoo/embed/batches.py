@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import BadImageError, ClipzooError
+from ..errors import BadImageError
+from ..inputs import check_batch_size
 from ..progress import progress as progress_bar
 from .distributed import DistributedInfo
 from .gpu import GpuEmbedder, prefetch
@@ -13,13 +14,6 @@ from .handover import Uint8Crop, normalize_uint8, split_transform
 from .loader import decode_in_threads, draft_size_for, image_loader
 
 __all__ = ["check_batch_size", "image_batches", "text_batches"]
-
-
-def check_batch_size(batch_size: int) -> int:
-    """``batch_size`` as an int; :class:`~clipzoo.errors.ClipzooError` when it is below 1."""
-    if int(batch_size) < 1:
-        raise ClipzooError(f"batch size must be at least 1, got {batch_size}")
-    return int(batch_size)
 
 
 def image_batches(comparator, items: list, batch_size: int, workers, normalize: bool, progress: bool,

@@ -24,7 +24,7 @@ from ..cards import IMAGE
 from ..constants import DEFAULT_TEMPLATE, default_cache_dir
 from ..errors import BadTextError, ClipzooError
 from ..files import NOT_REGULAR, atomic_write, special_file
-from ..templates import fill_template, template_parts
+from ..templates import fill_template, require_placeholder
 from .search import check_k, image_from_bytes
 from .stores.faiss_kinds import import_faiss
 
@@ -88,10 +88,7 @@ def load_vocabulary(path: "str | os.PathLike") -> list[str]:
 def check_template(template: str) -> str:
     """``template`` if it is plain text with a ``{}`` (or ``{label}``) for the label and no other brace;
     a ClipzooError naming it otherwise (templates are data, never ``str.format`` strings)."""
-    if len(template_parts(template)) < 2:
-        raise ClipzooError(f"prompt template {template!r} has no '{{}}' where the label goes; "
-                           "e.g. 'a photo of a {}.'")
-    return template
+    return require_placeholder(template)
 
 
 def _fingerprint(model: Any) -> str:

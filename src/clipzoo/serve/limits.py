@@ -23,7 +23,7 @@ from ..constants import (  # noqa: F401 (re-exported)
     DEFAULT_THUMB_SIZE,
 )
 from ..errors import ClipzooError
-from ..templates import TemplateError, template_parts
+from ..templates import TemplateError, require_placeholder
 
 MAX_K = 1000
 """Most search results one request may ask for."""
@@ -88,6 +88,4 @@ def check_template(template: str) -> str:
     (else a 422: :class:`~clipzoo.templates.TemplateError`); it is never run as a format string."""
     if len(template) > MAX_TEMPLATE_CHARS:
         raise TemplateError(f"template is {len(template)} characters, more than the limit of {MAX_TEMPLATE_CHARS}")
-    if len(template_parts(template)) < 2:
-        raise TemplateError(f"template {template!r} has no '{{}}' for the label; e.g. 'a photo of a {{}}.'")
-    return template
+    return require_placeholder(template)
