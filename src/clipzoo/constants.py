@@ -50,6 +50,10 @@ MAX_ASPECT_RATIO = 32
 resizes the shortest side and crops the centre sees the same square, and the resize stays within about 32 × its
 input size: a 100,000 × 1 PNG no longer becomes a 6-gigapixel resize)."""
 
+MAX_RECORD_BYTES = 128 * 1024 * 1024
+"""Largest tar member or TFRecord record a data-set reader takes into memory (a gzip bomb's 400 MB caption was
+read whole; a TFRecord length field of 2^40 was a MemoryError)."""
+
 DEFAULT_TEMPLATE = "a photo of a {}."
 """The prompt template for class labels when none is given (zero-shot, classify, the service)."""
 

@@ -9,7 +9,7 @@ import os
 from ..errors import DatasetError
 from .locations import exists, join_url, open_binary, parent_url, read_text
 from .records import Record
-from .shards import SampleFields
+from .shards import SampleFields, is_index
 
 __all__ = ["CSV_IMAGE_COLUMNS", "CSV_CAPTION_COLUMNS", "read_csv_records", "default_csv_label"]
 
@@ -35,8 +35,11 @@ def read_csv_records(path: str, img_key: "str | None" = None, caption_key: "str 
         raise DatasetError(f"CSV file {path!r} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:
         raise DatasetError(f"cannot read CSV file {path!r}: {err}") from None
-    reader = csv.DictReader(io.StringIO(text), delimiter=separator)
-    columns = reader.fieldnames or []
+    reader = csv.DictReader(io.StringIO(text), delimiter=separator, strict=True)  # an unterminated quote: an error
+    try:
+        columns = reader.fieldnames or []
+    except csv.Error as err:
+        raise DatasetError(f"{path}:{reader.line_num}: not readable as CSV ({err})") from None
     if img_key is None:  # not named: the usual names (open_clip's "filepath" first)
         img_key = next((c for c in CSV_IMAGE_COLUMNS if c in columns), "filepath")
     if caption_key is None:  # optional unless named
@@ -46,35 +49,49 @@ def read_csv_records(path: str, img_key: "str | None" = None, caption_key: "str 
             sep_name = "tab" if separator == "\t" else repr(separator)
             raise DatasetError(f"CSV file {path!r} has no column {key!r} (columns: {', '.join(columns) or 'none'}; "
                                f"separator {sep_name}); name the right column with {flag}")
-    base = parent_url(path) or ""
-    by_image: dict[str, Record] = {}
-    raw_labels: list[str] = []
-    for line, row in enumerate(reader, start=2):
-        image = (row.get(img_key) or "").strip()
-        if not image:
-            raise DatasetError(f"{path}:{line}: empty {img_key!r} cell")
-        if "://" not in image and not os.path.isabs(image):
-            image = join_url(base, image) if base else image
-        rec = by_image.get(image)
-        if rec is None:
-            rec = by_image[image] = Record(key=os.path.basename(image).rsplit(".", 1)[0], image=image, source=image)
-            rec.meta["line"] = line
-            if label_key is not None:
-                raw_labels.append((row.get(label_key) or "").strip())
-        if caption_key is not None and (row.get(caption_key) or "").strip():
-            rec.captions.append(row[caption_key].strip())
-    records = list(by_image.values())
+    records, raw_labels = _rows(reader, path, img_key, caption_key, label_key)
     names = classnames
     if label_key is not None:
-        numeric = all(v.lstrip("-").isdigit() for v in raw_labels)
-        if not numeric and names is None:
+        by_name = not all(is_index(v) for v in raw_labels)  # a column mixing names and digits: all names
+        if by_name and names is None:
             names = sorted(set(raw_labels))
         fields = SampleFields(classnames=names)
         for rec, value in zip(records, raw_labels):
             if value == "":
                 raise DatasetError(f"{path}:{rec.meta['line']}: empty {label_key!r} cell")
-            rec.label = fields.label_of(value, f"{path}:{rec.meta['line']}")
+            rec.label = fields.label_of(value, f"{path}:{rec.meta['line']}", by_name=by_name)
     return records, names
+
+
+def _rows(reader: csv.DictReader, path: str, img_key: str, caption_key: "str | None",
+          label_key: "str | None") -> tuple[list[Record], list[str]]:
+    """The records of a CSV's rows (one per image, its captions gathered) and each record's raw label."""
+    base = parent_url(path) or ""
+    by_image: dict[str, Record] = {}
+    raw_labels: list[str] = []
+    try:
+        for line, row in enumerate(reader, start=2):
+            _add_row(row, line, path, base, img_key, caption_key, label_key, by_image, raw_labels)
+    except csv.Error as err:  # a field over csv's size limit, a stray quote (strict)
+        raise DatasetError(f"{path}:{reader.line_num}: not readable as CSV ({err})") from None
+    return list(by_image.values()), raw_labels
+
+
+def _add_row(row: dict, line: int, path: str, base: str, img_key: str, caption_key: "str | None",
+             label_key: "str | None", by_image: dict[str, Record], raw_labels: list[str]) -> None:
+    image = (row.get(img_key) or "").strip()
+    if not image:
+        raise DatasetError(f"{path}:{line}: empty {img_key!r} cell")
+    if "://" not in image and not os.path.isabs(image):
+        image = join_url(base, image) if base else image
+    rec = by_image.get(image)
+    if rec is None:
+        rec = by_image[image] = Record(key=os.path.basename(image).rsplit(".", 1)[0], image=image, source=image)
+        rec.meta["line"] = line
+        if label_key is not None:
+            raw_labels.append((row.get(label_key) or "").strip())
+    if caption_key is not None and (row.get(caption_key) or "").strip():
+        rec.captions.append(row[caption_key].strip())
 
 
 def default_csv_label(path: str, folder: str, separator: "str | None") -> "str | None":

@@ -15,6 +15,8 @@ __all__ = ["TFRECORD_SUFFIXES", "open_binary", "url_filesystem", "join_url", "ex
            "file_size", "read_text", "expand_urls", "is_tfrecord", "find_sidecar", "parent_url"]
 
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec", ".tfrecord.gz", ".tfrecords.gz", ".tfrec.gz")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+"""Webdataset shards: tar files, plain or gzip-compressed (a glob took .tar.gz, its plain name did not)."""
 
 
 def open_binary(url: str):

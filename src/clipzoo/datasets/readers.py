@@ -31,6 +31,7 @@ from ..errors import DatasetError
 from .classes import read_lines, resolve_classnames, resolve_templates
 from .csv_records import default_csv_label, read_csv_records
 from .locations import (
+    TAR_SUFFIXES,
     TFRECORD_SUFFIXES,
     exists,
     expand_urls,
@@ -53,26 +54,40 @@ __all__ = ["DataSource", "open_dataset", "ListShard", "TarShard", "TFRecordShard
 
 
 def read_image_folder(root: str) -> tuple[list[Record], list[str]]:
-    """``root/<class>/<image>`` -> (records sorted by class then file, class folder names)."""
+    """``root/<class>/…/<image>`` -> (records sorted by class then path, class folder names), as torchvision's
+    ``ImageFolder`` reads it: every subfolder is a class, its images found at any depth; a class folder without
+    images is an error once any class has images (skipping it shifted every later class's index)."""
     classes = [d for d in listdir(root) if isdir(d)]
+    found = [_class_images(d) for d in classes]
+    if any(found) and not all(found):
+        empty = next(d for d, images in zip(classes, found) if not images)
+        raise DatasetError(f"image folder {root!r}: class folder {_base(empty)!r} holds no images "
+                           f"({', '.join(IMAGE_EXTENSIONS)}); remove it or add its images (every subfolder is a "
+                           "class, as torchvision's ImageFolder reads it)")
     records: list[Record] = []
-    names: list[str] = []
-    for d in classes:
-        entries = listdir(d)
-        present = set(entries)
-        images = [e for e in entries if e.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS]
-        if not images:
-            continue
-        label = len(names)
-        names.append(posixpath.basename(d.rstrip("/")) if "://" in d else os.path.basename(d))
-        for img in images:
+    for label, images in enumerate(found if any(found) else []):
+        for img, present in images:
             stem = img.rsplit(".", 1)[0]
             txt = stem + ".txt"
-            captions = []
-            if txt in present:
-                captions = read_lines(txt, "caption") if file_size(txt) else []
+            captions = read_lines(txt, "caption") if txt in present and file_size(txt) else []
             records.append(Record(key=os.path.basename(stem), image=img, captions=captions, label=label, source=img))
-    return records, names
+    return records, [_base(d) for d in classes] if any(found) else []
+
+
+def _base(url: str) -> str:
+    return posixpath.basename(url.rstrip("/")) if "://" in url else os.path.basename(url)
+
+
+def _class_images(folder: str) -> list[tuple[str, set]]:
+    """(image, the entries beside it) under ``folder`` at any depth: a folder's own images first, sorted, then
+    its subfolders' in turn (torchvision's ``sorted(os.walk(...))`` order)."""
+    entries = listdir(folder)
+    present = set(entries)
+    is_image = [e.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS for e in entries]
+    out = [(e, present) for e, image in zip(entries, is_image) if image]
+    for sub in (e for e, image in zip(entries, is_image) if not image and isdir(e)):
+        out.extend(_class_images(sub))
+    return out
 
 
 # ------------------------------------------------------------------ dispatch
@@ -92,7 +107,7 @@ def open_dataset(spec: "str | os.PathLike | Sequence[str]", split: str = "test",
     lower = spec.lower()
     if lower.endswith((".csv", ".tsv", ".tab")) and not any(c in spec for c in "{*?["):
         return _csv_source(spec, label, img_key, caption_key, label_key, separator, classnames, templates, shard_size)
-    if any(c in spec for c in "{*?[") or lower.endswith(".tar") or is_tfrecord(lower):
+    if any(c in spec for c in "{*?[") or lower.endswith(TAR_SUFFIXES) or is_tfrecord(lower):
         urls = expand_urls(spec)
         return _shards_source(urls, label, parent_url(urls[0]), img_key, caption_key, label_key, classnames, templates)
     if not exists(spec):
@@ -105,7 +120,7 @@ def open_dataset(spec: "str | os.PathLike | Sequence[str]", split: str = "test",
 def _default_name(spec: str) -> str:
     base = spec.rstrip("/").rsplit("/", 1)[-1]
     base = base.split("{", 1)[0].rstrip("-_") or base
-    for suffix in (".csv", ".tsv", ".tar", *TFRECORD_SUFFIXES):
+    for suffix in (".csv", ".tsv", *TAR_SUFFIXES, *TFRECORD_SUFFIXES):
         if base.lower().endswith(suffix):
             return base[: -len(suffix)]
     return base or "dataset"
@@ -158,10 +173,9 @@ def _open_folder(root: str, split: str, name: str, img_key, caption_key, label_k
     entries = listdir(root)
     files = [e for e in entries if not isdir(e)]
     nshards = join_url(root, "nshards.txt")
-    tars = [e for e in files if e.lower().endswith(".tar")]
+    tars = [e for e in files if e.lower().endswith(TAR_SUFFIXES)]
     if exists(nshards) and exists(join_url(root, "0.tar")):
-        n = int(read_text(nshards).strip())
-        tars = [join_url(root, f"{i}.tar") for i in range(n)]
+        tars = _numbered_shards(root, read_text(nshards).strip(), len(tars))
     tfrecords = [e for e in files if is_tfrecord(e)]
     if tars or tfrecords:
         return _shards_source(tars or tfrecords, name, root, img_key, caption_key, label_key, classnames, templates)
@@ -176,6 +190,15 @@ def _open_folder(root: str, split: str, name: str, img_key, caption_key, label_k
         return DataSource(name, chunk(records, name, shard_size), names, temps, kind, root, len(records))
     raise DatasetError(f"folder {root!r} holds no data set: expected class subfolders of images, .tar shards, "
                        f".tfrecord files, a {split!r} split folder, or a clipzoo shapes folder")
+
+
+def _numbered_shards(root: str, count: str, tars_here: int) -> list[str]:
+    """CLIP_benchmark's ``0.tar`` … ``{n-1}.tar`` from ``nshards.txt``'s ``count``; a count that is no number, or
+    more shards than the folder holds, is a one-line error (a count of 10^8 listed that many names for minutes)."""
+    if not (count.isascii() and count.isdecimal()) or not 1 <= int(count) <= tars_here:
+        raise DatasetError(f"{join_url(root, 'nshards.txt')}: says {count[:40]!r} shards, but the folder holds "
+                           f"{tars_here} .tar file(s); write the number of shards 0.tar, 1.tar, … it holds")
+    return [join_url(root, f"{i}.tar") for i in range(int(count))]
 
 
 def _open_shapes(root, info, name, img_key, caption_key, label_key, classnames, templates, shard_size):

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..constants import MAX_RECORD_BYTES
 from ..errors import DatasetError
 from .locations import open_binary
 from .records import IMAGE_EXTENSIONS, Record
@@ -48,19 +49,23 @@ class SampleFields:
     classnames: "list[str] | None" = None
     multi_caption: bool = True  # a caption text holds one caption per line (CLIP_benchmark retrieval sets)
 
-    def label_of(self, value: Any, where: str) -> "int | None":
+    def label_of(self, value: Any, where: str, by_name: bool = False) -> "int | None":
+        """A sample's class index: an integer (a whole float such as 2.0 too) or a digit string is the index, any
+        other text a class name; ``by_name``: every text is a name (a CSV column that mixes names and digits)."""
         if value is None:
             return None
         if isinstance(value, bytes):
-            value = value.decode("utf-8").strip()
+            value = _utf8(value, where, "label").strip()
         if isinstance(value, (list, tuple)):
             value = value[0] if value else None
             if value is None:
                 return None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, float) and not value.is_integer():  # 2.9 was taken as class 2; NaN crashed
+                raise DatasetError(f"{where}: label {value!r} is not a whole number; labels are class indices")
             return int(value)
         text = str(value).strip()
-        if text.lstrip("-").isdigit():
+        if not by_name and is_index(text):
             return int(text)
         if self.classnames is None:
             raise DatasetError(f"{where}: label {text!r} is a class name but no class names are known; "
@@ -72,16 +77,30 @@ class SampleFields:
                                f"({', '.join(self.classnames[:6])}{', …' if len(self.classnames) > 6 else ''}); "
                                f"the class names do not match the data") from None
 
-    def captions_of(self, value: Any) -> list[str]:
+    def captions_of(self, value: Any, where: str = "sample") -> list[str]:
         if value is None:
             return []
         if isinstance(value, bytes):
-            value = value.decode("utf-8")
+            value = _utf8(value, where, "caption")
         if isinstance(value, (list, tuple)):
             return [str(v) for v in value]
         text = str(value)
         lines = text.splitlines() if self.multi_caption else [text]
         return [ln.strip() for ln in lines if ln.strip()]
+
+
+def is_index(text: str) -> bool:
+    """Whether ``text`` is a class index: ASCII digits with an optional minus (``"²"`` and ``"٣"`` pass
+    ``isdigit()``, then fail ``int()``)."""
+    digits = text[1:] if text.startswith("-") else text
+    return digits.isascii() and digits.isdecimal()
+
+
+def _utf8(data: bytes, where: str, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{where}: the {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def split_member(name: str) -> tuple[str, str]:
@@ -119,13 +138,22 @@ class TarShard:
                             yield self._record(key, parts)
                             parts = {}
                         key = k
-                        data = tar.extractfile(member)
-                        parts[ext] = data.read() if data is not None else b""
+                        if ext in parts:  # webdataset refuses it too: the second silently replaced the first
+                            raise DatasetError(f"shard {self.url!r}: {member.name!r} appears twice in sample {k!r}")
+                        parts[ext] = self._member_bytes(tar, member)
                     if parts:
                         yield self._record(key, parts)
             except (tarfile.TarError, EOFError, OSError) as err:
                 raise DatasetError(f"shard {self.url!r} is not a readable tar file ({err}); "
                                    f"it may be truncated — rewrite it") from None
+
+    def _member_bytes(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+        """A member's bytes, at most MAX_RECORD_BYTES (a .tar.gz's 400 MB caption was read whole)."""
+        if member.size > MAX_RECORD_BYTES:
+            raise DatasetError(f"shard {self.url!r}: member {member.name!r} is {member.size:,} bytes, more than the "
+                               f"{MAX_RECORD_BYTES:,} a sample's member may hold")
+        data = tar.extractfile(member)
+        return data.read(MAX_RECORD_BYTES) if data is not None else b""
 
     def _record(self, key: str, parts: dict[str, bytes]) -> Record:
         f = self.fields
@@ -145,7 +173,7 @@ class TarShard:
                                f"(choose the image with --img-key)")
         captions = self._field(parts, meta, f.caption, CAPTION_EXTENSIONS, where, "caption", "--caption-key")
         label = self._field(parts, meta, f.label, LABEL_EXTENSIONS, where, "label", "--label-key")
-        return Record(key=key, image=image, captions=f.captions_of(captions), label=f.label_of(label, where),
+        return Record(key=key, image=image, captions=f.captions_of(captions, where), label=f.label_of(label, where),
                       source=f"{where}.{image_ext}" if image_ext else where, meta=meta)
 
     @staticmethod

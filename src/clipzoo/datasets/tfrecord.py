@@ -26,6 +26,7 @@ from contextlib import ExitStack, contextmanager
 from numbers import Integral, Real
 from typing import Any
 
+from ..constants import MAX_RECORD_BYTES
 from ..errors import DatasetError
 from .records import Record
 
@@ -102,6 +103,9 @@ def iter_tfrecord(fileobj_or_path: Any, verify: "bool | str" = "auto",
                     hint = ("it looks gzip-compressed: pass compression='gzip' or name it *.gz"
                             if n == 0 and header[:2] == b"\x1f\x8b" else "is it a TFRecord file?")
                     raise DatasetError(f"{where}: bad length CRC, the file is corrupt ({hint})")
+                if length > MAX_RECORD_BYTES:  # 2^40 was a MemoryError, 2^63 an OverflowError
+                    raise DatasetError(f"{where}: the record claims {length:,} bytes, more than the "
+                                       f"{MAX_RECORD_BYTES:,} a record may hold; the file is corrupt")
                 body = fh.read(length + 4)
             except (EOFError, OSError) as err:  # a gzip stream cut short or damaged
                 raise DatasetError(f"{where}: the file is truncated or corrupt ({type(err).__name__}: {err}); "

@@ -41,6 +41,20 @@ METADATA_DIR, METADATA_PREFIX = "metadata", "metadata_"
 KEY_COLUMNS = {IMAGE: "image_path", TEXT: "caption"}
 
 
+def rows_file(npy: Any):
+    """A memory-mapped ``.npy`` of embedding rows (N, D); a :class:`ClipzooError` naming it when it is truncated,
+    not a .npy file, or not 2-d (np.load's "mmap length is greater than file size" was a traceback)."""
+    import numpy as np
+
+    try:
+        feats = np.load(npy, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as err:
+        raise ClipzooError(f"{str(npy)!r} is not a readable .npy file ({err}); is it truncated?") from None
+    if feats.ndim != 2:
+        raise ClipzooError(f"{str(npy)!r} holds a {feats.ndim}-d array, not rows of embeddings")
+    return feats
+
+
 def _parquet():
     return require("pyarrow.parquet", "clip-retrieval's metadata (parquet)")
 
@@ -152,6 +166,12 @@ class ClipRetrievalFolder:
                                f"({FEATURE_DIRS[requested][0]}/ missing); it holds: {', '.join(self.modalities)}")
         return requested
 
+    def check_shards(self, modality: str | None = None) -> None:
+        """Every shard's ``.npy`` opened (its header and size checked, no rows read): before an index is written
+        from them, so a truncated shard is one line, not a half-built index."""
+        for npy in self.shards[self.modality(modality)].values():
+            rows_file(npy)
+
     def iter_shards(self, modality: str | None = None) -> Iterator[tuple[Any, dict[str, list]]]:
         """``(features float32 [n_i, d], metadata columns {name: [n_i values]})`` per shard, in shard order."""
         import numpy as np
@@ -159,9 +179,7 @@ class ClipRetrievalFolder:
         pq = _parquet()
         modality = self.modality(modality)
         for number, npy in sorted(self.shards[modality].items()):
-            feats = np.load(npy, mmap_mode="r")
-            if feats.ndim != 2:
-                raise ClipzooError(f"{str(npy)!r} holds a {feats.ndim}-d array, not rows of embeddings")
+            feats = rows_file(npy)
             meta_path = self.metadata.get(number)
             if meta_path is None:
                 raise ClipzooError(f"{str(npy)!r} has no {METADATA_DIR}/{METADATA_PREFIX}…{number}.parquet beside "

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import EvalInputError, MissingExtraError
 from ..files import atomic_write
-from .report import collect_results, csv_text
+from .report import collect_results, csv_text, spreadsheet_safe
 from .results import read_result
 
 __all__ = ["OPENCLIP_COLUMNS", "leaderboard", "leaderboard_markdown", "leaderboard_html", "openclip_csv",
@@ -168,10 +168,11 @@ def openclip_csv(records: Iterable[Mapping[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["name", "pretrained", f"Average perf. on {len(columns)} datasets",
-                     *[OPENCLIP_COLUMNS.get(k, k) for k in columns]])
+                     *[spreadsheet_safe(OPENCLIP_COLUMNS.get(k, k)) for k in columns]])
     rows = [(sum(v.values()) / len(v), key, v) for key, v in table.items()]
     for avg, (name, pretrained), values in sorted(rows, key=lambda x: (-x[0], x[1])):
-        writer.writerow([name, pretrained, repr(avg), *[f"{values[k]:.4f}" if k in values else "" for k in columns]])
+        writer.writerow([spreadsheet_safe(name), spreadsheet_safe(pretrained), repr(avg),
+                         *[f"{values[k]:.4f}" if k in values else "" for k in columns]])
     return buf.getvalue()
 
 

@@ -41,6 +41,7 @@ from .results import flatten, is_missing, read_result
 
 __all__ = ["summary_records", "SUMMARY_TASKS",
            "collect_results", "results_table", "write_csv", "csv_text", "markdown_table", "write_report",
+           "spreadsheet_safe",
            "META_COLUMNS", "MAIN_METRICS", "MISSING"]
 
 META_COLUMNS = ("dataset", "model", "pretrained", "task", "language")
@@ -179,8 +180,18 @@ def _csv_cell(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else repr(value)
     if isinstance(value, (list, dict)):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
+        return spreadsheet_safe(json.dumps(value, separators=(",", ":")))
+    return str(value) if isinstance(value, int) else spreadsheet_safe(str(value))
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What a spreadsheet reads as a formula at the start of a cell (OWASP's CSV injection list)."""
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` for a CSV cell, with a ``'`` in front when it starts like a formula: a data set or model named
+    ``=cmd|' /C calc'!A0`` was written as it is, and a spreadsheet opening the report runs it."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def csv_text(records: Iterable[Mapping[str, Any]]) -> str:
@@ -188,7 +199,7 @@ def csv_text(records: Iterable[Mapping[str, Any]]) -> str:
     columns, rows = results_table(records)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
+    writer.writerow([spreadsheet_safe(c) for c in columns])
     for row in rows:
         writer.writerow([_csv_cell(row.get(c)) for c in columns])
     return buf.getvalue()

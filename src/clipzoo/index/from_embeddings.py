@@ -55,6 +55,7 @@ def build_index_from_embeddings(embeddings: "str | os.PathLike", out: "str | os.
                            "MODEL (the one clip-retrieval ran, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k)")
     spec, alias = model_identity(spec)
     check_store(dict(vector_options or {}).get("vector_store", DEFAULT_STORE), vector_options)  # e.g. Milvus reachable
+    folder.check_shards(modality)  # a truncated shard: one line before anything is written
     with IndexLock(Path(out).absolute()):
         return _index_rows(folder, embeddings, out, spec, alias, modality, vector_options, progress, t0)
 
