@@ -30,7 +30,8 @@ def user_errors(fn: F) -> F:
     """Turn errors a user can cause into one line on stderr and exit status 2 — never a traceback.
 
     Caught: :class:`~clipzoo.errors.ClipzooError` (unknown model, bad file, bad image, too-long text, …)
-    and ``FileNotFoundError`` / ``IsADirectoryError`` / ``PermissionError`` of user paths.
+    and ``OSError`` of user paths and the machine (missing, a folder, no permission, a file where a folder
+    goes, a full disk, a read-only file system).
     Ctrl-C exits 130 with one line.
     """
 
@@ -39,7 +40,7 @@ def user_errors(fn: F) -> F:
         try:
             with one_line_warnings():
                 return fn(*args, **kwargs)
-        except (ClipzooError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        except (ClipzooError, OSError) as exc:
             fail(getattr(exc, "cli_message", None) or exc)  # an error may say it in the CLI's words
         except KeyboardInterrupt:
             fail("interrupted", 130)

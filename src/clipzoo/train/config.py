@@ -17,6 +17,7 @@ from typing import Any
 
 from ..models.spec import ConfigError, check_towers
 from .checks import check_adapters, check_teacher
+from .config_types import range_problems, typed_value
 
 try:  # optional: YAML configs
     import yaml
@@ -124,11 +125,7 @@ def check_keys(values: Mapping[str, Any], source: str = "config") -> dict[str, A
 
 def from_mapping(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
     """A config from a dict, checking every key and value."""
-    clean = check_keys(values, source)
-    if "betas" in clean and clean["betas"] is not None:
-        clean["betas"] = tuple(clean["betas"])
-    if isinstance(clean.get("data"), str):
-        clean["data"] = [clean["data"]]
+    clean = {k: typed_value(k, v, FIELDS[k].type, source) for k, v in check_keys(values, source).items()}
     cfg = TrainConfig(**clean)
     _validate(cfg, source)
     return cfg
@@ -153,9 +150,8 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         (cfg.data_weights is None or len(cfg.data_weights) == len(cfg.data),
          f"data_weights has {len(cfg.data_weights or [])} entries for {len(cfg.data)} data sources"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(f"{source}: {message}")
+    for message in [m for ok, m in checks if not ok] + range_problems(cfg):
+        raise ConfigError(f"{source}: {message}")
     if cfg.towers is not None:
         if cfg.model or cfg.model_config:
             raise ConfigError(f"{source}: set either towers (a compositional model) or model / model_config, "
@@ -189,8 +185,8 @@ def read_config_file(path: "str | os.PathLike") -> dict[str, Any]:
         raise
     except Exception as err:  # the parsers' own errors carry the line
         raise ConfigError(f"config file {str(path)!r} cannot be parsed: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a table of keys")
+    if not isinstance(data, dict) or not isinstance(data.get("train", data), dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a table of keys (or a [train] table)")
     return dict(data.get("train", data))
 
 

@@ -172,12 +172,14 @@ class _TrainStream(IterableDataset):
         mine = [order[i] for i in range(len(order)) if i % slots == slot]
         rng = random.Random(f"{self.seed}-{self.epoch}-{slot}")
         buf: list = []
+        n = 0
         for si in mine:
             for rec in self.shards[si]():
                 if not rec.captions:
                     continue
+                n += 1
                 try:
-                    pixels = self.transform(decode_image(rec))
+                    pixels = self._augmented(rec, slot, n)
                 except ClipzooError as err:
                     if self.strict:
                         raise
@@ -193,6 +195,15 @@ class _TrainStream(IterableDataset):
         rng.shuffle(buf)
         for p, c in buf:
             yield p, c, None
+
+
+    def _augmented(self, rec, slot: int, n: int):
+        """The training transform of the ``n``-th sample of this stream, its random crop drawn from a generator
+        seeded by (seed, epoch, slot, n) — not torch's global one, whose state a resumed run replays differently
+        (the crops, so the losses after a resume, differed from the run that was not stopped)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((((self.seed * 1_000_003 + self.epoch) * 1_000_003 + slot) * 1_000_003 + n) % 2**63)
+            return self.transform(decode_image(rec))
 
 
 @dataclass

@@ -29,13 +29,16 @@ def train(cfg: TrainConfig, data=None, model: "TrainModel | None" = None,
     """Train as ``cfg`` says; ``data`` (a :class:`~clipzoo.train.data.MemoryData` / ``StreamData``) and
     ``model`` default to what the config names; ``teacher`` (a loaded Comparator) overrides ``cfg.teacher``.
     Returns where the trained model folder is."""
-    trainer = Trainer(cfg, on_step=on_step, teacher=teacher)  # device, processes, seed, run folder
-    trainer.build_model(model)  # the module on its device, in its training layout
-    trainer.open_data(data)  # the batches, and held-out evaluation images
-    trainer.attach_teacher()  # distillation: a frozen teacher, captions re-tokenised for it
-    trainer.build_optimiser()  # AdamW, schedule, scaler
-    trainer.build_objective()  # the loss, ProtoCLIP's bank, the EMA
-    trainer.resume()  # a stopped run continues exactly
-    trainer.start()  # DDP, logs
-    trainer.run()  # the steps, with their checkpoints and evaluations
-    return trainer.finish()  # last checkpoint, model folder, final evaluation
+    trainer = Trainer(cfg, on_step=on_step, teacher=teacher)  # device, processes, seed, run folder (locked)
+    try:
+        trainer.build_model(model)  # the module on its device, in its training layout
+        trainer.open_data(data)  # the batches, and held-out evaluation images
+        trainer.attach_teacher()  # distillation: a frozen teacher, captions re-tokenised for it
+        trainer.build_optimiser()  # AdamW, schedule, scaler
+        trainer.build_objective()  # the loss, ProtoCLIP's bank, the EMA
+        trainer.resume()  # a stopped run continues exactly
+        trainer.start()  # DDP, logs
+        trainer.run()  # the steps, with their checkpoints and evaluations
+        return trainer.finish()  # last checkpoint, model folder, final evaluation
+    finally:
+        trainer.release_output()  # the next run on this OUTPUT, in this process too, may start

@@ -25,7 +25,7 @@ from ..api import load
 from ..backends.open_clip import build
 from ..backends.open_clip_plan import Plan
 from ..constants import OPENAI_MEAN, OPENAI_STD
-from ..errors import UnsupportedError
+from ..errors import ClipzooError, UnsupportedError
 from ..models.composite import build_composite, save_composite
 from ..models.open_clip_parts import image_transforms, open_clip_tokenizer
 from .adapters import apply_adapters, merged_copy
@@ -131,7 +131,9 @@ def check_model_folder(out, output: str) -> None:
 
 def save_trained(model: TrainModel, folder: "str | os.PathLike", state_dict: "dict[str, torch.Tensor] | None" = None,
                  info: "dict[str, Any] | None" = None) -> Path:
-    """Write the trained model as a folder ``clipzoo.load`` reads (atomically: temp folder + rename)."""
+    """Write the trained model as a folder ``clipzoo.load`` reads (atomically: temp folder + rename); weights
+    holding NaN or an infinity are refused (a run with ``lr: inf`` saved one and reported success)."""
+    check_finite_weights(state_dict if state_dict is not None else model.module.state_dict())
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -146,6 +148,17 @@ def save_trained(model: TrainModel, folder: "str | os.PathLike", state_dict: "di
         shutil.rmtree(folder)
     os.replace(tmp, folder)
     return folder
+
+
+def check_finite_weights(weights: "dict[str, torch.Tensor]") -> None:
+    """A :class:`~clipzoo.errors.ClipzooError` when a floating weight holds NaN, or an infinity outside a mask
+    buffer (the causal ``attn_mask`` holds -inf by design)."""
+    bad = [k for k, v in weights.items() if v.is_floating_point() and (
+        bool(torch.isnan(v).any()) or ("mask" not in k and bool(torch.isinf(v).any())))]
+    if bad:
+        raise ClipzooError(f"the trained weights hold NaN or infinite values ({len(bad)} of {len(weights)} tensors, "
+                           f"first {bad[0]!r}): the run diverged; lower --lr or set --grad-clip. The model was not "
+                           "saved")
 
 
 def _save_open_clip(model: TrainModel, state_dict: "dict[str, torch.Tensor] | None", folder: Path) -> None:

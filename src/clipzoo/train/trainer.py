@@ -8,12 +8,14 @@ naming the step; the last good checkpoint stays.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from ..errors import DatasetError
 from ..progress import progress
 from .checks import check_teacher
 from .config import ConfigError, TrainConfig
@@ -29,6 +31,7 @@ from .phases.objective import ProtoBank, build_objective
 from .phases.optimiser import Optimiser
 from .phases.step import forward_backward
 from .result import TrainingError, TrainResult
+from .run_lock import hold_output
 from .storage import Location
 
 __all__ = ["Trainer"]
@@ -50,6 +53,7 @@ class Trainer:
         self.cfg, self.on_step, self.teacher = cfg, on_step, teacher
         self.out = Location(cfg.output)
         check_model_folder(self.out, str(cfg.output))
+        self.output_lock = hold_output(self.out.local, str(cfg.output)) if self.rank == 0 else None
         self.ckpt = checkpoint_location(cfg.output, cfg.checkpoint_dir)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.last_ckpt: "Any | None" = None
@@ -117,17 +121,29 @@ class Trainer:
         with progress(self.total, "training", enabled=shown, unit="steps", start=self.step,
                       status=self.progress_status) as advance:
             while self.step < self.total:
+                whole_epoch, stepped = self.batch_in_epoch == 0, False
                 for batch in self.data.batches(self.epoch, self.batch_in_epoch, self.cfg.batch_size, self.rank,
                                                self.world):
                     if self.step >= self.total:
                         break
                     record, samples = self.train_step(batch)
+                    stepped = True
                     self.recent = (record["loss"], self.recent[1] + samples)
                     advance(1)
                     self.after_step(record, samples)
                 else:
+                    if whole_epoch and not stepped:  # it looped for ever, epoch after empty epoch
+                        raise DatasetError(f"a whole epoch of the training data gave no batch of "
+                                           f"{self.cfg.batch_size}: every sample was unreadable or had no caption, "
+                                           "or fewer samples are usable than one batch; check --data")
                     self.epoch += 1
                     self.batch_in_epoch = 0
+
+    def release_output(self) -> None:
+        """Give up the run folder's lock (:mod:`.run_lock`)."""
+        if self.output_lock is not None:
+            os.close(self.output_lock)
+            self.output_lock = None
 
     def progress_status(self) -> str:
         """The progress line's tail: the last step's loss and the samples per second since the previous line

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ...checkpoints import load_failure_reason
 from ..config import ConfigError, TrainConfig
 from ..model import TrainModel, save_trained
 from ..result import TrainingError
@@ -71,10 +72,26 @@ def read_resume(cfg: TrainConfig, ckpt: Location) -> dict[str, Any]:
     if path is None or not url_exists(str(path)):
         where = "in " + str(ckpt) if cfg.resume == "latest" else cfg.resume
         raise TrainingError(f"nothing to resume: no checkpoint {where}")
-    state = torch_load_url(str(path))
+    state = _resume_state(str(path))
     diffs = _diff(state["architecture"], cfg.architecture())
     if diffs:
         raise ConfigError(f"cannot resume from {path}: the model differs — " + "; ".join(diffs[:5]))
+    return state
+
+
+def _resume_state(path: str) -> dict[str, Any]:
+    """The checkpoint at ``path``, or a TrainingError saying why it is not one: truncated, empty, not a torch file,
+    or a torch file of something else (each was a traceback, an empty file the CLI's "Aborted!")."""
+    try:
+        state = torch_load_url(path)
+    except Exception as exc:  # noqa: BLE001 - torch.load's many failures on what is no checkpoint
+        why = "it is empty" if isinstance(exc, EOFError) else load_failure_reason(exc)
+        raise TrainingError(f"cannot resume from {path}: not a clipzoo training checkpoint ({why}); pass a "
+                            "step_*.pt from a run's checkpoints/ (or 'latest')") from None
+    if not isinstance(state, dict) or not isinstance(state.get("architecture"), dict):
+        held = type(state).__name__ if not isinstance(state, dict) else f"keys {', '.join(map(str, list(state)[:5]))}"
+        raise TrainingError(f"cannot resume from {path}: not a clipzoo training checkpoint (it holds {held}); pass "
+                            "a step_*.pt from a run's checkpoints/ (or 'latest')")
     return state
 
 
