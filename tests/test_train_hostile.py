@@ -38,6 +38,14 @@ def test_config_values_of_the_wrong_type_or_range_are_one_line(values, said):
     assert str(err.value) == f"run.yaml: {said}"
 
 
+def test_the_jax_engine_checks_its_values_too():
+    from clipzoo.train.jax.config import jax_from_mapping
+
+    assert jax_from_mapping({"learning_rate": "1e-3", "train_path": "shapes:8"}).learning_rate == 0.001
+    with pytest.raises(ConfigError, match=r"^config: learning_rate must be a positive finite number, got inf$"):
+        jax_from_mapping({"learning_rate": math.inf, "train_path": "shapes:8"})
+
+
 def test_numbers_a_yaml_file_reads_as_strings_are_numbers(tmp_path):
     """PyYAML reads `lr: 1e-3` as the string '1e-3': '>' not supported between 'str' and 'int'."""
     pytest.importorskip("yaml")

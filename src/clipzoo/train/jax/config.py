@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import ConfigError, read_config_file
+from ..config_types import typed_value
 
 __all__ = ["JaxTrainConfig", "ALIASES", "JAX_RECIPES", "load_jax_config", "jax_recipe", "jax_from_mapping"]
 
@@ -146,7 +147,9 @@ def check_keys(values: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 
 def jax_from_mapping(values: Mapping[str, Any], source: str = "config") -> JaxTrainConfig:
-    cfg = JaxTrainConfig(**check_keys(values, source))
+    fields = {f.name: f.type for f in dataclasses.fields(JaxTrainConfig)}
+    cfg = JaxTrainConfig(**{k: typed_value(k, v, fields[k], source)  # YAML's learning_rate: 1e-3 is a string
+                            for k, v in check_keys(values, source).items()})
     validate(cfg, source)
     return cfg
 
@@ -154,7 +157,8 @@ def jax_from_mapping(values: Mapping[str, Any], source: str = "config") -> JaxTr
 def validate(cfg: JaxTrainConfig, source: str) -> None:
     checks = [
         (cfg.global_batch_size >= 1, f"global_batch_size must be at least 1, got {cfg.global_batch_size}"),
-        (cfg.learning_rate > 0, f"learning_rate must be positive, got {cfg.learning_rate}"),
+        (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0,
+         f"learning_rate must be a positive finite number, got {cfg.learning_rate}"),
         (cfg.learning_rate_scheduler in ("cosine", "const"),
          f"learning_rate_scheduler must be cosine or const, got {cfg.learning_rate_scheduler!r}"),
         (cfg.decay in ("ndim", "kernels"), f"decay must be ndim or kernels, got {cfg.decay!r}"),
