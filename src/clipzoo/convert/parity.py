@@ -194,7 +194,7 @@ def _run_open_clip(ours, inputs: Inputs, work: Path) -> Outputs:
         tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
     model.eval()
     bias = getattr(model, "logit_bias", None)
-    return _torch_side(model.encode_image, model.encode_text, float(model.logit_scale.exp()),
+    return _torch_side(model.encode_image, model.encode_text, float(model.logit_scale.detach().exp()),
                        None if bias is None else float(bias), inputs,
                        torch.stack([preprocess(i) for i in inputs.images]), tokenizer(inputs.texts))
 
