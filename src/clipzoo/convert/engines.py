@@ -61,7 +61,7 @@ def torch_engine(form: OpenClipForm, card, device: str) -> Engine:
                            f"({str(exc).splitlines()[0]})") from None
     bias = getattr(model, "logit_bias", None)
     with torch.no_grad():
-        scale = float(model.logit_scale.exp())
+        scale = float(model.logit_scale.detach().exp())
     return Engine("torch", lambda x: model.encode_image(x.to(device)), lambda t: model.encode_text(t.to(device)),
                   scale, None if bias is None else float(bias))
 

@@ -210,7 +210,7 @@ def _run_openai(ours, inputs: Inputs, work: Path) -> Outputs:
         path = str(write_openai(open_clip_form(ours), work / "openai.pt"))
     model, preprocess = clip.load(path, device="cpu", jit=False)
     model = model.float().eval()
-    return _torch_side(model.encode_image, model.encode_text, float(model.logit_scale.exp()), None, inputs,
+    return _torch_side(model.encode_image, model.encode_text, float(model.logit_scale.detach().exp()), None, inputs,
                        torch.stack([preprocess(i) for i in inputs.images]), clip.tokenize(inputs.texts))
 
 
@@ -232,7 +232,7 @@ def _run_hf(ours, inputs: Inputs, work: Path) -> Outputs:
     tokens = processor(text=inputs.texts, return_tensors="pt", padding=padding, truncation=True)["input_ids"]
     bias = getattr(model, "logit_bias", None)
     return _torch_side(lambda x: _tensor(model.get_image_features(pixel_values=x)),
-                       lambda t: _tensor(model.get_text_features(input_ids=t)), float(model.logit_scale.exp()),
+                       lambda t: _tensor(model.get_text_features(input_ids=t)), float(model.logit_scale.detach().exp()),
                        None if bias is None else float(bias), inputs, pixels, tokens)
 
 
