@@ -184,6 +184,23 @@ def test_a_rebuild_repairs_corrupt_files_too(built, model):
         assert [h.id for h in idx.search_embedding(before[3], k=1)] == [int(ids[3])]
 
 
+def test_a_missing_vectors_record_names_the_repair_and_a_command_that_pastes(built, model):
+    """The hint named only a rebuild, with the model spec unquoted: '--model [clip - clipzoo - tiny-shapes]' broke
+    when pasted into a shell; the repair mends it."""
+    import shlex
+
+    root, out = built
+    (out / "vectors" / "vectors.json").unlink()
+    with pytest.raises(ClipzooError) as err:
+        open_index(out, model=model)
+    hint = str(err.value).split("; ", 1)[1]
+    assert hint.startswith(f"run `clipzoo index repair {shlex.quote(str(out))}` (or rebuild it: `clipzoo index build")
+    rebuild = hint.split("rebuild it: `", 1)[1].rstrip("`)")
+    assert shlex.split(rebuild)[:3] == ["clipzoo", "index", "build"] and "--model" in shlex.split(rebuild)
+    assert CliRunner().invoke(app, ["index", "repair", str(out), "--no-progress"]).exit_code == 0
+    open_index(out, model=model).close()
+
+
 def test_ids_sha256_is_checked(built):
     _, out = built
     path = out / "vectors" / "vectors.json"
