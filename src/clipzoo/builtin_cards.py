@@ -17,7 +17,7 @@ from .cards import ModelCard
 from .catalog import card_from_dict, open_clip_card, toml_cards
 from .catalog.embedded import embedded_cards
 from .constants import default_cache_dir
-from .files import atomic_write
+from .files import atomic_write_text
 
 TOML_FILES = ("openai.toml", "hf_hub.toml", "clap.toml", "open_clip_jax.toml", "mindspore.toml",
               "slip.toml", "kelip.toml", "clip_fa.toml", "cloob.toml", "long_clip.toml", "hf_families.toml",
@@ -45,7 +45,7 @@ def open_clip_cards() -> list[ModelCard]:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             data = [{k: v for k, v in c.to_dict().items() if k != "alias"} for c in cards]
-            atomic_write(path, lambda f: f.write(json.dumps(data).encode("utf-8")))
+            atomic_write_text(path, json.dumps(data))
         except OSError:
             pass  # a read-only cache only costs speed
     return cards

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["NOT_REGULAR", "atomic_write", "build_folder_once", "check_output_file", "expand_files", "special_file",
-           "url_filesystem"]
+__all__ = ["NOT_REGULAR", "atomic_write", "atomic_write_text", "build_folder_once", "check_output_file",
+           "expand_files", "special_file", "url_filesystem"]
 
 NOT_REGULAR = "is not a regular file (a fifo, a socket or a device)"
 """What is said of a path :func:`special_file` refuses."""
@@ -42,6 +42,11 @@ def atomic_write(path: "str | os.PathLike", write: Callable[[IO[bytes]], object]
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def atomic_write_text(path: "str | os.PathLike", text: str) -> Path:
+    """``text`` as UTF-8 at ``path`` through :func:`atomic_write` (whole or not at all; a link there is replaced)."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def check_output_file(path: "str | os.PathLike | None", inputs, flag: str, error: type) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import ClipzooError
-from ..files import atomic_write, check_output_file
+from ..files import atomic_write_text, check_output_file
 from ._common import (
     CacheDirOpt,
     DeviceOpt,
@@ -52,5 +52,5 @@ def senteval(
                                model_name=model_name or model)
     print_json(result)
     if output is not None:
-        atomic_write(output, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode("utf-8")))
+        atomic_write_text(output, json.dumps(result, indent=2) + "\n")
         note(f"wrote {output}")

@@ -27,7 +27,7 @@ from typing import Any
 from ..cards import IMAGE, TEXT
 from ..errors import ClipzooError
 from ..extras import require
-from ..files import atomic_write
+from ..files import atomic_write, atomic_write_text
 from .results import Embeddings
 
 __all__ = ["CLIP_RETRIEVAL_SHARD_ROWS", "SIDECAR", "ClipRetrievalFolder", "write_clip_retrieval",
@@ -119,7 +119,7 @@ def write_clip_retrieval(out: "str | os.PathLike", *, image_features: Any = None
     dim = int(next(iter(parts.values())).shape[1]) if n else None
     record = {"format": "clip-retrieval", "model": model, "normalized": bool(normalized), "count": n, "dim": dim,
               "modalities": list(parts), "shards": shards}
-    atomic_write(root / SIDECAR, lambda f: f.write(json.dumps(record, indent=1).encode("utf-8")))
+    atomic_write_text(root / SIDECAR, json.dumps(record, indent=1))
     return record
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ClipzooError
-from ..files import atomic_write
+from ..files import atomic_write, atomic_write_text
 from ..json_text import json_text
 
 __all__ = ["Embeddings", "sidecar_path", "npy_path", "save_embeddings", "write_sidecar", "load_embeddings"]
@@ -61,7 +61,7 @@ def save_embeddings(embeddings: Embeddings, out: "str | os.PathLike") -> tuple[P
 def write_sidecar(npy_path: "str | os.PathLike", metadata: dict[str, Any]) -> Path:
     """Write the JSON sidecar of ``npy_path`` (whole or not at all)."""
     side = sidecar_path(npy_path)
-    atomic_write(side, lambda f: f.write(json_text(metadata, indent=1).encode("utf-8")))
+    atomic_write_text(side, json_text(metadata, indent=1))
     return side
 
 

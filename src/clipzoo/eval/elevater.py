@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import EvalInputError
-from ..files import atomic_write
+from ..files import atomic_write_text
 from .elevater_data import ElevaterSet, ElevaterSplit, catalog, fewshot_ids, multilabel_val_split, open_sets, read_split
 from .elevater_finetune import FinetuneConfig, finetune
 from .linear_probe import validation_split
@@ -202,6 +202,6 @@ def write_elevater(result: dict[str, Any], out: str | Path) -> dict[str, str]:
         out = out / f"elevater_{result['mode']}"
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = {"json": out.with_name(out.name + ".json"), "md": out.with_name(out.name + ".md")}
-    atomic_write(paths["json"], lambda f: f.write((json.dumps(result, indent=2) + "\n").encode("utf-8")))
-    atomic_write(paths["md"], lambda f: f.write(elevater_markdown(result).encode("utf-8")))
+    atomic_write_text(paths["json"], json.dumps(result, indent=2) + "\n")
+    atomic_write_text(paths["md"], elevater_markdown(result))
     return {k: str(v) for k, v in paths.items()}

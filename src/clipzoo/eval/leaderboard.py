@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EvalInputError, MissingExtraError
-from ..files import atomic_write
+from ..files import atomic_write, atomic_write_text
 from .report import collect_results, csv_text, spreadsheet_safe
 from .results import read_result
 
@@ -253,7 +253,7 @@ def write_leaderboard(paths: Sequence[str | os.PathLike], out_dir: str | os.Path
         texts["openclip"] = ("openclip_results.csv", openclip_csv(records))
     written = {}
     for key, (name, text) in texts.items():
-        written[key] = atomic_write(out / name, lambda f, text=text: f.write(text.encode("utf-8")))
+        written[key] = atomic_write_text(out / name, text)
     if plots:
         for i, p in enumerate(plot_leaderboard(board, out)):
             written[f"plot{i}"] = p

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EvalInputError
-from ..files import atomic_write
+from ..files import atomic_write_text
 from .results import flatten, is_missing, read_result
 
 __all__ = ["summary_records", "SUMMARY_TASKS",
@@ -205,13 +205,9 @@ def csv_text(records: Iterable[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _atomic_write_text(path: "str | os.PathLike", text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
 def write_csv(records: Iterable[Mapping[str, Any]], path: "str | os.PathLike") -> Path:
     """Write :func:`csv_text` to ``path`` atomically (temporary file + ``os.replace``)."""
-    return _atomic_write_text(path, csv_text(records))
+    return atomic_write_text(path, csv_text(records))
 
 
 # ------------------------------------------------------------------ markdown
@@ -295,5 +291,5 @@ def write_report(paths: "str | os.PathLike | Iterable[str | os.PathLike]", out_p
     records = collect_results(paths)
     csv_out, md_out = csv_text(records), markdown_table(records, metrics=metrics, digits=digits)
     prefix = os.fspath(out_prefix)
-    return {"csv": _atomic_write_text(prefix + ".csv", csv_out),
-            "md": _atomic_write_text(prefix + ".md", md_out)}
+    return {"csv": atomic_write_text(prefix + ".csv", csv_out),
+            "md": atomic_write_text(prefix + ".md", md_out)}

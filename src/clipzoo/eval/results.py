@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write
+from ..files import atomic_write_text
 from .metrics import EvalInputError
 
 REQUIRED_KEYS = ("dataset", "model", "pretrained", "task", "metrics", "language")
@@ -60,8 +60,7 @@ def output_path(template: str = DEFAULT_OUTPUT, **fields: str) -> str:
 def write_result(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
     """Write one record as JSON (NaN is written as ``NaN``, as Python's json and CLIP_benchmark do)."""
     validate(record, str(path))
-    text = json.dumps(_plain(dict(record)), indent=2) + "\n"
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))  # a link at path: replaced, not written through
+    return atomic_write_text(path, json.dumps(_plain(dict(record)), indent=2) + "\n")  # a link: replaced
 
 
 def validate(record: Any, source: str = "result") -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ClipzooError, MissingExtraError
-from ..files import atomic_write
+from ..files import atomic_write_text
 from .embedding_store import EmbeddingStore
 from .stores import DEFAULT_STORE, VectorStore, get_store
 
@@ -92,7 +92,7 @@ def refresh_vectors(store: EmbeddingStore, force: bool = False, **options: Any) 
             record["partitions"][name] = _save(cls.build(pids, px, **options), vdir / f"part{i}-{tag}{cls.suffix}")
     elif partitions:
         record["partitions"][partitions[0]] = dict(record["all"])
-    atomic_write(meta_path, lambda f: f.write(json.dumps(record, indent=1, ensure_ascii=False).encode("utf-8")))
+    atomic_write_text(meta_path, json.dumps(record, indent=1, ensure_ascii=False))
     keep = {record["all"]["file"], *(p["file"] for p in record["partitions"].values()), VECTORS_META}
     for p in vdir.iterdir():
         if p.name not in keep:

@@ -41,7 +41,7 @@ import pymilvus
 
 from ...errors import ClipzooError
 from ...extras import require
-from ...files import atomic_write
+from ...files import atomic_write_text
 from .base import normalize, recall_at_k
 from .faiss_kinds import FLAT_MAX, HNSW_MAX, choose_index, nlist_for
 from .milvus_rows import (
@@ -361,7 +361,7 @@ class MilvusStore:
         if not _is_server(uri):
             uri = os.path.relpath(os.path.abspath(uri), os.path.abspath(path.parent))
         ref = {**self.describe(), "uri": uri, "collection": self.collection}
-        atomic_write(path, lambda f: f.write(json.dumps(ref, indent=1).encode("utf-8")))
+        atomic_write_text(path, json.dumps(ref, indent=1))
         if self.partition is None:
             self._drop_orphans(path.parent, prefix)
         return path
