@@ -37,9 +37,16 @@ def read_csv_records(path: str, img_key: "str | None" = None, caption_key: "str 
         raise DatasetError(f"cannot read CSV file {path!r}: {err}") from None
     reader = csv.DictReader(io.StringIO(text), delimiter=separator, strict=True)  # an unterminated quote: an error
     try:
-        columns = reader.fieldnames or []
-    except csv.Error as err:
+        return _parse(reader, path, img_key, caption_key, label_key, separator, classnames)
+    except csv.Error as err:  # a field over csv's size limit, a stray quote (strict)
         raise DatasetError(f"{path}:{reader.line_num}: not readable as CSV ({err})") from None
+
+
+def _parse(reader: csv.DictReader, path: str, img_key: "str | None", caption_key: "str | None",
+           label_key: "str | None", separator: str, classnames: "list[str] | None"
+           ) -> tuple[list[Record], "list[str] | None"]:
+    """Records and class names from the CSV ``reader`` is reading (its header first)."""
+    columns = reader.fieldnames or []
     if img_key is None:  # not named: the usual names (open_clip's "filepath" first)
         img_key = next((c for c in CSV_IMAGE_COLUMNS if c in columns), "filepath")
     if caption_key is None:  # optional unless named
@@ -69,11 +76,8 @@ def _rows(reader: csv.DictReader, path: str, img_key: str, caption_key: "str | N
     base = parent_url(path) or ""
     by_image: dict[str, Record] = {}
     raw_labels: list[str] = []
-    try:
-        for line, row in enumerate(reader, start=2):
-            _add_row(row, line, path, base, img_key, caption_key, label_key, by_image, raw_labels)
-    except csv.Error as err:  # a field over csv's size limit, a stray quote (strict)
-        raise DatasetError(f"{path}:{reader.line_num}: not readable as CSV ({err})") from None
+    for line, row in enumerate(reader, start=2):
+        _add_row(row, line, path, base, img_key, caption_key, label_key, by_image, raw_labels)
     return list(by_image.values()), raw_labels
 
 
