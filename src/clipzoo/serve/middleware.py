@@ -22,6 +22,11 @@ MISSING_TOKEN = ("missing bearer token: send 'Authorization: Bearer <token>'", "
 WRONG_TOKEN = ("wrong bearer token", 'Bearer error="invalid_token"')
 
 
+def header(scope: Scope, name: bytes) -> "str | None":
+    """The first value of the request header ``name`` (lower-case bytes, as ASGI gives them), or None."""
+    return next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == name), None)
+
+
 def bearer_problem(authorization: "str | None", token: str) -> "tuple[str, str] | None":
     """None when ``authorization`` (the header's value) is ``Bearer <token>``; else the 401's detail and its
     ``WWW-Authenticate`` value. The one check of the routes' dependency and of :class:`TokenGuard`."""
@@ -161,7 +166,7 @@ class HostGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), None)
+        host = header(scope, b"host")
         if host is not None and self.allows(host, scope):
             return await self.app(scope, receive, send)
         self.on_reject()
@@ -184,16 +189,13 @@ class ContentTypeGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("method") in BODY_METHODS:
-            for key, value in scope.get("headers", ()):
-                if key == b"content-type":
-                    media = value.decode("latin-1").split(";")[0].strip().lower()
-                    if media in REFUSED_BODY_TYPES and not (
-                            media == "text/plain" and scope.get("path") in self.plain_text_paths):
-                        self.on_reject()
-                        return await send_json(send, 415, (
-                            f"{scope['method']} {scope.get('path', '')} does not take {media}: send JSON with "
-                            "'Content-Type: application/json' (or a multipart/form-data form with the image file)"))
-                    break
+            media = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
+            plain_json = media == "text/plain" and scope.get("path") in self.plain_text_paths
+            if media in REFUSED_BODY_TYPES and not plain_json:
+                self.on_reject()
+                return await send_json(send, 415, (
+                    f"{scope['method']} {scope.get('path', '')} does not take {media}: send JSON with "
+                    "'Content-Type: application/json' (or a multipart/form-data form with the image file)"))
         await self.app(scope, receive, send)
 
 
@@ -208,8 +210,7 @@ class TokenGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.token is not None and scope["type"] == "http" and scope.get("method") in BODY_METHODS:
-            header = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), None)
-            problem = bearer_problem(header, self.token)
+            problem = bearer_problem(header(scope, b"authorization"), self.token)
             if problem is not None:
                 self.on_reject()
                 return await send_json(send, 401, problem[0], ((b"www-authenticate", problem[1].encode()),))
