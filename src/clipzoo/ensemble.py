@@ -354,14 +354,15 @@ class Ensemble:
 
 
 def _number(value: Any, what: str) -> float:
-    """``float(value)`` for a real number; a :class:`ClipzooError` naming ``what`` for a string, None, a bool."""
+    """``float(value)`` for a real number; a :class:`BadOptionError` naming ``what`` for a string, None, a bool."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise BadOptionError(f"{what} must be a number, got {value!r}")
     return float(value)
 
 
 def positive_weight(value: Any) -> float:
-    """A model weight: a finite number above 0 (a :class:`ClipzooError` otherwise)."""
+    """A model weight: a finite number above 0 (else :class:`BadOptionError` for no number, :class:`ClipzooError`
+    for one out of range)."""
     weight = _number(value, "model weight")
     if not math.isfinite(weight) or weight <= 0:
         raise ClipzooError(f"model weight must be a positive number, got {weight}")

@@ -150,8 +150,9 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         (cfg.data_weights is None or len(cfg.data_weights) == len(cfg.data),
          f"data_weights has {len(cfg.data_weights or [])} entries for {len(cfg.data)} data sources"),
     ]
-    for message in [m for ok, m in checks if not ok] + range_problems(cfg):
-        raise ConfigError(f"{source}: {message}")
+    problems = [m for ok, m in checks if not ok] + range_problems(cfg)
+    if problems:
+        raise ConfigError(f"{source}: {problems[0]}")
     if cfg.towers is not None:
         if cfg.model or cfg.model_config:
             raise ConfigError(f"{source}: set either towers (a compositional model) or model / model_config, "
