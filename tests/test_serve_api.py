@@ -101,6 +101,8 @@ def test_search_dedup(client):
     ({"text": 5}, "text"),
     ({"id": -1}, "id"),
     ({"text": "a", "dedup": 2}, "dedup"),
+    ({"text": "a", "k": True}, "k: expected a number or text here, not true or false"),
+    ({"id": False}, "id: expected a number"),
 ])
 def test_search_validation_is_422_with_a_message(client, body, fragment):
     r = client.post("/search", json=body)

@@ -3,6 +3,7 @@ loads back, streamed CSV data with bad images, non-finite loss, and the CLI."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -106,6 +107,20 @@ def test_resume_with_another_model_is_refused(tmp_path, shapes):
     with pytest.raises(ConfigError, match=r"cannot resume from .*step_0000002.pt: the model differs — "
                                           r"model_config.embed_dim: 16 \(checkpoint\) vs 24 \(now\)"):
         _run(cfg.replace(model_config=other, resume="latest", steps=4), shapes)
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"batch_size": 8}, "batch_size: 16 (checkpoint) vs 8 (now)"),
+    ({"loss": "siglip"}, "loss: 'infonce' (checkpoint) vs 'siglip' (now)"),
+])
+def test_resume_with_another_batch_size_or_loss_is_refused(tmp_path, shapes, change, said):
+    """The data position counts batches of the checkpoint's size: a resume with another batch size skipped or
+    replayed samples without a word; another loss dropped the objective's state."""
+    cfg = _cfg(tmp_path, steps=2)
+    _run(cfg, shapes)
+    with pytest.raises(ConfigError, match=rf"^cannot resume from .*step_0000002.pt: {re.escape(said)} — its data "
+                                          "position counts batches of its batch size"):
+        _run(cfg.replace(resume="latest", steps=4, **change), shapes)
 
 
 def test_locked_image_tower_stays_bit_identical(tmp_path, shapes):

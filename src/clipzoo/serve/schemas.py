@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .limits import (
     MAX_EMBED_IMAGES,
@@ -34,6 +34,14 @@ class RequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     form_files: ClassVar[tuple[str, ...]] = ("image",)
     form_lists: ClassVar[tuple[str, ...]] = ()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``"k": true`` is not 1: JSON's booleans are refused where a number (or text) goes."""
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation is not bool:
+            raise ValueError("expected a number or text here, not true or false")
+        return value
 
 
 class SearchRequest(RequestBody):

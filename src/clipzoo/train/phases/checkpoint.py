@@ -57,6 +57,9 @@ def save_checkpoint(ckpt: Location, state: dict[str, Any], step: int) -> "Path |
     return _named(ckpt, name)
 
 
+RESUME_SAME = ("batch_size", "loss", "loss_options")  # what the data position and the objective's state depend on
+
+
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
@@ -76,6 +79,14 @@ def read_resume(cfg: TrainConfig, ckpt: Location) -> dict[str, Any]:
     diffs = _diff(state["architecture"], cfg.architecture())
     if diffs:
         raise ConfigError(f"cannot resume from {path}: the model differs — " + "; ".join(diffs[:5]))
+    saved = state.get("config")
+    if isinstance(saved, dict):  # checkpoints before this check did not hold their config: nothing to compare
+        now = cfg.as_dict()
+        diffs = _diff({k: saved.get(k) for k in RESUME_SAME}, {k: now[k] for k in RESUME_SAME})
+        if diffs:
+            raise ConfigError(f"cannot resume from {path}: " + "; ".join(diffs) + " — its data position counts "
+                              "batches of its batch size and its objective's state is its loss's; resume with the "
+                              "checkpoint's values, or start a new run")
     return state
 
 
