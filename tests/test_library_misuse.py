@@ -103,6 +103,11 @@ def test_images_with_no_pixels_or_non_finite_pixels(m):
                     (torch.full((1, 3, 8, 8), math.inf), m.encode_image01)]:
         with pytest.raises(BadImageError, match="holds NaN or infinite values; pass finite pixels$"):
             call(x)  # rows of NaN came back
+    with pytest.raises(BadImageError) as err:  # said "cannot use a Tensor …; pass … a preprocessed float tensor"
+        m.encode_image([torch.rand(3, 64, 64), torch.rand(3, 64, 64)])
+    assert str(err.value) == ("image 0: a float32 tensor in a list; pass preprocessed tensors stacked as one (N, 3, "
+                              "H, W) tensor (torch.stack), and images in a list as file paths, PIL images or uint8 "
+                              "HWC arrays")
 
 
 def test_token_tensors_that_model_tokenize_cannot_have_made(m):

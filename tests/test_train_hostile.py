@@ -150,3 +150,29 @@ def test_an_output_under_a_file_is_one_line(tmp_path):
                                  str(tmp_path / "afile" / "run"), "--steps", "1", "--no-progress"])
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert r.stderr.strip().splitlines()[-1] == f"error: [Errno 20] Not a directory: '{tmp_path / 'afile' / 'run'}'"
+
+
+def test_a_training_checkpoint_loads_as_the_model_it_holds(tmp_path, shapes):  # noqa: F811
+    """`clipzoo.load("…/step_0000002.pt")` (and so `--teacher` of one) guessed the architecture from tensor shapes
+    in OpenAI's layout — QuickGELU, 64-wide heads — and failed on the tiny model with a raw ValueError
+    (`num_heads=0`); a checkpoint now carries its open_clip config and loads as the model it holds."""
+    import clipzoo
+    from clipzoo.errors import CheckpointError
+    from clipzoo.train.distill import load_teacher
+
+    cfg = _cfg(tmp_path / "run", steps=2, save_every=2)
+    _run(cfg, shapes)
+    step = tmp_path / "run" / "checkpoints" / "step_0000002.pt"
+    folder, ckpt = clipzoo.load(str(tmp_path / "run" / "model")), clipzoo.load(str(step))
+    texts = ["a red circle", "a blue star"]
+    images = torch.rand(2, 3, 32, 32)
+    assert torch.equal(ckpt.encode_text(texts), folder.encode_text(texts))
+    assert torch.equal(ckpt.encode_image(images), folder.encode_image(images))
+    assert load_teacher(str(step), [0.5] * 3, [0.5] * 3, "cpu").comparator.embed_dim == 16
+
+    state = torch.load(step, weights_only=False)
+    state.pop("clipzoo_open_clip_config")  # as an older clipzoo wrote it, or a model with towers / adapters
+    torch.save(state, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=r"old.pt is a clipzoo training checkpoint \(step 2\) without the "
+                                              r"model config loading needs .*; load the run's model/ folder"):
+        clipzoo.load(str(tmp_path / "old.pt"))

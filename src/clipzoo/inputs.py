@@ -75,6 +75,10 @@ def to_pil(item: Any, index: int = 0):
         if array.shape[-1] == 1:
             array = np.repeat(array, 3, axis=-1)
         return within_aspect(Image.fromarray(np.ascontiguousarray(array[..., :3]), "RGB"))
+    if type(item).__name__ == "Tensor":  # a float tensor among a list's items: preprocessed pixels
+        raise BadImageError(f"image {index}: a {str(item.dtype).replace('torch.', '')} tensor in a list; pass "
+                            "preprocessed tensors stacked as one (N, 3, H, W) tensor (torch.stack), and images in "
+                            "a list as file paths, PIL images or uint8 HWC arrays")
     raise BadImageError(f"image {index}: cannot use a {type(item).__name__} as an image; pass a file path, "
                         "a PIL image, a uint8 HWC array or a preprocessed float tensor")
 

@@ -187,6 +187,10 @@ def _plan_file(path: Path, trust_pickle: bool, model_name: str | None, model_con
         cfg = data["model_cfg"]
         pre = _preprocess_from(data.get("preprocess_cfg"), cfg)
         model_name = data.get("model_name")
+    elif "batch_in_epoch" in meta:  # a clipzoo training checkpoint that carries no config (composite, adapters)
+        raise CheckpointError(f"{path} is a clipzoo training checkpoint (step {meta.get('step')}) without the "
+                              "model config loading needs (a model with towers or adapters, or a checkpoint of an "
+                              "older clipzoo); load the run's model/ folder, or resume the run with --resume")
     else:
         kind = state_dict_kind(sd)
         sd = fold_positions(sd) if kind == "openai" else sd  # Long-CLIP's two 248-row position tables

@@ -31,7 +31,8 @@ from ..models.open_clip_parts import image_transforms, open_clip_tokenizer
 from .adapters import apply_adapters, merged_copy
 from .config import ConfigError, TrainConfig
 
-__all__ = ["TrainModel", "build_model", "save_trained", "check_model_folder", "TRAINED_MARKER"]
+__all__ = ["TrainModel", "build_model", "save_trained", "check_model_folder", "checkpoint_config", "open_clip_config",
+           "TRAINED_MARKER"]
 
 TRAINED_MARKER = "clipzoo_train.json"  # in every model folder save_trained writes
 
@@ -161,6 +162,19 @@ def check_finite_weights(weights: "dict[str, torch.Tensor]") -> None:
                            "saved")
 
 
+def open_clip_config(model: TrainModel) -> dict[str, Any]:
+    """open_clip's ``open_clip_config.json`` of an open_clip-built model: its model and preprocessing configs."""
+    return {"model_cfg": model.model_cfg,
+            "preprocess_cfg": {k: v for k, v in model.preprocess_cfg.items() if k != "aug_cfg"}}
+
+
+def checkpoint_config(model: TrainModel) -> "str | None":
+    """The config a training checkpoint carries for ``clipzoo.load`` (as a ``.pt``'s ``clipzoo_open_clip_config``
+    text): an open_clip model's, its weights' keys being the model's own; None for a composite model or one with
+    adapters, whose checkpoint keys only the run's code rebuilds."""
+    return None if model.kind == "composite" or model.adapters else json.dumps(open_clip_config(model))
+
+
 def _save_open_clip(model: TrainModel, state_dict: "dict[str, torch.Tensor] | None", folder: Path) -> None:
     """open_clip's hub layout (adapters merged): ``open_clip_config.json`` + ``open_clip_model.safetensors``."""
     from safetensors.torch import save_file
@@ -170,7 +184,6 @@ def _save_open_clip(model: TrainModel, state_dict: "dict[str, torch.Tensor] | No
     else:
         sd = state_dict if state_dict is not None else model.module.state_dict()
     sd = {k: v.detach().float().cpu().contiguous() for k, v in sd.items() if k != "attn_mask"}
-    config = {"model_cfg": model.model_cfg, "preprocess_cfg": {k: v for k, v in model.preprocess_cfg.items()
-                                                               if k != "aug_cfg"}}
+    config = open_clip_config(model)
     (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(sd, str(folder / "open_clip_model.safetensors"), metadata={"format": "pt"})

@@ -21,7 +21,7 @@ from .checks import check_teacher
 from .config import ConfigError, TrainConfig
 from .distill import attach_teacher, load_teacher, student_dim, teacher_targets
 from .distributed import barrier, freeze_unused, init_distributed, mean_over_ranks, pick_device, wrap_ddp
-from .model import TrainModel, build_model, check_model_folder
+from .model import TrainModel, build_model, check_model_folder, checkpoint_config
 from .phases.checkpoint import checkpoint_location, final_weights, latest, read_resume, save_checkpoint, save_model
 from .phases.data import open_data, steps_per_epoch
 from .phases.evaluate import evaluate
@@ -232,7 +232,7 @@ class Trainer:
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "model": self.module.state_dict(), **self.optimiser.state_dict(), "loss": self.loss_fn.state_dict(),
                 "rng": torch.get_rng_state(), "config": self.cfg.as_dict(), "architecture": self.cfg.architecture(),
-                "start_weights": self.start_weights,
+                "start_weights": self.start_weights, "clipzoo_open_clip_config": checkpoint_config(self.model),
                 "proto_bank": self.bank.state_dict() if self.bank is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
