@@ -151,6 +151,11 @@ def test_post_and_delete_items_behind_the_token_durable_and_visible_to_the_next_
                                                             "file's path")
         r = client.post("/items", json={"path": "c/" + "a" * 300 + ".png"}, headers=AUTH)  # was a 500 (OSError)
         assert r.status_code == 404 and r.json()["detail"].endswith("is not a file inside the indexed folder")
+        (root / "c" / "huge.png").write_bytes(png(9) + b"\0" * (16 << 20))  # was read whole, whatever its size
+        r = client.post("/items", json={"path": "c/huge.png"}, headers=AUTH)
+        assert (r.status_code, r.json()["detail"]) == (413, "path 'c/huge.png' is over 16 MB, the largest image the "
+                                                            "service takes (--max-body-mb)")
+        (root / "c" / "huge.png").unlink()
         r = client.post("/items", json={"image": base64.b64encode(b"not an image").decode()}, headers=AUTH)
         assert r.status_code == 400
         r = client.post("/items", json={"image": "aGk=", "path": "c/given.png"}, headers=AUTH)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadImageError, ClipzooError, NotFoundError
+from ..image_bytes import ImageTooLargeError
 from ..index import open_index
 from ..index.build import default_vector_options
 from ..index.embedding_store import EmbeddingStore, ItemRow
@@ -132,7 +133,13 @@ class LiveIndex:
         if path.suffix.lower() not in INDEX_SUFFIXES:
             raise ClipzooError(f"path {given!r} is not an image the index takes ({', '.join(INDEX_SUFFIXES)})")
         rel = os.path.relpath(os.path.realpath(path), real_root).replace(os.sep, "/")
-        return rel, Path(real_root, rel).read_bytes()
+        limit = self.service.max_body_bytes
+        with open(Path(real_root, rel), "rb") as f:  # never more than an upload may carry (it was read whole)
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise ImageTooLargeError(f"path {given[:200]!r} is over {limit / (1 << 20):g} MB, the largest image the "
+                                     "service takes (--max-body-mb)")
+        return rel, data
 
     def add(self, rel: str | None, data: bytes, vector: np.ndarray, caption: str | None) -> dict[str, Any]:
         """Commit one item (an upload when ``rel`` is None: saved under ``uploads/``), publish, switch.
