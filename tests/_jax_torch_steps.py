@@ -26,5 +26,5 @@ def torch_adamw_losses(model: torch.nn.Module, cfg, schedule, batches) -> list[f
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0.0, math.log(100.0))
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
