@@ -147,11 +147,23 @@ def test_knn_hand_computed():
     t = 0.07
     expected = torch.tensor([[math.exp(1 / t), math.exp(0.8 / t)],
                              [0., math.exp(0.96 / t) + math.exp(0.8 / t)]])
+    expected /= torch.tensor([[math.exp(1 / t)], [math.exp(0.96 / t)]])  # the nearest neighbour's weight is 1
     assert torch.allclose(scores, expected, rtol=1e-4)
     m = knn_metrics(train, labels, test, [0, 1], k=20)  # k clamped to 3 training examples
     assert m == {"acc1": 1.0, "mean_per_class_recall": 1.0}
     # k=3: test 0 gets exp(1/t) for class 0 vs exp(.8/t)+exp(0) for class 1 -> still class 0
     assert knn_scores(train, labels, test, k=3).argmax(1).tolist() == [0, 1]
+
+
+def test_knn_votes_at_a_low_temperature_do_not_overflow():
+    """exp(sim / T) overflowed float32 below T ≈ 0.0113: every class scored inf and the lowest class id won."""
+    train = torch.tensor([[1., 0.], [0., 1.], [0.1, 1.]])
+    labels = [0, 1, 1]
+    test = torch.tensor([[0.1, 1.], [1., 0.05]])
+    for t in (0.07, 0.01, 0.001, 1e-6):
+        scores = knn_scores(train, labels, test, k=3, temperature=t)
+        assert torch.isfinite(scores).all() and scores.argmax(1).tolist() == [1, 0], t
+        assert knn_metrics(train, labels, test, [1, 0], k=3, temperature=t)["acc1"] == 1.0
 
 
 def test_knn_top5_with_many_classes():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import string
+import warnings
 
 import numpy as np
 import pytest
@@ -84,6 +85,23 @@ def test_metrics_match_scipy():
     assert m["n_pairs"] == 50
     perfect = similarity_metrics(a, b, 3 * cos + 1)  # any increasing function of cos: spearman 1
     assert perfect["spearman"] == pytest.approx(1.0) and perfect["pearson"] == pytest.approx(1.0)
+
+
+def test_pairs_of_one_text_each_are_a_constant_input():
+    """Pairs of the same text (cosine 1 each) differed by 1e-16 in double and were ranked: spearman 0.94."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(6, 16)).astype(np.float32)
+    b = a * np.float32(3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = similarity_metrics(a, b, [1.0, 2.0, 3.0, 4.0, 5.0, 0.0])
+    assert math.isnan(m["spearman"]) and math.isnan(m["pearson"])
+    c, d = rng.normal(size=(3, 16)), rng.normal(size=(3, 16))
+    cos = (c * d).sum(1) / np.linalg.norm(c, axis=1) / np.linalg.norm(d, axis=1)
+    y = [5.0, 1.0, 2.0, 3.0, 4.0]
+    mixed = similarity_metrics(np.concatenate([a[:2], c]), np.concatenate([b[:2], d]), y)
+    # the two identical pairs tie at cosine 1 (average ranks), whatever their last bits
+    assert mixed["spearman"] == pytest.approx(stats.spearmanr([1.0, 1.0, *cos], y).statistic, abs=1e-12)
 
 
 def test_metric_errors():

@@ -23,13 +23,13 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from .constants import AUDIO_SUFFIXES
+from .constants import AUDIO_SUFFIXES, MAX_AUDIO_SAMPLES, MAX_RESAMPLE_FACTOR, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from .errors import BackendMissingError, BadAudioError, ClipzooError, MissingExtraError
 from .extras import require
 from .files import checked_file, expand_files
 
 __all__ = ["AUDIO_SUFFIXES", "MAX_CHANNELS", "audio_items", "audio_list", "describe", "load_audio", "read_audio_file",
-           "resample", "to_mono", "expand_audio_paths"]
+           "read_audio_mono", "resample", "resample_factors", "to_mono", "expand_audio_paths"]
 
 MAX_CHANNELS = 16
 _FIX_ARRAY = "pass a 1-D array of samples, or (channels, samples), with its rate as (array, sample_rate)"
@@ -97,16 +97,49 @@ def audio_items(inputs: Any) -> list[Any]:
 # ------------------------------------------------------------------ decoding
 def read_audio_file(path: "str | os.PathLike"):
     """A file -> ``(samples, sample_rate)``: float64 samples shaped (frames, channels)."""
+    return _read_file(path, mono=False)
+
+
+def read_audio_mono(path: "str | os.PathLike"):
+    """A file -> ``(samples, sample_rate)``: 1-D float64 samples, the mean of its channels, read a block at a time
+    (the whole file as float64 took 9 times its size)."""
+    return _read_file(path, mono=True)
+
+
+def _read_file(path: "str | os.PathLike", mono: bool):
+    """The file's samples, its header checked first (:func:`_check_header`): its frames × channels, or mono."""
+    import numpy as np
+
     p, shown = checked_file(path, "audio file", BadAudioError,
                             "pass a .wav, .flac or .ogg file (folders are expanded by embed_audio / --audio)")
     sf = _soundfile()
     try:
-        data, rate = sf.read(str(p), dtype="float64", always_2d=True)
+        with sf.SoundFile(str(p)) as f:
+            _check_header(f.frames, f.channels, f.samplerate, shown)
+            if not mono:
+                return f.read(dtype="float64", always_2d=True), int(f.samplerate)
+            parts = [block.mean(axis=1) for block in f.blocks(1 << 16, dtype="float64", always_2d=True)]
+            return (np.concatenate(parts) if parts else np.zeros(0)), int(f.samplerate)
+    except BadAudioError:
+        raise
     except Exception as exc:  # LibsndfileError (a RuntimeError), TypeError for unknown formats, …
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise BadAudioError(f"audio file {shown!r} cannot be decoded ({reason}); pass a valid WAV, FLAC or OGG "
                             "file") from None
-    return data, int(rate)
+
+
+def _check_header(frames: int, channels: int, rate: int, shown: str) -> None:
+    """A file's declared shape within the bounds: channels, sample rate, samples (a 2 KB WAV claiming a rate of
+    999,999,937 Hz took 320 GB to resample; 58 MB of 16-channel 8-bit PCM took 544 MB)."""
+    name = f"audio file {shown!r}"
+    if frames <= 0:
+        raise BadAudioError(f"{name} is empty (no samples); pass at least one sample")
+    if channels > MAX_CHANNELS:
+        raise BadAudioError(f"{name} has {channels} channels, more than {MAX_CHANNELS}; mix it down first")
+    _check_rate_range(rate, name)
+    if frames * channels > MAX_AUDIO_SAMPLES:
+        raise BadAudioError(f"{name} holds {frames * channels:,} samples ({frames / rate:,.0f} s × {channels} "
+                            f"channels at {rate} Hz), more than {MAX_AUDIO_SAMPLES:,}; cut it into shorter clips")
 
 
 def _as_numpy(array: Any, name: str):
@@ -142,6 +175,13 @@ def to_mono(samples: Any, name: str = "audio array"):
         x = x.mean(axis=channel_axis)
     elif x.ndim != 1:
         raise BadAudioError(f"{name} has shape {tuple(x.shape)}; {_FIX_ARRAY} (a batch is a list of arrays)")
+    return _checked_samples(x, name)
+
+
+def _checked_samples(x, name: str):
+    """Mono samples that are some and finite."""
+    import numpy as np
+
     if x.size == 0:
         raise BadAudioError(f"{name} is empty (no samples); pass at least one sample")
     if not np.isfinite(x).all():
@@ -158,11 +198,19 @@ def _check_rate(rate: Any, name: str) -> int:
                             "pass (array, sample_rate) with e.g. 48000")
     if float(rate) != int(rate):
         raise BadAudioError(f"{name}: sample rate {rate!r} is not a whole number of Hz; pass an integer rate")
+    _check_rate_range(int(rate), name)
     return int(rate)
 
 
+def _check_rate_range(rate: int, name: str) -> None:
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise BadAudioError(f"{name}: sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}–{MAX_SAMPLE_RATE} Hz, the "
+                            "rates taken")
+
+
 def resample(samples, from_rate: int, to_rate: int):
-    """Polyphase resampling (:func:`scipy.signal.resample_poly`) by ``to_rate / from_rate``, gcd-reduced."""
+    """Polyphase resampling (:func:`scipy.signal.resample_poly`) by ``to_rate / from_rate``, gcd-reduced; by the
+    nearest ratio of factors ≤ :data:`~clipzoo.constants.MAX_RESAMPLE_FACTOR` when the exact one has larger."""
     if from_rate == to_rate:
         return samples
     try:
@@ -170,8 +218,30 @@ def resample(samples, from_rate: int, to_rate: int):
     except ImportError:
         raise MissingExtraError("resampling audio needs scipy, which is not installed; "
                                 "pip install 'clipzoo[audio]'") from None
-    g = math.gcd(int(from_rate), int(to_rate))
-    return resample_poly(samples, int(to_rate) // g, int(from_rate) // g)
+    if min(from_rate, to_rate) * MAX_RESAMPLE_FACTOR < max(from_rate, to_rate):
+        raise ClipzooError(f"cannot resample from {from_rate} Hz to {to_rate} Hz: a ratio beyond "
+                           f"{MAX_RESAMPLE_FACTOR} : 1")
+    up, down = resample_factors(int(from_rate), int(to_rate))
+    return resample_poly(samples, up, down)
+
+
+def resample_factors(from_rate: int, to_rate: int) -> tuple[int, int]:
+    """``(up, down)`` for :func:`resample`: ``to_rate / from_rate`` in lowest terms, or the nearest fraction whose
+    terms are at most :data:`~clipzoo.constants.MAX_RESAMPLE_FACTOR`."""
+    from fractions import Fraction
+
+    ratio = Fraction(to_rate, from_rate)
+    if max(ratio.numerator, ratio.denominator) > MAX_RESAMPLE_FACTOR:
+        ratio = _bounded_fraction(ratio)
+    return ratio.numerator, ratio.denominator
+
+
+def _bounded_fraction(ratio):
+    """The fraction nearest ``ratio`` (within 1000 : 1 either way) whose terms are both ≤ MAX_RESAMPLE_FACTOR: the
+    smaller term is the one ``limit_denominator`` bounds."""
+    if ratio >= 1:
+        return 1 / (1 / ratio).limit_denominator(MAX_RESAMPLE_FACTOR)
+    return ratio.limit_denominator(MAX_RESAMPLE_FACTOR)
 
 
 def load_audio(item: Any, sample_rate: int, index: int | None = None):
@@ -182,8 +252,8 @@ def load_audio(item: Any, sample_rate: int, index: int | None = None):
     """
     name = describe(item, index)
     if _is_path(item):
-        data, rate = read_audio_file(item)
-        samples = to_mono(data.T, name)  # soundfile gives (frames, channels)
+        samples, rate = read_audio_mono(item)
+        samples = _checked_samples(samples, name)
     elif _is_pair(item):
         array, rate = item
         if not _is_array(array):

@@ -14,6 +14,15 @@ VERSION = "0.1.0"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ppm")
 """Image files that folders expand to (embed, index build, data sets, webdataset members)."""
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+MAX_AUDIO_SAMPLES = 1 << 26
+"""An audio file's samples over all its channels (about 11.6 minutes of 48 kHz stereo; 512 MB as float64): a
+longer one is refused in one line, from its header, before it is read."""
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 768_000
+"""The sample rates taken (Hz), up to the highest PCM rate in use; a header or pair outside them is refused."""
+MAX_RESAMPLE_FACTOR = 1000
+"""Resampling's polyphase factors (up / down, gcd-reduced) are kept at most this: a rate pair without such a
+ratio (44,101 Hz to 48,000) is resampled by the nearest ratio that has one (≤ 1e-6 off) — the exact factors made
+a filter of 20 × max(up, down) taps (a header's rate of 999,999,937 Hz asked for 320 GB)."""
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 """Video files that folders expand to (encode_video, index build), decoded with PyAV (the [video] extra)."""
 DEFAULT_VIDEO_FRAMES = 8

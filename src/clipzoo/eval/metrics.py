@@ -191,7 +191,9 @@ def retrieval_metrics_from_scores(scores: Any, positives: Any, recall_k: Sequenc
 def knn_scores(train_features: Any, train_labels: Any, test_features: Any, k: int = 20,
                temperature: float = 0.07, num_classes: int | None = None, chunk: int = 1024) -> torch.Tensor:
     """Weighted k-NN class scores (N_test, C), DINO-style: cosine similarity, the ``k`` nearest
-    training examples vote for their class with weight ``exp(sim / temperature)``."""
+    training examples vote for their class with weight ``exp((sim - sim_nearest) / temperature)`` — DINO's
+    ``exp(sim / temperature)`` scaled per row so that the nearest neighbour's weight is 1: the same votes relative
+    to each other, with no overflow (``exp(1 / 0.01)`` is inf in float32, and every class then tied at inf)."""
     train = F.normalize(as_tensor(train_features, "train_features", ndim=2).float(), dim=-1)
     test = F.normalize(as_tensor(test_features, "test_features", ndim=2).float(), dim=-1)
     if train.shape[1] != test.shape[1]:
@@ -206,7 +208,8 @@ def knn_scores(train_features: Any, train_labels: Any, test_features: Any, k: in
     for start in range(0, test.shape[0], chunk):
         sim = test[start:start + chunk] @ train.T
         order = ranking(sim, k)
-        weights = (sim.gather(1, order) / temperature).exp()
+        nearest = sim.gather(1, order)
+        weights = ((nearest - nearest[:, :1]) / temperature).exp()
         votes = torch.zeros(sim.shape[0], num_classes)
         votes.scatter_add_(1, labels[order], weights)
         out.append(votes)
