@@ -70,6 +70,34 @@ def test_issue20_segments_start_times(tmp_path):
         assert square.max(axis=0).argmax() == channel
 
 
+def test_segments_are_handed_over_as_they_are_decoded(tmp_path, monkeypatch):
+    """load_segments held every segment's frames at once (a 60 s 720p video in 1 s segments: 480 frames, 1.8 GB):
+    stream_segments hands each segment over once its last frame is decoded, with the same frames."""
+    from clipzoo import video
+
+    path = segment_colours(tmp_path / "six.mp4", ["red", "green", "blue"] * 2, per_segment=8, fps=8)  # 6 x 1 s
+    _, whole, segments = load_segments(path, 1.0, num_frames=2)
+    assert [s for s, _ in segments] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    expected = read_frames(path, [2, 10, 18, 26, 34, 42])  # each second's first of 2 sampled frames (2 and 6)
+    assert [np.asarray(f).tolist() for _, fr in segments for f in fr[:1]] == [np.asarray(f).tolist() for f in expected]
+    events, real = [], video._decoded
+
+    def logged(p, wanted):
+        for i, frame in real(p, wanted):
+            events.append(("decoded", i))
+            yield i, frame
+
+    monkeypatch.setattr(video, "_decoded", logged)
+    info, again = video.stream_segments(path, 1.0, 2, True, lambda start, fr: events.append(("segment", start)))
+    assert [np.asarray(f).tolist() for f in again] == [np.asarray(f).tolist() for f in whole]
+    for k in range(5):  # segment k is out before any frame after segment k + 1's first is decoded
+        before = [e[1] for e in events[:events.index(("segment", float(k)))] if e[0] == "decoded"]
+        assert max(before) == 8 * (k + 1) + 2, (k, before)
+    events.clear()
+    video.stream_segments(path, 10.0, 2, True, lambda start, fr: events.append(("segment", start)), min_segments=2)
+    assert ("segment", 0.0) not in events  # one segment is the whole video: none
+
+
 def test_issue20_video_items_forms():
     frames = shape_frames(3, 32)
     assert video_items("a.mp4") == ["a.mp4"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable
+from fractions import Fraction
 from typing import Any
 
 from .constants import AUDIO_SUFFIXES, MAX_AUDIO_SAMPLES, MAX_RESAMPLE_FACTOR, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
@@ -228,8 +229,6 @@ def resample(samples, from_rate: int, to_rate: int):
 def resample_factors(from_rate: int, to_rate: int) -> tuple[int, int]:
     """``(up, down)`` for :func:`resample`: ``to_rate / from_rate`` in lowest terms, or the nearest fraction whose
     terms are at most :data:`~clipzoo.constants.MAX_RESAMPLE_FACTOR`."""
-    from fractions import Fraction
-
     ratio = Fraction(to_rate, from_rate)
     if max(ratio.numerator, ratio.denominator) > MAX_RESAMPLE_FACTOR:
         ratio = _bounded_fraction(ratio)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from .inputs import to_pil
 
 __all__ = ["BadVideoError", "VideoInfo", "encode_by_frames", "expand_video_paths", "is_video_path",
            "load_segments", "load_video", "probe", "read_all_frames", "read_frames", "segment_starts",
-           "uniform_indices", "video_items", "write_video", "VIDEO_SUFFIXES"]
+           "stream_segments", "uniform_indices", "video_items", "write_video", "VIDEO_SUFFIXES"]
 
 
 class BadVideoError(ClipzooError, ValueError):
@@ -183,13 +183,18 @@ def probe(path: "str | os.PathLike") -> VideoInfo:
 def read_frames(path: "str | os.PathLike", indices: Iterable[int]) -> list:
     """The frames at ``indices`` (presentation order, repeats allowed) as RGB PIL images, in one decode pass.
     An index past the last decodable frame gives the last frame."""
-    av = _av()
     indices = list(indices)
-    wanted = set(indices)
-    last = max(indices) if indices else -1
-    got: dict[int, Any] = {}
+    got = dict(_decoded(path, set(indices)))
+    return _filled(indices, got, got[max(got)] if got else None)
+
+
+def _decoded(path: "str | os.PathLike", wanted: "set[int]") -> Iterator[tuple[int, Any]]:
+    """``(index, RGB frame)`` for each index in ``wanted`` that decodes, in order, in one pass; decoding stops at
+    the last one wanted, or at an error after the first frame (one before it, or no frame at all: BadVideoError)."""
+    av = _av()
+    last = max(wanted) if wanted else -1
     container, shown = _open(path)
-    previous = None
+    given = 0
     with container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -199,18 +204,23 @@ def read_frames(path: "str | os.PathLike", indices: Iterable[int]) -> list:
                     raise BadVideoError(f"video {shown!r} has {frame.width}x{frame.height} frames, more than "
                                         f"{MAX_VIDEO_PIXELS:,} pixels; scale it down first")
                 if i in wanted:
-                    got[i] = previous = frame.to_image()
+                    given += 1
+                    yield i, frame.to_image()
                 if i >= last:
                     break
         except (av.FFmpegError, *_DECODE_ERRORS) as exc:
-            if not got:
+            if not given:
                 raise _bad(shown, exc) from None
-    if indices and not got:
+    if wanted and not given:
         raise BadVideoError(f"video {shown!r}: no frame could be decoded; pass a valid mp4, webm, mkv or avi file")
-    out = []
+
+
+def _filled(indices: Sequence[int], got: dict, fallback: Any) -> list:
+    """The frames at ``indices`` from ``got``; one that did not decode is the one before it, else ``fallback``."""
+    out, previous = [], None
     for i in indices:
         previous = got.get(i, previous)
-        out.append(got[i] if i in got else (previous or got[max(got)]))
+        out.append(previous if previous is not None else fallback)
     return out
 
 
@@ -233,22 +243,51 @@ def load_video(item: Any, num_frames: int = DEFAULT_VIDEO_FRAMES, exact: bool = 
 def load_segments(path: "str | os.PathLike", seconds: float | None, num_frames: int = DEFAULT_VIDEO_FRAMES,
                   exact: bool = True) -> tuple[VideoInfo, list, list[tuple[float, list]]]:
     """One decode pass -> ``(info, whole-video frames, [(start_s, frames) per segment])``; no segments when
-    ``seconds`` is None. Each segment's frames are sampled uniformly within it."""
+    ``seconds`` is None. Each segment's frames are sampled uniformly within it. Every segment's frames are held
+    at once: :func:`stream_segments` hands them over one segment at a time."""
+    segments: list[tuple[float, list]] = []
+    info, whole = stream_segments(path, seconds, num_frames, exact, lambda start, frames: segments.append(
+        (start, frames)))
+    return info, whole, segments
+
+
+def stream_segments(path: "str | os.PathLike", seconds: float | None, num_frames: int, exact: bool,
+                    on_segment: Callable[[float, list], None], min_segments: int = 1) -> tuple[VideoInfo, list]:
+    """One decode pass that calls ``on_segment(start_s, frames)`` for each segment as soon as its frames are
+    decoded, holding at most one segment's frames and the whole video's (a 60 s 720p video in 1 s segments held
+    480 frames, 1.8 GB); returns ``(info, whole-video frames)``. Fewer than ``min_segments`` segments: none."""
     info = probe(path)
     whole = uniform_indices(info.frames, num_frames, exact)
+    spans = _spans(info, seconds, num_frames, exact) if seconds else []
+    spans = spans if len(spans) >= min_segments else []
+    wanted = set(whole).union(*(idx for _, idx in spans))
+    got_whole: dict[int, Any] = {}
+    current: dict[int, Any] = {}
+    last = None
+    for i, frame in _decoded(path, wanted):
+        while spans and spans[0][1][-1] < i:  # a segment whose frames are all past: hand it over
+            start, idx = spans.pop(0)
+            on_segment(start, _filled(idx, current, last))
+            current = {}
+        if i in whole:
+            got_whole[i] = frame
+        if spans and i in spans[0][1]:
+            current[i] = frame
+        last = frame
+    for start, idx in spans:  # decoding ended at or before them: the last frame stands in for the rest
+        on_segment(start, _filled(idx, current, last))
+        current = {}
+    return info, _filled(whole, got_whole, got_whole[max(got_whole)] if got_whole else last)
+
+
+def _spans(info: VideoInfo, seconds: float, num_frames: int, exact: bool) -> list[tuple[float, list[int]]]:
+    """``(start_s, frame indices)`` of each segment: ``num_frames`` sampled uniformly within it, ascending."""
     spans = []
-    if seconds:
-        for start in segment_starts(info.duration, seconds):
-            first = min(info.frames - 1, int(round(start * info.fps)))
-            stop = min(info.frames, max(first + 1, int(round((start + seconds) * info.fps))))
-            spans.append((start, [first + i for i in uniform_indices(stop - first, num_frames, exact)]))
-    flat = whole + [i for _, idx in spans for i in idx]
-    frames = read_frames(path, flat)
-    out, at = [], len(whole)
-    for start, idx in spans:
-        out.append((start, frames[at:at + len(idx)]))
-        at += len(idx)
-    return info, frames[:len(whole)], out
+    for start in segment_starts(info.duration, seconds):
+        first = min(info.frames - 1, int(round(start * info.fps)))
+        stop = min(info.frames, max(first + 1, int(round((start + seconds) * info.fps))))
+        spans.append((start, [first + i for i in uniform_indices(stop - first, num_frames, exact)]))
+    return spans
 
 
 def poster_frame(path: "str | os.PathLike", at_seconds: float = 0.0):

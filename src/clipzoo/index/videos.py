@@ -25,7 +25,7 @@ from ..constants import DEFAULT_VIDEO_FRAMES, VIDEO_SUFFIXES
 from ..errors import ClipzooError
 from ..modalities import VIDEO
 from ..progress import progress as progress_bar
-from ..video import BadVideoError, load_segments
+from ..video import BadVideoError, stream_segments
 from .embedding_store import EmbeddingStore, ItemRow
 from .folder import caption_of, partition_of, sha256_file, walk_files
 
@@ -88,6 +88,22 @@ def _clips(comparator: Any) -> tuple[int, bool]:
     return frames, native
 
 
+def _video_rows(comparator: Any, path: Path, segments: "float | None", frames: int, exact: bool
+                ) -> tuple[np.ndarray, list[float]]:
+    """A video's rows — the whole video's, then each segment's (none when one segment would be the whole
+    video) — and the segments' starts; each segment is encoded as soon as it is decoded, so that memory holds
+    one segment's frames, not the video's."""
+    rows, starts = [], []
+
+    def encode_segment(start: float, clip: list) -> None:
+        rows.append(comparator.encode_video([clip], normalize=True).float().cpu().numpy())
+        starts.append(start)
+
+    _, whole = stream_segments(path, segments, frames, exact, encode_segment, min_segments=2)
+    first = comparator.encode_video([whole], normalize=True).float().cpu().numpy()
+    return np.concatenate([first, *rows]), starts
+
+
 def embed_videos(store: EmbeddingStore, root: Path, relpaths: list[str], known: dict, comparator: Any, spec: str,
                  segments: float | None, report: Any, show_progress: bool = False) -> int:
     """Embed the videos ``relpaths`` (whole + segment rows) and commit them one video at a time; stale segment
@@ -104,22 +120,19 @@ def embed_videos(store: EmbeddingStore, root: Path, relpaths: list[str], known: 
             try:
                 st = path.stat()
                 sha = sha256_file(path)
-                info, whole, spans = load_segments(path, segments, frames, exact)
-                spans = spans if len(spans) > 1 else []  # one segment is the whole video: no second row
-                feats = comparator.encode_video([whole] + [f for _, f in spans], normalize=True)
+                vectors, starts = _video_rows(comparator, path, segments, frames, exact)
             except (BadVideoError, OSError) as exc:
                 report.skipped.append((str(path), str(exc) if isinstance(exc, ClipzooError) else
                                        f"cannot be read ({exc})"))
                 report.removed += store.remove([rel, *stale] if rel in known else stale)
                 advance(1)
                 continue
-            vectors = feats.float().cpu().numpy()
             if not np.all(np.isfinite(vectors)):
                 report.skipped.append((str(path), "the model gave non-finite values (NaN or infinity)"))
                 advance(1)
                 continue
             caption, partition = caption_of(path, root), partition_of(rel)
-            keys = [rel] + [segment_key(rel, start) for start, _ in spans]
+            keys = [rel] + [segment_key(rel, start) for start in starts]
             store.remove([k for k in stale if k not in keys])
             store.add([ItemRow(k, st.st_size, st.st_mtime_ns, sha, caption, partition) for k in keys], vectors)
             if rel in known:
