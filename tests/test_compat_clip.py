@@ -1,6 +1,7 @@
 """``clipzoo.compat.clip`` against openai's own ``clip`` (the ``clip-anytorch`` package) on the same files."""
 from __future__ import annotations
 
+import json
 import sys
 import types
 import warnings
@@ -147,6 +148,48 @@ def test_load_matches_openai_clip(fmt, tiny_files, pil_images):
     assert max(diffs.values()) <= TOL, diffs
     assert lpi.shape == (len(pil_images), len(TEXTS)) and torch.equal(lpt, lpi.t())
     assert not torch.allclose(img.norm(dim=-1), torch.ones(len(pil_images)))  # unnormalised, as openai's
+
+
+def _text_through_internals(model, tokens):
+    """How CoOp-style prompt learners encode text: openai's internals, sequence-first, the mask inside."""
+    x = model.token_embedding(tokens).type(model.dtype) + model.positional_embedding.type(model.dtype)
+    x = model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
+    return model.ln_final(x)[torch.arange(len(tokens)), tokens.argmax(-1)] @ model.text_projection
+
+
+def _image_through_internals(model, pixels):
+    v = model.visual
+    x = v.conv1(pixels).reshape(len(pixels), v.conv1.out_channels, -1).permute(0, 2, 1)
+    x = torch.cat([v.class_embedding + torch.zeros(len(pixels), 1, x.shape[-1]), x], dim=1) + v.positional_embedding
+    x = v.transformer(v.ln_pre(x).permute(1, 0, 2)).permute(1, 0, 2)
+    return v.ln_post(x[:, 0, :]) @ v.proj
+
+
+def test_openais_internals_run_as_openais(tiny_files):
+    """model.transformer / model.visual.transformer were open_clip's (batch-first, the causal mask passed by
+    encode_text): code walking openai's internals got text features 2.78 off, without an error."""
+    path = str(tiny_files["openai_state_dict"])
+    ref, _ = _quiet(openai_clip.load, path, device="cpu", jit=False)
+    model, _ = _quiet(clip.load, path, device="cpu")
+    tokens, pixels = clip.tokenize(TEXTS), torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ours, theirs = _text_through_internals(model, tokens), _text_through_internals(ref, tokens)
+        assert _maxdiff(ours, theirs) <= TOL and _maxdiff(ours, model.encode_text(tokens)) <= TOL
+        ours, theirs = _image_through_internals(model, pixels), _image_through_internals(ref, pixels)
+        assert _maxdiff(ours, theirs) <= TOL and _maxdiff(ours, model.encode_image(pixels)) <= TOL
+        assert _maxdiff(model(pixels, tokens)[0], ref(pixels, tokens)[0]) <= TOL  # open_clip's own path unchanged
+    assert set(model.state_dict()) == set(ref.state_dict())
+
+
+def test_a_saved_jit_model_loads_back_in_openais_clip(tiny_files, tmp_path):
+    """A traced model saved with torch.jit.save held its masks as state-dict entries that openai's build_model
+    refused ("Unexpected key(s) in state_dict: attn_mask")."""
+    traced, _ = _quiet(clip.load, str(tiny_files["openai_state_dict"]), device="cpu", jit=True)
+    torch.jit.save(traced, str(tmp_path / "traced.pt"))
+    ref, _ = _quiet(openai_clip.load, str(tmp_path / "traced.pt"), device="cpu", jit=False)
+    tokens = clip.tokenize(TEXTS)
+    with torch.no_grad():
+        assert _maxdiff(ref.encode_text(tokens), traced.encode_text(tokens)) <= TOL
 
 
 def test_state_dict_loads_into_openais_build_model(tiny_files):
@@ -323,3 +366,48 @@ def test_any_comparator_gets_openais_model_api(fake_model, pil_images):
     assert _maxdiff(lpi, ref) <= TOL and torch.equal(lpt, lpi.t())
     with pytest.raises(RuntimeError):
         clip.tokenize("a long text " * 10)
+
+
+def test_install_serves_openais_submodules(tiny_files):
+    """`sys.modules["clip"] = shim` left `from clip import clip`, `clip.model.build_model` and
+    `clip.simple_tokenizer.SimpleTokenizer` (CoOp's imports) failing: install() serves them, in a subprocess so
+    that the alias does not leak into other tests."""
+    import subprocess
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import json, sys, warnings
+        warnings.simplefilter("ignore")
+        import torch
+        import clip as real
+        sd = torch.load({str(tiny_files["openai_state_dict"])!r}, weights_only=True)
+        ref16 = real.model.build_model(dict(sd))
+        ref = real.model.build_model(dict(sd)).float()
+        real_tokens = real.simple_tokenizer.SimpleTokenizer().encode("a photo of a cat, 猫")
+        real_url = real.clip._MODELS["ViT-B/32"]
+        for name in [k for k in sys.modules if k == "clip" or k.startswith("clip.")]:
+            del sys.modules[name]
+        import clipzoo.compat.clip as shim
+        shim.install()
+        import clip
+        from clip import clip as inner
+        from clip.model import build_model
+        from clip.simple_tokenizer import SimpleTokenizer
+        model = build_model(dict(sd))
+        dtypes = {{n: str(p.dtype) for n, p in model.named_parameters()}}
+        ref_dtypes = {{n: str(p.dtype) for n, p in ref16.named_parameters()}}
+        model = model.float()
+        t, x = clip.tokenize(["a cat", "a dog"]), torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            text = float((model.encode_text(t) - ref.encode_text(t)).abs().max())
+            image = float((model.encode_image(x) - ref.encode_image(x)).abs().max())
+        tokens = SimpleTokenizer().encode("a photo of a cat, 猫") == real_tokens
+        print(json.dumps({{"inner": inner is shim, "tokens": tokens,
+                          "dtypes": dtypes == ref_dtypes, "eval": not model.training, "text": text, "image": image,
+                          "url": clip._MODELS["ViT-B/32"] == real_url}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out == {"inner": True, "tokens": True, "dtypes": True, "eval": True, "text": 0.0, "image": 0.0,
+                   "url": True}

@@ -165,7 +165,6 @@ def _as_numpy(array: Any, name: str):
 
 def to_mono(samples: Any, name: str = "audio array"):
     """1-D samples stay; 2-D ``(channels, samples)`` or ``(samples, channels)`` -> the mean over channels."""
-    import numpy as np
 
     x = _as_numpy(samples, name)
     if x.ndim == 2:

@@ -10,12 +10,16 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CustomTextCLIP
+from open_clip.transformer import Transformer
 from torch import nn
 
 
@@ -45,6 +49,39 @@ def set_input_resolution(model: nn.Module, resolution: int | None) -> None:
 
 
 # ----------------------------------------------------------------------------- open_clip modules, openai API
+_LAYOUT = threading.local()  # .open_clip > 0 while open_clip's own code runs the towers in this thread
+
+
+@contextlib.contextmanager
+def _open_clip_layout() -> Iterator[None]:
+    """open_clip's encoders call their ``Transformer`` batch-first with the mask passed: let them."""
+    _LAYOUT.open_clip = getattr(_LAYOUT, "open_clip", 0) + 1
+    try:
+        yield
+    finally:
+        _LAYOUT.open_clip -= 1
+
+
+class OpenAITransformer(Transformer):
+    """An open_clip ``Transformer`` called as openai/CLIP's is, by code that walks openai's internals (CoOp-style
+    prompt learning, dense features): ``(L, N, D)`` in and out, the text tower's causal mask applied when none is
+    passed. open_clip's own encoders (inside :func:`_open_clip_layout`) call it batch-first, as before."""
+
+    def forward(self, x: torch.Tensor, attn_mask: "torch.Tensor | None" = None) -> torch.Tensor:
+        if getattr(_LAYOUT, "open_clip", 0):
+            return super().forward(x, attn_mask=attn_mask)
+        if attn_mask is None:
+            attn_mask = self.openai_attn_mask
+        return super().forward(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+
+
+def _openai_transformer(transformer: Any, mask: "torch.Tensor | None") -> None:
+    """Re-class an open_clip ``Transformer`` in place to :class:`OpenAITransformer` (with openai's default mask)."""
+    if type(transformer) is Transformer and transformer.batch_first:
+        transformer.__class__ = OpenAITransformer
+        transformer.register_buffer("openai_attn_mask", mask, persistent=False)
+
+
 class _OpenAIForward:
     """openai/CLIP's ``forward`` and ``dtype`` on top of an open_clip model (same parameters)."""
 
@@ -61,7 +98,12 @@ class _OpenAIForward:
 
     def encode_image(self, image, normalize: bool = False):
         # openai casts the pixels to the model's dtype (fp16 on GPU)
-        return super().encode_image(image.type(self.dtype), normalize=normalize)
+        with _open_clip_layout():
+            return super().encode_image(image.type(self.dtype), normalize=normalize)
+
+    def encode_text(self, text, normalize: bool = False):
+        with _open_clip_layout():
+            return super().encode_text(text, normalize=normalize)
 
     def forward(self, image, text):
         """``(logits_per_image, logits_per_text)``, computed exactly as openai/CLIP's ``CLIP.forward``."""
@@ -95,6 +137,9 @@ def as_openai_module(model: nn.Module, resolution: int | None) -> nn.Module | No
         return model if isinstance(model, _OpenAIForward) else None
     model.__class__ = cls
     set_input_resolution(model, resolution)
+    if cls is OpenAICLIP:  # openai's internals: model.transformer, model.visual.transformer
+        _openai_transformer(model.transformer, getattr(model, "attn_mask", None))
+        _openai_transformer(getattr(model.visual, "transformer", None), None)
     return model
 
 
@@ -112,6 +157,12 @@ def trace_openai_module(model: nn.Module, context_length: int) -> torch.jit.Scri
             model._buffers[name] = torch.tensor(value)
         else:
             model.register_buffer(name, torch.tensor(value), persistent=False)
+    for module in model.modules():  # the masks become the trace's constants, as in OpenAI's archives: as buffers
+        for name in ("attn_mask", "openai_attn_mask"):  # they were state-dict entries openai's build_model refuses
+            if name in module._buffers:
+                mask = module._buffers.pop(name)
+                module._non_persistent_buffers_set.discard(name)
+                setattr(module, name, mask)
     device = next(model.parameters()).device
     image = torch.zeros(1, 3, resolution, resolution, device=device, dtype=model.dtype)
     text = torch.zeros(1, int(context_length), dtype=torch.long, device=device)

@@ -37,7 +37,10 @@ that is not an archive.
 """
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -55,7 +58,7 @@ from ..modalities import IMAGE, TEXT
 from ..registry import REGISTRY
 from ._models import ClipModel, as_openai_module, input_resolution_of, trace_openai_module
 
-__all__ = ["available_models", "load", "tokenize"]
+__all__ = ["available_models", "install", "load", "tokenize"]
 
 OPENAI_MODELS = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14",
                  "ViT-L/14@336px")
@@ -72,10 +75,37 @@ class TextTooLongError(BadTextError, RuntimeError):
     """A too-long text for a non-OpenAI tokenizer: a RuntimeError like openai's, and clipzoo's error."""
 
 
+SUBMODULES = ("model", "simple_tokenizer")  # openai's clip.model and clip.simple_tokenizer
+
+
 def __getattr__(name: str):
     if name == "_tokenizer":  # openai exposes its SimpleTokenizer instance as clip._tokenizer
         return _openai_tokenizer.shared()
+    if name == "clip":  # openai's package re-exports its clip.clip module: `from clip import clip`
+        return sys.modules[__name__]
+    if name in SUBMODULES:
+        return importlib.import_module(f"{__package__}.clip_{name}")
+    if name == "_MODELS":  # OpenAI's nine names -> their download URLs (prompt learners read it)
+        return {n: REGISTRY.resolve(f"[clip - openai - {n}]").source.url for n in OPENAI_MODELS}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def install() -> types.ModuleType:
+    """Serve ``import clip`` and openai's submodules — ``clip.clip``, ``clip.model`` (``build_model``,
+    ``convert_weights``), ``clip.simple_tokenizer`` (``SimpleTokenizer``) — from the shim in this process."""
+    shim = sys.modules[__name__]
+    sys.modules["clip"] = sys.modules["clip.clip"] = shim
+    for name in SUBMODULES:
+        sys.modules[f"clip.{name}"] = getattr(shim, name)
+    return shim
+
+
+def _download(url: str, root: "str | None" = None) -> str:
+    """openai's ``clip._download``: the file at ``url`` in the cache (``root``), its SHA-256 checked when the URL
+    names one (OpenAI's do: the folder before the file name)."""
+    digest = url.rstrip("/").split("/")[-2] if url.count("/") >= 2 else ""
+    sha256 = digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None
+    return str(download_url(url, sha256, root))
 
 
 # --------------------------------------------------------------------------- catalogue
@@ -206,6 +236,9 @@ def _openai_transform(n_px: int):
         ToTensor(),
         Normalize(OPENAI_MEAN, OPENAI_STD),
     ])
+
+
+_transform = _openai_transform  # openai's name for it (clip._transform)
 
 
 # --------------------------------------------------------------------------- TorchScript (jit=True)

@@ -21,7 +21,6 @@ Files read by :func:`read_pairs` (``format`` in brackets):
 from __future__ import annotations
 
 import warnings
-
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
