@@ -124,6 +124,11 @@ def test_issue20_s6_mmc_load_all_matches_of_a_query(tiny_cards, images):
     perceptor = mmc.MultiMMC(mmc.TEXT, mmc.IMAGE)
     loaded = perceptor.load_model(architecture="mmctest", publisher="me", id=None)
     assert [x.card.alias for x in loaded] == perceptor.aliases == [c.alias for c in tiny_cards]
+    score = perceptor.compare(image=images[0], text=TEXTS[0])
+    with pytest.warns(UserWarning, match=r"already loaded, not added again \(as mmc skips them\): \[mmctest - me"):
+        assert perceptor.load_model(architecture="mmctest", publisher="me", id="tiny-0") == []  # was a second copy
+    assert perceptor.aliases == [c.alias for c in tiny_cards]
+    assert torch.equal(perceptor.compare(image=images[0], text=TEXTS[0]), score)  # not doubled
     ens = clipzoo.Ensemble()
     assert [x.card.alias for x in ens.add_all("[mmctest - me - *]")] == [c.alias for c in tiny_cards]
 
@@ -167,6 +172,9 @@ def test_issue20_s6_mmc_openai_clip_wrapper(m, images):
     assert torch.allclose(logits_per_image, expected, atol=1e-4) and torch.equal(logits_per_text, logits_per_image.T)
     assert torch.allclose(model.logit_scale.exp(), torch.tensor(m.logit_scale), rtol=1e-5)
     assert module.available_models() == [m.card.alias]
+    loader = mmc.REGISTRY.find(architecture="mmctest", publisher="me", id="tiny-0")[0]
+    from_loader, _ = mmc.MockOpenaiClipModule(loader).load()  # mmc's own argument: was an UnknownModelError
+    assert torch.equal(from_loader.encode_text(text), text_features)
 
     class AudioOnly:
         card = REGISTRY.resolve(CLAP)

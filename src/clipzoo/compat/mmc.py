@@ -30,6 +30,7 @@ What is mmc's, what is clipzoo's:
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -107,7 +108,14 @@ class MultiMMC(Ensemble):
         """Load every model matching the three fields (an omitted or None field, or a glob, matches several)."""
         if device is not None:
             self.device = str(device)
-        return self.add_all(architecture=architecture, publisher=publisher, id=id, weight=weight)
+        query = {"architecture": architecture, "publisher": publisher, "id": id}
+        again = [c.alias for c in CLIPZOO_REGISTRY.find(**query) if c.alias in self._aliases]
+        if not again:
+            return self.add_all(weight=weight, **query)
+        warnings.warn(f"already loaded, not added again (as mmc skips them): {', '.join(again)}", stacklevel=2)
+        fresh = [c for c in CLIPZOO_REGISTRY.find(**query)  # a second copy doubled every score
+                 if c.alias not in self._aliases and all(m in c.modalities for m in self.modalities)]
+        return [self.add(card.alias, weight=weight) for card in fresh]
 
     @property
     def supports_image(self) -> bool:
@@ -169,8 +177,8 @@ class MockOpenaiClipModule:
     """Stands in for openai's ``clip`` module over one model (a spec or a loaded Comparator), as mmc's
     ``MockOpenaiClipModule``: ``load()`` -> ``(model, preprocess)``, ``tokenize`` the model's own tokenizer."""
 
-    def __init__(self, model: "str | Comparator", device: "str | torch.device" = "cpu"):
-        self._spec = model
+    def __init__(self, model: "str | Comparator | Loader", device: "str | torch.device" = "cpu"):
+        self._spec = model.card if isinstance(model, Loader) else model  # mmc's own argument is a loader
         self.device = str(device)
         self._comparator = model if isinstance(model, Comparator) else None
 
