@@ -288,6 +288,9 @@ def test_routing():
     assert _route("local-dir:/somewhere", None).native
     with pytest.raises(RuntimeError, match="not found"):
         _route("no-such-model", None)
+    # open_clip's get_tokenizer gives its default tokenizer for a name it does not know (the shim raised)
+    ours, theirs = open_clip.get_tokenizer("no-such-model"), real_open_clip.get_tokenizer("no-such-model")
+    assert type(ours) is type(theirs) and torch.equal(ours(TEXTS), theirs(TEXTS))
     with pytest.raises(UnsupportedError):
         _route("[clip - laion - ViT-B-32/laion2b_s34b_b79k]", "openai")
 

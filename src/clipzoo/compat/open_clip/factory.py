@@ -16,7 +16,7 @@ from .._models import OpenClipModel, preprocess_cfg_of
 from . import options as arch_options
 from ._passthrough import passthrough
 from ._real import REAL, submodule
-from ._routing import route
+from ._routing import NotFound, route
 from .tokenizer import ComparatorTokenizer
 
 _PRECISIONS = {"fp32": "fp32", "amp": "fp32", "amp_bf16": "fp32", "amp_bfloat16": "fp32", "fp16": "fp16",
@@ -236,7 +236,10 @@ def get_tokenizer(
     tokenizer of the last one created here, and is loaded once to build it otherwise."""
     if not model_name:
         return REAL.get_tokenizer(model_name, context_length=context_length, cache_dir=cache_dir, **kwargs)
-    target = route(model_name, None, cache_dir)
+    try:
+        target = route(model_name, None, cache_dir)
+    except NotFound:  # open_clip gives its default tokenizer for a name it does not know (and logs a warning)
+        return REAL.get_tokenizer(model_name, context_length=context_length, cache_dir=cache_dir, **kwargs)
     if target.native:
         return REAL.get_tokenizer(target.model_name, context_length=context_length, cache_dir=cache_dir, **kwargs)
     key = target.card.alias.lower()
