@@ -385,3 +385,27 @@ def test_pretrained_hf_is_honoured_for_hf_text_towers(hf_text_folder):
     for flag in (True, False):
         full = _quiet(open_clip.create_model, str(folder), pretrained_hf=flag)
         assert torch.equal(word_embeddings(full), ckpt_weights)
+
+
+def test_the_embedded_model_is_open_clips_own_module(monkeypatch):
+    """clipzoo builds the embedded model with its own plain modules (a fast start); through the drop-ins it came
+    back as a wrapper without lock_image_tower / transformer, its keys prefixed, its options refused
+    ("not an open_clip architecture") and its tokenizer without context_length."""
+    from clipzoo.compat import clip as clip_shim
+    from clipzoo.compat._models import OpenAICLIP
+
+    plain = clipzoo.load("clipzoo/tiny-shapes")
+    model = open_clip.create_model("clipzoo/tiny-shapes")
+    assert type(model) is real_open_clip.CLIP and hasattr(model, "lock_image_tower")
+    theirs = real_open_clip.create_model(f"local-dir:{plain.card.source.path}")
+    assert set(model.state_dict()) == set(theirs.state_dict())  # were prefixed "comparator.model."
+    tokenizer = open_clip.get_tokenizer("clipzoo/tiny-shapes")
+    tokens = tokenizer(TEXTS)
+    with torch.no_grad():
+        assert _maxdiff(model.encode_text(tokens), plain.encode_text(TEXTS, normalize=False)) <= 1e-5
+    assert tokenizer(TEXTS, context_length=10).shape == (len(TEXTS), 10)
+    quick = open_clip.create_model("clipzoo/tiny-shapes", force_quick_gelu=True)
+    assert type(quick) is real_open_clip.CLIP
+    monkeypatch.setattr(clip_shim, "_active_comparator", None)  # clip.tokenize follows the last clip.load
+    openai_model, _ = clip_shim.load("clipzoo/tiny-shapes", device="cpu")
+    assert isinstance(openai_model, OpenAICLIP)

@@ -48,6 +48,18 @@ def set_input_resolution(model: nn.Module, resolution: int | None) -> None:
         visual.input_resolution = int(resolution)
 
 
+def with_open_clip_module(comparator: Any, **load_options: Any) -> Any:
+    """``comparator``, or the same model loaded again through open_clip when clipzoo built it with its own plain
+    modules (the embedded model, for a fast start): the drop-ins hand out open_clip's module, with its methods
+    (``lock_image_tower``, ``transformer``, …), its state-dict keys and its tokenizer."""
+    if getattr(comparator, "model_config", None) and type(getattr(comparator, "model", None)).__module__.endswith(
+            ".plain_clip"):
+        from ..api import load
+
+        return load(comparator.card, model_config=comparator.model_config, **load_options)
+    return comparator
+
+
 # ----------------------------------------------------------------------------- open_clip modules, openai API
 _LAYOUT = threading.local()  # .open_clip > 0 while open_clip's own code runs the towers in this thread
 

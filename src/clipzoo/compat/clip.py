@@ -56,7 +56,7 @@ from ..ensemble import Ensemble
 from ..errors import BadTextError, ClipzooError, UnknownModelError
 from ..modalities import IMAGE, TEXT
 from ..registry import REGISTRY
-from ._models import ClipModel, as_openai_module, input_resolution_of, trace_openai_module
+from ._models import ClipModel, as_openai_module, input_resolution_of, trace_openai_module, with_open_clip_module
 
 __all__ = ["available_models", "install", "load", "tokenize"]
 
@@ -154,6 +154,7 @@ def load(name: str, device: str | torch.device = "cuda" if torch.cuda.is_availab
         comparator = load_model(name, device=str(device), precision=precision, cache_dir=download_root)
     except UnknownModelError as exc:
         raise ModelNotFoundError(f"Model {name} not found; {exc}") from None
+    comparator = with_open_clip_module(comparator, device=str(device), precision=precision, cache_dir=download_root)
     resolution = input_resolution_of(comparator, getattr(comparator, "model", None))
     inner = getattr(comparator, "model", None)
     model = as_openai_module(inner, resolution) if isinstance(inner, torch.nn.Module) else None

@@ -12,7 +12,7 @@ import torch
 from ...api import load as load_model
 from ...cards import ModelCard
 from ...errors import UnsupportedError
-from .._models import OpenClipModel, preprocess_cfg_of
+from .._models import OpenClipModel, preprocess_cfg_of, with_open_clip_module
 from . import options as arch_options
 from ._passthrough import passthrough
 from ._real import REAL, submodule
@@ -52,9 +52,9 @@ def load_through_clipzoo(card: ModelCard, precision: str, device, cache_dir, wei
     options, model_kwargs = arch_options.normalise(options or {}, model_kwargs or {})
     rebuild = bool(arch_options.changed(options, model_kwargs))
     zoo_precision = _zoo_precision(precision)
-    comparator = load_model(card, device="cpu" if rebuild else str(device),
-                            precision="fp32" if rebuild else zoo_precision, cache_dir=cache_dir,
-                            trust_pickle=not weights_only)
+    where = {"device": "cpu" if rebuild else str(device), "precision": "fp32" if rebuild else zoo_precision,
+             "cache_dir": cache_dir, "trust_pickle": not weights_only}
+    comparator = with_open_clip_module(load_model(card, **where), **where)
     key = card.alias.lower()
     if not arch_options.is_open_clip_module(comparator):
         arch_options.refuse_for_wrapped(card, options, model_kwargs)
@@ -246,7 +246,7 @@ def get_tokenizer(
     tokenizer = TOKENIZERS.get(key)
     comparator = COMPARATORS.get(key)
     if tokenizer is None and comparator is None:
-        comparator = load_model(target.card, cache_dir=cache_dir)
+        comparator = with_open_clip_module(load_model(target.card, cache_dir=cache_dir), cache_dir=cache_dir)
         if arch_options.is_open_clip_module(comparator):
             tokenizer = TOKENIZERS[key] = comparator.tokenizer
     if kwargs:
