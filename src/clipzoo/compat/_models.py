@@ -22,6 +22,8 @@ from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.transformer import Transformer
 from torch import nn
 
+from ..api import load
+
 
 # ----------------------------------------------------------------------------- helpers
 def image_size_of(comparator) -> int | tuple[int, int] | None:
@@ -54,8 +56,6 @@ def with_open_clip_module(comparator: Any, **load_options: Any) -> Any:
     (``lock_image_tower``, ``transformer``, …), its state-dict keys and its tokenizer."""
     if getattr(comparator, "model_config", None) and type(getattr(comparator, "model", None)).__module__.endswith(
             ".plain_clip"):
-        from ..api import load
-
         return load(comparator.card, model_config=comparator.model_config, **load_options)
     return comparator
 
