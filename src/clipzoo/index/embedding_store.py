@@ -47,6 +47,8 @@ __all__ = ["EmbeddingStore", "ItemRow", "DB_NAME", "SHARD_DIR", "SCHEMA_VERSION"
 
 DB_NAME = "index.sqlite"
 SHARD_DIR = "shards"
+VECTORS_DIR = "vectors"  # the published generations (:mod:`.generations`)
+POINTER = "vectors.json"  # in VECTORS_DIR: which generation is published
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -113,6 +115,7 @@ class EmbeddingStore:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")  # a commit is on disk before it returns
             if create:
+                self._refuse_lost_tables()
                 self.conn.executescript(_SCHEMA)
                 if self.get_meta("schema") is None:
                     self.set_meta(schema=SCHEMA_VERSION, generation=0, created=time.time())
@@ -125,6 +128,14 @@ class EmbeddingStore:
                 raise disk_full(self.db_path) from None
             raise ClipzooError(f"index file {str(self.db_path)!r} is corrupt or not an index ({exc}); "
                                f"{_rebuild_hint(self.path)}") from None
+
+    def _refuse_lost_tables(self) -> None:
+        """A store file without its tables beside published generations is a damaged index, not a new one:
+        creating fresh tables there (a 0-byte index.sqlite) made the next build or repair publish an empty index."""
+        tables = self.conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
+        vectors = self.path / VECTORS_DIR
+        if not tables and vectors.is_dir() and any(vectors.iterdir()):
+            raise sqlite3.DatabaseError("it holds no tables, while the index has published generations in vectors/")
 
     # ------------------------------------------------------------------ meta
     def get_meta(self, key: str, default: Any = None) -> Any:
@@ -355,13 +366,15 @@ class EmbeddingStore:
         return len(relpaths)
 
     def touch(self, updates: Iterable[tuple[str, int, int, str | None]]) -> None:
-        """Refresh (size, mtime_ns, caption) of files whose content did not change."""
+        """Refresh (size, mtime_ns, caption) of files whose content did not change: a new generation, so that the
+        next publish carries them (an edited caption never reached search: the snapshot was not republished)."""
         updates = list(updates)
         if not updates:
             return
         with self._lock, self._transaction():
             self.conn.executemany("UPDATE items SET size=?, mtime_ns=?, caption=? WHERE relpath=?",
                                   [(s, m, c, p) for p, s, m, c in updates])
+            self._bump()
 
     def set_skipped(self, skipped: Sequence[tuple[str, str]], replace: bool = True) -> None:
         with self._lock, self._transaction():

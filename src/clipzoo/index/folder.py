@@ -51,11 +51,29 @@ def walk_files(root: str | os.PathLike, suffixes: "frozenset[str] | set[str] | t
         for name in filenames:
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in suffixes:
                 continue
-            problem = file_problem(here / name, real_root)
+            problem = file_problem(here / name, real_root) or _name_problem(here / name)
             if problem is None:
                 yield here / name
             elif skipped is not None:
-                skipped.append((str(here / name), problem))
+                skipped.append((printable_path(here / name), problem))
+
+
+NOT_UTF8 = "its name is not UTF-8, which the index stores names in; rename it"
+
+
+def _name_problem(path: Path) -> "str | None":
+    """Why the index cannot keep ``path``'s name: one that is not UTF-8 (a byte such as 0xff, which Python holds as
+    a lone surrogate) failed the store's INSERT, and with it every build of the folder."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return NOT_UTF8
+    return None
+
+
+def printable_path(path: "str | os.PathLike") -> str:
+    """``path`` as UTF-8 text: bytes that are not UTF-8 shown as ``\xff``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def walk_images(root: str | os.PathLike, exclude: str | os.PathLike | None = None,

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ClipzooError, NotFoundError
-from .embedding_store import EmbeddingStore
+from .embedding_store import POINTER, VECTORS_DIR, EmbeddingStore
 from .item_rows import items_by_id
 from .manifest import (
     DiskFullError,
@@ -51,8 +51,6 @@ from .stores import DEFAULT_STORE, VectorStore, get_store
 __all__ = ["publish", "GenerationView", "open_generation", "read_pointer", "collect", "POINTER", "VECTORS_DIR",
            "IndexCorruptError"]
 
-VECTORS_DIR = "vectors"
-POINTER = "vectors.json"
 _TAGGED = re.compile(r"^(?:all|part\d+|items|vectors)-(g\d+-\d+-\d+)\.|^(g\d+-\d+-\d+)\.readers$")
 
 
@@ -61,11 +59,19 @@ class IndexCorruptError(ClipzooError):
 
 
 def read_pointer(index: "str | os.PathLike") -> dict[str, Any] | None:
-    """The published record (``vectors.json``) of ``index``; None when it has none or it is unreadable."""
+    """The published record (``vectors.json``) of ``index``; None when it has none, it is unreadable, or it is
+    not a record (JSON of another shape: a string there was an AttributeError in build, repair and verify)."""
     try:
-        return json.loads((Path(index) / VECTORS_DIR / POINTER).read_text("utf-8"))
+        record = json.loads((Path(index) / VECTORS_DIR / POINTER).read_text("utf-8"))
     except (OSError, ValueError):
         return None
+    if not isinstance(record, dict):
+        return None
+    if "files" in record and not (isinstance(record["files"], dict) and isinstance(record.get("tag"), str)
+                                  and type(record.get("generation")) is int and isinstance(record.get("items"), str)
+                                  and isinstance(record.get("all"), dict)):
+        return None
+    return record
 
 
 # ------------------------------------------------------------------ writing

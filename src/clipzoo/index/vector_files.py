@@ -28,13 +28,12 @@ import numpy as np
 
 from ..errors import ClipzooError, MissingExtraError
 from ..files import atomic_write_text
-from .embedding_store import EmbeddingStore
+from .embedding_store import POINTER as VECTORS_META
+from .embedding_store import VECTORS_DIR, EmbeddingStore
 from .stores import DEFAULT_STORE, VectorStore, get_store
 
 __all__ = ["VECTORS_DIR", "VECTORS_META", "refresh_vectors", "read_record", "open_part", "stale_hint"]
 
-VECTORS_DIR = "vectors"
-VECTORS_META = "vectors.json"
 
 
 def stale_hint(store: EmbeddingStore) -> str:
