@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import re
 import threading
 
 import pytest
@@ -31,7 +32,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
+        if self.path.endswith(".html"):  # a login / error page answered with 200
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", "many" if self.path.startswith("/neglen") else str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
@@ -143,6 +146,50 @@ def test_a_server_that_never_answers_fails_in_one_line_within_the_timeout(tmp_pa
     finally:
         silent.close()
     assert time.perf_counter() - t0 < 5
+    folder = hashlib.sha256(url.encode()).hexdigest()[:16]  # one folder per URL without a checksum
     assert str(err.value) == (f"cannot download {url} (timed out); check the URL and the network, "
-                              f"or place the file at {tmp_path / 'weights.bin'} yourself")
+                              f"or place the file at {tmp_path / folder / 'weights.bin'} yourself")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_two_urls_of_one_file_name_are_two_files(server, tmp_path):
+    """Without a checksum the cache was keyed by the file name: the second URL's model was the first one's,
+    never requested."""
+    base, files = server
+    files["/a/model.bin"], files["/b/model.bin"] = b"first", b"second"
+    first = download_url(base + "/a/model.bin", None, tmp_path, progress=False)
+    second = download_url(base + "/b/model.bin", None, tmp_path, progress=False)
+    assert (first.read_bytes(), second.read_bytes()) == (b"first", b"second") and first.name == second.name
+    assert download_url(base + "/a/model.bin", None, tmp_path, progress=False) == first  # still cached
+
+
+@pytest.mark.parametrize("path, said", [
+    ("/login.html", "answered with an HTML page, not a file (a login, error or index page?)"),
+    ("/neglen.bin", "announced a length of 'many', which is not a number of bytes"),  # was a ValueError
+])
+def test_what_is_no_file_is_refused_and_not_kept(server, tmp_path, path, said):
+    base, files = server
+    files[path] = b"<html>please log in</html>"
+    with pytest.raises(DownloadError, match=re.escape(said)):
+        download_url(base + path, None, tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_remote_folder_listing_names_outside_its_copy_is_refused(tmp_path):
+    """fetch_remote wrote a listed name holding '..' outside the cache folder."""
+    fsspec = pytest.importorskip("fsspec")
+    from fsspec.implementations.memory import MemoryFile
+
+    from clipzoo.download import fetch_remote
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bkt-trav/model/open_clip_config.json", b"{}")
+    fs.store["/bkt-trav/model/../../../../ESCAPED.txt"] = MemoryFile(fs, "/x", b"outside")
+    try:
+        with pytest.raises(DownloadError, match=r"lists a file named '\.\./\.\./\.\./\.\./ESCAPED.txt', which "
+                                                r"would be written outside its copy; nothing was fetched$"):
+            fetch_remote("memory://bkt-trav/model", tmp_path / "cache")
+    finally:
+        fs.rm("/bkt-trav", recursive=True)
+        fs.store.pop("/bkt-trav/model/../../../../ESCAPED.txt", None)
+    assert not any(p.name == "ESCAPED.txt" for p in tmp_path.parent.rglob("ESCAPED.txt"))

@@ -2,6 +2,7 @@
 model files or folders at fsspec URLs (``s3://``, ``gs://``, ``az://``, ``memory://``, …)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -41,8 +42,13 @@ def download_url(url: str, sha256: str | None = None, cache_dir: "str | os.PathL
     that a later run would trust. A cached file is re-verified before reuse.
     """
     folder = Path(cache_dir) if cache_dir else default_cache_dir() / "url"
+    name = os.path.basename(url.split("?")[0])
+    name = filename or (name if name not in ("", ".", "..") else "download")
+    per_url = sha256 is None and filename is None  # no checksum to tell two files of one name apart (the second
+    if per_url:  # URL's file was the first's, never fetched): one folder per URL
+        folder = folder / hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / (filename or os.path.basename(url.split("?")[0]) or "download")
+    target = folder / name
     if target.exists():
         if sha256 is None or sha256_of(target) == sha256.lower():
             return target
@@ -57,7 +63,7 @@ def download_url(url: str, sha256: str | None = None, cache_dir: "str | os.PathL
                 raise DownloadError(f"cannot download {url} ({exc}); check the URL and the network, "
                                     f"or place the file at {target} yourself") from None
             with response:
-                total = int(response.headers.get("Content-Length") or 0) or None
+                total = _content_length(response, url)
                 with progress_bar(total, target.name, enabled=progress, unit="B") as advance:
                     received = _copy_hashing(response, out, h, advance, url)
                 if total is not None and received != total:
@@ -72,6 +78,24 @@ def download_url(url: str, sha256: str | None = None, cache_dir: "str | os.PathL
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if per_url and not target.exists():
+            with contextlib.suppress(OSError):  # nothing kept: not even its folder
+                folder.rmdir()
+
+
+def _content_length(response, url: str) -> "int | None":
+    """The length the server announces (None: none), after refusing what is no file: an HTML page (a login or
+    error page served with status 200 was cached as the weights) or a length that is not a number."""
+    if (response.headers.get("Content-Type") or "").lower().startswith("text/html"):
+        raise DownloadError(f"{url} answered with an HTML page, not a file (a login, error or index page?); check "
+                            "the URL — nothing was kept")
+    length = (response.headers.get("Content-Length") or "").strip()
+    if not length:
+        return None
+    if not length.isdigit():
+        raise DownloadError(f"{url} announced a length of {length[:40]!r}, which is not a number of bytes; "
+                            "nothing was kept")
+    return int(length) or None
 
 
 def _copy_hashing(response, out, h, advance, url: str) -> int:
@@ -207,6 +231,7 @@ def fetch_remote(url: str, cache_dir: "str | os.PathLike | None" = None) -> Path
     except Exception as exc:  # noqa: BLE001 - credentials, network, permissions: the store's own message
         raise DownloadError(f"cannot read {url} ({type(exc).__name__}: {exc}); check the URL, the credentials "
                             "and the network") from None
+    _check_names(files, url)
     fingerprint = json.dumps(sorted((rel, info.get("size"), str(_version_tag(info))) for rel, info in files.items()))
     folder = (Path(cache_dir) if cache_dir else default_cache_dir()) / "remote" / hashlib.sha256(
         url.rstrip("/").encode()).hexdigest()[:16]
@@ -230,6 +255,16 @@ def fetch_remote(url: str, cache_dir: "str | os.PathLike | None" = None) -> Path
 
     build_folder_once(folder, copy, "listing.json")
     return folder / name
+
+
+def _check_names(files: dict, url: str) -> None:
+    """Every name in a remote listing stays inside the copy: one holding ``..`` (or absolute) was written outside
+    the cache folder."""
+    for rel in files:
+        parts = rel.replace("\\", "/").split("/")
+        if rel and (rel.startswith("/") or any(part in ("..", ".", "") for part in parts) or "\x00" in rel):
+            raise DownloadError(f"{url} lists a file named {rel[:200]!r}, which would be written outside its copy; "
+                                "nothing was fetched")
 
 
 def _relative(name: str, root: str) -> str:

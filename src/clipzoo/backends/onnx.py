@@ -123,7 +123,8 @@ def make_transform(folder: Path, pre: dict | None):
         except ImportError:
             transformers = None
         if transformers is not None:
-            processor = transformers.AutoImageProcessor.from_pretrained(str(folder / pre["dir"]))
+            processor = transformers.AutoImageProcessor.from_pretrained(str(folder / pre["dir"]),
+                                                                        trust_remote_code=False)
             if pre.get("naflex"):
                 return NaFlexSquareTransform(processor, *pre["naflex"])
             return HFImageTransform(processor)
@@ -153,7 +154,7 @@ def make_tokenizer(folder: Path, tok: dict | None):
                                       "pip install transformers") from None
         path = str(folder / tok["dir"])
         if kind == "hf":
-            return transformers.AutoTokenizer.from_pretrained(path)
+            return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         from open_clip.tokenizer import HFTokenizer
 
         return HFTokenizer(path, context_length=ctx, **tok.get("kwargs", {}))

@@ -28,6 +28,8 @@ WEIGHTS = "model.safetensors"
 """All weights of a composite folder (adapters already merged)."""
 
 TOP_KEYS = ("image", "text", "image_head", "text_head", "embed_dim", "logit_bias")
+CODE_OPTIONS = frozenset({"trust_remote_code", "code_revision"})
+"""Keyword arguments that let transformers / sentence-transformers run a model folder's own Python."""
 IMAGE_KEYS = ("source", "name", "config", "pretrained", "image_size", "mean", "std", "kwargs")
 TEXT_KEYS = ("source", "name", "config", "pretrained", "pooling", "context_length", "kwargs")
 IMAGE_SOURCES = ("timm", "torchvision", "open_clip")
@@ -62,6 +64,13 @@ def _tower(towers: dict[str, Any], side: str, valid: tuple[str, ...], sources: t
         raise ConfigError(f"towers.{side}.source must be one of {', '.join(sources)}, got {spec.get('source')!r}")
     if not spec.get("name") and not spec.get("config"):
         raise ConfigError(f"towers.{side}: give its name" + (" (or config)" if source == "open_clip" else ""))
+    kwargs = spec.get("kwargs")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise ConfigError(f"towers.{side}.kwargs must be a table of keyword arguments, got {kwargs!r}")
+    code = sorted(CODE_OPTIONS & set(kwargs or {}))
+    if code:  # a saved composite folder's clipzoo_composite.json ran the folder's own Python through these
+        raise ConfigError(f"towers.{side}.kwargs: {', '.join(code)} is refused; loading a model never runs code "
+                          "from its files (use a model whose architecture transformers ships)")
     spec["source"] = source
     return spec
 

@@ -154,12 +154,12 @@ def _hf(spec: dict[str, Any], name: str) -> tuple[TextTower, TextTokenizer]:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     kwargs = dict(spec.get("kwargs") or {})
-    tokenizer = AutoTokenizer.from_pretrained(name)
+    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     if spec.get("pretrained", True):
-        model = AutoModel.from_pretrained(name, **kwargs)
+        model = AutoModel.from_pretrained(name, trust_remote_code=False, **kwargs)
     else:
-        config = AutoConfig.from_pretrained(name)
-        model = AutoModel.from_config(config, **kwargs)
+        config = AutoConfig.from_pretrained(name, trust_remote_code=False)
+        model = AutoModel.from_config(config, trust_remote_code=False, **kwargs)
     pooling = spec.get("pooling") or "cls"
     tower = HFText(model.float(), pooling, tokenizer.pad_token_id)
     return tower, TextTokenizer(tokenizer, _hf_context(spec, tokenizer, model.config), "hf")

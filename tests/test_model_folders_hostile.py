@@ -1,0 +1,55 @@
+"""Model folders an attacker publishes: loading one never runs its code, never reads files outside it, and never
+writes outside the cache (found by probing conversion and loading)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clipzoo.backends.onnx_format import FORMAT, META_FILE, read_meta
+from clipzoo.errors import CheckpointError
+from clipzoo.models.spec import ConfigError, check_towers
+
+
+def _onnx_folder(tmp_path, **meta):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "image.onnx").write_bytes(b"not read here")
+    (folder / META_FILE).write_text(json.dumps({"format": FORMAT, "graphs": {"image": {"file": "image.onnx"}},
+                                                **meta}))
+    return folder
+
+
+def test_an_onnx_export_naming_code_options_is_refused(tmp_path):
+    """clipzoo_onnx.json's tokenizer kwargs reached transformers: trust_remote_code ran the folder's tok.py."""
+    folder = _onnx_folder(tmp_path, tokenizer={"kind": "open_clip_hf", "dir": "tokenizer", "context_length": 77,
+                                               "kwargs": {"trust_remote_code": True, "strip_sep_token": True}})
+    with pytest.raises(CheckpointError, match=r"tokenizer options 'trust_remote_code' are refused .*; loading a "
+                                              r"model never runs code from its files$"):
+        read_meta(folder)
+
+
+@pytest.mark.parametrize("meta", [
+    {"graphs": {"image": {"file": "../outside.onnx"}}},
+    {"graphs": {"image": {"file": "/etc/passwd"}}},
+    {"tokenizer": {"kind": "hf", "dir": "../../elsewhere", "context_length": 77}},
+    {"preprocess": {"kind": "hf", "dir": "/tmp"}},
+])
+def test_an_onnx_export_naming_files_outside_its_folder_is_refused(tmp_path, meta):
+    (tmp_path / "outside.onnx").write_bytes(b"x")
+    folder = _onnx_folder(tmp_path, **meta)
+    with pytest.raises(CheckpointError, match=r"which is not a file inside the export's folder; export the model "
+                                              "again$"):
+        read_meta(folder)
+
+
+def test_a_composite_folder_naming_code_options_is_refused():
+    """clipzoo_composite.json's towers.text.kwargs reached AutoModel.from_pretrained: its mod.py ran on load."""
+    towers = {"image": {"source": "timm", "name": "resnet18"},
+              "text": {"source": "hf", "name": "text", "kwargs": {"trust_remote_code": True}}}
+    with pytest.raises(ConfigError, match=r"^towers.text.kwargs: trust_remote_code is refused; loading a model "
+                                          "never runs code from its files"):
+        check_towers(towers)
+    towers["text"]["kwargs"] = "yes"
+    with pytest.raises(ConfigError, match=r"^towers.text.kwargs must be a table of keyword arguments, got 'yes'$"):
+        check_towers(towers)
