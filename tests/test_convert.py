@@ -89,6 +89,13 @@ def test_openai_refuses_what_its_code_cannot_build(tmp_path):
                                                r"safetensors instead"):
         convert(tmp_path / "gelu.safetensors", tmp_path / "x.pt", "openai")
     assert not (tmp_path / "x.pt").exists()
+    # heads 32 wide: OpenAI's code (and its reader) infer width // 64 heads — image features came back 0.19 off
+    cfg = {**TINY_CONFIG, "quick_gelu": True, "vision_cfg": {**TINY_CONFIG["vision_cfg"], "head_width": 32}}
+    save_file({k: v.contiguous() for k, v in state_dict(0, config=cfg).items()}, str(tmp_path / "hw.safetensors"),
+              metadata={"format": "pt", "open_clip_config": json.dumps({"model_cfg": cfg})})
+    with pytest.raises(UnsupportedError, match=r"cannot be written in OpenAI's format: its image tower's heads are "
+                                               r"32 wide where OpenAI's code infers 64\."):
+        convert(tmp_path / "hw.safetensors", tmp_path / "x.pt", "openai")
 
 
 def test_parity_tables_against_open_clip_and_openai(tiny_files):
@@ -168,6 +175,37 @@ def test_overwrite_never_destroys_the_source_and_replaces_a_file_or_link_itself(
     assert run("convert", single, link, "--to", "safetensors", "--overwrite")[0] == 0
     assert not link.is_symlink() and precious.read_bytes() == b"keep me"
     assert torch.equal(_outputs(clipzoo.load(str(link)), images)[1], _outputs(clipzoo.load(str(single)), images)[1])
+
+
+def test_overwrite_replaces_model_folders_only(tiny_files, tmp_path, monkeypatch):
+    """DST `sub/..` with --overwrite removed everything in the current folder, then failed; `.` was a traceback;
+    --to jax replaced DST-stem.config.json without --overwrite."""
+    single = str(tiny_files["open_clip_safetensors"])
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    for dst in ("sub/..", "."):
+        code, _, stderr = run("convert", single, dst, "--to", "onnx", "--overwrite")
+        assert code == 2 and stderr == (f"error: {work} is the current folder or holds it: writing there would "
+                                        "remove it; choose another destination\n"), stderr
+    code, _, stderr = run("convert", single, work / "sub" / "..", "--to", "hf", "--overwrite")
+    assert code == 2 and "is the current folder or holds it" in stderr
+    assert (work / "notes.txt").read_text() == "mine" and (work / "sub").is_dir()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.txt").write_text("keep")
+    code, _, stderr = run("convert", single, other, "--to", "onnx", "--overwrite")
+    assert code == 2 and stderr == (f"error: {other} is a folder of other files (a.txt), not a model folder: "
+                                    "--overwrite would remove them; choose another destination\n"), stderr
+    assert (other / "a.txt").read_text() == "keep"
+    assert run("convert", single, tmp_path / "ox", "--to", "onnx")[0] == 0  # a model folder: replaced
+    assert run("convert", single, tmp_path / "ox", "--to", "onnx", "--overwrite")[0] == 0
+    pytest.importorskip("flax")
+    (tmp_path / "p.config.json").write_text("{}")
+    code, _, stderr = run("convert", single, tmp_path / "p.pkl", "--to", "jax")
+    assert code == 2 and stderr.startswith(f"error: {tmp_path / 'p.config.json'} already exists"), stderr
+    assert (tmp_path / "p.config.json").read_text() == "{}"
 
 
 def test_an_onnx_export_as_source_names_itself_and_what_it_was_exported_from(tiny_files, tmp_path):

@@ -89,6 +89,12 @@ def check_openai_compatible(form: OpenClipForm) -> None:
     if int(text.get("heads", 8)) != max(1, width // 64):
         problems.append(f"its text tower has {text.get('heads')} heads where OpenAI's code infers width // 64 = "
                         f"{width // 64}")
+    if int(vision.get("head_width", 64)) != 64:  # OpenAI's code infers width // 64 heads (width * 32 // 64 for a
+        problems.append(f"its image tower's heads are {vision.get('head_width')} wide where OpenAI's code infers "
+                        "64")  # ResNet's attention pool): other widths loaded with features 0.19 off
+    for side, tower in (("image", vision), ("text", text)):
+        if float(tower.get("mlp_ratio", 4.0)) != 4.0:
+            problems.append(f"its {side} tower's MLP ratio is {tower.get('mlp_ratio')} where OpenAI's code builds 4")
     if int(text.get("vocab_size", 49408)) != 49408 or int(text.get("context_length", 77)) != 77:
         problems.append("its tokenizer is not OpenAI's (vocabulary 49408, context 77)")
     for key in ("attentional_pool", "no_ln_pre", "final_ln_after_pool", "pos_embed_type", "pool_type", "ls_init_value"):
@@ -184,6 +190,26 @@ def write_jax(form: OpenClipForm, dst: Path) -> Path:
     return dst
 
 
+MODEL_FILES = ("open_clip_config.json", "config.json", "clipzoo_onnx.json", "clipzoo_composite.json",
+               "open_clip_model.safetensors", "model.safetensors", "pytorch_model.bin")
+"""A folder holding one of these is a model folder, which ``--overwrite`` may replace."""
+
+
+def _check_replaceable(dst: Path) -> None:
+    """``--overwrite`` replaces a file or a model folder, never a folder of other files nor the current folder
+    (``DST`` ``sub/..`` removed everything in the current folder, then failed)."""
+    if dst.is_symlink() or not dst.is_dir():
+        return
+    if dst == Path.cwd() or dst in Path.cwd().parents:
+        raise ClipzooError(f"{dst} is the current folder or holds it: writing there would remove it; choose "
+                           "another destination")
+    entries = sorted(p.name for p in dst.iterdir())
+    if entries and not any((dst / name).exists() for name in MODEL_FILES):
+        raise ClipzooError(f"{dst} is a folder of other files ({', '.join(entries[:3])}"
+                           f"{', …' if len(entries) > 3 else ''}), not a model folder: --overwrite would remove "
+                           "them; choose another destination")
+
+
 def _check_destination(to: str, dst: Path, overwrite: bool) -> None:
     if to not in TARGETS:
         raise ClipzooError(f"unknown target format {to!r}: choose from {', '.join(TARGETS)}")
@@ -191,6 +217,8 @@ def _check_destination(to: str, dst: Path, overwrite: bool) -> None:
         require(TARGET_PACKAGES[to], f"converting to {to}")
     if dst.exists() and not overwrite:
         raise ClipzooError(f"{dst} already exists: choose another destination or pass --overwrite")
+    if to == "jax" and config_file(dst).exists() and not overwrite:  # was replaced without a word
+        raise ClipzooError(f"{config_file(dst)} already exists: choose another destination or pass --overwrite")
     if to == "openai" and dst.suffix not in (".pt", ".pth"):
         raise ClipzooError(f"an OpenAI checkpoint is one .pt file: name the destination like {dst.name}.pt")
     if to == "safetensors" and dst.suffix != ".safetensors":
@@ -235,13 +263,14 @@ def convert(src: "str | os.PathLike", dst: "str | os.PathLike", to: str, *, mode
     open_clip_jax parameters of config ``model``) to format ``to``, written at ``dst``; ``vit_layout`` (ONNX
     only): how an open_clip ViT image tower is written (:func:`clipzoo.runtime.onnx_export.export_onnx`'s
     ``vit``: ``plain``, the default, ``standard`` or ``contrib``)."""
-    dst = Path(dst)
+    dst = Path(os.path.abspath(os.path.expanduser(os.fspath(dst))))  # "sub/.." is the folder it names
     if vit_layout is not None:
         if to != "onnx":
             raise ClipzooError(f"--vit-layout applies to --to onnx, not --to {to}")
         check_vit_layout(vit_layout)
     _check_destination(to, dst, overwrite)
     check_not_source(dst, os.path.expanduser(os.fspath(src)) if isinstance(src, (str, os.PathLike)) else None)
+    _check_replaceable(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {"model_name": model_name} if model_name else {}
     comparator = load_source(src, source_format, model, trust_pickle=trust_pickle, cache_dir=cache_dir, **kwargs)
