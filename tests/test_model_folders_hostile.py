@@ -53,3 +53,26 @@ def test_a_composite_folder_naming_code_options_is_refused():
     towers["text"]["kwargs"] = "yes"
     with pytest.raises(ConfigError, match=r"^towers.text.kwargs must be a table of keyword arguments, got 'yes'$"):
         check_towers(towers)
+
+
+@pytest.mark.parametrize("shape", [(10 ** 12,), (10 ** 7,)])
+def test_a_parameter_pickle_cannot_allocate_more_than_its_file_holds(tmp_path, shape):
+    """A 125-byte .pkl calling numpy.ndarray((10**12,)) was a MemoryError traceback; 10**7 came back as 80 MB of
+    uninitialised memory read as weights."""
+    import pickle
+
+    import numpy as np
+
+    from clipzoo.models.jax_params import read_params
+
+    class Empty:
+        def __reduce__(self):
+            return np.ndarray, (shape, np.dtype("f8"))
+
+    path = tmp_path / "p.pkl"
+    path.write_bytes(pickle.dumps({"params": {"w": Empty()}}))
+    with pytest.raises(CheckpointError, match=rf"p.pkl: the pickle asks for an array of {shape[0] * 8:,} bytes, "
+                                              rf"more than its {path.stat().st_size}-byte file holds"):
+        read_params(path)
+    path.write_bytes(pickle.dumps({"params": {"w": np.arange(6.0).reshape(2, 3)}}))  # real arrays still read
+    assert read_params(path)["params"]["w"].tolist() == [[0, 1, 2], [3, 4, 5]]

@@ -26,35 +26,34 @@ from ..cards import ModelCard
 from ..comparator import Comparator, resolve_dtype
 from ..errors import CheckpointError, ClipzooError, UnsafePickleError
 from ..models.cloob import CLOOB, TowerShape, build_from_haiku
+from ..models.jax_params import NUMPY_GLOBALS, ArraysOnlyUnpickler
 from ..models.tokenize import tokenize_checked
 from ..tokenizers import OpenAITokenizer
 from .source_files import card_file
 
-# (module, name) globals a numpy-array pickle needs (numpy 1 and 2 spell the core module differently)
-NUMPY_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
-                 for n in ("_reconstruct", "scalar")}
-NUMPY_GLOBALS |= {("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-                  ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
+class NumpyOnlyUnpickler(ArraysOnlyUnpickler):
+    """Unpickles containers, scalars, strings and numpy arrays (bounded by the file's size); refuses every other
+    global."""
 
-class NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles containers, scalars, strings and numpy arrays; refuses every other global."""
+    allowed = NUMPY_GLOBALS
 
     def find_class(self, module: str, name: str):
         if (module, name) not in NUMPY_GLOBALS:
             raise UnsafePickleError(f"asks for the global {module}.{name}")
-        return super().find_class(module, name)  # numpy's own array reconstructors
+        return super().find_class(module, name)
 
 
 def read_params(path: "str | os.PathLike") -> tuple[dict, dict]:
     """(image params, text params) of a CLOOB checkpoint, read with :class:`NumpyOnlyUnpickler`."""
     try:
         with open(path, "rb") as f:
-            obj = NumpyOnlyUnpickler(io.BufferedReader(f)).load()
+            obj = NumpyOnlyUnpickler(io.BufferedReader(f), os.fstat(f.fileno()).st_size).load()
     except UnsafePickleError as exc:
         raise UnsafePickleError(f"{path} {exc}; a CLOOB checkpoint needs only numpy arrays, so it is refused — "
                                 "use the file released by crowsonkb/cloob-training") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, MemoryError,
+            CheckpointError) as exc:
         raise CheckpointError(f"{path} is not a readable CLOOB checkpoint ({type(exc).__name__}: "
                               f"{str(exc)[:150]}); is it truncated?") from None
     params = obj.get("params") if isinstance(obj, dict) else None

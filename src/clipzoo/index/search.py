@@ -180,7 +180,6 @@ class SearchIndex:
             raise ClipzooError(f"dedup threshold must be in (0, 1], got {dedup}")
         part = self._part(partition)
         count = len(part)
-        k = min(k, max(count, 1))  # no more hits than rows: a k of 2**31 asked FAISS for that many (bad_alloc)
         fetch = k if dedup is None else min(max(4 * k, k + 32), max(count, 1))
         while True:
             scores, ids = part.search(q, fetch)  # cosines: clipped to [-1, 1], non-finite ones dropped

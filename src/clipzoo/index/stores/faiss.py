@@ -139,13 +139,14 @@ class FaissStore:
 
     # ------------------------------------------------------------------ the VectorStore operations
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised queries [m, d] -> (cosine scores [m, k], item ids [m, k]; -1 where fewer than k)."""
+        """Normalised queries [m, d] -> (cosine scores [m, k'], item ids [m, k']; -1 where fewer than k'), k' = k
+        up to the vectors held (a k of 2**31 made FAISS allocate that many columns: bad_alloc, the process gone)."""
         q = normalize(queries)
         if q.shape[1] != self.dim:
             raise ClipzooError(f"a query of {q.shape[1]} dims cannot search an index of {self.dim}-dim vectors")
         if self.count == 0:
             return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
-        return self.index.search(q, int(max(1, k)))
+        return self.index.search(q, int(max(1, min(k, self.count))))
 
     def add(self, ids: Any, vectors: Any) -> None:
         """Add ``vectors`` [m, d] (normalised here) under item ``ids`` [m]."""
