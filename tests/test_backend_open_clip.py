@@ -241,8 +241,9 @@ def test_architecture_mismatch_names_keys(tmp_path, tiny_files):
     open_clip.add_model_config(str(cfg))
     with pytest.raises(ArchitectureMismatchError, match=r"1 missing key\(s\) \[ln_final.weight\], 1 unexpected key\(s\) \[extra.weight\]"):  # noqa: E501
         _load(path, model_name="tiny-mismatch")
-    with pytest.raises(ArchitectureMismatchError, match="size mismatch"):
-        _load(tiny_files["open_clip_pt"], model_name="ViT-B-32")
+    with pytest.raises(ArchitectureMismatchError, match=r"tiny-open_clip.pt: model config 'ViT-B-32' builds a model "
+                                                        r"of 151,277,313 parameters where the weights hold 3,384,897"):
+        _load(tiny_files["open_clip_pt"], model_name="ViT-B-32")  # refused before ViT-B-32 is allocated
     with pytest.raises(UnknownModelError, match="open_clip has no model config 'ViT-Q-99'"):
         _load(tiny_files["open_clip_pt"], model_name="ViT-Q-99")
 

@@ -76,3 +76,25 @@ def test_a_parameter_pickle_cannot_allocate_more_than_its_file_holds(tmp_path, s
         read_params(path)
     path.write_bytes(pickle.dumps({"params": {"w": np.arange(6.0).reshape(2, 3)}}))  # real arrays still read
     assert read_params(path)["params"]["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_a_config_far_larger_than_its_weights_is_refused_before_allocating(tmp_path):
+    """A 13 MB safetensors whose embedded config claimed a 100-layer, 2048-wide image tower allocated gigabytes
+    (a terabyte for width 1e6) before the weights were compared — a raw RuntimeError at best."""
+    import resource
+
+    from safetensors.torch import save_file
+
+    import clipzoo
+    from clipzoo.errors import ArchitectureMismatchError
+    from clipzoo.testing import tiny
+
+    cfg = json.loads(json.dumps(tiny.TINY_CONFIG))
+    cfg["vision_cfg"].update(width=2048, layers=100)
+    save_file(tiny.state_dict(), str(tmp_path / "bomb.safetensors"),
+              metadata={"format": "pt", "open_clip_config": json.dumps({"model_cfg": cfg})})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ArchitectureMismatchError, match=r"bomb.safetensors: its config builds a model of "
+                                                        r"5,\d{3},\d{3},\d{3} parameters where the weights hold "):
+        clipzoo.load(str(tmp_path / "bomb.safetensors"))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 512 * 1024  # KB: nothing was allocated

@@ -100,6 +100,7 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
 
     plan = make_plan(card, cache_dir=cache_dir, trust_pickle=trust_pickle,
                      model_name=model_name or card.config.get("model_name"), model_config=model_config)
+    check_config_fits(plan)
     model = build(plan, precision)
     if plan.state_dict is not None:
         load_weights(model, plan.state_dict, plan.source)
@@ -164,6 +165,25 @@ def build(plan: Plan, precision: str = "fp32") -> torch.nn.Module:
     except OSError as exc:  # an HF text tower whose config is not cached
         raise ModelNotCachedError(f"building {plan.model_name or plan.source} needs the HF config of "
                                   f"{text_cfg.get('hf_model_name')!r}, which is not cached ({exc})") from None
+
+
+def check_config_fits(plan: Plan) -> None:
+    """A config that builds far more parameters than the weights hold is refused before anything is allocated
+    (the model built on the meta device): a 13 MB file whose config claimed a 100-layer 2048-wide tower allocated
+    gigabytes (a terabyte for ``width: 1e6``) before the weights were compared."""
+    if plan.state_dict is None:
+        return
+    try:
+        with torch.device("meta"):
+            built = sum(p.numel() for p in build(plan, "fp32").parameters())
+    except Exception:  # noqa: BLE001 - a config the meta device cannot build: the real build says what is wrong
+        return
+    held = sum(v.numel() for v in plan.state_dict.values())
+    if built > 2 * held + (1 << 20):
+        config = f"model config {plan.model_name!r}" if plan.model_name else "its config"
+        raise ArchitectureMismatchError(f"{plan.source}: {config} builds a model of {built:,} parameters where "
+                                        f"the weights hold {held:,}; the config does not describe these weights "
+                                        "(nothing was allocated)")
 
 
 def load_weights(model: torch.nn.Module, sd: dict, source: str) -> None:
