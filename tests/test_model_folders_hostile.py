@@ -98,3 +98,28 @@ def test_a_config_far_larger_than_its_weights_is_refused_before_allocating(tmp_p
                                                         r"5,\d{3},\d{3},\d{3} parameters where the weights hold "):
         clipzoo.load(str(tmp_path / "bomb.safetensors"))
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 512 * 1024  # KB: nothing was allocated
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"vision_cfg": {"layers": "2"}}, r"its model config cannot be built \(TypeError: 'str' object cannot be "
+                                      r"interpreted as an integer\); check the config's values$"),
+    ({"embed_dim": -1}, r"its model config cannot be built \(RuntimeError: Trying to create tensor with negative "),
+    ({"vision_cfg": None}, r"model_cfg.vision_cfg must be a table of settings, got None$"),
+])
+def test_a_config_of_wrong_types_is_one_line(tmp_path, change, said):
+    """Each was a traceback from inside open_clip or torch (AttributeError, TypeError, RuntimeError)."""
+    from safetensors.torch import save_file
+
+    import clipzoo
+    from clipzoo.testing import tiny
+
+    cfg = json.loads(json.dumps(tiny.TINY_CONFIG))
+    for key, value in change.items():
+        if isinstance(value, dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    save_file(tiny.state_dict(), str(tmp_path / "bad.safetensors"),
+              metadata={"format": "pt", "open_clip_config": json.dumps({"model_cfg": cfg})})
+    with pytest.raises(CheckpointError, match=said):
+        clipzoo.load(str(tmp_path / "bad.safetensors"))

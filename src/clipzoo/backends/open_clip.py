@@ -9,8 +9,10 @@ How a card becomes a model:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from ..comparator import Comparator, resolve_dtype
 from ..constants import DEFAULT_CONTEXT_LENGTH, OPENAI_MEAN, OPENAI_STD
 from ..errors import (
     ArchitectureMismatchError,
+    CheckpointError,
     ClipzooError,
     ModelNotCachedError,
 )
@@ -101,7 +104,8 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     plan = make_plan(card, cache_dir=cache_dir, trust_pickle=trust_pickle,
                      model_name=model_name or card.config.get("model_name"), model_config=model_config)
     check_config_fits(plan)
-    model = build(plan, precision)
+    with config_errors(plan.source):
+        model = build(plan, precision)
     if plan.state_dict is not None:
         load_weights(model, plan.state_dict, plan.source)
     elif plan.state_dict is None:
@@ -115,11 +119,12 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     preprocess_cfg = dict(plan.preprocess_cfg)
     preprocess_cfg.setdefault("size", model.visual.image_size)
     open_clip.set_model_preprocess_cfg(model, preprocess_cfg)
-    transform = open_clip.image_transform(preprocess_cfg["size"], is_train=False,
-                                          mean=preprocess_cfg.get("mean"), std=preprocess_cfg.get("std"),
-                                          interpolation=preprocess_cfg.get("interpolation"),
-                                          resize_mode=preprocess_cfg.get("resize_mode"),
-                                          fill_color=preprocess_cfg.get("fill_color", 0))
+    with config_errors(plan.source, "preprocessing config"):
+        transform = open_clip.image_transform(preprocess_cfg["size"], is_train=False,
+                                              mean=preprocess_cfg.get("mean"), std=preprocess_cfg.get("std"),
+                                              interpolation=preprocess_cfg.get("interpolation"),
+                                              resize_mode=preprocess_cfg.get("resize_mode"),
+                                              fill_color=preprocess_cfg.get("fill_color", 0))
     tokenizer = make_tokenizer(plan, cache_dir)
     return OpenClipComparator(card, model, transform=transform, tokenizer=tokenizer, precision=precision,
                               model_name=plan.model_name, model_config=plan.model_cfg,
@@ -165,6 +170,18 @@ def build(plan: Plan, precision: str = "fp32") -> torch.nn.Module:
     except OSError as exc:  # an HF text tower whose config is not cached
         raise ModelNotCachedError(f"building {plan.model_name or plan.source} needs the HF config of "
                                   f"{text_cfg.get('hf_model_name')!r}, which is not cached ({exc})") from None
+
+
+@contextlib.contextmanager
+def config_errors(source: str, what: str = "model config") -> Iterator[None]:
+    """open_clip's and torch's errors on a config of wrong types or values (``layers: "2"``, ``embed_dim: -1``,
+    ``size: "big"``: a TypeError, a RuntimeError, a ValueError from deep inside) as one CheckpointError."""
+    try:
+        yield
+    except (TypeError, ValueError, RuntimeError, AttributeError, KeyError) as exc:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise CheckpointError(f"{source}: its {what} cannot be built ({type(exc).__name__}: {reason}); check the "
+                              "config's values") from None
 
 
 def check_config_fits(plan: Plan) -> None:

@@ -71,6 +71,7 @@ def embedded_config(text: str, path: str) -> dict:
         raise CheckpointError(f"{where} is not JSON ({exc})") from None
     if not isinstance(data.get("model_cfg"), dict):
         raise CheckpointError(f"{where} has no 'model_cfg' object; write the config with clipzoo convert")
+    checked_model_cfg(data["model_cfg"], where)
     return data
 
 
@@ -82,6 +83,18 @@ def _builtin_config(name: str) -> dict:
         raise UnknownModelError(f"open_clip has no model config {name!r}; see open_clip.list_models() "
                                 "or `clipzoo models --backend open_clip`")
     return copy.deepcopy(cfg)
+
+
+def checked_model_cfg(cfg: object, where: str) -> dict:
+    """An open_clip model config as open_clip reads it — a table whose tower configs are tables — else a
+    CheckpointError (a string or a null there was an AttributeError deep in the preprocessing set-up)."""
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{where}: model_cfg must be a table of settings, got {type(cfg).__name__} "
+                              f"{str(cfg)[:60]!r}")
+    for key in ("vision_cfg", "text_cfg", "preprocess_cfg"):
+        if key in cfg and not isinstance(cfg[key], dict):
+            raise CheckpointError(f"{where}: model_cfg.{key} must be a table of settings, got {cfg[key]!r}")
+    return cfg
 
 
 def _preprocess_from(pretrained_cfg: dict | None, model_cfg: dict | None) -> dict:
@@ -153,6 +166,7 @@ def _plan_hub_folder(folder: Path, trust_pickle: bool, repo: str | None = None, 
     model_cfg = config.get("model_cfg")
     if not model_cfg:
         raise CheckpointError(f"{folder / 'open_clip_config.json'} has no 'model_cfg'")
+    checked_model_cfg(model_cfg, str(folder / "open_clip_config.json"))
     weights = None
     for name in WEIGHT_FILES:
         if repo is not None:
