@@ -138,3 +138,27 @@ def test_helpers():
     m = torch.nn.Linear(3, 2)
     assert summarize_module(m).parameters == {"image": 0, "text": 0, "other": 8}
     assert json.dumps(summarize_module(m).to_dict())
+
+
+def test_the_embedded_model_a_jax_file_and_bad_configs(tmp_path, tiny_files, monkeypatch):
+    """`clipzoo info clipzoo/tiny-shapes` failed on a fresh cache (never unpacked); a .pkl that `convert --to jax`
+    wrote was read as a torch file; a config that loading refuses in one line was a traceback here."""
+    from safetensors.torch import save_file
+
+    import clipzoo
+    from clipzoo.convert import convert
+    from clipzoo.errors import CheckpointError
+
+    monkeypatch.setenv("CLIPZOO_CACHE", str(tmp_path / "fresh-cache"))
+    embedded = summarize("clipzoo/tiny-shapes", cache_dir=tmp_path / "fresh-cache")
+    loaded = clipzoo.load("clipzoo/tiny-shapes", cache_dir=tmp_path / "fresh-cache")
+    assert embedded.total == sum(p.numel() for p in loaded.model.parameters())
+    pytest.importorskip("flax")
+    source = summarize(str(tiny_files["open_clip_safetensors"]))
+    convert(tiny_files["open_clip_safetensors"], tmp_path / "p.pkl", "jax")
+    assert summarize(str(tmp_path / "p.pkl")).total == source.total
+    for name, raw, said in [("text", "not json", "is not JSON"), ("list", "[1]", "holds a JSON list")]:
+        save_file({"a": torch.zeros(2)}, str(tmp_path / f"{name}.safetensors"),
+                  metadata={"format": "pt", "open_clip_config": raw})
+        with pytest.raises(CheckpointError, match=said):
+            summarize(str(tmp_path / f"{name}.safetensors"))

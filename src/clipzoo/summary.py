@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import json
 import math
 import os
 from collections.abc import Iterable
@@ -27,9 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from .backends import BACKENDS, get_backend
-from .cards import ModelCard
+from .backends.open_clip_plan import checked_model_cfg, embedded_config
+from .cards import ModelCard, Source
 from .checkpoints import is_torchscript, read_json, read_pickle, read_torchscript, sniff_folder, strip_prefixes, unwrap
 from .errors import CheckpointError, ModelNotCachedError, UnknownModelError, UnsupportedError
+from .models.jax_params import read_params
+from .packing import materialise
 from .registry import REGISTRY
 
 TOWERS = ("image", "audio", "text", "decoder", "other")
@@ -46,6 +48,8 @@ _TOWER_OF_PREFIX = {
     "image_projection": "image",
     # CLOOB
     "image_encoder": "image", "text_encoder": "text",
+    # open_clip_jax parameter trees (its two projections, Dense_0 / Dense_1, count as "other")
+    "image_model": "image",
     # transformers ClapModel
     "audio_model": "audio", "audio_projection": "audio",
     # transformers Blip2ForImageTextRetrieval (its shared Q-Former and ITM head count as "other")
@@ -110,6 +114,8 @@ def summarize(spec: "str | ModelCard | os.PathLike", *, model_name: str | None =
     :class:`~clipzoo.errors.UnsupportedError` for a kind of model that cannot be summarised yet.
     """
     card = REGISTRY.resolve(spec)
+    if card.config.get("embedded"):  # the embedded model: its folder, unpacked into the cache on first use
+        card = card.replace(source=Source(path=str(materialise(card.config["embedded"], cache_dir))))
     name = card.alias if card.source.path is None else card.source.path
     model_name = model_name or card.config.get("model_name")
     src = card.source
@@ -216,7 +222,7 @@ def _from_hub_repo(repo: str, name: str, model_name: str | None, cache_dir) -> M
     except ModelNotCachedError:
         folder = None
     if folder is not None:
-        cfg = _read_json(folder / "open_clip_config.json")["model_cfg"]
+        cfg = _folder_model_cfg(folder / "open_clip_config.json")
         return summarize_module(open_clip_meta_model(cfg, cache_dir), name,
                                 f"open_clip_config.json of hub repo {repo!r} built on the meta device")
     try:
@@ -234,7 +240,7 @@ def _from_local(path: Path, name: str, model_name: str | None, trust_pickle: boo
     if path.is_dir():
         kind = sniff_folder(path)
         if kind == "open_clip":
-            cfg = _read_json(path / "open_clip_config.json")["model_cfg"]
+            cfg = _folder_model_cfg(path / "open_clip_config.json")
             return summarize_module(open_clip_meta_model(cfg), name,
                                     "open_clip_config.json built on the meta device")
         if kind == "transformers":
@@ -249,6 +255,8 @@ def _from_local(path: Path, name: str, model_name: str | None, trust_pickle: boo
         return ModelSummary(name, f"tensor shapes in {len(weights)} weight file(s) of the {kind} folder", counts)
     if model_name:
         return _from_open_clip_name(model_name, name)
+    if path.suffix == ".pkl":  # open_clip_jax parameters (the jax backend's files), read as numpy arrays
+        return ModelSummary(name, "array shapes in the open_clip_jax parameter file", _count_jax(path, trust_pickle))
     if path.suffix == ".safetensors":
         cfg = _safetensors_open_clip_config(path)
         if cfg is not None:
@@ -268,8 +276,30 @@ def _safetensors_open_clip_config(path: Path) -> dict | None:
     raw = meta.get("open_clip_config")
     if not raw:
         return None
-    cfg = json.loads(raw)
-    return cfg.get("model_cfg", cfg)
+    return embedded_config(raw, str(path))["model_cfg"]  # not JSON, a list, no model_cfg: load's one-line errors
+
+
+def _folder_model_cfg(path: Path) -> dict:
+    """``model_cfg`` of an open_clip folder's config file, checked as loading checks it (a KeyError before)."""
+    cfg = _read_json(path).get("model_cfg")
+    if not cfg:
+        raise CheckpointError(f"{path} has no 'model_cfg'")
+    return checked_model_cfg(cfg, str(path))
+
+
+def _count_jax(path: Path, trust_pickle: bool) -> dict[str, int]:
+    counts: dict[str, int] = {}
+
+    def walk(tree: dict, prefix: str) -> None:
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            elif getattr(value, "dtype", None) is not None and value.dtype.kind == "f":
+                tower = tower_of(f"{prefix}{key}")
+                counts[tower] = counts.get(tower, 0) + int(value.size)
+
+    walk(read_params(path, trust_pickle)["params"], "")
+    return counts
 
 
 def _count_file(path: Path, trust_pickle: bool = False) -> dict[str, int]:
