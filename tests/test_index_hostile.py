@@ -77,3 +77,45 @@ def test_a_vectors_record_of_another_shape_is_read_as_none(built, model, text): 
     build_index(root, out, model=model, workers=0)  # republishes
     assert read_pointer(out)["count"] == 12 and not verify_index(out).problems
     assert json.loads((out / "vectors" / "vectors.json").read_text())["count"] == 12
+
+
+def test_a_first_build_stopped_by_a_file_size_limit_is_one_line_and_leaves_nothing(tmp_path):
+    """`ulimit -f 30`: "index.sqlite is corrupt or not an index (disk I/O error); … delete …", its files left."""
+    import resource
+    import subprocess
+    import sys
+
+    root = make_photos(tmp_path / "photos")
+    out = tmp_path / "u.index"
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30 << 10, 30 << 10))
+
+    done = subprocess.run([sys.executable, "-m", "clipzoo", "index", "build", str(root), "--model",
+                           "clipzoo/tiny-shapes", "--out", str(out), "--no-progress", "--workers", "0"],
+                          capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (f"error: cannot write {out / 'index.sqlite'} (disk I/O error): check the disk, the file "
+                           "size limit (ulimit -f) and the folder's permissions, then rerun (the previous index is "
+                           "unchanged)\n")
+    assert not out.exists()
+
+
+def test_a_worker_that_cannot_share_its_batch_fails_the_build_in_one_line(built, model, monkeypatch):  # noqa: F811
+    """A full /dev/shm (or a file size limit) failed in the queue's feeder thread of a decode worker: the batch was
+    lost and the build waited for it for ever."""
+    import torch
+
+    from clipzoo.embed.handover import SharedMemoryError
+
+    root, out = built
+    make_photos(root, 4, start=40)
+
+    def full(self):
+        raise RuntimeError("unable to write to file </torch_1_2_0>: No space left on device (28)")
+
+    monkeypatch.setattr(torch.Tensor, "share_memory_", full)  # the forked worker inherits it
+    with pytest.raises(SharedMemoryError) as err:
+        build_index(root, out, model=model, workers=1)
+    assert str(err.value).startswith("cannot hand a batch to the model through shared memory (unable to write to "
+                                     "file </torch_1_2_0>: No space left on device (28)): /dev/shm is full")
+    assert "\n" not in str(err.value)

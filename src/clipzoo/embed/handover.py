@@ -16,9 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import ClipzooError
 from ..models.pil_transform import RESAMPLE, PilEvalTransform
 
-__all__ = ["split_transform", "Uint8Crop", "fast_resize_crop", "resize_uint8", "stack_shared", "normalize_uint8"]
+__all__ = ["split_transform", "Uint8Crop", "fast_resize_crop", "resize_uint8", "stack_shared", "normalize_uint8",
+           "SharedMemoryError"]
 
 RGB_STEPS = ("MaybeConvertMode", "_convert_to_rgb")
 TENSOR_STEPS = ("MaybeToTensor", "ToTensor")
@@ -96,8 +98,23 @@ def stack_shared(tensors: Sequence):
     first = tensors[0]
     if torch.utils.data.get_worker_info() is None:
         return torch.stack(list(tensors))
-    out = torch.empty((len(tensors), *first.shape), dtype=first.dtype).share_memory_()
+    try:
+        out = torch.empty((len(tensors), *first.shape), dtype=first.dtype).share_memory_()
+    except RuntimeError as exc:  # here, in the worker's own thread: raised to the parent, never lost in the queue's
+        raise SharedMemoryError(f"cannot hand a batch to the model through shared memory ({exc}): /dev/shm is "
+                                "full or too small (a container's default is 64 MB: raise --shm-size), or a file "
+                                "size limit (ulimit -f) is set; or pass --workers 0 to decode in this process"
+                                ) from None  # feeder thread, where the parent then waited for the batch for ever
     return torch.stack(list(tensors), out=out)
+
+
+class SharedMemoryError(ClipzooError):
+    """A decode worker could not put its batch in shared memory. Raised again in the parent by the DataLoader, with
+    the worker's traceback wrapped into the message: this keeps the one line it was raised with."""
+
+    def __init__(self, message: str):
+        marker = f"{type(self).__name__}: "
+        super().__init__(message.rsplit(marker, 1)[-1].strip() if message.startswith("Caught ") else message)
 
 
 def normalize_uint8(batch, transform: PilEvalTransform, *, channels_last: bool = False, dtype=None):

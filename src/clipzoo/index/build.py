@@ -45,7 +45,7 @@ from .embedding_store import EmbeddingStore, ItemRow
 from .folder import INDEX_SUFFIXES, IndexFiles, caption_of, collate_index_batch, partition_of, sha256_file, walk_images
 from .generations import VECTORS_DIR, collect, publish, read_pointer
 from .lock import IndexLock
-from .manifest import bad_shards, check_files, disk_full, is_disk_full
+from .manifest import bad_shards, check_files, disk_full, is_disk_full, write_failed
 from .remote_folder import SOURCE_DIR, local_folder
 from .stores import DEFAULT_STORE, check_store
 from .videos import SEGMENT_META, embed_videos, is_video_key, plan_videos, split_key, video_rows_to_keep, walk_videos
@@ -178,16 +178,16 @@ def _locked_build(out_path: Path, fresh: bool, root: Path, model: Any, settings:
     try:
         store = EmbeddingStore(out_path, create=True)
         return _build(store, root, model, settings, t0)
-    except sqlite3.OperationalError as exc:
-        if is_disk_full(exc, out_path):
-            raise disk_full(out_path / "index.sqlite") from None
-        raise
-    except BaseException:
+    except BaseException as exc:
         if store is not None:
             store.close()
             store = None
-        if fresh:
+        if fresh:  # a first build leaves nothing behind, whatever stopped it (a full disk left its files)
             _remove_if_empty(out_path)
+        if isinstance(exc, sqlite3.OperationalError):
+            if is_disk_full(exc, out_path):
+                raise disk_full(out_path / "index.sqlite") from None
+            raise write_failed(out_path / "index.sqlite", exc) from None
         raise
     finally:
         if store is not None:
@@ -209,8 +209,8 @@ def _remove_if_empty(out: Path) -> None:
         with EmbeddingStore(out) as store:
             if store.count():
                 return
-    except ClipzooError:  # cannot tell what it holds: leave it to the rerun
-        return
+    except ClipzooError:  # its tables never got written (a full disk): this build's own file, created this run
+        pass
     names = {p.name for p in out.iterdir()} if out.is_dir() else set()
     if names <= {"index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "shards", VECTORS_DIR, ".lock", SOURCE_DIR}:
         shutil.rmtree(out / SOURCE_DIR, ignore_errors=True)

@@ -41,7 +41,7 @@ import numpy as np
 from ..errors import ClipzooError, NotFoundError
 from ..registry import REGISTRY
 from .item_rows import ITEM_COLUMNS, items_by_id, row_dict
-from .manifest import disk_full, durable_write, is_disk_full
+from .manifest import disk_full, durable_write, is_disk_full, refused_write, write_failed
 
 __all__ = ["EmbeddingStore", "ItemRow", "DB_NAME", "SHARD_DIR", "SCHEMA_VERSION"]
 
@@ -126,6 +126,8 @@ class EmbeddingStore:
         except sqlite3.DatabaseError as exc:
             if is_disk_full(exc, self.db_path):
                 raise disk_full(self.db_path) from None
+            if refused_write(exc):  # a read-only or failing disk, a file size limit: not a bad file
+                raise write_failed(self.db_path, exc) from None
             raise ClipzooError(f"index file {str(self.db_path)!r} is corrupt or not an index ({exc}); "
                                f"{_rebuild_hint(self.path)}") from None
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..constants import IMAGE_SUFFIXES
 from ..embed import ImageFiles
 from ..embed.decode import decode_bytes
+from ..embed.handover import stack_shared
 
 __all__ = ["INDEX_SUFFIXES", "MAX_CAPTION_BYTES", "walk_images", "walk_files", "file_problem", "caption_problem",
            "inside", "partition_of", "caption_of", "sha256_file", "IndexFiles",
@@ -203,9 +204,7 @@ def _decode_reason(exc: Exception) -> str:
 def collate_index_batch(items: list):
     """:class:`IndexFiles` items -> ``([(index, sha256, size, mtime_ns)], stacked pixels or None,
     [(index, reason)])``: the decoded files, their pixels, and the files skipped."""
-    import torch
-
     good = [it for it in items if it[2] is None]
     bad = [it for it in items if it[2] is not None]
-    pixels = torch.stack([it[1] for it in good]) if good else None
+    pixels = stack_shared([it[1] for it in good]) if good else None  # in shared memory, from the worker's thread
     return ([(it[0], it[3], it[4], it[5]) for it in good], pixels, [(it[0], it[2]) for it in bad])

@@ -57,7 +57,7 @@ LOW_SPACE_BYTES = 1 << 20
 def is_disk_full(exc: BaseException, path: "str | os.PathLike | None" = None) -> bool:
     """Whether ``exc`` says the disk is full: ``ENOSPC``/``EDQUOT``, SQLite's "disk is full", or SQLite's
     "disk I/O error" while the file system of ``path`` has (almost) no space left."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return True
     if not isinstance(exc, sqlite3.DatabaseError):
         return False
@@ -76,6 +76,21 @@ def disk_full(path: "str | os.PathLike") -> DiskFullError:
     """``no space left on DEVICE writing FILE``: the one line a full disk gives."""
     return DiskFullError(f"no space left on {mount_point(path)} writing {os.fspath(path)}; free some space and "
                          "rerun (the previous index is unchanged)")
+
+
+def refused_write(exc: BaseException) -> bool:
+    """Whether SQLite says the file system refused it (cannot open, I/O error, read-only) rather than the file
+    being bad."""
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        part in str(exc) for part in ("unable to open", "I/O", "readonly"))
+
+
+def write_failed(path: "str | os.PathLike", exc: BaseException) -> ClipzooError:
+    """The one line for a write the file system refused for another reason than space (``disk I/O error``: a file
+    size limit, a failing or read-only disk) — never "corrupt … delete it": the index itself is intact."""
+    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return ClipzooError(f"cannot write {os.fspath(path)} ({reason}): check the disk, the file size limit (ulimit -f) "
+                        "and the folder's permissions, then rerun (the previous index is unchanged)")
 
 
 def fsync_dir(folder: "str | os.PathLike") -> None:
