@@ -119,3 +119,25 @@ def test_a_worker_that_cannot_share_its_batch_fails_the_build_in_one_line(built,
     assert str(err.value).startswith("cannot hand a batch to the model through shared memory (unable to write to "
                                      "file </torch_1_2_0>: No space left on device (28)): /dev/shm is full")
     assert "\n" not in str(err.value)
+
+
+def test_vectors_named_with_another_models_name_say_so(tmp_path):
+    """32-dim vectors indexed with --model clipzoo/tiny-shapes (64-dim): the search said "the query embedding must
+    be a vector of 32 numbers, got shape (64,)", an image search "… use that model" — the model it used."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from clipzoo.cli import app
+
+    np.save(tmp_path / "v32.npy", np.random.default_rng(0).normal(size=(50, 32)).astype(np.float32))
+    out = tmp_path / "bv.index"
+    runner = CliRunner()
+    r = runner.invoke(app, ["index", "build-vectors", str(tmp_path / "v32.npy"), "--out", str(out), "--model",
+                            "clipzoo/tiny-shapes", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    said = (f"error: index {str(out)!r} holds 32-dim vectors, but the model it records (clipzoo/tiny-shapes) gives "
+            "64-dim embeddings: its vectors were not made by that model; build it again with --model naming the "
+            "model that made them")
+    for extra in ([], ["--device", "cpu", "--precision", "bf16"]):  # the numpy text tower, and the torch model
+        r = runner.invoke(app, ["search", str(out), "red", *extra])
+        assert r.exit_code == 2 and said in " ".join(r.output.split()), r.output

@@ -273,8 +273,9 @@ def search(
         from ..models.numpy_text import embedded_text_tower
 
         tower = embedded_text_tower(idx.model_spec)
+        idx.check_recorded_model(tower)
     if tower is None:
-        idx.set_model(load_model(idx.model_spec, device, precision, trust_pickle, None, cache_dir))
+        idx.set_model(load_model(idx.model_spec, device, precision, trust_pickle, None, cache_dir), recorded=True)
     if long_text is not None:
         from ..inputs import check_long_text
 

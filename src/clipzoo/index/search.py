@@ -138,21 +138,33 @@ class SearchIndex:
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    self._model = load(self.model_spec)
-                    self._check_model(self._model)
+                    model = load(self.model_spec)
+                    self._check_model(model, recorded=True)
+                    self._model = model
         return self._model
 
-    def set_model(self, model: Any) -> None:
+    def set_model(self, model: Any, recorded: bool = False) -> None:
         """Embed queries with ``model`` (a Comparator) instead of the recorded spec; refused when its
-        embedding size differs from the index's."""
-        self._check_model(model)
+        embedding size differs from the index's. ``recorded``: it is the model the index records."""
+        self._check_model(model, recorded)
         self._model = model
 
-    def _check_model(self, model: Any) -> None:
+    def check_recorded_model(self, model: Any) -> None:
+        """The model the index records (a Comparator, or the embedded model's numpy text tower) fits its vectors."""
+        if model is not None:
+            self._check_model(model, recorded=True)
+
+    def _check_model(self, model: Any, recorded: bool = False) -> None:
+        """``model`` (anything with an ``embed_dim``) fits the index's vectors, else a one-line error."""
         dim = getattr(model, "embed_dim", None)
-        if dim is not None and self.dim and int(dim) != self.dim:
-            raise ClipzooError(f"model {model.card.alias} gives {dim}-dim embeddings but index {str(self.path)!r} "
-                               f"holds {self.dim}-dim ones (built with {self.model_spec}); use that model")
+        if dim is None or not self.dim or int(dim) == self.dim:
+            return
+        if recorded:  # vectors given with another model's name (build-vectors / --from-embeddings --model)
+            raise ClipzooError(f"index {str(self.path)!r} holds {self.dim}-dim vectors, but the model it records "
+                               f"({self.model_spec}) gives {dim}-dim embeddings: its vectors were not made by that "
+                               "model; build it again with --model naming the model that made them")
+        raise ClipzooError(f"model {model.card.alias} gives {dim}-dim embeddings but index {str(self.path)!r} "
+                           f"holds {self.dim}-dim ones (built with {self.model_spec}); use that model")
 
     # ------------------------------------------------------------------ queries
     def search_text(self, query: str, k: int = 10, partition: str | None = None,
