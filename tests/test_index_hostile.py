@@ -141,3 +141,34 @@ def test_vectors_named_with_another_models_name_say_so(tmp_path):
     for extra in ([], ["--device", "cpu", "--precision", "bf16"]):  # the numpy text tower, and the torch model
         r = runner.invoke(app, ["search", str(out), "red", *extra])
         assert r.exit_code == 2 and said in " ".join(r.output.split()), r.output
+
+
+def test_other_weights_at_the_same_path_are_refused(tmp_path):
+    """A local model folder replaced by other weights of the same size: the rebuild embedded new images with them
+    and mixed them into the index without a word."""
+    from clipzoo.testing.tiny import write_open_clip_hub_folder
+
+    root = make_photos(tmp_path / "photos", 4)
+    out = tmp_path / "ix"
+    model = write_open_clip_hub_folder(tmp_path / "m", seed=0)
+    build_index(root, out, model=str(model), workers=0)
+    build_index(tmp_path / "photos" / ".." / "photos", out, workers=0)  # the same folder, spelled another way
+    write_open_clip_hub_folder(tmp_path / "m", seed=7)  # retrained in place
+    make_photos(root, 2, start=10)
+    with pytest.raises(ClipzooError, match=rf"^the model at {str(model)!r} is not the one index {str(out)!r} was "
+                                           r"built with: its files changed since"):
+        build_index(root, out, workers=0)
+
+
+def test_a_missing_readers_file_and_a_huge_id_are_named(built, model):  # noqa: F811
+    """A deleted `vectors/<tag>.readers` said "switched generations too often while opening; retry" for ever;
+    item(2**70) was an OverflowError."""
+    from clipzoo.errors import NotFoundError
+
+    root, out = built
+    with open_index(out, model=model) as idx, pytest.raises(NotFoundError, match="no item with id 118059162071741"):
+        idx.item(2 ** 70)
+    for readers in (out / "vectors").glob("*.readers"):
+        readers.unlink()
+    with pytest.raises(ClipzooError, match=r"\.readers' is missing; run `clipzoo index repair "):
+        open_index(out, model=model)

@@ -46,11 +46,12 @@ from .folder import INDEX_SUFFIXES, IndexFiles, caption_of, collate_index_batch,
 from .generations import VECTORS_DIR, collect, publish, read_pointer
 from .lock import IndexLock
 from .manifest import bad_shards, check_files, disk_full, is_disk_full, write_failed
+from .model_record import check_weights, model_identity
 from .remote_folder import SOURCE_DIR, local_folder
 from .stores import DEFAULT_STORE, check_store
 from .videos import SEGMENT_META, embed_videos, is_video_key, plan_videos, split_key, video_rows_to_keep, walk_videos
 
-__all__ = ["BuildReport", "build_index", "model_identity", "load_model", "default_vector_options", "reembed"]
+__all__ = ["BuildReport", "build_index", "load_model", "default_vector_options", "reembed"]
 
 MILVUS_LITE_FILE = "index.milvus.db"
 """The Milvus Lite database inside the index folder: ``--store milvus`` without ``--uri``."""
@@ -93,28 +94,6 @@ class BuildReport:
 
 
 # ------------------------------------------------------------------ model identity
-def model_identity(model: Any) -> tuple[str, str | None]:
-    """``(spec to reload it, card alias or None)`` of a spec string or a Comparator, loading nothing.
-
-    A spec string that names an existing file or folder becomes its absolute path; its alias is only
-    known once loaded (or resolved, see :meth:`EmbeddingStore.check_model`)."""
-    if isinstance(model, (str, os.PathLike)):
-        spec = os.fspath(model)
-        if os.path.exists(os.path.expanduser(spec)):
-            spec = os.path.abspath(os.path.expanduser(spec))
-        return spec, None
-    card = getattr(model, "card", None)
-    if card is None:
-        raise ClipzooError(f"model must be a spec string or a clipzoo Comparator, not a {type(model).__name__}")
-    if card.source.path:
-        spec = os.path.abspath(card.source.path)
-    elif getattr(model, "spec", None):
-        spec = str(model.spec)
-    else:
-        spec = card.alias
-    return spec, card.alias
-
-
 def load_model(model: Any, runtime: str = "eager", sample: "list[str] | None" = None, origin: str = "the folder"):
     """``model`` loaded with ``runtime`` if it is a spec (``runtime="auto"`` measures on ``sample``, the images
     about to be embedded: :mod:`clipzoo.runtime.auto_sample`); a Comparator as it is."""
@@ -151,7 +130,7 @@ def build_index(folder: "str | os.PathLike", out: "str | os.PathLike", model: An
     if workers is not None and int(workers) < 0:
         raise ClipzooError(f"workers must be 0 or more, got {workers}")
     url = is_url(os.fspath(folder))  # an fsspec URL: read once the store is checked (index/remote_folder.py)
-    root = Path(os.path.expanduser(os.fspath(folder))).absolute()
+    root = Path(os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(folder)))))  # "a/../a/x" is a/x
     if not url and not root.exists():
         raise ClipzooError(f"folder {os.fspath(folder)!r} does not exist; pass the folder of images to index")
     if not url and not root.is_dir():
@@ -327,6 +306,7 @@ def _check_target(store: EmbeddingStore, root: Path, model: Any) -> tuple[Any, s
             raise ClipzooError("no model given: pass --model (the first build of an index needs one)")
     spec, alias = model_identity(model)
     store.check_model(spec, alias)
+    check_weights(store, spec)
     if old_root is None:
         store.set_meta(root=str(root))
     return model, spec, alias

@@ -30,10 +30,10 @@ import numpy as np
 
 from ..errors import ClipzooError
 from ..progress import progress as progress_bar
-from .build import model_identity
 from .generations import POINTER, VECTORS_DIR, collect, read_pointer
 from .lock import IndexLock
 from .manifest import durable_write, file_entry, fsync_dir
+from .model_record import model_identity
 from .stores.faiss_kinds import import_faiss
 from .stores.faiss_ondisk import RERANK, BudgetPlan, OnDiskFaissStore, add_chunks, plan_index, train_index, tune_nprobe
 from .vector_source import VectorSource, open_vectors, parse_memory

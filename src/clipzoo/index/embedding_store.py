@@ -132,8 +132,7 @@ class EmbeddingStore:
                                f"{_rebuild_hint(self.path)}") from None
 
     def _refuse_lost_tables(self) -> None:
-        """A store file without its tables beside published generations is a damaged index, not a new one:
-        creating fresh tables there (a 0-byte index.sqlite) made the next build or repair publish an empty index."""
+        """Tables lost beside published generations (a 0-byte file): damage, not a new index to publish empty."""
         tables = self.conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
         vectors = self.path / VECTORS_DIR
         if not tables and vectors.is_dir() and any(vectors.iterdir()):
@@ -211,8 +210,9 @@ class EmbeddingStore:
             item_id = int(item_id)
         except (TypeError, ValueError):
             raise NotFoundError(f"item id {item_id!r} is not an integer") from None
-        with self._lock:
-            row = self.conn.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id=?", (item_id,)).fetchone()
+        with self._lock:  # an id past SQLite's 64 bits (2**70: an OverflowError) is no item
+            row = self.conn.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id=?", (item_id,)).fetchone() \
+                if -(1 << 63) <= item_id < 1 << 63 else None
         if row is None:
             raise NotFoundError(f"no item with id {item_id} in index {str(self.path)!r}")
         return row_dict(row)

@@ -17,11 +17,12 @@ from typing import Any
 from ..embed.clip_retrieval import open_clip_retrieval
 from ..errors import ClipzooError
 from ..progress import progress as progress_bar
-from .build import BuildReport, default_vector_options, model_identity
+from .build import BuildReport, default_vector_options
 from .embedding_store import EmbeddingStore, ItemRow
 from .folder import partition_of
 from .generations import publish
 from .lock import IndexLock
+from .model_record import model_identity
 from .stores import DEFAULT_STORE, check_store
 
 __all__ = ["build_index_from_embeddings"]

@@ -239,6 +239,8 @@ class GenerationView:
         return int(len(self._ids))
 
     def item(self, item_id: int) -> dict[str, Any]:
+        if not -(1 << 63) <= int(item_id) < 1 << 63:  # SQLite's integers: 2**70 was an OverflowError
+            raise NotFoundError(f"no item with id {item_id} in index {str(self.path)!r}")
         found = self.items([item_id]).get(int(item_id))
         if found is None:
             raise NotFoundError(f"no item with id {item_id} in index {str(self.path)!r}")
@@ -298,6 +300,9 @@ def open_generation(index: Path, record: dict[str, Any], full: bool = False) -> 
             break
         record = read_pointer(index) or record
     else:
+        readers = index / VECTORS_DIR / f"{record.get('tag')}.readers"
+        if record == read_pointer(index) and not readers.exists():  # not switched: its lock file is gone
+            raise IndexCorruptError(f"index file {str(readers)!r} is missing; {repair_hint(index)}")
         raise IndexCorruptError(f"index {str(index)!r} switched generations too often while opening; retry")
     try:
         check_generation(index, record, full)

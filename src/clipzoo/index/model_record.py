@@ -1,0 +1,73 @@
+"""Which model an index records: the spec that reloads it (and its alias), and for a local model a fingerprint of
+its files, so that other weights at the same path are never mixed into the index."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ClipzooError
+from .embedding_store import EmbeddingStore
+
+__all__ = ["WEIGHTS_META", "check_weights", "model_fingerprint", "model_identity"]
+
+
+def model_identity(model: Any) -> tuple[str, str | None]:
+    """``(spec to reload it, card alias or None)`` of a spec string or a Comparator, loading nothing.
+
+    A spec string that names an existing file or folder becomes its absolute path; its alias is only
+    known once loaded (or resolved, see :meth:`EmbeddingStore.check_model`)."""
+    if isinstance(model, (str, os.PathLike)):
+        spec = os.fspath(model)
+        if os.path.exists(os.path.expanduser(spec)):
+            spec = os.path.abspath(os.path.expanduser(spec))
+        return spec, None
+    card = getattr(model, "card", None)
+    if card is None:
+        raise ClipzooError(f"model must be a spec string or a clipzoo Comparator, not a {type(model).__name__}")
+    if card.source.path:
+        spec = os.path.abspath(card.source.path)
+    elif getattr(model, "spec", None):
+        spec = str(model.spec)
+    else:
+        spec = card.alias
+    return spec, card.alias
+
+
+WEIGHTS_META = "model_weights"  # the fingerprint of a local model's files (model_fingerprint)
+
+
+def check_weights(store: EmbeddingStore, spec: str) -> None:
+    """A local model (a file or folder named by its path) whose files changed since the index recorded them is
+    refused: other weights at the same path were mixed into the index without a word. Recorded on first use."""
+    now = model_fingerprint(spec)
+    old = store.get_meta(WEIGHTS_META)
+    if now is None:
+        return
+    if old is None:
+        store.set_meta(**{WEIGHTS_META: now})
+    elif old != now:
+        raise ClipzooError(f"the model at {spec!r} is not the one index {str(store.path)!r} was built with: its files "
+                           "changed since (other weights at the same path); embeddings of different weights cannot "
+                           "be mixed: pass a new --out")
+
+
+def model_fingerprint(spec: str) -> "str | None":
+    """SHA-256 over each file of a local model (name, size, its first and last MiB); None for a registry spec.
+    A retrained model changes every tensor, so its first and last MiB; hashing whole files would cost seconds."""
+    path = Path(spec)
+    if not path.is_absolute() or not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(path).parts))[:1000]
+    h = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(path) if f != path else f.name}\0{size}\0".encode("utf-8", "surrogatepass"))
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read(1 << 20))
+    return h.hexdigest()
