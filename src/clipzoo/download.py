@@ -33,6 +33,14 @@ def sha256_of(path: "str | os.PathLike", chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_in_url(url: str) -> "str | None":
+    """The SHA-256 a URL names as the folder before its file name (OpenAI's releases: ``…/<sha256>/ViT-B-32.pt``)."""
+    parts = url.split("?")[0].rstrip("/").split("/")
+    if len(parts) >= 2 and len(parts[-2]) == 64 and all(c in "0123456789abcdef" for c in parts[-2]):
+        return parts[-2]
+    return None
+
+
 def download_url(url: str, sha256: str | None = None, cache_dir: "str | os.PathLike | None" = None,
                  filename: str | None = None, progress: bool = True) -> Path:
     """Download ``url`` into ``cache_dir`` and return the local path.

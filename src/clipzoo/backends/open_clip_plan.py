@@ -16,7 +16,7 @@ from pathlib import Path
 from ..cards import ModelCard
 from ..checkpoints import json_object, read_json, read_state_dict, sniff_folder, state_dict_kind
 from ..constants import OPENAI_MEAN, OPENAI_STD
-from ..download import download_url, hub_file
+from ..download import download_url, hub_file, sha256_in_url
 from ..errors import ArchitectureMismatchError, CheckpointError, DownloadError, ModelNotCachedError, UnknownModelError
 from .long_clip import fold_positions
 
@@ -140,7 +140,7 @@ def _fetch_pretrained(card: ModelCard, pcfg: dict, cache_dir) -> Path:
                     break  # the hub is unreachable: asking for the next file would only wait again
     url = pcfg.get("url") or card.source.url
     if url:
-        sha = card.source.sha256 or _sha_in_url(url)
+        sha = card.source.sha256 or sha256_in_url(url)
         try:
             return download_url(url, sha, cache_dir)
         except DownloadError as exc:
@@ -149,13 +149,6 @@ def _fetch_pretrained(card: ModelCard, pcfg: dict, cache_dir) -> Path:
             errors.append(str(exc))
     raise ModelNotCachedError(f"cannot fetch the weights of {card.alias} from any of its sources — "
                               + " — and ".join(errors))
-
-
-def _sha_in_url(url: str) -> str | None:
-    parts = url.split("/")
-    if len(parts) >= 2 and len(parts[-2]) == 64 and all(c in "0123456789abcdef" for c in parts[-2]):
-        return parts[-2]
-    return None
 
 
 def _plan_hub_folder(folder: Path, trust_pickle: bool, repo: str | None = None, cache_dir=None) -> Plan:

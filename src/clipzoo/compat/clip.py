@@ -51,7 +51,7 @@ from .. import tokenizers as _openai_tokenizer
 from ..api import load as load_model
 from ..checkpoints import is_torchscript
 from ..constants import OPENAI_MEAN, OPENAI_STD
-from ..download import download_url
+from ..download import download_url, sha256_in_url
 from ..ensemble import Ensemble
 from ..errors import BadTextError, ClipzooError, UnknownModelError
 from ..modalities import IMAGE, TEXT
@@ -103,9 +103,7 @@ def install() -> types.ModuleType:
 def _download(url: str, root: "str | None" = None) -> str:
     """openai's ``clip._download``: the file at ``url`` in the cache (``root``), its SHA-256 checked when the URL
     names one (OpenAI's do: the folder before the file name)."""
-    digest = url.rstrip("/").split("/")[-2] if url.count("/") >= 2 else ""
-    sha256 = digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None
-    return str(download_url(url, sha256, root))
+    return str(download_url(url, sha256_in_url(url), root))
 
 
 # --------------------------------------------------------------------------- catalogue
