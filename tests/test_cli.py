@@ -263,8 +263,9 @@ def test_common_options_reach_the_loader(tiny_files, image_files, tmp_path):
     assert "--trust-pickle" in user_error(*args)
     assert json.loads(ok(*args, "--trust-pickle").stdout)["probability"] == "softmax"
     # --model-name picks the open_clip config: ViT-B-32 does not fit the tiny weights
-    assert "does not fit the architecture" in user_error("compare", tiny_files["open_clip_pt"], "--model-name", "ViT-B-32",  # noqa: E501
-                                       "--image", image_files[0], "--text", "a", "--device", "cpu")
+    assert "model config 'ViT-B-32' builds a model of 151,277,313 parameters where the weights hold" in user_error(
+        "compare", tiny_files["open_clip_pt"], "--model-name", "ViT-B-32", "--image", image_files[0], "--text", "a",
+        "--device", "cpu")
     assert "precision" in user_error("compare", tiny_files["open_clip_pt"], "--precision", "fp8",
                                      "--image", image_files[0], "--text", "a")
 

@@ -100,22 +100,27 @@ def test_a_first_build_stopped_by_a_file_size_limit_is_one_line_and_leaves_nothi
     assert not out.exists()
 
 
-def test_a_worker_that_cannot_share_its_batch_fails_the_build_in_one_line(built, model, monkeypatch):  # noqa: F811
+def test_a_worker_that_cannot_share_its_batch_fails_in_one_line(tmp_path, monkeypatch):
     """A full /dev/shm (or a file size limit) failed in the queue's feeder thread of a decode worker: the batch was
-    lost and the build waited for it for ever."""
+    lost and the build waited for it for ever. The index build's loader, with one forked worker, whatever the test
+    process's threads (the build itself decodes in this process when forking is unsafe)."""
     import torch
+    from torch.utils.data import DataLoader
 
     from clipzoo.embed.handover import SharedMemoryError
+    from clipzoo.index.folder import IndexFiles, collate_index_batch
 
-    root, out = built
-    make_photos(root, 4, start=40)
+    root = make_photos(tmp_path / "photos", 4)
+    paths = sorted(str(p) for p in root.rglob("*.png"))
 
     def full(self):
         raise RuntimeError("unable to write to file </torch_1_2_0>: No space left on device (28)")
 
     monkeypatch.setattr(torch.Tensor, "share_memory_", full)  # the forked worker inherits it
+    loader = DataLoader(IndexFiles(paths, lambda im: torch.zeros(3, 8, 8)), batch_size=2, num_workers=1,
+                        collate_fn=collate_index_batch, multiprocessing_context="fork", timeout=60)
     with pytest.raises(SharedMemoryError) as err:
-        build_index(root, out, model=model, workers=1)
+        next(iter(loader))
     assert str(err.value).startswith("cannot hand a batch to the model through shared memory (unable to write to "
                                      "file </torch_1_2_0>: No space left on device (28)): /dev/shm is full")
     assert "\n" not in str(err.value)
