@@ -81,18 +81,17 @@ def test_a_vectors_record_of_another_shape_is_read_as_none(built, model, text): 
 
 def test_a_first_build_stopped_by_a_file_size_limit_is_one_line_and_leaves_nothing(tmp_path):
     """`ulimit -f 30`: "index.sqlite is corrupt or not an index (disk I/O error); … delete …", its files left."""
-    import resource
+    import shlex
     import subprocess
     import sys
 
     root = make_photos(tmp_path / "photos")
     out = tmp_path / "u.index"
-    def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (30 << 10, 30 << 10))
-
-    done = subprocess.run([sys.executable, "-m", "clipzoo", "index", "build", str(root), "--model",
-                           "clipzoo/tiny-shapes", "--out", str(out), "--no-progress", "--workers", "0"],
-                          capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "clipzoo", "index", "build", str(root),
+                                                  "--model", "clipzoo/tiny-shapes", "--out", str(out),
+                                                  "--no-progress", "--workers", "0"])
+    done = subprocess.run(["bash", "-c", f"ulimit -f 30 && exec {command}"], capture_output=True, text=True,
+                          timeout=300)  # the shell sets the limit: no preexec_fn in a process with threads
     assert done.returncode == 2, done.stderr
     assert done.stderr == (f"error: cannot write {out / 'index.sqlite'} (disk I/O error): check the disk, the file "
                            "size limit (ulimit -f) and the folder's permissions, then rerun (the previous index is "
@@ -100,30 +99,38 @@ def test_a_first_build_stopped_by_a_file_size_limit_is_one_line_and_leaves_nothi
     assert not out.exists()
 
 
-def test_a_worker_that_cannot_share_its_batch_fails_in_one_line(tmp_path, monkeypatch):
+def test_a_worker_that_cannot_share_its_batch_fails_in_one_line(tmp_path):
     """A full /dev/shm (or a file size limit) failed in the queue's feeder thread of a decode worker: the batch was
-    lost and the build waited for it for ever. The index build's loader, with one forked worker, whatever the test
-    process's threads (the build itself decodes in this process when forking is unsafe)."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from clipzoo.embed.handover import SharedMemoryError
-    from clipzoo.index.folder import IndexFiles, collate_index_batch
+    lost and the build waited for it for ever. The index build's loader with one forked worker, in a fresh
+    interpreter (a fork of a pytest-xdist worker, with its threads and its channel on stdout, is not safe)."""
+    import subprocess
+    import sys
+    import textwrap
 
     root = make_photos(tmp_path / "photos", 4)
-    paths = sorted(str(p) for p in root.rglob("*.png"))
+    script = textwrap.dedent(f"""
+        import torch
+        from torch.utils.data import DataLoader
+        from clipzoo.index.folder import IndexFiles, collate_index_batch
 
-    def full(self):
-        raise RuntimeError("unable to write to file </torch_1_2_0>: No space left on device (28)")
+        def full(self):
+            raise RuntimeError("unable to write to file </torch_1_2_0>: No space left on device (28)")
 
-    monkeypatch.setattr(torch.Tensor, "share_memory_", full)  # the forked worker inherits it
-    loader = DataLoader(IndexFiles(paths, lambda im: torch.zeros(3, 8, 8)), batch_size=2, num_workers=1,
-                        collate_fn=collate_index_batch, multiprocessing_context="fork", timeout=60)
-    with pytest.raises(SharedMemoryError) as err:
-        next(iter(loader))
-    assert str(err.value).startswith("cannot hand a batch to the model through shared memory (unable to write to "
-                                     "file </torch_1_2_0>: No space left on device (28)): /dev/shm is full")
-    assert "\n" not in str(err.value)
+        torch.Tensor.share_memory_ = full  # the forked worker inherits it
+        paths = sorted(str(p) for p in __import__("pathlib").Path({str(root)!r}).rglob("*.png"))
+        loader = DataLoader(IndexFiles(paths, lambda im: torch.zeros(3, 8, 8)), batch_size=2, num_workers=1,
+                            collate_fn=collate_index_batch, multiprocessing_context="fork", timeout=60)
+        try:
+            next(iter(loader))
+        except Exception as exc:
+            print(type(exc).__name__, "|", exc)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    name, _, message = done.stdout.strip().partition(" | ")
+    assert name == "SharedMemoryError" and "\n" not in message, done.stdout
+    assert message.startswith("cannot hand a batch to the model through shared memory (unable to write to file "
+                              "</torch_1_2_0>: No space left on device (28)): /dev/shm is full")
 
 
 def test_vectors_named_with_another_models_name_say_so(tmp_path):
