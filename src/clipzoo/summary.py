@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import BACKENDS, get_backend
-from .backends.open_clip_plan import checked_model_cfg, embedded_config
+from .backends.open_clip_plan import config_model_cfg, embedded_config
 from .cards import ModelCard, Source
 from .checkpoints import is_torchscript, read_json, read_pickle, read_torchscript, sniff_folder, strip_prefixes, unwrap
 from .errors import CheckpointError, ModelNotCachedError, UnknownModelError, UnsupportedError
@@ -281,10 +281,7 @@ def _safetensors_open_clip_config(path: Path) -> dict | None:
 
 def _folder_model_cfg(path: Path) -> dict:
     """``model_cfg`` of an open_clip folder's config file, checked as loading checks it (a KeyError before)."""
-    cfg = _read_json(path).get("model_cfg")
-    if not cfg:
-        raise CheckpointError(f"{path} has no 'model_cfg'")
-    return checked_model_cfg(cfg, str(path))
+    return config_model_cfg(_read_json(path), path)
 
 
 def _count_jax(path: Path, trust_pickle: bool) -> dict[str, int]:

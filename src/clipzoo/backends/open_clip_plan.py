@@ -97,6 +97,14 @@ def checked_model_cfg(cfg: object, where: str) -> dict:
     return cfg
 
 
+def config_model_cfg(config: dict, path: "str | os.PathLike") -> dict:
+    """The checked ``model_cfg`` of an ``open_clip_config.json`` read from ``path``."""
+    model_cfg = config.get("model_cfg")
+    if not model_cfg:
+        raise CheckpointError(f"{path} has no 'model_cfg'")
+    return checked_model_cfg(model_cfg, str(path))
+
+
 def _preprocess_from(pretrained_cfg: dict | None, model_cfg: dict | None) -> dict:
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
@@ -156,10 +164,7 @@ def _plan_hub_folder(folder: Path, trust_pickle: bool, repo: str | None = None, 
     if kind != "open_clip":
         raise CheckpointError(f"{folder} is a {kind} folder, not an open_clip one")
     config = read_json(folder / "open_clip_config.json")
-    model_cfg = config.get("model_cfg")
-    if not model_cfg:
-        raise CheckpointError(f"{folder / 'open_clip_config.json'} has no 'model_cfg'")
-    checked_model_cfg(model_cfg, str(folder / "open_clip_config.json"))
+    model_cfg = config_model_cfg(config, folder / "open_clip_config.json")
     weights = None
     for name in WEIGHT_FILES:
         if repo is not None:
