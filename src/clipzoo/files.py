@@ -11,10 +11,15 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["NOT_REGULAR", "atomic_write", "atomic_write_text", "build_folder_once", "check_output_file",
-           "expand_files", "special_file", "url_filesystem"]
+           "expand_files", "inside", "special_file", "url_filesystem"]
 
 NOT_REGULAR = "is not a regular file (a fifo, a socket or a device)"
 """What is said of a path :func:`special_file` refuses."""
+
+
+def inside(real_path: str, real_root: str) -> bool:
+    """Whether ``real_path`` (resolved) is ``real_root`` (resolved) or below it."""
+    return real_path == real_root or real_path.startswith(real_root.rstrip(os.sep) + os.sep)
 
 
 def special_file(path: "str | os.PathLike") -> bool:

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from ..errors import BackendMissingError, CheckpointError
+from ..files import inside
 
 FORMAT, FORMAT_VERSION = "clipzoo-onnx", 1
 META_FILE, IMAGE_FILE, TEXT_FILE = "clipzoo_onnx.json", "image.onnx", "text.onnx"
@@ -67,7 +68,7 @@ def check_meta_names(folder: Path, meta: dict, meta_path: Path) -> None:
               if isinstance(part, dict) and "dir" in part]
     for name in names:
         target = os.path.realpath(os.path.join(real, name)) if isinstance(name, str) and name else ""
-        if not (target == real or target.startswith(real + os.sep)):
+        if not inside(target, real):
             raise CheckpointError(f"{meta_path} names {name!r}, which is not a file inside the export's folder; "
                                   "export the model again")
     options = (meta.get("tokenizer") or {}).get("kwargs") or {}

@@ -21,6 +21,7 @@ from ..constants import IMAGE_SUFFIXES
 from ..embed import ImageFiles
 from ..embed.decode import decode_bytes
 from ..embed.handover import stack_shared
+from ..files import inside
 
 __all__ = ["INDEX_SUFFIXES", "MAX_CAPTION_BYTES", "walk_images", "walk_files", "file_problem", "caption_problem",
            "inside", "partition_of", "caption_of", "sha256_file", "IndexFiles",
@@ -90,11 +91,6 @@ def walk_images(root: str | os.PathLike, exclude: str | os.PathLike | None = Non
             skipped.append((str(path.parent / path.name.rsplit(".", 1)[0]) + ".txt", problem))
     out.sort()
     return out
-
-
-def inside(real_path: str, real_root: str) -> bool:
-    """Whether ``real_path`` (resolved) is ``real_root`` (resolved) or below it."""
-    return real_path == real_root or real_path.startswith(real_root.rstrip(os.sep) + os.sep)
 
 
 def file_problem(path: "str | os.PathLike", real_root: str) -> str | None:
