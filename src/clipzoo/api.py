@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 from .backends import get_backend
 from .backends.hf_families import FAMILY_CLASSES, FAMILY_TYPES
 from .backends.hf_video_families import VIDEO_CLASSES, VIDEO_TYPES
-from .cards import ModelCard, Source, parse_alias
+from .cards import ModelCard, parse_alias
 from .checkpoints import read_json, sniff_folder
 from .download import fetch_remote, hub_file, remote_protocol
 from .errors import ClipzooError, ModelNotCachedError, UnknownModelError
 from .inputs import check_long_text
-from .packing import materialise
+from .packing import with_files
 from .registry import REGISTRY, list_models
 from .runtime import EAGER_NAMES, apply_runtime
 
@@ -101,9 +101,7 @@ def resolve_card(spec: "str | ModelCard | os.PathLike", cache_dir=None, hf_class
     if isinstance(spec, str) and remote_protocol(spec.strip()):
         spec = str(fetch_remote(spec.strip(), cache_dir))  # s3://, gs://, …: a local copy, then as a path
     card = REGISTRY.resolve(spec)
-    if card.config.get("embedded"):
-        card = card.replace(source=Source(path=str(materialise(card.config["embedded"], cache_dir))))
-    return resolve_backend(card, cache_dir, hf_class)
+    return resolve_backend(with_files(card, cache_dir), cache_dir, hf_class)
 
 
 # engine= -> the backend that runs a torch model's weights elsewhere (it loads the torch model through `load`)

@@ -19,16 +19,24 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .cards import ModelCard, Source
 from .catalog.embedded import cache_folder, packed_files, packed_meta
 from .errors import CheckpointError
 from .files import build_folder_once
 
-__all__ = ["pack", "materialise", "packed_files", "TOKEN_KEY"]
+__all__ = ["pack", "materialise", "with_files", "packed_files", "TOKEN_KEY"]
 
 WEIGHTS_FILE = "open_clip_model.safetensors"  # open_clip's hub layout; written last, so it marks a complete folder
 
 TOKEN_KEY = "token_embedding.weight"
 ROWS_KEY = "token_embedding.rows"
+
+
+def with_files(card: ModelCard, cache_dir: "str | os.PathLike | None" = None) -> ModelCard:
+    """``card``, or for an embedded model its card with the folder unpacked into the cache as its source."""
+    if not card.config.get("embedded"):
+        return card
+    return card.replace(source=Source(path=str(materialise(card.config["embedded"], cache_dir))))
 
 
 def materialise(name: str, cache_dir: "str | os.PathLike | None" = None) -> Path:

@@ -27,11 +27,11 @@ from typing import Any
 
 from .backends import BACKENDS, get_backend
 from .backends.open_clip_plan import config_model_cfg, embedded_config
-from .cards import ModelCard, Source
+from .cards import ModelCard
 from .checkpoints import is_torchscript, read_json, read_pickle, read_torchscript, sniff_folder, strip_prefixes, unwrap
 from .errors import CheckpointError, ModelNotCachedError, UnknownModelError, UnsupportedError
 from .models.jax_params import read_params
-from .packing import materialise
+from .packing import with_files
 from .registry import REGISTRY
 
 TOWERS = ("image", "audio", "text", "decoder", "other")
@@ -113,9 +113,7 @@ def summarize(spec: "str | ModelCard | os.PathLike", *, model_name: str | None =
     Raises :class:`~clipzoo.errors.ModelNotCachedError` for a hub model whose config is not cached,
     :class:`~clipzoo.errors.UnsupportedError` for a kind of model that cannot be summarised yet.
     """
-    card = REGISTRY.resolve(spec)
-    if card.config.get("embedded"):  # the embedded model: its folder, unpacked into the cache on first use
-        card = card.replace(source=Source(path=str(materialise(card.config["embedded"], cache_dir))))
+    card = with_files(REGISTRY.resolve(spec), cache_dir)  # the embedded model: its folder, unpacked on first use
     name = card.alias if card.source.path is None else card.source.path
     model_name = model_name or card.config.get("model_name")
     src = card.source
