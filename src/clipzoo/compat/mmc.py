@@ -109,11 +109,12 @@ class MultiMMC(Ensemble):
         if device is not None:
             self.device = str(device)
         query = {"architecture": architecture, "publisher": publisher, "id": id}
-        again = [c.alias for c in CLIPZOO_REGISTRY.find(**query) if c.alias in self._aliases]
+        found = CLIPZOO_REGISTRY.find(**query)
+        again = [c.alias for c in found if c.alias in self._aliases]
         if not again:
             return self.add_all(weight=weight, **query)
         warnings.warn(f"already loaded, not added again (as mmc skips them): {', '.join(again)}", stacklevel=2)
-        fresh = [c for c in CLIPZOO_REGISTRY.find(**query)  # a second copy doubled every score
+        fresh = [c for c in found  # a second copy doubled every score
                  if c.alias not in self._aliases and all(m in c.modalities for m in self.modalities)]
         return [self.add(card.alias, weight=weight) for card in fresh]
 
