@@ -288,6 +288,14 @@ def test_routing():
     assert _route("local-dir:/somewhere", None).native
     with pytest.raises(RuntimeError, match="not found"):
         _route("no-such-model", None)
+    # open_clip's names are case-sensitive: "rn50" loaded the registry's OpenAI RN50 weights with pretrained=None,
+    # "vit-b-32" was clipzoo's AmbiguousModelError; open_clip says the config is not found
+    for name, spelled in (("rn50", "RN50"), ("vit-b-32", "ViT-B-32"), ("vit-b/32", "ViT-B-32")):
+        with pytest.raises(RuntimeError, match=rf"^Model config for '{name}' not found: open_clip's architecture "
+                                               rf"names are case-sensitive — did you mean '{spelled}'\?$"):
+            open_clip.create_model(name)
+        with pytest.raises(RuntimeError, match=f"'{name.replace('/', '-')}' not found"):
+            real_open_clip.create_model(name)
     # open_clip's get_tokenizer gives its default tokenizer for a name it does not know (the shim raised)
     ours, theirs = open_clip.get_tokenizer("no-such-model"), real_open_clip.get_tokenizer("no-such-model")
     assert type(ours) is type(theirs) and torch.equal(ours(TEXTS), theirs(TEXTS))
@@ -399,6 +407,10 @@ def test_the_embedded_model_is_open_clips_own_module(monkeypatch):
     assert type(model) is real_open_clip.CLIP and hasattr(model, "lock_image_tower")
     theirs = real_open_clip.create_model(f"local-dir:{plain.card.source.path}")
     assert set(model.state_dict()) == set(theirs.state_dict())  # were prefixed "comparator.model."
+    # open_clip's factory hands modules out in train mode (its README: call model.eval()); this one came in eval
+    # mode, so a fine-tuning loop ran its BatchNorms on frozen statistics
+    assert model.training and theirs.training and not plain.model.training
+    assert all(m.training for m in model.modules())
     tokenizer = open_clip.get_tokenizer("clipzoo/tiny-shapes")
     tokens = tokenizer(TEXTS)
     with torch.no_grad():

@@ -7,7 +7,7 @@ from typing import Any
 
 from ...cards import ModelCard
 from ...download import hub_file
-from ...errors import ModelNotCachedError, UnknownModelError, UnsupportedError
+from ...errors import AmbiguousModelError, ModelNotCachedError, UnknownModelError, UnsupportedError
 from ...registry import REGISTRY
 from ._real import REAL
 
@@ -26,6 +26,12 @@ class NotFound(UnknownModelError, RuntimeError):
 
 def is_open_clip_name(name: str) -> bool:
     return REAL.get_model_config(name.replace("/", "-")) is not None
+
+
+def open_clip_spelling(name: str) -> str | None:
+    """open_clip's own architecture name that ``name`` spells in other letter case (``rn50`` → ``RN50``), if any."""
+    key = name.replace("/", "-").lower()
+    return next((arch for arch in REAL.list_models() if arch.lower() == key), None)
 
 
 def hub_has_open_clip_config(repo: str, cache_dir) -> bool | None:
@@ -75,9 +81,13 @@ def route(model_name: Any, pretrained: str | None, cache_dir=None) -> Route:
             return _route_hub(model_name, pretrained, cache_dir)
         if is_open_clip_name(model_name):
             return Route(True, model_name, pretrained)
+        spelled = open_clip_spelling(model_name)
+        if spelled is not None:  # open_clip's names are case-sensitive; a registry match would load weights
+            raise NotFound(f"Model config for '{model_name}' not found: open_clip's architecture names are "
+                           f"case-sensitive — did you mean '{spelled}'?")
         try:
             card = REGISTRY.resolve(model_name)
-        except UnknownModelError as exc:
+        except (UnknownModelError, AmbiguousModelError) as exc:
             raise NotFound(f"Model config for '{model_name}' not found in open_clip's built-ins nor in "
                            f"clipzoo's registry: {exc}") from None
     if card.source.open_clip:

@@ -79,7 +79,7 @@ def load_through_clipzoo(card: ModelCard, precision: str, device, cache_dir, wei
     if output_dict and hasattr(model, "output_dict"):
         model.output_dict = True
     TOKENIZERS[key] = comparator.tokenizer
-    return model, comparator
+    return model.train(), comparator  # open_clip's factory hands its modules out in train mode
 
 
 def transforms(model, comparator, overrides: dict[str, Any], aug_cfg=None, train: bool = True):
