@@ -206,3 +206,24 @@ def test_embed_format_errors_before_loading_the_model(tmp_path, image_files):
     r = run("embed", missing, "--audio", image_files[0], "--format", "clip-retrieval", "--out", tmp_path / "o")
     assert r.exit_code == 2 and "embed --audio with --format npy" in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_image_paths_of_rows_are_checked_and_normalised(tmp_path, tiny):
+    """A row without an image_path (pandas writes None or NaN) is one line, not an item called 'None' (two such
+    rows said 'appears twice'); a relative path is normalised and one leaving the folder gets no partition."""
+    x = np.eye(32, dtype=np.float32)[:4]  # the tiny model's 32 dimensions
+    write_clip_retrieval(tmp_path / "none", image_features=x[:2], image_paths=["a.png", "b.png"])
+    import pyarrow as pa  # a null in the column, as pandas writes a missing path
+
+    pq.write_table(pa.table({"image_path": ["a.png", None]}), tmp_path / "none" / "metadata" / "metadata_0.parquet")
+    with pytest.raises(Exception, match=r"^row 1 has no image_path \(None\); every image row needs one$"):
+        build_index_from_embeddings(tmp_path / "none", tmp_path / "ix0", model=str(tiny))
+    write_clip_retrieval(tmp_path / "nul", image_features=x[:1], image_paths=["a\0b.png"])
+    with pytest.raises(Exception, match=r"^row 0's image_path holds a NUL byte"):
+        build_index_from_embeddings(tmp_path / "nul", tmp_path / "ix1", model=str(tiny))
+    paths = ["cats/../dogs/a.png", "../outside.png", "/abs/b.png", "top.png"]
+    write_clip_retrieval(tmp_path / "ok", image_features=x, image_paths=paths)
+    build_index_from_embeddings(tmp_path / "ok", tmp_path / "ix2", model=str(tiny))
+    with open_index(tmp_path / "ix2") as idx:
+        got = {h.relpath: h.partition for h in idx.search_embedding(np.ones(32, np.float32), k=4)}
+    assert got == {"dogs/a.png": "dogs", "../outside.png": None, "/abs/b.png": None, "top.png": None}

@@ -10,6 +10,7 @@ new generation with its manifest (:mod:`.generations`), so a running server swit
 from __future__ import annotations
 
 import os
+import posixpath
 import time
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,27 @@ from .stores import DEFAULT_STORE, check_store
 __all__ = ["build_index_from_embeddings"]
 
 
+def _row_path(value: Any, row: int) -> tuple[str, str | None]:
+    """``(path, partition)`` of a row's ``image_path``: relative paths normalised (``a/../b.png`` → ``b.png``),
+    one that leaves the folder (``../x.png``), an absolute one or a URL kept as given without a partition."""
+    if value is None or (isinstance(value, float) and value != value) or str(value) == "":
+        raise ClipzooError(f"row {row} has no image_path ({value!r}); every image row needs one")
+    path = str(value)
+    if "\0" in path:
+        raise ClipzooError(f"row {row}'s image_path holds a NUL byte: {path!r}")
+    if os.path.isabs(path) or "://" in path:
+        return path, None
+    path = posixpath.normpath(path)
+    return path, (None if path == ".." or path.startswith("../") else partition_of(path))
+
+
 def _rows(columns: dict[str, list], modality: str, start: int, count: int) -> list[ItemRow]:
     paths = columns.get("image_path") if modality == "image" else None
     captions = columns.get("caption")
     rows = []
     for j in range(count):
-        rel = str(paths[j]) if paths is not None else f"{modality}/{start + j}"
+        rel, partition = _row_path(paths[j], start + j) if paths is not None else (f"{modality}/{start + j}", None)
         caption = None if captions is None or captions[j] is None else str(captions[j])
-        partition = partition_of(rel) if paths is not None and not os.path.isabs(rel) and "://" not in rel else None
         rows.append(ItemRow(rel, 0, 0, "", caption, partition))
     return rows
 
