@@ -180,6 +180,13 @@ def test_a_missing_readers_file_and_a_huge_id_are_named(built, model):  # noqa: 
     root, out = built
     with open_index(out, model=model) as idx, pytest.raises(NotFoundError, match="no item with id 118059162071741"):
         idx.item(2 ** 70)
+    from clipzoo.index.embedding_store import EmbeddingStore
+
+    store = EmbeddingStore(out)
+    try:  # ids past 64 bits are no items in a batch lookup either (it was an OverflowError)
+        assert set(store.items([1, 2 ** 70, -(2 ** 70)])) == {1}
+    finally:
+        store.close()
     for readers in (out / "vectors").glob("*.readers"):
         readers.unlink()
     with pytest.raises(ClipzooError, match=r"\.readers' is missing; run `clipzoo index repair "):

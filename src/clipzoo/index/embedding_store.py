@@ -40,7 +40,7 @@ import numpy as np
 
 from ..errors import ClipzooError, NotFoundError
 from ..registry import REGISTRY
-from .item_rows import ITEM_COLUMNS, items_by_id, row_dict
+from .item_rows import ITEM_COLUMNS, is_sqlite_integer, items_by_id, row_dict
 from .manifest import disk_full, durable_write, is_disk_full, refused_write, write_failed
 
 __all__ = ["EmbeddingStore", "ItemRow", "DB_NAME", "SHARD_DIR", "SCHEMA_VERSION"]
@@ -210,9 +210,9 @@ class EmbeddingStore:
             item_id = int(item_id)
         except (TypeError, ValueError):
             raise NotFoundError(f"item id {item_id!r} is not an integer") from None
-        with self._lock:  # an id past SQLite's 64 bits (2**70: an OverflowError) is no item
+        with self._lock:
             row = self.conn.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id=?", (item_id,)).fetchone() \
-                if -(1 << 63) <= item_id < 1 << 63 else None
+                if is_sqlite_integer(item_id) else None
         if row is None:
             raise NotFoundError(f"no item with id {item_id} in index {str(self.path)!r}")
         return row_dict(row)

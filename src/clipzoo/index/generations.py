@@ -239,8 +239,6 @@ class GenerationView:
         return int(len(self._ids))
 
     def item(self, item_id: int) -> dict[str, Any]:
-        if not -(1 << 63) <= int(item_id) < 1 << 63:  # SQLite's integers: 2**70 was an OverflowError
-            raise NotFoundError(f"no item with id {item_id} in index {str(self.path)!r}")
         found = self.items([item_id]).get(int(item_id))
         if found is None:
             raise NotFoundError(f"no item with id {item_id} in index {str(self.path)!r}")

@@ -7,10 +7,15 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["ITEM_COLUMNS", "row_dict", "items_by_id"]
+__all__ = ["ITEM_COLUMNS", "row_dict", "items_by_id", "is_sqlite_integer"]
 
 ITEM_COLUMNS = "id, relpath, size, mtime_ns, sha256, caption, partition, shard, row"
 ID_CHUNK = 500  # ids per `IN (...)` query, under SQLite's bound-parameter limit
+
+
+def is_sqlite_integer(value: int) -> bool:
+    """Whether ``value`` fits SQLite's 64-bit integers: a bigger id (``2**70``) is no item, not an ``OverflowError``."""
+    return -(1 << 63) <= value < 1 << 63
 
 
 def row_dict(row: Sequence[Any]) -> dict[str, Any]:
@@ -22,7 +27,7 @@ def row_dict(row: Sequence[Any]) -> dict[str, Any]:
 def items_by_id(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
     """The items of ``ids`` found in ``conn``'s ``items`` table (unknown ids are left out); the caller holds
     the connection's lock."""
-    ids = [int(i) for i in ids]
+    ids = [i for i in (int(i) for i in ids) if is_sqlite_integer(i)]
     out: dict[int, dict[str, Any]] = {}
     for start in range(0, len(ids), ID_CHUNK):
         chunk = ids[start:start + ID_CHUNK]
