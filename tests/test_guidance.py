@@ -133,3 +133,82 @@ def test_gradient_descent_raises_similarity_to_a_prompt(shapes):
     # a negative weight, minimised, pushes the score of that prompt down
     away = _optimise(ens, after_img, [("a red circle", -1.0)], steps=5, lr=0.1)
     assert float(shapes.encode_image01(away) @ text.T) < after - 0.1
+
+
+# ----------------------------------------------------------------------------- misuse a guidance loop meets
+def test_pixels_on_another_scale_are_refused_and_slight_overshoot_is_not(shapes):
+    """A 0–255 image passed as float reached the network at ±760 at the model's size and became solid white at
+    any other size; a diffusion decoder's [-1, 1] was read as a dark picture. An optimiser's small overshoot is
+    still taken."""
+    ens = clipzoo.Ensemble([shapes])
+    with pytest.raises(BadImageError, match=r"^float image pixels must lie in \[0, 1\]; these span \[200, 200\]; "
+                                            r"a 0–255 image is x / 255$"):
+        ens.loss(torch.full((1, 3, 64, 64), 200.0), "a red circle")
+    with pytest.raises(BadImageError, match=r"span \[-1, 1\]; a \[-1, 1\] image \(a diffusion decoder's output\) "
+                                            r"is \(x \+ 1\) / 2$"):
+        shapes.encode_image01(torch.linspace(-1, 1, 3 * 65 * 65).view(1, 3, 65, 65))
+    slight = torch.rand(1, 3, 64, 64) * 1.2 - 0.1
+    assert torch.isfinite(ens.loss(slight, "a red circle"))
+
+
+def test_a_very_long_image_is_cropped_before_it_is_resized(shapes):
+    """A 1 × 20,000 float image was resized whole to 64 × 1,280,000 before the crop (1.9 GB; 1 × 100,000 aborted
+    the interpreter): its central 32 : 1 part gives the model the same pixels, as every decode does."""
+    x = torch.rand(1, 3, 1, 20_000, generator=torch.Generator().manual_seed(0))
+    centre = x[..., (20_000 - 32) // 2:(20_000 - 32) // 2 + 32]
+    assert torch.equal(shapes.preprocess01(x), shapes.preprocess01(centre))
+    import subprocess
+    import sys
+
+    code = ("import re, torch, clipzoo\n"  # peak RSS of this interpreter (VmHWM: ru_maxrss keeps the parent's)
+            "peak = lambda: int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+            "m = clipzoo.load('clipzoo/tiny-shapes'); m.preprocess01(torch.rand(1, 3, 64, 64))\n"
+            "before = peak(); m.preprocess01(torch.rand(1, 3, 1, 20_000)); print(peak() - before)\n")
+    grown_kb = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                  timeout=120).stdout.split()[-1])
+    assert grown_kb < 100_000  # was about 1.9 GB
+
+
+def test_text_features_follow_the_members_weights_and_stay_bounded(tmp_path):
+    """Guidance cached each member's text features by prompt for ever: after load_state_dict (a fine-tuned
+    checkpoint) loss() scored against the old model's texts, and a prompt schedule grew the cache every step."""
+    from clipzoo.guidance import TextFeatureCache
+    from clipzoo.testing.tiny import write_open_clip_safetensors
+
+    a = clipzoo.load(str(write_open_clip_safetensors(tmp_path / "a.safetensors", seed=1, embed_config=True)))
+    b = clipzoo.load(str(write_open_clip_safetensors(tmp_path / "b.safetensors", seed=2, embed_config=True)))
+    ens = clipzoo.Ensemble([a]).freeze()
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    ens.loss(x, "a red circle", kind="cosine")
+    a.load_state_dict(b.state_dict())
+    fresh = clipzoo.Ensemble([b]).loss(x, "a red circle", kind="cosine")
+    assert float(ens.loss(x, "a red circle", kind="cosine")) == pytest.approx(float(fresh), abs=1e-6)
+    cache = TextFeatureCache(limit=3)
+    for step in range(5):
+        cache.features(b, [f"a red circle, step {step}"])
+    assert len(cache) == 3
+
+
+def test_extreme_prompt_weights_and_numpy_numbers(shapes):
+    """Prompt weights of 1e39 (float32's inf) or 1e-46 (its 0) passed the checks and made the loss NaN; a numpy
+    weight in a bare pair, an integer past float's range and a string min_frac were tracebacks."""
+    ens = clipzoo.Ensemble([shapes])
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    one = float(ens.loss(x, [("a red circle", 1.0)]))
+    for w in (1e39, 1e-46, np.float32(2)):
+        assert float(ens.loss(x, [("a red circle", w)])) == pytest.approx(one, abs=1e-6)
+    assert float(ens.loss(x, ("a red circle", np.float32(2)))) == pytest.approx(one, abs=1e-6)
+    two = float(ens.loss(x, [("a red circle", 2e38), ("a blue square", 2e38)]))
+    assert two == pytest.approx(float(ens.loss(x, ["a red circle", "a blue square"])), abs=1e-6)
+    from clipzoo.errors import BadOptionError
+
+    with pytest.raises(BadOptionError, match=r"^prompt 0's weight is past float's range \(401 digits\)$"):
+        ens.loss(x, [("a", 10 ** 400)])
+    with pytest.raises(BadOptionError, match=r"^min_frac must be a number in \(0, 1\], got '0.5'$"):
+        ens.loss(x, "a", cutouts=1, min_frac="0.5")
+    with pytest.raises(BadOptionError, match=r"^weights must be a list of numbers, one per model; got 2$"):
+        clipzoo.Ensemble([shapes], weights=2)
+    with pytest.raises(ClipzooError, match=r"^no model 9 in this ensemble of 1; it has: "):
+        ens[9]
+    with pytest.raises(BadOptionError, match=r"not True"):
+        ens[True]

@@ -58,6 +58,9 @@ MAX_ASPECT_RATIO = 32
 """Longest side over shortest side an image keeps when decoded; a longer image keeps its central part (a model that
 resizes the shortest side and crops the centre sees the same square, and the resize stays within about 32 × its
 input size: a 100,000 × 1 PNG no longer becomes a 6-gigapixel resize)."""
+PIXEL01_SLACK = 0.5
+"""How far outside [0, 1] a float image tensor (guidance, ``encode_image01``) may go: beyond it another scale was
+passed (0–255, or a diffusion decoder's [-1, 1]); slightly out of range (an optimiser's step) is accepted."""
 
 MAX_RECORD_BYTES = 128 * 1024 * 1024
 """Largest tar member or TFRecord record a data-set reader takes into memory (a gzip bomb's 400 MB caption was

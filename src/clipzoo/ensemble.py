@@ -35,7 +35,7 @@ from .api import load
 from .cards import parse_alias
 from .comparator import Comparator, pairs_by_score_features
 from .errors import AmbiguousModelError, BadOptionError, ClipzooError, UnknownModelError
-from .guidance import check_image01, spherical_distance
+from .guidance import TextFeatureCache, check_image01, spherical_distance
 from .guidance import cutouts as make_cutouts
 from .inputs import is_float_tensor
 from .modalities import AUDIO, IMAGE, TEXT, Modality, get_modality, supports_modality
@@ -92,10 +92,12 @@ class Ensemble:
         self._models: list[Comparator] = []
         self._aliases: list[str] = []
         self._weights: list[float] = []
-        self._text_cache: dict[tuple[int, str], torch.Tensor] = {}
+        self._text_cache = TextFeatureCache()
         if isinstance(models_or_specs, (str, dict, Comparator)) or not isinstance(models_or_specs, Iterable):
             models_or_specs = [models_or_specs]
         items = list(models_or_specs)
+        if weights is not None and (isinstance(weights, (str, bytes)) or not isinstance(weights, Iterable)):
+            raise BadOptionError(f"weights must be a list of numbers, one per model; got {weights!r}")
         weights = None if weights is None else list(weights)  # once: a generator is read one time only
         if weights is not None and len(weights) != len(items):
             raise ClipzooError(f"{len(weights)} weights given for {len(items)} models; give one weight per model")
@@ -181,8 +183,13 @@ class Ensemble:
         return self._models.pop(i)
 
     def _index(self, key: "str | int") -> int:
-        if isinstance(key, int):
+        if isinstance(key, int) and not isinstance(key, bool):
+            if not -len(self._models) <= key < len(self._models):
+                raise ClipzooError(f"no model {key} in this ensemble of {len(self._models)}; it has: "
+                                   f"{', '.join(self._aliases) or 'none'}")
             return key
+        if not isinstance(key, str):
+            raise BadOptionError(f"an ensemble member is named by its alias or position, not {key!r}")
         try:
             return self._aliases.index(key)
         except ValueError:
@@ -305,15 +312,6 @@ class Ensemble:
         return out
 
     # ------------------------------------------------------------------ guidance
-    def _text_features(self, index: int, model: Comparator, prompts: list[str]) -> torch.Tensor:
-        missing = [p for p in dict.fromkeys(prompts) if (id(model), p) not in self._text_cache]
-        if missing:
-            with torch.no_grad():
-                feats = model.encode_text(missing, truncate=True)
-            for p, f in zip(missing, feats):
-                self._text_cache[(id(model), p)] = f
-        return torch.stack([self._text_cache[(id(model), p)] for p in prompts])
-
     def loss(self, image01: torch.Tensor, prompts: Any, weights: Sequence[float] | None = None, cutouts: int = 0,
              min_frac: float = 0.5, augment: bool = False, generator: torch.Generator | None = None,
              kind: str = "spherical") -> torch.Tensor:
@@ -338,14 +336,14 @@ class Ensemble:
         pw_t = torch.tensor(pw, dtype=torch.float32)
         norm = pw_t.abs().sum()
         total = None
-        for i, (model, w) in enumerate(zip(self._models, self._normalised(weights))):
+        for model, w in zip(self._models, self._normalised(weights)):
             if cutouts:
                 size = model.pixel_config.size
                 crops = make_cutouts(x, cutouts, size, min_frac=min_frac, augment=augment, generator=generator)
                 feats = model.encode_image01(crops)
             else:
                 feats = model.encode_image01(x)
-            text = self._text_features(i, model, texts).to(feats.device)
+            text = self._text_cache.features(model, texts).to(feats.device)
             d = spherical_distance(feats, text) if kind == "spherical" else -(feats @ text.T)
             per_prompt = d.mean(dim=0)  # [P]: mean over images and cutouts
             part = w * (per_prompt * pw_t.to(per_prompt.device)).sum() / norm.to(per_prompt.device)
@@ -353,11 +351,22 @@ class Ensemble:
         return total
 
 
+def _is_number(value: Any) -> bool:
+    """A real number: Python's, numpy's (``np.float32(2)``) or a one-element tensor / array; not a bool."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _number(value: Any, what: str) -> float:
-    """``float(value)`` for a real number; a :class:`BadOptionError` naming ``what`` for a string, None, a bool."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    """``float(value)`` for a real number; a :class:`BadOptionError` naming ``what`` for a string, None, a bool,
+    or an integer past float's range (``10**400``)."""
+    if not _is_number(value):
         raise BadOptionError(f"{what} must be a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value.item() if hasattr(value, "item") else value)
+    except OverflowError:
+        raise BadOptionError(f"{what} is past float's range ({len(str(abs(int(value))))} digits)") from None
 
 
 def positive_weight(value: Any) -> float:
@@ -371,7 +380,7 @@ def positive_weight(value: Any) -> float:
 
 def _parse_prompts(prompts: Any) -> tuple[list[str], list[float]]:
     if isinstance(prompts, str) or (isinstance(prompts, tuple) and len(prompts) == 2
-                                    and isinstance(prompts[0], str) and isinstance(prompts[1], (int, float))):
+                                    and isinstance(prompts[0], str) and _is_number(prompts[1])):
         prompts = [prompts]
     texts, weights = [], []
     for i, p in enumerate(prompts):
@@ -387,6 +396,7 @@ def _parse_prompts(prompts: Any) -> tuple[list[str], list[float]]:
         weights.append(w)
     if not texts:
         raise ClipzooError("no prompts given; pass a string or a list of strings / (string, weight) pairs")
-    if sum(abs(w) for w in weights) == 0:
+    top = max(abs(w) for w in weights)
+    if top == 0:
         raise ClipzooError("every prompt weight is 0; give at least one non-zero weight")
-    return texts, weights
+    return texts, [w / top for w in weights]  # the loss divides by Σ|v|: scaled first, 1e39 or 1e-46 stay finite

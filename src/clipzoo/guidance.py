@@ -7,6 +7,8 @@ The differentiable preprocessing they feed (:func:`preprocess01`, :class:`PixelC
 from __future__ import annotations
 
 import numbers
+from collections import OrderedDict
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,10 @@ import torch.nn.functional as F
 from .errors import BadOptionError
 from .pixels import PixelConfig, check_image01, pixel_config, preprocess01, resize, size_pair
 
-__all__ = ["PixelConfig", "check_image01", "pixel_config", "preprocess01", "cutouts", "spherical_distance"]
+__all__ = ["PixelConfig", "check_image01", "pixel_config", "preprocess01", "cutouts", "spherical_distance",
+           "TextFeatureCache"]
+
+TEXT_CACHE_PROMPTS = 4096  # (member, prompt) text features kept between guidance steps; the least recent go first
 
 
 def cutouts(x01: torch.Tensor, n: int, size: int | tuple[int, int], min_frac: float = 0.5,
@@ -31,8 +36,8 @@ def cutouts(x01: torch.Tensor, n: int, size: int | tuple[int, int], min_frac: fl
     x = check_image01(x01)
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise BadOptionError(f"cutouts needs a whole number n >= 1, got {n!r}")
-    if not 0 < min_frac <= 1:
-        raise BadOptionError(f"min_frac must be in (0, 1], got {min_frac}")
+    if isinstance(min_frac, bool) or not isinstance(min_frac, numbers.Real) or not 0 < min_frac <= 1:
+        raise BadOptionError(f"min_frac must be a number in (0, 1], got {min_frac!r}")
     size = size_pair(size)
     if min(size) < 1:
         raise BadOptionError(f"cutout size must be at least 1×1, got {size[1]}×{size[0]}")
@@ -70,3 +75,54 @@ def spherical_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     b = F.normalize(b.float(), dim=-1).to(a.device)
     dist = (a.unsqueeze(1) - b.unsqueeze(0)).norm(dim=-1)
     return (dist / 2).clamp(max=1).arcsin().pow(2).mul(2)
+
+
+class TextFeatureCache:
+    """The text features guidance scores against, one encode per (member, prompt): kept while the member's weights
+    stay the same (a loaded checkpoint or a training step drops its entries — they were used stale) and for the
+    last :data:`TEXT_CACHE_PROMPTS` prompts used (a prompt schedule made a new entry every step, for ever)."""
+
+    def __init__(self, limit: int = TEXT_CACHE_PROMPTS):
+        self.limit = limit
+        self._entries: "OrderedDict[tuple[int, str], torch.Tensor]" = OrderedDict()
+        self._stamps: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._stamps.clear()
+
+    def features(self, model: Any, prompts: list[str]) -> torch.Tensor:
+        """``model``'s text features of ``prompts`` ([P, D], no gradient)."""
+        key, stamp = id(model), weights_stamp(model)
+        if self._stamps.get(key) != stamp:
+            for k in [k for k in self._entries if k[0] == key]:
+                del self._entries[k]
+            self._stamps[key] = stamp
+        missing = [p for p in dict.fromkeys(prompts) if (key, p) not in self._entries]
+        if missing:
+            with torch.no_grad():
+                feats = model.encode_text(missing, truncate=True)
+            for p, f in zip(missing, feats):
+                self._entries[(key, p)] = f
+        for p in prompts:
+            self._entries.move_to_end((key, p))
+        out = torch.stack([self._entries[(key, p)] for p in prompts])
+        while len(self._entries) > self.limit:
+            self._entries.popitem(last=False)
+        return out
+
+
+def weights_stamp(model: Any) -> int:
+    """Changes when ``model``'s parameters do: each one's storage and its in-place version counter (bumped by
+    ``load_state_dict``'s copies and by optimiser steps)."""
+    parts = []
+    for p in model.parameters() if isinstance(model, torch.nn.Module) else ():
+        try:
+            version = p._version
+        except RuntimeError:  # an inference-mode tensor tracks no version (and cannot be changed in place)
+            version = -1
+        parts.append((p.data_ptr(), version))
+    return hash(tuple(parts))

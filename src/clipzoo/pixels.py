@@ -14,8 +14,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .constants import OPENAI_MEAN, OPENAI_STD
+from .constants import OPENAI_MEAN, OPENAI_STD, PIXEL01_SLACK
 from .errors import BadImageError
+from .image_bytes import aspect_box
 from .inputs import check_finite_pixels
 
 _PIL_RESAMPLE = {0: "nearest", 1: "bilinear", 2: "bilinear", 3: "bicubic", 4: "bilinear", 5: "bicubic"}
@@ -124,7 +125,19 @@ def check_image01(x: Any) -> torch.Tensor:
     if min(x.shape[0], x.shape[2], x.shape[3]) < 1:
         raise BadImageError(f"a [0, 1] image tensor {tuple(x.shape)} holds no pixels")
     check_finite_pixels(x)
+    check_pixel_range(x)
     return x
+
+
+def check_pixel_range(x: torch.Tensor) -> None:
+    """A :class:`BadImageError` for pixels far outside [0, 1]: a 0–255 image passed as float reached the network
+    at ±760 at the model's size and was clamped to white at any other; a [-1, 1] one was read as dark."""
+    lo, hi = (float(v) for v in x.detach().aminmax())
+    if lo >= -PIXEL01_SLACK and hi <= 1 + PIXEL01_SLACK:
+        return
+    hint = ("; a 0–255 image is x / 255" if hi > 2 else
+            "; a [-1, 1] image (a diffusion decoder's output) is (x + 1) / 2" if lo >= -1.5 else "")
+    raise BadImageError(f"float image pixels must lie in [0, 1]; these span [{lo:.4g}, {hi:.4g}]{hint}")
 
 
 def resize(x: torch.Tensor, size: tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
@@ -157,6 +170,9 @@ def preprocess01(x01: torch.Tensor, config: PixelConfig) -> torch.Tensor:
     [0, 1] as PIL's uint8 resize does.
     """
     x = check_image01(x01).float()
+    box = aspect_box(x.shape[-1], x.shape[-2])  # the central 32 : 1 part, as every decode keeps: the crop below
+    if box is not None:                        # takes the same pixels, and a 1 × 100,000 image took gigabytes
+        x = x[..., box[1]:box[3], box[0]:box[2]]
     th, tw = config.size
     h, w = x.shape[-2:]
     if config.resize_mode == "squash":
