@@ -1,6 +1,7 @@
 """Writing files so that an interrupted write never leaves a half file at the destination."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["NOT_REGULAR", "atomic_write", "atomic_write_text", "build_folder_once", "check_output_file",
-           "expand_files", "inside", "special_file", "url_filesystem"]
+           "expand_files", "inside", "model_fingerprint", "special_file", "url_filesystem"]
 
 NOT_REGULAR = "is not a regular file (a fifo, a socket or a device)"
 """What is said of a path :func:`special_file` refuses."""
@@ -167,6 +168,28 @@ def _rename_into_place(tmp: Path, folder: Path, marker: str) -> None:
     except OSError:
         if not (folder / marker).is_file():
             raise
+
+
+def model_fingerprint(spec: "str | os.PathLike") -> "str | None":
+    """SHA-256 over each file of a local model (name, size, its first and last MiB); None for a registry spec.
+    A retrained model changes every tensor, so its first and last MiB; hashing whole files would cost seconds.
+    What keys the caches of a local model's derived files (its ONNX exports, ``runtime="auto"``'s choice) and what
+    an index records of its model: a folder's own stat does not change when a file inside is rewritten."""
+    path = Path(spec)
+    if not path.is_absolute() or not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(path).parts))[:1000]
+    h = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(path) if f != path else f.name}\0{size}\0".encode("utf-8", "surrogatepass"))
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read(1 << 20))
+    return h.hexdigest()
 
 
 def url_filesystem(url: str, error: type) -> "tuple[Any, str]":

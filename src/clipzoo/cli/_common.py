@@ -11,7 +11,8 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from ..errors import ClipzooError
+from ..constants import DEFAULT_MIN_COSINE
+from ..errors import BadOptionError, ClipzooError
 from ..json_text import json_text
 
 USER_ERROR = 2
@@ -99,10 +100,16 @@ MinCosineOpt = Annotated[float, typer.Option(
 
 def guarded_runtime(runtime: str, min_cosine: float) -> str:
     """``--runtime auto --min-cosine X`` -> ``"auto:X"`` (the spelling that carries the guard through
-    ``clipzoo.load`` and index builds); other runtimes as given. A bad name or guard fails in one line."""
+    ``clipzoo.load`` and index builds); other runtimes as given. A bad name or guard fails in one line, and so does
+    ``--min-cosine`` given with another runtime (as ``clipzoo.load`` refuses ``min_cosine=`` for one)."""
     from ..runtime import normalize_runtime, split_guard  # torch-free
 
-    if normalize_runtime(runtime) != "auto" or split_guard(runtime)[1] is not None:
+    if normalize_runtime(runtime) != "auto":
+        if min_cosine != DEFAULT_MIN_COSINE:  # given (typer cannot tell the default given from the default)
+            raise BadOptionError(f"--min-cosine is only for --runtime auto, not {runtime!r}; drop it or pass "
+                                 "--runtime auto")
+        return runtime
+    if split_guard(runtime)[1] is not None:
         return runtime
     from ..runtime.auto import check_guard
 

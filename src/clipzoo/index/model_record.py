@@ -2,12 +2,11 @@
 its files, so that other weights at the same path are never mixed into the index."""
 from __future__ import annotations
 
-import hashlib
 import os
-from pathlib import Path
 from typing import Any
 
 from ..errors import ClipzooError
+from ..files import model_fingerprint  # the core layer's: the runtimes' caches key local models by it too
 from .embedding_store import EmbeddingStore
 
 __all__ = ["WEIGHTS_META", "check_weights", "model_fingerprint", "model_identity"]
@@ -51,23 +50,3 @@ def check_weights(store: EmbeddingStore, spec: str) -> None:
         raise ClipzooError(f"the model at {spec!r} is not the one index {str(store.path)!r} was built with: its files "
                            "changed since (other weights at the same path); embeddings of different weights cannot "
                            "be mixed: pass a new --out")
-
-
-def model_fingerprint(spec: str) -> "str | None":
-    """SHA-256 over each file of a local model (name, size, its first and last MiB); None for a registry spec.
-    A retrained model changes every tensor, so its first and last MiB; hashing whole files would cost seconds."""
-    path = Path(spec)
-    if not path.is_absolute() or not path.exists():
-        return None
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not any(
-        part.startswith(".") for part in p.relative_to(path).parts))[:1000]
-    h = hashlib.sha256()
-    for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.relative_to(path) if f != path else f.name}\0{size}\0".encode("utf-8", "surrogatepass"))
-        with open(f, "rb") as fh:
-            h.update(fh.read(1 << 20))
-            if size > 2 << 20:
-                fh.seek(-(1 << 20), os.SEEK_END)
-                h.update(fh.read(1 << 20))
-    return h.hexdigest()

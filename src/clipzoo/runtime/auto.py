@@ -16,13 +16,15 @@ the ``clipzoo.runtime`` logger), and the loaded comparator carries it as ``runti
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from ..backends.onnx_format import META_FILE
 from ..cards import IMAGE, TEXT, ModelCard
 from ..constants import DEFAULT_MIN_COSINE, default_cache_dir
 from ..errors import ClipzooError
+from ..files import atomic_write_text
 from . import onnx, openvino_int8
 from .bf16 import cpu_flags, cpu_model, native_bf16
 from .onnx_static_int8 import calibration_sample, static_int8_folder
@@ -68,15 +71,20 @@ class Choice:
     ``origin`` the caller named (``clipzoo embed``'s files, the folder an index build reads: auto_sample.py)."""
 
 
+FIELD_TYPES: dict[str, Any] = {"runtime": str, "reason": str, "min_cosine": (int, float), "measured": dict,
+                               "machine": dict, "cached": bool, "calibration": (str, type(None)), "sample": dict}
+"""The type of each field of :class:`Choice`, which a cached one is checked against (:func:`check_cached`)."""
+
+
 def apply(card: ModelCard, build: Callable[..., Any], *, device: str, precision: str, cache_dir,
           load_kwargs: dict, min_cosine: float = DEFAULT_MIN_COSINE, sample_images: Sequence | None = None,
           sample_texts: Sequence[str] | None = None) -> Any:
     """The comparator of ``card`` under the runtime :func:`choose` picks (measured now on ``sample_images`` /
     ``sample_texts`` unless cached; a model under :data:`TINY_PARAMETERS` runs eager unmeasured)."""
     min_cosine = check_guard(min_cosine)
-    path = cache_file(card, cache_dir, load_kwargs, min_cosine, candidates_here(device))
-    if path.is_file():
-        choice = read_choice(path)
+    candidates = candidates_here(device)
+    choice = read_choice(cache_file(card, cache_dir, load_kwargs, min_cosine, candidates), candidates)
+    if choice is not None:
         comparator = run_choice(choice, card, build, device=device, precision=precision, cache_dir=cache_dir,
                                 load_kwargs=load_kwargs)
     else:
@@ -121,11 +129,41 @@ def candidates_here(device: str, candidates: Sequence[str] | None = None) -> lis
     return [c for c in (candidates or CANDIDATES) if c in here]
 
 
-def read_choice(path: Path) -> Choice:
-    choice = Choice(**json.loads(path.read_text(encoding="utf-8")))
+def read_choice(path: Path, candidates: Sequence[str] | None = None) -> Choice | None:
+    """The choice cached at ``path``; None when there is none — or it is no choice of the current ``candidates``
+    (default: any of :data:`CANDIDATES`) — damaged, written by hand or by another version, or naming a runtime no
+    longer available here: then it is measured again, with a warning line (a cached runtime is never run
+    unchecked)."""
+    if not path.is_file():
+        return None
+    try:
+        choice = Choice(**check_cached(json.loads(path.read_text(encoding="utf-8")), candidates or CANDIDATES))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        warnings.warn(f"runtime auto: ignoring the cached choice {path} ({exc}); measuring again", stacklevel=3)
+        with contextlib.suppress(OSError):  # said once: the measurement's choice takes its place
+            path.unlink()
+        return None
     choice.cached = True
     LOG.info("runtime auto (cached %s): %s", path, choice.reason)
     return choice
+
+
+def check_cached(data: Any, candidates: Sequence[str]) -> dict:
+    """``data`` (a cached choice's JSON) when it has :class:`Choice`'s fields, each of its type, and names one of
+    ``candidates``; else ValueError saying what is wrong."""
+    if not isinstance(data, dict):
+        raise ValueError(f"not a JSON object but {type(data).__name__}")
+    unknown = sorted(set(data) - set(FIELD_TYPES))
+    missing = sorted({f.name for f in fields(Choice) if f.default is MISSING and f.default_factory is MISSING}
+                     - set(data))
+    if unknown or missing:
+        raise ValueError(f"unknown fields {unknown}" if unknown else f"missing fields {missing}")
+    for name, value in data.items():
+        if not isinstance(value, FIELD_TYPES[name]) or isinstance(value, bool) != (FIELD_TYPES[name] is bool):
+            raise ValueError(f"{name} is {type(value).__name__}")
+    if data["runtime"] not in candidates:
+        raise ValueError(f"runtime {data['runtime']!r} is not one of the candidates here: {', '.join(candidates)}")
+    return data
 
 
 def available(device: str = "cpu", flags: frozenset[str] | None = None) -> list[str]:
@@ -151,10 +189,9 @@ def cache_file(card: ModelCard, cache_dir, load_kwargs: dict, min_cosine: float,
     of the key: a choice made on one folder of photos holds for the next)."""
     key = {"machine": machine_key(), "card": card.to_dict(), "kwargs": load_kwargs, "min_cosine": min_cosine,
            "candidates": list(candidates), "export": onnx.EXPORT_REVISION}  # a new export graph: measure again
-    path = card.source.path
-    if path and os.path.exists(path):
-        st = os.stat(path)
-        key["stat"] = [st.st_size, st.st_mtime_ns]
+    fingerprint = onnx.source_fingerprint(card)  # weights rewritten in place (in a folder too): measure again
+    if fingerprint:
+        key["files"] = fingerprint
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     return root / "runtime-auto" / f"{digest}.json"
@@ -170,8 +207,9 @@ def choose(card: ModelCard, build: Callable[..., Any], *, device: str = "cpu", p
     load_kwargs = dict(load_kwargs or {})
     candidates = candidates_here(device, candidates)
     path = cache_file(card, cache_dir, load_kwargs, min_cosine, candidates)
-    if path.is_file():
-        return read_choice(path)
+    cached = read_choice(path, candidates)
+    if cached is not None:
+        return cached
     origin = "; ".join(o for o in (getattr(images, "origin", None), getattr(texts, "origin", None)) if o)
     images, texts, source = calibration_sample(images, texts)
     sample = {"source": source, "images": len(images), "texts": len(texts), "origin": origin or None}
@@ -182,12 +220,19 @@ def choose(card: ModelCard, build: Callable[..., Any], *, device: str = "cpu", p
                      cache_dir=cache_dir, load_kwargs=load_kwargs, calibrate_on=calibrate_on)
     choice.sample = sample
     choice.reason += "; measured on " + (origin or ("the caller's inputs" if source == "given" else source))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(choice), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_choice(path, choice)
     LOG.info("runtime auto: %s", choice.reason)
     return choice
+
+
+def write_choice(path: Path, choice: Choice) -> None:
+    """Cache ``choice`` at ``path`` (whole or not at all); a cache the file system refuses (a read-only folder, a
+    folder at that path, a full disk) costs a warning line and the next load's measurement — not the choice made."""
+    try:
+        atomic_write_text(path, json.dumps(asdict(choice), indent=2) + "\n")
+    except OSError as exc:
+        warnings.warn(f"runtime auto: cannot cache the choice at {path} ({exc.strerror or exc}); the next load "
+                      "measures again", stacklevel=3)
 
 
 def measure(card, build, candidates: Sequence[str], images: list, texts: list[str], min_cosine: float, *,
@@ -205,9 +250,10 @@ def measure(card, build, candidates: Sequence[str], images: list, texts: list[st
     for runtime in candidates:
         try:
             if runtime in STATIC and calibrate_on is not None:
-                calibrations[runtime] = str(static_int8_folder(onnx.exported_folder(
-                    card, build, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs,
-                    portable=STATIC[runtime][0]), *calibrate_on))
+                folder = onnx.exported_folder(card, build, precision=precision, cache_dir=cache_dir,
+                                              load_kwargs=load_kwargs, portable=STATIC[runtime][0])
+                calibrations[runtime] = str(static_int8_folder(folder, *calibrate_on,
+                                                               base=onnx.derived_base(card, folder, cache_dir)))
                 model = run_choice(Choice(runtime, "", min_cosine, calibration=calibrations[runtime]), card, build,
                                    device=device, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs)
             elif runtime == "eager" and device == "cpu" and str(precision) in onnx.FP32_NAMES:

@@ -7,11 +7,13 @@ from typing import Any
 
 from ..cards import ModelCard
 from ..errors import ClipzooError
+from .onnx import refuse_export
 
 
 def apply(card: ModelCard, build: Callable[..., Any], *, device: str, precision: str, cache_dir,
           load_kwargs: dict) -> Any:
     """The eager comparator of ``card`` with its encoders compiled."""
+    refuse_export(card, "compile", "onnx")
     return compile_comparator(build())
 
 

@@ -1,14 +1,21 @@
 """``runtime="onnx"``: the model exported once to ONNX (cached in ``cache_dir``/onnx) and run in ONNX Runtime.
 
-The export is keyed by the card, the load options and (for local files) the file's size and mtime, so a
-cached export loads without building the PyTorch model at all. An exported folder loads as it is.
+The export is keyed by the card, the load options and (for local files) a fingerprint of the files
+(:func:`clipzoo.files.model_fingerprint`: weights rewritten in place inside a model folder key a new export), so a
+cached export loads without building the PyTorch model at all. An exported folder loads as it is; what the int8
+runtimes derive from it goes to the cache (:func:`derived_base`), never beside it. A cache entry that does not load
+(a truncated graph, a damaged description) is removed and exported again (:func:`load_or_rebuild`); a write that
+fails (a full disk, ``ulimit -f``) is one line naming the folder (:func:`build_entry`).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +24,8 @@ from ..backends import get_backend
 from ..backends.onnx_format import FORMAT_VERSION, META_FILE, read_meta, require_onnxruntime
 from ..cards import ModelCard
 from ..constants import default_cache_dir
-from ..errors import UnsupportedError
-from ..files import build_folder_once
+from ..errors import CheckpointError, ClipzooError, UnsupportedError
+from ..files import build_folder_once, model_fingerprint
 from ..registry import local_card
 from . import onnx_columns, onnx_export, onnx_vision
 
@@ -31,8 +38,9 @@ EXPORT_REVISION = 5  # 2: text graphs of causal towers take any length (onnx_col
 def apply(card: ModelCard, build: Callable[..., Any], *, device: str, precision: str, cache_dir,
           load_kwargs: dict) -> Any:
     """The ONNX Runtime comparator of ``card`` (exported now when the cache has no export of it yet)."""
-    folder = exported_folder(card, build, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs)
-    return load_exported(folder, device=device, cache_dir=cache_dir)
+    return load_or_rebuild(card, cache_dir, load_kwargs, lambda: load_exported(exported_folder(
+        card, build, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs), device=device,
+        cache_dir=cache_dir))
 
 
 def load_exported(folder: Path, *, device: str, cache_dir):
@@ -44,22 +52,53 @@ def load_exported(folder: Path, *, device: str, cache_dir):
     return comparator
 
 
+def refuse_export(card: ModelCard, runtime: str, instead: str) -> None:
+    """A one-line refusal of a PyTorch runtime (``torch-int8``, ``compile``) for an exported model (backend
+    ``"onnx"``): its graphs run in ONNX Runtime, with no PyTorch modules to quantise or compile."""
+    if card.backend == "onnx":
+        raise UnsupportedError(f"an ONNX export runs in ONNX Runtime, not under runtime {runtime!r} (a PyTorch "
+                               f"runtime): {card.source.path or card.alias}; use runtime={instead!r}")
+
+
 def cache_folder(card: ModelCard, cache_dir=None, load_kwargs: dict | None = None, *, portable: bool = False) -> Path:
     """Where ``clipzoo.load(spec, runtime="onnx")`` keeps the export of ``card``: keyed by the card's
-    identity and source, the load options, and (for local files) the file's size and mtime; ``portable``: the
+    identity and source, the load options, and (for local files) :func:`source_fingerprint`; ``portable``: the
     export without ONNX Runtime's contrib ops (:func:`exported_folder`)."""
     key: dict[str, Any] = {"card": card.to_dict(), "kwargs": load_kwargs or {}, "format": FORMAT_VERSION,
                            "export": EXPORT_REVISION}
     if portable:
         key["portable"] = True
-    path = card.source.path
-    if path and os.path.exists(path):
-        st = os.stat(path)
-        key["stat"] = [st.st_size, st.st_mtime_ns]
+    fingerprint = source_fingerprint(card)
+    if fingerprint:
+        key["files"] = fingerprint
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{card.architecture}-{card.publisher}-{os.path.basename(card.id)}")
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
-    return root / "onnx" / f"{slug.strip('_')[:80]}-{digest}"
+    return onnx_root(cache_dir) / f"{slug.strip('_')[:80]}-{digest}"
+
+
+def onnx_root(cache_dir=None) -> Path:
+    return (Path(cache_dir) if cache_dir else default_cache_dir()) / "onnx"
+
+
+def source_fingerprint(card: ModelCard) -> str | None:
+    """The fingerprint of a local model's files (name, size, first and last MiB of each); None for a registry model.
+    A folder's own size and mtime do not change when a file inside it is rewritten: keyed by them, a model folder
+    whose weights were overwritten in place kept its old export (silently other embeddings)."""
+    path = card.source.path
+    if not path or not os.path.exists(path):
+        return None
+    return model_fingerprint(os.path.abspath(path))
+
+
+def derived_base(card: ModelCard, folder: Path, cache_dir=None) -> Path:
+    """The path whose name the int8 runtimes extend for what they derive from the export ``folder`` (``<base>-int8``,
+    ``<base>-int8s-…``): the export itself when it is a cache entry; for a user's exported folder (backend
+    ``"onnx"``), a name in ``cache_dir``/onnx keyed by the fingerprint of its files — never beside the user's folder,
+    whose parent may be read-only or not theirs to fill."""
+    if card.backend != "onnx":
+        return folder
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"export-{folder.name}").strip("_")[:80]
+    return onnx_root(cache_dir) / f"{slug}-{(model_fingerprint(folder.resolve()) or '')[:16]}"
 
 
 def exported_folder(card: ModelCard, build: Callable[..., Any], *, precision: str = "fp32", cache_dir=None,
@@ -85,8 +124,86 @@ def exported_folder(card: ModelCard, build: Callable[..., Any], *, precision: st
     if portable and onnx_vision.vit_visual(comparator) is not None:  # a ViT: its standard-ops graph apart
         folder = own
     vit = "standard" if folder == own else "contrib"
-    build_folder_once(folder, lambda tmp: onnx_export.export_onnx(comparator, tmp, vit=vit), META_FILE)
-    return folder
+    return build_entry(folder, lambda tmp: onnx_export.export_onnx(comparator, tmp, vit=vit))
+
+
+def build_entry(folder: Path, build: Callable[[Path], object]) -> Path:
+    """The cache entry ``folder`` built by ``build(tmp)`` (:func:`clipzoo.files.build_folder_once`: nothing partial is
+    left); a write the file system refuses (a full disk, a file size limit, a read-only cache) is one line naming the
+    folder, at once — not an exporter failure to retry with another exporter."""
+    try:
+        return build_folder_once(folder, build, META_FILE)
+    except OSError as exc:
+        raise write_error(folder, exc) from None
+
+
+def write_error(folder: Path, exc: OSError) -> ClipzooError:
+    """The one line of a cache write the file system refused (worded as an index's full disk is)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ClipzooError(f"no space left writing {folder}; free some space (or pass another cache_dir) and rerun")
+    reason = " ".join(str(exc.strerror or exc).split())[:200] or type(exc).__name__
+    return ClipzooError(f"cannot write {folder} ({reason}): check the disk, the file size limit (ulimit -f) and the "
+                        "folder's permissions (or pass another cache_dir), then rerun")
+
+
+def load_or_rebuild(card: ModelCard, cache_dir, load_kwargs: dict | None, run: Callable[[], Any]) -> Any:
+    """``run()``: find (or build) ``card``'s cache entries and load one. When that fails on a damaged entry (a
+    truncated or empty graph, a damaged description: a crash or a full disk while it was written, a hand edit), the
+    model's entries are removed and ``run()`` builds them anew, once; a folder that still does not load — or a
+    user's own export, which cannot be exported again — is a one-line :class:`CheckpointError` naming it."""
+    try:
+        return run()
+    except Exception as exc:
+        if not damaged(exc):
+            raise
+        entries = cache_entries(card, cache_dir, load_kwargs)
+        if not entries and card.backend == "onnx":  # nothing of ours to build anew: the user's export itself
+            raise not_loading(card, cache_dir, exc) from None
+        if not entries:  # the first export itself failed: its own error, not a damaged entry
+            raise
+        warnings.warn(f"a cached ONNX export of {card.alias} does not load ({why(exc)}); removing "
+                      f"{', '.join(map(str, entries))} and exporting again", stacklevel=3)
+        for entry in entries:
+            shutil.rmtree(entry, ignore_errors=True)
+    try:
+        return run()
+    except Exception as exc:
+        if not damaged(exc):
+            raise
+        raise not_loading(card, cache_dir, exc) from None
+
+
+def not_loading(card: ModelCard, cache_dir, exc: Exception) -> CheckpointError:
+    if card.backend == "onnx":
+        return CheckpointError(f"ONNX export {card.source.path} does not load ({why(exc)}); export the model again")
+    return CheckpointError(f"the ONNX export of {card.alias} does not load even written anew ({why(exc)}); delete "
+                           f"{onnx_root(cache_dir)} and rerun, or use runtime='eager'")
+
+
+def damaged(exc: Exception) -> bool:
+    """Whether ``exc`` can come of a damaged cache entry: a bad description (:class:`CheckpointError`, or its
+    fields of the wrong type) or a graph ONNX / ONNX Runtime cannot parse — not a user's error (a bad option, a
+    missing package), a full disk nor an interrupted run."""
+    if isinstance(exc, CheckpointError):
+        return True
+    return not isinstance(exc, (ClipzooError, OSError, ImportError, MemoryError))
+
+
+def why(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def cache_entries(card: ModelCard, cache_dir, load_kwargs: dict | None) -> list[Path]:
+    """The cache folders of ``card``'s exports (the ONNX Runtime one, the portable one) and of everything derived
+    from them (``-int8``, ``-int8r7``, ``-int8s-…``); for a user's export, only what was derived from it."""
+    if card.backend == "onnx":
+        bases = [derived_base(card, Path(card.source.path), cache_dir)]
+    else:
+        bases = [cache_folder(card, cache_dir, load_kwargs, portable=p) for p in (False, True)]
+    found = [b for b in bases if b.is_dir()]
+    found += [p for b in bases if b.parent.is_dir() for p in sorted(b.parent.glob(f"{b.name}-int8*")) if p.is_dir()]
+    return found
 
 
 def has_fused_graph(folder: Path) -> bool:

@@ -310,6 +310,8 @@ def _export(module, example, path: Path, input_name: str, output_name: str, opse
             _export_torchscript(module, example, path, input_name, output_name, opset, batch_dynamic,
                                 length_dynamic)
             return "torchscript"
+        except OSError:  # the file system refused the write (a full disk, ulimit -f): no exporter can do better
+            raise
         except Exception as exc:  # noqa: BLE001 - "auto" falls back to the other exporter
             if exporter == "torchscript":
                 raise UnsupportedError(f"the TorchScript ONNX exporter cannot export {path.stem} "

@@ -4,7 +4,8 @@ time) of the cached ONNX export.
 The export (see :func:`clipzoo.runtime.onnx.exported_folder`) quantised by
 ``onnxruntime.quantization.quantize_dynamic`` — MatMul/Gemm weights per output channel, int8 (7-bit on an x86
 CPU without VNNI: :func:`weights_reduce_range`) — and kept beside it in the cache (``<export>-int8``, or
-``<export>-int8r7`` for the 7-bit weights), then run in ONNX Runtime.
+``<export>-int8r7`` for the 7-bit weights; a user's exported folder gets its own name in the cache:
+:func:`clipzoo.runtime.onnx.derived_base`), then run in ONNX Runtime.
 """
 from __future__ import annotations
 
@@ -19,9 +20,8 @@ from typing import Any
 
 from ..backends.onnx_format import META_FILE, read_meta
 from ..cards import ModelCard
-from ..files import build_folder_once
 from .bf16 import cpu_flags
-from .onnx import exported_folder, load_exported
+from .onnx import build_entry, derived_base, exported_folder, load_exported, load_or_rebuild
 
 QUANT_OPS = ["MatMul", "Gemm"]
 EXACT_INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -31,15 +31,24 @@ EXACT_INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 def apply(card: ModelCard, build: Callable[..., Any], *, device: str, precision: str, cache_dir,
           load_kwargs: dict) -> Any:
     """The int8 ONNX Runtime comparator of ``card`` (exported and quantised now when not cached yet)."""
-    folder = exported_folder(card, build, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs)
+    def run():
+        folder = exported_folder(card, build, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs)
+        return load_exported(int8_folder(folder, derived_base(card, folder, cache_dir)), device=device,
+                             cache_dir=cache_dir)
+
+    return load_or_rebuild(card, cache_dir, load_kwargs, run)
+
+
+def int8_folder(folder: Path, base: Path) -> Path:
+    """The dynamic int8 version of the export ``folder`` (itself when it is quantised already), quantised now when
+    the cache has none: ``<base>-int8`` (``-int8r7``: 7-bit weights)."""
     if read_meta(folder).get("quantization"):
-        quantised = folder  # already an int8 export
-    else:
-        reduce_range = weights_reduce_range()
-        quantised = folder.with_name(folder.name + ("-int8r7" if reduce_range else "-int8"))
-        if not (quantised / META_FILE).is_file():
-            quantize_onnx_folder(folder, quantised, reduce_range=reduce_range)
-    return load_exported(quantised, device=device, cache_dir=cache_dir)
+        return folder  # already an int8 export
+    reduce_range = weights_reduce_range()
+    quantised = base.with_name(base.name + ("-int8r7" if reduce_range else "-int8"))
+    if not (quantised / META_FILE).is_file():
+        quantize_onnx_folder(folder, quantised, reduce_range=reduce_range)
+    return quantised
 
 
 def weights_reduce_range(flags: frozenset[str] | None = None) -> bool:
@@ -74,7 +83,7 @@ def quantize_onnx_folder(src: Path, dst: Path, *, reduce_range: bool = False) ->
         quantised.pop("max_abs_diff", None)  # measured for the fp32 graphs
         (tmp / META_FILE).write_text(json.dumps(quantised, indent=2) + "\n", encoding="utf-8")
 
-    return build_folder_once(dst, build, META_FILE)
+    return build_entry(dst, build)
 
 
 @contextlib.contextmanager

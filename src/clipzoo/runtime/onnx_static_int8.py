@@ -39,9 +39,8 @@ from ..backends.onnx_format import META_FILE, read_meta
 from ..cards import IMAGE, TEXT
 from ..datasets import ShapesDataset
 from ..errors import ClipzooError
-from ..files import build_folder_once
 from . import onnx_qdq_scales, onnx_vision
-from .onnx import exported_folder, load_exported
+from .onnx import build_entry, derived_base, exported_folder, load_exported, load_or_rebuild
 from .onnx_calibration import METHODS, calibration_method, write_ranges
 from .onnx_columns import row_lengths
 from .onnx_int8 import quiet_root_logger, weights_reduce_range
@@ -61,14 +60,19 @@ SEED = 20260
 def apply(card, build: Callable[..., Any], *, device: str, precision: str, cache_dir, load_kwargs: dict) -> Any:
     """The static-int8 ONNX Runtime comparator of ``card`` (exported, calibrated and quantised now when the
     cache has none yet; calibrated on generated shapes)."""
-    folder = exported_folder(card, build, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs)
-    return load_exported(static_int8_folder(folder), device=device, cache_dir=cache_dir)
+    def run():
+        folder = exported_folder(card, build, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs)
+        return load_exported(static_int8_folder(folder, base=derived_base(card, folder, cache_dir)), device=device,
+                             cache_dir=cache_dir)
+
+    return load_or_rebuild(card, cache_dir, load_kwargs, run)
 
 
 def static_int8_folder(folder: Path, images: Sequence | None = None, texts: Sequence[str] | None = None,
-                       methods: Sequence[str] | None = None) -> Path:
+                       methods: Sequence[str] | None = None, *, base: Path | None = None) -> Path:
     """The static-int8 version of the fp32 export ``folder`` calibrated on ``images`` / ``texts`` (PIL images
-    or paths; default: generated shapes and captions), built once and cached beside ``folder``."""
+    or paths; default: generated shapes and captions), built once and cached beside ``folder`` — or beside
+    ``base`` (the runtimes: :func:`clipzoo.runtime.onnx.derived_base`, a cache path for a user's export)."""
     meta = read_meta(folder)
     if meta.get("quantization"):
         raise ClipzooError(f"{folder} is already quantised ({meta['quantization'].get('kind')}); "
@@ -81,10 +85,11 @@ def static_int8_folder(folder: Path, images: Sequence | None = None, texts: Sequ
     reduce_range = weights_reduce_range()
     key = [[sample_key(i) for i in images], list(texts), list(methods)] + (["reduce_range"] if reduce_range else [])
     digest = hashlib.sha256(json.dumps(key).encode())
-    dst = folder.with_name(f"{folder.name}-int8s-{digest.hexdigest()[:10]}")
+    base = folder if base is None else Path(base)
+    dst = base.with_name(f"{base.name}-int8s-{digest.hexdigest()[:10]}")
     if not (dst / META_FILE).is_file():
-        build_folder_once(dst, lambda tmp: quantize_static_folder(folder, tmp, images, texts, methods, source,
-                                                                  reduce_range=reduce_range), META_FILE)
+        build_entry(dst, lambda tmp: quantize_static_folder(folder, tmp, images, texts, methods, source,
+                                                            reduce_range=reduce_range))
     return dst
 
 

@@ -220,6 +220,8 @@ def export_fused(tower, pixels, path: Path, input_name: str, output_name: str, o
         options.log_severity_level = 3
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         diff = float(np.abs(session.run([output_name], {input_name: pixels.numpy()})[0] - ref).max())
+    except OSError:  # the file system refused the write (a full disk, ulimit -f): the plain export would too
+        raise
     except Exception:  # noqa: BLE001 - an ONNX Runtime without these contrib ops: the plain export
         diff = float("inf")
     if diff <= FUSED_TOLERANCE:

@@ -20,11 +20,12 @@ from typing import Any
 
 from ..backends import get_backend
 from ..backends.onnx_format import read_meta
+from ..backends.onnx_openvino import CONTRIB_DOMAIN
 from ..errors import UnsupportedError
 from ..extras import require
 from ..registry import local_card
 from . import onnx_columns
-from .onnx import exported_folder
+from .onnx import derived_base, exported_folder, load_or_rebuild
 from .onnx_static_int8 import static_int8_folder
 
 EXECUTOR = "openvino"
@@ -35,9 +36,35 @@ def apply(card, build: Callable[..., Any], *, device: str, precision: str, cache
     shapes, cached) and compiled for this CPU."""
     check_device(device)
     require("openvino", "runtime 'openvino-int8'")  # before minutes of export and calibration
-    folder = exported_folder(card, build, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs,
-                             portable=True)
-    return load_folder(static_int8_folder(folder), device=device)
+    if card.backend == "onnx":  # a user's export: ours are portable by construction
+        check_portable(Path(card.source.path))
+
+    def run():
+        folder = exported_folder(card, build, precision=precision, cache_dir=cache_dir, load_kwargs=load_kwargs,
+                                 portable=True)
+        return load_folder(static_int8_folder(folder, base=derived_base(card, folder, cache_dir)), device=device)
+
+    return load_or_rebuild(card, cache_dir, load_kwargs, run)
+
+
+def check_portable(folder: Path) -> None:
+    """Refuse, before minutes of calibration, an export with ONNX Runtime's contrib ops (a fused ViT's
+    ``MultiHeadAttention``, which the static int8 quantisation turns into ``QAttention``: OpenVINO reads neither the
+    one nor the other after quantisation)."""
+    ops = sorted({op for g in read_meta(folder)["graphs"].values() for op in contrib_ops(folder / g["file"])})
+    if ops:
+        raise UnsupportedError(f"{folder} holds ONNX Runtime's contrib ops ({', '.join(ops)}), which OpenVINO cannot "
+                               "run once quantised; export the model in standard ops (export_onnx(..., vit='standard')"
+                               ", or load the PyTorch model with runtime='openvino-int8'), or use "
+                               "runtime='onnx-int8-static'")
+
+
+def contrib_ops(path: Path) -> set[str]:
+    """The op types of the graph at ``path`` in ONNX Runtime's contrib domain (its weights not read)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {n.op_type for n in graph.node if n.domain == CONTRIB_DOMAIN}
 
 
 def check_device(device: str) -> None:

@@ -8,11 +8,13 @@ from typing import Any
 
 from ..cards import ModelCard
 from ..errors import UnsupportedError
+from .onnx import refuse_export
 
 
 def apply(card: ModelCard, build: Callable[..., Any], *, device: str, precision: str, cache_dir,
           load_kwargs: dict) -> Any:
     """The eager comparator of ``card`` with its linear layers quantised."""
+    refuse_export(card, "torch-int8", "onnx-int8")
     return quantize_torch(build())
 
 
