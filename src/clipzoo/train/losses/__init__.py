@@ -11,8 +11,12 @@ name (unknown names raise :class:`UnknownLossError` naming the nearest valid one
 from __future__ import annotations
 
 import difflib
+import inspect
+from typing import Any
 
 from ...errors import ClipzooError
+from ...models.spec import ConfigError
+from ..config_types import typed_value
 from .barlow_twins import BarlowTwinsLoss
 from .base import FeatureQueue, LossInputError, Objective
 from .compress import CompRess1qLoss, CompRess2qLoss
@@ -56,20 +60,45 @@ class UnknownLossError(ClipzooError, KeyError):
         return self.args[0] if self.args else ""
 
 
+#: other names of registered objectives
+ALIASES = {"clip": "infonce", "clip-loss": "infonce"}
+#: option types that are read as the type they name (a YAML config gives ``lambd: 5e-3`` as the string "5e-3")
+TYPED = ("int", "float", "bool", "str")
+
+
 def _normalize(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
+def _typed_options(key: str, cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` read as the types the objective's signature names, as the config's own keys are (numbers written
+    as strings become numbers; ``local_loss: "no"`` is refused, not taken as true)."""
+    params = inspect.signature(cls.__init__).parameters
+    out = {}
+    for name, value in options.items():
+        param = params.get(name)
+        annotation = str(param.annotation).strip("'\"") if param is not None else ""
+        kind = annotation.replace(" | None", "").replace("None | ", "").strip()
+        if kind not in TYPED:
+            out[name] = value
+            continue
+        try:
+            out[name] = typed_value(f"loss_options.{name}", value, annotation, f"loss {key!r}")
+        except ConfigError as e:
+            raise LossInputError(str(e)) from None
+    return out
+
+
 def build_loss(name: str, **kwargs) -> Objective:
     """Instantiate the objective registered as ``name`` (case-insensitive; ``_`` ≡ ``-``) with ``kwargs``."""
-    key = _normalize(name)
-    if key in ("clip", "clip-loss"):
-        key = "infonce"
+    key = _normalize(name) if isinstance(name, str) else ""
+    key = ALIASES.get(key, key)
     if key not in LOSSES:
-        near = difflib.get_close_matches(key, list(LOSSES), n=1, cutoff=0.0)
+        near = difflib.get_close_matches(key, [*LOSSES, *ALIASES], n=1, cutoff=0.6)
         hint = f" Did you mean {near[0]!r}?" if near else ""
-        raise UnknownLossError(f"Unknown loss {name!r}.{hint} Valid names: {', '.join(LOSSES)}.")
+        raise UnknownLossError(f"Unknown loss {name!r}.{hint} Valid names: {', '.join(LOSSES)} (clip = infonce).")
+    cls = LOSSES[key]
     try:
-        return LOSSES[key](**kwargs)
+        return cls(**_typed_options(key, cls, kwargs))
     except TypeError as e:
         raise LossInputError(f"loss {key!r}: bad options {sorted(kwargs)}: {e}") from e

@@ -17,7 +17,7 @@ no teacher features are given, the image–text pair. Components: ``on_diagonal`
 """
 from __future__ import annotations
 
-from .base import Objective, off_diagonal
+from .base import Objective, check_non_negative, check_positive, off_diagonal
 from .distributed import all_gather_with_grad
 
 __all__ = ["BarlowTwinsLoss"]
@@ -28,6 +28,8 @@ class BarlowTwinsLoss(Objective):
 
     def __init__(self, lambd: float = 5e-3, eps: float = 1e-5):
         super().__init__()
+        check_non_negative("BarlowTwinsLoss", lambd=lambd)
+        check_positive("BarlowTwinsLoss", eps=eps)
         self.lambd, self.eps = lambd, eps
 
     def _standardize(self, z):

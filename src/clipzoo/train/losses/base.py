@@ -8,7 +8,8 @@ Every objective is an :class:`Objective` (an ``nn.Module``) called as::
 and returns a ``dict[str, Tensor]`` with a scalar ``"loss"`` (what to back-propagate) plus named components
 (for logging; they are not re-weighted). Each class's docstring says which arguments it reads; ``Objective.uses``
 lists them. Half-precision inputs are cast to fp32 and the computation runs with autocast disabled, so every
-reduction is fp32 (fp64 inputs stay fp64).
+reduction is fp32 (fp64 inputs stay fp64); features of mixed precision (an fp64 teacher, an fp32 student) are
+computed in the wider one. A feature batch with no rows is a :class:`LossInputError` (its mean was a silent NaN).
 
 Conventions:
 
@@ -17,7 +18,11 @@ Conventions:
   ``teacher_image_features`` (and/or ``teacher_text_features``) from a frozen teacher; teacher features are
   detached.
 * Stateful objectives (memory queues, centers, prototypes) keep their state in registered buffers so it is saved
-  in ``state_dict`` checkpoints, and update it consistently on every rank under ``torch.distributed``.
+  in ``state_dict`` checkpoints, and update it consistently on every rank under ``torch.distributed``. A call
+  updates that state only while ``update_state`` is true: gradient accumulation clears it for every micro-batch
+  but the last, so the state moves once per optimisation step, from the whole batch.
+* Options are checked when the objective is built: a temperature, scale or width must be a positive finite
+  number, a weight 0 or more, a momentum in [0, 1] (a :class:`LossInputError` naming the option).
 """
 from __future__ import annotations
 
@@ -28,7 +33,10 @@ from torch import nn
 
 from ...errors import ClipzooError
 
-__all__ = ["Objective", "LossInputError", "FeatureQueue", "cast_fp32", "off_diagonal"]
+__all__ = ["Objective", "LossInputError", "FeatureQueue", "cast_fp32", "off_diagonal", "check_positive",
+           "check_non_negative", "check_count", "check_fraction", "check_modality"]
+
+FEATURES = ("image_features", "text_features", "teacher_image_features", "teacher_text_features")
 
 Tensor = torch.Tensor
 
@@ -41,6 +49,53 @@ def cast_fp32(x: Tensor | None) -> Tensor | None:
     if x is None:
         return None
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_positive(owner: str, **values) -> None:
+    """Each value a finite number above 0 (temperatures, scales, eps): 0 divided by zero or gave a NaN loss, and a
+    negative temperature silently turned the softmax upside down."""
+    for name, value in values.items():
+        if not _real(value) or value <= 0:
+            raise LossInputError(f"{owner}: {name} must be a positive number, got {value!r}")
+
+
+def check_non_negative(owner: str, **values) -> None:
+    """Each value a finite number of 0 or more (loss weights, coefficients)."""
+    for name, value in values.items():
+        if not _real(value) or value < 0:
+            raise LossInputError(f"{owner}: {name} must be a number of 0 or more, got {value!r}")
+
+
+def check_count(owner: str, **values) -> None:
+    """Each value a whole number of at least 1 (widths, queue sizes, prototypes)."""
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise LossInputError(f"{owner}: {name} must be a whole number of at least 1, got {value!r}")
+
+
+def check_fraction(owner: str, **values) -> None:
+    """Each value a number in [0, 1] (EMA momenta: 5 made the centre grow without bound)."""
+    for name, value in values.items():
+        if not _real(value) or not 0 <= value <= 1:
+            raise LossInputError(f"{owner}: {name} must be a number between 0 and 1, got {value!r}")
+
+
+def check_modality(owner: str, modality) -> None:
+    if modality not in ("image", "text"):
+        raise LossInputError(f"{owner}: modality must be 'image' or 'text', got {modality!r}")
+
+
+def _common_dtype(args: dict) -> "torch.dtype | None":
+    """The widest floating dtype of the feature arguments (an fp64 teacher with an fp32 student: fp64)."""
+    dtypes = [args[k].dtype for k in FEATURES if isinstance(args[k], Tensor) and args[k].is_floating_point()]
+    dtype = dtypes[0] if dtypes else None
+    for d in dtypes[1:]:
+        dtype = torch.promote_types(dtype, d)
+    return dtype
 
 
 def off_diagonal(m: Tensor) -> Tensor:
@@ -57,6 +112,9 @@ class Objective(nn.Module):
     #: True for objectives over prototype scores (DINO-style heads): the trainer then gives them a DINO
     #: head's raw output instead of the L2-normalised embedding
     head_scores: bool = False
+    #: whether a call may update the objective's state (queues, centres); gradient accumulation sets it for the
+    #: last micro-batch only, so every micro-batch reads the state the unaccumulated step reads
+    update_state: bool = True
 
     def forward(self, image_features: Tensor | None = None, text_features: Tensor | None = None, *,
                 logit_scale=None, logit_bias=None, teacher_image_features: Tensor | None = None,
@@ -72,6 +130,14 @@ class Objective(nn.Module):
         for k in ("teacher_image_features", "teacher_text_features"):
             if args[k] is not None:
                 args[k] = args[k].detach()
+        dtype = _common_dtype(args)
+        for k in FEATURES:
+            if isinstance(args[k], Tensor):
+                if args[k].ndim == 0 or args[k].shape[0] == 0:
+                    raise LossInputError(f"{type(self).__name__}: {k} holds no rows (shape {tuple(args[k].shape)}); "
+                                         "give it a batch of at least one feature vector")
+                if args[k].is_floating_point():
+                    args[k] = args[k].to(dtype)
         ref = next((v for v in args.values() if isinstance(v, Tensor)), None)
         device_type = ref.device.type if ref is not None else "cpu"
         with torch.autocast(device_type=device_type, enabled=False):
@@ -84,6 +150,14 @@ class Objective(nn.Module):
         if value is None:
             raise LossInputError(f"{type(self).__name__} needs `{name}`; it reads {', '.join(self.uses)}.")
         return value
+
+    def _paired(self, image: Tensor, text: Tensor) -> None:
+        """Contrastive pairs line up one to one: as many image as text rows, of one width (else an IndexError or a
+        matmul error from deep inside)."""
+        if image.ndim != 2 or image.shape != text.shape:
+            raise LossInputError(f"{type(self).__name__} pairs image and text features one to one: they need the "
+                                 f"same (batch, width) shape, got image {tuple(image.shape)} and text "
+                                 f"{tuple(text.shape)}")
 
     def _pair(self, modality: str, image, text, teacher_image, teacher_text) -> tuple[Tensor, Tensor]:
         """(student, teacher) features of one modality for single-pair distillation objectives."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import FeatureQueue, LossInputError, Objective
+from .base import FeatureQueue, LossInputError, Objective, check_modality, check_positive
 from .distributed import all_gather_no_grad
 
 __all__ = ["CompRess1qLoss", "CompRess2qLoss"]
@@ -42,6 +42,9 @@ class _CompRessBase(Objective):
 
     def __init__(self, teacher_temperature: float, student_temperature: float, modality: str):
         super().__init__()
+        check_positive(type(self).__name__, teacher_temperature=teacher_temperature,
+                       student_temperature=student_temperature)
+        check_modality(type(self).__name__, modality)
         self.teacher_temperature, self.student_temperature = teacher_temperature, student_temperature
         self.modality = modality
 
@@ -66,7 +69,8 @@ class CompRess1qLoss(_CompRessBase):
         s, t = F.normalize(s, dim=1), F.normalize(t, dim=1)
         anchors = self.queue.queue.clone().to(s.dtype)
         loss = self._kl(s, t, anchors, anchors)
-        self.queue.enqueue(all_gather_no_grad(t))
+        if self.update_state:
+            self.queue.enqueue(all_gather_no_grad(t))
         return {"loss": loss}
 
 
@@ -85,6 +89,7 @@ class CompRess2qLoss(_CompRessBase):
         queued_s = self.student_queue.queue.clone().to(s.dtype)
         queued_t = self.teacher_queue.queue.clone().to(t.dtype)
         loss = self._kl(s, t, queued_s, queued_t)
-        self.teacher_queue.enqueue(all_gather_no_grad(t))
-        self.student_queue.enqueue(all_gather_no_grad(s))
+        if self.update_state:
+            self.teacher_queue.enqueue(all_gather_no_grad(t))
+            self.student_queue.enqueue(all_gather_no_grad(s))
         return {"loss": loss}

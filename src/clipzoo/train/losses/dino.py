@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Objective
+from .base import Objective, check_count, check_fraction, check_modality, check_positive
 from .distributed import all_reduce_sum, world_info
 
 __all__ = ["DINOLoss"]
@@ -39,6 +39,10 @@ class DINOLoss(Objective):
     def __init__(self, dim: int, student_temperature: float = 0.1, teacher_temperature: float = 0.04,
                  center_momentum: float = 0.9, *, modality: str = "image"):
         super().__init__()
+        check_count("DINOLoss", dim=dim)
+        check_positive("DINOLoss", student_temperature=student_temperature, teacher_temperature=teacher_temperature)
+        check_fraction("DINOLoss", center_momentum=center_momentum)
+        check_modality("DINOLoss", modality)
         self.student_temperature = student_temperature
         self.teacher_temperature = teacher_temperature
         self.center_momentum = center_momentum
@@ -51,7 +55,7 @@ class DINOLoss(Objective):
         s, t = self._pair(self.modality, image_features, text_features, teacher_image_features, teacher_text_features)
         target = F.softmax((t - self.center.to(t.dtype)) / self.teacher_temperature, dim=-1)
         loss = -(target * F.log_softmax(s / self.student_temperature, dim=-1)).sum(dim=-1).mean()
-        if self.update_center and self.training:
+        if self.update_center and self.update_state and self.training:
             self.ema_center(t)
         return {"loss": loss, "teacher_temperature": torch.tensor(self.teacher_temperature)}
 

@@ -1,7 +1,10 @@
 """Collective helpers shared by every objective: gathers with and without gradients, means, neighbour exchange.
 
 All helpers are no-ops when ``torch.distributed`` is unavailable or not initialised, so the objectives run
-unchanged in a single process. Every rank must pass tensors of the same shape (equal local batch sizes).
+unchanged in a single process. Every rank must pass tensors of the same shape (equal local batch sizes): under
+``torch.distributed`` each gather first all-gathers the local shape (:func:`check_same_shape`, a few numbers) and
+raises a :class:`~clipzoo.train.losses.base.LossInputError` naming the ranks' sizes, where gloo aborted the process
+("Received data size doesn't match expected size") and NCCL could hang.
 
 Gradient semantics (open_clip's ``gather_features``):
 
@@ -16,8 +19,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "world_info", "all_gather_with_grad", "all_gather_no_grad", "gather_features",
-           "all_reduce_mean", "all_reduce_sum", "broadcast_", "neighbour_exchange_with_grad"]
+from .base import LossInputError
+
+__all__ = ["is_distributed", "world_info", "check_same_shape", "all_gather_with_grad", "all_gather_no_grad",
+           "gather_features", "all_reduce_mean", "all_reduce_sum", "broadcast_", "neighbour_exchange_with_grad"]
 
 
 def is_distributed() -> bool:
@@ -29,6 +34,23 @@ def world_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+@torch.no_grad()
+def check_same_shape(x: torch.Tensor) -> None:
+    """Raise, on every rank alike, unless every rank's ``x`` has this rank's rows and size (call it only under
+    ``torch.distributed``): one all-gather of two numbers per gather."""
+    local = torch.tensor([x.shape[0] if x.ndim else 1, x.numel()], dtype=torch.long, device=x.device)
+    shapes = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(shapes, local)
+    rows, sizes = [int(s[0]) for s in shapes], [int(s[1]) for s in shapes]
+    if len(set(rows)) > 1:
+        raise LossInputError(f"the ranks hold different local batch sizes {rows} (rank order); every rank needs the "
+                             "same number of samples per step: make the global batch a multiple of the world size "
+                             "and drop the last partial batch")
+    if len(set(sizes)) > 1:
+        raise LossInputError(f"the ranks' features differ in width: {[n // max(r, 1) for n, r in zip(sizes, rows)]} "
+                             "values per sample (rank order); every rank must run the same model")
 
 
 class _AllGatherGrad(torch.autograd.Function):
@@ -51,6 +73,7 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0; gradients flow back to every rank's input."""
     if not is_distributed():
         return x
+    check_same_shape(x)
     return _AllGatherGrad.apply(x)
 
 
@@ -59,6 +82,7 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0, without gradient."""
     if not is_distributed():
         return x.detach()
+    check_same_shape(x)
     out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(out, x.detach().contiguous())
     return torch.cat(out, dim=0)
@@ -128,4 +152,5 @@ class _NeighbourExchange(torch.autograd.Function):
 def neighbour_exchange_with_grad(from_rank: int, to_rank: int, tensor: torch.Tensor) -> torch.Tensor:
     """Send ``tensor`` to ``to_rank`` and receive one from ``from_rank``; the gradient travels back the other way
     (open_clip's ``neighbour_exchange_with_grad``)."""
+    check_same_shape(tensor)
     return _NeighbourExchange.apply(from_rank, to_rank, tensor)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Objective, clamp_scale
+from .base import Objective, check_positive, clamp_scale
 from .distributed import gather_features, world_info
 
 __all__ = ["InfoNCELoss"]
@@ -45,6 +45,7 @@ class InfoNCELoss(Objective):
     def __init__(self, local_loss: bool = False, gather_with_grad: bool = False, *, learn_logit_scale: bool = False,
                  init_temperature: float = 0.07, max_logit_scale: float = 100.0):
         super().__init__()
+        check_positive("InfoNCELoss", init_temperature=init_temperature, max_logit_scale=max_logit_scale)
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
         self.max_logit_scale = max_logit_scale
@@ -80,6 +81,7 @@ class InfoNCELoss(Objective):
     def compute(self, image_features=None, text_features=None, logit_scale=None, logit_bias=None, **_):
         img = self._need("image_features", image_features)
         txt = self._need("text_features", text_features)
+        self._paired(img, txt)
         scale = self.scale(logit_scale)
         per_image, per_text = self.logits(img, txt, scale, logit_bias)
         labels = torch.arange(per_image.shape[0], device=img.device)

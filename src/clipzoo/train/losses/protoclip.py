@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import LossInputError, Objective
+from .base import LossInputError, Objective, check_count, check_non_negative, check_positive
 from .distributed import all_gather_no_grad, broadcast_
 from .infonce import InfoNCELoss
 
@@ -76,6 +76,18 @@ def _group_means(values: torch.Tensor, labels: torch.Tensor, k: int, fallback: t
     return torch.where((counts > 0).unsqueeze(1), F.normalize(sums, dim=1), fallback)
 
 
+def _check_options(num_prototypes, dim, text_group_dim, proto_temperature, target_temperature, instance_weight,
+                   proto_weight, kmeans_iters) -> None:
+    owner = "ProtoCLIPLoss"
+    check_count(owner, num_prototypes=num_prototypes, dim=dim, kmeans_iters=kmeans_iters)
+    if text_group_dim is not None:
+        check_count(owner, text_group_dim=text_group_dim)
+    check_positive(owner, proto_temperature=proto_temperature)
+    if target_temperature is not None:
+        check_positive(owner, target_temperature=target_temperature)
+    check_non_negative(owner, instance_weight=instance_weight, proto_weight=proto_weight)
+
+
 class ProtoCLIPLoss(Objective):
     uses = ("image_features", "text_features", "logit_scale", "logit_bias", "teacher_text_features")
 
@@ -84,6 +96,8 @@ class ProtoCLIPLoss(Objective):
                  instance_weight: float = 1.0, proto_weight: float = 1.0, kmeans_iters: int = 20, seed: int = 0,
                  local_loss: bool = False, gather_with_grad: bool = False):
         super().__init__()
+        _check_options(num_prototypes, dim, text_group_dim, proto_temperature, target_temperature, instance_weight,
+                       proto_weight, kmeans_iters)
         self.num_prototypes = num_prototypes
         self.proto_temperature, self.target_temperature = proto_temperature, target_temperature
         self.instance_weight, self.proto_weight = instance_weight, proto_weight

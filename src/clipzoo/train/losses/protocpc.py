@@ -33,7 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import Objective
+from .base import Objective, check_modality, check_positive
 from .distributed import all_gather_with_grad
 
 __all__ = ["ProtoCPCLoss"]
@@ -46,6 +46,8 @@ class ProtoCPCLoss(Objective):
     def __init__(self, student_temperature: float = 0.1, teacher_temperature: float = 0.04, *,
                  modality: str = "image"):
         super().__init__()
+        check_positive("ProtoCPCLoss", student_temperature=student_temperature, teacher_temperature=teacher_temperature)
+        check_modality("ProtoCPCLoss", modality)
         self.student_temperature, self.teacher_temperature = student_temperature, teacher_temperature
         self.modality = modality
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Objective
+from .base import Objective, check_non_negative
 from .distributed import all_gather_no_grad, all_gather_with_grad
 
 __all__ = ["RKDLoss", "pairwise_distances"]
@@ -46,6 +46,7 @@ class RKDLoss(Objective):
 
     def __init__(self, distance_weight: float = 25.0, angle_weight: float = 50.0):
         super().__init__()
+        check_non_negative("RKDLoss", distance_weight=distance_weight, angle_weight=angle_weight)
         self.distance_weight, self.angle_weight = distance_weight, angle_weight
 
     def _one(self, s, t):

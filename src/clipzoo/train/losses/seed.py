@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import FeatureQueue, LossInputError, Objective
+from .base import FeatureQueue, LossInputError, Objective, check_modality, check_positive
 from .distributed import all_gather_no_grad
 
 __all__ = ["SEEDLoss"]
@@ -39,6 +39,8 @@ class SEEDLoss(Objective):
     def __init__(self, dim: int, queue_size: int = 65536, teacher_temperature: float = 0.01,
                  student_temperature: float = 0.2, *, modality: str = "image", seed: int = 0):
         super().__init__()
+        check_positive("SEEDLoss", teacher_temperature=teacher_temperature, student_temperature=student_temperature)
+        check_modality("SEEDLoss", modality)
         self.queue = FeatureQueue(queue_size, dim, seed=seed)
         self.teacher_temperature, self.student_temperature = teacher_temperature, student_temperature
         self.modality = modality
@@ -55,5 +57,6 @@ class SEEDLoss(Objective):
         logit_t = torch.cat([(t * t).sum(dim=1, keepdim=True), t @ queue.T], dim=1)
         target = F.softmax(logit_t / self.teacher_temperature, dim=1)
         loss = -(target * F.log_softmax(logit_s / self.student_temperature, dim=1)).sum(dim=1).mean()
-        self.queue.enqueue(all_gather_no_grad(t))
+        if self.update_state:
+            self.queue.enqueue(all_gather_no_grad(t))
         return {"loss": loss}

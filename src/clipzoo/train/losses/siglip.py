@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LossInputError, Objective, clamp_scale
+from .base import LossInputError, Objective, check_positive, clamp_scale
 from .distributed import all_gather_with_grad, neighbour_exchange_with_grad, world_info
 
 __all__ = ["SigLIPLoss"]
@@ -39,7 +39,10 @@ class SigLIPLoss(Objective):
                  init_logit_bias: float = -10.0, max_logit_scale: float = 100.0):
         super().__init__()
         if dist_impl not in ("exchange", "gather"):
-            raise LossInputError(f"dist_impl must be 'exchange' or 'gather', got {dist_impl!r}")
+            raise LossInputError(f"SigLIPLoss: dist_impl must be 'exchange' or 'gather', got {dist_impl!r}")
+        check_positive("SigLIPLoss", init_logit_scale=init_logit_scale, max_logit_scale=max_logit_scale)
+        if not math.isfinite(float(init_logit_bias)):
+            raise LossInputError(f"SigLIPLoss: init_logit_bias must be a finite number, got {init_logit_bias!r}")
         self.dist_impl = dist_impl
         self.max_logit_scale = max_logit_scale
         if learn_logit_scale:
@@ -61,6 +64,7 @@ class SigLIPLoss(Objective):
     def compute(self, image_features=None, text_features=None, logit_scale=None, logit_bias=None, **_):
         img = self._need("image_features", image_features)
         txt = self._need("text_features", text_features)
+        self._paired(img, txt)
         if logit_scale is None:
             if self.log_logit_scale is None:
                 self._need("logit_scale", None)

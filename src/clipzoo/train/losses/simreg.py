@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import LossInputError, Objective
+from .base import LossInputError, Objective, check_non_negative
 
 __all__ = ["SimRegLoss", "SimRegL1Loss", "SimRegSmoothL1Loss"]
 
@@ -70,6 +70,7 @@ class SimRegSmoothL1Loss(_SimRegBase):
 
     def __init__(self, normalize: bool = True, beta: float = 1.0):
         super().__init__(normalize)
+        check_non_negative("SimRegSmoothL1Loss", beta=beta)
         self.beta = beta
 
     def _regress(self, s, t):

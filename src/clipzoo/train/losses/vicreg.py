@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Objective, off_diagonal
+from .base import Objective, check_non_negative, check_positive, off_diagonal
 from .distributed import all_gather_with_grad
 
 __all__ = ["VICRegLoss"]
@@ -40,6 +40,8 @@ class VICRegLoss(Objective):
     def __init__(self, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0,
                  gamma: float = 1.0, eps: float = 1e-4):
         super().__init__()
+        check_non_negative("VICRegLoss", sim_coeff=sim_coeff, std_coeff=std_coeff, cov_coeff=cov_coeff, gamma=gamma)
+        check_positive("VICRegLoss", eps=eps)
         self.sim_coeff, self.std_coeff, self.cov_coeff = sim_coeff, std_coeff, cov_coeff
         self.gamma, self.eps = gamma, eps
 

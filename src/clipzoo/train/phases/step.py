@@ -1,7 +1,9 @@
 """The step phase: one optimisation step's forward and backward.
 
 Gradient accumulation caches the features of every micro-batch first (as open_clip does), so a contrastive loss
-still sees the whole batch and the gradient equals the unaccumulated one.
+still sees the whole batch and the gradient equals the unaccumulated one. A stateful objective (a SEED / CompRess
+queue, a DINO centre) updates its state on the last micro-batch only: every micro-batch reads the state the
+unaccumulated step reads, and the state then moves once, from the whole batch.
 """
 from __future__ import annotations
 
@@ -50,6 +52,21 @@ def forward_backward(module, loss_fn, images, tokens, micro: int, accum: int, de
     return _accumulated(module, loss_fn, images, tokens, micro, autocast, scaler, targets)
 
 
+@contextlib.contextmanager
+def _state_updates(loss_fn, enabled: bool):
+    """The objective may update its state (``Objective.update_state``) only while ``enabled``; objectives without
+    state, or plain callables, are left alone."""
+    if not hasattr(loss_fn, "update_state"):
+        yield
+        return
+    before = loss_fn.update_state
+    loss_fn.update_state = enabled and before
+    try:
+        yield
+    finally:
+        loss_fn.update_state = before
+
+
 def _accumulated(module, loss_fn, images, tokens, micro: int, autocast, scaler, targets: dict[str, Any]):
     """Micro-batches of ``micro``: every micro-batch's features first (no gradient), then each micro-batch's
     forward and backward with the others' cached features, DDP's gradient sync only on the last."""
@@ -58,8 +75,9 @@ def _accumulated(module, loss_fn, images, tokens, micro: int, autocast, scaler, 
         cached = [features(module, x, t)[:2] for x, t in chunks]
     total = 0.0
     for j, (x, t) in enumerate(chunks):
-        last = j == len(chunks) - 1 or not hasattr(module, "no_sync")
-        with contextlib.nullcontext() if last else module.no_sync(), autocast:
+        final = j == len(chunks) - 1
+        sync = final or not hasattr(module, "no_sync")
+        with contextlib.nullcontext() if sync else module.no_sync(), autocast, _state_updates(loss_fn, final):
             img, txt, scale, bias = features(module, x, t)
             all_img = torch.cat([c[0] for c in cached[:j]] + [img] + [c[0] for c in cached[j + 1:]]).float()
             all_txt = torch.cat([c[1] for c in cached[:j]] + [txt] + [c[1] for c in cached[j + 1:]]).float()
