@@ -14,6 +14,7 @@ A ``.pkl`` is a pickle: it is read with an unpickler that admits only dicts of n
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ from ..models.jax_clip import create_model
 from ..models.jax_config import (
     JaxClipConfig,
     check_shapes,
+    check_temp,
     get_config,
     list_configs,
     param_sizes,
@@ -173,8 +175,8 @@ def build(card: ModelCard, params: Mapping[str, Any], model: "str | dict | JaxCl
                               "('batch_stats' beside 'params'); write it with clipzoo train --engine jax or "
                               "clipzoo convert --to jax")
     image_size, context_length = param_sizes(params["params"], cfg, image_size)
-    temp = params["params"].get("temp")
-    scale = float(np.exp(np.asarray(temp, np.float64))) if temp is not None else DEFAULT_TEMPERATURE
+    temp = params["params"].get("temp")  # checked by check_shapes: one finite number
+    scale = math.exp(check_temp(np.asarray(temp))) if temp is not None else DEFAULT_TEMPERATURE
     towers = JaxTowers(cfg, params, dtype=JAX_DTYPES[precision], jax_device=_jax_device(str(device)))
     named = model if isinstance(model, str) else cfg.as_dict()
     card = card.replace(backend="jax", embed_dim=cfg.proj_dim, image_size=image_size,

@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, ClipzooError
+from .jax_params import check_float_array
 from .jax_resnet_config import RESNET_REDUCTION, ResNetConfig, resnet_config, resnet_shapes
 
 DEFAULT_VOCAB_SIZE = 49408
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_CONTEXT_LENGTH = 77
 ACTIVATIONS = ("gelu", "quick_gelu")
+MAX_TEMP = 88.0  # exp(88) is about 1.7e38, float32's largest finite value: a larger temp makes the logits inf
 
 
 def _vit(depth: int, width: int, heads: int, patch: int, t_depth: int, t_width: int, t_heads: int,
@@ -265,16 +267,26 @@ def param_sizes(params: Mapping[str, Any], model: "str | dict | JaxClipConfig",
     """``(image_size, context_length)`` that a parameter tree was made for (from its position embeddings;
     a ConvNeXt takes any image size: ``image_size``, default 224)."""
     cfg = get_config(model)
-    context = int(get_path(params, "text_model/PosEmbed_0/pos_embed").shape[0])
+    context = _rows(params, "text_model/PosEmbed_0/pos_embed")
     if isinstance(cfg.image, ConvNeXtConfig):
         return int(image_size or DEFAULT_IMAGE_SIZE), context
     resnet = isinstance(cfg.image, ResNetConfig)
     pos = "image_model/attnpool/positional_embedding" if resnet else "image_model/PosEmbed_0/pos_embed"
-    tokens = int(get_path(params, pos).shape[0]) - 1
+    tokens = _rows(params, pos) - 1
     side = math.isqrt(tokens)
-    if side * side != tokens:
+    if side == 0 or side * side != tokens:
         raise CheckpointError(f"image position embeddings of {tokens} + 1 rows are not a square grid")
     return side * (RESNET_REDUCTION if resnet else cfg.image.patch_size), context
+
+
+def _rows(params: Mapping[str, Any], path: str) -> int:
+    """The rows of a position embedding (positions by width): none is no model (a context length of 0, or an
+    image grid of -1 cells)."""
+    shape = getattr(get_path(params, path), "shape", ())
+    if len(shape) != 2 or shape[0] < 1:
+        raise CheckpointError(f"JAX parameters: {path} is of shape {tuple(shape)}; a position embedding is "
+                              "(positions, width) with at least one position")
+    return int(shape[0])
 
 
 def expected_shapes(cfg: JaxClipConfig, image_size: int, context_length: int) -> dict[str, tuple[int, ...]]:
@@ -360,10 +372,25 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def check_shapes(params: Mapping[str, Any], cfg: JaxClipConfig) -> None:
+    """Every parameter an array of real floats of the shape ``cfg`` needs; ``temp`` (if any) one finite number."""
+    leaves = {k: check_float_array(k, v) for k, v in flatten(params).items()}
+    if "temp" in leaves:
+        check_temp(leaves.pop("temp"))
     image_size, context = param_sizes(params, cfg)
     want = expected_shapes(cfg, image_size, context)
-    have = {k: tuple(v.shape) for k, v in flatten(params).items() if k != "temp"}
+    have = {k: tuple(v.shape) for k, v in leaves.items()}
     for path in sorted(set(want) | set(have)):
         if want.get(path) != have.get(path):
             raise CheckpointError(f"JAX parameters do not fit config {cfg.name!r}: {path} is "
                                   f"{have.get(path, 'absent')}, the config needs {want.get(path, 'nothing')}")
+
+
+def check_temp(temp) -> float:
+    """The learnt temperature ``temp`` (the log of the logit scale) as a float: one finite number whose exp is a
+    finite float32 (the image side is multiplied by it)."""
+    value = float(temp.reshape(-1)[0]) if temp.size == 1 else math.nan
+    if not (math.isfinite(value) and value <= MAX_TEMP):
+        shown = temp.tolist() if temp.size <= 8 else f"an array of shape {tuple(temp.shape)}"
+        raise CheckpointError(f"JAX parameter temp is {shown}; it must be one finite number up to {MAX_TEMP} "
+                              "(the log of the logit scale)")
+    return value

@@ -14,15 +14,28 @@ import numpy as np
 
 from ..errors import CheckpointError, UnsafePickleError
 
-__all__ = ["ArraysOnlyUnpickler", "NUMPY_GLOBALS", "SAFE_GLOBALS", "read_params"]
+__all__ = ["ArraysOnlyUnpickler", "NUMPY_GLOBALS", "SAFE_GLOBALS", "TrustedUnpickler", "check_float_array",
+           "read_params"]
 
 NUMPY_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
                  for n in ("_reconstruct", "scalar")}
 NUMPY_GLOBALS |= {("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
                   ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 """The globals a pickle of numpy arrays needs (numpy 1 and 2 spell the core module differently)."""
+FROZEN_DICT = ("flax.core.frozen_dict", "FrozenDict")
+"""Read as a plain dict: FrozenDict's constructor deep-copies the dicts it is given, so a pickle that hands it one
+dict from many places (12 levels of 20) asked for 20**12 copies while it was unpickled."""
 SAFE_GLOBALS = NUMPY_GLOBALS | {("jax._src.array", "_reconstruct_array"), ("flax.core.frozen_dict", "FrozenDict"),
                                 ("collections", "OrderedDict")}
+
+
+MAX_TREE_DEPTH = 64
+"""Nesting of dicts a parameter file may have (open_clip_jax's trees are 7 deep): deeper is refused in one line, not
+a RecursionError."""
+
+
+class RefusedGlobalError(pickle.UnpicklingError):
+    """A global the unpickler refuses: the file needs code to load (a truncated or garbage file is not this)."""
 
 
 class ArraysOnlyUnpickler(pickle.Unpickler):
@@ -39,13 +52,23 @@ class ArraysOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.allowed:
-            raise pickle.UnpicklingError(f"it refers to {module}.{name}")
+            raise RefusedGlobalError(f"it refers to {module}.{name}")
+        if (module, name) == FROZEN_DICT:
+            return dict
         found = super().find_class(module, name)
         if (module, name) == ("numpy", "ndarray"):
             return _NdarrayCall(self.limit)
         if name == "_reconstruct":
             return _bounded_reconstruct(found, self.limit)
         return found
+
+
+class TrustedUnpickler(pickle.Unpickler):
+    """Any pickle (``trust_pickle=True``), Flax's FrozenDicts read as dicts as :class:`ArraysOnlyUnpickler` reads
+    them."""
+
+    def find_class(self, module: str, name: str):
+        return dict if (module, name) == FROZEN_DICT else super().find_class(module, name)
 
 
 class _NdarrayCall:
@@ -79,28 +102,84 @@ def _check_size(shape, dtype, limit: int) -> None:
 
 def read_params(path: "str | os.PathLike", trust_pickle: bool = False) -> dict:
     """An open_clip_jax ``.pkl`` -> ``{'params': {...}}`` of numpy arrays (and ``'batch_stats'`` if it has them)."""
+    obj = _unpickle(path, trust_pickle)
+    params = obj.get("params") if isinstance(obj, Mapping) else None
+    if not isinstance(params, Mapping):
+        raise CheckpointError(f"{path} is not an open_clip_jax parameter file (a pickled {{'params': {{...}}}})")
+    stats = obj.get("batch_stats")  # clipzoo's ResNet tower: BatchNorm running averages
+    reader = _TreeReader(os.path.getsize(path))  # one reader for both trees: sharing between them is refused too
+    try:
+        if isinstance(stats, Mapping):
+            return {"params": reader.read(params), "batch_stats": reader.read(stats, "batch_stats/")}
+        return {"params": reader.read(params)}
+    except CheckpointError as exc:
+        raise CheckpointError(f"cannot read JAX parameters from {path}: {exc}") from None
+
+
+def _unpickle(path: "str | os.PathLike", trust_pickle: bool):
     try:
         with open(path, "rb") as fh:
-            obj = pickle.load(fh) if trust_pickle else ArraysOnlyUnpickler(fh, os.fstat(fh.fileno()).st_size).load()
+            unpickler = TrustedUnpickler(fh) if trust_pickle else ArraysOnlyUnpickler(fh, os.fstat(fh.fileno()).st_size)
+            return unpickler.load()
+    except RefusedGlobalError as exc:
+        raise UnsafePickleError(f"{path} is a pickle that holds more than arrays ({exc}); loading it can run "
+                                "arbitrary code. If you trust its source, pass trust_pickle=True "
+                                "(CLI: --trust-pickle)") from None
     except CheckpointError as exc:
         raise CheckpointError(f"cannot read JAX parameters from {path}: {exc}") from None
     except MemoryError:
         raise CheckpointError(f"cannot read JAX parameters from {path}: it asks for more memory than there is; "
                               "it is not a parameter file") from None
-    except pickle.UnpicklingError as exc:
-        raise UnsafePickleError(f"{path} is a pickle that holds more than arrays ({exc}); loading it can run "
-                                "arbitrary code. If you trust its source, pass trust_pickle=True "
-                                "(CLI: --trust-pickle)") from None
-    except (OSError, EOFError, ValueError) as exc:
+    except OSError as exc:
         raise CheckpointError(f"cannot read JAX parameters from {path}: {exc}") from None
-    params = obj.get("params") if isinstance(obj, Mapping) else None
-    if not isinstance(params, Mapping):
-        raise CheckpointError(f"{path} is not an open_clip_jax parameter file (a pickled {{'params': {{...}}}})")
-    stats = obj.get("batch_stats")  # clipzoo's ResNet tower: BatchNorm running averages
-    if isinstance(stats, Mapping):
-        return {"params": _numpy_tree(params), "batch_stats": _numpy_tree(stats)}
-    return {"params": _numpy_tree(params)}
+    # what a cut-off or garbage file raises while it is unpickled (a stack or memo it lacks, bad arguments)
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            OverflowError) as exc:
+        raise CheckpointError(f"cannot read JAX parameters from {path}: it is truncated or not a pickle "
+                              f"({type(exc).__name__}: {exc}); write it again or download it again") from None
 
 
-def _numpy_tree(tree: Mapping) -> dict:
-    return {str(k): _numpy_tree(v) if isinstance(v, Mapping) else np.asarray(v) for k, v in tree.items()}
+class _TreeReader:
+    """Reads a tree into dicts of numpy arrays, in time and memory bounded by the file. A pickle can refer to one
+    dict from many places (a 2 KB file of 20 references to one dict, 12 levels deep, stood for 20**12 paths): a
+    dict met twice is refused; and, should some mapping hand out a new object for a shared one at each access,
+    a tree of more entries than the file has bytes (each entry takes at least one)."""
+
+    def __init__(self, file_size: int):
+        self.budget = max(int(file_size), 1)
+        self.seen: dict[int, Mapping] = {}  # id -> the dict, kept alive so that no id is reused
+
+    def read(self, tree: Mapping, prefix: str = "", depth: int = 1) -> dict:
+        where = prefix.rstrip("/")
+        if id(tree) in self.seen:
+            raise CheckpointError(f"{where or 'the tree'} repeats a sub-tree met before; it is not a parameter file")
+        if depth > MAX_TREE_DEPTH:
+            shown = where[:80].rstrip("/")
+            raise CheckpointError(f"its dicts nest more than {MAX_TREE_DEPTH} deep at {shown}…; it is not a "
+                                  "parameter file")
+        self.seen[id(tree)] = tree
+        self.budget -= len(tree)
+        if self.budget < 0:
+            raise CheckpointError(f"its tree has more entries than the file has bytes (at {where or 'the top'}): "
+                                  "it repeats sub-trees; it is not a parameter file")
+        out = {}
+        for k, v in tree.items():
+            path = f"{prefix}{k}"
+            out[str(k)] = self.read(v, path + "/", depth + 1) if isinstance(v, Mapping) else \
+                np.asarray(check_float_array(path, v))
+        return out
+
+
+def check_float_array(path: str, value):
+    """``value`` if it is an array (numpy's, JAX's; a float is made one) of real floats — float16/32/64, bfloat16 —
+    else a CheckpointError naming ``path``: a list, a string, an int or complex array is no parameter (and a list
+    of lists repeating one list can stand for exponentially many elements)."""
+    if isinstance(value, (np.generic, float)):
+        value = np.asarray(value)
+    dtype = getattr(value, "dtype", None)
+    if not (hasattr(value, "__array__") and hasattr(value, "shape") and dtype is not None):
+        raise CheckpointError(f"parameter {path} is a {type(value).__name__}, not an array")
+    if np.dtype(dtype).kind != "f" and np.dtype(dtype).name != "bfloat16":
+        raise CheckpointError(f"parameter {path} holds {dtype} values; parameters are arrays of real floats "
+                              "(float32, bfloat16, …)")
+    return value

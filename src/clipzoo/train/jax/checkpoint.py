@@ -60,17 +60,40 @@ def resolve_resume(spec: str, default_folder: str) -> tuple[str, int]:
 def restore(folder: str, step: int, like: dict) -> tuple[dict, dict]:
     """(state shaped and sharded like ``like``, metadata) of ``folder/step``."""
     target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
+    where = os.path.join(folder, str(step))
     manager = ocp.CheckpointManager(folder)
     try:
         state = manager.restore(step, args=ocp.args.StandardRestore(target))
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        raise TrainingError(f"checkpoint {folder}/{step} does not fit this run's model and optimiser ({err}); "
-                            "resume with the config it was written with") from None
+    # any failure of orbax / TensorStore to read the folder (ValueError OUT_OF_RANGE / DATA_LOSS for a damaged
+    # file, JSON errors for its metadata, RuntimeError from its event loop, …) is the folder's fault
+    except Exception as err:  # noqa: BLE001
+        raise TrainingError(f"cannot restore checkpoint {where} ({_first_line(err)}); it is damaged or was written "
+                            "for another model or optimiser: resume from another step folder, or with the config "
+                            "it was written with") from None
     finally:
         manager.close()
-    meta_path = Path(folder, str(step), META)
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return state, meta
+    return state, _read_meta(where)
+
+
+def _read_meta(where: str) -> dict:
+    meta_path = Path(where, META)
+    if not meta_path.is_file():
+        return {}
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        meta = err
+    if not isinstance(meta, dict):
+        detail = _first_line(meta) if isinstance(meta, Exception) else "not a JSON object"
+        raise TrainingError(f"cannot read {meta_path} ({detail}); the checkpoint is damaged: resume from another "
+                            "step folder")
+    return meta
+
+
+def _first_line(err: Exception, limit: int = 300) -> str:
+    """An error's message on one line: TensorStore's run to several lines and kilobytes."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def write_params_pkl(path: "str | os.PathLike", variables: dict) -> None:

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ...errors import ClipzooError
+from ...models.jax_config import get_config
 from ..config import ConfigError, read_config_file
 from ..config_types import typed_value
 
@@ -177,9 +179,46 @@ def validate(cfg: JaxTrainConfig, source: str) -> None:
         (cfg.train_path is not None or cfg.valid_path is not None,
          "at least one of --train-path or --valid-path needs to be provided"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(f"{source}: {message}")
+    problems = [message for ok, message in checks if not ok] + range_problems(cfg)
+    if problems:
+        raise ConfigError(f"{source}: {problems[0]}")
+
+
+def _at_least(name: str, value: "int | None", low: int) -> tuple[bool, str]:
+    bound = "0 or more" if low == 0 else f"at least {low}"  # the torch trainer's wording
+    return value is None or value >= low, f"{name} must be {bound}, got {value}"
+
+
+def range_problems(cfg: JaxTrainConfig) -> list[str]:
+    """What is out of range, said before anything compiles (``log_freq: 0`` divided by zero after compiling; a
+    ``beta1`` of 2 or an image size the patches do not tile trained or failed later, far from the cause)."""
+    checks = [
+        _at_least("log_freq", cfg.log_freq, 1), _at_least("save_every", cfg.save_every, 1),
+        _at_least("eval_every", cfg.eval_every, 1), _at_least("workers", cfg.workers, 0),
+        _at_least("image_size", cfg.image_size, 1), _at_least("context_len", cfg.context_len, 1),
+        _at_least("train_n_samples", cfg.train_n_samples, 1), _at_least("valid_n_samples", cfg.valid_n_samples, 1),
+        _at_least("devices", cfg.devices, 1), _at_least("shuffle_buffer_size", cfg.shuffle_buffer_size, 1),
+        (0 <= cfg.beta1 < 1, f"beta1 must be in [0, 1), got {cfg.beta1}"),
+        (0 <= cfg.beta2 < 1, f"beta2 must be in [0, 1), got {cfg.beta2}"),
+        (math.isfinite(cfg.eps) and cfg.eps > 0, f"eps must be a positive number, got {cfg.eps}"),
+        (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0,
+         f"weight_decay must be 0 or more, got {cfg.weight_decay}"),
+        (math.isfinite(cfg.warmup_init) and cfg.warmup_init >= 0,
+         f"warmup_init must be 0 or more, got {cfg.warmup_init}"),
+    ]
+    return [message for ok, message in checks if not ok] + _patch_problems(cfg)
+
+
+def _patch_problems(cfg: JaxTrainConfig) -> list[str]:
+    """A ViT's image size must be a whole number of patches (an unknown model is reported where it is built)."""
+    try:
+        image = get_config(cfg.model).image
+    except ClipzooError:
+        return []
+    patch = getattr(image, "patch_size", 0)
+    if patch and cfg.image_size % patch:
+        return [f"image_size {cfg.image_size} is not a multiple of the model's patch size {patch}"]
+    return []
 
 
 def jax_recipe(name: str) -> JaxTrainConfig:

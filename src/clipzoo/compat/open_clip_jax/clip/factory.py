@@ -25,7 +25,6 @@ from ....download import hub_file
 from ....errors import ClipzooError
 from ....extras import require
 from ....models.jax_clip import JaxCLIP, init_variables
-from ....models.jax_clip import create_model as create_jax_model
 from ....models.jax_config import MODEL_CONFIGS as SHARED_CONFIGS
 from ....models.jax_config import check_shapes, get_config, list_configs
 from ....models.jax_params import read_params
@@ -34,7 +33,40 @@ from .common import OpenClipJaxValueError
 jax = require("jax", "the open_clip_jax drop-in")
 jnp = require("jax.numpy", "the open_clip_jax drop-in")
 
-CLIP = JaxCLIP
+nn = require("flax.linen", "the open_clip_jax drop-in")
+
+
+class OpenClipJaxCLIP(nn.Module):
+    """open_clip_jax's ``CLIP`` (``clip/model.py``): clipzoo's Flax CLIP, whose parameters it shares (the same
+    tree), with the original's temperature: a ``temp`` parameter only when ``temp_init`` is truthy (0.0 makes
+    none), of the projections' dtype (bfloat16 in bfloat16: both outputs bfloat16). ``encode_image`` /
+    ``encode_text`` are clipzoo's additions (the raw projections)."""
+
+    cfg: Any
+    temp_init: "float | None" = None
+    dtype: Any = None
+    grad_checkpoint: bool = False
+
+    def setup(self):
+        self.clip = JaxCLIP(self.cfg, dtype=self.dtype, grad_checkpoint=self.grad_checkpoint)
+        nn.share_scope(self, self.clip)  # its parameters at the top level, as open_clip_jax names them
+        if self.temp_init:
+            self.temp = self.param("temp", lambda key: jnp.asarray(self.temp_init, self.dtype or jnp.float32))
+
+    def encode_image(self, images, train: bool = False):
+        return self.clip.encode_image(images, train)
+
+    def encode_text(self, tokens):
+        return self.clip.encode_text(tokens)
+
+    def __call__(self, images, tokens):
+        image, text = self.clip(images, tokens)
+        if self.temp_init:
+            image = jnp.exp(self.temp) * image
+        return image, text
+
+
+CLIP = OpenClipJaxCLIP
 MODEL_CONFIGS = SHARED_CONFIGS  # the shared table (name -> open_clip_jax's JSON form), not a copy
 # open_clip_jax's PRETRAINED (factory.py), model by model and tag by tag; the last tag is a model's default.
 # Its one-tag entries are bare strings there (a missing comma), tuples here as its README shows them.
@@ -93,10 +125,10 @@ def list_pretrained_by_model(model_name: str) -> tuple[str, ...]:
 
 
 def create_model(model_name: str, temp_init: float | None = None, grad_checkpoint: bool = False,
-                 dtype: Any = jnp.float32) -> JaxCLIP:
+                 dtype: Any = jnp.float32) -> OpenClipJaxCLIP:
     """The Flax CLIP of a model name (no parameters)."""
     check_model_exists(model_name)
-    return create_jax_model(model_name, temp_init=temp_init, dtype=dtype, grad_checkpoint=grad_checkpoint)
+    return OpenClipJaxCLIP(get_config(model_name), temp_init=temp_init, dtype=dtype, grad_checkpoint=grad_checkpoint)
 
 
 def is_local_file(model_name: str, pretrained: Any) -> bool:
@@ -139,7 +171,7 @@ def download_pretrained_params(model_name: str, pretrained: Any = True, *, cache
 def create_model_with_params(model_name: str, temp_init: float | None = None, image_size: int = 224,
                              context_len: int = 77, pretrained: Any = True, grad_checkpoint: bool = False,
                              dtype: Any = jnp.float32, *, cache_dir: Any = None,
-                             trust_pickle: bool = False) -> tuple[JaxCLIP, dict]:
+                             trust_pickle: bool = False) -> tuple[OpenClipJaxCLIP, dict]:
     """``(model, vars)``; ``model.apply(vars, images_nhwc, tokens)`` -> L2-normalised ``(image, text)``.
 
     ``pretrained``: False for random parameters (of ``image_size`` / ``context_len``), True for the model's
@@ -151,8 +183,8 @@ def create_model_with_params(model_name: str, temp_init: float | None = None, im
     model = create_model(model_name, temp_init=temp_init, grad_checkpoint=grad_checkpoint, dtype=dtype)
     if params is None:
         return model, init_variables(model, image_size, context_len)
-    if temp_init is not None and "temp" not in params:  # released files carry no temperature
-        params = {**params, "temp": np.asarray(temp_init, np.float32)}
+    if temp_init and "temp" not in params:  # released files carry no temperature
+        params = {**params, "temp": np.asarray(temp_init, dtype or np.float32)}
     return model, {"params": jax.tree_util.tree_map(jnp.asarray, as_dict(params))}
 
 
