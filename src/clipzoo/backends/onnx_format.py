@@ -17,6 +17,7 @@ META_FILE, IMAGE_FILE, TEXT_FILE = "clipzoo_onnx.json", "image.onnx", "text.onnx
 IMAGE_INPUT, IMAGE_OUTPUT = "pixels", "image_features"
 TEXT_INPUT, TEXT_OUTPUT = "tokens", "text_features"
 TOKENIZER_DIR, IMAGE_PROCESSOR_DIR = "tokenizer", "image_processor"
+CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops: what the ONNX runtimes' fused ViT export holds
 
 
 def require_onnxruntime():

@@ -18,12 +18,12 @@ import torch
 
 from ..errors import CheckpointError
 from ..extras import require
+from .onnx_format import CONTRIB_DOMAIN
 
 DEVICE = "CPU"
 HINTS = {"PERFORMANCE_HINT": "LATENCY"}  # one stream: each batch uses every core (embedding runs batches in turn)
 NO_GRAD = ("runs in OpenVINO, which computes no gradients; load the PyTorch model (runtime='eager') to "
            "backpropagate, or pass a tensor that does not require grad")
-CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops: what the ONNX runtimes' fused ViT export holds
 
 
 def require_openvino():

@@ -41,8 +41,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..backends.onnx_format import CONTRIB_DOMAIN
+
 FUSED_TOLERANCE = 1e-4
-ATTENTION_OP = "com.microsoft::MultiHeadAttention"
+ATTENTION_OP = f"{CONTRIB_DOMAIN}::MultiHeadAttention"
 FUSED_OPS = ("MultiHeadAttention", "SkipLayerNormalization", "BiasGelu", "QuickGelu")
 BLOCK_PARTS = ("ln_1", "attn", "ls_1", "ln_2", "mlp", "ls_2")
 LAYOUTS = ("plain", "contrib", "standard")  # a ViT image graph: as torch writes it, in ONNX Runtime's contrib ops,
@@ -212,7 +214,7 @@ def export_fused(tower, pixels, path: Path, input_name: str, output_name: str, o
             warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer warnings
             torch.onnx.export(tower, (pixels,), str(path), dynamo=False, input_names=[input_name],
                               output_names=[output_name], opset_version=opset or 17, dynamic_axes=axes,
-                              do_constant_folding=True, custom_opsets={"com.microsoft": 1} if contrib else None)
+                              do_constant_folding=True, custom_opsets={CONTRIB_DOMAIN: 1} if contrib else None)
             if contrib:
                 fuse_graph(path)
             ref = tower(pixels).numpy()
@@ -307,7 +309,7 @@ def quantized_attention(path: Path) -> int:
 def attention_parts(mha, producer: dict, uses: collections.Counter, weights: set):
     """(the activation's DequantizeLinear, the weight's, [the nodes QAttention replaces]) when ``mha`` is a
     MultiHeadAttention fed by a quantised QKV MatMul through a Split, else None."""
-    if mha.op_type != "MultiHeadAttention" or mha.domain != "com.microsoft" or len(mha.input) != 4:
+    if mha.op_type != "MultiHeadAttention" or mha.domain != CONTRIB_DOMAIN or len(mha.input) != 4:
         return None
     split = producer.get(mha.input[0])
     if split is None or split.op_type != "Split" or list(split.output) != list(mha.input[:3]):
@@ -332,5 +334,5 @@ def qattention_node(mha, dq_a, dq_w):
     kept = {k: v for k, v in attrs.items() if k in ("num_heads", "scale", "mask_filter_value")}
     inputs = [dq_a.input[0], dq_w.input[0], mha.input[3], dq_a.input[1], dq_w.input[1], "", dq_a.input[2],
               dq_w.input[2]]  # input, weight, bias, input scale, weight scale, mask, input / weight zero points
-    return helper.make_node("QAttention", inputs, list(mha.output), name=f"{mha.name}_quant", domain="com.microsoft",
+    return helper.make_node("QAttention", inputs, list(mha.output), name=f"{mha.name}_quant", domain=CONTRIB_DOMAIN,
                             **kept)

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends import get_backend
-from ..backends.onnx_format import read_meta
-from ..backends.onnx_openvino import CONTRIB_DOMAIN
+from ..backends.onnx_format import CONTRIB_DOMAIN, read_meta
 from ..errors import UnsupportedError
 from ..extras import require
 from ..registry import local_card
