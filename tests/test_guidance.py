@@ -157,6 +157,12 @@ def test_a_very_long_image_is_cropped_before_it_is_resized(shapes):
     x = torch.rand(1, 3, 1, 20_000, generator=torch.Generator().manual_seed(0))
     centre = x[..., (20_000 - 32) // 2:(20_000 - 32) // 2 + 32]
     assert torch.equal(shapes.preprocess01(x), shapes.preprocess01(centre))
+    from clipzoo.pixels import resize
+
+    squash = PixelConfig(size=(8, 8), mean=(0, 0, 0), std=(1, 1, 1), interpolation="bilinear", resize_mode="squash")
+    wide = torch.zeros(1, 3, 1, 40)
+    wide[..., :4] = 1.0  # a squash model sees the whole image: its left edge was cropped away
+    assert torch.equal(preprocess01(wide, squash), resize(wide, (8, 8), "bilinear").clamp(0, 1))
     import subprocess
     import sys
 
@@ -183,6 +189,20 @@ def test_text_features_follow_the_members_weights_and_stay_bounded(tmp_path):
     a.load_state_dict(b.state_dict())
     fresh = clipzoo.Ensemble([b]).loss(x, "a red circle", kind="cosine")
     assert float(ens.loss(x, "a red circle", kind="cosine")) == pytest.approx(float(fresh), abs=1e-6)
+    # weights written through .data (EMA, weight averaging) and under inference mode bump no version the
+    # parameter shows: the features were kept stale
+    with torch.no_grad():
+        for p in a.parameters():
+            p.data.mul_(0.5).add_(0.01)
+    fresh = clipzoo.Ensemble([a]).loss(x, "a red circle", kind="cosine")
+    assert float(ens.loss(x, "a red circle", kind="cosine")) == pytest.approx(float(fresh), abs=1e-6)
+    with torch.inference_mode():
+        c = clipzoo.load(str(tmp_path / "a.safetensors"))
+        inference = TextFeatureCache()
+        before = inference.features(c, ["a cat"]).clone()
+        c.load_state_dict(b.state_dict())
+        assert torch.allclose(inference.features(c, ["a cat"]), c.encode_text(["a cat"], truncate=True))
+        assert not torch.allclose(before, c.encode_text(["a cat"], truncate=True))
     cache = TextFeatureCache(limit=3)
     for step in range(5):
         cache.features(b, [f"a red circle, step {step}"])

@@ -116,13 +116,20 @@ class TextFeatureCache:
 
 
 def weights_stamp(model: Any) -> int:
-    """Changes when ``model``'s parameters do: each one's storage and its in-place version counter (bumped by
-    ``load_state_dict``'s copies and by optimiser steps)."""
+    """Changes when ``model``'s parameters do: each one's storage, its in-place version counter (bumped by
+    ``load_state_dict``'s copies and by optimiser steps) and its first and last values — writes through ``.data``
+    (EMA, weight averaging) and under ``torch.inference_mode`` bump no counter the parameter shows. The values are
+    read in one transfer."""
+    params = [p for p in model.parameters() if p.numel()] if isinstance(model, torch.nn.Module) else []
     parts = []
-    for p in model.parameters() if isinstance(model, torch.nn.Module) else ():
+    for p in params:
         try:
             version = p._version
-        except RuntimeError:  # an inference-mode tensor tracks no version (and cannot be changed in place)
+        except RuntimeError:  # an inference-mode tensor tracks no version
             version = -1
         parts.append((p.data_ptr(), version))
+    if params:
+        with torch.no_grad():
+            ends = torch.stack([v.float() for p in params for v in (p.reshape(-1)[0], p.reshape(-1)[-1])])
+        parts.append(tuple(ends.cpu().tolist()))
     return hash(tuple(parts))

@@ -170,9 +170,9 @@ def preprocess01(x01: torch.Tensor, config: PixelConfig) -> torch.Tensor:
     [0, 1] as PIL's uint8 resize does.
     """
     x = check_image01(x01).float()
-    box = aspect_box(x.shape[-1], x.shape[-2])  # the central 32 : 1 part, as every decode keeps: the crop below
-    if box is not None:                        # takes the same pixels, and a 1 × 100,000 image took gigabytes
-        x = x[..., box[1]:box[3], box[0]:box[2]]
+    box = aspect_box(x.shape[-1], x.shape[-2])  # the central 32 : 1 part, as every decode keeps: the centre crop
+    if box is not None and config.resize_mode != "squash":  # below takes the same pixels (a squash takes all), and
+        x = x[..., box[1]:box[3], box[0]:box[2]]           # a 1 × 100,000 image took gigabytes
     th, tw = config.size
     h, w = x.shape[-2:]
     if config.resize_mode == "squash":
