@@ -249,3 +249,27 @@ def test_cli_refuses_min_cosine_with_another_runtime(tmp_path):
     assert result.output.strip().splitlines()[-1] == ("error: --min-cosine is only for --runtime auto, not 'eager'; "
                                                       "drop it or pass --runtime auto")
     assert not (tmp_path / "x.npy").exists()
+
+
+def test_a_rebuild_leaves_other_builders_folders_alone(tmp_path, cache):
+    """The rebuild removed every folder named like '<entry>-int8*' — another process's '.tmp-<pid>-<tid>' build in
+    progress too (which then failed as if the disk were full)."""
+    spec = str(tiny.write_open_clip_hub_folder(tmp_path / "m", seed=0))
+    first = clipzoo.load(spec, runtime="onnx-int8", cache_dir=cache)
+    int8 = Path(first.model.folder)
+    assert int8.name.endswith("-int8")
+    (int8 / IMAGE_FILE).write_bytes(b"")
+    building = int8.with_name(f"{int8.name}.tmp-99999-1")
+    building.mkdir()
+    with pytest.warns(UserWarning, match="does not load"):
+        clipzoo.load(spec, runtime="onnx-int8", cache_dir=cache)
+    assert building.is_dir()
+
+
+def test_a_cache_inside_the_model_folder_keeps_one_export(tmp_path):
+    """The fingerprint read the cache kept inside the model's folder: every load keyed a new export (three loads,
+    three exports, the disk filling)."""
+    spec = tiny.write_open_clip_hub_folder(tmp_path / "m", seed=0)
+    for _ in range(3):
+        clipzoo.load(str(spec), runtime="onnx", cache_dir=spec / "cache")
+    assert len(list((spec / "cache" / "onnx").iterdir())) == 1

@@ -170,16 +170,19 @@ def _rename_into_place(tmp: Path, folder: Path, marker: str) -> None:
             raise
 
 
-def model_fingerprint(spec: "str | os.PathLike") -> "str | None":
+def model_fingerprint(spec: "str | os.PathLike", exclude: "str | os.PathLike | None" = None) -> "str | None":
     """SHA-256 over each file of a local model (name, size, its first and last MiB); None for a registry spec.
     A retrained model changes every tensor, so its first and last MiB; hashing whole files would cost seconds.
     What keys the caches of a local model's derived files (its ONNX exports, ``runtime="auto"``'s choice) and what
-    an index records of its model: a folder's own stat does not change when a file inside is rewritten."""
+    an index records of its model: a folder's own stat does not change when a file inside is rewritten. Files
+    under ``exclude`` are left out (a cache folder kept inside the model folder: each export changed the key)."""
     path = Path(spec)
     if not path.is_absolute() or not path.exists():
         return None
+    skip = os.path.realpath(exclude) if exclude is not None else None
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not any(
-        part.startswith(".") for part in p.relative_to(path).parts))[:1000]
+        part.startswith(".") for part in p.relative_to(path).parts) and not (
+        skip and inside(os.path.realpath(p), skip)))[:1000]
     h = hashlib.sha256()
     for f in files:
         size = f.stat().st_size

@@ -189,7 +189,7 @@ def cache_file(card: ModelCard, cache_dir, load_kwargs: dict, min_cosine: float,
     of the key: a choice made on one folder of photos holds for the next)."""
     key = {"machine": machine_key(), "card": card.to_dict(), "kwargs": load_kwargs, "min_cosine": min_cosine,
            "candidates": list(candidates), "export": onnx.EXPORT_REVISION}  # a new export graph: measure again
-    fingerprint = onnx.source_fingerprint(card)  # weights rewritten in place (in a folder too): measure again
+    fingerprint = onnx.source_fingerprint(card, cache_dir)  # weights rewritten in place (a folder's too): measure
     if fingerprint:
         key["files"] = fingerprint
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -68,7 +68,7 @@ def cache_folder(card: ModelCard, cache_dir=None, load_kwargs: dict | None = Non
                            "export": EXPORT_REVISION}
     if portable:
         key["portable"] = True
-    fingerprint = source_fingerprint(card)
+    fingerprint = source_fingerprint(card, cache_dir)
     if fingerprint:
         key["files"] = fingerprint
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -76,18 +76,26 @@ def cache_folder(card: ModelCard, cache_dir=None, load_kwargs: dict | None = Non
     return onnx_root(cache_dir) / f"{slug.strip('_')[:80]}-{digest}"
 
 
+DERIVED_NAME = re.compile(r"-int8[a-z0-9-]*")  # -int8, -int8r7, -int8s-<digest>: never a builder's .tmp-/.stale- folder
+
+
 def onnx_root(cache_dir=None) -> Path:
-    return (Path(cache_dir) if cache_dir else default_cache_dir()) / "onnx"
+    return cache_root(cache_dir) / "onnx"
 
 
-def source_fingerprint(card: ModelCard) -> str | None:
-    """The fingerprint of a local model's files (name, size, first and last MiB of each); None for a registry model.
-    A folder's own size and mtime do not change when a file inside it is rewritten: keyed by them, a model folder
-    whose weights were overwritten in place kept its old export (silently other embeddings)."""
+def source_fingerprint(card: ModelCard, cache_dir=None) -> str | None:
+    """The fingerprint of a local model's files (name, size, first and last MiB of each; the cache left out, should
+    it lie inside the model's folder); None for a registry model. A folder's own size and mtime do not change when a
+    file inside it is rewritten: keyed by them, a model folder whose weights were overwritten in place kept its old
+    export (silently other embeddings)."""
     path = card.source.path
     if not path or not os.path.exists(path):
         return None
-    return model_fingerprint(os.path.abspath(path))
+    return model_fingerprint(os.path.abspath(path), exclude=cache_root(cache_dir))
+
+
+def cache_root(cache_dir=None) -> Path:
+    return Path(cache_dir) if cache_dir else default_cache_dir()
 
 
 def derived_base(card: ModelCard, folder: Path, cache_dir=None) -> Path:
@@ -98,7 +106,8 @@ def derived_base(card: ModelCard, folder: Path, cache_dir=None) -> Path:
     if card.backend != "onnx":
         return folder
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"export-{folder.name}").strip("_")[:80]
-    return onnx_root(cache_dir) / f"{slug}-{(model_fingerprint(folder.resolve()) or '')[:16]}"
+    fingerprint = model_fingerprint(folder.resolve(), exclude=cache_root(cache_dir)) or ""
+    return onnx_root(cache_dir) / f"{slug}-{fingerprint[:16]}"
 
 
 def exported_folder(card: ModelCard, build: Callable[..., Any], *, precision: str = "fp32", cache_dir=None,
@@ -202,7 +211,8 @@ def cache_entries(card: ModelCard, cache_dir, load_kwargs: dict | None) -> list[
     else:
         bases = [cache_folder(card, cache_dir, load_kwargs, portable=p) for p in (False, True)]
     found = [b for b in bases if b.is_dir()]
-    found += [p for b in bases if b.parent.is_dir() for p in sorted(b.parent.glob(f"{b.name}-int8*")) if p.is_dir()]
+    found += [p for b in bases if b.parent.is_dir() for p in sorted(b.parent.glob(f"{b.name}-int8*"))
+              if p.is_dir() and DERIVED_NAME.fullmatch(p.name[len(b.name):])]
     return found
 
 
