@@ -225,3 +225,17 @@ def test_ranks_with_different_batch_sizes_get_one_line_not_an_abort(tmp_path):
     for rank in (0, 1):
         lines = (tmp_path / f"rank{rank}.txt").read_text().splitlines()
         assert lines == [f"{name}: {said}" for name in ("infonce", "infonce-grad", "siglip", "seed")]
+
+
+def test_numpy_numbers_from_a_sweep_are_options_and_huge_ones_one_line():
+    """np.float32(0.1) / np.int64(16) (a sweep's values) loaded before the range checks and were refused by them;
+    10**400 was an OverflowError traceback."""
+    import numpy as np
+
+    assert build_loss("dino", dim=8, student_temperature=np.float32(0.1)).student_temperature == pytest.approx(0.1)
+    assert build_loss("seed", dim=8, queue_size=np.int64(16)).queue.queue.shape == (16, 8)
+    assert LOSSES["dino"](dim=8, student_temperature=np.int64(1)).student_temperature == 1
+    with pytest.raises(LossInputError, match=r"^loss 'dino': loss_options\.student_temperature must be a number"):
+        build_loss("dino", dim=8, student_temperature=10 ** 400)
+    with pytest.raises(LossInputError, match=r"^DINOLoss: student_temperature must be a positive number"):
+        LOSSES["dino"](dim=8, student_temperature=10 ** 400)

@@ -40,11 +40,13 @@ def typed_value(key: str, value: Any, annotation: str, source: str) -> Any:
                 return dict(value)
             raise TypeError
         return _sequence(kind, value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}: {key} must be {_said(kind)}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past float's range (10**400)
+        raise ConfigError(f"{source}: {key} must be {_said(kind)}, got {value!r}"[:300]) from None
 
 
 def _number(value: Any, kind: type) -> "int | float":
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy's np.float32(0.1), np.int64(16)
+        value = value.item()
     if isinstance(value, bool):
         raise TypeError
     if isinstance(value, str):

@@ -27,7 +27,9 @@ Conventions:
 from __future__ import annotations
 
 import math
+import numbers
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -52,7 +54,13 @@ def cast_fp32(x: Tensor | None) -> Tensor | None:
 
 
 def _real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite real number: Python's or numpy's (``np.float32(0.1)`` from a sweep), not a bool; ``10**400`` is not."""
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def check_positive(owner: str, **values) -> None:
@@ -73,7 +81,7 @@ def check_non_negative(owner: str, **values) -> None:
 def check_count(owner: str, **values) -> None:
     """Each value a whole number of at least 1 (widths, queue sizes, prototypes)."""
     for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or value < 1:
             raise LossInputError(f"{owner}: {name} must be a whole number of at least 1, got {value!r}")
 
 
