@@ -273,3 +273,12 @@ def test_open_clip_jax_temp_as_the_original():
     assert (image.dtype, text.dtype) == (jnp.bfloat16, jnp.bfloat16)
     assert np.allclose(np.linalg.norm(np.asarray(image, np.float32), axis=-1), np.exp(2.6593), rtol=2e-2)
     assert model.apply(variables, images, method="encode_image").shape == (2, 64)
+
+
+def test_one_empty_dict_under_two_keys_repeats_nothing(tmp_path):
+    """The shared-sub-tree check refused a file whose two keys held one empty dict (it stands for no paths)."""
+    empty = {}
+    params = {"x": {"w": np.zeros(2, np.float32)}, "y": empty, "z": empty}
+    path = _dump(tmp_path / "empty.pkl", {"params": params})
+    read = read_params(path)["params"]
+    assert (read["y"], read["z"]) == ({}, {}) and np.array_equal(read["x"]["w"], np.zeros(2, np.float32))

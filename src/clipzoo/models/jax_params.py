@@ -151,7 +151,7 @@ class _TreeReader:
 
     def read(self, tree: Mapping, prefix: str = "", depth: int = 1) -> dict:
         where = prefix.rstrip("/")
-        if id(tree) in self.seen:
+        if tree and id(tree) in self.seen:  # (one empty dict under two keys repeats nothing)
             raise CheckpointError(f"{where or 'the tree'} repeats a sub-tree met before; it is not a parameter file")
         if depth > MAX_TREE_DEPTH:
             shown = where[:80].rstrip("/")
