@@ -144,7 +144,7 @@ def test_cli_errors_are_one_line(tmp_path):
     wrong_tree = tmp_path / "wrong.pkl"
     wrong_tree.write_bytes(pickle.dumps({"params": {"Dense_0": {"kernel": np.zeros((2, 2), np.float32)}}}))
     cases[("convert", wrong_tree, "--from", "jax", "--model", "vit-eps-patch32", "--to", "open_clip", "-o", out)] = \
-        "error: JAX parameters lack 'text_model/PosEmbed_0/pos_embed'; is this an open_clip_jax CLIP?"
+        f"error: {wrong_tree}: JAX parameters lack 'text_model/PosEmbed_0/pos_embed'; is this an open_clip_jax CLIP?"
     for args, message in cases.items():
         code, stdout, err = run(*args)
         assert (code, err.strip()) == (2, message), args

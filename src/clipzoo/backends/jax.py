@@ -158,9 +158,15 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
                            f"(one of {', '.join(list_configs())})")
     if precision not in JAX_DTYPES:
         raise ClipzooError(f"unknown precision {precision!r} for a JAX model; use fp32, bf16 or fp16")
-    params = read_params(_params_path(card, cache_dir), trust_pickle)
+    path = _params_path(card, cache_dir)
+    params = read_params(path, trust_pickle)
     size = image_size or (recorded or {}).get("image_size") or card.image_size
-    return build(card, params, model, image_size=size, precision=precision, device=device)
+    try:
+        return build(card, params, model, image_size=size, precision=precision, device=device)
+    except CheckpointError as exc:  # what the values say (a bad temp, an empty grid, a shape): name the file too
+        if str(path) in str(exc) or card.alias in str(exc):
+            raise
+        raise type(exc)(f"{path}: {exc}") from None
 
 
 def build(card: ModelCard, params: Mapping[str, Any], model: "str | dict | JaxClipConfig", *,
