@@ -25,7 +25,7 @@ from fractions import Fraction
 from typing import Any
 
 from .constants import AUDIO_SUFFIXES, MAX_AUDIO_SAMPLES, MAX_RESAMPLE_FACTOR, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
-from .errors import BackendMissingError, BadAudioError, ClipzooError, MissingExtraError
+from .errors import BackendMissingError, BadAudioError, ClipzooError, MissingExtraError, one_line
 from .extras import require
 from .files import checked_file, expand_files
 
@@ -124,9 +124,8 @@ def _read_file(path: "str | os.PathLike", mono: bool):
     except BadAudioError:
         raise
     except Exception as exc:  # LibsndfileError (a RuntimeError), TypeError for unknown formats, …
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise BadAudioError(f"audio file {shown!r} cannot be decoded ({reason}); pass a valid WAV, FLAC or OGG "
-                            "file") from None
+        raise BadAudioError(f"audio file {shown!r} cannot be decoded ({one_line(exc, 200)}); pass a valid WAV, "
+                            "FLAC or OGG file") from None
 
 
 def _check_header(frames: int, channels: int, rate: int, shown: str) -> None:

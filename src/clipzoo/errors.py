@@ -78,3 +78,10 @@ class NotFoundError(ClipzooError, LookupError):
 
 class MissingExtraError(BackendMissingError):
     """A feature whose optional extra (``pip install 'clipzoo[NAME]'``) is not installed."""
+
+
+def one_line(exc: object, limit: "int | None" = None) -> str:
+    """An exception's message (or any text) on one line, cut at ``limit`` characters; its type's name when it has
+    none. What an error quoting another library's error shows of it (theirs run to several lines and kilobytes)."""
+    text = " ".join(str(exc).split())
+    return (text[:limit] if limit is not None else text) or type(exc).__name__

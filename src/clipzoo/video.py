@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .constants import DEFAULT_VIDEO_FRAMES, MAX_VIDEO_FRAMES, MAX_VIDEO_PIXELS, MAX_VIDEO_SECONDS, VIDEO_SUFFIXES
-from .errors import ClipzooError
+from .errors import ClipzooError, one_line
 from .extras import require
 from .files import checked_file, expand_files
 from .inputs import to_pil
@@ -122,8 +122,8 @@ def _av():
 
 
 def _bad(shown: str, exc: BaseException) -> BadVideoError:
-    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-    return BadVideoError(f"video {shown!r} cannot be decoded ({reason}); pass a valid mp4, webm, mkv or avi file")
+    return BadVideoError(f"video {shown!r} cannot be decoded ({one_line(exc, 200)}); pass a valid mp4, webm, mkv or "
+                         "avi file")
 
 
 WRITE_CODECS = {".mp4": "libx264", ".m4v": "libx264", ".mov": "libx264", ".mkv": "libx264", ".webm": "libvpx",

@@ -27,6 +27,7 @@ from ..errors import (
     CheckpointError,
     ClipzooError,
     ModelNotCachedError,
+    one_line,
 )
 from ..models.padding_free import encode_text_padding_free, trimmable
 from ..models.pil_transform import PilEvalTransform, supports_transform
@@ -179,9 +180,8 @@ def config_errors(source: str, what: str = "model config") -> Iterator[None]:
     try:
         yield
     except (TypeError, ValueError, RuntimeError, AttributeError, KeyError) as exc:
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise CheckpointError(f"{source}: its {what} cannot be built ({type(exc).__name__}: {reason}); check the "
-                              "config's values") from None
+        raise CheckpointError(f"{source}: its {what} cannot be built ({type(exc).__name__}: {one_line(exc, 200)}); "
+                              "check the config's values") from None
 
 
 def check_config_fits(plan: Plan) -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from ..constants import DEFAULT_MIN_COSINE
-from ..errors import BadOptionError, ClipzooError
+from ..errors import BadOptionError, ClipzooError, one_line
 from ..json_text import json_text
 
 USER_ERROR = 2
@@ -22,8 +22,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # ------------------------------------------------------------------ errors
 def fail(message: "str | BaseException", code: int = USER_ERROR) -> NoReturn:
     """Print ``error: <message>`` on one line to stderr and exit with ``code`` (2: a user error)."""
-    text = " ".join(str(message).split()) or type(message).__name__
-    typer.echo(f"error: {text}", err=True)
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(code)
 
 

@@ -24,7 +24,7 @@ from ..backends import get_backend
 from ..backends.onnx_format import FORMAT_VERSION, META_FILE, read_meta, require_onnxruntime
 from ..cards import ModelCard
 from ..constants import default_cache_dir
-from ..errors import CheckpointError, ClipzooError, UnsupportedError
+from ..errors import CheckpointError, ClipzooError, UnsupportedError, one_line
 from ..files import build_folder_once, model_fingerprint
 from ..registry import local_card
 from . import onnx_columns, onnx_export, onnx_vision
@@ -150,9 +150,8 @@ def write_error(folder: Path, exc: OSError) -> ClipzooError:
     """The one line of a cache write the file system refused (worded as an index's full disk is)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return ClipzooError(f"no space left writing {folder}; free some space (or pass another cache_dir) and rerun")
-    reason = " ".join(str(exc.strerror or exc).split())[:200] or type(exc).__name__
-    return ClipzooError(f"cannot write {folder} ({reason}): check the disk, the file size limit (ulimit -f) and the "
-                        "folder's permissions (or pass another cache_dir), then rerun")
+    return ClipzooError(f"cannot write {folder} ({one_line(exc.strerror or exc, 200)}): check the disk, the file size "
+                        "limit (ulimit -f) and the folder's permissions (or pass another cache_dir), then rerun")
 
 
 def load_or_rebuild(card: ModelCard, cache_dir, load_kwargs: dict | None, run: Callable[[], Any]) -> Any:
@@ -199,8 +198,7 @@ def damaged(exc: Exception) -> bool:
 
 
 def why(exc: Exception) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {one_line(exc, 200)}" if str(exc).strip() else type(exc).__name__
 
 
 def cache_entries(card: ModelCard, cache_dir, load_kwargs: dict | None) -> list[Path]:

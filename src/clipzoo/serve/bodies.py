@@ -26,7 +26,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope
 
-from .limits import one_line
+from ..errors import one_line
 
 UPLOAD = "\0upload"
 """What a request model sees in a field sent as a file (its bytes are in :func:`uploads`)."""

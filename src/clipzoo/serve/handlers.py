@@ -19,10 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import ClipzooError, NotFoundError
+from ..errors import ClipzooError, NotFoundError, one_line
 from ..image_bytes import ImageTooLargeError
 from ..templates import TemplateError
-from .limits import one_line
 from .middleware import send_json
 
 log = logging.getLogger("clipzoo.serve")

@@ -68,11 +68,6 @@ REFUSED_BODY_TYPES = ("text/plain", "application/x-www-form-urlencoded")
 """Body types a cross-site HTML form can send without a CORS preflight: 415 on every body route."""
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (its type's name when it has none)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def check_texts(texts: Sequence[str], field: str) -> list[str]:
     """``texts`` as a list, each non-blank and at most :data:`MAX_TEXT_CHARS` long (else 400)."""
     for i, t in enumerate(texts):

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ...errors import one_line
 from ..result import TrainingError
 
 __all__ = ["Checkpoints", "resolve_resume", "write_params_pkl"]
@@ -92,7 +93,7 @@ def _read_meta(where: str) -> dict:
 
 def _first_line(err: Exception, limit: int = 300) -> str:
     """An error's message on one line: TensorStore's run to several lines and kilobytes."""
-    text = " ".join(str(err).split()) or type(err).__name__
+    text = one_line(err)
     return text if len(text) <= limit else text[:limit] + "…"
 
 
