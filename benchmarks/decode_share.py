@@ -86,6 +86,18 @@ def model_ms(comparator, batches: list, split) -> float:
     return (time.perf_counter() - t) * 1e3 / sum(len(b) for b in batches)
 
 
+def normalise_ms(batches: list, split) -> float:
+    """The parent's share of each batch besides the model: ms per image of ``normalize_uint8`` (uint8 crops to the
+    model's normalised floats), with the process's threads, as the embedding loop runs it."""
+    from clipzoo.embed.handover import normalize_uint8
+
+    normalize_uint8(batches[0], split)
+    t = time.perf_counter()
+    for b in batches:
+        normalize_uint8(b, split)
+    return (time.perf_counter() - t) * 1e3 / sum(len(b) for b in batches)
+
+
 def pipeline(comparator, files: list[str], split, batch_size: int, workers: int, fast: bool,
              threads: bool | None = None) -> dict:
     """Wall seconds of the embedding loop and the seconds it spent waiting for the loader (decode); ``threads``:
@@ -125,7 +137,8 @@ def measure(runtime: str, model_path: Path, files: list[str], args) -> dict:
     ours, split = prepare(files, comparator, fast=True)
     reference, _ = prepare(files, comparator, fast=False)
     dec, dec_pil = decode_ms(ours), decode_ms(reference)
-    mod = model_ms(comparator, crop_batches(ours, args.batch_size), split)
+    batches = crop_batches(ours, args.batch_size)
+    mod, norm = model_ms(comparator, batches, split), normalise_ms(batches, split)
     in_proc = pipeline(comparator, files, split, args.batch_size, 0, True)
     threads = pipeline(comparator, files, split, args.batch_size, args.workers, True, threads=True)
     processes = pipeline(comparator, files, split, args.batch_size, args.workers, True, threads=False)
@@ -133,17 +146,22 @@ def measure(runtime: str, model_path: Path, files: list[str], args) -> dict:
     piped = threads if in_threads else processes
     pil_in_proc = pipeline(comparator, files, split, args.batch_size, 0, False)
     return {"decode_ms_per_image": dec, "pil_full_decode_ms_per_image": dec_pil, "model_ms_per_image": mod,
+            "normalise_ms_per_image": norm,
             "decode_share_of_work": dec / (dec + mod), "in_process": in_proc, "pipelined": piped,
             "pipelined_threads": threads, "pipelined_processes": processes,
             "decode_in_threads": in_threads,
             "pil_full_in_process": pil_in_proc, "goal_met": piped["decode_share"] <= GOAL_SHARE}
 
 
+def normalise_cell(r: dict) -> "float | str":
+    return round(r["normalise_ms_per_image"], 2) if "normalise_ms_per_image" in r else ""  # older files: not measured
+
+
 def table(result: dict) -> dict:
     rows = []
     for runtime, r in result["runtimes"].items():
         rows.append([f"`{runtime}`", round(r["decode_ms_per_image"], 2), round(r["pil_full_decode_ms_per_image"], 2),
-                     round(r["model_ms_per_image"], 2), f"{r['decode_share_of_work']:.0%}",
+                     round(r["model_ms_per_image"], 2), normalise_cell(r), f"{r['decode_share_of_work']:.0%}",
                      f"{r['pil_full_in_process']['decode_share']:.0%}", f"{r['in_process']['decode_share']:.0%}",
                      f"{r['pipelined']['decode_share']:.0%}", round(r["pipelined_threads"]["images_per_s"], 1),
                      round(r["pipelined_processes"]["images_per_s"], 1),
@@ -151,6 +169,7 @@ def table(result: dict) -> dict:
                      "met" if r["goal_met"] else "not met"])
     w = result["settings"]["workers"]
     return {"columns": ["runtime", "decode ms/image (clipzoo)", "decode ms/image (PIL full)", "model ms/image",
+                        "of which normalising ms/image",
                         "decode share of work", "decode share, PIL full, in process",
                         "decode share, clipzoo, in process", f"decode share, clipzoo, {w} workers (end to end)",
                         f"images/s, {w} decode threads", f"images/s, {w} worker processes", "clipzoo embed uses",

@@ -122,7 +122,12 @@ def test_issue22_4_uint8_split_is_bit_identical_to_the_float_transforms(tmp_path
         assert split is not None and split.size == comparator.image_size
         crops = torch.stack([Uint8Crop(split)(im) for im in ims])
         assert crops.dtype == torch.uint8 and crops.shape[1:] == (split.size, split.size, 3)
-        assert torch.equal(normalize_uint8(crops, split), torch.stack([comparator.transform(im) for im in ims]))
+        reference = torch.stack([comparator.transform(im) for im in ims])
+        assert torch.equal(normalize_uint8(crops, split), reference)
+        channels_last = normalize_uint8(crops, split, channels_last=True, dtype=torch.bfloat16)  # the GPU path's
+        assert channels_last.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(channels_last, reference.to(torch.bfloat16))
+        assert crops.dtype == torch.uint8  # normalised in a copy: the shared-memory batch is left as it was
     assert split_transform(lambda im: im) is None
 
 
