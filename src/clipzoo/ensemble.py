@@ -23,7 +23,6 @@ Rules (docs/ensembles.md):
 from __future__ import annotations
 
 import math
-import numbers
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from .comparator import Comparator, pairs_by_score_features
 from .errors import AmbiguousModelError, BadOptionError, ClipzooError, UnknownModelError
 from .guidance import TextFeatureCache, check_image01, spherical_distance
 from .guidance import cutouts as make_cutouts
-from .inputs import is_float_tensor
+from .inputs import is_float_tensor, real_value
 from .modalities import AUDIO, IMAGE, TEXT, Modality, get_modality, supports_modality
 from .registry import REGISTRY
 
@@ -351,22 +350,17 @@ class Ensemble:
         return total
 
 
-def _is_number(value: Any) -> bool:
-    """A real number: Python's, numpy's (``np.float32(2)``) or a one-element tensor / array; not a bool."""
-    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
-        value = value.item()
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _number(value: Any, what: str) -> float:
-    """``float(value)`` for a real number; a :class:`BadOptionError` naming ``what`` for a string, None, a bool,
-    or an integer past float's range (``10**400``)."""
-    if not _is_number(value):
+    """``float(value)`` for a real number (:func:`clipzoo.inputs.real_value`: numpy's and one-element tensors
+    too); a :class:`BadOptionError` naming ``what`` for a string, None, a bool, or an integer past float's range
+    (``10**400``)."""
+    number = real_value(value)
+    if number is None:
         raise BadOptionError(f"{what} must be a number, got {value!r}")
     try:
-        return float(value.item() if hasattr(value, "item") else value)
+        return float(number)
     except OverflowError:
-        raise BadOptionError(f"{what} is past float's range ({len(str(abs(int(value))))} digits)") from None
+        raise BadOptionError(f"{what} is past float's range ({len(str(abs(int(number))))} digits)") from None
 
 
 def positive_weight(value: Any) -> float:
@@ -380,7 +374,7 @@ def positive_weight(value: Any) -> float:
 
 def _parse_prompts(prompts: Any) -> tuple[list[str], list[float]]:
     if isinstance(prompts, str) or (isinstance(prompts, tuple) and len(prompts) == 2
-                                    and isinstance(prompts[0], str) and _is_number(prompts[1])):
+                                    and isinstance(prompts[0], str) and real_value(prompts[1]) is not None):
         prompts = [prompts]
     texts, weights = [], []
     for i, p in enumerate(prompts):

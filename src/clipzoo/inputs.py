@@ -227,6 +227,17 @@ def split_long_text(text: str, fits: Callable[[str], bool]) -> list[str]:
     return pieces
 
 
+def real_value(value: Any) -> "int | float | None":
+    """``value`` as a Python int or float when it is one real number — Python's, numpy's (``np.float32(0.1)`` from
+    a sweep) or a 0-d array or tensor — and not a bool; None for anything else (a string, None, a bool, an array
+    of several values). ``10**400`` stays an int: callers that need a float say it is past float's range."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return value if isinstance(value, (int, float)) else float(value)
+
+
 def check_batch_size(batch_size: Any) -> int:
     """``batch_size`` if it is a whole number of at least 1; otherwise a :class:`~clipzoo.errors.BadOptionError`
     naming it (0 was a ``range()`` error, -1 an empty ``torch.cat``, 1.5 a TypeError)."""

@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..inputs import real_value
 from ..models.spec import ConfigError
 
 __all__ = ["typed_value", "range_problems"]
@@ -45,15 +46,13 @@ def typed_value(key: str, value: Any, annotation: str, source: str) -> Any:
 
 
 def _number(value: Any, kind: type) -> "int | float":
-    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy's np.float32(0.1), np.int64(16)
-        value = value.item()
-    if isinstance(value, bool):
-        raise TypeError
+    """A number of ``kind``, from a real number (:func:`clipzoo.inputs.real_value`: numpy's too) or a string."""
     if isinstance(value, str):
-        value = float(value.strip()) if kind is float else _whole(float(value.strip()))
-    if isinstance(value, (int, float)):
-        return float(value) if kind is float else _whole(value)
-    raise TypeError
+        value = float(value.strip())
+    number = real_value(value)
+    if number is None:
+        raise TypeError
+    return float(number) if kind is float else _whole(number)
 
 
 def _whole(value: "int | float") -> int:

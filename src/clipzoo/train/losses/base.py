@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ...errors import ClipzooError
+from ...inputs import real_value
 
 __all__ = ["Objective", "LossInputError", "FeatureQueue", "cast_fp32", "off_diagonal", "check_positive",
            "check_non_negative", "check_count", "check_fraction", "check_modality"]
@@ -54,11 +55,11 @@ def cast_fp32(x: Tensor | None) -> Tensor | None:
 
 
 def _real(value) -> bool:
-    """A finite real number: Python's or numpy's (``np.float32(0.1)`` from a sweep), not a bool; ``10**400`` is not."""
-    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
-        return False
+    """A finite real number (:func:`clipzoo.inputs.real_value`: numpy's ``np.float32(0.1)`` from a sweep too), not
+    a bool; ``10**400`` is not."""
+    number = real_value(value)
     try:
-        return math.isfinite(value)
+        return number is not None and math.isfinite(number)
     except OverflowError:
         return False
 
