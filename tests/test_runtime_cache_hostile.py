@@ -97,8 +97,9 @@ def test_load_with_a_damaged_auto_cache_measures_again(tmp_path, cache):
     path = auto.cache_file(resolve_card(spec, cache), cache, {}, 0.995, auto.candidates_here("cpu"))
     path.parent.mkdir(parents=True)
     path.write_text('{"runtime": "compile", "reason": "r", "min_cosine": 0.995}')
-    with pytest.warns(UserWarning, match="^runtime auto: ignoring the cached choice .* measuring again$"):
+    with pytest.warns(UserWarning, match="^runtime auto: ignoring the cached choice .* measuring again$") as said:
         m = clipzoo.load(spec, runtime="auto", cache_dir=cache)
+    assert said[0].filename == __file__  # the user's line, not one inside clipzoo (errors.warn_user)
     assert m.runtime == "eager"  # a tiny model: eager without measuring, never the cached compile
 
 
@@ -172,8 +173,9 @@ def test_damaged_cached_export_is_exported_again(damage, tmp_path, cache):
     first = clipzoo.load(spec, runtime="onnx", cache_dir=cache)
     damage(first.model.folder)
     with pytest.warns(UserWarning, match=rf"^a cached ONNX export of .* does not load \(.*\); removing "
-                                         rf"{first.model.folder} and exporting again$"):
+                                         rf"{first.model.folder} and exporting again$") as said:
         again = clipzoo.load(spec, runtime="onnx", cache_dir=cache)
+    assert [w.filename for w in said] == [__file__]
     eager = clipzoo.load(spec, cache_dir=cache)
     assert again.model.folder == first.model.folder
     assert max_diff(again.encode_image([tiny_image()]), eager.encode_image([tiny_image()])) < 1e-4

@@ -4,6 +4,12 @@ The CLI prints ``str(err)`` on one line and exits with status 2 for any :class:`
 """
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
 
 class ClipzooError(Exception):
     """Base class of every error caused by user input."""
@@ -85,3 +91,23 @@ def one_line(exc: object, limit: "int | None" = None) -> str:
     none. What an error quoting another library's error shows of it (theirs run to several lines and kilobytes)."""
     text = " ".join(str(exc).split())
     return (text[:limit] if limit is not None else text) or type(exc).__name__
+
+
+def write_refused(path: object, exc: BaseException, *, elsewhere: str = "", kept: str = "") -> ClipzooError:
+    """The one line for a write the file system refused for another reason than space (a file size limit, a
+    read-only or failing disk, the folder's permissions): what was refused and what to check before rerunning.
+    ``elsewhere``: where else it may go (``" (or pass another cache_dir)"``); ``kept``: what stays intact
+    (``" (the previous index is unchanged)"``)."""
+    reason = one_line(getattr(exc, "strerror", None) or exc, 200)
+    return ClipzooError(f"cannot write {path} ({reason}): check the disk, the file size limit (ulimit -f) and the "
+                        f"folder's permissions{elsewhere}, then rerun{kept}")
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside clipzoo (what Python 3.12's ``skip_file_prefixes``
+    does), so that the warning names the user's line whichever path through the library led to it — a fixed
+    ``stacklevel`` names a line inside clipzoo as soon as another function calls the one that warns."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level - 1 if frame is None else level)

@@ -22,7 +22,7 @@ from typing import IO, Any
 import numpy as np
 
 from ..constants import ONDISK_STORE
-from ..errors import ClipzooError, one_line
+from ..errors import ClipzooError, write_refused
 
 __all__ = ["DiskFullError", "durable_write", "fsync_dir", "file_entry", "sha256_of", "check_files", "disk_full",
            "mount_point", "is_disk_full", "repair_hint", "bad_shards"]
@@ -88,8 +88,7 @@ def refused_write(exc: BaseException) -> bool:
 def write_failed(path: "str | os.PathLike", exc: BaseException) -> ClipzooError:
     """The one line for a write the file system refused for another reason than space (``disk I/O error``: a file
     size limit, a failing or read-only disk) — never "corrupt … delete it": the index itself is intact."""
-    return ClipzooError(f"cannot write {os.fspath(path)} ({one_line(exc, 200)}): check the disk, the file size limit "
-                        "(ulimit -f) and the folder's permissions, then rerun (the previous index is unchanged)")
+    return write_refused(os.fspath(path), exc, kept=" (the previous index is unchanged)")
 
 
 def fsync_dir(folder: "str | os.PathLike") -> None:

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 from ..backends.onnx_format import META_FILE
 from ..cards import IMAGE, TEXT, ModelCard
 from ..constants import DEFAULT_MIN_COSINE, default_cache_dir
-from ..errors import ClipzooError
+from ..errors import ClipzooError, warn_user
 from ..files import atomic_write_text
 from . import onnx, openvino_int8
 from .bf16 import cpu_flags, cpu_model, native_bf16
@@ -71,9 +70,12 @@ class Choice:
     ``origin`` the caller named (``clipzoo embed``'s files, the folder an index build reads: auto_sample.py)."""
 
 
-FIELD_TYPES: dict[str, Any] = {"runtime": str, "reason": str, "min_cosine": (int, float), "measured": dict,
-                               "machine": dict, "cached": bool, "calibration": (str, type(None)), "sample": dict}
-"""The type of each field of :class:`Choice`, which a cached one is checked against (:func:`check_cached`)."""
+JSON_TYPES: dict[str, Any] = {"str": str, "float": (int, float), "bool": bool, "dict": dict,
+                              "str | None": (str, type(None))}
+"""What each annotation of :class:`Choice` reads back as from JSON (``dict[…]`` as ``dict``)."""
+FIELD_TYPES: dict[str, Any] = {f.name: JSON_TYPES[str(f.type).split("[")[0]] for f in fields(Choice)}
+"""The type of each field of :class:`Choice`, which a cached one is checked against (:func:`check_cached`); a
+field of a type JSON_TYPES does not name fails here, at import."""
 
 
 def apply(card: ModelCard, build: Callable[..., Any], *, device: str, precision: str, cache_dir,
@@ -139,7 +141,7 @@ def read_choice(path: Path, candidates: Sequence[str] | None = None) -> Choice |
     try:
         choice = Choice(**check_cached(json.loads(path.read_text(encoding="utf-8")), candidates or CANDIDATES))
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        warnings.warn(f"runtime auto: ignoring the cached choice {path} ({exc}); measuring again", stacklevel=3)
+        warn_user(f"runtime auto: ignoring the cached choice {path} ({exc}); measuring again")
         with contextlib.suppress(OSError):  # said once: the measurement's choice takes its place
             path.unlink()
         return None
@@ -231,8 +233,8 @@ def write_choice(path: Path, choice: Choice) -> None:
     try:
         atomic_write_text(path, json.dumps(asdict(choice), indent=2) + "\n")
     except OSError as exc:
-        warnings.warn(f"runtime auto: cannot cache the choice at {path} ({exc.strerror or exc}); the next load "
-                      "measures again", stacklevel=3)
+        warn_user(f"runtime auto: cannot cache the choice at {path} ({exc.strerror or exc}); the next load "
+                  "measures again")
 
 
 def measure(card, build, candidates: Sequence[str], images: list, texts: list[str], min_cosine: float, *,

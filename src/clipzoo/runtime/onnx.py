@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from ..backends import get_backend
 from ..backends.onnx_format import FORMAT_VERSION, META_FILE, read_meta, require_onnxruntime
 from ..cards import ModelCard
 from ..constants import default_cache_dir
-from ..errors import CheckpointError, ClipzooError, UnsupportedError, one_line
+from ..errors import CheckpointError, ClipzooError, UnsupportedError, one_line, warn_user, write_refused
 from ..files import build_folder_once, model_fingerprint
 from ..registry import local_card
 from . import onnx_columns, onnx_export, onnx_vision
@@ -147,11 +146,10 @@ def build_entry(folder: Path, build: Callable[[Path], object]) -> Path:
 
 
 def write_error(folder: Path, exc: OSError) -> ClipzooError:
-    """The one line of a cache write the file system refused (worded as an index's full disk is)."""
+    """The one line of a cache write the file system refused (worded as an index's refused write is)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return ClipzooError(f"no space left writing {folder}; free some space (or pass another cache_dir) and rerun")
-    return ClipzooError(f"cannot write {folder} ({one_line(exc.strerror or exc, 200)}): check the disk, the file size "
-                        "limit (ulimit -f) and the folder's permissions (or pass another cache_dir), then rerun")
+    return write_refused(folder, exc, elsewhere=" (or pass another cache_dir)")
 
 
 def load_or_rebuild(card: ModelCard, cache_dir, load_kwargs: dict | None, run: Callable[[], Any]) -> Any:
@@ -169,8 +167,8 @@ def load_or_rebuild(card: ModelCard, cache_dir, load_kwargs: dict | None, run: C
             raise not_loading(card, cache_dir, exc) from None
         if not entries:  # the first export itself failed: its own error, not a damaged entry
             raise
-        warnings.warn(f"a cached ONNX export of {card.alias} does not load ({why(exc)}); removing "
-                      f"{', '.join(map(str, entries))} and exporting again", stacklevel=3)
+        warn_user(f"a cached ONNX export of {card.alias} does not load ({why(exc)}); removing "
+                  f"{', '.join(map(str, entries))} and exporting again")
         for entry in entries:
             shutil.rmtree(entry, ignore_errors=True)
     try:

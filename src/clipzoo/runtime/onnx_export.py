@@ -47,7 +47,7 @@ from ..backends.onnx_format import (
     TEXT_OUTPUT,
 )
 from ..cards import IMAGE, TEXT
-from ..errors import BackendMissingError, ClipzooError, UnsupportedError
+from ..errors import BackendMissingError, ClipzooError, UnsupportedError, warn_user
 from . import onnx_vision
 from .onnx_meta import export_meta
 
@@ -317,8 +317,7 @@ def _export(module, example, path: Path, input_name: str, output_name: str, opse
                 raise UnsupportedError(f"the TorchScript ONNX exporter cannot export {path.stem} "
                                        f"({type(exc).__name__}: {str(exc).strip()[:300]}); "
                                        "try exporter='dynamo'") from exc
-            warnings.warn(f"TorchScript ONNX export of {path.stem} failed ({type(exc).__name__}); using dynamo",
-                          stacklevel=4)
+            warn_user(f"TorchScript ONNX export of {path.stem} failed ({type(exc).__name__}); using dynamo")
     try:
         import onnxscript  # noqa: F401 - the dynamo exporter needs it
     except ImportError:
@@ -381,6 +380,6 @@ def check_graphs(comparator, out: Path, graphs: dict, token_dtype: str) -> dict 
                 diff = max(diff, float((torch.from_numpy(got) - ref.float().cpu()).abs().max()))
             result[modality] = diff
             if diff > 1e-3:
-                warnings.warn(f"{comparator.card.alias}: the exported {modality} graph differs from eager by "
-                              f"{diff:.2e} (max abs)", stacklevel=3)
+                warn_user(f"{comparator.card.alias}: the exported {modality} graph differs from eager by "
+                          f"{diff:.2e} (max abs)")
     return result
