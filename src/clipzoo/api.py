@@ -183,8 +183,8 @@ def _any_cached(repo: str, cache_dir, names=("config.json", "modules.json")) -> 
 
 
 def _model_type(card: ModelCard, cache_dir) -> str | None:
-    """``model_type`` in a transformers model's config.json (None when it cannot be read here: the backend
-    then reports the problem in its own words)."""
+    """``model_type`` in a transformers model's config.json (None when it cannot be read here, or is no name — a
+    list there was an unhashable-type traceback: the backend then reports the problem in its own words)."""
     try:
         if card.source.path:
             config = os.path.join(card.source.path, "config.json")
@@ -192,9 +192,10 @@ def _model_type(card: ModelCard, cache_dir) -> str | None:
             config = hub_file(card.source.hf_repo, "config.json", cache_dir)
         else:
             return None
-        return read_json(config).get("model_type")
+        model_type = read_json(config).get("model_type")
     except (ClipzooError, OSError, ValueError, AttributeError):
         return None
+    return model_type if isinstance(model_type, str) else None
 
 
 def load_all(query: "str | dict[str, Any] | None" = None, *, device: str = "cpu", precision: str = "fp32",

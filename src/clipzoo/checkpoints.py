@@ -7,6 +7,7 @@ refused unless ``trust_pickle=True``; TorchScript archives (OpenAI's releases) a
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import re
@@ -15,7 +16,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from .errors import ArchitectureMismatchError, CheckpointError, UnsafePickleError
+from .errors import ArchitectureMismatchError, CheckpointError, UnsafePickleError, one_line
+from .files import NOT_REGULAR, special_file
 
 WRAPPER_KEYS = ("state_dict", "model", "module", "model_state_dict", "weights")
 PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -45,13 +47,41 @@ def read_safetensors(path: "str | os.PathLike") -> tuple[dict, dict]:
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); is it truncated?") from None
 
 
+def safetensors_numel(path: "str | os.PathLike") -> int:
+    """How many numbers a safetensors file holds, from its header alone (nothing is read into memory); a
+    :class:`CheckpointError` naming the file when the header is not a whole, consistent safetensors header (an empty
+    or truncated file, offsets past its end, a header length of 2**62: raw ``SafetensorError`` tracebacks from
+    whoever read it next)."""
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path} is not a file; a model folder's weights file must be one")
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            names = f.keys()
+            return sum(math.prod(f.get_slice(name).get_shape()) for name in names)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError (and OSError) on bad files
+        raise CheckpointError(f"{path} is not a readable safetensors file ({one_line(exc, 200)}); is it truncated? "
+                              "Download or save it again") from None
+
+
+def check_built_size(source: str, what: str, built: int, held: int) -> None:
+    """An :class:`ArchitectureMismatchError` when a config (``what``: "its config", "its config.json") builds far more
+    parameters (``built``, counted on the meta device) than the weights hold (``held``): refused before anything is
+    allocated — a config claiming a huge vocabulary or tower allocated gigabytes before the weights were compared."""
+    if built > 2 * held + (1 << 20):
+        raise ArchitectureMismatchError(f"{source}: {what} builds a model of {built:,} parameters where the weights "
+                                        f"hold {held:,}; the config does not describe these weights (nothing was "
+                                        "allocated)")
+
+
 def read_pickle(path: "str | os.PathLike", trust_pickle: bool = False) -> Any:
     import torch
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if _not_a_pickle(exc):
+        if not_a_pickle(exc):
             raise _not_a_checkpoint(path, exc) from None
         if not trust_pickle:
             raise UnsafePickleError(
@@ -70,7 +100,7 @@ def read_pickle(path: "str | os.PathLike", trust_pickle: bool = False) -> Any:
         raise _not_a_checkpoint(path, exc) from None
 
 
-def _not_a_pickle(exc: BaseException) -> bool:
+def not_a_pickle(exc: BaseException) -> bool:
     """torch's weights-only refusal of bytes that are no pickle (garbage, another format), as opposed to a
     real pickle that asks for a global it does not allow."""
     text = str(exc)
@@ -220,6 +250,7 @@ def sniff_folder(path: "str | os.PathLike") -> str:
     'transformers' (save_pretrained), 'onnx' (a clipzoo ONNX export), 'composite' (a compositional model
     clipzoo trained: clipzoo_composite.json), or 'clipzoo' (a folder clipzoo trained)."""
     path = Path(path)
+    refuse_special_files(path)
     names = {p.name for p in path.iterdir()}
     if "clipzoo_composite.json" in names:
         return "composite"
@@ -239,15 +270,34 @@ def sniff_folder(path: "str | os.PathLike") -> str:
                           f"(composite model); found {sorted(names)[:10]}")
 
 
-def read_json(path: "str | os.PathLike") -> dict:
-    """A model's JSON config file: a :class:`CheckpointError` when it is unreadable, not JSON, or JSON but not an
-    object (a list there was an AttributeError from whoever read a key of it)."""
+def refuse_special_files(folder: "str | os.PathLike") -> None:
+    """A :class:`CheckpointError` naming the first fifo, socket or device directly inside a model folder: the library
+    reading the folder's files would wait on it for ever (a fifo as config.json or modules.json hung the load)."""
+    for entry in sorted(os.listdir(folder)):
+        if special_file(os.path.join(folder, entry)):
+            raise CheckpointError(f"{os.path.join(folder, entry)} {NOT_REGULAR}; a model folder holds files and "
+                                  "folders only: replace it with the model's file")
+
+
+def read_json_value(path: "str | os.PathLike") -> Any:
+    """Any JSON value in a model's file: a :class:`CheckpointError` when the file is a fifo or device (reading it
+    waited for ever), unreadable, not JSON, or nested too deeply for Python (a RecursionError traceback)."""
+    if special_file(path):
+        raise CheckpointError(f"{path} {NOT_REGULAR}; replace it with the model's JSON file")
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            return json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"cannot read {path} as JSON ({exc})") from None
-    return json_object(data, str(path))
+    except RecursionError:
+        raise CheckpointError(f"{path}: its JSON nests too deeply (RecursionError), so its config cannot be built; "
+                              "check the file") from None
+
+
+def read_json(path: "str | os.PathLike") -> dict:
+    """A model's JSON config file: :func:`read_json_value`'s errors, and a :class:`CheckpointError` when it is JSON but
+    not an object (a list there was an AttributeError from whoever read a key of it)."""
+    return json_object(read_json_value(path), str(path))
 
 
 def json_object(data: Any, where: str) -> dict:

@@ -12,7 +12,7 @@ from .builtin_cards import builtin_cards
 from .cards import IMAGE, TEXT, ModelCard, Source, parse_alias
 from .catalog import open_clip_card
 from .constants import CHECKPOINT_SUFFIXES
-from .errors import AmbiguousModelError, CheckpointError, ClipzooError, UnknownModelError
+from .errors import AmbiguousModelError, CheckpointError, ClipzooError, UnknownModelError, one_line
 from .files import NOT_REGULAR, special_file
 from .modalities import get_modality
 
@@ -71,6 +71,8 @@ class Registry:
             raise TypeError("pass either a ModelCard or fields, not both")
         check_card(card)  # a card that cannot be looked up again broke every later lookup's suggestions
         key = _norm(card.alias)
+        if not overwrite:  # a built-in alias counts too: before the catalogue was read, it was silently shadowed
+            self._ensure_builtin()
         with self._lock:
             if not overwrite and key in self._cards:
                 raise ValueError(f"{card.alias} is already registered; pass overwrite=True to replace it")
@@ -155,7 +157,7 @@ class Registry:
             return self._resolve_open_clip(text[len("open_clip:"):], text)
 
         if text.startswith("hf-hub:"):
-            repo = text[len("hf-hub:"):].strip("/")
+            repo = hub_repo_id(text)
             hits = [c for c in self._cards.values() if c.source.hf_repo and _norm(c.source.hf_repo) == _norm(repo)]
             return hits[0] if len(hits) == 1 else hub_card(repo)
 
@@ -258,6 +260,22 @@ def local_card(path: str, **config: Any) -> ModelCard:
         raise CheckpointError(f"model {path!r} {NOT_REGULAR}; pass a checkpoint file or a model folder")
     return ModelCard(architecture="clip", publisher="local", id=path, backend="auto",
                      source=Source(path=path), config=config)
+
+
+def hub_repo_id(spec: str) -> str:
+    """The repo id of an ``hf-hub:`` spec (spaces and outer slashes dropped); an :class:`UnknownModelError` when it
+    is no Hugging Face repo id (``hf-hub:``, ``hf-hub:a/b/c``, ``hf-hub:../../etc`` became cards that could only fail
+    later as "not in the local cache")."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo = spec[len("hf-hub:"):].strip().strip("/")
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as exc:
+        why = one_line(exc, 200).split(" Use `repo_type`")[0] if repo else "it is empty"
+        raise UnknownModelError(f"model spec {spec!r} names no Hugging Face repo ({why}); write "
+                                "'hf-hub:org/name'") from None
+    return repo
 
 
 def hub_card(repo: str) -> ModelCard:

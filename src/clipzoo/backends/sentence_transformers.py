@@ -10,15 +10,25 @@ Two kinds of folder load here:
   image model's logit scale. Without one, the model is text-only (cosine similarity, scale 1).
 
 Texts and images go through the SentenceTransformer's own modules (Transformer, Pooling, Dense, …),
-so features are exactly those of ``SentenceTransformer.encode``.
+so features are exactly those of ``SentenceTransformer.encode``: a ``default_prompt_name`` in
+config_sentence_transformers.json puts its prompt before every text, as ``encode`` does (and Pooling with
+``include_prompt: false`` leaves the prompt's tokens out).
+
+Before the folder is handed to sentence-transformers, modules.json and each module's folder are checked (no fifo,
+readable safetensors headers, a Transformer config that builds what its weights hold) and what the library raises
+on a bad module file becomes one line.
 """
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from ..cards import IMAGE, TEXT, ModelCard
+from ..checkpoints import read_json_value, refuse_special_files
 from ..comparator import Comparator, resolve_dtype
 from ..errors import CheckpointError, UnsupportedError
 from ..extras import require
@@ -33,6 +43,14 @@ from .transformers import (
     tokenize_with,
     trim_padding,
 )
+from .transformers_checks import (
+    check_config_fits,
+    check_image_fits,
+    pickle_refusal,
+    processor_source,
+    transformers_module,
+    weights_numel,
+)
 
 
 class SentenceTransformerComparator(Comparator):
@@ -40,7 +58,7 @@ class SentenceTransformerComparator(Comparator):
     SentenceTransformer encodes images itself, or when there is no image side)."""
 
     def __init__(self, card: ModelCard, model, *, image_tower: Comparator | None, own_images: bool,
-                 transform, embed_dim: int, image_size, context_length: int):
+                 transform, embed_dim: int, image_size, context_length: int, prompt: str | None = None):
         modalities = (IMAGE, TEXT) if (image_tower is not None or own_images) else (TEXT,)
         super().__init__(card, model, transform=transform, embed_dim=embed_dim, image_size=image_size,
                          context_length=context_length, modalities=modalities)
@@ -57,6 +75,8 @@ class SentenceTransformerComparator(Comparator):
         self.lower_case = bool(getattr(first, "do_lower_case", False))
         if image_tower is not None:
             self.probability = image_tower.probability
+        self.prompt = prompt or None  # the default prompt put before every text, as SentenceTransformer.encode does
+        self.prompt_length = _prompt_length(self.hf_tokenizer, prompt) if prompt else None
 
     @property
     def hf_model(self):
@@ -71,6 +91,8 @@ class SentenceTransformerComparator(Comparator):
         features = {"input_ids": tokens, "modality": "text"}
         if mask is not None:
             features["attention_mask"] = mask
+        if self.prompt_length is not None:  # Pooling(include_prompt=False) leaves the prompt's tokens out
+            features["prompt_length"] = self.prompt_length
         return self.model(features)["sentence_embedding"]
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -83,6 +105,8 @@ class SentenceTransformerComparator(Comparator):
 
     def tokenize(self, texts: str | list[str], truncate: bool = False) -> torch.Tensor:
         texts = text_items(texts)
+        if self.prompt:
+            texts = [self.prompt + t for t in texts]
         if self.lower_case:  # sentence-transformers lower-cases before tokenising when configured so
             texts = [t.lower() for t in texts]
         return tokenize_with(self.hf_tokenizer, texts, self.context_length, truncate)
@@ -96,6 +120,13 @@ class SentenceTransformerComparator(Comparator):
             return torch.ones((), device=self.device), None
         bias = getattr(hf, "logit_bias", None)
         return scale.exp().reshape(()), (None if bias is None else bias.reshape(()))
+
+
+def _prompt_length(tokenizer, prompt: str) -> int:
+    """The prompt's length in tokens less a trailing special token (EOS, SEP), as sentence-transformers measures it
+    for ``Pooling(include_prompt=False)``."""
+    ids = tokenizer(prompt)["input_ids"]
+    return len(ids) - (1 if ids and ids[-1] in set(tokenizer.all_special_ids) else 0)
 
 
 def sentence_transformers_module():
@@ -131,13 +162,19 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     folder = model_folder(card, cache_dir)
     if not (folder / "modules.json").exists():
         raise CheckpointError(f"{folder} has no modules.json, so it is not a sentence-transformers folder")
+    check_modules(folder)
     try:
         model = st.SentenceTransformer(str(folder), device=str(device), local_files_only=True,
                                        trust_remote_code=False)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except pickle.UnpicklingError as exc:  # torch's weights-only load of a module's pytorch_model.bin refused it
+        raise pickle_refusal(folder, exc, "sentence_transformers") from None
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError,
+            SafetensorError) as exc:  # a module's config of wrong types or shape: TypeError, AttributeError, …
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot load {folder} as a SentenceTransformer ({first})") from None
+        raise CheckpointError(f"cannot load {folder} as a SentenceTransformer ({type(exc).__name__}: {first})") \
+            from None
     model.to(device=device, dtype=resolve_dtype(precision)).eval()
+    prompt = (model.prompts or {}).get(model.default_prompt_name) if model.default_prompt_name else None
 
     first = model[0]
     own_images = "image" in (getattr(first, "modality_config", None) or {})
@@ -154,7 +191,9 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
         transform, image_size = image_tower.transform, image_tower.image_size
     elif own_images:
         transform = HFImageTransform(first.processor.image_processor)
-        image_size = image_size_of(transform)
+        source = processor_source(folder / _modules(folder)[0].get("path", ""))
+        image_size = image_size_of(transform, source)
+        check_image_fits(image_size, source, getattr(getattr(first, "model", None), "config", None))
     else:
         transform, image_size = _no_images, None
 
@@ -167,7 +206,39 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     context_length = context_override or (min(known) if known else model.tokenizer.model_max_length)
     return SentenceTransformerComparator(card, model, image_tower=image_tower, own_images=own_images,
                                          transform=transform, embed_dim=embed_dim, image_size=image_size,
-                                         context_length=int(context_length))
+                                         context_length=int(context_length), prompt=prompt)
+
+
+TRANSFORMER_MODULES = ("Transformer", "CLIPModel")
+"""Module types (the last part of modules.json ``type``) that wrap a transformers model read by ``AutoModel``."""
+
+
+def _modules(folder: Path) -> list[dict]:
+    """modules.json's modules; a CheckpointError when it is not a list of them (``[1]`` was a raw TypeError; a fifo
+    there hung the load)."""
+    modules = read_json_value(folder / "modules.json")
+    if not isinstance(modules, list) or not modules or not all(
+            isinstance(m, dict) and isinstance(m.get("path", ""), str) and isinstance(m.get("type", ""), str)
+            for m in modules):
+        raise CheckpointError(f"{folder / 'modules.json'} is not a list of modules (objects with a 'path' and a "
+                              "'type'); save the model again with SentenceTransformer.save")
+    return modules
+
+
+def check_modules(folder: Path) -> None:
+    """Each module folder checked before sentence-transformers reads it: no fifo among its files, its safetensors
+    headers whole (an empty or truncated model.safetensors was a raw SafetensorError), and a Transformer module's
+    config.json built and counted on the meta device against its weights."""
+    refuse_special_files(folder)
+    for module in _modules(folder):
+        module_dir = folder / module.get("path", "")
+        if not module_dir.is_dir():
+            continue  # sentence-transformers says what is missing
+        refuse_special_files(module_dir)
+        if module.get("type", "").rsplit(".", 1)[-1] in TRANSFORMER_MODULES and (module_dir / "config.json").is_file():
+            check_config_fits(module_dir, transformers_module().AutoModel)
+        else:
+            weights_numel(module_dir)
 
 
 def _no_images(image):

@@ -24,21 +24,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from ..cards import IMAGE, TEXT, ModelCard
-from ..checkpoints import load_failure_reason, read_json, show_keys
+from ..checkpoints import read_json, refuse_special_files, show_keys
 from ..comparator import Comparator, resolve_dtype
 from ..download import hub_snapshot
-from ..errors import (
-    ArchitectureMismatchError,
-    BackendMissingError,
-    CheckpointError,
-    UnsafePickleError,
-    UnsupportedError,
-)
-from ..extras import require
+from ..errors import ArchitectureMismatchError, CheckpointError, UnsupportedError, one_line
 from ..models.tokenize import tokenize_with
 from .source_files import cached_hub_file
+from .transformers_checks import (
+    IMAGE_TEXT,
+    check_config_fits,
+    check_image_fits,
+    model_class,
+    pickle_refusal,
+    processor_source,
+    transformers_module,
+)
 
 
 @dataclass(frozen=True)
@@ -235,11 +238,6 @@ class HFComparator(Comparator):
 
 
 # ------------------------------------------------------------------------------------ loading
-def transformers_module():
-    """The transformers package; when it is absent, a MissingExtraError naming ``clipzoo[hf]``."""
-    return require("transformers", "the transformers backend")
-
-
 def pick_family(config: dict, hf_class: str | None, folder) -> Family:
     """The family from ``hf_class`` when given (an unlisted class is fed like BERT: masked at the pad id),
     else from config.json ``model_type``."""
@@ -254,13 +252,14 @@ def pick_family(config: dict, hf_class: str | None, folder) -> Family:
         "If it is a CLIP-like model with get_image_features/get_text_features, pass hf_class='ItsModelClass'")
 
 
-def load_hf_model(folder: Path, class_name: str, dtype: torch.dtype):
-    """``from_pretrained`` with an error that names missing / mismatched weights instead of random init."""
+def load_hf_model(folder: Path, class_name: str, dtype: torch.dtype, needs: tuple[str, ...] = ()):
+    """``from_pretrained`` with an error that names missing / mismatched weights instead of random init. First the
+    checks of :mod:`.transformers_checks`: the class (with the methods in ``needs``), no fifo among the files, the
+    weights' headers, and a config that builds what the weights hold (on the meta device)."""
+    cls = model_class(class_name, needs)
     transformers = transformers_module()
-    cls = getattr(transformers, class_name, None)
-    if cls is None:
-        raise BackendMissingError(f"transformers {transformers.__version__} has no {class_name}; "
-                                  "upgrade transformers (pip install -U transformers)")
+    refuse_special_files(folder)
+    check_config_fits(folder, cls)
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
     kwargs = {"output_loading_info": True, dtype_kw: dtype}
@@ -273,10 +272,10 @@ def hub_meta_model(card: ModelCard, cache_dir, pick):
     info``); ``pick(config, hf_class, folder)`` gives the row whose ``hf_class`` is built."""
     config_file = cached_hub_file(card.source.hf_repo, "config.json", cache_dir)
     row = pick(read_json(config_file), card.config.get("hf_class"), config_file.parent)
-    transformers = transformers_module()
-    config = transformers.AutoConfig.from_pretrained(str(config_file.parent))
+    cls = model_class(row.hf_class)
+    config = transformers_module().AutoConfig.from_pretrained(str(config_file.parent))
     with torch.device("meta"):
-        return getattr(transformers, row.hf_class)._from_config(config)
+        return cls._from_config(config)
 
 
 @contextlib.contextmanager
@@ -301,12 +300,9 @@ def _load_checked(cls, folder: Path, class_name: str, kwargs: dict):
                 raise
             # load again tolerating the mismatch, only to learn which tensors have another shape
             model, info = cls.from_pretrained(str(folder), ignore_mismatched_sizes=True, **kwargs)
-    except pickle.UnpicklingError as exc:  # torch's weights-only load of pytorch_model.bin refused a global
-        raise UnsafePickleError(f"{folder}: its weights are a pickle that needs more than tensors to load "
-                                f"({load_failure_reason(exc)}); loading it can run arbitrary code, and the "
-                                "transformers backend reads weights only: convert it to safetensors where it was "
-                                "written") from None
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except pickle.UnpicklingError as exc:  # torch's weights-only load of pytorch_model.bin refused it
+        raise pickle_refusal(folder, exc, "transformers") from None
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot load {folder} as {class_name} ({first})") from None
     ignore = ("position_ids",)
@@ -322,21 +318,29 @@ def _load_checked(cls, folder: Path, class_name: str, kwargs: dict):
 
 
 def from_folder(auto_class: str, folder: Path, what: str):
-    """``transformers.<auto_class>.from_pretrained(folder)``; CheckpointError naming ``what`` when it fails."""
+    """``transformers.<auto_class>.from_pretrained(folder)``; CheckpointError naming ``what`` when it fails (and
+    before, when a fifo among the folder's files would hang it)."""
+    refuse_special_files(folder)
     try:
         return getattr(transformers_module(), auto_class).from_pretrained(str(folder))
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
         raise CheckpointError(f"{folder} has no usable {what} ({type(exc).__name__}: {str(exc)[:200]}); "
                               "save it with the model (processor.save_pretrained(folder))") from None
 
 
 def load_tokenizer(folder: Path):
-    """The folder's tokenizer (``AutoTokenizer``); a missing or vocabulary-less one raises CheckpointError."""
+    """The folder's tokenizer (``AutoTokenizer``); a missing or vocabulary-less one raises CheckpointError, and so
+    does a vocabulary file that is a folder (a fifo is refused before the tokenizer is read)."""
     folder = Path(folder)
     tokenizer = from_folder("AutoTokenizer", folder, "tokenizer")
-    # transformers 5 builds an empty tokenizer (a handful of special tokens) when no vocabulary file exists
+    # transformers 5 builds an empty tokenizer (a handful of special tokens) when no vocabulary file exists, or when
+    # tokenizer.json is a folder: every text then had one embedding
     vocab_files = getattr(tokenizer, "vocab_files_names", {}) or {}
-    if vocab_files and not any((folder / name).exists() for name in vocab_files.values()):
+    for path in (folder / name for name in vocab_files.values()):
+        if path.is_dir():
+            raise CheckpointError(f"{path} is a folder, not a tokenizer file; save the tokenizer with the model "
+                                  "(processor.save_pretrained(folder))")
+    if vocab_files and not any((folder / name).is_file() for name in vocab_files.values()):
         raise CheckpointError(f"{folder} has no tokenizer vocabulary (none of {', '.join(vocab_files.values())}); "
                               "save the tokenizer with the model (processor.save_pretrained(folder))")
     return tokenizer
@@ -373,11 +377,18 @@ def load_keywords(card: ModelCard, kwargs: dict, backend: str) -> tuple[str | No
 
 
 def pretrained_config(card: ModelCard, cache_dir) -> tuple[Path, dict]:
-    """The card's save_pretrained folder (local or the hub cache) and its config.json."""
+    """The card's save_pretrained folder (local or the hub cache) and its config.json; a fifo among the folder's
+    files is refused before any of them is read."""
     folder = model_folder(card, cache_dir)
     if not (folder / "config.json").exists():
         raise CheckpointError(f"{folder} has no config.json, so it is not a transformers save_pretrained folder")
-    return folder, read_json(folder / "config.json")
+    refuse_special_files(folder)
+    config = read_json(folder / "config.json")
+    model_type = config.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):  # a list was an unhashable-type traceback
+        raise CheckpointError(f"{folder}: its config.json cannot be built (model_type is {model_type!r:.80}, "
+                              "not a name such as 'clip'); check the config's values")
+    return folder, config
 
 
 def embed_dim_of(model_config) -> int:
@@ -399,7 +410,7 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     folder, config = pretrained_config(card, cache_dir)
     family = pick_family(config, hf_class, folder)
     dtype = resolve_dtype(precision)
-    model = load_hf_model(folder, family.hf_class, dtype).to(device)
+    model = load_hf_model(folder, family.hf_class, dtype, needs=IMAGE_TEXT).to(device)
     tokenizer, image_processor = load_processors(folder)
 
     naflex = None
@@ -410,16 +421,24 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
         transform = NaFlexSquareTransform(image_processor, patch, max_patches)
     else:
         transform = HFImageTransform(image_processor)
-    image_size = image_size_of(transform)
+    source = processor_source(folder)
+    image_size = image_size_of(transform, source)
+    if not family.naflex:
+        check_image_fits(image_size, source, model.config)
     return HFComparator(card, model, tokenizer=tokenizer, image_processor=image_processor, family=family,
                         transform=transform, embed_dim=embed_dim_of(model.config), image_size=image_size,
                         context_length=text_context(model.config, tokenizer, card, context_override, family),
                         naflex=naflex)
 
 
-def image_size_of(transform) -> int | tuple[int, int]:
-    """The pixel size the transform produces (run once on a blank non-square image)."""
+def image_size_of(transform, source: str = "the image processor") -> int | tuple[int, int]:
+    """The pixel size the transform produces (run once on a blank non-square image); a CheckpointError naming
+    ``source`` (the processor file) when it cannot make one (a size of 0 or -5 was a raw error from deep inside)."""
     from PIL import Image
 
-    h, w = transform(Image.new("RGB", (97, 61))).shape[-2:]
+    try:
+        h, w = transform(Image.new("RGB", (97, 61))).shape[-2:]
+    except (ValueError, RuntimeError, TypeError, KeyError, ZeroDivisionError) as exc:
+        raise CheckpointError(f"{source} cannot preprocess an image ({type(exc).__name__}: {one_line(exc, 200)}); "
+                              "check its size settings, or save the image processor that came with the model") from None
     return int(h) if h == w else (int(h), int(w))
