@@ -6,6 +6,7 @@ under their names (``--train-path``, ``--global-batch-size``, ``--learning-rate`
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def train(
         given = {k: v for k, v in locals().items() if k not in ("ctx", "engine", "config", "recipe")}
         if engine == "mindspore":
             return _train_mindspore(given, recipe, config, ctx.args)
-        return _train_jax(given, recipe, config, ctx.args, engine)
+        return _train_jax(given, recipe, config, ctx, engine)
     from clipzoo.train.config import ConfigError, TrainConfig, load_config, table_option
     from clipzoo.train.engine import train as run
     from clipzoo.train.recipes import recipe_config
@@ -105,7 +106,7 @@ def train(
         flags["towers"] = _checked(table_option(towers, "--towers", "towers"), "--towers", ConfigError)
     if adapters is not None:
         flags["adapters"] = _checked(table_option(adapters, "--adapters", "adapters"), "--adapters", ConfigError)
-    cfg = load_config(config, flags, base)
+    cfg = load_config(config, flags, base, flags=True)  # a bad value is blamed on its flag
     note(_summary(run(cfg)))
 
 
@@ -118,8 +119,22 @@ def _summary(result) -> str:
         ev = result.evals[-1]
         summary += "; zero-shot " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items() if k != "step")
     if result.skipped_images:
-        summary += f"; skipped {result.skipped_images} unreadable image(s)"
+        summary += f"; skipped {result.skipped_images} sample(s): unreadable image or no caption"
     return summary
+
+
+def _refuse_unknown(ctx: typer.Context) -> None:
+    """An option that is neither this command's nor open_clip_jax's (``--stepz``): one line naming the nearest
+    option (the rest go on to :func:`_train_jax`, which says they need ``--engine jax``)."""
+    from clipzoo.train.config import ConfigError
+
+    known = [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+    for arg in ctx.args:
+        name = arg.split("=", 1)[0]
+        if name.startswith("--") and name not in JAX_FLAGS and name != "--grad-checkpoint":
+            near = difflib.get_close_matches(name, known + list(JAX_FLAGS), n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]}?" if near else "; see clipzoo train --help"
+            raise ConfigError(f"unknown option {name}{hint}")
 
 
 def _train_mindspore(given: dict, recipe: "str | None", config: "Path | None", extra: list[str]) -> None:
@@ -138,10 +153,13 @@ class _JaxArgs(argparse.ArgumentParser):
         raise ConfigError(f"--engine jax: {message}")
 
 
-def _train_jax(given: dict, recipe: "str | None", config: "Path | None", extra: list[str], engine: str) -> None:
+def _train_jax(given: dict, recipe: "str | None", config: "Path | None", ctx: typer.Context, engine: str) -> None:
     """``--engine jax``: clipzoo's flags that apply, then open_clip_jax's, over the config file and the recipe."""
     from clipzoo.train.config import ConfigError
 
+    extra = ctx.args
+    if engine == "torch":
+        _refuse_unknown(ctx)
     if engine != "jax":
         raise ConfigError(f"unknown engine {engine!r}: use torch, jax or mindspore" if engine != "torch" else
                           f"unknown option(s) {' '.join(extra)} (open_clip_jax's options need --engine jax)")

@@ -123,36 +123,51 @@ def check_keys(values: Mapping[str, Any], source: str = "config") -> dict[str, A
     return clean
 
 
-def from_mapping(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
-    """A config from a dict, checking every key and value."""
-    clean = {k: typed_value(k, v, FIELDS[k].type, source) for k, v in check_keys(values, source).items()}
+def from_mapping(values: Mapping[str, Any], source: str = "config",
+                 flags: "Mapping[str, str] | None" = None) -> TrainConfig:
+    """A config from a dict, checking every key and value. ``flags``: the keys that command-line flags gave, each
+    with its flag's name — a bad value of one is blamed on the flag, not on ``source`` (the config file)."""
+    flags = dict(flags or {})
+    clean = {k: typed_value(k, v, FIELDS[k].type, flags.get(k, source))
+             for k, v in check_keys(values, source).items()}
     cfg = TrainConfig(**clean)
-    _validate(cfg, source)
+    _validate(cfg, source, flags)
     return cfg
 
 
-def _validate(cfg: TrainConfig, source: str) -> None:
+def _blamed(keys: "tuple[str, ...]", source: str, flags: Mapping[str, str]) -> str:
+    """Who set what is wrong: the flag of the first of ``keys`` a flag gave, else ``source``."""
+    return next((flags[k] for k in keys if k in flags), source)
+
+
+def _validate(cfg: TrainConfig, source: str, flags: "Mapping[str, str] | None" = None) -> None:
+    flags = flags or {}
     checks = [
-        (cfg.batch_size >= 1, f"batch_size must be at least 1, got {cfg.batch_size}"),
-        (cfg.grad_accum >= 1, f"grad_accum must be at least 1, got {cfg.grad_accum}"),
-        (cfg.batch_size % cfg.grad_accum == 0,
+        (("batch_size",), cfg.batch_size >= 1, f"batch_size must be at least 1, got {cfg.batch_size}"),
+        (("grad_accum",), cfg.grad_accum >= 1, f"grad_accum must be at least 1, got {cfg.grad_accum}"),
+        (("batch_size", "grad_accum"), cfg.batch_size % cfg.grad_accum == 0,
          f"batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum}"),
-        (cfg.lr > 0, f"lr must be positive, got {cfg.lr}"),
-        (cfg.precision in ("fp32", "bf16", "fp16"), f"precision must be fp32, bf16 or fp16, got {cfg.precision!r}"),
-        (cfg.schedule in ("cosine", "constant"), f"schedule must be cosine or constant, got {cfg.schedule!r}"),
-        (cfg.steps is None or cfg.steps >= 1, f"steps must be at least 1, got {cfg.steps}"),
-        (cfg.epochs >= 1, f"epochs must be at least 1, got {cfg.epochs}"),
-        (cfg.ema is None or 0 < cfg.ema < 1, f"ema must be between 0 and 1, got {cfg.ema}"),
-        (cfg.wise_ft is None or 0 <= cfg.wise_ft <= 1, f"wise_ft must be between 0 and 1, got {cfg.wise_ft}"),
-        (cfg.layer_decay is None or 0 < cfg.layer_decay <= 1, f"layer_decay must be in (0, 1], got {cfg.layer_decay}"),
-        (cfg.proto_refresh_every is None or cfg.proto_refresh_every >= 1,
+        (("lr",), cfg.lr > 0, f"lr must be positive, got {cfg.lr}"),
+        (("precision",), cfg.precision in ("fp32", "bf16", "fp16"),
+         f"precision must be fp32, bf16 or fp16, got {cfg.precision!r}"),
+        (("schedule",), cfg.schedule in ("cosine", "constant"),
+         f"schedule must be cosine or constant, got {cfg.schedule!r}"),
+        (("steps",), cfg.steps is None or cfg.steps >= 1, f"steps must be at least 1, got {cfg.steps}"),
+        (("epochs",), cfg.epochs >= 1, f"epochs must be at least 1, got {cfg.epochs}"),
+        (("ema",), cfg.ema is None or 0 < cfg.ema < 1, f"ema must be between 0 and 1, got {cfg.ema}"),
+        (("wise_ft",), cfg.wise_ft is None or 0 <= cfg.wise_ft <= 1,
+         f"wise_ft must be between 0 and 1, got {cfg.wise_ft}"),
+        (("layer_decay",), cfg.layer_decay is None or 0 < cfg.layer_decay <= 1,
+         f"layer_decay must be in (0, 1], got {cfg.layer_decay}"),
+        (("proto_refresh_every",), cfg.proto_refresh_every is None or cfg.proto_refresh_every >= 1,
          f"proto_refresh_every must be at least 1, got {cfg.proto_refresh_every}"),
-        (cfg.data_weights is None or len(cfg.data_weights) == len(cfg.data),
+        (("data_weights", "data"), cfg.data_weights is None or len(cfg.data_weights) == len(cfg.data),
          f"data_weights has {len(cfg.data_weights or [])} entries for {len(cfg.data)} data sources"),
     ]
-    problems = [m for ok, m in checks if not ok] + range_problems(cfg)
+    problems = [(keys, m) for keys, ok, m in checks if not ok] + range_problems(cfg)
     if problems:
-        raise ConfigError(f"{source}: {problems[0]}")
+        keys, message = problems[0]
+        raise ConfigError(f"{_blamed(keys, source, flags)}: {message}")
     if cfg.towers is not None:
         if cfg.model or cfg.model_config:
             raise ConfigError(f"{source}: set either towers (a compositional model) or model / model_config, "
@@ -160,7 +175,7 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         check_towers(cfg.towers)
     if cfg.adapters:
         check_adapters(cfg.adapters)
-    check_teacher(cfg, source)
+    check_teacher(cfg, _blamed(("loss",), source, flags))
 
 
 def read_config_file(path: "str | os.PathLike") -> dict[str, Any]:
@@ -192,20 +207,23 @@ def read_config_file(path: "str | os.PathLike") -> dict[str, Any]:
 
 
 def load_config(path: "str | os.PathLike | None" = None, overrides: "Mapping[str, Any] | None" = None,
-                base: "TrainConfig | None" = None) -> TrainConfig:
-    """base (e.g. a recipe) < config file < overrides (flags that were given)."""
+                base: "TrainConfig | None" = None, flags: bool = False) -> TrainConfig:
+    """base (e.g. a recipe) < config file < overrides (flags that were given). ``flags``: the overrides are the
+    command line's ``--key-name`` flags, and a bad value of one is blamed on its flag (``--precision: …``), not
+    on the config file."""
     values: dict[str, Any] = base.as_dict() if base is not None else {}
     if path is not None:
         values.update(check_keys(read_config_file(path), str(path)))
-    if overrides:
-        given = {k: v for k, v in overrides.items() if v is not None}
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if given:
         # the model is one choice: a towers override replaces the file's model / model_config, and vice versa
         if given.get("towers") is not None:
             values.update(model=None, model_config=None)
         if given.get("model") is not None or given.get("model_config") is not None:
             values["towers"] = None
         values.update(given)
-    return from_mapping(values, str(path) if path else "config")
+    named = {k: "--" + str(k).replace("_", "-") for k in given} if flags else None
+    return from_mapping(values, str(path) if path else "config", named)
 
 
 def table_option(value: str, flag: str, key: str) -> dict[str, Any]:

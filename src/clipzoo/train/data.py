@@ -50,7 +50,7 @@ def render_shapes(n: int, seed: int = 0, image_size: int = 64, two_object_prob: 
     """``n`` generated samples as (uint8 images [n, S, S, 3], captions per sample, labels per sample)."""
     chunks = [(i, min(n, i + 500), seed, image_size, two_object_prob) for i in range(0, n, 500)]
     if workers > 1 and len(chunks) > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
+        with mp.get_context("fork").Pool(min(workers, len(chunks))) as pool:  # no idle process per chunk short
             parts = pool.map(_render_range, chunks)
     else:
         parts = [_render_range(c) for c in chunks]
@@ -175,7 +175,8 @@ class _TrainStream(IterableDataset):
         n = 0
         for si in mine:
             for rec in self.shards[si]():
-                if not rec.captions:
+                if not rec.captions:  # counted with the unreadable images (it was dropped without a word)
+                    yield None, None, f"{rec.source or rec.key}: the sample has no caption"
                     continue
                 n += 1
                 try:

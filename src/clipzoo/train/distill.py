@@ -28,7 +28,13 @@ from .checks import NEEDS_TEACHER, check_teacher, loss_key
 from .losses import LOSSES
 
 __all__ = ["Teacher", "NEEDS_TEACHER", "check_teacher", "load_teacher", "attach_teacher", "teacher_targets",
-           "fill_loss_options", "student_dim"]
+           "fill_loss_options", "student_dim", "SAME_WIDTH"]
+
+
+#: objectives that pair each student feature with its teacher's, dimension by dimension (or in one space: one queue,
+#: one set of prototypes): with a teacher of another width they failed at step 1, some with a raw size mismatch
+SAME_WIDTH = ("simreg", "simreg-l1", "simreg-smoothl1", "compress-1q", "seed", "dino", "protocpc", "vicreg",
+              "barlow-twins")
 
 
 def _normalize_of(comparator) -> "tuple[Sequence[float], Sequence[float]]":
@@ -123,11 +129,17 @@ def teacher_targets(teacher: "Teacher | None", images: torch.Tensor, batch: tupl
 
 def fill_loss_options(name: str, options: dict[str, Any], student_dim: "int | None", teacher_dim: "int | None"
                       ) -> dict[str, Any]:
-    """Fill the widths a stateful objective needs (``dim``, ``student_dim``, ``teacher_dim``) when not given."""
+    """Fill the widths a stateful objective needs (``dim``, ``student_dim``, ``teacher_dim``) when not given; a
+    :class:`ConfigError` when the objective needs one width (:data:`SAME_WIDTH`) and the two differ."""
     key = loss_key(name)
     cls = LOSSES.get("infonce" if key in ("clip", "clip-loss") else key)
     if cls is None:
         return options
+    if key in SAME_WIDTH and student_dim and teacher_dim and student_dim != teacher_dim:
+        raise ConfigError(f"loss {name!r} compares the student's features with the teacher's dimension by dimension, "
+                          f"but the student's width (embed_dim) is {student_dim} and the teacher's {teacher_dim}: give "
+                          f"the student embed_dim {teacher_dim}, or distil with rkd or compress-2q, which take two "
+                          "widths")
     params = inspect.signature(cls.__init__).parameters
     out = dict(options)
     if key == "protoclip":  # prototypes live in the student's space; texts are grouped in the teacher's

@@ -10,6 +10,9 @@ import os
 
 import torch
 
+from ..api import absent_device, check_device
+from ..models.spec import ConfigError
+
 __all__ = ["dist_env", "pick_device", "init_distributed", "mean_over_ranks", "barrier", "wrap_ddp",
            "freeze_unused"]
 
@@ -20,12 +23,22 @@ def dist_env() -> tuple[int, int, int]:
 
 
 def pick_device(name: str) -> torch.device:
-    """``auto``: this process's GPU (its local rank) when CUDA is there, else the CPU."""
+    """``auto``: this process's GPU (its local rank) when CUDA is there, else the CPU. A name torch does not know
+    (``tpu``) or a device this machine lacks (``cuda`` without CUDA, ``mps`` off a Mac) is a
+    :class:`~clipzoo.errors.ClipzooError` now — it was a torch RuntimeError once the model was built."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", dist_env()[2])
         return torch.device("cpu")
-    return torch.device(name)
+    check_device(name)
+    device = torch.device(name)
+    absent = absent_device(name)
+    backend = getattr(torch, device.type, None)  # torch.mps, torch.xpu, …
+    if absent is None and device.type not in ("cpu", "cuda") and not getattr(backend, "is_available", bool)():
+        absent = f"device {name!r}: torch has no {device.type} device here; use device='cpu'"
+    if absent is not None:
+        raise ConfigError(absent)
+    return device
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:

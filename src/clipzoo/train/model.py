@@ -30,6 +30,7 @@ from ..models.composite import build_composite, save_composite
 from ..models.open_clip_parts import image_transforms, open_clip_tokenizer
 from .adapters import apply_adapters, merged_copy
 from .config import ConfigError, TrainConfig
+from .storage import refused_write
 
 __all__ = ["TrainModel", "build_model", "save_trained", "check_model_folder", "checkpoint_config", "open_clip_config",
            "TRAINED_MARKER"]
@@ -138,16 +139,17 @@ def save_trained(model: TrainModel, folder: "str | os.PathLike", state_dict: "di
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if model.kind == "composite":
-        final = merged_copy(model.module, state_dict).cpu().float()
-        save_composite(final, model.model_cfg, model.preprocess_cfg, model.tokenizer, tmp)
-    else:
-        _save_open_clip(model, state_dict, tmp)
-    (tmp / TRAINED_MARKER).write_text(json.dumps(info or {}, indent=2, default=str) + "\n")
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with refused_write(folder, tmp):  # a full disk: one line, and no half-written temporary folder left
+        tmp.mkdir(parents=True)
+        if model.kind == "composite":
+            final = merged_copy(model.module, state_dict).cpu().float()
+            save_composite(final, model.model_cfg, model.preprocess_cfg, model.tokenizer, tmp)
+        else:
+            _save_open_clip(model, state_dict, tmp)
+        (tmp / TRAINED_MARKER).write_text(json.dumps(info or {}, indent=2, default=str) + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
     return folder
 
 

@@ -13,7 +13,8 @@ from ..datasets import write_shapes
 from ..datasets.shapes_spec import POSITION_PHRASES
 from .config import ConfigError, TrainConfig, from_mapping
 
-__all__ = ["RECIPES", "recipe_config", "parse_shapes_spec", "class_captions", "write_heldout", "SHAPES_KINDS"]
+__all__ = ["RECIPES", "recipe_config", "parse_shapes_spec", "class_captions", "write_heldout", "heldout_size",
+           "SHAPES_KINDS"]
 
 TINY_SHAPES_MODEL: dict[str, Any] = {
     "embed_dim": 64,
@@ -62,6 +63,9 @@ def parse_shapes_spec(spec: str) -> "tuple[int, int, str] | None":
         seed = int(parts[1]) if len(parts) > 1 else 0
     except (ValueError, IndexError):
         raise ConfigError(f"bad data spec {spec!r}: write {kind}:N or {kind}:N:SEED") from None
+    if n < 1 or seed < 0:  # shapes:0 / shapes:-5 were a ValueError from deep in the rendering
+        raise ConfigError(f"bad data spec {spec!r}: N must be at least 1 and SEED 0 or more; write {kind}:N or "
+                          f"{kind}:N:SEED")
     return n, seed, kind
 
 
@@ -79,12 +83,20 @@ def class_captions(labels: dict[str, str]) -> list[str]:
     return [f"a {c} {s}.", f"a photo of a {c} {s}.", f"{c} {s}", f"a {c} {s} {POSITION_PHRASES[p]}", f"a {z} {c} {s}"]
 
 
-def write_heldout(spec: str, folder: "str | Path", image_size: int) -> str:
-    """``shapes-heldout:N`` -> a folder of N single-object shapes labelled by shape × colour (seed 12345)."""
+def heldout_size(spec: str) -> int:
+    """N of ``shapes-heldout:N`` (at least 1: ``shapes-heldout:0`` failed at the first evaluation, after training)."""
     try:
         n = int(spec.split(":")[1])
     except (IndexError, ValueError):
-        raise ConfigError(f"bad eval data spec {spec!r}: write shapes-heldout:N") from None
+        n = 0
+    if n < 1:
+        raise ConfigError(f"bad eval data spec {spec!r}: write shapes-heldout:N with N at least 1")
+    return n
+
+
+def write_heldout(spec: str, folder: "str | Path", image_size: int) -> str:
+    """``shapes-heldout:N`` -> a folder of N single-object shapes labelled by shape × colour (seed 12345)."""
+    n = heldout_size(spec)
     write_shapes(folder, n, seed=12345, image_size=image_size, two_object_prob=0.0, label_key="shape_color",
                  formats=("csv",), overwrite=True)
     return str(folder)

@@ -9,18 +9,24 @@ filesystems whose move is atomic, and at worst a stray ``.tmp-*`` object is left
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
 import posixpath
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..errors import ClipzooError, write_refused
 from ..files import url_filesystem
 from .config import ConfigError
 
-__all__ = ["Location", "MetricsLog", "is_remote", "torch_load_url", "url_exists", "scratch_dir"]
+__all__ = ["Location", "MetricsLog", "is_remote", "torch_load_url", "url_exists", "scratch_dir", "write_error",
+           "remove_stale_temporaries", "refused_write", "refused_os_error", "TEMPORARY"]
 
 
 def _protocol(url: str) -> "str | None":
@@ -93,8 +99,9 @@ class Location:
         tmp = f".{name}.tmp-{os.getpid()}"
         if self.local is not None:
             self.local.mkdir(parents=True, exist_ok=True)
-            (self.local / tmp).write_bytes(data)
-            os.replace(self.local / tmp, self.local / name)
+            with refused_write(self.local / name, self.local / tmp):
+                (self.local / tmp).write_bytes(data)
+                os.replace(self.local / tmp, self.local / name)
             return str(self.local / name)
         self.fs.makedirs(self.path, exist_ok=True)
         with self.fs.open(self._rpath(tmp), "wb") as f:
@@ -122,14 +129,24 @@ class Location:
             return []
         return sorted(posixpath.basename(p.rstrip("/")) for p in found)
 
-    def torch_save(self, name: str, obj: Any) -> str:
+    def torch_save(self, name: str, obj: Any, kept: str = "") -> str:
+        """``torch.save`` to file ``name`` atomically; a write the disk refuses is one line (``kept``: what is safe,
+        for its end) and leaves no temporary file."""
         import torch
 
         if self.local is not None:  # straight to disk: no second copy of the state in memory
             self.local.mkdir(parents=True, exist_ok=True)
             tmp = self.local / f".{name}.tmp-{os.getpid()}"
-            torch.save(obj, tmp)
-            os.replace(tmp, self.local / name)
+            with refused_write(self.local / name, tmp, kept), open(tmp, "wb") as f:
+                out = _KeptError(f)
+                try:
+                    torch.save(obj, out)
+                except RuntimeError:  # torch says only "unexpected pos …": the OSError behind it, if any
+                    if out.error is None:
+                        raise
+                    raise out.error from None
+                f.close()
+                os.replace(tmp, self.local / name)
             return str(self.local / name)
         buf = io.BytesIO()
         torch.save(obj, buf)
@@ -149,6 +166,89 @@ class Location:
                 if parent:
                     self.fs.makedirs(parent, exist_ok=True)
                 self.fs.put_file(str(f), target)
+
+
+TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)$")  # .NAME.tmp-PID: what write_bytes, torch_save and save_trained write
+
+
+def remove_stale_temporaries(folder: "Path | None") -> list[str]:
+    """Remove the temporaries of our naming in the local ``folder`` whose process is gone (a run killed while it
+    saved, or one that died of a full disk, left ``.step_0000004.pt.tmp-PID`` for good). At a run's start, with the
+    run lock held: this process's own temporaries are stale too. The names removed."""
+    removed = []
+    for path in sorted(folder.glob(".*.tmp-*")) if folder is not None and folder.is_dir() else []:
+        match = TEMPORARY.match(path.name)
+        if match and not _alive(int(match.group(1))):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+class _KeptError:
+    """A file for ``torch.save`` that keeps the OSError of a refused write (torch swallows it)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def refused_os_error(exc: BaseException) -> "OSError | None":
+    """The OSError behind a failed write: ``exc`` itself, or the one safetensors names (``I/O error: File too large
+    (os error 27)``); None for another failure."""
+    if isinstance(exc, OSError):
+        return exc
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    return OSError(int(found.group(1)), os.strerror(int(found.group(1)))) if found else None
+
+
+def write_error(path: "str | os.PathLike", exc: OSError, kept: str = "") -> ClipzooError:
+    """The one line of a write the file system refused: ``no space left`` for a full disk or quota, else
+    :func:`~clipzoo.errors.write_refused`'s (a file size limit, a read-only disk, permissions)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ClipzooError(f"no space left writing {os.fspath(path)}; free some space (or pass another --output / "
+                            f"checkpoint_dir) and rerun{kept}")
+    return write_refused(os.fspath(path), exc, elsewhere=" (or pass another --output / checkpoint_dir)", kept=kept)
+
+
+@contextlib.contextmanager
+def refused_write(path: Path, tmp: Path, kept: str = ""):
+    """A write of ``path`` through ``tmp`` (a file or a folder): on any failure ``tmp`` is removed, and a write the
+    file system refused becomes one line (:func:`write_error`)."""
+    try:
+        yield
+    except BaseException as exc:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        refused = refused_os_error(exc)
+        if refused is not None:
+            raise write_error(path, refused, kept) from None
+        raise
 
 
 def torch_load_url(url: str):

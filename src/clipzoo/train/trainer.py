@@ -19,10 +19,18 @@ from ..errors import DatasetError
 from ..progress import progress
 from .checks import check_teacher
 from .config import ConfigError, TrainConfig
+from .data import StreamData
 from .distill import attach_teacher, load_teacher, student_dim, teacher_targets
 from .distributed import barrier, freeze_unused, init_distributed, mean_over_ranks, pick_device, wrap_ddp
 from .model import TrainModel, build_model, check_model_folder, checkpoint_config
-from .phases.checkpoint import checkpoint_location, final_weights, latest, read_resume, save_checkpoint, save_model
+from .phases.checkpoint import (
+    checkpoint_location,
+    final_weights,
+    read_resume,
+    ready_checkpoints,
+    save_checkpoint,
+    save_model,
+)
 from .phases.data import open_data, steps_per_epoch
 from .phases.evaluate import evaluate
 from .phases.metrics import RunLog
@@ -30,9 +38,10 @@ from .phases.model import prepare
 from .phases.objective import ProtoBank, build_objective
 from .phases.optimiser import Optimiser
 from .phases.step import forward_backward
+from .recipes import parse_shapes_spec
 from .result import TrainingError, TrainResult
 from .run_lock import hold_output
-from .storage import Location
+from .storage import Location, remove_stale_temporaries
 
 __all__ = ["Trainer"]
 
@@ -49,14 +58,24 @@ class Trainer:
                               f"{self.world * cfg.grad_accum}")
         if teacher is None:
             check_teacher(cfg)
+        for spec in cfg.data:  # shapes:0 failed in the rendering, after the model was built
+            parse_shapes_spec(spec)
         torch.manual_seed(cfg.seed)
         self.cfg, self.on_step, self.teacher = cfg, on_step, teacher
         self.out = Location(cfg.output)
         check_model_folder(self.out, str(cfg.output))
-        self.output_lock = hold_output(self.out.local, str(cfg.output)) if self.rank == 0 else None
         self.ckpt = checkpoint_location(cfg.output, cfg.checkpoint_dir)
         self.step = self.epoch = self.batch_in_epoch = 0
-        self.last_ckpt: "Any | None" = None
+        self.last_ckpt: "Any | None" = None  # the last good checkpoint: this run's latest, or the one it resumed
+        self.output_lock = None
+        if self.rank == 0:  # the lock last, and given back if the folders are not usable: it leaked to the next run
+            self.output_lock = hold_output(self.out.local, str(cfg.output))
+            try:
+                ready_checkpoints(self.ckpt, given=bool(cfg.checkpoint_dir))
+                remove_stale_temporaries(self.out.local)  # a killed run's model folder, half written
+            except BaseException:
+                self.release_output()
+                raise
 
     # ------------------------------------------------------------------ set-up phases
     def build_model(self, model: "TrainModel | None" = None) -> None:
@@ -95,7 +114,8 @@ class Trainer:
     def resume(self) -> None:
         """The checkpoint phase, at the start: continue exactly where ``cfg.resume`` stopped."""
         if self.cfg.resume:
-            self.load_state_dict(read_resume(self.cfg, self.ckpt))
+            self.last_ckpt, state = read_resume(self.cfg, self.ckpt, self.total, isinstance(self.data, StreamData))
+            self.load_state_dict(state)
 
     def start(self) -> None:
         """DDP (with the parameters the objective never reads frozen), the logs and the result."""
@@ -108,7 +128,6 @@ class Trainer:
         output = self.out.local if self.out.local is not None else self.out.url
         model_dir = self.out.local / "model" if self.out.local is not None else self.out.name_of("model")
         self.result = TrainResult(output, model_dir, self.total)
-        self.last_ckpt = latest(self.ckpt) if self.rank == 0 else None
         self.log = RunLog(cfg, self.out, self.rank, self.step if cfg.resume else None, self.t_start)
         self.micro = cfg.batch_size // self.world // cfg.grad_accum
 
@@ -173,12 +192,13 @@ class Trainer:
             where = f"; the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else ""
             raise TrainingError(f"the loss became {loss} at step {self.step + 1}: training stopped{where} "
                                 "(lower the lr, add --grad-clip, or use fp32)")
+        lr = self.optimiser.lr  # the lr this step uses (open_clip logs it too), not the next step's
         self.optimiser.apply(self.module)
         self.step += 1
         self.batch_in_epoch += 1
         if self.bank is not None:  # ProtoCLIP: this step's features join the episode's bank
             self.bank.add(self.step, feats, targets)
-        record = {"step": self.step, "loss": loss, "lr": self.optimiser.lr, "logit_scale": scale, **parts}
+        record = {"step": self.step, "loss": loss, "lr": lr, "logit_scale": scale, **parts}
         return record, images.shape[0] * self.world
 
     def after_step(self, record: dict[str, Any], samples: int) -> None:
@@ -204,15 +224,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ the end
     def finish(self):
-        """The last checkpoint, the trained model folder (EMA / WiSE-FT weights, adapters merged) and a final
-        evaluation when the last step had none."""
+        """The trained model folder (EMA / WiSE-FT weights, adapters merged), then the last checkpoint — the model
+        first: a disk that fills up at the end keeps what the user wants most — and a final evaluation when the
+        last step had none."""
         if self.world > 1:
             barrier()
         result, cfg = self.result, self.cfg
         result.skipped_images = getattr(self.data, "skipped", 0)
         if self.rank != 0:
             return result
-        save_checkpoint(self.ckpt, self.state_dict(), self.step)
         self.log.flush()
         ema = self.optimiser.ema
         weights = final_weights(self.module, ema.state_dict() if ema is not None else None, self.start_weights,
@@ -220,6 +240,7 @@ class Trainer:
         info = {"config": cfg.as_dict(), "steps": self.step, "world_size": self.world,
                 "history": result.history[-20:], "evals": result.evals}
         save_model(self.model, self.out, result.model_dir, weights, info)
+        save_checkpoint(self.ckpt, self.state_dict(), self.step, kept=f" (the trained model is in {result.model_dir})")
         if cfg.eval_data and (not result.evals or result.evals[-1]["step"] != self.step):
             self.evaluate()
             self.log.flush()

@@ -19,10 +19,10 @@ from ...checkpoints import load_failure_reason
 from ..config import ConfigError, TrainConfig
 from ..model import TrainModel, save_trained
 from ..result import TrainingError
-from ..storage import Location, torch_load_url, url_exists
+from ..storage import Location, refused_write, remove_stale_temporaries, torch_load_url, url_exists
 
-__all__ = ["checkpoint_location", "latest_checkpoint", "latest", "save_checkpoint", "read_resume", "final_weights",
-           "save_model"]
+__all__ = ["checkpoint_location", "latest_checkpoint", "latest", "save_checkpoint", "ready_checkpoints", "read_resume",
+           "final_weights", "save_model", "RESUME_SAME", "RESUME_KEYS"]
 
 
 def checkpoint_location(output: "str | os.PathLike", checkpoint_dir: "str | None" = None) -> Location:
@@ -49,15 +49,36 @@ def _named(ckpt: Location, name: str) -> "Path | str":
     return ckpt.local / name if ckpt.local is not None else ckpt.name_of(name)
 
 
-def save_checkpoint(ckpt: Location, state: dict[str, Any], step: int) -> "Path | str":
-    """``step_NNNNNNN.pt`` then the ``latest`` marker, each written to a temporary name and renamed / moved."""
+def save_checkpoint(ckpt: Location, state: dict[str, Any], step: int, kept: str = "") -> "Path | str":
+    """``step_NNNNNNN.pt`` then the ``latest`` marker, each written to a temporary name and renamed / moved (a write
+    the disk refuses: one line, ``kept`` at its end, and no temporary left)."""
     name = f"step_{step:07d}.pt"
-    ckpt.torch_save(name, state)
+    ckpt.torch_save(name, state, kept)
     ckpt.write_text("latest", name + "\n")
     return _named(ckpt, name)
 
 
+def ready_checkpoints(ckpt: Location, given: bool) -> None:
+    """Before step 1: the local checkpoint folder exists and takes a file (a ``checkpoint_dir`` that is a file
+    trained every step, then failed with no checkpoint and no model), and the temporaries of killed runs in it are
+    removed. ``given``: the folder is the config's ``checkpoint_dir`` (else ``OUTPUT/checkpoints``)."""
+    folder = ckpt.local
+    if folder is None:
+        return
+    if folder.exists() and not folder.is_dir():
+        said = f"checkpoint_dir {folder}" if given else f"{folder}, where the run's checkpoints go,"
+        raise ConfigError(f"{said} is a file; pass a folder (new, or a previous run's), or move the file away")
+    probe = folder / f".clipzoo-probe.tmp-{os.getpid()}"
+    with refused_write(folder, probe):
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+    probe.unlink()
+    remove_stale_temporaries(folder)
+
+
 RESUME_SAME = ("batch_size", "loss", "loss_options")  # what the data position and the objective's state depend on
+#: what a checkpoint must hold to be resumed from (Trainer.load_state_dict reads each)
+RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "step", "epoch", "batch_in_epoch")
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -69,8 +90,11 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} (checkpoint) vs {b!r} (now)"]
 
 
-def read_resume(cfg: TrainConfig, ckpt: Location) -> dict[str, Any]:
-    """The state ``cfg.resume`` names (``latest``, or a checkpoint path / URL), checked to be of this model."""
+def read_resume(cfg: TrainConfig, ckpt: Location, total: int, streamed: bool = False
+                ) -> "tuple[Path | str, dict[str, Any]]":
+    """(the checkpoint ``cfg.resume`` names — ``latest``, or a path / URL —, its state), checked to be of this model
+    and of a run this one continues exactly: the same batch size and objective, the same DataLoader workers for
+    ``streamed`` data, the same teacher for an objective with state, and not past the run's ``total`` steps."""
     path = latest(ckpt) if cfg.resume == "latest" else cfg.resume
     if path is None or not url_exists(str(path)):
         where = "in " + str(ckpt) if cfg.resume == "latest" else cfg.resume
@@ -79,15 +103,27 @@ def read_resume(cfg: TrainConfig, ckpt: Location) -> dict[str, Any]:
     diffs = _diff(state["architecture"], cfg.architecture())
     if diffs:
         raise ConfigError(f"cannot resume from {path}: the model differs — " + "; ".join(diffs[:5]))
-    saved = state.get("config")
+    saved, now = state.get("config"), cfg.as_dict()
     if isinstance(saved, dict):  # checkpoints before this check did not hold their config: nothing to compare
-        now = cfg.as_dict()
-        diffs = _diff({k: saved.get(k) for k in RESUME_SAME}, {k: now[k] for k in RESUME_SAME})
-        if diffs:
-            raise ConfigError(f"cannot resume from {path}: " + "; ".join(diffs) + " — its data position counts "
-                              "batches of its batch size and its objective's state is its loss's; resume with the "
-                              "checkpoint's values, or start a new run")
-    return state
+        _same(path, saved, now, RESUME_SAME, "its data position counts batches of its batch size and its objective's "
+                                             "state is its loss's")
+        if streamed:  # the order of streamed samples depends on the workers (generated shapes' does not)
+            _same(path, saved, now, ("workers",), "streamed samples come in an order set by the number of DataLoader "
+                                                  "workers: the run would go on with other samples than it stopped at")
+        if state.get("loss"):  # queues / centres: a teacher's features
+            _same(path, saved, now, ("teacher",), "its objective's state holds that teacher's features, which another "
+                                                  "teacher's would be compared with")
+    if state["step"] > total:  # it reported "trained 2 steps" with the model at step 4
+        raise TrainingError(f"cannot resume from {path}: it is at step {state['step']}, past this run's {total} "
+                            f"steps; pass --steps above {state['step']}, or start a new run")
+    return path, state
+
+
+def _same(path: Any, saved: dict[str, Any], now: dict[str, Any], keys: "tuple[str, ...]", why: str) -> None:
+    diffs = _diff({k: saved.get(k) for k in keys}, {k: now[k] for k in keys})
+    if diffs:
+        raise ConfigError(f"cannot resume from {path}: " + "; ".join(diffs) + f" — {why}; resume with the "
+                          "checkpoint's values, or start a new run")
 
 
 def _resume_state(path: str) -> dict[str, Any]:
@@ -103,6 +139,10 @@ def _resume_state(path: str) -> dict[str, Any]:
         held = type(state).__name__ if not isinstance(state, dict) else f"keys {', '.join(map(str, list(state)[:5]))}"
         raise TrainingError(f"cannot resume from {path}: not a clipzoo training checkpoint (it holds {held}); pass "
                             "a step_*.pt from a run's checkpoints/ (or 'latest')")
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:  # a KeyError traceback
+        raise TrainingError(f"cannot resume from {path}: the checkpoint lacks {', '.join(missing)} (another version "
+                            "wrote it, or it was edited); resume from another step_*.pt, or start a new run")
     return state
 
 

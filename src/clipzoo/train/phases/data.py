@@ -2,19 +2,22 @@
 
 ``data`` given to :func:`~clipzoo.train.engine.train` is used as it is; else the config's ``data`` names generated
 shapes (``shapes:N``, ``shapes-classes:N``, held in memory) or the readers' sources (streamed). An ``eval_data`` of
-``shapes-heldout:N`` is written once, by rank 0, into the run folder (a local staging folder for remote runs).
+``shapes-heldout:N`` is written once, by rank 0, into the run folder (a local staging folder for remote runs); the
+evaluation data is opened then, before step 1, to find a mistake in it before the training rather than after.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from ...datasets.readers import open_dataset
+from ...errors import DatasetError
 from ..config import ConfigError, TrainConfig
 from ..data import StreamData, open_sources, shapes_data
 from ..model import TrainModel
 from ..recipes import parse_shapes_spec, write_heldout
 from ..storage import Location, scratch_dir
 
-__all__ = ["open_data", "heldout_eval", "steps_per_epoch"]
+__all__ = ["open_data", "heldout_eval", "check_eval_data", "steps_per_epoch"]
 
 
 def open_data(cfg: TrainConfig, model: TrainModel, data, out: Location, rank: int):
@@ -25,9 +28,27 @@ def open_data(cfg: TrainConfig, model: TrainModel, data, out: Location, rank: in
             raise ConfigError("generated shapes (shapes:N, shapes-classes:N) cannot be mixed with other data sources")
         data = shapes_data(cfg.data[0], model, cfg.seed, cfg.workers)
     cfg = heldout_eval(cfg, model, out, rank)
+    if rank == 0:
+        check_eval_data(cfg)
     if data is None:
         data = streamed_data(cfg, model)
     return data, cfg
+
+
+def check_eval_data(cfg: TrainConfig) -> None:
+    """Before step 1: ``eval_data`` opens (a missing file failed at the first evaluation, after training) and has
+    class names — the evaluation during training is zero-shot classification, and data without them evaluated
+    nothing, silently."""
+    if not cfg.eval_data:
+        return
+    try:
+        data = open_dataset(cfg.eval_data, classnames=cfg.eval_classnames, templates=cfg.eval_templates)
+    except DatasetError as err:
+        raise DatasetError(f"eval_data: {err}") from None
+    if not data.classnames:
+        raise ConfigError(f"eval_data {cfg.eval_data}: no class names, and the evaluation during training is zero-shot "
+                          "classification, which needs them; pass eval_classnames (a .txt of class names, one a line) "
+                          "or a data set that carries them (a folder per class, shapes-heldout:N)")
 
 
 def streamed_data(cfg: TrainConfig, model: TrainModel) -> StreamData:

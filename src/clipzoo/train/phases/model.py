@@ -6,8 +6,9 @@ import functools
 
 import torch
 
+from ...errors import one_line
 from ...models.padding_free import encode_text_padding_free, trimmable
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
 from ..model import TrainModel
 
 __all__ = ["prepare", "convolutional_layout", "trim_text_padding", "lock_towers"]
@@ -30,7 +31,11 @@ def prepare(model: TrainModel, cfg: TrainConfig, device: torch.device) -> tuple[
 def lock_towers(module: torch.nn.Module, cfg: TrainConfig) -> None:
     """LiT: freeze the towers the config locks (open_clip's ``lock_image_tower`` / ``lock_text_tower``)."""
     if cfg.lock_image:
-        module.lock_image_tower(unlocked_groups=cfg.lock_image_unlocked_layers, freeze_bn_stats=True)
+        try:
+            module.lock_image_tower(unlocked_groups=cfg.lock_image_unlocked_layers, freeze_bn_stats=True)
+        except AssertionError as err:  # open_clip's ResNet tower: "partial locking not currently supported"
+            raise ConfigError(f"lock_image_unlocked_layers {cfg.lock_image_unlocked_layers}: this image tower locks "
+                              f"only whole ({one_line(err)}); set lock_image_unlocked_layers to 0") from None
     if cfg.lock_text:
         module.lock_text_tower(unlocked_layers=cfg.lock_text_unlocked_layers, freeze_layer_norm=True)
 
