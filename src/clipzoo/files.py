@@ -1,6 +1,7 @@
 """Writing files so that an interrupted write never leaves a half file at the destination."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["NOT_REGULAR", "atomic_write", "atomic_write_text", "build_folder_once", "check_output_file",
-           "expand_files", "inside", "model_fingerprint", "special_file", "url_filesystem"]
+           "expand_files", "folder_files", "inside", "model_fingerprint", "special_file", "url_filesystem"]
 
 NOT_REGULAR = "is not a regular file (a fifo, a socket or a device)"
 """What is said of a path :func:`special_file` refuses."""
@@ -35,13 +36,18 @@ def special_file(path: "str | os.PathLike") -> bool:
 
 def atomic_write(path: "str | os.PathLike", write: Callable[[IO[bytes]], object]) -> Path:
     """Call ``write(binary_file)`` on a temporary file beside ``path`` (its folder is created), then
-    rename it to ``path``; on any error the temporary file is removed and ``path`` is left as it was."""
+    rename it to ``path``; on any error the temporary file is removed and ``path`` is left as it was. The file
+    gets the mode a plain ``open(path, "w")`` gives a new file, ``0o666`` less the umask (mkstemp's 0600 made
+    every such output unreadable to the group), whether or not it replaces one — as the ``.npy`` files
+    streamed beside it are."""
     path = Path(path)
     if path.parent != Path(""):
         path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            with contextlib.suppress(OSError):  # a file system without modes (some FUSE, SMB mounts)
+                os.fchmod(f.fileno(), 0o666 & ~current_umask())
             write(f)
         os.replace(tmp, path)
     finally:
@@ -50,34 +56,65 @@ def atomic_write(path: "str | os.PathLike", write: Callable[[IO[bytes]], object]
     return path
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it where Linux says it (``/proc/self/status``); elsewhere
+    set and restored under a lock (the only way POSIX gives; another thread creating a file meanwhile would see
+    umask 022 for that instant)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        old = os.umask(0o022)
+        os.umask(old)
+    return old
+
+
 def atomic_write_text(path: "str | os.PathLike", text: str) -> Path:
     """``text`` as UTF-8 at ``path`` through :func:`atomic_write` (whole or not at all; a link there is replaced)."""
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def check_output_file(path: "str | os.PathLike | None", inputs, flag: str, error: type) -> None:
+def check_output_file(path: "str | os.PathLike | None", inputs, flag: str, error: type, *,
+                      fix: "str | None" = None, read_whole_folders: bool = True) -> None:
     """Before any work: ``error`` when the output file ``path`` is a folder, is one of ``inputs`` (files or
     folders — the entry given, or the file a link there points to; None, URLs and names that are no path here are
-    passed over) or an existing file inside an input folder: writing there would destroy what the run reads. (The
-    write itself replaces a link at ``path``, never its target: :func:`atomic_write`.)"""
+    passed over) or, with ``read_whole_folders`` (eval: it reads its data folder whole), an existing file inside an
+    input folder: writing there would destroy what the run reads. ``fix``: what the message tells the user to do
+    (by default "pass a file name" for a folder, "choose another file" for an input).
+    (The write itself replaces a link at ``path``, never its target: :func:`atomic_write`.) Without
+    ``read_whole_folders`` (``clipzoo embed``, given the very files it reads, possibly many) a file no input names
+    is replaced — a previous run's output — and only an input of the same name, or a link, costs a path lookup."""
     if path is None:
         return
     shown = os.fspath(path)
     p = Path(os.path.expanduser(shown))
     if p.is_dir() and not p.is_symlink():
-        raise error(f"{flag} {shown!r} is a folder; pass a file name")
+        raise error(f"{flag} {shown!r} is a folder; {fix or 'pass a file name'}")
+    if not os.path.lexists(p):  # nothing there to destroy
+        return
     entry = os.path.join(os.path.realpath(p.parent), p.name)  # what the write replaces
     for given in inputs:
         q = None if given is None else os.path.expanduser(os.fspath(given))
-        if q is None or "://" in q or not os.path.lexists(q):  # a data set's name, a URL: nothing to destroy here
+        if q is None or "://" in q:  # a data set's name, a URL: nothing to destroy here
+            continue
+        if not read_whole_folders and os.path.basename(q) != p.name and not os.path.islink(q):
+            continue  # another name, not a link: another file
+        if not os.path.lexists(q):
             continue
         places = {os.path.join(os.path.realpath(os.path.dirname(q) or "."), os.path.basename(q)),
                   os.path.realpath(q)}
-        folder = os.path.realpath(q) if os.path.isdir(q) else None
-        if entry in places or (folder and os.path.lexists(p) and entry.startswith(folder.rstrip(os.sep) + os.sep)):
+        folder = os.path.realpath(q) if read_whole_folders and os.path.isdir(q) else None
+        if entry in places or (folder and entry.startswith(folder.rstrip(os.sep) + os.sep)):
             what = "is the input" if entry in places else "is a file in the input folder"
-            raise error(f"{flag} {shown!r} {what} {os.fspath(given)!r}: writing there would destroy it; choose "
-                        "another file")
+            raise error(f"{flag} {shown!r} {what} {os.fspath(given)!r}: writing there would destroy it; "
+                        f"{fix or 'choose another file'}")
 
 
 def checked_file(path: "str | os.PathLike", noun: str, error: type, folder_fix: str) -> tuple[Path, str]:
@@ -95,33 +132,54 @@ def checked_file(path: "str | os.PathLike", noun: str, error: type, folder_fix: 
 
 
 def expand_files(paths, suffixes: tuple[str, ...], error: type, kind: str) -> list[str]:
-    """Files stay as given; a folder becomes its files with one of ``suffixes`` (any case; recursively,
-    sorted, hidden files skipped). A path that does not exist, a folder without such files, or no paths at
-    all raise ``error`` naming it (``kind``: "image", "audio", … for the messages)."""
+    """Files stay as given; a folder becomes its files with one of ``suffixes`` (any case; recursively, sorted),
+    as ``clipzoo index build`` walks a folder: hidden files and hidden folders skipped, and only regular files
+    that stay inside the folder (a link leading out of it, a fifo, a socket, a device are left out; linked
+    folders are not entered). A path that does not exist, a folder without such files, or no paths at all raise
+    ``error`` naming it (``kind``: "image", "audio", … for the messages)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    noun = "image" if kind == "image" else f"{kind} file"
     out: list[str] = []
     for given in paths:
         path = Path(os.path.expanduser(os.fspath(given)))
         if path.is_dir():
-            found = sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-                            and not p.name.startswith(".")), key=str)
+            found = folder_files(path, suffixes)
             if not found:
                 raise error(f"folder {os.fspath(given)!r} holds no {kind} files ({', '.join(suffixes)}); "
                             "check the path")
-            out.extend(str(p) for p in found)
+            out.extend(found)
         elif special_file(path):
-            raise error(f"{'image' if kind == 'image' else f'{kind} file'} {os.fspath(given)!r} {NOT_REGULAR}; "
-                        "pass a file")
+            raise error(f"{noun} {os.fspath(given)!r} {NOT_REGULAR}; pass a file")
         elif path.exists():
             out.append(str(path))
         else:
-            noun = "image" if kind == "image" else f"{kind} file"
             raise error(f"{noun} {os.fspath(given)!r} does not exist; check the path")
     if not out:
         raise error(f"no {kind} given; pass {kind} files or folders" if kind != "image"
                     else "no images given; pass image files or folders")
     return out
+
+
+def folder_files(root: Path, suffixes: tuple[str, ...]) -> list[str]:
+    """The regular files under ``root`` with one of ``suffixes`` (any case), sorted: hidden entries skipped,
+    linked folders not entered, a link whose target leaves ``root`` left out (see :func:`expand_files`)."""
+    real_root = os.path.realpath(root)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in suffixes:
+                continue
+            file = os.path.join(dirpath, name)
+            try:
+                mode = os.lstat(file).st_mode
+            except OSError:  # gone meanwhile
+                continue
+            if stat.S_ISREG(mode) or (stat.S_ISLNK(mode) and os.path.isfile(file)
+                                      and inside(os.path.realpath(file), real_root)):
+                found.append(file)
+    return sorted(found)
 
 
 def build_folder_once(folder: "str | os.PathLike", build: Callable[[Path], object], marker: str) -> Path:

@@ -19,6 +19,8 @@ from ..embed import (
     save_embeddings,
     sidecar_path,
 )
+from ..embed.results import check_outputs
+from ..embed.run import read_paths
 from ._common import (
     CacheDirOpt,
     DeviceOpt,
@@ -109,8 +111,10 @@ def embed(
     if audio:
         return _embed_audio(model, audio, out, batch_size, normalize, progress, skip_bad, device, precision,
                             trust_pickle, model_name, cache_dir)
-    items = expand_image_inputs(image_paths) if image_paths else None  # before the model loads: a typo fails fast
+    # before the model loads: a typo fails fast; expanded once (embed_to_file takes the items as they are)
+    items = expand_image_inputs(image_paths, skip_bad=skip_bad) if image_paths else None
     lines = read_texts(texts) if texts else None
+    check_outputs(out, [texts, *image_paths, *read_paths(items or ())])  # an input the output would replace
     info, device = _rank_device(device)
     comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir, runtime, long_text,
                             **auto_sample(runtime, items, lines, image_paths, texts))  # auto measures on them
@@ -140,6 +144,7 @@ def _report(meta: dict, npy: Path, info) -> None:
 def _embed_audio(model, audio, out, batch_size, normalize, progress, skip_bad, device, precision, trust_pickle,
                  model_name, cache_dir) -> None:
     paths = expand_audio_paths(audio)  # a typo fails before the model loads
+    check_outputs(out, paths)
     comparator = load_model(model, device, precision, trust_pickle, model_name, cache_dir)
     result = embed_audio(comparator, paths, batch_size=batch_size or 32, normalize=normalize, progress=progress,
                          skip_bad=skip_bad)
@@ -169,7 +174,7 @@ def _embed_clip_retrieval(format_, model, image_paths, audio, texts, out, batch_
         fail("pass --images PATH… and/or --texts FILE")
     if image_paths and texts and skip_bad:
         fail("--skip-bad would break the image–caption pairs of --images with --texts; leave it out")
-    items = expand_image_inputs(image_paths) if image_paths else None
+    items = expand_image_inputs(image_paths, skip_bad=skip_bad) if image_paths else None
     lines = read_texts(texts) if texts else None
     if items is not None and lines is not None and len(items) != len(lines):
         fail(f"--images gives {len(items)} images but --texts {len(lines)} lines; clip-retrieval pairs them row by row")

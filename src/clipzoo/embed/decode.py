@@ -15,7 +15,10 @@ the cosine falls to ~0.9998 — and libjpeg-turbo's scales other than 1/2, 1/4, 
 - the EXIF orientation is applied, as every clipzoo decode does; CMYK JPEGs (PIL converts them its own way),
   JPEGs whose header declares more pixels than PIL allows (``simplejpeg`` has no limit: it would allocate the
   declared size; PIL refuses them from the header as decompression bombs) and anything ``simplejpeg`` cannot
-  decode go to PIL, whose errors name the file.
+  decode go to PIL, whose errors name the file;
+- a file is decoded once (:func:`decode_file`: the decoder's error is the one line), and read whole only when
+  bounded (:func:`read_image`: up to :data:`READ_WHOLE_BYTES`, or up to that plus :data:`BYTES_PER_PIXEL` per pixel
+  its header declares), so a padded or garbage file costs neither its size in memory nor a decoder's crawl.
 
 This is the one decoder of every image the model sees by path or bytes: ``clipzoo embed`` (its decode
 workers), ``clipzoo index build`` (:class:`clipzoo.index.folder.IndexFiles`) and the service's image queries
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from functools import lru_cache
 
 from ..errors import BadImageError
@@ -33,10 +37,19 @@ from ..image_bytes import ImageTooLargeError, image_size, orientation, upright, 
 from ..inputs import open_image
 
 __all__ = ["SCALE_MARGIN", "decoder_name", "dct_scale", "decode_file", "decode_bytes", "decode_upload", "is_jpeg",
-           "exif_turn", "within_pil_limit"]
+           "exif_turn", "within_pil_limit", "read_image", "declared_pixels", "undecodable", "READ_WHOLE_BYTES",
+           "BYTES_PER_PIXEL"]
 
 SCALE_MARGIN = 2  # DCT-scaled sides stay >= this × the input: min cosine 0.99992 (results/decode.json)
 JPEG_MAGIC = b"\xff\xd8\xff"
+
+READ_WHOLE_BYTES = 16 << 20
+"""An image file (or tar member) up to this size is read whole; a larger one only when :func:`read_image` finds
+that its header declares enough pixels to need it."""
+
+BYTES_PER_PIXEL = 32
+"""Most bytes an image file may hold per pixel its header declares, beyond :data:`READ_WHOLE_BYTES`: float32 RGBA
+(a TIFF's largest) is 16; an incompressible JPEG's coefficients stay below 10."""
 
 
 @lru_cache(maxsize=1)
@@ -136,14 +149,103 @@ def decode_upload(data: bytes, min_side: "int | None" = None, *, max_pixels: int
 
 
 def decode_file(path: "str | os.PathLike", min_side: "int | None" = None):
-    """An image file -> upright RGB PIL image through :func:`decode_bytes`; a file that fails goes through
-    :func:`clipzoo.inputs.open_image`, whose :class:`BadImageError` names the file."""
+    """An image file -> upright RGB PIL image through :func:`decode_bytes`, decoded once: a failure is a one-line
+    :class:`BadImageError` naming the file and the decoder's error. A path that is not a regular file (missing,
+    a folder, a fifo — opened without waiting for a writer, then refused) gets
+    :func:`clipzoo.inputs.open_image`'s message; the bytes read are bounded by :func:`read_image`."""
+    name = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK)  # a fifo opens at once (and is refused below)
     except OSError:
-        return open_image(path)
+        return open_image(path)  # missing, unreadable: its one-line message
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return open_image(path)  # a folder, a fifo, a device: refused there without reading
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = read_image(f, 0, st.st_size, name)
+        except OSError as exc:
+            raise BadImageError(f"image {name!r} cannot be read ({exc.__class__.__name__}: {exc})") from None
     try:
         return decode_bytes(data, min_side)
-    except Exception:  # noqa: BLE001 - a broken file: the reference decoder reports it, naming the file
-        return open_image(path)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure names the file
+        raise undecodable(name, exc) from None
+
+
+def undecodable(name: str, exc: BaseException) -> BadImageError:
+    """The one line for an image file the decoder refused (as :func:`clipzoo.inputs.open_image` says it)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(exc, Image.DecompressionBombError):
+        return BadImageError(f"image {name!r} is refused as a decompression bomb ({exc})")
+    said = f"cannot identify image file {name!r}" if isinstance(exc, UnidentifiedImageError) else exc  # not BytesIO
+    return BadImageError(f"image {name!r} cannot be decoded ({exc.__class__.__name__}: {said}); is it a corrupt or "
+                         "non-image file?")
+
+
+def read_image(f, start: int, size: int, name: str) -> bytes:
+    """The ``size`` bytes at ``start`` of the binary file ``f`` (an image file, or a tar member), read whole only
+    when bounded: up to :data:`READ_WHOLE_BYTES`, or up to that plus :data:`BYTES_PER_PIXEL` per pixel its header
+    declares. Anything larger — a garbage or zero-padded file behind an image's magic bytes, whose junk the
+    decoders would crawl through (a 200 MB one took 45 s and 250 MB) — or a header that cannot be read is a
+    one-line :class:`BadImageError` naming ``name``, before the rest is read."""
+    f.seek(start)
+    if size <= READ_WHOLE_BYTES:
+        return f.read(size)
+    head = f.read(1 << 20)
+    pixels = declared_pixels(head, _Span(f, start, size), name)
+    if pixels is None:
+        raise BadImageError(f"image {name!r} ({size:,} bytes) has no image header a decoder can read; is it a "
+                            "corrupt or non-image file?")
+    if size > READ_WHOLE_BYTES + BYTES_PER_PIXEL * pixels:
+        raise BadImageError(f"image {name!r} is {size:,} bytes, more than its {pixels:,} pixels can need; is it a "
+                            "corrupt or padded file? (re-save it)")
+    f.seek(start + len(head))
+    return head + f.read(size - len(head))
+
+
+def declared_pixels(head: bytes, source, name: str) -> "int | None":
+    """Width × height as the header says, from ``head`` (a JPEG's first MiB: libjpeg-turbo, else PIL's parse of
+    those bytes — PIL crawls junk before a JPEG marker byte by byte) or the seekable ``source`` (other formats:
+    a TIFF's directory may lie at its end); None when no decoder reads a header there; a header PIL refuses as a
+    decompression bomb is that one-line :class:`BadImageError` naming ``name``."""
+    from PIL import Image
+
+    if is_jpeg(head) and decoder_name() == "simplejpeg":
+        import simplejpeg
+
+        try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(head)
+            return width * height
+        except (ValueError, RuntimeError):
+            pass
+    try:
+        with Image.open(io.BytesIO(head) if is_jpeg(head) else source) as im:
+            return im.size[0] * im.size[1]
+    except Image.DecompressionBombError as exc:
+        raise undecodable(name, exc) from None
+    except Exception:  # noqa: BLE001 - no header here
+        return None
+
+
+class _Span:
+    """Bytes ``start`` to ``start + size`` of a binary file, as a seekable file of their own (PIL's header parse of
+    a tar member)."""
+
+    def __init__(self, f, start: int, size: int):
+        self.f, self.start, self.size, self.pos = f, start, size, 0
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.size - self.pos if n is None or n < 0 else min(n, self.size - self.pos)
+        self.f.seek(self.start + self.pos)
+        data = self.f.read(max(n, 0))
+        self.pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = max(0, offset + (0, self.pos, self.size)[whence])
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos

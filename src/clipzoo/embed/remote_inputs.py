@@ -10,21 +10,18 @@ image paths (relative ones taken from the table's folder). A filesystem that liv
 """
 from __future__ import annotations
 
-import csv
 import io
 import os
 import posixpath
-import tarfile
 from dataclasses import dataclass, replace
 
 import fsspec
 
 from ..constants import IMAGE_SUFFIXES
 from ..errors import BadImageError
-from ..extras import require
 from ..inputs import load_rgb
 from .decode import decode_bytes
-from .sources import TABLE_PATH_COLUMNS, expand_image_inputs
+from .sources import expand_image_inputs, table_column, tar_entries
 
 __all__ = ["is_url", "RemoteFile", "RemoteTarMember", "expand_inputs", "INLINE_PROTOCOLS"]
 
@@ -136,36 +133,28 @@ def _inline(items: list) -> list:
 
 def _tar_members(url: str) -> list[RemoteTarMember]:
     try:
-        with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-            members = [RemoteTarMember(url, m.name, m.offset_data, m.size) for m in tar
-                       if m.isfile() and posixpath.splitext(m.name)[1].lower() in IMAGE_SUFFIXES]
+        with fsspec.open(url, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(0)
+            entries, cut = tar_entries(f, size, url)
     except FileNotFoundError:
         raise BadImageError(f"tar shard {url!r} does not exist; check the URL") from None
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise BadImageError(f"tar shard {url!r} cannot be read as an uncompressed tar ({exc})") from None
-    if not members:
+    except OSError as exc:
+        raise BadImageError(f"tar shard {url!r} cannot be read ({exc})") from None
+    if cut is not None:
+        raise BadImageError(f"tar shard {url!r} is truncated after {len(entries)} image member(s) ({cut}); copy or "
+                            "write it again")
+    if not entries:
         raise BadImageError(f"tar shard {url!r} holds no image members ({', '.join(IMAGE_SUFFIXES)})")
-    return members
+    return [RemoteTarMember(url, name, offset, size) for name, offset, size in entries]
 
 
 def _table_urls(url: str) -> list[str]:
     """The image URLs a CSV / parquet table at ``url`` lists, in row order (relative to the table's folder)."""
     try:
         with fsspec.open(url, "rb") as f:
-            data = f.read()
+            _, values = table_column(f, url)
     except FileNotFoundError:
         raise BadImageError(f"table {url!r} does not exist; pass a .csv or .parquet file of image paths") from None
-    if url.lower().endswith(".parquet"):
-        table = require("pyarrow.parquet", "reading a parquet table of images").read_table(io.BytesIO(data))
-        columns = {name: table.column(name).to_pylist() for name in table.column_names}
-    else:
-        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
-        columns = {name: [r[name] for r in rows] for name in (rows[0].keys() if rows else [])}
-    name = next((c for c in TABLE_PATH_COLUMNS if c in columns), None)
-    if name is None:
-        raise BadImageError(f"table {url!r} has no image path column; name one of {', '.join(TABLE_PATH_COLUMNS)}")
     base = url.rsplit("/", 1)[0]
-    urls = [p if is_url(str(p)) else f"{base}/{p}" for p in map(str, (p for p in columns[name] if p not in (None, "")))]
-    if not urls:
-        raise BadImageError(f"table {url!r} lists no images in its {name!r} column")
-    return urls
+    return [p if is_url(p) else f"{base}/{p}" for p in values]

@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cards import TEXT
 from ..errors import ClipzooError
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text, check_output_file
 from ..json_text import json_text
 
-__all__ = ["Embeddings", "sidecar_path", "npy_path", "save_embeddings", "write_sidecar", "load_embeddings"]
+__all__ = ["Embeddings", "sidecar_path", "npy_path", "save_embeddings", "check_outputs", "write_sidecar",
+           "load_embeddings"]
 
 
 @dataclass
@@ -48,14 +50,34 @@ def npy_path(out: "str | os.PathLike") -> Path:
 
 
 def save_embeddings(embeddings: Embeddings, out: "str | os.PathLike") -> tuple[Path, Path]:
-    """Write ``out`` (``.npy`` added if missing) and its JSON sidecar; each file appears whole or not at all."""
+    """Write ``out`` (``.npy`` added if missing) and its JSON sidecar; each file appears whole or not at all, and
+    neither is written when either place is taken by a folder or by one of the files embedded
+    (:func:`check_outputs`)."""
     import numpy as np
 
-    npy = npy_path(out)
+    npy = check_outputs(out, embeddings.inputs if embeddings.modality != TEXT else ())
     if npy.parent and not npy.parent.exists():
         npy.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(npy, lambda f: np.save(f, embeddings.features))
     return npy, write_sidecar(npy, embeddings.metadata())
+
+
+def check_outputs(out: "str | os.PathLike", inputs=()) -> Path:
+    """Before any work: the ``.npy`` that ``out`` names (returned) and its sidecar may be neither a folder nor one
+    of ``inputs`` (the paths the run reads: a texts file, a table, a tar shard, the image files) — writing there
+    would destroy it; a one-line :class:`~clipzoo.errors.ClipzooError` names both. Any other file there, such as a
+    previous run's output, is replaced."""
+    npy = npy_path(out)
+    side = sidecar_path(npy)
+    names = {npy.name, side.name}
+    # only an input of either name, or a link, can be either place (one pass, a lookup only for the links)
+    given = (os.path.expanduser(os.fspath(q)) for q in inputs if q is not None)
+    inputs = [q for q in given if os.path.basename(q) in names or os.path.islink(q)] \
+        if os.path.lexists(npy) or os.path.lexists(side) else []
+    check_output_file(npy, inputs, "output", ClipzooError, read_whole_folders=False)
+    check_output_file(side, inputs, "sidecar", ClipzooError, read_whole_folders=False,
+                      fix=f"choose another output name than {os.fspath(npy)!r} (its sidecar takes the name with .json)")
+    return npy
 
 
 def write_sidecar(npy_path: "str | os.PathLike", metadata: dict[str, Any]) -> Path:

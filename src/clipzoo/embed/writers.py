@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["RowWriter", "COPY_ROWS"]
+__all__ = ["RowWriter", "COPY_ROWS", "remove_stale_temporaries"]
 
 COPY_ROWS = 65536
 """Rows copied at a time when a file is trimmed or parts are merged."""
@@ -12,7 +14,8 @@ COPY_ROWS = 65536
 
 class RowWriter:
     """Rows appended to a memory-mapped ``.npy`` sized for ``capacity`` rows; :meth:`commit` trims it to
-    the rows written and renames it into place, so ``path`` appears whole or not at all."""
+    the rows written and renames it into place, so ``path`` appears whole or not at all. The temporary file is
+    ``.NAME.tmp-PID`` beside ``path``; those a killed run left there (its process gone) are removed first."""
 
     def __init__(self, path: Path, capacity: int):
         self.path = path
@@ -20,6 +23,7 @@ class RowWriter:
         self.capacity = capacity
         self.rows = 0
         self.array = None
+        remove_stale_temporaries(path)
 
     def append(self, block) -> None:
         import numpy as np
@@ -30,7 +34,9 @@ class RowWriter:
         self.array[self.rows:self.rows + len(block)] = block
         self.rows += len(block)
 
-    def commit(self, dim: int) -> None:
+    def commit(self, dim: int, before_replace: "Callable[[], object] | None" = None) -> None:
+        """Trim and rename into place; ``before_replace`` runs just before the rename (the sidecar's write: when
+        it fails, ``path`` is left as it was, so the previous pair stays a pair)."""
         import numpy as np
 
         if self.array is None:
@@ -48,9 +54,46 @@ class RowWriter:
             os.replace(trimmed, self.tmp)
         else:
             del array
+        if before_replace is not None:
+            before_replace()
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
         self.array = None
         for p in (self.tmp, self.tmp.with_name(self.tmp.name + "-trim")):
             p.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary files of :class:`RowWriter` s for ``path`` whose process is gone (a run killed by
+    SIGKILL or the OOM killer left a full-size hidden ``.NAME.tmp-PID``): only names of exactly that pattern, for
+    this output, whose PID is no running process here. Returns those removed."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-(\d+)(-trim)?")
+    removed = []
+    try:
+        names = os.listdir(path.parent if str(path.parent) else ".")
+    except OSError:
+        return removed
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match and not _alive(int(match.group(1))):
+            stale = path.with_name(name)
+            try:
+                stale.unlink()
+            except OSError:
+                continue
+            removed.append(stale)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs here (one of another user's counts: signalling it is refused, not unknown)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
