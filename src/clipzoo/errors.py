@@ -4,6 +4,7 @@ The CLI prints ``str(err)`` on one line and exits with status 2 for any :class:`
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import warnings
@@ -94,10 +95,12 @@ def one_line(exc: object, limit: "int | None" = None) -> str:
 
 
 def write_refused(path: object, exc: BaseException, *, elsewhere: str = "", kept: str = "") -> ClipzooError:
-    """The one line for a write the file system refused for another reason than space (a file size limit, a
-    read-only or failing disk, the folder's permissions): what was refused and what to check before rerunning.
-    ``elsewhere``: where else it may go (``" (or pass another cache_dir)"``); ``kept``: what stays intact
+    """The one line for a write the file system refused: ``no space left`` for a full disk or quota, else (a file
+    size limit, a read-only or failing disk, the folder's permissions) what was refused and what to check before
+    rerunning. ``elsewhere``: where else it may go (``" (or pass another cache_dir)"``); ``kept``: what stays intact
     (``" (the previous index is unchanged)"``)."""
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return ClipzooError(f"no space left writing {path}; free some space{elsewhere} and rerun{kept}")
     reason = one_line(getattr(exc, "strerror", None) or exc, 200)
     return ClipzooError(f"cannot write {path} ({reason}): check the disk, the file size limit (ulimit -f) and the "
                         f"folder's permissions{elsewhere}, then rerun{kept}")

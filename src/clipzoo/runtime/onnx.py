@@ -9,7 +9,6 @@ fails (a full disk, ``ulimit -f``) is one line naming the folder (:func:`build_e
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -146,9 +145,7 @@ def build_entry(folder: Path, build: Callable[[Path], object]) -> Path:
 
 
 def write_error(folder: Path, exc: OSError) -> ClipzooError:
-    """The one line of a cache write the file system refused (worded as an index's refused write is)."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ClipzooError(f"no space left writing {folder}; free some space (or pass another cache_dir) and rerun")
+    """The one line of a cache write the file system refused (:func:`clipzoo.errors.write_refused`)."""
     return write_refused(folder, exc, elsewhere=" (or pass another cache_dir)")
 
 

@@ -10,7 +10,6 @@ filesystems whose move is atomic, and at worst a stray ``.tmp-*`` object is left
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import json
 import os
@@ -226,11 +225,8 @@ def refused_os_error(exc: BaseException) -> "OSError | None":
 
 
 def write_error(path: "str | os.PathLike", exc: OSError, kept: str = "") -> ClipzooError:
-    """The one line of a write the file system refused: ``no space left`` for a full disk or quota, else
-    :func:`~clipzoo.errors.write_refused`'s (a file size limit, a read-only disk, permissions)."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ClipzooError(f"no space left writing {os.fspath(path)}; free some space (or pass another --output / "
-                            f"checkpoint_dir) and rerun{kept}")
+    """The one line of a write the file system refused (:func:`clipzoo.errors.write_refused`: a full disk or quota,
+    a file size limit, a read-only disk, permissions)."""
     return write_refused(os.fspath(path), exc, elsewhere=" (or pass another --output / checkpoint_dir)", kept=kept)
 
 
