@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -11,6 +12,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+from .processes import pid_alive
 
 __all__ = ["NOT_REGULAR", "atomic_write", "atomic_write_text", "build_folder_once", "check_output_file",
            "expand_files", "folder_files", "inside", "model_fingerprint", "special_file", "url_filesystem"]
@@ -268,3 +271,31 @@ def url_filesystem(url: str, error: type) -> "tuple[Any, str]":
         raise error(f"{url}: not a usable fsspec URL ({err})") from None
     except OSError as err:  # a filesystem that connects when made (ftp://, sftp://): no such host, refused, …
         raise error(f"{url}: cannot reach it ({err.__class__.__name__}: {err})") from None
+
+
+def remove_dead_temporaries(folder: "str | os.PathLike", pattern: "re.Pattern[str]", *,
+                            ours_too: bool = False) -> list[Path]:
+    """Remove the files and folders directly in ``folder`` whose name matches ``pattern`` in full — a temporary's
+    naming, its first group the PID of the process that wrote it — when that process is gone (a run killed by
+    SIGKILL or the OOM killer, or one that died of a full disk, left them for good). ``ours_too``: this process's
+    own count as gone (a run's start, under its lock: nothing of ours is being written). The paths removed."""
+    removed = []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return removed
+    for name in names:
+        match = pattern.fullmatch(name)
+        if not match:
+            continue
+        pid = int(match.group(1))
+        if (pid == os.getpid() and not ours_too) or (pid != os.getpid() and pid_alive(pid)):
+            continue
+        path = Path(folder) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        removed.append(path)
+    return removed

@@ -6,6 +6,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from ..files import remove_dead_temporaries
+
 __all__ = ["RowWriter", "COPY_ROWS", "remove_stale_temporaries"]
 
 COPY_ROWS = 65536
@@ -67,33 +69,7 @@ class RowWriter:
 def remove_stale_temporaries(path: Path) -> list[Path]:
     """Remove the temporary files of :class:`RowWriter` s for ``path`` whose process is gone (a run killed by
     SIGKILL or the OOM killer left a full-size hidden ``.NAME.tmp-PID``): only names of exactly that pattern, for
-    this output, whose PID is no running process here. Returns those removed."""
+    this output, whose PID is no running process here (:func:`clipzoo.files.remove_dead_temporaries`). Returns
+    those removed."""
     pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-(\d+)(-trim)?")
-    removed = []
-    try:
-        names = os.listdir(path.parent if str(path.parent) else ".")
-    except OSError:
-        return removed
-    for name in names:
-        match = pattern.fullmatch(name)
-        if match and not _alive(int(match.group(1))):
-            stale = path.with_name(name)
-            try:
-                stale.unlink()
-            except OSError:
-                continue
-            removed.append(stale)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process ``pid`` runs here (one of another user's counts: signalling it is refused, not unknown)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
+    return remove_dead_temporaries(path.parent if str(path.parent) else ".", pattern)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ClipzooError, write_refused
-from ..files import url_filesystem
+from ..files import remove_dead_temporaries, url_filesystem
 from .config import ConfigError
 
 __all__ = ["Location", "MetricsLog", "is_remote", "torch_load_url", "url_exists", "scratch_dir", "write_error",
@@ -167,35 +167,16 @@ class Location:
                 self.fs.put_file(str(f), target)
 
 
-TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)$")  # .NAME.tmp-PID: what write_bytes, torch_save and save_trained write
+TEMPORARY = re.compile(r"\..+\.tmp-(\d+)")  # .NAME.tmp-PID: what write_bytes, torch_save and save_trained write
 
 
 def remove_stale_temporaries(folder: "Path | None") -> list[str]:
     """Remove the temporaries of our naming in the local ``folder`` whose process is gone (a run killed while it
     saved, or one that died of a full disk, left ``.step_0000004.pt.tmp-PID`` for good). At a run's start, with the
     run lock held: this process's own temporaries are stale too. The names removed."""
-    removed = []
-    for path in sorted(folder.glob(".*.tmp-*")) if folder is not None and folder.is_dir() else []:
-        match = TEMPORARY.match(path.name)
-        if match and not _alive(int(match.group(1))):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-            removed.append(path.name)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process
-        return True
-    return True
+    if folder is None or not folder.is_dir():
+        return []
+    return [p.name for p in remove_dead_temporaries(folder, TEMPORARY, ours_too=True)]
 
 
 class _KeptError:
