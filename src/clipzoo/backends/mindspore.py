@@ -29,8 +29,8 @@ from ..comparator import ForeignComparator
 from ..download import download_url, sha256_of
 from ..errors import CheckpointError, ClipzooError, DownloadError, UnsupportedError
 from ..models.mindspore_clip import CLIP, build_model, load_params
-from ..models.mindspore_config import check_config, config_from_shapes, get_config, tower_sizes
-from ..models.mindspore_names import read_ckpt, torch_to_mindspore
+from ..models.mindspore_config import check_config, config_of, tower_sizes
+from ..models.mindspore_names import read_ckpt_entries, torch_to_mindspore
 from ..models.tokenize import tokenize_checked
 from ..tokenizers import OpenAITokenizer
 
@@ -90,8 +90,12 @@ class MindSporeComparator(ForeignComparator):
         return torch.from_numpy(self.model.encode_image(x)).to(self.device)
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        ids = tokens.detach().cpu().numpy().astype(np.int32)
-        return torch.from_numpy(self.model.encode_text(ids)).to(self.device)
+        ids = tokens.detach().cpu().numpy()
+        if ids.size and (ids.min() < 0 or ids.max() >= self.net.vocab_size):  # torch's embedding lookup raises this
+            # IndexError, which encode_text turns into its BadTextError; MindSpore's Gather fails with a C++ trace
+            raise IndexError(f"token id {int(ids.max())} is out of the vocabulary ({self.net.vocab_size} ids)")
+        return torch.from_numpy(self.model.encode_text(ids.astype(np.int32))).to(self.device)
+
 
     def tokenize(self, texts, truncate: bool = False) -> torch.Tensor:
         return tokenize_checked(self.tokenizer, texts, self.context_length, truncate).long()
@@ -155,10 +159,10 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     else:
         if kwargs:
             raise ClipzooError(f"unknown option(s) for a MindSpore model: {', '.join(sorted(kwargs))}")
-        params = read_ckpt(ckpt_path(card, cache_dir))
+        path = ckpt_path(card, cache_dir)
+        params = read_ckpt_entries(path)  # the weights and the config clipzoo stored
         model = model if model is not None else card.config.get("model")
-        cfg = get_config(model, openai=bool(card.config.get("openai"))) if model is not None else \
-            config_from_shapes({k: tuple(np.shape(v)) for k, v in params.items()})
+        cfg = config_of(params, str(path), model, openai=bool(card.config.get("openai")))
         transform = None
     card = card.replace(config={**card.config, "model": model if isinstance(model, str) else cfg})
     return build(card, params, cfg, transform=transform, mode=mode)

@@ -12,12 +12,15 @@ from ._common import CacheDirOpt, JsonOpt, ModelArg, ModelNameOpt, TrustPickleOp
 def convert(
     src: str = typer.Argument(..., metavar="SRC", help="Model to convert: any spec or local checkpoint clipzoo loads."),
     dst: Path | None = typer.Argument(None, metavar="[DST]", help="Output file or folder (see --to); or -o."),
-    to: str = typer.Option(..., "--to", help="open_clip, hf, openai, safetensors, onnx or jax."),
+    to: str = typer.Option(..., "--to", help="open_clip, hf, openai, safetensors, onnx, jax or mindspore."),
     output: Path | None = typer.Option(None, "-o", "--output", help="Output file or folder (instead of DST)."),
     source_format: str | None = typer.Option(None, "--from",
-                                             help="Read SRC as this format: jax (an open_clip_jax .pkl)."),
+                                             help="Read SRC as this format: jax (an open_clip_jax .pkl) or "
+                                                  "mindspore (a MindSpore .ckpt)."),
     jax_model: str | None = typer.Option(None, "--model",
-                                         help="With --from jax: SRC's JAX config, e.g. vit-base-patch32."),
+                                         help="With --from jax: SRC's JAX config, e.g. vit-base-patch32; with --from "
+                                              "mindspore: its MindSpore CLIP config, e.g. ViT-B-32 (default: the "
+                                              "config the .ckpt stores, else read from its shapes)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists."),
     vit_layout: str | None = typer.Option(None, "--vit-layout",
                                           help="With --to onnx: an open_clip ViT image tower as torch writes it "
@@ -39,6 +42,8 @@ def convert(
       clipzoo convert model.pt out-ov/ --to onnx --vit-layout standard   # clipzoo.load("out-ov", executor="openvino")
       clipzoo convert model.pt --to jax -o params.pkl          # open_clip_jax parameters (+ params.config.json)
       clipzoo convert params.pkl --from jax --model vit-base-patch32 --to open_clip -o model.safetensors
+      clipzoo convert model.pt --to mindspore -o model.ckpt    # MindSpore-CLIP's names (+ the model config)
+      clipzoo convert model.ckpt --from mindspore --to open_clip -o model.safetensors
     """
     from ..convert import TARGETS  # imported by the verb that runs it: `clipzoo search` starts without it
     from ..convert import convert as run_convert
@@ -61,9 +66,11 @@ def parity(
     model: ModelArg,
     against: str | None = typer.Option(None, "--against", help="open_clip, openai, hf or onnx."),
     engines: str | None = typer.Option(None, "--engines",
-                                       help="Two engines on the same weights, the reference first: torch,jax."),
-    source_format: str | None = typer.Option(None, "--from", help="Read MODEL as this format: jax."),
-    jax_model: str | None = typer.Option(None, "--model", help="With --from jax: MODEL's JAX config."),
+                                       help="Two engines on the same weights, the reference first: torch,jax or "
+                                            "torch,mindspore."),
+    source_format: str | None = typer.Option(None, "--from", help="Read MODEL as this format: jax or mindspore."),
+    jax_model: str | None = typer.Option(None, "--model",
+                                         help="With --from jax / mindspore: MODEL's JAX / MindSpore CLIP config."),
     image: list[Path] | None = typer.Option(None, "--image",
                                             help="Images to compare on (repeatable) [default: 4 generated]."),
     text: list[str] | None = typer.Option(None, "--text",
@@ -83,6 +90,7 @@ def parity(
       clipzoo parity model.pt --against openai --image cat.jpg --text "a cat" --json
       clipzoo parity hf-folder/ --against hf --tol 1e-5
       clipzoo parity model.pt --engines torch,jax --tol 1e-5     # PyTorch vs JAX on the same weights
+      clipzoo parity model.pt --engines torch,mindspore           # PyTorch vs MindSpore
     """
     from ..convert.engines import parity_engines
     from ..convert.parity import AGAINST
@@ -96,7 +104,7 @@ def parity(
     kwargs = {"model_name": model_name} if model_name else {}
     common = {"images": [str(p) for p in image] if image else None, "texts": text, "tol": tol,
               "trust_pickle": trust_pickle, "cache_dir": None if cache_dir is None else str(cache_dir), **kwargs}
-    if source_format is not None or jax_model is not None:  # a JAX .pkl: loaded here, compared as any model
+    if source_format is not None or jax_model is not None:  # a JAX .pkl / .ckpt: loaded here, compared as any model
         model = load_source(model, source_format, jax_model, trust_pickle=trust_pickle,
                             cache_dir=None if cache_dir is None else str(cache_dir))
     report = parity_engines(model, engines, **common) if engines else run_parity(model, str(against), **common)

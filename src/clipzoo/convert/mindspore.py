@@ -7,8 +7,10 @@ The ``.ckpt`` holds MindSpore-CLIP's names (:mod:`clipzoo.models.mindspore_names
 rule) in fp32, so it loads into MindSpore-CLIP's own ``clip`` / ``open_clip`` model classes and into clipzoo's
 MindSpore engine; a ``.ckpt`` written by ``ckpt_transform.py`` (OpenAI's fp16 weights) loads here. The way
 back builds the model's open_clip form — weights, open_clip model config (from ``model``, a config name of
-:mod:`clipzoo.models.mindspore_config`, or read from the shapes), OpenAI's preprocessing — and writes it with
-the ordinary targets. Every tensor is copied as it is, so a round trip is bit-identical for fp32 weights.
+:mod:`clipzoo.models.mindspore_config`; else the config the ``.ckpt`` stores — ours store it, as a string entry
+MindSpore-CLIP's loaders skip, so a GELU model stays GELU; else read from the shapes, with a warning), OpenAI's
+preprocessing — and writes it with the ordinary targets. Every tensor is copied as it is, so a round trip is
+bit-identical for fp32 weights.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from typing import Any
 from ..api import load
 from ..backends import get_backend
 from ..errors import ClipzooError
-from ..models.mindspore_config import check_config, config_from_shapes, get_config, tower_sizes
-from ..models.mindspore_names import mindspore_to_torch, read_ckpt, torch_to_mindspore, write_ckpt
+from ..models.mindspore_config import check_config, config_of, get_config, tower_sizes
+from ..models.mindspore_names import mindspore_to_torch, read_ckpt_entries, torch_to_mindspore, write_ckpt
 from ..registry import card_from_fields
 from .form import OpenClipForm
 
@@ -36,12 +38,10 @@ def _form(params: dict[str, Any], model_cfg: dict[str, Any], source: str) -> Ope
 
 
 def form_of_ckpt(path: "str | os.PathLike", model: "str | dict | None" = None) -> OpenClipForm:
-    """The open_clip form of a MindSpore ``.ckpt`` (``model``: its config; None reads an OpenAI-style one from
-    the shapes, as MindSpore-CLIP's ``build_model`` does)."""
-    params = read_ckpt(path)
-    cfg = get_config(model) if model is not None else \
-        config_from_shapes({k: tuple(getattr(v, "shape", ())) for k, v in params.items()})
-    return _form(params, cfg, str(path))
+    """The open_clip form of a MindSpore ``.ckpt`` (``model``: its config; None takes the config clipzoo stored in
+    the file, else reads an OpenAI-style one from the shapes, as MindSpore-CLIP's ``build_model`` does, and warns)."""
+    params = read_ckpt_entries(path)
+    return _form(params, config_of(params, str(path), model), str(path))
 
 
 def form_of_mindspore(comparator) -> OpenClipForm:
@@ -51,14 +51,15 @@ def form_of_mindspore(comparator) -> OpenClipForm:
 
 
 def write_mindspore(form: OpenClipForm, dst: "str | os.PathLike") -> Path:
-    """Write an open_clip form as a MindSpore ``.ckpt`` in MindSpore-CLIP's names (fp32), atomically."""
+    """Write an open_clip form as a MindSpore ``.ckpt`` in MindSpore-CLIP's names (fp32) with its model config (the
+    string entry ``clipzoo_model_config``, which MindSpore-CLIP's loaders skip), atomically."""
     dst = Path(dst)
-    if dst.suffix != ".ckpt":
+    if dst.suffix.lower() != ".ckpt":
         raise ClipzooError(f"a MindSpore checkpoint is one .ckpt file: name the destination like {dst.name}.ckpt")
-    check_config(form.model_cfg)  # a model MindSpore-CLIP's classes (and ours) build
+    cfg = check_config(form.model_cfg)  # a model MindSpore-CLIP's classes (and ours) build
     tmp = dst.with_name(f".{dst.stem}.tmp-{os.getpid()}.ckpt")  # save_checkpoint wants the .ckpt suffix
     try:
-        write_ckpt(tmp, torch_to_mindspore(form.state_dict))
+        write_ckpt(tmp, torch_to_mindspore(form.state_dict), model_config=cfg)
         os.replace(tmp, dst)
     finally:
         if tmp.exists():
@@ -69,8 +70,8 @@ def write_mindspore(form: OpenClipForm, dst: "str | os.PathLike") -> Path:
 
 def load_ckpt(src: "str | os.PathLike", model: "str | None" = None, **kwargs: Any):
     """``--from mindspore``: the MindSpore ``.ckpt`` ``src`` loaded by the MindSpore engine, of config ``model``
-    (None: read from its shapes, as MindSpore-CLIP's ``build_model`` does)."""
-    if not os.path.isfile(src) or not str(src).endswith(".ckpt"):
+    (None: the config stored in the file, else read from its shapes as MindSpore-CLIP's ``build_model`` does)."""
+    if not os.path.isfile(src) or not str(src).lower().endswith(".ckpt"):
         raise ClipzooError(f"--from mindspore reads a local MindSpore .ckpt, and {src} is no such file")
     if model is not None:
         get_config(model)  # an unknown name fails here, before the file is read

@@ -22,6 +22,7 @@ from ..errors import CheckpointError
 from ..extras import require
 from .mindspore_config import get_config, tower_sizes
 from .mindspore_layers import Transformer, UnfoldConv2d, causal_mask, layer_norm, zeros
+from .mindspore_names import DROPPED_LEAVES, NON_WEIGHTS
 from .mindspore_resnet import ModifiedResNet
 
 ms = require("mindspore", "the MindSpore engine")
@@ -37,6 +38,7 @@ class VisionTransformer(nn.Cell):
         super().__init__()
         self.image_size, self.output_dim = image_size, output_dim
         grid = image_size // patch_size
+        self.grid_size = (grid, grid)  # open_clip's (and MindSpore-CLIP's) attribute: patches per side
         self.conv1 = UnfoldConv2d(3, width, patch_size, stride=patch_size, pad_mode="valid", has_bias=False,
                                   weight_init="zeros")
         self.class_embedding = zeros(width)
@@ -113,11 +115,19 @@ def param_shapes(net: CLIP) -> dict[str, tuple[int, ...]]:
 def load_params(net: CLIP, params: Mapping[str, Any], strict: bool = True) -> CLIP:
     """Copy ``{name: array}`` (MindSpore-CLIP's names) into ``net`` as fp32; ``strict`` refuses missing,
     unexpected or misshapen entries (MindSpore-CLIP's own extra entries — ``input_resolution``,
-    ``context_length``, ``vocab_size``, ``*.num_batches_tracked``, ``*.attn_mask`` — are dropped first)."""
+    ``context_length``, ``vocab_size``, ``*.num_batches_tracked``, ``*.attn_mask`` — and clipzoo's stored config
+    are dropped first). A parameter's values must be floats (as MindSpore's ``load_param_into_net`` refuses an
+    int or bool tensor for a float Parameter): anything else is a one-line CheckpointError naming it."""
     import numpy as np
 
     own = {p.name: p for p in net.get_parameters()}
-    given = {k: v for k, v in params.items() if k not in IGNORED and not k.endswith(IGNORED_SUFFIXES)}
+    given = {k: v for k, v in params.items() if k not in NON_WEIGHTS and not k.endswith(DROPPED_LEAVES)}
+    for name in sorted(set(own) & set(given)):
+        kind = np.asarray(given[name]).dtype
+        if kind.kind != "f":
+            what = f"a string ({given[name][:40]!r})" if isinstance(given[name], str) else f"{kind} values"
+            raise CheckpointError(f"parameter {name} holds {what}, not floats (MindSpore's load_param_into_net "
+                                  "refuses it too); write the checkpoint again with float weights")
     if np.size(given.get("logit_scale", ())) == 1:  # a scalar, whichever way a writer shaped it
         given["logit_scale"] = np.reshape(given["logit_scale"], ())
     missing, extra = sorted(set(own) - set(given)), sorted(set(given) - set(own))
@@ -134,6 +144,3 @@ def load_params(net: CLIP, params: Mapping[str, Any], strict: bool = True) -> CL
             param.set_data(ms.Tensor(np.asarray(given[name], dtype=np.float32)))
     return net
 
-
-IGNORED = frozenset({"input_resolution", "context_length", "vocab_size"})
-IGNORED_SUFFIXES = (".num_batches_tracked", "attn_mask")

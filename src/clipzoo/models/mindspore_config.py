@@ -12,14 +12,18 @@ QuickGELU), and two tiny configs per family for tests (``tiny-RN``, ``tiny-ViT``
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import ClipzooError
+from ..errors import CheckpointError, ClipzooError, warn_user
 
 DEFAULT_VOCAB_SIZE = 49408
 DEFAULT_CONTEXT_LENGTH = 77
+# the .ckpt entry (a string: the open_clip model config as JSON) that clipzoo writes beside the weights; MindSpore's
+# load_checkpoint returns it as a str and load_param_into_net skips it, so MindSpore-CLIP's classes still load the file
+CONFIG_ENTRY = "clipzoo_model_config"
 VISION_KEYS = {"image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio"}
 TEXT_KEYS = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"}
 
@@ -147,3 +151,30 @@ def config_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
     except (KeyError, ValueError, IndexError) as exc:
         raise ClipzooError(f"cannot read a CLIP config from this checkpoint's parameter names (no {exc}); pass "
                            f"model=NAME (one of {', '.join(list_configs())})") from None
+
+
+def config_of(params: Mapping[str, Any], source: str, model: "str | Mapping[str, Any] | None" = None,
+              openai: bool = False, guess_warning: bool = True) -> dict[str, Any]:
+    """The config of checkpoint ``params`` (from ``source``): ``model`` when given, else the config stored in its
+    :data:`CONFIG_ENTRY`, else read from its shapes (:func:`config_from_shapes`; with ``guess_warning``, a warning
+    that says what was guessed and how to name the config)."""
+    if model is not None:
+        return get_config(model, openai=openai)
+    stored = params.get(CONFIG_ENTRY)
+    if stored is not None:
+        try:
+            cfg = json.loads(stored)
+        except (TypeError, ValueError):
+            cfg = None
+        if not isinstance(cfg, dict):
+            raise CheckpointError(f"{source}: its {CONFIG_ENTRY} entry is not an open_clip model config (JSON); "
+                                  "name the config with model= (--model)")
+        return get_config(cfg, openai=openai)
+    cfg = config_from_shapes({k: tuple(getattr(v, "shape", ())) for k, v in params.items()})
+    if guess_warning:
+        v = cfg["vision_cfg"]
+        tower = "ResNet" if is_resnet(cfg) else f"ViT (patch {v['patch_size']})"
+        warn_user(f"{source} stores no model config: read one from its shapes as MindSpore-CLIP's build_model does "
+                  f"({tower}, image size {v['image_size']}, width {v['width']}, 64-wide heads, QuickGELU); if the "
+                  "model differs (a GELU open_clip model, other heads), name its config with model= (--model)")
+    return get_config(cfg, openai=openai)

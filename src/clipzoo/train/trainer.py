@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from ..errors import DatasetError
 from ..progress import progress
 from .checks import check_teacher
 from .config import ConfigError, TrainConfig
@@ -31,7 +30,7 @@ from .phases.checkpoint import (
     save_checkpoint,
     save_model,
 )
-from .phases.data import open_data, steps_per_epoch
+from .phases.data import no_batch_error, open_data, steps_per_epoch
 from .phases.evaluate import evaluate
 from .phases.metrics import RunLog
 from .phases.model import prepare
@@ -152,9 +151,7 @@ class Trainer:
                     self.after_step(record, samples)
                 else:
                     if whole_epoch and not stepped:  # it looped for ever, epoch after empty epoch
-                        raise DatasetError(f"a whole epoch of the training data gave no batch of "
-                                           f"{self.cfg.batch_size}: every sample was unreadable or had no caption, "
-                                           "or fewer samples are usable than one batch; check --data")
+                        raise no_batch_error(self.cfg.batch_size)
                     self.epoch += 1
                     self.batch_in_epoch = 0
 

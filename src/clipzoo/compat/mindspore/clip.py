@@ -9,13 +9,13 @@
 - :func:`available_models` — OpenAI's nine names, as MindSpore-CLIP lists them.
 - :func:`load` ``(name, device="CPU", mode=1, download_root=None)`` — ``name`` is one of those names (its
   MindSpore ``.ckpt`` from MindSpore-CLIP's download site, SHA-256 checked) or a local ``.ckpt`` in MindSpore-CLIP's
-  names (its ``ckpt_transform.py`` output, or ``clipzoo convert … --to mindspore``); the config is read from the
-  shapes as MindSpore-CLIP's ``build_model`` reads it. ``mode`` is MindSpore's context mode, set as MindSpore-CLIP
-  sets it: 0 GRAPH_MODE (``model(image, text)`` runs as a compiled graph), 1 PYNATIVE_MODE. Returns
-  ``(model, preprocess)``: an ``nn.Cell`` with ``encode_image``, ``encode_text`` (unnormalised features) and
-  ``model(image, text)`` -> ``(logits_per_image, logits_per_text)``; ``preprocess`` is MindSpore-CLIP's
-  ``mindspore.dataset`` pipeline. An unknown name raises MindSpore-CLIP's ValueError
-  (``"{name} not found; available models = [...]"``).
+  names (its ``ckpt_transform.py`` output, or ``clipzoo convert … --to mindspore``); the config is the one a
+  ``.ckpt`` clipzoo wrote stores, else read from the shapes as MindSpore-CLIP's ``build_model`` reads it. ``mode``
+  is MindSpore's context mode, set as MindSpore-CLIP sets it: 0 GRAPH_MODE (``model(image, text)`` runs as a
+  compiled graph), 1 PYNATIVE_MODE. Returns ``(model, preprocess)``: an ``nn.Cell`` with ``encode_image``,
+  ``encode_text`` (unnormalised features), ``dtype`` and ``model(image, text)`` -> ``(logits_per_image,
+  logits_per_text)``; ``preprocess`` is MindSpore-CLIP's ``mindspore.dataset`` pipeline. An unknown name raises
+  MindSpore-CLIP's ValueError (``"{name} not found; available models = [...]"``).
 - :func:`tokenize` ``(texts, context_length=77, truncate=False)`` — an int32 MindSpore Tensor, openai's ids; a
   too-long text raises openai's RuntimeError (``"Input {text} is too long for context length {n}"``).
 
@@ -30,7 +30,7 @@ import mindspore as ms
 import numpy as np
 
 from ...errors import UnknownModelError
-from ...models.mindspore_config import OPENAI_MODELS, config_from_shapes
+from ...models.mindspore_config import OPENAI_MODELS, config_of
 from .common import (
     OpenAIModel,
     build_net,
@@ -67,7 +67,7 @@ def load(name: str, device: str = "CPU", mode: int = 1, download_root: "str | No
     else:
         raise ModelNotFoundError(f"{name} not found; available models = {available_models()}")
     params = read_params(path)
-    cfg = config_from_shapes({k: tuple(np.shape(v)) for k, v in params.items()})
+    cfg = config_of(params, str(path), guess_warning=False)  # clipzoo's stored config, else MindSpore-CLIP's guess
     model = build_net(OpenAIModel, cfg, params)
     model.visual.input_resolution = image_size_of(cfg)
     return model, openai_transform(model.visual.input_resolution)

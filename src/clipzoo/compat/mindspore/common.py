@@ -23,7 +23,7 @@ from ...constants import OPENAI_MEAN, OPENAI_STD
 from ...errors import BadTextError, UnsupportedError
 from ...models.mindspore_clip import CLIP, load_params
 from ...models.mindspore_config import tower_sizes
-from ...models.mindspore_names import read_ckpt
+from ...models.mindspore_names import read_ckpt_entries
 from ...registry import REGISTRY
 from ...tokenizers import shared
 
@@ -41,6 +41,11 @@ class TextTooLongError(BadTextError, RuntimeError):
 class OpenAIModel(CLIP):
     """MindSpore-CLIP's ``clip`` model: ``model(image, text)`` -> ``(logits_per_image, logits_per_text)``."""
 
+    @property
+    def dtype(self):
+        """The weights' dtype, as MindSpore-CLIP's ``CLIP.dtype`` (its ``visual.conv1.weight``'s): float32 here."""
+        return self.visual.conv1.weight.dtype
+
     def construct(self, image, text):
         image_features = self.encode_image(image, True)
         text_features = self.encode_text(text, True)
@@ -50,7 +55,12 @@ class OpenAIModel(CLIP):
 
 class OpenClipModel(CLIP):
     """MindSpore-CLIP's ``open_clip`` model: ``model(image, text)`` -> ``(image_features, text_features,
-    logit_scale)``, normalised features; either input may be None (its features are then None)."""
+    logit_scale)``, normalised features; either input may be None (its features are then None). ``logit_bias`` is
+    None, as in its CLIP built without ``init_logit_bias``."""
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        super().__init__(cfg)
+        self.logit_bias = None
 
     def construct(self, image=None, text=None):
         image_features = self.encode_image(image, True) if image is not None else None
@@ -134,8 +144,9 @@ def token_ids(texts: "str | Sequence[str]", context_length: int, truncate: bool)
 
 
 def read_params(path: "str | os.PathLike") -> dict[str, Any]:
-    """``{name: array}`` of a MindSpore ``.ckpt`` (MindSpore-CLIP's names)."""
-    return read_ckpt(path)
+    """``{name: array}`` of a MindSpore ``.ckpt`` (MindSpore-CLIP's names), with the model config clipzoo stores in
+    the ``.ckpt`` files it writes (a string entry)."""
+    return read_ckpt_entries(path)
 
 
 def catalog_ckpt(model: str, tag: str, cache_dir) -> "tuple[str, Mapping[str, Any]] | None":

@@ -59,6 +59,7 @@ class CustomTextModel(nn.Cell):
         self.text = TextTower(s)
         self.context_length, self.vocab_size = self.text.context_length, self.text.vocab_size
         self.logit_scale = zeros()
+        self.logit_bias = None  # open_clip's attribute (SigLIP's models have one; CLIP's, as here, none)
 
     def encode_image(self, image, normalize: bool = False):
         x = self.visual(image)

@@ -23,9 +23,12 @@ Differences: MindSpore's CPU wheel only (another ``device`` warns and runs on th
 or ``"fp16"`` (the original has no ``precision`` and always applies its ``convert_weights_to_lp``, which ``"fp16"``
 reproduces; another precision is a ClipzooError); ``jit=True`` compiles ``encode_image`` / ``encode_text`` with
 ``mindspore.jit``; ``force_patch_dropout`` is accepted and, as in open_clip's inference mode, changes nothing;
-``force_custom_text`` builds :class:`~.custom_text.CustomTextModel`; ``force_image_size`` resizes a ViT's position
-embedding as open_clip's torch ``resize_pos_embed`` does (MindSpore's bicubic kernel differs from it by ~1e-3); the
-weights are loaded strictly (a mismatch is a one-line error, not MindSpore's silent partial load).
+``force_custom_text`` builds :class:`~.custom_text.CustomTextModel`; ``force_image_size`` (an int or a square
+``(N, N)``; a non-square size is a ClipzooError) resizes a ViT's position embedding as open_clip's torch
+``resize_pos_embed`` does (MindSpore's bicubic kernel differs from it by ~1e-3); the weights are loaded strictly (a
+mismatch is a one-line error, not MindSpore's silent partial load). The positional order of :func:`create_model` and
+:func:`create_model_and_transforms` is the original's; clipzoo's ``precision``, ``device``, ``jit`` and
+``pretrained_image`` are keyword-only. The model has open_clip's ``logit_bias`` (None) and ``visual.grid_size``.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from ...errors import UnknownModelError, UnsupportedError
+from ...errors import CheckpointError, UnknownModelError, UnsupportedError
 from ...models.mindspore_config import MODEL_CONFIGS, get_config, tower_sizes
 from ...models.mindspore_layers import Attention
 from ...registry import REGISTRY
@@ -92,9 +95,11 @@ def list_models() -> list[str]:
 
 
 def add_model_config(path: "str | os.PathLike") -> None:
-    """add model config path or file (open_clip's JSON: ``embed_dim``, ``vision_cfg``, ``text_cfg``)"""
+    """add model config path or file (open_clip's JSON: ``embed_dim``, ``vision_cfg``, ``text_cfg``); as in the
+    original, a path that is neither a folder nor a ``.json`` file adds nothing"""
     path = Path(path)
-    for file in sorted(path.glob("*.json")) if path.is_dir() else [path]:
+    files = [path] if path.suffix == ".json" and path.is_file() else []
+    for file in sorted(path.glob("*.json")) if path.is_dir() else files:
         cfg = json.loads(file.read_text())
         if all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
             ADDED[file.stem] = cfg
@@ -163,8 +168,18 @@ def _config(model_name: str, openai: bool, force_quick_gelu: bool, force_image_s
     if force_quick_gelu or openai:
         cfg["quick_gelu"] = True  # OpenAI's weights are QuickGELU ones, as open_clip's openai loader builds them
     if force_image_size is not None:
-        cfg["vision_cfg"]["image_size"] = force_image_size
+        cfg["vision_cfg"]["image_size"] = _square_size(force_image_size)
     return cfg
+
+
+def _square_size(size) -> int:
+    """``force_image_size`` as one side: an int, or the original's ``(height, width)`` of equal sides."""
+    sides = list(size) if isinstance(size, (list, tuple)) else [size]
+    whole = all(isinstance(n, (int, np.integer)) and n > 0 for n in sides)
+    if len(sides) not in (1, 2) or len(set(sides)) != 1 or not whole:
+        raise UnsupportedError(f"force_image_size={size!r}: clipzoo's MindSpore drop-in builds square images; give "
+                               "one positive size (an int, or (N, N))")
+    return sides[0]
 
 
 def list_openai_models() -> list[str]:
@@ -182,12 +197,13 @@ def _weights(model_name: str, pretrained: str, cache_dir) -> "dict[str, Any]":
     return read_params(found[0])
 
 
-def create_model(model_name: str, pretrained: "str | None" = None, precision: str = "fp32", device: str = "CPU",
-                 jit: bool = False, force_quick_gelu: bool = False, force_custom_text: bool = False,
-                 force_patch_dropout: "float | None" = None, force_image_size: "int | None" = None,
-                 pretrained_image: bool = False, cache_dir: "str | None" = None, require_pretrained: bool = False,
-                 **model_kwargs: Any) -> "OpenClipModel | CustomTextModel":
-    """MindSpore-CLIP's ``create_model`` (see the module's docstring for ``pretrained``)."""
+def create_model(model_name: str, pretrained: "str | None" = None, force_quick_gelu: bool = False,
+                 force_custom_text: bool = False, force_patch_dropout: "float | None" = None,
+                 force_image_size: "int | tuple[int, int] | None" = None, cache_dir: "str | None" = None,
+                 require_pretrained: bool = False, *, precision: str = "fp32", device: str = "CPU", jit: bool = False,
+                 pretrained_image: bool = False, **model_kwargs: Any) -> "OpenClipModel | CustomTextModel":
+    """MindSpore-CLIP's ``create_model``, its positional order (see the module's docstring for ``pretrained``);
+    clipzoo's own options (``precision``, ``device``, ``jit``, ``pretrained_image``) are keyword-only."""
     model_name = model_name.replace("/", "-")  # for callers using old naming with / in ViT names
     if precision not in FP32 + FP16:
         raise UnsupportedError(f"precision {precision!r}: clipzoo's MindSpore drop-in runs 'fp32' or 'fp16' "
@@ -245,7 +261,11 @@ def resize_pos_embed(params: dict[str, Any], cfg: dict[str, Any]) -> dict[str, A
     grid = sizes["image_size"] // sizes["patch_size"]
     if grid * grid + 1 == old.shape[0]:
         return params
-    old_grid = int(np.sqrt(old.shape[0] - 1))
+    old_grid = int(round(np.sqrt(old.shape[0] - 1)))
+    if old.ndim != 2 or old_grid * old_grid + 1 != old.shape[0]:
+        raise CheckpointError(f"visual.positional_embedding {tuple(old.shape)} is no class token and square grid of "
+                              "positions, so it cannot be resized to force_image_size; give a ViT checkpoint of "
+                              "this config")
     weights = _bicubic_weights(old_grid, grid)
     image = np.einsum("ij,jkc,lk->ilc", weights, old[1:].reshape(old_grid, old_grid, -1).astype(np.float64), weights)
     resized = np.concatenate([old[:1], image.reshape(grid * grid, -1).astype(np.float32)], axis=0)
@@ -289,13 +309,13 @@ def _random_params(cfg: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def create_model_and_transforms(model_name: str, pretrained: "str | None" = None, precision: str = "fp32",
-                                device: str = "CPU", jit: bool = False, force_quick_gelu: bool = False,
+def create_model_and_transforms(model_name: str, pretrained: "str | None" = None, force_quick_gelu: bool = False,
                                 force_custom_text: bool = False, force_patch_dropout: "float | None" = None,
-                                force_image_size: "int | None" = None, pretrained_image: bool = False,
-                                image_mean=None, image_std=None, aug_cfg: "dict[str, Any] | None" = None,
-                                cache_dir: "str | None" = None, **model_kwargs: Any):
-    """``(model, preprocess_train, preprocess_val)`` — see :func:`create_model`."""
+                                force_image_size: "int | tuple[int, int] | None" = None, image_mean=None,
+                                image_std=None, aug_cfg: "dict[str, Any] | None" = None, cache_dir: "str | None" = None,
+                                *, precision: str = "fp32", device: str = "CPU", jit: bool = False,
+                                pretrained_image: bool = False, **model_kwargs: Any):
+    """``(model, preprocess_train, preprocess_val)``, MindSpore-CLIP's positional order — see :func:`create_model`."""
     model = create_model(model_name, pretrained, precision=precision, device=device, jit=jit,
                          force_quick_gelu=force_quick_gelu, force_custom_text=force_custom_text,
                          force_patch_dropout=force_patch_dropout, force_image_size=force_image_size,

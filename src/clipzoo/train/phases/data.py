@@ -75,3 +75,10 @@ def steps_per_epoch(data, batch_size: int) -> int:
     if steps < 1:
         raise ConfigError(f"the data holds fewer samples than one batch of {batch_size}")
     return steps
+
+
+def no_batch_error(batch_size: int) -> DatasetError:
+    """The error of a whole epoch that gave no batch (the loop would go on for ever, epoch after empty epoch), as
+    both engines' trainers raise it."""
+    return DatasetError(f"a whole epoch of the training data gave no batch of {batch_size}: every sample was "
+                        "unreadable or had no caption, or fewer samples are usable than one batch; check --data")
