@@ -164,6 +164,9 @@ def test_upper_case_suffix_loads(gelu, tmp_path):
     path.write_bytes(gelu[3].read_bytes())
     assert clipzoo.load(str(path)).card.backend == "mindspore"
     assert load_source(str(path), "mindspore").card.backend == "mindspore"
+    from clipzoo.convert.targets import _check_destination
+
+    _check_destination("mindspore", tmp_path / "OUT.CKPT", overwrite=False)  # written as it is read: no refusal
 
 
 def test_gelu_model_stays_gelu_through_ckpt(gelu):

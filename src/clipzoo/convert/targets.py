@@ -223,7 +223,7 @@ def _check_destination(to: str, dst: Path, overwrite: bool) -> None:
         raise ClipzooError(f"an OpenAI checkpoint is one .pt file: name the destination like {dst.name}.pt")
     if to == "safetensors" and dst.suffix != ".safetensors":
         raise ClipzooError(f"name the destination with .safetensors, e.g. {dst.name}.safetensors")
-    if to == "mindspore" and dst.suffix != ".ckpt":
+    if to == "mindspore" and dst.suffix.lower() != ".ckpt":  # as the readers take it: X.CKPT too
         raise ClipzooError(f"a MindSpore checkpoint is one .ckpt file: name the destination like {dst.name}.ckpt")
     if to == "jax" and dst.suffix != ".pkl":
         raise ClipzooError(f"JAX parameters are one open_clip_jax .pkl file: name the destination like "
