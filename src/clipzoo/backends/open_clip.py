@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..cards import ModelCard
-from ..checkpoints import load_into, read_json, read_state_dict
+from ..checkpoints import check_built_size, load_into, read_json, read_state_dict
 from ..comparator import Comparator, resolve_dtype
 from ..constants import DEFAULT_CONTEXT_LENGTH, OPENAI_MEAN, OPENAI_STD
 from ..errors import (
@@ -196,11 +196,8 @@ def check_config_fits(plan: Plan) -> None:
     except Exception:  # noqa: BLE001 - a config the meta device cannot build: the real build says what is wrong
         return
     held = sum(v.numel() for v in plan.state_dict.values())
-    if built > 2 * held + (1 << 20):
-        config = f"model config {plan.model_name!r}" if plan.model_name else "its config"
-        raise ArchitectureMismatchError(f"{plan.source}: {config} builds a model of {built:,} parameters where "
-                                        f"the weights hold {held:,}; the config does not describe these weights "
-                                        "(nothing was allocated)")
+    config = f"model config {plan.model_name!r}" if plan.model_name else "its config"
+    check_built_size(plan.source, config, built, held)
 
 
 def load_weights(model: torch.nn.Module, sd: dict, source: str) -> None:
