@@ -9,14 +9,15 @@ import shutil
 import stat
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from .processes import pid_alive
 
 __all__ = ["NOT_REGULAR", "atomic_write", "atomic_write_text", "build_folder_once", "check_output_file",
-           "expand_files", "folder_files", "inside", "model_fingerprint", "special_file", "url_filesystem"]
+           "expand_files", "file_problem", "folder_files", "inside", "model_fingerprint", "special_file",
+           "url_filesystem", "walk_folder"]
 
 NOT_REGULAR = "is not a regular file (a fifo, a socket or a device)"
 """What is said of a path :func:`special_file` refuses."""
@@ -164,25 +165,44 @@ def expand_files(paths, suffixes: tuple[str, ...], error: type, kind: str) -> li
     return out
 
 
-def folder_files(root: Path, suffixes: tuple[str, ...]) -> list[str]:
-    """The regular files under ``root`` with one of ``suffixes`` (any case), sorted: hidden entries skipped,
-    linked folders not entered, a link whose target leaves ``root`` left out (see :func:`expand_files`)."""
+def file_problem(path: "str | os.PathLike", real_root: str) -> str | None:
+    """Why the file at ``path`` may not be read under the folder whose real path is ``real_root`` (None: it
+    may): its real path leaves the folder (a link out of it), or it is not a regular file (a folder, fifo,
+    device)."""
+    real = os.path.realpath(path)
+    if not inside(real, real_root):
+        return "outside the indexed folder (a link to a file elsewhere); not read"
+    try:
+        st = os.stat(real)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file; not read"
+    return None
+
+
+def walk_folder(root: "str | os.PathLike", suffixes: "frozenset[str] | set[str] | tuple[str, ...]",
+                exclude: "str | os.PathLike | None" = None) -> Iterator[tuple[str, "str | None"]]:
+    """``(path, problem)`` for each file under ``root`` with one of ``suffixes`` (any case), in walk order with
+    subfolders sorted: hidden files and folders, and the folder ``exclude``, skipped; linked folders not entered.
+    ``problem`` is :func:`file_problem`'s (None for a regular file that stays inside ``root``). The one walk
+    behind ``clipzoo index build`` and the folders ``clipzoo embed`` and the library expand."""
     real_root = os.path.realpath(root)
-    found = []
+    skip = Path(exclude).resolve() if exclude is not None else None
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and (skip is None or Path(dirpath, d).resolve() != skip))
         for name in filenames:
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in suffixes:
                 continue
-            file = os.path.join(dirpath, name)
-            try:
-                mode = os.lstat(file).st_mode
-            except OSError:  # gone meanwhile
-                continue
-            if stat.S_ISREG(mode) or (stat.S_ISLNK(mode) and os.path.isfile(file)
-                                      and inside(os.path.realpath(file), real_root)):
-                found.append(file)
-    return sorted(found)
+            path = os.path.join(dirpath, name)
+            yield path, file_problem(path, real_root)
+
+
+def folder_files(root: Path, suffixes: tuple[str, ...]) -> list[str]:
+    """The regular files under ``root`` with one of ``suffixes`` that stay inside it, sorted
+    (:func:`walk_folder`'s rules; see :func:`expand_files`)."""
+    return sorted(path for path, problem in walk_folder(root, suffixes) if problem is None)
 
 
 def build_folder_once(folder: "str | os.PathLike", build: Callable[[Path], object], marker: str) -> Path:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from ..constants import IMAGE_SUFFIXES
 from ..embed import ImageFiles
 from ..embed.decode import decode_bytes
 from ..embed.handover import stack_shared
-from ..files import inside
+from ..files import file_problem, inside, walk_folder
 
 __all__ = ["INDEX_SUFFIXES", "MAX_CAPTION_BYTES", "walk_images", "walk_files", "file_problem", "caption_problem",
            "inside", "partition_of", "caption_of", "sha256_file", "IndexFiles",
@@ -40,24 +39,15 @@ Skipped = list  # of (absolute path, reason): the build report's ``skipped``
 def walk_files(root: str | os.PathLike, suffixes: "frozenset[str] | set[str] | tuple[str, ...]",
                exclude: str | os.PathLike | None = None, skipped: "Skipped | None" = None) -> Iterator[Path]:
     """The files under ``root`` whose suffix is in ``suffixes`` (hidden entries and ``exclude`` skipped), in
-    walk order. Only files that stay inside ``root`` are yielded: a link whose target leaves the folder, and
-    anything that is not a regular file, is left out and, with ``skipped`` given, listed there as ``(path,
-    reason)``."""
-    root = Path(root)
-    real_root = os.path.realpath(root)
-    skip = Path(exclude).resolve() if exclude is not None else None
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and (skip is None or (here / d).resolve() != skip))
-        for name in filenames:
-            if name.startswith(".") or os.path.splitext(name)[1].lower() not in suffixes:
-                continue
-            problem = file_problem(here / name, real_root) or _name_problem(here / name)
-            if problem is None:
-                yield here / name
-            elif skipped is not None:
-                skipped.append((printable_path(here / name), problem))
+    walk order (:func:`clipzoo.files.walk_folder`). Only files that stay inside ``root`` are yielded: a link
+    whose target leaves the folder, anything that is not a regular file, and a name that is not UTF-8 are left
+    out and, with ``skipped`` given, listed there as ``(path, reason)``."""
+    for path, problem in walk_folder(root, suffixes, exclude):
+        problem = problem or _name_problem(path)
+        if problem is None:
+            yield Path(path)
+        elif skipped is not None:
+            skipped.append((printable_path(path), problem))
 
 
 NOT_UTF8 = "its name is not UTF-8, which the index stores names in; rename it"
@@ -91,21 +81,6 @@ def walk_images(root: str | os.PathLike, exclude: str | os.PathLike | None = Non
             skipped.append((str(path.parent / path.name.rsplit(".", 1)[0]) + ".txt", problem))
     out.sort()
     return out
-
-
-def file_problem(path: "str | os.PathLike", real_root: str) -> str | None:
-    """Why the file at ``path`` may not be read for an index rooted at ``real_root`` (None: it may): its
-    real path leaves the folder (a link out of it), or it is not a regular file (a folder, fifo, device)."""
-    real = os.path.realpath(path)
-    if not inside(real, real_root):
-        return "outside the indexed folder (a link to a file elsewhere); not read"
-    try:
-        st = os.stat(real)
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror or exc})"
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file; not read"
-    return None
 
 
 def caption_problem(image: Path, real_root: str | None = None) -> str | None:
