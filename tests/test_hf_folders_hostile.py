@@ -174,6 +174,43 @@ def test_a_config_far_larger_than_the_weights_is_refused_before_allocating(copy_
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 256 * 1024  # KB
 
 
+def _as_pickle(folder, evil: bool = False):
+    """``folder``'s model.safetensors rewritten as the pytorch_model.bin transformers also reads (one tensor of it a
+    pickle asking for code when ``evil``)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    if evil:
+        state["extra"] = _Evil()
+    torch.save(state, str(folder / "pytorch_model.bin"))
+    return sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
+
+
+@pytest.mark.parametrize("kind", ["clip", "st_text"])
+def test_a_config_far_larger_than_pickled_weights_is_refused_before_allocating(copy_of, kind):
+    """The same guard for ``pytorch_model.bin``: its tensors are counted memory-mapped (the guard covered
+    safetensors only, and 10**7 words of vocabulary allocated 2.7 GB before the mismatch)."""
+    folder = copy_of(kind)
+    held = _as_pickle(folder)
+    edit_json(folder / "config.json", **({"text_config": {"vocab_size": 10 ** 7}} if kind == "clip"
+                                         else {"vocab_size": 10 ** 7}))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ArchitectureMismatchError, match=rf"builds a model of 3\d\d,\d{{3}},\d{{3}} parameters where "
+                                                        rf"the weights hold {held:,};"):
+        clipzoo.load(str(folder))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 256 * 1024  # KB
+
+
+def test_pickled_weights_asking_for_code_are_named_so_even_under_an_oversized_config(copy_of):
+    """The size guard does not hide why a pickle is refused: a pickle asking for code is never counted (nor run)."""
+    folder = copy_of("clip")
+    _as_pickle(folder, evil=True)
+    edit_json(folder / "config.json", text_config={"vocab_size": 10 ** 7})
+    with pytest.raises(UnsafePickleError, match="loading it can run arbitrary code"):
+        clipzoo.load(str(folder))
+
+
 # ------------------------------------------------------------------------------------ 5. configs of wrong types
 @pytest.mark.parametrize("change, said", [
     ({"model_type": ["clip"]}, r"its config.json cannot be built \(model_type is \['clip'\], not a name such as "

@@ -52,13 +52,31 @@ def model_class(class_name: str, needs: tuple[str, ...] = ()):
 
 
 def weights_numel(folder: Path) -> int | None:
-    """How many parameters the safetensors weights ``from_pretrained`` reads in ``folder`` hold (``model.safetensors``,
-    or the shards its index names), each file's header checked: :func:`~clipzoo.checkpoints.safetensors_numel`'s one
-    line names an empty, truncated or corrupt one. None when the weights are not safetensors (a pickle's size is
-    not known before it is read: its own load reports it) or there are none (``from_pretrained`` says so)."""
+    """How many parameters the weights ``from_pretrained`` reads in ``folder`` hold (``model.safetensors`` or
+    ``pytorch_model.bin``, or the shards their index names). Safetensors headers are checked:
+    :func:`~clipzoo.checkpoints.safetensors_numel`'s one line names an empty, truncated or corrupt one. Pickled
+    weights are counted through a memory-mapped weights-only read (nothing allocated). None when they cannot be
+    counted that way (a pickle asking for code, an old non-zip file, garbage: the real load's one line says which)
+    or there are none (``from_pretrained`` says so)."""
     utils = transformers_module().utils
     safetensors = _listed(folder, utils.SAFE_WEIGHTS_NAME, utils.SAFE_WEIGHTS_INDEX_NAME)
-    return sum(safetensors_numel(path) for path in safetensors) if safetensors else None
+    if safetensors:
+        return sum(safetensors_numel(path) for path in safetensors)
+    pickles = _listed(folder, utils.WEIGHTS_NAME, utils.WEIGHTS_INDEX_NAME)
+    counts = [_pickle_numel(path) for path in pickles]
+    return sum(counts) if counts and None not in counts else None
+
+
+def _pickle_numel(path: Path) -> int | None:
+    """The numbers the tensors of the PyTorch checkpoint ``path`` hold, read weights-only and memory-mapped (a zip
+    checkpoint's storages are not loaded); None when it cannot be read so (its own load reports why)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - refused pickles, old formats and garbage are the real load's to report
+        return None
+    if not isinstance(state, dict):
+        return None
+    return sum(value.numel() for value in state.values() if isinstance(value, torch.Tensor))
 
 
 def _listed(folder: Path, single: str, index: str) -> list[Path]:
