@@ -232,6 +232,24 @@ def test_a_padded_image_file_is_refused_before_it_is_read_and_decoded_once(tmp_p
     with pytest.raises(BadImageError, match=r"^image '.*broken\.jpg' cannot be decoded \(\w+: .*\); is it a corrupt"):
         decode_file(broken, 32)
 
+def test_a_padded_image_at_a_url_is_refused_before_it_is_read(tmp_path):
+    """The Ray engine's fsspec inputs read as local files are read: a remote file or tar member larger than its
+    header's pixels can need is refused before the rest is fetched (it was read whole, any size)."""
+    from clipzoo.embed.remote_inputs import RemoteFile, RemoteTarMember
+
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(jpeg(0) + b"\0" * (20 << 20))
+    with pytest.raises(BadImageError, match=r"^image 'file://.*padded\.jpg' is 20,97\d,\d+ bytes, more than its "
+                                            r"3,072 pixels can need"):
+        RemoteFile(f"file://{padded}").open_rgb(32)
+    member = RemoteTarMember(f"file://{padded}", "padded.jpg", 0, padded.stat().st_size)
+    with pytest.raises(BadImageError, match=r"^image 'file://.*padded\.jpg#padded\.jpg' is 20,97"):
+        member.read()
+    whole = tmp_path / "whole.jpg"
+    whole.write_bytes(jpeg(1))
+    assert RemoteFile(f"file://{whole}").read() == whole.read_bytes()
+    assert RemoteTarMember(f"file://{whole}", "w.jpg", 2, 10).read() == whole.read_bytes()[2:12]
+
 
 # ------------------------------------------------------------------ 8. inputs expanded once
 def test_the_cli_expands_the_inputs_once_as_the_library_does(model_path, model, tmp_path, photos):

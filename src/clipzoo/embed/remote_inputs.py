@@ -20,7 +20,7 @@ import fsspec
 from ..constants import IMAGE_SUFFIXES
 from ..errors import BadImageError
 from ..inputs import load_rgb
-from .decode import decode_bytes
+from .decode import decode_bytes, read_image
 from .sources import expand_image_inputs, table_column, tar_entries
 
 __all__ = ["is_url", "RemoteFile", "RemoteTarMember", "expand_inputs", "INLINE_PROTOCOLS"]
@@ -47,8 +47,9 @@ class RemoteFile:
     def read(self) -> bytes:
         if self.data is not None:
             return self.data
-        with fsspec.open(self.url, "rb") as f:
-            return f.read()
+        with fsspec.open(self.url, "rb") as f:  # bounded as a local file is (read_image)
+            size = f.seek(0, os.SEEK_END)
+            return read_image(f, 0, size, self.url)
 
     def open_rgb(self, draft_size: int | None = None):
         return _decode(self.read(), str(self), draft_size)
@@ -71,8 +72,7 @@ class RemoteTarMember:
         if self.data is not None:
             return self.data
         with fsspec.open(self.url, "rb") as f:
-            f.seek(self.offset)
-            return f.read(self.size)
+            return read_image(f, self.offset, self.size, str(self))
 
     def open_rgb(self, draft_size: int | None = None):
         return _decode(self.read(), str(self), draft_size)
