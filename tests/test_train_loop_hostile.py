@@ -79,6 +79,40 @@ def test_a_full_disk_says_no_space_left():
         "cannot write /r/x.pt (File too large): check the disk, the file size limit (ulimit -f)")
 
 
+def test_a_refused_remote_write_is_one_line_and_leaves_no_temporary(monkeypatch, tmp_path):
+    """A full or denied bucket (fsspec raises OSErrors) was a raw traceback from inside fsspec, and the temporary
+    stayed; now it is the local disk's one line naming the URL."""
+    import uuid
+
+    import fsspec
+    import torch
+
+    from clipzoo.train.storage import Location
+
+    root = f"clipzoo-test-{uuid.uuid4().hex}"
+    where = Location(f"memory://{root}/checkpoints")
+    fs = fsspec.filesystem("memory")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(type(fs), "mv", full)
+    with pytest.raises(ClipzooError) as caught:
+        where.torch_save("step_0000002.pt", {"w": torch.zeros(3)}, kept=" (the trained model is in memory://m)")
+    assert str(caught.value) == (f"no space left writing memory://{root}/checkpoints/step_0000002.pt; free some "
+                                 "space (or pass another --output / checkpoint_dir) and rerun (the trained model is "
+                                 "in memory://m)")
+    assert fs.ls(f"/{root}/checkpoints") == []  # the temporary removed
+    monkeypatch.setattr(type(fs), "put_file", lambda *a, **k: (_ for _ in ()).throw(PermissionError(
+        errno.EACCES, "Access Denied")))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "weights.safetensors").write_bytes(b"x")
+    with pytest.raises(ClipzooError, match=rf"^cannot write memory://{root}/model \(Access Denied\): check the "
+                                           r"disk, the file size limit \(ulimit -f\) and the folder's permissions"):
+        Location(f"memory://{root}/model").upload_dir(tmp_path / "model")
+    fs.rm(f"/{root}", recursive=True)
+
+
 def test_a_killed_runs_temporaries_are_removed_at_the_next_start(tmp_path, shapes):  # noqa: F811
     """A SIGKILL mid-save left `.step_0000004.pt.tmp-PID` after a successful resume, for good."""
     run, dead, live = tmp_path / "run", _dead_pid(), os.getppid()

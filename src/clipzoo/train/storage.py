@@ -93,20 +93,34 @@ class Location:
     def read_text(self, *parts: str) -> str:
         return self.read_bytes(*parts).decode("utf-8")
 
-    def write_bytes(self, name: str, data: bytes) -> str:
-        """Write ``data`` to file ``name`` atomically (temporary name, then rename / move). Returns its name."""
+    def write_bytes(self, name: str, data: bytes, kept: str = "") -> str:
+        """Write ``data`` to file ``name`` atomically (temporary name, then rename / move); a write the file system
+        refuses is one line (``kept``: what is safe, for its end). Returns its name."""
         tmp = f".{name}.tmp-{os.getpid()}"
         if self.local is not None:
             self.local.mkdir(parents=True, exist_ok=True)
-            with refused_write(self.local / name, self.local / tmp):
+            with refused_write(self.local / name, self.local / tmp, kept):
                 (self.local / tmp).write_bytes(data)
                 os.replace(self.local / tmp, self.local / name)
             return str(self.local / name)
-        self.fs.makedirs(self.path, exist_ok=True)
-        with self.fs.open(self._rpath(tmp), "wb") as f:
-            f.write(data)
-        self.fs.mv(self._rpath(tmp), self._rpath(name))
+        with self._remote_write(name, tmp, kept):
+            self.fs.makedirs(self.path, exist_ok=True)
+            with self.fs.open(self._rpath(tmp), "wb") as f:
+                f.write(data)
+            self.fs.mv(self._rpath(tmp), self._rpath(name))
         return self.name_of(name)
+
+    @contextlib.contextmanager
+    def _remote_write(self, name: str, tmp: "str | None" = None, kept: str = ""):
+        """Remote only: a write the filesystem refuses (a full or read-only bucket, a denied request: fsspec raises
+        OSErrors) becomes :func:`write_error`'s one line naming the URL, ``tmp`` removed."""
+        try:
+            yield
+        except OSError as exc:
+            if tmp is not None:
+                with contextlib.suppress(Exception):
+                    self.fs.rm(self._rpath(tmp))
+            raise write_error(self.name_of(name) if name else self.url, exc, kept) from None
 
     def write_text(self, name: str, text: str) -> str:
         return self.write_bytes(name, text.encode("utf-8"))
@@ -149,22 +163,23 @@ class Location:
             return str(self.local / name)
         buf = io.BytesIO()
         torch.save(obj, buf)
-        return self.write_bytes(name, buf.getvalue())
+        return self.write_bytes(name, buf.getvalue(), kept)
 
     def upload_dir(self, local_dir: Path, replace: bool = True) -> None:
         """Remote only: copy a local folder's files here (file by file; what was here is removed first)."""
         assert self.local is None
-        if replace and self.fs.exists(self.path):
-            self.fs.rm(self.path, recursive=True)
-        self.fs.makedirs(self.path, exist_ok=True)
-        for f in sorted(Path(local_dir).rglob("*")):
-            if f.is_file():
-                rel = f.relative_to(local_dir).as_posix()
-                target = self._rpath(rel)
-                parent = posixpath.dirname(target)
-                if parent:
-                    self.fs.makedirs(parent, exist_ok=True)
-                self.fs.put_file(str(f), target)
+        with self._remote_write(""):
+            if replace and self.fs.exists(self.path):
+                self.fs.rm(self.path, recursive=True)
+            self.fs.makedirs(self.path, exist_ok=True)
+            for f in sorted(Path(local_dir).rglob("*")):
+                if f.is_file():
+                    rel = f.relative_to(local_dir).as_posix()
+                    target = self._rpath(rel)
+                    parent = posixpath.dirname(target)
+                    if parent:
+                        self.fs.makedirs(parent, exist_ok=True)
+                    self.fs.put_file(str(f), target)
 
 
 TEMPORARY = re.compile(r"\..+\.tmp-(\d+)")  # .NAME.tmp-PID: what write_bytes, torch_save and save_trained write
