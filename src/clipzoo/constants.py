@@ -98,10 +98,14 @@ DEFAULT_MAX_WAIT_MS = 5.0
 
 # ---------------------------------------------------------------- downloads
 DOWNLOAD_TIMEOUT_S = 10.0
+"""Seconds a download may wait to connect, or for its next bytes, before it fails (one line, no retries)."""
+DOWNLOAD_MIN_BYTES_PER_S = 1024
+"""Slowest transfer a download keeps: one that brings fewer bytes than this rate over a span of ``DOWNLOAD_TIMEOUT_S``
+seconds fails with one line (a server trickling a byte a second reset the per-read timeout and held the download
+for ever)."""
 HUB_PROBE_TIMEOUT_S = 5.0
 """How long clipzoo waits for the hub's host to accept a connection before it reads the local cache only
 (instead of huggingface_hub's five retries with back-off, ~40 s of "Retrying in 8s" lines offline)."""
-"""Seconds a download may wait to connect, or for its next bytes, before it fails (one line, no retries)."""
 
 # ---------------------------------------------------------------- texts longer than the context
 LONG_TEXT_POLICIES = ("error", "truncate", "chunks")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+import re
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -16,6 +17,7 @@ from .errors import AmbiguousModelError, CheckpointError, ClipzooError, UnknownM
 from .files import NOT_REGULAR, special_file
 from .modalities import get_modality
 
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _FIELDS = ("architecture", "publisher", "id", "backend", "alias", "embed_dim", "image_size",
            "context_length", "modality", "source")
 
@@ -240,8 +242,8 @@ def _literal(text: str) -> str:
 
 
 def check_card(card: ModelCard) -> ModelCard:
-    """``card`` if its names are non-empty strings whose alias reads back as them and its modalities are known;
-    else a :class:`~clipzoo.errors.ClipzooError` saying which field."""
+    """``card`` if its names are non-empty strings whose alias reads back as them, its modalities are known and its
+    ``sha256``, when given, is 64 hex digits; else a :class:`~clipzoo.errors.ClipzooError` saying which field."""
     for name in ("architecture", "publisher", "id"):
         value = getattr(card, name)
         if not isinstance(value, str) or not value.strip():
@@ -251,6 +253,10 @@ def check_card(card: ModelCard) -> ModelCard:
                            "at the ends of architecture, publisher or id); choose other names")
     for modality in card.modalities:
         get_modality(modality)  # an unknown one: its one-line error
+    sha256 = card.source.sha256
+    if sha256 is not None and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+        raise ClipzooError(f"register(): sha256 must be the file's SHA-256, 64 hex digits, got {str(sha256)[:80]!r} "
+                           "(`sha256sum FILE` prints it); or leave it out")  # each load downloaded the whole file
     return card
 
 
