@@ -104,7 +104,7 @@ def test_local_checkpoint_as_model_name_loads_through_clipzoo(fmt, tiny_config, 
         ref = _ref(tiny_config, path)
     _, ref_train, ref_val = _quiet(real_open_clip.create_model_and_transforms, tiny_config)
     assert type(model) is real_open_clip.CLIP  # the real open_clip module, not a wrapper
-    assert model.visual.preprocess_cfg["size"] == 32
+    assert model.visual.preprocess_cfg["size"] == (32, 32)  # visual.image_size, as open_clip records it
     pixels = torch.stack([ref_val(im) for im in pil_images])
     assert torch.equal(torch.stack([val(im) for im in pil_images]), pixels)
     assert [type(t).__name__ for t in train.transforms] == [type(t).__name__ for t in ref_train.transforms]

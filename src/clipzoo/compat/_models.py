@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -310,7 +311,10 @@ class OpenClipModel(_ComparatorModule):
 # ----------------------------------------------------------------------------- preprocessing facts
 def preprocess_cfg_of(comparator) -> dict:
     """open_clip's preprocess config for a Comparator: the backend's own when it has one, else read
-    off its eval transform (Resize / CenterCrop / Normalize), else OpenAI's defaults at its size."""
+    off its eval transform (Resize / CenterCrop / Normalize), else OpenAI's defaults at its size. In the
+    types open_clip's ``create_model`` records: ``size`` a ``(height, width)`` tuple (a ViT's
+    ``visual.image_size``), ``mean`` / ``std`` tuples (``PreprocessCfg``'s) — or, for an open_clip folder,
+    as its ``open_clip_config.json`` writes them (lists), as open_clip's ``local-dir:`` reads them."""
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
     own = getattr(comparator, "preprocess_config", None)
@@ -322,9 +326,17 @@ def preprocess_cfg_of(comparator) -> dict:
     size = image_size_of(comparator)
     if size is not None and "size" not in (own or {}):
         cfg["size"] = size
-    if isinstance(cfg.get("size"), list):
-        cfg["size"] = tuple(cfg["size"])
+    if isinstance(cfg.get("size"), (int, float)):
+        cfg["size"] = (int(cfg["size"]), int(cfg["size"]))
+    for key in ("size",) if _is_folder(comparator) else ("size", "mean", "std"):
+        if isinstance(cfg.get(key), list):
+            cfg[key] = tuple(cfg[key])
     return cfg
+
+
+def _is_folder(comparator) -> bool:
+    path = getattr(getattr(getattr(comparator, "card", None), "source", None), "path", None)
+    return bool(path) and os.path.isdir(path)
 
 
 def _read_transform(transform) -> dict:

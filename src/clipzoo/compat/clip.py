@@ -8,8 +8,11 @@ What matches openai/CLIP (tested against the ``clip-anytorch`` package on the sa
 
 - :func:`available_models` lists OpenAI's nine names first, then every other registry alias that openai's
   API can serve: models with an image and a text tower (no audio-text or image-only models).
-- :func:`load` takes any clipzoo spec. For OpenAI-layout checkpoints the model is the real open_clip
-  module (``isinstance(model, open_clip.CLIP)``; OpenAI's state-dict keys) with openai's
+- :func:`load` takes OpenAI's nine names as OpenAI's models (``"ViT-B/32"`` is ``[clip - openai - ViT-B/32]``,
+  not KELIP's model of that name) and any other clipzoo spec. What openai raises as a RuntimeError (an unknown
+  name, a bad device, a file that is no checkpoint, a failed download or checksum) is a RuntimeError here too,
+  and clipzoo's error of that kind (:mod:`clipzoo.compat._errors`). For OpenAI-layout checkpoints the model is
+  the real open_clip module (``isinstance(model, open_clip.CLIP)``; OpenAI's state-dict keys) with openai's
   ``forward`` -> ``(logits_per_image, logits_per_text)``; ``encode_image`` / ``encode_text`` return
   unnormalised features; ``model.visual.input_resolution``, ``model.logit_scale`` (the log-scale
   Parameter) and ``model.dtype`` are there. As with openai's ``load``, the model is float32 on CPU
@@ -41,7 +44,6 @@ import importlib
 import os
 import sys
 import types
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -53,9 +55,10 @@ from ..checkpoints import is_torchscript
 from ..constants import OPENAI_MEAN, OPENAI_STD
 from ..download import download_url, sha256_in_url
 from ..ensemble import Ensemble
-from ..errors import BadTextError, ClipzooError, UnknownModelError
+from ..errors import BadTextError, ClipzooError, UnknownModelError, warn_user
 from ..modalities import IMAGE, TEXT
 from ..registry import REGISTRY
+from ._errors import ModelNotFoundError, runtime_errors
 from ._models import ClipModel, as_openai_module, input_resolution_of, trace_openai_module, with_open_clip_module
 
 __all__ = ["available_models", "install", "load", "tokenize"]
@@ -65,10 +68,6 @@ OPENAI_MODELS = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "V
 
 # the Comparator whose tokenizer ``tokenize`` uses; None means OpenAI's
 _active_comparator = None
-
-
-class ModelNotFoundError(UnknownModelError, RuntimeError):
-    """openai raises RuntimeError for an unknown name; this is both that and clipzoo's error."""
 
 
 class TextTooLongError(BadTextError, RuntimeError):
@@ -86,7 +85,7 @@ def __getattr__(name: str):
     if name in SUBMODULES:
         return importlib.import_module(f"{__package__}.clip_{name}")
     if name == "_MODELS":  # OpenAI's nine names -> their download URLs (prompt learners read it)
-        return {n: REGISTRY.resolve(f"[clip - openai - {n}]").source.url for n in OPENAI_MODELS}
+        return {n: REGISTRY.resolve(openai_spec(n)).source.url for n in OPENAI_MODELS}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -103,7 +102,15 @@ def install() -> types.ModuleType:
 def _download(url: str, root: "str | None" = None) -> str:
     """openai's ``clip._download``: the file at ``url`` in the cache (``root``), its SHA-256 checked when the URL
     names one (OpenAI's do: the folder before the file name)."""
-    return str(download_url(url, sha256_in_url(url), root))
+    with runtime_errors():  # a failed download or checksum: openai's RuntimeError (and clipzoo's DownloadError)
+        return str(download_url(url, sha256_in_url(url), root))
+
+
+def openai_spec(name: Any) -> Any:
+    """OpenAI's nine names (``"ViT-B/32"``) are OpenAI's models, as in openai's ``clip.load``: their cards'
+    aliases. The registry also holds other models of those names (KELIP's ViT-B/32), so a bare name is
+    ambiguous there; any other spec is returned as it is."""
+    return f"[clip - openai - {name}]" if isinstance(name, str) and name in OPENAI_MODELS else name
 
 
 # --------------------------------------------------------------------------- catalogue
@@ -130,28 +137,39 @@ def load(name: str, device: str | torch.device = "cuda" if torch.cuda.is_availab
          jit: bool = False, download_root: str = None) -> tuple[torch.nn.Module, Callable[[Any], torch.Tensor]]:
     """Load a model: ``(model, preprocess)`` as openai's ``clip.load``.
 
-    ``name``: an OpenAI name (``"ViT-B/32"``), any clipzoo alias or spec (``"[clip - laion - …]"``,
-    ``"hf-hub:org/name"``, ``"open_clip:ViT-B-32/laion2b_s34b_b79k"``), or a local checkpoint: an
-    OpenAI TorchScript archive or state dict, an open_clip file or folder, an HF folder.
-    ``download_root`` is the download cache folder (clipzoo's cache by default).
+    ``name``: an OpenAI name (``"ViT-B/32"``: always OpenAI's model), any clipzoo alias or spec
+    (``"[clip - laion - …]"``, ``"hf-hub:org/name"``, ``"open_clip:ViT-B-32/laion2b_s34b_b79k"``), or a local
+    checkpoint: an OpenAI TorchScript archive or state dict, an open_clip file or folder, an HF folder.
+    ``download_root`` is the download cache folder (clipzoo's cache by default). What openai raises as a
+    RuntimeError (an unknown name, a bad device, a file that is no checkpoint, a failed download) is a
+    RuntimeError here too, and clipzoo's error of that kind (:mod:`clipzoo.compat._errors`).
     """
     global _active_comparator
     _refuse_ensemble(name)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     name = os.fspath(name) if isinstance(name, os.PathLike) else name
+    with runtime_errors():
+        try:
+            model, preprocess, comparator = _load(name, device, jit, download_root)
+        except UnknownModelError as exc:
+            if isinstance(exc, RuntimeError):
+                raise
+            raise ModelNotFoundError(f"Model {name} not found; {exc}") from None
+    _active_comparator = None if comparator is None or uses_openai_tokenizer(comparator) else comparator
+    return model, preprocess
+
+
+def _load(name: str, device, jit: bool, download_root) -> tuple[torch.nn.Module, Callable, Any]:
+    """``(model, preprocess, comparator)``; the comparator is None for a TorchScript archive."""
+    spec = openai_spec(name)
     if jit:
-        path = _torchscript_file(name, download_root)
+        path = _torchscript_file(spec, download_root)
         if path is not None:
             model = _load_torchscript(path, device)
-            _active_comparator = None
-            return model, _openai_transform(_jit_input_resolution(model))
-
+            return model, _openai_transform(_jit_input_resolution(model)), None
     precision = "fp32" if torch.device(device).type == "cpu" else "fp16"  # as openai's build_model
-    try:
-        comparator = load_model(name, device=str(device), precision=precision, cache_dir=download_root)
-    except UnknownModelError as exc:
-        raise ModelNotFoundError(f"Model {name} not found; {exc}") from None
+    comparator = load_model(spec, device=str(device), precision=precision, cache_dir=download_root)
     comparator = with_open_clip_module(comparator, device=str(device), precision=precision, cache_dir=download_root)
     resolution = input_resolution_of(comparator, getattr(comparator, "model", None))
     inner = getattr(comparator, "model", None)
@@ -159,19 +177,18 @@ def load(name: str, device: str | torch.device = "cuda" if torch.cuda.is_availab
     if model is None:
         model = ClipModel(comparator)
     model.eval()
-    _active_comparator = None if uses_openai_tokenizer(comparator) else comparator
     if jit:
         model = _jit_model(name, model, comparator)
-    return model, comparator.transform
+    return model, comparator.transform, comparator
 
 
 def _jit_model(name: str, model: torch.nn.Module, comparator) -> torch.nn.Module:
     """jit=True on a model that is not an archive: traced as OpenAI traced theirs, else eager with a warning."""
     if not isinstance(model, ClipModel):
         return trace_openai_module(model, comparator.context_length)
-    warnings.warn(f"jit=True: {name} is not a TorchScript archive nor an open_clip module that can be traced "
-                  f"({comparator.card.backend} backend), so there is no JIT model to return; "
-                  "returning the eager model instead", stacklevel=3)
+    warn_user(f"jit=True: {name} is not a TorchScript archive nor an open_clip module that can be traced "
+              f"({comparator.card.backend} backend), so there is no JIT model to return; "
+              "returning the eager model instead")
     return model
 
 
@@ -246,10 +263,7 @@ def _torchscript_file(name: str, download_root) -> str | None:
     expanded = os.path.expanduser(name)
     if os.path.isfile(expanded):
         return expanded if is_torchscript(expanded) else None
-    try:
-        card = REGISTRY.resolve(name)
-    except UnknownModelError as exc:
-        raise ModelNotFoundError(f"Model {name} not found; {exc}") from None
+    card = REGISTRY.resolve(name)
     src = card.source
     if src.path and os.path.isfile(src.path):
         return src.path if is_torchscript(src.path) else None

@@ -12,6 +12,8 @@ import torch
 from ...api import load as load_model
 from ...cards import ModelCard
 from ...errors import UnsupportedError
+from ...tokenizers import OpenAITokenizer
+from .._errors import runtime_errors
 from .._models import OpenClipModel, preprocess_cfg_of, with_open_clip_module
 from . import options as arch_options
 from ._passthrough import passthrough
@@ -19,6 +21,8 @@ from ._real import REAL, submodule
 from ._routing import NotFound, route
 from .tokenizer import ComparatorTokenizer
 
+# open_clip's precision -> clipzoo's load precision; pure_* is then cast whole as open_clip does, and a name
+# open_clip does not know builds fp32 there (no cast dtype, the model left in float32), so here too
 _PRECISIONS = {"fp32": "fp32", "amp": "fp32", "amp_bf16": "fp32", "amp_bfloat16": "fp32", "fp16": "fp16",
                "bf16": "bf16", "pure_fp16": "fp16", "pure_bf16": "bf16"}
 _transform = submodule("transform")
@@ -39,10 +43,15 @@ def list_models() -> list[str]:
 
 # --------------------------------------------------------------------------- loading through clipzoo
 def _zoo_precision(precision: str) -> str:
-    try:
-        return _PRECISIONS[precision]
-    except KeyError:
-        raise UnsupportedError(f"unknown precision {precision!r}; use one of {', '.join(_PRECISIONS)}") from None
+    return _PRECISIONS.get(precision, "fp32")
+
+
+def open_clip_tokenizer(tokenizer: Any) -> Any:
+    """The tokenizer open_clip pairs with the model: its own ``SimpleTokenizer`` where clipzoo uses OpenAI's BPE
+    (open_clip's keeps ``<|endoftext|>`` in a text as plain words, openai's reads it as the special token)."""
+    if isinstance(tokenizer, OpenAITokenizer):
+        return submodule("tokenizer").SimpleTokenizer(context_length=tokenizer.context_length)
+    return tokenizer
 
 
 def load_through_clipzoo(card: ModelCard, precision: str, device, cache_dir, weights_only: bool, output_dict,
@@ -69,17 +78,24 @@ def load_through_clipzoo(card: ModelCard, precision: str, device, cache_dir, wei
     if rebuild:
         model = arch_options.rebuild(comparator, options, model_kwargs, precision=precision, device=device,
                                  weights_only=weights_only)
-    pp_cfg = preprocess_cfg_of(comparator)
-    visual = getattr(model, "visual", None)
-    if rebuild and getattr(visual, "image_size", None) is not None:
-        pp_cfg["size"] = visual.image_size
-    pp_cfg = _transform.merge_preprocess_dict(pp_cfg, options.get("force_preprocess_cfg") or {})
-    if rebuild or options.get("force_preprocess_cfg") or not getattr(visual, "preprocess_cfg", None):
-        REAL.set_model_preprocess_cfg(model, pp_cfg)
+    elif precision in ("pure_fp16", "pure_bf16"):  # clipzoo loaded it in mixed precision: now every tensor
+        is_timm = "timm_model_name" in (comparator.model_config or {}).get("vision_cfg", {})
+        submodule("factory")._set_model_device_and_precision(model, torch.device(device), precision, is_timm)
+    REAL.set_model_preprocess_cfg(model, final_preprocess_cfg(model, comparator, options))
     if output_dict and hasattr(model, "output_dict"):
         model.output_dict = True
-    TOKENIZERS[key] = comparator.tokenizer
+    TOKENIZERS[key] = open_clip_tokenizer(comparator.tokenizer)
     return model.train(), comparator  # open_clip's factory hands its modules out in train mode
+
+
+def final_preprocess_cfg(model: torch.nn.Module, comparator, options: dict[str, Any]) -> dict[str, Any]:
+    """What open_clip's ``create_model`` records on the model: the checkpoint's preprocess config, its size the
+    built tower's ``image_size`` (``(224, 224)`` for a ViT), then ``force_preprocess_cfg`` (the image_* options)."""
+    cfg = preprocess_cfg_of(comparator)
+    size = getattr(getattr(model, "visual", None), "image_size", None)
+    if size is not None:
+        cfg["size"] = size
+    return _transform.merge_preprocess_dict(cfg, options.get("force_preprocess_cfg") or {})
 
 
 def transforms(model, comparator, overrides: dict[str, Any], aug_cfg=None, train: bool = True):
@@ -130,13 +146,15 @@ def create_model(
                    force_context_length=force_context_length, pretrained_image=pretrained_image,
                    pretrained_text=pretrained_text, pretrained_image_path=pretrained_image_path,
                    pretrained_text_path=pretrained_text_path, require_pretrained=require_pretrained)
-    target = route(model_name, pretrained, cache_dir)
+    with runtime_errors():
+        target = route(model_name, pretrained, cache_dir)
     if target.native:
         return REAL.create_model(target.model_name, target.pretrained, precision=precision, device=device,
                                  cache_dir=cache_dir, output_dict=output_dict, weights_only=weights_only,
                                  **options, **model_kwargs)
-    model, _ = load_through_clipzoo(target.card, precision, device, cache_dir, weights_only, output_dict,
-                                    options, model_kwargs)
+    with runtime_errors():
+        model, _ = load_through_clipzoo(target.card, precision, device, cache_dir, weights_only, output_dict,
+                                        options, model_kwargs)
     return model
 
 
@@ -174,15 +192,18 @@ def create_model_and_transforms(
                    pretrained_image_path=pretrained_image_path, pretrained_text_path=pretrained_text_path)
     overrides = dict(image_mean=image_mean, image_std=image_std, image_interpolation=image_interpolation,
                      image_resize_mode=image_resize_mode)
-    target = route(model_name, pretrained, cache_dir)
+    with runtime_errors():
+        target = route(model_name, pretrained, cache_dir)
     if target.native:
         return REAL.create_model_and_transforms(
             target.model_name, target.pretrained, precision=precision, device=device, aug_cfg=aug_cfg,
             cache_dir=cache_dir, output_dict=output_dict, weights_only=weights_only, **options, **overrides,
             **model_kwargs)
-    model, comparator = load_through_clipzoo(target.card, precision, device, cache_dir, weights_only, output_dict,
-                                             options, model_kwargs)
-    train, val = transforms(model, comparator, _pp_overrides(**overrides), aug_cfg)
+    options["force_preprocess_cfg"] = _pp_overrides(**overrides)  # recorded on the model, as open_clip does
+    with runtime_errors():
+        model, comparator = load_through_clipzoo(target.card, precision, device, cache_dir, weights_only,
+                                                 output_dict, options, model_kwargs)
+    train, val = transforms(model, comparator, options["force_preprocess_cfg"], aug_cfg)
     return model, train, val
 
 
@@ -211,17 +232,20 @@ def create_model_from_pretrained(
                    force_image_size=force_image_size, force_context_length=force_context_length)
     overrides = dict(image_mean=image_mean, image_std=image_std, image_interpolation=image_interpolation,
                      image_resize_mode=image_resize_mode)
-    target = route(model_name, pretrained, cache_dir)
+    with runtime_errors():
+        target = route(model_name, pretrained, cache_dir)
     if target.native:
         return REAL.create_model_from_pretrained(
             target.model_name, target.pretrained, precision=precision, device=device,
             return_transform=return_transform, cache_dir=cache_dir, weights_only=weights_only, **options,
             **overrides, **model_kwargs)
-    model, comparator = load_through_clipzoo(target.card, precision, device, cache_dir, weights_only, None,
-                                             options, model_kwargs)
+    options["force_preprocess_cfg"] = _pp_overrides(**overrides)  # recorded on the model, as open_clip does
+    with runtime_errors():
+        model, comparator = load_through_clipzoo(target.card, precision, device, cache_dir, weights_only, None,
+                                                 options, model_kwargs)
     if not return_transform:
         return model
-    _, val = transforms(model, comparator, _pp_overrides(**overrides), train=False)
+    _, val = transforms(model, comparator, options["force_preprocess_cfg"], train=False)
     return model, val
 
 
@@ -237,20 +261,30 @@ def get_tokenizer(
     if not model_name:
         return REAL.get_tokenizer(model_name, context_length=context_length, cache_dir=cache_dir, **kwargs)
     try:
-        target = route(model_name, None, cache_dir)
+        with runtime_errors():
+            target = route(model_name, None, cache_dir)
     except NotFound:  # open_clip gives its default tokenizer for a name it does not know (and logs a warning)
         return REAL.get_tokenizer(model_name, context_length=context_length, cache_dir=cache_dir, **kwargs)
     if target.native:
         return REAL.get_tokenizer(target.model_name, context_length=context_length, cache_dir=cache_dir, **kwargs)
-    key = target.card.alias.lower()
+    with runtime_errors():
+        return _zoo_tokenizer(target.card, context_length, cache_dir, kwargs)
+
+
+def _zoo_tokenizer(card: ModelCard, context_length: int | None, cache_dir, kwargs: dict[str, Any]):
+    """``get_tokenizer`` of a model clipzoo serves: open_clip's tokenizer for an open_clip module (its
+    ``SimpleTokenizer`` for OpenAI's BPE), else :class:`ComparatorTokenizer` over the model's own."""
+    key = card.alias.lower()
     tokenizer = TOKENIZERS.get(key)
     comparator = COMPARATORS.get(key)
     if tokenizer is None and comparator is None:
-        comparator = with_open_clip_module(load_model(target.card, cache_dir=cache_dir), cache_dir=cache_dir)
+        comparator = with_open_clip_module(load_model(card, cache_dir=cache_dir), cache_dir=cache_dir)
         if arch_options.is_open_clip_module(comparator):
-            tokenizer = TOKENIZERS[key] = comparator.tokenizer
+            tokenizer = TOKENIZERS[key] = open_clip_tokenizer(comparator.tokenizer)
+    if tokenizer is None and isinstance(getattr(comparator, "tokenizer", None), OpenAITokenizer):
+        tokenizer = open_clip_tokenizer(comparator.tokenizer)
     if kwargs:
-        raise UnsupportedError(f"tokenizer options {sorted(kwargs)} cannot be applied to {target.card.alias}")
+        raise UnsupportedError(f"tokenizer options {sorted(kwargs)} cannot be applied to {card.alias}")
     if tokenizer is not None:
         if context_length and getattr(tokenizer, "context_length", None) != context_length:
             tokenizer = copy.copy(tokenizer)

@@ -59,8 +59,11 @@ class OpenClipJaxCLIP(nn.Module):
     def encode_text(self, tokens):
         return self.clip.encode_text(tokens)
 
-    def __call__(self, images, tokens):
-        image, text = self.clip(images, tokens)
+    def __call__(self, image_input, text_input):
+        """open_clip_jax's parameters, by name too (``model.init(rngs, image_input=…, text_input=…)``): NHWC
+        float images and int32 tokens -> L2-normalised ``(image_proj, text_proj)``, the first scaled by
+        ``exp(temp)`` when there is a temperature."""
+        image, text = self.clip(image_input, text_input)
         if self.temp_init:
             image = jnp.exp(self.temp) * image
         return image, text

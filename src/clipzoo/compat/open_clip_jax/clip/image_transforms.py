@@ -9,6 +9,14 @@ image comes out with its aspect ratio inverted (a 300×600 image is resized to 4
 Kept, so that features match open_clip_jax's on the same pictures; square images are unaffected.
 Checked against open_clip_jax's own transform run in TensorFlow (tests/data/open_clip_jax_reference.npz).
 
+Bounded work, where the original's is not: :func:`resize` resizes the axis that shrinks first, so its one
+intermediate array is never larger than the input or the output (resizing the growing axis first made a
+1 × N picture a 224·N × N × 3 array: gigabytes for a 100-byte PNG), and an image longer than
+:data:`~clipzoo.constants.MAX_ASPECT_RATIO` : 1 keeps its central part when decoded or resized by
+``resize_smallest_edge``, as every image clipzoo decodes (:func:`clipzoo.image_bytes.within_aspect`) — with the
+quirk above, ``resize_smallest_edge`` of a 1 × N picture is 224·N × 224 (TensorFlow's too). Up to that ratio the
+output is TensorFlow's; beyond it, that of the picture's central 32 : 1 part.
+
 Training's ``random_resized_crop`` samples crops as ``tf.image.sample_distorted_bounding_box`` does (area
 fraction in ``scale``, aspect ratio in ``ratio``, ``max_attempts=5``, else the whole image) from numpy's
 random generator, not TensorFlow's: the same distribution, other draws.
@@ -25,6 +33,7 @@ from PIL import Image
 
 from ....errors import BadImageError, ClipzooError
 from ....extras import require
+from ....image_bytes import aspect_box, within_aspect
 from .common import OpenClipJaxValueError, Tensor, as_tensor
 from .constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
@@ -55,6 +64,17 @@ def image_array(image: Any) -> np.ndarray:
     return array
 
 
+def within_aspect_array(array: np.ndarray) -> np.ndarray:
+    """The central part of an ``[..., height, width, channels]`` image that is longer than
+    :data:`~clipzoo.constants.MAX_ASPECT_RATIO` : 1 (:func:`clipzoo.image_bytes.within_aspect`); else itself."""
+    height, width = shape(array)
+    box = aspect_box(width, height)
+    if box is None:
+        return array
+    left, top, right, bottom = box
+    return array[..., top:bottom, left:right, :]
+
+
 def shape(image: Any) -> tuple[int, int]:
     """Height and width of an image of shape ``[..., height, width, channels]``."""
     array = np.asarray(image)
@@ -79,15 +99,18 @@ def resize_weights(in_size: int, out_size: int, method: str = "bicubic", antiali
 
 
 def resize(image: Any, size: tuple[int, int], method: str = "bicubic", antialias: bool = True) -> Tensor:
-    """``tf.image.resize(image, size, method, antialias)``: float32, ``[..., height, width, channels]``."""
+    """``tf.image.resize(image, size, method, antialias)``: float32, ``[..., height, width, channels]``.
+
+    Separable: one axis, then the other — the one that shrinks (the smaller intermediate) first, so no array
+    is larger than the input or the output."""
     array = np.asarray(image, dtype=np.float32)
     if array.ndim == 4:
         return as_tensor(np.stack([resize(a, size, method, antialias) for a in array]))
-    (h, w), (new_h, new_w) = array.shape[:2], (int(size[0]), int(size[1]))
-    if new_h != h:
-        array = np.tensordot(resize_weights(h, new_h, method, antialias), array, axes=([1], [0]))
-    if new_w != w:
-        array = np.tensordot(resize_weights(w, new_w, method, antialias), array, axes=([1], [1])).transpose(1, 0, 2)
+    (h, w), new = array.shape[:2], (int(size[0]), int(size[1]))
+    for axis in ((0, 1) if new[0] * w <= h * new[1] else (1, 0)):
+        if new[axis] != array.shape[axis]:
+            weights = resize_weights(array.shape[axis], new[axis], method, antialias)
+            array = np.moveaxis(np.tensordot(weights, array, axes=([1], [axis])), 0, axis)
     return as_tensor(np.ascontiguousarray(array, dtype=np.float32))
 
 
@@ -104,7 +127,7 @@ def decode_image(data: Any, channels: int = 3) -> Tensor:
         image.load()
     except (OSError, ValueError) as exc:
         raise BadImageError(f"cannot decode image bytes ({exc}); pass JPEG/PNG bytes or a path") from None
-    return as_tensor(np.asarray(image.convert("RGB")))
+    return as_tensor(np.asarray(within_aspect(image).convert("RGB")))
 
 
 def random_crop_box(height: int, width: int, rng: np.random.Generator, ratio=(3 / 4, 4 / 3),
@@ -130,8 +153,9 @@ def random_resized_crop(bytes: Any, size: int = 224, method: str = "bicubic", ra
 
 
 def resize_smallest_edge(image: Any, size: int = 224, method: str = "bicubic", antialias: bool = True) -> Tensor:
-    """open_clip_jax's ``resize_smallest_edge``, its height/width mix-up included (see the module doc)."""
-    image = image_array(image)
+    """open_clip_jax's ``resize_smallest_edge``, its height/width mix-up included (see the module doc); an image
+    longer than ``MAX_ASPECT_RATIO`` : 1 keeps its central part first."""
+    image = within_aspect_array(image_array(image))
     image_w, image_h = shape(image)  # sic: open_clip_jax names (height, width) this way round
     new = (int(size * image_h / image_w), size) if image_w <= image_h else (size, int(size * image_w / image_h))
     return resize(image, new, method, antialias)

@@ -1,15 +1,17 @@
-"""mmc's API (dmarx/Multi-Modal-Comparators) over clipzoo: code written for mmc runs on every clipzoo model.
+"""mmc's API (dmarx/Multi-Modal-Comparators) over clipzoo: the parts of mmc listed below, on every clipzoo model.
 
     from clipzoo.compat import mmc
     mmc.IMAGE.read_from_disk("cat.jpg")                      # an RGB PIL image; TEXT: the file's str
     DEPTH = mmc.register_modality("depth")                    # a custom modality (mmc's Modality(name=...))
     [str(l) for l in mmc.REGISTRY.find(architecture="clip", publisher="openai")]   # loaders, by query
-    ldr.supports_modality(mmc.AUDIO); model = ldr.load()      # a Comparator
+    ldr.supports_modality(mmc.AUDIO); model = ldr.load()      # a Comparator with mmc's perceptor API
+    model.project_text("a dog"); model.project_image(img)      # mmc's unnormalised projections
     models = mmc.load_all(architecture="clip", publisher="openai")   # every match, loaded
     perceptor = mmc.MultiMMC(mmc.TEXT, mmc.IMAGE)
     perceptor.load_model(architecture="clip", publisher="openai", id="RN*")   # all matches at once
     perceptor.compare(image=img, text="a dog")                # mmc's score: Σ weight · raw dot product
     clip_like = mmc.MockOpenaiClip(model)                     # openai's clip.load model API on any model
+    from clipzoo.compat.mmc.ez.CLIP import clip               # mmc's "ez" mode: openai's clip API, any model
 
 What is mmc's, what is clipzoo's:
 
@@ -19,6 +21,12 @@ What is mmc's, what is clipzoo's:
 - ``REGISTRY.find(**query)`` returns :class:`Loader` objects (``architecture``, ``publisher``, ``id``,
   ``modalities``, ``supports_modality``, ``load()``, ``str()`` = the alias), as mmc's loaders; queries are
   :meth:`clipzoo.Registry.find`'s (globs, lists, any card field).
+- ``Loader.load()`` returns the Comparator with mmc's perceptor API (:class:`MultiModalComparator`,
+  :mod:`.perceptor`): ``modes``, ``project_text`` / ``project_image`` / ``project_audio(item, preprocess=True)``
+  (unnormalised features, as mmc's openai loader projects with ``encode_text`` / ``encode_image``),
+  ``supports_text`` / ``supports_image`` / ``supports_audio``; it stays a Comparator.
+- ``mmc.ez.CLIP.clip`` is :mod:`clipzoo.compat.clip` (openai's ``clip`` API: ``available_models``, ``load`` of
+  OpenAI's names and of ``[architecture - publisher - id]`` aliases, ``tokenize`` for the last loaded model).
 - :class:`MultiMMC` is a :class:`clipzoo.Ensemble`; its ``compare`` keeps mmc's semantics (the weighted sum of
   raw dot products of unnormalised features, a scalar for one item against one), where the Ensemble's own
   ``compare`` averages cosines unless ``normalize=False``.
@@ -37,17 +45,20 @@ from typing import Any
 
 import torch
 
-from ..api import load, load_all
-from ..cards import ModelCard
-from ..comparator import Comparator
-from ..ensemble import Ensemble
-from ..errors import UnsupportedError
-from ..modalities import AUDIO, IMAGE, TEXT, Modality, get_modality, register_modality, supports_modality
-from ..registry import REGISTRY as CLIPZOO_REGISTRY
-from ._models import ClipModel
+from ...api import load, load_all
+from ...cards import ModelCard
+from ...comparator import Comparator
+from ...ensemble import Ensemble
+from ...errors import UnsupportedError
+from ...modalities import AUDIO, IMAGE, TEXT, Modality, get_modality, register_modality, supports_modality
+from ...registry import REGISTRY as CLIPZOO_REGISTRY
+from .._models import ClipModel
+from . import ez  # noqa: F401 - mmc's ``mmc.ez.CLIP``
+from .perceptor import MultiModalComparator, as_perceptor
 
 __all__ = ["AUDIO", "IMAGE", "TEXT", "Modality", "register_modality", "Loader", "REGISTRY", "load_all",
-           "MultiMMC", "MockOpenaiClip", "MockOpenaiClipModule", "as_openai_clip"]
+           "MultiMMC", "MultiModalComparator", "as_perceptor", "MockOpenaiClip", "MockOpenaiClipModule",
+           "as_openai_clip"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,8 @@ class Loader:
         return supports_modality(self.card.modalities, modality)
 
     def load(self, device: "str | torch.device" = "cpu", **kwargs: Any) -> Comparator:
-        return load(self.card, device=str(device), **kwargs)
+        """The model, a Comparator with mmc's perceptor API (``project_text``, ``project_image``, ``modes``, …)."""
+        return as_perceptor(load(self.card, device=str(device), **kwargs))
 
     def __str__(self) -> str:
         return self.card.alias
