@@ -281,10 +281,17 @@ def stream_segments(path: "str | os.PathLike", seconds: float | None, num_frames
 
 
 def _spans(info: VideoInfo, seconds: float, num_frames: int, exact: bool) -> list[tuple[float, list[int]]]:
-    """``(start_s, frame indices)`` of each segment: ``num_frames`` sampled uniformly within it, ascending."""
-    spans = []
+    """``(start_s, frame indices)`` of each segment: ``num_frames`` sampled uniformly within it, ascending. At most
+    one segment starts on each frame, so there are never more segments than frames: a segment that would start on
+    the frame the one before it starts on (segments shorter than a frame, as a tiny video that declares a very low
+    frame rate has them) shows nothing new and is left out."""
+    spans: list[tuple[float, list[int]]] = []
+    last = -1  # the frame the segment before starts on
     for start in segment_starts(info.duration, seconds):
         first = min(info.frames - 1, int(round(start * info.fps)))
+        if first <= last:
+            continue
+        last = first
         stop = min(info.frames, max(first + 1, int(round((start + seconds) * info.fps))))
         spans.append((start, [first + i for i in uniform_indices(stop - first, num_frames, exact)]))
     return spans

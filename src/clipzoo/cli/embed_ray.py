@@ -48,6 +48,8 @@ def embed_on_ray(address, num_workers, model, image_paths, audio, texts, out: Pa
     from ..embed import npy_path, sidecar_path
     from ..embed.ray_engine import RayOptions
     from ..embed.remote_inputs import expand_inputs
+    from ..embed.results import check_outputs
+    from ..embed.run import read_paths
     from ..embed.sources import read_texts
     from ._common import load_model
 
@@ -66,6 +68,8 @@ def embed_on_ray(address, num_workers, model, image_paths, audio, texts, out: Pa
     lines = read_texts(texts) if texts else None
     if items is not None and lines is not None and len(items) != len(lines):
         fail(f"--images gives {len(items)} images but --texts {len(lines)} lines; clip-retrieval pairs them row by row")
+    if format_ == "npy":  # an input the output or its sidecar would replace: refused before any work, as locally
+        check_outputs(out, [texts, *image_paths, *read_paths(items or ())])
     device = resolve_device(device)
     kwargs = {"model_name": model_name} if model_name else {}
     comparator = load_model(model, "cpu", "fp32", trust_pickle, model_name, cache_dir)  # preprocessing, name, dim
@@ -93,6 +97,7 @@ def _ray_audio(address, num_workers, model, image_paths, audio, texts, out: Path
     from ..embed import npy_path, sidecar_path
     from ..embed.ray_audio import embed_audio_with_ray
     from ..embed.ray_engine import RayOptions
+    from ..embed.results import check_outputs
     from ._common import load_model
     from .embed_args import check_one_input
 
@@ -100,6 +105,7 @@ def _ray_audio(address, num_workers, model, image_paths, audio, texts, out: Path
         fail("--format clip-retrieval holds images and texts; embed --audio with --format npy")
     check_one_input(image_paths, audio, texts)
     paths = expand_audio_paths(audio)  # a typo fails before the model loads
+    check_outputs(out, paths)  # an input the output would replace: refused before any work, as locally
     device = resolve_device(device)
     kwargs = {"model_name": model_name} if model_name else {}
     comparator = load_model(model, "cpu", "fp32", trust_pickle, model_name, cache_dir)  # sample rate, name, dim

@@ -112,7 +112,7 @@ def build(
     recall = "" if report.recall_at_10 is None else f", recall@10 vs exact {report.recall_at_10:.3f}"
     rate = f" at {report.images_per_s:.1f} images/s" if report.images_per_s else ""
     repaired = f", {report.repaired} repaired (lost or corrupt vectors)" if report.repaired else ""
-    note(f"indexed {report.total} images in {out}: {report.added} added, {report.updated} updated, "
+    note(f"indexed {_indexed(report)} in {out}: {report.added} added, {report.updated} updated, "
          f"{report.removed} removed, {report.unchanged} unchanged{repaired}{rate}; {report.index_kind} index{recall} "
          f"({report.seconds:.1f} s)")
     if report.skipped:
@@ -121,6 +121,17 @@ def build(
             note(f"  {path}: {' '.join(reason.split())}")
         if len(report.skipped) > 20:
             note(f"  … and {len(report.skipped) - 20} more")
+
+
+def _indexed(report) -> str:
+    """What a build indexed: ``N images``, or with videos ``N images and M videos`` (and the rows, when the videos'
+    segments add rows: a video is one row plus one per segment)."""
+    if not report.videos:
+        return f"{report.total} images"
+    images = report.total - report.video_rows
+    rows = f" ({report.total} rows with the videos' segments)" if report.video_rows != report.videos else ""
+    return (f"{images} image{'s' if images != 1 else ''} and {report.videos} video{'s' if report.videos != 1 else ''}"
+            f"{rows}")
 
 
 @user_errors

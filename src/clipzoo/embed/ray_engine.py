@@ -9,8 +9,11 @@ Each shard is written as ``OUT.parts/part-SSSSS-of-WWWWW.npy`` + its JSON sideca
 shard's completion record), and when all are there they are joined in order into ``OUT.npy`` + ``OUT.json`` —
 the same ids in the same order as the local engine (:func:`clipzoo.embed.distributed.merge_parts`).
 
-- **Resumable**: a rerun keeps every shard whose record matches (same model, bounds and inputs) and embeds the
-  rest only.
+- **Resumable**: a rerun keeps every shard whose record matches (same model, same weights for a local model —
+  :func:`clipzoo.files.model_fingerprint` —, bounds, and the same inputs in the same order) and whose rows check
+  out (:func:`clipzoo.embed.distributed.read_part`), and embeds the rest only.
+- **Safe outputs**: ``OUT.npy`` and its sidecar may not be an input or a folder
+  (:func:`clipzoo.embed.results.check_outputs`, before any work, as the local engine checks).
 - **Fault tolerant**: the actors are restarted by Ray (Ray Data's actor pools default to ``max_restarts=-1``) and
   their batch retried (``max_task_retries=-1``); decode tasks are retried as Ray tasks are. Rows are keyed by
   input index, so a retried batch can neither duplicate nor drop a row, and a shard is committed only when every
@@ -21,6 +24,7 @@ the same ids in the same order as the local engine (:func:`clipzoo.embed.distrib
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import os
 import signal
@@ -32,20 +36,21 @@ from typing import Any
 from ..cards import IMAGE, TEXT
 from ..errors import BadAudioError, BadImageError, BadTextError, ClipzooError
 from ..extras import require
-from ..files import atomic_write
+from ..files import atomic_write, model_fingerprint
 from ..modalities import AUDIO
 from ..progress import progress as progress_bar
 from .batches import check_batch_size
-from .distributed import merge_parts, part_name, parts_dir
+from .distributed import merge_parts, part_name, parts_dir, read_part
 from .handover import Uint8Crop, normalize_uint8, split_transform
 from .loader import ImageFiles, draft_size_for
 from .remote_inputs import RemoteFile, RemoteTarMember, expand_inputs
-from .results import npy_path, sidecar_path, write_sidecar
+from .results import check_outputs, npy_path, write_sidecar
+from .run import read_paths
 from .sources import TarMember
 
 __all__ = ["RayOptions", "require_ray", "shard_plan", "finished_shards", "embed_with_ray", "embed_texts_with_ray",
            "KILL_ENV", "DEFAULT_SHARD_ROWS", "connect", "map_on_ray", "EmbedActor", "TextActor", "decode_batch",
-           "collect_shards", "run_shards", "default_workers", "data_context"]
+           "collect_shards", "run_shards", "default_workers", "data_context", "inputs_digest", "weights_of"]
 
 KILL_ENV = "CLIPZOO_RAY_KILL_AT"
 DEFAULT_SHARD_ROWS = 4096
@@ -80,23 +85,35 @@ def shard_plan(n: int, shard_rows: int) -> list[tuple[int, int]]:
     return [(s, min(s + shard_rows, n)) for s in range(0, n, shard_rows)]
 
 
+def inputs_digest(names: list[str]) -> str:
+    """SHA-256 of a shard's inputs in their order (its record keeps it: a reordered list is another shard)."""
+    return hashlib.sha256(json.dumps(list(names), ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def weights_of(comparator) -> str | None:
+    """The fingerprint of a local model's files (:func:`clipzoo.files.model_fingerprint`; None for a hub model):
+    other weights written to the same path give another fingerprint under the same alias."""
+    path = getattr(getattr(getattr(comparator, "card", None), "source", None), "path", None)
+    return model_fingerprint(os.path.abspath(path)) if path else None
+
+
 def finished_shards(out, names: list[str], plan: list[tuple[int, int]], model: str,
-                    normalized: bool = True) -> set[int]:
-    """The shards of ``plan`` already written for these inputs by ``model`` (their record and rows are there)."""
+                    normalized: bool = True, weights: str | None = None) -> set[int]:
+    """The shards of ``plan`` already written for these inputs, in this order, by ``model`` with these ``weights``;
+    a part whose rows do not check out (:func:`~clipzoo.embed.distributed.read_part`: cut short, unreadable, not
+    rows) is left out, so the run redoes it."""
     folder, done = parts_dir(npy_path(out)), set()
     for i, (start, stop) in enumerate(plan):
         part = folder / part_name(i, len(plan))
-        side = sidecar_path(part)
-        if not (part.is_file() and side.is_file()):
-            continue
         try:
-            meta = json.loads(side.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            meta, _ = read_part(part)
+        except ClipzooError:
             continue
         bounds = meta.get("part", {})
-        seen = list(meta.get("inputs", [])) + [s["input"] for s in meta.get("skipped", [])]
-        same = (meta.get("model"), meta.get("normalized"), bounds.get("start"), bounds.get("stop"))
-        if same == (model, normalized, start, stop) and sorted(seen) == sorted(names[start:stop]):
+        same = (meta.get("model"), meta.get("normalized"), bounds.get("start"), bounds.get("stop"),
+                bounds.get("model_weights"), len(meta["inputs"]) + len(meta.get("skipped", [])))
+        if same == (model, normalized, start, stop, weights, stop - start) \
+                and bounds.get("inputs_sha256") == inputs_digest(names[start:stop]):
             done.add(i)
     return done
 
@@ -218,7 +235,7 @@ def embed_with_ray(comparator, load: Callable, out, images: Any, *, options: Ray
         return _dataset(ray, comparator, load, items, plan, todo, options, normalize, fast_decode, progress)
 
     meta = run_shards(ray, comparator, out, [str(x) for x in items], options, normalize, dataset, IMAGE,
-                skip_bad, progress)
+                      skip_bad, progress, reads=read_paths(items))
     if not meta["inputs"]:
         raise BadImageError(f"none of the {len(items)} images could be decoded; first error: "
                             f"{meta['skipped'][0]['error'] if meta['skipped'] else '(none)'}")
@@ -251,18 +268,20 @@ def embed_texts_with_ray(comparator, load: Callable, out, texts, *, options: Ray
 
 
 def run_shards(ray, comparator, out, names: list[str], options: RayOptions, normalize: bool, dataset: Callable,
-         modality: str, skip_bad: bool, progress: bool) -> dict[str, Any]:
-    """The shards of ``names`` not yet written -> ``dataset(todo, plan)`` on Ray -> shard files -> ``out``."""
-    npy = npy_path(out)
+               modality: str, skip_bad: bool, progress: bool, reads: list[str] | None = None) -> dict[str, Any]:
+    """The shards of ``names`` not yet written -> ``dataset(todo, plan)`` on Ray -> shard files -> ``out``.
+    ``reads``: the files the run reads (default: ``names``, texts none), which ``out`` may not replace."""
+    npy = check_outputs(out, (names if modality != TEXT else ()) if reads is None else reads)  # before any work
     plan = shard_plan(len(names), options.shard_rows)
-    done = finished_shards(npy, names, plan, comparator.card.alias, normalize)
+    weights = weights_of(comparator)
+    done = finished_shards(npy, names, plan, comparator.card.alias, normalize, weights)
     todo = [i for i in range(len(plan)) if i not in done]
     parts_dir(npy).mkdir(parents=True, exist_ok=True)
     if todo:
         started = connect(ray, options)
         try:
             collect_shards(dataset(todo, plan), comparator, names, plan, todo, npy, normalize, skip_bad, progress,
-                     modality)
+                           modality, weights=weights)
         finally:
             if started:
                 ray.shutdown()
@@ -317,8 +336,9 @@ def default_workers(ray, gpu: bool) -> int:
 
 
 def collect_shards(ds, comparator, names, plan, todo, npy, normalize: bool, skip_bad: bool, progress: bool,
-             modality: str = IMAGE) -> None:
-    """Take the actors' rows as they come and commit each shard when all its rows are in (once per row)."""
+                   modality: str = IMAGE, weights: str | None = None) -> None:
+    """Take the actors' rows as they come and commit each shard when all its rows are in (once per row);
+    ``weights``: the model's fingerprint (:func:`weights_of`), kept in each shard's record."""
     pending: dict[int, dict[int, tuple]] = {i: {} for i in todo}
     starts = [start for start, _ in plan]
     total = sum(plan[i][1] - plan[i][0] for i in todo)
@@ -336,7 +356,8 @@ def collect_shards(ds, comparator, names, plan, todo, npy, normalize: bool, skip
                 shard = bisect.bisect_right(starts, index) - 1
                 pending[shard][index] = (feats, str(err or ""))
                 if len(pending[shard]) == plan[shard][1] - plan[shard][0]:
-                    _write_shard(npy, shard, plan, pending.pop(shard), names, comparator, normalize, modality)
+                    _write_shard(npy, shard, plan, pending.pop(shard), names, comparator, normalize, modality,
+                                 weights)
             advance(len(batch["index"]))
     if pending:
         raise ClipzooError(f"the Ray run ended with {len(pending)} shard(s) of {npy} incomplete; rerun the same "
@@ -344,8 +365,9 @@ def collect_shards(ds, comparator, names, plan, todo, npy, normalize: bool, skip
 
 
 def _write_shard(npy, shard: int, plan, rows: dict[int, tuple], names, comparator, normalize: bool,
-                 modality: str = IMAGE) -> None:
-    """One shard's rows in input order -> ``part-….npy``, then its sidecar (the completion record)."""
+                 modality: str = IMAGE, weights: str | None = None) -> None:
+    """One shard's rows in input order -> ``part-….npy``, then its sidecar (the completion record: with the digest
+    of the shard's inputs in order and the weights' fingerprint, what a rerun compares)."""
     import numpy as np
 
     start, stop = plan[shard]
@@ -358,4 +380,5 @@ def _write_shard(npy, shard: int, plan, rows: dict[int, tuple], names, comparato
                          "dtype": "float32", "normalized": normalize, "inputs": [names[i] for i in kept],
                          "skipped": [{"input": names[i], "error": rows[i][1]} for i in range(start, stop)
                                      if rows[i][1]],
-                         "part": {"rank": shard, "world_size": len(plan), "start": start, "stop": stop}})
+                         "part": {"rank": shard, "world_size": len(plan), "start": start, "stop": stop,
+                                  "inputs_sha256": inputs_digest(names[start:stop]), "model_weights": weights}})

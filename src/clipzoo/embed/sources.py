@@ -235,6 +235,9 @@ def expand_image_inputs(inputs: "str | os.PathLike | Iterable[str | os.PathLike]
             out.append(given)
             continue
         text = os.fspath(given)
+        if "://" in text:  # an fsspec URL (clipzoo.embed.remote_inputs lists those): not a path that is missing
+            raise BadImageError(f"image input {text!r} is a URL, and the local engine reads local paths only; pass "
+                                "--engine ray (embed_with_ray) to read fsspec URLs, or the local path")
         if text.lower().endswith((".csv", ".parquet")):
             out.extend(table_image_paths(os.path.expanduser(text)))
             continue

@@ -57,17 +57,25 @@ MILVUS_LITE_FILE = "index.milvus.db"
 """The Milvus Lite database inside the index folder: ``--store milvus`` without ``--uri``."""
 
 
-def default_vector_options(store: EmbeddingStore, options: dict[str, Any] | None) -> dict[str, Any]:
-    """``options`` with the defaults that depend on the index folder (Milvus: the item records, the published
-    store to sync in place and its URI, else a Milvus Lite file in the folder)."""
+def folder_vector_options(index: Path, options: dict[str, Any] | None) -> dict[str, Any]:
+    """``options`` with the defaults that depend on the index folder ``index`` (the store it already uses; Milvus:
+    the published store to sync in place and its URI, else a Milvus Lite file in the folder). What a build checks
+    before any work (:func:`~clipzoo.index.stores.check_store`: a Lite file open in another process)."""
     options = dict(options or {})
-    options.setdefault("vector_store", (read_pointer(store.path) or {}).get("vector_store", DEFAULT_STORE))
+    old = read_pointer(index) or {}
+    options.setdefault("vector_store", old.get("vector_store", DEFAULT_STORE))
+    if options.get("vector_store") == "milvus":
+        options.setdefault("default_uri", str(index / MILVUS_LITE_FILE))
+        if old.get("vector_store") == "milvus" and "all" in old:
+            options.setdefault("previous", str(index / VECTORS_DIR / old["all"]["file"]))
+    return options
+
+
+def default_vector_options(store: EmbeddingStore, options: dict[str, Any] | None) -> dict[str, Any]:
+    """:func:`folder_vector_options` of ``store``'s folder, and for Milvus its item records."""
+    options = folder_vector_options(store.path, options)
     if options.get("vector_store") == "milvus":
         options.setdefault("rows", store.items)
-        options.setdefault("default_uri", str(store.path / MILVUS_LITE_FILE))
-        old = read_pointer(store.path) or {}
-        if old.get("vector_store") == "milvus" and "all" in old:
-            options.setdefault("previous", str(store.path / VECTORS_DIR / old["all"]["file"]))
     return options
 
 
@@ -80,7 +88,9 @@ class BuildReport:
     removed: int = 0
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    total: int = 0
+    total: int = 0  # rows: an image is one, a video one plus one per segment
+    videos: int = 0  # of the total, the videos indexed (their rows: video_rows)
+    video_rows: int = 0
     seconds: float = 0.0
     images_per_s: float = 0.0
     index_kind: str = ""
@@ -135,10 +145,11 @@ def build_index(folder: "str | os.PathLike", out: "str | os.PathLike", model: An
         raise ClipzooError(f"folder {os.fspath(folder)!r} does not exist; pass the folder of images to index")
     if not url and not root.is_dir():
         raise ClipzooError(f"{os.fspath(folder)!r} is not a folder; pass the folder of images to index")
-    check_store(dict(vector_options or {}).get("vector_store", DEFAULT_STORE), vector_options)  # before any work
+    out_path = Path(os.path.expanduser(os.fspath(out))).absolute()
+    checked = folder_vector_options(out_path, vector_options)  # the store OUT uses, e.g. its Milvus Lite file
+    check_store(checked["vector_store"], checked)  # before any work: unreachable, or open in another process
     settings = _Settings(int(batch_size), workers, progress, int(shard_rows), flush_seconds, dict(vector_options or {}),
                          fast_decode, runtime, long_text=long_text, embedder=embedder, video_segments=video_segments)
-    out_path = Path(os.path.expanduser(os.fspath(out))).absolute()
     created = not out_path.exists()
     fresh = created or (out_path.is_dir() and not (out_path / "index.sqlite").exists())  # no index yet
     root = local_folder(folder, out_path) if url else root  # file://: its path; others copied into OUT/.source
@@ -256,6 +267,9 @@ def _build(store: EmbeddingStore, root: Path, model: Any, settings: _Settings, t
     else:
         collect(store.path)  # files a killed run left
     report.total = store.count()
+    if videos:  # what the summary calls the rows (no video file: no video rows either)
+        keys = [k for k in store.files() if is_video_key(k)]
+        report.videos, report.video_rows = len({split_key(k)[0] for k in keys}), len(keys)
     report.seconds = time.perf_counter() - t0
     report.images_per_s = embedded / embed_seconds if embedded and embed_seconds > 0 else 0.0
     report.index_kind = record["all"]["kind"]

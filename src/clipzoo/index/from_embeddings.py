@@ -18,13 +18,13 @@ from typing import Any
 from ..embed.clip_retrieval import open_clip_retrieval
 from ..errors import ClipzooError
 from ..progress import progress as progress_bar
-from .build import BuildReport, default_vector_options
+from .build import BuildReport, default_vector_options, folder_vector_options
 from .embedding_store import EmbeddingStore, ItemRow
 from .folder import partition_of
 from .generations import publish
 from .lock import IndexLock
 from .model_record import model_identity
-from .stores import DEFAULT_STORE, check_store
+from .stores import check_store
 
 __all__ = ["build_index_from_embeddings"]
 
@@ -69,7 +69,8 @@ def build_index_from_embeddings(embeddings: "str | os.PathLike", out: "str | os.
         raise ClipzooError(f"{os.fspath(embeddings)!r} does not say which model made its embeddings; pass --model "
                            "MODEL (the one clip-retrieval ran, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k)")
     spec, alias = model_identity(spec)
-    check_store(dict(vector_options or {}).get("vector_store", DEFAULT_STORE), vector_options)  # e.g. Milvus reachable
+    checked = folder_vector_options(Path(os.path.expanduser(os.fspath(out))).absolute(), vector_options)
+    check_store(checked["vector_store"], checked)  # e.g. Milvus reachable, its Lite file not open in another process
     folder.check_shards(modality)  # a truncated shard: one line before anything is written
     with IndexLock(Path(out).absolute()):
         return _index_rows(folder, embeddings, out, spec, alias, modality, vector_options, progress, t0)

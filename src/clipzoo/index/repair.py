@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 
 from ..constants import ONDISK_STORE
-from ..errors import ClipzooError
-from .build import default_vector_options, reembed
+from ..errors import ClipzooError, MissingExtraError
+from .build import default_vector_options, folder_vector_options, reembed
 from .embedding_store import DB_NAME, EmbeddingStore
 from .folder import file_problem
 from .generations import POINTER, VECTORS_DIR, IndexCorruptError, publish, read_pointer
 from .lock import IndexLock
 from .manifest import bad_shards, check_files, repair_hint
+from .stores import DEFAULT_STORE, check_store, get_store
 from .videos import split_key
 
 __all__ = ["Verification", "RepairReport", "verify_index", "repair_index", "bad_shards", "check_before_serving"]
@@ -105,6 +106,8 @@ def verify_index(index: "str | os.PathLike", full: bool = True) -> Verification:
     found = check_files(vdir, record["files"], full)
     v.problems += [(str(p), what) for p, what in found]
     v.files += len(record["files"])
+    if not any(p.name == (record.get("all") or {}).get("file") for p, _ in found):
+        v.problems += _stored_rows(index, record)
     if not any(p.name == record.get("items") for p, _ in found):
         try:
             conn = sqlite3.connect(f"file:{vdir / record['items']}?mode=ro&immutable=1", uri=True)
@@ -117,6 +120,18 @@ def verify_index(index: "str | os.PathLike", full: bool = True) -> Verification:
         except sqlite3.DatabaseError as exc:
             v.problems.append((str(vdir / record["items"]), f"unreadable ({exc})"))
     return v
+
+
+def _stored_rows(index: Path, record: dict[str, Any]) -> list[tuple[str, str]]:
+    """A store whose rows live outside the index folder (Milvus; the manifest hashes only its pointer file): its
+    row count against the manifest's (``verify_rows``; a store that cannot be opened now raises its one line)."""
+    try:
+        path = index / VECTORS_DIR / record["all"]["file"]
+        rows = getattr(get_store(record.get("vector_store", DEFAULT_STORE)), "verify_rows", None)
+    except (KeyError, TypeError, MissingExtraError):  # no such record (reported), or no extra: nothing to count
+        return []
+    problem = rows(path, int(record["count"])) if rows is not None else None
+    return [(str(path), problem)] if problem else []
 
 
 @dataclass
@@ -151,6 +166,8 @@ def repair_index(index: "str | os.PathLike", model: Any = None, *, wait: bool = 
         raise ClipzooError(f"index {str(index)!r} was built from vectors and keeps no embeddings to repair "
                            f"from; {repair_hint(index, ONDISK_STORE)}")
     _open_store(index).close()  # a missing or unreadable index: its one-line error, before taking the lock
+    checked = folder_vector_options(index, vector_options)
+    check_store(checked["vector_store"], checked)  # e.g. its Milvus Lite file open in another process
     with IndexLock(index, wait=wait), EmbeddingStore(index, create=True) as store:
         report.bad_shards = bad_shards(store, full=True)
         lost_shards = {name for name, _ in report.bad_shards}

@@ -20,7 +20,7 @@ from ..image_bytes import decode_image
 from .embedding_store import EmbeddingStore
 from .generations import VECTORS_DIR, GenerationView, IndexCorruptError, open_generation, read_pointer
 from .manifest import repair_hint
-from .stores import DEFAULT_STORE, VectorStore, get_store, normalize
+from .stores import DEFAULT_STORE, StoreUnavailableError, VectorStore, get_store, normalize
 from .vector_files import open_part, read_record
 from .videos import split_key
 
@@ -95,7 +95,7 @@ class SearchIndex:
         path = self.path / VECTORS_DIR / info["file"]
         try:
             return get_store(self._record.get("vector_store", DEFAULT_STORE)).open(path, info, mmap=self._mmap)
-        except MissingExtraError:
+        except (MissingExtraError, StoreUnavailableError):  # a database down or in use: not a corrupt file
             raise
         except Exception as exc:  # noqa: BLE001 - FAISS raises RuntimeError for any unreadable file
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -30,7 +30,7 @@ from ..errors import ClipzooError, MissingExtraError
 from ..files import atomic_write_text
 from .embedding_store import POINTER as VECTORS_META
 from .embedding_store import VECTORS_DIR, EmbeddingStore
-from .stores import DEFAULT_STORE, VectorStore, get_store
+from .stores import DEFAULT_STORE, StoreUnavailableError, VectorStore, get_store
 
 __all__ = ["VECTORS_DIR", "VECTORS_META", "refresh_vectors", "read_record", "open_part", "stale_hint"]
 
@@ -132,7 +132,7 @@ def open_part(store: EmbeddingStore, record: dict[str, Any], info: dict[str, Any
     cls = get_store(record.get("vector_store", DEFAULT_STORE))
     try:
         return cls.open(path, info, mmap=mmap)
-    except MissingExtraError:
+    except (MissingExtraError, StoreUnavailableError):  # a database down or in use: no repair mends that
         raise
     except ClipzooError as exc:
         raise ClipzooError(f"{exc}; {stale_hint(store)}") from None

@@ -12,9 +12,10 @@ import importlib.util
 
 from ...errors import ClipzooError
 from ...extras import missing
-from .base import VectorStore, normalize, recall_at_k
+from .base import StoreUnavailableError, VectorStore, normalize, recall_at_k
 
-__all__ = ["STORES", "DEFAULT_STORE", "get_store", "check_store", "VectorStore", "normalize", "recall_at_k"]
+__all__ = ["STORES", "DEFAULT_STORE", "get_store", "check_store", "VectorStore", "StoreUnavailableError", "normalize",
+           "recall_at_k"]
 
 # store name -> (module, the import names whose absence means "install the extra")
 STORES: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -6,12 +6,15 @@ partition from the committed rows and saves it under ``INDEX/vectors/``; :class:
 opens them and searches through :meth:`VectorStore.search` only. The store's :meth:`~VectorStore.describe`
 record goes into ``vectors.json`` beside the file and is handed back to :meth:`~VectorStore.open`.
 
-Two optional members: a classmethod ``check(**options)`` that fails in one line before a build does any work
-(Milvus: an unreachable URI), and ``partition_store(name)`` on a built store that holds the partitions itself
+Three optional members: a classmethod ``check(**options)`` that fails in one line before a build does any work
+(Milvus: an unreachable or locked URI), ``partition_store(name)`` on a built store that holds the partitions itself
 (Milvus partitions): :func:`clipzoo.index.generations.publish` then saves that view instead of building one
-store per partition.
+store per partition, and a classmethod ``verify_rows(path, count)`` for a store whose rows live outside the index
+folder (the manifest's hashes cannot cover them): ``clipzoo index verify`` calls it with the published count and
+reports the line it returns (None: they match).
 
-Also here: the two helpers every store shares, :func:`normalize` and :func:`recall_at_k`.
+Also here: the two helpers every store shares, :func:`normalize` and :func:`recall_at_k`, and
+:class:`StoreUnavailableError`.
 """
 from __future__ import annotations
 
@@ -21,7 +24,15 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["VectorStore", "normalize", "recall_at_k"]
+from ...errors import ClipzooError
+
+__all__ = ["VectorStore", "StoreUnavailableError", "normalize", "recall_at_k"]
+
+
+class StoreUnavailableError(ClipzooError):
+    """The store's database cannot be reached now (a server down, a Milvus Lite file open in another process, a
+    file that is no database): nothing is wrong with the index, so the index's readers pass the line on as it is
+    rather than calling the file corrupt and asking for a repair."""
 
 
 @runtime_checkable

@@ -13,15 +13,18 @@ is measured on a sample when it is built.
 
 **Synced, not rebuilt.** Given ``previous`` (the pointer of the index's published store) and the item records
 (``rows``), :meth:`MilvusStore.build` updates that collection in place when it is still the right kind: new
-rows and rows whose metadata (content hash, path, partition, caption) changed are written, rows gone are
-deleted, the rest stay — so the service's ``POST /items`` and ``DELETE /items/{id}`` write one row each to Milvus
-(after a metadata comparison of the rows) and are visible to the next search (Strong consistency).
+rows and rows whose metadata (content hash, path, partition, caption) changed are written (upserted: a changed
+row is replaced without a gap), then the rows gone are deleted, the rest stay — so the service's ``POST /items``
+and ``DELETE /items/{id}`` write one row each to Milvus (after a metadata comparison of the rows) and are visible
+to the next search (Strong consistency). A sync stopped midway leaves extra rows, never a published row missing;
+``clipzoo index verify`` compares the row count with the manifest (:meth:`MilvusStore.verify_rows`).
 
 What :meth:`MilvusStore.save` writes is a small JSON pointer (``*.milvus.json``: the URI, relative to the
 pointer when it is a file beside it, the collection and, for a partition, its name); the rows live in Milvus.
 The first save names a new collection after its pointer (``clipzoo_<hash of host and folder>_<pointer name>``)
 and drops the folder's collections that no pointer names any more, so rebuilds do not pile up collections.
-``pip install 'clipzoo[milvus]'`` (pymilvus, milvus-lite).
+Opening a Milvus, and the one-line errors when it cannot be (a Milvus Lite file open in another process: one
+process per ``.db``), is :mod:`.milvus_client`. ``pip install 'clipzoo[milvus]'`` (pymilvus, milvus-lite).
 """
 from __future__ import annotations
 
@@ -37,13 +40,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import pymilvus
+import pymilvus  # noqa: F401 - imported here too: without it, importing this module is the ImportError get_store names
 
 from ...errors import ClipzooError
-from ...extras import require
 from ...files import atomic_write_text
-from .base import normalize, recall_at_k
+from .base import StoreUnavailableError, normalize, recall_at_k
 from .faiss_kinds import FLAT_MAX, HNSW_MAX, choose_index, nlist_for
+from .milvus_client import CLIENTS, connect
+from .milvus_client import is_server as _is_server
+from .milvus_client import resolved as _resolved
 from .milvus_rows import (
     MAX_MILVUS_PARTITIONS,
     Records,
@@ -64,40 +69,7 @@ _FROM_FAISS = {"flat": "flat", "hnsw": "hnsw", "ivf_flat": "ivf_flat", "opq_ivf_
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF = 32, 200, 128
 INSERT_ROWS = 5_000
 NO_BUDGET = 1 << 62
-_CLIENTS: dict[str, Any] = {}
-
-
-def _is_server(uri: str) -> bool:
-    return "://" in uri
-
-
-def _resolved(uri: str) -> str:
-    """A server URI as it is; a Milvus Lite file as an absolute path (one client per file in a process)."""
-    return uri if _is_server(uri) else os.path.abspath(os.path.expanduser(uri))
-
-
-def connect(uri: str) -> Any:
-    """A MilvusClient for ``uri`` (one per URI in a process); one line naming the URI when it cannot be reached."""
-    uri = _resolved(uri)
-    client = _CLIENTS.get(uri)
-    if client is not None:
-        return client
-    if not _is_server(uri):
-        require("milvus_lite", "Milvus Lite (--store milvus with a local .db file)")
-        if not uri.endswith(".db"):
-            raise ClipzooError(f"Milvus Lite database {uri!r} must be a .db file; pass --uri FILE.db, or "
-                               "http://HOST:19530 for a Milvus server")
-        if not Path(uri).parent.is_dir():
-            raise ClipzooError(f"cannot open Milvus Lite database {uri!r}: its folder does not exist; pass --uri "
-                               "FILE.db in an existing folder, or http://HOST:19530 for a Milvus server")
-    try:
-        client = pymilvus.MilvusClient(uri=uri, timeout=10)
-    except Exception as exc:  # noqa: BLE001 - pymilvus raises MilvusException / grpc errors for any failure
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ClipzooError(f"cannot reach Milvus at {uri!r} ({first}); start the server, or pass --uri FILE.db "
-                           "for embedded Milvus Lite") from None
-    _CLIENTS[uri] = client
-    return client
+_CLIENTS = CLIENTS  # the open clients (tests drop one to reconnect as a new process would)
 
 
 def choose_kind(n: int, d: int, memory_budget: int | None = None) -> str:
@@ -218,10 +190,31 @@ class MilvusStore:
         return store
 
     @classmethod
-    def check(cls, uri: str | None = None, **_ignored: Any) -> None:
-        """Fail in one line naming ``uri`` when it cannot be reached (a build checks before any work)."""
-        if uri:
-            connect(uri)
+    def check(cls, uri: str | None = None, default_uri: str | None = None, previous: str | os.PathLike | None = None,
+              **_ignored: Any) -> None:
+        """Fail in one line when the Milvus a build would write cannot be opened (a build checks before any work):
+        ``uri``, else the one the index already uses (``previous``), else its default Lite file once it exists
+        (unreachable, open in another process, or no Milvus Lite database)."""
+        found = uri or (_previous(previous) or {}).get("uri") or default_uri
+        if found and (uri or _is_server(found) or os.path.exists(_resolved(found))):
+            connect(found)
+
+    @classmethod
+    def verify_rows(cls, path: str | os.PathLike, count: int) -> str | None:
+        """What ``clipzoo index verify`` says of the collection behind the pointer ``path`` when its row count is
+        not the manifest's ``count`` (a sync was stopped midway) or it is gone; None when they match. A Milvus that
+        cannot be opened now (:class:`StoreUnavailableError`: down, or open in another process) is raised: that is
+        no fault of the index."""
+        try:
+            store = cls.open(path)
+        except StoreUnavailableError:
+            raise
+        except ClipzooError as exc:
+            return f"its Milvus collection cannot be opened: {exc}"
+        if store.count == int(count):
+            return None
+        return (f"Milvus collection {store.collection!r} holds {store.count} rows, the manifest says {count} (a build "
+                "or repair stopped during its sync)")
 
     @staticmethod
     def _params(kind: str, n: int) -> tuple[dict[str, int], dict[str, int]]:
@@ -233,33 +226,43 @@ class MilvusStore:
             return {"nprobe": max(16, nlist // 8)}, {"nlist": nlist}
         return {}, {}
 
-    def _insert(self, ids: np.ndarray, x: np.ndarray, records: dict[int, tuple]) -> None:
-        """Insert rows, each into the Milvus partition of its partition (``_default`` in ``filter`` mode)."""
+    def _insert(self, ids: np.ndarray, x: np.ndarray, records: dict[int, tuple], upsert: bool = False) -> None:
+        """Insert rows (``upsert``: or replace those there), each into the Milvus partition of its partition
+        (``_default`` in ``filter`` mode)."""
         groups: dict[str, list[int]] = {}
         for k, i in enumerate(ids.tolist()):
             groups.setdefault(milvus_partition(records[i][0] if self.mode == "partitions" else ""), []).append(k)
         known = set(self.client.list_partitions(self.collection)) if groups else set()
+        write = self.client.upsert if upsert else self.client.insert
         for part, rows in groups.items():
             if part not in known:
                 self.client.create_partition(self.collection, part)
             for chunk in chunks(rows, INSERT_ROWS):
-                self.client.insert(self.collection, [entity(ids[k], x[k], records[int(ids[k])]) for k in chunk],
-                                   partition_name=part)
+                write(self.collection, [entity(ids[k], x[k], records[int(ids[k])]) for k in chunk], partition_name=part)
 
     def _sync(self, ids: np.ndarray, x: np.ndarray, records: dict[int, tuple]) -> None:
-        """Make the collection hold exactly these rows: delete the rows gone or changed, insert the new ones."""
+        """Make the collection hold exactly these rows, never fewer on the way: new and changed rows are written
+        first (an upsert replaces a changed row without a gap; where Milvus keeps a moved row's copy in its old
+        partition, that copy is deleted next), then the rows gone are deleted. A sync stopped midway leaves rows
+        that the published items no longer name (searches skip them; the next build deletes them), never one of
+        the published rows missing."""
         wanted = ids.tolist()
         stored = read_fingerprints(self.client, self.collection, wanted)
-        changed = [i for i, fp in stored.items() if records[i] != fp]
         todo = np.asarray([k for k, i in enumerate(wanted) if stored.get(i) != records[i]], np.int64)
-        self._delete(changed)
-        kept, gone = len(stored) - len(changed), 0
-        while self._row_count() > kept:  # rows whose items are no longer in the index
+        self._insert(ids[todo], x[todo], records, upsert=True)
+        moved: dict[str, list[int]] = {}
+        for i in (wanted[k] for k in todo.tolist()):
+            if i in stored and stored[i][0] != records[i][0]:
+                moved.setdefault(stored[i][0], []).append(i)
+        for old, stale in moved.items():  # the moved rows' copies in their old partition, where Milvus keeps both
+            for chunk in chunks(stale, INSERT_ROWS):
+                self.client.delete(self.collection, filter=f"id in {chunk} and {partition_filter(old)}")
+        gone = 0
+        while self._row_count() > len(wanted):  # rows whose items are no longer in the index
             others = other_ids(self.client, self.collection, wanted)
             if not others:
                 break
             gone += self._delete(others)
-        self._insert(ids[todo], x[todo], records)
         self.synced = {"written": int(len(todo)), "deleted": gone}
 
     def _delete(self, ids: list[int]) -> int:
