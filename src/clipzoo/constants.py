@@ -130,3 +130,9 @@ DEFAULT_MIN_COSINE = 0.995
 # the vector store of an index built from precomputed vectors (`clipzoo index build-vectors`): it keeps no
 # embedding store to repair from, so its integrity errors point at a rebuild
 ONDISK_STORE = "faiss_ondisk"
+
+# ---------------------------------------------------------------- evaluation
+MAX_PLOT_CLASSES = 1000
+"""The per-class plots of a result (confusion matrix, per-class accuracy bars) are drawn up to this many classes
+(ImageNet-1k's 1000: about 11 s and 1 GB for the matrix); past it they are left out with one line saying so — the
+matrix's cells grow with the square of the classes, and at ImageNet-21k's 21,841 either plot ran for many minutes."""

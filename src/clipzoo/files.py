@@ -94,13 +94,27 @@ def check_output_file(path: "str | os.PathLike | None", inputs, flag: str, error
     (by default "pass a file name" for a folder, "choose another file" for an input).
     (The write itself replaces a link at ``path``, never its target: :func:`atomic_write`.) Without
     ``read_whole_folders`` (``clipzoo embed``, given the very files it reads, possibly many) a file no input names
-    is replaced — a previous run's output — and only an input of the same name, or a link, costs a path lookup."""
+    is replaced — a previous run's output — and only an input of the same name, or a link, costs a path lookup.
+    A local ``path`` whose folder cannot take it (a file where a folder goes, a folder that is not writable) is
+    ``error`` too, said now rather than as a raw errno after the run."""
     if path is None:
         return
     shown = os.fspath(path)
     p = Path(os.path.expanduser(shown))
     if p.is_dir() and not p.is_symlink():
         raise error(f"{flag} {shown!r} is a folder; {fix or 'pass a file name'}")
+    if "://" not in shown:
+        above = p.parent  # the nearest folder that exists: the write creates the rest in it
+        while not os.path.lexists(above) and above != above.parent:
+            above = above.parent
+        if not above.is_dir():
+            raise error(f"{flag} {shown!r} cannot be written: {os.fspath(above)!r} is "
+                        f"{'a file, ' if above.is_file() else ''}not a folder; choose another place")
+        try:  # the one sure test (as root, os.access says yes to a read-only mount and to /proc)
+            tempfile.TemporaryFile(dir=above).close()
+        except OSError as exc:
+            raise error(f"{flag} {shown!r} cannot be written: folder {os.fspath(above)!r} takes no new file "
+                        f"({exc.strerror or exc}); choose another place") from None
     if not os.path.lexists(p):  # nothing there to destroy
         return
     entry = os.path.join(os.path.realpath(p.parent), p.name)  # what the write replaces

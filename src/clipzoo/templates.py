@@ -4,6 +4,10 @@ field, a format spec such as ``{:x>10000000}``, an escape ``{{`` — is a :class
 template, so a template from a request can never run ``str.format`` (no huge widths, no attribute
 lookups). :func:`clipzoo.comparator.format_template` fills a template; this module is torch-free so the
 CLI and the index can check templates without loading the model stack.
+
+``escapes=True`` (what ``clipzoo eval`` passes for CLIP_benchmark's template files, which it fills with
+``str.format(c=...)``) also takes ``{{`` and ``}}`` as a literal ``{`` and ``}``, as ``str.format`` does; every
+other brace is still refused, and the substitution stays literal.
 """
 from __future__ import annotations
 
@@ -23,25 +27,50 @@ class TemplateError(ClipzooError, ValueError):
     """A prompt template with a brace that is not a label placeholder (templates are data, not format strings)."""
 
 
-def template_parts(template: str) -> list[str]:
+_ESCAPED_TOKEN = re.compile(r"\{\{|\}\}|\{(?:label|c)?\}|[{}]")
+"""With ``escapes``: an escaped brace, a label placeholder, or a lone brace (refused), scanned left to right as
+``str.format`` scans them (``{{c}}`` is the literal ``{c}``)."""
+
+
+def _brace_error(template: str, escapes: bool) -> TemplateError:
+    shown = template if len(template) <= 80 else template[:77] + "..."
+    return TemplateError(f"prompt template {shown!r} has a brace that is not a label placeholder; templates are "
+                         "plain text with '{}' (or '{label}') where the label goes"
+                         + (" and '{{' / '}}' for a literal brace" if escapes else ""))
+
+
+def template_parts(template: str, escapes: bool = False) -> list[str]:
     """The literal pieces of ``template`` around its label placeholders; a :class:`TemplateError` naming
-    the template when any other ``{`` or ``}`` is left (a format field, a format spec, an escape)."""
+    the template as given when any other ``{`` or ``}`` is left (a format field, a format spec, an escape unless
+    ``escapes``: then ``{{`` / ``}}`` are literal braces in the pieces)."""
     if not isinstance(template, str):
         raise TemplateError(f"prompt template must be a string, got {type(template).__name__}")
-    parts = TEMPLATE_FIELD.split(template)
-    for part in parts:
-        if "{" in part or "}" in part:
-            shown = template if len(template) <= 80 else template[:77] + "..."
-            raise TemplateError(f"prompt template {shown!r} has a brace that is not a label placeholder; "
-                                "templates are plain text with '{}' (or '{label}') where the label goes")
+    if not escapes:
+        parts = TEMPLATE_FIELD.split(template)
+        if any("{" in part or "}" in part for part in parts):
+            raise _brace_error(template, escapes)
+        return parts
+    parts, piece, pos = [], [], 0
+    for token in _ESCAPED_TOKEN.finditer(template):
+        piece.append(template[pos:token.start()])
+        pos = token.end()
+        text = token.group()
+        if text in ("{", "}"):
+            raise _brace_error(template, escapes)
+        if text in ("{{", "}}"):
+            piece.append(text[0])
+        else:
+            parts.append("".join(piece))
+            piece = []
+    parts.append("".join(piece) + template[pos:])
     return parts
 
 
-def require_placeholder(template: str) -> str:
+def require_placeholder(template: str, escapes: bool = False) -> str:
     """``template`` when it is plain text with a ``{}`` (or ``{label}``) where the label goes and no other brace;
     a :class:`TemplateError` otherwise — without one every label gets the same prompt, and the same score. The
     one check of the library, the CLI and the service."""
-    if len(template_parts(template)) < 2:
+    if len(template_parts(template, escapes)) < 2:
         shown = template if len(template) <= 80 else template[:77] + "..."
         raise TemplateError(f"prompt template {shown!r} has no '{{}}' where the label goes; e.g. 'a photo of a {{}}.'")
     return template
@@ -57,6 +86,7 @@ def template_list(templates: Any, default: Sequence) -> list:
     return items
 
 
-def fill_template(template: str, label: str) -> str:
-    """``template`` with each ``{}``, ``{label}`` or ``{c}`` replaced by ``label``, literally."""
-    return str(label).join(template_parts(template))
+def fill_template(template: str, label: str, escapes: bool = False) -> str:
+    """``template`` with each ``{}``, ``{label}`` or ``{c}`` replaced by ``label``, literally (with ``escapes``,
+    ``{{`` and ``}}`` become ``{`` and ``}``, as ``str.format`` makes them)."""
+    return str(label).join(template_parts(template, escapes))

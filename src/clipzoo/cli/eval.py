@@ -5,13 +5,14 @@ the CLIP_benchmark-style JSON record on stdout and, with ``--output``, write it 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ..errors import ClipzooError
-from ..files import check_output_file
+from ..errors import ClipzooError, one_line
+from ..files import check_output_file, inside
 from ._common import (
     CacheDirOpt,
     DeviceOpt,
@@ -112,21 +113,40 @@ def _finish(result, output: Path | None, plots: bool) -> None:
              f"{first['input']}: {first['error']}")
     print_json(record)
     if output is not None:
-        written = save_task_result(result, output, plots=plots)
+        written = save_task_result(result, output, plots=plots, note=lambda m: note(f"note: {m}"))
         note("wrote " + ", ".join(str(p) for p in written))
 
 
+def _data_guard(cli_inputs: list, *sources) -> tuple[list, list]:
+    """(inputs, folders): what the run reads — the paths given, and each data set's own files (its sidecars,
+    shards, listed images) — and the data set folders, which no output may go into."""
+    from clipzoo.eval.outputs import data_folders, data_inputs
+
+    inputs, folders = list(cli_inputs), []
+    for source in sources:
+        if source is not None:
+            inputs += data_inputs(source)
+            folders += data_folders(source)
+    return inputs, folders
+
+
 def _image_task(task: str, kw: dict) -> None:
+    from clipzoo.eval.outputs import check_outputs, plot_paths
+
     keys = (kw["img_key"], kw["caption_key"], kw["label_key"], kw["separator"], kw["classnames"], kw["templates"])
-    check_output_file(kw["output"], [kw["dataset"], kw.get("train_dataset"), kw["classnames"], kw["templates"],
-                                     kw["features_cache"]], "--output", ClipzooError)  # before any work
+    given = [kw["dataset"], kw.get("train_dataset"), kw["classnames"], kw["templates"], kw["features_cache"]]
+    check_output_file(kw["output"], given, "--output", ClipzooError)  # before any work
     data = _open(kw["dataset"], kw["split"], *keys)  # check the data before loading the model
     train = _train_data(kw["dataset"], kw.get("train_dataset"), kw["split"], keys) \
         if task in ("knn", "linear-probe") else None
+    if kw["output"] is not None:  # nor onto a file the data set reads, nor into its folder; plots included
+        plots = list(plot_paths(kw["output"]).values()) if kw["plots"] else []
+        check_outputs([kw["output"], *plots], *_data_guard(given, data, train), "--output", ClipzooError)
     ev = _evaluator(kw["model"], kw["device"], kw["precision"], kw["trust_pickle"], kw["model_name"],
                     kw["cache_dir"], kw["batch_size"], kw["workers"], kw["strict"], kw["features_cache"],
                     kw["progress"], kw["seed"])
-    options = {k: v for k, v in kw.items() if k in ("k", "temperature", "fewshot_k", "train_fraction", "val_fraction")}
+    options = {k: v for k, v in kw.items()
+               if k in ("k", "temperature", "fewshot_k", "train_fraction", "val_fraction", "regularization")}
     if task == "zeroshot":
         result = ev.zeroshot(data)  # class names / templates were given to open_dataset
     elif task in ("knn", "linear-probe"):
@@ -196,6 +216,9 @@ def linear_probe(
     fewshot_k: int | None = typer.Option(None, "--fewshot-k", help="Train on k examples per class."),
     val_fraction: float = typer.Option(0.2, "--val-fraction",
                                        help="Share of the training data that picks the regularisation."),
+    regularization: float | None = typer.Option(
+        None, "--regularization", help="Inverse L2 strength C of the logistic regression: no validation split, no "
+                                       "search (what a 1-shot probe needs) [default: searched on --val-fraction]."),
     train_fraction: TrainFractionOpt = 0.5, img_key: ImgKeyOpt = None, caption_key: CaptionKeyOpt = None,
     label_key: LabelKeyOpt = None, separator: SeparatorOpt = None, classnames: ClassnamesOpt = None,
     templates: TemplatesOpt = None, output: OutputOpt = None, plots: PlotsOpt = True, batch_size: BatchOpt = 64,
@@ -203,10 +226,12 @@ def linear_probe(
     progress: ProgressOpt = True, device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32",
     trust_pickle: TrustPickleOpt = False, model_name: ModelNameOpt = None, cache_dir: CacheDirOpt = None,
 ) -> None:
-    """Logistic regression on frozen image features, regularisation swept on a validation split:
-    lp_acc1, lp_acc5, lp_mean_per_class_recall and the chosen regularisation."""
+    """Logistic regression on frozen image features, regularisation swept on a validation split (or fixed by
+    --regularization): lp_acc1, lp_acc5, lp_mean_per_class_recall and the regularisation used."""
     if fewshot_k is not None and fewshot_k < 1:
         fail(f"--fewshot-k must be at least 1, got {fewshot_k}")
+    if regularization is not None and not regularization > 0:
+        fail(f"--regularization must be above 0, got {regularization:g}")
     _image_task("linear-probe", dict(locals()))
 
 
@@ -261,43 +286,103 @@ def all_tasks(
     progress: ProgressOpt = True, device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32",
     trust_pickle: TrustPickleOpt = False, model_name: ModelNameOpt = None, cache_dir: CacheDirOpt = None,
 ) -> None:
-    """Every image task on one data set, embedding it once.
+    """Every image task on one data set, embedding it once. A task the data cannot serve is skipped with one
+    line; the exit status is 2 when none ran, or when a task named with -t could not run.
 
     \b
       clipzoo eval all -m MODEL -d shapes/ --output-dir results/
     """
-    from clipzoo.eval.outputs import save_task_result
-    from clipzoo.eval.results import output_path
     from clipzoo.eval.runner import IMAGE_TASKS, supported_tasks
 
     keys = (img_key, caption_key, label_key, separator, classnames, templates)
     if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
         fail(f"--output-dir {str(output_dir)!r} is a file; pass a folder (new, or one to add the results to)")
+    unknown = [t for t in tasks or () if t not in IMAGE_TASKS]
+    if unknown:
+        fail(f"unknown task {unknown[0]!r}: choose from {', '.join(IMAGE_TASKS)}")
     data = _open(dataset, split, *keys)
-    if tasks:
-        unknown = [t for t in tasks if t not in IMAGE_TASKS]
-        if unknown:
-            fail(f"unknown task {unknown[0]!r}: choose from {', '.join(IMAGE_TASKS)}")
     train = _train_data(dataset, train_dataset, split, keys)
+    guard = _data_guard([dataset, train_dataset, classnames, templates, features_cache], data, train)
+    if output_dir is not None:
+        _check_output_dir(output_dir, guard)
     ev = _evaluator(model, device, precision, trust_pickle, model_name, cache_dir, batch_size, workers, strict,
                     features_cache, progress, seed)
+    if output_dir is not None:  # the files it will write, now that the model's name is known
+        _check_result_files(output_dir, ev, data, tasks or IMAGE_TASKS, plots, guard)
     chosen = list(tasks) if tasks else supported_tasks(ev, data)
-    results = ev.run(chosen, data, train_data=train, train_fraction=train_fraction)
+    results, failed = _run_each(ev, chosen, data, train, train_fraction, asked=bool(tasks))
     records = [r.record for r in results.values()]
     if records and records[0].get("skipped_images"):
         first = records[0]["skipped"][0]
         note(f"skipped {records[0]['skipped_images']} unreadable image(s), first: {first['input']}: {first['error']}")
+    if not results:
+        fail(f"none of the tasks ({', '.join(chosen)}) could run on data set {data.name!r}")
     print_json(records)
     if output_dir is not None:
-        from clipzoo.eval.report import write_report
+        _write_all(results, output_dir, plots)
+    if failed and tasks:
+        raise typer.Exit(2)
 
-        written = []
-        for task, result in results.items():
-            rec = result.record  # one model and one data set per run: short names
-            name = output_path("{dataset}_{model}_{task}.json", dataset=rec["dataset"], model=rec["model"], task=task)
-            written.append(save_task_result(result, output_dir / name, plots=plots)[0])
-        report = write_report([str(p) for p in written], str(output_dir / "report"))
-        note(f"wrote {len(written)} result file(s) and {', '.join(str(p) for p in report.values())} in {output_dir}")
+
+def _check_output_dir(output_dir: Path, guard: tuple[list, list]) -> None:
+    """--output-dir may not lie in a data set folder (its plots became images of a class), nor where no folder
+    can be made (a file in the way, a read-only place)."""
+    inputs, folders = guard
+    real = os.path.realpath(os.path.expanduser(str(output_dir)))
+    for folder in folders:
+        if inside(real, os.path.realpath(folder)):
+            fail(f"--output-dir {str(output_dir)!r} is inside the data set folder {folder!r}: files written there "
+                 "become part of the data; choose a folder outside it")
+    for name in ("report.csv", "report.md"):
+        check_output_file(output_dir / name, inputs, "--output-dir", ClipzooError)
+
+
+def _check_result_files(output_dir: Path, ev, data, tasks, plots: bool, guard: tuple[list, list]) -> None:
+    from clipzoo.eval.outputs import check_outputs, plot_paths
+    from clipzoo.eval.results import result_file_name
+    from clipzoo.eval.runner import model_fields
+
+    model, pretrained = model_fields(ev.model)
+    record = {"dataset": data.name, "model": model, "pretrained": pretrained, "language": "en"}
+    for task in tasks:
+        path = output_dir / result_file_name(record, task)
+        check_outputs([path, *(plot_paths(path).values() if plots else ())], *guard, "--output-dir", ClipzooError)
+
+
+def _run_each(ev, chosen: list[str], data, train, train_fraction: float, asked: bool) -> tuple[dict, list[str]]:
+    """Each task on its own: one that cannot run on this data (a single class for the linear probe, too few
+    images to split) is said in one line and the others still run (it lost every result)."""
+    results, failed = {}, []
+    for task in chosen:
+        try:
+            results.update(ev.run([task], data, train_data=train, train_fraction=train_fraction))
+        except ClipzooError as exc:
+            failed.append(task)
+            said = one_line(getattr(exc, "cli_message", None) or exc)
+            note(f"error: task {task}: {said}" if asked else f"skipped {task}: {said}")
+    return results, failed
+
+
+def _write_all(results: dict, output_dir: Path, plots: bool) -> None:
+    """Each result (CLIP_benchmark's file name, pretrained and language in it) and its plots, then report.csv /
+    report.md over every result file in the folder — this run's and those it already held."""
+    from clipzoo.eval.outputs import save_task_result
+    from clipzoo.eval.report import write_report
+    from clipzoo.eval.results import read_result, result_file_name
+
+    written = []
+    for task, result in results.items():
+        path = output_dir / result_file_name(result.record, task)
+        written.append(save_task_result(result, path, plots=plots, note=lambda m: note(f"note: {m}"))[0])
+    held = []
+    for path in sorted(output_dir.glob("*.json")):
+        try:
+            read_result(path)
+        except ClipzooError:  # another kind of JSON file: not a result, not in the report
+            continue
+        held.append(str(path))
+    report = write_report(held, str(output_dir / "report"))
+    note(f"wrote {len(written)} result file(s) and {', '.join(str(p) for p in report.values())} in {output_dir}")
 
 
 @user_errors
@@ -318,7 +403,11 @@ def report(
     """
     from clipzoo.eval.report import write_report
 
-    if out.endswith("/") or Path(out).is_dir():
+    folder = out.endswith("/") or Path(out).is_dir()
+    for name in ("leaderboard.md",) if folder else (out + ".csv", out + ".md"):  # a file in the way: said now
+        check_output_file(Path(out) / name if folder else name, results, "--out", ClipzooError,
+                          read_whole_folders=False)
+    if folder:
         from clipzoo.eval.leaderboard import write_leaderboard
 
         written = write_leaderboard(results, out, plots=plots, confusion_model=confusion_model)

@@ -234,21 +234,30 @@ class DataSource:
         return f"DataSource({self.name!r}, {size} samples in {len(self.shards)} shards{classes}, kind={self.kind!r})"
 
     def fingerprint(self) -> str:
-        """Identifies the data for caches: location, shards and their sizes / mtimes where known."""
-        h = hashlib.sha256(f"{self.location}|{self.size}".encode())
+        """Identifies the data for caches: location, shards, each record of a list (path, label, captions) and the
+        size and mtime of every local file read — a tar or TFRecord shard, a folder's or a CSV's image (an image
+        rewritten under the same name gave the old features from ``--features-cache``)."""
+        h = hashlib.sha256(f"{self.location}|{self.size}".encode("utf-8", "surrogatepass"))
         for s in self.shards:
             name = getattr(s, "name", repr(s))
-            h.update(name.encode())
+            h.update(name.encode("utf-8", "surrogatepass"))
             if isinstance(s, ListShard):
                 for r in s.records:
-                    h.update(f"{r.image if isinstance(r.image, str) else r.key}|{r.label}|{r.captions}".encode())
+                    local = isinstance(r.image, str) and "://" not in r.image
+                    h.update(f"{r.image if isinstance(r.image, str) else r.key}|{r.label}|{r.captions}|"
+                             f"{_stat_key(r.image) if local else ''}".encode("utf-8", "surrogatepass"))
             elif "://" not in name:
-                try:
-                    st = os.stat(name)
-                    h.update(f"{st.st_size}|{st.st_mtime_ns}".encode())
-                except OSError:
-                    pass
+                h.update(_stat_key(name).encode())
         return h.hexdigest()[:16]
+
+
+def _stat_key(path: str) -> str:
+    """``size|mtime_ns`` of a local file ("" when it cannot be stat'ed: reading it will say why)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return ""
+    return f"{st.st_size}|{st.st_mtime_ns}"
 
 
 def chunk(records: list[Record], name: str, shard_size: int) -> list[ListShard]:

@@ -5,13 +5,17 @@ Records come from :func:`clipzoo.eval.report.collect_results` (our result JSON, 
 ELEVATER / SentEval summaries). Each (task, data set) shows one number per model, its main metric:
 ``acc1`` (zero-shot classification), the mean of image and text retrieval recall@5 (zero-shot retrieval),
 ``lp_acc1``, ``knn_acc1``, ``nmi``, ELEVATER's ``score``, SentEval's ``acc``; otherwise the first metric.
-A model is ``model pretrained`` (or ``model`` alone). ``average (TASK)`` is each model's mean over the data sets
-of that task it has; ``average`` its mean over every row it has.
+A model is ``model pretrained`` (or ``model`` alone). ``average (TASK)`` is each model's mean over every data set
+of that task, ``average`` its mean over every row: a model without a result on one of them has no average there
+(``–``, never bold) — a mean over fewer data sets is another benchmark, and ranked a model with one easy data set
+above one with all of them. CLIP_benchmark's leaderboard compares models on the data sets they all have (its
+``pivot(...).dropna()``); the missing cells show as ``–`` (empty in the CSVs).
 
 The open_clip export has open_clip's columns: ``name, pretrained, Average perf. on N datasets``, then one
 column per data set with open_clip's display names (``ImageNet 1k``, ``Caltech-101``, …; CLIP_benchmark's keys
 ``imagenet1k``, ``vtab/caltech101``, … map to them; other data sets keep their own names, after them), rows
-sorted by the average, best first; only zero-shot classification and retrieval enter it.
+sorted by the average, best first; only zero-shot classification and retrieval enter it. The average is over
+all N data sets: a model without all N has an empty average and comes after those with one (by name).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from typing import Any
 
 from ..errors import EvalInputError, MissingExtraError
 from ..files import atomic_write, atomic_write_text
+from .plots import literal
 from .report import collect_results, csv_text, spreadsheet_safe
 from .results import read_result
 
@@ -101,7 +106,7 @@ def leaderboard(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         means = {}
         for m in models:
             vals = [rows[k]["values"][m] for k in keys if m in rows[k]["values"]]
-            if vals:
+            if len(vals) == len(keys):  # over every data set, or none: a partial mean is not comparable
                 means[m] = sum(vals) / len(vals)
         averages.append(("average" if task is None else f"average ({task})", means))
     return {"models": models, "rows": [(t, d, rows[(t, d)]["metric"]) for t, d in ordered],
@@ -169,9 +174,10 @@ def openclip_csv(records: Iterable[Mapping[str, Any]]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["name", "pretrained", f"Average perf. on {len(columns)} datasets",
                      *[spreadsheet_safe(OPENCLIP_COLUMNS.get(k, k)) for k in columns]])
-    rows = [(sum(v.values()) / len(v), key, v) for key, v in table.items()]
-    for avg, (name, pretrained), values in sorted(rows, key=lambda x: (-x[0], x[1])):
-        writer.writerow([spreadsheet_safe(name), spreadsheet_safe(pretrained), repr(avg),
+    # the average over all N data sets; a model without all of them has none (empty), and comes after
+    rows = [(sum(v.values()) / len(v) if len(v) == len(columns) else None, key, v) for key, v in table.items()]
+    for avg, (name, pretrained), values in sorted(rows, key=lambda x: (x[0] is None, -(x[0] or 0.0), x[1])):
+        writer.writerow([spreadsheet_safe(name), spreadsheet_safe(pretrained), "" if avg is None else repr(avg),
                          *[f"{values[k]:.4f}" if k in values else "" for k in columns]])
     return buf.getvalue()
 
@@ -191,9 +197,10 @@ def bar_chart(labels: Sequence[str], series: Mapping[str, Sequence[float]], path
     width = 0.8 / max(1, len(series))
     for i, (name, values) in enumerate(series.items()):
         ax.bar([x + i * width for x in range(len(labels))], values, width, label=name)
-    ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(labels))], labels, rotation=30, ha="right")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
+    ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(labels))], labels, rotation=30, ha="right",
+                  parse_math=False)  # a data set or model named $x^$ is text, never mathtext
+    ax.set_title(title, parse_math=False)
+    literal(ax.legend(fontsize=7).get_texts())
     try:
         return atomic_write(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
     finally:
@@ -230,8 +237,8 @@ def confusion_plots(paths: Sequence[str | os.PathLike], model: str, out_dir: str
         record = read_result(source)
         if model in (_model(record), str(record["model"])):
             name = f"confusion_{record['dataset']}_{record['task']}.png".replace("/", "_")
-            shutil.copyfile(png, Path(out_dir) / name)
-            written.append(Path(out_dir) / name)
+            with open(png, "rb") as source_png:  # a link there is replaced, its target never written
+                written.append(atomic_write(Path(out_dir) / name, lambda f: shutil.copyfileobj(source_png, f)))
     if not written:
         raise EvalInputError(f"no confusion matrix of model {model!r} beside the results; write results with "
                              "`clipzoo eval zeroshot … -o FILE.json` (plots on) or leave out --confusion-model")

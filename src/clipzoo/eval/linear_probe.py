@@ -57,8 +57,8 @@ def validation_split(labels: Any, val_fraction: float = 0.2, seed: int = 0) -> t
     """(fit, validation) index arrays, stratified: each class with ``n >= 2`` examples puts
     ``round(val_fraction * n)`` of them (at least 1, at most ``n - 1``) into validation."""
     if not 0 < val_fraction < 1:
-        raise EvalInputError(f"val_fraction must be in (0, 1) to choose the regularisation, got {val_fraction} "
-                             "(or pass regularization=C)")
+        raise _said_for_cli(f"val_fraction must be in (0, 1) to choose the regularisation, got {val_fraction} "
+                            "(or pass regularization=C)")
     labels = np.asarray(labels)
     rng = np.random.default_rng([int(seed), 1])
     fit, val = [], []
@@ -68,6 +68,14 @@ def validation_split(labels: Any, val_fraction: float = 0.2, seed: int = 0) -> t
         val.append(idx[:n_val])
         fit.append(idx[n_val:])
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
+
+
+def _said_for_cli(message: str) -> EvalInputError:
+    """The error, with its ``cli_message`` naming ``clipzoo eval linear-probe``'s flags instead of the keywords."""
+    error = EvalInputError(message)
+    error.cli_message = (message.replace("val_fraction", "--val-fraction").replace("fewshot_k=1", "--fewshot-k 1")
+                         .replace("regularization=C", "--regularization C"))
+    return error
 
 
 SKLEARN_REGRESSION_GUESS = r"The number of unique classes is greater than 50% of the number of samples"
@@ -156,8 +164,8 @@ def linear_probe(train_features: Any, train_labels: Any, test_features: Any, tes
     if regularization is None:
         fit, val = validation_split(y, val_fraction, seed)
         if len(val) == 0:
-            raise EvalInputError("cannot hold out a validation split: every class has a single training example "
-                                 "(e.g. fewshot_k=1); pass regularization=C")
+            raise _said_for_cli("cannot hold out a validation split: every class has a single training example "
+                                "(e.g. fewshot_k=1); pass regularization=C")
         x_fit, x_val = _standardize(x[fit], x[val])
         c = _select_c(x_fit, y[fit], x_val, y[val], max_iter)
     else:

@@ -1,9 +1,15 @@
 """Evaluation metrics as pure functions on features, logits and targets (CLIP_benchmark-compatible).
 
 Every function takes torch tensors, NumPy arrays or lists and returns plain Python floats (or a
-dict of them), so results go straight into JSON. Ties are broken deterministically: among equal
-scores the lower index ranks first (as ``argmax`` does), unlike ``torch.topk`` whose order on ties
-is unspecified.
+dict of them), so results go straight into JSON.
+
+Ties: top-k accuracy and retrieval recall@k rank with the very call CLIP_benchmark makes —
+``torch.topk(scores, k, dim=1, largest=True, sorted=True)`` on float32 CPU tensors (:func:`top_indices`), ``k``
+the largest of the ``topk`` asked for accuracy (CLIP_benchmark's ``accuracy``) and each ``k`` in turn for recall@k
+(its ``recall_at_k``). Among equal scores that call's order is PyTorch's choice, not the lower index first, but it
+is deterministic on CPU: the same scores give CLIP_benchmark's numbers exactly, duplicate class names and captions
+included. ``mean_per_class_recall`` takes ``argmax`` (the first of equal scores), as CLIP_benchmark does. k-NN's
+neighbours (:func:`ranking`) are sorted stably: among equal similarities the lower index first.
 """
 from __future__ import annotations
 
@@ -53,12 +59,18 @@ def ranking(scores: torch.Tensor, k: int | None = None) -> torch.Tensor:
     return order if k is None else order[:, :k]
 
 
+def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` best columns of each row, best first, as CLIP_benchmark ranks them: ``torch.topk(scores, k, dim=1,
+    largest=True, sorted=True)`` — its tie order, deterministic on CPU (see the module docstring)."""
+    return torch.topk(scores, k, dim=1, largest=True, sorted=True)[1]
+
+
 def topk_correct(logits: Any, targets: Any, topk: Sequence[int] = (1,)) -> list[int]:
     """Number of examples whose target is among the ``k`` highest logits, for each ``k``."""
     logits = as_tensor(logits, "logits", ndim=2).float()
     targets = as_targets(targets, logits.shape[0], logits.shape[1])
     kmax = min(max(topk), logits.shape[1])
-    hits = ranking(logits, kmax).eq(targets[:, None])  # (N, kmax)
+    hits = top_indices(logits, kmax).eq(targets[:, None])  # (N, kmax): one topk call, as CLIP_benchmark's accuracy
     return [int(hits[:, :min(k, kmax)].any(dim=1).sum()) for k in topk]
 
 
@@ -142,7 +154,7 @@ def recall_at_k_hits(scores: Any, positives: Any, k: int, chunk: int = 1024) -> 
     k = min(int(k), scores.shape[1])
     out = []
     for start in range(0, scores.shape[0], chunk):
-        top = ranking(scores[start:start + chunk], k)
+        top = top_indices(scores[start:start + chunk], k)  # row by row: the chunk size changes nothing
         out.append(positives[start:start + chunk].gather(1, top).any(dim=1))
     return torch.cat(out)
 
@@ -203,6 +215,8 @@ def knn_scores(train_features: Any, train_labels: Any, test_features: Any, k: in
     num_classes = int(num_classes if num_classes is not None else labels.max() + 1)
     if k < 1:
         raise EvalInputError(f"k must be at least 1, got {k}")
+    if not temperature > 0:  # 0 made every vote NaN (the NaN class won: 1-NN), below 0 reversed the votes
+        raise EvalInputError(f"temperature must be above 0, got {temperature:g}")
     k = min(int(k), train.shape[0])
     out = []
     for start in range(0, test.shape[0], chunk):

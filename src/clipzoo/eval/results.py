@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -55,6 +56,28 @@ def output_path(template: str = DEFAULT_OUTPUT, **fields: str) -> str:
     except KeyError as err:
         raise EvalInputError(f"output template {template!r} uses unknown field {err}; "
                              f"known: {', '.join(sorted(safe))}") from None
+
+
+MAX_NAME_BYTES = 200
+"""A result file's name is kept this short (in UTF-8 bytes): its plots add ``.confusion.png`` and the atomic write
+a temporary suffix, and a file system takes 255 — a deep model path as ``pretrained`` went past it."""
+
+
+def result_file_name(record: Mapping[str, Any], task: str) -> str:
+    """The file ``clipzoo eval all`` writes ``record`` of ``task`` to: CLIP_benchmark's default
+    :data:`DEFAULT_OUTPUT` (``{dataset}_{pretrained}_{model}_{language}_{task}.json``, ``/`` → ``_``), so two models
+    of one name (``openai/ViT-B-32`` and ``open_clip:ViT-B-32/laion2b_s34b_b79k``, or two ``model.safetensors`` in
+    different folders, whose path is their ``pretrained``) get two files. Past :data:`MAX_NAME_BYTES` the start is
+    kept, then a hash of the whole name, then the task."""
+    fields = {k: str(record.get(k) or "") for k in ("dataset", "pretrained", "model", "language")}
+    name = output_path(DEFAULT_OUTPUT, task=task, **fields)
+    raw = name.encode("utf-8", "surrogatepass")
+    if len(raw) <= MAX_NAME_BYTES:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    tail = f"-{digest}_{str(task).replace('/', '_')}.json"
+    head = raw[: max(MAX_NAME_BYTES - len(tail.encode()), 16)].decode("utf-8", "ignore")
+    return head + tail
 
 
 def write_result(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:

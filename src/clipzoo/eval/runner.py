@@ -34,6 +34,7 @@ from .results import make_result
 from .retrieval import flatten_captions
 from .similarity import read_pairs, similarity_evaluate
 from .text_retrieval import load_text_retrieval, text_retrieval_evaluate
+from .zeroshot import check_templates
 from .zeroshot import class_weights as zeroshot_class_weights
 
 __all__ = ["Evaluator", "DatasetFeatures", "TaskResult", "IMAGE_TASKS", "TEXT_TASKS", "TASKS", "split_train_test",
@@ -104,7 +105,9 @@ def split_train_test(n: int, labels: "torch.Tensor | None", train_fraction: floa
         test.append(idx[cut:])
     train_idx, test_idx = torch.cat(train).sort()[0], torch.cat(test).sort()[0]
     if len(train_idx) == 0 or len(test_idx) == 0:
-        raise EvalInputError(f"{n} examples are too few to split into train and test; pass a train data set")
+        error = EvalInputError(f"{n} examples are too few to split into train and test; pass a train data set")
+        error.cli_message = f"{n} examples are too few to split into train and test; pass --train-dataset"
+        raise error
     return train_idx, test_idx
 
 
@@ -250,10 +253,11 @@ class Evaluator:
     # -------------------------------------------------------------- tasks
     def zeroshot(self, data, classnames: Any = None, templates: Any = None) -> TaskResult:
         """Top-1/top-5 accuracy and mean per-class recall of zero-shot classification."""
-        f = self.features(data)
-        names = self._classnames(data, classnames, f, "zeroshot")
         temps = resolve_templates(templates, data.name) if templates is not None else data.templates
         temps = list(temps or DEFAULT_TEMPLATES)
+        check_templates(temps)  # a bad template is said before the images are embedded
+        f = self.features(data)
+        names = self._classnames(data, classnames, f, "zeroshot")
         weights = self.class_weights(names, temps)
         logits = 100.0 * f.features @ F.normalize(weights, dim=-1).T
         metrics = zeroshot_metrics(logits, f.labels, num_classes=len(names))
@@ -300,7 +304,9 @@ class Evaluator:
         metrics = {f"knn_{m}": v for m, v in metrics.items()}
         scores = knn_scores(train.features, train.labels, test.features, k, temperature, num_classes)
         names = data.classnames if data.classnames and len(data.classnames) >= num_classes else None
-        return TaskResult(self._record(data.name, "knn", metrics, k=k, temperature=temperature,
+        used = min(int(k), len(train))  # every training example votes when there are fewer than k
+        asked = {} if used == k else {"k_requested": int(k)}
+        return TaskResult(self._record(data.name, "knn", metrics, k=used, **asked, temperature=temperature,
                                        **self._extra(self.features(data))),
                           {"targets": test.labels, "predictions": scores.argmax(1), "classnames": names})
 

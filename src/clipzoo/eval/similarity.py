@@ -3,7 +3,9 @@
 Metrics (SentEval / MTEB STS and the word-similarity literature): ``spearman`` is Spearman's rank
 correlation (``scipy.stats.spearmanr``, ties get average ranks) between the cosine similarities and
 the human scores, the headline number; ``pearson`` is Pearson's linear correlation of the same two;
-``n_pairs`` the number of pairs. A constant input makes both NaN (scipy warns).
+``n_pairs`` the number of pairs. Scores must be finite numbers (``nan``, ``inf`` are refused, naming the line).
+When every human score is the same both correlations are undefined: NaN, with one ``RuntimeWarning``; when the
+model gives every pair the same cosine they are NaN too (the model's answer, not a data error: no warning).
 
 Files read by :func:`read_pairs` (``format`` in brackets):
 
@@ -20,6 +22,7 @@ Files read by :func:`read_pairs` (``format`` in brackets):
 """
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +46,17 @@ def _number(text: str) -> float | None:
         return float(text)
     except ValueError:
         return None
+
+
+def _score(path: Path, lineno: int, text: str, expected: str) -> float:
+    """The human score ``text`` of line ``lineno``; a :class:`DatasetError` when it is not a finite number (``nan``,
+    ``inf`` and ``1e400`` made both correlations NaN without a word)."""
+    score = _number(text)
+    if score is None:
+        raise DatasetError(f"{path}:{lineno}: score {text!r} is not a number (expected {expected})")
+    if not math.isfinite(score):
+        raise DatasetError(f"{path}:{lineno}: score {text!r} is not a finite number (expected {expected})")
+    return score
 
 
 def _norm(name: str) -> str:
@@ -83,10 +97,7 @@ def _by_columns(path: Path, lines: list[tuple[int, str]], sep: str, cols: tuple[
         if len(fields) < need:
             raise DatasetError(f"{path}:{lineno}: expected {expected}, got {len(fields)} field(s)")
         a, b, s = (fields[c].strip() for c in cols)
-        score = _number(s)
-        if score is None:
-            raise DatasetError(f"{path}:{lineno}: score {s!r} is not a number (expected {expected})")
-        out.append((a, b, score))
+        out.append((a, b, _score(path, lineno, s, expected)))
     return out
 
 
@@ -113,10 +124,7 @@ def _three(path: Path, lines: list[tuple[int, str]], expected: str, sep: str | N
         fields = split(line)
         if len(fields) != 3:
             raise DatasetError(f"{path}:{lineno}: expected {expected}, got {len(fields)} field(s)")
-        score = _number(fields[2].strip())
-        if score is None:
-            raise DatasetError(f"{path}:{lineno}: score {fields[2].strip()!r} is not a number (expected {expected})")
-        out.append((fields[0].strip(), fields[1].strip(), score))
+        out.append((fields[0].strip(), fields[1].strip(), _score(path, lineno, fields[2].strip(), expected)))
     return out
 
 
@@ -178,8 +186,12 @@ def similarity_metrics(features_a: Any, features_b: Any, scores: Any) -> dict[st
     # rounded to float32, the features' own precision: identical pairs' cosines differed by 1e-16 (a rounding of
     # the double sum), and those differences were ranked — spearman 0.94 for pairs that all scored cosine 1
     cos = (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(dim=1).float().double().numpy()
-    with warnings.catch_warnings():  # a constant input: NaN, as documented, without scipy's warning
+    if bool((y == y[0]).all()):  # the file's fault, said once in words (the model's equal cosines: NaN, silently)
+        warnings.warn(f"similarity: every human score is {float(y[0]):g}; Spearman and Pearson are undefined "
+                      "(NaN) — check the score column", RuntimeWarning, stacklevel=2)
+    with warnings.catch_warnings():  # a constant input: NaN, said once above
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
         return {"spearman": float(stats.spearmanr(cos, y.numpy()).statistic),
                 "pearson": float(stats.pearsonr(cos, y.numpy()).statistic),
                 "n_pairs": int(a.shape[0])}

@@ -1,6 +1,7 @@
 """Zero-shot classification: class weights from class names and templates, then top-k accuracy."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -8,15 +9,30 @@ import torch
 import torch.nn.functional as F
 
 from ..cards import IMAGE
+from ..templates import fill_template, require_placeholder
 from .metrics import EvalInputError, zeroshot_logits, zeroshot_metrics
 from .multilabel_metrics import multilabel_metrics
 
-__all__ = ["zeroshot_classify", "zeroshot_predict", "class_weights", "zeroshot_metrics", "zeroshot_logits"]
+__all__ = ["zeroshot_classify", "zeroshot_predict", "class_weights", "check_templates", "zeroshot_metrics",
+           "zeroshot_logits"]
 
 
-def _template(t: str | Callable[[str], str]) -> str | Callable[[str], str]:
-    """Accept CLIP_benchmark's ``{c}`` templates as well as ``{}`` ones."""
-    return t.replace("{c}", "{}") if isinstance(t, str) else t
+def _template(t: str | Callable[[str], str]) -> Callable[[str], str]:
+    """A template string (``{c}`` as CLIP_benchmark writes it, ``{}`` or ``{label}``; ``{{`` / ``}}`` a literal
+    brace, as CLIP_benchmark's ``str.format(c=...)`` reads them) as the callable that fills it; checked here, so an
+    error quotes the template as written."""
+    if not isinstance(t, str):
+        return t
+    require_placeholder(t, escapes=True)
+    return functools.partial(fill_template, t, escapes=True)
+
+
+def check_templates(templates: Any) -> None:
+    """A :class:`~clipzoo.templates.TemplateError` quoting the first template string :func:`class_weights` would
+    refuse (before any image is embedded)."""
+    if templates is not None and not isinstance(templates, Mapping):
+        for t in [templates] if isinstance(templates, str) else templates:
+            _template(t)
 
 
 def class_weights(model, classnames: Sequence[str],
@@ -36,6 +52,7 @@ def class_weights(model, classnames: Sequence[str],
         rows = [F.normalize(model.encode_text(list(templates[c]), truncate=True).mean(dim=0), dim=-1)
                 for c in classnames]
         return torch.stack(rows)
+    templates = [templates] if isinstance(templates, str) else templates  # one template, not its characters
     templates = [_template(t) for t in templates] if templates else None
     return model.classifier(classnames, templates)
 
