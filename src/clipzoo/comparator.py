@@ -313,11 +313,11 @@ class Comparator(torch.nn.Module):
 
         Unlike :meth:`encode_image` (where a float tensor means pixels already preprocessed for this
         model), the tensor here holds plain RGB values in [0, 1]; the model's own preprocessing is done in
-        torch. Runs with autograd when ``images01`` requires grad.
+        torch. Runs with autograd when ``images01`` requires grad. It is :meth:`encode_image` of the preprocessed
+        pixels, so a model that computes no gradients refuses a tensor that requires grad here too (it was left out
+        of the gradient without a word).
         """
-        x = self.preprocess01(images01)
-        with self._grad_context(images01):
-            return self._finish(self.encode_pixels(x.to(self.device, self.dtype)), normalize)
+        return self.encode_image(self.preprocess01(images01), normalize=normalize)
 
     # ------------------------------------------------------------ comparing
     def similarity(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:

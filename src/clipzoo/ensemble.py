@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ import torch
 from .api import load
 from .cards import parse_alias
 from .comparator import Comparator, pairs_by_score_features
-from .errors import AmbiguousModelError, BadOptionError, ClipzooError, UnknownModelError
+from .errors import AmbiguousModelError, BadOptionError, ClipzooError, UnknownModelError, warn_user
 from .guidance import TextFeatureCache, check_image01, spherical_distance
 from .guidance import cutouts as make_cutouts
 from .inputs import is_float_tensor, real_value
@@ -92,12 +92,14 @@ class Ensemble:
         self._aliases: list[str] = []
         self._weights: list[float] = []
         self._text_cache = TextFeatureCache()
+        self._said_unused = False  # the warning that loss()'s augment / generator do nothing without cutouts
+        if models_or_specs is None:
+            raise BadOptionError("Ensemble(None): pass models or specs (a list, or one), or nothing for an empty "
+                                 "ensemble to add() to")
         if isinstance(models_or_specs, (str, dict, Comparator)) or not isinstance(models_or_specs, Iterable):
             models_or_specs = [models_or_specs]
         items = list(models_or_specs)
-        if weights is not None and (isinstance(weights, (str, bytes)) or not isinstance(weights, Iterable)):
-            raise BadOptionError(f"weights must be a list of numbers, one per model; got {weights!r}")
-        weights = None if weights is None else list(weights)  # once: a generator is read one time only
+        weights = None if weights is None else _weight_list(weights)
         if weights is not None and len(weights) != len(items):
             raise ClipzooError(f"{len(weights)} weights given for {len(items)} models; give one weight per model")
         for i, item in enumerate(items):
@@ -113,10 +115,10 @@ class Ensemble:
         """
         weight = positive_weight(weight)
         if spec is not None and filters:
-            raise TypeError("pass a spec or filters to add(), not both")
+            raise BadOptionError("pass a spec or filters to add(), not both")
         query = dict(filters) if spec is None else _query_of(spec)
         if spec is None and not filters:
-            raise TypeError("add() needs a model, a spec or registry filters")
+            raise BadOptionError("add() needs a model, a spec or registry filters")
         if isinstance(spec, Comparator):
             model = spec
         else:
@@ -217,7 +219,7 @@ class Ensemble:
         return dict(zip(self._aliases, self._normalised()))
 
     def _normalised(self, weights: Sequence[float] | None = None) -> list[float]:
-        raw = list(self._weights if weights is None else weights)
+        raw = list(self._weights) if weights is None else _weight_list(weights)
         if len(raw) != len(self._models):
             raise ClipzooError(f"{len(raw)} weights given for an ensemble of {len(self._models)} models")
         if not self._models:
@@ -317,11 +319,12 @@ class Ensemble:
         """A scalar to minimise that pulls ``image01`` toward the prompts (and away from negative ones).
 
         ``image01``: float RGB in [0, 1], (N, 3, H, W) of any size, usually ``requires_grad``.
-        ``prompts``: a string, or a list of strings and ``(string, weight)`` pairs; a negative weight means
-        "not this". ``weights``: per-model weights for this call (default: the ensemble's).
+        ``prompts``: a string, a list of strings and ``(string, weight)`` pairs, or a dict ``{string: weight}``; a
+        negative weight means "not this". ``weights``: per-model weights for this call (default: the ensemble's).
         ``cutouts``: 0 scores each whole image through each model's own resize / centre crop; n > 0 scores n
         random crops per image (``min_frac``, ``augment``, ``generator`` as in
-        :func:`clipzoo.guidance.cutouts`), resized to each model's resolution.
+        :func:`clipzoo.guidance.cutouts`), resized to each model's resolution. ``augment`` and ``generator``
+        act on cutouts only: given with ``cutouts=0`` they are ignored, with a warning (once per ensemble).
         ``kind``: ``"spherical"`` (VQGAN+CLIP's ``d = 2·arcsin(‖a−b‖/2)² = θ²/2``) or ``"cosine"`` (``d = −cos``).
 
         loss = Σ_m w_m · Σ_p v_p · mean_{images, cutouts} d_m(image, p) / Σ_p |v_p|
@@ -332,6 +335,11 @@ class Ensemble:
             raise ClipzooError(f"unknown loss kind {kind!r}; use 'spherical' or 'cosine'")
         texts, pw = _parse_prompts(prompts)
         x = check_image01(image01)
+        if not cutouts and (augment or generator is not None) and not self._said_unused:
+            self._said_unused = True
+            given = [name for name, on in (("augment=", augment), ("generator=", generator is not None)) if on]
+            warn_user(f"loss(): {' and '.join(given)} {'is' if len(given) == 1 else 'are'} ignored with cutouts=0 "
+                      "(options of the cutouts); pass cutouts=n to score n random crops per image")
         pw_t = torch.tensor(pw, dtype=torch.float32)
         norm = pw_t.abs().sum()
         total = None
@@ -372,10 +380,25 @@ def positive_weight(value: Any) -> float:
     return weight
 
 
+def _weight_list(weights: Any) -> list[Any]:
+    """Model weights as a list, read once (a generator is read one time only); a BadOptionError for one number,
+    a string or anything else that is not a sequence of them."""
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Iterable):
+        raise BadOptionError(f"weights must be a list of numbers, one per model; got {weights!r}")
+    return list(weights)
+
+
 def _parse_prompts(prompts: Any) -> tuple[list[str], list[float]]:
+    """Prompts as texts and weights scaled by the largest: a string, a ``(string, weight)`` pair, a list of strings
+    and pairs, or a Mapping ``{string: weight}`` (its items: iterating it gave the keys, every weight 1)."""
     if isinstance(prompts, str) or (isinstance(prompts, tuple) and len(prompts) == 2
                                     and isinstance(prompts[0], str) and real_value(prompts[1]) is not None):
         prompts = [prompts]
+    elif isinstance(prompts, Mapping):
+        prompts = list(prompts.items())
+    elif isinstance(prompts, bytes) or not isinstance(prompts, Iterable):
+        raise BadOptionError(f"prompts must be a string, a list of strings and (string, weight) pairs, or a dict "
+                             f"{{string: weight}}; got {prompts!r:.60}")
     texts, weights = [], []
     for i, p in enumerate(prompts):
         if isinstance(p, str):

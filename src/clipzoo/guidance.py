@@ -31,13 +31,17 @@ def cutouts(x01: torch.Tensor, n: int, size: int | tuple[int, int], min_frac: fl
     Each crop's side is uniform in [``min_frac`` · short side, short side], at a uniform position.
     ``augment=True`` adds, per crop, a random horizontal flip and a small colour jitter (brightness ±10 %,
     contrast ±10 %, per-channel shift ±0.03, clamped to [0, 1]). Everything is differentiable w.r.t.
-    ``x01``; pass a seeded ``generator`` for repeatable crops.
+    ``x01``; pass a seeded ``torch.Generator`` for repeatable crops. The crops are float32 whatever ``x01``'s dtype
+    (as :func:`preprocess01` computes; torch has no fp16 / bf16 antialiased resize on the CPU).
     """
-    x = check_image01(x01)
+    x = check_image01(x01).float()
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise BadOptionError(f"cutouts needs a whole number n >= 1, got {n!r}")
     if isinstance(min_frac, bool) or not isinstance(min_frac, numbers.Real) or not 0 < min_frac <= 1:
         raise BadOptionError(f"min_frac must be a number in (0, 1], got {min_frac!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise BadOptionError(f"generator must be a torch.Generator (torch.Generator().manual_seed(0)), "
+                             f"got {type(generator).__name__} {generator!r:.60}")
     size = size_pair(size)
     if min(size) < 1:
         raise BadOptionError(f"cutout size must be at least 1×1, got {size[1]}×{size[0]}")
@@ -95,8 +99,10 @@ class TextFeatureCache:
         self._stamps.clear()
 
     def features(self, model: Any, prompts: list[str]) -> torch.Tensor:
-        """``model``'s text features of ``prompts`` ([P, D], no gradient)."""
-        key, stamp = id(model), weights_stamp(model)
+        """``model``'s text features of ``prompts`` ([P, D], no gradient). A prompt longer than the model's context
+        follows its ``long_text`` (:meth:`~clipzoo.Comparator.encode_text`): a BadTextError naming it by default, as
+        ``compare`` gives (it was cut without a word); changing the policy drops the member's entries."""
+        key, stamp = id(model), (weights_stamp(model), getattr(model, "long_text", None))
         if self._stamps.get(key) != stamp:
             for k in [k for k in self._entries if k[0] == key]:
                 del self._entries[k]
@@ -104,7 +110,7 @@ class TextFeatureCache:
         missing = [p for p in dict.fromkeys(prompts) if (key, p) not in self._entries]
         if missing:
             with torch.no_grad():
-                feats = model.encode_text(missing, truncate=True)
+                feats = model.encode_text(missing)
             for p, f in zip(missing, feats):
                 self._entries[(key, p)] = f
         for p in prompts:

@@ -8,6 +8,8 @@ with the model's mean and std — so gradients flow from a score back to the pix
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,29 +21,49 @@ from .errors import BadImageError
 from .image_bytes import aspect_box
 from .inputs import check_finite_pixels
 
+_SIZE_KEYS = ("height", "width", "shortest_edge", "longest_edge")
 _PIL_RESAMPLE = {0: "nearest", 1: "bilinear", 2: "bilinear", 3: "bicubic", 4: "bilinear", 5: "bicubic"}
 
 
 @dataclass(frozen=True)
 class PixelConfig:
     """What a model's eval transform does: resize the shortest side (or ``squash`` to the size), centre
-    crop to ``size`` (H, W), normalise with ``mean`` / ``std``."""
+    crop to ``size`` (H, W), normalise with ``mean`` / ``std``. ``resize_to``: what the resize makes when that
+    is not ``size`` (an HF processor whose ``size`` is larger than its ``crop_size``) — (H, W) for ``squash``,
+    the shortest side's length twice for ``shortest``; None: ``size``."""
 
     size: tuple[int, int]
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
+    resize_to: tuple[int, int] | None = None
+
+
+def size_fields(size: Any) -> dict[str, Any] | None:
+    """An HF image processor's size as a plain dict of its set entries (``height``, ``width``, ``shortest_edge``):
+    from a dict, any Mapping, or transformers' ``SizeDict`` (which is neither — ``isinstance(size, dict)`` missed it,
+    and a SigLIP model's [0, 1] path centre-cropped what its processor squashes); None for anything else."""
+    if isinstance(size, Mapping):
+        items = dict(size.items())
+    elif any(hasattr(size, key) for key in _SIZE_KEYS):
+        items = {key: getattr(size, key, None) for key in _SIZE_KEYS}
+    else:
+        return None
+    return {key: value for key, value in items.items() if value is not None}
 
 
 def size_pair(size: Any) -> tuple[int, int] | None:
+    """(H, W) of a size given as an int, a sequence, or an HF size ({height, width}, {shortest_edge}: any
+    Mapping or ``SizeDict``); None when it says neither."""
     if size is None:
         return None
-    if isinstance(size, dict):  # HF: {"height", "width"} or {"shortest_edge"}
-        if "height" in size and "width" in size:
-            return int(size["height"]), int(size["width"])
-        if "shortest_edge" in size:
-            return int(size["shortest_edge"]), int(size["shortest_edge"])
+    fields = size_fields(size)
+    if fields is not None:
+        if "height" in fields and "width" in fields:
+            return int(fields["height"]), int(fields["width"])
+        if "shortest_edge" in fields:
+            return int(fields["shortest_edge"]), int(fields["shortest_edge"])
         return None
     if isinstance(size, (list, tuple)):
         return (int(size[0]), int(size[-1]))
@@ -91,26 +113,68 @@ def _pixel_config(comparator) -> PixelConfig:
             size = size_pair(step.size)
     processor = getattr(transform, "image_processor", None)
     if processor is not None:
-        if getattr(processor, "image_mean", None) is not None and "mean" not in found:
-            found["mean"], found["std"] = processor.image_mean, processor.image_std
-        resample = getattr(processor, "resample", None)
-        if resample is not None and "interpolation" not in found:
-            found["interpolation"] = _PIL_RESAMPLE.get(int(resample), "bicubic")
-        proc_size = getattr(processor, "size", None)
-        if isinstance(proc_size, dict) and "height" in proc_size and not getattr(processor, "do_center_crop", False):
-            found.setdefault("resize_mode", "squash")
-        if size is None:
-            size = size_pair(getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False)
-                         else proc_size)
+        made = _processor_facts(processor, found)
+        size = size or made
     if size is None:
         raise BadImageError(f"{comparator.card.alias} has no known input size, so [0, 1] image tensors "
                             "cannot be resized for it")
     interp = str(found.get("interpolation", "bicubic")).lower()
     mode = str(found.get("resize_mode", "shortest")).lower()
-    return PixelConfig(size=size, mean=tuple(float(v) for v in found.get("mean", OPENAI_MEAN)),
-                       std=tuple(float(v) for v in found.get("std", OPENAI_STD)),
+    resize_to = found.get("resize_to")
+    return PixelConfig(size=size, mean=_three(found.get("mean", OPENAI_MEAN)),
+                       std=_three(found.get("std", OPENAI_STD)),
                        interpolation=interp if interp in ("bicubic", "bilinear", "nearest") else "bicubic",
-                       resize_mode=mode if mode in ("shortest", "squash") else "shortest")
+                       resize_mode=mode if mode in ("shortest", "squash") else "shortest",
+                       resize_to=None if resize_to == size else resize_to)
+
+
+def _processor_facts(processor: Any, found: dict[str, Any]) -> tuple[int, int] | None:
+    """What an HF image processor does, put into ``found`` where not known already; returns its output size.
+
+    ``size`` {height, width} resizes straight to it (``squash``: SigLIP, BLIP, ViT), {shortest_edge} keeps the
+    aspect ratio (CLIP); ``crop_size`` is then cut from the centre when ``do_center_crop``."""
+    if "mean" not in found:
+        found.update(_folded_mean_std(processor))
+    resample = getattr(processor, "resample", None)
+    if resample is not None and "interpolation" not in found:
+        found["interpolation"] = _PIL_RESAMPLE.get(int(resample), "bicubic")
+    fields = size_fields(getattr(processor, "size", None)) or {}
+    resize = size_pair(fields) if fields else None
+    mode = "squash" if "height" in fields and "width" in fields else "shortest" if "shortest_edge" in fields else None
+    if mode is not None:
+        found.setdefault("resize_mode", mode)
+    crop = size_pair(getattr(processor, "crop_size", None)) if getattr(processor, "do_center_crop", False) else None
+    if crop is not None and resize is not None and found.get("resize_mode") == mode:
+        found.setdefault("resize_to", resize)
+    return crop or resize
+
+
+def _folded_mean_std(processor: Any) -> dict[str, list[float]]:
+    """The mean and std on [0, 1] pixels that give what ``processor`` hands the model, ``(x·255·factor − offset −
+    mean) / std`` — its ``rescale_factor`` (1/255 unless it says otherwise), ``do_normalize`` (mean 0, std 1 without)
+    and EfficientNet's (ALIGN's) ``rescale_offset`` (1) and ``include_top`` (a second division by the std) folded
+    into one affine map; {} when it names no mean."""
+    if getattr(processor, "do_normalize", True) is False:
+        mean, std = [0.0] * 3, [1.0] * 3
+    elif getattr(processor, "image_mean", None) is not None:
+        mean, std = _three(processor.image_mean), _three(processor.image_std)
+    else:
+        return {}
+    if getattr(processor, "include_top", False) is True and getattr(processor, "image_std", None) is not None:
+        std = [s * t for s, t in zip(std, _three(processor.image_std))]
+    rescale = getattr(processor, "do_rescale", True) is not False
+    scale = 255.0 * float(getattr(processor, "rescale_factor", None) or 1 / 255) if rescale else 255.0
+    offset = 1.0 if rescale and getattr(processor, "rescale_offset", False) is True else 0.0
+    if math.isclose(scale, 1.0) and offset == 0.0:
+        return {"mean": mean, "std": std}
+    return {"mean": [(offset + m) / scale for m in mean], "std": [s / scale for s in std]}
+
+
+def _three(values: Any) -> tuple[float, float, float]:
+    """Per-channel values: a sequence of three, or one number for all three."""
+    if isinstance(values, (int, float)):
+        return (float(values),) * 3
+    return tuple(float(v) for v in values)
 
 
 def check_image01(x: Any) -> torch.Tensor:
@@ -176,9 +240,9 @@ def preprocess01(x01: torch.Tensor, config: PixelConfig) -> torch.Tensor:
     th, tw = config.size
     h, w = x.shape[-2:]
     if config.resize_mode == "squash":
-        target = (th, tw)
+        target = config.resize_to or (th, tw)
     else:
-        side = max(th, tw)  # open_clip / torchvision: Resize(int) on the shortest side
+        side = max(config.resize_to or (th, tw))  # open_clip / torchvision: Resize(int) on the shortest side
         target = (side, int(side * w / h)) if h <= w else (int(side * h / w), side)
     if tuple(target) != (h, w):
         x = resize(x, target, config.interpolation).clamp(0, 1)
