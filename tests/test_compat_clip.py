@@ -17,6 +17,7 @@ with warnings.catch_warnings():
     import clip as openai_clip
 
 import clipzoo
+from _compat_common import maxdiff, quiet
 from clipzoo.compat import clip
 from clipzoo.compat._models import ClipModel, OpenAICLIP
 from clipzoo.testing import tiny
@@ -47,16 +48,6 @@ def tiny_folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("compat-clip")
     return {"siglip": tiny.write_open_clip_hub_folder(root / "siglip", config=tiny.TINY_SIGLIP_CONFIG),
             "coca": tiny.write_open_clip_hub_folder(root / "coca", config=tiny.TINY_COCA_CONFIG)}
-
-
-def _quiet(fn, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fn(*args, **kwargs)
-
-
-def _maxdiff(a, b) -> float:
-    return float((a.detach().float() - b.detach().float()).abs().max())
 
 
 # --------------------------------------------------------------------------- catalogue
@@ -95,9 +86,9 @@ def test_openai_clip_loads_our_tiny_archive_both_ways(tiny_files, pil_images):
     """issue 20 §6: the TorchScript archive our tests write is one openai's own ``clip.load`` accepts,
     with ``jit=True`` (the archive, device/dtype patched) and ``jit=False`` (``build_model``)."""
     path = str(tiny_files["openai_jit"])
-    jit_model, jit_pre = _quiet(openai_clip.load, path, device="cpu", jit=True)
-    py_model, py_pre = _quiet(openai_clip.load, path, device="cpu", jit=False)
-    ours, pre = _quiet(clip.load, path, device="cpu")
+    jit_model, jit_pre = quiet(openai_clip.load, path, device="cpu", jit=True)
+    py_model, py_pre = quiet(openai_clip.load, path, device="cpu", jit=False)
+    ours, pre = quiet(clip.load, path, device="cpu")
     assert isinstance(jit_model, torch.jit.ScriptModule) and not isinstance(py_model, torch.jit.ScriptModule)
     assert jit_model.input_resolution.item() == py_model.visual.input_resolution == 32
     pixels = torch.stack([py_pre(im) for im in pil_images])
@@ -108,20 +99,20 @@ def test_openai_clip_loads_our_tiny_archive_both_ways(tiny_files, pil_images):
         jit_out, py_out, our_out = jit_model(pixels, tokens), py_model(pixels, tokens), ours(pixels, tokens)
         diffs = {}
         for label, ref in (("jit", jit_model), ("py", py_model)):
-            diffs[f"{label} encode_image"] = _maxdiff(ours.encode_image(pixels), ref.encode_image(pixels))
-            diffs[f"{label} encode_text"] = _maxdiff(ours.encode_text(tokens), ref.encode_text(tokens))
+            diffs[f"{label} encode_image"] = maxdiff(ours.encode_image(pixels), ref.encode_image(pixels))
+            diffs[f"{label} encode_text"] = maxdiff(ours.encode_text(tokens), ref.encode_text(tokens))
     assert isinstance(jit_out, tuple) and len(jit_out) == 2  # openai's forward: logits, not open_clip's 3-tuple
     for i in range(2):
-        diffs[f"jit logits[{i}]"] = _maxdiff(jit_out[i], our_out[i])
-        diffs[f"py logits[{i}]"] = _maxdiff(py_out[i], our_out[i])
+        diffs[f"jit logits[{i}]"] = maxdiff(jit_out[i], our_out[i])
+        diffs[f"py logits[{i}]"] = maxdiff(py_out[i], our_out[i])
     assert max(diffs.values()) <= TOL, diffs
 
 
 @pytest.mark.parametrize("fmt", ["openai_jit", "openai_state_dict"])
 def test_load_matches_openai_clip(fmt, tiny_files, pil_images):
     path = str(tiny_files[fmt])
-    ref, ref_pre = _quiet(openai_clip.load, path, device="cpu", jit=False)
-    model, preprocess = _quiet(clip.load, path, device="cpu")
+    ref, ref_pre = quiet(openai_clip.load, path, device="cpu", jit=False)
+    model, preprocess = quiet(clip.load, path, device="cpu")
 
     # the real open_clip module, with openai's API and OpenAI's state-dict layout
     assert isinstance(model, real_open_clip.CLIP) and isinstance(model, OpenAICLIP)
@@ -143,8 +134,8 @@ def test_load_matches_openai_clip(fmt, tiny_files, pil_images):
         img, txt = model.encode_image(pixels), model.encode_text(tokens)
         ref_lpi, ref_lpt = ref(pixels, tokens)
         lpi, lpt = model(pixels, tokens)
-    diffs = {"encode_image": _maxdiff(img, ref_img), "encode_text": _maxdiff(txt, ref_txt),
-             "logits_per_image": _maxdiff(lpi, ref_lpi), "logits_per_text": _maxdiff(lpt, ref_lpt)}
+    diffs = {"encode_image": maxdiff(img, ref_img), "encode_text": maxdiff(txt, ref_txt),
+             "logits_per_image": maxdiff(lpi, ref_lpi), "logits_per_text": maxdiff(lpt, ref_lpt)}
     assert max(diffs.values()) <= TOL, diffs
     assert lpi.shape == (len(pil_images), len(TEXTS)) and torch.equal(lpt, lpi.t())
     assert not torch.allclose(img.norm(dim=-1), torch.ones(len(pil_images)))  # unnormalised, as openai's
@@ -169,41 +160,41 @@ def test_openais_internals_run_as_openais(tiny_files):
     """model.transformer / model.visual.transformer were open_clip's (batch-first, the causal mask passed by
     encode_text): code walking openai's internals got text features 2.78 off, without an error."""
     path = str(tiny_files["openai_state_dict"])
-    ref, _ = _quiet(openai_clip.load, path, device="cpu", jit=False)
-    model, _ = _quiet(clip.load, path, device="cpu")
+    ref, _ = quiet(openai_clip.load, path, device="cpu", jit=False)
+    model, _ = quiet(clip.load, path, device="cpu")
     tokens, pixels = clip.tokenize(TEXTS), torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         ours, theirs = _text_through_internals(model, tokens), _text_through_internals(ref, tokens)
-        assert _maxdiff(ours, theirs) <= TOL and _maxdiff(ours, model.encode_text(tokens)) <= TOL
+        assert maxdiff(ours, theirs) <= TOL and maxdiff(ours, model.encode_text(tokens)) <= TOL
         ours, theirs = _image_through_internals(model, pixels), _image_through_internals(ref, pixels)
-        assert _maxdiff(ours, theirs) <= TOL and _maxdiff(ours, model.encode_image(pixels)) <= TOL
-        assert _maxdiff(model(pixels, tokens)[0], ref(pixels, tokens)[0]) <= TOL  # open_clip's own path unchanged
+        assert maxdiff(ours, theirs) <= TOL and maxdiff(ours, model.encode_image(pixels)) <= TOL
+        assert maxdiff(model(pixels, tokens)[0], ref(pixels, tokens)[0]) <= TOL  # open_clip's own path unchanged
     assert set(model.state_dict()) == set(ref.state_dict())
 
 
 def test_a_saved_jit_model_loads_back_in_openais_clip(tiny_files, tmp_path):
     """A traced model saved with torch.jit.save held its masks as state-dict entries that openai's build_model
     refused ("Unexpected key(s) in state_dict: attn_mask")."""
-    traced, _ = _quiet(clip.load, str(tiny_files["openai_state_dict"]), device="cpu", jit=True)
+    traced, _ = quiet(clip.load, str(tiny_files["openai_state_dict"]), device="cpu", jit=True)
     torch.jit.save(traced, str(tmp_path / "traced.pt"))
-    ref, _ = _quiet(openai_clip.load, str(tmp_path / "traced.pt"), device="cpu", jit=False)
+    ref, _ = quiet(openai_clip.load, str(tmp_path / "traced.pt"), device="cpu", jit=False)
     tokens = clip.tokenize(TEXTS)
     with torch.no_grad():
-        assert _maxdiff(ref.encode_text(tokens), traced.encode_text(tokens)) <= TOL
+        assert maxdiff(ref.encode_text(tokens), traced.encode_text(tokens)) <= TOL
 
 
 def test_state_dict_loads_into_openais_build_model(tiny_files):
-    model, _ = _quiet(clip.load, str(tiny_files["openai_state_dict"]), device="cpu")
+    model, _ = quiet(clip.load, str(tiny_files["openai_state_dict"]), device="cpu")
     from clip.model import build_model
 
     rebuilt = build_model({k: v.clone() for k, v in model.state_dict().items()}).float().eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert _maxdiff(rebuilt.encode_image(x), model.encode_image(x)) <= TOL
+        assert maxdiff(rebuilt.encode_image(x), model.encode_image(x)) <= TOL
 
 
 def test_model_moves_and_casts_like_an_nn_module(tiny_files):
-    model, _ = _quiet(clip.load, str(tiny_files["openai_state_dict"]), device="cpu")
+    model, _ = quiet(clip.load, str(tiny_files["openai_state_dict"]), device="cpu")
     model = model.half()
     assert model.dtype == torch.float16
     model.float()
@@ -213,23 +204,23 @@ def test_model_moves_and_casts_like_an_nn_module(tiny_files):
 # --------------------------------------------------------------------------- jit
 def test_jit_true_returns_the_torchscript_module(tiny_files, pil_images):
     path = str(tiny_files["openai_jit"])
-    ref, ref_pre = _quiet(openai_clip.load, path, device="cpu", jit=False)
-    model, preprocess = _quiet(clip.load, path, device="cpu", jit=True)
+    ref, ref_pre = quiet(openai_clip.load, path, device="cpu", jit=False)
+    model, preprocess = quiet(clip.load, path, device="cpu", jit=True)
     assert isinstance(model, torch.jit.ScriptModule)
     pixels = torch.stack([ref_pre(im) for im in pil_images])
     assert torch.equal(torch.stack([preprocess(im) for im in pil_images]), pixels)
     tokens = clip.tokenize(TEXTS)
     with torch.no_grad():
-        assert _maxdiff(model.encode_image(pixels), ref.encode_image(pixels)) <= TOL
-        assert _maxdiff(model.encode_text(tokens), ref.encode_text(tokens)) <= TOL
+        assert maxdiff(model.encode_image(pixels), ref.encode_image(pixels)) <= TOL
+        assert maxdiff(model.encode_text(tokens), ref.encode_text(tokens)) <= TOL
 
 
 def test_jit_true_returns_a_torchscript_module_that_behaves_as_openais(tiny_files, pil_images):
     """issue 20 §6: ``jit=True`` on a model that is not an archive still gives openai's JIT model."""
     path = str(tiny_files["openai_state_dict"])
-    ref_jit, ref_pre = _quiet(openai_clip.load, str(tiny_files["openai_jit"]), device="cpu", jit=True)
-    model, preprocess = _quiet(clip.load, path, device="cpu", jit=True)
-    eager, _ = _quiet(clip.load, path, device="cpu")
+    ref_jit, ref_pre = quiet(openai_clip.load, str(tiny_files["openai_jit"]), device="cpu", jit=True)
+    model, preprocess = quiet(clip.load, path, device="cpu", jit=True)
+    eager, _ = quiet(clip.load, path, device="cpu")
     assert isinstance(model, torch.jit.ScriptModule) and isinstance(ref_jit, torch.jit.ScriptModule)
     assert model.input_resolution.item() == ref_jit.input_resolution.item() == 32
     assert model.context_length.item() == 77 and model.vocab_size.item() == 49408
@@ -238,11 +229,11 @@ def test_jit_true_returns_a_torchscript_module_that_behaves_as_openais(tiny_file
     tokens = clip.tokenize(TEXTS)
     with torch.no_grad():
         out, ref_out, eager_out = model(pixels, tokens), ref_jit(pixels, tokens), eager(pixels, tokens)
-        diffs = {"encode_image": _maxdiff(model.encode_image(pixels), ref_jit.encode_image(pixels)),
-                 "encode_text": _maxdiff(model.encode_text(tokens), ref_jit.encode_text(tokens))}
+        diffs = {"encode_image": maxdiff(model.encode_image(pixels), ref_jit.encode_image(pixels)),
+                 "encode_text": maxdiff(model.encode_text(tokens), ref_jit.encode_text(tokens))}
     assert isinstance(out, tuple) and len(out) == 2  # (logits_per_image, logits_per_text), as openai's
-    diffs.update({f"logits[{i}]": _maxdiff(a, b) for i, (a, b) in enumerate(zip(out, ref_out))})
-    diffs.update({f"eager[{i}]": _maxdiff(a, b) for i, (a, b) in enumerate(zip(out, eager_out))})
+    diffs.update({f"logits[{i}]": maxdiff(a, b) for i, (a, b) in enumerate(zip(out, ref_out))})
+    diffs.update({f"eager[{i}]": maxdiff(a, b) for i, (a, b) in enumerate(zip(out, eager_out))})
     assert max(diffs.values()) <= TOL, diffs
 
 
@@ -256,39 +247,39 @@ def test_jit_true_on_a_model_that_cannot_be_traced_warns_and_loads_eager(fake_mo
 # --------------------------------------------------------------------------- other models
 def test_siglip_style_model_logits_include_its_bias(tiny_folders):
     folder = str(tiny_folders["siglip"])
-    ref = _quiet(real_open_clip.create_model_from_pretrained, f"local-dir:{folder}", return_transform=False).eval()
-    model, _ = _quiet(clip.load, folder, device="cpu")
+    ref = quiet(real_open_clip.create_model_from_pretrained, f"local-dir:{folder}", return_transform=False).eval()
+    model, _ = quiet(clip.load, folder, device="cpu")
     x, tokens = torch.randn(2, 3, 32, 32), clip.tokenize(TEXTS)
     with torch.no_grad():
         ref_lpi, _ = ref.get_logits(x, tokens)
         lpi, lpt = model(x, tokens)
     assert model.logit_bias.item() == -10.0
-    assert _maxdiff(lpi, ref_lpi) <= TOL and torch.equal(lpt, lpi.t())
+    assert maxdiff(lpi, ref_lpi) <= TOL and torch.equal(lpt, lpi.t())
 
 
 def test_tokenize_follows_a_model_with_another_tokenizer(tiny_folders, tiny_files):
     folder = str(tiny_folders["coca"])  # CoCa: context 76, wrapped generically
-    ref = _quiet(real_open_clip.create_model_from_pretrained, f"local-dir:{folder}", return_transform=False).eval()
+    ref = quiet(real_open_clip.create_model_from_pretrained, f"local-dir:{folder}", return_transform=False).eval()
     ref_tok = real_open_clip.get_tokenizer(f"local-dir:{folder}")
-    model, preprocess = _quiet(clip.load, folder, device="cpu")
+    model, preprocess = quiet(clip.load, folder, device="cpu")
     assert isinstance(model, ClipModel)
     assert model.visual.input_resolution == 32 and model.dtype == torch.float32
     tokens = clip.tokenize(TEXTS)
     assert tokens.shape == (len(TEXTS), 76) and torch.equal(tokens, ref_tok(TEXTS))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert _maxdiff(model.encode_image(x), ref.encode_image(x, normalize=False)) <= TOL
-        assert _maxdiff(model.encode_text(tokens), ref.encode_text(tokens, normalize=False)) <= TOL
+        assert maxdiff(model.encode_image(x), ref.encode_image(x, normalize=False)) <= TOL
+        assert maxdiff(model.encode_text(tokens), ref.encode_text(tokens, normalize=False)) <= TOL
         lpi, lpt = model(x, tokens)
         img = ref.encode_image(x, normalize=True)
         txt = ref.encode_text(tokens, normalize=True)
-    assert _maxdiff(lpi, ref.logit_scale.exp() * img @ txt.t()) <= TOL
+    assert maxdiff(lpi, ref.logit_scale.exp() * img @ txt.t()) <= TOL
     with pytest.raises(RuntimeError, match="longer than the model's context length 76"):
         clip.tokenize(" ".join(["word"] * 100))
     assert torch.equal(clip.tokenize(" ".join(["word"] * 100), truncate=True),
                        ref_tok(" ".join(["word"] * 100)))
 
-    _quiet(clip.load, str(tiny_files["openai_state_dict"]), device="cpu")  # back to OpenAI's tokenizer
+    quiet(clip.load, str(tiny_files["openai_state_dict"]), device="cpu")  # back to OpenAI's tokenizer
     assert torch.equal(clip.tokenize(TEXTS), openai_clip.tokenize(TEXTS))
 
 
@@ -358,12 +349,12 @@ def test_any_comparator_gets_openais_model_api(fake_model, pil_images):
     pixels = torch.stack([preprocess(im) for im in pil_images])
     with torch.no_grad():
         img, txt = inner.towers.encode_image(pixels), inner.towers.encode_text(tokens)
-        assert _maxdiff(model.encode_image(pixels), img) <= TOL
-        assert _maxdiff(model.visual(pixels), img) <= TOL
+        assert maxdiff(model.encode_image(pixels), img) <= TOL
+        assert maxdiff(model.visual(pixels), img) <= TOL
         lpi, lpt = model(pixels, tokens)
     ref = inner.logit_scale.exp() * (img / img.norm(dim=1, keepdim=True)) @ (txt / txt.norm(dim=1, keepdim=True)).t() \
         + inner.logit_bias
-    assert _maxdiff(lpi, ref) <= TOL and torch.equal(lpt, lpi.t())
+    assert maxdiff(lpi, ref) <= TOL and torch.equal(lpt, lpi.t())
     with pytest.raises(RuntimeError):
         clip.tokenize("a long text " * 10)
 

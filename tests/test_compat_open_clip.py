@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import sys
 import types
-import warnings
 
 import numpy as np
 import open_clip as real_open_clip
@@ -13,6 +12,7 @@ import torch
 from PIL import Image
 
 import clipzoo
+from _compat_common import maxdiff, quiet, register_tiny_config
 from clipzoo.compat import open_clip
 from clipzoo.compat._models import OpenClipModel
 from clipzoo.compat.open_clip import ComparatorTokenizer
@@ -25,23 +25,10 @@ TEXTS = ["a photo of a cat", "a red circle on the left", "Ünïcödé &amp; emoj
 CFG_NAME = "tiny-compat-open-clip"
 
 
-def _quiet(fn, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fn(*args, **kwargs)
-
-
-def _maxdiff(a, b) -> float:
-    return float((a.detach().float() - b.detach().float()).abs().max())
-
-
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory):
     """The tiny config registered with open_clip under its own name (as a user's add_model_config)."""
-    path = tmp_path_factory.mktemp("cfg") / f"{CFG_NAME}.json"
-    path.write_text(json.dumps(tiny.TINY_CONFIG))
-    real_open_clip.add_model_config(str(path))
-    return CFG_NAME
+    return register_tiny_config(real_open_clip, tmp_path_factory.mktemp("cfg"), CFG_NAME)
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +53,13 @@ def _ref(tiny_config, path):
 
 def _compare(model, ref, pixels, tokens) -> dict:
     with torch.no_grad():
-        out = {"encode_image": _maxdiff(model.encode_image(pixels), ref.encode_image(pixels)),
-               "encode_text": _maxdiff(model.encode_text(tokens), ref.encode_text(tokens)),
-               "encode_image(normalize=True)": _maxdiff(model.encode_image(pixels, normalize=True),
+        out = {"encode_image": maxdiff(model.encode_image(pixels), ref.encode_image(pixels)),
+               "encode_text": maxdiff(model.encode_text(tokens), ref.encode_text(tokens)),
+               "encode_image(normalize=True)": maxdiff(model.encode_image(pixels, normalize=True),
                                                         ref.encode_image(pixels, normalize=True))}
         for i, (a, b) in enumerate(zip(model(pixels, tokens), ref(pixels, tokens))):
-            out[f"forward[{i}]"] = _maxdiff(a, b)
-        out["logits"] = _maxdiff(model.get_logits(pixels, tokens)[0], ref.get_logits(pixels, tokens)[0])
+            out[f"forward[{i}]"] = maxdiff(a, b)
+        out["logits"] = maxdiff(model.get_logits(pixels, tokens)[0], ref.get_logits(pixels, tokens)[0])
     assert max(out.values()) <= TOL, out
     return out
 
@@ -81,9 +68,9 @@ def _compare(model, ref, pixels, tokens) -> dict:
 @pytest.mark.parametrize("fmt", ["open_clip_pt", "open_clip_safetensors"])
 def test_open_clip_name_and_file_pass_straight_through(fmt, tiny_config, tiny_files, pil_images):
     path = tiny_files[fmt]
-    model, train, val = _quiet(open_clip.create_model_and_transforms, tiny_config, pretrained=str(path))
+    model, train, val = quiet(open_clip.create_model_and_transforms, tiny_config, pretrained=str(path))
     ref = _ref(tiny_config, path)
-    _, ref_train, ref_val = _quiet(real_open_clip.create_model_and_transforms, tiny_config)
+    _, ref_train, ref_val = quiet(real_open_clip.create_model_and_transforms, tiny_config)
     assert type(model) is real_open_clip.CLIP
     pixels = torch.stack([ref_val(im) for im in pil_images])
     assert torch.equal(torch.stack([val(im) for im in pil_images]), pixels)
@@ -95,14 +82,14 @@ def test_open_clip_name_and_file_pass_straight_through(fmt, tiny_config, tiny_fi
                                  "openai_state_dict"])
 def test_local_checkpoint_as_model_name_loads_through_clipzoo(fmt, tiny_config, tiny_files, pil_images):
     path = tiny_files[fmt]
-    model, train, val = _quiet(open_clip.create_model_and_transforms, str(path))
+    model, train, val = quiet(open_clip.create_model_and_transforms, str(path))
     if fmt.startswith("openai"):
-        ref = _quiet(real_open_clip.load_openai_model, str(path), precision="fp32", device="cpu").eval()
+        ref = quiet(real_open_clip.load_openai_model, str(path), precision="fp32", device="cpu").eval()
     elif fmt == "open_clip_hub":
         ref = _ref(tiny_config, path / "open_clip_model.safetensors")
     else:
         ref = _ref(tiny_config, path)
-    _, ref_train, ref_val = _quiet(real_open_clip.create_model_and_transforms, tiny_config)
+    _, ref_train, ref_val = quiet(real_open_clip.create_model_and_transforms, tiny_config)
     assert type(model) is real_open_clip.CLIP  # the real open_clip module, not a wrapper
     assert model.visual.preprocess_cfg["size"] == (32, 32)  # visual.image_size, as open_clip records it
     pixels = torch.stack([ref_val(im) for im in pil_images])
@@ -113,8 +100,8 @@ def test_local_checkpoint_as_model_name_loads_through_clipzoo(fmt, tiny_config, 
 
 def test_siglip_folder_forward_and_output_dict_match_open_clip(folders, pil_images):
     folder = folders["siglip"]
-    ref, ref_pre = _quiet(real_open_clip.create_model_from_pretrained, f"local-dir:{folder}")
-    model, pre = _quiet(open_clip.create_model_from_pretrained, str(folder))
+    ref, ref_pre = quiet(real_open_clip.create_model_from_pretrained, f"local-dir:{folder}")
+    model, pre = quiet(open_clip.create_model_from_pretrained, str(folder))
     ref.eval()
     pixels = torch.stack([ref_pre(im) for im in pil_images])
     assert torch.equal(torch.stack([pre(im) for im in pil_images]), pixels)
@@ -123,29 +110,29 @@ def test_siglip_folder_forward_and_output_dict_match_open_clip(folders, pil_imag
     with torch.no_grad():
         out, ref_out = model(pixels, tokens), ref(pixels, tokens)
     assert len(out) == len(ref_out) == 4  # image, text, logit_scale.exp(), logit_bias
-    assert max(_maxdiff(a, b) for a, b in zip(out, ref_out)) <= TOL
+    assert max(maxdiff(a, b) for a, b in zip(out, ref_out)) <= TOL
 
-    as_dict = _quiet(open_clip.create_model, str(folder), output_dict=True)
+    as_dict = quiet(open_clip.create_model, str(folder), output_dict=True)
     with torch.no_grad():
         d = as_dict(pixels, tokens)
     assert set(d) == {"image_features", "text_features", "logit_scale", "logit_bias"}
-    assert _maxdiff(d["logit_bias"], ref_out[3]) == 0.0
+    assert maxdiff(d["logit_bias"], ref_out[3]) == 0.0
     # local-dir: is open_clip's own schema and passes straight through
-    native = _quiet(open_clip.create_model_from_pretrained, f"local-dir:{folder}", return_transform=False)
+    native = quiet(open_clip.create_model_from_pretrained, f"local-dir:{folder}", return_transform=False)
     assert type(native) is real_open_clip.CLIP
 
 
 def test_coca_folder_is_the_real_coca_module(folders):
     folder = folders["coca"]
-    model = _quiet(open_clip.create_model_from_pretrained, str(folder), return_transform=False)
-    ref = _quiet(real_open_clip.create_model_from_pretrained, f"local-dir:{folder}", return_transform=False).eval()
+    model = quiet(open_clip.create_model_from_pretrained, str(folder), return_transform=False)
+    ref = quiet(real_open_clip.create_model_from_pretrained, f"local-dir:{folder}", return_transform=False).eval()
     assert type(model) is real_open_clip.CoCa
     tok = open_clip.get_tokenizer(str(folder))
     assert tok.context_length == 76
     x, tokens = torch.randn(2, 3, 32, 32), tok(TEXTS)
     with torch.no_grad():
-        assert _maxdiff(model.encode_image(x), ref.encode_image(x)) <= TOL
-        assert _maxdiff(model.encode_text(tokens), ref.encode_text(tokens)) <= TOL
+        assert maxdiff(model.encode_image(x), ref.encode_image(x)) <= TOL
+        assert maxdiff(model.encode_text(tokens), ref.encode_text(tokens)) <= TOL
 
 
 # --------------------------------------------------------------------------- a non-open_clip backend
@@ -231,15 +218,15 @@ def test_any_comparator_gets_open_clips_model_api(fake, pil_images):
         feats_i, feats_t, scale, bias = model(pixels, tokens)
         logits, logits_t = model.get_logits(pixels, tokens)
         raw = model.encode_image(pixels)
-    assert _maxdiff(feats_i, img) <= TOL and _maxdiff(feats_t, txt) <= TOL
-    assert _maxdiff(raw, inner.towers.encode_image(pixels)) <= TOL
+    assert maxdiff(feats_i, img) <= TOL and maxdiff(feats_t, txt) <= TOL
+    assert maxdiff(raw, inner.towers.encode_image(pixels)) <= TOL
     assert scale.item() == pytest.approx(float(torch.tensor(2.5).exp())) and bias.item() == -4.0
-    assert _maxdiff(logits, scale * img @ txt.T + bias) <= TOL and torch.equal(logits_t, logits.T)
+    assert maxdiff(logits, scale * img @ txt.T + bias) <= TOL and torch.equal(logits_t, logits.T)
 
     model.output_dict = True
     with torch.no_grad():
         d = model(pixels, None)
-    assert d["text_features"] is None and _maxdiff(d["image_features"], img) <= TOL and "logit_bias" in d
+    assert d["text_features"] is None and maxdiff(d["image_features"], img) <= TOL and "logit_bias" in d
 
 
 def test_listings_are_exactly_open_clips_and_registry_models_are_listed_apart(fake):
@@ -322,8 +309,8 @@ def test_force_custom_text_is_honoured_as_open_clips_factory_does(tiny_config, t
 
     path = str(tiny_files["open_clip_pt"])
     assert not _route(path, None).native  # a file path: loaded by clipzoo, not by open_clip
-    model = _quiet(open_clip.create_model, path, force_custom_text=True)
-    ref = _quiet(real_open_clip.create_model, tiny_config, pretrained=path, force_custom_text=True).eval()
+    model = quiet(open_clip.create_model, path, force_custom_text=True)
+    ref = quiet(real_open_clip.create_model, tiny_config, pretrained=path, force_custom_text=True).eval()
     assert type(model) is type(ref) is real_open_clip.CustomTextCLIP
     assert isinstance(model.text, TextTransformer) and model.text.text_projection.shape == (64, 32)
     assert set(model.state_dict()) == set(ref.state_dict())
@@ -334,15 +321,15 @@ def test_force_custom_text_is_honoured_as_open_clips_factory_does(tiny_config, t
 def test_other_architecture_options_rebuild_as_open_clip_does(tiny_config, tiny_files, pil_images):
     path = str(tiny_files["open_clip_safetensors"])
     kw = dict(force_image_size=64, force_context_length=32, force_patch_dropout=0.0)
-    model, _, val = _quiet(open_clip.create_model_and_transforms, path, **kw)
-    ref, _, ref_val = _quiet(real_open_clip.create_model_and_transforms, tiny_config, pretrained=path, **kw)
+    model, _, val = quiet(open_clip.create_model_and_transforms, path, **kw)
+    ref, _, ref_val = quiet(real_open_clip.create_model_and_transforms, tiny_config, pretrained=path, **kw)
     ref.eval()
     assert model.visual.image_size == ref.visual.image_size == (64, 64)
     assert model.visual.preprocess_cfg["size"] == (64, 64) and model.positional_embedding.shape[0] == 32
     x = torch.randn(2, 3, 64, 64)
     _compare(model, ref, x, real_open_clip.tokenize(TEXTS, context_length=32))
     assert torch.equal(torch.stack([val(im) for im in pil_images]), torch.stack([ref_val(im) for im in pil_images]))
-    scripted = _quiet(open_clip.create_model, path, jit=True)
+    scripted = quiet(open_clip.create_model, path, jit=True)
     assert isinstance(scripted, torch.jit.ScriptModule)
 
 
@@ -385,13 +372,13 @@ def test_pretrained_hf_is_honoured_for_hf_text_towers(hf_text_folder):
         return model.text.transformer.embeddings.word_embeddings.weight.detach()
 
     for flag in (True, False):
-        ours = _quiet(open_clip.create_model, str(folder), load_weights=False, pretrained_hf=flag)
-        ref = _quiet(real_open_clip.create_model, f"local-dir:{folder}", load_weights=False, pretrained_hf=flag)
+        ours = quiet(open_clip.create_model, str(folder), load_weights=False, pretrained_hf=flag)
+        ref = quiet(real_open_clip.create_model, f"local-dir:{folder}", load_weights=False, pretrained_hf=flag)
         assert type(ours) is real_open_clip.CustomTextCLIP
         assert torch.equal(word_embeddings(ours), hf_weights) is flag
         assert torch.equal(word_embeddings(ref), hf_weights) is flag
     for flag in (True, False):
-        full = _quiet(open_clip.create_model, str(folder), pretrained_hf=flag)
+        full = quiet(open_clip.create_model, str(folder), pretrained_hf=flag)
         assert torch.equal(word_embeddings(full), ckpt_weights)
 
 
@@ -414,7 +401,7 @@ def test_the_embedded_model_is_open_clips_own_module(monkeypatch):
     tokenizer = open_clip.get_tokenizer("clipzoo/tiny-shapes")
     tokens = tokenizer(TEXTS)
     with torch.no_grad():
-        assert _maxdiff(model.encode_text(tokens), plain.encode_text(TEXTS, normalize=False)) <= 1e-5
+        assert maxdiff(model.encode_text(tokens), plain.encode_text(TEXTS, normalize=False)) <= 1e-5
     assert tokenizer(TEXTS, context_length=10).shape == (len(TEXTS), 10)
     quick = open_clip.create_model("clipzoo/tiny-shapes", force_quick_gelu=True)
     assert type(quick) is real_open_clip.CLIP

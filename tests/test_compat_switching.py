@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import http.server
-import json
 import os
 import pickle
 import threading
@@ -29,6 +28,7 @@ with warnings.catch_warnings():
 
 import clipzoo
 import clipzoo.download
+from _compat_common import maxdiff, quiet, register_tiny_config
 from clipzoo.comparator import Comparator
 from clipzoo.compat import clip, mmc
 from clipzoo.compat import open_clip as shim
@@ -40,7 +40,6 @@ from clipzoo.errors import (
     ModelNotCachedError,
     UnsupportedError,
 )
-from clipzoo.testing import tiny
 
 CFG_NAME = "tiny-compat-switching"
 TEXTS = ["a photo of a cat", "<|endoftext|>", "<|startoftext|> hi", "Ünïcödé &amp; emoji 🐈 猫"]
@@ -59,10 +58,7 @@ def reset_active_tokenizer(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory):
     """The tiny config registered with open_clip under its own name (as a user's add_model_config)."""
-    path = tmp_path_factory.mktemp("cfg") / f"{CFG_NAME}.json"
-    path.write_text(json.dumps(tiny.TINY_CONFIG))
-    real_open_clip.add_model_config(str(path))
-    return CFG_NAME
+    return register_tiny_config(real_open_clip, tmp_path_factory.mktemp("cfg"), CFG_NAME)
 
 
 @pytest.fixture(scope="module")
@@ -71,19 +67,9 @@ def pil_images():
     return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in [(48, 64), (70, 33)]]
 
 
-def _quiet(fn, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fn(*args, **kwargs)
-
-
-def _maxdiff(a, b) -> float:
-    return float((a.detach().float() - b.detach().float()).abs().max())
-
-
 def _raised(fn, *args, **kwargs) -> BaseException:
     try:
-        _quiet(fn, *args, **kwargs)
+        quiet(fn, *args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - the test compares what each library raises
         return exc
     raise AssertionError(f"{getattr(fn, '__qualname__', fn)} raised nothing")
@@ -113,17 +99,17 @@ def test_clip_load_of_each_openai_name_is_openais_model(name, tiny_files, pil_im
     target.write_bytes(tiny_files["openai_jit"].read_bytes())
     _vouch_for(monkeypatch, target, url.split("/")[-2])
     assert clip._MODELS[name] == url
-    ref, ref_pre = _quiet(openai_clip.load, name, device="cpu", jit=True, download_root=str(tmp_path))
-    model, preprocess = _quiet(clip.load, name, device="cpu", jit=True, download_root=str(tmp_path))
+    ref, ref_pre = quiet(openai_clip.load, name, device="cpu", jit=True, download_root=str(tmp_path))
+    model, preprocess = quiet(clip.load, name, device="cpu", jit=True, download_root=str(tmp_path))
     assert isinstance(model, torch.jit.ScriptModule)
     pixels = torch.stack([ref_pre(im) for im in pil_images])
     assert torch.equal(torch.stack([preprocess(im) for im in pil_images]), pixels)
     tokens = openai_clip.tokenize(TEXTS)
     assert torch.equal(clip.tokenize(TEXTS), tokens)
     with torch.no_grad():
-        assert _maxdiff(model.encode_image(pixels), ref.encode_image(pixels)) == 0.0
-        assert _maxdiff(model.encode_text(tokens), ref.encode_text(tokens)) == 0.0
-        assert _maxdiff(model(pixels, tokens)[0], ref(pixels, tokens)[0]) == 0.0
+        assert maxdiff(model.encode_image(pixels), ref.encode_image(pixels)) == 0.0
+        assert maxdiff(model.encode_text(tokens), ref.encode_text(tokens)) == 0.0
+        assert maxdiff(model(pixels, tokens)[0], ref(pixels, tokens)[0]) == 0.0
 
 
 def test_clip_load_openai_name_without_jit_is_openais_card(tiny_files, tmp_path, monkeypatch):
@@ -149,8 +135,8 @@ def test_open_clip_precision_casts_as_open_clip(precision, tiny_config, tiny_fil
     """pure_fp16 / pure_bf16 cast every tensor (they left 27 of 62 in float32: norms, embeddings); an unknown
     precision builds float32 as open_clip does (it was UnsupportedError)."""
     path = str(tiny_files["open_clip_safetensors"])
-    ref = _quiet(real_open_clip.create_model, tiny_config, pretrained=path, precision=precision)
-    model = _quiet(shim.create_model, path, precision=precision)
+    ref = quiet(real_open_clip.create_model, tiny_config, pretrained=path, precision=precision)
+    model = quiet(shim.create_model, path, precision=precision)
     assert _dtypes(model) == _dtypes(ref)
     counts = collections.Counter(str(d) for d in _dtypes(model).values())
     if precision.startswith("pure_"):
@@ -166,12 +152,12 @@ def test_image_options_are_recorded_on_the_model_as_open_clip_does(tiny_config, 
     path = str(tiny_files["open_clip_safetensors"])
     expected = {"size": (32, 32), "mode": "RGB", "mean": (0.5, 0.5, 0.5), "std": (0.2, 0.2, 0.2),
                 "interpolation": "bilinear", "resize_mode": "squash", "fill_color": 0}
-    ref, _, ref_val = _quiet(real_open_clip.create_model_and_transforms, tiny_config, pretrained=path, **OVERRIDES)
-    model, _, val = _quiet(shim.create_model_and_transforms, path, **OVERRIDES)
+    ref, _, ref_val = quiet(real_open_clip.create_model_and_transforms, tiny_config, pretrained=path, **OVERRIDES)
+    model, _, val = quiet(shim.create_model_and_transforms, path, **OVERRIDES)
     assert real_open_clip.get_model_preprocess_cfg(model) == real_open_clip.get_model_preprocess_cfg(ref) == expected
     assert torch.equal(torch.stack([val(im) for im in pil_images]), torch.stack([ref_val(im) for im in pil_images]))
-    ref, ref_pre = _quiet(real_open_clip.create_model_from_pretrained, tiny_config, pretrained=path, **OVERRIDES)
-    model, pre = _quiet(shim.create_model_from_pretrained, path, **OVERRIDES)
+    ref, ref_pre = quiet(real_open_clip.create_model_from_pretrained, tiny_config, pretrained=path, **OVERRIDES)
+    model, pre = quiet(shim.create_model_from_pretrained, path, **OVERRIDES)
     assert real_open_clip.get_model_preprocess_cfg(model) == real_open_clip.get_model_preprocess_cfg(ref) == expected
     assert torch.equal(torch.stack([pre(im) for im in pil_images]), torch.stack([ref_pre(im) for im in pil_images]))
 
@@ -180,15 +166,15 @@ def test_preprocess_config_without_options_is_open_clips(tiny_config, tiny_files
     """Exactly open_clip's values, types included: a file's config as open_clip builds it for the architecture
     (tuples), a folder's as ``local-dir:`` reads its JSON (lists); ``size`` the tower's 2-tuple."""
     path = str(tiny_files["open_clip_safetensors"])
-    ref = _quiet(real_open_clip.create_model, tiny_config, pretrained=path)
-    model = _quiet(shim.create_model, path)
+    ref = quiet(real_open_clip.create_model, tiny_config, pretrained=path)
+    model = quiet(shim.create_model, path)
     assert real_open_clip.get_model_preprocess_cfg(model) == real_open_clip.get_model_preprocess_cfg(ref)
     assert real_open_clip.get_model_preprocess_cfg(model)["mean"] == (0.48145466, 0.4578275, 0.40821073)
     folder = str(tiny_files["open_clip_hub"])
-    ref = _quiet(real_open_clip.create_model, f"local-dir:{folder}")
-    model = _quiet(shim.create_model, folder, force_preprocess_cfg={"std": [0.3, 0.3, 0.3]})
-    ref_forced = _quiet(real_open_clip.create_model, f"local-dir:{folder}", force_preprocess_cfg={"std": [0.3] * 3})
-    assert real_open_clip.get_model_preprocess_cfg(_quiet(shim.create_model, folder)) == \
+    ref = quiet(real_open_clip.create_model, f"local-dir:{folder}")
+    model = quiet(shim.create_model, folder, force_preprocess_cfg={"std": [0.3, 0.3, 0.3]})
+    ref_forced = quiet(real_open_clip.create_model, f"local-dir:{folder}", force_preprocess_cfg={"std": [0.3] * 3})
+    assert real_open_clip.get_model_preprocess_cfg(quiet(shim.create_model, folder)) == \
         real_open_clip.get_model_preprocess_cfg(ref)
     assert real_open_clip.get_model_preprocess_cfg(model) == real_open_clip.get_model_preprocess_cfg(ref_forced)
     assert real_open_clip.get_model_preprocess_cfg(model)["size"] == (32, 32)
@@ -199,14 +185,14 @@ def test_get_tokenizer_of_an_openai_layout_file_is_open_clips(tiny_config, tiny_
     """open_clip pairs OpenAI's weights with its own SimpleTokenizer; the shim gave clipzoo's OpenAI tokenizer,
     which reads a literal ``<|endoftext|>`` as the special token (``[49406, 49407, 49407]``)."""
     path = str(tiny_files["openai_state_dict"])
-    tokenizer = _quiet(shim.get_tokenizer, path)
+    tokenizer = quiet(shim.get_tokenizer, path)
     ref = real_open_clip.get_tokenizer(tiny_config)
     assert type(tokenizer) is real_open_clip.tokenizer.SimpleTokenizer
     assert torch.equal(tokenizer(TEXTS), ref(TEXTS))
     assert tokenizer(["<|endoftext|>"])[0, :8].tolist() == [49406, 27, 347, 40786, 4160, 91, 285, 49407]
     assert torch.equal(shim.get_tokenizer(path, context_length=10)(TEXTS),
                        real_open_clip.get_tokenizer(tiny_config, context_length=10)(TEXTS))
-    _quiet(shim.create_model, str(tiny_files["openai_jit"]))  # a created model's tokenizer is the same kind
+    quiet(shim.create_model, str(tiny_files["openai_jit"]))  # a created model's tokenizer is the same kind
     assert type(shim.get_tokenizer(str(tiny_files["openai_jit"]))) is real_open_clip.tokenizer.SimpleTokenizer
 
 
@@ -323,8 +309,8 @@ def test_mmc_loader_gives_mmcs_perceptor_api(mmc_card, tiny_files, pil_images):
     """``Loader.load()`` lacked project_text / project_image / supports_* / modes. Held to mmc's OpenAI loader
     (mmc/loaders/openaicliploader.py): ``projector=model.encode_text, preprocessor=clip.tokenize`` and
     ``projector=model.encode_image, preprocessor=preprocess`` + a batch axis, with openai's clip on the file."""
-    perceptor = _quiet(mmc.REGISTRY.find(publisher="mmcswitch", id="tiny-openai")[0].load)
-    model, preprocess = _quiet(openai_clip.load, str(tiny_files["openai_state_dict"]), device="cpu", jit=False)
+    perceptor = quiet(mmc.REGISTRY.find(publisher="mmcswitch", id="tiny-openai")[0].load)
+    model, preprocess = quiet(openai_clip.load, str(tiny_files["openai_state_dict"]), device="cpu", jit=False)
     assert isinstance(perceptor, Comparator) and isinstance(perceptor, mmc.MultiModalComparator)
     assert perceptor.supports_text and perceptor.supports_image and not perceptor.supports_audio
     assert sorted(perceptor.modes) == ["image", "text"]
@@ -332,9 +318,9 @@ def test_mmc_loader_gives_mmcs_perceptor_api(mmc_card, tiny_files, pil_images):
     with torch.no_grad():
         text = perceptor.project_text("a red circle")
         assert text.shape == (1, 32)
-        assert _maxdiff(text, model.encode_text(openai_clip.tokenize("a red circle"))) <= 1e-5
+        assert maxdiff(text, model.encode_text(openai_clip.tokenize("a red circle"))) <= 1e-5
         image = perceptor.project_image(pil_images[0])
-        assert _maxdiff(image, model.encode_image(preprocess(pil_images[0]).unsqueeze(0))) <= 1e-5
+        assert maxdiff(image, model.encode_image(preprocess(pil_images[0]).unsqueeze(0))) <= 1e-5
         tokens = perceptor.modes["text"]["preprocessor"](TEXTS[:1])
         assert torch.equal(perceptor.project_text(tokens, preprocess=False), perceptor.project_text(TEXTS[0]))
     with pytest.raises(UnsupportedError, match=r"has no audio modality \(it has: image, text\)"):
@@ -350,7 +336,7 @@ def test_mmc_ez_clip_is_openais_api_over_every_model(mmc_card, pil_images):
 
     assert ez_clip is clip
     assert ez_clip.available_models()[:9] == OPENAI_NAMES and mmc_card.alias in ez_clip.available_models()
-    model, preprocess = _quiet(ez_clip.load, mmc_card.alias, "cpu")
+    model, preprocess = quiet(ez_clip.load, mmc_card.alias, "cpu")
     with torch.no_grad():
         logits, _ = model(preprocess(pil_images[0]).unsqueeze(0), ez_clip.tokenize(["a cat", "a dog"]))
     assert logits.shape == (1, 2)
