@@ -174,7 +174,9 @@ def test_precisions(tiny_files, images):
 def test_too_long_text(tiny_files):
     comp = _load(tiny_files["open_clip_hub"])
     long = "word " * 100
-    with pytest.raises(BadTextError, match=r"is 102 tokens, longer than the model's context length 77; shorten it or pass truncate=True"):  # noqa: E501
+    with pytest.raises(BadTextError, match=r"is 102 tokens, longer than the model's context length 77; shorten it, "
+                                           r"pass truncate=True where the call takes it, or load the model with "
+                                           r"long_text='truncate' or 'chunks'$"):
         comp.encode_text(long)
     assert comp.encode_text(long, truncate=True).shape == (1, 32)
     with pytest.raises(BadTextError, match="text 1 is a int"):

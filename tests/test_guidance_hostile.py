@@ -146,7 +146,8 @@ def test_a_long_prompt_follows_the_models_long_text_policy(shapes):
     word, and a model loaded with long_text='chunks' was not honoured (compare was)."""
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     said = (r"^text 'a red circle\. a red circle\. a red circle\. a blue square o\.\.\.' is 59 tokens, longer "
-            r"than the model's context length 24; shorten it or pass truncate=True \(or long_text='chunks'\)$")
+            r"than the model's context length 24; shorten it, pass truncate=True where the call takes it, or load "
+            r"the model with long_text='truncate' or 'chunks'$")
     with pytest.raises(BadTextError, match=said):
         clipzoo.Ensemble([shapes]).loss(x, ["a red circle", LONG])
     with pytest.raises(BadTextError, match=said):  # what compare says

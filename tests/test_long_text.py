@@ -43,7 +43,8 @@ def test_issue20_s4_error_names_the_token_count(model):
     n = n_tokens(LONG)
     assert n > 77
     with pytest.raises(BadTextError, match=rf"is {n} tokens, longer than the model's context length 77; "
-                                           r"shorten it or pass truncate=True \(or long_text='chunks'\)"):
+                                           r"shorten it, pass truncate=True where the call takes it, or load the "
+                                           r"model with long_text='truncate' or 'chunks'$"):
         model.encode_text(LONG)
     with pytest.raises(BadTextError, match=f"is {n} tokens"):
         model.encode_text(LONG, long_text="error")

@@ -26,19 +26,21 @@ from .errors import BadTextError, ClipzooError, UnsupportedError
 from .inputs import (
     batched,
     check_batch_size,
-    check_long_text,
     check_pixel_tensor,
     check_token_tensor,
+    group_means,
     image_items,
     is_float_tensor,
     map_images,
     split_long_text,
     text_items,
+    text_policy,
     to_pil,
 )
 from .modalities import VIDEO, get_modality
 from .pixels import pixel_config, preprocess01
 from .templates import TemplateError, fill_template, template_list  # noqa: F401 (TemplateError re-exported)
+from .tokenizers import token_count
 from .video import encode_by_frames
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
@@ -214,14 +216,13 @@ class Comparator(torch.nn.Module):
                     truncate: bool = False, long_text: str | None = None) -> torch.Tensor:
         """Texts -> features (N, D). A string, a list of strings, or a token tensor from :meth:`tokenize`.
 
-        A text longer than the context follows ``long_text`` (default: the model's :attr:`long_text`, set by
-        ``clipzoo.load(..., long_text=…)``, else ``"error"``): ``"error"`` raises
-        :class:`~clipzoo.errors.BadTextError` with its token count, ``"truncate"`` cuts it (``truncate=True``
-        is the same), ``"chunks"`` splits it at sentence, then word boundaries into pieces that fit, encodes
-        each and returns the mean of their L2-normalised features (renormalised when ``normalize``).
-        """
+        A text longer than the context follows ``long_text`` (``None``: the model's :attr:`long_text`, set by
+        ``clipzoo.load(..., long_text=…)``, else ``"error"``): ``"error"`` raises :class:`~clipzoo.errors.BadTextError`
+        with its token count, ``"truncate"`` cuts it (``truncate=True`` is the same, refused with another
+        ``long_text``), ``"chunks"`` splits it at sentence, word, then character boundaries into pieces that fit,
+        encodes each and returns the mean of their L2-normalised features (renormalised when ``normalize``)."""
         self.require(TEXT)
-        policy = "truncate" if truncate else check_long_text(long_text or self.long_text)
+        policy = text_policy(truncate, long_text, self.long_text)
         if isinstance(texts, torch.Tensor):
             tokens = check_token_tensor(texts, self.context_length)
         elif policy == "chunks":
@@ -238,16 +239,15 @@ class Comparator(torch.nn.Module):
         except BadTextError:
             return False
 
+    def count_tokens(self, text: str) -> int | None:
+        """Tokens ``text`` takes, special ones included; None when the tokenizer gives no count."""
+        return token_count(getattr(self, "tokenizer", None) or getattr(self, "hf_tokenizer", None), text)
+
     def _encode_chunks(self, texts: list[str], normalize: bool, batch_size: int) -> torch.Tensor:
-        pieces = [[t] if self.fits_context(t) else split_long_text(t, self.fits_context) for t in texts]
-        flat = [p for group in pieces for p in group]
-        feats = self._encode_token_rows(self.tokenize(flat, truncate=True), False, batch_size)
-        out, start = [], 0
-        for group in pieces:
-            rows = feats[start:start + len(group)]
-            start += len(group)
-            out.append(rows[0] if len(group) == 1 else F.normalize(rows, dim=-1).mean(dim=0))
-        return self._finish(torch.stack(out), normalize)
+        groups = [[t] if self.fits_context(t) else
+                  split_long_text(t, self.fits_context, self.count_tokens, self.context_length) for t in texts]
+        feats = self._encode_token_rows(self.tokenize([p for g in groups for p in g], truncate=True), False, batch_size)
+        return self._finish(group_means(feats, [len(g) for g in groups]), normalize)
 
     def _encode_token_rows(self, tokens: torch.Tensor, normalize: bool, batch_size: int) -> torch.Tensor:
         batch_size = check_batch_size(batch_size)
@@ -383,14 +383,15 @@ class Comparator(torch.nn.Module):
         return torch.sigmoid(logits) if self.probability == "sigmoid" else logits.softmax(dim=-1)
 
     def classifier(self, labels: Iterable[str], templates: Sequence[str | Callable] | None = None,
-                   truncate: bool = True) -> torch.Tensor:
+                   truncate: bool = False, long_text: str | None = None) -> torch.Tensor:
         """Zero-shot class weights [L, D]: the renormalised mean of normalised template embeddings. A string is
         one label (one template), never its characters; a template string needs a ``{}`` (or ``{label}``) where
-        the label goes — without one every label had the same prompt, and the same probability."""
+        the label goes — without one every label had the same prompt, and the same probability. A prompt longer
+        than the context follows ``truncate`` / ``long_text`` as in :meth:`encode_text` (the model's policy)."""
         labels = text_items([labels] if isinstance(labels, str) else list(labels))
         templates = template_list(templates, self.default_templates)
         prompts = [format_template(t, label) for label in labels for t in templates]
-        feats = self.encode_text(prompts, truncate=truncate).view(len(labels), len(templates), -1)
+        feats = self.encode_text(prompts, truncate=truncate, long_text=long_text).view(len(labels), len(templates), -1)
         return F.normalize(feats.mean(dim=1), dim=-1)
 
     def predict(self, images: Any, labels: Iterable[str], templates: Sequence[str | Callable] | None = None

@@ -110,9 +110,16 @@ HUB_PROBE_TIMEOUT_S = 5.0
 # ---------------------------------------------------------------- texts longer than the context
 LONG_TEXT_POLICIES = ("error", "truncate", "chunks")
 """What encode_text does with a text longer than the model's context: raise (with the token count), cut it, or
-split it at sentence (then word) boundaries, encode each piece and average the normalised features."""
+split it at sentence (then word, then character) boundaries, encode each piece and average the normalised
+features."""
 DEFAULT_LONG_TEXT = "error"
 """clipzoo's own default: a silently cut caption changes search results unnoticed, so the user chooses."""
+COUNTED_TOKENS_MAX = 8192
+"""A too-long text's error names its token count up to this many ("more than 8192 tokens" beyond): a huge text is
+never tokenised whole just to say how long it is."""
+SIDECAR_TEXT_CHARS = 10_000
+"""The most characters of one text an embeddings sidecar lists: a longer text is listed as its beginning and
+``… [N characters]`` (a 100 MB line wrote a 100 MB sidecar)."""
 
 # ---------------------------------------------------------------- cache
 CACHE_ENV = "CLIPZOO_CACHE"

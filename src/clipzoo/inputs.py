@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .constants import LONG_TEXT_POLICIES
+from .constants import COUNTED_TOKENS_MAX, LONG_TEXT_POLICIES, SIDECAR_TEXT_CHARS
 from .errors import BadImageError, BadOptionError, BadTextError
 from .files import NOT_REGULAR, special_file
 from .image_bytes import decode_rgb, within_aspect
@@ -157,17 +157,40 @@ def check_pixel_tensor(x, image_size: int | tuple[int, int] | None):
 
 
 def text_items(texts: Any) -> list[str]:
+    """A text argument as a list of strings (a string is one text); a :class:`BadTextError` for anything else, for
+    no texts, and for a text that is not valid Unicode (:func:`check_unicode`)."""
     if isinstance(texts, str):
-        return [texts]
+        return check_unicode([texts])
     if isinstance(texts, (list, tuple)):
         if not texts:
             raise BadTextError("no texts given; pass a string or a list of strings")
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise BadTextError(f"text {i} is a {type(t).__name__}, not a string; pass strings or a token tensor")
-        return list(texts)
+        return check_unicode(list(texts))
     raise BadTextError(f"cannot use a {type(texts).__name__} as texts; pass a string, a list of strings "
                        "or a token tensor (N, L)")
+
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def shown_text(text: str, width: int = 60) -> str:
+    """``text`` as an error shows it: its repr, cut to about ``width`` characters."""
+    return repr(text if len(text) <= width else text[:width - 3] + "...")
+
+
+def check_unicode(texts: list[str]) -> list[str]:
+    """``texts``, each checked to be valid Unicode: a lone surrogate (what Python makes of bytes that are not
+    UTF-8 in a command-line argument or a file name) is a one-line :class:`BadTextError` naming the text, where
+    the tokenizers failed with a TypeError from deep inside (Hugging Face) or quietly replaced it (CLIP's BPE)."""
+    for i, text in enumerate(texts):
+        found = None if text.isascii() else LONE_SURROGATE.search(text)
+        if found:
+            raise BadTextError(f"text {i} {shown_text(text)} holds a lone surrogate (U+{ord(found.group()):04X} at "
+                               f"character {found.start()}): it is not valid Unicode, as bytes that are not UTF-8 "
+                               "become; pass UTF-8 text")
+    return texts
 
 
 def check_token_tensor(tokens, context_length: "int | None"):
@@ -191,40 +214,162 @@ def check_token_tensor(tokens, context_length: "int | None"):
 
 
 def too_long_error(text: str, n_tokens: int, context_length: int) -> BadTextError:
-    """The error of a text over the context; its ``cli_message`` names the CLI's flags instead of the keywords."""
-    shown = text if len(text) <= 60 else text[:57] + "..."
-    said = f"text {shown!r} is {n_tokens} tokens, longer than the model's context length {context_length}; shorten it"
-    error = BadTextError(f"{said} or pass truncate=True (or long_text='chunks')")
+    """The error of a text over the context; its ``cli_message`` names the CLI's flags instead of the keywords.
+    ``n_tokens`` past :data:`~clipzoo.constants.COUNTED_TOKENS_MAX` is said as "more than" that many."""
+    count = f"more than {COUNTED_TOKENS_MAX}" if n_tokens > COUNTED_TOKENS_MAX else str(n_tokens)
+    said = f"text {shown_text(text)} is {count} tokens, longer than the model's context length {context_length}; " \
+           "shorten it"
+    error = BadTextError(f"{said}, pass truncate=True where the call takes it, or load the model with "
+                         "long_text='truncate' or 'chunks'")
     error.cli_message = f"{said} or pass --long-text truncate (or --long-text chunks)"
     return error
 
 
-def check_long_text(policy: str) -> str:
-    """``policy`` if it is one of :data:`~clipzoo.constants.LONG_TEXT_POLICIES`, else a one-line error."""
-    if policy not in LONG_TEXT_POLICIES:
+def check_long_text(policy: Any) -> str:
+    """``policy`` if it is one of :data:`~clipzoo.constants.LONG_TEXT_POLICIES`, else a one-line error (``""``
+    too: it is not "the model's default", which is ``None``)."""
+    if not isinstance(policy, str) or policy not in LONG_TEXT_POLICIES:
         raise BadTextError(f"long_text={policy!r} is not a policy; use one of {', '.join(LONG_TEXT_POLICIES)}")
     return policy
 
 
-SENTENCE_END = re.compile(r"(?<=[.!?;:。！？])\s+")
+def text_policy(truncate: bool, long_text: "str | None", default: str) -> str:
+    """The long-text policy of a call: ``"truncate"`` for ``truncate=True``, else ``long_text``, else ``default``
+    (the model's). ``truncate=True`` with another ``long_text`` is a contradiction, refused in one line (its
+    ``cli_message`` in the CLI's flags) rather than settled silently."""
+    if long_text is not None:
+        check_long_text(long_text)
+    if truncate and long_text not in (None, "truncate"):
+        error = BadTextError(f"truncate=True contradicts long_text={long_text!r}; pass one of them")
+        error.cli_message = f"--truncate contradicts --long-text {long_text}; pass one of them"
+        raise error
+    return "truncate" if truncate else check_long_text(default if long_text is None else long_text)
 
 
-def split_long_text(text: str, fits: Callable[[str], bool]) -> list[str]:
-    """``text`` in pieces that each ``fits`` the context: whole sentences packed greedily in order; a sentence
-    that does not fit alone is packed word by word; a single word that does not fit is its own piece (the
-    tokenizer then cuts it). Pieces are joined with one space; empty pieces never occur."""
-    units: list[str] = []
-    for sentence in (s.strip() for s in SENTENCE_END.split(text.strip())):
-        if sentence:
-            units.extend([sentence] if fits(sentence) else sentence.split())
-    pieces: list[str] = []
+# a sentence ends at . ! ? ; : before whitespace, or at a full-width mark (CJK writes no space after it) and the
+# closing quotes or brackets after that
+SENTENCE_END = re.compile("[.!?;:](?=\\s)|[\u3002\uff01\uff1f\uff1b\uff1a\uff0e\uff61]"
+                          "[\u300d\u300f\uff09\u3011\u3015\u3009\u300b\u201d\u2019\"')\\]]*")
+UNIT_BYTES_PER_TOKEN = 8  # a unit over 8 UTF-8 bytes per token of the context is split before it is counted
+
+
+def split_long_text(text: str, fits: Callable[[str], bool], count: "Callable[[str], int] | None",
+                    context_length: int) -> list[str]:
+    """``text`` in pieces that each ``fits`` the context, in time linear in the text: whole sentences packed
+    greedily in order; a sentence that does not fit alone is packed word by word, and a word that does not fit
+    alone by runs of characters. ``count`` (tokens of a string, special tokens included; None: its UTF-8 bytes,
+    never fewer than the tokens) is called once per unit, the packing adds counts, and each piece is checked once
+    with ``fits`` (split again should the counts not add up, as they need not across a run without spaces).
+    Sentences end at . ! ? ; : before whitespace and at 。！？ even with none after them (CJK). Pieces are the
+    units joined with one space where the text had whitespace between them, with none where it had none (a run of
+    characters, a CJK sentence); empty pieces never occur."""
+    count = count or (lambda s: len(s.encode("utf-8")) + 2)
+    overhead = count("")
+    budget = max(context_length - overhead, 1)
+    units: list[tuple[str, str, int]] = []  # (what joins it to the unit before, the unit, its tokens)
+    for glue, sentence in sentences(text):
+        n = counted(sentence, count, overhead, context_length)
+        if n is not None and n <= budget:
+            units.append((glue, sentence, n))
+            continue
+        for k, word in enumerate(sentence.split()):
+            n = counted(word, count, overhead, context_length)
+            if n is not None and n <= budget:
+                units.append((" " if k else glue, word, n))
+            else:
+                runs = character_runs(word, max(budget - 1, 1))
+                units.extend(("" if j else " " if k else glue, run, count(run) - overhead)
+                             for j, run in enumerate(runs))
+    pieces: list[list[tuple[str, str, int]]] = []
+    total = 0
     for unit in units:
-        joined = f"{pieces[-1]} {unit}" if pieces else unit
-        if pieces and fits(joined):
-            pieces[-1] = joined
+        if pieces and total + unit[2] <= budget:
+            pieces[-1].append(unit)
+            total += unit[2]
         else:
-            pieces.append(unit)
-    return pieces
+            pieces.append([unit])
+            total = unit[2]
+    return [piece for group in pieces for piece in settle(group, fits)]
+
+
+def sentences(text: str) -> list[tuple[str, str]]:
+    """``(glue, sentence)`` of each non-blank sentence of ``text``: glue ``" "`` when whitespace separates it from
+    the one before, ``""`` when nothing does (after 。)."""
+    out: list[tuple[str, str]] = []
+    start = 0
+    for end in [m.end() for m in SENTENCE_END.finditer(text)] + [len(text)]:
+        chunk, start = text[start:end], end
+        if chunk.strip():
+            out.append((" " if chunk[:1].isspace() else "", chunk.strip()))
+    return out
+
+
+def counted(unit: str, count: Callable[[str], int], overhead: int, context_length: int) -> "int | None":
+    """The tokens of ``unit`` without the special ones; None, uncounted, when it is so long it cannot fit (its BPE
+    would cost more than the context: a long run of letters is quadratic)."""
+    if len(unit) * 4 > UNIT_BYTES_PER_TOKEN * context_length and \
+            len(unit.encode("utf-8")) > UNIT_BYTES_PER_TOKEN * context_length:
+        return None
+    return count(unit) - overhead
+
+
+def character_runs(word: str, max_bytes: int) -> list[str]:
+    """``word`` in consecutive runs of at most ``max_bytes`` UTF-8 bytes (at least one character each): each
+    fits a context of ``max_bytes`` tokens, since a token holds at least one byte."""
+    if word.isascii():
+        return [word[i:i + max_bytes] for i in range(0, len(word), max_bytes)]
+    runs, start, size = [], 0, 0
+    for i, char in enumerate(word):
+        width = len(char.encode("utf-8"))
+        if size + width > max_bytes and i > start:
+            runs.append(word[start:i])
+            start, size = i, 0
+        size += width
+    runs.append(word[start:])
+    return runs
+
+
+def settle(group: "list[tuple[str, str, int]]", fits: Callable[[str], bool]) -> list[str]:
+    """The piece of a packed ``group`` of units, checked once with ``fits``; split in halves while it does not fit
+    (a single unit at its whitespace, else at its middle character)."""
+    piece = group[0][1] + "".join(glue + unit for glue, unit, _ in group[1:])
+    if fits(piece):
+        return [piece]
+    if len(group) > 1:
+        half = len(group) // 2
+        return settle(group[:half], fits) + settle(group[half:], fits)
+    words = piece.split()
+    if len(words) > 1:
+        parts = [(" ", w, 0) for w in words]
+    elif len(piece) > 1:
+        parts = [("", piece[:len(piece) // 2], 0), ("", piece[len(piece) // 2:], 0)]
+    else:
+        return [piece]  # one character over the context: the tokenizer cuts it
+    return settle(parts[:len(parts) // 2], fits) + settle(parts[len(parts) // 2:], fits)
+
+
+def group_means(feats, sizes: "list[int]"):
+    """The rows of ``feats`` in consecutive groups of ``sizes``: a group of one as it is, a larger one the mean of
+    its L2-normalised rows (the features of a text encoded in pieces)."""
+    import torch
+    import torch.nn.functional as F
+
+    out, start = [], 0
+    for n in sizes:
+        rows = feats[start:start + n]
+        start += n
+        out.append(rows[0] if n == 1 else F.normalize(rows, dim=-1).mean(dim=0))
+    return torch.stack(out)
+
+
+def sidecar_text(text: str) -> str:
+    """``text`` as an embeddings sidecar lists it: whole up to :data:`~clipzoo.constants.SIDECAR_TEXT_CHARS`
+    characters, else its beginning and ``… [N characters]``, the whole no longer than that (so listing it again
+    changes nothing)."""
+    if len(text) <= SIDECAR_TEXT_CHARS:
+        return text
+    tail = f"\u2026 [{len(text)} characters]"
+    return text[:SIDECAR_TEXT_CHARS - len(tail)] + tail
 
 
 def real_value(value: Any) -> "int | float | None":

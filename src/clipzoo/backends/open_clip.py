@@ -33,7 +33,7 @@ from ..models.padding_free import encode_text_padding_free, trimmable
 from ..models.pil_transform import PilEvalTransform, supports_transform
 from ..models.plain_clip import build_plain_clip, supports
 from ..models.tokenize import tokenize_checked
-from ..tokenizers import OpenAITokenizer
+from ..tokenizers import OpenAITokenizer, OpenClipTokenizer
 from .open_clip_caption import CaptionMixin
 from .open_clip_plan import Plan, make_plan
 
@@ -134,8 +134,9 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
 
 def load_plain(card: ModelCard, device: str = "cpu") -> "OpenClipComparator | None":
     """The embedded model's open_clip folder built without open_clip or torchvision (the same network, weights,
-    transform and token ids; :mod:`clipzoo.models.plain_clip`), so that loading it imports torch alone; None
-    when the folder's config is not one those modules build."""
+    transform and token ids — open_clip's ``SimpleTokenizer``, as :class:`~clipzoo.tokenizers.OpenClipTokenizer`;
+    :mod:`clipzoo.models.plain_clip`), so that loading it imports torch alone; None when the folder's config is
+    not one those modules build."""
     folder = Path(card.source.path or "")
     config = read_json(folder / "open_clip_config.json")
     model_cfg = config.get("model_cfg")
@@ -147,7 +148,7 @@ def load_plain(card: ModelCard, device: str = "cpu") -> "OpenClipComparator | No
     sd, _ = read_state_dict(folder / "open_clip_model.safetensors")
     model = build_plain_clip(model_cfg, sd, str(folder)).to(torch.device(device))
     model.visual.preprocess_cfg = dict(pre)
-    tokenizer = OpenAITokenizer(context_length=model.context_length)
+    tokenizer = OpenClipTokenizer(context_length=model.context_length)  # open_clip's for this folder, as bf16's
     return OpenClipComparator(card, model, transform=PilEvalTransform.from_config(pre), tokenizer=tokenizer,
                               precision="fp32", model_name=None, model_config=model_cfg, preprocess_config=pre)
 

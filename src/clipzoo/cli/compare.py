@@ -21,6 +21,7 @@ from ._common import (
     print_json,
     user_errors,
 )
+from .embed_args import check_truncate_flag
 
 
 def compare_probabilities(comparator, images, texts, templates=None, truncate: bool = False, modality: str = "image"):
@@ -29,10 +30,11 @@ def compare_probabilities(comparator, images, texts, templates=None, truncate: b
 
     Without templates the texts are compared as given: ``probabilities(score(image, text))`` —
     a softmax over the texts for CLIP, an independent sigmoid per pair for SigLIP. With templates
-    (``"a photo of a {}."``) the texts are labels and this is exactly ``comparator.predict``.
+    (``"a photo of a {}."``) the texts are labels and this is exactly ``comparator.predict``. Either way a text
+    (a prompt) longer than the context follows ``truncate``, else the model's ``long_text`` (``--long-text``).
     """
     if templates:
-        text_features = comparator.classifier(texts, templates, truncate=True)
+        text_features = comparator.classifier(texts, templates, truncate=truncate)
     else:
         text_features = comparator.encode_text(texts, truncate=truncate)
     logits = comparator.score(images, text_features, modality)  # the model's own scorer (BLIP-2: ITC)
@@ -53,7 +55,8 @@ def compare(
         None, "--template", show_default=False,
         help="Treat the texts as labels and average these prompt templates, e.g. 'a photo of a {}.' (repeatable)."),
     truncate: bool = typer.Option(False, "--truncate",
-                                  help="Cut texts longer than the model's context instead of failing."),
+                                  help="Cut texts longer than the model's context instead of failing "
+                                       "(the same as --long-text truncate)."),
     long_text: LongTextOpt = None,
     json_: JsonOpt = False,
     device: DeviceOpt = "auto",
@@ -78,6 +81,7 @@ def compare(
         fail("pass at least one --image PATH (or --audio PATH for an audio–text model)")
     if not text:
         fail("pass at least one --text TEXT")
+    check_truncate_flag(truncate, long_text)
     if template:
         for t in template:
             require_placeholder(t)  # one line: TemplateError is a ClipzooError

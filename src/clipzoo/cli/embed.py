@@ -96,7 +96,7 @@ def embed(
       clipzoo embed MODEL --images 'shards/{00000..00099}.tar' --out shards.npy --runtime int8
       torchrun --nproc_per_node 8 -m clipzoo embed MODEL --images photos/ --out photos.npy
     """
-    image_paths = check_args(more_images, images, batch_size, workers, format_, long_text)
+    image_paths = check_args(more_images, images, batch_size, workers, format_, long_text, truncate)
     runtime = guarded_runtime(runtime, min_cosine)
     check_engine(engine, address, num_workers)
     if engine == "ray":

@@ -10,18 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..inputs import check_long_text
 from ._common import fail
 
-__all__ = ["check_args", "check_one_input", "auto_sample", "index_sample", "WORKERS_HELP"]
+__all__ = ["check_args", "check_one_input", "check_truncate_flag", "auto_sample", "index_sample", "WORKERS_HELP"]
 
 WORKERS_HELP = ("Image decode workers: threads beside an ONNX Runtime model on the CPU, else processes "
                 "[default: CPU count, at most 8; 0: decode in the main process].")
 
 
-def check_args(more_images, images, batch_size, workers, format_="npy", long_text=None) -> list[str]:
-    """The image paths (after --images, and any after them); the counts checked."""
+def check_args(more_images, images, batch_size, workers, format_="npy", long_text=None,
+               truncate: bool = False) -> list[str]:
+    """The image paths (after --images, and any after them); the counts and the long-text flags checked."""
     if format_ != "npy" and long_text is not None:
         fail("--long-text is for --format npy; with --format clip-retrieval use --truncate")
+    check_truncate_flag(truncate, long_text)
     if more_images and not images:
         fail(f"unexpected argument {more_images[0]!r}: image paths go after --images (e.g. --images {more_images[0]})")
     if batch_size is not None and batch_size < 1:
@@ -29,6 +32,15 @@ def check_args(more_images, images, batch_size, workers, format_="npy", long_tex
     if workers is not None and workers < 0:
         fail(f"--workers must be 0 or more, got {workers}")
     return [*(images or []), *(more_images or [])]
+
+
+def check_truncate_flag(truncate: bool, long_text: "str | None") -> None:
+    """``--truncate`` is ``--long-text truncate``: with another ``--long-text`` the two contradict each other, and
+    the run stops in one line before any model loads (``--truncate`` silently won)."""
+    if long_text is not None:
+        check_long_text(long_text)  # --long-text "" is no policy (not the model's default)
+    if truncate and long_text not in (None, "truncate"):
+        fail(f"--truncate contradicts --long-text {long_text}; pass one of them (--truncate is --long-text truncate)")
 
 
 def check_one_input(image_paths, audio, texts) -> None:

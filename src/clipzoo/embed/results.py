@@ -14,6 +14,7 @@ from typing import Any
 from ..cards import TEXT
 from ..errors import ClipzooError
 from ..files import atomic_write, atomic_write_text, check_output_file
+from ..inputs import sidecar_text
 from ..json_text import json_text
 
 __all__ = ["Embeddings", "sidecar_path", "npy_path", "save_embeddings", "check_outputs", "write_sidecar",
@@ -81,8 +82,11 @@ def check_outputs(out: "str | os.PathLike", inputs=()) -> Path:
 
 
 def write_sidecar(npy_path: "str | os.PathLike", metadata: dict[str, Any]) -> Path:
-    """Write the JSON sidecar of ``npy_path`` (whole or not at all)."""
+    """Write the JSON sidecar of ``npy_path`` (whole or not at all); a text longer than
+    :data:`~clipzoo.constants.SIDECAR_TEXT_CHARS` is listed by its beginning (:func:`~clipzoo.inputs.sidecar_text`)."""
     side = sidecar_path(npy_path)
+    if metadata.get("modality") == TEXT:
+        metadata = {**metadata, "inputs": [sidecar_text(t) for t in metadata.get("inputs", [])]}
     atomic_write_text(side, json_text(metadata, indent=1))
     return side
 

@@ -41,7 +41,8 @@ def expand_image_paths(paths: "str | os.PathLike | Iterable[str | os.PathLike]")
 
 def read_texts(path: "str | os.PathLike") -> list[str]:
     """One text per line of a UTF-8 file (lines end at ``\\n``; a ``\\r\\n`` line end is stripped whole, a
-    lone ``\\r`` inside a line kept; blank lines skipped)."""
+    lone ``\\r`` inside a line kept; blank lines skipped; a UTF-8 byte-order mark at its start, as Notepad writes
+    it, is not part of the first text)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ClipzooError(f"texts file {path!r} does not exist; pass a UTF-8 text file with one text per line")
@@ -50,7 +51,7 @@ def read_texts(path: "str | os.PathLike") -> list[str]:
     if special_file(path):
         raise ClipzooError(f"texts file {path!r} {NOT_REGULAR}; pass a UTF-8 text file with one text per line")
     try:  # lines end at \n only (a lone \r inside a caption is part of it), a trailing \r is dropped
-        with open(path, encoding="utf-8", newline="\n") as f:
+        with open(path, encoding="utf-8-sig", newline="\n") as f:
             texts = [line.removesuffix("\n").removesuffix("\r") for line in f]
     except UnicodeDecodeError as exc:
         raise BadTextError(f"texts file {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "

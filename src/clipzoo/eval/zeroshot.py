@@ -54,7 +54,7 @@ def class_weights(model, classnames: Sequence[str],
         return torch.stack(rows)
     templates = [templates] if isinstance(templates, str) else templates  # one template, not its characters
     templates = [_template(t) for t in templates] if templates else None
-    return model.classifier(classnames, templates)
+    return model.classifier(classnames, templates, truncate=True)  # cut as CLIP_benchmark cuts (and the dict above)
 
 
 def _batches(images_or_loader: Any, labels: Any, batch_size: int) -> Iterable[tuple[Any, Any]]:

@@ -7,8 +7,8 @@ wall time importing torch (results/latency.json: ``import torch`` alone ~1.9 s o
 residual blocks with causal multi-head attention and an exact-GELU MLP, the final LayerNorm, the end-of-text
 token's row through the text projection — on the packed ``tiny-shapes.safetensors`` (read with
 ``safetensors.numpy``, the fp16 weights widened as :func:`clipzoo.packing.materialise` widens them), with the
-same tokenizer (:class:`clipzoo.tokenizers.OpenAITokenizer`) and the same long-text policies. Its features
-equal the torch model's within 1e-5 (``tests/test_issue22_numpy_text.py``).
+same tokenizer (open_clip's, :class:`clipzoo.tokenizers.OpenClipTokenizer`) and the same long-text policies. Its
+features equal the torch model's within 1e-5 (``tests/test_issue22_numpy_text.py``).
 
 :func:`embedded_text_tower` gives the tower for a model spec that names an embedded model (its alias, or the
 unpacked folder an index records), else None — the caller then loads the model as usual.
@@ -23,11 +23,11 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from ..catalog.embedded import EMBEDDED, cache_folder, packed_files, packed_meta
-from ..constants import LONG_TEXT_POLICIES
+from ..constants import COUNTED_TOKENS_MAX
 from ..errors import BadTextError, ClipzooError
-from ..inputs import split_long_text, too_long_error
+from ..inputs import split_long_text, text_items, text_policy, too_long_error
 from ..packing import ROWS_KEY
-from ..tokenizers import shared
+from ..tokenizers import shared_open_clip
 
 __all__ = ["NumpyTextTower", "embedded_text_tower", "embedded_name"]
 
@@ -65,7 +65,7 @@ class NumpyTextTower:
         rows = self.w.pop(ROWS_KEY)
         self.table = np.vstack([rows, np.zeros((1, rows.shape[1]))])  # packed rows + one zero row
         self.row_of = {int(t): i for i, t in enumerate(token_ids)}  # token id -> packed row (others: zero row)
-        self.tokenizer = shared()
+        self.tokenizer = shared_open_clip()  # open_clip's, as the torch model's in every precision
 
     @classmethod
     def from_package(cls, name: str) -> "NumpyTextTower":
@@ -81,17 +81,21 @@ class NumpyTextTower:
     # ------------------------------------------------------------------ tokens
     def token_ids(self, text: str, truncate: bool = False) -> list[int]:
         """``[SOT] + BPE + [EOT]`` of one text; longer than the context: cut (last token EOT) when ``truncate``,
-        else the :class:`BadTextError` every clipzoo model raises."""
-        ids = [self.tokenizer.sot_token_id, *self.tokenizer.encode(text), self.tokenizer.eot_token_id]
+        else the :class:`BadTextError` every clipzoo model raises. Tokenised only as far as the context."""
+        tok = self.tokenizer
+        ids = [tok.sot_token_id, *tok.encode(text, self.context_length - 1), tok.eot_token_id]
         if len(ids) > self.context_length:
             if not truncate:
-                raise too_long_error(text, len(ids), self.context_length)
+                raise too_long_error(text, len(tok.encode(text, COUNTED_TOKENS_MAX - 1)) + 2, self.context_length)
             ids = ids[:self.context_length]
-            ids[-1] = self.tokenizer.eot_token_id
+            ids[-1] = tok.eot_token_id
         return ids
 
     def fits_context(self, text: str) -> bool:
-        return len(self.tokenizer.encode(text)) + 2 <= self.context_length
+        return len(self.tokenizer.encode(text, self.context_length - 1)) + 2 <= self.context_length
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text)) + 2
 
     # ------------------------------------------------------------------ network
     def _block(self, i: int, x: np.ndarray) -> np.ndarray:
@@ -118,19 +122,17 @@ class NumpyTextTower:
         x = layer_norm(x, self.w["ln_final.weight"], self.w["ln_final.bias"])
         return x[int(np.argmax(ids))] @ self.w["text_projection"]
 
-    def encode_text(self, texts: "str | list[str]", normalize: bool = True, long_text: str = "error",
+    def encode_text(self, texts: "str | list[str]", normalize: bool = True, long_text: "str | None" = None,
                     truncate: bool = False) -> np.ndarray:
         """Texts -> float32 features (N, D), as the torch model's ``encode_text`` with the same ``long_text``
-        policy (``error``, ``truncate``, ``chunks``)."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        policy = "truncate" if truncate else long_text
-        if policy not in LONG_TEXT_POLICIES:
-            raise ClipzooError(f"long_text must be one of {', '.join(LONG_TEXT_POLICIES)}, got {long_text!r}")
+        policy (``error``, the default, ``truncate``, ``chunks``) and the same errors."""
+        texts = text_items(texts)
+        policy = text_policy(truncate, long_text, "error")
         out = []
         for text in texts:
             if policy == "chunks" and not self.fits_context(text):
-                feats = [self.encode_ids(self.token_ids(p, truncate=True)) for p in split_long_text(text,
-                                                                                                  self.fits_context)]
+                pieces = split_long_text(text, self.fits_context, self.count_tokens, self.context_length)
+                feats = [self.encode_ids(self.token_ids(p, truncate=True)) for p in pieces]
                 out.append(np.mean([f / np.linalg.norm(f) for f in feats], axis=0))
             else:
                 out.append(self.encode_ids(self.token_ids(text, truncate=policy != "error")))

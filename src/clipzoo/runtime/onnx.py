@@ -28,9 +28,10 @@ from ..registry import local_card
 from . import onnx_columns, onnx_export, onnx_vision
 
 FP32_NAMES = ("fp32", "float32", "torch.float32")
-EXPORT_REVISION = 5  # 2: text graphs of causal towers take any length (onnx_columns); 3: fused ViT image graphs
+EXPORT_REVISION = 6  # 2: text graphs of causal towers take any length (onnx_columns); 3: fused ViT image graphs
 # (onnx_vision); 4: ViT patch embedding as a MatMul, LayerNorms unfused, static int8 QAttention; 5: the portable
-# ViT export in standard ops block by block (vit="standard"); keys the export cache
+# ViT export in standard ops block by block (vit="standard"); 6: the embedded model's tokenizer is open_clip's (was
+# OpenAI's at fp32); keys the export cache
 
 
 def apply(card: ModelCard, build: Callable[..., Any], *, device: str, precision: str, cache_dir,

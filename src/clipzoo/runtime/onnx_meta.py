@@ -12,7 +12,7 @@ from ..backends.onnx_format import FORMAT, FORMAT_VERSION, IMAGE_PROCESSOR_DIR, 
 from ..cards import IMAGE, TEXT
 from ..constants import VERSION
 from ..errors import UnsupportedError
-from ..tokenizers import OpenAITokenizer
+from ..tokenizers import OpenAITokenizer, OpenClipTokenizer
 
 PIL_INTERPOLATION = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
@@ -113,6 +113,8 @@ def tokenizer_config(comparator, out: Path) -> dict:
     tokenizer = getattr(comparator, "tokenizer", None)
     if isinstance(tokenizer, OpenAITokenizer):
         return {"kind": "openai", "context_length": ctx}
+    if isinstance(tokenizer, OpenClipTokenizer):  # open_clip's SimpleTokenizer() without open_clip (embedded model)
+        return {"kind": "open_clip_simple", "context_length": ctx, "kwargs": {}}
     text_cfg = (getattr(comparator, "model_config", None) or {}).get("text_cfg", {})
     kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
     from open_clip.tokenizer import HFTokenizer, SimpleTokenizer

@@ -180,10 +180,11 @@ class Service:
 
     # --- model-thread work
     def _classifier(self, labels: tuple, template: str):
-        key = (labels, template)
+        policy = getattr(self.index, "long_text", None)  # a too-long prompt follows it, as a text query does
+        key = (labels, template, policy)
         weights = self._weights.get(key)
         if weights is None:
-            weights = self.model.classifier(list(labels), [template])
+            weights = self.model.classifier(list(labels), [template], long_text=policy)
             self._weights[key] = weights
             while len(self._weights) > 16:
                 self._weights.popitem(last=False)
