@@ -13,6 +13,7 @@ from .constants import COUNTED_TOKENS_MAX, LONG_TEXT_POLICIES, SIDECAR_TEXT_CHAR
 from .errors import BadImageError, BadOptionError, BadTextError
 from .files import NOT_REGULAR, special_file
 from .image_bytes import decode_rgb, within_aspect
+from .json_text import LONE_SURROGATE
 
 
 def load_rgb(source, draft_size: int | None = None):
@@ -170,9 +171,6 @@ def text_items(texts: Any) -> list[str]:
         return check_unicode(list(texts))
     raise BadTextError(f"cannot use a {type(texts).__name__} as texts; pass a string, a list of strings "
                        "or a token tensor (N, L)")
-
-
-LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def shown_text(text: str, width: int = 60) -> str:

@@ -12,12 +12,13 @@ import json
 import re
 from typing import Any
 
-__all__ = ["json_text"]
+__all__ = ["LONE_SURROGATE", "json_text"]
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A lone UTF-16 surrogate: what Python makes of bytes that are not UTF-8 (file names, command-line arguments)."""
 
 
 def json_text(obj: Any, **dumps_options: Any) -> str:
     """``json.dumps(obj, ensure_ascii=False, **dumps_options)`` with every lone surrogate escaped."""
     text = json.dumps(obj, ensure_ascii=False, **dumps_options)
-    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
