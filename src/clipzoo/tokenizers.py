@@ -290,10 +290,11 @@ def bpe_rows(tokenizer, texts: list[str], context_length: int, truncate: bool,
     """The padded LongTensor [N, context_length] of a :func:`is_bpe` tokenizer, each text tokenised only as far as
     the context (ids equal to the whole text's, cut as the originals cut: the first context − 1, then EOT); a
     too-long text raises ``too_long(text)`` (default: OpenAI's RuntimeError) unless ``truncate``."""
+    import numpy as np
     import torch
 
-    result = torch.zeros(len(texts), context_length, dtype=torch.long)
-    for i, text in enumerate(texts):
+    result = np.zeros((len(texts), context_length), dtype=np.int64)  # filled row by row, then one tensor (a
+    for i, text in enumerate(texts):  # torch.tensor per row cost more than the BPE of a short caption)
         body = encode_prefix(tokenizer, text, max(context_length - 1, 0))  # one more than fits: too long or not
         tokens = [tokenizer.sot_token_id, *body, tokenizer.eot_token_id]
         if len(tokens) > context_length:
@@ -303,8 +304,8 @@ def bpe_rows(tokenizer, texts: list[str], context_length: int, truncate: bool,
                 raise RuntimeError(f"Input {texts[i]} is too long for context length {context_length}")
             tokens = tokens[:context_length]
             tokens[-1] = tokenizer.eot_token_id
-        result[i, :len(tokens)] = torch.tensor(tokens)
-    return result
+        result[i, :len(tokens)] = tokens
+    return torch.from_numpy(result)
 
 
 def token_count(tokenizer, text: str, limit: int | None = None) -> int | None:
