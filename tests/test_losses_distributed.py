@@ -81,9 +81,30 @@ def _worker(rank, port, out_dir):
         sl = slice(rank * N // WORLD, (rank + 1) * N // WORLD)
         results = {case: _run(case, x[sl], y[sl], t[sl]) for case in CASES}
         results["protoclip"] = _proto_state(x[sl], y[sl])
+        results["all_gathers"] = _all_gathers_of_one_infonce_step(x[sl], y[sl])
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+def _all_gathers_of_one_infonce_step(x, y) -> dict[str, int]:
+    """How many ``dist.all_gather`` calls one InfoNCE step makes, with and without ``gather_with_grad``."""
+    real, calls = dist.all_gather, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    counts = {}
+    dist.all_gather = counted
+    try:
+        for case in ("infonce_global_gwg", "infonce_global_nograd"):
+            calls.clear()
+            _run(case, x, y, x)
+            counts[case] = len(calls)
+    finally:
+        dist.all_gather = real
+    return counts
 
 
 def _free_port():
@@ -134,3 +155,10 @@ def test_state_identical_on_ranks_and_equal_to_single_process(ranks, single, cas
     for k in ref:
         assert torch.equal(s0[k], s1[k]), k
         torch.testing.assert_close(s0[k], ref[k], rtol=1e-10, atol=1e-12)
+
+
+def test_one_infonce_step_checks_both_features_shapes_in_one_collective(ranks):
+    """The shape check of the image and the text features is one all-gather (it was one each, and an int() per
+    number read synchronised the device each time): two gathers of features and one of shapes a step."""
+    for res in ranks:
+        assert res["all_gathers"] == {"infonce_global_gwg": 3, "infonce_global_nograd": 3}

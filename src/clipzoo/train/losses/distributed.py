@@ -37,20 +37,25 @@ def world_info() -> tuple[int, int]:
 
 
 @torch.no_grad()
-def check_same_shape(x: torch.Tensor) -> None:
-    """Raise, on every rank alike, unless every rank's ``x`` has this rank's rows and size (call it only under
-    ``torch.distributed``): one all-gather of two numbers per gather."""
-    local = torch.tensor([x.shape[0] if x.ndim else 1, x.numel()], dtype=torch.long, device=x.device)
+def check_same_shape(*xs: torch.Tensor) -> None:
+    """Raise, on every rank alike, unless every rank's tensors ``xs`` have this rank's rows and sizes (call it only
+    under ``torch.distributed``): one all-gather of two numbers a tensor and one read of them on the host, however
+    many tensors are checked (:func:`gather_features` checks its image and text features at once)."""
+    local = torch.tensor([n for x in xs for n in (x.shape[0] if x.ndim else 1, x.numel())], dtype=torch.long,
+                         device=xs[0].device)
     shapes = [torch.empty_like(local) for _ in range(dist.get_world_size())]
     dist.all_gather(shapes, local)
-    rows, sizes = [int(s[0]) for s in shapes], [int(s[1]) for s in shapes]
-    if len(set(rows)) > 1:
-        raise LossInputError(f"the ranks hold different local batch sizes {rows} (rank order); every rank needs the "
-                             "same number of samples per step: make the global batch a multiple of the world size "
-                             "and drop the last partial batch")
-    if len(set(sizes)) > 1:
-        raise LossInputError(f"the ranks' features differ in width: {[n // max(r, 1) for n, r in zip(sizes, rows)]} "
-                             "values per sample (rank order); every rank must run the same model")
+    table = torch.stack(shapes).tolist()  # one device-to-host copy (an int() per number synchronised each)
+    for k in range(len(xs)):
+        rows, sizes = [r[2 * k] for r in table], [r[2 * k + 1] for r in table]
+        if len(set(rows)) > 1:
+            raise LossInputError(f"the ranks hold different local batch sizes {rows} (rank order); every rank needs "
+                                 "the same number of samples per step: make the global batch a multiple of the world "
+                                 "size and drop the last partial batch")
+        if len(set(sizes)) > 1:
+            raise LossInputError(f"the ranks' features differ in width: "
+                                 f"{[n // max(r, 1) for n, r in zip(sizes, rows)]} values per sample (rank order); "
+                                 "every rank must run the same model")
 
 
 class _AllGatherGrad(torch.autograd.Function):
@@ -83,6 +88,12 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return x.detach()
     check_same_shape(x)
+    return _gather_checked(x)
+
+
+@torch.no_grad()
+def _gather_checked(x: torch.Tensor) -> torch.Tensor:
+    """:func:`all_gather_no_grad` of a tensor whose shape :func:`check_same_shape` has checked."""
     out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(out, x.detach().contiguous())
     return torch.cat(out, dim=0)
@@ -92,16 +103,18 @@ def gather_features(image_features, text_features, *, local_loss=False, gather_w
     """open_clip's ``gather_features`` (torch.distributed path): global image and text feature matrices.
 
     ``gather_with_grad=True``: every slot carries gradient. Otherwise the gathered copies are detached and, when
-    ``local_loss=False``, this rank's own slot is replaced by its local (gradient-carrying) tensor.
+    ``local_loss=False``, this rank's own slot is replaced by its local (gradient-carrying) tensor. Both features'
+    shapes are checked in one collective.
     """
     if not is_distributed():
         return image_features, text_features
+    check_same_shape(image_features, text_features)
     if gather_with_grad:
-        return all_gather_with_grad(image_features), all_gather_with_grad(text_features)
+        return _AllGatherGrad.apply(image_features), _AllGatherGrad.apply(text_features)
     rank, world = world_info()
     out = []
     for x in (image_features, text_features):
-        parts = list(all_gather_no_grad(x).chunk(world, dim=0))
+        parts = list(_gather_checked(x).chunk(world, dim=0))
         if not local_loss:
             parts[rank] = x
         out.append(torch.cat(parts, dim=0))
