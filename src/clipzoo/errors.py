@@ -94,6 +94,11 @@ def one_line(exc: object, limit: "int | None" = None) -> str:
     return (text[:limit] if limit is not None else text) or type(exc).__name__
 
 
+def shown_text(text: str, width: int = 60) -> str:
+    """``text`` as an error quotes it: its repr, cut to ``width`` characters with ``...`` (a prompt, a template)."""
+    return repr(text if len(text) <= width else text[:width - 3] + "...")
+
+
 def write_refused(path: object, exc: BaseException, *, elsewhere: str = "", kept: str = "") -> ClipzooError:
     """The one line for a write the file system refused: ``no space left`` for a full disk or quota, else (a file
     size limit, a read-only or failing disk, the folder's permissions) what was refused and what to check before

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .constants import COUNTED_TOKENS_MAX, LONG_TEXT_POLICIES, SIDECAR_TEXT_CHARS
-from .errors import BadImageError, BadOptionError, BadTextError
+from .errors import BadImageError, BadOptionError, BadTextError, shown_text
 from .files import NOT_REGULAR, special_file
 from .image_bytes import decode_rgb, within_aspect
 from .json_text import LONE_SURROGATE
@@ -171,11 +171,6 @@ def text_items(texts: Any) -> list[str]:
         return check_unicode(list(texts))
     raise BadTextError(f"cannot use a {type(texts).__name__} as texts; pass a string, a list of strings "
                        "or a token tensor (N, L)")
-
-
-def shown_text(text: str, width: int = 60) -> str:
-    """``text`` as an error shows it: its repr, cut to about ``width`` characters."""
-    return repr(text if len(text) <= width else text[:width - 3] + "...")
 
 
 def check_unicode(texts: list[str]) -> list[str]:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import ClipzooError
+from .errors import ClipzooError, shown_text
 
 __all__ = ["TEMPLATE_FIELD", "TemplateError", "fill_template", "template_parts"]
 
@@ -33,9 +33,8 @@ _ESCAPED_TOKEN = re.compile(r"\{\{|\}\}|\{(?:label|c)?\}|[{}]")
 
 
 def _brace_error(template: str, escapes: bool) -> TemplateError:
-    shown = template if len(template) <= 80 else template[:77] + "..."
-    return TemplateError(f"prompt template {shown!r} has a brace that is not a label placeholder; templates are "
-                         "plain text with '{}' (or '{label}') where the label goes"
+    return TemplateError(f"prompt template {shown_text(template, 80)} has a brace that is not a label placeholder; "
+                         "templates are plain text with '{}' (or '{label}') where the label goes"
                          + (" and '{{' / '}}' for a literal brace" if escapes else ""))
 
 
@@ -71,8 +70,8 @@ def require_placeholder(template: str, escapes: bool = False) -> str:
     a :class:`TemplateError` otherwise — without one every label gets the same prompt, and the same score. The
     one check of the library, the CLI and the service."""
     if len(template_parts(template, escapes)) < 2:
-        shown = template if len(template) <= 80 else template[:77] + "..."
-        raise TemplateError(f"prompt template {shown!r} has no '{{}}' where the label goes; e.g. 'a photo of a {{}}.'")
+        raise TemplateError(f"prompt template {shown_text(template, 80)} has no '{{}}' where the label goes; "
+                            "e.g. 'a photo of a {}.'")
     return template
 
 
