@@ -6,11 +6,11 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from ..datasets.shards import ListShard
+from ..errors import warn_user
 from ..files import check_output_file, inside
 from .plots import (
     per_class_recall,
@@ -56,7 +56,7 @@ def save_task_result(result, path: "str | os.PathLike", plots: bool = True,
             classnames = [str(i) for i in range(num_classes)]
         task = result.record["task"]
         if (why := too_many_classes(len(classnames))) is not None:
-            say = note or (lambda m: warnings.warn(m, UserWarning, stacklevel=3))
+            say = note or warn_user
             say(f"{names['confusion'].name} and {names['per_class'].name} not drawn: {why}")
         else:
             written.append(plot_confusion_matrix(targets, preds, classnames, names["confusion"],

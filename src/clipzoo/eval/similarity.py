@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import DatasetError, EvalInputError, MissingExtraError
+from ..errors import DatasetError, EvalInputError, MissingExtraError, warn_user
 from .metrics import as_tensor
 from .text_retrieval import numbered_lines as _lines
 
@@ -187,8 +187,8 @@ def similarity_metrics(features_a: Any, features_b: Any, scores: Any) -> dict[st
     # the double sum), and those differences were ranked — spearman 0.94 for pairs that all scored cosine 1
     cos = (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(dim=1).float().double().numpy()
     if bool((y == y[0]).all()):  # the file's fault, said once in words (the model's equal cosines: NaN, silently)
-        warnings.warn(f"similarity: every human score is {float(y[0]):g}; Spearman and Pearson are undefined "
-                      "(NaN) — check the score column", RuntimeWarning, stacklevel=2)
+        warn_user(f"similarity: every human score is {float(y[0]):g}; Spearman and Pearson are undefined (NaN) — "
+                  "check the score column", RuntimeWarning)
     with warnings.catch_warnings():  # a constant input: NaN, said once above
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
