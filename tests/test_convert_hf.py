@@ -367,3 +367,26 @@ def test_siglip_refusals(siglip_tokenizer_folder):
         open_clip_to_hf_siglip(sd, bad, source="s")
     assert str(err.value) == ("s: vision_cfg.timm_pool = 'map', timm_proj = 'linear': HF's SiglipModel needs the MAP "
                               "head ('map') and no projection ('none')")
+
+
+
+@pytest.mark.parametrize("edit, expected", [
+    ({"do_normalize": False}, {"mean": [0.0] * 3, "std": [1.0] * 3, "resize_mode": "shortest"}),
+    ({"image_mean": 0.5, "image_std": 0.25}, {"mean": [0.5] * 3, "std": [0.25] * 3, "resize_mode": "shortest"}),
+    ({"size": {"height": 32, "width": 32}, "do_center_crop": False, "resample": 2},
+     {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD), "resize_mode": "squash", "interpolation": "bilinear"}),
+], ids=["no_normalize", "one_number_mean", "squash_bilinear"])
+def test_hf_to_open_clip_keeps_what_the_processor_does(tmp_path, edit, expected):
+    """The open_clip form's preprocessing is what the HF processor hands the model, read as the [0, 1] path reads
+    it (``pixels.processor_preprocess``): without normalisation the processor's mean and std were written anyway,
+    and a one-number mean (which transformers takes for all channels) was a TypeError."""
+    from clipzoo.convert import convert
+
+    cfg = {**copy.deepcopy(TINY_CONFIG), "quick_gelu": True}
+    config, hf_sd = open_clip_to_hf_clip(tiny_model(3, cfg).state_dict(), cfg)
+    folder = save_hf_clip(tmp_path / "hf", config, hf_sd, 32, OPENAI_MEAN, OPENAI_STD, 77)
+    pre_file = folder / "preprocessor_config.json"
+    pre_file.write_text(json.dumps({**json.loads(pre_file.read_text()), **edit}))
+    out = convert(folder, tmp_path / "oc", "open_clip")
+    pre = json.loads((out / "open_clip_config.json").read_text())["preprocess_cfg"]
+    assert pre == {"size": [32, 32], "interpolation": "bicubic", **expected}

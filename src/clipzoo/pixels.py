@@ -128,6 +128,16 @@ def _pixel_config(comparator) -> PixelConfig:
                        resize_to=None if resize_to == size else resize_to)
 
 
+def processor_preprocess(processor: Any) -> dict[str, Any]:
+    """What an HF image (or video) processor does, as open_clip's preprocessing config: ``size`` (H, W) of what
+    it hands the model, and ``mean`` / ``std`` on [0, 1] pixels, ``interpolation``, ``resize_mode`` where it says
+    them — the one reading of a processor behind the [0, 1] path, conversion to open_clip and video frame sizes."""
+    found: dict[str, Any] = {}
+    size = _processor_facts(processor, found)
+    found.pop("resize_to", None)
+    return {"size": size, **found} if size is not None else found
+
+
 def _processor_facts(processor: Any, found: dict[str, Any]) -> tuple[int, int] | None:
     """What an HF image processor does, put into ``found`` where not known already; returns its output size.
 

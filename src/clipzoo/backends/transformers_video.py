@@ -28,6 +28,7 @@ from ..constants import MAX_ALL_FRAMES
 from ..errors import CheckpointError, ClipzooError, UnsupportedError
 from ..modalities import VIDEO
 from ..models.tokenize import tokenize_with
+from ..pixels import processor_preprocess
 from ..video import load_video, probe, read_frames, video_items
 from .hf_video_families import VIDEO_TABLE, VideoFamilySpec
 from .transformers import (
@@ -182,11 +183,10 @@ def pe_av_frames_of(card: ModelCard, processor) -> "int | None":
 
 
 def frame_size_of(processor) -> "int | None":
+    """The side of the frames the processor hands the model (its centre crop where it crops, else its resize)."""
     proc = getattr(processor, "video_processor", None) or getattr(processor, "image_processor", None)
-    size = getattr(proc, "crop_size", None) or getattr(proc, "size", None) or {}
-    size = dict(size) if not isinstance(size, int) else {"height": size}
-    side = size.get("height") or size.get("shortest_edge")
-    return int(side) if side else None
+    size = processor_preprocess(proc).get("size") if proc is not None else None
+    return int(size[0]) if size else None
 
 
 def context_of(model, tokenizer, card: ModelCard, override: int | None) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..constants import OPENAI_MEAN, OPENAI_STD, SIGLIP_MEAN, SIGLIP_STD
 from ..errors import UnsupportedError
+from ..pixels import processor_preprocess
 from .form import OpenClipForm
 from .hf_clip import hf_clip_to_open_clip, infer_open_clip_config, open_clip_to_hf_clip, save_hf_clip
 from .hf_siglip import hf_siglip_to_open_clip, is_siglip_config, open_clip_to_hf_siglip, save_hf_siglip
@@ -22,9 +23,6 @@ __all__ = [
     "save_hf_clip", "open_clip_to_hf_siglip", "hf_siglip_to_open_clip", "save_hf_siglip", "is_siglip_config",
     "write_hf", "open_clip_form_of_hf",
 ]
-
-PIL_RESAMPLE_NAMES = {3: "bicubic", 2: "bilinear", 0: "nearest", 1: "lanczos"}
-
 
 def write_hf(form: OpenClipForm, dst: "str | os.PathLike", tokenizer=None) -> Path:
     """``clipzoo convert … --to hf``: an :class:`~clipzoo.convert.form.OpenClipForm` as a save_pretrained folder."""
@@ -72,11 +70,8 @@ def open_clip_form_of_hf(comparator) -> OpenClipForm:
     ip = getattr(comparator, "image_processor", None)
     pre: dict[str, Any] = {}
     if ip is not None:
-        size, crop = getattr(ip, "size", None) or {}, getattr(ip, "crop_size", None) or {}
-        center = bool(getattr(ip, "do_center_crop", False))
-        side = (crop.get("height") if center else None) or size.get("height") or size.get("shortest_edge")
-        pre = {"size": side, "mean": list(ip.image_mean), "std": list(ip.image_std),
-               "interpolation": PIL_RESAMPLE_NAMES.get(int(ip.resample), "bicubic"),
-               "resize_mode": "shortest" if "shortest_edge" in size else "squash"}
+        pre = processor_preprocess(ip)
+        if pre.get("size") is not None:
+            pre["size"] = pre["size"][0] if pre["size"][0] == pre["size"][1] else list(pre["size"])
     sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
     return OpenClipForm(sd, cfg, pre, alias)
