@@ -351,6 +351,14 @@ def test_similarity_refuses_scores_that_are_no_finite_number(tmp_path):
     assert [str(w.message) for w in caught] == ["similarity: every human score is 1; Spearman and Pearson are "
                                                 "undefined (NaN) — check the score column"]
     assert m["spearman"] != m["spearman"] and m["pearson"] != m["pearson"]  # NaN
+    same = torch.randn(4, 8)
+    with warnings.catch_warnings(record=True) as caught:  # the model's equal cosines were NaN without a word
+        warnings.simplefilter("always")
+        m = similarity_metrics(same, same * 2, [1.0, 2.0, 3.0, 4.0])
+    assert [str(w.message) for w in caught] == ["similarity: the model gives every pair the same cosine (1); "
+                                                "Spearman and Pearson are undefined (NaN) — are the two texts of "
+                                                "each pair the same?"]
+    assert m["spearman"] != m["spearman"] and m["pearson"] != m["pearson"]  # NaN
 
 
 def test_knn_temperature_must_be_above_zero_in_the_library():

@@ -186,9 +186,12 @@ def similarity_metrics(features_a: Any, features_b: Any, scores: Any) -> dict[st
     # rounded to float32, the features' own precision: identical pairs' cosines differed by 1e-16 (a rounding of
     # the double sum), and those differences were ranked — spearman 0.94 for pairs that all scored cosine 1
     cos = (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(dim=1).float().double().numpy()
-    if bool((y == y[0]).all()):  # the file's fault, said once in words (the model's equal cosines: NaN, silently)
+    if bool((y == y[0]).all()):  # a constant input gives NaN: said once, in words, whose fault it is
         warn_user(f"similarity: every human score is {float(y[0]):g}; Spearman and Pearson are undefined (NaN) — "
                   "check the score column", RuntimeWarning)
+    elif bool((cos == cos[0]).all()):
+        warn_user(f"similarity: the model gives every pair the same cosine ({cos[0]:.6g}); Spearman and Pearson are "
+                  "undefined (NaN) — are the two texts of each pair the same?", RuntimeWarning)
     with warnings.catch_warnings():  # a constant input: NaN, said once above
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
