@@ -143,3 +143,16 @@ MAX_PLOT_CLASSES = 1000
 """The per-class plots of a result (confusion matrix, per-class accuracy bars) are drawn up to this many classes
 (ImageNet-1k's 1000: about 11 s and 1 GB for the matrix); past it they are left out with one line saying so — the
 matrix's cells grow with the square of the classes, and at ImageNet-21k's 21,841 either plot ran for many minutes."""
+
+# ---------------------------------------------------------------- service: request bodies and URL fetches
+MAX_JSON_VALUES = 131_072
+"""Most values (commas outside strings) a JSON request body may hold: twice the longest list a route takes (an
+embedding of 65,536 numbers). A 14 MB body of 3.7 M numbers took 1.5 s to parse and 700 MB; it is now a 413."""
+JSON_INLINE_BYTES = 64 * 1024
+"""A JSON body up to this size is parsed on the event loop (a few milliseconds at most); a larger one in a worker
+thread, so a big body never holds up other requests."""
+BODY_PARSE_SLOTS = 2
+"""Large JSON bodies parsed at once in the whole server (the rest wait, without blocking the event loop)."""
+URL_FETCH_SLOTS = 8
+"""``image_url`` fetches at once in the whole server; one more is a 503, so slow hosts cannot take the worker
+threads that decode uploads and make thumbnails."""

@@ -8,6 +8,11 @@ follow-up (``then``: e.g. the index search with its row) runs on the model threa
 batch costs one trip to the model thread. The next batch is formed when the model is free again, so
 requests that arrived during a model call are batched together instead of queueing one by one.
 
+A batch whose model call fails on a request's input (a :class:`~clipzoo.errors.ClipzooError`: a text too long
+for the context, …) is encoded again one request at a time in the same job: the request that caused it gets its
+own error, the others their rows — one client's input never fails, or shows up in, another's answer. Any other
+failure (the model's, not an input's) fails every request of the batch.
+
 Rows are what one-at-a-time encoding gives: towers embed each input independently (texts padded to
 the model's fixed context, images preprocessed one by one), so only float rounding differs (≤ 1e-6,
 ``tests/test_serve_batching.py``). ``max_batch=1`` is unbatched: each request is its own model job.
@@ -162,7 +167,12 @@ class Batcher:
         thens = [item.then for item in batch]
 
         def job() -> list[tuple[bool, Any]]:
-            feats = queue.encode(flat)
+            try:
+                feats = queue.encode(flat)
+            except ClipzooError:  # one request's input (a text too long, …): each request alone, so it fails alone
+                if len(batch) == 1:
+                    raise
+                return [_alone(queue.encode, item.inputs, item.then) for item in batch]
             out, start = [], 0
             for n, then in zip(sizes, thens):
                 try:
@@ -175,7 +185,7 @@ class Batcher:
         self.running += 1
         try:
             results = await self.run(queue.op, job)
-        except BaseException as exc:  # the model call itself failed (or was shed): every request gets it
+        except BaseException as exc:  # the model failed (not a request's input), or the job was shed: all get it
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
@@ -202,3 +212,13 @@ class Batcher:
 
 def _finish(rows: Any, then: "Callable[[Any], Any] | None") -> Any:
     return rows if then is None else then(rows)
+
+
+def _alone(encode: Callable[[list], Any], inputs: Sequence[Any],
+           then: "Callable[[Any], Any] | None") -> tuple[bool, Any]:
+    """One request of a batch that failed on a request's input, encoded by itself: ``(True, its result)``, or
+    ``(False, its own error)`` — so another request's bad input never reaches it."""
+    try:
+        return True, _finish(encode(list(inputs)), then)
+    except Exception as exc:
+        return False, exc

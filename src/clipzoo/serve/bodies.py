@@ -9,16 +9,21 @@ A file's bytes go aside (the route reads them with :func:`uploads`; the model
 sees a placeholder), and a list field may be sent repeated, as a JSON list, or one item per line (or
 comma). :func:`form_doc` documents the form on the route (``openapi_extra``).
 
-The route keeps the service's own answers for a body that is empty or not JSON (400) and for a file in a
-field that takes none (422); like FastAPI's validation errors they are answered after the token check
-(the dependency :func:`body_problem`).
+The route keeps the service's own answers for a body that is empty or not JSON (400), holds more than
+:data:`~clipzoo.constants.MAX_JSON_VALUES` values (413), and for a file in a field that takes none (422); like
+FastAPI's validation errors they are answered after the token check (the dependency :func:`body_problem`).
+A body over :data:`~clipzoo.constants.JSON_INLINE_BYTES` is parsed in a worker thread (at most
+:data:`~clipzoo.constants.BODY_PARSE_SLOTS` at once), and every check of it is linear and runs in C (regular
+expressions, ``str.count``), so a large body never holds up the event loop.
 """
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -26,6 +31,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope
 
+from ..constants import BODY_PARSE_SLOTS, JSON_INLINE_BYTES, MAX_JSON_VALUES
 from ..errors import one_line
 
 UPLOAD = "\0upload"
@@ -35,6 +41,13 @@ UPLOADS_KEY = "clipzoo.uploads"
 PROBLEM_KEY = "clipzoo.body_problem"
 MAX_FORM_FILES = 8
 MAX_FORM_FIELDS = 256
+PARSE_LIMITER = CapacityLimiter(BODY_PARSE_SLOTS)
+"""The worker threads large JSON bodies are parsed in (their own: the default pool decodes images)."""
+_ANY_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_PLAIN_STRING = re.compile(r'"[^"]*"')  # a string once its escapes are gone: no quote or backslash inside
+_ESCAPED_BACKSLASH = re.compile(r"\\\\")
+_SURROGATE_PAIR = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 async def uploads(request: Request) -> dict[str, bytes]:
@@ -100,7 +113,11 @@ async def as_json(request: Request, model: "type[BaseModel] | None") -> ParsedRe
             raw = json.dumps(data).encode()
         else:
             raw = await request.body()
-            data = read_json(raw, getattr(model, "__name__", "an object"))
+            name = getattr(model, "__name__", "an object")
+            if len(raw) <= JSON_INLINE_BYTES:
+                data = read_json(raw, name)
+            else:  # off the event loop: other requests are answered meanwhile
+                data = await to_thread.run_sync(read_json, raw, name, limiter=PARSE_LIMITER)
     except StarletteHTTPException as exc:  # answered after the token check
         return ParsedRequest({**request.scope, PROBLEM_KEY: exc}, b"", None, request.receive)
     headers = [(k, v) for k, v in request.scope["headers"] if k not in (b"content-type", b"content-length")]
@@ -118,35 +135,74 @@ def read_json(raw: bytes, model_name: str) -> Any:
     except UnicodeDecodeError as exc:
         raise StarletteHTTPException(422, f"the request body is not valid UTF-8 (byte {exc.start}); send JSON "
                                           "encoded as UTF-8") from None
+    values = json_values(text)
+    if values > MAX_JSON_VALUES:
+        raise StarletteHTTPException(413, f"the request body holds more than {MAX_JSON_VALUES:,} JSON values; "
+                                          "no route takes that many")
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise StarletteHTTPException(400, f"the request body is not valid JSON ({one_line(exc)})") from None
-    where = lone_surrogate(data)
+    where = lone_surrogate(data) if has_lone_surrogate(text) else None
     if where is not None:
         raise StarletteHTTPException(422, f"invalid request: {where}: a string holds a lone surrogate "
                                           "(\\ud800-\\udfff escape without its pair); send valid Unicode")
     return data
 
 
+def json_values(text: str) -> int:
+    """About how many values JSON ``text`` holds: its commas outside strings, plus one (an upper bound on the
+    values of valid JSON but for nesting, which the parser bounds). Linear, in C: ``str.count``, and only when
+    that count is over the limit, two regular expressions that never go back (escapes out, then strings)."""
+    commas = text.count(",")
+    if commas > MAX_JSON_VALUES:
+        commas = _PLAIN_STRING.sub("", _ANY_ESCAPE.sub("_", text)).count(",")
+    return commas + 1
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """Whether JSON ``text`` (valid, and valid UTF-8: any surrogate in it is an escape) escapes a lone UTF-16
+    surrogate. Linear, in C: escaped backslashes, then the surrogate pairs, are replaced left to right — as
+    ``json.loads`` reads them — and any surrogate escape left is a lone one."""
+    if _SURROGATE_ESCAPE.search(text) is None:
+        return False
+    text = _SURROGATE_PAIR.sub("_", _ESCAPED_BACKSLASH.sub("_", text))
+    return _SURROGATE_ESCAPE.search(text) is not None
+
+
 def lone_surrogate(data: Any) -> str | None:
-    """Where in parsed JSON a string (value or key) holds a lone UTF-16 surrogate, or None."""
+    """Where in parsed JSON a string (value or key) holds a lone UTF-16 surrogate, or None. A list's numbers are
+    skipped and an element's place written only once found, so a body of millions of values costs no string each."""
     stack: list[tuple[str, Any]] = [("body", data)]
     while stack:
         where, value = stack.pop()
         if isinstance(value, str):
-            if not value.isascii():
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError:
-                    return where
+            if _lone(value):
+                return where
         elif isinstance(value, dict):
             for key, item in value.items():
-                stack.append((f"{where} (a key)", key))
-                stack.append((f"{where}.{key}" if key.isascii() else where, item))
+                if _lone(key):
+                    return f"{where} (a key)"
+                if isinstance(item, (str, dict, list)):
+                    stack.append((f"{where}.{key}" if key.isascii() else where, item))
         elif isinstance(value, list):
-            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+            for i, item in enumerate(value):
+                if isinstance(item, str):
+                    if _lone(item):
+                        return f"{where}[{i}]"
+                elif isinstance(item, (dict, list)):
+                    stack.append((f"{where}[{i}]", item))
     return None
+
+
+def _lone(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
 
 
 async def read_form(request: Request, files: tuple[str, ...], lists: tuple[str, ...],

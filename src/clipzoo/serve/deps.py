@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ClipzooError, NotFoundError
 from . import bodies
-from .limits import check_template, check_texts
+from .limits import check_labels, check_template, check_texts
 from .middleware import bearer_problem
 from .schemas import ClassifyRequest, EmbedRequest, RankRequest
 from .state import Service
@@ -69,10 +69,10 @@ class Classification:
 
 
 async def classify_request(body: ClassifyRequest, service: ServiceDep) -> Classification:
-    """The /classify body with the request's labels (checked) or the server's vocabulary, and the checked
-    template."""
+    """The /classify body with the request's labels (checked: each once, as in a vocabulary file) or the server's
+    vocabulary, and the checked template."""
     if body.labels is not None:
-        labels, source = tuple(check_texts(body.labels, "labels")), "request"
+        labels, source = tuple(check_labels(body.labels)), "request"
     elif service.vocabulary:
         labels, source = tuple(service.vocabulary), "server"
     else:

@@ -8,7 +8,10 @@ substituted, literally; any other brace, and a template over :data:`MAX_TEMPLATE
 """
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
+
+import numpy as np
 
 from ..constants import (  # noqa: F401 (re-exported)
     DEFAULT_BODY_TIMEOUT_S,
@@ -84,3 +87,33 @@ def check_template(template: str) -> str:
     if len(template) > MAX_TEMPLATE_CHARS:
         raise TemplateError(f"template is {len(template)} characters, more than the limit of {MAX_TEMPLATE_CHARS}")
     return require_placeholder(template)
+
+
+def check_labels(labels: Sequence[str]) -> list[str]:
+    """``labels`` checked as texts (:func:`check_texts`) and each given once — also once in Unicode NFC, where two
+    spellings of one word would split its probability — as a vocabulary file must be (else 400)."""
+    labels = check_texts(labels, "labels")
+    seen: dict[str, str] = {}
+    for label in labels:
+        key = unicodedata.normalize("NFC", label)
+        first = seen.setdefault(key, label)
+        if first is not label:
+            again = "" if first == label else f" (also as {label!r}: the same text in another Unicode form)"
+            raise ClipzooError(f"labels lists {first!r} more than once{again}; keep each label once")
+    return labels
+
+
+def query_vector(values: Sequence[float], dim: int, field: str, model_name: str) -> np.ndarray:
+    """A query vector sent as numbers -> float32 of length 1, normalised in float64 first: finite numbers of any
+    scale (1e308, 1e-46) keep their direction, where a float32 cast overflowed to infinity or underflowed to 0.
+    A 400 that says what is wrong: the wrong length, a value that is not finite, all zeros."""
+    if len(values) != dim:
+        raise ClipzooError(f"{field} has {len(values)} values; this index's model ({model_name}) makes {dim}")
+    vector = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(vector)):
+        raise ClipzooError(f"{field} holds a value that is not a finite number (NaN or infinity)")
+    scale = float(np.abs(vector).max())
+    if scale == 0.0:
+        raise ClipzooError(f"{field} is all zeros: it has no direction to search by")
+    vector = vector / scale  # the largest value is ±1: the norm can neither overflow nor underflow
+    return (vector / np.linalg.norm(vector)).astype(np.float32)

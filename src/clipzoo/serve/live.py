@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadImageError, ClipzooError, NotFoundError
+from ..errors import ClipzooError, NotFoundError
 from ..image_bytes import ImageTooLargeError
 from ..index import open_index
 from ..index.build import default_vector_options
@@ -30,26 +30,13 @@ from ..index.folder import INDEX_SUFFIXES, MAX_CAPTION_BYTES, file_problem, insi
 from ..index.generations import POINTER, VECTORS_DIR, publish, read_pointer
 from ..index.lock import IndexLock
 from ..index.manifest import durable_write
+from .uploads import UPLOAD_DIR, forget_upload, record_upload, upload_suffix, write_caption
 
 __all__ = ["LiveIndex", "UPLOAD_DIR", "upload_suffix"]
 
 log = logging.getLogger("clipzoo.serve")
 
-UPLOAD_DIR = "uploads"
-"""Where ``POST /items`` puts uploaded files, inside the indexed folder (a partition of its own)."""
 WRITE_LOCK_TIMEOUT_S = 30.0
-_MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"GIF87a", ".gif"), (b"GIF89a", ".gif"),
-          (b"BM", ".bmp"))
-
-
-def upload_suffix(data: bytes) -> str:
-    """The file suffix of an uploaded image's format (by its first bytes); BadImageError for others."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ".webp"
-    for magic, suffix in _MAGIC:
-        if data.startswith(magic):
-            return suffix
-    raise BadImageError("the upload is not a PNG, JPEG, WebP, GIF or BMP image; an index takes only those")
 
 
 class LiveIndex:
@@ -142,8 +129,9 @@ class LiveIndex:
         return rel, data
 
     def add(self, rel: str | None, data: bytes, vector: np.ndarray, caption: str | None) -> dict[str, Any]:
-        """Commit one item (an upload when ``rel`` is None: saved under ``uploads/``), publish, switch.
-        Runs in a worker thread; returns ``{"id", "relpath", "generation"}``."""
+        """Commit one item (an upload when ``rel`` is None: saved under ``uploads/``, with its caption file or
+        none, and recorded as the service's: :mod:`.uploads`), publish, switch. Runs in a worker thread; returns
+        ``{"id", "relpath", "generation"}``."""
         index = self._require_index()
         if not np.all(np.isfinite(vector)):
             raise ClipzooError("the model gave non-finite values for this image; it was not added")
@@ -151,31 +139,29 @@ class LiveIndex:
             raise ClipzooError(f"the caption is over {MAX_CAPTION_BYTES // 1024} KB; send a shorter one")
         root = Path(self.service.index.root)
         sha = hashlib.sha256(data).hexdigest()
-        with self._write, IndexLock(index, wait=True, timeout=WRITE_LOCK_TIMEOUT_S):
+        with self._write, IndexLock(index, wait=True, timeout=WRITE_LOCK_TIMEOUT_S), \
+                EmbeddingStore(index, create=True) as store:
             if rel is None:
                 rel = f"{UPLOAD_DIR}/{sha[:24]}{upload_suffix(data)}"
+                record_upload(store, rel, sha, caption is not None)  # before its row: a row's file is known
                 durable_write(root / rel, lambda f: f.write(data))
-                if caption is not None:
-                    durable_write((root / rel).with_suffix(".txt"), lambda f: f.write(caption.encode()))
+                write_caption(root / rel, caption)
             st = (root / rel).stat()
             row = ItemRow(rel, st.st_size, st.st_mtime_ns, sha, caption, partition_of(rel))
-            with EmbeddingStore(index, create=True) as store:
-                (item_id,) = store.add([row], np.asarray(vector, np.float32)[None])
-                self._publish(store)
+            (item_id,) = store.add([row], np.asarray(vector, np.float32)[None])
+            self._publish(store)
             return {"id": int(item_id), "relpath": rel, "generation": int(self.service.index.generation)}
 
     def delete(self, item_id: int) -> dict[str, Any]:
-        """Remove one item (and its file when it was uploaded), publish, switch."""
+        """Remove one item (and its file when the service wrote it: an upload recorded in :mod:`.uploads`, never a
+        file of the user's, whatever its folder), publish, switch."""
         index = self._require_index()
-        with self._write, IndexLock(index, wait=True, timeout=WRITE_LOCK_TIMEOUT_S):
-            with EmbeddingStore(index, create=True) as store:
-                item = store.item(item_id)
-                store.remove_ids([item_id])
-                self._publish(store)
-            if item["relpath"].startswith(UPLOAD_DIR + "/"):  # ours: uploaded through POST /items
-                for p in (Path(self.service.index.root) / item["relpath"],):
-                    p.unlink(missing_ok=True)
-                    p.with_suffix(".txt").unlink(missing_ok=True)
+        with self._write, IndexLock(index, wait=True, timeout=WRITE_LOCK_TIMEOUT_S), \
+                EmbeddingStore(index, create=True) as store:
+            item = store.item(item_id)
+            store.remove_ids([item_id])
+            self._publish(store)
+            forget_upload(store, Path(self.service.index.root), item["relpath"])
             return {"id": int(item_id), "deleted": True, "generation": int(self.service.index.generation)}
 
     def _publish(self, store: EmbeddingStore) -> None:

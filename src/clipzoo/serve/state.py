@@ -21,7 +21,7 @@ from anyio import to_thread
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..api import load
-from ..cards import IMAGE
+from ..cards import IMAGE, parse_alias
 from ..embed import draft_size_for
 from ..embed.decode import decode_upload
 from ..errors import BadImageError, ClipzooError
@@ -114,12 +114,16 @@ class Service:
     def model_name(self) -> str:
         spec = str(getattr(self.index, "model_spec", None) or "")
         card = getattr(self.model, "card", None)
-        publisher, card_id = getattr(card, "publisher", None), getattr(card, "id", None)
         if spec and os.path.exists(spec):  # never the server's path (or a cache folder's hash)
-            if publisher and card_id and publisher != "local":  # a catalogue model unpacked to a cache
-                return f"{publisher}/{card_id}"
+            # a catalogue model unpacked to a cache: named by the loaded card, or by the card the index recorded
+            # (the model loaded again from that folder has a local card: `clipzoo demo`'s index)
+            recorded = parse_alias(str(getattr(self.index, "model_alias", None) or ""))
+            for publisher, card_id in ((getattr(card, "publisher", None), getattr(card, "id", None)),
+                                       recorded[1:] if recorded else (None, None)):
+                if publisher and card_id and publisher != "local":
+                    return f"{publisher}/{card_id}"
             return Path(spec).name  # a local model: its file or folder name
-        return spec or str(getattr(getattr(self.model, "card", None), "alias", "model"))
+        return spec or str(getattr(card, "alias", "model"))
 
     # --- running work off the event loop
     async def on_model_thread(self, op: str, fn: Callable, *args: Any) -> Any:

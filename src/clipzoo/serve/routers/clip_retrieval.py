@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 
-from anyio import to_thread
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -31,6 +30,7 @@ from ...errors import ClipzooError, NotFoundError
 from ..bodies import JsonOrFormRoute
 from ..deps import ITEM_ID, Uploads, require_token
 from ..indices import IndexRegistry
+from ..limits import query_vector
 from ..schemas import KnnRequest, KnnResult, MetadataEntry, MetadataRequest
 from ..state import Service
 from ..url_fetch import UrlRefusedError
@@ -133,14 +133,9 @@ async def _search(service: Service, kind: str, query, *, k: int, dedup: float | 
         return await service.batcher.encode_image([query], op="knn_image", then=then)
     if kind == "text":  # blank: the index's own 400
         return await service.on_model_thread("knn_text", functools.partial(idx.search_text, query, k=k, dedup=dedup))
-    dim = int(service.model.embed_dim)
-    if len(query) != dim:
-        raise ClipzooError(f"embedding_input has {len(query)} values; this index's model "
-                           f"({service.model_name}) makes {dim}")
-    import numpy as np
-
+    vector = query_vector(query, int(service.model.embed_dim), "embedding_input", service.model_name)
     return await service.on_model_thread("knn_embedding", functools.partial(
-        idx.search_embedding, np.asarray(query, dtype=np.float32), k=k, dedup=dedup))
+        idx.search_embedding, vector, k=k, dedup=dedup))
 
 
 def _search_first_row(idx, rows, *, k: int, dedup: float | None) -> list:
@@ -152,7 +147,7 @@ async def _fetch(indices: IndexRegistry, url: str) -> bytes:
     if indices.fetcher is None:
         raise StarletteHTTPException(422, URL_DISABLED)
     try:
-        return await to_thread.run_sync(indices.fetcher.fetch, url)
+        return await indices.fetcher.fetch_async(url)
     except UrlRefusedError as exc:
         raise StarletteHTTPException(422, str(exc)) from None
 

@@ -6,9 +6,9 @@ import time
 
 from fastapi import APIRouter, Depends
 
-from ...errors import ClipzooError
 from ..bodies import JsonOrFormRoute, form_doc
 from ..deps import ServiceDep, Uploads, require_token
+from ..limits import query_vector
 from ..schemas import SearchRequest, SearchResponse, hit_out, took_ms
 
 router = APIRouter(tags=["search"], route_class=JsonOrFormRoute, dependencies=[Depends(require_token)])
@@ -32,12 +32,9 @@ async def search(body: SearchRequest, uploads: Uploads, service: ServiceDep):
         kind, hits = "image", await service.batcher.encode_image(
             [image], op="search_image", then=functools.partial(_search_row, idx, **kwargs))
     elif body.embedding is not None:
-        dim = int(service.model.embed_dim)
-        if len(body.embedding) != dim:
-            raise ClipzooError(f"embedding has {len(body.embedding)} values; this index's model "
-                               f"({service.model_name}) makes {dim}")
+        vector = query_vector(body.embedding, int(service.model.embed_dim), "embedding", service.model_name)
         kind, hits = "embedding", await service.on_model_thread("search_embedding", functools.partial(
-            idx.search_embedding, _vector(body.embedding), **kwargs))
+            idx.search_embedding, vector, **kwargs))
     else:
         def by_id():
             return idx.search_embedding(idx.embedding(body.id), **kwargs)
@@ -50,9 +47,3 @@ async def search(body: SearchRequest, uploads: Uploads, service: ServiceDep):
 def _search_row(idx, rows, **kwargs):
     """The index searched with the first row of encoded features (what search_text/search_image do)."""
     return idx.search_embedding(rows[0].float().cpu().numpy(), **kwargs)
-
-
-def _vector(values: list[float]):
-    import numpy as np
-
-    return np.asarray(values, dtype=np.float32)
