@@ -184,7 +184,7 @@ def test_build_checks_values_it_is_handed(params_file):
     ("log_freq", -1, "log_freq must be at least 1, got -1"),
     ("save_every", 0, "save_every must be at least 1, got 0"),
     ("save_every", -5, "save_every must be at least 1, got -5"),
-    ("eval_every", 0, "eval_every must be at least 1, got 0"),
+    ("eval_every", -1, "eval_every must be 0 or more, got -1"),
     ("workers", -1, "workers must be 0 or more, got -1"),
     ("image_size", 50, "image_size 50 is not a multiple of the model's patch size 32"),
     ("context_len", 0, "context_len must be at least 1, got 0"),

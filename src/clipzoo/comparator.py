@@ -443,8 +443,8 @@ class ForeignComparator(Comparator):
 
 
 def competition_ranks(scores: Iterable[float], tol: float = TIE_TOLERANCE) -> list[int]:
-    """Standard competition ranks ("1, 1, 3") of ``scores``, highest first: scores within ``tol`` of each
-    other are a tie and share a rank, so a tie is never shown as an arbitrary winner."""
+    """Standard competition ranks ("1, 1, 3") of ``scores``, highest first; a tie shares a rank, never an arbitrary
+    winner. Two scores tie when they differ by at most ``tol`` × their sum: relative, so 3e-8 and 8e-19 do not."""
     scores = [float(s) for s in scores]
-    ascending = sorted(scores)
-    return [1 + len(ascending) - bisect.bisect_right(ascending, s + tol) for s in scores]
+    keys = sorted(s - tol * abs(s) for s in scores)  # rises with s: the scores above s by more than the tolerance
+    return [1 + len(keys) - bisect.bisect_right(keys, s + tol * abs(s)) for s in scores]

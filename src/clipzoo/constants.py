@@ -70,8 +70,9 @@ DEFAULT_TEMPLATE = "a photo of a {}."
 """The prompt template for class labels when none is given (zero-shot, classify, the service)."""
 
 TIE_TOLERANCE = 1e-6
-"""Two probabilities closer than this are a tie (shown with equal ranks, never an arbitrary winner): a small
-model gives words it never saw ("cat", "dog" for clipzoo/tiny-shapes) the same features."""
+"""Two scores that differ by at most this fraction of their sum are a tie (shown with equal ranks, never an
+arbitrary winner): a small model gives words it never saw ("cat", "dog" for clipzoo/tiny-shapes) the same
+features; relative, so 3e-8 and 8e-19 are not a tie."""
 
 # ---------------------------------------------------------------- the service
 SERVE_HOST = "127.0.0.1"

@@ -134,10 +134,20 @@ class Ensemble:
             while f"{alias} #{k}" in self._aliases:
                 k += 1
             alias = f"{alias} #{k}"
+            self._say_added_again(model, alias)
         self._models.append(model)
         self._aliases.append(alias)
         self._weights.append(weight)
         return model
+
+    def _say_added_again(self, model: Comparator, alias: str) -> None:
+        """One warning when ``model`` is one already in the ensemble (the same object, or the same card: the same
+        weights): it joins as ``alias`` and that model now counts with both weights."""
+        same = [a for m, a in zip(self._models, self._aliases) if m is model or m.card == model.card]
+        if same:
+            warn_user(f"{same[0]} is already in this ensemble: it is added again as {alias!r}, and that model's "
+                      f"share is the sum of its weights; to change its weight instead, remove({same[0]!r}) and add "
+                      "it with the new one")
 
     def add_all(self, query: "str | dict[str, Any] | None" = None, weight: float = 1.0,
                 **filters: Any) -> list[Comparator]:

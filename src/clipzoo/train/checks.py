@@ -23,8 +23,13 @@ def loss_key(name: str) -> str:
 
 
 def check_teacher(cfg, source: str = "config") -> None:
-    """A loss that distils needs ``teacher``."""
+    """A loss that distils needs ``teacher``; when a flag set the loss (``source`` is ``--loss``), the fix named
+    first is the ``--teacher`` flag."""
     if loss_key(cfg.loss) in NEEDS_TEACHER and not cfg.teacher:
+        if source.startswith("--"):
+            raise ConfigError(f"{source}: loss {cfg.loss!r} distils from a teacher: pass --teacher SPEC (a registry "
+                              "spec or a trained model folder, e.g. --teacher runs/big/model), or set the `teacher` "
+                              "key in the config file")
         raise ConfigError(f"{source}: loss {cfg.loss!r} distils from a teacher: set the `teacher` key (a registry "
                           "spec or a trained model folder, e.g. teacher = \"runs/big/model\" in the config file)")
 

@@ -96,6 +96,11 @@ class TrainConfig:
     def as_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
+    @property
+    def evaluates(self) -> bool:
+        """Whether the run evaluates on ``eval_data`` (``eval_every = 0`` turns the evaluation off)."""
+        return bool(self.eval_data) and self.eval_every != 0
+
     def architecture(self) -> dict[str, Any]:
         """What must stay the same to resume a run."""
         return {"model": self.model, "model_config": self.model_config, "towers": self.towers,

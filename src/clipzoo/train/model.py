@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from ..api import load
-from ..backends.open_clip import build
+from ..backends.open_clip import build, config_errors
 from ..backends.open_clip_plan import Plan
 from ..constants import OPENAI_MEAN, OPENAI_STD
-from ..errors import ClipzooError, UnsupportedError
+from ..errors import CheckpointError, ClipzooError, UnsupportedError
 from ..models.composite import build_composite, save_composite
 from ..models.open_clip_parts import image_transforms, open_clip_tokenizer
 from .adapters import apply_adapters, merged_copy
@@ -103,10 +103,13 @@ def _with_adapters(model: TrainModel, cfg: TrainConfig) -> TrainModel:
 
 
 def _build(model_cfg: dict[str, Any]) -> torch.nn.Module:
+    """The open_clip model of ``model_config``; one it cannot build (an unknown key, 0 attention heads, a negative
+    width: open_clip's and torch's TypeError / ValueError / RuntimeError) is one ConfigError, never a traceback."""
     try:
-        return build(Plan(copy.deepcopy(model_cfg), {}, None, source="train config")).float().train()
-    except TypeError as err:
-        raise ConfigError(f"model_config is not an open_clip config: {err}") from None
+        with config_errors("model_config", "open_clip model"):
+            return build(Plan(copy.deepcopy(model_cfg), {}, None, source="train config")).float().train()
+    except CheckpointError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _init_logit_scale(module: torch.nn.Module, init: float) -> None:

@@ -67,6 +67,7 @@ class Trainer:
         self.step = self.epoch = self.batch_in_epoch = 0
         self.last_ckpt: "Any | None" = None  # the last good checkpoint: this run's latest, or the one it resumed
         self.output_lock = None
+        self.write_heldout: "Callable[[], str] | None" = None  # the data phase's held-out images, written by start()
         if self.rank == 0:  # the lock last, and given back if the folders are not usable: it leaked to the next run
             self.output_lock = hold_output(self.out.local, str(cfg.output))
             try:
@@ -84,7 +85,7 @@ class Trainer:
 
     def open_data(self, data=None) -> None:
         """The data phase: ``data`` or the batches the config names (and its held-out evaluation images)."""
-        self.data, self.cfg = open_data(self.cfg, self.model, data, self.out, self.rank)
+        self.data, self.cfg, self.write_heldout = open_data(self.cfg, self.model, data, self.out, self.rank)
 
     def attach_teacher(self) -> None:
         """Distillation: the teacher given to :func:`train` or the config's, frozen; the data re-tokenises the
@@ -129,6 +130,8 @@ class Trainer:
         self.result = TrainResult(output, model_dir, self.total)
         self.log = RunLog(cfg, self.out, self.rank, self.step if cfg.resume else None, self.t_start)
         self.micro = cfg.batch_size // self.world // cfg.grad_accum
+        if self.rank == 0 and self.write_heldout is not None:  # after every set-up check: none left by a refusal
+            self.write_heldout()
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -238,7 +241,7 @@ class Trainer:
                 "history": result.history[-20:], "evals": result.evals}
         save_model(self.model, self.out, result.model_dir, weights, info)
         save_checkpoint(self.ckpt, self.state_dict(), self.step, kept=f" (the trained model is in {result.model_dir})")
-        if cfg.eval_data and (not result.evals or result.evals[-1]["step"] != self.step):
+        if cfg.evaluates and (not result.evals or result.evals[-1]["step"] != self.step):
             self.evaluate()
             self.log.flush()
         self.log.close()

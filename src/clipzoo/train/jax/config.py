@@ -121,6 +121,11 @@ class JaxTrainConfig:
         return self.model_config if self.model_config is not None else self.model_name
 
     @property
+    def evaluates(self) -> bool:
+        """Whether the run evaluates on ``eval_data`` (``eval_every = 0`` turns the evaluation off)."""
+        return bool(self.eval_data) and self.eval_every != 0
+
+    @property
     def checkpoints(self) -> str:
         return self.checkpoint_dir or os.path.join(self.output, "checkpoints")
 
@@ -194,7 +199,7 @@ def range_problems(cfg: JaxTrainConfig) -> list[str]:
     ``beta1`` of 2 or an image size the patches do not tile trained or failed later, far from the cause)."""
     checks = [
         _at_least("log_freq", cfg.log_freq, 1), _at_least("save_every", cfg.save_every, 1),
-        _at_least("eval_every", cfg.eval_every, 1), _at_least("workers", cfg.workers, 0),
+        _at_least("eval_every", cfg.eval_every, 0), _at_least("workers", cfg.workers, 0),
         _at_least("image_size", cfg.image_size, 1), _at_least("context_len", cfg.context_len, 1),
         _at_least("train_n_samples", cfg.train_n_samples, 1), _at_least("valid_n_samples", cfg.valid_n_samples, 1),
         _at_least("devices", cfg.devices, 1), _at_least("shuffle_buffer_size", cfg.shuffle_buffer_size, 1),

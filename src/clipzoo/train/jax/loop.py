@@ -21,7 +21,7 @@ import numpy as np
 from ...models.jax_config import get_config, write_config_file
 from ...progress import progress
 from ..config import ConfigError
-from ..recipes import write_heldout
+from ..recipes import heldout_size, write_heldout
 from ..result import TrainingError, TrainResult
 from .checkpoint import Checkpoints, resolve_resume, restore, write_params_pkl
 from .config import JaxTrainConfig
@@ -51,11 +51,11 @@ class JaxTrainer:
             raise ConfigError(f"global batch size {cfg.global_batch_size} must divide by the number of processes "
                               f"{self.count}")
         self.out = Path(cfg.output)
-        if cfg.eval_data and cfg.eval_data.startswith("shapes-heldout:"):
-            held = self.out / "heldout"
-            if self.index == 0:
-                write_heldout(cfg.eval_data, held, cfg.image_size)
-            cfg = cfg.replace(eval_data=str(held))
+        self.heldout = None  # (spec, folder): shapes-heldout:N, written by run() once the set-up has passed
+        if cfg.evaluates and cfg.eval_data.startswith("shapes-heldout:"):
+            heldout_size(cfg.eval_data)  # shapes-heldout:0 is refused here, before anything is written
+            self.heldout = (cfg.eval_data, self.out / "heldout")
+            cfg = cfg.replace(eval_data=str(self.heldout[1]))
         self.cfg, self.on_step = cfg, on_step
         opened = {"process_count": self.count, "process_index": self.index}
         self.train_data = open_batches(cfg.train_path, cfg, train=True, n_samples=cfg.train_n_samples,
@@ -85,11 +85,17 @@ class JaxTrainer:
         folder, step = resolve_resume(spec, self.cfg.checkpoints)
         self.state, meta = restore(folder, step, self.state)
         self.step = int(jax.device_get(self.state["step"]))
+        if self.train_data is not None and self.step >= self.total:  # it reported "trained N steps" for none
+            where = "the end of" if self.step == self.total else "past"
+            raise TrainingError(f"cannot resume from {folder}: it is at step {self.step}, {where} this run's "
+                                f"{self.total} steps; pass --steps above {self.step}, or start a new run")
         self.epoch, self.batch_in_epoch = int(meta.get("epoch", 0)), int(meta.get("batch_in_epoch", 0))
 
     # ------------------------------------------------------------------ the steps
     def run(self) -> None:
         cfg = self.cfg
+        if self.heldout is not None and self.index == 0:  # after every check: a refused run leaves none behind
+            write_heldout(self.heldout[0], self.heldout[1], cfg.image_size)
         if self.train_data is None:
             self.validate()
             return
@@ -176,6 +182,6 @@ class JaxTrainer:
                     "steps": self.step, "processes": self.count, "devices": self.sh.size, "config": cfg.as_dict()}
             (model_dir / "config.json").write_text(json.dumps(info, indent=1))
             done = [e for e in self.result.evals if "valid_loss" not in e]
-            if cfg.eval_data and (not done or done[-1]["step"] != self.step):
+            if cfg.evaluates and (not done or done[-1]["step"] != self.step):
                 self.evaluate()
         return self.result

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import optax
 
 from ...models.jax_clip import create_model, init_variables
-from ..config import ConfigError
 from .torch_init import torch_init_variables
 
 __all__ = ["temp_value", "build_model", "build_schedule", "torch_schedule", "build_optimiser", "init_state",
@@ -41,13 +40,11 @@ def build_schedule(cfg, total_steps: int):
     """The lr at each optimiser step. ``warmup_rule`` ``"open_clip_jax"``: optax's warm-up from ``warmup_init`` at
     step 0 to the peak at step ``n_warmup_steps``; ``"torch"`` (the torch trainer's and open_clip's ``cosine_lr``):
     ``peak × (step + 1) / n_warmup_steps``, the peak at step ``n_warmup_steps - 1``. Then cosine to 0 at
-    ``total_steps`` (or constant), the same in both."""
-    if cfg.learning_rate_scheduler == "cosine" and total_steps <= cfg.n_warmup_steps:
-        raise ConfigError(f"the run has {total_steps} steps, not more than its {cfg.n_warmup_steps} warm-up steps "
-                          "(the cosine schedule decays after them); lower --n-warmup-steps or train longer")
+    ``total_steps`` (or constant), the same in both. A run no longer than its warm-up trains with the lr still
+    rising, as the torch trainer and open_clip do (optax's cosine needs steps after the warm-up: it was refused)."""
     if cfg.warmup_rule == "torch":
         return torch_schedule(cfg.learning_rate, cfg.n_warmup_steps, total_steps, cfg.learning_rate_scheduler)
-    if cfg.learning_rate_scheduler == "cosine":
+    if cfg.learning_rate_scheduler == "cosine" and total_steps > cfg.n_warmup_steps:
         return optax.warmup_cosine_decay_schedule(init_value=cfg.warmup_init, peak_value=cfg.learning_rate,
                                                   warmup_steps=cfg.n_warmup_steps, decay_steps=total_steps)
     warmup = optax.linear_schedule(cfg.warmup_init, cfg.learning_rate, cfg.n_warmup_steps)

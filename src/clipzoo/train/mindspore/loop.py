@@ -71,7 +71,7 @@ def train_mindspore(cfg: TrainConfig, data=None, on_step: "Callable[[int, dict],
     model = build_model(cfg)  # the torch trainer's initial weights (it seeds with cfg.seed)
     out = Location(cfg.output)
     check_model_folder(out, str(cfg.output))
-    data, cfg = open_data(cfg, model, data, out, 0)
+    data, cfg, _ = open_data(cfg, model, data, out, 0)  # no held-out images: this engine has no evaluation
     per_epoch = steps_per_epoch(data, cfg.batch_size)  # as the torch trainer: data short of one batch is refused
     total = cfg.steps or per_epoch * cfg.epochs
     net = mindspore_net(model)

@@ -113,8 +113,9 @@ def read_resume(cfg: TrainConfig, ckpt: Location, total: int, streamed: bool = F
         if state.get("loss"):  # queues / centres: a teacher's features
             _same(path, saved, now, ("teacher",), "its objective's state holds that teacher's features, which another "
                                                   "teacher's would be compared with")
-    if state["step"] > total:  # it reported "trained 2 steps" with the model at step 4
-        raise TrainingError(f"cannot resume from {path}: it is at step {state['step']}, past this run's {total} "
+    if state["step"] >= total:  # past: "trained 2 steps" with the model at step 4; at: "trained 4 steps" for none
+        where = "the end of" if state["step"] == total else "past"
+        raise TrainingError(f"cannot resume from {path}: it is at step {state['step']}, {where} this run's {total} "
                             f"steps; pass --steps above {state['step']}, or start a new run")
     return path, state
 
