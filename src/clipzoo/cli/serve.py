@@ -99,6 +99,9 @@ def serve(
     named = named_indices(indices)  # {name: folder}, each one there; the first is the main index
     check_options(host, port, max_body_mb, max_image_mp, max_request_mp, thumb_size)  # each: one line, exit 2
     from ..serve.connections import ConnectionLimits
+    from ..serve.middleware import check_token
+
+    check_token(token)  # one no client could send: one line before any index or model loads
 
     limits = ConnectionLimits(limit_concurrency=limit_concurrency, header_timeout=header_timeout,  # a bad value:
                               keep_alive_timeout=keep_alive_timeout, body_timeout=body_timeout)  # one line, exit 2

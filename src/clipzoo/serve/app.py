@@ -12,7 +12,9 @@ with uvicorn (``clipzoo serve INDEX``). Where things are:
   :mod:`.schemas`, sent as JSON or as a form (:mod:`.bodies`).
 - :mod:`.deps`: the **optional bearer token** (every API route, ``/thumb`` and ``/metrics``; ``/health``,
   the page and the OpenAPI docs stay open: they reveal no indexed data) and the limits on texts, labels
-  and templates (:mod:`.limits`).
+  and templates (:mod:`.limits`). A token no client could send (not visible ASCII) is refused here, at start.
+- **Every answer** says nosniff and ``X-Frame-Options: DENY``; HTML answers cannot be framed by another site
+  (:class:`.middleware.SecurityHeaders`).
 - **Untrusted input never makes a 500.** Bodies are size-limited (:mod:`.middleware`: 413, checked on
   ``Content-Length`` and on the bytes actually streamed); uploads are decoded by
   :mod:`clipzoo.image_bytes` (corrupt, truncated, empty, non-image and decompression-bomb files are 400);
@@ -33,7 +35,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.staticfiles import StaticFiles
 
 from ..constants import DEFAULT_MAX_PIXELS, VERSION
 from ..errors import ClipzooError
@@ -51,11 +52,19 @@ from .limits import (
     MIN_BODY_BYTES,
     check_template,
 )
-from .middleware import BodyLimitMiddleware, ContentTypeGuard, HostGuard, MetricsMiddleware, TokenGuard
+from .middleware import (
+    BodyLimitMiddleware,
+    ContentTypeGuard,
+    HostGuard,
+    MetricsMiddleware,
+    SecurityHeaders,
+    TokenGuard,
+    check_token,
+)
 from .names import named_indices
 from .routers import ROUTERS
 from .routers.clip_retrieval import PLAIN_TEXT_JSON_PATHS
-from .routers.service import STATIC_DIR
+from .routers.service import STATIC_DIR, PageFiles
 from .state import Service
 from .url_fetch import UrlFetcher
 
@@ -90,6 +99,7 @@ def create_app(index: Any, *, labels: "Sequence[str] | str | os.PathLike | None"
     the first is the one the other routes use. allow_url: let ``/knn-service`` fetch ``image_url``
     (bounded, public http(s) addresses only; :mod:`.url_fetch`).
     """
+    token = check_token(token)  # one no client could send: refused before the index and model load
     if max_body_bytes < MIN_BODY_BYTES:
         raise ClipzooError(f"max_body_bytes must be at least {MIN_BODY_BYTES}, got {max_body_bytes}")
     check_template(template)
@@ -115,11 +125,12 @@ def create_app(index: Any, *, labels: "Sequence[str] | str | os.PathLike | None"
         add_cors(app, cors_origins)
     app.add_middleware(HostGuard, allowed=tuple(allowed_hosts),
                        on_reject=lambda: service.metrics.rejected.inc(reason="bad_host"))
+    app.add_middleware(SecurityHeaders)  # outermost: on every answer, the guards' own included
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     app.include_router(docs_router)
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/static", PageFiles(directory=STATIC_DIR), name="static")
     return app
 
 

@@ -15,6 +15,8 @@
   request line plus headers longer than that is a 400.
 - **Repeated log lines collapse** (:class:`RepeatFilter`): the same line at most ``burst`` times per
   ``window`` seconds; the next one that passes says how many were left out.
+- **No token in the log** (:class:`TokenRedactor`): a ``token=`` query parameter (a page opened as ``/?token=…``)
+  is written ``token=[redacted]`` in the access log.
 - :func:`raise_nofile_limit`: the process's soft RLIMIT_NOFILE raised to its hard limit (the cap is
   lowered to fit what is left, with one line saying so).
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -142,6 +145,37 @@ class RepeatFilter(logging.Filter):
             if record.exc_info:  # a suppressed traceback is not kept alive either
                 record.exc_info = None
             return False
+
+
+class TokenRedactor(logging.Filter):
+    """Writes the value of a ``token=`` query parameter as ``[redacted]`` in the server's log lines (uvicorn's
+    access line holds the request's path with its query string)."""
+
+    PATTERN = re.compile(r"([?&;]token=)[^&#;\s\"]*", re.IGNORECASE)
+
+    def __init__(self) -> None:
+        super().__init__("clipzoo-token-redactor")
+
+    def redact(self, value: Any) -> Any:
+        return self.PATTERN.sub(r"\1[redacted]", value) if isinstance(value, str) and "=" in value else value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.redact(a) for a in record.args)
+        return True
+
+
+def install_token_redactor() -> TokenRedactor:
+    """Put one :class:`TokenRedactor` first on the server's loggers (before the repeat filter reads the line);
+    once: later calls return the same one."""
+    for f in logging.getLogger(SERVER_LOGGERS[0]).filters:
+        if isinstance(f, TokenRedactor):
+            return f
+    redactor = TokenRedactor()
+    for name in SERVER_LOGGERS:
+        logging.getLogger(name).filters.insert(0, redactor)
+    return redactor
 
 
 def install_repeat_filter(burst: int = LOG_REPEAT_BURST, window: float = LOG_REPEAT_WINDOW_S) -> RepeatFilter:

@@ -1,16 +1,20 @@
 """The service's ASGI middleware: the request body limit (413), the request metrics, the Host allow-list
-(400), the body types a cross-site form could send (415) and the bearer token of a request with a body (401
-before the body is read)."""
+(400), the body types a cross-site form could send (415), the bearer token of a request with a body (401
+before the body is read) and the headers every response carries (:class:`SecurityHeaders`)."""
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Callable
 
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import ClipzooError
 from .limits import LOCAL_HOSTS, REFUSED_BODY_TYPES
 from .metrics import ServiceMetrics
 
@@ -20,6 +24,13 @@ HTTP_METHODS = BODY_METHODS | {"GET", "HEAD", "OPTIONS"}
 metrics without bound)."""
 MISSING_TOKEN = ("missing bearer token: send 'Authorization: Bearer <token>'", "Bearer")
 WRONG_TOKEN = ("wrong bearer token", 'Bearer error="invalid_token"')
+TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+"""What a token may hold: visible ASCII (letters, digits, punctuation; no space). Browsers send only Latin-1 in a
+header, curl sends UTF-8, and a space or control character is cut or refused on the way: only these characters
+reach the server the same from every client. The page (static/app.js) holds the same rule."""
+HTML_CSP = "frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+"""The Content-Security-Policy of an HTML answer that sets none itself (/docs, /redoc): no other site may frame it.
+The page (``/``) sets its own, stricter one (``routers/service.py``)."""
 
 
 def header(scope: Scope, name: bytes) -> "str | None":
@@ -27,13 +38,29 @@ def header(scope: Scope, name: bytes) -> "str | None":
     return next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == name), None)
 
 
+def check_token(token: "str | None") -> "str | None":
+    """``token`` (None for none), or a :class:`~clipzoo.errors.ClipzooError` when it holds a character no HTTP
+    client sends as it is (:data:`TOKEN_CHARS`): such a server would start and then refuse every client."""
+    if not token:
+        return None
+    bad = next((c for c in token if not TOKEN_CHARS.fullmatch(c)), None)
+    if bad is not None:
+        raise ClipzooError(f"the token holds {bad!r} (U+{ord(bad):04X}), which an HTTP client cannot send as it is: "
+                           "use visible ASCII only (letters, digits, punctuation; no spaces), e.g. "
+                           "python -c 'import secrets; print(secrets.token_urlsafe(24))'")
+    return token
+
+
 def bearer_problem(authorization: "str | None", token: str) -> "tuple[str, str] | None":
-    """None when ``authorization`` (the header's value) is ``Bearer <token>``; else the 401's detail and its
-    ``WWW-Authenticate`` value. The one check of the routes' dependency and of :class:`TokenGuard`."""
+    """None when ``authorization`` (the header's value, decoded as Latin-1 as ASGI servers do) is ``Bearer
+    <token>``; else the 401's detail and its ``WWW-Authenticate`` value. The header's bytes are compared with the
+    token's in constant time (their SHA-256, so the time says nothing of the token's length either). The one check
+    of the routes' dependency and of :class:`TokenGuard`."""
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not given:
         return MISSING_TOKEN
-    if not hmac.compare_digest(given.encode(), token.encode()):
+    sent = hashlib.sha256(given.encode("latin-1", "replace")).digest()
+    if not hmac.compare_digest(sent, hashlib.sha256(token.encode()).digest()):
         return WRONG_TOKEN
     return None
 
@@ -215,3 +242,27 @@ class TokenGuard:
                 self.on_reject()
                 return await send_json(send, 401, problem[0], ((b"www-authenticate", problem[1].encode()),))
         await self.app(scope, receive, send)
+
+
+class SecurityHeaders:
+    """Every answer says ``X-Content-Type-Options: nosniff`` and ``X-Frame-Options: DENY``; an HTML answer without a
+    Content-Security-Policy of its own gets :data:`HTML_CSP` (``frame-ancestors 'none'``): the page, /docs and
+    /redoc cannot be framed by another site (clickjacking). A header a route set itself is kept."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("X-Frame-Options", "DENY")
+                if headers.get("content-type", "").startswith("text/html"):
+                    headers.setdefault("Content-Security-Policy", HTML_CSP)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -2,8 +2,9 @@
 background thread for notebooks and tests.
 
 Both serve with :class:`~clipzoo.serve.connections.ConnectionLimits` (a concurrency cap, header and
-keep-alive timeouts, a cap on an incomplete request) and collapse repeated log lines
-(:class:`~clipzoo.serve.connections.RepeatFilter`)."""
+keep-alive timeouts, a cap on an incomplete request), collapse repeated log lines
+(:class:`~clipzoo.serve.connections.RepeatFilter`) and write no ``token=`` value in the access log
+(:class:`~clipzoo.serve.connections.TokenRedactor`)."""
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +16,7 @@ from typing import Any
 
 from ..constants import SERVE_HOST, SERVE_PORT
 from ..extras import require
-from .connections import ConnectionLimits, install_repeat_filter, raise_nofile_limit
+from .connections import ConnectionLimits, install_repeat_filter, install_token_redactor, raise_nofile_limit
 
 DEFAULT_HOST = SERVE_HOST
 DEFAULT_PORT = SERVE_PORT
@@ -28,6 +29,7 @@ def run(app: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level:
     limits = raise_nofile_limit(limits or ConnectionLimits())
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
                             **limits.uvicorn_kwargs())
+    install_token_redactor()
     install_repeat_filter()
     uvicorn.Server(config).run()
 
@@ -45,6 +47,7 @@ def running(app: Any, host: str = DEFAULT_HOST, port: int = 0, log_level: str = 
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off",
                             timeout_graceful_shutdown=2, **limits.uvicorn_kwargs())
+    install_token_redactor()
     install_repeat_filter()
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,

@@ -1,11 +1,15 @@
 """The web page and the service's own routes: ``/``, ``/favicon.ico``, ``/health`` (open), ``/info`` and
-``/metrics`` (behind the token when there is one). The page's files are mounted at ``/static``."""
+``/metrics`` (behind the token when there is one). The page's script and style sheet are mounted at ``/static``
+(:class:`PageFiles`: those two files only; the page itself is ``/``, with :data:`PAGE_HEADERS`)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from ..deps import ServiceDep, require_token
 from ..limits import MAX_K
@@ -13,13 +17,29 @@ from ..metrics import CONTENT_TYPE
 from ..schemas import Health, Info
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+PAGE_FILES = frozenset({"app.js", "style.css"})
+"""What ``/static`` serves: the page's script and style sheet (never ``index.html`` without its headers)."""
 PAGE_HEADERS = {
     "Cache-Control": "no-cache",
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
-                               "style-src 'self'; script-src 'self'; object-src 'none'",
+    # blob: images and media: with a token, thumbnails and videos are fetched with the header and shown as blobs
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+                               "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; "
+                               "form-action 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",  # a ?token= the page was opened with never leaves in a Referer
 }
 protected = [Depends(require_token)]
+
+
+class PageFiles(StaticFiles):
+    """``/static``: the files of :data:`PAGE_FILES` only (404 for anything else)."""
+
+    async def get_response(self, path: str, scope: Scope):
+        if path not in PAGE_FILES:
+            raise StarletteHTTPException(404, f"no page file {path[:100]!r}")
+        return await super().get_response(path, scope)
+
 
 router = APIRouter(tags=["service"])
 
