@@ -97,11 +97,8 @@ def serve(
     """
     require("fastapi", "the HTTP service")  # a missing extra is said first, before any index is read
     named = named_indices(indices)  # {name: folder}, each one there; the first is the main index
-    check_options(host, port, max_body_mb, max_image_mp, max_request_mp, thumb_size)  # each: one line, exit 2
+    check_options(host, port, max_body_mb, max_image_mp, max_request_mp, thumb_size, token)  # one line, exit 2
     from ..serve.connections import ConnectionLimits
-    from ..serve.middleware import check_token
-
-    check_token(token)  # one no client could send: one line before any index or model loads
 
     limits = ConnectionLimits(limit_concurrency=limit_concurrency, header_timeout=header_timeout,  # a bad value:
                               keep_alive_timeout=keep_alive_timeout, body_timeout=body_timeout)  # one line, exit 2
@@ -142,8 +139,12 @@ def check_port(host: str, port: int) -> None:
 
 
 def check_options(host: str, port: int, max_body_mb: float, max_image_mp: float, max_request_mp: float,
-                  thumb_size: int) -> None:
-    """Fail in one line on an option out of range, or a ``host:port`` that cannot be listened on."""
+                  thumb_size: int, token: "str | None" = None) -> None:
+    """Fail in one line on an option out of range, a token no client could send, or a ``host:port`` that cannot
+    be listened on — before any index or model loads."""
+    from ..serve.middleware import check_token
+
+    check_token(token)
     if not 0 < port < 65536:
         fail(f"--port must be between 1 and 65535, got {port}")
     if max_body_mb <= 0:
