@@ -1,8 +1,9 @@
 """open_clip / OpenAI CLIP ViT ⇄ transformers ``CLIPModel``.
 
 Every tensor is moved, never recomputed: ``in_proj`` (q|k|v stacked) is split in three, the two
-projections are transposed, and nothing is cast (an fp16 OpenAI file gives fp16 HF weights), so
-open_clip → HF → open_clip gives back bit-identical tensors. What HF's class cannot express
+projections are transposed, and nothing is cast (an fp16 OpenAI state dict gives fp16 HF weights; ``clipzoo
+convert`` loads its source in fp32 first, so what it writes is fp32), so open_clip → HF → open_clip gives back
+bit-identical tensors. What HF's class cannot express
 (ModifiedResNet image towers, attentional pooling, layer scale, CoCa, …) is refused with
 :class:`~clipzoo.errors.UnsupportedError` naming the part, rather than converted approximately.
 
@@ -320,8 +321,6 @@ def save_hf_clip(folder: "str | os.PathLike", config, hf_state_dict: dict, image
     shortest-edge resize + centre crop, bicubic, ``mean`` / ``std``)."""
     from transformers import CLIPImageProcessor
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     image_size = int(image_size or config.vision_config.image_size)
     context_length = int(context_length or config.text_config.max_position_embeddings)
     if tokenizer is None:
@@ -329,9 +328,12 @@ def save_hf_clip(folder: "str | os.PathLike", config, hf_state_dict: dict, image
             raise UnsupportedError(f"the text tower has {config.text_config.vocab_size} token ids, not OpenAI's "
                                    f"{OPENAI_VOCAB_SIZE}: pass its tokenizer (tokenizer=…) to save an HF folder")
         tokenizer = clip_tokenizer(context_length)
+    processor = image_processor(CLIPImageProcessor, image_size, mean, std, interpolation, resize_mode)
+    folder = Path(folder)  # written only once every refusal above has had its say
+    folder.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(folder)
     write_weights(folder, hf_state_dict)
     tokenizer.model_max_length = context_length
     tokenizer.save_pretrained(folder)
-    image_processor(CLIPImageProcessor, image_size, mean, std, interpolation, resize_mode).save_pretrained(folder)
+    processor.save_pretrained(folder)
     return folder

@@ -228,16 +228,17 @@ def save_hf_siglip(folder: "str | os.PathLike", config, hf_state_dict: dict, tok
     if tokenizer is None:
         raise UnsupportedError("a SigLIP HF folder needs the model's tokenizer (tokenizer=…): SigLIP's sentencepiece "
                                "vocabulary cannot be rebuilt offline")
+    if resize_mode != "squash":  # refused before anything is written
+        raise UnsupportedError(f"resize_mode {resize_mode!r}: HF's SiglipImageProcessor only squashes to size")
+    image_size = int(image_size or config.vision_config.image_size)
+    processor = image_processor(SiglipImageProcessor, image_size, mean, std, interpolation, "squash")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    image_size = int(image_size or config.vision_config.image_size)
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(config.text_config, key, getattr(tokenizer, key, None))
     config.save_pretrained(folder)
     write_weights(folder, hf_state_dict)
     tokenizer.model_max_length = int(config.text_config.max_position_embeddings)
     tokenizer.save_pretrained(folder)
-    if resize_mode != "squash":
-        raise UnsupportedError(f"resize_mode {resize_mode!r}: HF's SiglipImageProcessor only squashes to size")
-    image_processor(SiglipImageProcessor, image_size, mean, std, interpolation, "squash").save_pretrained(folder)
+    processor.save_pretrained(folder)
     return folder

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..constants import OPENAI_MEAN, OPENAI_STD
 from ..errors import ClipzooError
-from ..models.jax_config import TIMM_CONVNEXTS, JaxClipConfig, get_config, write_config_file
+from ..models.jax_config import TIMM_CONVNEXTS, JaxClipConfig, get_config, read_config_file, write_config_file
 from ..models.jax_open_clip_map import (
     DEFAULT_TEMPERATURE,
     jax_to_open_clip,
@@ -24,10 +24,11 @@ from ..models.jax_open_clip_map import (
     to_numpy,
 )
 from ..models.jax_resnet_config import RESNET_REDUCTION
-from .form import OpenClipForm
+from .form import PREPROCESS_KEYS, OpenClipForm
 
 __all__ = ["DEFAULT_TEMPERATURE", "plan", "open_clip_to_jax", "jax_to_open_clip", "open_clip_config",
-           "config_from_open_clip", "write_params", "write_params_with_config", "jax_form", "open_clip_form_of_jax"]
+           "config_from_open_clip", "write_params", "write_params_with_config", "jax_form", "open_clip_form_of_jax",
+           "square_sizes"]
 
 OPEN_CLIP_VIT_KEYS = {"image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio"}
 OPEN_CLIP_TEXT_KEYS = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"}
@@ -117,16 +118,32 @@ def _numpy_tree(tree: Mapping[str, Any]) -> dict:
 
 
 def write_params_with_config(path: "str | os.PathLike", variables: Mapping[str, Any], cfg: JaxClipConfig,
-                             image_size: int, context_length: int) -> None:
-    """The ``.pkl`` and, next to it, the config file that lets ``clipzoo.load(path)`` rebuild the model."""
+                             image_size: int, context_length: int,
+                             preprocess: "Mapping[str, Any] | None" = None) -> None:
+    """The ``.pkl`` and, next to it, the config file that lets ``clipzoo.load(path)`` rebuild the model (and records
+    ``preprocess``, the model's open_clip preprocessing, which converting back restores)."""
     write_params(path, variables)
-    write_config_file(path, cfg, image_size, context_length)
+    write_config_file(path, cfg, image_size, context_length, preprocess)
 
 
 # ------------------------------------------------------------------------------------------- forms
+def square_sizes(model_cfg: Mapping[str, Any], source: str, engine: str) -> dict[str, Any]:
+    """``model_cfg`` with a square ``vision_cfg.image_size`` / ``patch_size`` list (``[32, 32]``, which open_clip
+    takes) as one int; a non-square one refused in one line (``engine``'s image towers take one size)."""
+    vision = dict(model_cfg.get("vision_cfg", {}))
+    for key in ("image_size", "patch_size"):
+        value = vision.get(key)
+        if isinstance(value, (list, tuple)):
+            if len(value) != 2 or value[0] != value[1]:
+                raise ClipzooError(f"{source}: vision_cfg.{key} = {list(value)} is not square, and {engine} takes "
+                                   "one size for both sides; convert it to open_clip, safetensors or onnx instead")
+            vision[key] = int(value[0])
+    return {**model_cfg, "vision_cfg": vision}
+
+
 def jax_form(form: OpenClipForm) -> tuple[JaxClipConfig, dict]:
     """``(config, {'params': …})`` of a model in its open_clip form."""
-    cfg = config_from_open_clip(form.model_cfg, form.state_dict)
+    cfg = config_from_open_clip(square_sizes(form.model_cfg, form.source, "the JAX engine"), form.state_dict)
     return cfg, open_clip_to_jax(form.state_dict, cfg)
 
 
@@ -142,4 +159,8 @@ def open_clip_form_of_jax(comparator) -> OpenClipForm:
     model_cfg = open_clip_config(towers.cfg, comparator.image_size, comparator.context_length)
     preprocess = {"size": comparator.image_size, "mean": OPENAI_MEAN, "std": OPENAI_STD, "interpolation": "bicubic",
                   "resize_mode": "shortest"}
+    path = comparator.card.source.path
+    recorded = (read_config_file(path) or {}).get("preprocess_cfg") if path and os.path.isfile(path) else None
+    if isinstance(recorded, Mapping):  # the preprocessing of the model it was converted from
+        preprocess.update({k: v for k, v in recorded.items() if k in PREPROCESS_KEYS})
     return OpenClipForm(state_dict, model_cfg, preprocess, comparator.card.alias)

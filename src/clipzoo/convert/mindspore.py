@@ -8,8 +8,9 @@ rule) in fp32, so it loads into MindSpore-CLIP's own ``clip`` / ``open_clip`` mo
 MindSpore engine; a ``.ckpt`` written by ``ckpt_transform.py`` (OpenAI's fp16 weights) loads here. The way
 back builds the model's open_clip form — weights, open_clip model config (from ``model``, a config name of
 :mod:`clipzoo.models.mindspore_config`; else the config the ``.ckpt`` stores — ours store it, as a string entry
-MindSpore-CLIP's loaders skip, so a GELU model stays GELU; else read from the shapes, with a warning), OpenAI's
-preprocessing — and writes it with the ordinary targets. Every tensor is copied as it is, so a round trip is
+MindSpore-CLIP's loaders skip, so a GELU model stays GELU; else read from the shapes, with a warning), the
+preprocessing the stored config records (the model's own, which MindSpore-CLIP does not apply), else OpenAI's —
+and writes it with the ordinary targets. Every tensor is copied as it is, so a round trip is
 bit-identical for fp32 weights.
 """
 from __future__ import annotations
@@ -21,10 +22,11 @@ from typing import Any
 from ..api import load
 from ..backends import get_backend
 from ..errors import ClipzooError
-from ..models.mindspore_config import check_config, config_of, get_config, tower_sizes
+from ..models.mindspore_config import PREPROCESS_KEY, check_config, config_of, get_config, tower_sizes
 from ..models.mindspore_names import mindspore_to_torch, read_ckpt_entries, torch_to_mindspore, write_ckpt
 from ..registry import card_from_fields
-from .form import OpenClipForm
+from .carried import preprocess_differences
+from .form import PREPROCESS_KEYS, OpenClipForm, plain_preprocess
 
 __all__ = ["form_of_ckpt", "form_of_mindspore", "write_mindspore", "load_ckpt", "mindspore_comparator"]
 
@@ -33,8 +35,13 @@ OPENAI_PREPROCESS = {"mean": (0.48145466, 0.4578275, 0.40821073), "std": (0.2686
 
 
 def _form(params: dict[str, Any], model_cfg: dict[str, Any], source: str) -> OpenClipForm:
+    """The open_clip form; the preprocessing the ``.ckpt`` recorded (of the model it was converted from), else
+    OpenAI's, which MindSpore-CLIP applies."""
+    model_cfg = dict(model_cfg)
+    recorded = model_cfg.pop(PREPROCESS_KEY, None) or {}
     size = tower_sizes(model_cfg)["image_size"]
-    return OpenClipForm(mindspore_to_torch(params), model_cfg, {"size": size, **OPENAI_PREPROCESS}, source)
+    preprocess = {"size": size, **OPENAI_PREPROCESS, **{k: v for k, v in recorded.items() if k in PREPROCESS_KEYS}}
+    return OpenClipForm(mindspore_to_torch(params), model_cfg, preprocess, source)
 
 
 def form_of_ckpt(path: "str | os.PathLike", model: "str | dict | None" = None) -> OpenClipForm:
@@ -57,6 +64,9 @@ def write_mindspore(form: OpenClipForm, dst: "str | os.PathLike") -> Path:
     if dst.suffix.lower() != ".ckpt":
         raise ClipzooError(f"a MindSpore checkpoint is one .ckpt file: name the destination like {dst.name}.ckpt")
     cfg = check_config(form.model_cfg)  # a model MindSpore-CLIP's classes (and ours) build
+    cfg.pop(PREPROCESS_KEY, None)
+    if preprocess_differences(form):  # not OpenAI's, which MindSpore-CLIP applies: restored by the way back
+        cfg[PREPROCESS_KEY] = plain_preprocess(form.preprocess_cfg)
     tmp = dst.with_name(f".{dst.stem}.tmp-{os.getpid()}.ckpt")  # save_checkpoint wants the .ckpt suffix
     try:
         write_ckpt(tmp, torch_to_mindspore(form.state_dict), model_config=cfg)

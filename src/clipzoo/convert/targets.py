@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +40,13 @@ from ..extras import require
 from ..models.jax_config import config_file, get_config, list_configs, read_config_file
 from ..registry import card_from_fields
 from ..runtime.onnx_export import check_vit_layout, export_onnx
-from .form import OpenClipForm
+from .carried import is_openai_tokenizer, preprocess_differences, refuse_tokenizer, warn_preprocess, write_tokenizer
+from .destination import check_not_source, check_replaceable, staged
+from .form import OpenClipForm, plain_preprocess
 from .hf import open_clip_form_of_hf, write_hf
 from .jax import jax_form, open_clip_form_of_jax, write_params_with_config
 from .mindspore import form_of_mindspore, load_ckpt, write_mindspore
+from .openai_check import check_openai_compatible
 
 __all__ = ["TARGETS", "SOURCE_FORMATS", "OpenClipForm", "convert", "open_clip_form", "check_openai_compatible"]
 
@@ -63,7 +65,7 @@ def open_clip_form(comparator) -> OpenClipForm:
         sd = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
               for k, v in comparator.model.state_dict().items()}
         return OpenClipForm(sd, json.loads(json.dumps(comparator.model_config)), dict(comparator.preprocess_config),
-                            comparator.card.alias)
+                            comparator.card.alias, _local_tokenizer(comparator))
     if backend == "transformers":
         return open_clip_form_of_hf(comparator)
     if backend == "jax":
@@ -74,84 +76,42 @@ def open_clip_form(comparator) -> OpenClipForm:
                            f"converted to onnx only")
 
 
-def check_openai_compatible(form: OpenClipForm) -> None:
-    """OpenAI's ``clip.build_model`` rebuilds only its own architectures from tensor shapes."""
-    cfg = form.model_cfg
-    vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
-    problems = []
-    if not cfg.get("quick_gelu", False):
-        problems.append("it uses GELU (OpenAI's code always builds QuickGELU)")
-    if "timm_model_name" in vision or "hf_model_name" in text or cfg.get("custom_text") or "multimodal_cfg" in cfg:
-        problems.append("its towers are not OpenAI's ViT / ModifiedResNet and causal text transformer")
-    if form.state_dict.get("logit_bias") is not None:
-        problems.append("it has a SigLIP logit bias")
-    width = int(text.get("width", 512))
-    if int(text.get("heads", 8)) != max(1, width // 64):
-        problems.append(f"its text tower has {text.get('heads')} heads where OpenAI's code infers width // 64 = "
-                        f"{width // 64}")
-    if int(vision.get("head_width", 64)) != 64:  # OpenAI's code infers width // 64 heads (width * 32 // 64 for a
-        problems.append(f"its image tower's heads are {vision.get('head_width')} wide where OpenAI's code infers "
-                        "64")  # ResNet's attention pool): other widths loaded with features 0.19 off
-    for side, tower in (("image", vision), ("text", text)):
-        if float(tower.get("mlp_ratio", 4.0)) != 4.0:
-            problems.append(f"its {side} tower's MLP ratio is {tower.get('mlp_ratio')} where OpenAI's code builds 4")
-    if int(text.get("vocab_size", 49408)) != 49408 or int(text.get("context_length", 77)) != 77:
-        problems.append("its tokenizer is not OpenAI's (vocabulary 49408, context 77)")
-    for key in ("attentional_pool", "no_ln_pre", "final_ln_after_pool", "pos_embed_type", "pool_type", "ls_init_value"):
-        if vision.get(key) not in (None, False, "tok", "learnable"):
-            problems.append(f"vision_cfg.{key} = {vision[key]!r} is not an OpenAI option")
-    if problems:
-        raise UnsupportedError(f"{form.source} cannot be written in OpenAI's format: " + "; ".join(problems)
-                               + ". Convert it to open_clip, hf or safetensors instead")
+def _local_tokenizer(comparator):
+    """The HF tokenizer an open_clip model reads from its own folder (an open_clip hub folder with tokenizer files),
+    which must travel with it; None for OpenAI's BPE or a tokenizer its config names on the hub."""
+    hf = getattr(getattr(comparator, "tokenizer", None), "tokenizer", None)  # open_clip's HFTokenizer
+    name = getattr(hf, "name_or_path", None)
+    if hf is None or not name or not os.path.isdir(name) or is_openai_tokenizer(hf):
+        return None
+    return hf
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _replace(tmp: Path, dst: Path) -> None:
-    """``tmp`` renamed to ``dst`` (``--overwrite``): a folder there is removed first; a file or link there is
-    replaced itself — a link's target is never written — and removed first when a folder takes its place."""
-    if dst.is_symlink() or dst.is_file():
-        if tmp.is_dir():
-            dst.unlink()
-    elif dst.is_dir():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
-
-
-def check_not_source(dst: Path, source: "str | os.PathLike | None") -> None:
-    """An existing ``dst`` that is the source model's file or folder, a folder holding it, or a file inside its
-    folder would be overwritten by the conversion's result: refused, whatever ``--overwrite`` says."""
-    if source is None or not dst.exists() or not os.path.exists(source):
-        return
-    where = dst.parent.resolve() / dst.name  # a link at dst is replaced itself, not followed
-    src = Path(source).resolve()
-    if where == src or where in src.parents or (src.is_dir() and src in where.parents):
-        raise ClipzooError(f"{dst} overlaps the model being converted ({source}): writing there would destroy "
-                           "it; choose another destination")
-
-
-def _write_safetensors(form: OpenClipForm, path: Path) -> None:
+def _write_safetensors(form: OpenClipForm, path: Path, model_cfg: "dict | None" = None) -> None:
     from safetensors.torch import save_file
 
-    meta = {"format": "pt", "open_clip_config": json.dumps(form.config_json())}
+    config = {"model_cfg": model_cfg or form.model_cfg, "preprocess_cfg": plain_preprocess(form.preprocess_cfg)}
+    meta = {"format": "pt", "open_clip_config": json.dumps(config)}
     save_file({k: v.contiguous() for k, v in form.state_dict.items()}, str(path), metadata=meta)
 
 
 def write_open_clip(form: OpenClipForm, dst: Path) -> Path:
+    """A folder in open_clip's hub layout (with the model's own tokenizer files when it is not OpenAI's), or a
+    ``.safetensors`` / ``.pt`` state dict."""
     import torch
 
-    tmp = _tmp(dst)
-    if dst.suffix in (".safetensors",):
-        _write_safetensors(form, tmp)
-    elif dst.suffix in (".pt", ".pth", ".bin"):
-        torch.save(form.state_dict, tmp)
-    else:
-        tmp.mkdir(parents=True)
-        (tmp / "open_clip_config.json").write_text(json.dumps(form.config_json(), indent=2) + "\n")
-        _write_safetensors(form, tmp / "open_clip_model.safetensors")
-    _replace(tmp, dst)
+    if dst.suffix in (".safetensors", ".pt", ".pth", ".bin"):
+        refuse_tokenizer(form, f"a single {dst.suffix} file")
+    with staged(dst) as tmp:
+        if dst.suffix in (".safetensors",):
+            _write_safetensors(form, tmp)
+        elif dst.suffix in (".pt", ".pth", ".bin"):
+            torch.save(form.state_dict, tmp)
+        else:
+            tmp.mkdir(parents=True)
+            model_cfg = write_tokenizer(form, tmp, dst)
+            config = {"model_cfg": model_cfg, "preprocess_cfg": plain_preprocess(form.preprocess_cfg)}
+            (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+            _write_safetensors(form, tmp / "open_clip_model.safetensors", model_cfg)
     return dst
 
 
@@ -160,54 +120,47 @@ def write_openai(form: OpenClipForm, dst: Path) -> Path:
 
     check_openai_compatible(form)
     sd = {k: v for k, v in form.state_dict.items() if k != "attn_mask"}
-    tmp = _tmp(dst)
-    torch.save(sd, tmp)
-    _replace(tmp, dst)
+    with staged(dst) as tmp:
+        torch.save(sd, tmp)
+    warn_preprocess(form, dst, "openai's clip.load", None)
     return dst
 
 
 def write_safetensors(form: OpenClipForm, dst: Path) -> Path:
-    tmp = _tmp(dst)
-    _write_safetensors(form, tmp)
-    _replace(tmp, dst)
+    refuse_tokenizer(form, "a single .safetensors file")
+    with staged(dst) as tmp:
+        _write_safetensors(form, tmp)
     return dst
 
 
 def write_jax(form: OpenClipForm, dst: Path) -> Path:
-    """open_clip_jax's ``.pkl`` of the model, and its config file (``DST-stem.config.json``) next to it."""
+    """open_clip_jax's ``.pkl`` of the model, and its config file (``DST-stem.config.json``) next to it, which records
+    the model's preprocessing when it is not OpenAI's (open_clip_jax's)."""
+    refuse_tokenizer(form, "a JAX .pkl (open_clip_jax tokenizes with OpenAI's BPE)")
     cfg, variables = jax_form(form)
     vision, text = form.model_cfg.get("vision_cfg", {}), form.model_cfg.get("text_cfg", {})
     size = vision.get("image_size", 224)
-    tmp = _tmp(dst)
-    try:
-        write_params_with_config(tmp, variables, cfg, int(size[0] if isinstance(size, (list, tuple)) else size),
-                                 int(text.get("context_length", 77)))
-        os.replace(config_file(tmp), config_file(dst))
-        _replace(tmp, dst)
-    finally:
-        for leftover in (tmp, config_file(tmp)):
-            leftover.unlink(missing_ok=True)
+    pre = plain_preprocess(form.preprocess_cfg) if preprocess_differences(form) else None
+    with staged(dst) as tmp:
+        try:
+            write_params_with_config(tmp, variables, cfg, int(size[0] if isinstance(size, (list, tuple)) else size),
+                                     int(text.get("context_length", 77)), pre)
+            os.replace(config_file(tmp), config_file(dst))
+        finally:
+            config_file(tmp).unlink(missing_ok=True)
+    warn_preprocess(form, dst, "open_clip_jax (and clipzoo's JAX engine)", config_file(dst).name)
     return dst
 
 
-MODEL_FILES = ("open_clip_config.json", "config.json", "clipzoo_onnx.json", "clipzoo_composite.json",
-               "open_clip_model.safetensors", "model.safetensors", "pytorch_model.bin")
-"""A folder holding one of these is a model folder, which ``--overwrite`` may replace."""
+def write_ckpt(form: OpenClipForm, dst: Path) -> Path:
+    refuse_tokenizer(form, "a MindSpore .ckpt (MindSpore-CLIP tokenizes with OpenAI's BPE)")
+    write_mindspore(form, dst)
+    warn_preprocess(form, dst, "MindSpore-CLIP (and clipzoo's MindSpore engine)", "the .ckpt's model config")
+    return dst
 
 
-def _check_replaceable(dst: Path) -> None:
-    """``--overwrite`` replaces a file or a model folder, never a folder of other files nor the current folder
-    (``DST`` ``sub/..`` removed everything in the current folder, then failed)."""
-    if dst.is_symlink() or not dst.is_dir():
-        return
-    if dst == Path.cwd() or dst in Path.cwd().parents:
-        raise ClipzooError(f"{dst} is the current folder or holds it: writing there would remove it; choose "
-                           "another destination")
-    entries = sorted(p.name for p in dst.iterdir())
-    if entries and not any((dst / name).exists() for name in MODEL_FILES):
-        raise ClipzooError(f"{dst} is a folder of other files ({', '.join(entries[:3])}"
-                           f"{', …' if len(entries) > 3 else ''}), not a model folder: --overwrite would remove "
-                           "them; choose another destination")
+WRITERS = {"open_clip": write_open_clip, "openai": write_openai, "safetensors": write_safetensors, "jax": write_jax,
+           "mindspore": write_ckpt}
 
 
 def _check_destination(to: str, dst: Path, overwrite: bool) -> None:
@@ -233,15 +186,22 @@ def _check_destination(to: str, dst: Path, overwrite: bool) -> None:
 def load_source(src, source_format: "str | None" = None, model: "str | None" = None, **kwargs: Any):
     """``clipzoo.load(src, **kwargs)``; with ``source_format="jax"``, ``src`` read as open_clip_jax parameters
     of config ``model`` (or of the config file written next to it)."""
-    if source_format is None and model is not None and str(src).lower().endswith(".pkl"):
+    is_pkl = str(src).lower().endswith(".pkl")
+    if source_format is None and (model is not None or kwargs.get("model_name")) and is_pkl:
         source_format = "jax"  # a .pkl is open_clip_jax's format (as clipzoo.load decides too)
     if source_format is None:
         if model is not None:
             raise ClipzooError("--model names the JAX config of a JAX parameter file: pass it with --from jax")
+        if is_pkl and os.path.isfile(src) and not read_config_file(src):
+            raise ClipzooError(f"{src} holds JAX parameters (an open_clip_jax .pkl) with no config file beside it: "
+                               f"name its config with --from jax --model NAME (one of {', '.join(list_configs())})")
         return load(src, **kwargs)
     if source_format not in SOURCE_FORMATS:
         raise ClipzooError(f"unknown source format {source_format!r} for --from: choose from "
                            f"{', '.join(SOURCE_FORMATS)}")
+    if kwargs.pop("model_name", None):
+        raise ClipzooError(f"--model-name names an open_clip config; a {source_format} file's config is named with "
+                           f"--from {source_format} --model NAME")
     if source_format == "mindspore":
         return load_ckpt(src, model, **kwargs)
     if not os.path.isfile(src):
@@ -251,7 +211,6 @@ def load_source(src, source_format: "str | None" = None, model: "str | None" = N
                            f"{', '.join(list_configs())})")
     if model is not None:
         get_config(model)  # an unknown name fails here, before the file is read
-    kwargs.pop("model_name", None)
     card = card_from_fields(publisher="local", id=Path(src).name, path=str(src), backend="jax")
     return load(card, **kwargs, **({"model": model} if model is not None else {}))
 
@@ -270,28 +229,18 @@ def convert(src: "str | os.PathLike", dst: "str | os.PathLike", to: str, *, mode
         check_vit_layout(vit_layout)
     _check_destination(to, dst, overwrite)
     check_not_source(dst, os.path.expanduser(os.fspath(src)) if isinstance(src, (str, os.PathLike)) else None)
-    _check_replaceable(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    check_replaceable(dst)
     kwargs: dict[str, Any] = {"model_name": model_name} if model_name else {}
     comparator = load_source(src, source_format, model, trust_pickle=trust_pickle, cache_dir=cache_dir, **kwargs)
     check_not_source(dst, comparator.card.source.path)  # a catalogued model's files: its cache
+    dst.parent.mkdir(parents=True, exist_ok=True)
     if to == "onnx":
-        tmp = _tmp(dst)
-        export_onnx(comparator, tmp, vit=vit_layout or "plain")
-        _replace(tmp, dst)
+        with staged(dst) as tmp:
+            export_onnx(comparator, tmp, vit=vit_layout or "plain")
         return dst
     form = open_clip_form(comparator)
-    if to == "open_clip":
-        return write_open_clip(form, dst)
-    if to == "openai":
-        return write_openai(form, dst)
-    if to == "safetensors":
-        return write_safetensors(form, dst)
-    if to == "jax":
-        return write_jax(form, dst)
-    if to == "mindspore":
-        return write_mindspore(form, dst)
-    tmp = _tmp(dst)
-    write_hf(form, tmp)
-    _replace(tmp, dst)
+    if to in WRITERS:
+        return WRITERS[to](form, dst)
+    with staged(dst) as tmp:
+        write_hf(form, tmp)
     return dst

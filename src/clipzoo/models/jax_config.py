@@ -228,11 +228,12 @@ def config_file(params_path: "str | os.PathLike") -> Path:
 
 
 def write_config_file(params_path: "str | os.PathLike", cfg: JaxClipConfig, image_size: int,
-                      context_length: int) -> Path:
-    """Record the config (open_clip_jax's name when it is one, else its JSON form) and sizes of a ``.pkl``."""
+                      context_length: int, preprocess: "Mapping[str, Any] | None" = None) -> Path:
+    """Record the config (open_clip_jax's name when it is one, else its JSON form) and sizes of a ``.pkl``, and
+    ``preprocess`` (open_clip's preprocessing config of the model it was converted from) when given."""
     out = config_file(params_path)
     body = {"model": match_config(cfg) or cfg.as_dict(), "image_size": int(image_size),
-            "context_length": int(context_length)}
+            "context_length": int(context_length), **({"preprocess_cfg": dict(preprocess)} if preprocess else {})}
     out.write_text(json.dumps(body, indent=2) + "\n")
     return out
 

@@ -24,6 +24,9 @@ DEFAULT_CONTEXT_LENGTH = 77
 # the .ckpt entry (a string: the open_clip model config as JSON) that clipzoo writes beside the weights; MindSpore's
 # load_checkpoint returns it as a str and load_param_into_net skips it, so MindSpore-CLIP's classes still load the file
 CONFIG_ENTRY = "clipzoo_model_config"
+# the open_clip preprocessing config a .ckpt written by clipzoo records in its model config (converted from a model
+# whose preprocessing is not OpenAI's): clipzoo's conversion back to open_clip restores it
+PREPROCESS_KEY = "preprocess_cfg"
 VISION_KEYS = {"image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio"}
 TEXT_KEYS = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"}
 
@@ -90,19 +93,34 @@ def get_config(model: "str | Mapping[str, Any]", openai: bool = False) -> dict[s
 
 
 def check_config(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """An open_clip model config that MindSpore-CLIP's architecture covers (else a one-line ClipzooError)."""
+    """An open_clip model config that MindSpore-CLIP's architecture covers (else a one-line ClipzooError), a square
+    ``image_size`` / ``patch_size`` list (``[32, 32]``, which open_clip takes) as one int; the open_clip preprocessing
+    config :data:`PREPROCESS_KEY` (what a ``.ckpt`` converted from another model records) is kept as it is."""
     cfg = copy.deepcopy(dict(model_cfg))
     vision, text = dict(cfg.get("vision_cfg", {})), dict(cfg.get("text_cfg", {}))
     odd = sorted({k for k, v in vision.items() if k not in VISION_KEYS and v not in (None, False, 0, 0.0)}
                  | {f"text_cfg.{k}" for k, v in text.items() if k not in TEXT_KEYS and v not in (None, False)}
-                 | {k for k in cfg if k not in ("embed_dim", "quick_gelu", "vision_cfg", "text_cfg")
+                 | {k for k in cfg if k not in ("embed_dim", "quick_gelu", "vision_cfg", "text_cfg", PREPROCESS_KEY)
                     and cfg[k] not in (None, False)})
     if odd or "embed_dim" not in cfg or float(text.get("mlp_ratio", 4.0)) != 4.0:
         raise ClipzooError("this model is not one the MindSpore engine implements (OpenAI's ModifiedResNet or ViT "
                            f"and causal text transformer); unsupported: {', '.join(odd) or 'its text mlp_ratio'}")
-    cfg["vision_cfg"] = {k: v for k, v in vision.items() if k in VISION_KEYS}
+    if not isinstance(cfg.get(PREPROCESS_KEY, {}), Mapping):
+        raise ClipzooError(f"the model config's {PREPROCESS_KEY} is not an open_clip preprocessing config (a JSON "
+                           "object)")
+    cfg["vision_cfg"] = {k: _one_size(k, v) for k, v in vision.items() if k in VISION_KEYS}
     cfg["text_cfg"] = {k: v for k, v in text.items() if k in TEXT_KEYS}
     return cfg
+
+
+def _one_size(key: str, value: Any) -> Any:
+    """A square ``[s, s]`` image or patch size as ``s``; a non-square one refused (MindSpore-CLIP takes one size)."""
+    if key not in ("image_size", "patch_size") or not isinstance(value, (list, tuple)):
+        return value
+    if len(value) != 2 or value[0] != value[1]:
+        raise ClipzooError(f"vision_cfg.{key} = {list(value)} is not square, and the MindSpore engine (MindSpore-CLIP) "
+                           "takes one size for both sides; convert it to open_clip, safetensors or onnx instead")
+    return int(value[0])
 
 
 def is_resnet(cfg: Mapping[str, Any]) -> bool:
