@@ -71,8 +71,9 @@ def test_index_from_our_folder_uses_its_recorded_model(embedded, image_files, tm
     r = run("search", tmp_path / "ix", "--image", image_files[1], "-k", "3", "--json", "--device", "cpu")
     assert r.exit_code == 0, r.output
     hits = json.loads(r.stdout)["hits"]
-    assert hits[0]["relpath"] == image_files[1] and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
-    assert [h["caption"] for h in hits if h["relpath"] == image_files[1]] == [CAPTIONS[1]]
+    assert hits[0]["path"] == image_files[1] and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert hits[0]["relpath"] == os.path.basename(image_files[1])  # inside the folder holding the rows' files
+    assert [h["caption"] for h in hits if h["path"] == image_files[1]] == [CAPTIONS[1]]
 
 
 def test_index_from_embeddings_is_published_and_locked_as_a_folder_build(embedded, tmp_path):
@@ -88,8 +89,8 @@ def test_index_from_embeddings_is_published_and_locked_as_a_folder_build(embedde
     assert check.ok and not check.legacy and check.generation is not None and check.files > 0, check.lines()
     with IndexLock(out), pytest.raises(IndexBusyError, match=f"pid {os.getpid()}"):
         build_index_from_embeddings(embedded / "cr", out)
-    build_index_from_embeddings(embedded / "cr", out)  # the lock is released
-    assert verify_index(out).generation > check.generation
+    again = build_index_from_embeddings(embedded / "cr", out)  # the lock is released
+    assert again.unchanged == 3 and verify_index(out).generation == check.generation  # nothing changed: kept
 
 
 def test_shards_are_padded_as_clip_retrieval_pads_them(tmp_path):
@@ -125,7 +126,7 @@ def test_autofaiss_indexes_our_output_with_the_same_top1(tmp_path):
     report = build_index_from_embeddings(tmp_path / "emb", tmp_path / "ix")
     assert report.total == 3000
     with open_index(tmp_path / "ix") as idx:
-        ours = [int(idx.search_embedding(q, k=1)[0].relpath.split("/")[1].split(".")[0]) for q in queries]
+        ours = [int(os.path.basename(idx.search_embedding(q, k=1)[0].relpath).split(".")[0]) for q in queries]
     exact = np.argmax(queries @ x.T, axis=1)
     assert ours == exact.tolist()
     assert theirs[:, 0].tolist() == ours  # autofaiss numbers rows in file order, as our paths do here
@@ -169,7 +170,7 @@ def test_index_build_reads_a_folder_written_as_clip_retrieval_does(tmp_path, tin
     with open_index(tmp_path / "ix") as idx:
         for i, p in enumerate(image_files):
             hit = idx.search_embedding(img[i], k=1)[0]
-            assert (hit.relpath, hit.caption) == (p, CAPTIONS[i])
+            assert (hit.path, hit.relpath, hit.caption) == (p, os.path.basename(p), CAPTIONS[i])
             assert hit.score == pytest.approx(1.0, abs=2e-3)  # float16 rows
     texts = open_clip_retrieval(cr).load("text")
     np.testing.assert_allclose(texts.features, txt.astype(np.float16).astype(np.float32))
@@ -208,9 +209,10 @@ def test_embed_format_errors_before_loading_the_model(tmp_path, image_files):
     assert not (tmp_path / "o").exists()
 
 
-def test_image_paths_of_rows_are_checked_and_normalised(tmp_path, tiny):
+def test_image_paths_of_rows_are_checked_and_normalised(tmp_path, tiny, monkeypatch):
     """A row without an image_path (pandas writes None or NaN) is one line, not an item called 'None' (two such
-    rows said 'appears twice'); a relative path is normalised and one leaving the folder gets no partition."""
+    rows said 'appears twice'); a relative path is relative to the working folder, as clip-retrieval means it, and
+    every row is named inside the deepest folder holding them all (never by an absolute path)."""
     x = np.eye(32, dtype=np.float32)[:4]  # the tiny model's 32 dimensions
     write_clip_retrieval(tmp_path / "none", image_features=x[:2], image_paths=["a.png", "b.png"])
     import pyarrow as pa  # a null in the column, as pandas writes a missing path
@@ -221,9 +223,13 @@ def test_image_paths_of_rows_are_checked_and_normalised(tmp_path, tiny):
     write_clip_retrieval(tmp_path / "nul", image_features=x[:1], image_paths=["a\0b.png"])
     with pytest.raises(Exception, match=r"^row 0's image_path holds a NUL byte"):
         build_index_from_embeddings(tmp_path / "nul", tmp_path / "ix1", model=str(tiny))
-    paths = ["cats/../dogs/a.png", "../outside.png", "/abs/b.png", "top.png"]
+    (tmp_path / "w").mkdir()
+    monkeypatch.chdir(tmp_path / "w")
+    paths = ["cats/../dogs/a.png", "../outside.png", str(tmp_path / "w" / "abs" / "b.png"), "top.png"]
     write_clip_retrieval(tmp_path / "ok", image_features=x, image_paths=paths)
     build_index_from_embeddings(tmp_path / "ok", tmp_path / "ix2", model=str(tiny))
     with open_index(tmp_path / "ix2") as idx:
-        got = {h.relpath: h.partition for h in idx.search_embedding(np.ones(32, np.float32), k=4)}
-    assert got == {"dogs/a.png": "dogs", "../outside.png": None, "/abs/b.png": None, "top.png": None}
+        got = {h.relpath: (h.partition, h.path) for h in idx.search_embedding(np.ones(32, np.float32), k=4)}
+    assert got == {"w/dogs/a.png": ("w", str(tmp_path / "w/dogs/a.png")),
+                   "outside.png": (None, str(tmp_path / "outside.png")),
+                   "w/abs/b.png": ("w", str(tmp_path / "w/abs/b.png")), "w/top.png": ("w", str(tmp_path / "w/top.png"))}

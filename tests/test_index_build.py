@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -235,6 +236,9 @@ def test_classify_and_vocabulary(tmp_path, model):
                             ("n.json", '["a", 3]', "entry 1 is a int, not a string"),
                             ("b.json", "[", "is not valid JSON"),
                             ("d.txt", "a\nb\na\n", "lists 'a' more than once"),
+                            ("u.txt", "caf\u00e9\nb\ncafe\u0301\n",  # one word in two Unicode forms, as /classify
+                             re.escape("lists 'caf\u00e9' more than once (also as 'cafe\u0301': the same text in "
+                                       "another Unicode form)")),
                             ("v.csv", "a,b", "unknown extension '.csv'")]:
         (tmp_path / name).write_text(text)
         with pytest.raises(ClipzooError, match=msg):

@@ -12,6 +12,7 @@ other brace is still refused, and the substitution stays literal.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -89,3 +90,17 @@ def fill_template(template: str, label: str, escapes: bool = False) -> str:
     """``template`` with each ``{}``, ``{label}`` or ``{c}`` replaced by ``label``, literally (with ``escapes``,
     ``{{`` and ``}}`` become ``{`` and ``}``, as ``str.format`` makes them)."""
     return str(label).join(template_parts(template, escapes))
+
+
+def repeated_label(labels: Sequence[str]) -> str | None:
+    """What to say of the first label ``labels`` lists twice — also twice in Unicode NFC, where two spellings of one
+    word would split its probability — as ``"'cat' more than once"``; None when each is there once."""
+    seen: dict[str, str] = {}
+    for label in labels:
+        key = unicodedata.normalize("NFC", label)
+        if key in seen:
+            first = seen[key]
+            again = "" if first == label else f" (also as {label!r}: the same text in another Unicode form)"
+            return f"{first!r} more than once{again}"
+        seen[key] = label
+    return None

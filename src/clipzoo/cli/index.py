@@ -279,6 +279,7 @@ def search(
         fail(f"--dedup must be in (0, 1], got {dedup}")
     idx = open_index(index)
     idx.check_partition(partition)
+    idx.check_weights()  # other weights at the recorded model's path: refused before they load
     tower = None
     if image is None and device in ("auto", "cpu") and precision == "fp32":  # the embedded model: no torch
         from ..models.numpy_text import embedded_text_tower

@@ -30,10 +30,10 @@ import numpy as np
 
 from ..errors import ClipzooError
 from ..progress import progress as progress_bar
-from .generations import POINTER, VECTORS_DIR, collect, read_pointer
+from .generations import POINTER, VECTORS_DIR, collect_quietly, read_pointer
 from .lock import IndexLock
 from .manifest import durable_write, file_entry, fsync_dir
-from .model_record import model_identity
+from .model_record import WEIGHTS_META, model_fingerprint, model_identity
 from .stores.faiss_kinds import import_faiss
 from .stores.faiss_ondisk import RERANK, BudgetPlan, OnDiskFaissStore, add_chunks, plan_index, train_index, tune_nprobe
 from .vector_source import VectorSource, open_vectors, parse_memory
@@ -130,11 +130,13 @@ def build_vectors_index(vectors: "str | os.PathLike", out: "str | os.PathLike", 
     out_path = Path(os.path.expanduser(os.fspath(out))).absolute()
     check_vectors_out(out_path)
     created = not out_path.exists()
+    meta = {"model_spec": spec, "model_alias": alias or "", "root": str(src.root), "source": "vectors", "dim": src.dim}
+    weights = model_fingerprint(spec) if spec else None
+    if weights is not None:  # a local model: search refuses other weights found at its path later
+        meta[WEIGHTS_META] = weights
     try:
         with IndexLock(out_path):
-            report = _build(src, plan, out_path, {"model_spec": spec, "model_alias": alias or "",
-                                                  "root": str(src.root), "source": "vectors", "dim": src.dim},
-                            recall_target, seed, progress)
+            report = _build(src, plan, out_path, meta, recall_target, seed, progress)
     except BaseException:
         if created:  # no half-built folder left behind, to be taken for an index later
             shutil.rmtree(out_path, ignore_errors=True)
@@ -229,5 +231,5 @@ def _build(src: VectorSource, plan: BudgetPlan, out: Path, meta: dict[str, Any],
         for p in written:
             p.unlink(missing_ok=True)
         raise
-    collect(out)
+    collect_quietly(out)
     return report

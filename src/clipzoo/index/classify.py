@@ -24,7 +24,7 @@ from ..cards import IMAGE
 from ..constants import DEFAULT_TEMPLATE, default_cache_dir
 from ..errors import BadTextError, ClipzooError
 from ..files import NOT_REGULAR, atomic_write, special_file
-from ..templates import fill_template, require_placeholder
+from ..templates import fill_template, repeated_label, require_placeholder
 from .search import check_k, image_from_bytes
 from .stores.faiss_kinds import import_faiss
 
@@ -78,10 +78,9 @@ def load_vocabulary(path: "str | os.PathLike") -> list[str]:
         raise ClipzooError(f"vocabulary {str(path)!r} has an unknown extension {path.suffix!r}; {fix}")
     if not labels:
         raise ClipzooError(f"vocabulary {str(path)!r} holds no labels; {fix}")
-    seen: set[str] = set()
-    dupes = [s for s in labels if s in seen or seen.add(s)]  # type: ignore[func-returns-value]
-    if dupes:
-        raise ClipzooError(f"vocabulary {str(path)!r} lists {dupes[0]!r} more than once; keep each label once")
+    repeated = repeated_label(labels)
+    if repeated:
+        raise ClipzooError(f"vocabulary {str(path)!r} lists {repeated}; keep each label once")
     return labels
 
 

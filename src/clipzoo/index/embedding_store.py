@@ -40,7 +40,7 @@ import numpy as np
 
 from ..errors import ClipzooError, NotFoundError
 from ..registry import REGISTRY
-from .item_rows import ITEM_COLUMNS, is_sqlite_integer, items_by_id, row_dict
+from .item_rows import ITEM_COLUMNS, connect_read_only, is_sqlite_integer, items_by_id, row_dict
 from .manifest import disk_full, durable_write, is_disk_full, refused_write, write_failed
 
 __all__ = ["EmbeddingStore", "ItemRow", "DB_NAME", "SHARD_DIR", "SCHEMA_VERSION"]
@@ -88,9 +88,9 @@ def _rebuild_hint(path: Path) -> str:
 
 
 class EmbeddingStore:
-    """Shards + SQLite at ``path``. Thread-safe (one connection behind a lock)."""
+    """Shards + SQLite at ``path``. Thread-safe (one connection behind a lock); ``read_only``: no writes (verify)."""
 
-    def __init__(self, path: "str | os.PathLike", create: bool = False):
+    def __init__(self, path: "str | os.PathLike", create: bool = False, read_only: bool = False):
         self.path = Path(os.path.expanduser(os.fspath(path))).absolute()
         self.db_path = self.path / DB_NAME
         self.shard_dir = self.path / SHARD_DIR
@@ -110,10 +110,11 @@ class EmbeddingStore:
                                    f"`clipzoo index build DIR --model MODEL --out {self.path}`")
             raise ClipzooError(f"index file {str(self.db_path)!r} is missing; {_rebuild_hint(self.path)}")
         try:
-            self.conn = sqlite3.connect(str(self.db_path), check_same_thread=False, isolation_level=None,
-                                        timeout=30)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=FULL")  # a commit is on disk before it returns
+            self.conn = connect_read_only(self.db_path) if read_only else sqlite3.connect(
+                str(self.db_path), check_same_thread=False, isolation_level=None, timeout=30)
+            if not read_only:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")  # a commit is on disk before it returns
             if create:
                 self._refuse_lost_tables()
                 self.conn.executescript(_SCHEMA)
@@ -359,8 +360,7 @@ class EmbeddingStore:
         return n
 
     def remove(self, relpaths: Iterable[str]) -> int:
-        relpaths = list(relpaths)
-        if not relpaths:
+        if not (relpaths := list(relpaths)):
             return 0
         with self._lock, self._transaction():
             self.conn.executemany("DELETE FROM items WHERE relpath=?", [(p,) for p in relpaths])

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import ClipzooError, NotFoundError
 from .embedding_store import POINTER, VECTORS_DIR, EmbeddingStore
-from .item_rows import items_by_id
+from .item_rows import connect_read_only, items_by_id
 from .manifest import (
     DiskFullError,
     check_files,
@@ -48,8 +48,8 @@ from .manifest import (
 )
 from .stores import DEFAULT_STORE, VectorStore, get_store
 
-__all__ = ["publish", "GenerationView", "open_generation", "read_pointer", "collect", "POINTER", "VECTORS_DIR",
-           "IndexCorruptError"]
+__all__ = ["publish", "GenerationView", "open_generation", "read_pointer", "collect", "collect_quietly", "POINTER",
+           "VECTORS_DIR", "IndexCorruptError"]
 
 _TAGGED = re.compile(r"^(?:all|part\d+|items|vectors)-(g\d+-\d+-\d+)\.|^(g\d+-\d+-\d+)\.readers$")
 
@@ -61,8 +61,12 @@ class IndexCorruptError(ClipzooError):
 def read_pointer(index: "str | os.PathLike") -> dict[str, Any] | None:
     """The published record (``vectors.json``) of ``index``; None when it has none, it is unreadable, or it is
     not a record (JSON of another shape: a string there was an AttributeError in build, repair and verify)."""
+    path = Path(index) / VECTORS_DIR / POINTER
     try:
-        record = json.loads((Path(index) / VECTORS_DIR / POINTER).read_text("utf-8"))
+        record = json.loads(path.read_text("utf-8"))
+    except PermissionError:  # not "missing": a reader would fall back to the live rows and report a write failure
+        raise ClipzooError(f"cannot read index file {str(path)!r}: permission denied; ask its owner to make the "
+                           "index readable (chmod -R a+rX), or rebuild it") from None
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict):
@@ -120,8 +124,17 @@ def publish(store: EmbeddingStore, **options: Any) -> dict[str, Any]:
                 is_disk_full(exc) or (isinstance(exc, RuntimeError) and "no space" in str(exc).lower())):
             raise disk_full(written[-1]) from None
         raise
-    collect(store.path)
+    collect_quietly(store.path)
     return record
+
+
+def collect_quietly(index: "str | os.PathLike") -> None:
+    """:func:`collect` after a switch: the new generation is published, so a file it cannot delete (a folder's
+    permissions) is left for a later writer rather than failing a build that succeeded."""
+    try:
+        collect(index)
+    except (OSError, ClipzooError):
+        pass
 
 
 def _write(written: list[Path], path: Path, write) -> str:
@@ -178,7 +191,7 @@ def collect(index: "str | os.PathLike") -> int:
             continue
         if m:
             by_tag.setdefault(m.group(1) or m.group(2), []).append(p)
-        else:
+        elif not p.is_dir():  # a folder no generation names (Jupyter's .ipynb_checkpoints) is not ours: left alone
             p.unlink(missing_ok=True)
             removed += 1
     for tag, paths in by_tag.items():
@@ -221,12 +234,24 @@ class GenerationView:
         self.tag = str(record["tag"])
         vdir = index / VECTORS_DIR
         self._lock = threading.RLock()
-        self.conn = sqlite3.connect(f"file:{vdir / record['items']}?mode=ro&immutable=1", uri=True,
-                                    check_same_thread=False)
+        reading = vdir / record["items"]
+        conn = None
+        try:  # a file of the right size whose bytes are bad (a flipped header) is corrupt, in one line
+            conn = connect_read_only(reading, immutable=True)
+            self._meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+            self._ids = np.fromiter((r[0] for r in conn.execute("SELECT id FROM items ORDER BY id")), np.int64)
+            reading = vdir / record["vectors"]
+            self._vectors = np.load(reading, mmap_mode="r", allow_pickle=False)
+        except (sqlite3.Error, ValueError, TypeError, OSError, EOFError) as exc:
+            if conn is not None:
+                conn.close()
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+            raise IndexCorruptError(f"index file {str(reading)!r} is corrupt ({first}); "
+                                    f"{repair_hint(index, record.get('vector_store'))}") from None
+        self.conn = conn
+        # registered only now: when a read above raises, open_generation closes the lock's fd (a finalizer
+        # registered before closed that number a second time, maybe another thread's new file by then)
         self._closer = weakref.finalize(self, _release, self.conn, lock_fd)
-        self._meta = {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
-        self._ids = np.fromiter((r[0] for r in self.conn.execute("SELECT id FROM items ORDER BY id")), np.int64)
-        self._vectors = np.load(vdir / record["vectors"], mmap_mode="r")
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         return self._meta.get(key, default)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["ITEM_COLUMNS", "row_dict", "items_by_id", "is_sqlite_integer"]
+from .manifest import refused_write
+
+__all__ = ["ITEM_COLUMNS", "row_dict", "items_by_id", "is_sqlite_integer", "connect_read_only"]
 
 ITEM_COLUMNS = "id, relpath, size, mtime_ns, sha256, caption, partition, shard, row"
 ID_CHUNK = 500  # ids per `IN (...)` query, under SQLite's bound-parameter limit
@@ -35,3 +38,22 @@ def items_by_id(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, dict[
         for row in conn.execute(q, chunk):
             out[row[0]] = row_dict(row)
     return out
+
+
+def connect_read_only(db: Path, immutable: bool = False) -> sqlite3.Connection:
+    """The SQLite file ``db`` opened for reading only: it needs no write permission, free space or writable folder
+    (``clipzoo index verify`` of an index on a read-only disk, or of another user's). Where SQLite cannot even set up
+    its WAL reader files (no permission to create ``-shm``), or with ``immutable``, the file is read as immutable:
+    nobody is writing it."""
+    if not immutable:
+        conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, check_same_thread=False, isolation_level=None,
+                               timeout=30)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if not refused_write(exc):
+                raise
+    return sqlite3.connect(f"{db.as_uri()}?mode=ro&immutable=1", uri=True, check_same_thread=False,
+                           isolation_level=None)

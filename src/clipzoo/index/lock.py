@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ClipzooError
+from .manifest import disk_full, is_disk_full, write_failed
 
 __all__ = ["IndexLock", "IndexBusyError", "LOCK_NAME"]
 
@@ -48,10 +49,16 @@ class IndexLock:
     def acquire(self) -> "IndexLock":
         if self.folder.exists() and not self.folder.is_dir():
             raise ClipzooError(f"index path {str(self.folder)!r} is a file; pass a folder for --out")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._refused(self.folder, exc) from None
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise self._refused(self.path, exc) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -73,10 +80,22 @@ class IndexLock:
             if not same:
                 os.close(fd)
                 continue
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError as exc:  # a full disk: no lock file left behind (it made "the folder" of a failed build)
+                self._fd = fd
+                self.release()
+                raise self._refused(self.path, exc) from None
             self._fd = fd
             return self
+
+    @staticmethod
+    def _refused(path: Path, exc: OSError) -> ClipzooError:
+        """One line for the lock the file system would not let us take: a full disk names the device."""
+        if is_disk_full(exc):
+            return disk_full(path)
+        return write_failed(path, exc)
 
     def release(self) -> None:
         fd, self._fd = self._fd, None

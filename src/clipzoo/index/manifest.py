@@ -10,6 +10,7 @@ the one-line "disk full" message.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -23,6 +24,7 @@ import numpy as np
 
 from ..constants import ONDISK_STORE
 from ..errors import ClipzooError, write_refused
+from ..files import current_umask
 
 __all__ = ["DiskFullError", "durable_write", "fsync_dir", "file_entry", "sha256_of", "check_files", "disk_full",
            "mount_point", "is_disk_full", "repair_hint", "bad_shards"]
@@ -110,6 +112,8 @@ def durable_write(path: "str | os.PathLike", write: Callable[[IO[bytes]], object
     try:
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
+            with contextlib.suppress(OSError):  # the mode a new file gets (mkstemp's 0600 hid the index from
+                os.fchmod(f.fileno(), 0o666 & ~current_umask())  # another user: a service could not read it)
             write(f)
             f.flush()
             os.fsync(f.fileno())

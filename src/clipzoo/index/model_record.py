@@ -9,7 +9,8 @@ from ..errors import ClipzooError
 from ..files import model_fingerprint  # the core layer's: the runtimes' caches key local models by it too
 from .embedding_store import EmbeddingStore
 
-__all__ = ["WEIGHTS_META", "check_weights", "model_fingerprint", "model_identity"]
+__all__ = ["WEIGHTS_META", "check_weights", "check_recorded_weights", "model_fingerprint", "model_identity",
+           "weights_changed"]
 
 
 def model_identity(model: Any) -> tuple[str, str | None]:
@@ -47,6 +48,25 @@ def check_weights(store: EmbeddingStore, spec: str) -> None:
     if old is None:
         store.set_meta(**{WEIGHTS_META: now})
     elif old != now:
-        raise ClipzooError(f"the model at {spec!r} is not the one index {str(store.path)!r} was built with: its files "
-                           "changed since (other weights at the same path); embeddings of different weights cannot "
-                           "be mixed: pass a new --out")
+        raise ClipzooError(f"{weights_changed(spec, store.path)}; embeddings of different weights cannot be mixed: "
+                           "pass a new --out")
+
+
+def weights_changed(spec: str, index: "str | os.PathLike") -> str:
+    """The start of the one line for a local model whose files changed since ``index`` recorded them."""
+    return (f"the model at {spec!r} is not the one index {os.fspath(index)!r} was built with: its files changed "
+            "since (other weights at the same path)")
+
+
+def check_recorded_weights(store: Any, spec: str) -> None:
+    """For a reader (search, serve): queries embedded by other weights than the index's vectors were made with
+    would be meaningless, so a local model whose files changed since the build is refused (``store``: anything
+    with ``get_meta`` and ``path``). Costs what :func:`model_fingerprint` reads: 2 MiB a file."""
+    old = store.get_meta(WEIGHTS_META)
+    if old is None or not spec:
+        return
+    now = model_fingerprint(spec)
+    if now is not None and now != old:
+        raise ClipzooError(f"{weights_changed(spec, store.path)}; queries embedded by them would not match the "
+                           "index's vectors: put the original weights back, or build the index again with these "
+                           "(a new --out)")

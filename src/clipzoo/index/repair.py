@@ -27,6 +27,7 @@ from .build import default_vector_options, folder_vector_options, reembed
 from .embedding_store import DB_NAME, EmbeddingStore
 from .folder import file_problem
 from .generations import POINTER, VECTORS_DIR, IndexCorruptError, publish, read_pointer
+from .import_record import unfinished_import
 from .lock import IndexLock
 from .manifest import bad_shards, check_files, repair_hint
 from .stores import DEFAULT_STORE, check_store, get_store
@@ -56,11 +57,11 @@ class Verification:
         return [f"{path}: {what}" for path, what in self.problems]
 
 
-def _open_store(index: Path) -> EmbeddingStore:
+def _open_store(index: Path, read_only: bool = False) -> EmbeddingStore:
     if not index.is_dir():
         raise ClipzooError(f"index {str(index)!r} does not exist; pass an index folder built by "
                            "`clipzoo index build`")
-    return EmbeddingStore(index)
+    return EmbeddingStore(index, read_only=read_only)
 
 
 def built_from_vectors(record: dict[str, Any] | None) -> bool:
@@ -86,7 +87,7 @@ def verify_index(index: "str | os.PathLike", full: bool = True) -> Verification:
     record = read_pointer(index)
     if not built_from_vectors(record):  # an index from `build-vectors` has no embedding store: its files only
         try:
-            store = _open_store(index)
+            store = _open_store(index, read_only=True)  # verify writes nothing: a read-only or full disk is fine
         except ClipzooError as exc:
             v.problems.append((str(index / DB_NAME), str(exc)))
             return v
@@ -165,7 +166,10 @@ def repair_index(index: "str | os.PathLike", model: Any = None, *, wait: bool = 
     if built_from_vectors(read_pointer(index)):
         raise ClipzooError(f"index {str(index)!r} was built from vectors and keeps no embeddings to repair "
                            f"from; {repair_hint(index, ONDISK_STORE)}")
-    _open_store(index).close()  # a missing or unreadable index: its one-line error, before taking the lock
+    with _open_store(index, read_only=True) as store:  # a missing or unreadable index: one line, before the lock
+        unfinished = unfinished_import(store)
+    if unfinished is not None:  # its rows are a mix of two imports: publishing them made a partial index "healthy"
+        raise ClipzooError(unfinished)
     checked = folder_vector_options(index, vector_options)
     check_store(checked["vector_store"], checked)  # e.g. its Milvus Lite file open in another process
     with IndexLock(index, wait=wait), EmbeddingStore(index, create=True) as store:

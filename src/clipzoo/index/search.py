@@ -20,6 +20,7 @@ from ..image_bytes import decode_image
 from .embedding_store import EmbeddingStore
 from .generations import VECTORS_DIR, GenerationView, IndexCorruptError, open_generation, read_pointer
 from .manifest import repair_hint
+from .model_record import check_recorded_weights
 from .stores import DEFAULT_STORE, StoreUnavailableError, VectorStore, get_store, normalize
 from .vector_files import open_part, read_record
 from .videos import split_key
@@ -138,6 +139,7 @@ class SearchIndex:
         if self._model is None:
             with self._lock:
                 if self._model is None:
+                    self.check_weights()  # before loading them
                     model = load(self.model_spec)
                     self._check_model(model, recorded=True)
                     self._model = model
@@ -154,8 +156,17 @@ class SearchIndex:
         if model is not None:
             self._check_model(model, recorded=True)
 
+    def check_weights(self) -> None:
+        """The recorded model, when it is a local file or folder, still has the files the index was built with
+        (their fingerprint, as the build checks it); else a one-line error."""
+        check_recorded_weights(self.store, self.model_spec)
+
     def _check_model(self, model: Any, recorded: bool = False) -> None:
-        """``model`` (anything with an ``embed_dim``) fits the index's vectors, else a one-line error."""
+        """``model`` (anything with an ``embed_dim``) fits the index's vectors, else a one-line error; the recorded
+        model (``recorded``, or loaded from the recorded path) must also have the recorded files."""
+        source = getattr(getattr(getattr(model, "card", None), "source", None), "path", None)
+        if recorded or (source and os.path.abspath(source) == self.model_spec):
+            self.check_weights()
         dim = getattr(model, "embed_dim", None)
         if dim is None or not self.dim or int(dim) == self.dim:
             return
@@ -304,7 +315,7 @@ def open_index(path: "str | os.PathLike", model: Any = None, mmap: bool = True) 
         except BaseException:
             view.close()
             raise
-    store = EmbeddingStore(path)  # an index from before generations: reads the live rows, as generation 0
+    store = EmbeddingStore(path, read_only=True)  # an index from before generations: reads the live rows, as 0
     try:
         record = read_record(store)
         if isinstance(model, (str, os.PathLike)):

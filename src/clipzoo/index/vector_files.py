@@ -30,6 +30,7 @@ from ..errors import ClipzooError, MissingExtraError
 from ..files import atomic_write_text
 from .embedding_store import POINTER as VECTORS_META
 from .embedding_store import VECTORS_DIR, EmbeddingStore
+from .import_record import import_command, imported_from, unfinished_import
 from .stores import DEFAULT_STORE, StoreUnavailableError, VectorStore, get_store
 
 __all__ = ["VECTORS_DIR", "VECTORS_META", "refresh_vectors", "read_record", "open_part", "stale_hint"]
@@ -40,9 +41,14 @@ def stale_hint(store: EmbeddingStore) -> str:
     """The commands that mend the index of ``store`` (end the errors about missing or corrupt vector files): the
     repair, which rebuilds them from the stored embeddings, or a whole build; quoted for a shell (a spec such as
     ``[clip - clipzoo - tiny-shapes]`` holds spaces)."""
+    unfinished = unfinished_import(store)
+    if unfinished is not None:  # a repair would publish a mix of two imports: only the import mends it
+        return unfinished
+    out = shlex.quote(str(store.path))
+    if imported_from(store) is not None:  # imported from embeddings: a folder build over them was no rebuild
+        return f"run `clipzoo index repair {out}` (or import it again: `{import_command(store)}`)"
     root = shlex.quote(str(store.get_meta("root") or "DIR"))
     spec = shlex.quote(str(store.get_meta("model_spec") or "MODEL"))
-    out = shlex.quote(str(store.path))
     return f"run `clipzoo index repair {out}` (or rebuild it: `clipzoo index build {root} --model {spec} --out {out}`)"
 
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..embed.clip_retrieval import SIDECAR, is_clip_retrieval, open_clip_retrieval
+from ..embed.clip_retrieval import SIDECAR, is_clip_retrieval
 from ..embed.results import sidecar_path
 from ..errors import ClipzooError
-from ..extras import require
+from .embedding_folder import check_rows, open_embeddings, parquet_rows, read_columns
 
 __all__ = ["VectorSource", "open_vectors", "parse_memory", "read_block", "read_rows", "npy_layout"]
 
@@ -140,11 +140,9 @@ class VectorSource:
         return out
 
     def _check_finite(self, block: np.ndarray, f: int, first: int) -> None:
-        """A one-line error naming the file and row of the first NaN / Inf in ``block`` (rows from ``first``)."""
-        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
-        if len(bad):
-            raise ClipzooError(f"vectors file {str(self.files[f])!r} holds a non-finite value (NaN or Inf) in row "
-                               f"{first + int(bad[0])}; remove or re-embed those rows")
+        """A one-line error naming the file and row of the first NaN / Inf or all-zero row in ``block`` (rows from
+        ``first``): a zero row has no direction, so no query finds it (:func:`~.embedding_folder.check_rows`)."""
+        check_rows(block, self.files[f], first)
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         """The rows of ``rows`` (sorted global row numbers) as float32, each read by itself (``pread``)."""
@@ -156,7 +154,7 @@ class VectorSource:
             for a in range(0, len(sel), 1024):  # a small buffer at a time
                 part = rows[sel[a:a + 1024]] - starts[f]
                 block = read_rows(self.files[f], part)
-                bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+                bad = np.flatnonzero(~np.isfinite(block).all(axis=1) | ~np.any(block, axis=1))
                 if len(bad):
                     self._check_finite(block[bad[:1]], f, int(part[bad[0]]))
                 out[sel[a:a + 1024]] = block
@@ -182,18 +180,23 @@ class VectorSource:
         if self.inputs is not None and len(self.inputs) == n:
             own = [str(s) for s in self.inputs]
         elif f in self.names:
-            parquet = require("pyarrow.parquet", "clip-retrieval's metadata (parquet)").ParquetFile(self.names[f])
-            cols = set(parquet.schema_arrow.names) & {"image_path", "caption"}
-            table = parquet.read(columns=sorted(cols), use_threads=False)  # threads: tens of MB of arenas
-            if len(table) == n:
-                if "image_path" in cols:
-                    own = [str(s) for s in table.column("image_path").to_pylist()]
-                if "caption" in cols:
-                    captions = table.column("caption").to_pylist()
-                    if "image_path" not in cols:
-                        own = [f"{self.files[f].name}#{i}" for i in range(n)]
+            table = read_columns(self.names[f], ("image_path", "caption"))
+            if "image_path" in table and len(table["image_path"]) == n:
+                own = [str(s) for s in table["image_path"]]
+            if "caption" in table and len(table["caption"]) == n:
+                captions = table["caption"]
         self._cache = (f, own, captions)
         return own, captions
+
+
+def _sidecar(side: Path) -> dict[str, Any]:
+    """A JSON sidecar's record; {} when there is none, or it is not JSON of an object (a list was an
+    AttributeError)."""
+    try:
+        meta = json.loads(side.read_text("utf-8")) if side.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _check_npy(path: Path) -> tuple[int, int, str]:
@@ -217,15 +220,10 @@ def open_vectors(path: "str | os.PathLike") -> VectorSource:
     model, names, inputs = None, {}, None
     if root.is_file():
         files = [root]
-        side = sidecar_path(root)
-        if side.is_file():
-            try:
-                meta = json.loads(side.read_text("utf-8"))
-            except ValueError:
-                meta = {}
-            model, inputs = meta.get("model") or None, meta.get("inputs")
+        meta = _sidecar(sidecar_path(root))
+        model, inputs = meta.get("model") or None, meta.get("inputs")
     elif is_clip_retrieval(root):
-        folder = open_clip_retrieval(root)
+        folder = open_embeddings(root)  # its sidecar's shape and its shard names checked
         modality = folder.modality()
         numbers = sorted(folder.shards[modality])
         files = [folder.shards[modality][i] for i in numbers]
@@ -233,12 +231,7 @@ def open_vectors(path: "str | os.PathLike") -> VectorSource:
         model = folder.model
     elif root.is_dir():
         files = sorted(p for p in root.iterdir() if p.suffix == ".npy")
-        side = root / SIDECAR
-        if side.is_file():
-            try:
-                model = json.loads(side.read_text("utf-8")).get("model") or None
-            except ValueError:
-                model = None
+        model = _sidecar(root / SIDECAR).get("model") or None
     else:
         raise ClipzooError(f"vectors {os.fspath(path)!r} do not exist; pass a .npy file or a folder of them "
                            "(clip-retrieval's img_emb/ layout included)")
@@ -249,5 +242,10 @@ def open_vectors(path: "str | os.PathLike") -> VectorSource:
     if len(dims) > 1:
         raise ClipzooError(f"the .npy files of {os.fspath(path)!r} have different widths ({sorted(dims)}); "
                            "pass embeddings of one model")
+    for f, meta_file in names.items():  # a truncated parquet: one line now, not a traceback halfway through
+        rows = parquet_rows(meta_file)
+        if rows != shapes[f][0]:
+            raise ClipzooError(f"{str(meta_file)!r} has {rows} rows but {str(files[f])!r} has {shapes[f][0]}; they "
+                               "must pair up")
     return VectorSource(root if root.is_dir() else root.parent, files, [s[0] for s in shapes], dims.pop(),
                         shapes[0][2], model, names, inputs)

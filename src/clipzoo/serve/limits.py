@@ -8,7 +8,6 @@ substituted, literally; any other brace, and a template over :data:`MAX_TEMPLATE
 """
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,7 +25,7 @@ from ..constants import (  # noqa: F401 (re-exported)
     DEFAULT_THUMB_SIZE,
 )
 from ..errors import ClipzooError
-from ..templates import TemplateError, require_placeholder
+from ..templates import TemplateError, repeated_label, require_placeholder
 
 MAX_K = 1000
 """Most search results one request may ask for."""
@@ -93,13 +92,9 @@ def check_labels(labels: Sequence[str]) -> list[str]:
     """``labels`` checked as texts (:func:`check_texts`) and each given once — also once in Unicode NFC, where two
     spellings of one word would split its probability — as a vocabulary file must be (else 400)."""
     labels = check_texts(labels, "labels")
-    seen: dict[str, str] = {}
-    for label in labels:
-        key = unicodedata.normalize("NFC", label)
-        first = seen.setdefault(key, label)
-        if first is not label:
-            again = "" if first == label else f" (also as {label!r}: the same text in another Unicode form)"
-            raise ClipzooError(f"labels lists {first!r} more than once{again}; keep each label once")
+    repeated = repeated_label(labels)
+    if repeated:
+        raise ClipzooError(f"labels lists {repeated}; keep each label once")
     return labels
 
 

@@ -211,7 +211,7 @@ class Service:
         """A message for a client: the server's folders (index, indexed root) shown by name only."""
         for attr in ("path", "root"):
             where = getattr(self.index, attr, None)
-            if where and str(where) not in ("", "."):
+            if where and Path(where).name:  # not "", "." or "/" (an import whose files share no folder)
                 message = message.replace(str(where), Path(where).name)
         return message
 
