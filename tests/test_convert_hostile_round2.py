@@ -96,8 +96,8 @@ def test_jax_records_the_preprocessing_warns_and_converting_back_restores_it(tmp
         convert(folder, tmp_path / "p.pkl", "jax")
     shown = [str(w.message) for w in caught if "preprocessing" in str(w.message)]
     assert shown == [f"[clip - local - {folder}]: its preprocessing ({PREP_SHOWN}) is not OpenAI's, which "
-                     "open_clip_jax (and clipzoo's JAX engine) applies to p.pkl; it is recorded in p.config.json, so "
-                     "converting back restores it"]
+                     "open_clip_jax applies to p.pkl; it is recorded in p.config.json, which clipzoo's loader "
+                     "applies and converting back restores"]
     recorded = json.loads((tmp_path / "p.config.json").read_text())["preprocess_cfg"]
     assert recorded == {"size": [32, 32], **PREP, "mode": "RGB", "fill_color": 0}
     convert(tmp_path / "p.pkl", tmp_path / "back", "open_clip", source_format="jax")
@@ -107,6 +107,9 @@ def test_jax_records_the_preprocessing_warns_and_converting_back_restores_it(tmp
     image = Image.fromarray(torch.randint(0, 255, (40, 57, 3), dtype=torch.uint8).numpy())
     assert torch.equal(a.preprocess(image), b.preprocess(image))
     assert torch.equal(a.encode_image([image]), b.encode_image([image]))
+    in_jax = clipzoo.load(tmp_path / "p.pkl")  # clipzoo's JAX engine applies it too (it applied OpenAI's)
+    assert torch.equal(in_jax.preprocess(image), a.preprocess(image))
+    assert float((in_jax.encode_image([image]) - a.encode_image([image])).abs().max()) < 1e-4
 
 
 def test_openai_warns_that_it_cannot_record_the_preprocessing(tmp_path):
@@ -124,10 +127,15 @@ def test_openai_warns_that_it_cannot_record_the_preprocessing(tmp_path):
 def test_mindspore_records_the_preprocessing_and_a_square_list_size(tmp_path):
     pytest.importorskip("mindspore")
     folder = hub(tmp_path, "prep", lambda c: c["vision_cfg"].update(image_size=[32, 32]), preprocess=PREP)
-    with pytest.warns(UserWarning, match=r"which MindSpore-CLIP \(and clipzoo's MindSpore engine\) applies to "
-                                         r"m\.ckpt; it is recorded in the \.ckpt's model config"):
+    with pytest.warns(UserWarning, match=r"which MindSpore-CLIP applies to m\.ckpt; it is recorded in the \.ckpt's "
+                                         r"model config, which clipzoo's loader applies and converting back restores"):
         convert(folder, tmp_path / "m.ckpt", "mindspore")
-    assert clipzoo.load(tmp_path / "m.ckpt").image_size == 32  # was a TypeError traceback
+    in_ms = clipzoo.load(tmp_path / "m.ckpt")
+    assert in_ms.image_size == 32  # was a TypeError traceback
+    image = Image.fromarray(torch.randint(0, 255, (40, 57, 3), dtype=torch.uint8).numpy())
+    source = clipzoo.load(folder)  # clipzoo's MindSpore engine applies the recorded preprocessing (it applied OpenAI's)
+    assert torch.equal(in_ms.preprocess(image), source.preprocess(image))
+    assert float((in_ms.encode_image([image]) - source.encode_image([image])).abs().max()) < 1e-4
     convert(tmp_path / "m.ckpt", tmp_path / "back", "open_clip", source_format="mindspore")
     back = json.loads((tmp_path / "back" / "open_clip_config.json").read_text())["preprocess_cfg"]
     assert {k: back[k] for k in PREP} == PREP

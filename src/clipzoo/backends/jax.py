@@ -21,7 +21,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import open_clip
 import torch
 
 from ..cards import IMAGE, TEXT, ModelCard
@@ -41,6 +40,7 @@ from ..models.jax_config import (
 )
 from ..models.jax_open_clip_map import DEFAULT_TEMPERATURE  # parameter files without 'temp'
 from ..models.jax_params import read_params
+from ..models.open_clip_parts import eval_transform
 from ..models.tokenize import tokenize_checked
 from ..tokenizers import OpenAITokenizer
 
@@ -162,7 +162,8 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     params = read_params(path, trust_pickle)
     size = image_size or (recorded or {}).get("image_size") or card.image_size
     try:
-        return build(card, params, model, image_size=size, precision=precision, device=device)
+        return build(card, params, model, image_size=size, precision=precision, device=device,
+                     preprocess=(recorded or {}).get("preprocess_cfg"))
     except CheckpointError as exc:  # what the values say (a bad temp, an empty grid, a shape): name the file too
         if str(path) in str(exc) or card.alias in str(exc):
             raise
@@ -170,8 +171,10 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
 
 
 def build(card: ModelCard, params: Mapping[str, Any], model: "str | dict | JaxClipConfig", *,
-          image_size: "int | None" = None, precision: str = "fp32", device: str = "cpu") -> JaxComparator:
-    """A :class:`JaxComparator` of ``{'params': …}`` in open_clip_jax's tree (checked against config ``model``)."""
+          image_size: "int | None" = None, precision: str = "fp32", device: str = "cpu",
+          preprocess: "dict | None" = None) -> JaxComparator:
+    """A :class:`JaxComparator` of ``{'params': …}`` in open_clip_jax's tree (checked against config ``model``);
+    ``preprocess``: the preprocessing a conversion recorded beside the ``.pkl`` (else OpenAI's, open_clip_jax's)."""
     if precision not in JAX_DTYPES:
         raise ClipzooError(f"unknown precision {precision!r} for a JAX model; use fp32, bf16 or fp16")
     cfg = get_config(model)
@@ -187,7 +190,7 @@ def build(card: ModelCard, params: Mapping[str, Any], model: "str | dict | JaxCl
     named = model if isinstance(model, str) else cfg.as_dict()
     card = card.replace(backend="jax", embed_dim=cfg.proj_dim, image_size=image_size,
                         context_length=context_length, config={**card.config, "model": named})
-    transform = open_clip.image_transform(image_size, is_train=False, mean=OPENAI_MEAN, std=OPENAI_STD)
+    transform = eval_transform({**(preprocess or {"mean": OPENAI_MEAN, "std": OPENAI_STD}), "size": image_size})
     return JaxComparator(card, towers, transform=transform, tokenizer=OpenAITokenizer(context_length=context_length),
                          image_size=image_size, context_length=context_length, logit_scale=scale,
                          device=torch.device(str(device)))

@@ -21,7 +21,6 @@ from typing import Any
 
 import mindspore as ms
 import numpy as np
-import open_clip
 import torch
 
 from ..cards import IMAGE, TEXT, ModelCard
@@ -29,8 +28,9 @@ from ..comparator import ForeignComparator
 from ..download import download_url, sha256_of
 from ..errors import CheckpointError, ClipzooError, DownloadError, UnsupportedError
 from ..models.mindspore_clip import CLIP, build_model, load_params
-from ..models.mindspore_config import check_config, config_of, tower_sizes
+from ..models.mindspore_config import PREPROCESS_KEY, check_config, config_of, tower_sizes
 from ..models.mindspore_names import read_ckpt_entries, torch_to_mindspore
+from ..models.open_clip_parts import eval_transform
 from ..models.tokenize import tokenize_checked
 from ..tokenizers import OpenAITokenizer
 
@@ -171,13 +171,14 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
 def build(card: ModelCard, params: dict[str, Any], model_config: dict[str, Any], *, transform=None,
           mode: str = "pynative") -> MindSporeComparator:
     """The Comparator of weights ``params`` (MindSpore-CLIP's names) in the MindSpore CLIP of ``model_config``
-    (``transform``: OpenAI's preprocessing at its image size when None)."""
+    (``transform``: when None, the preprocessing recorded in ``model_config``, else OpenAI's, at its image size)."""
     cfg = check_config(model_config)
     net = load_params(build_model(cfg), params)
     scale = float(np.exp(np.asarray(params["logit_scale"], np.float64)))
     sizes = tower_sizes(cfg)
-    if transform is None:
-        transform = open_clip.image_transform(sizes["image_size"], is_train=False, mean=OPENAI_MEAN, std=OPENAI_STD)
+    if transform is None:  # the preprocessing a conversion recorded in the .ckpt, else MindSpore-CLIP's (OpenAI's)
+        recorded = model_config.get(PREPROCESS_KEY) or {"mean": OPENAI_MEAN, "std": OPENAI_STD}
+        transform = eval_transform({**recorded, "size": sizes["image_size"]})
     card = card.replace(backend="mindspore", embed_dim=sizes["embed_dim"], image_size=sizes["image_size"],
                         context_length=sizes["context_length"])
     return MindSporeComparator(card, MindSporeTowers(net, mode), transform=transform, model_config=cfg,

@@ -29,6 +29,7 @@ from ..errors import (
     ModelNotCachedError,
     one_line,
 )
+from ..models.open_clip_parts import eval_transform
 from ..models.padding_free import encode_text_padding_free, trimmable
 from ..models.pil_transform import PilEvalTransform, supports_transform
 from ..models.plain_clip import build_plain_clip, supports
@@ -121,11 +122,7 @@ def load(card: ModelCard, *, device: str = "cpu", precision: str = "fp32", cache
     preprocess_cfg.setdefault("size", model.visual.image_size)
     open_clip.set_model_preprocess_cfg(model, preprocess_cfg)
     with config_errors(plan.source, "preprocessing config"):
-        transform = open_clip.image_transform(preprocess_cfg["size"], is_train=False,
-                                              mean=preprocess_cfg.get("mean"), std=preprocess_cfg.get("std"),
-                                              interpolation=preprocess_cfg.get("interpolation"),
-                                              resize_mode=preprocess_cfg.get("resize_mode"),
-                                              fill_color=preprocess_cfg.get("fill_color", 0))
+        transform = eval_transform(preprocess_cfg)
     tokenizer = make_tokenizer(plan, cache_dir)
     return OpenClipComparator(card, model, transform=transform, tokenizer=tokenizer, precision=precision,
                               model_name=plan.model_name, model_config=plan.model_cfg,

@@ -62,7 +62,7 @@ def warn_preprocess(form: OpenClipForm, dst: Path, who: str, kept: "str | None")
     diff = preprocess_differences(form)
     if not diff:
         return
-    where = (f"it is recorded in {kept}, so converting back restores it" if kept else
+    where = (f"it is recorded in {kept}, which clipzoo's loader applies and converting back restores" if kept else
              "the file cannot record it: apply it yourself, or convert to open_clip, hf or safetensors instead")
     warn_user(f"{form.source}: its preprocessing ({', '.join(diff)}) is not OpenAI's, which {who} applies to "
               f"{dst.name}; {where}")

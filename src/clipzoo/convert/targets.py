@@ -148,14 +148,14 @@ def write_jax(form: OpenClipForm, dst: Path) -> Path:
             os.replace(config_file(tmp), config_file(dst))
         finally:
             config_file(tmp).unlink(missing_ok=True)
-    warn_preprocess(form, dst, "open_clip_jax (and clipzoo's JAX engine)", config_file(dst).name)
+    warn_preprocess(form, dst, "open_clip_jax", config_file(dst).name)
     return dst
 
 
 def write_ckpt(form: OpenClipForm, dst: Path) -> Path:
     refuse_tokenizer(form, "a MindSpore .ckpt (MindSpore-CLIP tokenizes with OpenAI's BPE)")
     write_mindspore(form, dst)
-    warn_preprocess(form, dst, "MindSpore-CLIP (and clipzoo's MindSpore engine)", "the .ckpt's model config")
+    warn_preprocess(form, dst, "MindSpore-CLIP", "the .ckpt's model config")
     return dst
 
 

@@ -46,9 +46,18 @@ def image_transforms(preprocess_cfg: dict[str, Any]):
     ``interpolation``, ``resize_mode``, ``aug_cfg``), as open_clip builds them."""
     import open_clip
 
-    size = preprocess_cfg["size"]
-    kw = dict(mean=preprocess_cfg.get("mean"), std=preprocess_cfg.get("std"),
-              interpolation=preprocess_cfg.get("interpolation"), resize_mode=preprocess_cfg.get("resize_mode"))
-    train = open_clip.image_transform(size, is_train=True, mean=kw["mean"], std=kw["std"],
-                                      aug_cfg=preprocess_cfg.get("aug_cfg") or {})
-    return train, open_clip.image_transform(size, is_train=False, **kw)
+    train = open_clip.image_transform(preprocess_cfg["size"], is_train=True, mean=preprocess_cfg.get("mean"),
+                                      std=preprocess_cfg.get("std"), aug_cfg=preprocess_cfg.get("aug_cfg") or {})
+    return train, eval_transform(preprocess_cfg)
+
+
+def eval_transform(preprocess_cfg: dict[str, Any]):
+    """The evaluation transform of an open_clip preprocessing config (``size``, ``mean``, ``std``,
+    ``interpolation``, ``resize_mode``, ``fill_color``; open_clip's defaults for those left out): the one reading
+    of such a config, for the open_clip backend, training, and the JAX and MindSpore models converted from one."""
+    import open_clip
+
+    return open_clip.image_transform(preprocess_cfg["size"], is_train=False, mean=preprocess_cfg.get("mean"),
+                                     std=preprocess_cfg.get("std"), interpolation=preprocess_cfg.get("interpolation"),
+                                     resize_mode=preprocess_cfg.get("resize_mode"),
+                                     fill_color=preprocess_cfg.get("fill_color", 0))
