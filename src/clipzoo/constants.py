@@ -157,3 +157,9 @@ BODY_PARSE_SLOTS = 2
 URL_FETCH_SLOTS = 8
 """``image_url`` fetches at once in the whole server; one more is a 503, so slow hosts cannot take the worker
 threads that decode uploads and make thumbnails."""
+MAX_SHARD_NAMES = 2_000_000
+"""Most shard names a data set spec may expand to (braces, globs): ``shards-{0..99999999}.tar`` listed 10^8 names
+for minutes and gigabytes before the first was opened; DataComp's largest pool is 1.3 million shards."""
+IMAGE_FOLDER_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+"""The images of a class folder data set (``DIR/<class>/<image>``): torchvision's ``IMG_EXTENSIONS``, so a folder
+gives the samples and class indices ``ImageFolder`` gives (``.gif`` is not one of them, ``.pgm`` is)."""

@@ -17,7 +17,7 @@ from .processes import pid_alive
 
 __all__ = ["NOT_REGULAR", "atomic_write", "atomic_write_text", "build_folder_once", "check_output_file",
            "expand_files", "file_problem", "folder_files", "inside", "model_fingerprint", "special_file",
-           "url_filesystem", "walk_folder"]
+           "tar_end_problem", "url_filesystem", "walk_folder"]
 
 NOT_REGULAR = "is not a regular file (a fifo, a socket or a device)"
 """What is said of a path :func:`special_file` refuses."""
@@ -36,6 +36,18 @@ def special_file(path: "str | os.PathLike") -> bool:
     except (OSError, ValueError):
         return False
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def tar_end_problem(block: bytes, offset: int) -> "str | None":
+    """Why a tar whose walk stopped at byte ``offset`` (of its uncompressed stream) was cut short, from ``block``,
+    what was read there (up to 512 bytes); None where ``block`` is the end-of-archive marker (zeros; a file cut
+    inside the marker lost nothing). Python's ``tarfile`` ends its walk without a word at a cut or damaged header
+    and at the end of the file, so a shard cut between two members read as a whole, shorter one."""
+    if not block:
+        return f"the file ends at byte {offset:,} without the end-of-archive marker"
+    if block.strip(b"\0"):  # the walk stopped at a cut or damaged header, not at the end-of-archive zeros
+        return f"{'a cut' if len(block) < 512 else 'no'} tar header at byte {offset:,}"
+    return None
 
 
 def atomic_write(path: "str | os.PathLike", write: Callable[[IO[bytes]], object]) -> Path:

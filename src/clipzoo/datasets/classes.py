@@ -60,7 +60,8 @@ def builtin_templates(name: str) -> list[str]:
 
 
 def read_lines(path: "str | Path", what: str) -> list[str]:
-    """Non-empty stripped lines of a text file (local or fsspec URL)."""
+    """Non-empty stripped lines of a text file (local or fsspec URL); for ``what`` "class names" a blank line
+    before the last name is an error (every later class would move down one index, silently)."""
     try:
         if "://" in str(path):
             import fsspec
@@ -73,7 +74,13 @@ def read_lines(path: "str | Path", what: str) -> list[str]:
             text = Path(path).read_text("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise DatasetError(f"cannot read {what} file {str(path)!r}: {getattr(err, 'strerror', None) or err}") from None
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    if what == "class names" and "" in lines:  # a blank line is a class to CLIP_benchmark; dropped, it moved
+        raise DatasetError(f"{what} file {str(path)!r}: line {lines.index('') + 1} is blank; write one class name "
+                           "per line (a line's number is its class index)")
+    lines = [ln for ln in lines if ln]
     if not lines:
         raise DatasetError(f"{what} file {str(path)!r} is empty: write one entry per line")
     return lines

@@ -46,7 +46,7 @@ def _parse(reader: csv.DictReader, path: str, img_key: "str | None", caption_key
            label_key: "str | None", separator: str, classnames: "list[str] | None"
            ) -> tuple[list[Record], "list[str] | None"]:
     """Records and class names from the CSV ``reader`` is reading (its header first)."""
-    columns = reader.fieldnames or []
+    columns = _first_wins(reader)
     if img_key is None:  # not named: the usual names (open_clip's "filepath" first)
         img_key = next((c for c in CSV_IMAGE_COLUMNS if c in columns), "filepath")
     if caption_key is None:  # optional unless named
@@ -70,6 +70,31 @@ def _parse(reader: csv.DictReader, path: str, img_key: "str | None", caption_key
     return records, names
 
 
+def _first_wins(reader: csv.DictReader) -> list[str]:
+    """The header's column names, a repeated name renamed ``name.1``, ``name.2`` … as pandas (so open_clip's
+    CsvDataset) does: the first column of a name is the one read (DictReader kept the last)."""
+    names: list[str] = []
+    for name in reader.fieldnames or []:
+        new, n = name, 0
+        while new in names:
+            n += 1
+            new = f"{name}.{n}"
+        names.append(new)
+    if names:
+        reader.fieldnames = names
+    return names
+
+
+def _check_cells(row: dict, line: int, path: str, width: int) -> None:
+    """A row with more or fewer cells than the header is an error (csv's DictReader filled or set aside the
+    difference without a word, so a caption holding an unquoted comma was cut), as pandas refuses it."""
+    extra = row.get(None)
+    cells = width + len(extra) if extra else sum(v is not None for v in row.values())
+    if cells != width:
+        hint = "quote fields holding the separator" if cells > width else "every row needs a cell for each column"
+        raise DatasetError(f"{path}:{line}: {cells} cell{'s' * (cells != 1)} but the header has {width} ({hint})")
+
+
 def _rows(reader: csv.DictReader, path: str, img_key: str, caption_key: "str | None",
           label_key: "str | None") -> tuple[list[Record], list[str]]:
     """The records of a CSV's rows (one per image, its captions gathered) and each record's raw label."""
@@ -83,17 +108,23 @@ def _rows(reader: csv.DictReader, path: str, img_key: str, caption_key: "str | N
 
 def _add_row(row: dict, line: int, path: str, base: str, img_key: str, caption_key: "str | None",
              label_key: "str | None", by_image: dict[str, Record], raw_labels: list[str]) -> None:
+    _check_cells(row, line, path, len(row) - (None in row))
     image = (row.get(img_key) or "").strip()
     if not image:
         raise DatasetError(f"{path}:{line}: empty {img_key!r} cell")
     if "://" not in image and not os.path.isabs(image):
         image = join_url(base, image) if base else image
     rec = by_image.get(image)
+    label = (row.get(label_key) or "").strip() if label_key is not None else ""
     if rec is None:
         rec = by_image[image] = Record(key=os.path.basename(image).rsplit(".", 1)[0], image=image, source=image)
-        rec.meta["line"] = line
+        rec.meta["line"], rec.meta["row"] = line, len(by_image) - 1
         if label_key is not None:
-            raw_labels.append((row.get(label_key) or "").strip())
+            raw_labels.append(label)
+    elif label_key is not None and label != raw_labels[rec.meta["row"]]:  # the later label was dropped silently
+        raise DatasetError(f"{path}:{line}: image {image!r} has label {label!r} here but "
+                           f"{raw_labels[rec.meta['row']]!r} on line {rec.meta['line']}; an image has one label "
+                           "(the captions of its rows are gathered)")
     if caption_key is not None and (row.get(caption_key) or "").strip():
         rec.captions.append(row[caption_key].strip())
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from ..constants import MAX_SHARD_NAMES
 from ..errors import DatasetError
 from ..files import url_filesystem as files_url_filesystem
+from .braces import brace_count
 
 __all__ = ["TFRECORD_SUFFIXES", "open_binary", "url_filesystem", "join_url", "exists", "isdir", "listdir",
            "file_size", "read_text", "expand_urls", "is_tfrecord", "find_sidecar", "parent_url"]
@@ -68,23 +70,44 @@ def listdir(url: str) -> list[str]:
 
 
 def expand_urls(spec: "str | Sequence[str]") -> list[str]:
-    """Brace-expand (``shard-{000..009}.tar``) and glob a shard spec (or list of specs) into URLs."""
+    """Brace-expand (``shard-{000..009}.tar``) and glob a shard spec (or list of specs) into URLs. A spec naming a
+    local file that exists is that file, brackets and all (``set [v2]/a.tar`` was globbed and matched nothing);
+    more than :data:`~clipzoo.constants.MAX_SHARD_NAMES` names is a one-line error, said before any is listed."""
     from braceexpand import braceexpand
 
     specs = [spec] if isinstance(spec, str) else list(spec)
     out: list[str] = []
     for s in specs:
+        if _local_file(s):
+            out.append(s)
+            continue
+        _check_count(s, len(out) + brace_count(s))
         for u in braceexpand(s):
-            if any(c in u for c in "*?["):
-                fs, path = url_filesystem(u)
-                matches = sorted(fs.glob(path))
-                if not matches:
-                    raise DatasetError(f"no files match {u!r}")
-                protocol = u.split("://", 1)[0] if "://" in u else None
-                out.extend(m if protocol in (None, "file") else f"{protocol}://{m.lstrip('/')}" for m in matches)
+            if any(c in u for c in "*?[") and not _local_file(u):
+                out.extend(_glob(u))
+                _check_count(s, len(out))
             else:
                 out.append(u)
     return out
+
+
+def _local_file(spec: str) -> bool:
+    return "://" not in spec and os.path.isfile(spec)
+
+
+def _check_count(spec: str, count: int) -> None:
+    if count > MAX_SHARD_NAMES:
+        raise DatasetError(f"{spec!r} names {count:,} shards, more than the {MAX_SHARD_NAMES:,} a data set may list; "
+                           "check the brace range (shards-{000000..000999}.tar names 1,000)")
+
+
+def _glob(u: str) -> list[str]:
+    fs, path = url_filesystem(u)
+    matches = sorted(fs.glob(path))
+    if not matches:
+        raise DatasetError(f"no files match {u!r}")
+    protocol = u.split("://", 1)[0] if "://" in u else None
+    return [m if protocol in (None, "file") else f"{protocol}://{m.lstrip('/')}" for m in matches]
 
 
 def is_tfrecord(url: str) -> bool:

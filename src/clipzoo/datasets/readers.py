@@ -27,7 +27,9 @@ import posixpath
 from collections.abc import Sequence
 from typing import Any
 
+from ..constants import IMAGE_FOLDER_SUFFIXES
 from ..errors import DatasetError
+from ..files import NOT_REGULAR, special_file
 from .classes import read_lines, resolve_classnames, resolve_templates
 from .csv_records import default_csv_label, read_csv_records
 from .locations import (
@@ -44,7 +46,7 @@ from .locations import (
     parent_url,
     read_text,
 )
-from .records import IMAGE_EXTENSIONS, Record
+from .records import Record
 from .shapes_spec import LABEL_KEYS
 from .shapes_spec import classnames as shape_classnames
 from .shards import DataSource, ListShard, SampleFields, TarShard, TFRecordShard, chunk
@@ -62,7 +64,7 @@ def read_image_folder(root: str) -> tuple[list[Record], list[str]]:
     if any(found) and not all(found):
         empty = next(d for d, images in zip(classes, found) if not images)
         raise DatasetError(f"image folder {root!r}: class folder {_base(empty)!r} holds no images "
-                           f"({', '.join(IMAGE_EXTENSIONS)}); remove it or add its images (every subfolder is a "
+                           f"({' '.join(IMAGE_FOLDER_SUFFIXES)}); remove it or add its images (every subfolder is a "
                            "class, as torchvision's ImageFolder reads it)")
     records: list[Record] = []
     for label, images in enumerate(found if any(found) else []):
@@ -83,7 +85,7 @@ def _class_images(folder: str) -> list[tuple[str, set]]:
     its subfolders' in turn (torchvision's ``sorted(os.walk(...))`` order)."""
     entries = listdir(folder)
     present = set(entries)
-    is_image = [e.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS for e in entries]
+    is_image = [e.lower().endswith(IMAGE_FOLDER_SUFFIXES) for e in entries]  # as torchvision tells them
     out = [(e, present) for e, image in zip(entries, is_image) if image]
     for sub in (e for e, image in zip(entries, is_image) if not image and isdir(e)):
         out.extend(_class_images(sub))
@@ -105,7 +107,8 @@ def open_dataset(spec: "str | os.PathLike | Sequence[str]", split: str = "test",
         return _open_folder(spec.rstrip("/") if len(spec) > 1 else spec, split, label, img_key, caption_key,
                             label_key, separator, classnames, templates, shard_size)
     lower = spec.lower()
-    if lower.endswith((".csv", ".tsv", ".tab")) and not any(c in spec for c in "{*?["):
+    literal = "://" not in spec and os.path.isfile(spec)  # "data [v2]/train.csv" is that file, not a glob
+    if lower.endswith((".csv", ".tsv", ".tab")) and (literal or not any(c in spec for c in "{*?[")):
         return _csv_source(spec, label, img_key, caption_key, label_key, separator, classnames, templates, shard_size)
     if any(c in spec for c in "{*?[") or lower.endswith(TAR_SUFFIXES) or is_tfrecord(lower):
         urls = expand_urls(spec)
@@ -237,6 +240,11 @@ def _shards_source(urls, name, folder, img_key, caption_key, label_key, classnam
         raise DatasetError(f"data set {name!r}: no shards given")
     names, temps, kind = _meta(folder, classnames, templates, name, label_key) if folder else (
         resolve_classnames(classnames, name), resolve_templates(templates, name), "classification")
+    for url in urls:  # a missing local shard is said before any work (it was said after embedding the others)
+        if "://" not in url and not os.path.isfile(url):
+            raise DatasetError(f"shard {url!r} {NOT_REGULAR}" if special_file(url) else
+                               f"shard {url!r} does not exist" if not os.path.isdir(url) else
+                               f"shard {url!r} is a folder; pass .tar or .tfrecord files")
     fields = SampleFields(img_key, caption_key, label_key, names)
     shards = [TFRecordShard(u, fields) if is_tfrecord(u) else TarShard(u, fields) for u in urls]
     return DataSource(name, shards, names, temps, kind, folder or urls[0], None)

@@ -14,8 +14,9 @@ from typing import Any
 
 from ..constants import IMAGE_SUFFIXES
 from ..errors import BadImageError
+from ..files import NOT_REGULAR, special_file
 
-__all__ = ["Record", "decode_image", "IMAGE_EXTENSIONS"]
+__all__ = ["Record", "decode_image", "IMAGE_EXTENSIONS", "is_index"]
 
 # file extensions read as images (clipzoo.constants.IMAGE_SUFFIXES without the dot), in the order a
 # webdataset sample's image is looked for
@@ -43,6 +44,13 @@ class Record:
         return self.captions[0] if self.captions else None
 
 
+def is_index(text: str) -> bool:
+    """Whether ``text`` is a class index: ASCII digits with an optional minus (``"²"`` and ``"٣"`` pass
+    ``isdigit()``, then fail ``int()``)."""
+    digits = text[1:] if text.startswith("-") else text
+    return digits.isascii() and digits.isdecimal()
+
+
 def decode_image(record: Record, open_file: "Callable[[str], Any] | None" = None):
     """The record's image as an RGB ``PIL.Image``; :class:`~clipzoo.errors.BadImageError` naming the source.
 
@@ -54,6 +62,8 @@ def decode_image(record: Record, open_file: "Callable[[str], Any] | None" = None
     data = record.image
     if data is None:
         raise BadImageError(f"{where}: the sample has no image")
+    if isinstance(data, str) and "://" not in data and special_file(data):  # a fifo x.png: open() waited for ever
+        raise BadImageError(f"image {where!r} {NOT_REGULAR}; not read")
     try:
         if isinstance(data, (bytes, bytearray, memoryview)):
             fh = io.BytesIO(bytes(data))

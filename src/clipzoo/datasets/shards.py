@@ -13,12 +13,13 @@ from typing import Any
 
 from ..constants import MAX_RECORD_BYTES
 from ..errors import DatasetError
+from ..files import NOT_REGULAR, special_file, tar_end_problem
 from .locations import open_binary
-from .records import IMAGE_EXTENSIONS, Record
+from .records import IMAGE_EXTENSIONS, Record, is_index
 from .tfrecord import iter_tfrecord_records
 
 __all__ = ["CAPTION_EXTENSIONS", "LABEL_EXTENSIONS", "ListShard", "SampleFields", "split_member", "TarShard",
-           "TFRecordShard", "DataSource", "chunk"]
+           "is_index", "TFRecordShard", "DataSource", "chunk"]
 
 CAPTION_EXTENSIONS = ("txt", "caption", "text")
 LABEL_EXTENSIONS = ("cls", "label")
@@ -77,6 +78,13 @@ class SampleFields:
                                f"({', '.join(self.classnames[:6])}{', …' if len(self.classnames) > 6 else ''}); "
                                f"the class names do not match the data") from None
 
+    def wanted_extensions(self) -> frozenset:
+        """The members of a tar sample that any field may come from (the rest are skipped unread)."""
+        images = (self.image,) if self.image else IMAGE_EXTENSIONS
+        captions = (self.caption,) if self.caption else CAPTION_EXTENSIONS
+        labels = (self.label,) if self.label else LABEL_EXTENSIONS
+        return frozenset((*images, *captions, *labels, "json"))
+
     def captions_of(self, value: Any, where: str = "sample") -> list[str]:
         if value is None:
             return []
@@ -87,13 +95,6 @@ class SampleFields:
         text = str(value)
         lines = text.splitlines() if self.multi_caption else [text]
         return [ln.strip() for ln in lines if ln.strip()]
-
-
-def is_index(text: str) -> bool:
-    """Whether ``text`` is a class index: ASCII digits with an optional minus (``"²"`` and ``"٣"`` pass
-    ``isdigit()``, then fail ``int()``)."""
-    digits = text[1:] if text.startswith("-") else text
-    return digits.isascii() and digits.isdecimal()
 
 
 def _utf8(data: bytes, where: str, what: str) -> str:
@@ -122,6 +123,8 @@ class TarShard:
         return self.url
 
     def __call__(self) -> Iterator[Record]:
+        if "://" not in self.url and special_file(self.url):  # a fifo named as a shard: reading it waits for ever
+            raise DatasetError(f"shard {self.url!r} {NOT_REGULAR}; pass a .tar file")
         try:
             fh = open_binary(self.url)
         except FileNotFoundError:
@@ -129,23 +132,43 @@ class TarShard:
         with fh:
             try:
                 with tarfile.open(fileobj=fh, mode="r|*") as tar:
-                    key, parts = None, {}
-                    for member in tar:
-                        if not member.isfile():
-                            continue
-                        k, ext = split_member(member.name)
-                        if k != key and parts:
-                            yield self._record(key, parts)
-                            parts = {}
-                        key = k
-                        if ext in parts:  # webdataset refuses it too: the second silently replaced the first
-                            raise DatasetError(f"shard {self.url!r}: {member.name!r} appears twice in sample {k!r}")
-                        parts[ext] = self._member_bytes(tar, member)
-                    if parts:
-                        yield self._record(key, parts)
+                    tar.fileobj = last = _LastRead(tar.fileobj)  # sees the block the walk stopped at
+                    yield from self._samples(tar)
+                    cut = tar_end_problem(last.data, tar.offset) if last.data is not None else None
             except (tarfile.TarError, EOFError, OSError) as err:
                 raise DatasetError(f"shard {self.url!r} is not a readable tar file ({err}); "
                                    f"it may be truncated — rewrite it") from None
+        if cut is not None:  # tarfile ends a cut shard's walk without a word: the rest of it was lost silently
+            raise DatasetError(f"shard {self.url!r} is not a readable tar file ({cut}); it may be truncated — "
+                               "rewrite it")
+
+    def _samples(self, tar: tarfile.TarFile) -> Iterator[Record]:
+        """The samples of ``tar`` in order: members ``KEY.ext`` grouped by key; a member no field uses is skipped
+        unread, and a sample's members read hold at most MAX_RECORD_BYTES together."""
+        wanted = self.fields.wanted_extensions()
+        key, parts, held = None, {}, 0
+        for member in tar:
+            if not member.isfile():
+                continue
+            k, ext = split_member(member.name)
+            if not ext or ("/" not in member.name and member.name.startswith("__") and member.name.endswith("__")):
+                continue  # no extension, or webdataset's __meta__: no sample's member (webdataset skips them too)
+            if k != key and parts:
+                yield self._record(key, parts)
+                parts, held = {}, 0
+            key = k
+            if ext in parts:  # webdataset refuses it too: the second silently replaced the first
+                raise DatasetError(f"shard {self.url!r}: {member.name!r} appears twice in sample {k!r}")
+            if ext not in wanted:
+                parts[ext] = None  # named in messages, never read (120 MiB members nobody uses took memory)
+                continue
+            held += member.size
+            if held > MAX_RECORD_BYTES >= member.size:  # a member over the limit on its own is named as such
+                raise DatasetError(f"shard {self.url!r}: sample {k!r} holds more than the {MAX_RECORD_BYTES:,} "
+                                   f"bytes a sample may hold (at member {member.name!r})")
+            parts[ext] = self._member_bytes(tar, member)
+        if parts:
+            yield self._record(key, parts)
 
     def _member_bytes(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
         """A member's bytes, at most MAX_RECORD_BYTES (a .tar.gz's 400 MB caption was read whole)."""
@@ -155,17 +178,10 @@ class TarShard:
         data = tar.extractfile(member)
         return data.read(MAX_RECORD_BYTES) if data is not None else b""
 
-    def _record(self, key: str, parts: dict[str, bytes]) -> Record:
+    def _record(self, key: str, parts: "dict[str, bytes | None]") -> Record:
         f = self.fields
         where = f"{self.url}:{key}"
-        meta: dict[str, Any] = {}
-        if "json" in parts:
-            try:
-                meta = json.loads(parts["json"].decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                raise DatasetError(f"{where}.json is not valid JSON") from None
-            if not isinstance(meta, dict):
-                meta = {"json": meta}
+        meta = _LazyJSON(parts.get("json"), where)
         image_ext = f.image or next((e for e in IMAGE_EXTENSIONS if e in parts), None)
         image = parts.get(image_ext) if image_ext else None
         if f.image and image is None:
@@ -174,7 +190,7 @@ class TarShard:
         captions = self._field(parts, meta, f.caption, CAPTION_EXTENSIONS, where, "caption", "--caption-key")
         label = self._field(parts, meta, f.label, LABEL_EXTENSIONS, where, "label", "--label-key")
         return Record(key=key, image=image, captions=f.captions_of(captions, where), label=f.label_of(label, where),
-                      source=f"{where}.{image_ext}" if image_ext else where, meta=meta)
+                      source=f"{where}.{image_ext}" if image_ext else where, meta=meta.parsed or {})
 
     @staticmethod
     def _field(parts, meta, name, defaults, where, what, flag):
@@ -183,10 +199,44 @@ class TarShard:
             return parts.get(ext) if ext else None
         if name in parts:
             return parts[name]
-        if name in meta:
-            return meta[name]
+        fields = meta.fields()  # the .json member is parsed only here, when a field is looked up in it
+        if name in fields:
+            return fields[name]
         raise DatasetError(f"{where}: no {what} {name!r}: the sample has members {', '.join(sorted(parts))}"
-                           + (f" and JSON fields {', '.join(sorted(meta))}" if meta else "") + f" (set {flag})")
+                           + (f" and JSON fields {', '.join(sorted(fields))}" if fields else "") + f" (set {flag})")
+
+
+class _LastRead:
+    """A tar's file object that keeps the data of its last read: where ``tarfile`` ends a walk, the block read
+    there says whether it was the end-of-archive marker or a cut (:func:`clipzoo.files.tar_end_problem`)."""
+
+    def __init__(self, raw):
+        self.raw, self.data = raw, None
+
+    def read(self, size: int = -1) -> bytes:
+        self.data = self.raw.read(size)
+        return self.data
+
+    def __getattr__(self, name: str):
+        return getattr(self.raw, name)
+
+
+class _LazyJSON:
+    """A sample's ``.json`` member, parsed at the first look-up (webdataset parses it only when asked to)."""
+
+    def __init__(self, data: "bytes | None", where: str):
+        self.data, self.where, self.parsed = data, where, None
+
+    def fields(self) -> dict:
+        if self.parsed is None and self.data is not None:
+            try:
+                meta = json.loads(self.data.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                raise DatasetError(f"{self.where}.json is not valid JSON") from None
+            except RecursionError:  # [[[[… a few thousand deep: a 185-line traceback
+                raise DatasetError(f"{self.where}.json is not valid JSON (nested too deeply)") from None
+            self.parsed = meta if isinstance(meta, dict) else {"json": meta}
+        return self.parsed or {}
 
 
 @dataclass

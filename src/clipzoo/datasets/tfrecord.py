@@ -28,7 +28,7 @@ from typing import Any
 
 from ..constants import MAX_RECORD_BYTES
 from ..errors import DatasetError
-from .records import Record
+from .records import Record, is_index
 
 __all__ = ["IMAGE_KEYS", "CAPTION_KEYS", "LABEL_KEYS", "crc32c", "masked_crc32c", "iter_tfrecord",
            "write_tfrecord", "parse_example", "encode_example", "iter_tfrecord_records", "write_tfrecord_samples"]
@@ -283,9 +283,10 @@ def iter_tfrecord_records(url: Any, image_key: "str | None" = None, caption_key:
         if image is not None and not isinstance(image, bytes):
             raise DatasetError(f"{where}: image feature {ik!r} holds numbers, not encoded image bytes")
         label = _text(feats[lk][0]) if lk and feats[lk] else None
-        if isinstance(label, str) and label.strip().lstrip("-").isdigit():
+        if isinstance(label, str) and is_index(label.strip()):  # the rule tar and CSV labels follow
             label = int(label)
-        # any other text label (a class name) is returned as text: the reader maps it to a class id
+        # any other text label ("²", a class name) is returned as text: the reader maps it to a class id or says
+        # in one line why it cannot
         yield Record(key=str(_text(feats[key_key][0])) if feats.get(key_key) else str(n), image=image,
                      captions=[c for c in map(_text, feats.get(ck, [])) if isinstance(c, str) and c],
                      label=label, source=where,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..constants import IMAGE_SUFFIXES
 from ..errors import BadImageError, BadTextError, ClipzooError
 from ..extras import require
-from ..files import NOT_REGULAR, expand_files, special_file
+from ..files import NOT_REGULAR, expand_files, special_file, tar_end_problem
 from ..inputs import load_rgb
 from .decode import decode_bytes, read_image
 
@@ -152,10 +152,7 @@ def tar_entries(f, size: int, shown: str) -> "tuple[list[tuple[str, int, int]], 
         raise BadImageError(f"tar shard {shown!r} is not an uncompressed tar ({exc}); webdataset shards are "
                             "plain .tar files — decompress it first") from None
     f.seek(stop)
-    block = f.read(tarfile.BLOCKSIZE)
-    if block.strip(b"\0"):  # the walk stopped at a cut or damaged header, not at the end-of-archive zeros
-        return entries, f"{'a cut' if len(block) < tarfile.BLOCKSIZE else 'no'} tar header at byte {stop:,}"
-    return entries, None
+    return entries, tar_end_problem(f.read(tarfile.BLOCKSIZE), stop)
 
 
 def table_image_paths(path: "str | os.PathLike") -> list[str]:

@@ -157,6 +157,20 @@ def spread_groups(groups: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ streamed from the readers
+class _Fatal:
+    """An error that ends training, carried out of a DataLoader worker as an item and raised again, as it was,
+    in the training process (:meth:`StreamData.batches`)."""
+
+    def __init__(self, err: ClipzooError):
+        self.kind, self.message = type(err), str(err)
+
+    def error(self) -> ClipzooError:
+        try:
+            return self.kind(self.message)
+        except Exception:  # noqa: BLE001 - an error class that takes other arguments: the message still reads
+            return DatasetError(self.message)
+
+
 class _TrainStream(IterableDataset):
     def __init__(self, shards, transform, tokenizer, seed, epoch, rank, world_size, buffer, strict):
         self.shards, self.transform, self.tokenizer = shards, transform, tokenizer
@@ -174,7 +188,15 @@ class _TrainStream(IterableDataset):
         buf: list = []
         n = 0
         for si in mine:
-            for rec in self.shards[si]():
+            records = self.shards[si]()
+            while True:
+                try:  # a shard-level error comes back as an item: raised in a worker, PyTorch wrapped it in its
+                    rec = next(records)  # own one-line traceback ("Caught DatasetError in DataLoader worker …")
+                except StopIteration:
+                    break
+                except ClipzooError as err:
+                    yield None, None, _Fatal(err)
+                    return
                 if not rec.captions:  # counted with the unreadable images (it was dropped without a word)
                     yield None, None, f"{rec.source or rec.key}: the sample has no caption"
                     continue
@@ -183,7 +205,8 @@ class _TrainStream(IterableDataset):
                     pixels = self._augmented(rec, slot, n)
                 except ClipzooError as err:
                     if self.strict:
-                        raise
+                        yield None, None, _Fatal(err)
+                        return
                     yield None, None, str(err)
                     continue
                 caption = rec.captions[rng.randrange(len(rec.captions))]
@@ -273,6 +296,9 @@ class StreamData:
             except StopIteration:
                 iters[i] = None
                 continue
+            fatal = next((e for e in errors if isinstance(e, _Fatal)), None)
+            if fatal is not None:
+                raise fatal.error()
             if errors:
                 self.skipped += len(errors)
                 self.skipped_examples.extend(errors[: max(0, 5 - len(self.skipped_examples))])
