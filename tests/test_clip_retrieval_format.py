@@ -16,6 +16,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from clipzoo.cli import app  # noqa: E402
 from clipzoo.embed.clip_retrieval import open_clip_retrieval, write_clip_retrieval  # noqa: E402
+from clipzoo.errors import ClipzooError  # noqa: E402
 from clipzoo.index import open_index  # noqa: E402
 from clipzoo.index.from_embeddings import build_index_from_embeddings  # noqa: E402
 
@@ -189,6 +190,12 @@ def test_errors_name_the_folder(tmp_path):
     (tmp_path / "bad" / "metadata" / "metadata_0.parquet").unlink()
     with pytest.raises(Exception, match=r"has no metadata/metadata_…0\.parquet beside it"):
         open_clip_retrieval(tmp_path / "bad").load()
+    write_clip_retrieval(tmp_path / "cut", image_features=x, image_paths=["a", "b", "c"])
+    meta = tmp_path / "cut" / "metadata" / "metadata_0.parquet"
+    meta.write_bytes(meta.read_bytes()[:-20])  # a truncated parquet was pyarrow's traceback from the embed reader
+    with pytest.raises(ClipzooError) as err:
+        open_clip_retrieval(tmp_path / "cut").load()
+    assert str(err.value).startswith(f"{str(meta)!r} is not a readable parquet file (") and "\n" not in str(err.value)
 
 
 def test_embed_format_errors_before_loading_the_model(tmp_path, image_files):

@@ -31,7 +31,7 @@ from ..files import atomic_write, atomic_write_text
 from .results import Embeddings
 
 __all__ = ["CLIP_RETRIEVAL_SHARD_ROWS", "SIDECAR", "ClipRetrievalFolder", "write_clip_retrieval",
-           "open_clip_retrieval", "is_clip_retrieval"]
+           "open_clip_retrieval", "is_clip_retrieval", "parquet_rows", "read_columns", "rows_file"]
 
 CLIP_RETRIEVAL_SHARD_ROWS = 1_000_000
 """Rows per shard by default (clip-retrieval's ``write_batch_size``)."""
@@ -57,6 +57,35 @@ def rows_file(npy: Any):
 
 def _parquet():
     return require("pyarrow.parquet", "clip-retrieval's metadata (parquet)")
+
+
+def parquet_rows(path: Path) -> int:
+    """The row count a parquet file's footer gives; a one-line error naming a truncated or foreign file."""
+    try:
+        return int(_parquet().ParquetFile(path).metadata.num_rows)
+    except ClipzooError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, … for a bad file
+        raise _unreadable(path, exc) from None
+
+
+def read_columns(path: Path, wanted: "tuple[str, ...] | None" = None) -> dict[str, list]:
+    """The columns of ``wanted`` (all when None) that the parquet file ``path`` has, as lists (threads off: tens of
+    MB of arenas); a one-line error naming a truncated or foreign file."""
+    try:
+        parquet = _parquet().ParquetFile(path)
+        names = parquet.schema_arrow.names if wanted is None else [c for c in wanted if c in parquet.schema_arrow.names]
+        return parquet.read(columns=names, use_threads=False).to_pydict()
+    except ClipzooError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see parquet_rows
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: BaseException) -> ClipzooError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0].rstrip(".")
+    return ClipzooError(f"{str(path)!r} is not a readable parquet file ({first}); is it truncated? Write it again "
+                        "(or remove it with its .npy shard)")
 
 
 def _shard_files(folder: Path, prefix: str, suffix: str) -> dict[int, Path]:
@@ -172,24 +201,27 @@ class ClipRetrievalFolder:
         for npy in self.shards[self.modality(modality)].values():
             rows_file(npy)
 
+    def shard_pairs(self, modality: str | None = None) -> Iterator[tuple[Path, Path, Any]]:
+        """``(npy, parquet, rows memory-mapped)`` of each shard in number order, each pair checked (both readable,
+        as many rows in both) — one line naming the file otherwise."""
+        for number, npy in sorted(self.shards[self.modality(modality)].items()):
+            feats = rows_file(npy)
+            meta = self.metadata.get(number)
+            if meta is None:
+                raise ClipzooError(f"{str(npy)!r} has no {METADATA_DIR}/{METADATA_PREFIX}…{number}.parquet beside "
+                                   "it; clip-retrieval writes one per shard")
+            rows = parquet_rows(meta)
+            if rows != len(feats):
+                raise ClipzooError(f"{str(meta)!r} has {rows} rows but {str(npy)!r} has {len(feats)}; they must "
+                                   "pair up")
+            yield npy, meta, feats
+
     def iter_shards(self, modality: str | None = None) -> Iterator[tuple[Any, dict[str, list]]]:
         """``(features float32 [n_i, d], metadata columns {name: [n_i values]})`` per shard, in shard order."""
         import numpy as np
 
-        pq = _parquet()
-        modality = self.modality(modality)
-        for number, npy in sorted(self.shards[modality].items()):
-            feats = rows_file(npy)
-            meta_path = self.metadata.get(number)
-            if meta_path is None:
-                raise ClipzooError(f"{str(npy)!r} has no {METADATA_DIR}/{METADATA_PREFIX}…{number}.parquet beside "
-                                   "it; clip-retrieval writes one per shard")
-            columns = pq.read_table(meta_path).to_pydict()
-            rows = len(next(iter(columns.values()))) if columns else 0
-            if rows != len(feats):
-                raise ClipzooError(f"{str(meta_path)!r} has {rows} rows but {str(npy)!r} has {len(feats)}; "
-                                   "they must pair up")
-            yield np.asarray(feats, dtype=np.float32), columns
+        for _, meta, feats in self.shard_pairs(modality):
+            yield np.asarray(feats, dtype=np.float32), read_columns(meta)
 
     def load(self, modality: str | None = None) -> Embeddings:
         """Every row of one modality, with its ``image_path`` (images) or ``caption`` (texts) as the input."""

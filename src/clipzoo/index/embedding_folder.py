@@ -4,7 +4,8 @@ before anything is written.
 - The folder (:func:`open_embeddings`): ``clipzoo.json`` must be a JSON object; two files of one shard number
   (``img_emb_0.npy`` and ``img_emb_00.npy``, left by two runs with a different ``output_partition_count``) are
   refused — clip-retrieval's reader (embedding-reader) reads both, each paired by name order with a parquet file.
-- Each shard (:func:`shard_files`): its ``.npy`` readable, its parquet present, readable and of as many rows.
+- Each shard (:meth:`~clipzoo.embed.clip_retrieval.ClipRetrievalFolder.shard_pairs`): its ``.npy`` readable, its
+  parquet present, readable and of as many rows.
 - Rows (:func:`check_rows`, :func:`unit_rows`): finite, not all zeros (no direction: no query finds it), and
   normalised to unit length on import, so that scores are cosines whatever the writer stored.
 - ``image_path`` (:func:`row_key`, :class:`PathPlan`): as clip-retrieval means it — a relative path is relative to
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,12 @@ from ..embed.clip_retrieval import (
     SIDECAR,
     ClipRetrievalFolder,
     open_clip_retrieval,
-    rows_file,
+    parquet_rows,
+    read_columns,
 )
 from ..errors import ClipzooError
-from ..extras import require
 
-__all__ = ["open_embeddings", "shard_files", "read_columns", "parquet_rows", "check_rows", "unit_rows", "row_key",
+__all__ = ["open_embeddings", "read_columns", "parquet_rows", "check_rows", "unit_rows", "row_key",
            "PathPlan", "NORM_ROWS"]
 
 NORM_ROWS = 4096
@@ -68,47 +68,6 @@ def _check_numbers(folder: Path, prefix: str, suffix: str) -> None:
                                "padded the numbers differently); clip-retrieval's reader reads both: remove the one an "
                                "earlier run left")
         seen[number] = p.name
-
-
-def parquet_rows(path: Path) -> int:
-    """The row count a parquet file's footer gives; a one-line error naming a truncated or foreign file."""
-    pq = require("pyarrow.parquet", "clip-retrieval's metadata (parquet)")
-    try:
-        return int(pq.ParquetFile(path).metadata.num_rows)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, … for a bad file
-        raise _unreadable(path, exc) from None
-
-
-def read_columns(path: Path, wanted: "tuple[str, ...]") -> dict[str, list]:
-    """The columns of ``wanted`` that the parquet file ``path`` has, as lists (threads off: tens of MB of arenas)."""
-    pq = require("pyarrow.parquet", "clip-retrieval's metadata (parquet)")
-    try:
-        parquet = pq.ParquetFile(path)
-        names = [c for c in wanted if c in parquet.schema_arrow.names]
-        return parquet.read(columns=names, use_threads=False).to_pydict()
-    except Exception as exc:  # noqa: BLE001 - see parquet_rows
-        raise _unreadable(path, exc) from None
-
-
-def _unreadable(path: Path, exc: BaseException) -> ClipzooError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0].rstrip(".")
-    return ClipzooError(f"{str(path)!r} is not a readable parquet file ({first}); is it truncated? Write it again "
-                        "(or remove it with its .npy shard)")
-
-
-def shard_files(folder: ClipRetrievalFolder, modality: str) -> Iterator[tuple[Path, Path, Any]]:
-    """``(npy, parquet, rows memory-mapped)`` of each shard in number order, each pair checked (readable, as many
-    rows in both)."""
-    for number, npy in sorted(folder.shards[modality].items()):
-        feats = rows_file(npy)
-        meta = folder.metadata.get(number)
-        if meta is None:
-            raise ClipzooError(f"{str(npy)!r} has no {METADATA_DIR}/{METADATA_PREFIX}…{number}.parquet beside it; "
-                               "clip-retrieval writes one per shard")
-        rows = parquet_rows(meta)
-        if rows != len(feats):
-            raise ClipzooError(f"{str(meta)!r} has {rows} rows but {str(npy)!r} has {len(feats)}; they must pair up")
-        yield npy, meta, feats
 
 
 def _norms(block: np.ndarray) -> np.ndarray:

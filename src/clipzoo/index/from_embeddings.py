@@ -29,7 +29,7 @@ from ..cards import IMAGE
 from ..errors import ClipzooError, warn_user
 from ..progress import progress as progress_bar
 from .build import BuildReport, default_vector_options, folder_vector_options
-from .embedding_folder import PathPlan, check_rows, open_embeddings, read_columns, row_key, shard_files, unit_rows
+from .embedding_folder import PathPlan, check_rows, open_embeddings, read_columns, row_key, unit_rows
 from .embedding_store import DB_NAME, EmbeddingStore, ItemRow
 from .folder import partition_of
 from .generations import VECTORS_DIR, collect, publish, read_pointer
@@ -94,7 +94,7 @@ def _recorded_model(out: Path) -> str | None:
 def _scan(folder: Any, modality: str, origin: str) -> PathPlan:
     """The first pass: every shard's rows and paths checked, and the folder the paths lie under."""
     plan = PathPlan(origin=origin)
-    for npy, meta, feats in shard_files(folder, modality):
+    for npy, meta, feats in folder.shard_pairs(modality):
         if plan.dim is not None and feats.shape[1] != plan.dim:
             raise ClipzooError(f"{str(npy)!r} holds {feats.shape[1]}-dim rows but the shards before it "
                                f"{plan.dim}-dim ones; pass the embeddings of one model")
@@ -171,7 +171,7 @@ def _batches(folder: Any, modality: str, plan: PathPlan, missing: list):
     """``(rows, unit vectors)`` of at most :data:`ADD_ROWS` rows at a time, in shard order; the local files that are
     not there go to ``missing``."""
     start = 0
-    for _, meta, feats in shard_files(folder, modality):
+    for _, meta, feats in folder.shard_pairs(modality):
         columns = read_columns(meta, ("image_path", "caption") if modality == IMAGE else ("caption",))
         for a in range(0, len(feats), ADD_ROWS):
             b = min(len(feats), a + ADD_ROWS)
