@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from clipzoo.datasets.braces import brace_count
@@ -17,7 +18,6 @@ from clipzoo.datasets.records import decode_image
 from clipzoo.datasets.tfrecord import encode_example, write_tfrecord
 from clipzoo.embed.sources import tar_image_members
 from clipzoo.errors import BadImageError, DatasetError
-from clipzoo.train.data import StreamData
 
 
 def _png(color=(200, 20, 20)) -> bytes:
@@ -126,26 +126,35 @@ def test_tfrecord_ascii_digit_labels_are_class_indices(tmp_path):
 
 
 # ------------------------------------------------------------------ 4. worker errors in training
-def _pixels(image):
-    return torch.zeros(3, 4, 4)
-
-
-def _tokens(texts):
-    return torch.zeros(len(texts), 4, dtype=torch.long)
+_WORKER_STREAM = """
+import sys, torch
+from clipzoo.datasets.readers import open_dataset
+from clipzoo.errors import DatasetError
+from clipzoo.train.data import StreamData
+stream = StreamData([open_dataset([sys.argv[1]])], lambda im: torch.zeros(3, 4, 4),
+                    lambda t: torch.zeros(len(t), 4, dtype=torch.long), workers=int(sys.argv[2]), num_samples=4,
+                    shuffle_buffer=1)
+try:
+    list(stream.batches(0, 0, 2))
+except DatasetError as exc:
+    print(exc)
+"""
 
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_shard_error_in_a_training_worker_is_the_original_one_line_error(tmp_path, workers):
+    """With DataLoader workers the error came out as torch's "Caught DatasetError in DataLoader worker process 0.
+    Original Traceback …". Run in a fresh interpreter: a DataLoader worker forked inside a pytest-xdist worker
+    crashes that worker (stop 38)."""
     good = _tar(tmp_path / "a.tar", [(f"{k}.{e}", _png() if e == "png" else b"cap") for k in "abcd"
                                      for e in ("png", "txt")])
     data = Path(good).read_bytes()
     (tmp_path / "c.tar").write_bytes(data[:2048])  # cut: after the first sample's members
-    source = open_dataset([str(tmp_path / "c.tar")])
-    stream = StreamData([source], _pixels, _tokens, workers=workers, num_samples=4, shuffle_buffer=1)
-    with pytest.raises(DatasetError) as exc:
-        list(stream.batches(0, 0, 2))
-    assert str(exc.value) == (f"shard {str(tmp_path / 'c.tar')!r} is not a readable tar file (the file ends at byte "
-                              "2,048 without the end-of-archive marker); it may be truncated — rewrite it")
+    run = subprocess.run([sys.executable, "-c", _WORKER_STREAM, str(tmp_path / "c.tar"), str(workers)],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == (f"shard {str(tmp_path / 'c.tar')!r} is not a readable tar file (the file ends at "
+                                  "byte 2,048 without the end-of-archive marker); it may be truncated — rewrite it")
 
 
 # ------------------------------------------------------------------ 5. memory per sample
